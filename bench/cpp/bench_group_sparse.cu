@@ -1,0 +1,202 @@
+// largeout_bench_group_sparse: times the group-sparse forward, dx and dW kernels.
+//
+//   largeout_bench_group_sparse [--B 512] [--H 768] [--K 128] [--G 32] [--L 670208]
+//                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50]
+//
+// B, K, G and L take comma lists; every combination is timed. CUDA events around
+// each launch, median over --iters runs after --warmup runs, inputs drawn at random
+// (never zeros). One JSON object on stdout.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "kernels/cuda/group_sparse_cuda.h"
+
+#define CHECK_CUDA(expr)                                                                          \
+  do {                                                                                            \
+    cudaError_t err_ = (expr);                                                                    \
+    if (err_ != cudaSuccess) {                                                                    \
+      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
+      std::exit(1);                                                                               \
+    }                                                                                             \
+  } while (0)
+
+namespace {
+
+using largeout::DType;
+using largeout::GroupSparseShape;
+
+std::vector<int64_t> parse_list(const char* s) {
+  std::vector<int64_t> v;
+  std::string str(s);
+  size_t pos = 0;
+  while (pos <= str.size()) {
+    size_t end = str.find(',', pos);
+    if (end == std::string::npos) end = str.size();
+    if (end > pos) v.push_back(std::stoll(str.substr(pos, end - pos)));
+    pos = end + 1;
+  }
+  return v;
+}
+
+__device__ uint32_t hash32(uint64_t x) {
+  x ^= x >> 33; x *= 0xff51afd7ed558ccdULL; x ^= x >> 33; x *= 0xc4ceb9fe1a85ec53ULL; x ^= x >> 33;
+  return uint32_t(x);
+}
+
+template <class T>
+__global__ void fill_uniform(T* p, int64_t n, uint64_t seed, float scale) {
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+    const float u = (hash32(seed * 0x9e3779b97f4a7c15ULL + i) >> 8) * (1.0f / 16777216.0f);  // [0, 1)
+    p[i] = T((2.0f * u - 1.0f) * scale);
+  }
+}
+
+template <class T>
+void fill(void* p, int64_t n, uint64_t seed, float scale) {
+  fill_uniform<T><<<1024, 256>>>(static_cast<T*>(p), n, seed, scale);
+  CHECK_CUDA(cudaGetLastError());
+}
+
+void fill_dtype(DType dt, void* p, int64_t n, uint64_t seed, float scale) {
+  switch (dt) {
+    case DType::kBFloat16: return fill<__nv_bfloat16>(p, n, seed, scale);
+    case DType::kFloat16: return fill<__half>(p, n, seed, scale);
+    case DType::kFloat32: return fill<float>(p, n, seed, scale);
+    case DType::kFloat64: return fill<double>(p, n, seed, scale);
+  }
+}
+
+template <class F>
+double median_ms(F&& launch, int warmup, int iters) {
+  for (int i = 0; i < warmup; ++i) CHECK_CUDA(launch());
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::vector<cudaEvent_t> ev(2 * iters);
+  for (auto& e : ev) CHECK_CUDA(cudaEventCreate(&e));
+  for (int i = 0; i < iters; ++i) {
+    CHECK_CUDA(cudaEventRecord(ev[2 * i]));
+    CHECK_CUDA(launch());
+    CHECK_CUDA(cudaEventRecord(ev[2 * i + 1]));
+  }
+  CHECK_CUDA(cudaDeviceSynchronize());
+  std::vector<float> t(iters);
+  for (int i = 0; i < iters; ++i) CHECK_CUDA(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
+  for (auto& e : ev) CHECK_CUDA(cudaEventDestroy(e));
+  std::sort(t.begin(), t.end());
+  return iters % 2 ? t[iters / 2] : 0.5 * (t[iters / 2 - 1] + t[iters / 2]);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<int64_t> Bs{512}, Ks{128}, Gs{32}, Ls{670208};
+  int64_t H = 768;
+  int warmup = 10, iters = 50;
+  std::string dtype_name = "bf16";
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (i + 1 >= argc) { std::fprintf(stderr, "missing value for %s\n", a.c_str()); return 2; }
+    const char* v = argv[++i];
+    if (a == "--B") Bs = parse_list(v);
+    else if (a == "--K") Ks = parse_list(v);
+    else if (a == "--G") Gs = parse_list(v);
+    else if (a == "--L") Ls = parse_list(v);
+    else if (a == "--H") H = std::stoll(v);
+    else if (a == "--warmup") warmup = std::atoi(v);
+    else if (a == "--iters") iters = std::atoi(v);
+    else if (a == "--dtype") dtype_name = v;
+    else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
+  }
+  DType dt;
+  size_t esize;
+  if (dtype_name == "bf16") { dt = DType::kBFloat16; esize = 2; }
+  else if (dtype_name == "fp16") { dt = DType::kFloat16; esize = 2; }
+  else if (dtype_name == "fp32") { dt = DType::kFloat32; esize = 4; }
+  else { std::fprintf(stderr, "--dtype must be bf16, fp16 or fp32; got %s\n", dtype_name.c_str()); return 2; }
+  if (iters < 50) { std::fprintf(stderr, "--iters must be at least 50; got %d\n", iters); return 2; }
+
+  int dev = 0;
+  cudaDeviceProp prop{};
+  CHECK_CUDA(cudaGetDevice(&dev));
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, dev));
+  int runtime = 0, driver = 0;
+  CHECK_CUDA(cudaRuntimeGetVersion(&runtime));
+  CHECK_CUDA(cudaDriverGetVersion(&driver));
+
+  std::printf("{\"gpu\": \"%s\", \"sms\": %d, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"dtype\": \"%s\", "
+              "\"H\": %lld, \"warmup\": %d, \"iters\": %d, \"statistic\": \"median\", \"results\": [",
+              prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, iters);
+  bool first = true;
+  std::mt19937_64 rng(1234);
+  for (int64_t B : Bs) for (int64_t K : Ks) for (int64_t G : Gs) for (int64_t L : Ls) {
+    if (!largeout::cuda::group_size_supported(G) || K % 8 || K > H || K > largeout::cuda::kMaxFanIn) {
+      std::fprintf(stderr, "skipping unsupported B=%lld K=%lld G=%lld\n", (long long)B, (long long)K, (long long)G);
+      continue;
+    }
+    GroupSparseShape s;
+    s.batch = B; s.in_features = H; s.out_features = L; s.fan_in = K; s.group_size = G;
+    const int64_t ng = s.num_groups();
+    // Random indices: K distinct sorted inputs per group.
+    std::vector<int32_t> hidx(ng * K), perm(H);
+    std::iota(perm.begin(), perm.end(), 0);
+    for (int64_t g = 0; g < ng; ++g) {
+      for (int64_t k = 0; k < K; ++k) std::swap(perm[k], perm[k + rng() % (H - k)]);
+      std::copy(perm.begin(), perm.begin() + K, hidx.begin() + g * K);
+      std::sort(hidx.begin() + g * K, hidx.begin() + (g + 1) * K);
+    }
+    int cur_dev = 0;
+    CHECK_CUDA(cudaGetDevice(&cur_dev));
+    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, prop.multiProcessorCount);
+    void *x, *w, *bias, *y, *dy, *dx, *dw, *db, *ws;
+    int32_t* idx;
+    CHECK_CUDA(cudaMalloc(&x, B * H * esize));
+    CHECK_CUDA(cudaMalloc(&w, L * K * esize));
+    CHECK_CUDA(cudaMalloc(&bias, L * esize));
+    CHECK_CUDA(cudaMalloc(&y, B * L * esize));
+    CHECK_CUDA(cudaMalloc(&dy, B * L * esize));
+    CHECK_CUDA(cudaMalloc(&dx, B * H * esize));
+    CHECK_CUDA(cudaMalloc(&dw, L * K * esize));
+    CHECK_CUDA(cudaMalloc(&db, L * esize));
+    CHECK_CUDA(cudaMalloc(&ws, std::max<int64_t>(plan.workspace_bytes, 16)));
+    CHECK_CUDA(cudaMalloc(&idx, ng * K * sizeof(int32_t)));
+    CHECK_CUDA(cudaMemcpy(idx, hidx.data(), ng * K * sizeof(int32_t), cudaMemcpyHostToDevice));
+    fill_dtype(dt, x, B * H, 1, 1.0f);
+    fill_dtype(dt, w, L * K, 2, 1.0f / std::sqrt(float(K)));
+    fill_dtype(dt, bias, L, 3, 0.1f);
+    fill_dtype(dt, dy, B * L, 4, 1.0f);
+    CHECK_CUDA(cudaDeviceSynchronize());
+
+    const double t_fwd = median_ms([&] { return largeout::cuda::group_sparse_fwd(dt, s, x, w, idx, bias, y, 0); },
+                                   warmup, iters);
+    const double t_dx = median_ms(
+        [&] { return largeout::cuda::group_sparse_dx(dt, s, plan, dy, w, idx, dx, ws, 0); }, warmup, iters);
+    const double t_dw = median_ms(
+        [&] { return largeout::cuda::group_sparse_dw(dt, s, dy, x, idx, dw, db, 0); }, warmup, iters);
+    const double flops = 2.0 * double(B) * double(L) * double(K);
+    const int64_t bytes_alloc = (2 * B * H + 2 * L * K + 2 * L + 2 * B * L) * int64_t(esize) + plan.workspace_bytes +
+                                ng * K * int64_t(sizeof(int32_t));
+    std::printf("%s\n  {\"B\": %lld, \"H\": %lld, \"L\": %lld, \"K\": %lld, \"G\": %lld, \"flops\": %.6g, "
+                "\"fwd_ms\": %.6f, \"dx_ms\": %.6f, \"dw_ms\": %.6f, "
+                "\"fwd_tflops\": %.3f, \"dx_tflops\": %.3f, \"dw_tflops\": %.3f, "
+                "\"dx_splits\": %lld, \"dx_workspace_bytes\": %lld, \"device_bytes\": %lld}",
+                first ? "" : ",", (long long)B, (long long)H, (long long)L, (long long)K, (long long)G, flops, t_fwd,
+                t_dx, t_dw, flops / t_fwd * 1e-9, flops / t_dx * 1e-9, flops / t_dw * 1e-9,
+                (long long)plan.num_splits, (long long)plan.workspace_bytes, (long long)bytes_alloc);
+    std::fflush(stdout);
+    first = false;
+    for (void* p : {x, w, bias, y, dy, dx, dw, db, ws}) CHECK_CUDA(cudaFree(p));
+    CHECK_CUDA(cudaFree(idx));
+  }
+  std::printf("\n]}\n");
+  return 0;
+}

@@ -1,0 +1,161 @@
+// CPU kernels of the group-shared fixed fan-in layer. Accumulation is fp32 for
+// 16-bit and fp32 inputs, fp64 for fp64. Every output element is produced by one
+// task in a fixed order, so results do not depend on the thread count.
+#include <algorithm>
+#include <stdexcept>
+#include <vector>
+
+#include "kernels/cpu/scalar.h"
+#include "kernels/group_sparse.h"
+
+namespace largeout::cpu {
+namespace {
+
+constexpr int64_t kRowBlock = 32;  // rows of x handled together in the forward
+
+template <class T>
+void fwd_impl(const GroupSparseShape& s, const T* x, const T* w, const int32_t* idx, const T* bias,
+              T* y, const ParallelFor& pf) {
+  using A = typename Scalar<T>::acc;
+  const int64_t B = s.batch, H = s.in_features, L = s.out_features, K = s.fan_in, G = s.group_size;
+  const int64_t ng = s.num_groups(), nrb = (B + kRowBlock - 1) / kRowBlock;
+  // Task = (group, block of rows); rows vary fastest so a thread reuses one group's weights.
+  pf(0, ng * nrb, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> wg(G * K), xg(K);
+    int64_t cached_group = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t g = task / nrb, rb = task % nrb;
+      const int64_t l0 = g * G, gv = std::min(G, L - l0);
+      const int32_t* gidx = idx + g * K;
+      if (g != cached_group) {
+        for (int64_t i = 0; i < gv * K; ++i) wg[i] = Scalar<T>::load(w[l0 * K + i]);
+        cached_group = g;
+      }
+      const int64_t b_end = std::min(B, (rb + 1) * kRowBlock);
+      for (int64_t b = rb * kRowBlock; b < b_end; ++b) {
+        const T* xrow = x + b * H;
+        for (int64_t k = 0; k < K; ++k) xg[k] = Scalar<T>::load(xrow[gidx[k]]);
+        T* yrow = y + b * L + l0;
+        for (int64_t j = 0; j < gv; ++j) {
+          const A* wrow = wg.data() + j * K;
+          A acc = 0;
+          for (int64_t k = 0; k < K; ++k) acc += wrow[k] * xg[k];
+          if (bias) acc += Scalar<T>::load(bias[l0 + j]);
+          yrow[j] = Scalar<T>::store(acc);
+        }
+      }
+    }
+  });
+}
+
+template <class T>
+void dx_impl(const GroupSparseShape& s, const T* dy, const T* w, const int32_t* idx, T* dx,
+             const ParallelFor& pf) {
+  using A = typename Scalar<T>::acc;
+  const int64_t B = s.batch, H = s.in_features, L = s.out_features, K = s.fan_in, G = s.group_size;
+  const int64_t ng = s.num_groups();
+  // Task = one row of dx; the row's accumulator holds all H inputs.
+  pf(0, B, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(H), part(K);
+    for (int64_t b = begin; b < end; ++b) {
+      std::fill(acc.begin(), acc.end(), A(0));
+      const T* dyrow = dy + b * L;
+      for (int64_t g = 0; g < ng; ++g) {
+        const int64_t l0 = g * G, gv = std::min(G, L - l0);
+        std::fill(part.begin(), part.end(), A(0));
+        for (int64_t j = 0; j < gv; ++j) {
+          const A d = Scalar<T>::load(dyrow[l0 + j]);
+          const T* wrow = w + (l0 + j) * K;
+          for (int64_t k = 0; k < K; ++k) part[k] += d * Scalar<T>::load(wrow[k]);
+        }
+        const int32_t* gidx = idx + g * K;
+        for (int64_t k = 0; k < K; ++k) acc[gidx[k]] += part[k];
+      }
+      T* dxrow = dx + b * H;
+      for (int64_t h = 0; h < H; ++h) dxrow[h] = Scalar<T>::store(acc[h]);
+    }
+  });
+}
+
+template <class T>
+void dw_impl(const GroupSparseShape& s, const T* dy, const T* x, const int32_t* idx, T* dw, T* dbias,
+             const ParallelFor& pf) {
+  using A = typename Scalar<T>::acc;
+  const int64_t B = s.batch, H = s.in_features, L = s.out_features, K = s.fan_in, G = s.group_size;
+  const int64_t ng = s.num_groups();
+  // Task = one group; the reduction over the batch runs in order inside it.
+  pf(0, ng, 1, [&](int64_t begin, int64_t end) {
+    std::vector<A> acc(G * K), bacc(G), xg(K);
+    for (int64_t g = begin; g < end; ++g) {
+      const int64_t l0 = g * G, gv = std::min(G, L - l0);
+      const int32_t* gidx = idx + g * K;
+      std::fill(acc.begin(), acc.end(), A(0));
+      std::fill(bacc.begin(), bacc.end(), A(0));
+      for (int64_t b = 0; b < B; ++b) {
+        const T* xrow = x + b * H;
+        for (int64_t k = 0; k < K; ++k) xg[k] = Scalar<T>::load(xrow[gidx[k]]);
+        const T* dyrow = dy + b * L + l0;
+        for (int64_t j = 0; j < gv; ++j) {
+          const A d = Scalar<T>::load(dyrow[j]);
+          bacc[j] += d;
+          A* arow = acc.data() + j * K;
+          for (int64_t k = 0; k < K; ++k) arow[k] += d * xg[k];
+        }
+      }
+      for (int64_t i = 0; i < gv * K; ++i) dw[l0 * K + i] = Scalar<T>::store(acc[i]);
+      if (dbias)
+        for (int64_t j = 0; j < gv; ++j) dbias[l0 + j] = Scalar<T>::store(bacc[j]);
+    }
+  });
+}
+
+template <template <class> class Fn, class... Args>
+void dispatch(DType dtype, Args&&... args) {
+  switch (dtype) {
+    case DType::kFloat32: return Fn<float>::run(args...);
+    case DType::kFloat64: return Fn<double>::run(args...);
+    case DType::kBFloat16: return Fn<bf16>::run(args...);
+    case DType::kFloat16: return Fn<fp16>::run(args...);
+  }
+  throw std::invalid_argument("largeout: unsupported dtype in CPU kernel");
+}
+
+template <class T> struct Fwd {
+  static void run(const GroupSparseShape& s, const void* x, const void* w, const int32_t* idx,
+                  const void* bias, void* y, const ParallelFor& pf) {
+    fwd_impl<T>(s, static_cast<const T*>(x), static_cast<const T*>(w), idx,
+                static_cast<const T*>(bias), static_cast<T*>(y), pf);
+  }
+};
+template <class T> struct Dx {
+  static void run(const GroupSparseShape& s, const void* dy, const void* w, const int32_t* idx,
+                  void* dx, const ParallelFor& pf) {
+    dx_impl<T>(s, static_cast<const T*>(dy), static_cast<const T*>(w), idx, static_cast<T*>(dx), pf);
+  }
+};
+template <class T> struct Dw {
+  static void run(const GroupSparseShape& s, const void* dy, const void* x, const int32_t* idx,
+                  void* dw, void* dbias, const ParallelFor& pf) {
+    dw_impl<T>(s, static_cast<const T*>(dy), static_cast<const T*>(x), idx, static_cast<T*>(dw),
+               static_cast<T*>(dbias), pf);
+  }
+};
+
+}  // namespace
+
+void group_sparse_fwd(DType dtype, const GroupSparseShape& s, const void* x, const void* weight,
+                      const int32_t* indices, const void* bias, void* y, const ParallelFor& pf) {
+  dispatch<Fwd>(dtype, s, x, weight, indices, bias, y, pf);
+}
+
+void group_sparse_dx(DType dtype, const GroupSparseShape& s, const void* dy, const void* weight,
+                     const int32_t* indices, void* dx, const ParallelFor& pf) {
+  dispatch<Dx>(dtype, s, dy, weight, indices, dx, pf);
+}
+
+void group_sparse_dw(DType dtype, const GroupSparseShape& s, const void* dy, const void* x,
+                     const int32_t* indices, void* dweight, void* dbias, const ParallelFor& pf) {
+  dispatch<Dw>(dtype, s, dy, x, indices, dweight, dbias, pf);
+}
+
+}  // namespace largeout::cpu

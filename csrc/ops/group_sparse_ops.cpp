@@ -1,0 +1,265 @@
+// Torch bindings of the group-shared fixed fan-in layer: argument checks at the
+// boundary, then the CPU or CUDA kernels of csrc/kernels.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "kernels/group_sparse.h"
+
+#ifdef LARGEOUT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/group_sparse_cuda.h"
+#endif
+
+namespace largeout {
+namespace {
+
+constexpr const char* kOp = "largeout.group_sparse_linear";
+constexpr int64_t kMaxFanInAll = 4096;
+
+DType to_dtype(const at::Tensor& t, const char* name) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return DType::kFloat32;
+    case at::kDouble: return DType::kFloat64;
+    case at::kBFloat16: return DType::kBFloat16;
+    case at::kHalf: return DType::kFloat16;
+    default:
+      break;
+  }
+  TORCH_CHECK_TYPE(false, kOp, ": ", name, " must be float32, float64, bfloat16 or float16; got ", t.scalar_type());
+}
+
+void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
+  TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), kOp, ": ", name, " must have the dtype of ", ref_name, " (",
+                   ref.scalar_type(), "); got ", t.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), kOp, ": ", name, " must be on the device of ", ref_name, " (", ref.device(),
+              "); got ", t.device());
+}
+
+void check_group_size(int64_t G) {
+  TORCH_CHECK_VALUE(G == 16 || G == 32 || G == 64 || G == 128, kOp, ": group_size must be one of 16, 32, 64, 128; got ",
+                    G);
+}
+
+// Checks indices against weight-side shapes; returns K.
+int64_t check_indices(const at::Tensor& indices, int64_t L, int64_t G, const at::Tensor& ref) {
+  TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt, kOp, ": indices must be int32; got ", indices.scalar_type());
+  TORCH_CHECK(indices.device() == ref.device(), kOp, ": indices must be on the device of x (", ref.device(), "); got ",
+              indices.device());
+  TORCH_CHECK_VALUE(indices.dim() == 2, kOp, ": indices must be 2-D [ceil(L/G), K]; got ", indices.dim(),
+                    "-D with shape ", indices.sizes());
+  const int64_t ng = (L + G - 1) / G;
+  TORCH_CHECK_VALUE(indices.size(0) == ng, kOp, ": indices must have ceil(out_features / group_size) = ceil(", L, " / ",
+                    G, ") = ", ng, " rows; got ", indices.size(0));
+  const int64_t K = indices.size(1);
+  TORCH_CHECK_VALUE(K >= 8 && K % 8 == 0 && K <= kMaxFanInAll, kOp,
+                    ": fan-in K (indices.shape[1]) must be a multiple of 8 in [8, ", kMaxFanInAll, "]; got ", K);
+  return K;
+}
+
+GroupSparseShape make_shape(int64_t B, int64_t H, int64_t L, int64_t K, int64_t G) {
+  TORCH_CHECK_VALUE(K <= H, kOp, ": fan-in K = ", K, " cannot exceed in_features H = ", H,
+                    " (indices are unique within a group)");
+  GroupSparseShape s;
+  s.batch = B;
+  s.in_features = H;
+  s.out_features = L;
+  s.fan_in = K;
+  s.group_size = G;
+  return s;
+}
+
+ParallelFor torch_parallel_for() {
+  return [](int64_t begin, int64_t end, int64_t grain, const ChunkFn& fn) {
+    at::parallel_for(begin, end, grain, [&](int64_t b, int64_t e) { fn(b, e); });
+  };
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+void check_cuda(cudaError_t e, const char* what) {
+  TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error in ", what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+}
+int num_sms(int device) {
+  int n = 0;
+  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  return n;
+}
+#endif
+
+// ---------------------------------------------------------------------------
+// Forward
+// ---------------------------------------------------------------------------
+struct FwdArgs {
+  at::Tensor x, weight, indices, bias;
+  GroupSparseShape shape;
+  DType dtype;
+};
+
+FwdArgs check_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
+                  const std::optional<at::Tensor>& bias, int64_t G) {
+  const DType dt = to_dtype(x, "x");
+  TORCH_CHECK_VALUE(x.dim() == 2, kOp, ": x must be 2-D [B, H] here; got shape ", x.sizes());
+  check_same(weight, "weight", x, "x");
+  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
+  check_group_size(G);
+  const int64_t L = weight.size(0);
+  TORCH_CHECK_VALUE(L >= 1, kOp, ": weight must have at least one row (out_features >= 1); got shape ",
+                    weight.sizes());
+  const int64_t K = check_indices(indices, L, G, x);
+  TORCH_CHECK_VALUE(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
+                    "; got shape ", weight.sizes());
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    check_same(*bias, "bias", x, "x");
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == L, kOp, ": bias must be 1-D [", L, "]; got shape ",
+                      bias->sizes());
+    b = bias->contiguous();
+  }
+  return {x.contiguous(), weight.contiguous(), indices.contiguous(), b, make_shape(x.size(0), x.size(1), L, K, G), dt};
+}
+
+at::Tensor fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
+                   const std::optional<at::Tensor>& bias, int64_t G) {
+  FwdArgs a = check_fwd(x, weight, indices, bias, G);
+  at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
+  if (a.shape.batch == 0) return y;
+  cpu::group_sparse_fwd(a.dtype, a.shape, a.x.const_data_ptr(), a.weight.const_data_ptr(),
+                        a.indices.const_data_ptr<int32_t>(), a.bias.defined() ? a.bias.const_data_ptr() : nullptr,
+                        y.mutable_data_ptr(), torch_parallel_for());
+  return y;
+}
+
+// ---------------------------------------------------------------------------
+// Backward: input
+// ---------------------------------------------------------------------------
+struct DxArgs {
+  at::Tensor grad, weight, indices;
+  GroupSparseShape shape;
+  DType dtype;
+};
+
+DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G, int64_t H) {
+  const DType dt = to_dtype(grad, "grad_out");
+  check_same(weight, "weight", grad, "grad_out");
+  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
+  check_group_size(G);
+  const int64_t L = weight.size(0);
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(1) == L, kOp, ": grad_out must be [B, L] with L = ", L,
+                    "; got shape ", grad.sizes());
+  const int64_t K = check_indices(indices, L, G, grad);
+  TORCH_CHECK_VALUE(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
+                    "; got shape ", weight.sizes());
+  return {grad.contiguous(), weight.contiguous(), indices.contiguous(), make_shape(grad.size(0), H, L, K, G), dt};
+}
+
+at::Tensor dx_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
+                  c10::SymInt H) {
+  DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
+  at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
+  if (a.shape.batch == 0) return dx;
+  cpu::group_sparse_dx(a.dtype, a.shape, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
+                       a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(), torch_parallel_for());
+  return dx;
+}
+
+// ---------------------------------------------------------------------------
+// Backward: weight and bias
+// ---------------------------------------------------------------------------
+struct DwArgs {
+  at::Tensor grad, x, indices;
+  GroupSparseShape shape;
+  DType dtype;
+};
+
+DwArgs check_dw(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices, int64_t G) {
+  const DType dt = to_dtype(grad, "grad_out");
+  check_same(x, "x", grad, "grad_out");
+  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(1) >= 1, kOp, ": grad_out must be 2-D [B, L]; got shape ",
+                    grad.sizes());
+  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == grad.size(0), kOp, ": x must be [B, H] with B = grad_out.shape[0] = ",
+                    grad.size(0), "; got shape ", x.sizes());
+  check_group_size(G);
+  const int64_t L = grad.size(1);
+  const int64_t K = check_indices(indices, L, G, grad);
+  return {grad.contiguous(), x.contiguous(), indices.contiguous(), make_shape(x.size(0), x.size(1), L, K, G), dt};
+}
+
+std::tuple<at::Tensor, at::Tensor> dw_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
+                                          int64_t G) {
+  DwArgs a = check_dw(grad, x, indices, G);
+  at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
+  at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
+  if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
+  cpu::group_sparse_dw(a.dtype, a.shape, a.grad.const_data_ptr(), a.x.const_data_ptr(),
+                       a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),
+                       torch_parallel_for());
+  return {dw, db};
+}
+
+// ---------------------------------------------------------------------------
+// CUDA
+// ---------------------------------------------------------------------------
+#ifdef LARGEOUT_WITH_CUDA
+at::Tensor fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
+                    const std::optional<at::Tensor>& bias, int64_t G) {
+  FwdArgs a = check_fwd(x, weight, indices, bias, G);
+  c10::cuda::CUDAGuard guard(a.x.device());
+  at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
+  if (a.shape.batch == 0) return y;
+  check_cuda(cuda::group_sparse_fwd(a.dtype, a.shape, a.x.const_data_ptr(), a.weight.const_data_ptr(),
+                                    a.indices.const_data_ptr<int32_t>(),
+                                    a.bias.defined() ? a.bias.const_data_ptr() : nullptr, y.mutable_data_ptr(),
+                                    c10::cuda::getCurrentCUDAStream()),
+             "group_sparse_fwd");
+  return y;
+}
+
+at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
+                   c10::SymInt H) {
+  DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
+  c10::cuda::CUDAGuard guard(a.grad.device());
+  at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
+  if (a.shape.batch == 0) return dx;
+  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, num_sms(a.grad.get_device()));
+  at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
+  check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
+                                   a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
+                                   workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
+             "group_sparse_dx");
+  return dx;
+}
+
+std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
+                                           int64_t G) {
+  DwArgs a = check_dw(grad, x, indices, G);
+  c10::cuda::CUDAGuard guard(a.grad.device());
+  at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
+  at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
+  if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
+  check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, a.grad.const_data_ptr(), a.x.const_data_ptr(),
+                                   a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),
+                                   c10::cuda::getCurrentCUDAStream()),
+             "group_sparse_dw");
+  return {dw, db};
+}
+#endif
+
+}  // namespace
+}  // namespace largeout
+
+TORCH_LIBRARY_IMPL(largeout, CPU, m) {
+  m.impl("group_sparse_linear", &largeout::fwd_cpu);
+  m.impl("group_sparse_linear_backward_input", &largeout::dx_cpu);
+  m.impl("group_sparse_linear_backward_weight", &largeout::dw_cpu);
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
+  m.impl("group_sparse_linear", &largeout::fwd_cuda);
+  m.impl("group_sparse_linear_backward_input", &largeout::dx_cuda);
+  m.impl("group_sparse_linear_backward_weight", &largeout::dw_cuda);
+}
+#endif

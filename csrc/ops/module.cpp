@@ -1,0 +1,63 @@
+// largeout._C: the Python extension module. Importing it registers the ops below
+// with torch; Python code reaches them as torch.ops.largeout.*.
+// All operator schemas live here, in one place.
+#include <Python.h>
+#include <torch/library.h>
+
+#include <string>
+
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "largeout native ops (registered in torch.ops.largeout)",
+                            -1, nullptr};
+  return PyModule_Create(&def);
+}
+
+#ifndef LARGEOUT_CUDA_VERSION
+#define LARGEOUT_CUDA_VERSION ""
+#endif
+#ifndef LARGEOUT_CUTLASS_VERSION
+#define LARGEOUT_CUTLASS_VERSION ""
+#endif
+
+namespace {
+
+std::string json_str_or_null(const char* s) {
+  return s[0] ? std::string("\"") + s + "\"" : std::string("null");
+}
+
+// What this binary was compiled with, as a JSON object.
+std::string build_info() {
+#ifdef LARGEOUT_WITH_CUDA
+  const bool cuda = true;
+  const std::string archs = LARGEOUT_CUDA_ARCHS;
+#else
+  const bool cuda = false;
+  const std::string archs;
+#endif
+  std::string arch_list = "[";
+  size_t start = 0;
+  while (cuda && start <= archs.size()) {
+    size_t end = archs.find(',', start);
+    if (end == std::string::npos) end = archs.size();
+    if (end > start) arch_list += std::string(arch_list.size() > 1 ? ", " : "") + "\"" + archs.substr(start, end - start) + "\"";
+    start = end + 1;
+  }
+  arch_list += "]";
+  return std::string("{") + "\"version\": \"" LARGEOUT_VERSION "\", " + "\"torch\": \"" LARGEOUT_TORCH_VERSION "\", " +
+         "\"cuda_kernels\": " + (cuda ? "true" : "false") + ", " + "\"cuda\": " + json_str_or_null(LARGEOUT_CUDA_VERSION) +
+         ", " + "\"cuda_archs\": " + arch_list + ", " + "\"cutlass\": " + json_str_or_null(LARGEOUT_CUTLASS_VERSION) + "}";
+}
+
+}  // namespace
+
+TORCH_LIBRARY(largeout, m) {
+  m.def("build_info() -> str", &build_info);
+  // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.
+  m.def("group_sparse_linear(Tensor x, Tensor weight, Tensor indices, Tensor? bias, int group_size) -> Tensor");
+  // dx [B, H] from grad_out [B, L].
+  m.def("group_sparse_linear_backward_input(Tensor grad_out, Tensor weight, Tensor indices, int group_size, "
+        "SymInt in_features) -> Tensor");
+  // (dweight [L, K], dbias [L]) from grad_out [B, L] and x [B, H].
+  m.def("group_sparse_linear_backward_weight(Tensor grad_out, Tensor x, Tensor indices, int group_size) "
+        "-> (Tensor, Tensor)");
+}

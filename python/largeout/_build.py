@@ -1,0 +1,17 @@
+import json
+
+import torch
+
+
+def build_info() -> dict:
+    """What the installed extension was compiled with.
+
+    Returns a dict with keys ``version`` (largeout), ``torch`` (the torch version
+    it was built against), ``torch_runtime`` (the torch running now),
+    ``cuda_kernels`` (whether CUDA kernels are compiled in), ``cuda`` (nvcc
+    version or None), ``cuda_archs`` (list such as ``["80", "90a"]``) and
+    ``cutlass`` (CUTLASS version or None).
+    """
+    info = json.loads(torch.ops.largeout.build_info())
+    info["torch_runtime"] = torch.__version__
+    return info

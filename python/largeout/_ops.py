@@ -1,0 +1,52 @@
+"""Registrations of the native ops with torch.library: fake (meta) kernels for
+tracing and the autograd formulas. The schemas are in csrc/ops/module.cpp."""
+
+import torch
+
+_lib = torch.ops.largeout
+
+
+@torch.library.register_fake("largeout::group_sparse_linear")
+def _gsl_fake(x, weight, indices, bias, group_size):
+    torch._check(x.dim() == 2, lambda: "x must be 2-D")
+    torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("largeout::group_sparse_linear_backward_input")
+def _gsl_dx_fake(grad_out, weight, indices, group_size, in_features):
+    return grad_out.new_empty((grad_out.shape[0], in_features))
+
+
+@torch.library.register_fake("largeout::group_sparse_linear_backward_weight")
+def _gsl_dw_fake(grad_out, x, indices, group_size):
+    num_labels = grad_out.shape[1]
+    return grad_out.new_empty((num_labels, indices.shape[1])), grad_out.new_empty((num_labels,))
+
+
+def _gsl_setup_context(ctx, inputs, output):
+    x, weight, indices, bias, group_size = inputs
+    ctx.save_for_backward(x, weight, indices)
+    ctx.group_size = group_size
+    ctx.has_bias = bias is not None
+
+
+def _gsl_backward(ctx, grad_out):
+    x, weight, indices = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    dx = dw = db = None
+    need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
+    if need_x:
+        dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, x.shape[1])
+    if need_w:
+        dw, db_all = _lib.group_sparse_linear_backward_weight(grad_out, x, indices, ctx.group_size)
+        if need_b:
+            db = db_all
+    elif need_b:
+        db = grad_out.sum(0)
+    return dx, dw, None, db, None
+
+
+torch.library.register_autograd(
+    "largeout::group_sparse_linear", _gsl_backward, setup_context=_gsl_setup_context
+)

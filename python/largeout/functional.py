@@ -1,0 +1,85 @@
+"""Functional interface of largeout's layers."""
+
+from typing import Optional
+
+import torch
+
+__all__ = ["group_sparse_linear", "validate_indices", "GROUP_SIZES", "MAX_FAN_IN"]
+
+#: Group sizes the kernels are compiled for.
+GROUP_SIZES = (16, 32, 64, 128)
+#: Largest fan-in K (K must also be a multiple of 8).
+MAX_FAN_IN = 4096
+
+
+def group_sparse_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    indices: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    group_size: Optional[int] = None,
+) -> torch.Tensor:
+    """Group-shared fixed fan-in linear layer.
+
+    ``y[..., l] = bias[l] + sum_k weight[l, k] * x[..., indices[l // G, k]]``
+
+    Labels (output features) are split into groups of ``G = group_size``; every
+    label of a group reads the same ``K`` inputs ``indices[g]`` but has its own
+    weights. The last group may be partial.
+
+    Args:
+        x: ``[*, H]`` input, float32, float64, bfloat16 or float16.
+        weight: ``[L, K]``, same dtype and device as ``x``.
+        indices: ``[ceil(L / G), K]`` int32, each row unique values in ``[0, H)``
+            (checked by :func:`validate_indices` and by the module when indices are
+            set, not on every call).
+        bias: optional ``[L]``.
+        group_size: ``G``, one of 16, 32, 64, 128.
+
+    Returns:
+        ``[*, L]`` in the dtype of ``x``. Accumulation is fp32 (fp64 for fp64).
+        Gradients flow to ``x``, ``weight`` and ``bias``; the input gradient is
+        deterministic.
+    """
+    if group_size is None:
+        raise TypeError("group_sparse_linear: group_size is required (one of 16, 32, 64, 128)")
+    if x.dim() < 1:
+        raise ValueError(f"group_sparse_linear: x must have at least 1 dimension [*, H]; got shape {tuple(x.shape)}")
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    y = torch.ops.largeout.group_sparse_linear(x2, weight, indices, bias, group_size)
+    return y.reshape(*lead, y.shape[-1])
+
+
+def validate_indices(indices: torch.Tensor, in_features: int, out_features: int, group_size: int) -> None:
+    """Raise ``ValueError`` unless ``indices`` is a valid ``[ceil(L/G), K]`` int32
+    table: values in ``[0, in_features)``, unique within each row, K a multiple of
+    8 in ``[8, MAX_FAN_IN]``. Leaves ``indices`` unchanged."""
+    if not isinstance(indices, torch.Tensor):
+        raise TypeError(f"indices must be a torch.Tensor; got {type(indices).__name__}")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"group_size must be one of {GROUP_SIZES}; got {group_size}")
+    if indices.dtype != torch.int32:
+        raise TypeError(f"indices must be int32; got {indices.dtype}")
+    num_groups = -(-out_features // group_size)
+    if indices.dim() != 2 or indices.shape[0] != num_groups:
+        raise ValueError(
+            f"indices must have shape [ceil(out_features / group_size), K] = [{num_groups}, K]; "
+            f"got {tuple(indices.shape)}"
+        )
+    k = indices.shape[1]
+    if k < 8 or k % 8 or k > MAX_FAN_IN:
+        raise ValueError(f"fan-in K (indices.shape[1]) must be a multiple of 8 in [8, {MAX_FAN_IN}]; got {k}")
+    if k > in_features:
+        raise ValueError(f"fan-in K = {k} cannot exceed in_features = {in_features}")
+    if indices.numel() == 0:
+        return
+    lo, hi = int(indices.min()), int(indices.max())
+    if lo < 0 or hi >= in_features:
+        bad = indices[(indices < 0) | (indices >= in_features)][0].item()
+        raise ValueError(f"indices must lie in [0, in_features) = [0, {in_features}); found {bad}")
+    srt = indices.sort(dim=1).values
+    dup = (srt[:, 1:] == srt[:, :-1]).any(dim=1)
+    if bool(dup.any()):
+        g = int(dup.nonzero()[0, 0])
+        raise ValueError(f"indices must be unique within each group (row); row {g} has a repeated value")

@@ -1,0 +1,176 @@
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import functional as F
+
+__all__ = ["GroupSparseLinear", "random_group_indices"]
+
+# Rows of random keys drawn at once when sampling indices (bounds the temporary).
+_SAMPLE_ELEMS = 1 << 24
+
+
+def random_group_indices(
+    num_groups: int,
+    in_features: int,
+    fan_in: int,
+    *,
+    generator: Optional[torch.Generator] = None,
+    device=None,
+) -> torch.Tensor:
+    """``[num_groups, fan_in]`` int32: for each group, ``fan_in`` distinct inputs
+    drawn uniformly from ``[0, in_features)``, sorted ascending."""
+    if fan_in > in_features:
+        raise ValueError(f"fan_in = {fan_in} cannot exceed in_features = {in_features}")
+    out = torch.empty(num_groups, fan_in, dtype=torch.int32)
+    step = max(1, _SAMPLE_ELEMS // max(in_features, 1))
+    for g0 in range(0, num_groups, step):
+        g1 = min(num_groups, g0 + step)
+        keys = torch.rand(g1 - g0, in_features, generator=generator)
+        out[g0:g1] = keys.topk(fan_in, dim=1).indices.sort(dim=1).values.to(torch.int32)
+    return out.to(device) if device is not None else out
+
+
+class GroupSparseLinear(nn.Module):
+    r"""Output layer with group-shared fixed fan-in sparsity.
+
+    Labels are split into groups of ``group_size``; each label has ``fan_in``
+    weights, and all labels of a group read the same ``fan_in`` input features
+    (the buffer ``indices``, ``[ceil(out_features / group_size), fan_in]`` int32,
+    unique and sorted within each group):
+
+    .. math:: y_l = b_l + \sum_k W_{l,k} \, x_{\mathrm{idx}[\lfloor l/G \rfloor, k]}
+
+    A drop-in for ``nn.Linear(in_features, out_features)`` with ``fan_in /
+    in_features`` of its weights and FLOPs.
+
+    Args:
+        in_features: size of each input sample ``H``.
+        out_features: number of labels ``L`` (any ``L >= 1``; the last group may be partial).
+        fan_in: inputs per label ``K``: a multiple of 8, at most ``min(in_features, 4096)``.
+        group_size: labels per group ``G``: 16, 32, 64 or 128.
+        bias: learn an additive bias.
+        generator: random source for the initial indices and weights.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        fan_in: int,
+        group_size: int,
+        bias: bool = True,
+        device=None,
+        dtype=None,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(
+                f"in_features and out_features must be >= 1; got in_features={in_features}, out_features={out_features}"
+            )
+        if group_size not in F.GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {F.GROUP_SIZES}; got {group_size}")
+        if fan_in < 8 or fan_in % 8 or fan_in > F.MAX_FAN_IN or fan_in > in_features:
+            raise ValueError(
+                f"fan_in must be a multiple of 8 in [8, min(in_features, {F.MAX_FAN_IN})] = "
+                f"[8, {min(in_features, F.MAX_FAN_IN)}]; got {fan_in}"
+            )
+        factory = {"device": device, "dtype": dtype}
+        self.in_features = in_features
+        self.out_features = out_features
+        self.fan_in = fan_in
+        self.group_size = group_size
+        self.weight = nn.Parameter(torch.empty(out_features, fan_in, **factory))
+        if bias:
+            self.bias = nn.Parameter(torch.empty(out_features, **factory))
+        else:
+            self.register_parameter("bias", None)
+        idx = random_group_indices(self.num_groups, in_features, fan_in, generator=generator, device=device)
+        self.register_buffer("indices", idx)
+        self.reset_parameters(generator=generator)
+
+    @property
+    def num_groups(self) -> int:
+        return -(-self.out_features // self.group_size)
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        """Uniform init scaled for the fan-in (as ``nn.Linear`` with ``in_features = fan_in``):
+        weights and bias in ``[-1/sqrt(K), 1/sqrt(K)]``."""
+        bound = 1.0 / math.sqrt(self.fan_in)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound, generator=generator)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound, generator=generator)
+
+    # -- indices: validated whenever they are set or loaded ---------------------
+    def __setattr__(self, name, value):
+        if name == "indices" and "indices" in self.__dict__.get("_buffers", {}):
+            self._check_indices(value)
+        super().__setattr__(name, value)
+
+    def _check_indices(self, indices: torch.Tensor) -> None:
+        F.validate_indices(indices, self.in_features, self.out_features, self.group_size)
+        if indices.shape[1] != self.fan_in:
+            raise ValueError(f"indices must have fan_in = {self.fan_in} columns; got {indices.shape[1]}")
+
+    def set_indices(self, indices: torch.Tensor) -> None:
+        """Replace the shared indices (validated; copied into the existing buffer's device)."""
+        self._check_indices(indices)
+        with torch.no_grad():
+            self.indices.copy_(indices)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "indices"
+        if key in state_dict:
+            # Validate before anything of this module is written.
+            self._check_indices(state_dict[key])
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+
+    # -- compute ------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
+
+    # -- conversion ---------------------------------------------------------------
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, fan_in: int, group_size: int) -> "GroupSparseLinear":
+        """Sparsify a dense layer: for each group keep the ``fan_in`` inputs with the
+        largest summed ``|w|`` over the group's labels, and copy those weights."""
+        w = linear.weight.detach()
+        L, H = w.shape
+        layer = cls(
+            H, L, fan_in, group_size, bias=linear.bias is not None, device=w.device, dtype=w.dtype
+        )
+        G, ng = group_size, layer.num_groups
+        score = torch.zeros(ng * G, H, dtype=torch.float32, device=w.device)
+        score[:L] = w.abs().float()
+        score = score.view(ng, G, H).sum(1)  # [ng, H]
+        idx = score.topk(fan_in, dim=1).indices.sort(dim=1).values  # [ng, K]
+        rows = idx.repeat_interleave(G, dim=0)[:L]  # [L, K]
+        with torch.no_grad():
+            layer.indices.copy_(idx.to(torch.int32))
+            layer.weight.copy_(torch.gather(w, 1, rows))
+            if linear.bias is not None:
+                layer.bias.copy_(linear.bias.detach())
+        return layer
+
+    def to_dense(self) -> nn.Linear:
+        """The equivalent ``nn.Linear`` (zeros outside the kept inputs)."""
+        w = self.weight.detach()
+        lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
+        rows = self.indices.long().repeat_interleave(self.group_size, dim=0)[: self.out_features]
+        with torch.no_grad():
+            lin.weight.zero_()
+            lin.weight.scatter_(1, rows, w)
+            if self.bias is not None:
+                lin.bias.copy_(self.bias.detach())
+        return lin
+
+    def extra_repr(self) -> str:
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
+            f"group_size={self.group_size}, num_groups={self.num_groups}, bias={self.bias is not None}, "
+            f"density={self.fan_in / self.in_features:.3g}"
+        )

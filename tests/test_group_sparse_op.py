@@ -1,0 +1,233 @@
+"""largeout.functional.group_sparse_linear against the float64 reference."""
+
+import pytest
+import torch
+
+import largeout
+from largeout import functional as F
+from largeout import reference as ref
+from largeout.nn import random_group_indices
+
+from conftest import DEVICES, HAS_CUDA, REL_TOL, rel_err
+
+DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
+
+# (B, H, L, K, G): odd B and L, partial last groups, single-group layers, the largest K.
+SHAPES = [
+    (1, 64, 50, 8, 16),
+    (7, 97, 129, 24, 32),
+    (33, 200, 1000, 64, 64),
+    (65, 300, 77, 128, 128),
+    (130, 520, 333, 512, 16),
+    (1000, 256, 300, 40, 32),
+    (3, 4100, 40, 4096, 32),
+]
+
+
+def make_inputs(B, H, L, K, G, dtype, device, seed, bias=True, lead=None):
+    gen = torch.Generator().manual_seed(seed)
+    shape = (B, H) if lead is None else (*lead, H)
+    x = torch.randn(shape, generator=gen, dtype=torch.float64).to(device, dtype)
+    w = (torch.randn(L, K, generator=gen, dtype=torch.float64) / K**0.5).to(device, dtype)
+    b = torch.randn(L, generator=gen, dtype=torch.float64).to(device, dtype) if bias else None
+    idx = random_group_indices(-(-L // G), H, K, generator=gen).to(device)
+    return x, w, b, idx
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_forward_backward_match_reference(shape, dtype, device, poison):
+    B, H, L, K, G = shape
+    if device == "cpu" and B * L * K > 5e7 and dtype != torch.float32:
+        pytest.skip("large CPU case covered in float32")
+    seed = hash((shape, str(dtype), device)) % 2**31
+    x, w, b, idx = make_inputs(B, H, L, K, G, dtype, device, seed)
+    x.requires_grad_(True)
+    w.requires_grad_(True)
+    b.requires_grad_(True)
+    y = F.group_sparse_linear(x, w, idx, b, G)
+    assert y.dtype == dtype and y.device == x.device and y.shape == (B, L)
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G)
+    assert rel_err(y, y_ref) < REL_TOL[dtype]
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    dy = torch.randn(B, L, generator=gen, dtype=torch.float64).to(device, dtype)
+    y.backward(dy)
+    dx_ref, dw_ref, db_ref = ref.group_sparse_linear_grads(x, w, idx, b, G, dy)
+    assert rel_err(x.grad, dx_ref) < REL_TOL[dtype]
+    assert rel_err(w.grad, dw_ref) < REL_TOL[dtype]
+    assert rel_err(b.grad, db_ref) < REL_TOL[dtype]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_leading_dims_and_no_bias(device, poison):
+    x, w, _, idx = make_inputs(0, 48, 70, 16, 32, torch.float32, device, 3, bias=False, lead=(2, 3, 5))
+    y = F.group_sparse_linear(x, w, idx, None, group_size=32)
+    assert y.shape == (2, 3, 5, 70)
+    assert rel_err(y, ref.group_sparse_linear(x, w, idx, None, 32)) < REL_TOL[torch.float32]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_some_inputs_need_grad(device):
+    x, w, b, idx = make_inputs(9, 64, 40, 16, 16, torch.float32, device, 4)
+    b.requires_grad_(True)
+    y = F.group_sparse_linear(x, w, idx, b, 16)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert x.grad is None and w.grad is None
+    assert rel_err(b.grad, dy.double().sum(0)) < 1e-6
+
+
+def test_gradcheck_float64_cpu():
+    x, w, b, idx = make_inputs(3, 24, 37, 8, 16, torch.float64, "cpu", 5)
+    for t in (x, w, b):
+        t.requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, w, b: F.group_sparse_linear(x, w, idx, b, 16), (x, w, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile_fullgraph(device):
+    x, w, b, idx = make_inputs(5, 64, 45, 16, 16, torch.float32, device, 6)
+    w.requires_grad_(True)
+
+    def step(x, w, b):
+        return F.group_sparse_linear(torch.tanh(x), w, idx, b, 16).square().sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    loss = compiled(x, w, b)
+    loss.backward()
+    w_grad = w.grad.clone()
+    w.grad = None
+    loss_eager = step(x, w, b)
+    loss_eager.backward()
+    assert torch.allclose(loss, loss_eager, rtol=1e-5)
+    assert torch.allclose(w_grad, w.grad, rtol=1e-5, atol=1e-6)
+
+    fwd = torch.compile(lambda x: F.group_sparse_linear(x, w, idx, b, 16) * 2, fullgraph=True)
+    with torch.no_grad():
+        assert torch.allclose(fwd(x), F.group_sparse_linear(x, w, idx, b, 16) * 2, rtol=1e-5)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)
+def test_cuda_input_gradient_is_deterministic(dtype):
+    x, w, b, idx = make_inputs(257, 128, 5000, 32, 32, dtype, "cuda", 7)
+    dy = torch.randn(257, 5000, device="cuda", dtype=dtype)
+    ops = torch.ops.largeout
+    first = ops.group_sparse_linear_backward_input(dy, w, idx, 32, 128)
+    for _ in range(3):
+        again = ops.group_sparse_linear_backward_input(dy, w, idx, 32, 128)
+        assert torch.equal(first, again)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_matches_cpu_float64():
+    x, w, b, idx = make_inputs(70, 150, 260, 48, 64, torch.float64, "cpu", 8)
+    y_cpu = F.group_sparse_linear(x, w, idx, b, 64)
+    y_gpu = F.group_sparse_linear(x.cuda(), w.cuda(), idx.cuda(), b.cuda(), 64)
+    assert rel_err(y_gpu, y_cpu) < 1e-12
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_cuda_64bit_offsets():
+    """B * L > 2^31: outputs and gradients far into the tensors are right."""
+    B, H, L, K, G = 2100, 64, 1_050_001, 16, 16
+    assert B * L > 2**31
+    dtype = torch.bfloat16
+    x, w, b, idx = make_inputs(B, H, L, K, G, dtype, "cuda", 9)
+    y = F.group_sparse_linear(x, w, idx, b, G)
+    rows = torch.tensor([0, 1234, B - 1])
+    y_ref = ref.group_sparse_linear(x[rows], w, idx, b, G)
+    assert rel_err(y[rows], y_ref) < REL_TOL[dtype]
+    del y
+    dy = torch.randn(B, L, device="cuda", dtype=dtype)
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    labels = torch.tensor([0, 777_777, L - 1])
+    xs = x.double().cpu()
+    for l in labels.tolist():
+        g = l // G
+        xg = xs[:, idx[g].long().cpu()]  # [B, K]
+        dyl = dy[:, l].double().cpu()
+        assert rel_err(dw[l], dyl @ xg) < REL_TOL[dtype]
+        assert rel_err(db[l : l + 1], dyl.sum().reshape(1)) < REL_TOL[dtype]
+    dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    _, dw_unused, _ = None, None, None
+    for r in rows.tolist():
+        dx_ref, _, _ = ref.group_sparse_linear_grads(x[r : r + 1], w, idx, None, G, dy[r : r + 1])
+        assert rel_err(dx[r : r + 1], dx_ref) < REL_TOL[dtype]
+
+
+# ----------------------------------------------------------------------------------
+# Bad input: a clear error naming the argument, and nothing written.
+# ----------------------------------------------------------------------------------
+def _good(device="cpu"):
+    return make_inputs(4, 64, 40, 16, 16, torch.float32, device, 10)
+
+
+@pytest.mark.parametrize(
+    "mutate, match",
+    [
+        (lambda x, w, b, i: (x, w.double(), b, i), "weight must have the dtype of x"),
+        (lambda x, w, b, i: (x.int(), w, b, i), "x must be float32"),
+        (lambda x, w, b, i: (x, w, b, i.long()), "indices must be int32"),
+        (lambda x, w, b, i: (x, w, b, i[:-1]), "indices must have ceil"),
+        (lambda x, w, b, i: (x, w[:, :8], b, i), "weight must be \\[L, K\\]"),
+        (lambda x, w, b, i: (x, w, b[:-1], i), "bias must be 1-D"),
+        (lambda x, w, b, i: (x, w, b.half(), i), "bias must have the dtype of x"),
+        (lambda x, w, b, i: (x, w[:, :12], b, i[:, :12]), "fan-in K"),
+        (lambda x, w, b, i: (x[:, :8], w, b, i), "cannot exceed in_features"),
+    ],
+)
+def test_bad_input_errors(mutate, match):
+    x, w, b, i = mutate(*_good())
+    with pytest.raises((RuntimeError, TypeError, ValueError), match=match):
+        F.group_sparse_linear(x, w, i, b, 16)
+
+
+def test_bad_group_size():
+    x, w, b, i = _good()
+    with pytest.raises(ValueError, match="group_size must be one of"):
+        F.group_sparse_linear(x, w, i[:20], b, 2)
+    with pytest.raises(TypeError, match="group_size is required"):
+        F.group_sparse_linear(x, w, i, b)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
+def test_device_mismatch_error():
+    x, w, b, i = _good()
+    with pytest.raises(RuntimeError, match="weight must be on the device of x"):
+        F.group_sparse_linear(x.cuda(), w, i.cuda(), b.cuda(), 16)
+    with pytest.raises(RuntimeError, match="indices must be on the device of x"):
+        F.group_sparse_linear(x.cuda(), w.cuda(), i, b.cuda(), 16)
+
+
+def test_validate_indices():
+    idx = random_group_indices(3, 50, 16)
+    F.validate_indices(idx, 50, 40, 16)  # valid
+    before = idx.clone()
+    bad = idx.clone()
+    bad[1, 3] = 50
+    with pytest.raises(ValueError, match="indices must lie in"):
+        F.validate_indices(bad, 50, 40, 16)
+    bad = idx.clone()
+    bad[2, 5] = bad[2, 6]
+    with pytest.raises(ValueError, match="row 2 has a repeated value"):
+        F.validate_indices(bad, 50, 40, 16)
+    with pytest.raises(ValueError, match="must have shape"):
+        F.validate_indices(idx, 50, 60, 16)
+    assert torch.equal(idx, before)
+
+
+def test_build_info():
+    info = largeout.build_info()
+    for key in ("version", "torch", "torch_runtime", "cuda_kernels", "cuda", "cuda_archs", "cutlass"):
+        assert key in info
+    if info["cuda_kernels"]:
+        assert info["cuda"] and info["cutlass"] and info["cuda_archs"]
+    if HAS_CUDA:
+        assert info["cuda_kernels"], "a CUDA device is present but the CUDA kernels were not built"
+    import os
+
+    if os.environ.get("LARGEOUT_EXPECT_CUDA_KERNELS") == "1":
+        assert info["cuda_kernels"] and set(info["cuda_archs"]) >= {"80", "90a"}
