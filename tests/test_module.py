@@ -1,0 +1,168 @@
+"""largeout.nn.GroupSparseLinear."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from largeout import reference as ref
+from largeout.nn import GroupSparseLinear, random_group_indices
+
+from conftest import DEVICES, REL_TOL, rel_err
+
+
+def check_indices_table(idx, num_groups, in_features, fan_in):
+    assert idx.dtype == torch.int32 and idx.shape == (num_groups, fan_in)
+    assert int(idx.min()) >= 0 and int(idx.max()) < in_features
+    assert bool((idx[:, 1:] > idx[:, :-1]).all()), "indices must be strictly increasing (sorted, unique) per group"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_forward_matches_reference(device, dtype):
+    gen = torch.Generator().manual_seed(0)
+    layer = GroupSparseLinear(100, 333, fan_in=24, group_size=32, device=device, dtype=dtype, generator=gen)
+    check_indices_table(layer.indices, 11, 100, 24)
+    assert layer.weight.shape == (333, 24) and layer.bias.shape == (333,)
+    assert layer.weight.dtype == dtype and layer.indices.device.type == device
+    x = torch.randn(4, 7, 100, generator=gen).to(device, dtype)
+    y = layer(x)
+    assert y.shape == (4, 7, 333)
+    y_ref = ref.group_sparse_linear(x, layer.weight, layer.indices, layer.bias, 32)
+    assert rel_err(y, y_ref) < REL_TOL[dtype]
+
+
+def test_init_is_scaled_for_fan_in():
+    layer = GroupSparseLinear(4000, 20000, fan_in=64, group_size=64)
+    bound = 1 / math.sqrt(64)
+    w = layer.weight.detach()
+    assert float(w.abs().max()) <= bound
+    # uniform(-b, b) has std b / sqrt(3)
+    assert abs(float(w.std()) - bound / math.sqrt(3)) < 0.02 * bound
+    assert float(layer.bias.detach().abs().max()) <= bound
+
+
+def test_indices_are_uniform_and_seeded():
+    a = random_group_indices(2000, 50, 8, generator=torch.Generator().manual_seed(1))
+    b = random_group_indices(2000, 50, 8, generator=torch.Generator().manual_seed(1))
+    c = random_group_indices(2000, 50, 8, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    check_indices_table(a, 2000, 50, 8)
+    counts = torch.bincount(a.flatten().long(), minlength=50).double()
+    expected = 2000 * 8 / 50
+    assert float(((counts - expected).abs() / expected).max()) < 0.2
+
+
+def test_from_dense_keeps_top_inputs_per_group_and_to_dense_round_trips():
+    torch.manual_seed(3)
+    H, L, K, G = 40, 70, 16, 16
+    dense = nn.Linear(H, L).double()
+    layer = GroupSparseLinear.from_dense(dense, fan_in=K, group_size=G)
+    assert layer.weight.dtype == torch.float64
+    check_indices_table(layer.indices, 5, H, K)
+    w = dense.weight.detach()
+    for g in range(5):
+        rows = w[g * G : min(L, (g + 1) * G)]
+        score = rows.abs().sum(0)
+        kept = set(layer.indices[g].tolist())
+        # every kept input scores at least as high as every dropped one
+        assert min(score[list(kept)]) >= max(score[[h for h in range(H) if h not in kept]])
+        assert torch.equal(layer.weight[g * G : min(L, (g + 1) * G)], rows[:, layer.indices[g].long()])
+    back = layer.to_dense()
+    assert isinstance(back, nn.Linear) and back.weight.shape == (L, H)
+    mask = ref.group_sparse_to_dense(torch.ones(L, K), layer.indices, H, G).bool()
+    assert torch.equal(back.weight[mask], w[mask])
+    assert bool((back.weight[~mask] == 0).all())
+    assert torch.equal(back.bias, dense.bias)
+    x = torch.randn(6, H, dtype=torch.float64)
+    assert rel_err(layer(x), back(x)) < 1e-12
+    assert rel_err(back.weight, ref.group_sparse_to_dense(layer.weight, layer.indices, H, G)) == 0.0
+
+
+def test_from_dense_with_full_fan_in_is_exact():
+    dense = nn.Linear(32, 50).double()
+    layer = GroupSparseLinear.from_dense(dense, fan_in=32, group_size=16)
+    x = torch.randn(5, 32, dtype=torch.float64)
+    assert rel_err(layer(x), dense(x)) < 1e-12
+    assert torch.equal(layer.to_dense().weight, dense.weight)
+
+
+def test_state_dict_round_trip():
+    a = GroupSparseLinear(64, 100, 16, 32, generator=torch.Generator().manual_seed(4))
+    b = GroupSparseLinear(64, 100, 16, 32, generator=torch.Generator().manual_seed(5))
+    assert not torch.equal(a.indices, b.indices)
+    sd = a.state_dict()
+    assert set(sd) == {"weight", "bias", "indices"}
+    b.load_state_dict(sd)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.weight, b.weight)
+    x = torch.randn(3, 64)
+    assert torch.equal(a(x), b(x))
+
+
+def test_bad_indices_are_rejected_and_nothing_changes():
+    layer = GroupSparseLinear(64, 100, 16, 32)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    other = GroupSparseLinear(64, 100, 16, 32).state_dict()
+    bad = other["indices"].clone()
+    bad[2, 0] = 64
+    other["indices"] = bad
+    with pytest.raises(ValueError, match="indices must lie in"):
+        layer.load_state_dict(other)
+    dup = before["indices"].clone()
+    dup[1, 1] = dup[1, 0]
+    with pytest.raises(ValueError, match="repeated value"):
+        layer.set_indices(dup)
+    with pytest.raises(ValueError, match="repeated value"):
+        layer.indices = dup
+    with pytest.raises(TypeError, match="int32"):
+        layer.set_indices(before["indices"].long())
+    for k, v in layer.state_dict().items():
+        assert torch.equal(v, before[k]), f"{k} changed after a rejected update"
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(fan_in=12), "fan_in must be a multiple of 8"),
+        (dict(fan_in=128), "fan_in must be a multiple of 8"),
+        (dict(group_size=48), "group_size must be one of"),
+        (dict(out_features=0), "out_features must be >= 1"),
+    ],
+)
+def test_bad_construction(kwargs, match):
+    args = dict(in_features=64, out_features=10, fan_in=16, group_size=16)
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        GroupSparseLinear(**args)
+
+
+def test_extra_repr_and_no_bias():
+    layer = GroupSparseLinear(768, 1000, 128, 32, bias=False)
+    r = repr(layer)
+    for part in ("in_features=768", "out_features=1000", "fan_in=128", "group_size=32", "num_groups=32", "bias=False"):
+        assert part in r
+    assert layer.bias is None
+    y = layer(torch.randn(2, 768))
+    assert y.shape == (2, 1000)
+
+
+def test_training_recovers_a_teacher():
+    """Gradients are right end to end: SGD on the student recovers a teacher layer
+    that reads the same inputs."""
+    torch.manual_seed(6)
+    teacher = GroupSparseLinear(128, 300, 32, 32)
+    student = GroupSparseLinear(128, 300, 32, 32)
+    student.set_indices(teacher.indices)
+    opt = torch.optim.SGD(student.parameters(), lr=8.0)  # mean over 300 outputs: small gradients
+    losses = []
+    for _ in range(80):
+        x = torch.randn(64, 128)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = nn.functional.mse_loss(student(x), target)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.01 * losses[0]
