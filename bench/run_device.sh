@@ -25,8 +25,16 @@ LARGEOUT_CUDA=on python3 -m pip install --no-build-isolation --no-deps -v . > "$
 echo "built in $(( $(date +%s) - start )) s"
 python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || exit 1
 
-echo "== tests"
-python3 -m pytest tests -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+{ g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; } >> "$OUT/device.txt" 2>&1
+
+echo "== tests: argument errors alone (fresh process)"
+python3 -X faulthandler -m pytest tests -q -p no:cacheprovider -k "bad or error or validate" 2>&1 | tail -4
+echo "== tests: whole suite"
+python3 -X faulthandler -m pytest tests -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+echo "== compute-sanitizer memcheck on the CUDA numeric tests"
+timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_op.py -q \
+  -p no:cacheprovider -k "match_reference and cuda and not 1000 and not 4100" 2>&1 | tail -6 > "$OUT/memcheck.log"
+echo "memcheck rc=${PIPESTATUS[0]}"; tail -4 "$OUT/memcheck.log"
 
 echo "== benchmarks"
 if [ "$MODE" = quick ]; then
