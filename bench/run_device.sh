@@ -10,6 +10,7 @@ OUT=${OUT:-/tmp/largeout_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MODE=${1:-full}
+TESTS=${TESTS:-tests}  # test paths (default: all)
 
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
   > "$OUT/device.txt" 2>&1
@@ -28,9 +29,9 @@ python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || 
 { g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; } >> "$OUT/device.txt" 2>&1
 
 echo "== tests: argument errors alone (fresh process)"
-python3 -X faulthandler -m pytest tests -q -p no:cacheprovider -k "bad or error or validate" 2>&1 | tail -4
+python3 -X faulthandler -m pytest $TESTS -q -p no:cacheprovider -k "bad or error or validate" 2>&1 | tail -4
 echo "== tests: whole suite"
-python3 -X faulthandler -m pytest tests -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
+python3 -X faulthandler -m pytest $TESTS -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -25
 echo "== compute-sanitizer memcheck on the CUDA numeric tests"
 timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_op.py -q \
   -p no:cacheprovider -k "match_reference and cuda and not 1000 and not 4100" 2>&1 | tail -6 > "$OUT/memcheck.log"
