@@ -2,7 +2,7 @@
 # One call on the GPU machine: build largeout, run the whole test suite (GPU tests
 # included) and the benchmarks. Logs and JSON go to $OUT.
 #
-#   bash bench/run_device.sh [quick]
+#   bash bench/run_device.sh [full|quick|tests]   (tests: no benchmarks)
 #
 # Expects the nvidia-cutlass wheel under .whl/ (carried; see bench/README.md).
 set -uo pipefail
@@ -38,7 +38,9 @@ timeout 300 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pyte
 echo "memcheck rc=${PIPESTATUS[0]}"; tail -4 "$OUT/memcheck.log"
 
 echo "== benchmarks"
-if [ "$MODE" = quick ]; then
+if [ "$MODE" = tests ]; then
+  echo "(skipped: tests only)"
+elif [ "$MODE" = quick ]; then
   python3 bench/bench_group_sparse.py --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -30
 else
   python3 bench/bench_group_sparse.py --B 128,512 --K 64,128,256 --G 32,128 --L 131072,670208 \

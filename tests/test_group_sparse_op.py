@@ -180,8 +180,15 @@ def _good(device="cpu"):
 )
 def test_bad_input_errors(mutate, match):
     x, w, b, i = mutate(*_good())
-    with pytest.raises((RuntimeError, TypeError, ValueError), match=match):
+    before = [t.clone() for t in (x, w, b, i)]
+    # The Python layer raises TypeError / ValueError ...
+    with pytest.raises((TypeError, ValueError), match=match):
         F.group_sparse_linear(x, w, i, b, 16)
+    # ... and the native op checks the same things itself (TypeError / RuntimeError).
+    with pytest.raises((TypeError, RuntimeError), match=match):
+        torch.ops.largeout.group_sparse_linear(x, w, i, b, 16)
+    for t, t0 in zip((x, w, b, i), before):
+        assert torch.equal(t, t0)
 
 
 def test_bad_group_size():
@@ -195,9 +202,11 @@ def test_bad_group_size():
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 def test_device_mismatch_error():
     x, w, b, i = _good()
-    with pytest.raises(RuntimeError, match="weight must be on the device of x"):
+    with pytest.raises(ValueError, match="weight must be on the device of x"):
         F.group_sparse_linear(x.cuda(), w, i.cuda(), b.cuda(), 16)
-    with pytest.raises(RuntimeError, match="indices must be on the device of x"):
+    with pytest.raises(RuntimeError, match="weight must be on the device of x"):
+        torch.ops.largeout.group_sparse_linear(x.cuda(), w, i.cuda(), b.cuda(), 16)
+    with pytest.raises(ValueError, match="indices must be on the device of x"):
         F.group_sparse_linear(x.cuda(), w.cuda(), i, b.cuda(), 16)
 
 

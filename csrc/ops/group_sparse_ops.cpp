@@ -18,6 +18,12 @@ namespace largeout {
 namespace {
 
 constexpr const char* kOp = "largeout.group_sparse_linear";
+
+// Error policy: dtype problems raise c10::TypeError; shape and value problems raise
+// c10::Error (RuntimeError). c10::ValueError is avoided: thrown from an extension it
+// crashed the process on one torch 2.11 image (its vtable binds to libc10's copy).
+// The Python layer (functional.py) checks the same things first and raises
+// ValueError, so users see ValueError either way.
 constexpr int64_t kMaxFanInAll = 4096;
 
 DType to_dtype(const at::Tensor& t, const char* name) {
@@ -40,7 +46,7 @@ void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref, co
 }
 
 void check_group_size(int64_t G) {
-  TORCH_CHECK_VALUE(G == 16 || G == 32 || G == 64 || G == 128, kOp, ": group_size must be one of 16, 32, 64, 128; got ",
+  TORCH_CHECK(G == 16 || G == 32 || G == 64 || G == 128, kOp, ": group_size must be one of 16, 32, 64, 128; got ",
                     G);
 }
 
@@ -49,19 +55,19 @@ int64_t check_indices(const at::Tensor& indices, int64_t L, int64_t G, const at:
   TORCH_CHECK_TYPE(indices.scalar_type() == at::kInt, kOp, ": indices must be int32; got ", indices.scalar_type());
   TORCH_CHECK(indices.device() == ref.device(), kOp, ": indices must be on the device of x (", ref.device(), "); got ",
               indices.device());
-  TORCH_CHECK_VALUE(indices.dim() == 2, kOp, ": indices must be 2-D [ceil(L/G), K]; got ", indices.dim(),
+  TORCH_CHECK(indices.dim() == 2, kOp, ": indices must be 2-D [ceil(L/G), K]; got ", indices.dim(),
                     "-D with shape ", indices.sizes());
   const int64_t ng = (L + G - 1) / G;
-  TORCH_CHECK_VALUE(indices.size(0) == ng, kOp, ": indices must have ceil(out_features / group_size) = ceil(", L, " / ",
+  TORCH_CHECK(indices.size(0) == ng, kOp, ": indices must have ceil(out_features / group_size) = ceil(", L, " / ",
                     G, ") = ", ng, " rows; got ", indices.size(0));
   const int64_t K = indices.size(1);
-  TORCH_CHECK_VALUE(K >= 8 && K % 8 == 0 && K <= kMaxFanInAll, kOp,
+  TORCH_CHECK(K >= 8 && K % 8 == 0 && K <= kMaxFanInAll, kOp,
                     ": fan-in K (indices.shape[1]) must be a multiple of 8 in [8, ", kMaxFanInAll, "]; got ", K);
   return K;
 }
 
 GroupSparseShape make_shape(int64_t B, int64_t H, int64_t L, int64_t K, int64_t G) {
-  TORCH_CHECK_VALUE(K <= H, kOp, ": fan-in K = ", K, " cannot exceed in_features H = ", H,
+  TORCH_CHECK(K <= H, kOp, ": fan-in K = ", K, " cannot exceed in_features H = ", H,
                     " (indices are unique within a group)");
   GroupSparseShape s;
   s.batch = B;
@@ -101,20 +107,20 @@ struct FwdArgs {
 FwdArgs check_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
                   const std::optional<at::Tensor>& bias, int64_t G) {
   const DType dt = to_dtype(x, "x");
-  TORCH_CHECK_VALUE(x.dim() == 2, kOp, ": x must be 2-D [B, H] here; got shape ", x.sizes());
+  TORCH_CHECK(x.dim() == 2, kOp, ": x must be 2-D [B, H] here; got shape ", x.sizes());
   check_same(weight, "weight", x, "x");
-  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   check_group_size(G);
   const int64_t L = weight.size(0);
-  TORCH_CHECK_VALUE(L >= 1, kOp, ": weight must have at least one row (out_features >= 1); got shape ",
+  TORCH_CHECK(L >= 1, kOp, ": weight must have at least one row (out_features >= 1); got shape ",
                     weight.sizes());
   const int64_t K = check_indices(indices, L, G, x);
-  TORCH_CHECK_VALUE(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
+  TORCH_CHECK(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
                     "; got shape ", weight.sizes());
   at::Tensor b;
   if (bias.has_value() && bias->defined()) {
     check_same(*bias, "bias", x, "x");
-    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == L, kOp, ": bias must be 1-D [", L, "]; got shape ",
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == L, kOp, ": bias must be 1-D [", L, "]; got shape ",
                       bias->sizes());
     b = bias->contiguous();
   }
@@ -144,13 +150,13 @@ struct DxArgs {
 DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G, int64_t H) {
   const DType dt = to_dtype(grad, "grad_out");
   check_same(weight, "weight", grad, "grad_out");
-  TORCH_CHECK_VALUE(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
+  TORCH_CHECK(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   check_group_size(G);
   const int64_t L = weight.size(0);
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(1) == L, kOp, ": grad_out must be [B, L] with L = ", L,
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) == L, kOp, ": grad_out must be [B, L] with L = ", L,
                     "; got shape ", grad.sizes());
   const int64_t K = check_indices(indices, L, G, grad);
-  TORCH_CHECK_VALUE(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
+  TORCH_CHECK(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
                     "; got shape ", weight.sizes());
   return {grad.contiguous(), weight.contiguous(), indices.contiguous(), make_shape(grad.size(0), H, L, K, G), dt};
 }
@@ -177,9 +183,9 @@ struct DwArgs {
 DwArgs check_dw(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices, int64_t G) {
   const DType dt = to_dtype(grad, "grad_out");
   check_same(x, "x", grad, "grad_out");
-  TORCH_CHECK_VALUE(grad.dim() == 2 && grad.size(1) >= 1, kOp, ": grad_out must be 2-D [B, L]; got shape ",
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) >= 1, kOp, ": grad_out must be 2-D [B, L]; got shape ",
                     grad.sizes());
-  TORCH_CHECK_VALUE(x.dim() == 2 && x.size(0) == grad.size(0), kOp, ": x must be [B, H] with B = grad_out.shape[0] = ",
+  TORCH_CHECK(x.dim() == 2 && x.size(0) == grad.size(0), kOp, ": x must be [B, H] with B = grad_out.shape[0] = ",
                     grad.size(0), "; got shape ", x.sizes());
   check_group_size(G);
   const int64_t L = grad.size(1);

@@ -41,14 +41,56 @@ def group_sparse_linear(
         Gradients flow to ``x``, ``weight`` and ``bias``; the input gradient is
         deterministic.
     """
-    if group_size is None:
-        raise TypeError("group_sparse_linear: group_size is required (one of 16, 32, 64, 128)")
-    if x.dim() < 1:
-        raise ValueError(f"group_sparse_linear: x must have at least 1 dimension [*, H]; got shape {tuple(x.shape)}")
+    _check_args(x, weight, indices, bias, group_size)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     y = torch.ops.largeout.group_sparse_linear(x2, weight, indices, bias, group_size)
     return y.reshape(*lead, y.shape[-1])
+
+
+_OP = "largeout.group_sparse_linear"
+_FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def _check_args(x, weight, indices, bias, group_size) -> None:
+    """Shape, dtype and device checks (values of indices are checked when they are set)."""
+    if group_size is None:
+        raise TypeError(f"{_OP}: group_size is required (one of {GROUP_SIZES})")
+    if group_size not in GROUP_SIZES:
+        raise ValueError(f"{_OP}: group_size must be one of {', '.join(map(str, GROUP_SIZES))}; got {group_size}")
+    if x.dim() < 1:
+        raise ValueError(f"{_OP}: x must have at least 1 dimension [*, H]; got shape {tuple(x.shape)}")
+    if x.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{_OP}: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"{_OP}: {name} must have the dtype of x ({x.dtype}); got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{_OP}: {name} must be on the device of x ({x.device}); got {t.device}")
+    if weight.dim() != 2 or weight.shape[0] < 1:
+        raise ValueError(f"{_OP}: weight must be 2-D [L, K] with L >= 1; got shape {tuple(weight.shape)}")
+    if indices.dtype != torch.int32:
+        raise TypeError(f"{_OP}: indices must be int32; got {indices.dtype}")
+    if indices.device != x.device:
+        raise ValueError(f"{_OP}: indices must be on the device of x ({x.device}); got {indices.device}")
+    L, H = weight.shape[0], x.shape[-1]
+    num_groups = -(-L // group_size)
+    if indices.dim() != 2 or indices.shape[0] != num_groups:
+        raise ValueError(
+            f"{_OP}: indices must have ceil(out_features / group_size) = ceil({L} / {group_size}) = {num_groups} "
+            f"rows and 2 dimensions; got shape {tuple(indices.shape)}"
+        )
+    K = indices.shape[1]
+    if K < 8 or K % 8 or K > MAX_FAN_IN:
+        raise ValueError(f"{_OP}: fan-in K (indices.shape[1]) must be a multiple of 8 in [8, {MAX_FAN_IN}]; got {K}")
+    if weight.shape[1] != K:
+        raise ValueError(f"{_OP}: weight must be [L, K] with K = indices.shape[1] = {K}; got shape {tuple(weight.shape)}")
+    if K > H:
+        raise ValueError(f"{_OP}: fan-in K = {K} cannot exceed in_features H = {H} (indices are unique within a group)")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != L):
+        raise ValueError(f"{_OP}: bias must be 1-D [{L}]; got shape {tuple(bias.shape)}")
 
 
 def validate_indices(indices: torch.Tensor, in_features: int, out_features: int, group_size: int) -> None:
