@@ -166,3 +166,20 @@ def test_training_recovers_a_teacher():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.01 * losses[0]
+
+
+def test_generator_on_another_device_gives_same_init():
+    """A CPU generator seeds a layer the same way whatever device the layer is on
+    (on a CPU-only machine: 'meta' stands in for the other device)."""
+    dev = "cuda" if torch.cuda.is_available() else None
+    a = GroupSparseLinear(64, 100, 16, 32, generator=torch.Generator().manual_seed(7))
+    if dev is None:
+        from largeout.nn.group_sparse import _uniform_
+
+        t = torch.empty(3000, dtype=torch.float64)
+        _uniform_(t, 0.5, torch.Generator().manual_seed(1))
+        ref = torch.empty(3000, dtype=torch.float64).uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(t, ref)
+        return
+    b = GroupSparseLinear(64, 100, 16, 32, device=dev, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a.weight, b.weight.cpu()) and torch.equal(a.indices, b.indices.cpu())

@@ -33,6 +33,19 @@ def random_group_indices(
     return out.to(device) if device is not None else out
 
 
+def _uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator]) -> None:
+    """``t.uniform_(-bound, bound)`` drawn from ``generator`` even when it lives on
+    another device than ``t`` (drawn there in bounded chunks, then copied)."""
+    if generator is None or generator.device == t.device:
+        t.uniform_(-bound, bound, generator=generator)
+        return
+    flat = t.view(-1)
+    for i in range(0, flat.numel(), _SAMPLE_ELEMS):
+        chunk = flat[i : i + _SAMPLE_ELEMS]
+        tmp = torch.empty(chunk.shape, dtype=t.dtype, device=generator.device)
+        chunk.copy_(tmp.uniform_(-bound, bound, generator=generator))
+
+
 class GroupSparseLinear(nn.Module):
     r"""Output layer with group-shared fixed fan-in sparsity.
 
@@ -101,9 +114,9 @@ class GroupSparseLinear(nn.Module):
         weights and bias in ``[-1/sqrt(K), 1/sqrt(K)]``."""
         bound = 1.0 / math.sqrt(self.fan_in)
         with torch.no_grad():
-            self.weight.uniform_(-bound, bound, generator=generator)
+            _uniform_(self.weight, bound, generator)
             if self.bias is not None:
-                self.bias.uniform_(-bound, bound, generator=generator)
+                _uniform_(self.bias, bound, generator)
 
     # -- indices: validated whenever they are set or loaded ---------------------
     def __setattr__(self, name, value):
