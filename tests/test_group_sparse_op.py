@@ -222,7 +222,7 @@ def test_validate_indices():
     bad[2, 5] = bad[2, 6]
     with pytest.raises(ValueError, match="row 2 has a repeated value"):
         F.validate_indices(bad, 50, 40, 16)
-    with pytest.raises(ValueError, match="must have shape"):
+    with pytest.raises(ValueError, match="indices must have ceil"):
         F.validate_indices(idx, 50, 60, 16)
     assert torch.equal(idx, before)
 

@@ -71,26 +71,32 @@ def _check_args(x, weight, indices, bias, group_size) -> None:
             raise ValueError(f"{_OP}: {name} must be on the device of x ({x.device}); got {t.device}")
     if weight.dim() != 2 or weight.shape[0] < 1:
         raise ValueError(f"{_OP}: weight must be 2-D [L, K] with L >= 1; got shape {tuple(weight.shape)}")
-    if indices.dtype != torch.int32:
-        raise TypeError(f"{_OP}: indices must be int32; got {indices.dtype}")
     if indices.device != x.device:
         raise ValueError(f"{_OP}: indices must be on the device of x ({x.device}); got {indices.device}")
     L, H = weight.shape[0], x.shape[-1]
+    K = _check_index_table(indices, H, L, group_size, prefix=f"{_OP}: ")
+    if weight.shape[1] != K:
+        raise ValueError(f"{_OP}: weight must be [L, K] with K = indices.shape[1] = {K}; got shape {tuple(weight.shape)}")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != L):
+        raise ValueError(f"{_OP}: bias must be 1-D [{L}]; got shape {tuple(bias.shape)}")
+
+
+def _check_index_table(indices: torch.Tensor, H: int, L: int, group_size: int, prefix: str = "") -> int:
+    """Dtype and shape of an indices table (not its values); returns K."""
+    if indices.dtype != torch.int32:
+        raise TypeError(f"{prefix}indices must be int32; got {indices.dtype}")
     num_groups = -(-L // group_size)
     if indices.dim() != 2 or indices.shape[0] != num_groups:
         raise ValueError(
-            f"{_OP}: indices must have ceil(out_features / group_size) = ceil({L} / {group_size}) = {num_groups} "
+            f"{prefix}indices must have ceil(out_features / group_size) = ceil({L} / {group_size}) = {num_groups} "
             f"rows and 2 dimensions; got shape {tuple(indices.shape)}"
         )
     K = indices.shape[1]
     if K < 8 or K % 8 or K > MAX_FAN_IN:
-        raise ValueError(f"{_OP}: fan-in K (indices.shape[1]) must be a multiple of 8 in [8, {MAX_FAN_IN}]; got {K}")
-    if weight.shape[1] != K:
-        raise ValueError(f"{_OP}: weight must be [L, K] with K = indices.shape[1] = {K}; got shape {tuple(weight.shape)}")
+        raise ValueError(f"{prefix}fan-in K (indices.shape[1]) must be a multiple of 8 in [8, {MAX_FAN_IN}]; got {K}")
     if K > H:
-        raise ValueError(f"{_OP}: fan-in K = {K} cannot exceed in_features H = {H} (indices are unique within a group)")
-    if bias is not None and (bias.dim() != 1 or bias.shape[0] != L):
-        raise ValueError(f"{_OP}: bias must be 1-D [{L}]; got shape {tuple(bias.shape)}")
+        raise ValueError(f"{prefix}fan-in K = {K} cannot exceed in_features H = {H} (indices are unique within a group)")
+    return K
 
 
 def validate_indices(indices: torch.Tensor, in_features: int, out_features: int, group_size: int) -> None:
@@ -101,19 +107,7 @@ def validate_indices(indices: torch.Tensor, in_features: int, out_features: int,
         raise TypeError(f"indices must be a torch.Tensor; got {type(indices).__name__}")
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}; got {group_size}")
-    if indices.dtype != torch.int32:
-        raise TypeError(f"indices must be int32; got {indices.dtype}")
-    num_groups = -(-out_features // group_size)
-    if indices.dim() != 2 or indices.shape[0] != num_groups:
-        raise ValueError(
-            f"indices must have shape [ceil(out_features / group_size), K] = [{num_groups}, K]; "
-            f"got {tuple(indices.shape)}"
-        )
-    k = indices.shape[1]
-    if k < 8 or k % 8 or k > MAX_FAN_IN:
-        raise ValueError(f"fan-in K (indices.shape[1]) must be a multiple of 8 in [8, {MAX_FAN_IN}]; got {k}")
-    if k > in_features:
-        raise ValueError(f"fan-in K = {k} cannot exceed in_features = {in_features}")
+    _check_index_table(indices, in_features, out_features, group_size)
     if indices.numel() == 0:
         return
     lo, hi = int(indices.min()), int(indices.max())
