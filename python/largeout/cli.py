@@ -1,0 +1,190 @@
+"""Command line: ``largeout {demo,train,predict,eval,data}``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+# Flags that map one to one onto TrainConfig fields.
+_TRAIN_FLAGS = {
+    "data": str, "encoder": str, "output": str, "fan_in": int, "group_size": int, "hidden": int,
+    "batch_size": int, "epochs": int, "optimizer": str, "lr": float, "schedule": str, "seed": int,
+    "eval_every": int, "out": str, "device": str, "val_fraction": float,
+}
+
+# The demo: sized to finish in under 2 minutes on a 2-core CPU.
+DEMO_CONFIG = {
+    "synthetic": {"num_samples": 24000, "num_features": 8000, "num_labels": 3000, "seed": 0},
+    "epochs": 5, "batch_size": 256, "hidden": 256, "fan_in": 64, "group_size": 32, "lr": 1e-2,
+}
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="TOML file with TrainConfig fields")
+    for name, typ in _TRAIN_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other config field, e.g. --set dropout=0.1 --set synthetic.num_labels=5000")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _overrides(args) -> dict:
+    over = {name: getattr(args, name) for name in _TRAIN_FLAGS}
+    for item in args.set:
+        if "=" not in item:
+            raise SystemExit(f"--set expects KEY=VALUE; got {item!r}")
+        k, v = item.split("=", 1)
+        over[k.strip()] = v.strip()
+    if args.no_progress:
+        over["progress"] = False
+    return over
+
+
+def _table(summary: dict) -> str:
+    rows = []
+    for split in ("val", "test"):
+        if split in summary:
+            m = summary[split]
+            rows.append((split, *(m.get(k, float("nan")) for k in ("P@1", "P@3", "P@5", "nDCG@5", "PSP@1", "PSP@5", "ECE@5"))))
+    head = ("split", "P@1", "P@3", "P@5", "nDCG@5", "PSP@1", "PSP@5", "ECE@5")
+    lines = ["  ".join(f"{h:>7}" for h in head)]
+    lines += ["  ".join([f"{r[0]:>7}"] + [f"{v:7.4f}" for v in r[1:]]) for r in rows]
+    if "test" in summary and "ECE@5_isotonic" in summary["test"]:
+        lines.append(f"test ECE@5 after isotonic recalibration on validation: {summary['test']['ECE@5_isotonic']:.4f}")
+    return "\n".join(lines)
+
+
+def cmd_train(args, demo: bool = False) -> int:
+    from .train import load_config, train
+
+    over = _overrides(args)
+    if demo:
+        base = dict(DEMO_CONFIG)
+        base["out"] = over.get("out") or "largeout-demo"
+        over = {**base, **{k: v for k, v in over.items() if v is not None}}
+    cfg = load_config(args.config, over)
+    t0 = time.time()
+    summary = train(cfg, resume=getattr(args, "resume", False))
+    print()
+    print(_table(summary))
+    out = Path(cfg.out)
+    print(f"\ndone in {time.time() - t0:.1f} s. Outputs in {out}/:")
+    print(f"  checkpoints/best, checkpoints/last   (model.safetensors, optimizer.safetensors, config.json)")
+    print(f"  metrics.jsonl, summary.json, p_at_k.png, reliability.png")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    import torch
+
+    from .train import load_config, predict_topk
+    from .train.checkpoint import load_checkpoint
+    from .train.data import _load_split
+    from .train.model import build_model
+    from .train.trainer import resolve_device
+
+    ckpt = Path(args.checkpoint)
+    cfg_dict = json.loads((ckpt / "config.json").read_text())
+    cfg = load_config(None, {k: v for k, v in cfg_dict.items()})
+    device = resolve_device(args.device or cfg.device)
+    path = Path(args.data)
+    split = _load_split(path.parent, path.name.split(".")[0], cfg.encoder.startswith("hf:"), None)
+    if split is None:
+        raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
+    num_features = split.X.shape[1] if split.X is not None else 0
+    model = build_model(cfg, num_features, _num_labels(ckpt))
+    load_checkpoint(ckpt, model, None, "cpu")
+    model.to(device)
+    topk, scores = predict_topk(model, split, args.topk, 1024, device)
+    np.savez_compressed(args.out, topk=topk, scores=scores)
+    print(f"wrote top-{args.topk} predictions for {len(topk)} rows to {args.out}")
+    return 0
+
+
+def _num_labels(ckpt: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        if "head.weight" not in f.keys():
+            raise SystemExit(f"{ckpt}: model.safetensors has no head.weight")
+        return f.get_slice("head.weight").get_shape()[0]
+
+
+def cmd_eval(args) -> int:
+    from . import data as lodata
+    from . import metrics as M
+
+    pred = np.load(args.pred)
+    _, Y = lodata.read_xc(args.data)
+    inv_p = None
+    if args.train:
+        _, Ytr = lodata.read_xc(args.train)
+        inv_p = M.inverse_propensity(Ytr, args.propensity_a, args.propensity_b)
+    res = M.evaluate(pred["topk"], Y, ks=(1, 3, 5), inv_propensity=inv_p)
+    res["ECE@5"] = M.ece_at_k(pred["topk"], pred["scores"], Y, min(5, pred["topk"].shape[1]))
+    print(json.dumps(res, indent=2))
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from .data.prepare import prepare
+
+    meta = prepare(args.name, args.source, args.out, seed=args.seed, max_examples=args.max_examples)
+    print(json.dumps(meta, indent=2, default=str))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="largeout", description="largeout: huge output layers for PyTorch")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="train on built-in synthetic data and print metrics (the main job)")
+    _add_train_flags(d)
+    d.set_defaults(func=lambda a: cmd_train(a, demo=True))
+
+    t = sub.add_parser("train", help="train a model (TOML config and/or flags)")
+    _add_train_flags(t)
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    t.set_defaults(func=cmd_train)
+
+    pr = sub.add_parser("predict", help="write top-k predictions of a checkpoint")
+    pr.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/checkpoints/best)")
+    pr.add_argument("--data", required=True, help="test.txt (XC format) or test.jsonl")
+    pr.add_argument("--out", required=True, help="output .npz with arrays topk and scores")
+    pr.add_argument("--topk", type=int, default=5)
+    pr.add_argument("--device", default=None)
+    pr.set_defaults(func=cmd_predict)
+
+    e = sub.add_parser("eval", help="score top-k predictions against labels")
+    e.add_argument("--pred", required=True, help=".npz from largeout predict")
+    e.add_argument("--data", required=True, help="labels: an XC-format file")
+    e.add_argument("--train", help="training XC file for propensities (PSP@k)")
+    e.add_argument("--propensity-a", type=float, default=0.55)
+    e.add_argument("--propensity-b", type=float, default=1.5)
+    e.set_defaults(func=cmd_eval)
+
+    da = sub.add_parser("data", help="datasets")
+    dsub = da.add_subparsers(dest="data_command", required=True)
+    pp = dsub.add_parser("prepare", help="convert a system-packaged dataset (wordnet, go-mf, go-bp)")
+    pp.add_argument("name")
+    pp.add_argument("--source", default=None, help="source directory (default: the Debian package's)")
+    pp.add_argument("--out", required=True)
+    pp.add_argument("--seed", type=int, default=0)
+    pp.add_argument("--max-examples", type=int, default=None)
+    pp.set_defaults(func=cmd_prepare)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"largeout: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,161 @@
+"""Trainer configuration: a dataclass, loaded from TOML and overridden by flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+try:  # Python 3.11+
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+__all__ = ["TrainConfig", "load_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs. TOML keys are the field names; the
+    ``[synthetic]`` table sets the built-in data generator's arguments."""
+
+    # -- data ----------------------------------------------------------------------
+    #: "synthetic" (built-in generator) or a directory written by ``largeout data prepare``
+    #: (train.txt / test.txt in the XC format, train.jsonl / test.jsonl for text encoders).
+    data: str = "synthetic"
+    synthetic: Dict[str, Any] = field(
+        default_factory=lambda: {"num_samples": 24000, "num_features": 8000, "num_labels": 3000, "seed": 0}
+    )
+    #: fraction of the training data held out for validation (model selection, calibration)
+    val_fraction: float = 0.1
+    #: fraction of the synthetic data used as the test split
+    test_fraction: float = 0.2
+
+    # -- model -----------------------------------------------------------------------
+    #: "tfidf" (sparse features -> EmbeddingBag MLP) or "hf:PATH" (a local transformers model)
+    encoder: str = "tfidf"
+    hidden: int = 512
+    dropout: float = 0.3
+    #: "dense" (nn.Linear) or "group-sparse" (largeout.nn.GroupSparseLinear)
+    output: str = "group-sparse"
+    fan_in: int = 128
+    group_size: int = 32
+    #: output bias at start: "prior" (log-odds of each label's training frequency, so the
+    #: first steps need not learn the label prior) or "zero"
+    bias_init: str = "prior"
+    #: tokens per text for hf encoders
+    max_length: int = 128
+
+    # -- optimization ------------------------------------------------------------------
+    batch_size: int = 256
+    epochs: int = 8
+    optimizer: str = "adamw"  # adamw | sgd
+    lr: float = 5e-3
+    encoder_lr: Optional[float] = None  # default: lr
+    weight_decay: float = 0.0
+    momentum: float = 0.9  # sgd only
+    schedule: str = "cosine"  # constant | cosine | linear (after warmup)
+    warmup_steps: int = 50
+    grad_clip: float = 0.0  # 0: off
+    seed: int = 0
+
+    # -- evaluation and outputs ----------------------------------------------------------------
+    eval_every: int = 1  # epochs
+    select_metric: str = "P@1"  # validation metric that picks the best checkpoint
+    topk: int = 5
+    propensity_a: float = 0.55
+    propensity_b: float = 1.5
+    out: str = "runs/latest"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    progress: bool = True
+
+    def validate(self) -> "TrainConfig":
+        def bad(name, expected):
+            raise ValueError(f"config: {name} must be {expected}; got {getattr(self, name)!r}")
+
+        if self.output not in ("dense", "group-sparse"):
+            bad("output", '"dense" or "group-sparse"')
+        if not (self.encoder == "tfidf" or self.encoder.startswith("hf:")):
+            bad("encoder", '"tfidf" or "hf:PATH"')
+        if self.bias_init not in ("prior", "zero"):
+            bad("bias_init", '"prior" or "zero"')
+        if self.optimizer not in ("adamw", "sgd"):
+            bad("optimizer", '"adamw" or "sgd"')
+        if self.schedule not in ("constant", "cosine", "linear"):
+            bad("schedule", '"constant", "cosine" or "linear"')
+        for name in ("batch_size", "epochs", "hidden", "eval_every", "topk"):
+            if int(getattr(self, name)) < 1:
+                bad(name, "an integer >= 1")
+        if not 0.0 <= self.val_fraction < 1.0:
+            bad("val_fraction", "in [0, 1)")
+        if not 0.0 < self.test_fraction < 1.0:
+            bad("test_fraction", "in (0, 1)")
+        if self.lr <= 0:
+            bad("lr", "> 0")
+        if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):
+            bad("select_metric", "a metric name such as P@1, nDCG@5 or PSP@3")
+        return self
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+def _coerce(name: str, value: Any, default: Any) -> Any:
+    """Parse a flag's string value into the type of the field's default."""
+    if not isinstance(value, str) or isinstance(default, str):
+        return value
+    if isinstance(default, bool):
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"config: {name} must be true or false; got {value!r}")
+    if default is None or isinstance(default, (int, float)):
+        try:
+            return int(value) if isinstance(default, int) else float(value)
+        except ValueError:
+            raise ValueError(f"config: {name} must be a number; got {value!r}") from None
+    if isinstance(default, dict):
+        return json.loads(value)
+    return value
+
+
+def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """TrainConfig from an optional TOML file, then ``overrides`` (flag values;
+    ``"synthetic.num_labels"`` style keys set one entry of a table)."""
+    values: Dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values = tomllib.load(f)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"config file not found: {path}") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path}: {e}") from None
+    defaults = TrainConfig()
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"config file {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    cfg = dataclasses.replace(defaults, **values)
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in key:
+            table, sub = key.split(".", 1)
+            if table not in known or not isinstance(getattr(cfg, table), dict):
+                raise ValueError(f"config: unknown table {table!r} in {key!r}")
+            current = dict(getattr(cfg, table))
+            old = current.get(sub)
+            current[sub] = _coerce(key, value, old if old is not None else 0) if isinstance(value, str) else value
+            setattr(cfg, table, current)
+            continue
+        if key not in known:
+            raise ValueError(f"config: unknown key {key!r}; known keys are {sorted(known)}")
+        setattr(cfg, key, _coerce(key, value, getattr(defaults, key)))
+    return cfg.validate()

@@ -1,0 +1,154 @@
+"""Datasets for the trainer: splits, batches and propensities."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, List, Optional
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from .. import data as lodata
+from ..metrics import inverse_propensity
+from .config import TrainConfig
+
+__all__ = ["Split", "Dataset", "load_dataset", "Batch", "batches"]
+
+
+@dataclass
+class Split:
+    Y: sp.csr_matrix
+    X: Optional[sp.csr_matrix] = None  # sparse features (tfidf encoder)
+    texts: Optional[List[str]] = None  # raw text (hf encoders)
+
+    @property
+    def num_rows(self) -> int:
+        return self.Y.shape[0]
+
+    def rows(self, idx: np.ndarray) -> "Split":
+        return Split(
+            Y=self.Y[idx],
+            X=self.X[idx] if self.X is not None else None,
+            texts=[self.texts[i] for i in idx] if self.texts is not None else None,
+        )
+
+
+@dataclass
+class Dataset:
+    train: Split
+    val: Optional[Split]
+    test: Optional[Split]
+    num_features: int
+    num_labels: int
+    inv_propensity: np.ndarray
+    source: str
+
+
+def _find(directory: Path, stem: str) -> Optional[Path]:
+    for name in (stem, stem + ".gz"):
+        if (directory / name).exists():
+            return directory / name
+    return None
+
+
+def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optional[int]) -> Optional[Split]:
+    xc = _find(directory, f"{part}.txt")
+    js = _find(directory, f"{part}.jsonl")
+    if need_text:
+        if js is None:
+            return None
+        texts, Y = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=num_labels)
+        return Split(Y=Y, texts=texts)
+    if xc is None:
+        return None
+    X, Y = lodata.read_xc(xc)
+    return Split(Y=Y, X=X)
+
+
+def load_dataset(cfg: TrainConfig) -> Dataset:
+    """The train / validation / test splits the config names. The validation split
+    is carved from the training data (seeded); the test split is only evaluated."""
+    need_text = cfg.encoder.startswith("hf:")
+    if cfg.data == "synthetic":
+        if need_text:
+            raise ValueError("config: the synthetic data has no text; use encoder = \"tfidf\" with data = \"synthetic\"")
+        X, Y = lodata.synthetic(**cfg.synthetic)
+        Xtr, Ytr, Xte, Yte = lodata.train_test_split(X, Y, cfg.test_fraction, seed=cfg.seed)
+        train, test = Split(Y=Ytr, X=Xtr), Split(Y=Yte, X=Xte)
+        source = f"synthetic({', '.join(f'{k}={v}' for k, v in cfg.synthetic.items())})"
+    else:
+        directory = Path(cfg.data)
+        if not directory.is_dir():
+            raise FileNotFoundError(
+                f"config: data must be \"synthetic\" or a directory from `largeout data prepare`; "
+                f"{cfg.data!r} is not a directory"
+            )
+        train = _load_split(directory, "train", need_text, None)
+        if train is None:
+            want = "train.jsonl" if need_text else "train.txt"
+            raise FileNotFoundError(f"config: data directory {directory} has no {want} (or {want}.gz)")
+        test = _load_split(directory, "test", need_text, train.Y.shape[1])
+        source = str(directory)
+    num_labels = train.Y.shape[1]
+    if test is not None and test.Y.shape[1] != num_labels:
+        raise ValueError(f"data: test has {test.Y.shape[1]} labels but train has {num_labels}")
+    inv_p = inverse_propensity(train.Y, cfg.propensity_a, cfg.propensity_b)
+    val = None
+    if cfg.val_fraction > 0:
+        rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))
+        perm = rng.permutation(train.num_rows)
+        n_val = max(1, int(round(cfg.val_fraction * train.num_rows)))
+        val, train = train.rows(np.sort(perm[:n_val])), train.rows(np.sort(perm[n_val:]))
+    num_features = train.X.shape[1] if train.X is not None else 0
+    return Dataset(train, val, test, num_features, num_labels, inv_p, source)
+
+
+@dataclass
+class Batch:
+    """One minibatch, on the training device."""
+
+    targets: torch.Tensor  # [B, L] float32 0/1 (dense; L fits per batch)
+    feat_idx: Optional[torch.Tensor] = None  # EmbeddingBag inputs (tfidf)
+    feat_off: Optional[torch.Tensor] = None
+    feat_val: Optional[torch.Tensor] = None
+    texts: Optional[List[str]] = None
+
+    @property
+    def size(self) -> int:
+        return self.targets.shape[0]
+
+
+def _to_batch(split: Split, idx: np.ndarray, device: torch.device, with_targets: bool = True) -> Batch:
+    Y = split.Y[idx]
+    n, L = Y.shape
+    if with_targets:
+        targets = torch.zeros(n, L, dtype=torch.float32)
+        rows = np.repeat(np.arange(n), np.diff(Y.indptr))
+        targets[torch.from_numpy(rows), torch.from_numpy(Y.indices.astype(np.int64))] = 1.0
+        targets = targets.to(device, non_blocking=True)
+    else:
+        targets = torch.empty(n, 0, device=device)
+    b = Batch(targets=targets)
+    if split.X is not None:
+        X = split.X[idx]
+        b.feat_idx = torch.from_numpy(X.indices.astype(np.int64)).to(device)
+        b.feat_off = torch.from_numpy(X.indptr[:-1].astype(np.int64)).to(device)
+        b.feat_val = torch.from_numpy(X.data.astype(np.float32)).to(device)
+    if split.texts is not None:
+        b.texts = [split.texts[i] for i in idx]
+    return b
+
+
+def batches(
+    split: Split, batch_size: int, device: torch.device, *, shuffle_seed: Optional[int] = None, targets: bool = True
+) -> Iterator[Batch]:
+    """Minibatches of a split; shuffled by a seed (the trainer passes seed + epoch,
+    so a resumed run sees the same order)."""
+    n = split.num_rows
+    order = np.arange(n)
+    if shuffle_seed is not None:
+        order = np.random.Generator(np.random.PCG64(shuffle_seed)).permutation(n)
+    for start in range(0, n, batch_size):
+        yield _to_batch(split, order[start : start + batch_size], device, targets)

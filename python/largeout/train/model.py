@@ -1,0 +1,81 @@
+"""Models for the trainer: an encoder and a large output layer."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..nn import GroupSparseLinear
+from .config import TrainConfig
+from .data import Batch
+
+__all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model"]
+
+
+class TfidfEncoder(nn.Module):
+    """Sparse tf-idf features -> hidden vector: a weighted EmbeddingBag (a linear
+    layer over the sparse input), then GELU, dropout and a second linear layer."""
+
+    def __init__(self, num_features: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.embed = nn.EmbeddingBag(num_features, hidden, mode="sum")
+        self.bias = nn.Parameter(torch.zeros(hidden))
+        self.mlp = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout))
+        nn.init.normal_(self.embed.weight, std=hidden**-0.5)
+        self.out_dim = hidden
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        h = self.embed(batch.feat_idx, batch.feat_off, per_sample_weights=batch.feat_val) + self.bias
+        return self.mlp(h)
+
+
+class HFEncoder(nn.Module):
+    """A transformers encoder loaded from a local directory, mean-pooled."""
+
+    def __init__(self, path: str, max_length: int, dropout: float) -> None:
+        super().__init__()
+        try:
+            from transformers import AutoModel, AutoTokenizer
+        except ImportError:
+            raise ImportError("encoder = \"hf:PATH\" needs the transformers package: pip install transformers") from None
+        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        self.max_length = max_length
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = self.model.config.hidden_size
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        device = next(self.model.parameters()).device
+        tok = self.tokenizer(
+            batch.texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+        ).to(device)
+        out = self.model(**tok).last_hidden_state
+        mask = tok["attention_mask"].unsqueeze(-1).to(out.dtype)
+        return self.dropout((out * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+
+
+class XMCModel(nn.Module):
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.head(self.encoder(batch))
+
+
+def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCModel:
+    if cfg.encoder == "tfidf":
+        if num_features < 1:
+            raise ValueError("encoder = \"tfidf\" needs sparse features (train.txt in the XC format)")
+        encoder = TfidfEncoder(num_features, cfg.hidden, cfg.dropout)
+    else:
+        encoder = HFEncoder(cfg.encoder[3:], cfg.max_length, cfg.dropout)
+    dim = encoder.out_dim
+    if cfg.output == "dense":
+        head = nn.Linear(dim, num_labels)
+    else:
+        if cfg.fan_in > dim:
+            raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")
+        head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size)
+    return XMCModel(encoder, head)

@@ -1,0 +1,205 @@
+"""The reference trainer: fit, select on validation, evaluate on test."""
+
+from __future__ import annotations
+
+import json
+import math
+import resource
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+from .. import metrics as M
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import TrainConfig
+from .data import Dataset, Split, batches, load_dataset
+from .model import XMCModel, build_model
+
+__all__ = ["train", "predict_topk", "evaluate_split", "resolve_device"]
+
+KS = (1, 3, 5)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"config: device = {name!r} but no CUDA device is available")
+    return dev
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def _make_optimizer(cfg: TrainConfig, model: XMCModel) -> torch.optim.Optimizer:
+    groups = [
+        {"params": list(model.encoder.parameters()), "lr": cfg.encoder_lr or cfg.lr},
+        {"params": list(model.head.parameters()), "lr": cfg.lr},
+    ]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+    if cfg.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+@torch.no_grad()
+def predict_topk(model: XMCModel, split: Split, k: int, batch_size: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k labels (best first) and their sigmoid scores for every row of a split."""
+    model.eval()
+    labels, scores = [], []
+    for batch in batches(split, batch_size, device, targets=False):
+        logits = model(batch).float()
+        top = logits.topk(min(k, logits.shape[1]), dim=1)
+        labels.append(top.indices.cpu().numpy())
+        scores.append(torch.sigmoid(top.values).cpu().numpy())
+    return np.concatenate(labels), np.concatenate(scores)
+
+
+def evaluate_split(
+    topk: np.ndarray, scores: np.ndarray, Y, inv_propensity: np.ndarray, calibrator: Optional[M.IsotonicCalibrator] = None
+) -> Dict[str, float]:
+    out = M.evaluate(topk, Y, ks=KS, inv_propensity=inv_propensity)
+    kmax = min(max(KS), topk.shape[1])
+    out[f"ECE@{kmax}"] = M.ece_at_k(topk, scores, Y, kmax)
+    if calibrator is not None:
+        out[f"ECE@{kmax}_isotonic"] = M.ece_at_k(topk, np.clip(calibrator.transform(scores), 0, 1), Y, kmax)
+    return out
+
+
+class _JsonlLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: Dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
+    """Train as configured; returns a summary (best validation and test metrics,
+    paths). Outputs under ``cfg.out``: checkpoints/{last,best}, metrics.jsonl,
+    p_at_k.png, reliability.png, summary.json."""
+    torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    data: Dataset = load_dataset(cfg)
+    log(
+        f"data: {data.source}: train {data.train.num_rows}, val {data.val.num_rows if data.val else 0}, "
+        f"test {data.test.num_rows if data.test else 0} rows; {data.num_features} features, {data.num_labels} labels "
+        f"({time.time() - t0:.1f} s)"
+    )
+    model = build_model(cfg, data.num_features, data.num_labels)
+    if cfg.bias_init == "prior" and getattr(model.head, "bias", None) is not None:
+        freq = np.asarray(data.train.Y.sum(0), dtype=np.float64).ravel() / max(1, data.train.num_rows)
+        with torch.no_grad():
+            model.head.bias.copy_(torch.logit(torch.from_numpy(np.clip(freq, 1e-6, 1 - 1e-6))).float())
+    model.to(device)
+    optimizer = _make_optimizer(cfg, model)
+    steps_per_epoch = math.ceil(data.train.num_rows / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    log_file = _JsonlLog(out / "metrics.jsonl")
+    state: Dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": []}
+    if resume:
+        state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
+        state.pop("optimizer", None)
+        log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}")
+    elif (out / "metrics.jsonl").exists():
+        (out / "metrics.jsonl").unlink()
+    cfg.save(out / "config.json")
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {cfg.encoder} encoder -> {cfg.output} head ({n_params / 1e6:.2f}M parameters) on {device}")
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        # Summed over labels, averaged over the batch (the usual XMC scale): a mean
+        # over B*L would shrink the gradients L-fold, down to Adam's epsilon.
+        return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+
+    progress = None
+    if cfg.progress:
+        from tqdm.auto import tqdm
+
+        progress = tqdm
+    for epoch in range(state["epoch"], cfg.epochs):
+        model.train()
+        it = batches(data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1000 + epoch)
+        bar = progress(it, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if progress else it
+        t_epoch, seen, loss_sum = time.time(), 0, 0.0
+        for batch in bar:
+            for g in optimizer.param_groups:
+                g["lr"] = g.setdefault("initial_lr", g["lr"]) * _lr_factor(cfg, state["step"], total_steps)
+            loss = loss_fn(model(batch), batch.targets)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            state["step"] += 1
+            seen += batch.size
+            loss_sum += loss.item() * batch.size
+            if progress:
+                bar.set_postfix(
+                    loss=f"{loss.item():.4f}",
+                    ex_s=f"{seen / (time.time() - t_epoch):.0f}",
+                    mem=f"{_peak_memory_mb(device):.0f}MB",
+                )
+        state["epoch"] = epoch + 1
+        record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(seen, 1),
+                  "examples_per_s": seen / (time.time() - t_epoch), "peak_memory_mb": _peak_memory_mb(device)}
+        if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
+            topk, scores = predict_topk(model, data.val, cfg.topk, 4 * cfg.batch_size, device)
+            val = evaluate_split(topk, scores, data.val.Y, data.inv_propensity)
+            record["val"] = val
+            score = val[cfg.select_metric]
+            if state["best"] is None or score > state["best"]:
+                state["best"], state["best_epoch"] = score, epoch + 1
+                save_checkpoint(out / "checkpoints" / "best", model, optimizer, dict(state), cfg.to_dict())
+        state["history"].append(record)
+        log_file.write({"split": "epoch", **record})
+        msg = f"epoch {epoch + 1}: loss {record['train_loss']:.4f}, {record['examples_per_s']:.0f} ex/s"
+        if "val" in record:
+            msg += ", val " + ", ".join(f"{k} {record['val'][k]:.4f}" for k in ("P@1", "P@5", "PSP@5"))
+        log(msg)
+        save_checkpoint(out / "checkpoints" / "last", model, optimizer, dict(state), cfg.to_dict())
+
+    # Final: the best-on-validation model, recalibrated on validation, scored on test.
+    summary: Dict[str, Any] = {"config": cfg.to_dict(), "data": data.source, "train_seconds": time.time() - t0,
+                               "best_epoch": state["best_epoch"], "out": str(out)}
+    if (out / "checkpoints" / "best").exists():
+        load_checkpoint(out / "checkpoints" / "best", model, None, device)
+    calibrator = None
+    if data.val is not None:
+        topk, scores = predict_topk(model, data.val, cfg.topk, 4 * cfg.batch_size, device)
+        calibrator = M.IsotonicCalibrator().fit_topk(topk, scores, data.val.Y, min(cfg.topk, max(KS)))
+        summary["val"] = evaluate_split(topk, scores, data.val.Y, data.inv_propensity)
+    if data.test is not None:
+        topk, scores = predict_topk(model, data.test, cfg.topk, 4 * cfg.batch_size, device)
+        summary["test"] = evaluate_split(topk, scores, data.test.Y, data.inv_propensity, calibrator)
+        log_file.write({"split": "test", "epoch": state["best_epoch"], **summary["test"]})
+        from .plots import plot_history, plot_reliability
+
+        summary["plots"] = [
+            plot_history(state["history"], out / "p_at_k.png"),
+            plot_reliability(topk, scores, data.test.Y, calibrator, min(cfg.topk, max(KS)), out / "reliability.png"),
+        ]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
+    return summary

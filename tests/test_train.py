@@ -1,0 +1,122 @@
+"""The reference trainer and the command line."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from largeout import data as lodata
+from largeout import metrics as M
+from largeout.cli import main
+from largeout.train import load_config, train
+
+SMALL = {"synthetic": {"num_samples": 2400, "num_features": 1500, "num_labels": 300, "seed": 3},
+         "hidden": 128, "fan_in": 32, "group_size": 16, "batch_size": 128, "lr": 1e-2, "progress": False}
+
+
+def run(tmp_path, name, **over):
+    cfg = load_config(None, {**SMALL, "out": str(tmp_path / name), **over})
+    return cfg, train(cfg, log=lambda *a: None)
+
+
+def majority_p1(Y_train, Y_eval):
+    top = int(np.asarray(Y_train.sum(0)).ravel().argmax())
+    return float(np.asarray(Y_eval[:, top].todense()).mean())
+
+
+@pytest.mark.parametrize("output", ["group-sparse", "dense"])
+def test_train_learns_and_writes_outputs(tmp_path, output):
+    cfg, s = run(tmp_path, output, epochs=4, output=output)
+    X, Y = lodata.synthetic(**SMALL["synthetic"])
+    _, Ytr, _, Yte = lodata.train_test_split(X, Y, cfg.test_fraction, seed=cfg.seed)
+    base = majority_p1(Ytr, Yte)
+    assert s["test"]["P@1"] > max(0.5, 3 * base), (s["test"], base)
+    assert 0 <= s["test"]["PSP@5"] <= 1 and 0 <= s["test"]["ECE@5"] <= 1
+    out = tmp_path / output
+    for f in ("checkpoints/best/model.safetensors", "checkpoints/last/optimizer.safetensors", "config.json",
+              "summary.json", "p_at_k.png", "reliability.png"):
+        assert (out / f).exists(), f
+    lines = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines if r["split"] == "epoch"] == [1, 2, 3, 4]
+    assert lines[-1]["split"] == "test" and lines[-1]["P@1"] == pytest.approx(s["test"]["P@1"])
+    assert json.loads((out / "checkpoints/best/config.json").read_text())["output"] == output
+
+
+@pytest.fixture
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise-equal sums
+    yield
+    torch.set_num_threads(n)
+
+
+def test_resume_continues_exactly(tmp_path, one_thread):
+    _, straight = run(tmp_path, "a", epochs=3)
+    run(tmp_path, "b", epochs=1)
+    cfg = load_config(None, {**SMALL, "out": str(tmp_path / "b"), "epochs": 3})
+    resumed = train(cfg, resume=True, log=lambda *a: None)
+    wa = load_file(str(tmp_path / "a/checkpoints/last/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/checkpoints/last/model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+    assert resumed["test"]["P@1"] == straight["test"]["P@1"]
+
+
+def test_config_file_and_errors(tmp_path):
+    toml = tmp_path / "run.toml"
+    toml.write_text('output = "dense"\nepochs = 2\n[synthetic]\nnum_labels = 77\n')
+    cfg = load_config(str(toml), {"lr": "0.5", "synthetic.seed": "9"})
+    assert cfg.output == "dense" and cfg.epochs == 2 and cfg.lr == 0.5
+    assert cfg.synthetic["num_labels"] == 77 and cfg.synthetic["seed"] == 9
+    (tmp_path / "bad.toml").write_text("epochz = 2\n")
+    with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
+        load_config(str(tmp_path / "bad.toml"))
+    with pytest.raises(ValueError, match="output must be"):
+        load_config(None, {"output": "sparse"})
+    with pytest.raises(ValueError, match="epochs must be a number"):
+        load_config(None, {"epochs": "many"})
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config(str(tmp_path / "missing.toml"))
+
+
+def test_cli_train_predict_eval_on_xc_files(tmp_path, capsys):
+    X, Y = lodata.synthetic(**SMALL["synthetic"])
+    Xtr, Ytr, Xte, Yte = lodata.train_test_split(X, Y, 0.2, seed=1)
+    d = tmp_path / "ds"
+    d.mkdir()
+    lodata.write_xc(d / "train.txt", Xtr, Ytr)
+    lodata.write_xc(d / "test.txt", Xte, Yte)
+    toml = tmp_path / "cfg.toml"
+    toml.write_text(f'hidden = 128\nfan_in = 32\ngroup_size = 16\nlr = 0.01\n')
+    run_dir = tmp_path / "run"
+    assert main(["train", "--config", str(toml), "--data", str(d), "--epochs", "3", "--out", str(run_dir),
+                 "--no-progress"]) == 0
+    assert "test" in capsys.readouterr().out
+    preds = tmp_path / "p.npz"
+    assert main(["predict", "--checkpoint", str(run_dir / "checkpoints/best"), "--data", str(d / "test.txt"),
+                 "--out", str(preds)]) == 0
+    p = np.load(preds)
+    assert p["topk"].shape == (Xte.shape[0], 5) and ((p["scores"] >= 0) & (p["scores"] <= 1)).all()
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(preds), "--data", str(d / "test.txt"), "--train", str(d / "train.txt")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["P@1"] == pytest.approx(M.precision_at_k(p["topk"], Yte, 1))
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert res["P@1"] == pytest.approx(summary["test"]["P@1"])  # same model, same test rows
+
+
+def test_cli_errors(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+
+
+def test_demo_command(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--no-progress", "--set", "synthetic.num_samples=3000",
+                 "--set", "synthetic.num_labels=400", "--epochs", "2"]) == 0
+    text = capsys.readouterr().out
+    assert "P@1" in text and str(out) in text
+    assert (out / "reliability.png").exists()
