@@ -156,7 +156,8 @@ int main(int argc, char** argv) {
     }
     int cur_dev = 0;
     CHECK_CUDA(cudaGetDevice(&cur_dev));
-    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, prop.multiProcessorCount);
+    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, prop.multiProcessorCount,
+                                                                                     int(prop.sharedMemPerBlockOptin));
     void *x, *w, *bias, *y, *dy, *dx, *dw, *db, *ws;
     int32_t* idx;
     CHECK_CUDA(cudaMalloc(&x, B * H * esize));
@@ -188,10 +189,12 @@ int main(int argc, char** argv) {
     std::printf("%s\n  {\"B\": %lld, \"H\": %lld, \"L\": %lld, \"K\": %lld, \"G\": %lld, \"flops\": %.6g, "
                 "\"fwd_ms\": %.6f, \"dx_ms\": %.6f, \"dw_ms\": %.6f, "
                 "\"fwd_tflops\": %.3f, \"dx_tflops\": %.3f, \"dw_tflops\": %.3f, "
-                "\"dx_splits\": %lld, \"dx_workspace_bytes\": %lld, \"device_bytes\": %lld}",
+                "\"dx_splits\": %lld, \"dx_rows_per_cta\": %d, \"dx_smem_accumulator\": %s, "
+                "\"dx_workspace_bytes\": %lld, \"device_bytes\": %lld}",
                 first ? "" : ",", (long long)B, (long long)H, (long long)L, (long long)K, (long long)G, flops, t_fwd,
                 t_dx, t_dw, flops / t_fwd * 1e-9, flops / t_dx * 1e-9, flops / t_dw * 1e-9,
-                (long long)plan.num_splits, (long long)plan.workspace_bytes, (long long)bytes_alloc);
+                (long long)plan.num_splits, plan.rows_per_cta, plan.smem_accumulator ? "true" : "false",
+                (long long)plan.workspace_bytes, (long long)bytes_alloc);
     std::fflush(stdout);
     first = false;
     for (void* p : {x, w, bias, y, dy, dx, dw, db, ws}) CHECK_CUDA(cudaFree(p));

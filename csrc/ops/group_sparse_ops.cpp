@@ -88,9 +88,9 @@ ParallelFor torch_parallel_for() {
 void check_cuda(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error in ", what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
 }
-int num_sms(int device) {
+int device_attribute(cudaDeviceAttr attr, int device) {
   int n = 0;
-  check_cuda(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  check_cuda(cudaDeviceGetAttribute(&n, attr, device), "cudaDeviceGetAttribute");
   return n;
 }
 #endif
@@ -229,7 +229,10 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
   c10::cuda::CUDAGuard guard(a.grad.device());
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
-  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, num_sms(a.grad.get_device()));
+  const int dev = a.grad.get_device();
+  const cuda::DxPlan plan =
+      cuda::group_sparse_dx_plan(a.dtype, a.shape, device_attribute(cudaDevAttrMultiProcessorCount, dev),
+                                 device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),

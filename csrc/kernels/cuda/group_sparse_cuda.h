@@ -20,13 +20,18 @@ cudaError_t group_sparse_dw(DType dtype, const GroupSparseShape& s, const void* 
                             const int32_t* indices, void* dweight, void* dbias, cudaStream_t stream);
 
 // dx is deterministic: each CTA owns (a batch tile, a range of groups) and accumulates
-// into its own slice of the workspace; a second kernel sums the slices in a fixed order.
+// its rows of dx, in shared memory when [rows_per_cta, H] fits there, otherwise in its
+// own slice of the workspace; a second kernel sums the slices in a fixed order.
 struct DxPlan {
-  int64_t num_splits = 1;       // group ranges per batch tile
-  int64_t rows_per_launch = 0;  // batch rows handled by one pass (grid-size limit)
-  int64_t workspace_bytes = 0;  // fp32 (fp64 for fp64 inputs) [num_splits, rows_per_launch, H]
+  int64_t num_splits = 1;         // group ranges per batch tile
+  int64_t rows_per_launch = 0;    // batch rows handled by one pass (grid-size limit)
+  int64_t workspace_bytes = 0;    // fp32 (fp64 for fp64 inputs) [num_splits, rows_per_launch, H]
+  int rows_per_cta = 64;          // batch tile: 64, 32 or 16 rows
+  bool smem_accumulator = false;  // accumulate in shared memory (else in the workspace)
+  int64_t smem_bytes = 0;         // dynamic shared memory of the accumulating kernel
 };
-DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms);
+// max_smem_per_block: the device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin).
+DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block);
 cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan& plan, const void* dy,
                             const void* weight, const int32_t* indices, void* dx, void* workspace,
                             cudaStream_t stream);
