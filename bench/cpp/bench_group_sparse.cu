@@ -2,6 +2,7 @@
 //
 //   largeout_bench_group_sparse [--B 512] [--H 768] [--K 128] [--G 32] [--L 670208]
 //                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50]
+//                               [--dx-rows 0|16|32|64|-1]   (dx variant; 0 = the library's choice)
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
 // each launch, median over --iters runs after --warmup runs, inputs drawn at random
@@ -101,7 +102,7 @@ double median_ms(F&& launch, int warmup, int iters) {
 int main(int argc, char** argv) {
   std::vector<int64_t> Bs{512}, Ks{128}, Gs{32}, Ls{670208};
   int64_t H = 768;
-  int warmup = 10, iters = 50;
+  int warmup = 10, iters = 50, dx_rows = 0;
   std::string dtype_name = "bf16";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
     else if (a == "--warmup") warmup = std::atoi(v);
     else if (a == "--iters") iters = std::atoi(v);
     else if (a == "--dtype") dtype_name = v;
+    else if (a == "--dx-rows") dx_rows = std::atoi(v);
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   DType dt;
@@ -156,8 +158,8 @@ int main(int argc, char** argv) {
     }
     int cur_dev = 0;
     CHECK_CUDA(cudaGetDevice(&cur_dev));
-    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, prop.multiProcessorCount,
-                                                                                     int(prop.sharedMemPerBlockOptin));
+    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(
+        dt, s, prop.multiProcessorCount, int(prop.sharedMemPerBlockOptin), dx_rows);
     void *x, *w, *bias, *y, *dy, *dx, *dw, *db, *ws;
     int32_t* idx;
     CHECK_CUDA(cudaMalloc(&x, B * H * esize));

@@ -31,7 +31,10 @@ struct DxPlan {
   int64_t smem_bytes = 0;         // dynamic shared memory of the accumulating kernel
 };
 // max_smem_per_block: the device's opt-in limit (cudaDevAttrMaxSharedMemoryPerBlockOptin).
-DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block);
+// force_rows (benchmarks): 0 picks the variant; 16, 32 or 64 asks for that shared-memory
+// tile (if it fits); -1 asks for the workspace accumulator.
+DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block,
+                            int force_rows = 0);
 cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan& plan, const void* dy,
                             const void* weight, const int32_t* indices, void* dx, void* workspace,
                             cudaStream_t stream);

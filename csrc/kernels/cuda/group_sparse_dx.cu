@@ -131,14 +131,16 @@ cudaError_t dispatch_variant(const DxPlan& plan, Fn&& fn) {
 
 bool group_size_supported(int64_t g) { return g == 16 || g == 32 || g == 64 || g == 128; }
 
-DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block) {
+DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block,
+                            int force_rows) {
   DxPlan p;
   // The largest batch tile whose shared-memory accumulator fits the device.
   dispatch_dtype_group(dtype, s.group_size, [&]<class T, int G>() -> cudaError_t {
     auto try_rows = [&]<int BM>() {
       using C = DxCfg<T, G, BM>;
       const int64_t need = C::acc_bytes(s.in_features) + C::kTileBytes;
-      if (!p.smem_accumulator && need <= max_smem_per_block) {
+      const bool allowed = force_rows == 0 || force_rows == BM;
+      if (allowed && !p.smem_accumulator && need <= max_smem_per_block) {
         p.smem_accumulator = true;
         p.rows_per_cta = BM;
         p.smem_bytes = need;
