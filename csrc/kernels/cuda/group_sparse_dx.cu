@@ -146,9 +146,14 @@ DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms,
         p.smem_bytes = need;
       }
     };
-    try_rows.template operator()<64>();
-    try_rows.template operator()<32>();
-    try_rows.template operator()<16>();
+    // Order measured on an H200 (bench/NOTES.md, dx variants): 32-row tiles first, and
+    // the workspace accumulator for G = 128, where it was fastest. Provisional: these
+    // kernels are latency-bound and the Hopper kernels replace them.
+    if (G < 128 || force_rows != 0) {
+      try_rows.template operator()<32>();
+      try_rows.template operator()<64>();
+      try_rows.template operator()<16>();
+    }
     if (!p.smem_accumulator) {
       p.rows_per_cta = 64;
       p.smem_bytes = DxCfg<T, G, 64>::kTileBytes;
