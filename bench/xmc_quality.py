@@ -1,0 +1,505 @@
+#!/usr/bin/env python3
+"""Quality on real XMC data: our trainer against two baselines on the same split.
+
+    python bench/xmc_quality.py --datasets wordnet go-mf --data-root DIR \\
+        --out bench/results/xmc_quality.json [--go-mf-train-subset N --go-mf-test-subset N]
+
+For every dataset it uses DIR/<name> (train.txt / test.txt in the XC format) if it
+exists, otherwise writes it there with ``largeout.data.prepare_dataset(name, None,
+DIR/<name>)``. Methods, all on the same split:
+
+- ``ridge-ovr`` (scikit-learn): one independent least-squares linear classifier per
+  label, i.e. multi-output ridge regression to the 0/1 label matrix
+  (``sklearn.linear_model.Ridge(solver="cholesky")``: the normal equations
+  ``(X^T X + alpha I) W = X^T Y``, one factorisation shared by all labels), with a
+  constant bias feature; alpha from a small grid, chosen on the validation split.
+- ``napkinxc-plt``: napkinXC's Probabilistic Label Tree (``napkinxc.models.PLT``),
+  default settings plus a few light variants, chosen on the validation split.
+- ``largeout-dense`` / ``largeout-group-sparse``: ``largeout.train.train`` with the
+  tf-idf encoder and a dense (``nn.Linear``) or group-sparse output layer.
+
+The split: the test split is the dataset's test.txt (for go-mf a seeded subset of
+it); the validation split is carved from the training data exactly as the trainer
+carves it (``val_fraction`` = 0.1, seed 0; we take it from
+``largeout.train.data.load_dataset``, so it is the trainer's own split). Every method
+is fitted on the remaining training rows only, tuned on the validation rows only,
+and scored once on the test rows. Inverse propensities come from all training labels
+(``largeout.metrics.inverse_propensity``, A=0.55, B=1.5, as the trainer computes
+them); all metrics come from top-5 predictions through ``largeout.metrics.evaluate``.
+
+go-mf is reduced so that the CPU baselines stay tractable: a seeded random subset
+of the training and test rows, and the 2^16 hashed k-mer buckets folded to
+``--go-mf-features`` buckets (column ``j`` -> ``j mod F``, values summed, rows
+re-normalised to unit L2 norm; since the buckets are ``hash mod 2^16``, this equals
+hashing straight into ``F`` buckets), then labels without a positive among the
+training rows dropped (the convention of ``largeout data prepare``). The JSON states
+exactly what was used.
+
+Writes the JSON (--out) and a markdown table next to it (same name, ``.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+import largeout
+from largeout import metrics as M
+from largeout.data import prepare_dataset, read_xc, write_xc
+from largeout.train import load_config, predict_topk, train
+from largeout.train.checkpoint import load_checkpoint
+from largeout.train.data import Split, load_dataset
+from largeout.train.model import build_model
+
+KS = (1, 3, 5)
+TOPK = 5
+SEED = 0
+VAL_FRACTION = 0.1
+PROPENSITY_A, PROPENSITY_B = 0.55, 1.5
+SELECT = "P@5"  # validation metric that picks a baseline's hyperparameters
+CHUNK = 2000  # test/validation rows scored at once by the ridge model
+
+# -- hyperparameter grids of the baselines (chosen on validation by SELECT) ------------------
+RIDGE_ALPHAS = {"wordnet": [0.3, 1.0, 3.0], "go-mf": [1.0, 3.0, 10.0]}
+PLT_GRID: List[Dict[str, Any]] = [
+    {},  # napkinXC defaults
+    {"arity": 16, "max_leaves": 25},
+    {"loss": "l2"},
+    {"ensemble": 3},
+]
+
+# -- our trainer: configurations chosen on the validation split only --------------------------
+# (tried during development, by validation P@5/PSP@5 only; see "tuning_notes" in the JSON)
+OURS: Dict[str, Dict[str, Dict[str, Any]]] = {
+    "wordnet": {
+        "dense": dict(hidden=512, dropout=0.5, epochs=6, lr=5e-3, batch_size=256),
+        "group-sparse": dict(hidden=512, dropout=0.5, epochs=6, lr=5e-3, batch_size=256, fan_in=128, group_size=32),
+    },
+    "go-mf": {
+        "dense": dict(hidden=512, dropout=0.3, epochs=8, lr=5e-3, batch_size=256),
+        "group-sparse": dict(hidden=512, dropout=0.3, epochs=8, lr=5e-3, batch_size=256, fan_in=128, group_size=32),
+    },
+}
+OURS_COMMON = dict(encoder="tfidf", select_metric="P@5", val_fraction=VAL_FRACTION, seed=SEED,
+                   propensity_a=PROPENSITY_A, propensity_b=PROPENSITY_B, topk=TOPK, progress=False, device="cpu")
+TUNING_NOTES: Dict[str, Any] = {}
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# --------------------------------------------------------------------------------- data
+
+
+def dataset_dir(name: str, root: Path) -> Path:
+    d = root / name
+    if not ((d / "train.txt").exists() and (d / "test.txt").exists()):
+        log(f"{name}: {d} has no train.txt/test.txt; preparing it with largeout.data.prepare_dataset")
+        prepare_dataset(name, None, d)
+    return d
+
+
+def _rows(n: int, k: int, stream: int) -> np.ndarray:
+    if k >= n:
+        return np.arange(n)
+    rng = np.random.Generator(np.random.PCG64([SEED, stream]))
+    return np.sort(rng.choice(n, size=k, replace=False))
+
+
+def _fold_features(X: sp.csr_matrix, num_features: int) -> sp.csr_matrix:
+    """Sum columns j and j' with j = j' mod num_features, then L2-normalise the rows."""
+    if X.shape[1] <= num_features:
+        return X
+    Xf = sp.csr_matrix((X.data.astype(np.float64), X.indices % num_features, X.indptr), shape=(X.shape[0], num_features))
+    Xf.sum_duplicates()
+    norm = np.sqrt(np.asarray(Xf.multiply(Xf).sum(1)).ravel())
+    Xf = sp.csr_matrix(sp.diags(1.0 / np.maximum(norm, 1e-12)) @ Xf)
+    Xf.data = Xf.data.astype(np.float32)
+    return Xf
+
+
+def reduce_go(src: Path, dst: Path, n_train: int, n_test: int, num_features: int) -> Dict[str, Any]:
+    """Seeded row subsets of src's train/test and folded features, written to dst."""
+    t0 = time.time()
+    Xtr, Ytr = read_xc(src / "train.txt")
+    Xte, Yte = read_xc(src / "test.txt")
+    full = {"N_train": Xtr.shape[0], "N_test": Xte.shape[0], "D": Xtr.shape[1], "L": Ytr.shape[1]}
+    tr, te = _rows(Xtr.shape[0], n_train, 1), _rows(Xte.shape[0], n_test, 2)
+    Xtr, Ytr, Xte, Yte = Xtr[tr], Ytr[tr], Xte[te], Yte[te]
+    Xtr, Xte = _fold_features(Xtr, num_features), _fold_features(Xte, num_features)
+    keep = np.flatnonzero(np.asarray(Ytr.getnnz(axis=0)) > 0)
+    dropped_occ = int(Yte.nnz)
+    Ytr, Yte = Ytr[:, keep], Yte[:, keep]
+    dropped_occ -= int(Yte.nnz)
+    dst.mkdir(parents=True, exist_ok=True)
+    write_xc(dst / "train.txt", Xtr, Ytr)
+    write_xc(dst / "test.txt", Xte, Yte)
+    return {
+        "full": full,
+        "train_rows": f"{len(tr)} of {full['N_train']}: numpy PCG64([{SEED}, 1]).choice(N_train, {len(tr)}, replace=False), sorted",
+        "test_rows": f"{len(te)} of {full['N_test']}: numpy PCG64([{SEED}, 2]).choice(N_test, {len(te)}, replace=False), sorted",
+        "features": f"hashed k-mer buckets folded {full['D']} -> {Xtr.shape[1]}: column j -> j mod {Xtr.shape[1]}, "
+                    "values summed, rows re-normalised to unit L2 norm (same as hashing into that many buckets)",
+        "labels": f"{full['L']} -> {len(keep)}: labels without a positive among the subset's training rows dropped "
+                  f"({dropped_occ} test label occurrences lost)",
+        "test_rows_without_labels": int((np.diff(Yte.indptr) == 0).sum()),
+        "seconds": round(time.time() - t0, 1),
+    }
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def topk_of(scores: np.ndarray, k: int = TOPK) -> np.ndarray:
+    return torch.from_numpy(np.ascontiguousarray(scores)).topk(k, dim=1).indices.numpy()
+
+
+def evaluate(topk: np.ndarray, Y: sp.csr_matrix, inv_p: np.ndarray) -> Dict[str, float]:
+    return {k: float(v) for k, v in M.evaluate(topk, Y, ks=KS, inv_propensity=inv_p).items()}
+
+
+def short(m: Dict[str, float]) -> str:
+    return ", ".join(f"{k} {m[k]:.4f}" for k in ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5"))
+
+
+# --------------------------------------------------------------------------------- baselines
+
+
+def _with_bias(X: sp.csr_matrix) -> sp.csr_matrix:
+    return sp.hstack([X, np.ones((X.shape[0], 1), dtype=X.dtype)], format="csr")
+
+
+def ridge_fit(X: sp.csr_matrix, Y: sp.csr_matrix, alpha: float) -> np.ndarray:
+    from sklearn.linear_model import Ridge
+
+    # fit_intercept=False keeps scikit-learn on the cholesky solver for sparse X; the
+    # constant feature gives every label its own (lightly penalised) bias instead.
+    model = Ridge(alpha=alpha, fit_intercept=False, solver="cholesky")
+    Yd = Y.toarray()  # float32 [N, L]; Ridge needs dense targets
+    model.fit(_with_bias(X), Yd)
+    del Yd
+    W = np.ascontiguousarray(model.coef_.T, dtype=np.float32)  # [D + 1, L]
+    del model
+    gc.collect()
+    return W
+
+
+def ridge_topk(W: np.ndarray, X: sp.csr_matrix) -> np.ndarray:
+    Xb = _with_bias(X)
+    return np.concatenate([topk_of(Xb[s : s + CHUNK] @ W) for s in range(0, Xb.shape[0], CHUNK)])
+
+
+def run_ridge(name: str, data, inv_p) -> Dict[str, Any]:
+    grid, best = [], None
+    for alpha in RIDGE_ALPHAS[name]:
+        t0 = time.time()
+        W = ridge_fit(data.train.X, data.train.Y, alpha)
+        fit_s = time.time() - t0
+        val = evaluate(ridge_topk(W, data.val.X), data.val.Y, inv_p)
+        grid.append({"alpha": alpha, "fit_seconds": round(fit_s, 1), "val": val})
+        log(f"  ridge alpha={alpha}: fit {fit_s:.0f} s; val {short(val)}")
+        if best is None or val[SELECT] > best[0]:
+            best = (val[SELECT], alpha, W, fit_s, val)
+        else:
+            del W
+        gc.collect()
+    _, alpha, W, fit_s, val = best
+    t0 = time.time()
+    test = evaluate(ridge_topk(W, data.test.X), data.test.Y, inv_p)
+    return {
+        "method": "sklearn Ridge(solver='cholesky', fit_intercept=False) on [X, 1] -> 0/1 label matrix "
+                  "(one least-squares linear classifier per label, normal equations)",
+        "config": {"alpha": alpha, "alpha_grid": RIDGE_ALPHAS[name], "bias_feature": 1.0, "selected_by": f"val {SELECT}"},
+        "train_seconds": round(fit_s, 1),
+        "tuning_seconds": round(sum(g["fit_seconds"] for g in grid), 1),
+        "predict_seconds": round(time.time() - t0, 1),
+        "grid": grid,
+        "val": val,
+        "test": test,
+    }
+
+
+def run_plt(name: str, data, inv_p, work: Path) -> Dict[str, Any]:
+    from napkinxc.models import PLT
+
+    Xtr = data.train.X.astype(np.float64)
+    grid, best = [], None
+    for i, kw in enumerate(PLT_GRID):
+        params = {"seed": SEED, "threads": os.cpu_count() or 1, **kw}
+        t0 = time.time()
+        model = PLT(str(work / f"plt_{name}_{i}"), **params)
+        model.fit(Xtr, data.train.Y)
+        fit_s = time.time() - t0
+        top = np.asarray(model.predict(data.val.X.astype(np.float64), top_k=TOPK), dtype=np.int64)
+        val = evaluate(top, data.val.Y, inv_p)
+        grid.append({"params": kw, "fit_seconds": round(fit_s, 1), "val": val})
+        log(f"  plt {kw or 'defaults'}: fit {fit_s:.0f} s; val {short(val)}")
+        if best is None or val[SELECT] > best[0]:
+            best = (val[SELECT], params, model, fit_s, val)
+    _, params, model, fit_s, val = best
+    t0 = time.time()
+    pred = model.predict(data.test.X.astype(np.float64), top_k=TOPK)
+    top = np.asarray([(list(r) + [0] * TOPK)[:TOPK] for r in pred], dtype=np.int64)
+    predict_s = time.time() - t0
+    return {
+        "method": "napkinxc.models.PLT (probabilistic label tree, LIBLINEAR node classifiers)",
+        "config": {**params, "grid": PLT_GRID, "selected_by": f"val {SELECT}", "other": "napkinXC defaults"},
+        "train_seconds": round(fit_s, 1),
+        "tuning_seconds": round(sum(g["fit_seconds"] for g in grid), 1),
+        "predict_seconds": round(predict_s, 1),
+        "grid": grid,
+        "val": val,
+        "test": evaluate(top, data.test.Y, inv_p),
+    }
+
+
+
+
+# --------------------------------------------------------------------------------- ours
+
+
+def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path) -> Dict[str, Any]:
+    cfg_over = {**OURS_COMMON, **OURS[name][output], "output": output, "data": str(data_dir),
+                "out": str(work / f"run_{name}_{output}")}
+    cfg = load_config(None, cfg_over)
+    t0 = time.time()
+    summary = train(cfg, log=lambda m: log("  " + m))
+    train_s = time.time() - t0
+    # Score the best-on-validation checkpoint ourselves, exactly like the baselines.
+    ckpt = Path(cfg.out) / "checkpoints" / "best"
+    model = build_model(cfg, data.num_features, data.num_labels)
+    load_checkpoint(ckpt, model, None, "cpu")
+    t1 = time.time()
+    top_v, _ = predict_topk(model, data.val, TOPK, 1024, torch.device("cpu"))
+    top_t, _ = predict_topk(model, data.test, TOPK, 1024, torch.device("cpu"))
+    predict_s = time.time() - t1
+    test = evaluate(top_t, data.test.Y, inv_p)
+    for k in ("P@5", "PSP@5"):  # the trainer's own test score must agree
+        assert abs(test[k] - summary["test"][k]) < 1e-9, (k, test[k], summary["test"][k])
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val {cfg.select_metric}",
+        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")},
+        "parameters": n_params,
+        "best_epoch": summary["best_epoch"],
+        "train_seconds": round(train_s, 1),
+        "predict_seconds": round(predict_s, 1),
+        "val": evaluate(top_v, data.val.Y, inv_p),
+        "test": test,
+        "ece@5_test": summary["test"].get("ECE@5"),
+        "ece@5_test_isotonic": summary["test"].get("ECE@5_isotonic"),
+    }
+
+
+# --------------------------------------------------------------------------------- report
+
+
+def environment() -> Dict[str, Any]:
+    def ver(pkg):
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "-C", "/work/main", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = None
+    cpu = platform.processor() or None
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "numpy": np.__version__,
+        "scipy": ver("scipy"),
+        "scikit-learn": ver("scikit-learn"),
+        "napkinxc": ver("napkinxc"),
+        "largeout": largeout.__version__ if hasattr(largeout, "__version__") else ver("largeout"),
+        "cpu_count": os.cpu_count(),
+        "cpu": cpu,
+        "platform": platform.platform(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_commit": commit,
+    }
+
+
+COLS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
+OURS_KEYS = ("largeout-dense", "largeout-group-sparse")
+BASE_KEYS = ("ridge-ovr", "napkinxc-plt")
+
+
+def verdict(methods: Dict[str, Any]) -> Dict[str, Any]:
+    out = {}
+    base = [methods[b]["test"] for b in BASE_KEYS if b in methods]
+    if not base:
+        return out
+    best = {c: max(b[c] for b in base) for c in COLS}
+    for o in OURS_KEYS:
+        if o in methods:
+            t = methods[o]["test"]
+            out[o] = {"at_least_best_baseline": all(t[c] >= best[c] for c in COLS),
+                      "margin": {c: round(t[c] - best[c], 6) for c in COLS}}
+    return out
+
+
+def markdown(result: Dict[str, Any]) -> str:
+    env = result["environment"]
+    lines = [
+        "# XMC quality: largeout's trainer vs. linear one-vs-rest and napkinXC PLT",
+        "",
+        f"Produced by `bench/xmc_quality.py` ({env['date']}, commit {str(env['git_commit'])[:7]}, "
+        f"{env['cpu_count']} CPU cores, torch {env['torch']}, scikit-learn {env['scikit-learn']}, "
+        f"napkinxc {env['napkinxc']}); numbers in percent, test split, from top-5 predictions. "
+        "All methods are fitted on the same training rows, tuned on the same validation rows "
+        f"(10% of training, the trainer's split) and scored once on test; PSP@k with inverse "
+        f"propensities A={PROPENSITY_A}, B={PROPENSITY_B} from the training labels. Full details: "
+        "`xmc_quality.json`.",
+    ]
+    names = {"ridge-ovr": "Ridge OvR (sklearn)", "napkinxc-plt": "napkinXC PLT",
+             "largeout-dense": "ours, dense head", "largeout-group-sparse": "ours, group-sparse head"}
+    for ds, r in result["datasets"].items():
+        d = r["data"]
+        lines += ["", f"## {ds}", "",
+                  f"train {d['N_fit']:,} + val {d['N_val']:,} / test {d['N_test']:,} rows, "
+                  f"{d['D']:,} features, {d['L']:,} labels" + (f"; {d['subset_note']}" if d.get("subset_note") else ""),
+                  "", "| method | " + " | ".join(COLS) + " | nDCG@5 | train s |",
+                  "|---|" + "---|" * (len(COLS) + 2)]
+        for key, m in r["methods"].items():
+            t = m["test"]
+            lines.append(f"| {names.get(key, key)} | " + " | ".join(f"{100 * t[c]:.2f}" for c in COLS)
+                         + f" | {100 * t['nDCG@5']:.2f} | {m['train_seconds']:.0f} |")
+        for o, v in r.get("verdict", {}).items():
+            worse = [c for c, x in v["margin"].items() if x < 0]
+            lines.append("")
+            lines.append(f"- {names[o]} >= best baseline on all of {', '.join(COLS)}: "
+                         f"**{'yes' if v['at_least_best_baseline'] else 'no'}**"
+                         + (f" (below on {', '.join(worse)})" if worse else ""))
+    lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=["wordnet", "go-mf"], choices=["wordnet", "go-mf"])
+    ap.add_argument("--data-root", required=True, type=Path)
+    ap.add_argument("--out", default="bench/results/xmc_quality.json", type=Path)
+    ap.add_argument("--go-mf-train-subset", type=int, default=50000)
+    ap.add_argument("--go-mf-test-subset", type=int, default=12500)
+    ap.add_argument("--go-mf-features", type=int, default=1 << 14)
+    ap.add_argument("--methods", nargs="+", default=["ridge-ovr", "napkinxc-plt", "largeout-dense", "largeout-group-sparse"],
+                    help="subset of methods to run (all by default)")
+    ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
+    args = ap.parse_args(argv)
+
+    t_all = time.time()
+    work = args.work or Path(tempfile.mkdtemp(prefix="xmc_quality_"))
+    work.mkdir(parents=True, exist_ok=True)
+    result: Dict[str, Any] = {
+        "description": "P@k / PSP@k / nDCG@k of largeout's trainer vs. a linear one-vs-rest model (scikit-learn) and "
+                       "napkinXC's PLT, same train/validation/test rows for all methods (see bench/xmc_quality.py)",
+        "protocol": {
+            "split": f"test = the dataset's test.txt (go-mf: a seeded subset); validation = {VAL_FRACTION:.0%} of the "
+                     f"training rows carved exactly as largeout's trainer carves it (seed {SEED}); every method is fitted "
+                     "on the remaining training rows, tuned on validation only and scored once on test",
+            "propensities": f"largeout.metrics.inverse_propensity(all training labels, A={PROPENSITY_A}, B={PROPENSITY_B})",
+            "metrics": "largeout.metrics.evaluate on top-5 predictions (P@k, nDCG@k, R@k, PSP@k, PSnDCG@k)",
+            "baseline_selection": f"validation {SELECT}",
+        },
+        "environment": environment(),
+        "datasets": {},
+    }
+    torch.manual_seed(SEED)
+    for name in args.datasets:
+        log(f"== {name}")
+        src = dataset_dir(name, args.data_root)
+        info: Dict[str, Any] = {"source": str(src)}
+        if name == "go-mf":
+            data_dir = work / "go-mf-subset"
+            sub = reduce_go(src, data_dir, args.go_mf_train_subset, args.go_mf_test_subset, args.go_mf_features)
+            info["subset"] = sub
+            info["subset_note"] = (f"subset of {sub['full']['N_train']:,} train / {sub['full']['N_test']:,} test rows, "
+                                   f"{sub['full']['D']:,} hashed features folded to {args.go_mf_features:,}")
+            log(f"{name}: subset written in {sub['seconds']} s: {sub['train_rows']}; {sub['test_rows']}")
+        else:
+            data_dir = src
+            info["subset"] = None
+        if (src / "meta.json").exists():
+            info["prepare_meta"] = {k: v for k, v in json.loads((src / "meta.json").read_text()).items()
+                                    if k not in ("files",)}
+        # The trainer's own split (same seed and val_fraction as the runs below).
+        data = load_dataset(load_config(None, {**OURS_COMMON, "data": str(data_dir)}))
+        Y_all = read_xc(data_dir / "train.txt")[1]
+        inv_p = M.inverse_propensity(Y_all, PROPENSITY_A, PROPENSITY_B)
+        assert np.array_equal(inv_p, data.inv_propensity)
+        info.update({"N_train": int(Y_all.shape[0]), "N_fit": data.train.num_rows, "N_val": data.val.num_rows,
+                     "N_test": data.test.num_rows, "D": data.num_features, "L": data.num_labels,
+                     "train_nnz_per_row": round(data.train.X.nnz / data.train.num_rows, 1),
+                     "labels_per_train_row": round(Y_all.nnz / Y_all.shape[0], 3),
+                     "labels_per_test_row": round(data.test.Y.nnz / data.test.num_rows, 3)})
+        del Y_all
+        log(f"{name}: fit {info['N_fit']}, val {info['N_val']}, test {info['N_test']} rows; "
+            f"{info['D']} features, {info['L']} labels")
+        methods: Dict[str, Any] = {}
+        runners: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
+            ("ridge-ovr", lambda: run_ridge(name, data, inv_p)),
+            ("napkinxc-plt", lambda: run_plt(name, data, inv_p, work)),
+            ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work)),
+            ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work)),
+        ]
+        for key, fn in runners:
+            if key not in args.methods:
+                continue
+            log(f"{name}: {key}")
+            t0 = time.time()
+            methods[key] = fn()
+            methods[key]["wall_seconds"] = round(time.time() - t0, 1)
+            log(f"{name}: {key}: test {short(methods[key]['test'])} ({methods[key]['wall_seconds']:.0f} s)")
+            gc.collect()
+        entry = {"data": info, "methods": methods, "verdict": verdict(methods)}
+        if name in TUNING_NOTES:
+            entry["tuning_notes"] = TUNING_NOTES[name]
+        result["datasets"][name] = entry
+        del data
+        gc.collect()
+    result["total_seconds"] = round(time.time() - t_all, 1)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1) + "\n")
+    md = args.out.with_suffix(".md")
+    md.write_text(markdown(result))
+    log(f"wrote {args.out} and {md} ({result['total_seconds']:.0f} s)")
+    print(md.read_text())
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
