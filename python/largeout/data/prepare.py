@@ -558,27 +558,31 @@ def _go_dataset_dir(name: str, src: str) -> str:
     return os.path.join(src, found[-1]) if found else src
 
 
+def _tab_rows(path: str):
+    """``(line number, tab-separated fields)`` of the non-blank lines of a text file."""
+    with _open_text(path) as f:
+        for lineno, line in enumerate(_lines(path, f), 1):
+            line = line.rstrip("\r\n")
+            if line.strip():
+                yield lineno, line.split("\t")
+
+
 def _read_go_graph(path: str):
     """Edges ``(child, parent, relation)`` of ``goGraph.txt`` (``parent<TAB>child
     <TAB>distance<TAB>relation`` lines; parents may be pseudo-nodes such as
     ``obsolete_molecular_function``)."""
     edges = []
-    with _open_text(path) as f:
-        for lineno, line in enumerate(_lines(path, f), 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            t = line.split("\t")
-            if len(t) != 4:
-                raise DataFormatError(
-                    path, lineno, f"expected 4 tab-separated fields (parent, child, 1, relation); got {len(t)}"
-                )
-            parent, child, _, rel = (x.strip() for x in t)
-            if not _GO_ID_RE.fullmatch(child):
-                raise DataFormatError(path, lineno, f"child {child!r} is not a GO id (GO:nnnnnnn)")
-            if not parent or not rel:
-                raise DataFormatError(path, lineno, "empty parent or relation")
-            edges.append((child, parent, rel))
+    for lineno, t in _tab_rows(path):
+        if len(t) != 4:
+            raise DataFormatError(
+                path, lineno, f"expected 4 tab-separated fields (parent, child, 1, relation); got {len(t)}"
+            )
+        parent, child, _, rel = (x.strip() for x in t)
+        if not _GO_ID_RE.fullmatch(child):
+            raise DataFormatError(path, lineno, f"child {child!r} is not a GO id (GO:nnnnnnn)")
+        if not parent or not rel:
+            raise DataFormatError(path, lineno, "empty parent or relation")
+        edges.append((child, parent, rel))
     return edges
 
 
@@ -617,27 +621,22 @@ def _read_annotations(path: str):
     terms: List[Tuple[str, ...]] = []
     linenos: List[int] = []
     seen: Dict[str, int] = {}
-    with _open_text(path) as f:
-        for lineno, line in enumerate(_lines(path, f), 1):
-            line = line.rstrip("\r\n")
-            if not line.strip():
-                continue
-            t = line.split("\t")
-            acc = t[0].strip()
-            if not acc or len(t) < 2:
-                raise DataFormatError(path, lineno, "expected 'ACCESSION<TAB>GO:nnnnnnn[<TAB>GO:nnnnnnn...]'")
-            gos = [g.strip() for g in t[1:] if g.strip()]
-            if not gos:
-                raise DataFormatError(path, lineno, f"protein {acc} has no GO term")
-            for g in gos:
-                if not _GO_ID_RE.fullmatch(g):
-                    raise DataFormatError(path, lineno, f"{g!r} is not a GO id (GO:nnnnnnn)")
-            if acc in seen:
-                raise DataFormatError(path, lineno, f"protein {acc} is annotated again (first on line {seen[acc]})")
-            seen[acc] = lineno
-            accs.append(acc)
-            terms.append(tuple(sorted(set(gos))))
-            linenos.append(lineno)
+    for lineno, t in _tab_rows(path):
+        acc = t[0].strip()
+        if not acc or len(t) < 2:
+            raise DataFormatError(path, lineno, "expected 'ACCESSION<TAB>GO:nnnnnnn[<TAB>GO:nnnnnnn...]'")
+        gos = [g.strip() for g in t[1:] if g.strip()]
+        if not gos:
+            raise DataFormatError(path, lineno, f"protein {acc} has no GO term")
+        for g in gos:
+            if not _GO_ID_RE.fullmatch(g):
+                raise DataFormatError(path, lineno, f"{g!r} is not a GO id (GO:nnnnnnn)")
+        if acc in seen:
+            raise DataFormatError(path, lineno, f"protein {acc} is annotated again (first on line {seen[acc]})")
+        seen[acc] = lineno
+        accs.append(acc)
+        terms.append(tuple(sorted(set(gos))))
+        linenos.append(lineno)
     return accs, terms, linenos
 
 
