@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/group_sparse_<gpu>.json)")
     p.add_argument("--binary", default=None, help="path of largeout_bench_group_sparse (default: the installed one)")
+    p.add_argument("--compare-generic", action="store_true",
+                   help="also time the generic kernels (largeout.kernels policy 'generic') in the same run")
     args = p.parse_args()
     if args.iters < 50:
         p.error(f"--iters must be at least 50; got {args.iters}")
@@ -124,10 +126,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def run_binary(binary: str, args: argparse.Namespace) -> dict:
+def run_binary(binary: str, args: argparse.Namespace, kernels: str = "auto") -> dict:
     cmd = [binary, "--B", ",".join(map(str, args.B)), "--H", str(args.H), "--K", ",".join(map(str, args.K)),
            "--G", ",".join(map(str, args.G)), "--L", ",".join(map(str, args.L)), "--dtype", args.dtype,
-           "--warmup", str(args.warmup), "--iters", str(args.iters)]
+           "--warmup", str(args.warmup), "--iters", str(args.iters), "--kernels", kernels]
     print("running:", " ".join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -156,6 +158,8 @@ def main() -> None:
         sys.exit(f"benchmark binary not found or not executable: {binary}")
 
     raw = run_binary(binary, args)  # first, so that the binary has the GPU to itself
+    raw_generic = run_binary(binary, args, "generic") if args.compare_generic else None
+    generic = {(r["B"], r["K"], r["G"], r["L"]): r for r in raw_generic["results"]} if raw_generic else {}
     dtype = DTYPES[args.dtype]
     gpu = torch.cuda.get_device_name()
     peak = gemm_peak_tflops(args.warmup, args.iters)
@@ -171,9 +175,11 @@ def main() -> None:
                 cache[key + ("peak",)] = torch.cuda.max_memory_allocated()
         matched, dense = cache[("matched", B, K, L)], cache[("dense", B, H, L)]
         row = {"B": B, "H": H, "L": L, "K": K, "G": G}
+        gen = generic.get((B, K, G, L))
         for p in PASSES:
             ours = r[f"{p}_ms"]
             row[p] = {
+                "path": r.get(f"{p}_path", "generic"),
                 "ours_ms": ours,
                 "matched_ms": matched[p],
                 "dense_ms": dense[p],
@@ -182,6 +188,9 @@ def main() -> None:
                 "ours_tflops": r[f"{p}_tflops"],
                 "ours_fraction_of_peak": r[f"{p}_tflops"] / peak,
             }
+            if gen is not None:
+                row[p]["generic_ms"] = gen[f"{p}_ms"]
+                row[p]["generic_over_ours"] = gen[f"{p}_ms"] / ours
         row["baseline_peak_bytes"] = max(cache[("matched", B, K, L, "peak")], cache[("dense", B, H, L, "peak")])
         row["ours_device_bytes"] = r["device_bytes"]
         rows.append(row)
@@ -200,6 +209,7 @@ def main() -> None:
         "gemm_peak_tflops": peak,
         "copy_gbps": gbps,
         "binary": raw,
+        "binary_generic": raw_generic,
         "rows": rows,
     }
     slug = re.sub(r"[^a-z0-9]+", "-", gpu.lower()).strip("-")
@@ -208,13 +218,15 @@ def main() -> None:
     out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"{gpu}  {args.dtype}  bf16 GEMM peak {peak:.0f} TFLOP/s  copy {gbps:.0f} GB/s  -> {out}")
-    print(f"{'shape':<34} {'pass':<4} {'ours ms':>9} {'matched':>9} {'dense':>9} {'ours/mat':>9} {'TFLOP/s':>8}")
+    print(f"{'shape':<34} {'pass':<4} {'path':<7} {'ours ms':>9} {'matched':>9} {'dense':>9} {'ours/mat':>9} "
+          f"{'TFLOP/s':>8} {'generic':>9}")
     for row in rows:
         shape = f"B{row['B']} H{row['H']} K{row['K']} G{row['G']} L{row['L']}"
         for p in PASSES:
             d = row[p]
-            print(f"{shape:<34} {p:<4} {d['ours_ms']:>9.4f} {d['matched_ms']:>9.4f} {d['dense_ms']:>9.4f} "
-                  f"{d['ours_over_matched']:>9.2f} {d['ours_tflops']:>8.1f}")
+            gen_ms = f"{d['generic_ms']:>9.4f}" if "generic_ms" in d else f"{'-':>9}"
+            print(f"{shape:<34} {p:<4} {d['path']:<7} {d['ours_ms']:>9.4f} {d['matched_ms']:>9.4f} "
+                  f"{d['dense_ms']:>9.4f} {d['ours_over_matched']:>9.2f} {d['ours_tflops']:>8.1f} {gen_ms}")
 
 
 if __name__ == "__main__":

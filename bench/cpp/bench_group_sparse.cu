@@ -2,7 +2,8 @@
 //
 //   largeout_bench_group_sparse [--B 512] [--H 768] [--K 128] [--G 32] [--L 670208]
 //                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50]
-//                               [--dx-rows 0|16|32|64|-1]   (dx variant; 0 = the library's choice)
+//                               [--dx-rows 0|16|32|64|-1]   (generic dx variant; 0 = the library's choice)
+//                               [--kernels auto|generic]    (auto: Hopper kernels where they apply)
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
 // each launch, median over --iters runs after --warmup runs, inputs drawn at random
@@ -103,7 +104,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Bs{512}, Ks{128}, Gs{32}, Ls{670208};
   int64_t H = 768;
   int warmup = 10, iters = 50, dx_rows = 0;
-  std::string dtype_name = "bf16";
+  std::string dtype_name = "bf16", kernels = "auto";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) { std::fprintf(stderr, "missing value for %s\n", a.c_str()); return 2; }
@@ -117,6 +118,7 @@ int main(int argc, char** argv) {
     else if (a == "--iters") iters = std::atoi(v);
     else if (a == "--dtype") dtype_name = v;
     else if (a == "--dx-rows") dx_rows = std::atoi(v);
+    else if (a == "--kernels") kernels = v;
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   DType dt;
@@ -126,6 +128,14 @@ int main(int argc, char** argv) {
   else if (dtype_name == "fp32") { dt = DType::kFloat32; esize = 4; }
   else { std::fprintf(stderr, "--dtype must be bf16, fp16 or fp32; got %s\n", dtype_name.c_str()); return 2; }
   if (iters < 50) { std::fprintf(stderr, "--iters must be at least 50; got %d\n", iters); return 2; }
+  if (kernels != "auto" && kernels != "generic") {
+    std::fprintf(stderr, "--kernels must be auto or generic; got %s\n", kernels.c_str());
+    return 2;
+  }
+  largeout::cuda::set_kernel_policy(kernels == "auto" ? largeout::cuda::KernelPolicy::kAuto
+                                                      : largeout::cuda::KernelPolicy::kGeneric);
+  largeout::cuda::DeviceInfo info;
+  CHECK_CUDA(largeout::cuda::current_device_info(&info));
 
   int dev = 0;
   cudaDeviceProp prop{};
@@ -136,8 +146,10 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaDriverGetVersion(&driver));
 
   std::printf("{\"gpu\": \"%s\", \"sms\": %d, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"dtype\": \"%s\", "
-              "\"H\": %lld, \"warmup\": %d, \"iters\": %d, \"statistic\": \"median\", \"results\": [",
-              prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, iters);
+              "\"H\": %lld, \"warmup\": %d, \"iters\": %d, \"statistic\": \"median\", \"kernels\": \"%s\", "
+              "\"results\": [",
+              prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, iters,
+              kernels.c_str());
   bool first = true;
   std::mt19937_64 rng(1234);
   for (int64_t B : Bs) for (int64_t K : Ks) for (int64_t G : Gs) for (int64_t L : Ls) {
@@ -156,11 +168,11 @@ int main(int argc, char** argv) {
       std::copy(perm.begin(), perm.begin() + K, hidx.begin() + g * K);
       std::sort(hidx.begin() + g * K, hidx.begin() + (g + 1) * K);
     }
-    int cur_dev = 0;
-    CHECK_CUDA(cudaGetDevice(&cur_dev));
-    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(
-        dt, s, prop.multiProcessorCount, int(prop.sharedMemPerBlockOptin), dx_rows);
-    void *x, *w, *bias, *y, *dy, *dx, *dw, *db, *ws;
+    const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, info, dx_rows);
+    const largeout::cuda::DwPlan dw_plan = largeout::cuda::group_sparse_dw_plan(dt, s, info);
+    const bool fwd_sm90 =
+        largeout::cuda::choose_path(largeout::cuda::Pass::kForward, dt, s, info) == largeout::cuda::Path::kSm90;
+    void *x, *w, *bias, *y, *dy, *dx, *dw, *db, *ws, *dw_ws;
     int32_t* idx;
     CHECK_CUDA(cudaMalloc(&x, B * H * esize));
     CHECK_CUDA(cudaMalloc(&w, L * K * esize));
@@ -171,6 +183,7 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaMalloc(&dw, L * K * esize));
     CHECK_CUDA(cudaMalloc(&db, L * esize));
     CHECK_CUDA(cudaMalloc(&ws, std::max<int64_t>(plan.workspace_bytes, 16)));
+    CHECK_CUDA(cudaMalloc(&dw_ws, std::max<int64_t>(dw_plan.workspace_bytes, 16)));
     CHECK_CUDA(cudaMalloc(&idx, ng * K * sizeof(int32_t)));
     CHECK_CUDA(cudaMemcpy(idx, hidx.data(), ng * K * sizeof(int32_t), cudaMemcpyHostToDevice));
     fill_dtype(dt, x, B * H, 1, 1.0f);
@@ -184,22 +197,26 @@ int main(int argc, char** argv) {
     const double t_dx = median_ms(
         [&] { return largeout::cuda::group_sparse_dx(dt, s, plan, dy, w, idx, dx, ws, 0); }, warmup, iters);
     const double t_dw = median_ms(
-        [&] { return largeout::cuda::group_sparse_dw(dt, s, dy, x, idx, dw, db, 0); }, warmup, iters);
+        [&] { return largeout::cuda::group_sparse_dw(dt, s, dw_plan, dy, x, idx, dw, db, dw_ws, 0); }, warmup, iters);
     const double flops = 2.0 * double(B) * double(L) * double(K);
     const int64_t bytes_alloc = (2 * B * H + 2 * L * K + 2 * L + 2 * B * L) * int64_t(esize) + plan.workspace_bytes +
-                                ng * K * int64_t(sizeof(int32_t));
+                                dw_plan.workspace_bytes + ng * K * int64_t(sizeof(int32_t));
+    auto path_name = [](bool sm90) { return sm90 ? "sm90" : "generic"; };
     std::printf("%s\n  {\"B\": %lld, \"H\": %lld, \"L\": %lld, \"K\": %lld, \"G\": %lld, \"flops\": %.6g, "
                 "\"fwd_ms\": %.6f, \"dx_ms\": %.6f, \"dw_ms\": %.6f, "
                 "\"fwd_tflops\": %.3f, \"dx_tflops\": %.3f, \"dw_tflops\": %.3f, "
                 "\"dx_splits\": %lld, \"dx_rows_per_cta\": %d, \"dx_smem_accumulator\": %s, "
-                "\"dx_workspace_bytes\": %lld, \"device_bytes\": %lld}",
+                "\"dx_workspace_bytes\": %lld, \"device_bytes\": %lld, "
+                "\"fwd_path\": \"%s\", \"dx_path\": \"%s\", \"dw_path\": \"%s\"}",
                 first ? "" : ",", (long long)B, (long long)H, (long long)L, (long long)K, (long long)G, flops, t_fwd,
                 t_dx, t_dw, flops / t_fwd * 1e-9, flops / t_dx * 1e-9, flops / t_dw * 1e-9,
                 (long long)plan.num_splits, plan.rows_per_cta, plan.smem_accumulator ? "true" : "false",
-                (long long)plan.workspace_bytes, (long long)bytes_alloc);
+                (long long)plan.workspace_bytes, (long long)bytes_alloc, path_name(fwd_sm90),
+                path_name(plan.path == largeout::cuda::Path::kSm90),
+                path_name(dw_plan.path == largeout::cuda::Path::kSm90));
     std::fflush(stdout);
     first = false;
-    for (void* p : {x, w, bias, y, dy, dx, dw, db, ws}) CHECK_CUDA(cudaFree(p));
+    for (void* p : {x, w, bias, y, dy, dx, dw, db, ws, dw_ws}) CHECK_CUDA(cudaFree(p));
     CHECK_CUDA(cudaFree(idx));
   }
   std::printf("\n]}\n");

@@ -5,6 +5,9 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 #include "kernels/group_sparse.h"
 
 #ifdef LARGEOUT_WITH_CUDA
@@ -26,8 +29,8 @@ constexpr const char* kOp = "largeout.group_sparse_linear";
 // ValueError, so users see ValueError either way.
 constexpr int64_t kMaxFanInAll = 4096;
 
-DType to_dtype(const at::Tensor& t, const char* name) {
-  switch (t.scalar_type()) {
+DType to_dtype(at::ScalarType st, const char* name) {
+  switch (st) {
     case at::kFloat: return DType::kFloat32;
     case at::kDouble: return DType::kFloat64;
     case at::kBFloat16: return DType::kBFloat16;
@@ -35,8 +38,9 @@ DType to_dtype(const at::Tensor& t, const char* name) {
     default:
       break;
   }
-  TORCH_CHECK_TYPE(false, kOp, ": ", name, " must be float32, float64, bfloat16 or float16; got ", t.scalar_type());
+  TORCH_CHECK_TYPE(false, kOp, ": ", name, " must be float32, float64, bfloat16 or float16; got ", st);
 }
+DType to_dtype(const at::Tensor& t, const char* name) { return to_dtype(t.scalar_type(), name); }
 
 void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref, const char* ref_name) {
   TORCH_CHECK_TYPE(t.scalar_type() == ref.scalar_type(), kOp, ": ", name, " must have the dtype of ", ref_name, " (",
@@ -88,10 +92,15 @@ ParallelFor torch_parallel_for() {
 void check_cuda(cudaError_t e, const char* what) {
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error in ", what, ": ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
 }
-int device_attribute(cudaDeviceAttr attr, int device) {
-  int n = 0;
-  check_cuda(cudaDeviceGetAttribute(&n, attr, device), "cudaDeviceGetAttribute");
-  return n;
+cuda::DeviceInfo device_info() {
+  cuda::DeviceInfo d;
+  check_cuda(cuda::current_device_info(&d), "cudaDeviceGetAttribute");
+  return d;
+}
+// The Hopper kernels read x, weight and indices with 16-byte vector and bulk copies.
+// Tensors from torch's allocator are aligned; a view at an odd offset is copied.
+at::Tensor aligned(const at::Tensor& t) {
+  return cuda::aligned16(t.const_data_ptr()) || t.numel() == 0 ? t : t.clone();
 }
 #endif
 
@@ -215,6 +224,9 @@ at::Tensor fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   c10::cuda::CUDAGuard guard(a.x.device());
   at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
   if (a.shape.batch == 0) return y;
+  a.x = aligned(a.x);
+  a.weight = aligned(a.weight);
+  a.indices = aligned(a.indices);
   check_cuda(cuda::group_sparse_fwd(a.dtype, a.shape, a.x.const_data_ptr(), a.weight.const_data_ptr(),
                                     a.indices.const_data_ptr<int32_t>(),
                                     a.bias.defined() ? a.bias.const_data_ptr() : nullptr, y.mutable_data_ptr(),
@@ -229,10 +241,11 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
   c10::cuda::CUDAGuard guard(a.grad.device());
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
-  const int dev = a.grad.get_device();
-  const cuda::DxPlan plan =
-      cuda::group_sparse_dx_plan(a.dtype, a.shape, device_attribute(cudaDevAttrMultiProcessorCount, dev),
-                                 device_attribute(cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+  if (plan.path == cuda::Path::kSm90) {
+    a.weight = aligned(a.weight);
+    a.indices = aligned(a.indices);
+  }
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
@@ -248,15 +261,73 @@ std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Ten
   at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
   at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
-  check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, a.grad.const_data_ptr(), a.x.const_data_ptr(),
+  const cuda::DwPlan plan = cuda::group_sparse_dw_plan(a.dtype, a.shape, device_info());
+  at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
+  check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.x.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),
-                                   c10::cuda::getCurrentCUDAStream()),
+                                   workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
              "group_sparse_dw");
   return {dw, db};
 }
 #endif
 
 }  // namespace
+
+// ---------------------------------------------------------------------------
+// Kernel choice (schemas in module.cpp): the policy, the path a problem takes, and
+// launch counts per path. Without CUDA there is one path ("cpu").
+// ---------------------------------------------------------------------------
+void set_kernel_policy(const std::string& policy) {
+  TORCH_CHECK(policy == "auto" || policy == "generic", "largeout: kernel policy must be \"auto\" or \"generic\"; got \"",
+              policy, "\"");
+#ifdef LARGEOUT_WITH_CUDA
+  cuda::set_kernel_policy(policy == "auto" ? cuda::KernelPolicy::kAuto : cuda::KernelPolicy::kGeneric);
+#endif
+}
+
+std::string get_kernel_policy() {
+#ifdef LARGEOUT_WITH_CUDA
+  return cuda::kernel_policy() == cuda::KernelPolicy::kAuto ? "auto" : "generic";
+#else
+  return "auto";
+#endif
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+namespace {
+cuda::Pass parse_pass(const std::string& pass) {
+  if (pass == "forward") return cuda::Pass::kForward;
+  if (pass == "input") return cuda::Pass::kInput;
+  TORCH_CHECK(pass == "weight", "largeout: pass must be \"forward\", \"input\" or \"weight\"; got \"", pass, "\"");
+  return cuda::Pass::kWeight;
+}
+}  // namespace
+#endif
+
+// The CUDA kernels the current device would run for this problem: "sm90" or "generic".
+std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
+                             int64_t G) {
+#ifdef LARGEOUT_WITH_CUDA
+  const cuda::Pass p = parse_pass(pass);
+  const DType dt = to_dtype(dtype, "dtype");
+  const cuda::Path path = cuda::choose_path(p, dt, make_shape(B, H, L, K, G), device_info());
+  return path == cuda::Path::kSm90 ? "sm90" : "generic";
+#else
+  TORCH_CHECK(false, "largeout: built without CUDA kernels");
+#endif
+}
+
+// Launch counts since start: [forward generic, forward sm90, input generic, input sm90,
+// weight generic, weight sm90].
+std::vector<int64_t> cuda_launch_counts() {
+  std::vector<int64_t> out(6, 0);
+#ifdef LARGEOUT_WITH_CUDA
+  for (int p = 0; p < 3; ++p)
+    for (int q = 0; q < 2; ++q) out[2 * p + q] = cuda::launch_count(cuda::Pass(p), cuda::Path(q));
+#endif
+  return out;
+}
+
 }  // namespace largeout
 
 TORCH_LIBRARY_IMPL(largeout, CPU, m) {

@@ -5,6 +5,9 @@
 #include <torch/library.h>
 
 #include <string>
+#include <vector>
+
+#include <ATen/core/ScalarType.h>
 
 extern "C" PyObject* PyInit__C(void) {
   static PyModuleDef def = {PyModuleDef_HEAD_INIT, "_C", "largeout native ops (registered in torch.ops.largeout)",
@@ -50,8 +53,23 @@ std::string build_info() {
 
 }  // namespace
 
+namespace largeout {
+// Defined in group_sparse_ops.cpp.
+void set_kernel_policy(const std::string& policy);
+std::string get_kernel_policy();
+std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
+                             int64_t G);
+std::vector<int64_t> cuda_launch_counts();
+}  // namespace largeout
+
 TORCH_LIBRARY(largeout, m) {
   m.def("build_info() -> str", &build_info);
+  // CUDA kernel choice: "auto" (Hopper kernels where they apply) or "generic".
+  m.def("set_kernel_policy(str policy) -> ()", &largeout::set_kernel_policy);
+  m.def("get_kernel_policy() -> str", &largeout::get_kernel_policy);
+  m.def("cuda_kernel_path(str pass_, ScalarType dtype, int B, int H, int L, int K, int G) -> str",
+        &largeout::cuda_kernel_path);
+  m.def("cuda_launch_counts() -> int[]", &largeout::cuda_launch_counts);
   // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.
   m.def("group_sparse_linear(Tensor x, Tensor weight, Tensor indices, Tensor? bias, int group_size) -> Tensor");
   // dx [B, H] from grad_out [B, L].

@@ -3,6 +3,7 @@
 // CTA = (one group, a 64-wide tile of K); it runs over the whole batch in a fixed
 // order, so the result is deterministic. CTAs of the first K tile also sum dbias.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
 
 namespace largeout::cuda {
 namespace {
@@ -78,8 +79,23 @@ gsl_dw_kernel(const T* __restrict__ dy, const T* __restrict__ x, const int32_t* 
 
 }  // namespace
 
-cudaError_t group_sparse_dw(DType dtype, const GroupSparseShape& s, const void* dy, const void* x,
-                            const int32_t* indices, void* dweight, void* dbias, cudaStream_t stream) {
+DwPlan group_sparse_dw_plan(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev) {
+  DwPlan p;
+  p.path = choose_path(Pass::kWeight, dtype, s, dev);
+  if (p.path == Path::kSm90) p.workspace_bytes = sm90::dw_workspace_bytes(dtype, s);
+  return p;
+}
+
+cudaError_t group_sparse_dw(DType dtype, const GroupSparseShape& s, const DwPlan& plan, const void* dy,
+                            const void* x, const int32_t* indices, void* dweight, void* dbias, void* workspace,
+                            cudaStream_t stream) {
+  count_launch(Pass::kWeight, plan.path);
+  if (plan.path == Path::kSm90) {
+    if (!aligned16(workspace)) return cudaErrorMisalignedAddress;
+    DeviceInfo dev;
+    if (cudaError_t e = current_device_info(&dev); e != cudaSuccess) return e;
+    return sm90::dw(dtype, s, dev, dy, x, indices, dweight, dbias, workspace, stream);
+  }
   return dispatch_dtype_group(dtype, s.group_size, [&]<class T, int G>() -> cudaError_t {
     using C = DwCfg<T, G>;
     auto kernel = gsl_dw_kernel<T, G>;

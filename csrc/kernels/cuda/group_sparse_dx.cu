@@ -10,6 +10,8 @@
 #include <algorithm>
 
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/group_sparse_dx_reduce.h"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
 
 namespace largeout::cuda {
 namespace {
@@ -102,17 +104,6 @@ gsl_dx_partial_kernel(const T* __restrict__ dy, const T* __restrict__ w, const i
   }
 }
 
-template <class T>
-__global__ void gsl_dx_reduce_kernel(const typename Elem<T>::acc* __restrict__ part, T* __restrict__ dx,
-                                     int64_t splits, int64_t n) {
-  using A = typename Elem<T>::acc;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-    A acc = 0;
-    for (int64_t s = 0; s < splits; ++s) acc += part[s * n + i];
-    dx[i] = Elem<T>::from_acc(acc);
-  }
-}
-
 constexpr int64_t kWorkspaceBudget = int64_t(512) << 20;  // bytes
 
 // Calls fn.template operator()<BM, kSmemAcc>() for the plan's variant.
@@ -131,9 +122,16 @@ cudaError_t dispatch_variant(const DxPlan& plan, Fn&& fn) {
 
 bool group_size_supported(int64_t g) { return g == 16 || g == 32 || g == 64 || g == 128; }
 
-DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, int num_sms, int max_smem_per_block,
-                            int force_rows) {
+DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, int force_rows) {
   DxPlan p;
+  if (force_rows == 0 && choose_path(Pass::kInput, dtype, s, dev) == Path::kSm90) {
+    p.path = Path::kSm90;
+    p.rows_per_cta = 32;
+    p.rows_per_launch = s.batch;
+    sm90::dx_layout(s, dev, &p.num_splits, &p.workspace_bytes);
+    return p;
+  }
+  const int num_sms = dev.sms, max_smem_per_block = dev.smem_optin;
   // The largest batch tile whose shared-memory accumulator fits the device.
   dispatch_dtype_group(dtype, s.group_size, [&]<class T, int G>() -> cudaError_t {
     auto try_rows = [&]<int BM>() {
@@ -183,6 +181,13 @@ cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan
                             const void* weight, const int32_t* indices, void* dx, void* workspace,
                             cudaStream_t stream) {
   if (plan.rows_per_launch <= 0 || plan.num_splits <= 0) return cudaErrorInvalidValue;
+  count_launch(Pass::kInput, plan.path);
+  if (plan.path == Path::kSm90) {
+    if (!aligned16(weight) || !aligned16(indices) || !aligned16(workspace)) return cudaErrorMisalignedAddress;
+    DeviceInfo dev;
+    if (cudaError_t e = current_device_info(&dev); e != cudaSuccess) return e;
+    return sm90::dx(dtype, s, dev, plan.num_splits, dy, weight, indices, dx, workspace, stream);
+  }
   return dispatch_dtype_group(dtype, s.group_size, [&]<class T, int G>() -> cudaError_t {
     using A = typename Elem<T>::acc;
     return dispatch_variant(plan, [&]<int BM, bool kSmemAcc>() -> cudaError_t {
@@ -200,10 +205,10 @@ cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan
                                                  s.out_features, s.fan_in, per);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         const int64_t n = rows * s.in_features;
-        const unsigned blocks = unsigned(std::min<int64_t>(ceil_div(n, 256), 8192));
-        gsl_dx_reduce_kernel<T><<<blocks, 256, 0, stream>>>(part, static_cast<T*>(dx) + r0 * s.in_features,
-                                                            plan.num_splits, n);
-        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+        if (cudaError_t e = launch_dx_reduce<A, T>(part, static_cast<T*>(dx) + r0 * s.in_features,
+                                                   plan.num_splits, n, stream);
+            e != cudaSuccess)
+          return e;
       }
       return cudaSuccess;
     });

@@ -3,6 +3,7 @@
 // inputs are gathered from x into shared memory once per K-chunk and multiplied
 // with the G weight rows of the group on tensor cores (16-bit types) or CUDA cores.
 #include "kernels/cuda/common.cuh"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
 
 namespace largeout::cuda {
 namespace {
@@ -82,6 +83,14 @@ gsl_fwd_kernel(const T* __restrict__ x, const T* __restrict__ w, const int32_t* 
 
 cudaError_t group_sparse_fwd(DType dtype, const GroupSparseShape& s, const void* x, const void* weight,
                              const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {
+  DeviceInfo dev;
+  if (cudaError_t e = current_device_info(&dev); e != cudaSuccess) return e;
+  if (choose_path(Pass::kForward, dtype, s, dev) == Path::kSm90) {
+    if (!aligned16(x) || !aligned16(weight) || !aligned16(indices)) return cudaErrorMisalignedAddress;
+    count_launch(Pass::kForward, Path::kSm90);
+    return sm90::fwd(dtype, s, dev, x, weight, indices, bias, y, stream);
+  }
+  count_launch(Pass::kForward, Path::kGeneric);
   return dispatch_dtype_group(dtype, s.group_size, [&]<class T, int G>() -> cudaError_t {
     using C = FwdCfg<T, G>;
     auto kernel = gsl_fwd_kernel<T, G>;

@@ -1,0 +1,62 @@
+// Kernel choice of the CUDA launchers: device properties, the policy, launch counters.
+#include <atomic>
+#include <mutex>
+#include <vector>
+
+#include "kernels/cuda/group_sparse_cuda.h"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
+
+namespace largeout::cuda {
+namespace {
+
+std::atomic<int> g_policy{int(KernelPolicy::kAuto)};
+std::atomic<int64_t> g_counts[3][2];
+
+}  // namespace
+
+cudaError_t current_device_info(DeviceInfo* out) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  static std::vector<bool> known;
+  int dev = 0;
+  if (cudaError_t e = cudaGetDevice(&dev); e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  if (size_t(dev) >= cache.size()) {
+    cache.resize(dev + 1);
+    known.resize(dev + 1, false);
+  }
+  if (!known[dev]) {
+    DeviceInfo d;
+    const std::pair<cudaDeviceAttr, int*> attrs[] = {
+        {cudaDevAttrMultiProcessorCount, &d.sms},
+        {cudaDevAttrMaxSharedMemoryPerBlockOptin, &d.smem_optin},
+        {cudaDevAttrComputeCapabilityMajor, &d.cc_major},
+        {cudaDevAttrComputeCapabilityMinor, &d.cc_minor},
+    };
+    for (const auto& [attr, dst] : attrs)
+      if (cudaError_t e = cudaDeviceGetAttribute(dst, attr, dev); e != cudaSuccess) return e;
+    cache[dev] = d;
+    known[dev] = true;
+  }
+  *out = cache[dev];
+  return cudaSuccess;
+}
+
+void set_kernel_policy(KernelPolicy policy) { g_policy.store(int(policy)); }
+KernelPolicy kernel_policy() { return KernelPolicy(g_policy.load()); }
+
+Path choose_path(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (kernel_policy() == KernelPolicy::kGeneric) return Path::kGeneric;
+  bool ok = false;
+  switch (pass) {
+    case Pass::kForward: ok = sm90::fwd_supported(dtype, s, dev); break;
+    case Pass::kInput: ok = sm90::dx_supported(dtype, s, dev); break;
+    case Pass::kWeight: ok = sm90::dw_supported(dtype, s, dev); break;
+  }
+  return ok ? Path::kSm90 : Path::kGeneric;
+}
+
+void count_launch(Pass pass, Path path) { g_counts[int(pass)][int(path)].fetch_add(1); }
+int64_t launch_count(Pass pass, Path path) { return g_counts[int(pass)][int(path)].load(); }
+
+}  // namespace largeout::cuda

@@ -1,0 +1,761 @@
+// Hopper kernels of the group-shared fixed fan-in layer (compiled for sm_90a only).
+//
+// Every kernel runs 3 warpgroups: warpgroup 0 loads (TMA for weights and indices,
+// plain or cp.async loads where TMA cannot describe the tensor: dY and y have a row
+// stride of L elements, and L may be odd), warpgroups 1 and 2 compute on tensor cores
+// (wgmma) and write results. Stages of shared memory pass from loader to computers
+// through full/empty mbarriers.
+//
+// forward   CTA = (64 batch rows, a range of groups). x^T of its 64 rows stays in shared
+//           memory (H x 128 bytes); the K shared inputs of a group are gathered from it
+//           straight into wgmma A fragments with ldmatrix (each lane addresses one row),
+//           W_g comes by TMA; D[64, G] = X_g W_g^T, + bias, stored to y.
+// dW        CTA = a range of groups, all batch rows. Per (group, 64 batch rows): X_g^T
+//           gathered by cp.async from x^T (a workspace) as A [K, 64], dY tile as an
+//           MN-major B [64, G]; D[K, G] accumulates over the batch; dbias is summed by
+//           the loader from the dY values it stages.
+// dx        CTA = (32 batch rows, a range of groups). P^T[K, 32] = W_g^T dY_g^T with A
+//           from W (ldmatrix.trans) and B = the dY tile; P is added into an fp32
+//           accumulator [H, 32] in shared memory, one group at a time (indices are unique
+//           within a group, so the two computing warpgroups never collide; a barrier
+//           separates groups). Partials of group ranges are summed in a fixed order.
+// All results are deterministic.
+#include <cudaTypedefs.h>
+
+#include <algorithm>
+
+#include "kernels/cuda/group_sparse_dx_reduce.h"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
+#include "kernels/cuda/sm90/ptx.cuh"
+
+namespace largeout::cuda::sm90 {
+namespace {
+
+constexpr int kThreads = 384;  // loader warpgroup + 2 computing warpgroups
+constexpr int kKC = 64;        // fan-in columns per weight box (one 128-byte swizzle row)
+constexpr int kMaxStages = 8;
+constexpr int kSmemSlack = 1024;  // dynamic shared memory is aligned up to 1024 bytes in-kernel
+
+template <class T> struct TypeTag { using type = T; };
+
+__host__ __device__ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ uint8_t* align_smem(uint8_t* p) {
+  const uint32_t a = smem_u32(p);
+  return p + ((1024u - (a & 1023u)) & 1023u);
+}
+
+// ================================================================== forward
+template <int G>
+struct FwdCfg {
+  static constexpr int kBM = 64;
+  static constexpr uint32_t kWBytes = G * 128;  // one [G, 64] box of W, SW128
+  static constexpr uint32_t kIdxBytes = kKC * 4;
+  static constexpr int64_t stage_bytes() { return kWBytes + kIdxBytes; }
+  static int64_t smem_bytes(int64_t H, int stages) {
+    return kSmemSlack + H * 128 + stages * stage_bytes() + 2 * stages * 8;
+  }
+};
+
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads, 1)
+gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, const int32_t* __restrict__ idx,
+             const T* __restrict__ bias, T* __restrict__ y, int B, int H, int64_t L, int K, int groups_per_split,
+             int num_groups, int stages) {
+  using C = FwdCfg<G>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = align_smem(smem_raw);
+  uint8_t* xs = base;                                  // x^T of the tile: [H][64] bf16, SW128
+  uint8_t* wst = xs + int64_t(H) * 128;                // [stages][G][64] SW128
+  int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(stages) * C::kWBytes);  // [stages][64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(ist + stages * kKC);
+  uint64_t* empty = full + stages;
+
+  const int b0 = blockIdx.y * C::kBM;
+  const int g_begin = blockIdx.x * groups_per_split;
+  const int g_end = min(g_begin + groups_per_split, num_groups);
+  const int nk = K / kKC;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(&full[s], 1);
+      mbar_init(&empty[s], 4);  // one arrival per warp of the consuming warpgroup
+    }
+    fence_barrier_init();
+    prefetch_tensormap(&tm_w);
+  }
+  // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
+  for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThreads) {
+    const int rb = blk & 7, f0 = (blk >> 3) * 8;
+    uint32_t in[8][4];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int row = b0 + rb * 8 + i;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (row < B) v = *reinterpret_cast<const uint4*>(x + int64_t(row) * H + f0);
+      in[i][0] = v.x, in[i][1] = v.y, in[i][2] = v.z, in[i][3] = v.w;
+    }
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t sel = (j & 1) ? 0x7632u : 0x5410u;
+      uint4 o;
+      o.x = __byte_perm(in[0][j >> 1], in[1][j >> 1], sel);
+      o.y = __byte_perm(in[2][j >> 1], in[3][j >> 1], sel);
+      o.z = __byte_perm(in[4][j >> 1], in[5][j >> 1], sel);
+      o.w = __byte_perm(in[6][j >> 1], in[7][j >> 1], sel);
+      *reinterpret_cast<uint4*>(xs + swz<128>(f0 + j, rb * 16)) = o;
+    }
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    // Loader: one thread issues the weight boxes and index chunks.
+    if (threadIdx.x == 0) {
+      int it = 0;
+      for (int g = g_begin; g < g_end; ++g) {
+        for (int c = 0; c < nk; ++c, ++it) {
+          const int s = it % stages;
+          mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
+          mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
+          tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, g * G);
+          bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &full[s]);
+        }
+      }
+    }
+    return;
+  }
+
+  // Computing warpgroups take alternate groups.
+  const int cw = wg - 1;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int krow = (lane & 7) + ((lane >> 4) << 3);  // which of the 16 gathered rows this lane addresses
+  const int bchunk = 2 * warp + ((lane >> 3) & 1);   // which 8 batch rows
+  const uint32_t xs_u32 = smem_u32(xs);
+  const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
+  for (int g = g_begin + cw; g < g_end; g += 2) {
+    float acc[G / 2];
+#pragma unroll
+    for (int i = 0; i < G / 2; ++i) acc[i] = 0.f;
+    for (int c = 0; c < nk; ++c) {
+      const int it = (g - g_begin) * nk + c;
+      const int s = it % stages;
+      mbar_wait(&full[s], (it / stages) & 1);
+      const int32_t* is = ist + s * kKC;
+      uint32_t a[4][4];
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const int f = is[kk * 16 + krow];
+        ldmatrix_x4_trans(a[kk], xs_u32 + swz<128>(f, bchunk * 16));
+      }
+      const uint32_t wb = smem_u32(wst + s * C::kWBytes);
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) mma_rs<T, G>(a[kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc, true);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+    }
+    // Epilogue: + bias, round, store. acc[4j + 2h + e] is (row r0 + 8h, column 8j + 2t + e).
+    const int64_t l0 = int64_t(g) * G;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = b0 + r0 + 8 * h;
+      if (row >= B) continue;
+      T* yr = y + int64_t(row) * L + l0;
+      const bool aligned = ((int64_t(row) * L) & 1) == 0;
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j) {
+        const int col = 8 * j + 2 * t;
+        const int64_t l = l0 + col;
+        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
+        if (bias != nullptr) {
+          if (l < L) v0 += to_float(bias[l]);
+          if (l + 1 < L) v1 += to_float(bias[l + 1]);
+        }
+        if (aligned && l + 1 < L) {
+          *reinterpret_cast<uint32_t*>(yr + col) = pack2<T>(v0, v1);
+        } else {
+          if (l < L) yr[col] = from_float<T>(v0);
+          if (l + 1 < L) yr[col + 1] = from_float<T>(v1);
+        }
+      }
+    }
+  }
+}
+
+// ================================================================== dW
+template <int G>
+struct DwCfg {
+  // B operand (dY tile [64 batch][G labels], MN-major): SW64 rows of 32 labels for G = 32,
+  // else SW128 blocks of 64 labels (8 KB each).
+  static constexpr int kRowBytes = G == 32 ? 64 : 128;
+  static constexpr uint32_t kDyBytes = 64 * G * 2;
+  __host__ __device__ static int64_t a_bytes(int K) { return int64_t(K) * 128; }
+  __host__ __device__ static int64_t stage_bytes(int K) { return a_bytes(K) + kDyBytes; }
+  static int64_t smem_bytes(int K, int stages) { return kSmemSlack + stages * stage_bytes(K) + 2 * stages * 8 + 128 * 4; }
+  __device__ static uint32_t dy_offset(int r, int n) {
+    if constexpr (G == 32) return swz<64>(r, 2 * n);
+    else return uint32_t(n >> 6) * 8192u + swz<128>(r, 2 * (n & 63));
+  }
+};
+
+// kNmb = K / 64 blocks of 64 k-slots: 1 -> the computing warpgroups take alternate groups;
+// 2, 4 -> both work on every group, each on half of the blocks.
+template <class T, int G, int kNmb>
+__global__ void __launch_bounds__(kThreads, 1)
+gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* __restrict__ idx, T* __restrict__ dw,
+            T* __restrict__ db, int B, int Bp, int64_t L, int K, int groups_per_cta, int num_groups, int stages) {
+  using C = DwCfg<G>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = align_smem(smem_raw);
+  const int64_t sb = C::stage_bytes(K);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * sb);
+  uint64_t* empty = full + stages;
+  float* red = reinterpret_cast<float*>(empty + stages);  // [128] dbias partials
+
+  const int g_begin = blockIdx.x * groups_per_cta;
+  const int g_end = min(g_begin + groups_per_cta, num_groups);
+  const int nbc = Bp / 64;
+  constexpr bool split_m = kNmb >= 2;  // both computing warpgroups work on every stage
+  constexpr int kMaxMB = split_m ? kNmb / 2 : 1;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < stages; ++s) {
+      mbar_init(&full[s], 256);  // 128 plain arrivals (dY stores) + 128 cp.async arrivals
+      mbar_init(&empty[s], split_m ? 8 : 4);
+    }
+    fence_barrier_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    const int tid = threadIdx.x;
+    const int n = tid % G;
+    float bsum = 0.f;
+    int it = 0;
+    for (int g = g_begin; g < g_end; ++g) {
+      const int32_t* gi = idx + int64_t(g) * K;
+      const int64_t l = int64_t(g) * G + n;
+      for (int bc = 0; bc < nbc; ++bc, ++it) {
+        const int s = it % stages;
+        uint8_t* as = base + s * sb;
+        uint8_t* ds = as + C::a_bytes(K);
+        // dY values first (their loads are in flight while the gathers are issued).
+        constexpr int kPer = 64 * G / 128;
+        T v[kPer];
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          const int r = tid / G + i * (128 / G);
+          const int row = bc * 64 + r;
+          v[i] = (row < B && l < L) ? dy[int64_t(row) * L + l] : from_float<T>(0.f);
+        }
+        mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
+        for (int e = tid; e < K * 8; e += 128) {
+          const int r = e >> 3, c = e & 7;
+          cp_async_16(as + swz<128>(r, c * 16), xt + int64_t(gi[r]) * Bp + bc * 64 + c * 8);
+        }
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) {
+          const int r = tid / G + i * (128 / G);
+          *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v[i];
+          bsum += to_float(v[i]);
+        }
+        fence_proxy_async();
+        mbar_arrive(&full[s]);
+        mbar_arrive_cp_async(&full[s]);
+      }
+      // dbias of the group: the 128 / G partials of each label, summed in a fixed order.
+      red[tid] = bsum;
+      bsum = 0.f;
+      named_barrier(1, 128);
+      if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
+        float s = 0.f;
+        for (int j = tid; j < 128; j += G) s += red[j];
+        db[int64_t(g) * G + tid] = from_float<T>(s);
+      }
+      named_barrier(1, 128);
+    }
+    return;
+  }
+
+  const int cw = wg - 1;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
+  // MN-major B descriptor: SBO = 8 batch rows, LBO = the next 64-label block.
+  constexpr uint32_t kBSbo = C::kRowBytes * 8;
+  constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
+  const int g_first = g_begin + (split_m ? 0 : cw);
+  const int g_step = split_m ? 1 : 2;
+  for (int g = g_first; g < g_end; g += g_step) {
+    float acc[kMaxMB][G / 2];
+#pragma unroll
+    for (int m = 0; m < kMaxMB; ++m)
+#pragma unroll
+      for (int i = 0; i < G / 2; ++i) acc[m][i] = 0.f;
+    for (int bc = 0; bc < nbc; ++bc) {
+      const int it = (g - g_begin) * nbc + bc;
+      const int s = it % stages;
+      mbar_wait(&full[s], (it / stages) & 1);
+      const uint32_t as = smem_u32(base + s * sb);
+      const uint32_t ds = as + uint32_t(C::a_bytes(K));
+#pragma unroll
+      for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
+      wgmma_fence();
+#pragma unroll
+      for (int m = 0; m < kMaxMB; ++m) {
+        const int mb = split_m ? cw + 2 * m : m;
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const uint64_t da = make_desc(as + mb * 8192 + kk * 32, 16, 1024, Swizzle::k128B);
+          const uint64_t dd = make_desc(ds + kk * 16 * C::kRowBytes, 8192, kBSbo, kBSwz);
+          mma_ss_kmn<T, G>(da, dd, acc[m], true);
+        }
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+#pragma unroll
+      for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&empty[s]);
+    }
+    // acc[m][4j + 2h + e] = dW^T[k-slot mb*64 + r0 + 8h][label 8j + 2t + e].
+#pragma unroll
+    for (int m = 0; m < kMaxMB; ++m) {
+      const int mb = split_m ? cw + 2 * m : m;
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int64_t l = int64_t(g) * G + 8 * j + 2 * t + e;
+          if (l >= L) continue;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) dw[l * K + mb * 64 + r0 + 8 * h] = from_float<T>(acc[m][4 * j + 2 * h + e]);
+        }
+    }
+  }
+}
+
+// x [B, H] -> x^T [H, Bp], rows B..Bp-1 zero.
+template <class T>
+__global__ void transpose_pad(const T* __restrict__ x, T* __restrict__ xt, int B, int H, int Bp) {
+  __shared__ T tile[32][33];
+  const int b0 = blockIdx.x * 32, f0 = blockIdx.y * 32;
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int b = b0 + i, f = f0 + threadIdx.x;
+    tile[i][threadIdx.x] = (b < B && f < H) ? x[int64_t(b) * H + f] : from_float<T>(0.f);
+  }
+  __syncthreads();
+  for (int i = threadIdx.y; i < 32; i += blockDim.y) {
+    const int f = f0 + i, b = b0 + threadIdx.x;
+    if (f < H && b < Bp) xt[int64_t(f) * Bp + b] = tile[threadIdx.x][i];
+  }
+}
+
+// ================================================================== dx
+template <int G>
+struct DxCfg {
+  static constexpr int kBM = 32;
+  static constexpr uint32_t kWBytes = G * 128;
+  static constexpr uint32_t kIdxBytes = kKC * 4;
+  // B operand (dY tile [32 batch][G labels], K-major): SW64 rows for G = 32, else SW128
+  // atoms of 64 labels (32 rows x 128 bytes = 4 KB each).
+  static constexpr int kRowBytes = G == 32 ? 64 : 128;
+  static constexpr uint32_t kDyBytes = kBM * G * 2;
+  static int64_t smem_bytes(int64_t H, int wstages, int dstages) {
+    return kSmemSlack + H * kBM * 4 + wstages * int64_t(kWBytes + kIdxBytes) + dstages * int64_t(kDyBytes) +
+           2 * (wstages + dstages) * 8;
+  }
+  __device__ static uint32_t dy_offset(int r, int n) {
+    if constexpr (G == 32) return swz<64>(r, 2 * n);
+    else return uint32_t(n >> 6) * 4096u + swz<128>(r, 2 * (n & 63));
+  }
+  // k16 step kk of the labels: the descriptor's start offset.
+  __device__ static uint32_t dy_kstep(int kk) {
+    if constexpr (G == 32) return kk * 32;
+    else return uint32_t(kk >> 2) * 4096u + (kk & 3) * 32;
+  }
+};
+
+template <class T, int G>
+__global__ void __launch_bounds__(kThreads, 1)
+gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, const int32_t* __restrict__ idx,
+            float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int K, int groups_per_split,
+            int num_groups, int wstages, int dstages) {
+  using C = DxCfg<G>;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = align_smem(smem_raw);
+  uint8_t* accs = base;                                      // [H][32] fp32, SW128 rows
+  uint8_t* wst = accs + int64_t(H) * C::kBM * 4;             // [wstages][G][64] SW128
+  uint8_t* dst = wst + int64_t(wstages) * C::kWBytes;        // [dstages] dY tiles
+  int32_t* ist = reinterpret_cast<int32_t*>(dst + int64_t(dstages) * C::kDyBytes);  // [wstages][64]
+  uint64_t* wfull = reinterpret_cast<uint64_t*>(ist + wstages * kKC);
+  uint64_t* wempty = wfull + wstages;
+  uint64_t* dfull = wempty + wstages;
+  uint64_t* dempty = dfull + dstages;
+
+  const int b0 = blockIdx.y * C::kBM;
+  const int g_begin = blockIdx.x * groups_per_split;
+  const int g_end = min(g_begin + groups_per_split, num_groups);
+  const int nk = K / kKC;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < wstages; ++s) {
+      mbar_init(&wfull[s], 1);
+      mbar_init(&wempty[s], 4);  // the warps of the warpgroup that used the chunk
+    }
+    for (int s = 0; s < dstages; ++s) {
+      mbar_init(&dfull[s], 128);
+      mbar_init(&dempty[s], 8);  // all warps of both computing warpgroups
+    }
+    fence_barrier_init();
+    prefetch_tensormap(&tm_w);
+  }
+  for (int e = threadIdx.x; e < H * C::kBM / 4; e += kThreads)
+    reinterpret_cast<float4*>(accs)[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  __syncthreads();
+
+  if (wg == 0) {
+    const int tid = threadIdx.x;
+    const int n = tid % G;
+    int wit = 0;
+    for (int g = g_begin, j = 0; g < g_end; ++g, ++j) {
+      if (tid == 0) {
+        for (int c = 0; c < nk; ++c, ++wit) {
+          const int s = wit % wstages;
+          mbar_wait(&wempty[s], ((wit / wstages) & 1) ^ 1);
+          mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
+          tma_load_2d(wst + s * C::kWBytes, &tm_w, &wfull[s], c * kKC, g * G);
+          bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &wfull[s]);
+        }
+      }
+      constexpr int kPer = C::kBM * G / 128;
+      const int64_t l = int64_t(g) * G + n;
+      T v[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int r = tid / G + i * (128 / G);
+        const int row = b0 + r;
+        v[i] = (row < B && l < L) ? dy[int64_t(row) * L + l] : from_float<T>(0.f);
+      }
+      const int s = j % dstages;
+      mbar_wait(&dempty[s], ((j / dstages) & 1) ^ 1);
+      uint8_t* ds = dst + s * C::kDyBytes;
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int r = tid / G + i * (128 / G);
+        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v[i];
+      }
+      fence_proxy_async();
+      mbar_arrive(&dfull[s]);
+    }
+    return;
+  }
+
+  const int cw = wg - 1;
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int lrow = (lane & 7) + ((lane >> 4) << 3);   // label row within a k16 step
+  const int kchunk = 2 * warp + ((lane >> 3) & 1);    // which 8 k-slots of the 64-wide chunk
+  const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
+  constexpr uint32_t kBSbo = C::kRowBytes * 8;
+  constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
+  for (int g = g_begin, j = 0; g < g_end; ++g, ++j) {
+    const int ds_i = j % dstages;
+    mbar_wait(&dfull[ds_i], (j / dstages) & 1);
+    const uint32_t dsb = smem_u32(dst + ds_i * C::kDyBytes);
+    bool ordered = false;
+    for (int c = cw; c < nk; c += 2) {
+      const int wit = j * nk + c;
+      const int s = wit % wstages;
+      mbar_wait(&wfull[s], (wit / wstages) & 1);
+      const uint32_t wb = smem_u32(wst + s * C::kWBytes);
+      uint32_t a[G / 16][4];
+#pragma unroll
+      for (int kk = 0; kk < G / 16; ++kk) ldmatrix_x4_trans(a[kk], wb + swz<128>(kk * 16 + lrow, kchunk * 16));
+      float acc[C::kBM / 2];
+      fence_regs(acc);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < G / 16; ++kk)
+        mma_rs<T, C::kBM>(a[kk], make_desc(dsb + C::dy_kstep(kk), 16, kBSbo, kBSwz), acc, kk > 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      fence_regs(acc);
+      const int32_t* is = ist + s * kKC;
+      const int f0 = is[r0], f1 = is[r0 + 8];
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&wempty[s]);
+      if (!ordered) {
+        named_barrier(1, 256);  // every scatter of the previous group is done
+        ordered = true;
+      }
+      // acc[4q + 2h + e] = P^T[k-slot r0 + 8h][batch 8q + 2t + e]
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const int f = h ? f1 : f0;
+#pragma unroll
+        for (int q = 0; q < C::kBM / 8; ++q) {
+          float2* p = reinterpret_cast<float2*>(accs + swz<128>(f, (8 * q + 2 * t) * 4));
+          float2 cur = *p;
+          cur.x += acc[4 * q + 2 * h];
+          cur.y += acc[4 * q + 2 * h + 1];
+          *p = cur;
+        }
+      }
+    }
+    if (!ordered) named_barrier(1, 256);
+    __syncwarp();
+    if (lane == 0) mbar_arrive(&dempty[ds_i]);
+  }
+  named_barrier(1, 256);
+  // Write the tile's rows: fp32 partial of this group range, or dx itself.
+  const int tid = threadIdx.x - 128;
+  const int rows = min(C::kBM, B - b0);
+  for (int e = tid; e < rows * H; e += 256) {
+    const int r = e / H, f = e - r * H;
+    const float v = *reinterpret_cast<const float*>(accs + swz<128>(f, r * 4));
+    const int64_t o = int64_t(b0 + r) * H + f;
+    if (part != nullptr) part[int64_t(blockIdx.x) * B * H + o] = v;
+    else dx[o] = from_float<T>(v);
+  }
+}
+
+// ================================================================== host side
+PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
+  static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
+    void* p = nullptr;
+    cudaDriverEntryPointQueryResult q{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &p, 12000, cudaEnableDefault, &q) != cudaSuccess ||
+        q != cudaDriverEntryPointSuccess)
+      p = nullptr;
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(p);
+  }();
+  return fn;
+}
+
+// Tensor map of W [L, K] (16-bit): boxes of [G rows, 64 columns], 128-byte swizzle,
+// rows past L read as zeros.
+cudaError_t weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int G) {
+  auto fn = encode_fn();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(L)};
+  const cuuint64_t strides[1] = {cuuint64_t(K) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(kKC), cuuint32_t(G)};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUtensorMapDataType t =
+      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = fn(map, t, 2, const_cast<void*>(w), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  return dev.cc_major == 9 && dev.cc_minor == 0 && (dt == DType::kBFloat16 || dt == DType::kFloat16) &&
+         s.fan_in % kKC == 0 && s.batch >= 1 && s.out_features < (int64_t(1) << 31) &&
+         s.in_features < (int64_t(1) << 20);
+}
+
+template <class Fn>
+cudaError_t dispatch(DType dt, int64_t G, Fn&& fn) {
+  auto by_group = [&](auto tag) -> cudaError_t {
+    using T = typename decltype(tag)::type;
+    switch (G) {
+      case 16: return fn.template operator()<T, 16>();
+      case 32: return fn.template operator()<T, 32>();
+      case 64: return fn.template operator()<T, 64>();
+      case 128: return fn.template operator()<T, 128>();
+      default: return cudaErrorInvalidValue;
+    }
+  };
+  if (dt == DType::kBFloat16) return by_group(TypeTag<__nv_bfloat16>{});
+  if (dt == DType::kFloat16) return by_group(TypeTag<__half>{});
+  return cudaErrorInvalidValue;
+}
+
+int64_t smem_budget(const DeviceInfo& dev) { return dev.smem_optin; }
+
+template <int G>
+int fwd_stages(int64_t H, const DeviceInfo& dev) {
+  int st = kMaxStages;
+  while (st >= 2 && FwdCfg<G>::smem_bytes(H, st) > smem_budget(dev)) --st;
+  return st;
+}
+
+template <int G>
+int dw_stages(int K, const DeviceInfo& dev) {
+  int st = kMaxStages;
+  while (st >= 2 && DwCfg<G>::smem_bytes(K, st) > smem_budget(dev)) --st;
+  return st;
+}
+
+template <int G>
+void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
+  *ws = kMaxStages;
+  *ds = 4;
+  while (*ws >= 2 && DxCfg<G>::smem_bytes(H, *ws, *ds) > smem_budget(dev)) {
+    if (*ds > 2) --*ds;
+    else --*ws;
+  }
+}
+
+}  // namespace
+
+// ------------------------------------------------------------------ forward
+bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!common_supported(dt, s, dev) || s.in_features % 8 != 0) return false;
+  int st = 0;
+  dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    st = fwd_stages<G>(s.in_features, dev);
+    return cudaSuccess;
+  });
+  return st >= 2;
+}
+
+cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {
+  return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    using C = FwdCfg<G>;
+    const int stages = fwd_stages<G>(s.in_features, dev);
+    if (stages < 2) return cudaErrorInvalidValue;
+    CUtensorMap map;
+    if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
+    auto kernel = gsl_fwd_sm90<T, G>;
+    const int64_t smem = C::smem_bytes(s.in_features, stages);
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        e != cudaSuccess)
+      return e;
+    const int64_t ng = s.num_groups();
+    const int64_t tiles = cdiv(s.batch, C::kBM);
+    const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+    const int64_t per = cdiv(ng, splits);
+    constexpr int64_t kMaxTiles = 65535;
+    for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
+      const int64_t nt = std::min(kMaxTiles, tiles - t0);
+      const int64_t r0 = t0 * C::kBM;
+      const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
+      kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
+          map, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias),
+          static_cast<T*>(y) + r0 * s.out_features, rows, int(s.in_features), s.out_features, int(s.fan_in),
+          int(per), int(ng), stages);
+      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    }
+    return cudaSuccess;
+  });
+}
+
+// ------------------------------------------------------------------ dW
+bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!common_supported(dt, s, dev) || s.group_size < 32 || (s.fan_in != 64 && s.fan_in != 128 && s.fan_in != 256) ||
+      s.batch > (int64_t(1) << 30))
+    return false;
+  int st = 0;
+  dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    st = G >= 32 ? dw_stages<G>(int(s.fan_in), dev) : 0;
+    return cudaSuccess;
+  });
+  return st >= 2;
+}
+
+int64_t dw_workspace_bytes(DType, const GroupSparseShape& s) {
+  return s.in_features * cdiv(s.batch, 64) * 64 * 2;
+}
+
+cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* dy, const void* x,
+               const int32_t* indices, void* dweight, void* dbias, void* workspace, cudaStream_t stream) {
+  return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G < 32) {
+      return cudaErrorInvalidValue;
+    } else {
+      using C = DwCfg<G>;
+      const int K = int(s.fan_in);
+      const int stages = dw_stages<G>(K, dev);
+      if (stages < 2) return cudaErrorInvalidValue;
+      const int B = int(s.batch), H = int(s.in_features);
+      const int Bp = int(cdiv(B, 64) * 64);
+      T* xt = static_cast<T*>(workspace);
+      transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
+          static_cast<const T*>(x), xt, B, H, Bp);
+      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+      const int64_t smem = C::smem_bytes(K, stages);
+      const int64_t ng = s.num_groups();
+      const int64_t ctas = std::min<int64_t>(ng, dev.sms);
+      const int64_t per = cdiv(ng, ctas);
+      auto launch = [&](auto kernel) -> cudaError_t {
+        if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+            e != cudaSuccess)
+          return e;
+        kernel<<<unsigned(cdiv(ng, per)), kThreads, smem, stream>>>(
+            xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
+            s.out_features, K, int(per), int(ng), stages);
+        return cudaGetLastError();
+      };
+      switch (K) {
+        case 64: return launch(gsl_dw_sm90<T, G, 1>);
+        case 128: return launch(gsl_dw_sm90<T, G, 2>);
+        case 256: return launch(gsl_dw_sm90<T, G, 4>);
+      }
+      return cudaErrorInvalidValue;
+    }
+  });
+}
+
+// ------------------------------------------------------------------ dx
+bool dx_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!common_supported(dt, s, dev) || s.group_size < 32 || s.batch > int64_t(65535) * 32) return false;
+  int ws = 0, ds = 0;
+  dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G >= 32) dx_stages<G>(s.in_features, dev, &ws, &ds);
+    return cudaSuccess;
+  });
+  return ws >= 2 && ds >= 2;
+}
+
+void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits, int64_t* workspace_bytes) {
+  const int64_t tiles = cdiv(s.batch, 32);
+  const int64_t ng = s.num_groups();
+  int64_t sp = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+  const int64_t per = cdiv(ng, sp);
+  sp = cdiv(ng, per);
+  *splits = sp;
+  *workspace_bytes = sp > 1 ? sp * s.batch * s.in_features * 4 : 0;
+}
+
+cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
+               const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
+  return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G < 32) {
+      return cudaErrorInvalidValue;
+    } else {
+      using C = DxCfg<G>;
+      int wstages = 0, dstages = 0;
+      dx_stages<G>(s.in_features, dev, &wstages, &dstages);
+      if (wstages < 2 || dstages < 2) return cudaErrorInvalidValue;
+      CUtensorMap map;
+      if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
+      auto kernel = gsl_dx_sm90<T, G>;
+      const int64_t smem = C::smem_bytes(s.in_features, wstages, dstages);
+      if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+          e != cudaSuccess)
+        return e;
+      const int64_t ng = s.num_groups();
+      const int64_t per = cdiv(ng, splits);
+      const int64_t tiles = cdiv(s.batch, C::kBM);
+      if (tiles > 65535) return cudaErrorInvalidValue;
+      float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
+      kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(tiles)), kThreads, smem, stream>>>(
+          map, static_cast<const T*>(dy), indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features),
+          s.out_features, int(s.fan_in), int(per), int(ng), wstages, dstages);
+      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+      if (part == nullptr) return cudaSuccess;
+      return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), cdiv(ng, per), s.batch * s.in_features, stream);
+    }
+  });
+}
+
+}  // namespace largeout::cuda::sm90

@@ -1,0 +1,50 @@
+// Hopper (sm_90a) kernels of the group-shared fixed fan-in layer (wgmma, TMA,
+// warp-specialized pipelines). The generic launchers call these when the device is
+// sm_90 and the problem is covered (the *_supported functions); builds without the
+// 90a target get the stubs below.
+#pragma once
+#include <cuda_runtime_api.h>
+
+#include "kernels/cuda/group_sparse_cuda.h"
+
+namespace largeout::cuda::sm90 {
+
+#ifdef LARGEOUT_WITH_SM90
+bool fwd_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
+cudaError_t fwd(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
+
+bool dw_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
+int64_t dw_workspace_bytes(DType dtype, const GroupSparseShape& s);
+cudaError_t dw(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* dy, const void* x,
+               const int32_t* indices, void* dweight, void* dbias, void* workspace, cudaStream_t stream);
+
+bool dx_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
+// Group splits per batch tile and the fp32 workspace they need ([splits, B, H]; none for 1 split).
+void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits, int64_t* workspace_bytes);
+cudaError_t dx(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
+               const void* weight, const int32_t* indices, void* dx, void* workspace, cudaStream_t stream);
+#else
+inline bool fwd_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline cudaError_t fwd(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
+                       const void*, void*, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+inline bool dw_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline int64_t dw_workspace_bytes(DType, const GroupSparseShape&) { return 0; }
+inline cudaError_t dw(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
+                      void*, void*, void*, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+inline bool dx_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline void dx_layout(const GroupSparseShape&, const DeviceInfo&, int64_t* splits, int64_t* workspace_bytes) {
+  *splits = 1;
+  *workspace_bytes = 0;
+}
+inline cudaError_t dx(DType, const GroupSparseShape&, const DeviceInfo&, int64_t, const void*, const void*,
+                      const int32_t*, void*, void*, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+#endif
+
+}  // namespace largeout::cuda::sm90

@@ -1,0 +1,55 @@
+"""Which CUDA kernels run: the policy, and the path a problem takes.
+
+On sm_90 GPUs (H100, H200) largeout has Hopper kernels (wgmma, TMA) for 16-bit
+group-sparse layers whose fan-in is a multiple of 64 (64, 128 or 256 for the weight
+gradient, G >= 32 for both gradients); everything else runs the generic kernels
+(sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator, Sequence
+
+import torch
+
+__all__ = ["set_policy", "get_policy", "policy", "path", "launch_counts"]
+
+_PASSES = ("forward", "input", "weight")
+
+
+def set_policy(name: str) -> None:
+    """``"auto"`` (default: the Hopper kernels where they apply) or ``"generic"``."""
+    if name not in ("auto", "generic"):
+        raise ValueError(f'largeout.kernels.set_policy: policy must be "auto" or "generic"; got {name!r}')
+    torch.ops.largeout.set_kernel_policy(name)
+
+
+def get_policy() -> str:
+    return torch.ops.largeout.get_kernel_policy()
+
+
+@contextlib.contextmanager
+def policy(name: str) -> Iterator[None]:
+    """Run the block under a kernel policy, then restore the previous one."""
+    prev = get_policy()
+    set_policy(name)
+    try:
+        yield
+    finally:
+        set_policy(prev)
+
+
+def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_features: int, fan_in: int,
+         group_size: int) -> str:
+    """``"sm90"`` or ``"generic"``: the CUDA kernels the current device would use for one
+    pass (``"forward"``, ``"input"`` or ``"weight"``) of a group-sparse layer."""
+    if pass_ not in _PASSES:
+        raise ValueError(f"largeout.kernels.path: pass_ must be one of {_PASSES}; got {pass_!r}")
+    return torch.ops.largeout.cuda_kernel_path(pass_, dtype, batch, in_features, out_features, fan_in, group_size)
+
+
+def launch_counts() -> dict:
+    """Kernel launches since the process started, by pass and path."""
+    c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
+    return {p: {"generic": c[2 * i], "sm90": c[2 * i + 1]} for i, p in enumerate(_PASSES)}

@@ -1,0 +1,176 @@
+"""The Hopper (sm_90a) kernels of the group-sparse layer against float64 references.
+
+Skipped unless the GPU is sm_90 (H100/H200). Every test checks through
+largeout.kernels.launch_counts() that the Hopper kernels really ran."""
+
+import pytest
+import torch
+
+import largeout
+from largeout import functional as F
+from largeout import kernels
+from largeout import reference as ref
+from largeout.nn import random_group_indices
+
+from conftest import rel_err
+
+IS_SM90 = torch.cuda.is_available() and torch.cuda.get_device_capability() == (9, 0)
+pytestmark = pytest.mark.skipif(not IS_SM90, reason="needs an sm_90 GPU (H100/H200)")
+
+# bf16 operands with fp32 accumulation over K (or B, or thousands of groups for dx).
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def make(B, H, L, K, G, dtype, seed, bias=True):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(B, H, generator=gen, dtype=torch.float64).to("cuda", dtype)
+    w = (torch.randn(L, K, generator=gen, dtype=torch.float64) / K**0.5).to("cuda", dtype)
+    b = torch.randn(L, generator=gen, dtype=torch.float64).to("cuda", dtype) if bias else None
+    idx = random_group_indices(-(-L // G), H, K, generator=gen).to("cuda")
+    dy = torch.randn(B, L, generator=gen, dtype=torch.float64).to("cuda", dtype)
+    return x, w, b, idx, dy
+
+
+def used_sm90(before, after, passes):
+    return all(after[p]["sm90"] > before[p]["sm90"] for p in passes)
+
+
+def check_all(B, H, L, K, G, dtype, seed, bias=True):
+    x, w, b, idx, dy = make(B, H, L, K, G, dtype, seed, bias)
+    passes = ["forward"] + (["input", "weight"] if G >= 32 else [])
+    for p in passes:
+        assert kernels.path(p, dtype, B, H, L, K, G) == "sm90", (p, B, H, L, K, G)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G)
+    assert rel_err(y, y_ref) < TOL[dtype]
+    if G >= 32:
+        dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+        dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+        dx_ref, dw_ref, db_ref = ref.group_sparse_linear_grads(x, w, idx, b, G, dy)
+        assert rel_err(dx, dx_ref) < TOL[dtype]
+        assert rel_err(dw, dw_ref) < TOL[dtype]
+        assert rel_err(db, dy.double().sum(0)) < TOL[dtype]
+    assert used_sm90(before, kernels.launch_counts(), passes)
+
+
+# (B, H, L, K, G): odd B and L, partial last groups, B of 1 and 1000, every G and K.
+SHAPES = [
+    (1, 768, 1001, 128, 32),
+    (7, 768, 4099, 64, 32),
+    (64, 768, 333, 256, 32),
+    (130, 768, 3001, 128, 64),
+    (1000, 768, 2049, 128, 128),
+    (65, 768, 5003, 256, 128),
+    (129, 768, 777, 64, 64),
+    (33, 768, 640, 64, 128),
+    (257, 512, 1999, 256, 64),
+    (100, 1536, 1000, 128, 32),  # large H: indices up to 1535
+    (3, 768, 2000, 128, 16),     # G = 16: forward only on the Hopper path
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_matches_reference(shape, dtype, poison):
+    B, H, L, K, G = shape
+    check_all(B, H, L, K, G, dtype, seed=hash((shape, str(dtype))) % 2**31)
+
+
+def test_sm90_no_bias(poison):
+    x, w, _, idx, dy = make(77, 768, 999, 128, 32, torch.bfloat16, 5, bias=False)
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, None, 32)
+    assert rel_err(y, ref.group_sparse_linear(x, w, idx, None, 32)) < TOL[torch.bfloat16]
+
+
+def test_sm90_through_autograd_and_module(poison):
+    torch.manual_seed(0)
+    layer = largeout.nn.GroupSparseLinear(768, 4001, fan_in=128, group_size=32).to("cuda", torch.bfloat16)
+    x = torch.randn(300, 768, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    before = kernels.launch_counts()
+    y = layer(x)
+    dy = torch.randn_like(y)
+    y.backward(dy)
+    assert used_sm90(before, kernels.launch_counts(), ["forward", "input", "weight"])
+    b = layer.bias
+    dx_ref, dw_ref, db_ref = ref.group_sparse_linear_grads(x, layer.weight, layer.indices, b, 32, dy)
+    assert rel_err(y, ref.group_sparse_linear(x, layer.weight, layer.indices, b, 32)) < 1e-2
+    assert rel_err(x.grad, dx_ref) < 1e-2
+    assert rel_err(layer.weight.grad, dw_ref) < 1e-2
+    assert rel_err(layer.bias.grad, db_ref) < 1e-2
+
+
+def dx_reference_cuda(dy, w, idx, G, H, chunk=2048):
+    """float64 dx on the GPU, a chunk of groups at a time (the CPU reference is too slow here)."""
+    B, L = dy.shape
+    ng, K = idx.shape
+    dx = torch.zeros(B, H, dtype=torch.float64, device=dy.device)
+    for g0 in range(0, ng, chunk):
+        g1 = min(ng, g0 + chunk)
+        l0, l1 = g0 * G, min(L, g1 * G)
+        d = torch.zeros(B, (g1 - g0) * G, dtype=torch.float64, device=dy.device)
+        d[:, : l1 - l0] = dy[:, l0:l1].double()
+        wc = torch.zeros((g1 - g0) * G, K, dtype=torch.float64, device=dy.device)
+        wc[: l1 - l0] = w[l0:l1].double()
+        part = torch.einsum("bgj,gjk->bgk", d.view(B, -1, G), wc.view(-1, G, K))
+        dx.index_add_(1, idx[g0:g1].reshape(-1).long(), part.reshape(B, -1))
+    return dx
+
+
+def test_sm90_headline_shape_matches_reference():
+    # The headline shape with an odd L (TMA cannot describe y or dY there). float64
+    # references on the GPU: dx in full, y, dW and dbias on a sample of labels.
+    B, H, L, K, G = 512, 768, 670_091, 128, 32
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 21)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward", "input", "weight"])
+    gen = torch.Generator().manual_seed(3)
+    cols = torch.cat([torch.randint(0, L, (3000,), generator=gen), torch.arange(L - 40, L)]).cuda()
+    xg = x.double()[:, idx.long()[cols // G]]  # [B, n, K]
+    y_ref = b.double()[cols] + torch.einsum("bnk,nk->bn", xg, w.double()[cols])
+    assert rel_err(y[:, cols], y_ref) < 1e-2
+    dw_ref = torch.einsum("bn,bnk->nk", dy.double()[:, cols], xg)
+    assert rel_err(dw[cols], dw_ref) < 1e-2
+    assert rel_err(db[cols], dy.double()[:, cols].sum(0)) < 1e-2
+    assert rel_err(dx, dx_reference_cuda(dy, w, idx, G, H)) < 1e-2
+
+
+def test_sm90_input_gradient_is_deterministic():
+    x, w, b, idx, dy = make(513, 768, 20011, 128, 32, torch.bfloat16, 8)
+    first = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, 32, 768)
+    for _ in range(3):
+        again = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, 32, 768)
+        assert torch.equal(first, again)
+
+
+def test_policy_generic_uses_generic_kernels():
+    x, w, b, idx, dy = make(64, 768, 500, 128, 32, torch.bfloat16, 9)
+    with kernels.policy("generic"):
+        assert kernels.path("forward", torch.bfloat16, 64, 768, 500, 128, 32) == "generic"
+        before = kernels.launch_counts()
+        torch.ops.largeout.group_sparse_linear(x, w, idx, b, 32)
+        after = kernels.launch_counts()
+    assert after["forward"]["generic"] == before["forward"]["generic"] + 1
+    assert after["forward"]["sm90"] == before["forward"]["sm90"]
+    assert kernels.get_policy() == "auto"
+
+
+def test_unsupported_shapes_take_the_generic_kernels():
+    # fan-in not a multiple of 64, fp32, and G = 16 backward run the generic kernels.
+    assert kernels.path("forward", torch.bfloat16, 64, 768, 500, 96, 32) == "generic"
+    assert kernels.path("forward", torch.float32, 64, 768, 500, 128, 32) == "generic"
+    assert kernels.path("input", torch.bfloat16, 64, 768, 500, 128, 16) == "generic"
+    assert kernels.path("weight", torch.bfloat16, 64, 768, 500, 512, 32) == "generic"
+
+
+def test_misaligned_views_are_handled(poison):
+    # A weight view at an odd element offset cannot feed TMA; the op copies it.
+    B, H, L, K, G = 40, 768, 300, 64, 32
+    x, w, b, idx, dy = make(B, H, L + 1, K, G, torch.bfloat16, 10)
+    wv = w.view(-1)[1 : 1 + L * K].view(L, K)
+    idx = idx[: -(-L // G)]
+    y = torch.ops.largeout.group_sparse_linear(x, wv, idx, b[:L], G)
+    assert rel_err(y, ref.group_sparse_linear(x, wv, idx, b[:L], G)) < 1e-2
