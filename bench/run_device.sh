@@ -63,8 +63,8 @@ echo "== benchmarks"
 case "$MODE" in
   tests) echo "(skipped: tests only)" ;;
   sm90|quick)
-    timeout 300 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,128 --L 670091 --compare-generic \
-      --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -12 ;;
+    timeout 300 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,128 --L 670091,670208 --compare-generic \
+      --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -16 ;;
   full)
     timeout 540 python3 bench/bench_group_sparse.py --B 128,256,512,1024 --K 64,128,256 --G 32,64,128 \
       --L 131072,670091,2812281 --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;

@@ -174,3 +174,10 @@ def test_misaligned_views_are_handled(poison):
     idx = idx[: -(-L // G)]
     y = torch.ops.largeout.group_sparse_linear(x, wv, idx, b[:L], G)
     assert rel_err(y, ref.group_sparse_linear(x, wv, idx, b[:L], G)) < 1e-2
+    dyv = torch.randn(B * L + 1, device="cuda", dtype=torch.bfloat16)[1:].view(B, L)
+    dx = torch.ops.largeout.group_sparse_linear_backward_input(dyv, wv, idx, G, H)
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dyv, x, idx, G)
+    dx_ref, dw_ref, db_ref = ref.group_sparse_linear_grads(x, wv, idx, b[:L], G, dyv)
+    assert rel_err(dx, dx_ref) < 1e-2
+    assert rel_err(dw, dw_ref) < 1e-2
+    assert rel_err(db, db_ref) < 1e-2

@@ -243,6 +243,7 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
   if (a.shape.batch == 0) return dx;
   const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
   if (plan.path == cuda::Path::kSm90) {
+    a.grad = aligned(a.grad);
     a.weight = aligned(a.weight);
     a.indices = aligned(a.indices);
   }
@@ -262,6 +263,7 @@ std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Ten
   at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
   const cuda::DwPlan plan = cuda::group_sparse_dw_plan(a.dtype, a.shape, device_info());
+  if (plan.path == cuda::Path::kSm90) a.grad = aligned(a.grad);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.x.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),

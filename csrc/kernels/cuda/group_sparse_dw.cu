@@ -91,7 +91,7 @@ cudaError_t group_sparse_dw(DType dtype, const GroupSparseShape& s, const DwPlan
                             cudaStream_t stream) {
   count_launch(Pass::kWeight, plan.path);
   if (plan.path == Path::kSm90) {
-    if (!aligned16(workspace)) return cudaErrorMisalignedAddress;
+    if (!aligned16(workspace) || !aligned16(dy)) return cudaErrorMisalignedAddress;
     DeviceInfo dev;
     if (cudaError_t e = current_device_info(&dev); e != cudaSuccess) return e;
     return sm90::dw(dtype, s, dev, dy, x, indices, dweight, dbias, workspace, stream);

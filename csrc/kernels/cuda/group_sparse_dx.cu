@@ -183,7 +183,8 @@ cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan
   if (plan.rows_per_launch <= 0 || plan.num_splits <= 0) return cudaErrorInvalidValue;
   count_launch(Pass::kInput, plan.path);
   if (plan.path == Path::kSm90) {
-    if (!aligned16(weight) || !aligned16(indices) || !aligned16(workspace)) return cudaErrorMisalignedAddress;
+    if (!aligned16(dy) || !aligned16(weight) || !aligned16(indices) || !aligned16(workspace))
+      return cudaErrorMisalignedAddress;
     DeviceInfo dev;
     if (cudaError_t e = current_device_info(&dev); e != cudaSuccess) return e;
     return sm90::dx(dtype, s, dev, plan.num_splits, dy, weight, indices, dx, workspace, stream);

@@ -39,11 +39,48 @@ constexpr int kSmemSlack = 1024;  // dynamic shared memory is aligned up to 1024
 template <class T> struct TypeTag { using type = T; };
 
 __host__ __device__ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+// Swizzled tiles start at 1024-byte boundaries.
+__host__ __device__ constexpr int64_t round1k(int64_t n) { return (n + 1023) / 1024 * 1024; }
 
 __device__ __forceinline__ uint8_t* align_smem(uint8_t* p) {
   const uint32_t a = smem_u32(p);
   return p + ((1024u - (a & 1023u)) & 1023u);
 }
+
+// Tiles of a row-major [B, L] 16-bit matrix (y, dY) whose row stride L may be odd, so
+// that neither TMA nor aligned vector access can describe them. A tile of kRows rows x
+// G columns at (row0, l0) is read with aligned 16-byte cp.async into a raw buffer (each
+// raw row holds the segment shifted right by e0 mod 8 elements, e0 its first element),
+// then `get` reads element (r, n) from there (zero outside [B, L]).
+template <int kRows, int G>
+struct SegmentTile {
+  static constexpr int kRawChunks = G / 8 + 1;
+  static constexpr int kRawRowBytes = kRawChunks * 16;
+  static constexpr int kRawBytes = kRows * kRawRowBytes;
+
+  // Thread t of n issues its share of the copies.
+  template <class T>
+  __device__ static void load(uint8_t* raw, const T* m, int B, int64_t L, int row0, int64_t l0, int t, int n) {
+    const int64_t total = int64_t(B) * L;
+    for (int e = t; e < kRows * kRawChunks; e += n) {
+      const int r = e / kRawChunks, q = e - r * kRawChunks;
+      const int row = row0 + r;
+      if (row >= B) continue;
+      const int64_t e0 = int64_t(row) * L + l0;
+      const int64_t src = (e0 & ~int64_t(7)) + 8 * q;
+      if (src >= e0 + G || src >= total) continue;  // holds nothing of the segment
+      const int64_t avail = (total - src) * 2;
+      cp_async_16_zfill(raw + r * kRawRowBytes + q * 16, m + src, avail >= 16 ? 16u : uint32_t(avail));
+    }
+  }
+  template <class T>
+  __device__ static T get(const uint8_t* raw, int B, int64_t L, int row0, int64_t l0, int r, int n) {
+    const int row = row0 + r;
+    if (row >= B || l0 + n >= L) return from_float<T>(0.f);
+    const int shift = int((int64_t(row) * L + l0) & 7);
+    return *reinterpret_cast<const T*>(raw + r * kRawRowBytes + (shift + n) * 2);
+  }
+};
 
 // ================================================================== forward
 template <int G>
@@ -51,9 +88,16 @@ struct FwdCfg {
   static constexpr int kBM = 64;
   static constexpr uint32_t kWBytes = G * 128;  // one [G, 64] box of W, SW128
   static constexpr uint32_t kIdxBytes = kKC * 4;
+  // A computing warpgroup takes kU consecutive groups at a time, so that the rows it
+  // stores are at least 64 labels (128 bytes) long; they go through a staging tile
+  // [64][kU * G] (rows padded by 16 bytes against bank conflicts).
+  static constexpr int kU = G >= 64 ? 1 : 64 / G;
+  static constexpr int kStageRow = kU * G * 2 + 16;
+  static constexpr int kStagingBytes = kBM * kStageRow;
+  static_assert(kStagingBytes % 512 == 0 && G * 128 % 1024 == 0, "tiles must stay 1024-byte aligned");
   static constexpr int64_t stage_bytes() { return kWBytes + kIdxBytes; }
   static int64_t smem_bytes(int64_t H, int stages) {
-    return kSmemSlack + H * 128 + stages * stage_bytes() + 2 * stages * 8;
+    return kSmemSlack + H * 128 + 2 * kStagingBytes + stages * stage_bytes() + 2 * stages * 8;
   }
 };
 
@@ -66,7 +110,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* xs = base;                                  // x^T of the tile: [H][64] bf16, SW128
-  uint8_t* wst = xs + int64_t(H) * 128;                // [stages][G][64] SW128
+  uint8_t* stg = xs + int64_t(H) * 128;                // [2][64][kStageRow] output staging
+  uint8_t* wst = stg + 2 * C::kStagingBytes;           // [stages][G][64] SW128
   int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(stages) * C::kWBytes);  // [stages][64]
   uint64_t* full = reinterpret_cast<uint64_t*>(ist + stages * kKC);
   uint64_t* empty = full + stages;
@@ -126,62 +171,81 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
     return;
   }
 
-  // Computing warpgroups take alternate groups.
+  // Computing warpgroups take alternate units of kU groups.
   const int cw = wg - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int krow = (lane & 7) + ((lane >> 4) << 3);  // which of the 16 gathered rows this lane addresses
   const int bchunk = 2 * warp + ((lane >> 3) & 1);   // which 8 batch rows
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
-  for (int g = g_begin + cw; g < g_end; g += 2) {
-    float acc[G / 2];
+  uint8_t* my_stg = stg + cw * C::kStagingBytes;
+  constexpr int kU = C::kU;
+  for (int gu = g_begin + cw * kU; gu < g_end; gu += 2 * kU) {
+    const int nu = min(kU, g_end - gu);  // groups in this unit
+    float acc[kU][G / 2];
 #pragma unroll
-    for (int i = 0; i < G / 2; ++i) acc[i] = 0.f;
-    for (int c = 0; c < nk; ++c) {
-      const int it = (g - g_begin) * nk + c;
-      const int s = it % stages;
-      mbar_wait(&full[s], (it / stages) & 1);
-      const int32_t* is = ist + s * kKC;
-      uint32_t a[4][4];
+    for (int u = 0; u < kU; ++u) {
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const int f = is[kk * 16 + krow];
-        ldmatrix_x4_trans(a[kk], xs_u32 + swz<128>(f, bchunk * 16));
+      for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
+      if (u >= nu) continue;
+      const int g = gu + u;
+      for (int c = 0; c < nk; ++c) {
+        const int it = (g - g_begin) * nk + c;
+        const int s = it % stages;
+        mbar_wait(&full[s], (it / stages) & 1);
+        const int32_t* is = ist + s * kKC;
+        uint32_t a[4][4];
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk) {
+          const int f = is[kk * 16 + krow];
+          ldmatrix_x4_trans(a[kk], xs_u32 + swz<128>(f, bchunk * 16));
+        }
+        const uint32_t wb = smem_u32(wst + s * C::kWBytes);
+        fence_regs(acc[u]);
+        wgmma_fence();
+#pragma unroll
+        for (int kk = 0; kk < 4; ++kk)
+          mma_rs<T, G>(a[kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
+        wgmma_commit();
+        wgmma_wait<0>();
+        fence_regs(acc[u]);
+        __syncwarp();
+        if (lane == 0) mbar_arrive(&empty[s]);
       }
-      const uint32_t wb = smem_u32(wst + s * C::kWBytes);
-      fence_regs(acc);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) mma_rs<T, G>(a[kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc, true);
-      wgmma_commit();
-      wgmma_wait<0>();
-      fence_regs(acc);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[s]);
     }
-    // Epilogue: + bias, round, store. acc[4j + 2h + e] is (row r0 + 8h, column 8j + 2t + e).
-    const int64_t l0 = int64_t(g) * G;
+    // Epilogue: + bias, round, stage; then each warp stores 16 whole rows of the unit.
+    // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
+    const int64_t l0 = int64_t(gu) * G;
+    const int nl = int(L - l0 < int64_t(nu) * G ? L - l0 : int64_t(nu) * G);  // labels this unit stores
+    named_barrier(2 + cw, 128);  // the previous unit's rows have left the staging tile
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      const int row = b0 + r0 + 8 * h;
-      if (row >= B) continue;
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j) {
+          const int col = u * G + 8 * j + 2 * t;
+          float v0 = acc[u][4 * j + 2 * h], v1 = acc[u][4 * j + 2 * h + 1];
+          if (bias != nullptr) {
+            if (col < nl) v0 += to_float(bias[l0 + col]);
+            if (col + 1 < nl) v1 += to_float(bias[l0 + col + 1]);
+          }
+          *reinterpret_cast<uint32_t*>(my_stg + (r0 + 8 * h) * C::kStageRow + col * 2) = pack2<T>(v0, v1);
+        }
+    named_barrier(2 + cw, 128);
+    for (int rr = 0; rr < 16; ++rr) {
+      const int r = 16 * warp + rr;
+      const int row = b0 + r;
+      if (row >= B) break;
       T* yr = y + int64_t(row) * L + l0;
-      const bool aligned = ((int64_t(row) * L) & 1) == 0;
-#pragma unroll
-      for (int j = 0; j < G / 8; ++j) {
-        const int col = 8 * j + 2 * t;
-        const int64_t l = l0 + col;
-        float v0 = acc[4 * j + 2 * h], v1 = acc[4 * j + 2 * h + 1];
-        if (bias != nullptr) {
-          if (l < L) v0 += to_float(bias[l]);
-          if (l + 1 < L) v1 += to_float(bias[l + 1]);
+      const uint8_t* sr = my_stg + r * C::kStageRow;
+      if (((int64_t(row) * L + l0) & 1) == 0) {  // 4-byte aligned pairs
+        for (int p = 2 * lane; p < nl; p += 64) {
+          if (p + 1 < nl) *reinterpret_cast<uint32_t*>(yr + p) = *reinterpret_cast<const uint32_t*>(sr + p * 2);
+          else yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
         }
-        if (aligned && l + 1 < L) {
-          *reinterpret_cast<uint32_t*>(yr + col) = pack2<T>(v0, v1);
-        } else {
-          if (l < L) yr[col] = from_float<T>(v0);
-          if (l + 1 < L) yr[col + 1] = from_float<T>(v1);
-        }
+      } else {
+        for (int p = lane; p < nl; p += 32) yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
       }
     }
   }
@@ -191,11 +255,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
 template <int G>
 struct DwCfg {
   // B operand (dY tile [64 batch][G labels], MN-major): SW64 rows of 32 labels for G = 32,
-  // else SW128 blocks of 64 labels (8 KB each).
+  // else SW128 blocks of 64 labels (8 KB each). Stage: A [K][64] | dY tile | raw dY rows.
   static constexpr int kRowBytes = G == 32 ? 64 : 128;
   static constexpr uint32_t kDyBytes = 64 * G * 2;
+  using Seg = SegmentTile<64, G>;
   __host__ __device__ static int64_t a_bytes(int K) { return int64_t(K) * 128; }
-  __host__ __device__ static int64_t stage_bytes(int K) { return a_bytes(K) + kDyBytes; }
+  __host__ __device__ static int64_t stage_bytes(int K) { return a_bytes(K) + kDyBytes + Seg::kRawBytes; }
+  static_assert((64 * G * 2 + Seg::kRawBytes) % 1024 == 0, "stages must stay 1024-byte aligned");
   static int64_t smem_bytes(int K, int stages) { return kSmemSlack + stages * stage_bytes(K) + 2 * stages * 8 + 128 * 4; }
   __device__ static uint32_t dy_offset(int r, int n) {
     if constexpr (G == 32) return swz<64>(r, 2 * n);
@@ -226,7 +292,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      mbar_init(&full[s], 256);  // 128 plain arrivals (dY stores) + 128 cp.async arrivals
+      mbar_init(&full[s], 128);  // every loader thread, once its share of the stage is in place
       mbar_init(&empty[s], split_m ? 8 : 4);
     }
     fence_barrier_init();
@@ -234,51 +300,52 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
   __syncthreads();
 
   if (wg == 0) {
+    // Loader, software-pipelined: stage i's copies (gathered x^T rows to their place,
+    // dY rows to the raw buffer) are issued `ahead` stages before its dY tile is placed.
     const int tid = threadIdx.x;
     const int n = tid % G;
+    const int ahead = min(stages - 1, 4);
+    const int total = (g_end - g_begin) * nbc;
     float bsum = 0.f;
-    int it = 0;
-    for (int g = g_begin; g < g_end; ++g) {
-      const int32_t* gi = idx + int64_t(g) * K;
-      const int64_t l = int64_t(g) * G + n;
-      for (int bc = 0; bc < nbc; ++bc, ++it) {
-        const int s = it % stages;
+    for (int i = 0; i < total + ahead; ++i) {
+      if (i < total) {
+        const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
         uint8_t* as = base + s * sb;
-        uint8_t* ds = as + C::a_bytes(K);
-        // dY values first (their loads are in flight while the gathers are issued).
-        constexpr int kPer = 64 * G / 128;
-        T v[kPer];
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-          const int r = tid / G + i * (128 / G);
-          const int row = bc * 64 + r;
-          v[i] = (row < B && l < L) ? dy[int64_t(row) * L + l] : from_float<T>(0.f);
-        }
-        mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
+        const int32_t* gi = idx + int64_t(g) * K;
+        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1);
         for (int e = tid; e < K * 8; e += 128) {
           const int r = e >> 3, c = e & 7;
           cp_async_16(as + swz<128>(r, c * 16), xt + int64_t(gi[r]) * Bp + bc * 64 + c * 8);
         }
-#pragma unroll
-        for (int i = 0; i < kPer; ++i) {
-          const int r = tid / G + i * (128 / G);
-          *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v[i];
-          bsum += to_float(v[i]);
+        C::Seg::load(as + C::a_bytes(K) + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
+        cp_async_commit();
+      }
+      const int j = i - ahead;
+      if (j < 0) continue;
+      cp_async_wait(i < total ? ahead : 0);
+      const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
+      uint8_t* ds = base + s * sb + C::a_bytes(K);
+      const uint8_t* raw = ds + C::kDyBytes;
+#pragma unroll 8
+      for (int r = tid / G; r < 64; r += 128 / G) {
+        const T v = C::Seg::template get<T>(raw, B, L, bc * 64, int64_t(g) * G, r, n);
+        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v;
+        bsum += to_float(v);
+      }
+      fence_proxy_async();
+      mbar_arrive(&full[s]);
+      if (bc == nbc - 1) {
+        // dbias of the group: the 128 / G partials of each label, summed in a fixed order.
+        red[tid] = bsum;
+        bsum = 0.f;
+        named_barrier(1, 128);
+        if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
+          float sum = 0.f;
+          for (int q = tid; q < 128; q += G) sum += red[q];
+          db[int64_t(g) * G + tid] = from_float<T>(sum);
         }
-        fence_proxy_async();
-        mbar_arrive(&full[s]);
-        mbar_arrive_cp_async(&full[s]);
+        named_barrier(1, 128);
       }
-      // dbias of the group: the 128 / G partials of each label, summed in a fixed order.
-      red[tid] = bsum;
-      bsum = 0.f;
-      named_barrier(1, 128);
-      if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
-        float s = 0.f;
-        for (int j = tid; j < 128; j += G) s += red[j];
-        db[int64_t(g) * G + tid] = from_float<T>(s);
-      }
-      named_barrier(1, 128);
     }
     return;
   }
@@ -366,8 +433,11 @@ struct DxCfg {
   // atoms of 64 labels (32 rows x 128 bytes = 4 KB each).
   static constexpr int kRowBytes = G == 32 ? 64 : 128;
   static constexpr uint32_t kDyBytes = kBM * G * 2;
+  using Seg = SegmentTile<kBM, G>;
+  static constexpr int64_t kDyStageBytes = round1k(kDyBytes + Seg::kRawBytes);  // placed tile | raw rows
+  __host__ __device__ static int64_t acc_bytes(int64_t H) { return round1k(H * kBM * 4); }
   static int64_t smem_bytes(int64_t H, int wstages, int dstages) {
-    return kSmemSlack + H * kBM * 4 + wstages * int64_t(kWBytes + kIdxBytes) + dstages * int64_t(kDyBytes) +
+    return kSmemSlack + acc_bytes(H) + wstages * int64_t(kWBytes + kIdxBytes) + dstages * kDyStageBytes +
            2 * (wstages + dstages) * 8;
   }
   __device__ static uint32_t dy_offset(int r, int n) {
@@ -390,9 +460,9 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* accs = base;                                      // [H][32] fp32, SW128 rows
-  uint8_t* wst = accs + int64_t(H) * C::kBM * 4;             // [wstages][G][64] SW128
-  uint8_t* dst = wst + int64_t(wstages) * C::kWBytes;        // [dstages] dY tiles
-  int32_t* ist = reinterpret_cast<int32_t*>(dst + int64_t(dstages) * C::kDyBytes);  // [wstages][64]
+  uint8_t* wst = accs + C::acc_bytes(H);                     // [wstages][G][64] SW128
+  uint8_t* dst = wst + int64_t(wstages) * C::kWBytes;        // [dstages] dY tiles and raw rows
+  int32_t* ist = reinterpret_cast<int32_t*>(dst + int64_t(dstages) * C::kDyStageBytes);  // [wstages][64]
   uint64_t* wfull = reinterpret_cast<uint64_t*>(ist + wstages * kKC);
   uint64_t* wempty = wfull + wstages;
   uint64_t* dfull = wempty + wstages;
@@ -410,7 +480,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
       mbar_init(&wempty[s], 4);  // the warps of the warpgroup that used the chunk
     }
     for (int s = 0; s < dstages; ++s) {
-      mbar_init(&dfull[s], 128);
+      mbar_init(&dfull[s], 96);  // the dY loader threads (warps 1-3)
       mbar_init(&dempty[s], 8);  // all warps of both computing warpgroups
     }
     fence_barrier_init();
@@ -421,35 +491,43 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
   __syncthreads();
 
   if (wg == 0) {
-    const int tid = threadIdx.x;
-    const int n = tid % G;
-    int wit = 0;
-    for (int g = g_begin, j = 0; g < g_end; ++g, ++j) {
-      if (tid == 0) {
-        for (int c = 0; c < nk; ++c, ++wit) {
-          const int s = wit % wstages;
-          mbar_wait(&wempty[s], ((wit / wstages) & 1) ^ 1);
-          mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
-          tma_load_2d(wst + s * C::kWBytes, &tm_w, &wfull[s], c * kKC, g * G);
-          bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &wfull[s]);
+    if (threadIdx.x < 32) {
+      // Warp 0, one lane: weight boxes and index chunks by TMA.
+      if (threadIdx.x == 0) {
+        int wit = 0;
+        for (int g = g_begin; g < g_end; ++g) {
+          for (int c = 0; c < nk; ++c, ++wit) {
+            const int s = wit % wstages;
+            mbar_wait(&wempty[s], ((wit / wstages) & 1) ^ 1);
+            mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
+            tma_load_2d(wst + s * C::kWBytes, &tm_w, &wfull[s], c * kKC, g * G);
+            bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &wfull[s]);
+          }
         }
       }
-      constexpr int kPer = C::kBM * G / 128;
-      const int64_t l = int64_t(g) * G + n;
-      T v[kPer];
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int r = tid / G + i * (128 / G);
-        const int row = b0 + r;
-        v[i] = (row < B && l < L) ? dy[int64_t(row) * L + l] : from_float<T>(0.f);
+      return;
+    }
+    // Warps 1-3: dY tiles, software-pipelined (copies issued `ahead` groups before the
+    // tile is placed).
+    const int tid = threadIdx.x - 32;
+    const int ahead = min(dstages - 1, 4);
+    const int total = g_end - g_begin;
+    for (int i = 0; i < total + ahead; ++i) {
+      if (i < total) {
+        const int s = i % dstages;
+        mbar_wait(&dempty[s], ((i / dstages) & 1) ^ 1);
+        C::Seg::load(dst + s * C::kDyStageBytes + C::kDyBytes, dy, B, L, b0, int64_t(g_begin + i) * G, tid, 96);
+        cp_async_commit();
       }
+      const int j = i - ahead;
+      if (j < 0) continue;
+      cp_async_wait(i < total ? ahead : 0);
       const int s = j % dstages;
-      mbar_wait(&dempty[s], ((j / dstages) & 1) ^ 1);
-      uint8_t* ds = dst + s * C::kDyBytes;
-#pragma unroll
-      for (int i = 0; i < kPer; ++i) {
-        const int r = tid / G + i * (128 / G);
-        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v[i];
+      uint8_t* ds = dst + s * C::kDyStageBytes;
+      const int64_t l0 = int64_t(g_begin + j) * G;
+      for (int e = tid; e < C::kBM * G; e += 96) {
+        const int r = e / G, n = e - r * G;
+        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = C::Seg::template get<T>(ds + C::kDyBytes, B, L, b0, l0, r, n);
       }
       fence_proxy_async();
       mbar_arrive(&dfull[s]);
@@ -467,7 +545,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
   for (int g = g_begin, j = 0; g < g_end; ++g, ++j) {
     const int ds_i = j % dstages;
     mbar_wait(&dfull[ds_i], (j / dstages) & 1);
-    const uint32_t dsb = smem_u32(dst + ds_i * C::kDyBytes);
+    const uint32_t dsb = smem_u32(dst + ds_i * C::kDyStageBytes);
     bool ordered = false;
     for (int c = cw; c < nk; c += 2) {
       const int wit = j * nk + c;
