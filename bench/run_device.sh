@@ -59,6 +59,18 @@ else
   echo "memcheck rc=${PIPESTATUS[0]}"; tail -4 "$OUT/memcheck.log"
 fi
 
+if [ "${PROFILE:-0}" = 1 ]; then
+  echo "== Nsight Compute: one launch of each Hopper kernel"
+  for G in 32 128; do
+    timeout 240 ncu --clock-control none -k regex:'gsl_.*_sm90' --launch-skip 3 --launch-count 3 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+      --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+      --section InstructionStats --section SourceCounters \
+      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_G$G.txt" 2>&1
+    echo "ncu G=$G rc=$?"; grep -E "gsl_|Duration|Memory Throughput|Compute \(SM\) Throughput" "$OUT/ncu_G$G.txt" | head -20
+  done
+fi
+
 echo "== benchmarks"
 case "$MODE" in
   tests) echo "(skipped: tests only)" ;;

@@ -323,6 +323,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
       const int j = i - ahead;
       if (j < 0) continue;
       cp_async_wait(i < total ? ahead : 0);
+      named_barrier(1, 128);  // every loader thread's copies of stage j have landed
       const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
       uint8_t* ds = base + s * sb + C::a_bytes(K);
       const uint8_t* raw = ds + C::kDyBytes;
@@ -522,6 +523,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
       const int j = i - ahead;
       if (j < 0) continue;
       cp_async_wait(i < total ? ahead : 0);
+      named_barrier(3, 96);  // every loader thread's copies of group j have landed
       const int s = j % dstages;
       uint8_t* ds = dst + s * C::kDyStageBytes;
       const int64_t l0 = int64_t(g_begin + j) * G;
