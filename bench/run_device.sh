@@ -61,7 +61,7 @@ fi
 
 if [ "${PROFILE:-0}" = 1 ]; then
   echo "== Nsight Compute: one launch of each Hopper kernel"
-  for G in 32 128; do
+  for G in ${PROFILE_G:-32 128}; do
     timeout 240 ncu --clock-control none -k regex:'gsl_.*_sm90' --launch-skip 3 --launch-count 3 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \

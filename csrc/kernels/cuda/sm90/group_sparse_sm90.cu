@@ -47,14 +47,15 @@ __device__ __forceinline__ uint8_t* align_smem(uint8_t* p) {
   return p + ((1024u - (a & 1023u)) & 1023u);
 }
 
-// Tiles of a row-major [B, L] 16-bit matrix (y, dY) whose row stride L may be odd, so
-// that neither TMA nor aligned vector access can describe them. A tile of kRows rows x
-// G columns at (row0, l0) is read with aligned 16-byte cp.async into a raw buffer (each
-// raw row holds the segment shifted right by e0 mod 8 elements, e0 its first element),
-// then `get` reads element (r, n) from there (zero outside [B, L]).
+// Tiles of a row-major [B, L] 16-bit matrix (dY) whose row stride L may be odd, so that
+// neither TMA nor aligned vector loads can describe them. A tile of kRows rows x G
+// columns at (row0, l0) is copied with aligned 16-byte cp.async into a raw buffer (raw
+// row r holds row0 + r's segment shifted right by its first element's offset mod 8),
+// then `place` moves 8-column chunks to their final (swizzled) place.
 template <int kRows, int G>
 struct SegmentTile {
-  static constexpr int kRawChunks = G / 8 + 1;
+  static constexpr int kChunks = G / 8;              // 16-byte chunks of a placed row
+  static constexpr int kRawChunks = kChunks + 1;
   static constexpr int kRawRowBytes = kRawChunks * 16;
   static constexpr int kRawBytes = kRows * kRawRowBytes;
 
@@ -73,17 +74,44 @@ struct SegmentTile {
       cp_async_16_zfill(raw + r * kRawRowBytes + q * 16, m + src, avail >= 16 ? 16u : uint32_t(avail));
     }
   }
-  template <class T>
-  __device__ static T get(const uint8_t* raw, int B, int64_t L, int row0, int64_t l0, int r, int n) {
+  // Chunk c (columns 8c..8c+7) of raw row r as 16 bytes; zero outside [B, L]. Adds the
+  // 8 values to sums[] when asked.
+  template <class T, bool kSum>
+  __device__ static uint4 chunk(const uint8_t* raw, int B, int64_t L, int row0, int64_t l0, int r, int c,
+                                float (&sums)[8]) {
     const int row = row0 + r;
-    if (row >= B || l0 + n >= L) return from_float<T>(0.f);
+    if (row >= B) return make_uint4(0, 0, 0, 0);
     const int shift = int((int64_t(row) * L + l0) & 7);
-    return *reinterpret_cast<const T*>(raw + r * kRawRowBytes + (shift + n) * 2);
+    const uint16_t* p = reinterpret_cast<const uint16_t*>(raw + r * kRawRowBytes) + shift + 8 * c;
+    uint16_t v[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) v[i] = p[i];
+    if (l0 + 8 * c + 8 > L) {  // the last group of the layer: columns past L are zero
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        if (l0 + 8 * c + i >= L) v[i] = 0;
+    }
+    if constexpr (kSum) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        T tv;
+        memcpy(&tv, &v[i], 2);
+        sums[i] += to_float(tv);
+      }
+    }
+    return make_uint4(v[0] | (uint32_t(v[1]) << 16), v[2] | (uint32_t(v[3]) << 16), v[4] | (uint32_t(v[5]) << 16),
+                      v[6] | (uint32_t(v[7]) << 16));
   }
 };
 
+// Releases a stage: one arrival per warp.
+__device__ __forceinline__ void release(uint64_t* bar, int lane) {
+  __syncwarp();
+  if (lane == 0) mbar_arrive(bar);
+}
+
 // ================================================================== forward
-template <int G>
+template <int G, int kNk>
 struct FwdCfg {
   static constexpr int kBM = 64;
   static constexpr uint32_t kWBytes = G * 128;  // one [G, 64] box of W, SW128
@@ -92,21 +120,23 @@ struct FwdCfg {
   // stores are at least 64 labels (128 bytes) long; they go through a staging tile
   // [64][kU * G] (rows padded by 16 bytes against bank conflicts).
   static constexpr int kU = G >= 64 ? 1 : 64 / G;
+  static constexpr int kQ = kU * kNk;  // weight stages per unit
   static constexpr int kStageRow = kU * G * 2 + 16;
   static constexpr int kStagingBytes = kBM * kStageRow;
-  static_assert(kStagingBytes % 512 == 0 && G * 128 % 1024 == 0, "tiles must stay 1024-byte aligned");
+  static_assert(kStagingBytes % 1024 == 0 && G * 128 % 1024 == 0, "tiles must stay 1024-byte aligned");
   static constexpr int64_t stage_bytes() { return kWBytes + kIdxBytes; }
   static int64_t smem_bytes(int64_t H, int stages) {
     return kSmemSlack + H * 128 + 2 * kStagingBytes + stages * stage_bytes() + 2 * stages * 8;
   }
 };
 
-template <class T, int G>
+template <class T, int G, int kNk>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, const int32_t* __restrict__ idx,
-             const T* __restrict__ bias, T* __restrict__ y, int B, int H, int64_t L, int K, int groups_per_split,
+             const T* __restrict__ bias, T* __restrict__ y, int B, int H, int64_t L, int groups_per_split,
              int num_groups, int stages) {
-  using C = FwdCfg<G>;
+  using C = FwdCfg<G, kNk>;
+  constexpr int K = kNk * kKC, kU = C::kU;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* xs = base;                                  // x^T of the tile: [H][64] bf16, SW128
@@ -119,7 +149,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
   const int g_end = min(g_begin + groups_per_split, num_groups);
-  const int nk = K / kKC;
+  // Whole units: groups past g_end are computed (on valid memory) but not stored.
+  const int g_pad = g_begin + (g_end - g_begin + kU - 1) / kU * kU;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -158,88 +189,93 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
     // Loader: one thread issues the weight boxes and index chunks.
     if (threadIdx.x == 0) {
       int it = 0;
-      for (int g = g_begin; g < g_end; ++g) {
-        for (int c = 0; c < nk; ++c, ++it) {
+      for (int g = g_begin; g < g_pad; ++g) {
+        const int gv = min(g, num_groups - 1);
+        for (int c = 0; c < kNk; ++c, ++it) {
           const int s = it % stages;
           mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
           mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
-          tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, g * G);
-          bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &full[s]);
+          tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G);
+          bulk_load(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s]);
         }
       }
     }
     return;
   }
 
-  // Computing warpgroups take alternate units of kU groups.
+  // Computing warpgroups take alternate units of kU groups; the kQ weight stages of a
+  // unit are pipelined (ldmatrix gathers of stage q overlap the MMAs of stage q - 1).
   const int cw = wg - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int krow = (lane & 7) + ((lane >> 4) << 3);  // which of the 16 gathered rows this lane addresses
-  const int bchunk = 2 * warp + ((lane >> 3) & 1);   // which 8 batch rows
+  const uint32_t bchunk16 = (2 * warp + ((lane >> 3) & 1)) * 16;  // which 8 batch rows
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
   uint8_t* my_stg = stg + cw * C::kStagingBytes;
-  constexpr int kU = C::kU;
-  for (int gu = g_begin + cw * kU; gu < g_end; gu += 2 * kU) {
-    const int nu = min(kU, g_end - gu);  // groups in this unit
+  for (int gu = g_begin + cw * kU; gu < g_pad; gu += 2 * kU) {
+    const int it0 = (gu - g_begin) * kNk;
     float acc[kU][G / 2];
 #pragma unroll
-    for (int u = 0; u < kU; ++u) {
+    for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
-      if (u >= nu) continue;
-      const int g = gu + u;
-      for (int c = 0; c < nk; ++c) {
-        const int it = (g - g_begin) * nk + c;
-        const int s = it % stages;
-        mbar_wait(&full[s], (it / stages) & 1);
-        const int32_t* is = ist + s * kKC;
-        uint32_t a[4][4];
+    uint32_t a[2][4][4];
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk) {
-          const int f = is[kk * 16 + krow];
-          ldmatrix_x4_trans(a[kk], xs_u32 + swz<128>(f, bchunk * 16));
-        }
-        const uint32_t wb = smem_u32(wst + s * C::kWBytes);
-        fence_regs(acc[u]);
-        wgmma_fence();
+    for (int q = 0; q < C::kQ; ++q) {
+      const int u = q / kNk;
+      const int it = it0 + q, s = it % stages;
+      mbar_wait(&full[s], (it / stages) & 1);
+      const int32_t* is = ist + s * kKC;
 #pragma unroll
-        for (int kk = 0; kk < 4; ++kk)
-          mma_rs<T, G>(a[kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
-        wgmma_commit();
-        wgmma_wait<0>();
-        fence_regs(acc[u]);
-        __syncwarp();
-        if (lane == 0) mbar_arrive(&empty[s]);
+      for (int kk = 0; kk < 4; ++kk) {
+        const int f = is[kk * 16 + krow];
+        ldmatrix_x4_trans(a[q & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+      }
+      const uint32_t wb = smem_u32(wst + s * C::kWBytes);
+      fence_regs(acc[u]);
+      wgmma_fence();
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk)
+        mma_rs<T, G>(a[q & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
+      wgmma_commit();
+      if (q > 0) {
+        wgmma_wait<1>();
+        release(&empty[(it - 1) % stages], lane);
       }
     }
+    wgmma_wait<0>();
+#pragma unroll
+    for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
+    release(&empty[(it0 + C::kQ - 1) % stages], lane);
+
     // Epilogue: + bias, round, stage; then each warp stores 16 whole rows of the unit.
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
     const int64_t l0 = int64_t(gu) * G;
-    const int nl = int(L - l0 < int64_t(nu) * G ? L - l0 : int64_t(nu) * G);  // labels this unit stores
+    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores
     named_barrier(2 + cw, 128);  // the previous unit's rows have left the staging tile
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
-      for (int h = 0; h < 2; ++h)
-#pragma unroll
-        for (int j = 0; j < G / 8; ++j) {
-          const int col = u * G + 8 * j + 2 * t;
-          float v0 = acc[u][4 * j + 2 * h], v1 = acc[u][4 * j + 2 * h + 1];
-          if (bias != nullptr) {
-            if (col < nl) v0 += to_float(bias[l0 + col]);
-            if (col + 1 < nl) v1 += to_float(bias[l0 + col + 1]);
-          }
-          *reinterpret_cast<uint32_t*>(my_stg + (r0 + 8 * h) * C::kStageRow + col * 2) = pack2<T>(v0, v1);
+      for (int j = 0; j < G / 8; ++j) {
+        const int col = u * G + 8 * j + 2 * t;
+        float b0v = 0.f, b1v = 0.f;
+        if (bias != nullptr) {
+          if (col < nl) b0v = to_float(bias[l0 + col]);
+          if (col + 1 < nl) b1v = to_float(bias[l0 + col + 1]);
         }
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<uint32_t*>(my_stg + (r0 + 8 * h) * C::kStageRow + col * 2) =
+              pack2<T>(acc[u][4 * j + 2 * h] + b0v, acc[u][4 * j + 2 * h + 1] + b1v);
+      }
     named_barrier(2 + cw, 128);
-    for (int rr = 0; rr < 16; ++rr) {
-      const int r = 16 * warp + rr;
-      const int row = b0 + r;
-      if (row >= B) break;
-      T* yr = y + int64_t(row) * L + l0;
-      const uint8_t* sr = my_stg + r * C::kStageRow;
-      if (((int64_t(row) * L + l0) & 1) == 0) {  // 4-byte aligned pairs
+    const int rows = min(16, B - b0 - 16 * warp);
+    int64_t e0 = int64_t(b0 + 16 * warp) * L + l0;  // first element of the row
+    const uint8_t* sr = my_stg + 16 * warp * C::kStageRow;
+    for (int rr = 0; rr < rows; ++rr, e0 += L, sr += C::kStageRow) {
+      T* yr = y + e0;
+      if ((e0 & 1) == 0) {  // 4-byte aligned pairs
         for (int p = 2 * lane; p < nl; p += 64) {
           if (p + 1 < nl) *reinterpret_cast<uint32_t*>(yr + p) = *reinterpret_cast<const uint32_t*>(sr + p * 2);
           else yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
@@ -252,36 +288,42 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
 }
 
 // ================================================================== dW
-template <int G>
+template <int G, int kNmb>
 struct DwCfg {
+  static constexpr int K = kNmb * 64;
   // B operand (dY tile [64 batch][G labels], MN-major): SW64 rows of 32 labels for G = 32,
   // else SW128 blocks of 64 labels (8 KB each). Stage: A [K][64] | dY tile | raw dY rows.
   static constexpr int kRowBytes = G == 32 ? 64 : 128;
+  static constexpr uint32_t kABytes = K * 128;
   static constexpr uint32_t kDyBytes = 64 * G * 2;
   using Seg = SegmentTile<64, G>;
-  __host__ __device__ static int64_t a_bytes(int K) { return int64_t(K) * 128; }
-  __host__ __device__ static int64_t stage_bytes(int K) { return a_bytes(K) + kDyBytes + Seg::kRawBytes; }
-  static_assert((64 * G * 2 + Seg::kRawBytes) % 1024 == 0, "stages must stay 1024-byte aligned");
-  static int64_t smem_bytes(int K, int stages) { return kSmemSlack + stages * stage_bytes(K) + 2 * stages * 8 + 128 * 4; }
-  __device__ static uint32_t dy_offset(int r, int n) {
-    if constexpr (G == 32) return swz<64>(r, 2 * n);
-    else return uint32_t(n >> 6) * 8192u + swz<128>(r, 2 * (n & 63));
+  static constexpr int64_t kStageBytes = round1k(kABytes + kDyBytes + Seg::kRawBytes);
+  static int64_t smem_bytes(int stages) { return kSmemSlack + stages * kStageBytes + 2 * stages * 8 + 128 * 8 * 4; }
+  // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
+  __device__ static uint32_t dy_chunk(int r, int c) {
+    if constexpr (G == 32) return swz<64>(r, 16 * c);
+    else return uint32_t(c >> 3) * 8192u + swz<128>(r, 16 * (c & 7));
   }
 };
+
+// Row of the A tile that holds k-slot r: within each 16 rows, k-slot 2a + h sits in row
+// a + 8h, so that a thread's two accumulator rows are adjacent k-slots (4-byte stores of dW).
+__device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >> 1) | ((r & 1) << 3); }
 
 // kNmb = K / 64 blocks of 64 k-slots: 1 -> the computing warpgroups take alternate groups;
 // 2, 4 -> both work on every group, each on half of the blocks.
 template <class T, int G, int kNmb>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* __restrict__ idx, T* __restrict__ dw,
-            T* __restrict__ db, int B, int Bp, int64_t L, int K, int groups_per_cta, int num_groups, int stages) {
-  using C = DwCfg<G>;
+            T* __restrict__ db, int B, int Bp, int64_t L, int groups_per_cta, int num_groups, int stages) {
+  using C = DwCfg<G, kNmb>;
+  using Seg = typename C::Seg;
+  constexpr int K = C::K;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
-  const int64_t sb = C::stage_bytes(K);
-  uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * sb);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * C::kStageBytes);
   uint64_t* empty = full + stages;
-  float* red = reinterpret_cast<float*>(empty + stages);  // [128] dbias partials
+  float* red = reinterpret_cast<float*>(empty + stages);  // [128][8] dbias partials
 
   const int g_begin = blockIdx.x * groups_per_cta;
   const int g_end = min(g_begin + groups_per_cta, num_groups);
@@ -303,21 +345,31 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     // Loader, software-pipelined: stage i's copies (gathered x^T rows to their place,
     // dY rows to the raw buffer) are issued `ahead` stages before its dY tile is placed.
     const int tid = threadIdx.x;
-    const int n = tid % G;
+    const int c8 = tid & 7;                 // 16-byte chunk (8 batch rows) of the rows it gathers
+    constexpr int kRowsPer = K / 16;        // k-slots rows tid / 8 + 16 i
+    uint32_t a_dst[kRowsPer];
+#pragma unroll
+    for (int i = 0; i < kRowsPer; ++i) a_dst[i] = swz<128>(dw_a_row((tid >> 3) + 16 * i), c8 * 16);
+    const T* a_src[kRowsPer];
+    constexpr int kCPT = 128 % (G / 8) == 0 ? 1 : 0;  // (static check below)
+    static_assert(kCPT == 1, "placement chunks must map to fixed columns");
+    const int pc = tid % (G / 8);           // placed chunk (labels 8 pc .. 8 pc + 7) of this thread
+    float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
     const int ahead = min(stages - 1, 4);
     const int total = (g_end - g_begin) * nbc;
-    float bsum = 0.f;
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
         const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
-        uint8_t* as = base + s * sb;
-        const int32_t* gi = idx + int64_t(g) * K;
-        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1);
-        for (int e = tid; e < K * 8; e += 128) {
-          const int r = e >> 3, c = e & 7;
-          cp_async_16(as + swz<128>(r, c * 16), xt + int64_t(gi[r]) * Bp + bc * 64 + c * 8);
+        uint8_t* as = base + s * C::kStageBytes;
+        if (bc == 0) {
+#pragma unroll
+          for (int q = 0; q < kRowsPer; ++q)
+            a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
         }
-        C::Seg::load(as + C::a_bytes(K) + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
+        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1);
+#pragma unroll
+        for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
+        Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
         cp_async_commit();
       }
       const int j = i - ahead;
@@ -325,24 +377,27 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
       cp_async_wait(i < total ? ahead : 0);
       named_barrier(1, 128);  // every loader thread's copies of stage j have landed
       const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
-      uint8_t* ds = base + s * sb + C::a_bytes(K);
+      uint8_t* ds = base + s * C::kStageBytes + C::kABytes;
       const uint8_t* raw = ds + C::kDyBytes;
-#pragma unroll 8
-      for (int r = tid / G; r < 64; r += 128 / G) {
-        const T v = C::Seg::template get<T>(raw, B, L, bc * 64, int64_t(g) * G, r, n);
-        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = v;
-        bsum += to_float(v);
+      for (int e = tid; e < 64 * (G / 8); e += 128) {
+        const int r = e / (G / 8);
+        const uint4 v = Seg::template chunk<T, true>(raw, B, L, bc * 64, int64_t(g) * G, r, pc, sums);
+        *reinterpret_cast<uint4*>(ds + C::dy_chunk(r, pc)) = v;
       }
       fence_proxy_async();
       mbar_arrive(&full[s]);
       if (bc == nbc - 1) {
-        // dbias of the group: the 128 / G partials of each label, summed in a fixed order.
-        red[tid] = bsum;
-        bsum = 0.f;
+        // dbias of the group: label 8 pc + i is summed by the threads with this pc, in
+        // a fixed order.
+#pragma unroll
+        for (int q = 0; q < 8; ++q) {
+          red[tid * 8 + q] = sums[q];
+          sums[q] = 0.f;
+        }
         named_barrier(1, 128);
         if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
           float sum = 0.f;
-          for (int q = tid; q < 128; q += G) sum += red[q];
+          for (int q = (tid >> 3); q < 128; q += G / 8) sum += red[q * 8 + (tid & 7)];
           db[int64_t(g) * G + tid] = from_float<T>(sum);
         }
         named_barrier(1, 128);
@@ -353,7 +408,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
 
   const int cw = wg - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
+  const int t = lane & 3, ra = lane >> 2;
   // MN-major B descriptor: SBO = 8 batch rows, LBO = the next 64-label block.
   constexpr uint32_t kBSbo = C::kRowBytes * 8;
   constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
@@ -365,12 +420,12 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     for (int m = 0; m < kMaxMB; ++m)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[m][i] = 0.f;
+    const int it0 = (g - g_begin) * nbc;
     for (int bc = 0; bc < nbc; ++bc) {
-      const int it = (g - g_begin) * nbc + bc;
-      const int s = it % stages;
+      const int it = it0 + bc, s = it % stages;
       mbar_wait(&full[s], (it / stages) & 1);
-      const uint32_t as = smem_u32(base + s * sb);
-      const uint32_t ds = as + uint32_t(C::a_bytes(K));
+      const uint32_t as = smem_u32(base + s * C::kStageBytes);
+      const uint32_t ds = as + C::kABytes;
 #pragma unroll
       for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
       wgmma_fence();
@@ -385,24 +440,26 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
         }
       }
       wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&empty[s]);
+      if (bc > 0) {
+        wgmma_wait<1>();
+        release(&empty[(it - 1) % stages], lane);
+      }
     }
-    // acc[m][4j + 2h + e] = dW^T[k-slot mb*64 + r0 + 8h][label 8j + 2t + e].
+    wgmma_wait<0>();
+#pragma unroll
+    for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
+    release(&empty[(it0 + nbc - 1) % stages], lane);
+    // acc[m][4j + 2h + e] = dW[label 8j + 2t + e][k-slot mb * 64 + 16 warp + 2 ra + h].
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) {
-      const int mb = split_m ? cw + 2 * m : m;
+      const int ks = (split_m ? cw + 2 * m : m) * 64 + 16 * warp + 2 * ra;
 #pragma unroll
       for (int j = 0; j < G / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int64_t l = int64_t(g) * G + 8 * j + 2 * t + e;
-          if (l >= L) continue;
-#pragma unroll
-          for (int h = 0; h < 2; ++h) dw[l * K + mb * 64 + r0 + 8 * h] = from_float<T>(acc[m][4 * j + 2 * h + e]);
+          if (l < L)
+            *reinterpret_cast<uint32_t*>(dw + l * K + ks) = pack2<T>(acc[m][4 * j + e], acc[m][4 * j + 2 + e]);
         }
     }
   }
@@ -441,9 +498,10 @@ struct DxCfg {
     return kSmemSlack + acc_bytes(H) + wstages * int64_t(kWBytes + kIdxBytes) + dstages * kDyStageBytes +
            2 * (wstages + dstages) * 8;
   }
-  __device__ static uint32_t dy_offset(int r, int n) {
-    if constexpr (G == 32) return swz<64>(r, 2 * n);
-    else return uint32_t(n >> 6) * 4096u + swz<128>(r, 2 * (n & 63));
+  // Offset of chunk c (labels 8c..8c+7) of tile row n.
+  __device__ static uint32_t dy_chunk(int n, int c) {
+    if constexpr (G == 32) return swz<64>(n, 16 * c);
+    else return uint32_t(c >> 3) * 4096u + swz<128>(n, 16 * (c & 7));
   }
   // k16 step kk of the labels: the descriptor's start offset.
   __device__ static uint32_t dy_kstep(int kk) {
@@ -452,12 +510,18 @@ struct DxCfg {
   }
 };
 
+// Tile row of batch row r (and back: the map is its own inverse). Accumulator column
+// 8j + 2t + e of lane t then holds batch row 8t + 2j + e: each lane owns 8 consecutive
+// batch rows, and the scatter into the [H][32] accumulator is two 16-byte accesses.
+__device__ __forceinline__ int dx_tile_row(int r) { return (r & 1) | ((r & 0x6) << 2) | ((r & 0x18) >> 2); }
+
 template <class T, int G>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, const int32_t* __restrict__ idx,
             float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int K, int groups_per_split,
             int num_groups, int wstages, int dstages) {
   using C = DxCfg<G>;
+  using Seg = typename C::Seg;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* accs = base;                                      // [H][32] fp32, SW128 rows
@@ -513,26 +577,27 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
     const int tid = threadIdx.x - 32;
     const int ahead = min(dstages - 1, 4);
     const int total = g_end - g_begin;
+    float unused[8];
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
         const int s = i % dstages;
         mbar_wait(&dempty[s], ((i / dstages) & 1) ^ 1);
-        C::Seg::load(dst + s * C::kDyStageBytes + C::kDyBytes, dy, B, L, b0, int64_t(g_begin + i) * G, tid, 96);
+        Seg::load(dst + s * C::kDyStageBytes + C::kDyBytes, dy, B, L, b0, int64_t(g_begin + i) * G, tid, 96);
         cp_async_commit();
       }
       const int j = i - ahead;
       if (j < 0) continue;
       cp_async_wait(i < total ? ahead : 0);
       named_barrier(3, 96);  // every loader thread's copies of group j have landed
-      const int s = j % dstages;
-      uint8_t* ds = dst + s * C::kDyStageBytes;
+      uint8_t* ds = dst + (j % dstages) * C::kDyStageBytes;
       const int64_t l0 = int64_t(g_begin + j) * G;
-      for (int e = tid; e < C::kBM * G; e += 96) {
-        const int r = e / G, n = e - r * G;
-        *reinterpret_cast<T*>(ds + C::dy_offset(r, n)) = C::Seg::template get<T>(ds + C::kDyBytes, B, L, b0, l0, r, n);
+      for (int e = tid; e < C::kBM * (G / 8); e += 96) {
+        const int n = e / (G / 8), c = e - n * (G / 8);
+        const uint4 v = Seg::template chunk<T, false>(ds + C::kDyBytes, B, L, b0, l0, dx_tile_row(n), c, unused);
+        *reinterpret_cast<uint4*>(ds + C::dy_chunk(n, c)) = v;
       }
       fence_proxy_async();
-      mbar_arrive(&dfull[s]);
+      mbar_arrive(&dfull[j % dstages]);
     }
     return;
   }
@@ -568,29 +633,30 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
       fence_regs(acc);
       const int32_t* is = ist + s * kKC;
       const int f0 = is[r0], f1 = is[r0 + 8];
-      __syncwarp();
-      if (lane == 0) mbar_arrive(&wempty[s]);
+      release(&wempty[s], lane);
       if (!ordered) {
         named_barrier(1, 256);  // every scatter of the previous group is done
         ordered = true;
       }
-      // acc[4q + 2h + e] = P^T[k-slot r0 + 8h][batch 8q + 2t + e]
+      // acc[4q + 2h + e] = P^T[k-slot r0 + 8h][batch 8t + 2q + e]: batch rows 8t..8t+7
+      // of feature f_h, i.e. 16-byte chunks 2t and 2t + 1 of its accumulator row.
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const int f = h ? f1 : f0;
+        const uint32_t f = uint32_t(h ? f1 : f0);
 #pragma unroll
-        for (int q = 0; q < C::kBM / 8; ++q) {
-          float2* p = reinterpret_cast<float2*>(accs + swz<128>(f, (8 * q + 2 * t) * 4));
-          float2 cur = *p;
-          cur.x += acc[4 * q + 2 * h];
-          cur.y += acc[4 * q + 2 * h + 1];
+        for (int v = 0; v < 2; ++v) {
+          float4* p = reinterpret_cast<float4*>(accs + ((f * 128 + (2 * t + v) * 16) ^ ((f & 7) << 4)));
+          float4 cur = *p;
+          cur.x += acc[8 * v + 2 * h];
+          cur.y += acc[8 * v + 2 * h + 1];
+          cur.z += acc[8 * v + 4 + 2 * h];
+          cur.w += acc[8 * v + 4 + 2 * h + 1];
           *p = cur;
         }
       }
     }
     if (!ordered) named_barrier(1, 256);
-    __syncwarp();
-    if (lane == 0) mbar_arrive(&dempty[ds_i]);
+    release(&dempty[ds_i], lane);
   }
   named_barrier(1, 256);
   // Write the tile's rows: fp32 partial of this group range, or dx itself.
@@ -660,17 +726,28 @@ cudaError_t dispatch(DType dt, int64_t G, Fn&& fn) {
 
 int64_t smem_budget(const DeviceInfo& dev) { return dev.smem_optin; }
 
-template <int G>
+// Calls fn.template operator()<kNk>() for K = 64, 128 or 256 (kNk = K / 64).
+template <class Fn>
+cudaError_t dispatch_k(int64_t K, Fn&& fn) {
+  switch (K) {
+    case 64: return fn.template operator()<1>();
+    case 128: return fn.template operator()<2>();
+    case 256: return fn.template operator()<4>();
+  }
+  return cudaErrorInvalidValue;
+}
+
+template <int G, int kNk>
 int fwd_stages(int64_t H, const DeviceInfo& dev) {
-  int st = kMaxStages;
-  while (st >= 2 && FwdCfg<G>::smem_bytes(H, st) > smem_budget(dev)) --st;
+  int st = 12;
+  while (st >= 2 && FwdCfg<G, kNk>::smem_bytes(H, st) > smem_budget(dev)) --st;
   return st;
 }
 
-template <int G>
-int dw_stages(int K, const DeviceInfo& dev) {
+template <int G, int kNmb>
+int dw_stages(const DeviceInfo& dev) {
   int st = kMaxStages;
-  while (st >= 2 && DwCfg<G>::smem_bytes(K, st) > smem_budget(dev)) --st;
+  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st) > smem_budget(dev)) --st;
   return st;
 }
 
@@ -691,52 +768,59 @@ bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!common_supported(dt, s, dev) || s.in_features % 8 != 0) return false;
   int st = 0;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
-    st = fwd_stages<G>(s.in_features, dev);
-    return cudaSuccess;
+    return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+      st = fwd_stages<G, kNk>(s.in_features, dev);
+      return cudaSuccess;
+    });
   });
-  return st >= 2;
+  return st >= 4;
 }
 
 cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {
   return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
-    using C = FwdCfg<G>;
-    const int stages = fwd_stages<G>(s.in_features, dev);
-    if (stages < 2) return cudaErrorInvalidValue;
-    CUtensorMap map;
-    if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
-    auto kernel = gsl_fwd_sm90<T, G>;
-    const int64_t smem = C::smem_bytes(s.in_features, stages);
-    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-        e != cudaSuccess)
-      return e;
-    const int64_t ng = s.num_groups();
-    const int64_t tiles = cdiv(s.batch, C::kBM);
-    const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
-    const int64_t per = cdiv(ng, splits);
-    constexpr int64_t kMaxTiles = 65535;
-    for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
-      const int64_t nt = std::min(kMaxTiles, tiles - t0);
-      const int64_t r0 = t0 * C::kBM;
-      const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
-      kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
-          map, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias),
-          static_cast<T*>(y) + r0 * s.out_features, rows, int(s.in_features), s.out_features, int(s.fan_in),
-          int(per), int(ng), stages);
-      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-    }
-    return cudaSuccess;
+    return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+      using C = FwdCfg<G, kNk>;
+      const int stages = fwd_stages<G, kNk>(s.in_features, dev);
+      if (stages < 4) return cudaErrorInvalidValue;
+      CUtensorMap map;
+      if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
+      auto kernel = gsl_fwd_sm90<T, G, kNk>;
+      const int64_t smem = C::smem_bytes(s.in_features, stages);
+      if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+          e != cudaSuccess)
+        return e;
+      const int64_t ng = s.num_groups();
+      const int64_t tiles = cdiv(s.batch, C::kBM);
+      const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+      const int64_t per = cdiv(ng, splits);
+      constexpr int64_t kMaxTiles = 65535;
+      for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
+        const int64_t nt = std::min(kMaxTiles, tiles - t0);
+        const int64_t r0 = t0 * C::kBM;
+        const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
+        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
+            map, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias),
+            static_cast<T*>(y) + r0 * s.out_features, rows, int(s.in_features), s.out_features, int(per), int(ng),
+            stages);
+        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+      }
+      return cudaSuccess;
+    });
   });
 }
 
 // ------------------------------------------------------------------ dW
 bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
-  if (!common_supported(dt, s, dev) || s.group_size < 32 || (s.fan_in != 64 && s.fan_in != 128 && s.fan_in != 256) ||
-      s.batch > (int64_t(1) << 30))
-    return false;
+  if (!common_supported(dt, s, dev) || s.group_size < 32 || s.batch > (int64_t(1) << 30)) return false;
   int st = 0;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
-    st = G >= 32 ? dw_stages<G>(int(s.fan_in), dev) : 0;
+    if constexpr (G >= 32) {
+      return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
+        st = dw_stages<G, kNmb>(dev);
+        return cudaSuccess;
+      });
+    }
     return cudaSuccess;
   });
   return st >= 2;
@@ -752,35 +836,28 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
     if constexpr (G < 32) {
       return cudaErrorInvalidValue;
     } else {
-      using C = DwCfg<G>;
-      const int K = int(s.fan_in);
-      const int stages = dw_stages<G>(K, dev);
-      if (stages < 2) return cudaErrorInvalidValue;
-      const int B = int(s.batch), H = int(s.in_features);
-      const int Bp = int(cdiv(B, 64) * 64);
-      T* xt = static_cast<T*>(workspace);
-      transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
-          static_cast<const T*>(x), xt, B, H, Bp);
-      if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-      const int64_t smem = C::smem_bytes(K, stages);
-      const int64_t ng = s.num_groups();
-      const int64_t ctas = std::min<int64_t>(ng, dev.sms);
-      const int64_t per = cdiv(ng, ctas);
-      auto launch = [&](auto kernel) -> cudaError_t {
+      return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
+        using C = DwCfg<G, kNmb>;
+        const int stages = dw_stages<G, kNmb>(dev);
+        if (stages < 2) return cudaErrorInvalidValue;
+        const int B = int(s.batch), H = int(s.in_features);
+        const int Bp = int(cdiv(B, 64) * 64);
+        T* xt = static_cast<T*>(workspace);
+        transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
+            static_cast<const T*>(x), xt, B, H, Bp);
+        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+        const int64_t smem = C::smem_bytes(stages);
+        const int64_t ng = s.num_groups();
+        const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
+        auto kernel = gsl_dw_sm90<T, G, kNmb>;
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
         kernel<<<unsigned(cdiv(ng, per)), kThreads, smem, stream>>>(
             xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
-            s.out_features, K, int(per), int(ng), stages);
+            s.out_features, int(per), int(ng), stages);
         return cudaGetLastError();
-      };
-      switch (K) {
-        case 64: return launch(gsl_dw_sm90<T, G, 1>);
-        case 128: return launch(gsl_dw_sm90<T, G, 2>);
-        case 256: return launch(gsl_dw_sm90<T, G, 4>);
-      }
-      return cudaErrorInvalidValue;
+      });
     }
   });
 }
