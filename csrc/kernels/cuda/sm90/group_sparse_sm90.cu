@@ -75,32 +75,38 @@ struct SegmentTile {
     }
   }
   // Chunk c (columns 8c..8c+7) of raw row r as 16 bytes; zero outside [B, L]. Adds the
-  // 8 values to sums[] when asked.
+  // 8 values to sums[] when asked. Two 16-byte shared reads, then a shift by `shift`
+  // elements in registers.
   template <class T, bool kSum>
   __device__ static uint4 chunk(const uint8_t* raw, int B, int64_t L, int row0, int64_t l0, int r, int c,
                                 float (&sums)[8]) {
     const int row = row0 + r;
     if (row >= B) return make_uint4(0, 0, 0, 0);
     const int shift = int((int64_t(row) * L + l0) & 7);
-    const uint16_t* p = reinterpret_cast<const uint16_t*>(raw + r * kRawRowBytes) + shift + 8 * c;
-    uint16_t v[8];
+    const uint4* p = reinterpret_cast<const uint4*>(raw + r * kRawRowBytes) + c;
+    const uint4 lo = p[0], hi = p[1];
+    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+    const int k = shift >> 1;
+    uint32_t v[5];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) v[i] = p[i];
+    for (int m = 0; m < 5; ++m) v[m] = (k & 2) ? ((k & 1) ? w[m + 3] : w[m + 2]) : ((k & 1) ? w[m + 1] : w[m]);
+    const uint32_t sel = (shift & 1) ? 0x5432u : 0x3210u;
+    uint32_t o[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) o[i] = __byte_perm(v[i], v[i + 1], sel);
     if (l0 + 8 * c + 8 > L) {  // the last group of the layer: columns past L are zero
 #pragma unroll
       for (int i = 0; i < 8; ++i)
-        if (l0 + 8 * c + i >= L) v[i] = 0;
+        if (l0 + 8 * c + i >= L) o[i >> 1] &= (i & 1) ? 0x0000ffffu : 0xffff0000u;
     }
     if constexpr (kSum) {
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        T tv;
-        memcpy(&tv, &v[i], 2);
-        sums[i] += to_float(tv);
+      for (int i = 0; i < 4; ++i) {
+        sums[2 * i] += to_float(bits_to<T>(uint16_t(o[i] & 0xffff)));
+        sums[2 * i + 1] += to_float(bits_to<T>(uint16_t(o[i] >> 16)));
       }
     }
-    return make_uint4(v[0] | (uint32_t(v[1]) << 16), v[2] | (uint32_t(v[3]) << 16), v[4] | (uint32_t(v[5]) << 16),
-                      v[6] | (uint32_t(v[7]) << 16));
+    return make_uint4(o[0], o[1], o[2], o[3]);
   }
 };
 
@@ -193,7 +199,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
         const int gv = min(g, num_groups - 1);
         for (int c = 0; c < kNk; ++c, ++it) {
           const int s = it % stages;
-          mbar_wait(&empty[s], ((it / stages) & 1) ^ 1);
+          mbar_wait(&empty[s], ((it / stages) & 1) ^ 1, 10);
           mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
           tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G);
           bulk_load(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s]);
@@ -219,12 +225,26 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
+    // Bias of this thread's columns, loaded now so the loads overlap the MMAs.
+    const int64_t l0 = int64_t(gu) * G;
+    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores
+    float bv[kU][G / 8][2];
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = u * G + 8 * j + 2 * t + e;
+          bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[l0 + col]) : 0.f;
+        }
     uint32_t a[2][4][4];
 #pragma unroll
     for (int q = 0; q < C::kQ; ++q) {
       const int u = q / kNk;
       const int it = it0 + q, s = it % stages;
-      mbar_wait(&full[s], (it / stages) & 1);
+      mbar_wait(&full[s], (it / stages) & 1, 11);
       const int32_t* is = ist + s * kKC;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
@@ -250,29 +270,22 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
 
     // Epilogue: + bias, round, stage; then each warp stores 16 whole rows of the unit.
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
-    const int64_t l0 = int64_t(gu) * G;
-    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
-    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores
     named_barrier(2 + cw, 128);  // the previous unit's rows have left the staging tile
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int j = 0; j < G / 8; ++j) {
         const int col = u * G + 8 * j + 2 * t;
-        float b0v = 0.f, b1v = 0.f;
-        if (bias != nullptr) {
-          if (col < nl) b0v = to_float(bias[l0 + col]);
-          if (col + 1 < nl) b1v = to_float(bias[l0 + col + 1]);
-        }
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           *reinterpret_cast<uint32_t*>(my_stg + (r0 + 8 * h) * C::kStageRow + col * 2) =
-              pack2<T>(acc[u][4 * j + 2 * h] + b0v, acc[u][4 * j + 2 * h + 1] + b1v);
+              pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
       }
     named_barrier(2 + cw, 128);
     const int rows = min(16, B - b0 - 16 * warp);
     int64_t e0 = int64_t(b0 + 16 * warp) * L + l0;  // first element of the row
     const uint8_t* sr = my_stg + 16 * warp * C::kStageRow;
+#pragma unroll 4
     for (int rr = 0; rr < rows; ++rr, e0 += L, sr += C::kStageRow) {
       T* yr = y + e0;
       if ((e0 & 1) == 0) {  // 4-byte aligned pairs
@@ -355,7 +368,8 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
     const int pc = tid % (G / 8);           // placed chunk (labels 8 pc .. 8 pc + 7) of this thread
     float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    const int ahead = min(stages - 1, 4);
+    // The consumer holds a stage until the next one is full: at most stages - 2 ahead.
+    const int ahead = min(stages - 2, 8);
     const int total = (g_end - g_begin) * nbc;
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
@@ -366,7 +380,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
           for (int q = 0; q < kRowsPer; ++q)
             a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
         }
-        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1);
+        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
 #pragma unroll
         for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
         Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
@@ -423,7 +437,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     const int it0 = (g - g_begin) * nbc;
     for (int bc = 0; bc < nbc; ++bc) {
       const int it = it0 + bc, s = it % stages;
-      mbar_wait(&full[s], (it / stages) & 1);
+      mbar_wait(&full[s], (it / stages) & 1, 21);
       const uint32_t as = smem_u32(base + s * C::kStageBytes);
       const uint32_t ds = as + C::kABytes;
 #pragma unroll
@@ -563,7 +577,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
         for (int g = g_begin; g < g_end; ++g) {
           for (int c = 0; c < nk; ++c, ++wit) {
             const int s = wit % wstages;
-            mbar_wait(&wempty[s], ((wit / wstages) & 1) ^ 1);
+            mbar_wait(&wempty[s], ((wit / wstages) & 1) ^ 1, 30);
             mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
             tma_load_2d(wst + s * C::kWBytes, &tm_w, &wfull[s], c * kKC, g * G);
             bulk_load(ist + s * kKC, idx + int64_t(g) * K + c * kKC, C::kIdxBytes, &wfull[s]);
@@ -575,13 +589,13 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
     // Warps 1-3: dY tiles, software-pipelined (copies issued `ahead` groups before the
     // tile is placed).
     const int tid = threadIdx.x - 32;
-    const int ahead = min(dstages - 1, 4);
+    const int ahead = min(dstages - 1, 8);
     const int total = g_end - g_begin;
     float unused[8];
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
         const int s = i % dstages;
-        mbar_wait(&dempty[s], ((i / dstages) & 1) ^ 1);
+        mbar_wait(&dempty[s], ((i / dstages) & 1) ^ 1, 31);
         Seg::load(dst + s * C::kDyStageBytes + C::kDyBytes, dy, B, L, b0, int64_t(g_begin + i) * G, tid, 96);
         cp_async_commit();
       }
@@ -611,13 +625,13 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
   constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
   for (int g = g_begin, j = 0; g < g_end; ++g, ++j) {
     const int ds_i = j % dstages;
-    mbar_wait(&dfull[ds_i], (j / dstages) & 1);
+    mbar_wait(&dfull[ds_i], (j / dstages) & 1, 32);
     const uint32_t dsb = smem_u32(dst + ds_i * C::kDyStageBytes);
     bool ordered = false;
     for (int c = cw; c < nk; c += 2) {
       const int wit = j * nk + c;
       const int s = wit % wstages;
-      mbar_wait(&wfull[s], (wit / wstages) & 1);
+      mbar_wait(&wfull[s], (wit / wstages) & 1, 33);
       const uint32_t wb = smem_u32(wst + s * C::kWBytes);
       uint32_t a[G / 16][4];
 #pragma unroll
@@ -753,10 +767,11 @@ int dw_stages(const DeviceInfo& dev) {
 
 template <int G>
 void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
+  // Enough dY tiles in flight to cover DRAM latency (their rows are L apart).
   *ws = kMaxStages;
-  *ds = 4;
+  *ds = G == 32 ? 12 : G == 64 ? 8 : 4;
   while (*ws >= 2 && DxCfg<G>::smem_bytes(H, *ws, *ds) > smem_budget(dev)) {
-    if (*ds > 2) --*ds;
+    if (*ds > 2 && (*ds > 4 || *ws <= 4)) --*ds;
     else --*ws;
   }
 }
@@ -823,7 +838,7 @@ bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
     }
     return cudaSuccess;
   });
-  return st >= 2;
+  return st >= 3;
 }
 
 int64_t dw_workspace_bytes(DType, const GroupSparseShape& s) {
@@ -839,7 +854,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
         const int stages = dw_stages<G, kNmb>(dev);
-        if (stages < 2) return cudaErrorInvalidValue;
+        if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
         T* xt = static_cast<T*>(workspace);

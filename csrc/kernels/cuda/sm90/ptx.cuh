@@ -50,8 +50,16 @@ __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t phase) {
       : "memory");
   return ok != 0;
 }
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase) {
+// Waits for the phase to complete. A wait that sees no progress for ~2^32 cycles (a
+// couple of seconds) is a bug, not slowness: it traps, so that a broken pipeline fails
+// the launch (cudaErrorLaunchFailure) instead of hanging the process. (`site` names the
+// wait in the source; no printf here: a call would serialize the wgmma pipeline.)
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase, int site = 0) {
+  (void)site;
+  if (mbar_try_wait(bar, phase)) return;
+  const long long start = clock64();
   while (!mbar_try_wait(bar, phase)) {
+    if (clock64() - start > (1ll << 32)) __trap();
   }
 }
 
@@ -102,14 +110,18 @@ __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, ui
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-// Waits until at most n (0..4) of this thread's most recent cp.async groups are pending.
+// Waits until at most n (0..8) of this thread's most recent cp.async groups are pending.
 __device__ __forceinline__ void cp_async_wait(int n) {
   switch (n) {
     case 0: asm volatile("cp.async.wait_group 0;" ::: "memory"); break;
     case 1: asm volatile("cp.async.wait_group 1;" ::: "memory"); break;
     case 2: asm volatile("cp.async.wait_group 2;" ::: "memory"); break;
     case 3: asm volatile("cp.async.wait_group 3;" ::: "memory"); break;
-    default: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 4: asm volatile("cp.async.wait_group 4;" ::: "memory"); break;
+    case 5: asm volatile("cp.async.wait_group 5;" ::: "memory"); break;
+    case 6: asm volatile("cp.async.wait_group 6;" ::: "memory"); break;
+    case 7: asm volatile("cp.async.wait_group 7;" ::: "memory"); break;
+    default: asm volatile("cp.async.wait_group 8;" ::: "memory"); break;
   }
 }
 
@@ -203,6 +215,9 @@ template <> __device__ __forceinline__ __half from_float<__half>(float v) { retu
 template <class T> __device__ __forceinline__ float to_float(T v);
 template <> __device__ __forceinline__ float to_float<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_float<__half>(__half v) { return __half2float(v); }
+template <class T> __device__ __forceinline__ T bits_to(uint16_t b);
+template <> __device__ __forceinline__ __nv_bfloat16 bits_to<__nv_bfloat16>(uint16_t b) { return __ushort_as_bfloat16(b); }
+template <> __device__ __forceinline__ __half bits_to<__half>(uint16_t b) { return __ushort_as_half(b); }
 template <class T> __device__ __forceinline__ uint32_t pack2(float lo, float hi);
 template <> __device__ __forceinline__ uint32_t pack2<__nv_bfloat16>(float lo, float hi) {
   __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
