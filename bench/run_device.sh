@@ -41,8 +41,8 @@ run_tests() {  # $1: log name, rest: pytest args
 }
 
 if [ "$MODE" = sm90 ]; then
-  echo "== tests: Hopper kernels"
-  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py -x
+  echo "== tests: Hopper kernels and the op/module tests"
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py tests/test_module.py
   echo "== compute-sanitizer memcheck on the Hopper kernels (small shapes)"
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "matches_reference and bfloat16 and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 \
@@ -75,8 +75,8 @@ echo "== benchmarks"
 case "$MODE" in
   tests) echo "(skipped: tests only)" ;;
   sm90|quick)
-    timeout 300 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,128 --L 670091,670208 --compare-generic \
-      --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -16 ;;
+    timeout 200 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
+      --compare-generic --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -30 ;;
   full)
     timeout 540 python3 bench/bench_group_sparse.py --B 128,256,512,1024 --K 64,128,256 --G 32,64,128 \
       --L 131072,670091,2812281 --out "$OUT/group_sparse.json" 2>&1 | tee "$OUT/bench.log" | tail -40 ;;
