@@ -42,7 +42,7 @@ run_tests() {  # $1: log name, rest: pytest args
 
 if [ "$MODE" = sm90 ]; then
   echo "== tests: Hopper kernels and the op/module tests"
-  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py tests/test_module.py
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py ${SM90_EXTRA_TESTS-tests/test_group_sparse_op.py tests/test_module.py}
   echo "== compute-sanitizer memcheck on the Hopper kernels (small shapes)"
   timeout 240 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "matches_reference and bfloat16 and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 \
@@ -59,6 +59,13 @@ else
   echo "memcheck rc=${PIPESTATUS[0]}"; tail -4 "$OUT/memcheck.log"
 fi
 
+if [ "${PROFILE:-0}" = 2 ]; then
+  echo "== Nsight Compute: stall sampling of the forward and dx kernels (G=32)"
+  timeout 200 ncu --clock-control none -k regex:'gsl_(fwd|dx)_sm90' --launch-skip 2 --launch-count 2 \
+    --section WarpStateStats --section SourceCounters --print-details all \
+    python3 bench/profile_sm90.py --G 32 > "$OUT/ncu_stalls_G32.txt" 2>&1
+  echo "ncu rc=$?"
+fi
 if [ "${PROFILE:-0}" = 1 ]; then
   echo "== Nsight Compute: one launch of each Hopper kernel"
   for G in ${PROFILE_G:-32 128}; do
@@ -72,6 +79,7 @@ if [ "${PROFILE:-0}" = 1 ]; then
 fi
 
 echo "== benchmarks"
+[ "${BENCH:-1}" = 0 ] && MODE=tests
 case "$MODE" in
   tests) echo "(skipped: tests only)" ;;
   sm90|quick)
