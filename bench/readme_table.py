@@ -5,24 +5,28 @@
 import json
 import sys
 
-SHAPES = [(512, 128, 32, 670208), (512, 128, 128, 670208), (128, 128, 32, 131072), (512, 256, 32, 670208)]
-
 
 def main(path: str) -> None:
     d = json.load(open(path))
-    print(f"{d['gpu']}, torch {d['torch']}, commit {d['git_commit']}, {d['date'][:10]}; "
+    print(f"{d['gpu']}, torch {d['torch']}, commit {d['git_commit'][:7]}, {d['date'][:10]}; "
           f"measured bf16 GEMM peak {d['gemm_peak_tflops']:.0f} TFLOP/s\n")
-    print("| B | K | G | L | pass | ours ms | cuBLAS matched ms | cuBLAS dense ms | ours / matched | ours TFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    rows = {(r["B"], r["K"], r["G"], r["L"]): r for r in d["rows"]}
-    for key in SHAPES:
-        r = rows.get(key)
-        if r is None:
-            continue
+    has_generic = any("generic_ms" in r["fwd"] for r in d["rows"])
+    head = "| B | K | G | L | pass | kernels | ours ms | cuBLAS matched ms | cuBLAS dense ms | ours / matched | TFLOP/s |"
+    sep = "|---|---|---|---|---|---|---|---|---|---|---|"
+    if has_generic:
+        head += " generic ms |"
+        sep += "---|"
+    print(head)
+    print(sep)
+    for r in sorted(d["rows"], key=lambda r: (r["B"], r["K"], r["G"], r["L"])):
         for p in ("fwd", "dx", "dw"):
             q = r[p]
-            print(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]:,} | {p} | {q['ours_ms']:.3f} | {q['matched_ms']:.3f} | "
-                  f"{q['dense_ms']:.3f} | {q['ours_over_matched']:.1f}x | {q['ours_tflops']:.1f} |")
+            line = (f"| {r['B']} | {r['K']} | {r['G']} | {r['L']:,} | {p} | {q.get('path', 'generic')} | "
+                    f"{q['ours_ms']:.3f} | {q['matched_ms']:.3f} | {q['dense_ms']:.3f} | "
+                    f"{q['ours_over_matched']:.2f}x | {q['ours_tflops']:.1f} |")
+            if has_generic:
+                line += f" {q['generic_ms']:.3f} |" if "generic_ms" in q else " |"
+            print(line)
 
 
 if __name__ == "__main__":
