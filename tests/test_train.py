@@ -66,6 +66,25 @@ def test_resume_continues_exactly(tmp_path, one_thread):
     assert resumed["test"]["P@1"] == straight["test"]["P@1"]
 
 
+def test_propensity_weighted_bce_matches_formula():
+    from largeout.train.trainer import positive_weights, xmc_bce
+
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(6, 9, generator=gen, dtype=torch.float64) * 3
+    y = (torch.rand(6, 9, generator=gen) < 0.3).double()
+    inv_p = np.linspace(1.2, 7.0, 9)
+    w = positive_weights(inv_p, 0.5, torch.device("cpu"))
+    assert positive_weights(inv_p, 0.0, torch.device("cpu")) is None
+    expect_w = torch.from_numpy(inv_p) ** 0.5
+    ref = -(expect_w * y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).sum() / 6
+    got = xmc_bce(z.float(), y.float(), w)
+    assert abs(got.item() - ref.item()) < 1e-4 * abs(ref.item())
+    plain = -(y * torch.log(torch.sigmoid(z)) + (1 - y) * torch.log(1 - torch.sigmoid(z))).sum() / 6
+    assert abs(xmc_bce(z.float(), y.float()).item() - plain.item()) < 1e-4 * abs(plain.item())
+    with pytest.raises(ValueError, match="pos_weight_power must be in"):
+        load_config(None, {"pos_weight_power": -1.0})
+
+
 def test_config_file_and_errors(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('output = "dense"\nepochs = 2\n[synthetic]\nnum_labels = 77\n')

@@ -59,6 +59,9 @@ class TrainConfig:
     schedule: str = "cosine"  # constant | cosine | linear (after warmup)
     warmup_steps: int = 50
     grad_clip: float = 0.0  # 0: off
+    #: propensity-weighted BCE: positives of label l weigh inv_propensity[l] ** this
+    #: (0: plain BCE). Rare labels count more, which raises PSP@k; 0.25-0.5 are usual.
+    pos_weight_power: float = 0.0
     seed: int = 0
 
     # -- evaluation and outputs ----------------------------------------------------------------
@@ -94,6 +97,8 @@ class TrainConfig:
             bad("test_fraction", "in (0, 1)")
         if self.lr <= 0:
             bad("lr", "> 0")
+        if not 0.0 <= self.pos_weight_power <= 2.0:
+            bad("pos_weight_power", "in [0, 2]")
         if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):
             bad("select_metric", "a metric name such as P@1, nDCG@5 or PSP@3")
         return self

@@ -19,7 +19,7 @@ from .config import TrainConfig
 from .data import Dataset, Split, batches, load_dataset
 from .model import XMCModel, build_model
 
-__all__ = ["train", "predict_topk", "evaluate_split", "resolve_device"]
+__all__ = ["train", "predict_topk", "evaluate_split", "resolve_device", "xmc_bce", "positive_weights"]
 
 KS = (1, 3, 5)
 
@@ -47,6 +47,22 @@ def _make_optimizer(cfg: TrainConfig, model: XMCModel) -> torch.optim.Optimizer:
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+
+
+def positive_weights(inv_propensity: np.ndarray, power: float, device: torch.device) -> Optional[torch.Tensor]:
+    """Per-label weights of positives for a propensity-weighted BCE: inv_propensity ** power
+    (None for power 0)."""
+    if power == 0:
+        return None
+    return torch.from_numpy(np.asarray(inv_propensity, dtype=np.float64) ** power).to(device, torch.float32)
+
+
+def xmc_bce(logits: torch.Tensor, targets: torch.Tensor, pos_weight: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Binary cross-entropy summed over labels and averaged over the batch (the usual XMC
+    scale: a mean over B*L would shrink the gradients L-fold, down to Adam's epsilon);
+    positives of label l weigh pos_weight[l] when given."""
+    loss = nn.functional.binary_cross_entropy_with_logits(logits, targets, pos_weight=pos_weight, reduction="sum")
+    return loss / logits.shape[0]
 
 
 def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
@@ -129,10 +145,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.encoder} encoder -> {cfg.output} head ({n_params / 1e6:.2f}M parameters) on {device}")
 
+    pos_weight = positive_weights(data.inv_propensity, cfg.pos_weight_power, device)
+
     def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        # Summed over labels, averaged over the batch (the usual XMC scale): a mean
-        # over B*L would shrink the gradients L-fold, down to Adam's epsilon.
-        return nn.functional.binary_cross_entropy_with_logits(logits, targets, reduction="sum") / logits.shape[0]
+        return xmc_bce(logits, targets, pos_weight)
 
     progress = None
     if cfg.progress:
