@@ -70,6 +70,9 @@ TORCH_LIBRARY(largeout, m) {
   m.def("cuda_kernel_path(str pass_, ScalarType dtype, int B, int H, int L, int K, int G) -> str",
         &largeout::cuda_kernel_path);
   m.def("cuda_launch_counts() -> int[]", &largeout::cuda_launch_counts);
+  // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
+  // float8_e5m2) with Philox bits keyed by (seed, offset).
+  m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");
   // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.
   m.def("group_sparse_linear(Tensor x, Tensor weight, Tensor indices, Tensor? bias, int group_size) -> Tensor");
   // dx [B, H] from grad_out [B, L].

@@ -10,7 +10,8 @@ from . import _C  # noqa: F401  (registers torch.ops.largeout.*)
 from . import _ops  # noqa: F401  (fake kernels and autograd formulas)
 from . import functional, kernels, nn, reference
 from ._build import build_info
+from .precision import stochastic_round
 
 __version__ = "0.1.0"
 
-__all__ = ["build_info", "functional", "kernels", "nn", "reference", "__version__"]
+__all__ = ["build_info", "functional", "kernels", "nn", "reference", "stochastic_round", "__version__"]

@@ -24,6 +24,11 @@ def _gsl_dw_fake(grad_out, x, indices, group_size):
     return grad_out.new_empty((num_labels, indices.shape[1])), grad_out.new_empty((num_labels,))
 
 
+@torch.library.register_fake("largeout::stochastic_round")
+def _sr_fake(x, dtype, seed, offset):
+    return x.new_empty(x.shape, dtype=dtype)
+
+
 def _gsl_setup_context(ctx, inputs, output):
     x, weight, indices, bias, group_size = inputs
     ctx.save_for_backward(x, weight, indices)

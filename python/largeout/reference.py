@@ -8,7 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["group_sparse_linear", "group_sparse_linear_grads", "group_sparse_to_dense"]
+__all__ = ["group_sparse_linear", "group_sparse_linear_grads", "group_sparse_to_dense", "representable_values",
+           "rounding_neighbours"]
 
 
 def _padded_weight(weight: torch.Tensor, num_groups: int, group_size: int) -> torch.Tensor:
@@ -77,3 +78,30 @@ def group_sparse_to_dense(weight: torch.Tensor, indices: torch.Tensor, in_featur
     dense = torch.zeros(L, in_features, dtype=torch.float64)
     dense.scatter_(1, rows, weight.detach().to("cpu", torch.float64))
     return dense
+
+
+def representable_values(dtype: torch.dtype) -> torch.Tensor:
+    """All finite values of a 16- or 8-bit float format, sorted, as float64 (from every
+    bit pattern, through torch's own decoding)."""
+    nbits = torch.finfo(dtype).bits
+    raw = torch.arange(2**nbits, dtype=torch.int32).to(torch.int16 if nbits == 16 else torch.uint8)
+    vals = raw.view(dtype).to(torch.float64)
+    vals = vals[torch.isfinite(vals)]
+    return torch.unique(vals)  # sorted; -0 and +0 merge
+
+
+def rounding_neighbours(x: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(toward zero, away from zero) representable neighbours of finite float values x
+    whose magnitude is at most the format's largest finite value (equal when x is
+    representable), in float64."""
+    vals = representable_values(dtype)
+    x64 = x.detach().to("cpu", torch.float64).reshape(-1)
+    i = torch.searchsorted(vals, x64, right=True) - 1  # vals[i] <= x
+    i = i.clamp(0, len(vals) - 1)
+    below = vals[i]
+    exact = below == x64
+    above = torch.where(exact, below, vals[(i + 1).clamp(max=len(vals) - 1)])
+    neg = x64 < 0
+    toward = torch.where(neg, above, below)
+    away = torch.where(neg, below, above)
+    return toward.reshape(x.shape), away.reshape(x.shape)

@@ -1,0 +1,132 @@
+// Stochastic rounding from fp32 to bf16, fp16, fp8 e4m3fn and fp8 e5m2 (no torch headers).
+//
+// y = one of the two representable neighbours of x (lo = x rounded toward zero, hi = the
+// next value away from zero), hi with probability (|x| - |lo|) / (|hi| - |lo|), so that
+// E[y] = x. Normal and subnormal ranges alike. Policy at the edges:
+//   - |x| above the largest finite value saturates to +-max in every format (a stochastic
+//     step never overflows);
+//   - +-inf stays +-inf where the format has infinities (bf16, fp16, e5m2), and becomes
+//     +-max in e4m3fn (which has none); NaN stays NaN; +-0 keeps its sign.
+// Random bits are counter-based: Philox4x32-10 keyed by a 64-bit seed, counter (element
+// index / 4, offset): the same (seed, offset) gives the same bits on any device and for
+// any thread count.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+
+#include "kernels/group_sparse.h"  // ParallelFor
+
+#if defined(__CUDACC__)
+#define LARGEOUT_HD __host__ __device__ __forceinline__
+#else
+#define LARGEOUT_HD inline
+#endif
+
+namespace largeout {
+
+enum class SrFormat : int { kBFloat16 = 0, kFloat16 = 1, kFloat8E4M3FN = 2, kFloat8E5M2 = 3 };
+
+struct SrFormatInfo {
+  int mant_bits;     // stored mantissa bits
+  int exp_bias;
+  int min_exp;       // exponent of the smallest normal value
+  double max_finite;
+  bool has_inf;
+  int bytes;
+};
+
+LARGEOUT_HD SrFormatInfo sr_format_info(SrFormat f) {
+  switch (f) {
+    case SrFormat::kBFloat16: return {7, 127, -126, 3.38953138925153547590470800371487866880e38, true, 2};
+    case SrFormat::kFloat16: return {10, 15, -14, 65504.0, true, 2};
+    case SrFormat::kFloat8E4M3FN: return {3, 7, -6, 448.0, false, 1};
+    case SrFormat::kFloat8E5M2: return {2, 15, -14, 57344.0, true, 1};
+  }
+  return {7, 127, -126, 3.38953138925153547590470800371487866880e38, true, 2};
+}
+
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
+struct Philox4x32 {
+  uint32_t v[4];
+};
+LARGEOUT_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
+  const uint64_t p = uint64_t(a) * uint64_t(b);
+  *hi = uint32_t(p >> 32);
+  *lo = uint32_t(p);
+}
+LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
+  for (int r = 0; r < 10; ++r) {
+    uint32_t hi0, lo0, hi1, lo1;
+    mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
+    mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// The 32 random bits of element i.
+LARGEOUT_HD uint32_t sr_random_bits(uint64_t seed, uint64_t offset, int64_t i) {
+  const uint64_t block = uint64_t(i) >> 2;
+  const Philox4x32 r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(offset), uint32_t(offset >> 32),
+                                     uint32_t(seed), uint32_t(seed >> 32));
+  return r.v[i & 3];
+}
+
+// Bits of the representable magnitude v (>= 0, exactly on the format's grid, <= max).
+LARGEOUT_HD uint32_t sr_encode_magnitude(double v, const SrFormatInfo& fi) {
+  if (v == 0.0) return 0;
+  int e2;
+  frexp(v, &e2);  // v = f * 2^e2, f in [0.5, 1)
+  int e = e2 - 1;
+  if (e < fi.min_exp) {  // subnormal: v = m * 2^(min_exp - mant_bits)
+    return uint32_t(ldexp(v, fi.mant_bits - fi.min_exp));
+  }
+  const uint32_t mant = uint32_t(ldexp(v, fi.mant_bits - e)) - (1u << fi.mant_bits);
+  return (uint32_t(e + fi.exp_bias) << fi.mant_bits) | mant;
+}
+
+// Stochastically rounded bits of x in format f, given 32 random bits.
+LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
+  const SrFormatInfo fi = sr_format_info(f);
+  uint32_t xb;
+  memcpy(&xb, &x, 4);
+  const uint32_t sign = (xb >> 31) << (fi.bytes * 8 - 1);
+  const uint32_t abs_bits = xb & 0x7fffffffu;
+  const uint32_t exp_all = (1u << (fi.bytes * 8 - 1 - fi.mant_bits)) - 1u;  // all-ones exponent field
+  if (abs_bits > 0x7f800000u) {                                              // NaN
+    if (f == SrFormat::kFloat8E4M3FN) return 0x7Fu;                          // e4m3fn's NaN
+    return (exp_all << fi.mant_bits) | (1u << (fi.mant_bits - 1));           // quiet NaN
+  }
+  if (abs_bits == 0x7f800000u) {  // +-inf
+    if (fi.has_inf) return sign | (exp_all << fi.mant_bits);
+    return sign | sr_encode_magnitude(fi.max_finite, fi);
+  }
+  const double a = fabs(double(x));
+  if (a >= fi.max_finite) return sign | sr_encode_magnitude(fi.max_finite, fi);
+  if (a == 0.0) return sign;
+  int e2;
+  frexp(a, &e2);
+  int e = e2 - 1;
+  if (e < fi.min_exp) e = fi.min_exp;
+  const double ulp = ldexp(1.0, e - fi.mant_bits);
+  const double lo = floor(a / ulp) * ulp;     // exact: a is an fp32 value, ulp a power of two
+  const double frac = (a - lo) / ulp;         // in [0, 1), exact
+  const double mag = double(rnd) < frac * 4294967296.0 ? lo + ulp : lo;
+  return sign | sr_encode_magnitude(mag, fi);
+}
+
+namespace cpu {
+// out (1 or 2 bytes per element, the format's bit layout) = SR(x); n elements.
+void stochastic_round(SrFormat f, const float* x, void* out, int64_t n, uint64_t seed, uint64_t offset,
+                      const ParallelFor& pf);
+}  // namespace cpu
+
+}  // namespace largeout
