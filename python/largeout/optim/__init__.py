@@ -1,0 +1,194 @@
+"""Optimizers for low-precision parameters (bf16, fp16, fp8) without fp32 master weights.
+
+Each step computes the update in float32 from the stored low-precision values, then
+stores the new value back in the parameter's own dtype, rounded
+
+- ``rounding="stochastic"`` (default): to one of the two neighbours, unbiased
+  (:func:`largeout.stochastic_round`), so steps and weight decay smaller than half an
+  ulp still act on average;
+- ``rounding="nearest"``: round to nearest (such small steps are lost: for comparison).
+
+``kahan=True`` adds a compensation buffer (bf16, or the parameter's 16-bit dtype) that
+carries the part of each update the rounding lost into the next step.
+
+Random bits come from the optimizer's own CPU generator (seeded by ``seed``, or from
+torch's default generator), saved by ``state_dict()``: a resumed run continues
+bit-identically. float32 parameters are updated exactly like torch.optim's.
+
+These are the reference implementations (torch ops, one tensor at a time, CPU and CUDA);
+a fused multi-tensor CUDA step is planned.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Optional, Tuple
+
+import torch
+
+from ..precision import SR_DTYPES, stochastic_round
+
+__all__ = ["SGD", "AdamW"]
+
+_LOW = SR_DTYPES  # dtypes stored with rounding
+_FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _store(dst: torch.Tensor, value32: torch.Tensor, rounding: str, gen: torch.Generator) -> None:
+    """dst <- value32 in dst's dtype (stochastic or nearest rounding; saturating)."""
+    if dst.dtype not in _LOW:
+        dst.copy_(value32)
+        return
+    if rounding == "stochastic":
+        dst.copy_(stochastic_round(value32.contiguous(), dst.dtype, generator=gen))
+    else:
+        big = torch.finfo(dst.dtype).max
+        dst.copy_(value32.clamp(-big, big).to(dst.dtype))
+
+
+def _buffer_dtype(param_dtype: torch.dtype) -> torch.dtype:
+    """Optimizer buffers of a parameter: its own dtype if 16-bit or wider, bf16 for fp8."""
+    return torch.bfloat16 if param_dtype in _FP8 else param_dtype
+
+
+class _LowPrecisionOptimizer(torch.optim.Optimizer):
+    def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int]) -> None:
+        if rounding not in ("stochastic", "nearest"):
+            raise ValueError(f'{type(self).__name__}: rounding must be "stochastic" or "nearest"; got {rounding!r}')
+        if not isinstance(kahan, bool):
+            raise TypeError(f"{type(self).__name__}: kahan must be a bool; got {type(kahan).__name__}")
+        super().__init__(params, {**defaults, "rounding": rounding, "kahan": kahan})
+        for group in self.param_groups:
+            for p in group["params"]:
+                if not p.dtype.is_floating_point:
+                    raise TypeError(f"{type(self).__name__}: parameters must be floating point; got {p.dtype}")
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._gen = torch.Generator().manual_seed(int(seed))
+
+    def _apply(self, p: torch.Tensor, update32: torch.Tensor, group: dict, state: dict) -> None:
+        """p <- p + update32, rounded (with Kahan compensation when asked)."""
+        p32 = p.float()
+        if group["kahan"] and p.dtype in _LOW:
+            comp = state.get("kahan_comp")
+            if comp is None:
+                comp = state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+            y = update32 - comp.float()
+            t32 = p32 + y
+            _store(p, t32, group["rounding"], self._gen)
+            # What the store lost (the stored value minus the exact sum), kept for next time.
+            _store(comp, (p.float() - p32) - y, "nearest", self._gen)
+        else:
+            _store(p, p32 + update32, group["rounding"], self._gen)
+
+    def state_dict(self):
+        sd = super().state_dict()
+        sd["largeout_rng_state"] = self._gen.get_state()
+        return sd
+
+    def load_state_dict(self, state_dict) -> None:
+        state_dict = dict(state_dict)
+        rng = state_dict.pop("largeout_rng_state", None)
+        super().load_state_dict(state_dict)
+        if rng is not None:
+            self._gen.set_state(rng)
+
+
+class SGD(_LowPrecisionOptimizer):
+    """SGD with momentum, dampening, Nesterov and (coupled, L2) weight decay, as
+    ``torch.optim.SGD``, for parameters of any float dtype (see the module's notes)."""
+
+    def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
+                 nesterov: bool = False, weight_decay: float = 0.0, rounding: str = "stochastic",
+                 kahan: bool = False, seed: Optional[int] = None) -> None:
+        if lr < 0:
+            raise ValueError(f"SGD: lr must be >= 0; got {lr}")
+        if momentum < 0:
+            raise ValueError(f"SGD: momentum must be >= 0; got {momentum}")
+        if weight_decay < 0:
+            raise ValueError(f"SGD: weight_decay must be >= 0; got {weight_decay}")
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
+        defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
+        super().__init__(params, defaults, rounding, kahan, seed)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                # Out-of-place arithmetic throughout: .float() of a float32 tensor is the
+                # tensor itself (the gradient, or a float32 buffer).
+                d = p.grad.float()
+                if wd != 0:
+                    d = d + wd * p.float()
+                if mom != 0:
+                    buf = state.get("momentum_buffer")
+                    if buf is None:
+                        buf = state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+                        b32 = d.clone()
+                    else:
+                        b32 = mom * buf.float() + (1 - damp) * d
+                    _store(buf, b32, group["rounding"], self._gen)
+                    d = d + mom * b32 if group["nesterov"] else b32
+                self._apply(p, -lr * d, group, state)
+        return loss
+
+
+class AdamW(_LowPrecisionOptimizer):
+    """AdamW (decoupled weight decay), as ``torch.optim.AdamW``, for parameters of any float
+    dtype. The moments are stored in ``state_dtype`` (bf16 by default, rounded like the
+    parameters; float32 for exact moments)."""
+
+    def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 1e-2, rounding: str = "stochastic", kahan: bool = False,
+                 state_dtype: torch.dtype = torch.bfloat16, seed: Optional[int] = None) -> None:
+        if lr < 0:
+            raise ValueError(f"AdamW: lr must be >= 0; got {lr}")
+        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
+            raise ValueError(f"AdamW: betas must be in [0, 1); got {betas}")
+        if eps <= 0:
+            raise ValueError(f"AdamW: eps must be > 0; got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"AdamW: weight_decay must be >= 0; got {weight_decay}")
+        if state_dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {state_dtype}")
+        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, state_dtype=state_dtype)
+        super().__init__(params, defaults, rounding, kahan, seed)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "step" not in state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, dtype=group["state_dtype"])
+                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
+                state["step"] += 1
+                t = float(state["step"])
+                g = p.grad.float()
+                m = b1 * state["exp_avg"].float() + (1 - b1) * g
+                v = b2 * state["exp_avg_sq"].float() + (1 - b2) * g * g
+                _store(state["exp_avg"], m, group["rounding"], self._gen)
+                _store(state["exp_avg_sq"], v, group["rounding"], self._gen)
+                step_size = lr / (1 - b1**t)
+                denom = (v / (1 - b2**t)).sqrt() + eps
+                update = (-step_size) * m / denom
+                if wd != 0:
+                    update = update - (lr * wd) * p.float()
+                self._apply(p, update, group, state)
+        return loss
