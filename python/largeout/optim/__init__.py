@@ -80,6 +80,21 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         else:
             _store(p, p32 + update32, group["rounding"], self._gen)
 
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    self._update(p, group, self.state[p])
+        return loss
+
+    def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        raise NotImplementedError
+
     def state_dict(self):
         sd = super().state_dict()
         sd["largeout_rng_state"] = self._gen.get_state()
@@ -111,34 +126,23 @@ class SGD(_LowPrecisionOptimizer):
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults, rounding, kahan, seed)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                # Out-of-place arithmetic throughout: .float() of a float32 tensor is the
-                # tensor itself (the gradient, or a float32 buffer).
-                d = p.grad.float()
-                if wd != 0:
-                    d = d + wd * p.float()
-                if mom != 0:
-                    buf = state.get("momentum_buffer")
-                    if buf is None:
-                        buf = state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
-                        b32 = d.clone()
-                    else:
-                        b32 = mom * buf.float() + (1 - damp) * d
-                    _store(buf, b32, group["rounding"], self._gen)
-                    d = d + mom * b32 if group["nesterov"] else b32
-                self._apply(p, -lr * d, group, state)
-        return loss
+    def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
+        # Out-of-place arithmetic throughout: .float() of a float32 tensor is the tensor
+        # itself (the gradient, or a float32 buffer).
+        d = p.grad.float()
+        if wd != 0:
+            d = d + wd * p.float()
+        if mom != 0:
+            buf = state.get("momentum_buffer")
+            if buf is None:
+                buf = state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+                b32 = d.clone()
+            else:
+                b32 = mom * buf.float() + (1 - damp) * d
+            _store(buf, b32, group["rounding"], self._gen)
+            d = d + mom * b32 if group["nesterov"] else b32
+        self._apply(p, -lr * d, group, state)
 
 
 class AdamW(_LowPrecisionOptimizer):
@@ -162,33 +166,22 @@ class AdamW(_LowPrecisionOptimizer):
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, state_dtype=state_dtype)
         super().__init__(params, defaults, rounding, kahan, seed)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                if "step" not in state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
-                    state["exp_avg"] = torch.zeros_like(p, dtype=group["state_dtype"])
-                    state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
-                state["step"] += 1
-                t = float(state["step"])
-                g = p.grad.float()
-                m = b1 * state["exp_avg"].float() + (1 - b1) * g
-                v = b2 * state["exp_avg_sq"].float() + (1 - b2) * g * g
-                _store(state["exp_avg"], m, group["rounding"], self._gen)
-                _store(state["exp_avg_sq"], v, group["rounding"], self._gen)
-                step_size = lr / (1 - b1**t)
-                denom = (v / (1 - b2**t)).sqrt() + eps
-                update = (-step_size) * m / denom
-                if wd != 0:
-                    update = update - (lr * wd) * p.float()
-                self._apply(p, update, group, state)
-        return loss
+    def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+            state["exp_avg"] = torch.zeros_like(p, dtype=group["state_dtype"])
+            state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
+        state["step"] += 1
+        t = float(state["step"])
+        g = p.grad.float()
+        m = b1 * state["exp_avg"].float() + (1 - b1) * g
+        v = b2 * state["exp_avg_sq"].float() + (1 - b2) * g * g
+        _store(state["exp_avg"], m, group["rounding"], self._gen)
+        _store(state["exp_avg_sq"], v, group["rounding"], self._gen)
+        step_size = lr / (1 - b1**t)
+        denom = (v / (1 - b2**t)).sqrt() + eps
+        update = (-step_size) * m / denom
+        if wd != 0:
+            update = update - (lr * wd) * p.float()
+        self._apply(p, update, group, state)
