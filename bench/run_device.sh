@@ -7,6 +7,8 @@
 #     tests  build, the whole test suite, memcheck (no benchmarks)
 #     quick  tests + the headline benchmark (ours, generic kernels and cuBLAS)
 #     full   tests + the grid of issue 4 (B x K x G x L) with generic and cuBLAS
+#     haste  build, then the training step next to the public HASTE kernels (carry .haste,
+#            made by bench/haste_prepare.sh)
 #
 # Expects the nvidia-cutlass wheel under .whl/ (carried; see bench/README.md).
 # ARCHS (default 90a) picks the CUDA targets built there; TESTS the test paths.
@@ -39,6 +41,14 @@ run_tests() {  # $1: log name, rest: pytest args
   timeout 420 python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -25
   echo "pytest rc=${PIPESTATUS[0]}"
 }
+
+if [ "$MODE" = haste ]; then
+  echo "== HASTE side by side"
+  TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
+    > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
+  timeout 200 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -30
+  exit 0
+fi
 
 if [ "$MODE" = sm90 ]; then
   echo "== tests: Hopper kernels and the op/module tests"

@@ -1,0 +1,96 @@
+"""Training step (forward + backward) of our group-sparse layer next to the public HASTE
+kernels (github.com/xmc-aalto/haste, `shared_ffi`), built and run in the same process.
+
+    bash bench/haste_prepare.sh            # here: export HASTE's sources to .haste/
+    # on the GPU machine (carry .haste):
+    pip install --no-build-isolation --no-deps ./.haste
+    python bench/haste_side_by_side.py --out $OUT/haste.json
+
+Both layers get the same inputs (bf16, random unique indices per group); their outputs
+are compared before timing so that both compute the same function. Times are medians of
+CUDA-event-timed steps (forward, then backward of a random dY).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import statistics
+
+import torch
+
+import largeout
+from largeout import functional as F
+from largeout.nn import random_group_indices
+
+
+def median_ms(fn, warmup: int, iters: int) -> float:
+    for _ in range(warmup):
+        fn()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
+    for s, e in zip(starts, ends):
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--B", type=int, default=512)
+    p.add_argument("--H", type=int, default=768)
+    p.add_argument("--K", type=int, default=128)
+    p.add_argument("--G", type=int, default=32)
+    p.add_argument("--L", type=int, default=670_208)
+    p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    from shared_ffi.ops import group_ffi_mul  # the HASTE package (built from .haste)
+
+    gen = torch.Generator().manual_seed(0)
+    dt = torch.bfloat16
+    x = torch.randn(a.B, a.H, generator=gen).to("cuda", dt).requires_grad_(True)
+    w = (torch.randn(a.L, a.K, generator=gen) / a.K**0.5).to("cuda", dt).requires_grad_(True)
+    b = torch.randn(a.L, generator=gen).to("cuda", dt).requires_grad_(True)
+    idx = random_group_indices(-(-a.L // a.G), a.H, a.K, generator=gen).cuda()
+    dy = torch.randn(a.B, a.L, generator=gen).to("cuda", dt)
+
+    layers = {
+        "largeout": lambda: F.group_sparse_linear(x, w, idx, b, a.G),
+        "haste": lambda: group_ffi_mul(x, w, idx, b, a.G),
+    }
+    ys = {k: f().float() for k, f in layers.items()}
+    rel = float((ys["haste"] - ys["largeout"]).norm() / ys["largeout"].norm())
+    if rel > 2e-2:
+        raise SystemExit(f"the two layers disagree (relative difference {rel:.3g}): check the index layout")
+
+    res = {}
+    for name, f in layers.items():
+        def step(f=f):
+            for t in (x, w, b):
+                t.grad = None
+            f().backward(dy)
+        res[name] = {"forward_ms": median_ms(f, a.warmup, a.iters), "step_ms": median_ms(step, a.warmup, a.iters)}
+    out = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
+        "haste_commit": open(os.path.join(os.path.dirname(__file__), "..", ".haste", "COMMIT")).read().strip()
+        if os.path.exists(os.path.join(os.path.dirname(__file__), "..", ".haste", "COMMIT")) else None,
+        "shape": vars(a), "dtype": "bf16", "statistic": "median", "relative_difference_y": rel,
+        "largeout_kernels": {p: largeout.kernels.path(p, dt, a.B, a.H, a.L, a.K, a.G) for p in ("forward", "input",
+                                                                                                   "weight")},
+        "results": res, "haste_over_largeout_step": res["haste"]["step_ms"] / res["largeout"]["step_ms"],
+    }
+    print(json.dumps(out, indent=1))
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(out, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
