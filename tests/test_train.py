@@ -85,6 +85,22 @@ def test_propensity_weighted_bce_matches_formula():
         load_config(None, {"pos_weight_power": -1.0})
 
 
+def test_residual_encoder_adds_the_embedding():
+    from largeout.train.data import Batch
+    from largeout.train.model import TfidfEncoder
+
+    torch.manual_seed(0)
+    enc = TfidfEncoder(50, 16, dropout=0.0, residual=True).eval()
+    batch = Batch(targets=torch.zeros(2, 1), feat_idx=torch.tensor([1, 7, 7, 30]), feat_off=torch.tensor([0, 2]),
+                  feat_val=torch.tensor([0.5, 1.0, 2.0, 0.25]))
+    h = enc.embed(batch.feat_idx, batch.feat_off, per_sample_weights=batch.feat_val) + enc.bias
+    assert torch.allclose(enc(batch), h + enc.mlp(h))
+    enc.residual = False
+    assert torch.allclose(enc(batch), enc.mlp(h))
+    cfg = load_config(None, {"residual": "true"})
+    assert cfg.residual is True
+
+
 def test_config_file_and_errors(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('output = "dense"\nepochs = 2\n[synthetic]\nnum_labels = 77\n')

@@ -38,6 +38,8 @@ class TrainConfig:
     encoder: str = "tfidf"
     hidden: int = 512
     dropout: float = 0.3
+    #: tfidf encoder: add the embedding to the MLP's output (a linear path to the head)
+    residual: bool = False
     #: "dense" (nn.Linear) or "group-sparse" (largeout.nn.GroupSparseLinear)
     output: str = "group-sparse"
     fan_in: int = 128

@@ -14,19 +14,22 @@ __all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model"]
 
 class TfidfEncoder(nn.Module):
     """Sparse tf-idf features -> hidden vector: a weighted EmbeddingBag (a linear
-    layer over the sparse input), then GELU, dropout and a second linear layer."""
+    layer over the sparse input), then GELU, dropout and a second linear layer; with
+    ``residual``, the embedding is added to the MLP's output (a linear path from the
+    words to the labels, which helps rare labels)."""
 
-    def __init__(self, num_features: int, hidden: int, dropout: float) -> None:
+    def __init__(self, num_features: int, hidden: int, dropout: float, residual: bool = False) -> None:
         super().__init__()
         self.embed = nn.EmbeddingBag(num_features, hidden, mode="sum")
         self.bias = nn.Parameter(torch.zeros(hidden))
         self.mlp = nn.Sequential(nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout))
+        self.residual = residual
         nn.init.normal_(self.embed.weight, std=hidden**-0.5)
         self.out_dim = hidden
 
     def forward(self, batch: Batch) -> torch.Tensor:
         h = self.embed(batch.feat_idx, batch.feat_off, per_sample_weights=batch.feat_val) + self.bias
-        return self.mlp(h)
+        return h + self.mlp(h) if self.residual else self.mlp(h)
 
 
 class HFEncoder(nn.Module):
@@ -68,7 +71,7 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
     if cfg.encoder == "tfidf":
         if num_features < 1:
             raise ValueError("encoder = \"tfidf\" needs sparse features (train.txt in the XC format)")
-        encoder = TfidfEncoder(num_features, cfg.hidden, cfg.dropout)
+        encoder = TfidfEncoder(num_features, cfg.hidden, cfg.dropout, cfg.residual)
     else:
         encoder = HFEncoder(cfg.encoder[3:], cfg.max_length, cfg.dropout)
     dim = encoder.out_dim
