@@ -36,6 +36,16 @@ training rows dropped (the convention of ``largeout data prepare``). The JSON st
 exactly what was used.
 
 Writes the JSON (--out) and a markdown table next to it (same name, ``.md``).
+
+Baselines and our trainer may run on different machines (the baselines on CPU cores,
+our trainer on a GPU) in two invocations of this script: the first with
+``--methods ridge-ovr napkinxc-plt``, the second with ``--methods largeout-dense
+largeout-group-sparse --device cuda --baselines FIRST.json``. The second refuses to
+merge unless the data files (SHA-256 of train.txt and test.txt of the data actually
+used, for go-mf the subset), the trainer's validation rows and the propensities are
+identical. ``--prepared-go-mf DIR`` reuses a go-mf subset written by an earlier run
+(``--work``) instead of reducing the full dataset again; its hashes are checked the
+same way.
 """
 
 from __future__ import annotations
@@ -43,6 +53,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -208,6 +219,27 @@ def reduce_go(src: Path, dst: Path, n_train: int, n_test: int, num_features: int
 # --------------------------------------------------------------------------------- helpers
 
 
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_array(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def split_sha256(split) -> str:
+    """Digest of a split's rows (features and labels), to check two runs carved the same one."""
+    h = hashlib.sha256()
+    for m in (split.X, split.Y):
+        for a in (m.indptr.astype(np.int64), m.indices.astype(np.int64), m.data.astype(np.float32)):
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
 def topk_of(scores: np.ndarray, k: int = TOPK) -> np.ndarray:
     return torch.from_numpy(np.ascontiguousarray(scores)).topk(k, dim=1).indices.numpy()
 
@@ -321,9 +353,9 @@ def run_plt(name: str, data, inv_p, work: Path) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------- ours
 
 
-def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path) -> Dict[str, Any]:
+def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str) -> Dict[str, Any]:
     cfg_over = {**OURS_COMMON, **OURS[name][output], "output": output, "data": str(data_dir),
-                "out": str(work / f"run_{name}_{output}")}
+                "out": str(work / f"run_{name}_{output}"), "device": device}
     cfg = load_config(None, cfg_over)
     t0 = time.time()
     summary = train(cfg, log=lambda m: log("  " + m))
@@ -331,16 +363,20 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path) ->
     # Score the best-on-validation checkpoint ourselves, exactly like the baselines.
     ckpt = Path(cfg.out) / "checkpoints" / "best"
     model = build_model(cfg, data.num_features, data.num_labels)
+    dev = torch.device(device)
     load_checkpoint(ckpt, model, None, "cpu")
+    model.to(dev)
     t1 = time.time()
-    top_v, _ = predict_topk(model, data.val, TOPK, 1024, torch.device("cpu"))
-    top_t, _ = predict_topk(model, data.test, TOPK, 1024, torch.device("cpu"))
+    top_v, _ = predict_topk(model, data.val, TOPK, 1024, dev)
+    top_t, _ = predict_topk(model, data.test, TOPK, 1024, dev)
     predict_s = time.time() - t1
     test = evaluate(top_t, data.test.Y, inv_p)
     for k in ("P@5", "PSP@5"):  # the trainer's own test score must agree
         assert abs(test[k] - summary["test"][k]) < 1e-9, (k, test[k], summary["test"][k])
     n_params = sum(p.numel() for p in model.parameters())
+    hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} CPU cores"
     return {
+        "hardware": hw,
         "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val {cfg.select_metric}",
         "config": {k: v for k, v in cfg.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")},
         "parameters": n_params,
@@ -479,7 +515,13 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", nargs="+", default=["ridge-ovr", "napkinxc-plt", "largeout-dense", "largeout-group-sparse"],
                     help="subset of methods to run (all by default)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
+    ap.add_argument("--device", default="cpu", help="device of our trainer (cpu, cuda); the baselines run on CPU")
+    ap.add_argument("--baselines", type=Path, default=None,
+                    help="JSON of an earlier run of this script whose methods are merged in (same data checked)")
+    ap.add_argument("--prepared-go-mf", type=Path, default=None,
+                    help="go-mf subset directory written by an earlier run (its --work/go-mf-subset)")
     args = ap.parse_args(argv)
+    earlier = json.loads(args.baselines.read_text()) if args.baselines else None
 
     t_all = time.time()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmc_quality_"))
@@ -503,7 +545,13 @@ def main(argv=None) -> int:
         log(f"== {name}")
         src = dataset_dir(name, args.data_root)
         info: Dict[str, Any] = {"source": str(src)}
-        if name == "go-mf":
+        if name == "go-mf" and args.prepared_go_mf is not None:
+            if earlier is None or name not in earlier["datasets"]:
+                raise SystemExit("--prepared-go-mf: needs --baselines with a go-mf entry (its subset description)")
+            data_dir = args.prepared_go_mf
+            info = dict(earlier["datasets"][name]["data"])
+            info["source"] = f"{info['source']} (subset reused from {data_dir})"
+        elif name == "go-mf":
             data_dir = work / "go-mf-subset"
             sub = reduce_go(src, data_dir, args.go_mf_train_subset, args.go_mf_test_subset, args.go_mf_features)
             info["subset"] = sub
@@ -521,7 +569,11 @@ def main(argv=None) -> int:
         Y_all = read_xc(data_dir / "train.txt")[1]
         inv_p = M.inverse_propensity(Y_all, PROPENSITY_A, PROPENSITY_B)
         assert np.array_equal(inv_p, data.inv_propensity)
-        info.update({"N_train": int(Y_all.shape[0]), "N_fit": data.train.num_rows, "N_val": data.val.num_rows,
+        info.update({"sha256": {"train.txt": sha256_file(data_dir / "train.txt"),
+                                "test.txt": sha256_file(data_dir / "test.txt"),
+                                "val_split": split_sha256(data.val),
+                                "inv_propensity": sha256_array(inv_p.astype(np.float64))},
+                     "N_train": int(Y_all.shape[0]), "N_fit": data.train.num_rows, "N_val": data.val.num_rows,
                      "N_test": data.test.num_rows, "D": data.num_features, "L": data.num_labels,
                      "train_nnz_per_row": round(data.train.X.nnz / data.train.num_rows, 1),
                      "labels_per_train_row": round(Y_all.nnz / Y_all.shape[0], 3),
@@ -533,9 +585,18 @@ def main(argv=None) -> int:
         runners: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
             ("ridge-ovr", lambda: run_ridge(name, data, inv_p)),
             ("napkinxc-plt", lambda: run_plt(name, data, inv_p, work)),
-            ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work)),
-            ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work)),
+            ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work, args.device)),
+            ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work, args.device)),
         ]
+        if earlier is not None and name in earlier["datasets"]:
+            prev = earlier["datasets"][name]
+            if prev["data"].get("sha256") != info["sha256"]:
+                raise SystemExit(f"--baselines: {name}: data differ from the earlier run's "
+                                 f"({prev['data'].get('sha256')} vs {info['sha256']})")
+            for key, m in prev["methods"].items():
+                if key not in args.methods:
+                    methods[key] = {**m, "run": f"merged from {args.baselines.name} ({earlier['environment']['date']}, "
+                                                f"{earlier['environment']['cpu_count']} CPU cores)"}
         for key, fn in runners:
             if key not in args.methods:
                 continue

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import scipy.sparse as sp
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -99,6 +100,45 @@ def test_residual_encoder_adds_the_embedding():
     assert torch.allclose(enc(batch), enc.mlp(h))
     cfg = load_config(None, {"residual": "true"})
     assert cfg.residual is True
+
+
+def test_rank_propensity_power_ranks_by_weighted_probability():
+    from largeout.train.data import Split
+    from largeout.train.model import XMCModel
+    from largeout.train.trainer import predict_topk
+
+    class Fixed(torch.nn.Module):  # encoder: the row's dense features as they are
+        def forward(self, batch):
+            n = int(batch.feat_off.numel())
+            return batch.feat_val.view(n, -1)
+
+    rng = np.random.default_rng(5)
+    L, N = 37, 9
+    logits = rng.normal(0, 4, (N, L))
+    logits[:, :6] = rng.uniform(14, 16, (N, 6))  # several near-certain labels: ties in probability
+    X = sp.csr_matrix(np.where(logits == 0, 1e-3, logits).astype(np.float32))
+    Y = sp.csr_matrix((N, L), dtype=np.float32)
+    log_w = rng.uniform(0, 1.5, L)
+    model = XMCModel(Fixed(), torch.nn.Identity(), rank_labels=L)
+    model.rank_log_weight.copy_(torch.from_numpy(log_w))
+    top, scores = predict_topk(model, Split(Y=Y, X=X), 5, 4, torch.device("cpu"))
+    z = X.toarray().astype(np.float64)
+    ref = -np.logaddexp(0, -z) + log_w  # log sigmoid + log weight, float64
+    np.testing.assert_array_equal(top, np.argsort(-ref, axis=1, kind="stable")[:, :5])
+    np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.take_along_axis(z, top, 1))), rtol=1e-6)
+    assert not np.array_equal(top[:, 0], np.argmax(z, axis=1))  # the weights did reorder the near-ties
+    with pytest.raises(ValueError, match="rank_propensity_power must be in \\[0, 1\\]"):
+        load_config(None, {"rank_propensity_power": 2.0})
+
+
+def test_rank_weights_are_trained_with_and_saved(tmp_path):
+    cfg, summary = run(tmp_path, "rank", output="dense", epochs=2, rank_propensity_power=0.4)
+    saved = load_file(str(tmp_path / "rank" / "checkpoints" / "best" / "model.safetensors"))
+    from largeout.train.data import load_dataset
+
+    inv_p = load_dataset(cfg).inv_propensity
+    np.testing.assert_allclose(saved["rank_log_weight"].numpy(), 0.4 * np.log(inv_p), rtol=1e-6)
+    assert 0 < summary["test"]["PSP@1"] <= 1
 
 
 def test_config_file_and_errors(tmp_path):

@@ -63,7 +63,11 @@ class TrainConfig:
     grad_clip: float = 0.0  # 0: off
     #: propensity-weighted BCE: positives of label l weigh inv_propensity[l] ** this
     #: (0: plain BCE). Rare labels count more, which raises PSP@k; 0.25-0.5 are usual.
-    pos_weight_power: float = 0.0
+    pos_weight_power: float = 0.0  # positives of label l weigh inv_propensity[l] ** this in the loss
+    # Labels are ranked by sigmoid(logit) * inv_propensity ** this at prediction: 0 ranks by
+    # probability (best for P@k), 1 by expected propensity-scored gain (best for PSP@k,
+    # Wydmuch et al. 2021); small values mostly reorder labels of near-equal probability.
+    rank_propensity_power: float = 0.0
     seed: int = 0
 
     # -- evaluation and outputs ----------------------------------------------------------------
@@ -101,6 +105,8 @@ class TrainConfig:
             bad("lr", "> 0")
         if not 0.0 <= self.pos_weight_power <= 2.0:
             bad("pos_weight_power", "in [0, 2]")
+        if not 0.0 <= self.rank_propensity_power <= 1.0:
+            bad("rank_propensity_power", "in [0, 1]")
         if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):
             bad("select_metric", "a metric name such as P@1, nDCG@5 or PSP@3")
         return self

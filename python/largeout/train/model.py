@@ -58,13 +58,25 @@ class HFEncoder(nn.Module):
 
 
 class XMCModel(nn.Module):
-    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+    """encoder -> output layer. With ``rank_labels`` set, the model carries a buffer
+    ``rank_log_weight`` [L] (saved in checkpoints) that prediction adds to the log
+    probabilities before taking the top k (see ``TrainConfig.rank_propensity_power``)."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, rank_labels: int = 0) -> None:
         super().__init__()
         self.encoder = encoder
         self.head = head
+        self.register_buffer("rank_log_weight", torch.zeros(rank_labels) if rank_labels else None)
 
     def forward(self, batch: Batch) -> torch.Tensor:
         return self.head(self.encoder(batch))
+
+    def ranking_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """What prediction ranks labels by: the logits, or log sigmoid(logits) +
+        rank_log_weight when the model has rank weights."""
+        if self.rank_log_weight is None:
+            return logits
+        return nn.functional.logsigmoid(logits) + self.rank_log_weight
 
 
 def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCModel:
@@ -81,4 +93,4 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
         if cfg.fan_in > dim:
             raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")
         head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size)
-    return XMCModel(encoder, head)
+    return XMCModel(encoder, head, num_labels if cfg.rank_propensity_power > 0 else 0)

@@ -78,14 +78,15 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 @torch.no_grad()
 def predict_topk(model: XMCModel, split: Split, k: int, batch_size: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """Top-k labels (best first) and their sigmoid scores for every row of a split."""
+    """Top-k labels (best first, by ``model.ranking_scores``) and their sigmoid scores for
+    every row of a split."""
     model.eval()
     labels, scores = [], []
     for batch in batches(split, batch_size, device, targets=False):
         logits = model(batch).float()
-        top = logits.topk(min(k, logits.shape[1]), dim=1)
+        top = model.ranking_scores(logits).topk(min(k, logits.shape[1]), dim=1)
         labels.append(top.indices.cpu().numpy())
-        scores.append(torch.sigmoid(top.values).cpu().numpy())
+        scores.append(torch.sigmoid(logits.gather(1, top.indices)).cpu().numpy())
     return np.concatenate(labels), np.concatenate(scores)
 
 
@@ -129,6 +130,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
         freq = np.asarray(data.train.Y.sum(0), dtype=np.float64).ravel() / max(1, data.train.num_rows)
         with torch.no_grad():
             model.head.bias.copy_(torch.logit(torch.from_numpy(np.clip(freq, 1e-6, 1 - 1e-6))).float())
+    if model.rank_log_weight is not None:
+        with torch.no_grad():
+            log_w = cfg.rank_propensity_power * np.log(np.asarray(data.inv_propensity, dtype=np.float64))
+            model.rank_log_weight.copy_(torch.from_numpy(log_w).float())
     model.to(device)
     optimizer = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.train.num_rows / cfg.batch_size)
