@@ -9,6 +9,8 @@
 #     full   tests + the grid of issue 4 (B x K x G x L) with generic and cuBLAS
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
+#     tune   build, the low-precision tests, then bench/xmc_tune.py on the datasets carried
+#            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
 # Expects the nvidia-cutlass wheel under .whl/ (carried; see bench/README.md).
 # ARCHS (default 90a) picks the CUDA targets built there; TESTS the test paths.
@@ -47,6 +49,21 @@ if [ "$MODE" = haste ]; then
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
     > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
   timeout 200 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -30
+  exit 0
+fi
+
+if [ "$MODE" = tune ]; then
+  echo "== tests: stochastic rounding and optimizers"
+  run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py
+  for ds in ${TUNE_DATASETS:-wordnet go-mf}; do
+    [ -d ".qdata/$ds" ] || continue
+    mkdir -p "/tmp/q/$ds"
+    for f in train test; do gunzip -c ".qdata/$ds/$f.txt.gz" > "/tmp/q/$ds/$f.txt"; done
+    echo "== tune $ds"
+    timeout ${TUNE_BUDGET:-240} python3 bench/xmc_tune.py --data "/tmp/q/$ds" --grid "bench/tune/${ds}_gpu.json" \
+      --out "$OUT/tune_$ds.json" --work "/tmp/q/work_$ds" --device cuda --rank-powers 0.02,0.05,0.1,0.2 \
+      --budget-s $(( ${TUNE_BUDGET:-240} - 60 )) 2>&1 | grep -v Warning | tail -40
+  done
   exit 0
 fi
 

@@ -25,7 +25,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from xmc_quality import COLS, OURS_COMMON, BASE_KEYS  # noqa: E402
 
-from largeout.train import load_config, train  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from safetensors.torch import load_file  # noqa: E402
+
+from largeout.train import evaluate_split, load_config, predict_topk, train  # noqa: E402
+from largeout.train.data import load_dataset  # noqa: E402
+from largeout.train.model import build_model  # noqa: E402
+
+
+def rank_power_rows(cfg, powers):
+    """Validation metrics of the run's best checkpoint ranked with each rank_propensity_power."""
+    data = load_dataset(cfg)
+    probe = load_config(None, {**cfg.to_dict(), "rank_propensity_power": 1.0})
+    model = build_model(probe, data.num_features, data.num_labels)
+    sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
+    sd.pop("rank_log_weight", None)
+    missing = set(model.load_state_dict(sd, strict=False).missing_keys)
+    assert missing == {"rank_log_weight"}, missing
+    dev = torch.device(cfg.device)
+    model.to(dev)
+    log_w = torch.from_numpy(np.log(np.asarray(data.inv_propensity, dtype=np.float64))).float().to(dev)
+    out = []
+    for g in powers:
+        model.rank_log_weight.copy_(g * log_w)
+        top, scores = predict_topk(model, data.val, 5, 1024, dev)
+        val = evaluate_split(top, scores, data.val.Y, data.inv_propensity)
+        out.append((g, {c: val[c] for c in COLS}))
+    return out
 
 
 def main(argv=None) -> int:
@@ -38,6 +65,8 @@ def main(argv=None) -> int:
     ap.add_argument("--baselines", type=Path, default=None)
     ap.add_argument("--dataset", default=None, help="entry of --baselines to compare with")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting new configs after this many seconds")
+    ap.add_argument("--rank-powers", default="", help="comma-separated rank_propensity_power values to also evaluate "
+                                                      "on each run's best checkpoint (no retraining)")
     args = ap.parse_args(argv)
     grid = json.loads(args.grid.read_text())
     best_base = None
@@ -67,6 +96,15 @@ def main(argv=None) -> int:
         print(f"[{time.strftime('%H:%M:%S')}] {over}: epoch {row['best_epoch']}, {secs:.0f} s, val "
               + ", ".join(f"{c} {row['val'][c]:.4f}" for c in COLS)
               + (f"; min margin {row['min_margin']:+.4f}" if "min_margin" in row else ""), flush=True)
+        for g, val in rank_power_rows(cfg, [float(x) for x in args.rank_powers.split(",") if x]):
+            r = {"config": {**over, "rank_propensity_power": g}, "best_epoch": row["best_epoch"], "val": val,
+                 "note": "the run above's best checkpoint, ranked with this power (not retrained)"}
+            if best_base is not None:
+                r["margin"] = {c: round(val[c] - best_base[c], 5) for c in COLS}
+                r["min_margin"] = min(r["margin"].values())
+            rows.append(r)
+            print(f"    rank power {g}: " + ", ".join(f"{c} {val[c]:.4f}" for c in COLS)
+                  + (f"; min margin {r['min_margin']:+.4f}" if "min_margin" in r else ""), flush=True)
         args.out.write_text(json.dumps({"data": str(args.data), "best_baseline_val": best_base, "rows": rows}, indent=1))
     done = [r for r in rows if "min_margin" in r]
     if done:

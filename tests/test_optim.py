@@ -26,17 +26,18 @@ def grads_for(ps, step, device="cpu"):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw"])
-def test_float32_matches_torch_optim(kind, device):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_float32_matches_torch_optim(kind, device, fused):
     ours_p = [params((7, 5), torch.float32, 1, device), params((11,), torch.float32, 2, device)]
     ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
     if kind.startswith("sgd"):
         kw = dict(lr=0.1, weight_decay=0.01)
         if kind != "sgd":
             kw.update(momentum=0.9, nesterov=kind == "sgd-nesterov")
-        ours, theirs = lo_optim.SGD(ours_p, **kw), torch.optim.SGD(ref_p, **kw)
+        ours, theirs = lo_optim.SGD(ours_p, fused=fused, **kw), torch.optim.SGD(ref_p, **kw)
     else:
         kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
-        ours = lo_optim.AdamW(ours_p, state_dtype=torch.float32, **kw)
+        ours = lo_optim.AdamW(ours_p, state_dtype=torch.float32, fused=fused, **kw)
         theirs = torch.optim.AdamW(ref_p, **kw)
     for step in range(5):
         grads_for(ours_p, step, device)
@@ -48,10 +49,11 @@ def test_float32_matches_torch_optim(kind, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-def test_nearest_rounding_is_round_to_nearest_of_the_fp32_step(dtype):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_nearest_rounding_is_round_to_nearest_of_the_fp32_step(dtype, fused):
     p = params((1000,), dtype, 3)
     start = p.detach().clone()
-    opt = lo_optim.SGD([p], lr=0.05, rounding="nearest")
+    opt = lo_optim.SGD([p], lr=0.05, rounding="nearest", fused=fused)
     grads_for([p], 0)
     g = p.grad.detach().clone()
     opt.step()
@@ -59,14 +61,15 @@ def test_nearest_rounding_is_round_to_nearest_of_the_fp32_step(dtype):
     assert torch.equal(p.detach(), expect)
 
 
-def test_small_steps_stochastic_vs_nearest_vs_kahan():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_small_steps_stochastic_vs_nearest_vs_kahan(fused):
     # Every step is a quarter of an ulp at 1.0 (bf16 ulp there is 2^-7).
     n, steps, upd = 4096, 40, 2.0**-9
     results = {}
     for name, kw in {"nearest": dict(rounding="nearest"), "stochastic": dict(rounding="stochastic"),
                      "kahan": dict(rounding="nearest", kahan=True)}.items():
         p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
-        opt = lo_optim.SGD([p], lr=1.0, seed=5, **kw)
+        opt = lo_optim.SGD([p], lr=1.0, seed=5, fused=fused, **kw)
         for _ in range(steps):
             p.grad = torch.full((n,), upd, dtype=torch.bfloat16)
             opt.step()
@@ -78,12 +81,13 @@ def test_small_steps_stochastic_vs_nearest_vs_kahan():
     assert (results["kahan"] - target).abs().max().item() <= 2.0**-7
 
 
-def test_weight_decay_below_half_an_ulp_still_acts():
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_weight_decay_below_half_an_ulp_still_acts(fused):
     n = 4096
     out = {}
     for rounding in ("nearest", "stochastic"):
         p = torch.nn.Parameter(torch.ones(n, dtype=torch.bfloat16))
-        opt = lo_optim.AdamW([p], lr=1e-3, weight_decay=0.5, rounding=rounding, seed=3)
+        opt = lo_optim.AdamW([p], lr=1e-3, weight_decay=0.5, rounding=rounding, seed=3, fused=fused)
         for _ in range(20):
             p.grad = torch.zeros(n, dtype=torch.bfloat16)  # decay alone: 5e-4 per step < half an ulp (2^-8)
             opt.step()
@@ -93,10 +97,11 @@ def test_weight_decay_below_half_an_ulp_still_acts():
 
 
 @pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
-def test_fp8_parameters_stay_on_grid(dtype):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_fp8_parameters_stay_on_grid(dtype, fused):
     gen = torch.Generator().manual_seed(4)
     p = torch.nn.Parameter((torch.randn(5000, generator=gen) * 0.5).to(dtype), requires_grad=False)
-    opt = lo_optim.SGD([p], lr=0.01, momentum=0.9, seed=1)
+    opt = lo_optim.SGD([p], lr=0.01, momentum=0.9, seed=1, fused=fused)
     for step in range(3):
         p.grad = torch.randn(5000, generator=gen).to(dtype)
         opt.step()
@@ -106,11 +111,12 @@ def test_fp8_parameters_stay_on_grid(dtype):
 
 
 @pytest.mark.parametrize("kind", ["sgd", "adamw"])
-def test_resume_is_bit_identical(kind):
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
+def test_resume_is_bit_identical(kind, fused):
     def make(ps):
         if kind == "sgd":
-            return lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=9)
-        return lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, seed=9)
+            return lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=9, fused=fused)
+        return lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, seed=9, fused=fused)
 
     ps = [params((64, 8), torch.bfloat16, 6), params((33,), torch.float16, 7)]
     opt = make(ps)
@@ -133,6 +139,8 @@ def test_resume_is_bit_identical(kind):
     for a, b in zip(straight, ps2):
         assert a.dtype == b.dtype
         assert torch.equal(a.view(torch.int16), b.detach().view(torch.int16))
+    for st, st2 in zip(opt.state.values(), opt2.state.values()):  # state keeps its own dtypes
+        assert {k: v.dtype for k, v in st.items()} == {k: v.dtype for k, v in st2.items()}
 
 
 def test_bad_arguments():
@@ -149,3 +157,174 @@ def test_bad_arguments():
         lo_optim.AdamW(p, betas=(1.0, 0.9))
     with pytest.raises(TypeError, match="parameters must be floating point"):
         lo_optim.SGD([torch.zeros(3, dtype=torch.int32)], lr=0.1)
+
+
+# -- the fused step -------------------------------------------------------------------------
+
+LOW = [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def _fp32_probe_values(dtype, n, seed):
+    """float32 values that stress a format: random bit patterns (NaN, inf, subnormals
+    included), the format's grid points and midpoints, and points just off them."""
+    gen = torch.Generator().manual_seed(seed)
+    bits = torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int32, generator=gen)
+    grid = ref.representable_values(dtype).float()
+    grid = grid[torch.isfinite(grid)]
+    mids = (grid[1:].double() + grid[:-1].double()) / 2
+    near = torch.cat([grid, mids.float(), torch.nextafter(grid, grid + 1), torch.nextafter(grid, grid - 1)])
+    big = torch.tensor([torch.finfo(dtype).max * f for f in (0.999, 1.0, 1.001, 1.07, 2.0)], dtype=torch.float32)
+    return torch.cat([bits.view(torch.float32), near, -near, big, -big,
+                      torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -1e-45])])
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_integer_rounding_rule_matches_its_specification(dtype):
+    x = _fp32_probe_values(dtype, 200_000, 11)
+    gen = torch.Generator().manual_seed(12)
+    for rnd in (torch.randint(-(2**31), 2**31 - 1, x.shape, dtype=torch.int32, generator=gen),
+                torch.zeros_like(x, dtype=torch.int32), torch.full_like(x, -1, dtype=torch.int32),
+                torch.full_like(x, -(2**31), dtype=torch.int32), torch.full_like(x, 1 << 16, dtype=torch.int32)):
+        assert torch.ops.largeout._sr_rule_mismatches(x, rnd, dtype) == 0
+
+
+def _make(kind, ps, **kw):
+    if kind == "sgd":
+        return lo_optim.SGD(ps, lr=0.05, **kw)
+    if kind == "sgd-momentum":
+        return lo_optim.SGD(ps, lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01, **kw)
+    if kind == "sgd-nesterov":
+        return lo_optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, **kw)
+    return lo_optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, **kw)
+
+
+SIZES = [(1,), (7,), (8,), (9,), (33, 31), (4099,)]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw"])
+def test_fused_nearest_matches_reference_within_an_ulp(kind, dtype):
+    """Same update, arithmetic in a slightly different order: equal, or one ulp apart."""
+    a = [params(s, dtype, 20 + i) for i, s in enumerate(SIZES)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    oa = _make(kind, a, rounding="nearest", fused=True)
+    ob = _make(kind, b, rounding="nearest", fused=False)
+    # AdamW is chaotic where m is near 0 (one ulp of m can flip the sign of a whole lr
+    # step), so its trajectories are compared over one step only
+    for step in range(1 if kind == "adamw" else 4):
+        grads_for(a, step)
+        grads_for(b, step)
+        oa.step()
+        ob.step()
+    x = torch.cat([p.detach().double().flatten() for p in a])
+    y = torch.cat([p.detach().double().flatten() for p in b])
+    ulp = torch.finfo(dtype).eps * y.abs().clamp_min(torch.finfo(dtype).tiny)
+    # a one-ulp difference at one step feeds the next ones: allow two after four steps
+    assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
+    assert (x == y).double().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+@pytest.mark.parametrize("kind", ["sgd", "adamw"])
+def test_fused_stochastic_step_lands_on_a_neighbour_of_the_exact_update(kind, dtype):
+    n = 20_000
+    gen = torch.Generator().manual_seed(31)
+    p = torch.nn.Parameter((torch.randn(n, generator=gen) * 0.3).to(dtype), requires_grad=False)
+    p.grad_dtype = None  # a bf16 gradient for every parameter format (as the fp8 layers produce)
+    p.grad = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16)
+    start, g = p.detach().double(), p.grad.double()
+    opt = _make(kind, [p], seed=4)
+    opt.step()
+    if kind == "sgd":
+        exact = start - 0.05 * g
+    else:  # first AdamW step: m/sqrt(v) bias-corrected = sign(g) (up to eps), plus decoupled decay
+        exact = start - 1e-2 * g / (g.abs() + 1e-8) - 1e-2 * 0.1 * start
+    lo, hi = ref.rounding_neighbours(exact.float(), dtype)
+    got = p.detach().double()
+    # fp32 arithmetic moves the exact value by some fp32 ulps of the operands: accept
+    # anything between the outer neighbours of that interval (far finer than the grid,
+    # except near zero)
+    slack = 2.0**-19 * (start.abs() + (exact - start).abs())  # fp32 hyperparameters (1 - beta1) etc. included
+    ends = [ref.rounding_neighbours((exact + d).float(), dtype) for d in (-slack, slack)]
+    floor = torch.minimum(torch.minimum(*ends[0]), torch.minimum(*ends[1]))
+    ceil = torch.maximum(torch.maximum(*ends[0]), torch.maximum(*ends[1]))
+    assert bool(((got >= floor) & (got <= ceil)).all())
+    # and it is unbiased: the mean error over many elements is far below the grid spacing
+    spacing = (hi - lo).abs().clamp_min(1e-30)
+    err = ((got - exact) / spacing)[(hi != lo) & torch.isfinite(spacing)]
+    assert abs(err.mean().item()) < 0.03
+
+
+def test_fused_step_over_many_tensors_unaligned_views_and_tails():
+    big = torch.randn(10_000, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    views = [big[1:4100], big[4100:4103], big[5003:9000]]  # not 16-byte aligned, odd lengths
+    ps = [torch.nn.Parameter(v) for v in views]
+    copies = [torch.nn.Parameter(v.clone()) for v in views]  # aligned
+    oa = lo_optim.SGD(ps, lr=0.1, momentum=0.9, seed=8)
+    ob = lo_optim.SGD(copies, lr=0.1, momentum=0.9, seed=8)
+    for step in range(3):
+        grads_for(ps, step)
+        grads_for(copies, step)
+        oa.step()
+        ob.step()
+    for a, b in zip(ps, copies):
+        assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
+    # the untouched parts of the storage are unchanged
+    before = torch.randn(10_000, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
+    for sl in (slice(0, 1), slice(4103, 5003), slice(9000, 10_000)):
+        assert torch.equal(big[sl].view(torch.int16), before[sl].view(torch.int16))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("pdtype", [torch.float32] + LOW, ids=str)
+@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw", "adamw-f32-state", "kahan"])
+def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
+    def build(device):
+        ps = []
+        for i, s in enumerate(SIZES + [(70_001,)]):
+            gen = torch.Generator().manual_seed(50 + i)
+            ps.append(torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(device, pdtype), requires_grad=False))
+        if kind == "kahan":
+            return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=77)
+        if kind == "adamw-f32-state":
+            return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=77)
+        return ps, _make(kind, ps, seed=77)
+
+    (pc, oc), (pg, og) = build("cpu"), build("cuda")
+    gdt = torch.float32 if pdtype == torch.float32 else torch.bfloat16
+    for step in range(3):
+        gen = torch.Generator().manual_seed(900 + step)
+        for a, b in zip(pc, pg):
+            g = torch.randn(a.shape, generator=gen).to(gdt)
+            a.grad_dtype = b.grad_dtype = None
+            a.grad, b.grad = g, g.cuda()
+        oc.step()
+        og.step()
+    torch.cuda.synchronize()
+    width = {1: torch.int8, 2: torch.int16, 4: torch.int32}[pc[0].element_size()]
+    for a, b in zip(pc, pg):
+        assert torch.equal(a.detach().view(width), b.detach().cpu().view(width))
+    for sa, sb in zip(oc.state.values(), og.state.values()):
+        for key, t in sa.items():
+            if torch.is_tensor(t) and t.dim() > 0:
+                w = {1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]
+                assert torch.equal(t.view(w), sb[key].cpu().view(w)), key
+
+
+def test_fused_op_rejects_bad_arguments_and_writes_nothing():
+    p = [torch.randn(10).to(torch.bfloat16), torch.randn(4).to(torch.bfloat16)]
+    before = [t.clone() for t in p]
+    g = [torch.randn(10).to(torch.bfloat16), torch.randn(5).to(torch.bfloat16)]
+    op = torch.ops.largeout._fused_optim_step_
+    args = (0, True, 0.1, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 2)
+    with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[5\] but params\[1\] has shape \[4\]"):
+        op(p, g, [], [], [], *args)
+    with pytest.raises(RuntimeError, match="grads must hold 2 tensors"):
+        op(p, g[:1], [], [], [], *args)
+    with pytest.raises(TypeError, match="grads must be of dtype"):
+        op(p, [t.to(torch.int32) for t in g], [], [], [], *args)
+    with pytest.raises(RuntimeError, match="buf1 .* must hold 2 tensors|buf1 must hold 2 tensors"):
+        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [], [], [],
+           1, *args[1:])
+    for a, b in zip(p, before):
+        assert torch.equal(a.view(torch.int16), b.view(torch.int16))

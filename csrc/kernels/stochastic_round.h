@@ -123,6 +123,61 @@ LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
   return sign | sr_encode_magnitude(mag, fi);
 }
 
+// The same rule in integer arithmetic only (what the kernels run; sr_round_bits above is
+// its specification, and a test checks that both agree bit for bit). With nearest, the
+// result is round-to-nearest-even instead (rnd unused), with the same edge policy.
+//
+// x = M * 2^(e - 23) with M the 24-bit significand (no implicit bit for fp32 subnormals)
+// and e = max(biased exponent, 1) - 127. The target grid near x has spacing 2^q with
+// q = max(e, min_exp) - mant_bits, so x / 2^q = M / 2^s with s = 23 - mant_bits +
+// max(0, min_exp - e) (s >= 16). The lower neighbour is M >> s units, the dropped part
+// rem = M mod 2^s, and "rnd < frac * 2^32" is "rnd < rem * 2^(32 - s)", exact in 64 bits
+// (for s > 32: rnd * 2^(s - 32) < rem). For bf16, s = 16 always, so only the top 16 bits
+// of rnd matter.
+LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool nearest = false) {
+  int m, bias, min_exp, bytes;
+  uint32_t max_fp32, max_code;  // largest finite value: its fp32 bits and its code in the format
+  bool has_inf;
+  switch (f) {
+    case SrFormat::kFloat16: m = 10; bias = 15; min_exp = -14; bytes = 2; max_fp32 = 0x477FE000u; max_code = 0x7BFFu;
+      has_inf = true; break;
+    case SrFormat::kFloat8E4M3FN: m = 3; bias = 7; min_exp = -6; bytes = 1; max_fp32 = 0x43E00000u; max_code = 0x7Eu;
+      has_inf = false; break;
+    case SrFormat::kFloat8E5M2: m = 2; bias = 15; min_exp = -14; bytes = 1; max_fp32 = 0x47600000u; max_code = 0x7Bu;
+      has_inf = true; break;
+    default: m = 7; bias = 127; min_exp = -126; bytes = 2; max_fp32 = 0x7F7F0000u; max_code = 0x7F7Fu;
+      has_inf = true; break;
+  }
+  uint32_t xb;
+  memcpy(&xb, &x, 4);
+  const int top = bytes * 8 - 1;
+  const uint32_t sign = (xb >> 31) << top;
+  const uint32_t a = xb & 0x7fffffffu;
+  const uint32_t exp_all = (1u << (top - m)) - 1u;
+  if (a > 0x7f800000u) return f == SrFormat::kFloat8E4M3FN ? 0x7Fu : ((exp_all << m) | (1u << (m - 1)));
+  if (a == 0x7f800000u) return sign | (has_inf ? (exp_all << m) : max_code);
+  if (a >= max_fp32) return sign | max_code;
+  if (a == 0) return sign;
+  const int biased = int(a >> 23);
+  const uint32_t M = biased ? ((a & 0x7fffffu) | 0x800000u) : (a & 0x7fffffu);
+  const int e = (biased ? biased : 1) - 127;
+  const int s = 23 - m + (min_exp > e ? min_exp - e : 0);
+  const uint32_t lo = s < 32 ? (M >> s) : 0u;
+  const uint64_t rem = s < 32 ? (M & ((1u << s) - 1u)) : M;
+  bool up;
+  if (nearest) {
+    const uint64_t half = s <= 40 ? (uint64_t(1) << (s - 1)) : (uint64_t(1) << 40);
+    up = rem > half || (rem == half && (lo & 1u));
+  } else if (s <= 32) {
+    up = uint64_t(rnd) < (rem << (32 - s));
+  } else {
+    up = (s - 32 >= 24) ? (rnd == 0u && rem != 0u) : ((uint64_t(rnd) << (s - 32)) < rem);
+  }
+  const uint32_t units = lo + (up ? 1u : 0u);
+  if (e < min_exp) return sign | units;  // subnormal grid (units == 2^m is the smallest normal)
+  return sign | ((uint32_t(e + bias) << m) + units - (1u << m));
+}
+
 namespace cpu {
 // out (1 or 2 bytes per element, the format's bit layout) = SR(x); n elements.
 void stochastic_round(SrFormat f, const float* x, void* out, int64_t n, uint64_t seed, uint64_t offset,

@@ -73,6 +73,11 @@ TORCH_LIBRARY(largeout, m) {
   // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
   // float8_e5m2) with Philox bits keyed by (seed, offset).
   m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");
+  m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
+  m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
+        "Tensor(d!)[] comps, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
+        "bool first, float weight_decay, float beta1, float beta2, float eps, float step_size, float inv_sqrt_bc2, "
+        "int seed, int offset) -> ()");
   // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.
   m.def("group_sparse_linear(Tensor x, Tensor weight, Tensor indices, Tensor? bias, int group_size) -> Tensor");
   // dx [B, H] from grad_out [B, L].

@@ -1,4 +1,4 @@
-// CUDA stochastic rounding: one element per thread-iteration, the rule and the random
+// CUDA stochastic rounding: one element per thread-iteration, the rule (its integer form) and the random
 // bits shared with the CPU code (kernels/stochastic_round.h), so results are identical.
 #include "kernels/cuda/stochastic_round_cuda.h"
 
@@ -9,7 +9,7 @@ template <class Out>
 __global__ void sr_kernel(SrFormat f, const float* __restrict__ x, Out* __restrict__ out, int64_t n, uint64_t seed,
                           uint64_t offset) {
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = Out(sr_round_bits(x[i], f, sr_random_bits(seed, offset, i)));
+    out[i] = Out(sr_round_bits_fast(x[i], f, sr_random_bits(seed, offset, i)));
 }
 
 }  // namespace

@@ -15,12 +15,17 @@ Random bits come from the optimizer's own CPU generator (seeded by ``seed``, or 
 torch's default generator), saved by ``state_dict()``: a resumed run continues
 bit-identically. float32 parameters are updated exactly like torch.optim's.
 
-These are the reference implementations (torch ops, one tensor at a time, CPU and CUDA);
-a fused multi-tensor CUDA step is planned.
+``fused=True`` (the default) runs the whole step as one native call per group of
+tensors sharing a device and dtypes (on CUDA: one kernel launch; on the CPU: a
+threaded loop), with the same per-element arithmetic and random bits on both, so a
+CPU and a GPU run of the fused step give identical bits. ``fused=False`` selects the
+reference implementation (torch ops, one tensor at a time), which rounds with the
+same rule but draws its random bits differently.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Iterable, Optional, Tuple
 
 import torch
@@ -51,11 +56,16 @@ def _buffer_dtype(param_dtype: torch.dtype) -> torch.dtype:
 
 
 class _LowPrecisionOptimizer(torch.optim.Optimizer):
-    def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int]) -> None:
+    _KIND = -1
+
+    def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int], fused: bool = True) -> None:
         if rounding not in ("stochastic", "nearest"):
             raise ValueError(f'{type(self).__name__}: rounding must be "stochastic" or "nearest"; got {rounding!r}')
         if not isinstance(kahan, bool):
             raise TypeError(f"{type(self).__name__}: kahan must be a bool; got {type(kahan).__name__}")
+        if not isinstance(fused, bool):
+            raise TypeError(f"{type(self).__name__}: fused must be a bool; got {type(fused).__name__}")
+        self.fused = fused
         super().__init__(params, {**defaults, "rounding": rounding, "kahan": kahan})
         for group in self.param_groups:
             for p in group["params"]:
@@ -87,6 +97,9 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
+            if self.fused:
+                self._fused_group(group)
+                continue
             for p in group["params"]:
                 if p.grad is not None:
                     self._update(p, group, self.state[p])
@@ -94,6 +107,48 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
 
     def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
         raise NotImplementedError
+
+    # -- fused path ---------------------------------------------------------------------
+
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        raise NotImplementedError
+
+    def _bucket_key(self, p: torch.Tensor, group: dict, state: dict):
+        return ()
+
+    def _hyper(self, group: dict, key) -> dict:
+        raise NotImplementedError
+
+    def _fused_group(self, group: dict) -> None:
+        name = type(self).__name__
+        buckets = {}
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            if p.grad.is_sparse:
+                raise RuntimeError(f"{name}: sparse gradients are not supported")
+            state = self.state[p]
+            fresh = not state
+            if fresh:
+                self._init_state(p, group, state)
+            key = (p.device, p.dtype, p.grad.dtype) + self._bucket_key(p, group, state, fresh)
+            buckets.setdefault(key, []).append((p, state))
+        for key, items in buckets.items():
+            params = [p for p, _ in items]
+            grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
+            buf1 = [st[self._BUF1] for _, st in items] if self._BUF1 and self._BUF1 in items[0][1] else []
+            buf2 = [st[self._BUF2] for _, st in items] if self._BUF2 else []
+            comps = [st["kahan_comp"] for _, st in items] if "kahan_comp" in items[0][1] else []
+            for p in params:
+                if not p.is_contiguous():
+                    raise RuntimeError(f"{name}: the fused step needs contiguous parameters (or fused=False)")
+            h = self._hyper(group, key)
+            seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
+            torch.ops.largeout._fused_optim_step_(
+                params, grads, buf1, buf2, comps, self._KIND, group["rounding"] == "stochastic",
+                h.get("lr", 0.0), h.get("momentum", 0.0), h.get("dampening", 0.0), h.get("nesterov", False),
+                h.get("first", False), h.get("weight_decay", 0.0), h.get("beta1", 0.0), h.get("beta2", 0.0),
+                h.get("eps", 0.0), h.get("step_size", 0.0), h.get("inv_sqrt_bc2", 0.0), seed, offset)
 
     def state_dict(self):
         sd = super().state_dict()
@@ -103,7 +158,17 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         state_dict = dict(state_dict)
         rng = state_dict.pop("largeout_rng_state", None)
+        saved = state_dict.get("state", {})
         super().load_state_dict(state_dict)
+        # torch.optim casts floating-point state to the parameter's dtype (and would turn a
+        # bf16 momentum buffer of an fp16 or fp8 parameter into that format): put back the
+        # saved tensors in their own dtypes.
+        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in saved.get(pid, {}).items():
+                if torch.is_tensor(value) and key != "step":
+                    self.state[p][key] = value.to(device=p.device, copy=True)
         if rng is not None:
             self._gen.set_state(rng)
 
@@ -114,7 +179,7 @@ class SGD(_LowPrecisionOptimizer):
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, rounding: str = "stochastic",
-                 kahan: bool = False, seed: Optional[int] = None) -> None:
+                 kahan: bool = False, seed: Optional[int] = None, fused: bool = True) -> None:
         if lr < 0:
             raise ValueError(f"SGD: lr must be >= 0; got {lr}")
         if momentum < 0:
@@ -124,7 +189,23 @@ class SGD(_LowPrecisionOptimizer):
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
-        super().__init__(params, defaults, rounding, kahan, seed)
+        super().__init__(params, defaults, rounding, kahan, seed, fused)
+
+    _KIND, _BUF1, _BUF2 = 0, "momentum_buffer", None
+
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        if group["momentum"] != 0:
+            state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+        if group["kahan"] and p.dtype in _LOW:
+            state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+
+    def _bucket_key(self, p, group, state, fresh):
+        # "first": the momentum buffer was just created and starts as the gradient
+        return (fresh and group["momentum"] != 0, "kahan_comp" in state)
+
+    def _hyper(self, group: dict, key) -> dict:
+        return dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
+                    nesterov=group["nesterov"], weight_decay=group["weight_decay"], first=key[3])
 
     def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
         lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
@@ -152,7 +233,7 @@ class AdamW(_LowPrecisionOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, rounding: str = "stochastic", kahan: bool = False,
-                 state_dtype: torch.dtype = torch.bfloat16, seed: Optional[int] = None) -> None:
+                 state_dtype: torch.dtype = torch.bfloat16, seed: Optional[int] = None, fused: bool = True) -> None:
         if lr < 0:
             raise ValueError(f"AdamW: lr must be >= 0; got {lr}")
         if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
@@ -164,7 +245,25 @@ class AdamW(_LowPrecisionOptimizer):
         if state_dtype not in (torch.float32, torch.bfloat16, torch.float16):
             raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {state_dtype}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, state_dtype=state_dtype)
-        super().__init__(params, defaults, rounding, kahan, seed)
+        super().__init__(params, defaults, rounding, kahan, seed, fused)
+
+    _KIND, _BUF1, _BUF2 = 1, "exp_avg", "exp_avg_sq"
+
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        state["step"] = torch.zeros((), dtype=torch.float32)
+        state["exp_avg"] = torch.zeros_like(p, dtype=group["state_dtype"])
+        state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
+        if group["kahan"] and p.dtype in _LOW:
+            state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
+
+    def _bucket_key(self, p, group, state, fresh):
+        state["step"] += 1
+        return (int(state["step"]), state["exp_avg"].dtype, "kahan_comp" in state)
+
+    def _hyper(self, group: dict, key) -> dict:
+        (b1, b2), t = group["betas"], key[3]
+        return dict(lr=group["lr"], beta1=b1, beta2=b2, eps=group["eps"], weight_decay=group["weight_decay"],
+                    step_size=group["lr"] / (1 - b1**t), inv_sqrt_bc2=1.0 / math.sqrt(1 - b2**t))
 
     def _update(self, p: torch.Tensor, group: dict, state: dict) -> None:
         lr, (b1, b2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]

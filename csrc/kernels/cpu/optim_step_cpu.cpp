@@ -1,0 +1,21 @@
+// CPU fused optimizer step: the per-element rule of kernels/optim_step.h over groups of 8.
+// Compiled with -ffp-contract=off (CMakeLists.txt) so its arithmetic matches the CUDA kernel.
+#include "kernels/optim_step.h"
+
+namespace largeout::cpu {
+
+void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
+                const ParallelFor& pf) {
+  for (int k = 0; k < num_slots; ++k) {
+    const OptimSlot& s = slots[k];
+    const int64_t groups = (s.numel + 7) / 8;
+    pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
+      for (int64_t v = begin; v < end; ++v) {
+        const int64_t i0 = v * 8;
+        optim_update_range(s, types, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
+      }
+    });
+  }
+}
+
+}  // namespace largeout::cpu

@@ -1,0 +1,256 @@
+// Fused optimizer steps for low-precision parameters (no torch headers): the per-element
+// arithmetic, shared by the CPU loop and the CUDA kernel so that both give the same bits.
+//
+// A launch updates a list of tensors ("slots") of one parameter dtype. Every element is
+// loaded to fp32, updated in fp32 with explicitly rounded operations (no contraction into
+// FMAs, so host and device agree), and stored back in its own dtype: stochastically
+// rounded (kernels/stochastic_round.h) or to nearest-even. Random bits: element i of a
+// slot is element (base + i) of the launch; its group of 8, v = (base + i) / 8, draws
+// Philox4x32-10 blocks (v * 6 + 2 * stream + h, offset) under the launch's key, stream
+// 0 for the parameter, 1 for the first buffer (momentum, exp_avg), 2 for exp_avg_sq.
+// A bf16 target takes 16 bits per element (its rule reads only the top 16: one block per
+// 8 elements); other targets 32 bits (two blocks).
+#pragma once
+#include <cstdint>
+#include <cstring>
+
+#include "kernels/stochastic_round.h"
+
+namespace largeout {
+
+enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kE4M3 = 3, kE5M2 = 4 };
+
+LARGEOUT_HD int elem_bytes(ElemType t) {
+  return t == ElemType::kF32 ? 4 : (t == ElemType::kE4M3 || t == ElemType::kE5M2) ? 1 : 2;
+}
+
+LARGEOUT_HD SrFormat sr_format_of(ElemType t) {
+  switch (t) {
+    case ElemType::kF16: return SrFormat::kFloat16;
+    case ElemType::kE4M3: return SrFormat::kFloat8E4M3FN;
+    case ElemType::kE5M2: return SrFormat::kFloat8E5M2;
+    default: return SrFormat::kBFloat16;
+  }
+}
+
+LARGEOUT_HD float f32_from_bits(uint32_t b) {
+  float f;
+  memcpy(&f, &b, 4);
+  return f;
+}
+
+// Exact decoding of a 16- or 8-bit float code to fp32.
+LARGEOUT_HD float decode_small_float(uint32_t code, int bits, int m, int bias, bool e4m3fn) {
+  const uint32_t sign = (code >> (bits - 1)) & 1u;
+  const uint32_t exp = (code >> m) & ((1u << (bits - 1 - m)) - 1u);
+  const uint32_t man = code & ((1u << m) - 1u);
+  const uint32_t exp_all = (1u << (bits - 1 - m)) - 1u;
+  uint32_t out;
+  if (e4m3fn ? (exp == exp_all && man == ((1u << m) - 1u)) : (exp == exp_all)) {
+    out = (e4m3fn || man) ? 0x7fc00000u : 0x7f800000u;  // NaN, or inf
+  } else if (exp == 0) {
+    // man * 2^(1 - bias - m): exact in fp32 for every format here
+    const float v = float(man) * f32_from_bits(uint32_t(127 + 1 - bias - m) << 23);
+    memcpy(&out, &v, 4);
+  } else {
+    out = (uint32_t(int(exp) - bias + 127) << 23) | (man << (23 - m));
+  }
+  return f32_from_bits(out | (sign << 31));
+}
+
+// fp32 value of a code of type t (for fp32 the code is the float's bits).
+LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
+  switch (t) {
+    case ElemType::kF32: return f32_from_bits(code);
+    case ElemType::kBF16: return f32_from_bits(code << 16);
+    case ElemType::kF16: return decode_small_float(code, 16, 10, 15, false);
+    case ElemType::kE4M3: return decode_small_float(code, 8, 3, 7, true);
+    case ElemType::kE5M2: return decode_small_float(code, 8, 2, 15, false);
+  }
+  return 0.f;
+}
+
+// Code of v in type t: stochastically rounded with rnd, or to nearest-even.
+LARGEOUT_HD uint32_t round_code(float v, ElemType t, uint32_t rnd, bool nearest) {
+  if (t == ElemType::kF32) {
+    uint32_t b;
+    memcpy(&b, &v, 4);
+    return b;
+  }
+  return sr_round_bits_fast(v, sr_format_of(t), rnd, nearest);
+}
+
+LARGEOUT_HD uint32_t load_code(const void* p, ElemType t, int64_t i) {
+  switch (elem_bytes(t)) {
+    case 4: return static_cast<const uint32_t*>(p)[i];
+    case 2: return static_cast<const uint16_t*>(p)[i];
+    default: return static_cast<const uint8_t*>(p)[i];
+  }
+}
+
+LARGEOUT_HD void store_code(void* p, ElemType t, int64_t i, uint32_t c) {
+  switch (elem_bytes(t)) {
+    case 4: static_cast<uint32_t*>(p)[i] = c; break;
+    case 2: static_cast<uint16_t*>(p)[i] = uint16_t(c); break;
+    default: static_cast<uint8_t*>(p)[i] = uint8_t(c); break;
+  }
+}
+
+// Correctly rounded fp32 operations that the compiler may not fuse.
+#if defined(__CUDA_ARCH__)
+LARGEOUT_HD float op_mul(float a, float b) { return __fmul_rn(a, b); }
+LARGEOUT_HD float op_add(float a, float b) { return __fadd_rn(a, b); }
+LARGEOUT_HD float op_sub(float a, float b) { return __fsub_rn(a, b); }
+LARGEOUT_HD float op_div(float a, float b) { return __fdiv_rn(a, b); }
+LARGEOUT_HD float op_sqrt(float a) { return __fsqrt_rn(a); }
+#else
+// (the CPU source is compiled with -ffp-contract=off)
+LARGEOUT_HD float op_mul(float a, float b) { return a * b; }
+LARGEOUT_HD float op_add(float a, float b) { return a + b; }
+LARGEOUT_HD float op_sub(float a, float b) { return a - b; }
+LARGEOUT_HD float op_div(float a, float b) { return a / b; }
+LARGEOUT_HD float op_sqrt(float a) { return std::sqrt(a); }
+#endif
+
+// One tensor of a launch. Unused buffers are null.
+struct OptimSlot {
+  void* param;
+  const void* grad;
+  void* buf1;  // SGD: momentum buffer; AdamW: exp_avg
+  void* buf2;  // AdamW: exp_avg_sq
+  void* comp;  // Kahan compensation
+  int64_t numel;
+  int64_t base;  // first element's index in the launch's random stream (a multiple of 8)
+};
+
+struct OptimTypes {
+  ElemType param, grad, state, comp;
+};
+
+enum class OptimKind : int32_t { kSGD = 0, kAdamW = 1 };
+
+struct OptimHyper {
+  OptimKind kind;
+  bool stochastic;  // else round to nearest-even
+  bool kahan;
+  // SGD
+  float lr, momentum, dampening, weight_decay;
+  bool nesterov, first;  // first: the momentum buffer starts as the (decayed) gradient
+  // AdamW: update = -step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) - lr * weight_decay * p
+  float beta1, beta2, eps, step_size, inv_sqrt_bc2;
+  uint64_t seed, offset;
+};
+
+// Random bits of element j (0..7) of group v for a stream.
+struct GroupRandom {
+  uint32_t w[8];
+  LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
+    const uint64_t blk = v * 6 + uint64_t(stream) * 2;
+    const Philox4x32 a = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset),
+                                       uint32_t(h.offset >> 32), uint32_t(h.seed), uint32_t(h.seed >> 32));
+    if (target == ElemType::kBF16) {
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+      for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a.v[j >> 1] & 0xffff0000u) : (a.v[j >> 1] << 16);
+    } else {
+      const Philox4x32 b = philox4x32_10(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), uint32_t(h.offset),
+                                         uint32_t(h.offset >> 32), uint32_t(h.seed), uint32_t(h.seed >> 32));
+      for (int j = 0; j < 4; ++j) {
+        w[j] = a.v[j];
+        w[4 + j] = b.v[j];
+      }
+    }
+  }
+};
+
+LARGEOUT_HD bool needs_random(const OptimHyper& h, ElemType t) { return h.stochastic && t != ElemType::kF32; }
+
+// The codes of up to 8 consecutive elements of one slot, in and out.
+struct OptimGroup {
+  uint32_t p[8], g[8], b1[8], b2[8], c[8];
+};
+
+// Updates the first n (<= 8) elements of group q, the group starting at element i0 of slot s.
+LARGEOUT_HD void optim_update_codes(OptimGroup& q, int n, const OptimSlot& s, const OptimTypes& t,
+                                    const OptimHyper& h, int64_t i0) {
+  const uint64_t v = uint64_t(s.base + i0) >> 3;
+  GroupRandom rp, r1, r2;
+  if (needs_random(h, t.param)) rp.fill(h, v, 0, t.param);
+  const bool has_buf1 = s.buf1 != nullptr;
+  if (has_buf1 && needs_random(h, t.state)) r1.fill(h, v, 1, t.state);
+  if (h.kind == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
+  const bool near = !h.stochastic;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int j = 0; j < n; ++j) {
+    const float p = decode_code(q.p[j], t.param);
+    const float g = decode_code(q.g[j], t.grad);
+    float upd;
+    if (h.kind == OptimKind::kSGD) {
+      float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
+      if (has_buf1) {
+        const float b = h.first ? d
+                                : op_add(op_mul(h.momentum, decode_code(q.b1[j], t.state)),
+                                         op_mul(op_sub(1.f, h.dampening), d));
+        q.b1[j] = round_code(b, t.state, r1.w[j], near);
+        d = h.nesterov ? op_add(d, op_mul(h.momentum, b)) : b;
+      }
+      upd = op_mul(-h.lr, d);
+    } else {
+      const float m = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
+      const float vv =
+          op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
+      q.b1[j] = round_code(m, t.state, r1.w[j], near);
+      q.b2[j] = round_code(vv, t.state, r2.w[j], near);
+      const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
+      upd = op_div(op_mul(-h.step_size, m), denom);
+      if (h.weight_decay != 0.f) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
+    }
+    if (s.comp != nullptr) {
+      const float y = op_sub(upd, decode_code(q.c[j], t.comp));
+      q.p[j] = round_code(op_add(p, y), t.param, rp.w[j], near);
+      q.c[j] = round_code(op_sub(op_sub(decode_code(q.p[j], t.param), p), y), t.comp, 0u, true);
+    } else {
+      q.p[j] = round_code(op_add(p, upd), t.param, rp.w[j], near);
+    }
+  }
+}
+
+// Scalar loads and stores around optim_update_codes (the CPU path, and unaligned or
+// partial groups on the GPU). All 8 lanes are computed (those past n on zeros, never
+// stored), so that the arrays are indexed by constants after unrolling.
+LARGEOUT_HD void optim_update_range(const OptimSlot& s, const OptimTypes& t, const OptimHyper& h, int64_t i0,
+                                    int n) {
+  OptimGroup q;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int j = 0; j < 8; ++j) {
+    const bool in = j < n;
+    q.p[j] = in ? load_code(s.param, t.param, i0 + j) : 0u;
+    q.g[j] = in ? load_code(s.grad, t.grad, i0 + j) : 0u;
+    q.b1[j] = in && s.buf1 ? load_code(s.buf1, t.state, i0 + j) : 0u;
+    q.b2[j] = in && s.buf2 ? load_code(s.buf2, t.state, i0 + j) : 0u;
+    q.c[j] = in && s.comp ? load_code(s.comp, t.comp, i0 + j) : 0u;
+  }
+  optim_update_codes(q, 8, s, t, h, i0);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int j = 0; j < 8; ++j) {
+    if (j >= n) break;
+    store_code(s.param, t.param, i0 + j, q.p[j]);
+    if (s.buf1) store_code(s.buf1, t.state, i0 + j, q.b1[j]);
+    if (s.buf2) store_code(s.buf2, t.state, i0 + j, q.b2[j]);
+    if (s.comp) store_code(s.comp, t.comp, i0 + j, q.c[j]);
+  }
+}
+
+namespace cpu {
+void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
+                const ParallelFor& pf);
+}  // namespace cpu
+
+}  // namespace largeout

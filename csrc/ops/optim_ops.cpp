@@ -1,0 +1,204 @@
+// Torch bindings of the fused optimizer step (schema in module.cpp): argument checks
+// (before anything is written), then the CPU loop or one CUDA launch for all tensors.
+// Called by largeout.optim, which draws the random key and keeps the state tensors.
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels/optim_step.h"
+
+#ifdef LARGEOUT_WITH_CUDA
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include "kernels/cuda/optim_step_cuda.h"
+#endif
+
+namespace largeout {
+namespace {
+
+constexpr const char* kOp = "largeout._fused_optim_step_";
+
+bool to_elem(at::ScalarType dt, ElemType* out) {
+  switch (dt) {
+    case at::kFloat: *out = ElemType::kF32; return true;
+    case at::kBFloat16: *out = ElemType::kBF16; return true;
+    case at::kHalf: *out = ElemType::kF16; return true;
+    case at::kFloat8_e4m3fn: *out = ElemType::kE4M3; return true;
+    case at::kFloat8_e5m2: *out = ElemType::kE5M2; return true;
+    default: return false;
+  }
+}
+
+// Checks one list against the parameters: same length (or empty when optional), same
+// shapes and device, one dtype from `allowed`, contiguous. Returns its element type.
+ElemType check_list(const char* name, at::TensorList list, at::TensorList params, bool optional,
+                    std::initializer_list<at::ScalarType> allowed) {
+  if (list.empty() && optional) return ElemType::kF32;
+  TORCH_CHECK(list.size() == params.size(), kOp, ": ", name, " must hold ", params.size(),
+              " tensors (one per parameter); got ", list.size());
+  const at::ScalarType dt = list[0].scalar_type();
+  bool ok = false;
+  std::string names;
+  for (auto a : allowed) {
+    ok = ok || a == dt;
+    names += (names.empty() ? "" : ", ") + std::string(c10::toString(a));
+  }
+  TORCH_CHECK_TYPE(ok, kOp, ": ", name, " must be of dtype ", names, "; got ", dt);
+  for (size_t i = 0; i < list.size(); ++i) {
+    const at::Tensor& t = list[i];
+    TORCH_CHECK_TYPE(t.scalar_type() == dt, kOp, ": ", name, "[", i, "] is ", t.scalar_type(), " but ", name,
+                     "[0] is ", dt, " (one dtype per call)");
+    TORCH_CHECK(t.device() == params[0].device(), kOp, ": ", name, "[", i, "] is on ", t.device(),
+                " but params[0] is on ", params[0].device());
+    TORCH_CHECK(t.sizes() == params[i].sizes(), kOp, ": ", name, "[", i, "] has shape ", t.sizes(), " but params[",
+                i, "] has shape ", params[i].sizes());
+    TORCH_CHECK(t.is_contiguous(), kOp, ": ", name, "[", i, "] must be contiguous");
+  }
+  ElemType e;
+  to_elem(dt, &e);
+  return e;
+}
+
+struct Prepared {
+  std::vector<OptimSlot> slots;
+  std::vector<int64_t> prefix;  // groups of 8 before each slot
+  OptimTypes types;
+  OptimHyper hyper;
+};
+
+Prepared prepare(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
+                 at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
+                 bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
+                 double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
+  TORCH_CHECK(!params.empty(), kOp, ": params must hold at least one tensor");
+  TORCH_CHECK(kind == 0 || kind == 1, kOp, ": kind must be 0 (SGD) or 1 (AdamW); got ", kind);
+  Prepared p;
+  const auto pt = check_list("params", params, params, false,
+                             {at::kFloat, at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, at::kFloat8_e5m2});
+  p.types.param = pt;
+  p.types.grad = check_list("grads", grads, params, false,
+                            {at::kFloat, at::kBFloat16, at::kHalf, at::kFloat8_e4m3fn, at::kFloat8_e5m2});
+  p.types.state = check_list("buf1", buf1, params, kind == 0, {at::kFloat, at::kBFloat16, at::kHalf});
+  const ElemType s2 = check_list("buf2", buf2, params, kind == 0, {at::kFloat, at::kBFloat16, at::kHalf});
+  if (kind == 1) {
+    TORCH_CHECK(buf2[0].scalar_type() == buf1[0].scalar_type(), kOp, ": buf2 (exp_avg_sq) must have buf1's dtype ",
+                buf1[0].scalar_type(), "; got ", buf2[0].scalar_type());
+  } else {
+    TORCH_CHECK(buf2.empty(), kOp, ": buf2 must be empty for SGD; got ", buf2.size(), " tensors");
+  }
+  (void)s2;
+  p.types.comp = check_list("comps", comps, params, true, {at::kFloat, at::kBFloat16, at::kHalf});
+  p.hyper = OptimHyper{kind == 0 ? OptimKind::kSGD : OptimKind::kAdamW,
+                       stochastic,
+                       !comps.empty(),
+                       float(lr),
+                       float(momentum),
+                       float(dampening),
+                       float(weight_decay),
+                       nesterov,
+                       first,
+                       float(beta1),
+                       float(beta2),
+                       float(eps),
+                       float(step_size),
+                       float(inv_sqrt_bc2),
+                       uint64_t(seed),
+                       uint64_t(offset)};
+  int64_t base = 0, groups = 0;
+  p.prefix.push_back(0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const int64_t n = params[i].numel();
+    p.slots.push_back(OptimSlot{params[i].data_ptr(), grads[i].const_data_ptr(),
+                                buf1.empty() ? nullptr : buf1[i].data_ptr(),
+                                buf2.empty() ? nullptr : buf2[i].data_ptr(),
+                                comps.empty() ? nullptr : comps[i].data_ptr(), n, base});
+    base += (n + 7) / 8 * 8;
+    groups += (n + 7) / 8;
+    p.prefix.push_back(groups);
+  }
+  return p;
+}
+
+void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
+              at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
+              bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
+              double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
+  const Prepared p = prepare(params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov,
+                             first, weight_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset);
+  cpu::optim_step(p.slots.data(), int(p.slots.size()), p.types, p.hyper,
+                  [](int64_t b, int64_t e, int64_t grain, const ChunkFn& fn) {
+                    at::parallel_for(b, e, grain, [&](int64_t lo, int64_t hi) { fn(lo, hi); });
+                  });
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+void step_cuda(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
+               at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
+               bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
+               double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
+  const Prepared p = prepare(params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov,
+                             first, weight_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset);
+  c10::cuda::CUDAGuard guard(params[0].device());
+  // The slot table and the prefix go to the device in one (pinned, asynchronous) copy.
+  const size_t slot_bytes = p.slots.size() * sizeof(OptimSlot), prefix_bytes = p.prefix.size() * sizeof(int64_t);
+  at::Tensor host = at::empty({int64_t(slot_bytes + prefix_bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
+  std::memcpy(host.data_ptr(), p.slots.data(), slot_bytes);
+  std::memcpy(static_cast<uint8_t*>(host.data_ptr()) + slot_bytes, p.prefix.data(), prefix_bytes);
+  const at::Tensor dev = host.to(params[0].device(), /*non_blocking=*/true);
+  const auto* slots = reinterpret_cast<const OptimSlot*>(dev.const_data_ptr<uint8_t>());
+  const auto* prefix = reinterpret_cast<const int64_t*>(dev.const_data_ptr<uint8_t>() + slot_bytes);
+  const cudaError_t e = cuda::optim_step(slots, prefix, int(p.slots.size()), p.prefix.back(), p.types, p.hyper,
+                                         c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+}
+#endif
+
+// Test hook: the number of (x, rnd) pairs where the integer rounding rule differs from
+// its double-precision specification, in stochastic and in nearest mode.
+int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && rnd.scalar_type() == at::kInt, "largeout._sr_rule_mismatches: ",
+                   "x must be float32 and rnd int32; got ", x.scalar_type(), " and ", rnd.scalar_type());
+  TORCH_CHECK(x.device().is_cpu() && rnd.device().is_cpu() && x.numel() == rnd.numel(),
+              "largeout._sr_rule_mismatches: x and rnd must be CPU tensors of equal size");
+  ElemType t;
+  TORCH_CHECK(to_elem(dtype, &t) && t != ElemType::kF32, "largeout._sr_rule_mismatches: dtype must be a ",
+              "16- or 8-bit float; got ", dtype);
+  const SrFormat f = sr_format_of(t);
+  const at::Tensor xc = x.contiguous(), rc = rnd.contiguous();
+  const float* xp = xc.const_data_ptr<float>();
+  const auto* rp = reinterpret_cast<const uint32_t*>(rc.const_data_ptr<int32_t>());
+  int64_t bad = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    if (sr_round_bits_fast(xp[i], f, rp[i]) != sr_round_bits(xp[i], f, rp[i])) ++bad;
+    // nearest-even from the specification: the closer of the two neighbours, the even code on a tie
+    const uint32_t lo = sr_round_bits(xp[i], f, 0xffffffffu), hi = sr_round_bits(xp[i], f, 0u);
+    uint32_t want = lo;
+    if (hi != lo) {
+      const double dl = std::fabs(double(xp[i]) - double(decode_code(lo, t)));
+      const double dh = std::fabs(double(decode_code(hi, t)) - double(xp[i]));
+      want = dl < dh ? lo : (dh < dl ? hi : ((lo & 1u) ? hi : lo));
+    }
+    const uint32_t near = sr_round_bits_fast(xp[i], f, 0u, true);
+    if (near != want) ++bad;
+  }
+  return bad;
+}
+
+}  // namespace
+}  // namespace largeout
+
+TORCH_LIBRARY_IMPL(largeout, CPU, m) {
+  m.impl("_fused_optim_step_", &largeout::step_cpu);
+  m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches);
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) { m.impl("_fused_optim_step_", &largeout::step_cuda); }
+#endif
