@@ -9,6 +9,7 @@
 #     full   tests + the grid of issue 4 (B x K x G x L) with generic and cuBLAS
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
+#     lowp   build, the low-precision tests, the fused optimizer benchmark
 #     tune   build, the low-precision tests, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
@@ -29,12 +30,16 @@ ARCHS=${ARCHS:-90a}
 python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
 export CUTLASS_DIR=/tmp/cutlass/cutlass_library/source
 
-echo "== build ($ARCHS)"
-start=$(date +%s)
-LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-  python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 \
-  || { tail -50 "$OUT/build.log"; exit 1; }
-echo "built in $(( $(date +%s) - start )) s"
+if [ "${SKIP_BUILD:-0}" = 1 ] && python3 -c "import largeout" 2>/dev/null; then
+  echo "== build skipped (SKIP_BUILD=1; the installed largeout of an earlier call on this machine)"
+else
+  echo "== build ($ARCHS)"
+  start=$(date +%s)
+  LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 \
+    || { tail -50 "$OUT/build.log"; exit 1; }
+  echo "built in $(( $(date +%s) - start )) s"
+fi
 python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || exit 1
 { g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; } >> "$OUT/device.txt" 2>&1
 
@@ -52,9 +57,15 @@ if [ "$MODE" = haste ]; then
   exit 0
 fi
 
-if [ "$MODE" = tune ]; then
+if [ "$MODE" = lowp ]; then
   echo "== tests: stochastic rounding and optimizers"
   run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py
+  echo "== benchmark: fused optimizer step"
+  timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+  exit 0
+fi
+
+if [ "$MODE" = tune ]; then
   for ds in ${TUNE_DATASETS:-wordnet go-mf}; do
     [ -d ".qdata/$ds" ] || continue
     mkdir -p "/tmp/q/$ds"
