@@ -10,7 +10,7 @@
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
 #     lowp   build, the low-precision tests, the fused optimizer benchmark
-#     tune   build, the low-precision tests, then bench/xmc_tune.py on the datasets carried
+#     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
 # Expects the nvidia-cutlass wheel under .whl/ (carried; see bench/README.md).
