@@ -16,6 +16,10 @@
 
 #include "kernels/stochastic_round.h"
 
+#if defined(__CUDACC__)
+#include <cuda_fp16.h>
+#endif
+
 namespace largeout {
 
 enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kE4M3 = 3, kE5M2 = 4 };
@@ -63,7 +67,12 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
   switch (t) {
     case ElemType::kF32: return f32_from_bits(code);
     case ElemType::kBF16: return f32_from_bits(code << 16);
-    case ElemType::kF16: return decode_small_float(code, 16, 10, 15, false);
+    case ElemType::kF16:
+#if defined(__CUDA_ARCH__)
+      return __half2float(__ushort_as_half(uint16_t(code)));  // exact, as the generic decoding
+#else
+      return decode_small_float(code, 16, 10, 15, false);
+#endif
     case ElemType::kE4M3: return decode_small_float(code, 8, 3, 7, true);
     case ElemType::kE5M2: return decode_small_float(code, 8, 2, 15, false);
   }
@@ -171,15 +180,28 @@ struct OptimGroup {
   uint32_t p[8], g[8], b1[8], b2[8], c[8];
 };
 
-// Updates the first n (<= 8) elements of group q, the group starting at element i0 of slot s.
-LARGEOUT_HD void optim_update_codes(OptimGroup& q, int n, const OptimSlot& s, const OptimTypes& t,
-                                    const OptimHyper& h, int64_t i0) {
+// The types of a launch are template arguments (so each kernel is small and every
+// format switch folds away), except the gradient's: P the parameter, S the state
+// (SGD's momentum, AdamW's moments); Kahan buffers have type comp_type(P).
+constexpr ElemType comp_type(ElemType p) {
+  return (p == ElemType::kE4M3 || p == ElemType::kE5M2) ? ElemType::kBF16 : p;
+}
+
+// Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
+// past the slot's end are computed but never stored).
+template <OptimKind K, ElemType P, ElemType S>
+LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
+  struct {
+    ElemType param = P, grad, state = S, comp = comp_type(P);
+  } t;
+  t.grad = G;
+  constexpr int n = 8;
   const uint64_t v = uint64_t(s.base + i0) >> 3;
   GroupRandom rp, r1, r2;
   if (needs_random(h, t.param)) rp.fill(h, v, 0, t.param);
   const bool has_buf1 = s.buf1 != nullptr;
   if (has_buf1 && needs_random(h, t.state)) r1.fill(h, v, 1, t.state);
-  if (h.kind == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
+  if (K == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
   const bool near = !h.stochastic;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
@@ -188,7 +210,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, int n, const OptimSlot& s, co
     const float p = decode_code(q.p[j], t.param);
     const float g = decode_code(q.g[j], t.grad);
     float upd;
-    if (h.kind == OptimKind::kSGD) {
+    if constexpr (K == OptimKind::kSGD) {
       float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
       if (has_buf1) {
         const float b = h.first ? d
@@ -221,8 +243,12 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, int n, const OptimSlot& s, co
 // Scalar loads and stores around optim_update_codes (the CPU path, and unaligned or
 // partial groups on the GPU). All 8 lanes are computed (those past n on zeros, never
 // stored), so that the arrays are indexed by constants after unrolling.
-LARGEOUT_HD void optim_update_range(const OptimSlot& s, const OptimTypes& t, const OptimHyper& h, int64_t i0,
-                                    int n) {
+template <OptimKind K, ElemType P, ElemType S>
+LARGEOUT_HD void optim_update_range(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0, int n) {
+  struct {
+    ElemType param = P, grad, state = S, comp = comp_type(P);
+  } t;
+  t.grad = G;
   OptimGroup q;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
@@ -235,7 +261,7 @@ LARGEOUT_HD void optim_update_range(const OptimSlot& s, const OptimTypes& t, con
     q.b2[j] = in && s.buf2 ? load_code(s.buf2, t.state, i0 + j) : 0u;
     q.c[j] = in && s.comp ? load_code(s.comp, t.comp, i0 + j) : 0u;
   }
-  optim_update_codes(q, 8, s, t, h, i0);
+  optim_update_codes<K, P, S>(q, s, G, h, i0);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -246,6 +272,45 @@ LARGEOUT_HD void optim_update_range(const OptimSlot& s, const OptimTypes& t, con
     if (s.buf2) store_code(s.buf2, t.state, i0 + j, q.b2[j]);
     if (s.comp) store_code(s.comp, t.comp, i0 + j, q.c[j]);
   }
+}
+
+// Calls f.template operator()<K, P, S>() for the launch's kind and types; false when
+// the combination is not one the optimizers use (S = comp_type(P) for SGD; S in f32,
+// bf16, f16 for AdamW).
+template <class F>
+bool dispatch_optim(OptimKind k, ElemType p, ElemType s, F&& f) {
+#define LARGEOUT_OPT_P(KIND, PT, ST)                                         \
+  if (p == PT && s == ST) {                                                 \
+    f.template operator()<KIND, PT, ST>();                                  \
+    return true;                                                            \
+  }
+  constexpr ElemType F32 = ElemType::kF32, BF = ElemType::kBF16, H = ElemType::kF16, E4 = ElemType::kE4M3,
+                     E5 = ElemType::kE5M2;
+  if (k == OptimKind::kSGD) {
+    LARGEOUT_OPT_P(OptimKind::kSGD, F32, F32)
+    LARGEOUT_OPT_P(OptimKind::kSGD, BF, BF)
+    LARGEOUT_OPT_P(OptimKind::kSGD, H, H)
+    LARGEOUT_OPT_P(OptimKind::kSGD, E4, BF)
+    LARGEOUT_OPT_P(OptimKind::kSGD, E5, BF)
+  } else {
+    LARGEOUT_OPT_P(OptimKind::kAdamW, F32, F32)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, F32, BF)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, F32, H)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, BF, F32)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, BF, BF)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, BF, H)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, H, F32)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, H, BF)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, H, H)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E4, F32)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E4, BF)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E4, H)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E5, F32)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E5, BF)
+    LARGEOUT_OPT_P(OptimKind::kAdamW, E5, H)
+  }
+#undef LARGEOUT_OPT_P
+  return false;
 }
 
 namespace cpu {

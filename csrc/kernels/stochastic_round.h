@@ -135,6 +135,17 @@ LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
 // (for s > 32: rnd * 2^(s - 32) < rem). For bf16, s = 16 always, so only the top 16 bits
 // of rnd matter.
 LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool nearest = false) {
+  if (f == SrFormat::kBFloat16) {  // s = 16 everywhere: the code is the top half of x's bits, plus one
+    uint32_t xb;
+    memcpy(&xb, &x, 4);
+    const uint32_t a = xb & 0x7fffffffu, sign = (xb >> 16) & 0x8000u;
+    if (a >= 0x7F7F0000u) {  // largest finite and above: saturate; inf stays; NaN becomes the quiet NaN
+      return a > 0x7f800000u ? 0x7FC0u : (sign | (a == 0x7f800000u ? 0x7F80u : 0x7F7Fu));
+    }
+    const uint32_t lo = a >> 16, rem = a & 0xffffu;
+    const bool up = nearest ? (rem > 0x8000u || (rem == 0x8000u && (lo & 1u))) : ((rnd >> 16) < rem);
+    return sign | (lo + (up ? 1u : 0u));
+  }
   int m, bias, min_exp, bytes;
   uint32_t max_fp32, max_code;  // largest finite value: its fp32 bits and its code in the format
   bool has_inf;

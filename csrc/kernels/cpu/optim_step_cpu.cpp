@@ -6,16 +6,18 @@ namespace largeout::cpu {
 
 void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
                 const ParallelFor& pf) {
-  for (int k = 0; k < num_slots; ++k) {
-    const OptimSlot& s = slots[k];
-    const int64_t groups = (s.numel + 7) / 8;
-    pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
-      for (int64_t v = begin; v < end; ++v) {
-        const int64_t i0 = v * 8;
-        optim_update_range(s, types, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
-      }
-    });
-  }
+  dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
+    for (int k = 0; k < num_slots; ++k) {
+      const OptimSlot& s = slots[k];
+      const int64_t groups = (s.numel + 7) / 8;
+      pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
+        for (int64_t v = begin; v < end; ++v) {
+          const int64_t i0 = v * 8;
+          optim_update_range<K, P, S>(s, types.grad, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
+        }
+      });
+    }
+  });
 }
 
 }  // namespace largeout::cpu

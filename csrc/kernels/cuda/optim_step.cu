@@ -63,9 +63,11 @@ __device__ __forceinline__ void store8(void* base, ElemType t, int64_t i0, const
   }
 }
 
+template <OptimKind K, ElemType P, ElemType S>
 __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* __restrict__ slots,
                                                              const int64_t* __restrict__ prefix, int num_slots,
-                                                             int64_t total_groups, OptimTypes t, OptimHyper h) {
+                                                             int64_t total_groups, ElemType G, OptimHyper h) {
+  constexpr ElemType C = comp_type(P);
   __shared__ int first_slot;
   for (int64_t block0 = int64_t(blockIdx.x) * kOptThreads; block0 < total_groups;
        block0 += int64_t(gridDim.x) * kOptThreads) {
@@ -90,20 +92,20 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
     const bool vec = n == 8 && aligned16(s.param) && aligned16(s.grad) && (!s.buf1 || aligned16(s.buf1)) &&
                      (!s.buf2 || aligned16(s.buf2)) && (!s.comp || aligned16(s.comp));
     if (!vec) {
-      optim_update_range(s, t, h, i0, n);
+      optim_update_range<K, P, S>(s, G, h, i0, n);
       continue;
     }
     OptimGroup q;
-    load8(s.param, t.param, i0, q.p);
-    load8(s.grad, t.grad, i0, q.g);
-    if (s.buf1) load8(s.buf1, t.state, i0, q.b1);
-    if (s.buf2) load8(s.buf2, t.state, i0, q.b2);
-    if (s.comp) load8(s.comp, t.comp, i0, q.c);
-    optim_update_codes(q, 8, s, t, h, i0);
-    store8(s.param, t.param, i0, q.p);
-    if (s.buf1) store8(s.buf1, t.state, i0, q.b1);
-    if (s.buf2) store8(s.buf2, t.state, i0, q.b2);
-    if (s.comp) store8(s.comp, t.comp, i0, q.c);
+    load8(s.param, P, i0, q.p);
+    load8(s.grad, G, i0, q.g);
+    if (s.buf1) load8(s.buf1, S, i0, q.b1);
+    if (s.buf2) load8(s.buf2, S, i0, q.b2);
+    if (s.comp) load8(s.comp, C, i0, q.c);
+    optim_update_codes<K, P, S>(q, s, G, h, i0);
+    store8(s.param, P, i0, q.p);
+    if (s.buf1) store8(s.buf1, S, i0, q.b1);
+    if (s.buf2) store8(s.buf2, S, i0, q.b2);
+    if (s.comp) store8(s.comp, C, i0, q.c);
   }
 }
 
@@ -120,7 +122,11 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   const int64_t blocks_needed = (total_groups + kOptThreads - 1) / kOptThreads;
   const int64_t cap = int64_t(sms) * 8;
   const unsigned blocks = unsigned(blocks_needed < cap ? blocks_needed : cap);
-  optim_kernel<<<blocks, kOptThreads, 0, stream>>>(slots, group_prefix, num_slots, total_groups, types, hyper);
+  const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
+    optim_kernel<K, P, S><<<blocks, kOptThreads, 0, stream>>>(slots, group_prefix, num_slots, total_groups,
+                                                             types.grad, hyper);
+  });
+  if (!known) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 
