@@ -326,5 +326,8 @@ def test_fused_op_rejects_bad_arguments_and_writes_nothing():
     with pytest.raises(RuntimeError, match="buf1 .* must hold 2 tensors|buf1 must hold 2 tensors"):
         op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [], [], [],
            1, *args[1:])
+    with pytest.raises(TypeError, match="buf1 \\(momentum\\) must be bfloat16 for BFloat16 parameters; got Float"):
+        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [torch.zeros(10), torch.zeros(4)], [], [],
+           *args)
     for a, b in zip(p, before):
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))

@@ -95,6 +95,19 @@ Prepared prepare(at::TensorList params, at::TensorList grads, at::TensorList buf
   }
   (void)s2;
   p.types.comp = check_list("comps", comps, params, true, {at::kFloat, at::kBFloat16, at::kHalf});
+  // The buffers' dtypes the kernels are built for: Kahan buffers (and SGD's momentum)
+  // in comp_type(param) (the parameter's own dtype, bf16 for fp8 parameters).
+  const ElemType want = comp_type(pt);
+  const char* want_name = want == ElemType::kF32 ? "float32" : want == ElemType::kBF16 ? "bfloat16" : "float16";
+  if (kind == 0) {
+    TORCH_CHECK_TYPE(buf1.empty() || p.types.state == want, kOp, ": buf1 (momentum) must be ", want_name, " for ",
+                     params[0].scalar_type(), " parameters; got ", buf1.empty() ? at::kFloat : buf1[0].scalar_type());
+    p.types.state = want;
+  }
+  TORCH_CHECK_TYPE(comps.empty() || p.types.comp == want, kOp, ": comps (Kahan buffers) must be ", want_name,
+                   " for ", params[0].scalar_type(), " parameters; got ",
+                   comps.empty() ? at::kFloat : comps[0].scalar_type());
+  p.types.comp = want;
   p.hyper = OptimHyper{kind == 0 ? OptimKind::kSGD : OptimKind::kAdamW,
                        stochastic,
                        !comps.empty(),
