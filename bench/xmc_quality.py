@@ -74,7 +74,7 @@ import largeout
 from largeout import metrics as M
 from largeout.data import prepare_dataset, read_xc, write_xc
 from largeout.train import load_config, predict_topk, train
-from largeout.train.checkpoint import load_checkpoint
+from safetensors.torch import load_file
 from largeout.train.data import Split, load_dataset
 from largeout.train.model import build_model
 
@@ -101,17 +101,34 @@ PLT_GRID: Dict[str, List[Dict[str, Any]]] = {
 
 # -- our trainer: configurations chosen on the validation split only --------------------------
 # (tried during development, by validation P@5/PSP@5 only; see "tuning_notes" in the JSON)
-OURS: Dict[str, Dict[str, Dict[str, Any]]] = {
+# Each is a list of configurations; run_ours trains all of them and keeps the best on
+# validation (with the best of RANK_POWERS). The lists were narrowed with bench/xmc_tune.py
+# on validation (see TUNING_NOTES).
+OURS: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
     "wordnet": {
-        "dense": dict(hidden=1024, dropout=0.3, epochs=8, lr=5e-3, batch_size=256, pos_weight_power=0.5),
-        "group-sparse": dict(hidden=1024, dropout=0.3, epochs=8, lr=5e-3, batch_size=256, pos_weight_power=0.5,
-                             fan_in=128, group_size=32),
+        "dense": [
+            dict(hidden=1024, dropout=0.3, epochs=8, lr=5e-3, batch_size=256, pos_weight_power=0.5),
+            dict(hidden=2048, dropout=0.5, epochs=5, lr=5e-3, batch_size=256, pos_weight_power=0.5),
+            dict(hidden=4096, dropout=0.5, epochs=5, lr=5e-3, batch_size=256, pos_weight_power=0.5),
+        ],
+        "group-sparse": [
+            dict(hidden=2048, dropout=0.3, epochs=4, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=256,
+                 group_size=32),
+            dict(hidden=2048, dropout=0.5, epochs=6, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=256,
+                 group_size=32),
+            dict(hidden=2048, dropout=0.3, epochs=5, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=128,
+                 group_size=32),
+            dict(hidden=4096, dropout=0.5, epochs=4, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=256,
+                 group_size=32),
+        ],
     },
     "go-mf": {
-        "dense": dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256),
-        "group-sparse": dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256, fan_in=128, group_size=32),
+        "dense": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256)],
+        "group-sparse": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256, fan_in=128, group_size=32)],
     },
 }
+# rank_propensity_power values tried on each trained model (0: rank by probability)
+RANK_POWERS = (0.0, 0.001, 0.002, 0.005, 0.01)
 OURS_COMMON = dict(encoder="tfidf", select_metric="P@5", val_fraction=VAL_FRACTION, seed=SEED,
                    propensity_a=PROPENSITY_A, propensity_b=PROPENSITY_B, topk=TOPK, progress=False, device="cpu")
 # Development runs of our trainer that picked the configurations above: same split, CPU,
@@ -353,40 +370,93 @@ def run_plt(name: str, data, inv_p, work: Path) -> Dict[str, Any]:
 # --------------------------------------------------------------------------------- ours
 
 
-def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str) -> Dict[str, Any]:
-    cfg_over = {**OURS_COMMON, **OURS[name][output], "output": output, "data": str(data_dir),
-                "out": str(work / f"run_{name}_{output}"), "device": device}
-    cfg = load_config(None, cfg_over)
-    t0 = time.time()
-    summary = train(cfg, log=lambda m: log("  " + m))
-    train_s = time.time() - t0
-    # Score the best-on-validation checkpoint ourselves, exactly like the baselines.
-    ckpt = Path(cfg.out) / "checkpoints" / "best"
-    model = build_model(cfg, data.num_features, data.num_labels)
+def _best_baseline_val(methods: Dict[str, Any]) -> Dict[str, float]:
+    base = [methods[b]["val"] for b in BASE_KEYS if b in methods]
+    return {c: max(b[c] for b in base) for c in COLS} if base else {}
+
+
+def _selection_score(val: Dict[str, float], best_base: Dict[str, float]) -> Tuple[float, float]:
+    """Validation criterion of our grid: the smallest margin over the best baseline across
+    the six metrics (then the mean margin); without baselines, P@5."""
+    if not best_base:
+        return (val[SELECT], 0.0)
+    margins = [val[c] - best_base[c] for c in COLS]
+    return (min(margins), sum(margins) / len(margins))
+
+
+def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
+             best_base: Dict[str, float]) -> Dict[str, Any]:
+    """Train every configuration of OURS[name][output]; rank the validation split with each
+    of RANK_POWERS (TrainConfig.rank_propensity_power, applied to the trained checkpoint);
+    keep the (configuration, power) with the best validation criterion and score it once on
+    test."""
     dev = torch.device(device)
-    load_checkpoint(ckpt, model, None, "cpu")
+    log_w = torch.from_numpy(np.log(np.asarray(inv_p, dtype=np.float64))).float()
+    grid, best, t_all = [], None, time.time()
+    for i, over in enumerate(OURS[name][output]):
+        cfg = load_config(None, {**OURS_COMMON, **over, "output": output, "data": str(data_dir),
+                                 "out": str(work / f"run_{name}_{output}_{i}"), "device": device})
+        t0 = time.time()
+        summary = train(cfg, log=lambda m: log("  " + m))
+        train_s = time.time() - t0
+        # The best-on-validation checkpoint, scored by us exactly like the baselines, with
+        # rank weights added (a model built with them; the checkpoint has none when trained
+        # with power 0).
+        probe = load_config(None, {**cfg.to_dict(), "rank_propensity_power": 1.0})
+        model = build_model(probe, data.num_features, data.num_labels)
+        sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
+        sd.pop("rank_log_weight", None)
+        assert set(model.load_state_dict(sd, strict=False).missing_keys) == {"rank_log_weight"}
+        model.to(dev)
+        for power in RANK_POWERS:
+            model.rank_log_weight.copy_((power * log_w).to(dev))
+            top_v, _ = predict_topk(model, data.val, TOPK, 1024, dev)
+            val = evaluate(top_v, data.val.Y, inv_p)
+            if power == 0:  # the trainer's own validation score of its best epoch must agree
+                assert abs(val["P@5"] - summary["val"]["P@5"]) < 1e-9, (val["P@5"], summary["val"]["P@5"])
+            score = _selection_score(val, best_base)
+            grid.append({"config": over, "rank_propensity_power": power, "best_epoch": summary["best_epoch"],
+                         "train_seconds": round(train_s, 1), "val": val, "criterion": score})
+            log(f"  config {i} rank power {power}: val {short(val)}; criterion {score[0]:+.4f}")
+            if best is None or score > best[0]:
+                best = (score, i, power, cfg, summary, train_s, val)
+        del model
+        gc.collect()
+    score, i, power, cfg, summary, train_s, val = best
+    final = load_config(None, {**cfg.to_dict(), "rank_propensity_power": power})
+    model = build_model(final, data.num_features, data.num_labels)
+    sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
+    sd.pop("rank_log_weight", None)
+    model.load_state_dict(sd, strict=False)
+    if model.rank_log_weight is not None:
+        model.rank_log_weight.copy_(power * log_w)
     model.to(dev)
     t1 = time.time()
-    top_v, _ = predict_topk(model, data.val, TOPK, 1024, dev)
     top_t, _ = predict_topk(model, data.test, TOPK, 1024, dev)
     predict_s = time.time() - t1
     test = evaluate(top_t, data.test.Y, inv_p)
-    for k in ("P@5", "PSP@5"):  # the trainer's own test score must agree
-        assert abs(test[k] - summary["test"][k]) < 1e-9, (k, test[k], summary["test"][k])
+    if power == 0:  # the trainer's own test score must agree
+        for k in ("P@5", "PSP@5"):
+            assert abs(test[k] - summary["test"][k]) < 1e-9, (k, test[k], summary["test"][k])
     n_params = sum(p.numel() for p in model.parameters())
     hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} CPU cores"
+    crit = "smallest validation margin over the best baseline across P@1/3/5 and PSP@1/3/5" if best_base else \
+        f"validation {SELECT}"
     return {
         "hardware": hw,
-        "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val {cfg.select_metric}",
-        "config": {k: v for k, v in cfg.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")},
+        "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val "
+                  f"{cfg.select_metric}; configuration and rank_propensity_power chosen on validation ({crit})",
+        "config": {k: v for k, v in final.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")},
         "parameters": n_params,
         "best_epoch": summary["best_epoch"],
         "train_seconds": round(train_s, 1),
+        "tuning_seconds": round(time.time() - t_all, 1),
         "predict_seconds": round(predict_s, 1),
-        "val": evaluate(top_v, data.val.Y, inv_p),
+        "grid": grid,
+        "val": val,
         "test": test,
-        "ece@5_test": summary["test"].get("ECE@5"),
-        "ece@5_test_isotonic": summary["test"].get("ECE@5_isotonic"),
+        "ece@5_test": summary["test"].get("ECE@5") if power == 0 else None,
+        "ece@5_test_isotonic": summary["test"].get("ECE@5_isotonic") if power == 0 else None,
     }
 
 
@@ -486,9 +556,12 @@ def markdown(result: Dict[str, Any]) -> str:
                 desc = f"{desc} (grid {c['grid']}, otherwise napkinXC defaults)"
             else:
                 desc = (f"hidden {c['hidden']}, dropout {c['dropout']}, {c['epochs']} epochs (best {m['best_epoch']}), "
-                        f"{c['optimizer']} lr {c['lr']} {c['schedule']}, batch {c['batch_size']}")
+                        f"{c['optimizer']} lr {c['lr']} {c['schedule']}, batch {c['batch_size']}, "
+                        f"pos_weight_power {c.get('pos_weight_power', 0)}, "
+                        f"rank_propensity_power {c.get('rank_propensity_power', 0)}")
                 if c["output"] == "group-sparse":
                     desc += f", fan_in {c['fan_in']}, group_size {c['group_size']}"
+                desc += f"; {m['hardware']}" if m.get("hardware") else ""
             lines.append(f"- {names.get(key, key)}: {desc}")
         if r.get("verdict"):
             lines.append("")
@@ -516,12 +589,32 @@ def main(argv=None) -> int:
                     help="subset of methods to run (all by default)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--device", default="cpu", help="device of our trainer (cpu, cuda); the baselines run on CPU")
-    ap.add_argument("--baselines", type=Path, default=None,
-                    help="JSON of an earlier run of this script whose methods are merged in (same data checked)")
+    ap.add_argument("--baselines", type=Path, nargs="+", default=None,
+                    help="JSON of earlier runs of this script whose methods are merged in (same data checked)")
+    ap.add_argument("--take-from-baselines", nargs="*", default=[],
+                    help="datasets whose whole entry (data, methods, notes) is copied from --baselines, not run")
     ap.add_argument("--prepared-go-mf", type=Path, default=None,
                     help="go-mf subset directory written by an earlier run (its --work/go-mf-subset)")
     args = ap.parse_args(argv)
-    earlier = json.loads(args.baselines.read_text()) if args.baselines else None
+    earlier = None
+    for path in args.baselines or []:  # later files add to (and override) earlier ones
+        doc = json.loads(path.read_text())
+        for m in [m for d in doc["datasets"].values() for m in d["methods"].values()]:
+            m.setdefault("run", f"merged from {path.name} ({doc['environment']['date']}, "
+                                f"{doc['environment']['cpu_count']} CPU cores)")
+        if earlier is None:
+            earlier = doc
+            continue
+        for ds, entry in doc["datasets"].items():
+            if ds in earlier["datasets"]:
+                if earlier["datasets"][ds]["data"].get("sha256") != entry["data"].get("sha256"):
+                    raise SystemExit(f"--baselines: {ds}: {path} has other data than the files before it")
+                earlier["datasets"][ds]["methods"].update(entry["methods"])
+                for k in ("tuning_notes",):
+                    if k in entry:
+                        earlier["datasets"][ds][k] = entry[k]
+            else:
+                earlier["datasets"][ds] = entry
 
     t_all = time.time()
     work = args.work or Path(tempfile.mkdtemp(prefix="xmc_quality_"))
@@ -542,6 +635,12 @@ def main(argv=None) -> int:
     }
     torch.manual_seed(SEED)
     for name in args.datasets:
+        if name in args.take_from_baselines:
+            entry = dict(earlier["datasets"][name])
+            entry["verdict"] = verdict(entry["methods"])
+            result["datasets"][name] = entry
+            log(f"== {name}: taken from --baselines")
+            continue
         log(f"== {name}")
         src = dataset_dir(name, args.data_root)
         info: Dict[str, Any] = {"source": str(src)}
@@ -585,8 +684,10 @@ def main(argv=None) -> int:
         runners: List[Tuple[str, Callable[[], Dict[str, Any]]]] = [
             ("ridge-ovr", lambda: run_ridge(name, data, inv_p)),
             ("napkinxc-plt", lambda: run_plt(name, data, inv_p, work)),
-            ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work, args.device)),
-            ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work, args.device)),
+            ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work, args.device,
+                                                _best_baseline_val(methods))),
+            ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work, args.device,
+                                                       _best_baseline_val(methods))),
         ]
         if earlier is not None and name in earlier["datasets"]:
             prev = earlier["datasets"][name]
@@ -595,8 +696,7 @@ def main(argv=None) -> int:
                                  f"({prev['data'].get('sha256')} vs {info['sha256']})")
             for key, m in prev["methods"].items():
                 if key not in args.methods:
-                    methods[key] = {**m, "run": f"merged from {args.baselines.name} ({earlier['environment']['date']}, "
-                                                f"{earlier['environment']['cpu_count']} CPU cores)"}
+                    methods[key] = m
         for key, fn in runners:
             if key not in args.methods:
                 continue
