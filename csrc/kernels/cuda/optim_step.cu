@@ -68,24 +68,12 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
                                                              const int64_t* __restrict__ prefix, int num_slots,
                                                              int64_t total_groups, ElemType G, OptimHyper h) {
   constexpr ElemType C = comp_type(P);
-  __shared__ int first_slot;
-  for (int64_t block0 = int64_t(blockIdx.x) * kOptThreads; block0 < total_groups;
-       block0 += int64_t(gridDim.x) * kOptThreads) {
-    __syncthreads();  // first_slot of the previous round has been read
-    if (threadIdx.x == 0) {  // the slot holding group block0: last k with prefix[k] <= block0
-      int lo = 0, hi = num_slots - 1;
-      while (lo < hi) {
-        const int mid = (lo + hi + 1) / 2;
-        if (prefix[mid] <= block0) lo = mid;
-        else hi = mid - 1;
-      }
-      first_slot = lo;
-    }
-    __syncthreads();
-    const int64_t gid = block0 + threadIdx.x;
-    if (gid >= total_groups) continue;
-    int k = first_slot;
-    while (prefix[k + 1] <= gid) ++k;  // also skips empty slots
+  // Grid-stride over groups of 8; each thread's groups only move forward, so its slot
+  // index does too (a short forward scan of the prefix instead of a search per group).
+  int k = 0;
+  for (int64_t gid = int64_t(blockIdx.x) * kOptThreads + threadIdx.x; gid < total_groups;
+       gid += int64_t(gridDim.x) * kOptThreads) {
+    while (__ldg(prefix + k + 1) <= gid) ++k;  // also skips empty slots
     const OptimSlot s = slots[k];
     const int64_t i0 = (gid - prefix[k]) * 8;
     const int n = s.numel - i0 < 8 ? int(s.numel - i0) : 8;
