@@ -10,6 +10,8 @@
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
 #     lowp   build, the low-precision tests, the fused optimizer benchmark
+#     quality build, the fused optimizer benchmark, then bench/xmc_quality.py for our trainer on
+#            the GPU (data and baselines JSON carried in .qdata/)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
@@ -62,6 +64,20 @@ if [ "$MODE" = lowp ]; then
   run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py
   echo "== benchmark: fused optimizer step"
   timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+  exit 0
+fi
+
+if [ "$MODE" = quality ]; then  # our trainer on the GPU, merged with baselines run elsewhere (.qdata/baselines.json)
+  echo "== benchmark: fused optimizer step"
+  timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -12
+  for ds in ${QUALITY_DATASETS:-wordnet}; do
+    mkdir -p "/tmp/q/$ds"
+    for f in train test; do gunzip -c ".qdata/$ds/$f.txt.gz" > "/tmp/q/$ds/$f.txt"; done
+  done
+  echo "== xmc_quality (ours, GPU)"
+  timeout ${QUALITY_BUDGET:-400} python3 bench/xmc_quality.py --datasets ${QUALITY_DATASETS:-wordnet} --data-root /tmp/q \
+    --methods largeout-dense largeout-group-sparse --baselines .qdata/baselines.json --device cuda \
+    --out "$OUT/xmc_quality_gpu.json" --work /tmp/q/xq 2>&1 | grep -v Warning | tee "$OUT/xmc_quality_gpu.log" | tail -40
   exit 0
 fi
 
