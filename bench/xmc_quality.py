@@ -671,7 +671,8 @@ def main(argv=None) -> int:
         info.update({"sha256": {"train.txt": sha256_file(data_dir / "train.txt"),
                                 "test.txt": sha256_file(data_dir / "test.txt"),
                                 "val_split": split_sha256(data.val),
-                                "inv_propensity": sha256_array(inv_p.astype(np.float64))},
+                                # rounded: the last bits of log/pow differ between numpy builds
+                                "inv_propensity_rounded_9": sha256_array(np.round(inv_p.astype(np.float64), 9))},
                      "N_train": int(Y_all.shape[0]), "N_fit": data.train.num_rows, "N_val": data.val.num_rows,
                      "N_test": data.test.num_rows, "D": data.num_features, "L": data.num_labels,
                      "train_nnz_per_row": round(data.train.X.nnz / data.train.num_rows, 1),
