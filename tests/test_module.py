@@ -183,3 +183,92 @@ def test_generator_on_another_device_gives_same_init():
         return
     b = GroupSparseLinear(64, 100, 16, 32, device=dev, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a.weight, b.weight.cpu()) and torch.equal(a.indices, b.indices.cpu())
+
+
+# -- low-precision weights --------------------------------------------------------------------
+
+LOWP = [torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2]
+
+
+def _dense_reference(layer, x):
+    """float64 y, dx, dW of ``x W^T + b`` with the layer's stored weight (upcast) and bias."""
+    w = layer.weight.detach().double().requires_grad_()
+    b = layer.bias.detach().double() if layer.bias is not None else None
+    x64 = x.detach().double().requires_grad_()
+    y = x64 @ w.T + (b if b is not None else 0)
+    return x64, w, y
+
+
+@pytest.mark.parametrize("wdt", LOWP, ids=str)
+def test_linear_low_precision_weight_matches_reference(wdt):
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(7)
+    layer = Linear(96, 333, weight_dtype=wdt, generator=gen)
+    assert layer.weight.dtype == wdt
+    assert (layer.weight.detach().float() != 0).float().mean() > 0.9  # the init survives rounding
+    x = torch.randn(5, 96, generator=gen, requires_grad=True)
+    y = layer(x)
+    assert y.dtype == torch.float32
+    x64, w64, y64 = _dense_reference(layer, x)
+    assert rel_err(y, y64) < 2e-2  # bf16/fp16 matmul of the exact stored weights
+    gy = torch.randn(y.shape, generator=gen)
+    y.backward(gy)
+    y64.backward(gy.double())
+    assert rel_err(x.grad, x64.grad) < 2e-2
+    assert layer.weight.grad is not None
+    assert layer.weight.grad.dtype == (torch.bfloat16 if wdt in (torch.float8_e4m3fn, torch.float8_e5m2) else wdt)
+    assert rel_err(layer.weight.grad.float(), w64.grad) < 2e-2
+    # a second backward accumulates
+    layer(x.detach()).backward(gy)
+    assert rel_err(layer.weight.grad.float(), 2 * w64.grad) < 2e-2
+
+
+@pytest.mark.parametrize("wdt", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
+def test_group_sparse_low_precision_weight_matches_reference(wdt):
+    gen = torch.Generator().manual_seed(8)
+    layer = GroupSparseLinear(64, 70, fan_in=16, group_size=16, generator=gen, weight_dtype=wdt)
+    assert layer.weight.dtype == wdt and layer.bias.dtype == torch.bfloat16
+    x = torch.randn(3, 64, generator=gen, requires_grad=True)
+    y = layer(x)
+    w_full = torch.zeros(70, 64, dtype=torch.float64)
+    rows = layer.indices.long().repeat_interleave(16, dim=0)[:70]
+    w_full.scatter_(1, rows, layer.weight.detach().double())
+    w_full.requires_grad_()
+    x64 = x.detach().double().requires_grad_()
+    y64 = x64 @ w_full.T + layer.bias.detach().double()
+    assert rel_err(y, y64) < 2e-2
+    gy = torch.randn(y.shape, generator=gen)
+    y.backward(gy)
+    y64.backward(gy.double())
+    assert rel_err(x.grad, x64.grad) < 2e-2
+    assert rel_err(layer.weight.grad.float(), torch.gather(w_full.grad, 1, rows)) < 2e-2
+
+
+def test_fp8_layer_trains_with_largeout_optim():
+    from largeout import optim as lo_optim
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(9)
+    X = torch.randn(512, 32, generator=gen)
+    target = (X @ torch.randn(32, 10, generator=gen)).argmax(1)
+    layer = Linear(32, 10, weight_dtype=torch.float8_e4m3fn, generator=gen)
+    opt = lo_optim.SGD(layer.parameters(), lr=0.5, seed=3)
+    first = None
+    for step in range(60):
+        loss = torch.nn.functional.cross_entropy(layer(X), target)
+        first = first if first is not None else loss.item()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    assert layer.weight.dtype == torch.float8_e4m3fn
+    assert loss.item() < 0.6 * first
+
+
+def test_bad_weight_dtype():
+    from largeout.nn import Linear
+
+    with pytest.raises(ValueError, match="weight_dtype must be one of"):
+        Linear(4, 4, weight_dtype=torch.int8)
+    with pytest.raises(ValueError, match="weight_dtype must be one of"):
+        GroupSparseLinear(16, 16, 8, 16, weight_dtype=torch.int8)

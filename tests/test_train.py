@@ -53,11 +53,13 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_resume_continues_exactly(tmp_path, one_thread):
+@pytest.mark.parametrize("head", [{}, {"head_dtype": "bfloat16"}, {"head_dtype": "float8_e4m3fn", "output": "dense"}],
+                         ids=["fp32", "bf16-sr", "fp8-dense"])
+def test_resume_continues_exactly(tmp_path, one_thread, head):
     # On the CPU: CUDA's EmbeddingBag backward is not bitwise deterministic.
-    _, straight = run(tmp_path, "a", epochs=3, device="cpu")
-    run(tmp_path, "b", epochs=1, device="cpu")
-    cfg = load_config(None, {**SMALL, "out": str(tmp_path / "b"), "epochs": 3, "device": "cpu"})
+    _, straight = run(tmp_path, "a", epochs=3, device="cpu", **head)
+    run(tmp_path, "b", epochs=1, device="cpu", **head)
+    cfg = load_config(None, {**SMALL, "out": str(tmp_path / "b"), "epochs": 3, "device": "cpu", **head})
     resumed = train(cfg, resume=True, log=lambda *a: None)
     wa = load_file(str(tmp_path / "a/checkpoints/last/model.safetensors"))
     wb = load_file(str(tmp_path / "b/checkpoints/last/model.safetensors"))
@@ -65,6 +67,19 @@ def test_resume_continues_exactly(tmp_path, one_thread):
     for k in wa:
         assert torch.equal(wa[k], wb[k]), k
     assert resumed["test"]["P@1"] == straight["test"]["P@1"]
+
+
+@pytest.mark.parametrize("head_dtype", ["bfloat16", "float8_e4m3fn"])
+@pytest.mark.parametrize("output", ["group-sparse", "dense"])
+def test_low_precision_head_learns(tmp_path, output, head_dtype):
+    cfg, s = run(tmp_path, "lp", epochs=4, output=output, head_dtype=head_dtype)
+    X, Y = lodata.synthetic(**SMALL["synthetic"])
+    _, Ytr, _, Yte = lodata.train_test_split(X, Y, cfg.test_fraction, seed=cfg.seed)
+    assert s["test"]["P@1"] > max(0.5, 3 * majority_p1(Ytr, Yte)), s["test"]
+    saved = load_file(str(tmp_path / "lp/checkpoints/best/model.safetensors"))
+    assert saved["head.weight"].dtype == getattr(torch, head_dtype)
+    with pytest.raises(ValueError, match="head_dtype must be"):
+        load_config(None, {"head_dtype": "int8"})
 
 
 def test_propensity_weighted_bce_matches_formula():

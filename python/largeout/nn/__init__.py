@@ -1,5 +1,6 @@
 """Drop-in modules."""
 
 from .group_sparse import GroupSparseLinear, random_group_indices
+from .linear import Linear
 
-__all__ = ["GroupSparseLinear", "random_group_indices"]
+__all__ = ["GroupSparseLinear", "Linear", "random_group_indices"]

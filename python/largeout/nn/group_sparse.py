@@ -5,6 +5,7 @@ import torch
 from torch import nn
 
 from .. import functional as F
+from . import lowp
 
 __all__ = ["GroupSparseLinear", "random_group_indices"]
 
@@ -66,6 +67,10 @@ class GroupSparseLinear(nn.Module):
         group_size: labels per group ``G``: 16, 32, 64 or 128.
         bias: learn an additive bias.
         generator: random source for the initial indices and weights.
+        weight_dtype: dtype of the stored weight (default: ``dtype``): float32, bfloat16,
+            float16, float8_e4m3fn or float8_e5m2. The layer computes in the weight's dtype
+            (bf16 for fp8 weights: emulated, see :mod:`largeout.nn.lowp`), casting the
+            input to it and the output back to the input's dtype.
     """
 
     def __init__(
@@ -78,6 +83,7 @@ class GroupSparseLinear(nn.Module):
         device=None,
         dtype=None,
         generator: Optional[torch.Generator] = None,
+        weight_dtype: Optional[torch.dtype] = None,
     ) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -91,12 +97,17 @@ class GroupSparseLinear(nn.Module):
                 f"fan_in must be a multiple of 8 in [8, min(in_features, {F.MAX_FAN_IN})] = "
                 f"[8, {min(in_features, F.MAX_FAN_IN)}]; got {fan_in}"
             )
+        if weight_dtype is None:
+            weight_dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.weight_dtype = lowp.check_weight_dtype("GroupSparseLinear", weight_dtype)
+        if dtype is None:
+            dtype = torch.bfloat16 if weight_dtype in lowp.FP8_DTYPES else weight_dtype
         factory = {"device": device, "dtype": dtype}
         self.in_features = in_features
         self.out_features = out_features
         self.fan_in = fan_in
         self.group_size = group_size
-        self.weight = nn.Parameter(torch.empty(out_features, fan_in, **factory))
+        self.weight = lowp.make_weight((out_features, fan_in), weight_dtype, device)
         if bias:
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
@@ -114,7 +125,10 @@ class GroupSparseLinear(nn.Module):
         weights and bias in ``[-1/sqrt(K), 1/sqrt(K)]``."""
         bound = 1.0 / math.sqrt(self.fan_in)
         with torch.no_grad():
-            _uniform_(self.weight, bound, generator)
+            if self.weight.dtype in lowp.FP8_DTYPES:
+                lowp.init_uniform_(self.weight, bound, generator)
+            else:
+                _uniform_(self.weight, bound, generator)
             if self.bias is not None:
                 _uniform_(self.bias, bound, generator)
 
@@ -144,7 +158,12 @@ class GroupSparseLinear(nn.Module):
 
     # -- compute ------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
+        cdt = lowp.compute_dtype(self.weight.dtype)
+        if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
+            return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
+        w = lowp.weight_for_compute(self.weight)
+        b = self.bias.to(cdt) if self.bias is not None else None
+        return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(x.dtype)
 
     # -- conversion ---------------------------------------------------------------
     @classmethod
@@ -186,4 +205,5 @@ class GroupSparseLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
             f"group_size={self.group_size}, num_groups={self.num_groups}, bias={self.bias is not None}, "
             f"density={self.fan_in / self.in_features:.3g}"
+            + (f", weight_dtype={self.weight_dtype}" if self.weight_dtype != torch.float32 else "")
         )

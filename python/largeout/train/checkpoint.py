@@ -14,24 +14,52 @@ from safetensors.torch import load_file, save_file
 __all__ = ["save_checkpoint", "load_checkpoint"]
 
 
-def _flatten_optimizer(state: Dict[str, Any]) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+def _jsonable(v):
+    return {"__dtype__": str(v).replace("torch.", "")} if isinstance(v, torch.dtype) else v
+
+
+def _from_json(v):
+    return getattr(torch, v["__dtype__"]) if isinstance(v, dict) and "__dtype__" in v else v
+
+
+def _flatten_optimizer(state: Dict[str, Any], prefix: str = "") -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Tensors (safetensors) and the rest (JSON) of an optimizer's state_dict; several
+    optimizers ({"optimizers": [...]}, the trainer's low-precision head) each under a prefix."""
+    if "optimizers" in state:
+        tensors, metas = {}, []
+        for i, sub in enumerate(state["optimizers"]):
+            t, m = _flatten_optimizer(sub, f"{prefix}opt{i}.")
+            tensors.update(t)
+            metas.append(m)
+        return tensors, {"optimizers": metas}
     tensors, scalars = {}, {}
     for pid, pstate in state["state"].items():
         for name, value in pstate.items():
-            key = f"state.{pid}.{name}"
+            key = f"{prefix}state.{pid}.{name}"
             if torch.is_tensor(value):
                 tensors[key] = value.detach().contiguous().cpu()
             else:
-                scalars[key] = value
-    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+                scalars[key[len(prefix):]] = value
+    extra = [k for k, v in state.items() if k not in ("state", "param_groups") and torch.is_tensor(v)]
+    for k in extra:  # e.g. largeout.optim's RNG state
+        tensors[f"{prefix}extra.{k}"] = state[k].detach().contiguous().cpu()
+    groups = [{k: _jsonable(v) for k, v in g.items()} for g in state["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars, "extra": extra, "prefix": prefix}
 
 
 def _unflatten_optimizer(tensors: Dict[str, torch.Tensor], meta: Dict[str, Any]) -> Dict[str, Any]:
+    if "optimizers" in meta:
+        return {"optimizers": [_unflatten_optimizer(tensors, m) for m in meta["optimizers"]]}
+    prefix = meta.get("prefix", "")
     state: Dict[int, Dict[str, Any]] = {}
-    for key, value in list(tensors.items()) + list(meta["scalars"].items()):
+    mine = [(k[len(prefix):], v) for k, v in tensors.items() if k.startswith(prefix + "state.")]
+    for key, value in mine + list(meta["scalars"].items()):
         _, pid, name = key.split(".", 2)
         state.setdefault(int(pid), {})[name] = value
-    return {"state": state, "param_groups": meta["param_groups"]}
+    out = {"state": state, "param_groups": [{k: _from_json(v) for k, v in g.items()} for g in meta["param_groups"]]}
+    for k in meta.get("extra", []):
+        out[k] = tensors[f"{prefix}extra.{k}"]
+    return out
 
 
 def save_checkpoint(directory: Path, model, optimizer, trainer_state: Dict[str, Any], config: Dict[str, Any]) -> None:

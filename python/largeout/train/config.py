@@ -42,6 +42,11 @@ class TrainConfig:
     residual: bool = False
     #: "dense" (nn.Linear) or "group-sparse" (largeout.nn.GroupSparseLinear)
     output: str = "group-sparse"
+    # Output layer weights: float32 | bfloat16 | float16 | float8_e4m3fn | float8_e5m2. Below
+    # float32 the head is trained by largeout.optim (same algorithm as `optimizer`) with
+    # head_rounding: stochastic | nearest | kahan (nearest rounding plus compensation).
+    head_dtype: str = "float32"
+    head_rounding: str = "stochastic"
     fan_in: int = 128
     group_size: int = 32
     #: output bias at start: "prior" (log-odds of each label's training frequency, so the
@@ -92,6 +97,10 @@ class TrainConfig:
             bad("bias_init", '"prior" or "zero"')
         if self.optimizer not in ("adamw", "sgd"):
             bad("optimizer", '"adamw" or "sgd"')
+        if self.head_dtype not in ("float32", "bfloat16", "float16", "float8_e4m3fn", "float8_e5m2"):
+            bad("head_dtype", '"float32", "bfloat16", "float16", "float8_e4m3fn" or "float8_e5m2"')
+        if self.head_rounding not in ("stochastic", "nearest", "kahan"):
+            bad("head_rounding", '"stochastic", "nearest" or "kahan"')
         if self.schedule not in ("constant", "cosine", "linear"):
             bad("schedule", '"constant", "cosine" or "linear"')
         for name in ("batch_size", "epochs", "hidden", "eval_every", "topk"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..nn import GroupSparseLinear
+from ..nn import GroupSparseLinear, Linear
 from .config import TrainConfig
 from .data import Batch
 
@@ -87,10 +87,11 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
     else:
         encoder = HFEncoder(cfg.encoder[3:], cfg.max_length, cfg.dropout)
     dim = encoder.out_dim
+    wdt = getattr(torch, cfg.head_dtype)
     if cfg.output == "dense":
-        head = nn.Linear(dim, num_labels)
+        head = nn.Linear(dim, num_labels) if wdt == torch.float32 else Linear(dim, num_labels, weight_dtype=wdt)
     else:
         if cfg.fan_in > dim:
             raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")
-        head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size)
+        head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size, weight_dtype=wdt)
     return XMCModel(encoder, head, num_labels if cfg.rank_propensity_power > 0 else 0)

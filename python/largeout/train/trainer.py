@@ -39,14 +39,50 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def _make_optimizer(cfg: TrainConfig, model: XMCModel) -> torch.optim.Optimizer:
-    groups = [
-        {"params": list(model.encoder.parameters()), "lr": cfg.encoder_lr or cfg.lr},
-        {"params": list(model.head.parameters()), "lr": cfg.lr},
-    ]
+class _Optimizers:
+    """Several optimizers stepped as one (the trainer's view: param_groups, zero_grad,
+    step, state_dict)."""
+
+    def __init__(self, *opts) -> None:
+        self.opts = opts
+
+    @property
+    def param_groups(self):  # the optimizers' current group dicts (load_state_dict replaces them)
+        return [g for o in self.opts for g in o.param_groups]
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for o in self.opts:
+            o.zero_grad(set_to_none=set_to_none)
+
+    def step(self) -> None:
+        for o in self.opts:
+            o.step()
+
+    def state_dict(self):
+        return {"optimizers": [o.state_dict() for o in self.opts]}
+
+    def load_state_dict(self, sd) -> None:
+        for o, s in zip(self.opts, sd["optimizers"]):
+            o.load_state_dict(s)
+
+
+def _make_optimizer(cfg: TrainConfig, model: XMCModel):
+    enc = {"params": list(model.encoder.parameters()), "lr": cfg.encoder_lr or cfg.lr}
+    head = {"params": list(model.head.parameters()), "lr": cfg.lr}
+    if cfg.head_dtype == "float32":
+        if cfg.optimizer == "adamw":
+            return torch.optim.AdamW([enc, head], lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.SGD([enc, head], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    # A low-precision head: largeout.optim (no fp32 master weights), the encoder as usual.
+    from .. import optim as lo_optim
+
+    low = dict(rounding="nearest" if cfg.head_rounding == "kahan" else cfg.head_rounding,
+               kahan=cfg.head_rounding == "kahan", seed=cfg.seed)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        return _Optimizers(torch.optim.AdamW([enc], lr=cfg.lr, weight_decay=cfg.weight_decay),
+                           lo_optim.AdamW([head], lr=cfg.lr, weight_decay=cfg.weight_decay, **low))
+    return _Optimizers(torch.optim.SGD([enc], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay),
+                       lo_optim.SGD([head], lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, **low))
 
 
 def positive_weights(inv_propensity: np.ndarray, power: float, device: torch.device) -> Optional[torch.Tensor]:

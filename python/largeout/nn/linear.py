@@ -1,0 +1,64 @@
+"""``largeout.nn.Linear``: a drop-in ``nn.Linear`` whose weight may be bf16, fp16 or fp8."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from . import lowp
+
+__all__ = ["Linear"]
+
+
+class Linear(nn.Module):
+    r"""``y = x W^T + b`` with the weight stored in ``weight_dtype``.
+
+    Args:
+        in_features, out_features, bias, device: as ``nn.Linear``.
+        dtype: dtype of the bias (and of the weight when ``weight_dtype`` is None);
+            default float32, or bf16 when the weight is fp8.
+        weight_dtype: float32, bfloat16, float16, float8_e4m3fn or float8_e5m2. The
+            matmuls run in the weight's dtype (bf16 for fp8 weights, upcast on the fly:
+            see :mod:`largeout.nn.lowp`); the input is cast to it and the output cast back
+            to the input's dtype. Train low-precision weights with ``largeout.optim``
+            (stochastic rounding; fp8 weights receive bf16 gradients).
+        generator: random source of the initial values.
+
+    Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
+    drawn in fp32 chunks and rounded (stochastically for fp8), never as a full fp32 copy.
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
+                 weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None) -> None:
+        super().__init__()
+        if in_features < 1 or out_features < 1:
+            raise ValueError(f"Linear: in_features and out_features must be >= 1; got {in_features}, {out_features}")
+        if weight_dtype is None:
+            weight_dtype = dtype if dtype is not None else torch.get_default_dtype()
+        self.weight_dtype = lowp.check_weight_dtype("Linear", weight_dtype)
+        if dtype is None:
+            dtype = torch.bfloat16 if weight_dtype in lowp.FP8_DTYPES else weight_dtype
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device)
+        self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        self.reset_parameters(generator)
+
+    def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
+        bound = 1.0 / math.sqrt(self.in_features)
+        with torch.no_grad():
+            lowp.init_uniform_(self.weight, bound, generator)
+            if self.bias is not None:
+                lowp.init_uniform_(self.bias, bound, generator)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        cdt = lowp.compute_dtype(self.weight.dtype)
+        w = lowp.weight_for_compute(self.weight)
+        b = self.bias.to(cdt) if self.bias is not None else None
+        return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
+                f"weight_dtype={self.weight_dtype}")
