@@ -10,6 +10,7 @@
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
 #     lowp   build, the low-precision tests, the fused optimizer benchmark
+#     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark, then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
@@ -64,6 +65,15 @@ if [ "$MODE" = lowp ]; then
   run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py
   echo "== benchmark: fused optimizer step"
   timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+  exit 0
+fi
+
+if [ "$MODE" = evidence ]; then  # issue 5: measured memory per label, convergence of low-precision heads
+  echo "== memory per label"
+  timeout 120 python3 bench/lowp_memory.py --out "$OUT/lowp_memory.json" 2>&1 | grep -v Warning | tail -8
+  echo "== low-precision training evidence"
+  timeout ${EVIDENCE_BUDGET:-330} python3 bench/lowp_evidence.py --out "$OUT/lowp_evidence.json" --device cuda \
+    --epochs ${EVIDENCE_EPOCHS:-6} --sgd-lrs ${EVIDENCE_LRS:-0.05,0.3} 2>&1 | grep -v Warning | tail -30
   exit 0
 fi
 
