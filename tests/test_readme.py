@@ -29,6 +29,7 @@ def test_readme_low_precision_example_runs():
     head, opt = scope["head"], scope["opt"]
     x = torch.randn(2, 768, dtype=torch.bfloat16)
     head(x).float().logsumexp(-1).sum().backward()
-    before = head.weight.detach().clone()
+    assert head.weight.grad.dtype == torch.bfloat16
+    before = head.weight.detach().view(torch.uint8).clone()
     opt.step()
-    assert head.weight.dtype == torch.bfloat16 and not torch.equal(before, head.weight)
+    assert head.weight.dtype == torch.float8_e4m3fn and not torch.equal(before, head.weight.view(torch.uint8))
