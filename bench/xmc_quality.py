@@ -526,7 +526,8 @@ def markdown(result: Dict[str, Any]) -> str:
         "",
         f"Produced by `bench/xmc_quality.py` ({env['date']}, commit {str(env['git_commit'])[:7]}, "
         f"{env['cpu_count']} CPU cores, torch {env['torch']}, scikit-learn {env['scikit-learn']}, "
-        f"napkinxc {env['napkinxc']}); numbers in percent, test split, from top-5 predictions. "
+        f"napkinxc {env['napkinxc']}; methods merged from earlier runs of the script name where they ran); "
+        "numbers in percent, test split, from top-5 predictions. "
         "All methods are fitted on the same training rows, tuned on the same validation rows "
         f"(10% of training, the trainer's split) and scored once on test; PSP@k with inverse "
         f"propensities A={PROPENSITY_A}, B={PROPENSITY_B} from the training labels. Full details: "
@@ -562,6 +563,11 @@ def markdown(result: Dict[str, Any]) -> str:
                 if c["output"] == "group-sparse":
                     desc += f", fan_in {c['fan_in']}, group_size {c['group_size']}"
                 desc += f"; {m['hardware']}" if m.get("hardware") else ""
+            where = m.get("hardware") or ""
+            if "run" in m and not where:
+                where = m["run"]
+            if where and where not in desc:
+                desc += f"; {where}"
             lines.append(f"- {names.get(key, key)}: {desc}")
         if r.get("verdict"):
             lines.append("")
