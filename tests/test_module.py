@@ -199,20 +199,21 @@ def _dense_reference(layer, x):
     return x64, w, y
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wdt", LOWP, ids=str)
-def test_linear_low_precision_weight_matches_reference(wdt):
+def test_linear_low_precision_weight_matches_reference(wdt, device):
     from largeout.nn import Linear
 
     gen = torch.Generator().manual_seed(7)
-    layer = Linear(96, 333, weight_dtype=wdt, generator=gen)
+    layer = Linear(96, 333, weight_dtype=wdt, generator=gen).to(device)
     assert layer.weight.dtype == wdt
     assert (layer.weight.detach().float() != 0).float().mean() > 0.9  # the init survives rounding
-    x = torch.randn(5, 96, generator=gen, requires_grad=True)
+    x = torch.randn(5, 96, generator=gen).to(device).requires_grad_()
     y = layer(x)
     assert y.dtype == torch.float32
     x64, w64, y64 = _dense_reference(layer, x)
     assert rel_err(y, y64) < 2e-2  # bf16/fp16 matmul of the exact stored weights
-    gy = torch.randn(y.shape, generator=gen)
+    gy = torch.randn(y.shape, generator=gen).to(device)
     y.backward(gy)
     y64.backward(gy.double())
     assert rel_err(x.grad, x64.grad) < 2e-2
@@ -224,21 +225,23 @@ def test_linear_low_precision_weight_matches_reference(wdt):
     assert rel_err(layer.weight.grad.float(), 2 * w64.grad) < 2e-2
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("wdt", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
-def test_group_sparse_low_precision_weight_matches_reference(wdt):
+def test_group_sparse_low_precision_weight_matches_reference(wdt, device):
     gen = torch.Generator().manual_seed(8)
-    layer = GroupSparseLinear(64, 70, fan_in=16, group_size=16, generator=gen, weight_dtype=wdt)
+    # G = 32, K = 64: on Hopper the bf16 compute takes the sm90 kernels
+    layer = GroupSparseLinear(96, 70, fan_in=64, group_size=32, generator=gen, weight_dtype=wdt).to(device)
     assert layer.weight.dtype == wdt and layer.bias.dtype == torch.bfloat16
-    x = torch.randn(3, 64, generator=gen, requires_grad=True)
+    x = torch.randn(3, 96, generator=gen).to(device).requires_grad_()
     y = layer(x)
-    w_full = torch.zeros(70, 64, dtype=torch.float64)
-    rows = layer.indices.long().repeat_interleave(16, dim=0)[:70]
+    w_full = torch.zeros(70, 96, dtype=torch.float64, device=device)
+    rows = layer.indices.long().repeat_interleave(32, dim=0)[:70]
     w_full.scatter_(1, rows, layer.weight.detach().double())
     w_full.requires_grad_()
     x64 = x.detach().double().requires_grad_()
     y64 = x64 @ w_full.T + layer.bias.detach().double()
     assert rel_err(y, y64) < 2e-2
-    gy = torch.randn(y.shape, generator=gen)
+    gy = torch.randn(y.shape, generator=gen).to(device)
     y.backward(gy)
     y64.backward(gy.double())
     assert rel_err(x.grad, x64.grad) < 2e-2
