@@ -73,10 +73,14 @@ struct Prepared {
   OptimHyper hyper;
 };
 
-Prepared prepare(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
-                 at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
-                 bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
-                 double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
+// The op's arguments (schema in module.cpp), as prepare() and both entry points take them.
+#define LARGEOUT_STEP_ARGS                                                                                   \
+  at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2, at::TensorList comps, \
+      int64_t kind, bool stochastic, double lr, double momentum, double dampening, bool nesterov, bool first,   \
+      double weight_decay, double beta1, double beta2, double eps, double step_size, double inv_sqrt_bc2,      \
+      int64_t seed, int64_t offset
+
+Prepared prepare(LARGEOUT_STEP_ARGS) {
   TORCH_CHECK(!params.empty(), kOp, ": params must hold at least one tensor");
   TORCH_CHECK(kind == 0 || kind == 1, kOp, ": kind must be 0 (SGD) or 1 (AdamW); got ", kind);
   Prepared p;
@@ -139,12 +143,13 @@ Prepared prepare(at::TensorList params, at::TensorList grads, at::TensorList buf
   return p;
 }
 
-void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
-              at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
-              bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
-              double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
-  const Prepared p = prepare(params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov,
-                             first, weight_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset);
+// The names of the op's arguments (LARGEOUT_STEP_ARGS), passed on to prepare().
+#define LARGEOUT_STEP_NAMES                                                                                 \
+  params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov, first, weight_decay, \
+      beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset
+
+void step_cpu(LARGEOUT_STEP_ARGS) {
+  const Prepared p = prepare(LARGEOUT_STEP_NAMES);
   cpu::optim_step(p.slots.data(), int(p.slots.size()), p.types, p.hyper,
                   [](int64_t b, int64_t e, int64_t grain, const ChunkFn& fn) {
                     at::parallel_for(b, e, grain, [&](int64_t lo, int64_t hi) { fn(lo, hi); });
@@ -152,12 +157,8 @@ void step_cpu(at::TensorList params, at::TensorList grads, at::TensorList buf1, 
 }
 
 #ifdef LARGEOUT_WITH_CUDA
-void step_cuda(at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2,
-               at::TensorList comps, int64_t kind, bool stochastic, double lr, double momentum, double dampening,
-               bool nesterov, bool first, double weight_decay, double beta1, double beta2, double eps,
-               double step_size, double inv_sqrt_bc2, int64_t seed, int64_t offset) {
-  const Prepared p = prepare(params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov,
-                             first, weight_decay, beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset);
+void step_cuda(LARGEOUT_STEP_ARGS) {
+  const Prepared p = prepare(LARGEOUT_STEP_NAMES);
   c10::cuda::CUDAGuard guard(params[0].device());
   // The slot table and the prefix go to the device in one (pinned, asynchronous) copy.
   const size_t slot_bytes = p.slots.size() * sizeof(OptimSlot), prefix_bytes = p.prefix.size() * sizeof(int64_t);

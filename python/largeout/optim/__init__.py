@@ -113,7 +113,11 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         raise NotImplementedError
 
-    def _bucket_key(self, p: torch.Tensor, group: dict, state: dict):
+    def _advance(self, state: dict) -> None:
+        """Per-step state bookkeeping before the fused call (AdamW: the step count)."""
+
+    def _bucket_key(self, p: torch.Tensor, group: dict, state: dict, fresh: bool) -> tuple:
+        """What tensors launched together must share besides device and dtypes."""
         return ()
 
     def _hyper(self, group: dict, key) -> dict:
@@ -131,6 +135,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             fresh = not state
             if fresh:
                 self._init_state(p, group, state)
+            self._advance(state)
             key = (p.device, p.dtype, p.grad.dtype) + self._bucket_key(p, group, state, fresh)
             buckets.setdefault(key, []).append((p, state))
         for key, items in buckets.items():
@@ -256,8 +261,10 @@ class AdamW(_LowPrecisionOptimizer):
         if group["kahan"] and p.dtype in _LOW:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
-    def _bucket_key(self, p, group, state, fresh):
+    def _advance(self, state: dict) -> None:
         state["step"] += 1
+
+    def _bucket_key(self, p, group, state, fresh):
         return (int(state["step"]), state["exp_avg"].dtype, "kahan_comp" in state)
 
     def _hyper(self, group: dict, key) -> dict:
