@@ -384,79 +384,92 @@ def _selection_score(val: Dict[str, float], best_base: Dict[str, float]) -> Tupl
     return (min(margins), sum(margins) / len(margins))
 
 
-def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
-             best_base: Dict[str, float]) -> Dict[str, Any]:
-    """Train every configuration of OURS[name][output]; rank the validation split with each
-    of RANK_POWERS (TrainConfig.rank_propensity_power, applied to the trained checkpoint);
-    keep the (configuration, power) with the best validation criterion and score it once on
-    test."""
-    dev = torch.device(device)
-    log_w = torch.from_numpy(np.log(np.asarray(inv_p, dtype=np.float64))).float()
-    grid, best, t_all = [], None, time.time()
-    for i, over in enumerate(OURS[name][output]):
-        cfg = load_config(None, {**OURS_COMMON, **over, "output": output, "data": str(data_dir),
-                                 "out": str(work / f"run_{name}_{output}_{i}"), "device": device})
-        t0 = time.time()
-        summary = train(cfg, log=lambda m: log("  " + m))
-        train_s = time.time() - t0
-        # The best-on-validation checkpoint, scored by us exactly like the baselines, with
-        # rank weights added (a model built with them; the checkpoint has none when trained
-        # with power 0).
+def _load_members(cfgs, data, dev: torch.device, log_w: torch.Tensor, power: float):
+    """The best-on-validation checkpoints of an ensemble's members (one model: a list of
+    one), built with rank weights (power * log w on the first member)."""
+    models = []
+    for cfg in cfgs:
         probe = load_config(None, {**cfg.to_dict(), "rank_propensity_power": 1.0})
         model = build_model(probe, data.num_features, data.num_labels)
         sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
         sd.pop("rank_log_weight", None)
         assert set(model.load_state_dict(sd, strict=False).missing_keys) == {"rank_log_weight"}
-        model.to(dev)
+        model.rank_log_weight.copy_(power * log_w)
+        models.append(model.to(dev))
+    return models if len(models) > 1 else models[0]
+
+
+def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
+             best_base: Dict[str, float]) -> Dict[str, Any]:
+    """Train every configuration of OURS[name][output] (with ``ensemble: n``, n members that
+    differ in model_seed only, their probabilities averaged); rank the validation split with
+    each of RANK_POWERS (TrainConfig.rank_propensity_power, applied to the trained
+    checkpoints); keep the (configuration, power) with the best validation criterion and
+    score it once on test."""
+    dev = torch.device(device)
+    log_w = torch.from_numpy(np.log(np.asarray(inv_p, dtype=np.float64))).float()
+    grid, best, t_all = [], None, time.time()
+    for i, entry in enumerate(OURS[name][output]):
+        over = {k: v for k, v in entry.items() if k != "ensemble"}
+        members = int(entry.get("ensemble", 1))
+        cfgs, summaries, t0 = [], [], time.time()
+        for m in range(members):
+            cfg = load_config(None, {**OURS_COMMON, **over, "output": output, "data": str(data_dir),
+                                     "out": str(work / (f"run_{name}_{output}_{i}" + (f"_m{m}" if m else ""))),
+                                     "device": device, "model_seed": None if m == 0 else m})
+            summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
+            cfgs.append(cfg)
+        train_s = time.time() - t0
         for power in RANK_POWERS:
-            model.rank_log_weight.copy_((power * log_w).to(dev))
-            top_v, _ = predict_topk(model, data.val, TOPK, 1024, dev)
+            models = _load_members(cfgs, data, dev, log_w, power)
+            top_v, _ = predict_topk(models, data.val, TOPK, 1024, dev)
             val = evaluate(top_v, data.val.Y, inv_p)
-            if power == 0:  # the trainer's own validation score of its best epoch must agree
-                assert abs(val["P@5"] - summary["val"]["P@5"]) < 1e-9, (val["P@5"], summary["val"]["P@5"])
+            if power == 0 and members == 1:  # the trainer's own validation score of its best epoch must agree
+                assert abs(val["P@5"] - summaries[0]["val"]["P@5"]) < 1e-9, (val["P@5"], summaries[0]["val"]["P@5"])
             score = _selection_score(val, best_base)
-            grid.append({"config": over, "rank_propensity_power": power, "best_epoch": summary["best_epoch"],
-                         "train_seconds": round(train_s, 1), "val": val, "criterion": score})
+            grid.append({"config": entry, "rank_propensity_power": power,
+                         "best_epoch": [s_["best_epoch"] for s_ in summaries], "train_seconds": round(train_s, 1),
+                         "val": val, "criterion": score})
             log(f"  config {i} rank power {power}: val {short(val)}; criterion {score[0]:+.4f}")
             if best is None or score > best[0]:
-                best = (score, i, power, cfg, summary, train_s, val)
-        del model
-        gc.collect()
-    score, i, power, cfg, summary, train_s, val = best
-    final = load_config(None, {**cfg.to_dict(), "rank_propensity_power": power})
-    model = build_model(final, data.num_features, data.num_labels)
-    sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
-    sd.pop("rank_log_weight", None)
-    model.load_state_dict(sd, strict=False)
-    if model.rank_log_weight is not None:
-        model.rank_log_weight.copy_(power * log_w)
-    model.to(dev)
+                best = (score, entry, power, cfgs, summaries, train_s, val)
+            del models
+            gc.collect()
+    score, entry, power, cfgs, summaries, train_s, val = best
+    models = _load_members(cfgs, data, dev, log_w, power)
     t1 = time.time()
-    top_t, _ = predict_topk(model, data.test, TOPK, 1024, dev)
+    top_t, _ = predict_topk(models, data.test, TOPK, 1024, dev)
     predict_s = time.time() - t1
     test = evaluate(top_t, data.test.Y, inv_p)
-    if power == 0:  # the trainer's own test score must agree
+    if power == 0 and len(cfgs) == 1:  # the trainer's own test score must agree
         for k in ("P@5", "PSP@5"):
-            assert abs(test[k] - summary["test"][k]) < 1e-9, (k, test[k], summary["test"][k])
-    n_params = sum(p.numel() for p in model.parameters())
+            assert abs(test[k] - summaries[0]["test"][k]) < 1e-9, (k, test[k], summaries[0]["test"][k])
+    first = models[0] if isinstance(models, list) else models
+    n_params = sum(p.numel() for p in first.parameters()) * len(cfgs)
     hw = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} CPU cores"
     crit = "smallest validation margin over the best baseline across P@1/3/5 and PSP@1/3/5" if best_base else \
         f"validation {SELECT}"
+    final = load_config(None, {**cfgs[0].to_dict(), "rank_propensity_power": power})
+    config = {k: v for k, v in final.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")}
+    if len(cfgs) > 1:
+        config["ensemble"] = len(cfgs)
     return {
         "hardware": hw,
         "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val "
-                  f"{cfg.select_metric}; configuration and rank_propensity_power chosen on validation ({crit})",
-        "config": {k: v for k, v in final.to_dict().items() if k not in ("synthetic", "test_fraction", "out", "progress")},
+                  f"{cfgs[0].select_metric}" + (f"; an ensemble of {len(cfgs)} (model_seed 0..{len(cfgs) - 1}, "
+                                                "probabilities averaged)" if len(cfgs) > 1 else "")
+                  + f"; configuration and rank_propensity_power chosen on validation ({crit})",
+        "config": config,
         "parameters": n_params,
-        "best_epoch": summary["best_epoch"],
+        "best_epoch": summaries[0]["best_epoch"],
         "train_seconds": round(train_s, 1),
         "tuning_seconds": round(time.time() - t_all, 1),
         "predict_seconds": round(predict_s, 1),
         "grid": grid,
         "val": val,
         "test": test,
-        "ece@5_test": summary["test"].get("ECE@5") if power == 0 else None,
-        "ece@5_test_isotonic": summary["test"].get("ECE@5_isotonic") if power == 0 else None,
+        "ece@5_test": summaries[0]["test"].get("ECE@5") if power == 0 and len(cfgs) == 1 else None,
+        "ece@5_test_isotonic": summaries[0]["test"].get("ECE@5_isotonic") if power == 0 and len(cfgs) == 1 else None,
     }
 
 
@@ -562,6 +575,8 @@ def markdown(result: Dict[str, Any]) -> str:
                         f"rank_propensity_power {c.get('rank_propensity_power', 0)}")
                 if c["output"] == "group-sparse":
                     desc += f", fan_in {c['fan_in']}, group_size {c['group_size']}"
+                if c.get("ensemble"):
+                    desc += f", ensemble of {c['ensemble']}"
                 desc += f"; {m['hardware']}" if m.get("hardware") else ""
             where = m.get("hardware") or ""
             if "run" in m and not where:

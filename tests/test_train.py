@@ -156,6 +156,43 @@ def test_rank_weights_are_trained_with_and_saved(tmp_path):
     assert 0 < summary["test"]["PSP@1"] <= 1
 
 
+def test_ensemble_of_model_seeds_averages_probabilities(tmp_path, capsys):
+    from largeout.train.checkpoint import load_checkpoint
+    from largeout.train.data import load_dataset
+    from largeout.train.model import build_model
+    from largeout.train.trainer import predict_topk
+
+    cfg0, _ = run(tmp_path, "m0", epochs=1, output="dense")
+    cfg1, _ = run(tmp_path, "m1", epochs=1, output="dense", model_seed=5)
+    d0, d1 = load_dataset(cfg0), load_dataset(cfg1)  # model_seed leaves the split alone
+    assert (d0.val.Y != d1.val.Y).nnz == 0 and (d0.val.X != d1.val.X).nnz == 0
+    models = []
+    for cfg, name in ((cfg0, "m0"), (cfg1, "m1")):
+        m = build_model(cfg, d0.num_features, d0.num_labels)
+        load_checkpoint(tmp_path / name / "checkpoints" / "best", m, None, "cpu")
+        models.append(m.eval())
+    assert not torch.equal(models[0].head.weight, models[1].head.weight)
+    top, scores = predict_topk(models, d0.test, 5, 100, torch.device("cpu"))
+    from largeout.train.data import batches
+
+    probs = []
+    with torch.no_grad():
+        for b in batches(d0.test, 100, torch.device("cpu"), targets=False):
+            probs.append(sum(torch.sigmoid(m(b).double()) for m in models) / 2)
+    p = torch.cat(probs)
+    ref_top = p.topk(5, dim=1).indices.numpy()
+    agree = (top == ref_top).mean()
+    assert agree > 0.999, agree  # float32 vs float64 averaging may swap exact near-ties only
+    np.testing.assert_allclose(scores, np.take_along_axis(p.numpy(), top, 1), rtol=1e-5)
+    # the CLI takes several checkpoints
+    lodata.write_xc(tmp_path / "test.txt", d0.test.X, d0.test.Y)
+    out = tmp_path / "ens.npz"
+    assert main(["predict", "--checkpoint", str(tmp_path / "m0/checkpoints/best"), str(tmp_path / "m1/checkpoints/best"),
+                 "--data", str(tmp_path / "test.txt"), "--out", str(out), "--device", "cpu"]) == 0
+    np.testing.assert_array_equal(np.load(out)["topk"], top)
+    capsys.readouterr()
+
+
 def test_config_file_and_errors(tmp_path):
     toml = tmp_path / "run.toml"
     toml.write_text('output = "dense"\nepochs = 2\n[synthetic]\nnum_labels = 77\n')

@@ -89,19 +89,23 @@ def cmd_predict(args) -> int:
     from .train.model import build_model
     from .train.trainer import resolve_device
 
-    ckpt = Path(args.checkpoint)
-    cfg_dict = json.loads((ckpt / "config.json").read_text())
-    cfg = load_config(None, {k: v for k, v in cfg_dict.items()})
-    device = resolve_device(args.device or cfg.device)
+    ckpts = [Path(c) for c in args.checkpoint]
+    cfgs = [load_config(None, json.loads((c / "config.json").read_text())) for c in ckpts]
+    labels = [_num_labels(c) for c in ckpts]
+    if len(set(labels)) != 1:
+        raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
+    device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
-    split = _load_split(path.parent, path.name.split(".")[0], cfg.encoder.startswith("hf:"), None)
+    split = _load_split(path.parent, path.name.split(".")[0], cfgs[0].encoder.startswith("hf:"), None)
     if split is None:
         raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
     num_features = split.X.shape[1] if split.X is not None else 0
-    model = build_model(cfg, num_features, _num_labels(ckpt))
-    load_checkpoint(ckpt, model, None, "cpu")
-    model.to(device)
-    topk, scores = predict_topk(model, split, args.topk, 1024, device)
+    models = []
+    for ckpt, cfg in zip(ckpts, cfgs):
+        model = build_model(cfg, num_features, labels[0])
+        load_checkpoint(ckpt, model, None, "cpu")
+        models.append(model.to(device))
+    topk, scores = predict_topk(models if len(models) > 1 else models[0], split, args.topk, 1024, device)
     np.savez_compressed(args.out, topk=topk, scores=scores)
     print(f"wrote top-{args.topk} predictions for {len(topk)} rows to {args.out}")
     return 0
@@ -154,7 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     pr = sub.add_parser("predict", help="write top-k predictions of a checkpoint")
-    pr.add_argument("--checkpoint", required=True, help="a checkpoint directory (e.g. runs/x/checkpoints/best)")
+    pr.add_argument("--checkpoint", required=True, nargs="+",
+                    help="a checkpoint directory (e.g. runs/x/checkpoints/best); several: an ensemble whose "
+                         "probabilities are averaged")
     pr.add_argument("--data", required=True, help="test.txt (XC format) or test.jsonl")
     pr.add_argument("--out", required=True, help="output .npz with arrays topk and scores")
     pr.add_argument("--topk", type=int, default=5)

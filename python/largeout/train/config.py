@@ -73,7 +73,8 @@ class TrainConfig:
     # probability (best for P@k), 1 by expected propensity-scored gain (best for PSP@k,
     # Wydmuch et al. 2021); small values mostly reorder labels of near-equal probability.
     rank_propensity_power: float = 0.0
-    seed: int = 0
+    seed: int = 0  # data splits; also the model's initialisation and shuffling unless model_seed is set
+    model_seed: Optional[int] = None  # initialisation, shuffling and rounding only (members of an ensemble)
 
     # -- evaluation and outputs ----------------------------------------------------------------
     eval_every: int = 1  # epochs
@@ -114,6 +115,8 @@ class TrainConfig:
             bad("lr", "> 0")
         if not 0.0 <= self.pos_weight_power <= 2.0:
             bad("pos_weight_power", "in [0, 2]")
+        if self.model_seed is not None:
+            self.model_seed = int(self.model_seed)
         if not 0.0 <= self.rank_propensity_power <= 1.0:
             bad("rank_propensity_power", "in [0, 1]")
         if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):

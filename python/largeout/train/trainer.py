@@ -39,6 +39,10 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
+def _model_seed(cfg: TrainConfig) -> int:
+    return cfg.seed if cfg.model_seed is None else cfg.model_seed
+
+
 class _Optimizers:
     """Several optimizers stepped as one (the trainer's view: param_groups, zero_grad,
     step, state_dict)."""
@@ -77,7 +81,7 @@ def _make_optimizer(cfg: TrainConfig, model: XMCModel):
     from .. import optim as lo_optim
 
     low = dict(rounding="nearest" if cfg.head_rounding == "kahan" else cfg.head_rounding,
-               kahan=cfg.head_rounding == "kahan", seed=cfg.seed)
+               kahan=cfg.head_rounding == "kahan", seed=_model_seed(cfg))
     if cfg.optimizer == "adamw":
         return _Optimizers(torch.optim.AdamW([enc], lr=cfg.lr, weight_decay=cfg.weight_decay),
                            lo_optim.AdamW([head], lr=cfg.lr, weight_decay=cfg.weight_decay, **low))
@@ -113,16 +117,29 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 
 
 @torch.no_grad()
-def predict_topk(model: XMCModel, split: Split, k: int, batch_size: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
-    """Top-k labels (best first, by ``model.ranking_scores``) and their sigmoid scores for
-    every row of a split."""
-    model.eval()
+def predict_topk(model, split: Split, k: int, batch_size: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k labels (best first) and their probabilities for every row of a split. ``model``
+    is an XMCModel (ranked by ``model.ranking_scores``) or a list of them: an ensemble,
+    whose sigmoid probabilities are averaged (and ranked by their log plus the first
+    member's rank weights, if any)."""
+    models = list(model) if isinstance(model, (list, tuple)) else [model]
+    for m in models:
+        m.eval()
     labels, scores = [], []
     for batch in batches(split, batch_size, device, targets=False):
-        logits = model(batch).float()
-        top = model.ranking_scores(logits).topk(min(k, logits.shape[1]), dim=1)
+        if len(models) == 1:
+            logits = models[0](batch).float()
+            top = models[0].ranking_scores(logits).topk(min(k, logits.shape[1]), dim=1)
+            prob = torch.sigmoid(logits.gather(1, top.indices))
+        else:
+            p = torch.stack([torch.sigmoid(m(batch).float()) for m in models]).mean(0)
+            rank = p.clamp_min(torch.finfo(torch.float32).tiny).log()
+            if models[0].rank_log_weight is not None:
+                rank = rank + models[0].rank_log_weight
+            top = rank.topk(min(k, p.shape[1]), dim=1)
+            prob = p.gather(1, top.indices)
         labels.append(top.indices.cpu().numpy())
-        scores.append(torch.sigmoid(logits.gather(1, top.indices)).cpu().numpy())
+        scores.append(prob.cpu().numpy())
     return np.concatenate(labels), np.concatenate(scores)
 
 
@@ -150,7 +167,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
     """Train as configured; returns a summary (best validation and test metrics,
     paths). Outputs under ``cfg.out``: checkpoints/{last,best}, metrics.jsonl,
     p_at_k.png, reliability.png, summary.json."""
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(_model_seed(cfg))
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +215,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
         progress = tqdm
     for epoch in range(state["epoch"], cfg.epochs):
         model.train()
-        it = batches(data.train, cfg.batch_size, device, shuffle_seed=cfg.seed * 1000 + epoch)
+        it = batches(data.train, cfg.batch_size, device, shuffle_seed=_model_seed(cfg) * 1000 + epoch)
         bar = progress(it, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False) if progress else it
         t_epoch, seen, loss_sum = time.time(), 0, 0.0
         for batch in bar:
