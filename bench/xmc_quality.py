@@ -123,7 +123,8 @@ OURS: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
         ],
     },
     "go-mf": {
-        "dense": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256)],
+        "dense": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256),
+                  dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256, ensemble=3)],
         "group-sparse": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256, fan_in=128, group_size=32)],
     },
 }
