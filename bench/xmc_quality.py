@@ -401,7 +401,7 @@ def _load_members(cfgs, data, dev: torch.device, log_w: torch.Tensor, power: flo
 
 
 def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
-             best_base: Dict[str, float]) -> Dict[str, Any]:
+             best_base: Dict[str, float], args_reuse: bool = False) -> Dict[str, Any]:
     """Train every configuration of OURS[name][output] (with ``ensemble: n``, n members that
     differ in model_seed only, their probabilities averaged); rank the validation split with
     each of RANK_POWERS (TrainConfig.rank_propensity_power, applied to the trained
@@ -413,14 +413,19 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
     for i, entry in enumerate(OURS[name][output]):
         over = {k: v for k, v in entry.items() if k != "ensemble"}
         members = int(entry.get("ensemble", 1))
-        cfgs, summaries, t0 = [], [], time.time()
+        cfgs, summaries = [], []
         for m in range(members):
             cfg = load_config(None, {**OURS_COMMON, **over, "output": output, "data": str(data_dir),
                                      "out": str(work / (f"run_{name}_{output}_{i}" + (f"_m{m}" if m else ""))),
                                      "device": device, "model_seed": None if m == 0 else m})
-            summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
+            done = Path(cfg.out) / "summary.json"
+            if args_reuse and done.exists() and json.loads(done.read_text())["config"] == cfg.to_dict():
+                summaries.append(json.loads(done.read_text()))  # the same run finished earlier (--reuse)
+                log(f"  reusing {cfg.out}")
+            else:
+                summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
             cfgs.append(cfg)
-        train_s = time.time() - t0
+        train_s = sum(s_["train_seconds"] for s_ in summaries)  # the trainer's own timing (also when reused)
         for power in RANK_POWERS:
             models = _load_members(cfgs, data, dev, log_w, power)
             top_v, _ = predict_topk(models, data.val, TOPK, 1024, dev)
@@ -611,6 +616,8 @@ def main(argv=None) -> int:
                     help="subset of methods to run (all by default)")
     ap.add_argument("--work", type=Path, default=None, help="scratch directory (default: a temporary one, removed)")
     ap.add_argument("--device", default="cpu", help="device of our trainer (cpu, cuda); the baselines run on CPU")
+    ap.add_argument("--reuse", action="store_true",
+                    help="reuse our finished runs found in --work (same configuration) instead of training again")
     ap.add_argument("--baselines", type=Path, nargs="+", default=None,
                     help="JSON of earlier runs of this script whose methods are merged in (same data checked)")
     ap.add_argument("--take-from-baselines", nargs="*", default=[],
@@ -708,9 +715,9 @@ def main(argv=None) -> int:
             ("ridge-ovr", lambda: run_ridge(name, data, inv_p)),
             ("napkinxc-plt", lambda: run_plt(name, data, inv_p, work)),
             ("largeout-dense", lambda: run_ours(name, "dense", data_dir, data, inv_p, work, args.device,
-                                                _best_baseline_val(methods))),
+                                                _best_baseline_val(methods), args.reuse)),
             ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work, args.device,
-                                                       _best_baseline_val(methods))),
+                                                       _best_baseline_val(methods), args.reuse)),
         ]
         if earlier is not None and name in earlier["datasets"]:
             prev = earlier["datasets"][name]

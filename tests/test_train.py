@@ -175,15 +175,16 @@ def test_ensemble_of_model_seeds_averages_probabilities(tmp_path, capsys):
     top, scores = predict_topk(models, d0.test, 5, 100, torch.device("cpu"))
     from largeout.train.data import batches
 
-    probs = []
+    logp, probs = [], []
     with torch.no_grad():
         for b in batches(d0.test, 100, torch.device("cpu"), targets=False):
-            probs.append(sum(torch.sigmoid(m(b).double()) for m in models) / 2)
-    p = torch.cat(probs)
-    ref_top = p.topk(5, dim=1).indices.numpy()
+            z = [m(b).double() for m in models]
+            logp.append(sum(torch.nn.functional.logsigmoid(x) for x in z) / 2)  # geometric mean
+            probs.append(sum(torch.sigmoid(x) for x in z) / 2)
+    ref_top = torch.cat(logp).topk(5, dim=1).indices.numpy()
     agree = (top == ref_top).mean()
-    assert agree > 0.999, agree  # float32 vs float64 averaging may swap exact near-ties only
-    np.testing.assert_allclose(scores, np.take_along_axis(p.numpy(), top, 1), rtol=1e-5)
+    assert agree > 0.999, agree  # float32 vs float64 may swap exact near-ties only
+    np.testing.assert_allclose(scores, np.take_along_axis(torch.cat(probs).numpy(), top, 1), rtol=1e-5)
     # the CLI takes several checkpoints
     lodata.write_xc(tmp_path / "test.txt", d0.test.X, d0.test.Y)
     out = tmp_path / "ens.npz"

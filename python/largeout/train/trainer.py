@@ -120,8 +120,8 @@ def _lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
 def predict_topk(model, split: Split, k: int, batch_size: int, device: torch.device) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k labels (best first) and their probabilities for every row of a split. ``model``
     is an XMCModel (ranked by ``model.ranking_scores``) or a list of them: an ensemble,
-    whose sigmoid probabilities are averaged (and ranked by their log plus the first
-    member's rank weights, if any)."""
+    ranked by the members' mean log-probability (plus the first member's rank weights, if
+    any); the scores returned are the members' mean probabilities."""
     models = list(model) if isinstance(model, (list, tuple)) else [model]
     for m in models:
         m.eval()
@@ -132,12 +132,14 @@ def predict_topk(model, split: Split, k: int, batch_size: int, device: torch.dev
             top = models[0].ranking_scores(logits).topk(min(k, logits.shape[1]), dim=1)
             prob = torch.sigmoid(logits.gather(1, top.indices))
         else:
-            p = torch.stack([torch.sigmoid(m(batch).float()) for m in models]).mean(0)
-            rank = p.clamp_min(torch.finfo(torch.float32).tiny).log()
+            logits = [m(batch).float() for m in models]
+            # ranked by the mean log-probability (the geometric mean: unlike the mean of the
+            # probabilities it does not saturate at 1.0 in float32 and tie near-certain labels)
+            rank = torch.stack([nn.functional.logsigmoid(z) for z in logits]).mean(0)
             if models[0].rank_log_weight is not None:
                 rank = rank + models[0].rank_log_weight
-            top = rank.topk(min(k, p.shape[1]), dim=1)
-            prob = p.gather(1, top.indices)
+            top = rank.topk(min(k, rank.shape[1]), dim=1)
+            prob = torch.stack([torch.sigmoid(z.gather(1, top.indices)) for z in logits]).mean(0)
         labels.append(top.indices.cpu().numpy())
         scores.append(prob.cpu().numpy())
     return np.concatenate(labels), np.concatenate(scores)
