@@ -17,7 +17,6 @@ import argparse
 import datetime
 import json
 import os
-import statistics
 
 import torch
 
@@ -25,18 +24,7 @@ import largeout
 from largeout import functional as F
 from largeout.nn import random_group_indices
 
-
-def median_ms(fn, warmup: int, iters: int) -> float:
-    for _ in range(warmup):
-        fn()
-    starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
-    for s, e in zip(starts, ends):
-        s.record()
-        fn()
-        e.record()
-    torch.cuda.synchronize()
-    return statistics.median(s.elapsed_time(e) for s, e in zip(starts, ends))
+from bench_group_sparse import median_ms  # same timing as the kernel benchmark (bench/ is on sys.path)
 
 
 def main() -> None:

@@ -385,9 +385,9 @@ def _selection_score(val: Dict[str, float], best_base: Dict[str, float]) -> Tupl
     return (min(margins), sum(margins) / len(margins))
 
 
-def _load_members(cfgs, data, dev: torch.device, log_w: torch.Tensor, power: float):
+def _load_members(cfgs, data, dev: torch.device):
     """The best-on-validation checkpoints of an ensemble's members (one model: a list of
-    one), built with rank weights (power * log w on the first member)."""
+    one), each built with a rank-weight buffer (zero: see _set_rank_power)."""
     models = []
     for cfg in cfgs:
         probe = load_config(None, {**cfg.to_dict(), "rank_propensity_power": 1.0})
@@ -395,9 +395,14 @@ def _load_members(cfgs, data, dev: torch.device, log_w: torch.Tensor, power: flo
         sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
         sd.pop("rank_log_weight", None)
         assert set(model.load_state_dict(sd, strict=False).missing_keys) == {"rank_log_weight"}
-        model.rank_log_weight.copy_(power * log_w)
         models.append(model.to(dev))
     return models if len(models) > 1 else models[0]
+
+
+def _set_rank_power(models, log_w: torch.Tensor, power: float) -> None:
+    """Rank weights power * log w on the (first) model: what rank_propensity_power sets."""
+    first = models[0] if isinstance(models, list) else models
+    first.rank_log_weight.copy_((power * log_w).to(first.rank_log_weight.device))
 
 
 def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
@@ -426,8 +431,9 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
                 summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
             cfgs.append(cfg)
         train_s = sum(s_["train_seconds"] for s_ in summaries)  # the trainer's own timing (also when reused)
+        models = _load_members(cfgs, data, dev)
         for power in RANK_POWERS:
-            models = _load_members(cfgs, data, dev, log_w, power)
+            _set_rank_power(models, log_w, power)
             top_v, _ = predict_topk(models, data.val, TOPK, 1024, dev)
             val = evaluate(top_v, data.val.Y, inv_p)
             if power == 0 and members == 1:  # the trainer's own validation score of its best epoch must agree
@@ -439,10 +445,11 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
             log(f"  config {i} rank power {power}: val {short(val)}; criterion {score[0]:+.4f}")
             if best is None or score > best[0]:
                 best = (score, entry, power, cfgs, summaries, train_s, val)
-            del models
-            gc.collect()
+        del models
+        gc.collect()
     score, entry, power, cfgs, summaries, train_s, val = best
-    models = _load_members(cfgs, data, dev, log_w, power)
+    models = _load_members(cfgs, data, dev)
+    _set_rank_power(models, log_w, power)
     t1 = time.time()
     top_t, _ = predict_topk(models, data.test, TOPK, 1024, dev)
     predict_s = time.time() - t1

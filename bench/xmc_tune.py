@@ -23,32 +23,24 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from xmc_quality import COLS, OURS_COMMON, BASE_KEYS  # noqa: E402
+from xmc_quality import BASE_KEYS, COLS, OURS_COMMON, _load_members, _set_rank_power  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from safetensors.torch import load_file  # noqa: E402
 
 from largeout.train import evaluate_split, load_config, predict_topk, train  # noqa: E402
 from largeout.train.data import load_dataset  # noqa: E402
-from largeout.train.model import build_model  # noqa: E402
 
 
 def rank_power_rows(cfg, powers):
     """Validation metrics of the run's best checkpoint ranked with each rank_propensity_power."""
     data = load_dataset(cfg)
-    probe = load_config(None, {**cfg.to_dict(), "rank_propensity_power": 1.0})
-    model = build_model(probe, data.num_features, data.num_labels)
-    sd = load_file(str(Path(cfg.out) / "checkpoints" / "best" / "model.safetensors"))
-    sd.pop("rank_log_weight", None)
-    missing = set(model.load_state_dict(sd, strict=False).missing_keys)
-    assert missing == {"rank_log_weight"}, missing
     dev = torch.device(cfg.device)
-    model.to(dev)
-    log_w = torch.from_numpy(np.log(np.asarray(data.inv_propensity, dtype=np.float64))).float().to(dev)
+    model = _load_members([cfg], data, dev)
+    log_w = torch.from_numpy(np.log(np.asarray(data.inv_propensity, dtype=np.float64))).float()
     out = []
     for g in powers:
-        model.rank_log_weight.copy_(g * log_w)
+        _set_rank_power(model, log_w, g)
         top, scores = predict_topk(model, data.val, 5, 1024, dev)
         val = evaluate_split(top, scores, data.val.Y, data.inv_propensity)
         out.append((g, {c: val[c] for c in COLS}))
