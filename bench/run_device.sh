@@ -9,9 +9,10 @@
 #     full   tests + the grid of issue 4 (B x K x G x L) with generic and cuBLAS
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
-#     lowp   build, the low-precision tests, the fused optimizer benchmark
+#     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
+#            (BENCH=0: tests only)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
-#     quality build, the fused optimizer benchmark, then bench/xmc_quality.py for our trainer on
+#     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -61,10 +62,15 @@ if [ "$MODE" = haste ]; then
 fi
 
 if [ "$MODE" = lowp ]; then
-  echo "== tests: stochastic rounding and optimizers"
-  run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py
-  echo "== benchmark: fused optimizer step"
-  timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+  echo "== tests: stochastic rounding, optimizers, low-precision and FP8 layers, low-precision heads"
+  run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py tests/test_module.py \
+    tests/test_train.py
+  if [ "${BENCH:-1}" != 0 ]; then
+    echo "== benchmark: fused optimizer step"
+    timeout 300 python3 bench/bench_optim.py --out "$OUT/optim.json" ${OPTIM_VARIANTS:+--variants $OPTIM_VARIANTS} 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+    echo "== benchmark: FP8 layer against bf16"
+    timeout 180 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -12
+  fi
   exit 0
 fi
 
@@ -78,8 +84,10 @@ if [ "$MODE" = evidence ]; then  # issue 5: measured memory per label, convergen
 fi
 
 if [ "$MODE" = quality ]; then  # our trainer on the GPU, merged with baselines run elsewhere (.qdata/baselines.json)
-  echo "== benchmark: fused optimizer step"
-  timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -12
+  if [ "${BENCH:-1}" != 0 ]; then
+    echo "== benchmark: fused optimizer step"
+    timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -12
+  fi
   for ds in ${QUALITY_DATASETS:-wordnet}; do
     mkdir -p "/tmp/q/$ds"
     for f in train test; do gunzip -c ".qdata/$ds/$f.txt.gz" > "/tmp/q/$ds/$f.txt"; done

@@ -205,7 +205,9 @@ def test_linear_low_precision_weight_matches_reference(wdt, device):
     from largeout.nn import Linear
 
     gen = torch.Generator().manual_seed(7)
-    layer = Linear(96, 333, weight_dtype=wdt, generator=gen).to(device)
+    # e4m3 with bf16 inputs (weight upcast); its FP8 compute: test_linear_fp8_compute_matches_reference
+    act = torch.bfloat16 if wdt == torch.float8_e4m3fn else None
+    layer = Linear(96, 333, weight_dtype=wdt, generator=gen, activation_dtype=act).to(device)
     assert layer.weight.dtype == wdt
     assert (layer.weight.detach().float() != 0).float().mean() > 0.9  # the init survives rounding
     x = torch.randn(5, 96, generator=gen).to(device).requires_grad_()
@@ -275,3 +277,83 @@ def test_bad_weight_dtype():
         Linear(4, 4, weight_dtype=torch.int8)
     with pytest.raises(ValueError, match="weight_dtype must be one of"):
         GroupSparseLinear(16, 16, 8, 16, weight_dtype=torch.int8)
+
+
+# -- FP8 compute (e4m3 weights x e4m3 inputs) ---------------------------------------------------
+
+
+def _fp8_reference(layer, x):
+    """float64 y of the FP8 path: the input quantized per row exactly as documented
+    (scale = amax / 448, round to nearest e4m3), times the stored weight, plus the bias."""
+    x64 = x.detach().double().reshape(-1, x.shape[-1])
+    amax = x64.abs().amax(1, keepdim=True)
+    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax)).float().double()
+    x_hat = (x64 / scale).float().to(torch.float8_e4m3fn).double() * scale
+    w = layer.weight.detach().double()
+    return x_hat, x_hat @ w.T + layer.bias.detach().double()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("L", [1, 16, 333, 4099])
+@pytest.mark.parametrize("shape", [(1, 96), (37, 96), (2, 3, 96), (96,)], ids=str)
+def test_linear_fp8_compute_matches_reference(L, shape, device):
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(L + len(shape))
+    layer = Linear(96, L, weight_dtype=torch.float8_e4m3fn, generator=gen).to(device)
+    assert layer.activation_dtype == torch.float8_e4m3fn
+    x = (3 * torch.randn(shape, generator=gen)).to(device).requires_grad_()
+    y = layer(x)
+    assert y.shape == shape[:-1] + (L,) and y.dtype == torch.float32
+    x_hat, y64 = _fp8_reference(layer, x)
+    y2 = y.detach().reshape(-1, L).double()
+    # bf16 output of exact fp8 products: within bf16 rounding of the quantized reference
+    assert (y2 - y64).abs().max() <= 2 ** -7 * y64.abs().max() + 1e-6
+    # and the quantization error stays within e4m3's bounds: relative 2^-4 per normal input,
+    # absolute 2^-10 * scale per subnormal one, plus the bf16 output rounding
+    x2 = x.detach().double().reshape(-1, 96)
+    w_abs = layer.weight.detach().double().abs()
+    exact = x2 @ layer.weight.detach().double().T + layer.bias.detach().double()
+    scale = x2.abs().amax(1, keepdim=True) / 448
+    bound = 2 ** -4 * (x2.abs() @ w_abs.T) + 2 ** -10 * scale * w_abs.sum(1) + 2 ** -8 * exact.abs() + 1e-6
+    assert ((y2 - exact).abs() <= bound).all()
+    gy = torch.randn(y.shape, generator=gen).to(device)
+    y.backward(gy)
+    g64 = gy.double().reshape(-1, L)
+    w64 = layer.weight.detach().double()
+    assert rel_err(x.grad.reshape(-1, 96), g64 @ w64) < 1e-2  # straight through the quantizer
+    assert layer.weight.grad.dtype == torch.bfloat16 and layer.weight.grad.shape == (L, 96)
+    assert rel_err(layer.weight.grad, g64.T @ x_hat) < 1e-2  # the input the forward multiplied
+    assert rel_err(layer.bias.grad, g64.sum(0)) < 1e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_linear_fp8_padding_survives_to_and_load(device):
+    """L % 16 != 0: the padded storage is restored after .to() and a state_dict round trip,
+    and the pad rows never leak into the output or the gradient."""
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(3)
+    a = Linear(48, 21, weight_dtype=torch.float8_e4m3fn, generator=gen)
+    b = Linear(48, 21, weight_dtype=torch.float8_e4m3fn, generator=gen)
+    b.load_state_dict(a.state_dict())
+    assert torch.equal(a.weight.view(torch.uint8), b.weight.view(torch.uint8))
+    a, b = a.to(device), b.to(device)
+    x = torch.randn(4, 48, generator=gen).to(device)
+    ya, yb = a(x), b(x)
+    assert torch.equal(ya, yb)
+    assert a.weight.shape == (21, 48)
+    full = a.weight.untyped_storage().nbytes()
+    assert full >= 32 * 48  # padded to 32 rows again
+    assert torch.isfinite(ya).all()
+
+
+def test_linear_activation_dtype_checked():
+    from largeout.nn import Linear
+
+    with pytest.raises(ValueError, match="activation_dtype must be"):
+        Linear(4, 4, weight_dtype=torch.bfloat16, activation_dtype=torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="activation_dtype must be"):
+        Linear(4, 4, weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.float16)
+    layer = Linear(4, 4, weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.bfloat16)
+    assert layer.activation_dtype == torch.bfloat16

@@ -24,7 +24,7 @@ namespace largeout {
 
 enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kE4M3 = 3, kE5M2 = 4 };
 
-LARGEOUT_HD int elem_bytes(ElemType t) {
+LARGEOUT_HD constexpr int elem_bytes(ElemType t) {
   return t == ElemType::kF32 ? 4 : (t == ElemType::kE4M3 || t == ElemType::kE5M2) ? 1 : 2;
 }
 

@@ -8,7 +8,7 @@ from typing import Optional
 import torch
 from torch import nn
 
-from . import lowp
+from . import fp8, lowp
 
 __all__ = ["Linear"]
 
@@ -21,10 +21,15 @@ class Linear(nn.Module):
         dtype: dtype of the bias (and of the weight when ``weight_dtype`` is None);
             default float32, or bf16 when the weight is fp8.
         weight_dtype: float32, bfloat16, float16, float8_e4m3fn or float8_e5m2. The
-            matmuls run in the weight's dtype (bf16 for fp8 weights, upcast on the fly:
-            see :mod:`largeout.nn.lowp`); the input is cast to it and the output cast back
-            to the input's dtype. Train low-precision weights with ``largeout.optim``
-            (stochastic rounding; fp8 weights receive bf16 gradients).
+            matmuls run in the weight's dtype; e5m2 weights are upcast to bf16 on the fly
+            (see :mod:`largeout.nn.lowp`), e4m3 weights multiply e4m3 inputs by default
+            (``activation_dtype``). The input is cast to the compute dtype and the output
+            cast back to the input's dtype. Train low-precision weights with
+            ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients).
+        activation_dtype: for e4m3 weights, what the input is multiplied as:
+            ``torch.float8_e4m3fn`` (the default for e4m3 weights: one scale per input row,
+            FP8 tensor cores, see :mod:`largeout.nn.fp8`) or ``torch.bfloat16`` (the
+            weight upcast, bf16 tensor cores). Must be None for other weight dtypes.
         generator: random source of the initial values.
 
     Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
@@ -32,7 +37,8 @@ class Linear(nn.Module):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
-                 weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None) -> None:
+                 weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
+                 activation_dtype: Optional[torch.dtype] = None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: in_features and out_features must be >= 1; got {in_features}, {out_features}")
@@ -41,8 +47,18 @@ class Linear(nn.Module):
         self.weight_dtype = lowp.check_weight_dtype("Linear", weight_dtype)
         if dtype is None:
             dtype = torch.bfloat16 if weight_dtype in lowp.FP8_DTYPES else weight_dtype
+        e4m3 = weight_dtype == torch.float8_e4m3fn
+        if activation_dtype is None:
+            activation_dtype = torch.float8_e4m3fn if e4m3 else None
+        allowed = (torch.float8_e4m3fn, torch.bfloat16) if e4m3 else (None,)
+        if activation_dtype not in allowed:
+            raise ValueError(f"Linear: activation_dtype must be {' or '.join(map(str, allowed))} for weight_dtype "
+                             f"{weight_dtype}; got {activation_dtype}")
+        self.activation_dtype = activation_dtype
         self.in_features, self.out_features = in_features, out_features
         self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device)
+        if activation_dtype == torch.float8_e4m3fn:
+            self.weight.data = fp8.pad_storage(self.weight.data)  # _scaled_mm takes L % 16 == 0
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
         self.reset_parameters(generator)
 
@@ -54,6 +70,8 @@ class Linear(nn.Module):
                 lowp.init_uniform_(self.bias, bound, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.activation_dtype == torch.float8_e4m3fn:
+            return fp8.fp8_linear(x, self.weight, self.bias).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)
         w = lowp.weight_for_compute(self.weight)
         b = self.bias.to(cdt) if self.bias is not None else None
@@ -61,4 +79,5 @@ class Linear(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weight_dtype={self.weight_dtype}")
+                f"weight_dtype={self.weight_dtype}" +
+                (f", activation_dtype={self.activation_dtype}" if self.activation_dtype is not None else ""))

@@ -1,0 +1,136 @@
+#!/usr/bin/env python3
+"""FP8 output layer against bf16: forward and training step of ``largeout.nn.Linear``.
+
+    python bench/bench_fp8.py --out bench/results/fp8_linear_h200.json [--B 512 --H 768 --L 2812281]
+
+Cases, one run, same shapes: the bf16 layer (bf16 weight and input, cuBLAS with the bias in
+its epilogue: the baseline), the e4m3 layer on FP8 tensor cores (input quantized per row,
+``torch._scaled_mm``, bias in the epilogue, bf16 output), the e4m3 layer with bf16 inputs
+(weight upcast), and the bare ``_scaled_mm`` call with pre-quantized operands (the floor of
+the FP8 path). Forward is timed under ``torch.no_grad``; the training step is the forward
+and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s = 2 B H L / time; peak memory per case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+
+import torch
+
+import largeout
+from largeout.nn import Linear
+from largeout.nn import fp8 as lo_fp8
+
+
+def timed(fn, iters: int, warmup: int = 3) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(iters):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        times.append(a.elapsed_time(b) * 1e-3)
+    return statistics.median(times)
+
+
+def measure(name, make, B, H, L, iters, train: bool):
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    layer, fwd = make()
+    x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16)
+    row = {"case": name, "B": B, "H": H, "L": L}
+    with torch.no_grad():
+        row["forward_seconds"] = timed(lambda: fwd(layer, x), iters)
+    if train:
+        xg = x.clone().requires_grad_()
+        dy = torch.randn(B, L, device="cuda", dtype=torch.bfloat16)
+
+        def step():
+            for p in layer.parameters():
+                p.grad = None
+            fwd(layer, xg).backward(dy)
+        row["train_step_seconds"] = timed(step, iters)
+        del dy, xg
+    flops = 2 * B * H * L
+    row["forward_TFLOPs"] = flops / row["forward_seconds"] / 1e12
+    if train:
+        row["train_step_TFLOPs"] = 3 * flops / row["train_step_seconds"] / 1e12
+    row["peak_GB"] = torch.cuda.max_memory_allocated() / 1e9
+    return row
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--B", type=int, default=512)
+    ap.add_argument("--H", type=int, default=768)
+    ap.add_argument("--L", type=int, default=2_812_281)
+    ap.add_argument("--iters", type=int, default=20)
+    args = ap.parse_args(argv)
+    B, H, L = args.B, args.H, args.L
+    dev = torch.cuda.get_device_name()
+
+    def bf16():
+        return Linear(H, L, device="cuda", dtype=torch.bfloat16), lambda m, x: m(x)
+
+    def fp8():
+        return Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn), lambda m, x: m(x)
+
+    def fp8_bf16_inputs():
+        return (Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.bfloat16),
+                lambda m, x: m(x))
+
+    def raw(fast: bool):
+        def make():
+            layer = Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn)
+            w = lo_fp8.padded_weight(layer.weight)
+            q, s = lo_fp8.quantize_rows(torch.randn(B, H, device="cuda"))
+            ones = torch.ones(1, w.shape[0], device="cuda")
+            b = torch.nn.functional.pad(layer.bias.detach(), (0, w.shape[0] - L))
+            return layer, lambda m, x: torch._scaled_mm(q, w.t(), scale_a=s, scale_b=ones, bias=b,
+                                                        out_dtype=torch.bfloat16, use_fast_accum=fast)
+        return make
+
+    cases = [("bf16 weight, bf16 input (cuBLAS)", bf16, True),
+             ("e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores)", fp8, True),
+             ("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True),
+             ("bare torch._scaled_mm, pre-quantized operands", raw(False), False),
+             ("bare torch._scaled_mm, pre-quantized operands, fast accumulation", raw(True), False)]
+    rows = []
+    for name, make, train in cases:
+        try:
+            r = measure(name, make, B, H, L, args.iters, train)
+        except Exception as e:  # noqa: BLE001  (recorded, e.g. a cuBLAS limit)
+            r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+        rows.append(r)
+        if "error" in r:
+            print(f"{name}: {r['error']}", flush=True)
+            continue
+        tr = f", step {r['train_step_seconds'] * 1e3:7.2f} ms" if "train_step_seconds" in r else ""
+        print(f"{name:70s} fwd {r['forward_seconds'] * 1e3:7.2f} ms ({r['forward_TFLOPs']:.0f} TFLOP/s){tr}, "
+              f"peak {r['peak_GB']:.1f} GB", flush=True)
+    base = rows[0].get("forward_seconds")
+    for r in rows:
+        if base and "forward_seconds" in r:
+            r["forward_speedup_vs_bf16"] = base / r["forward_seconds"]
+        if "train_step_seconds" in r and "train_step_seconds" in rows[0]:
+            r["train_step_speedup_vs_bf16"] = rows[0]["train_step_seconds"] / r["train_step_seconds"]
+    out = {"device": dev, "torch": torch.__version__, "cuda": torch.version.cuda, "largeout": largeout.build_info(),
+           "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "method": __doc__, "cases": rows}
+    with open(args.out, "w") as f:
+        json.dump(out, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""FP8 matmuls of ``largeout.nn.Linear`` with e4m3 weights (``activation_dtype=e4m3``).
+
+Forward: the input rows are quantized to e4m3 with one fp32 scale per row
+(``scale = amax / 448``, round to nearest) and multiplied by the stored e4m3 weight on
+FP8 tensor cores (``torch._scaled_mm``: cuBLASLt / CUTLASS, fp32 accumulation, bias and
+the row scales applied in the epilogue, bf16 output). The same function runs on the CPU
+(torch's CPU ``_scaled_mm``) and, emulated with a bf16 matmul of the dequantized
+operands, on GPUs without FP8 tensor cores (before sm_89).
+
+FP8 GEMMs take both operands K-major. The forward's are (the input ``[M, H]`` and the
+label-major weight ``[L, H]`` both run along H); the backward's are not (dx reduces over
+L, dW over the batch), and making them so means a transposed fp8 copy of the weight or of
+``dY`` per step, which costs about what the bf16 GEMMs it would replace cost. So the
+backward runs bf16 tensor cores: dx as ``dY @ W`` over label chunks upcast to bf16 (no
+full bf16 copy of the weight), dW as ``dY^T @ x_hat`` with ``x_hat`` the dequantized
+input the forward multiplied, into ``weight.grad`` (bf16).
+
+``_scaled_mm`` needs the label count to be a multiple of 16: a weight whose label count
+is not is stored with up to 15 zero rows after its last row (``weight`` is a view of the
+first L rows; :func:`padded_weight` restores the padding after ``module.to()`` or a
+replaced ``.data``), and the output is a ``[M, L]`` view of a ``[M, L_pad]`` result.
+"""
+
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["E4M3_MAX", "quantize_rows", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
+
+E4M3_MAX = 448.0
+_ALIGN = 16  # label-count multiple that _scaled_mm takes
+_DX_CHUNK = 1 << 18  # labels upcast to bf16 at once for dx (400 MB at H = 768)
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def fp8_tensor_cores(device: torch.device) -> bool:
+    """Whether ``device`` runs e4m3 GEMMs natively (CPU: torch's CPU kernel; CUDA: sm_89+)."""
+    if device.type == "cpu":
+        return True
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device) >= (8, 9)
+    return False
+
+
+def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x [M, H]`` -> (e4m3 ``q [M, H]``, fp32 ``scale [M, 1]``) with ``q * scale ~ x``:
+    per-row ``scale = amax / 448`` (rows of zeros get scale 1), round to nearest."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=1, keepdim=True)
+    scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
+    return (xf / scale).to(torch.float8_e4m3fn), scale
+
+
+def padded_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The e4m3 weight ``[L, H]`` as a ``[L_pad, H]`` tensor whose first L rows are
+    ``weight`` and whose other rows are zero (same storage). Re-pads ``weight`` in place
+    (its ``.data``) when its storage has no padding, e.g. after ``module.to()``."""
+    L, H = weight.shape
+    Lp = _round_up(L, _ALIGN)
+    if Lp == L:
+        return weight if weight.is_contiguous() else weight.contiguous()
+    need = (weight.storage_offset() + Lp * H) * weight.element_size()
+    if not (weight.is_contiguous() and weight.untyped_storage().nbytes() >= need):
+        full = torch.zeros(Lp, H, dtype=weight.dtype, device=weight.device)
+        full[:L].copy_(weight.detach())
+        weight.data = full[:L]
+    full = weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
+    return full
+
+
+def pad_storage(weight: torch.Tensor) -> torch.Tensor:
+    """A zero-padded copy of ``weight`` stored as :func:`padded_weight` expects (first L rows)."""
+    L, H = weight.shape
+    full = torch.zeros(_round_up(L, _ALIGN), H, dtype=weight.dtype, device=weight.device)
+    full[:L].copy_(weight)
+    return full[:L]
+
+
+class _Fp8LinearFn(torch.autograd.Function):
+    """y = quant(x) W^T + b; gradients as in the module notes. ``anchor`` requires grad so
+    that backward runs (the fp8 weight cannot require grad); W's gradient goes to
+    ``weight.grad``."""
+
+    @staticmethod
+    def forward(ctx, anchor, x2, weight, bias):
+        L = weight.shape[0]
+        q, sx = quantize_rows(x2)
+        w_full = padded_weight(weight)
+        Lp = w_full.shape[0]
+        b = None
+        if bias is not None:
+            b = bias.to(torch.bfloat16)
+            if Lp != L:
+                b = torch.nn.functional.pad(b, (0, Lp - L))
+        if fp8_tensor_cores(x2.device):
+            ones = torch.ones(1, Lp, dtype=torch.float32, device=x2.device)
+            y = torch._scaled_mm(q, w_full.t(), scale_a=sx, scale_b=ones, bias=b, out_dtype=torch.bfloat16)
+        else:  # emulated: the same operands, dequantized, on bf16 tensor cores
+            x_hat = (q.float() * sx).to(torch.bfloat16)
+            y = torch.nn.functional.linear(x_hat, w_full.to(torch.bfloat16), b)
+        ctx.save_for_backward(q, sx)
+        ctx.x_dtype = x2.dtype
+        ctx.weight = weight
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y[:, :L] if Lp != L else y
+
+    @staticmethod
+    def backward(ctx, gy):
+        q, sx = ctx.saved_tensors
+        w = ctx.weight
+        g = gy.to(torch.bfloat16)
+        L = w.shape[0]
+        dx = None
+        if ctx.needs_input_grad[1]:
+            acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
+            for c in range(0, L, _DX_CHUNK):
+                acc += (g[:, c : c + _DX_CHUNK] @ w[c : c + _DX_CHUNK].to(torch.bfloat16)).float()
+            dx = acc.to(ctx.x_dtype)
+        x_hat = (q.float() * sx).to(torch.bfloat16)
+        dw = g.t() @ x_hat
+        w.grad = dw if w.grad is None else w.grad + dw
+        db = g.float().sum(0).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        return None, dx, None, db
+
+
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``x W^T + b`` on FP8 tensor cores (see the module notes); ``x [..., H]`` any float
+    dtype, ``weight [L, H]`` e4m3; returns bf16 ``[..., L]``."""
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled():
+        anchor = torch.empty(0, device=x.device, requires_grad=True)
+        y = _Fp8LinearFn.apply(anchor, x2, weight, bias)
+    else:
+        y = _Fp8LinearFn.forward(_NoCtx(), None, x2, weight, bias)
+    if len(lead) == 1:
+        return y
+    return y[0] if not lead else y.unflatten(0, lead)
+
+
+class _NoCtx:
+    """Stand-in ctx for a forward without autograd (saves nothing)."""
+
+    def save_for_backward(self, *tensors) -> None:
+        pass
