@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -76,7 +75,7 @@ def step_bytes(opt, params) -> int:
     return total
 
 
-def run_case(name, kind, pdt, gdt, kw, elements, parts, iters, variants=()):
+def run_case(name, kind, pdt, gdt, kw, elements, parts, iters):
     sizes = [elements // parts] * parts
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = []
@@ -92,15 +91,9 @@ def run_case(name, kind, pdt, gdt, kw, elements, parts, iters, variants=()):
         opt = lo_optim.AdamW(params, lr=1e-3, weight_decay=0.01, seed=1, **kw)
     opt.step()  # creates the state
     nbytes = step_bytes(opt, params)
-    row = {"case": name, "elements": elements, "tensors": parts, "bytes_per_step": nbytes}
-    if variants:  # the kernel's launch shapes under evaluation (csrc/kernels/cuda/optim_step.cu)
-        row["variant_seconds"] = {}
-        for v in variants:
-            os.environ["LARGEOUT_OPTIM_VARIANT"] = str(v)
-            row["variant_seconds"][str(v)] = timed(opt.step, iters)[0]
-        os.environ.pop("LARGEOUT_OPTIM_VARIANT")
-    t, times = timed(opt.step, iters)  # the default launch shape
-    row.update({"seconds": t, "GBps": nbytes / t / 1e9, "times": times})
+    t, times = timed(opt.step, iters)
+    row = {"case": name, "elements": elements, "tensors": parts, "bytes_per_step": nbytes, "seconds": t,
+           "GBps": nbytes / t / 1e9, "times": times}
     # torch's own fused step on the same tensors, where it exists (round to nearest)
     if pdt in (torch.bfloat16, torch.float32) and not kw.get("kahan"):
         try:
@@ -126,23 +119,18 @@ def main(argv=None) -> int:
     ap.add_argument("--elements", type=int, default=768 * 1_000_000)
     ap.add_argument("--tensors", type=int, default=4)
     ap.add_argument("--iters", type=int, default=15)
-    ap.add_argument("--variants", default="", help="comma-separated LARGEOUT_OPTIM_VARIANT values also timed")
     args = ap.parse_args(argv)
     dev = torch.cuda.get_device_name()
     copy = copy_bandwidth(4 << 30, args.iters)
     print(f"{dev}: copy {copy['GBps']:.0f} GB/s", flush=True)
     rows = []
     for case in CASES:
-        variants = [int(v) for v in args.variants.split(",") if v]
-        r = run_case(*case, args.elements, args.tensors, args.iters, variants)
+        r = run_case(*case, args.elements, args.tensors, args.iters)
         r["fraction_of_copy"] = r["GBps"] / copy["GBps"]
         rows.append(r)
         extra = f", torch fused {r['torch_fused_seconds'] * 1e3:.2f} ms" if "torch_fused_seconds" in r else ""
         print(f"{r['case']:55s} {r['seconds'] * 1e3:8.2f} ms {r['GBps']:7.0f} GB/s "
               f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}", flush=True)
-        if "variant_seconds" in r:
-            print("    variants: " + ", ".join(f"{v}: {100 * r['bytes_per_step'] / t / 1e9 / copy['GBps']:.0f}%"
-                                         for v, t in r["variant_seconds"].items()), flush=True)
     out = {"device": dev, "torch": torch.__version__, "largeout": largeout.build_info(),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "method": __doc__, "copy": copy, "cases": rows}

@@ -357,3 +357,30 @@ def test_linear_activation_dtype_checked():
         Linear(4, 4, weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.float16)
     layer = Linear(4, 4, weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.bfloat16)
     assert layer.activation_dtype == torch.bfloat16
+    with pytest.raises(ValueError, match="in_features divisible by 16.*got in_features=40"):
+        Linear(40, 4, weight_dtype=torch.float8_e4m3fn, activation_dtype=torch.float8_e4m3fn)
+    assert Linear(40, 4, weight_dtype=torch.float8_e4m3fn).activation_dtype == torch.bfloat16
+    assert Linear(48, 4, weight_dtype=torch.float8_e4m3fn).activation_dtype == torch.float8_e4m3fn
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["row", "row-fast", "row-t", "row-t-fast"])
+def test_linear_fp8_gemm_modes_agree(mode, device, monkeypatch):
+    """The FP8 GEMM's call variants (benchmark hook LARGEOUT_FP8_GEMM) compute the same
+    product: within the bf16 output rounding of the default, also with M % 16 == 0
+    (where the transposed product applies) and not."""
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(11)
+    layer = Linear(64, 200, weight_dtype=torch.float8_e4m3fn, generator=gen).to(device)
+    for m in (32, 5):
+        x = torch.randn(m, 64, generator=gen).to(device)
+        monkeypatch.setenv("LARGEOUT_FP8_GEMM", "row")
+        ref = layer(x)
+        monkeypatch.setenv("LARGEOUT_FP8_GEMM", mode)
+        y = layer(x)
+        assert y.shape == ref.shape == (m, 200)
+        assert (y - ref).abs().max() <= 2 ** -7 * ref.abs().max()
+    monkeypatch.setenv("LARGEOUT_FP8_GEMM", "fastest")
+    with pytest.raises(ValueError, match="LARGEOUT_FP8_GEMM must be one of"):
+        layer(x)

@@ -2,10 +2,10 @@
 
 Forward: the input rows are quantized to e4m3 with one fp32 scale per row
 (``scale = amax / 448``, round to nearest) and multiplied by the stored e4m3 weight on
-FP8 tensor cores (``torch._scaled_mm``: cuBLASLt / CUTLASS, fp32 accumulation, bias and
-the row scales applied in the epilogue, bf16 output). The same function runs on the CPU
-(torch's CPU ``_scaled_mm``) and, emulated with a bf16 matmul of the dequantized
-operands, on GPUs without FP8 tensor cores (before sm_89).
+FP8 tensor cores (``torch._scaled_mm``, fp32 accumulation, bias and the row scales
+applied in the epilogue, bf16 output). On the CPU and on GPUs without FP8 tensor cores
+(before sm_89) the same product is emulated: the e4m3 operands (exact in bf16) multiply
+on bf16 units with fp32 accumulation, then the row scales and the bias are applied.
 
 FP8 GEMMs take both operands K-major. The forward's are (the input ``[M, H]`` and the
 label-major weight ``[L, H]`` both run along H); the backward's are not (dx reduces over
@@ -13,7 +13,9 @@ L, dW over the batch), and making them so means a transposed fp8 copy of the wei
 ``dY`` per step, which costs about what the bf16 GEMMs it would replace cost. So the
 backward runs bf16 tensor cores: dx as ``dY @ W`` over label chunks upcast to bf16 (no
 full bf16 copy of the weight), dW as ``dY^T @ x_hat`` with ``x_hat`` the dequantized
-input the forward multiplied, into ``weight.grad`` (bf16).
+input the forward multiplied, into ``weight.grad`` (bf16). When L is not a multiple of 8,
+``dY`` is first copied into a zero-padded ``[M, L_pad]`` buffer: cuBLAS runs several
+times slower on a leading dimension that is not 16-byte aligned.
 
 ``_scaled_mm`` needs the label count to be a multiple of 16: a weight whose label count
 is not is stored with up to 15 zero rows after its last row (``weight`` is a view of the
@@ -23,6 +25,7 @@ replaced ``.data``), and the output is a ``[M, L]`` view of a ``[M, L_pad]`` res
 
 from __future__ import annotations
 
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -39,12 +42,38 @@ def _round_up(n: int, m: int) -> int:
 
 
 def fp8_tensor_cores(device: torch.device) -> bool:
-    """Whether ``device`` runs e4m3 GEMMs natively (CPU: torch's CPU kernel; CUDA: sm_89+)."""
-    if device.type == "cpu":
-        return True
-    if device.type == "cuda":
-        return torch.cuda.get_device_capability(device) >= (8, 9)
-    return False
+    """Whether ``device`` runs e4m3 GEMMs on FP8 tensor cores (CUDA sm_89 and later)."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+# How the FP8 GEMM is called (benchmark hook: LARGEOUT_FP8_GEMM; bench/bench_fp8.py times
+# each): "fast" adds use_fast_accum (Hopper's reduced-precision accumulation inside an
+# MMA chain), "t" computes the transposed product W x^T (labels as the GEMM's M).
+_GEMM_MODES = ("row", "row-fast", "row-t", "row-t-fast")
+
+
+def _gemm_mode() -> str:
+    mode = os.environ.get("LARGEOUT_FP8_GEMM", "row")
+    if mode not in _GEMM_MODES:
+        raise ValueError(f"LARGEOUT_FP8_GEMM must be one of {', '.join(_GEMM_MODES)}; got {mode!r}")
+    return mode
+
+
+def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    """bf16 ``(q * sx) @ w_full^T + b``: q e4m3 [M, H], sx fp32 [M, 1], w_full e4m3 [Lp, H]."""
+    Lp = w_full.shape[0]
+    mode = _gemm_mode()
+    if not fp8_tensor_cores(q.device):  # emulated: exact bf16 operands, fp32 accumulation, bf16 result
+        y = torch.mm(q.to(torch.bfloat16), w_full.to(torch.bfloat16).t()).float() * sx
+        return (y + b.float() if b is not None else y).to(torch.bfloat16)
+    fast = mode.endswith("fast")
+    ones = torch.ones(1, Lp, dtype=torch.float32, device=q.device)
+    if "-t" in mode and q.shape[0] % 16 == 0:  # y^T = W q^T: scale_a per label (ones), scale_b per input row
+        yt = torch._scaled_mm(w_full, q.t(), scale_a=ones.t(), scale_b=sx.t(), out_dtype=torch.bfloat16,
+                              use_fast_accum=fast)
+        return (yt + b[:, None] if b is not None else yt).t()
+    return torch._scaled_mm(q, w_full.t(), scale_a=sx, scale_b=ones, bias=b, out_dtype=torch.bfloat16,
+                            use_fast_accum=fast)
 
 
 def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -97,12 +126,7 @@ class _Fp8LinearFn(torch.autograd.Function):
             b = bias.to(torch.bfloat16)
             if Lp != L:
                 b = torch.nn.functional.pad(b, (0, Lp - L))
-        if fp8_tensor_cores(x2.device):
-            ones = torch.ones(1, Lp, dtype=torch.float32, device=x2.device)
-            y = torch._scaled_mm(q, w_full.t(), scale_a=sx, scale_b=ones, bias=b, out_dtype=torch.bfloat16)
-        else:  # emulated: the same operands, dequantized, on bf16 tensor cores
-            x_hat = (q.float() * sx).to(torch.bfloat16)
-            y = torch.nn.functional.linear(x_hat, w_full.to(torch.bfloat16), b)
+        y = _fp8_gemm(q, sx, w_full, b)
         ctx.save_for_backward(q, sx)
         ctx.x_dtype = x2.dtype
         ctx.weight = weight
@@ -114,8 +138,12 @@ class _Fp8LinearFn(torch.autograd.Function):
     def backward(ctx, gy):
         q, sx = ctx.saved_tensors
         w = ctx.weight
-        g = gy.to(torch.bfloat16)
         L = w.shape[0]
+        g = gy.to(torch.bfloat16)
+        if L % 8 or g.stride(1) != 1 or g.stride(0) % 8:  # a 16-byte aligned leading dimension for cuBLAS
+            gp = torch.zeros(g.shape[0], _round_up(L, 8), dtype=torch.bfloat16, device=g.device)
+            gp[:, :L] = g
+            g = gp[:, :L]
         dx = None
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)

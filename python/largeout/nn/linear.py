@@ -27,9 +27,11 @@ class Linear(nn.Module):
             cast back to the input's dtype. Train low-precision weights with
             ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients).
         activation_dtype: for e4m3 weights, what the input is multiplied as:
-            ``torch.float8_e4m3fn`` (the default for e4m3 weights: one scale per input row,
-            FP8 tensor cores, see :mod:`largeout.nn.fp8`) or ``torch.bfloat16`` (the
-            weight upcast, bf16 tensor cores). Must be None for other weight dtypes.
+            ``torch.float8_e4m3fn`` (one scale per input row, FP8 tensor cores, see
+            :mod:`largeout.nn.fp8`; the default for e4m3 weights when ``in_features`` is
+            a multiple of 16, which FP8 GEMMs need) or ``torch.bfloat16`` (the weight
+            upcast, bf16 tensor cores; the default otherwise). Must be None for other
+            weight dtypes.
         generator: random source of the initial values.
 
     Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
@@ -48,12 +50,15 @@ class Linear(nn.Module):
         if dtype is None:
             dtype = torch.bfloat16 if weight_dtype in lowp.FP8_DTYPES else weight_dtype
         e4m3 = weight_dtype == torch.float8_e4m3fn
-        if activation_dtype is None:
-            activation_dtype = torch.float8_e4m3fn if e4m3 else None
+        if activation_dtype is None and e4m3:
+            activation_dtype = torch.float8_e4m3fn if in_features % 16 == 0 else torch.bfloat16
         allowed = (torch.float8_e4m3fn, torch.bfloat16) if e4m3 else (None,)
         if activation_dtype not in allowed:
             raise ValueError(f"Linear: activation_dtype must be {' or '.join(map(str, allowed))} for weight_dtype "
                              f"{weight_dtype}; got {activation_dtype}")
+        if activation_dtype == torch.float8_e4m3fn and in_features % 16:
+            raise ValueError(f"Linear: activation_dtype float8_e4m3fn needs in_features divisible by 16 (FP8 "
+                             f"GEMMs); got in_features={in_features}; use activation_dtype=torch.bfloat16")
         self.activation_dtype = activation_dtype
         self.in_features, self.out_features = in_features, out_features
         self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device)

@@ -1,7 +1,0 @@
-// The fused optimizer step with 1 group(s) per thread batch, launch bounds (256, 4).
-#include "kernels/cuda/optim_step_kernel.cuh"
-
-namespace largeout::cuda::optim_detail {
-template cudaError_t launch<1, 4>(const OptimSlot*, const int64_t*, int, int64_t, const OptimTypes&,
-                                     const OptimHyper&, int64_t, cudaStream_t);
-}  // namespace largeout::cuda::optim_detail
