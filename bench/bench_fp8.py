@@ -54,7 +54,7 @@ def measure(name, make, B, H, L, iters, train: bool):
         row["forward_seconds"] = timed(lambda: fwd(layer, x), iters)
     if train:
         xg = x.clone().requires_grad_()
-        dy = torch.randn(B, L, device="cuda", dtype=torch.bfloat16)
+        dy = torch.randn(B, layer.out_features, device="cuda", dtype=torch.bfloat16)
 
         def step():
             for p in layer.parameters():

@@ -81,7 +81,7 @@ if [ "$MODE" = evidence ]; then  # issue 5: measured memory per label, convergen
   timeout 120 python3 bench/lowp_memory.py --out "$OUT/lowp_memory.json" 2>&1 | grep -v Warning | tail -8
   echo "== low-precision training evidence"
   timeout ${EVIDENCE_BUDGET:-330} python3 bench/lowp_evidence.py --out "$OUT/lowp_evidence.json" --device cuda \
-    --epochs ${EVIDENCE_EPOCHS:-6} --sgd-lrs ${EVIDENCE_LRS:-0.05,0.3} 2>&1 | grep -v Warning | tail -30
+    --epochs ${EVIDENCE_EPOCHS:-6} --sgd-lrs ${EVIDENCE_LRS:-0.05,0.3} ${EVIDENCE_SMALL_LRS:+--small-lrs $EVIDENCE_SMALL_LRS} 2>&1 | grep -v Warning | tail -30
   exit 0
 fi
 
