@@ -141,7 +141,8 @@ class _Fp8LinearFn(torch.autograd.Function):
         L = w.shape[0]
         g = gy.to(torch.bfloat16)
         if L % 8 or g.stride(1) != 1 or g.stride(0) % 8:  # a 16-byte aligned leading dimension for cuBLAS
-            gp = torch.zeros(g.shape[0], _round_up(L, 8), dtype=torch.bfloat16, device=g.device)
+            gp = torch.empty(g.shape[0], _round_up(L, 8), dtype=torch.bfloat16, device=g.device)
+            gp[:, L:].zero_()
             gp[:, :L] = g
             g = gp[:, :L]
         dx = None
@@ -153,7 +154,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = g.t() @ x_hat
         w.grad = dw if w.grad is None else w.grad + dw
-        db = g.float().sum(0).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        db = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
         return None, dx, None, db
 
 
