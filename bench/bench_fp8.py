@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -27,21 +26,7 @@ import torch
 import largeout
 from largeout.nn import Linear
 from largeout.nn import fp8 as lo_fp8
-
-
-def timed(fn, iters: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(iters):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        times.append(a.elapsed_time(b) * 1e-3)
-    return statistics.median(times)
+from bench_optim import timed  # CUDA-event median (bench/ is on the path when run as a script)
 
 
 def measure(name, make, B, H, L, iters, train: bool):
@@ -51,7 +36,7 @@ def measure(name, make, B, H, L, iters, train: bool):
     x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16)
     row = {"case": name, "B": B, "H": H, "L": L}
     with torch.no_grad():
-        row["forward_seconds"] = timed(lambda: fwd(layer, x), iters)
+        row["forward_seconds"] = timed(lambda: fwd(layer, x), iters)[0]
     if train:
         xg = x.clone().requires_grad_()
         dy = torch.randn(B, layer.out_features, device="cuda", dtype=torch.bfloat16)
@@ -60,7 +45,7 @@ def measure(name, make, B, H, L, iters, train: bool):
             for p in layer.parameters():
                 p.grad = None
             fwd(layer, xg).backward(dy)
-        row["train_step_seconds"] = timed(step, iters)
+        row["train_step_seconds"] = timed(step, iters)[0]
         del dy, xg
     flops = 2 * B * H * L
     row["forward_TFLOPs"] = flops / row["forward_seconds"] / 1e12
