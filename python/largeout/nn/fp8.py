@@ -30,7 +30,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["E4M3_MAX", "quantize_rows", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "quantize_rows", "padded_weight", "pad_storage", "fp8_linear", "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
 _ALIGN = 16  # label-count multiple that _scaled_mm takes
@@ -95,11 +95,8 @@ def padded_weight(weight: torch.Tensor) -> torch.Tensor:
         return weight if weight.is_contiguous() else weight.contiguous()
     need = (weight.storage_offset() + Lp * H) * weight.element_size()
     if not (weight.is_contiguous() and weight.untyped_storage().nbytes() >= need):
-        full = torch.zeros(Lp, H, dtype=weight.dtype, device=weight.device)
-        full[:L].copy_(weight.detach())
-        weight.data = full[:L]
-    full = weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
-    return full
+        weight.data = pad_storage(weight.detach())
+    return weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
 
 
 def pad_storage(weight: torch.Tensor) -> torch.Tensor:
@@ -130,7 +127,6 @@ class _Fp8LinearFn(torch.autograd.Function):
         ctx.save_for_backward(q, sx)
         ctx.x_dtype = x2.dtype
         ctx.weight = weight
-        ctx.has_bias = bias is not None
         ctx.bias_dtype = bias.dtype if bias is not None else None
         return y[:, :L] if Lp != L else y
 
@@ -154,7 +150,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = g.t() @ x_hat
         w.grad = dw if w.grad is None else w.grad + dw
-        db = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[3] else None
+        db = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
         return None, dx, None, db
 
 
