@@ -6,8 +6,9 @@
 Cases, one run, same shapes: the bf16 layer (bf16 weight and input, cuBLAS with the bias in
 its epilogue) at L and at L padded to a multiple of 16 (cuBLAS is much slower on an output
 leading dimension that is not 16-byte aligned; the faster of the two is the baseline), the
-e4m3 layer on FP8 tensor cores (input quantized per row, ``torch._scaled_mm``, bf16
-output) in each GEMM mode of ``largeout.nn.fp8`` (LARGEOUT_FP8_GEMM), the e4m3 layer with
+e4m3 layer on FP8 tensor cores (``torch._scaled_mm``, bf16 output) in each recipe of
+``largeout.nn.fp8`` (LARGEOUT_FP8_GEMM: input scale per tensor or per row, fast
+accumulation or not), the e4m3 layer with
 bf16 inputs (weight upcast), and bare ``_scaled_mm`` calls with pre-quantized operands. Forward is timed under ``torch.no_grad``; the training step is the forward
 and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s = 2 B H L / time; peak memory per case.
 """
@@ -85,7 +86,7 @@ def main(argv=None) -> int:
         def make():
             layer = Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn)
             w = lo_fp8.padded_weight(layer.weight)
-            q, s = lo_fp8.quantize_rows(torch.randn(B, H, device="cuda"))
+            q, s = lo_fp8.quantize(torch.randn(B, H, device="cuda"), rowwise=True)
             ones = torch.ones(1, w.shape[0], device="cuda")
             b = torch.nn.functional.pad(layer.bias.detach(), (0, w.shape[0] - L))
             if not rowwise:
@@ -97,7 +98,7 @@ def main(argv=None) -> int:
     cases = [(f"bf16 weight, bf16 input, L = {L} (cuBLAS)", bf16(L), True),
              (f"bf16 weight, bf16 input, L padded to {Lp} (cuBLAS, aligned)", bf16(Lp), True)]
     cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode {m})", fp8(m), True)
-              for m in ("row", "row-fast", "row-t", "row-t-fast")]
+              for m in ("tensor-fast", "tensor", "row", "row-fast")]
     cases += [("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True)]
     cases += [(f"bare torch._scaled_mm, pre-quantized, {'rowwise' if r else 'tensorwise'} scales"
                f"{', fast accumulation' if f else ''}", raw(r, f), False)

@@ -10,7 +10,7 @@
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
-#            (BENCH=0: tests only; OPTIM_BENCH=0: no optimizer benchmark)
+#            (BENCH=0: tests only; OPTIM_BENCH=0: no optimizer benchmark; PROFILE_FP8=1: profile)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -72,6 +72,10 @@ if [ "$MODE" = lowp ]; then
     fi
     echo "== benchmark: FP8 layer against bf16"
     timeout 180 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -12
+    if [ "${PROFILE_FP8:-0}" = 1 ]; then
+      echo "== profile: FP8 layer training step"
+      timeout 120 python3 bench/profile_fp8.py --out "$OUT/profile_fp8.txt" > /dev/null 2>&1; echo "rc=$?"
+    fi
   fi
   exit 0
 fi

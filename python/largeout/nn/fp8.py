@@ -1,11 +1,14 @@
 """FP8 matmuls of ``largeout.nn.Linear`` with e4m3 weights (``activation_dtype=e4m3``).
 
-Forward: the input rows are quantized to e4m3 with one fp32 scale per row
-(``scale = amax / 448``, round to nearest) and multiplied by the stored e4m3 weight on
-FP8 tensor cores (``torch._scaled_mm``, fp32 accumulation, bias and the row scales
-applied in the epilogue, bf16 output). On the CPU and on GPUs without FP8 tensor cores
-(before sm_89) the same product is emulated: the e4m3 operands (exact in bf16) multiply
-on bf16 units with fp32 accumulation, then the row scales and the bias are applied.
+Forward: the input is quantized to e4m3 with one fp32 scale (``scale = amax / 448``,
+round to nearest; by default one scale for the whole input, as torchao's tensorwise
+float8 recipe) and multiplied by the stored e4m3 weight on FP8 tensor cores
+(``torch._scaled_mm`` with Hopper's fast accumulation, scale and bias applied in the
+epilogue, bf16 output). ``LARGEOUT_FP8_GEMM`` picks another recipe: ``tensor`` (fp32
+promotion of the accumulator), ``row`` / ``row-fast`` (one scale per input row).
+On the CPU and on GPUs without FP8 tensor cores (before sm_89) the same product is
+emulated: the e4m3 operands (exact in bf16) multiply on bf16 units with fp32
+accumulation, then the scales and the bias are applied.
 
 FP8 GEMMs take both operands K-major. The forward's are (the input ``[M, H]`` and the
 label-major weight ``[L, H]`` both run along H); the backward's are not (dx reduces over
@@ -30,7 +33,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["E4M3_MAX", "quantize_rows", "padded_weight", "pad_storage", "fp8_linear", "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "gemm_mode", "quantize", "padded_weight", "pad_storage", "fp8_linear", "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
 _ALIGN = 16  # label-count multiple that _scaled_mm takes
@@ -46,14 +49,15 @@ def fp8_tensor_cores(device: torch.device) -> bool:
     return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-# How the FP8 GEMM is called (benchmark hook: LARGEOUT_FP8_GEMM; bench/bench_fp8.py times
-# each): "fast" adds use_fast_accum (Hopper's reduced-precision accumulation inside an
-# MMA chain), "t" computes the transposed product W x^T (labels as the GEMM's M).
-_GEMM_MODES = ("row", "row-fast", "row-t", "row-t-fast")
+# The FP8 recipe (LARGEOUT_FP8_GEMM; bench/bench_fp8.py times each): "tensor" / "row":
+# one input scale, or one per input row; "-fast": use_fast_accum (Hopper accumulates the
+# MMA chain without promoting to fp32: fastest, used by torchao for forward GEMMs).
+_GEMM_MODES = ("tensor-fast", "tensor", "row", "row-fast")
 
 
-def _gemm_mode() -> str:
-    mode = os.environ.get("LARGEOUT_FP8_GEMM", "row")
+def gemm_mode() -> str:
+    """The FP8 recipe in force: ``LARGEOUT_FP8_GEMM`` or ``tensor-fast``."""
+    mode = os.environ.get("LARGEOUT_FP8_GEMM", "tensor-fast")
     if mode not in _GEMM_MODES:
         raise ValueError(f"LARGEOUT_FP8_GEMM must be one of {', '.join(_GEMM_MODES)}; got {mode!r}")
     return mode
@@ -62,25 +66,24 @@ def _gemm_mode() -> str:
 def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
     """bf16 ``(q * sx) @ w_full^T + b``: q e4m3 [M, H], sx fp32 [M, 1], w_full e4m3 [Lp, H]."""
     Lp = w_full.shape[0]
-    mode = _gemm_mode()
+    mode = gemm_mode()
     if not fp8_tensor_cores(q.device):  # emulated: exact bf16 operands, fp32 accumulation, bf16 result
         y = torch.mm(q.to(torch.bfloat16), w_full.to(torch.bfloat16).t()).float() * sx
         return (y + b.float() if b is not None else y).to(torch.bfloat16)
-    fast = mode.endswith("fast")
-    ones = torch.ones(1, Lp, dtype=torch.float32, device=q.device)
-    if "-t" in mode and q.shape[0] % 16 == 0:  # y^T = W q^T: scale_a per label (ones), scale_b per input row
-        yt = torch._scaled_mm(w_full, q.t(), scale_a=ones.t(), scale_b=sx.t(), out_dtype=torch.bfloat16,
-                              use_fast_accum=fast)
-        return (yt + b[:, None] if b is not None else yt).t()
-    return torch._scaled_mm(q, w_full.t(), scale_a=sx, scale_b=ones, bias=b, out_dtype=torch.bfloat16,
-                            use_fast_accum=fast)
+    if mode.startswith("row"):
+        sx, sw = sx, torch.ones(1, Lp, dtype=torch.float32, device=q.device)
+    else:
+        sx, sw = sx.reshape(()), torch.ones((), dtype=torch.float32, device=q.device)
+    return torch._scaled_mm(q, w_full.t(), scale_a=sx, scale_b=sw, bias=b, out_dtype=torch.bfloat16,
+                            use_fast_accum=mode.endswith("fast"))
 
 
-def quantize_rows(x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``x [M, H]`` -> (e4m3 ``q [M, H]``, fp32 ``scale [M, 1]``) with ``q * scale ~ x``:
-    per-row ``scale = amax / 448`` (rows of zeros get scale 1), round to nearest."""
+def quantize(x: torch.Tensor, rowwise: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``x [M, H]`` -> (e4m3 ``q [M, H]``, fp32 ``scale``) with ``q * scale ~ x``:
+    ``scale = amax / 448`` per row (``[M, 1]``) or for the whole input (``[1, 1]``);
+    an all-zero row (input) gets scale 1; round to nearest."""
     xf = x.float()
-    amax = xf.abs().amax(dim=1, keepdim=True)
+    amax = xf.abs().amax(dim=1, keepdim=True) if rowwise else xf.abs().amax().reshape(1, 1)
     scale = torch.where(amax > 0, amax / E4M3_MAX, torch.ones_like(amax))
     return (xf / scale).to(torch.float8_e4m3fn), scale
 
@@ -115,7 +118,7 @@ class _Fp8LinearFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, x2, weight, bias):
         L = weight.shape[0]
-        q, sx = quantize_rows(x2)
+        q, sx = quantize(x2, gemm_mode().startswith("row"))
         w_full = padded_weight(weight)
         Lp = w_full.shape[0]
         b = None

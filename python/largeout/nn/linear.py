@@ -27,7 +27,7 @@ class Linear(nn.Module):
             cast back to the input's dtype. Train low-precision weights with
             ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients).
         activation_dtype: for e4m3 weights, what the input is multiplied as:
-            ``torch.float8_e4m3fn`` (one scale per input row, FP8 tensor cores, see
+            ``torch.float8_e4m3fn`` (the input scaled into e4m3, FP8 tensor cores, see
             :mod:`largeout.nn.fp8`; the default for e4m3 weights when ``in_features`` is
             a multiple of 16, which FP8 GEMMs need) or ``torch.bfloat16`` (the weight
             upcast, bf16 tensor cores; the default otherwise). Must be None for other
