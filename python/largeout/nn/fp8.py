@@ -138,22 +138,28 @@ class _Fp8LinearFn(torch.autograd.Function):
         q, sx = ctx.saved_tensors
         w = ctx.weight
         L = w.shape[0]
+        # Every GEMM on 16-byte aligned rows and reductions of multiples of 8: dY copied
+        # into [M, L8] with zero columns after L (when needed), the weight's zero pad rows.
+        L8 = _round_up(L, 8)
         g = gy.to(torch.bfloat16)
-        if L % 8 or g.stride(1) != 1 or g.stride(0) % 8:  # a 16-byte aligned leading dimension for cuBLAS
-            gp = torch.empty(g.shape[0], _round_up(L, 8), dtype=torch.bfloat16, device=g.device)
+        if L8 != L or g.stride(1) != 1 or g.stride(0) % 8:
+            gp = torch.empty(g.shape[0], L8, dtype=torch.bfloat16, device=g.device)
             gp[:, L:].zero_()
             gp[:, :L] = g
-            g = gp[:, :L]
+            g = gp
+        w_full = padded_weight(w)[:L8]
         dx = None
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
-            for c in range(0, L, _DX_CHUNK):
-                acc += (g[:, c : c + _DX_CHUNK] @ w[c : c + _DX_CHUNK].to(torch.bfloat16)).float()
+            for c in range(0, L8, _DX_CHUNK):
+                acc += (g[:, c : c + _DX_CHUNK] @ w_full[c : c + _DX_CHUNK].to(torch.bfloat16)).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)
-        dw = g.t() @ x_hat
+        dw = (g.t() @ x_hat)[:L]
         w.grad = dw if w.grad is None else w.grad + dw
-        db = g.sum(0, dtype=torch.float32).to(ctx.bias_dtype) if ctx.bias_dtype is not None and ctx.needs_input_grad[3] else None
+        db = None
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
+            db = g[:, :L].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
         return None, dx, None, db
 
 
