@@ -28,6 +28,7 @@ replaced ``.data``), and the output is a ``[M, L]`` view of a ``[M, L_pad]`` res
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Optional, Tuple
 
@@ -46,7 +47,12 @@ def _round_up(n: int, m: int) -> int:
 
 def fp8_tensor_cores(device: torch.device) -> bool:
     """Whether ``device`` runs e4m3 GEMMs on FP8 tensor cores (CUDA sm_89 and later)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+    return device.type == "cuda" and _capability(device.index) >= (8, 9)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: Optional[int]) -> Tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 # The FP8 recipe (LARGEOUT_FP8_GEMM; bench/bench_fp8.py times each): "tensor" / "row":
