@@ -8,11 +8,12 @@ its epilogue) at L and at L padded to a multiple of 16 (cuBLAS is much slower on
 leading dimension that is not 16-byte aligned; the faster of the two is the baseline), the
 e4m3 layer on FP8 tensor cores (``torch._scaled_mm``, bf16 output) in each recipe of
 ``largeout.nn.fp8`` (LARGEOUT_FP8_GEMM: input scale per tensor or per row, fast
-accumulation or not), the e4m3 layer with
-bf16 inputs (weight upcast), and bare ``_scaled_mm`` calls with pre-quantized operands.
-Forward: each call timed alone (host work exposed) and ten calls back to back (host work
-overlapped, as in a training loop), per call. Forward is timed under ``torch.no_grad``; the training step is the forward
-and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s = 2 B H L / time; peak memory per case.
+accumulation or not), the e4m3 layer with bf16 inputs (weight upcast), and bare
+``_scaled_mm`` calls with pre-quantized operands. The forward runs under
+``torch.no_grad``, each call timed alone (host work exposed) and ten calls back to back
+(host work overlapped, as in a training loop), per call; the training step is the
+forward and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s =
+2 B H L / time; peak memory per case.
 """
 
 from __future__ import annotations

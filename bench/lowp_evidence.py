@@ -11,8 +11,9 @@ and a group-sparse output layer whose weights are trained as
       GPUs with FP8 tensor cores, group-sparse: the weight upcast to bf16),
 each with SGD (momentum 0.9; lr picked for (a) on validation from a small grid and used
 by all) and with AdamW (lr 5e-3, the demo's); with --small-lrs, also the dense head with
-SGD at fixed small learning rates, where most updates fall below half a bf16 ulp. Reported: validation P@1 per epoch and
-the test P@1 of the best-on-validation epoch; JSON and a PNG next to it.
+SGD at fixed small learning rates, where most updates fall below half a bf16 ulp.
+Reported: validation P@1 per epoch and the test P@1 of the best-on-validation epoch;
+JSON and a PNG next to it.
 """
 
 from __future__ import annotations

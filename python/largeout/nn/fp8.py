@@ -34,10 +34,10 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["E4M3_MAX", "gemm_mode", "quantize", "padded_weight", "pad_storage", "fp8_linear", "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "quantize", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
-_ALIGN = 16  # label-count multiple that _scaled_mm takes
+ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's storage is padded to it)
 _DX_CHUNK = 1 << 18  # labels upcast to bf16 at once for dx (400 MB at H = 768)
 
 
@@ -99,19 +99,19 @@ def padded_weight(weight: torch.Tensor) -> torch.Tensor:
     ``weight`` and whose other rows are zero (same storage). Re-pads ``weight`` in place
     (its ``.data``) when its storage has no padding, e.g. after ``module.to()``."""
     L, H = weight.shape
-    Lp = _round_up(L, _ALIGN)
+    Lp = _round_up(L, ROW_MULTIPLE)
     if Lp == L:
         return weight if weight.is_contiguous() else weight.contiguous()
     need = (weight.storage_offset() + Lp * H) * weight.element_size()
     if not (weight.is_contiguous() and weight.untyped_storage().nbytes() >= need):
-        weight.data = pad_storage(weight.detach())
+        weight.data = _pad_storage(weight.detach())
     return weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
 
 
-def pad_storage(weight: torch.Tensor) -> torch.Tensor:
+def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     """A zero-padded copy of ``weight`` stored as :func:`padded_weight` expects (first L rows)."""
     L, H = weight.shape
-    full = torch.zeros(_round_up(L, _ALIGN), H, dtype=weight.dtype, device=weight.device)
+    full = torch.zeros(_round_up(L, ROW_MULTIPLE), H, dtype=weight.dtype, device=weight.device)
     full[:L].copy_(weight)
     return full[:L]
 
@@ -174,18 +174,8 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     dtype, ``weight [L, H]`` e4m3; returns bf16 ``[..., L]``."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled():
-        anchor = torch.empty(0, device=x.device, requires_grad=True)
-        y = _Fp8LinearFn.apply(anchor, x2, weight, bias)
-    else:
-        y = _Fp8LinearFn.forward(_NoCtx(), None, x2, weight, bias)
+    anchor = torch.empty(0, device=x.device, requires_grad=True) if torch.is_grad_enabled() else None
+    y = _Fp8LinearFn.apply(anchor, x2, weight, bias)
     if len(lead) == 1:
         return y
     return y[0] if not lead else y.unflatten(0, lead)
-
-
-class _NoCtx:
-    """Stand-in ctx for a forward without autograd (saves nothing)."""
-
-    def save_for_backward(self, *tensors) -> None:
-        pass

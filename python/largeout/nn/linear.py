@@ -61,9 +61,8 @@ class Linear(nn.Module):
                              f"GEMMs); got in_features={in_features}; use activation_dtype=torch.bfloat16")
         self.activation_dtype = activation_dtype
         self.in_features, self.out_features = in_features, out_features
-        self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device)
-        if activation_dtype == torch.float8_e4m3fn:
-            self.weight.data = fp8.pad_storage(self.weight.data)  # _scaled_mm takes L % 16 == 0
+        rows = fp8.ROW_MULTIPLE if activation_dtype == torch.float8_e4m3fn else 1  # see fp8.padded_weight
+        self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device, row_multiple=rows)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
         self.reset_parameters(generator)
 

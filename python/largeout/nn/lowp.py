@@ -81,11 +81,17 @@ def weight_for_compute(weight: torch.Tensor) -> torch.Tensor:
     return _FromStored.apply(anchor, weight, torch.bfloat16)
 
 
-def make_weight(shape, weight_dtype: torch.dtype, device) -> torch.nn.Parameter:
+def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1) -> torch.nn.Parameter:
     """An uninitialised weight parameter (fp8: ``requires_grad=False`` and any gradient
-    dtype allowed, see the module notes)."""
+    dtype allowed, see the module notes). ``row_multiple`` > 1: the parameter is the
+    first ``shape[0]`` rows of a zero-filled storage whose row count is a multiple of it."""
     fp8 = weight_dtype in FP8_DTYPES
-    p = torch.nn.Parameter(torch.empty(shape, dtype=weight_dtype, device=device), requires_grad=not fp8)
+    rows = -(-shape[0] // row_multiple) * row_multiple
+    if rows == shape[0]:
+        data = torch.empty(shape, dtype=weight_dtype, device=device)
+    else:
+        data = torch.zeros((rows,) + tuple(shape[1:]), dtype=weight_dtype, device=device)[: shape[0]]
+    p = torch.nn.Parameter(data, requires_grad=not fp8)
     if fp8:
         p.grad_dtype = None
     return p
