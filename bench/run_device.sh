@@ -14,6 +14,7 @@
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
+#     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
@@ -58,6 +59,12 @@ if [ "$MODE" = haste ]; then
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
     > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
   timeout 200 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -30
+  exit 0
+fi
+
+if [ "$MODE" = probe ]; then  # issue 4: the Hopper forward timed with parts switched off
+  echo "== probe: Hopper forward"
+  timeout 200 python3 bench/probe_fwd.py --out "$OUT/probe_fwd.json" 2>&1 | tee "$OUT/probe_fwd.log" | tail -20
   exit 0
 fi
 

@@ -23,6 +23,8 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <type_traits>
 
 #include "kernels/cuda/group_sparse_dx_reduce.h"
 #include "kernels/cuda/sm90/group_sparse_sm90.h"
@@ -136,11 +138,14 @@ struct FwdCfg {
   }
 };
 
-template <class T, int G, int kNk>
+// kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
+// (computing warps release each stage at once), 2 = no output stores, 3 = no gather
+// (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores).
+template <class T, int G, int kNk, int kProbe = 0>
 __global__ void __launch_bounds__(kThreads, 1)
-gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, const int32_t* __restrict__ idx,
-             const T* __restrict__ bias, T* __restrict__ y, int B, int H, int64_t L, int groups_per_split,
-             int num_groups, int stages) {
+gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
+             const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
+             int B, int H, int64_t L, int groups_per_split, int num_groups, int stages, int tma_store, int cl) {
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU;
   extern __shared__ uint8_t smem_raw[];
@@ -162,10 +167,11 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 4);  // one arrival per warp of the consuming warpgroup
+      mbar_init(&empty[s], 4 * cl);  // one arrival per warp of the consuming warpgroups of the cluster
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
+    if (tma_store) prefetch_tensormap(&tm_y);
   }
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
   for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThreads) {
@@ -189,22 +195,45 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
       *reinterpret_cast<uint4*>(xs + swz<128>(f0 + j, rb * 16)) = o;
     }
   }
-  __syncthreads();
+  // With a cluster (cl CTAs on consecutive batch tiles, the same groups), the barriers of
+  // every CTA are initialized before any peer uses them.
+  if (cl > 1) cluster_sync();
+  else __syncthreads();
 
   if (wg == 0) {
-    // Loader: one thread issues the weight boxes and index chunks.
+    // Loader: one thread issues the weight boxes and index chunks. In a cluster, slot s is
+    // filled for all cl CTAs by CTA s % cl (multicast) once every CTA's computing warps
+    // have released it (4 cl arrivals on that CTA's empty[s]); each CTA's loader only
+    // announces the bytes on its own full[s], once the slot's previous phase is complete.
     if (threadIdx.x == 0) {
+      const uint32_t rank = cl > 1 ? cluster_ctarank() : 0;
+      const uint16_t mask = uint16_t((1u << cl) - 1);
       int it = 0;
       for (int g = g_begin; g < g_pad; ++g) {
         const int gv = min(g, num_groups - 1);
         for (int c = 0; c < kNk; ++c, ++it) {
           const int s = it % stages;
-          mbar_wait(&empty[s], ((it / stages) & 1) ^ 1, 10);
+          const uint32_t parity = ((it / stages) & 1) ^ 1;
+          if (cl == 1) {
+            mbar_wait(&empty[s], parity, 10);
+            mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
+            tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G);
+            bulk_load(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s]);
+            continue;
+          }
+          mbar_wait(&full[s], parity, 12);
           mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
-          tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G);
-          bulk_load(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s]);
+          if (uint32_t(s % cl) == rank) {
+            mbar_wait(&empty[s], parity, 10);
+            tma_load_2d_mc(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G, mask);
+            bulk_load_mc(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s], mask);
+          }
         }
       }
+    }
+    if (cl > 1) {
+      __syncwarp();
+      cluster_sync();  // no CTA leaves while a peer may still write to it or arrive on its barriers
     }
     return;
   }
@@ -218,6 +247,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
   uint8_t* my_stg = stg + cw * C::kStagingBytes;
+  auto free_stage = [&](int s) {  // one arrival per warp on the empty[s] of the slot's loader
+    __syncwarp();
+    if (lane == 0) {
+      if (cl > 1) mbar_arrive_remote(&empty[s], uint32_t(s % cl));
+      else mbar_arrive(&empty[s]);
+    }
+  };
   for (int gu = g_begin + cw * kU; gu < g_pad; gu += 2 * kU) {
     const int it0 = (gu - g_begin) * kNk;
     float acc[kU][G / 2];
@@ -240,6 +276,14 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
           bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[l0 + col]) : 0.f;
         }
     uint32_t a[2][4][4];
+    if constexpr (kProbe == 1) {
+      for (int q = 0; q < C::kQ; ++q) {
+        const int it = it0 + q, s = it % stages;
+        mbar_wait(&full[s], (it / stages) & 1, 11);
+        free_stage(s);
+      }
+      continue;
+    }
 #pragma unroll
     for (int q = 0; q < C::kQ; ++q) {
       const int u = q / kNk;
@@ -248,8 +292,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
       const int32_t* is = ist + s * kKC;
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk) {
-        const int f = is[kk * 16 + krow];
-        ldmatrix_x4_trans(a[q & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+        if constexpr (kProbe == 4) {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) a[q & 1][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
+        } else {
+          const int f = kProbe == 3 ? kk * 16 + krow : is[kk * 16 + krow];
+          ldmatrix_x4_trans(a[q & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+        }
       }
       const uint32_t wb = smem_u32(wst + s * C::kWBytes);
       fence_regs(acc[u]);
@@ -260,16 +309,56 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
       wgmma_commit();
       if (q > 0) {
         wgmma_wait<1>();
-        release(&empty[(it - 1) % stages], lane);
+        free_stage((it - 1) % stages);
       }
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
-    release(&empty[(it0 + C::kQ - 1) % stages], lane);
+    free_stage((it0 + C::kQ - 1) % stages);
+    if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
+      float z = 0.f;
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int i = 0; i < G / 2; ++i) z += acc[u][i] + bv[u][i / 4 % (G / 8)][i & 1];
+      if (z == 1234.5f) y[0] = from_float<T>(z);
+      continue;
+    }
 
-    // Epilogue: + bias, round, stage; then each warp stores 16 whole rows of the unit.
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
+    if (tma_store) {
+      // Epilogue by TMA (row stride L * 2 bytes a multiple of 16): + bias, round, into
+      // [64 rows][64 labels] SW128 boxes, which one thread stores; the tensor's bounds clip
+      // rows past B and labels past L. Split ranges are whole units, so every label
+      // stored belongs to this CTA.
+      const bool issuer = (threadIdx.x & 127) == 0;
+      if (issuer) bulk_wait_read0();  // the previous unit's boxes have been read
+      named_barrier(2 + cw, 128);
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j) {
+          const int col = u * G + 8 * j;  // first label of this 16-byte chunk
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int r = r0 + 8 * h;
+            const uint32_t off = uint32_t(col >> 6) * 8192u + uint32_t(r) * 128u +
+                                 ((uint32_t((col & 63) >> 3) ^ uint32_t(r & 7)) << 4) + 4u * uint32_t(t);
+            *reinterpret_cast<uint32_t*>(my_stg + off) =
+                pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
+          }
+        }
+      fence_proxy_async();
+      named_barrier(2 + cw, 128);
+      if (issuer) {
+#pragma unroll
+        for (int bx = 0; bx < kU * G / 64; ++bx) tma_store_2d(&tm_y, my_stg + bx * 8192, int(l0) + 64 * bx, b0);
+        bulk_commit();
+      }
+      continue;
+    }
+    // Epilogue by plain stores: + bias, round, stage; then each warp stores 16 whole rows.
     named_barrier(2 + cw, 128);  // the previous unit's rows have left the staging tile
 #pragma unroll
     for (int u = 0; u < kU; ++u)
@@ -298,6 +387,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ x, 
       }
     }
   }
+  if (tma_store && (threadIdx.x & 127) == 0) bulk_wait_read0();  // shared memory outlives the stores' reads
+  if (cl > 1) cluster_sync();
 }
 
 // ================================================================== dW
@@ -715,6 +806,22 @@ cudaError_t weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// Tensor map of y [rows, L] (16-bit, L % 8 == 0): [64 rows, 64 labels] boxes, 128-byte
+// swizzle; stores outside the tensor are dropped.
+cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_t L) {
+  auto fn = encode_fn();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint32_t box[2] = {64, 64};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUtensorMapDataType t =
+      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = fn(map, t, 2, y, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   return dev.cc_major == 9 && dev.cc_minor == 0 && (dt == DType::kBFloat16 || dt == DType::kFloat16) &&
          s.fan_in % kKC == 0 && s.batch >= 1 && s.out_features < (int64_t(1) << 31) &&
@@ -751,11 +858,18 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
   return cudaErrorInvalidValue;
 }
 
+// Weight stages of the forward, or 0 when too few fit. The two computing warpgroups take
+// alternate units of kQ stages, so one can wait on a stage a whole unit before the loader
+// fills it: the ring needs at least 2 kQ stages, or that wait would test a barrier phase
+// two ahead of the barrier's, whose parity matches an already completed one.
 template <int G, int kNk>
 int fwd_stages(int64_t H, const DeviceInfo& dev) {
-  int st = 12;
-  while (st >= 2 && FwdCfg<G, kNk>::smem_bytes(H, st) > smem_budget(dev)) --st;
-  return st;
+  constexpr int kMin = 2 * FwdCfg<G, kNk>::kQ;
+  int st = std::max(12, kMin);
+  if (const char* e = std::getenv("LARGEOUT_SM90_FWD_STAGES"); e != nullptr)  // timing probes only
+    st = std::clamp(std::atoi(e), kMin, 32);
+  while (st >= kMin && FwdCfg<G, kNk>::smem_bytes(H, st) > smem_budget(dev)) --st;
+  return st >= kMin ? st : 0;
 }
 
 template <int G, int kNmb>
@@ -788,7 +902,7 @@ bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
       return cudaSuccess;
     });
   });
-  return st >= 3;  // (each computing warpgroup holds at most two stages)
+  return st > 0;
 }
 
 cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
@@ -797,10 +911,19 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
       using C = FwdCfg<G, kNk>;
       const int stages = fwd_stages<G, kNk>(s.in_features, dev);
-      if (stages < 3) return cudaErrorInvalidValue;
+      if (stages == 0) return cudaErrorInvalidValue;
       CUtensorMap map;
       if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
-      auto kernel = gsl_fwd_sm90<T, G, kNk>;
+      auto kernel = gsl_fwd_sm90<T, G, kNk, 0>;
+      if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
+        // Timing probes (bench/probe_fwd.py), selected by LARGEOUT_SM90_FWD_PROBE.
+        const char* probe = std::getenv("LARGEOUT_SM90_FWD_PROBE");
+        const int pv = probe != nullptr ? std::atoi(probe) : 0;
+        if (pv == 1) kernel = gsl_fwd_sm90<T, G, kNk, 1>;
+        if (pv == 2) kernel = gsl_fwd_sm90<T, G, kNk, 2>;
+        if (pv == 3) kernel = gsl_fwd_sm90<T, G, kNk, 3>;
+        if (pv == 4) kernel = gsl_fwd_sm90<T, G, kNk, 4>;
+      }
       const int64_t smem = C::smem_bytes(s.in_features, stages);
       if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
           e != cudaSuccess)
@@ -808,16 +931,44 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
       const int64_t ng = s.num_groups();
       const int64_t tiles = cdiv(s.batch, C::kBM);
       const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
-      const int64_t per = cdiv(ng, splits);
-      constexpr int64_t kMaxTiles = 65535;
+      const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
+      // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain stores).
+      const char* no_tma = std::getenv("LARGEOUT_SM90_FWD_TMA_STORE");
+      const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                             !(no_tma != nullptr && no_tma[0] == '0');
+      // Clusters of cl CTAs on consecutive batch tiles share each weight box (TMA multicast):
+      // 4 where the tiles divide by 4, else 2 or 1 (LARGEOUT_SM90_FWD_CLUSTER overrides, for probes).
+      constexpr int64_t kMaxTiles = 65532;  // a multiple of every cluster size
+      int cl = tiles % 4 == 0 ? 4 : tiles % 2 == 0 ? 2 : 1;
+      if (const char* e = std::getenv("LARGEOUT_SM90_FWD_CLUSTER"); e != nullptr) {
+        const int want = std::atoi(e);
+        if (want == 1 || ((want == 2 || want == 4 || want == 8) && tiles % want == 0)) cl = want;
+      }
       for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
         const int64_t nt = std::min(kMaxTiles, tiles - t0);
         const int64_t r0 = t0 * C::kBM;
         const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
-        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
-            map, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias),
-            static_cast<T*>(y) + r0 * s.out_features, rows, int(s.in_features), s.out_features, int(per), int(ng),
-            stages);
+        T* yc = static_cast<T*>(y) + r0 * s.out_features;
+        CUtensorMap ymap{};
+        if (tma_store)
+          if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
+        cudaLaunchConfig_t cfg{};
+        cfg.gridDim = dim3(unsigned(cdiv(ng, per)), unsigned(nt));
+        cfg.blockDim = dim3(kThreads);
+        cfg.dynamicSmemBytes = size_t(smem);
+        cfg.stream = stream;
+        cudaLaunchAttribute attr[1];
+        attr[0].id = cudaLaunchAttributeClusterDimension;
+        attr[0].val.clusterDim.x = 1;
+        attr[0].val.clusterDim.y = unsigned(cl);
+        attr[0].val.clusterDim.z = 1;
+        cfg.attrs = attr;
+        cfg.numAttrs = 1;
+        if (cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, map, ymap, static_cast<const T*>(x) + r0 * s.in_features,
+                                               indices, static_cast<const T*>(bias), yc, rows, int(s.in_features),
+                                               s.out_features, int(per), int(ng), stages, int(tma_store), cl);
+            e != cudaSuccess)
+          return e;
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
       }
       return cudaSuccess;

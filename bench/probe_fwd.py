@@ -1,0 +1,95 @@
+"""Where the Hopper forward's time goes: the kernel timed with parts switched off.
+
+    python bench/probe_fwd.py --out probe_fwd.json
+
+Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the kernel,
+1 the loader alone (computing warps release every stage at once), 2 no output stores,
+3 no gather (ldmatrix of fixed rows), 4 MMAs alone; each with the weight ring at
+LARGEOUT_SM90_FWD_STAGES stages, weight boxes multicast to clusters of
+LARGEOUT_SM90_FWD_CLUSTER CTAs and the output stored by TMA (LARGEOUT_SM90_FWD_TMA_STORE=1)
+or by plain stores (0). max_abs_diff_vs_default compares with the library's default
+choice (computed first). Medians of CUDA-event timings; the cuBLAS GEMM of equal
+FLOPs ([B, K] x [K, L]) is timed in the same run as the reference."""
+
+import argparse
+import json
+import os
+import time
+
+import torch
+
+import largeout
+from largeout.nn import random_group_indices
+
+
+def median_ms(fn, reps: int = 20) -> float:
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    ts = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        ts.append(a.elapsed_time(b))
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--B", type=int, default=512)
+    p.add_argument("--H", type=int, default=768)
+    p.add_argument("--L", type=int, default=670_208)
+    p.add_argument("--K", type=int, default=128)
+    p.add_argument("--G", type=int, default=32)
+    p.add_argument("--stages", default="12")
+    p.add_argument("--clusters", default="1,2,4,8")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    dt = torch.bfloat16
+    g = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(a.B, a.H, device="cuda", dtype=dt, generator=g)
+    w = (torch.randn(a.L, a.K, device="cuda", dtype=dt, generator=g) / a.K**0.5)
+    bias = torch.randn(a.L, device="cuda", dtype=dt, generator=g)
+    idx = random_group_indices(-(-a.L // a.G), a.H, a.K, generator=torch.Generator().manual_seed(0)).cuda()
+    ops = torch.ops.largeout
+    ref = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
+    xm = torch.randn(a.B, a.K, device="cuda", dtype=dt, generator=g)
+    wm = torch.randn(a.K, a.L, device="cuda", dtype=dt, generator=g)
+    cublas = median_ms(lambda: xm @ wm)
+    rows = []
+    for cl in a.clusters.split(","):
+        for store in ("1", "0"):
+            for st in a.stages.split(","):
+                for probe in range(5):
+                    if store == "0" and probe != 0:
+                        continue
+                    env = {"LARGEOUT_SM90_FWD_STAGES": st, "LARGEOUT_SM90_FWD_PROBE": str(probe),
+                           "LARGEOUT_SM90_FWD_CLUSTER": cl, "LARGEOUT_SM90_FWD_TMA_STORE": store}
+                    os.environ.update(env)
+                    before = largeout.kernels.launch_counts()["forward"]["sm90"]
+                    ms = median_ms(lambda: ops.group_sparse_linear(x, w, idx, bias, a.G))
+                    ran_sm90 = largeout.kernels.launch_counts()["forward"]["sm90"] > before
+                    row = {"cluster": int(cl), "tma_store": int(store), "stages": int(st), "probe": probe,
+                           "ms": round(ms, 4), "sm90": ran_sm90}
+                    if probe == 0:
+                        y = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
+                        row["max_abs_diff_vs_default"] = float((y - ref).abs().max())
+                    rows.append(row)
+                    print(row, flush=True)
+    for k in ("LARGEOUT_SM90_FWD_CLUSTER", "LARGEOUT_SM90_FWD_TMA_STORE", "LARGEOUT_SM90_FWD_STAGES"):
+        os.environ.pop(k)
+    os.environ.pop("LARGEOUT_SM90_FWD_PROBE")
+    out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
+           "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
+           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    print("cuBLAS matched", cublas)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
