@@ -65,7 +65,7 @@ SHAPES = [
     (129, 768, 777, 64, 64),
     (33, 768, 640, 64, 128),
     (257, 512, 1999, 256, 64),
-    (100, 1536, 1000, 128, 32),  # large H: indices up to 1535
+    (100, 1024, 1000, 128, 32),  # larger H: indices up to 1023
     (3, 768, 2000, 128, 16),     # G = 16: forward only on the Hopper path
 ]
 
@@ -164,6 +164,8 @@ def test_unsupported_shapes_take_the_generic_kernels():
     assert kernels.path("forward", torch.float32, 64, 768, 500, 128, 32) == "generic"
     assert kernels.path("input", torch.bfloat16, 64, 768, 500, 128, 16) == "generic"
     assert kernels.path("weight", torch.bfloat16, 64, 768, 500, 512, 32) == "generic"
+    # x^T of 64 rows at H = 1536 (192 KB) leaves no room for two weight stages per ring
+    assert kernels.path("forward", torch.bfloat16, 64, 1536, 500, 128, 32) == "generic"
 
 
 def test_misaligned_views_are_handled(poison):
@@ -183,17 +185,20 @@ def test_misaligned_views_are_handled(poison):
     assert rel_err(db, db_ref) < 1e-2
 
 
-@pytest.mark.parametrize("cluster", ["1", "2", "4"])
+@pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
-@pytest.mark.parametrize("L,G", [(8192, 32), (8191, 32), (4096, 128), (2000, 16), (6144, 64)])
-def test_sm90_forward_cluster_and_store_paths(cluster, tma_store, L, G, poison, monkeypatch):
-    # Every forward variant (weight boxes multicast to clusters of 1, 2 or 4 CTAs; the
-    # output stored by TMA where L % 8 == 0, else by plain stores), element by element
-    # against float64: one wrong or unwritten group must fail.
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
+@pytest.mark.parametrize(
+    "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
+)
+def test_sm90_forward_ring_and_store_paths(stages, tma_store, L, K, G, poison, monkeypatch):
+    # Every forward variant (rings of 2 or 8 stages per computing warpgroup, so that slots
+    # wrap around many times; units of 1-4 stages; the output stored by TMA where
+    # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
+    # unwritten group must fail.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
-    B, H, K = 256, 768, 128
-    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, 30 + G)
+    B, H = 256, 768
+    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, 30 + G + K)
     before = kernels.launch_counts()
     y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
     assert used_sm90(before, kernels.launch_counts(), ["forward"])

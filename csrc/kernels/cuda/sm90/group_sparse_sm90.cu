@@ -122,19 +122,25 @@ __device__ __forceinline__ void release(uint64_t* bar, int lane) {
 template <int G, int kNk>
 struct FwdCfg {
   static constexpr int kBM = 64;
-  static constexpr uint32_t kWBytes = G * 128;  // one [G, 64] box of W, SW128
-  static constexpr uint32_t kIdxBytes = kKC * 4;
-  // A computing warpgroup takes kU consecutive groups at a time, so that the rows it
-  // stores are at least 64 labels (128 bytes) long; they go through a staging tile
-  // [64][kU * G] (rows padded by 16 bytes against bank conflicts).
+  // A computing warpgroup takes kU consecutive groups (a unit) at a time, so that the
+  // rows it stores are at least 64 labels (128 bytes) long; they go through a staging
+  // tile [64][kU * G] (rows padded by 16 bytes against bank conflicts for plain stores;
+  // [64 rows][64 labels] SW128 boxes for TMA stores).
   static constexpr int kU = G >= 64 ? 1 : 64 / G;
-  static constexpr int kQ = kU * kNk;  // weight stages per unit
-  static constexpr int kStageRow = kU * G * 2 + 16;
+  static constexpr int kRows = kU * G;  // weight rows of a unit: 64 or 128
+  // A stage holds kNs 64-wide fan-in chunks of the whole unit (one 3-D TMA box of at most
+  // 16 KB) and their indices; a unit takes kQs stages.
+  static constexpr int kNs = kNk < 16384 / (kRows * 128) ? kNk : 16384 / (kRows * 128);
+  static constexpr int kQs = kNk / kNs;
+  static constexpr uint32_t kWBytes = kRows * kNs * 128;
+  static constexpr uint32_t kIdxBytes = kU * kNs * kKC * 4;
+  static constexpr int kStageRow = kRows * 2 + 16;
   static constexpr int kStagingBytes = kBM * kStageRow;
-  static_assert(kStagingBytes % 1024 == 0 && G * 128 % 1024 == 0, "tiles must stay 1024-byte aligned");
-  static constexpr int64_t stage_bytes() { return kWBytes + kIdxBytes; }
-  static int64_t smem_bytes(int64_t H, int stages) {
-    return kSmemSlack + H * 128 + 2 * kStagingBytes + stages * stage_bytes() + 2 * stages * 8;
+  static_assert(kStagingBytes % 1024 == 0 && kWBytes % 1024 == 0 && G * 128 % 1024 == 0,
+                "tiles must stay 1024-byte aligned");
+  // Each computing warpgroup has its own ring of `spr` stages.
+  static int64_t smem_bytes(int64_t H, int spr) {
+    return kSmemSlack + H * 128 + 2 * kStagingBytes + 2 * spr * int64_t(kWBytes + kIdxBytes) + 4 * spr * 8;
   }
 };
 
@@ -145,29 +151,31 @@ template <class T, int G, int kNk, int kProbe = 0>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
-             int B, int H, int64_t L, int groups_per_split, int num_groups, int stages, int tma_store, int cl) {
+             int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store) {
   using C = FwdCfg<G, kNk>;
-  constexpr int K = kNk * kKC, kU = C::kU;
+  constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
+  constexpr int kIdxInts = C::kIdxBytes / 4;
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* xs = base;                                  // x^T of the tile: [H][64] bf16, SW128
-  uint8_t* stg = xs + int64_t(H) * 128;                // [2][64][kStageRow] output staging
-  uint8_t* wst = stg + 2 * C::kStagingBytes;           // [stages][G][64] SW128
-  int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(stages) * C::kWBytes);  // [stages][64]
-  uint64_t* full = reinterpret_cast<uint64_t*>(ist + stages * kKC);
-  uint64_t* empty = full + stages;
+  uint8_t* stg = xs + int64_t(H) * 128;                // [2][staging tile]
+  uint8_t* wst = stg + 2 * C::kStagingBytes;           // [2 spr][kNs][kRows][64] SW128
+  int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(2 * spr) * C::kWBytes);  // [2 spr][kU][kNs * 64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(ist + 2 * spr * kIdxInts);
+  uint64_t* empty = full + 2 * spr;
 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
   const int g_end = min(g_begin + groups_per_split, num_groups);
-  // Whole units: groups past g_end are computed (on valid memory) but not stored.
+  // Whole units: groups past g_end (only past the layer's last group: split ranges are
+  // whole units) are computed on clamped indices and never stored.
   const int g_pad = g_begin + (g_end - g_begin + kU - 1) / kU * kU;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < stages; ++s) {
+    for (int s = 0; s < 2 * spr; ++s) {
       mbar_init(&full[s], 1);
-      mbar_init(&empty[s], 4 * cl);  // one arrival per warp of the consuming warpgroups of the cluster
+      mbar_init(&empty[s], 4);  // one arrival per warp of the ring's warpgroup
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
@@ -195,51 +203,34 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       *reinterpret_cast<uint4*>(xs + swz<128>(f0 + j, rb * 16)) = o;
     }
   }
-  // With a cluster (cl CTAs on consecutive batch tiles, the same groups), the barriers of
-  // every CTA are initialized before any peer uses them.
-  if (cl > 1) cluster_sync();
-  else __syncthreads();
+  __syncthreads();
 
+  // Unit n of the CTA goes to computing warpgroup n % 2, through that warpgroup's ring:
+  // its k-th stage there (k = (n / 2) kQs + q) sits in slot (n % 2) spr + k % spr. One
+  // ring per consumer keeps every wait at most one phase ahead of its barrier.
   if (wg == 0) {
-    // Loader: one thread issues the weight boxes and index chunks. In a cluster, slot s is
-    // filled for all cl CTAs by CTA s % cl (multicast) once every CTA's computing warps
-    // have released it (4 cl arrivals on that CTA's empty[s]); each CTA's loader only
-    // announces the bytes on its own full[s], once the slot's previous phase is complete.
+    // Loader: one thread issues, per stage, one 3-D weight box and kU index copies.
     if (threadIdx.x == 0) {
-      const uint32_t rank = cl > 1 ? cluster_ctarank() : 0;
-      const uint16_t mask = uint16_t((1u << cl) - 1);
-      int it = 0;
-      for (int g = g_begin; g < g_pad; ++g) {
-        const int gv = min(g, num_groups - 1);
-        for (int c = 0; c < kNk; ++c, ++it) {
-          const int s = it % stages;
-          const uint32_t parity = ((it / stages) & 1) ^ 1;
-          if (cl == 1) {
-            mbar_wait(&empty[s], parity, 10);
-            mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
-            tma_load_2d(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G);
-            bulk_load(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s]);
-            continue;
-          }
-          mbar_wait(&full[s], parity, 12);
+      for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
+        for (int q = 0; q < kQs; ++q) {
+          const int k = (n >> 1) * kQs + q, s = (n & 1) * spr + k % spr;
+          mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
-          if (uint32_t(s % cl) == rank) {
-            mbar_wait(&empty[s], parity, 10);
-            tma_load_2d_mc(wst + s * C::kWBytes, &tm_w, &full[s], c * kKC, gv * G, mask);
-            bulk_load_mc(ist + s * kKC, idx + int64_t(gv) * K + c * kKC, C::kIdxBytes, &full[s], mask);
+          tma_load_3d(wst + s * C::kWBytes, &tm_w, &full[s], 0, gu * G, q * kNs);
+#pragma unroll
+          for (int u = 0; u < kU; ++u) {
+            const int gv = min(gu + u, num_groups - 1);
+            bulk_load(ist + s * kIdxInts + u * kNs * kKC, idx + int64_t(gv) * K + q * kNs * kKC, kNs * kKC * 4,
+                      &full[s]);
           }
         }
       }
     }
-    if (cl > 1) {
-      __syncwarp();
-      cluster_sync();  // no CTA leaves while a peer may still write to it or arrive on its barriers
-    }
     return;
   }
 
-  // Computing warpgroups take alternate units of kU groups; the kQ weight stages of a
-  // unit are pipelined (ldmatrix gathers of stage q overlap the MMAs of stage q - 1).
+  // Computing warpgroups: the steps (stage, group of the unit, chunk) are pipelined: the
+  // ldmatrix gathers of step j overlap the MMAs of step j - 1.
   const int cw = wg - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int krow = (lane & 7) + ((lane >> 4) << 3);  // which of the 16 gathered rows this lane addresses
@@ -247,15 +238,12 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
   uint8_t* my_stg = stg + cw * C::kStagingBytes;
-  auto free_stage = [&](int s) {  // one arrival per warp on the empty[s] of the slot's loader
+  auto free_stage = [&](int s) {  // one arrival per warp
     __syncwarp();
-    if (lane == 0) {
-      if (cl > 1) mbar_arrive_remote(&empty[s], uint32_t(s % cl));
-      else mbar_arrive(&empty[s]);
-    }
+    if (lane == 0) mbar_arrive(&empty[s]);
   };
-  for (int gu = g_begin + cw * kU; gu < g_pad; gu += 2 * kU) {
-    const int it0 = (gu - g_begin) * kNk;
+  for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += 2, gu += 2 * kU) {
+    const int k0 = (n >> 1) * kQs;
     float acc[kU][G / 2];
 #pragma unroll
     for (int u = 0; u < kU; ++u)
@@ -275,47 +263,53 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           const int col = u * G + 8 * j + 2 * t + e;
           bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[l0 + col]) : 0.f;
         }
-    uint32_t a[2][4][4];
     if constexpr (kProbe == 1) {
-      for (int q = 0; q < C::kQ; ++q) {
-        const int it = it0 + q, s = it % stages;
-        mbar_wait(&full[s], (it / stages) & 1, 11);
+      for (int q = 0; q < kQs; ++q) {
+        const int k = k0 + q, s = cw * spr + k % spr;
+        mbar_wait(&full[s], (k / spr) & 1, 11);
         free_stage(s);
       }
       continue;
     }
+    uint32_t a[2][4][4];
 #pragma unroll
-    for (int q = 0; q < C::kQ; ++q) {
-      const int u = q / kNk;
-      const int it = it0 + q, s = it % stages;
-      mbar_wait(&full[s], (it / stages) & 1, 11);
-      const int32_t* is = ist + s * kKC;
+    for (int q = 0; q < kQs; ++q) {
+      const int k = k0 + q, s = cw * spr + k % spr;
+      mbar_wait(&full[s], (k / spr) & 1, 11);
+      const int32_t* is = ist + s * kIdxInts;
+      const uint32_t ws = smem_u32(wst + s * C::kWBytes);
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        if constexpr (kProbe == 4) {
+      for (int u = 0; u < kU; ++u)
 #pragma unroll
-          for (int e = 0; e < 4; ++e) a[q & 1][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
-        } else {
-          const int f = kProbe == 3 ? kk * 16 + krow : is[kk * 16 + krow];
-          ldmatrix_x4_trans(a[q & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+        for (int cc = 0; cc < kNs; ++cc) {
+          const int j = (q * kU + u) * kNs + cc;  // step of the unit
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk) {
+            if constexpr (kProbe == 4) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) a[j & 1][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
+            } else {
+              const int f = kProbe == 3 ? kk * 16 + krow : is[(u * kNs + cc) * kKC + kk * 16 + krow];
+              ldmatrix_x4_trans(a[j & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+            }
+          }
+          const uint32_t wb = ws + uint32_t(cc * C::kRows + u * G) * 128u;
+          fence_regs(acc[u]);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < 4; ++kk)
+            mma_rs<T, G>(a[j & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
+          wgmma_commit();
+          if (j > 0) {
+            wgmma_wait<1>();  // step j - 1 is done
+            if (u == 0 && cc == 0) free_stage(cw * spr + (k - 1) % spr);  // it was the previous stage's last
+          }
         }
-      }
-      const uint32_t wb = smem_u32(wst + s * C::kWBytes);
-      fence_regs(acc[u]);
-      wgmma_fence();
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk)
-        mma_rs<T, G>(a[q & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
-      wgmma_commit();
-      if (q > 0) {
-        wgmma_wait<1>();
-        free_stage((it - 1) % stages);
-      }
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
-    free_stage((it0 + C::kQ - 1) % stages);
+    free_stage(cw * spr + (k0 + kQs - 1) % spr);
     if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
       float z = 0.f;
 #pragma unroll
@@ -388,7 +382,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
   }
   if (tma_store && (threadIdx.x & 127) == 0) bulk_wait_read0();  // shared memory outlives the stores' reads
-  if (cl > 1) cluster_sync();
 }
 
 // ================================================================== dW
@@ -806,6 +799,23 @@ cudaError_t weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
+// Tensor map of W [L, K] (16-bit) as [K / 64][L][64]: boxes of kNs fan-in chunks of
+// `rows` rows (one unit of the forward), 128-byte swizzle, rows past L read as zeros.
+cudaError_t unit_weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int rows, int kNs) {
+  auto fn = encode_fn();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[3] = {cuuint64_t(kKC), cuuint64_t(L), cuuint64_t(K / kKC)};
+  const cuuint64_t strides[2] = {cuuint64_t(K) * 2, cuuint64_t(kKC) * 2};
+  const cuuint32_t box[3] = {cuuint32_t(kKC), cuuint32_t(rows), cuuint32_t(kNs)};
+  const cuuint32_t estr[3] = {1, 1, 1};
+  const CUtensorMapDataType t =
+      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = fn(map, t, 3, const_cast<void*>(w), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // Tensor map of y [rows, L] (16-bit, L % 8 == 0): [64 rows, 64 labels] boxes, 128-byte
 // swizzle; stores outside the tensor are dropped.
 cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_t L) {
@@ -858,18 +868,15 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
   return cudaErrorInvalidValue;
 }
 
-// Weight stages of the forward, or 0 when too few fit. The two computing warpgroups take
-// alternate units of kQ stages, so one can wait on a stage a whole unit before the loader
-// fills it: the ring needs at least 2 kQ stages, or that wait would test a barrier phase
-// two ahead of the barrier's, whose parity matches an already completed one.
+// Stages per computing warpgroup's ring in the forward (at most 8), or 0 when fewer than
+// two fit (a warpgroup holds up to two while the next is loaded).
 template <int G, int kNk>
 int fwd_stages(int64_t H, const DeviceInfo& dev) {
-  constexpr int kMin = 2 * FwdCfg<G, kNk>::kQ;
-  int st = std::max(12, kMin);
+  int spr = 8;
   if (const char* e = std::getenv("LARGEOUT_SM90_FWD_STAGES"); e != nullptr)  // timing probes only
-    st = std::clamp(std::atoi(e), kMin, 32);
-  while (st >= kMin && FwdCfg<G, kNk>::smem_bytes(H, st) > smem_budget(dev)) --st;
-  return st >= kMin ? st : 0;
+    spr = std::clamp(std::atoi(e), 2, 16);
+  while (spr >= 2 && FwdCfg<G, kNk>::smem_bytes(H, spr) > smem_budget(dev)) --spr;
+  return spr >= 2 ? spr : 0;
 }
 
 template <int G, int kNmb>
@@ -910,10 +917,12 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
   return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
       using C = FwdCfg<G, kNk>;
-      const int stages = fwd_stages<G, kNk>(s.in_features, dev);
-      if (stages == 0) return cudaErrorInvalidValue;
+      const int spr = fwd_stages<G, kNk>(s.in_features, dev);
+      if (spr == 0) return cudaErrorInvalidValue;
       CUtensorMap map;
-      if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
+      if (cudaError_t e = unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+          e != cudaSuccess)
+        return e;
       auto kernel = gsl_fwd_sm90<T, G, kNk, 0>;
       if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
         // Timing probes (bench/probe_fwd.py), selected by LARGEOUT_SM90_FWD_PROBE.
@@ -924,7 +933,7 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
         if (pv == 3) kernel = gsl_fwd_sm90<T, G, kNk, 3>;
         if (pv == 4) kernel = gsl_fwd_sm90<T, G, kNk, 4>;
       }
-      const int64_t smem = C::smem_bytes(s.in_features, stages);
+      const int64_t smem = C::smem_bytes(s.in_features, spr);
       if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
           e != cudaSuccess)
         return e;
@@ -936,14 +945,7 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
       const char* no_tma = std::getenv("LARGEOUT_SM90_FWD_TMA_STORE");
       const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                              !(no_tma != nullptr && no_tma[0] == '0');
-      // Clusters of cl CTAs on consecutive batch tiles share each weight box (TMA multicast):
-      // 4 where the tiles divide by 4, else 2 or 1 (LARGEOUT_SM90_FWD_CLUSTER overrides, for probes).
-      constexpr int64_t kMaxTiles = 65532;  // a multiple of every cluster size
-      int cl = tiles % 4 == 0 ? 4 : tiles % 2 == 0 ? 2 : 1;
-      if (const char* e = std::getenv("LARGEOUT_SM90_FWD_CLUSTER"); e != nullptr) {
-        const int want = std::atoi(e);
-        if (want == 1 || ((want == 2 || want == 4 || want == 8) && tiles % want == 0)) cl = want;
-      }
+      constexpr int64_t kMaxTiles = 65535;
       for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
         const int64_t nt = std::min(kMaxTiles, tiles - t0);
         const int64_t r0 = t0 * C::kBM;
@@ -952,23 +954,9 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
         CUtensorMap ymap{};
         if (tma_store)
           if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-        cudaLaunchConfig_t cfg{};
-        cfg.gridDim = dim3(unsigned(cdiv(ng, per)), unsigned(nt));
-        cfg.blockDim = dim3(kThreads);
-        cfg.dynamicSmemBytes = size_t(smem);
-        cfg.stream = stream;
-        cudaLaunchAttribute attr[1];
-        attr[0].id = cudaLaunchAttributeClusterDimension;
-        attr[0].val.clusterDim.x = 1;
-        attr[0].val.clusterDim.y = unsigned(cl);
-        attr[0].val.clusterDim.z = 1;
-        cfg.attrs = attr;
-        cfg.numAttrs = 1;
-        if (cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, map, ymap, static_cast<const T*>(x) + r0 * s.in_features,
-                                               indices, static_cast<const T*>(bias), yc, rows, int(s.in_features),
-                                               s.out_features, int(per), int(ng), stages, int(tma_store), cl);
-            e != cudaSuccess)
-          return e;
+        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
+            map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
+            int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
       }
       return cudaSuccess;
