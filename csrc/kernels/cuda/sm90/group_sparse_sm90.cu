@@ -242,30 +242,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   };
-  // Labels the unit at group gu stores (0 past the range).
-  auto unit_labels = [&](int gu) -> int {
-    if (gu >= g_end) return 0;
-    const int64_t l0 = int64_t(gu) * G, nu = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
-    return int(L - l0 < nu ? L - l0 : nu);
-  };
-  // Bias of this thread's columns of the unit at gu; a unit's bias is loaded while the
-  // warpgroup's previous unit is computed, so that its latency is hidden.
-  auto load_bias = [&](float (&bv)[kU][G / 8][2], int gu) {
-    const int nl = unit_labels(gu);
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int j = 0; j < G / 8; ++j)
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = u * G + 8 * j + 2 * t + e;
-          bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[int64_t(gu) * G + col]) : 0.f;
-        }
-  };
-  // (G = 128: no room for a second set of bias registers; loaded at the unit's start.)
-  constexpr bool kPrefetchBias = G <= 64;
-  float bnext[kU][G / 8][2];
-  if constexpr (kPrefetchBias) load_bias(bnext, g_begin + cw * kU);
   for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += 2, gu += 2 * kU) {
     const int k0 = (n >> 1) * kQs;
     float acc[kU][G / 2];
@@ -273,18 +249,20 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     for (int u = 0; u < kU; ++u)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
+    // Bias of this thread's columns, loaded now so the loads overlap the MMAs.
     const int64_t l0 = int64_t(gu) * G;
-    const int nl = unit_labels(gu);  // labels this unit stores
+    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores
     float bv[kU][G / 8][2];
-    if constexpr (kPrefetchBias) {
 #pragma unroll
-      for (int u = 0; u < kU; ++u)
+    for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j) bv[u][j][0] = bnext[u][j][0], bv[u][j][1] = bnext[u][j][1];
-      load_bias(bnext, gu + 2 * kU);
-    } else {
-      load_bias(bv, gu);
-    }
+      for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const int col = u * G + 8 * j + 2 * t + e;
+          bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[l0 + col]) : 0.f;
+        }
     if constexpr (kProbe == 1) {
       for (int q = 0; q < kQs; ++q) {
         const int k = k0 + q, s = cw * spr + k % spr;
@@ -398,17 +376,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           if (p + 1 < nl) *reinterpret_cast<uint32_t*>(yr + p) = *reinterpret_cast<const uint32_t*>(sr + p * 2);
           else yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
         }
-      } else {  // odd row start: element 0 alone, then 4-byte aligned pairs (p, p + 1), p odd
-        if (lane == 0 && nl > 0) yr[0] = *reinterpret_cast<const T*>(sr);
-        for (int p = 2 * lane + 1; p < nl; p += 64) {
-          if (p + 1 < nl) {
-            const uint32_t w0 = *reinterpret_cast<const uint32_t*>(sr + (p - 1) * 2);
-            const uint32_t w1 = *reinterpret_cast<const uint32_t*>(sr + (p + 1) * 2);
-            *reinterpret_cast<uint32_t*>(yr + p) = __byte_perm(w0, w1, 0x5432);
-          } else {
-            yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
-          }
-        }
+      } else {
+        for (int p = lane; p < nl; p += 32) yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
       }
     }
   }
