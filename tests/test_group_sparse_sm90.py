@@ -166,6 +166,32 @@ def test_unsupported_shapes_take_the_generic_kernels():
     assert kernels.path("weight", torch.bfloat16, 64, 768, 500, 512, 32) == "generic"
     # x^T of 64 rows at H = 1536 (192 KB) leaves no room for two weight stages per ring
     assert kernels.path("forward", torch.bfloat16, 64, 1536, 500, 128, 32) == "generic"
+    # dW at K = 64: the ring must hold two groups of B / 64 stages (B <= 256)
+    assert kernels.path("weight", torch.bfloat16, 256, 768, 500, 64, 32) == "sm90"
+    assert kernels.path("weight", torch.bfloat16, 512, 768, 500, 64, 32) == "generic"
+
+
+@pytest.mark.parametrize("shape", [(128, 768, 131072, 64, 32), (1024, 768, 20000, 64, 32), (192, 768, 30011, 256, 128)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_many_units_per_cta(shape, poison):
+    # Many units per CTA and per ring (a bench sweep failed at the first shape with a
+    # launch failure, commit 4f3722b; these shapes had no test before). Every pass against
+    # float64, on whichever path it takes; the forward must be the Hopper one.
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 40 + K)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward"])
+    dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    torch.cuda.synchronize()
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
+    err = (y.double().cpu() - y_ref).abs()
+    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+    dx_ref, dw_ref, db_ref = ref.group_sparse_linear_grads(x, w, idx, b, G, dy)
+    assert rel_err(dx, dx_ref) < 1e-2
+    assert rel_err(dw, dw_ref) < 1e-2
+    assert rel_err(db, db_ref) < 1e-2
 
 
 def test_misaligned_views_are_handled(poison):

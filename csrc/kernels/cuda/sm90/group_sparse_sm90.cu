@@ -972,6 +972,10 @@ bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
     if constexpr (G >= 32) {
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         st = dw_stages<G, kNmb>(dev);
+        // K = 64: the computing warpgroups take alternate groups of B / 64 stages each, so
+        // one can wait a whole group ahead of the loader; the ring must hold two groups,
+        // or that wait tests a barrier phase whose parity matches a completed one.
+        if (kNmb == 1 && 2 * cdiv(s.batch, 64) > st) st = 0;
         return cudaSuccess;
       });
     }
@@ -993,7 +997,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
         const int stages = dw_stages<G, kNmb>(dev);
-        if (stages < 3) return cudaErrorInvalidValue;
+        if (stages < 3 || (kNmb == 1 && 2 * cdiv(s.batch, 64) > stages)) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
         T* xt = static_cast<T*>(workspace);
@@ -1024,7 +1028,8 @@ bool dx_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
     if constexpr (G >= 32) dx_stages<G>(s.in_features, dev, &ws, &ds);
     return cudaSuccess;
   });
-  return ws >= 2 && ds >= 2;
+  // The weight ring holds a whole group's K / 64 chunks (the warpgroups meet once per group).
+  return ws >= 2 && ws >= s.fan_in / kKC && ds >= 2;
 }
 
 void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits, int64_t* workspace_bytes) {
@@ -1046,7 +1051,7 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
       using C = DxCfg<G>;
       int wstages = 0, dstages = 0;
       dx_stages<G>(s.in_features, dev, &wstages, &dstages);
-      if (wstages < 2 || dstages < 2) return cudaErrorInvalidValue;
+      if (wstages < 2 || wstages < s.fan_in / kKC || dstages < 2) return cudaErrorInvalidValue;
       CUtensorMap map;
       if (cudaError_t e = weight_map(&map, dt, weight, s.out_features, s.fan_in, G); e != cudaSuccess) return e;
       auto kernel = gsl_dx_sm90<T, G>;
