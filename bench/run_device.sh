@@ -14,6 +14,7 @@
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
+#     build  build and install only
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -47,6 +48,8 @@ else
 fi
 python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || exit 1
 { g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; } >> "$OUT/device.txt" 2>&1
+
+[ "$MODE" = build ] && exit 0
 
 run_tests() {  # $1: log name, rest: pytest args
   local log=$1; shift
