@@ -4,11 +4,13 @@
 
 Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the kernel,
 1 the loader alone (computing warps release every stage at once), 2 no output stores,
-3 no gather (ldmatrix of fixed rows), 4 MMAs alone; each with LARGEOUT_SM90_FWD_STAGES stages in each computing
-warpgroup's ring and the output stored by TMA (LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain
-stores (0). max_abs_diff_vs_default compares with the library's default
-choice (computed first). Medians of CUDA-event timings; the cuBLAS GEMM of equal
-FLOPs ([B, K] x [K, L]) is timed in the same run as the reference."""
+3 no gather (ldmatrix of fixed rows), 4 MMAs alone; each with LARGEOUT_SM90_FWD_STAGES
+stages in each computing warpgroup's ring and the output stored by TMA
+(LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). Then the variants of
+LARGEOUT_SM90_FWD_VARIANT (c computing warpgroups, d MMA steps in flight; c2d2 is the
+library's). max_abs_diff_vs_default compares with the library's default choice (computed
+first). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
+is timed in the same run as the reference."""
 
 import argparse
 import json
@@ -80,6 +82,15 @@ def main() -> None:
     for k in ("LARGEOUT_SM90_FWD_TMA_STORE", "LARGEOUT_SM90_FWD_STAGES"):
         os.environ.pop(k)
     os.environ.pop("LARGEOUT_SM90_FWD_PROBE")
+    # Timing variants (computing warpgroups c, MMA steps in flight d) at the default ring.
+    for variant in ("c2d2", "c2d3", "c3d2", "c3d3"):
+        os.environ["LARGEOUT_SM90_FWD_VARIANT"] = variant
+        ms = median_ms(lambda: ops.group_sparse_linear(x, w, idx, bias, a.G))
+        y = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
+        row = {"variant": variant, "ms": round(ms, 4), "max_abs_diff_vs_default": float((y - ref).abs().max())}
+        rows.append(row)
+        print(row, flush=True)
+    os.environ.pop("LARGEOUT_SM90_FWD_VARIANT")
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

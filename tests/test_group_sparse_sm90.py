@@ -232,3 +232,23 @@ def test_sm90_forward_ring_and_store_paths(stages, tma_store, L, K, G, poison, m
     err = (y.double().cpu() - y_ref).abs()
     assert torch.isfinite(err).all()
     assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+
+
+@pytest.mark.parametrize("variant", ["c2d3", "c3d2", "c3d3"])
+@pytest.mark.parametrize("stages", ["3", "8"])
+@pytest.mark.parametrize("L", [8192, 8191])
+def test_sm90_forward_timing_variants(variant, stages, L, poison, monkeypatch):
+    # The forward's timing variants (3 computing warpgroups and/or 3 MMA steps in flight;
+    # bf16, G=32, K=128 only), element by element against float64, so that a variant can
+    # become the default once measured faster.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_VARIANT", variant)
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
+    B, H, K, G = 320, 768, 128, 32
+    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, 50 + L % 7)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward"])
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
+    err = (y.double().cpu() - y_ref).abs()
+    assert torch.isfinite(err).all()
+    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())

@@ -24,6 +24,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <string>
 #include <type_traits>
 
 #include "kernels/cuda/group_sparse_dx_reduce.h"
@@ -138,17 +139,20 @@ struct FwdCfg {
   static constexpr int kStagingBytes = kBM * kStageRow;
   static_assert(kStagingBytes % 1024 == 0 && kWBytes % 1024 == 0 && G * 128 % 1024 == 0,
                 "tiles must stay 1024-byte aligned");
-  // Each computing warpgroup has its own ring of `spr` stages.
-  static int64_t smem_bytes(int64_t H, int spr) {
-    return kSmemSlack + H * 128 + 2 * kStagingBytes + 2 * spr * int64_t(kWBytes + kIdxBytes) + 4 * spr * 8;
+  // Each of the kCons computing warpgroups has its own ring of `spr` stages.
+  static int64_t smem_bytes(int64_t H, int spr, int kCons = 2) {
+    return kSmemSlack + H * 128 + kCons * kStagingBytes + kCons * spr * int64_t(kWBytes + kIdxBytes) +
+           2 * kCons * spr * 8;
   }
 };
 
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
 // (computing warps release each stage at once), 2 = no output stores, 3 = no gather
-// (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores).
-template <class T, int G, int kNk, int kProbe = 0>
-__global__ void __launch_bounds__(kThreads, 1)
+// (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores). kCons computing
+// warpgroups (2 or 3); kDepth MMA steps in flight per warpgroup (2 or 3). The library
+// runs (2, 2); the others are timing variants (LARGEOUT_SM90_FWD_VARIANT) until measured.
+template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, int kDepth = 2>
+__global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store) {
@@ -158,11 +162,12 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint8_t* xs = base;                                  // x^T of the tile: [H][64] bf16, SW128
-  uint8_t* stg = xs + int64_t(H) * 128;                // [2][staging tile]
-  uint8_t* wst = stg + 2 * C::kStagingBytes;           // [2 spr][kNs][kRows][64] SW128
-  int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(2 * spr) * C::kWBytes);  // [2 spr][kU][kNs * 64]
-  uint64_t* full = reinterpret_cast<uint64_t*>(ist + 2 * spr * kIdxInts);
-  uint64_t* empty = full + 2 * spr;
+  constexpr int kThr = 128 * (kCons + 1);
+  uint8_t* stg = xs + int64_t(H) * 128;                // [kCons][staging tile]
+  uint8_t* wst = stg + kCons * C::kStagingBytes;       // [kCons spr][kNs][kRows][64] SW128
+  int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(kCons * spr) * C::kWBytes);  // [kCons spr][kU][kNs * 64]
+  uint64_t* full = reinterpret_cast<uint64_t*>(ist + kCons * spr * kIdxInts);
+  uint64_t* empty = full + kCons * spr;
 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
@@ -173,7 +178,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
-    for (int s = 0; s < 2 * spr; ++s) {
+    for (int s = 0; s < kCons * spr; ++s) {
       mbar_init(&full[s], 1);
       mbar_init(&empty[s], 4);  // one arrival per warp of the ring's warpgroup
     }
@@ -182,7 +187,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     if (tma_store) prefetch_tensormap(&tm_y);
   }
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
-  for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThreads) {
+  for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThr) {
     const int rb = blk & 7, f0 = (blk >> 3) * 8;
     uint32_t in[8][4];
 #pragma unroll
@@ -205,15 +210,15 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   }
   __syncthreads();
 
-  // Unit n of the CTA goes to computing warpgroup n % 2, through that warpgroup's ring:
-  // its k-th stage there (k = (n / 2) kQs + q) sits in slot (n % 2) spr + k % spr. One
-  // ring per consumer keeps every wait at most one phase ahead of its barrier.
+  // Unit n of the CTA goes to computing warpgroup n % kCons, through that warpgroup's
+  // ring: its k-th stage there (k = (n / kCons) kQs + q) sits in slot (n % kCons) spr +
+  // k % spr. One ring per consumer keeps every wait at most one phase ahead of its barrier.
   if (wg == 0) {
     // Loader: one thread issues, per stage, one 3-D weight box and kU index copies.
     if (threadIdx.x == 0) {
       for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
         for (int q = 0; q < kQs; ++q) {
-          const int k = (n >> 1) * kQs + q, s = (n & 1) * spr + k % spr;
+          const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
           tma_load_3d(wst + s * C::kWBytes, &tm_w, &full[s], 0, gu * G, q * kNs);
@@ -242,8 +247,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   };
-  for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += 2, gu += 2 * kU) {
-    const int k0 = (n >> 1) * kQs;
+  for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += kCons, gu += kCons * kU) {
+    const int k0 = (n / kCons) * kQs;
     float acc[kU][G / 2];
 #pragma unroll
     for (int u = 0; u < kU; ++u)
@@ -271,7 +276,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       }
       continue;
     }
-    uint32_t a[2][4][4];
+    uint32_t a[kDepth][4][4];
+    constexpr int kStepsPerStage = kU * kNs;
 #pragma unroll
     for (int q = 0; q < kQs; ++q) {
       const int k = k0 + q, s = cw * spr + k % spr;
@@ -287,10 +293,11 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           for (int kk = 0; kk < 4; ++kk) {
             if constexpr (kProbe == 4) {
 #pragma unroll
-              for (int e = 0; e < 4; ++e) a[j & 1][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
+              for (int e = 0; e < 4; ++e) a[j % kDepth][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
             } else {
               const int f = kProbe == 3 ? kk * 16 + krow : is[(u * kNs + cc) * kKC + kk * 16 + krow];
-              ldmatrix_x4_trans(a[j & 1][kk], xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
+              ldmatrix_x4_trans(a[j % kDepth][kk],
+                                xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
             }
           }
           const uint32_t wb = ws + uint32_t(cc * C::kRows + u * G) * 128u;
@@ -298,18 +305,30 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
-            mma_rs<T, G>(a[j & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
+            mma_rs<T, G>(a[j % kDepth][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u], true);
           wgmma_commit();
-          if (j > 0) {
-            wgmma_wait<1>();  // step j - 1 is done
-            if (u == 0 && cc == 0) free_stage(cw * spr + (k - 1) % spr);  // it was the previous stage's last
+          // Step j - (kDepth - 1) is done (its A registers are free for step j + 1); free
+          // its stage if it was the stage's last step.
+          constexpr int kLag = kDepth - 1;
+          if (j >= kLag) {
+            wgmma_wait<kLag>();
+            const int done = j - kLag;
+            if ((done + 1) % kStepsPerStage == 0) free_stage(cw * spr + (k0 + done / kStepsPerStage) % spr);
           }
         }
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
-    free_stage(cw * spr + (k0 + kQs - 1) % spr);
+    {
+      // Stages whose last step was still in flight at the end of the loop.
+      constexpr int kSteps = kQs * kStepsPerStage;
+#pragma unroll
+      for (int q = 0; q < kQs; ++q) {
+        const int last = (q + 1) * kStepsPerStage - 1;
+        if (last + kDepth - 1 > kSteps - 1) free_stage(cw * spr + (k0 + q) % spr);
+      }
+    }
     if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
       float z = 0.f;
 #pragma unroll
@@ -871,12 +890,13 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
 // Stages per computing warpgroup's ring in the forward (at most 8), or 0 when fewer than
 // two fit (a warpgroup holds up to two while the next is loaded).
 template <int G, int kNk>
-int fwd_stages(int64_t H, const DeviceInfo& dev) {
+int fwd_stages(int64_t H, const DeviceInfo& dev, int cons = 2, int depth = 2) {
+  const int lo = std::max(2, depth);
   int spr = 8;
   if (const char* e = std::getenv("LARGEOUT_SM90_FWD_STAGES"); e != nullptr)  // timing probes only
-    spr = std::clamp(std::atoi(e), 2, 16);
-  while (spr >= 2 && FwdCfg<G, kNk>::smem_bytes(H, spr) > smem_budget(dev)) --spr;
-  return spr >= 2 ? spr : 0;
+    spr = std::clamp(std::atoi(e), lo, 16);
+  while (spr >= lo && FwdCfg<G, kNk>::smem_bytes(H, spr, cons) > smem_budget(dev)) --spr;
+  return spr >= lo ? spr : 0;
 }
 
 template <int G, int kNmb>
@@ -917,23 +937,30 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
   return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
       using C = FwdCfg<G, kNk>;
-      const int spr = fwd_stages<G, kNk>(s.in_features, dev);
-      if (spr == 0) return cudaErrorInvalidValue;
-      CUtensorMap map;
-      if (cudaError_t e = unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
-          e != cudaSuccess)
-        return e;
       auto kernel = gsl_fwd_sm90<T, G, kNk, 0>;
+      int cons = 2, depth = 2;
       if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
-        // Timing probes (bench/probe_fwd.py), selected by LARGEOUT_SM90_FWD_PROBE.
+        // Timing probes and variants (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4) or
+        // LARGEOUT_SM90_FWD_VARIANT (c2d3, c3d2, c3d3: computing warpgroups, MMA steps in flight).
         const char* probe = std::getenv("LARGEOUT_SM90_FWD_PROBE");
         const int pv = probe != nullptr ? std::atoi(probe) : 0;
         if (pv == 1) kernel = gsl_fwd_sm90<T, G, kNk, 1>;
         if (pv == 2) kernel = gsl_fwd_sm90<T, G, kNk, 2>;
         if (pv == 3) kernel = gsl_fwd_sm90<T, G, kNk, 3>;
         if (pv == 4) kernel = gsl_fwd_sm90<T, G, kNk, 4>;
+        const char* var = std::getenv("LARGEOUT_SM90_FWD_VARIANT");
+        const std::string v = var != nullptr ? var : "";
+        if (v == "c2d3") kernel = gsl_fwd_sm90<T, G, kNk, 0, 2, 3>, depth = 3;
+        if (v == "c3d2") kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, 2>, cons = 3;
+        if (v == "c3d3") kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, 3>, cons = 3, depth = 3;
       }
-      const int64_t smem = C::smem_bytes(s.in_features, spr);
+      const int spr = fwd_stages<G, kNk>(s.in_features, dev, cons, depth);
+      if (spr == 0) return cudaErrorInvalidValue;
+      CUtensorMap map;
+      if (cudaError_t e = unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+          e != cudaSuccess)
+        return e;
+      const int64_t smem = C::smem_bytes(s.in_features, spr, cons);
       if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
           e != cudaSuccess)
         return e;
@@ -954,7 +981,7 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
         CUtensorMap ymap{};
         if (tma_store)
           if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), kThreads, smem, stream>>>(
+        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
             map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
             int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
