@@ -15,6 +15,7 @@
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     build  build and install only
+#     issue4 build, the Hopper tests, bench/probe_fwd.py, the B=512 K=128 benchmark with dx v1 and v2
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -62,6 +63,19 @@ if [ "$MODE" = haste ]; then
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
     > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
   timeout 200 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -30
+  exit 0
+fi
+
+if [ "$MODE" = issue4 ]; then  # Hopper tests, forward probes and variants, bench with dx v1 and v2
+  echo "== tests: Hopper kernels"
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
+  echo "== probe: Hopper forward (parts switched off, variants)"
+  timeout 150 python3 bench/probe_fwd.py --out "$OUT/probe_fwd.json" 2>&1 | tail -8
+  echo "== benchmark: B=512, K=128 (dx v1, then dx v2)"
+  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  LARGEOUT_SM90_DX=v2 timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
+    --L 131072,670208 --out "$OUT/group_sparse_dx2.json" 2>&1 | grep " dx " | tail -8
   exit 0
 fi
 

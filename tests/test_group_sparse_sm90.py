@@ -252,3 +252,38 @@ def test_sm90_forward_timing_variants(variant, stages, L, poison, monkeypatch):
     err = (y.double().cpu() - y_ref).abs()
     assert torch.isfinite(err).all()
     assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+
+
+DX2_SHAPES = [
+    (1, 768, 1000, 128, 32),
+    (7, 768, 4096, 64, 32),
+    (64, 768, 336, 256, 32),
+    (130, 768, 3000, 128, 64),
+    (1000, 768, 2048, 128, 128),
+    (65, 768, 5000, 256, 128),
+    (129, 768, 776, 64, 64),
+    (33, 768, 640, 64, 128),
+    (257, 512, 2000, 256, 64),
+    (100, 1024, 1000, 128, 32),
+    (128, 768, 131072, 64, 32),
+    (512, 768, 20000, 128, 32),
+]
+
+
+@pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dx_v2_matches_reference(shape, poison, monkeypatch):
+    # dx v2 (LARGEOUT_SM90_DX=v2: dY by TMA, the two computing warpgroups on separate
+    # batch halves; L % 8 == 0), element by element against float64, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DX", "v2")
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 60 + K + G)
+    assert kernels.path("input", torch.bfloat16, B, H, L, K, G) == "sm90"
+    before = kernels.launch_counts()
+    dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    again = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    assert used_sm90(before, kernels.launch_counts(), ["input"])
+    assert torch.equal(dx, again)
+    dx_ref = dx_reference_cuda(dy, w, idx, G, H).cpu()
+    err = (dx.double().cpu() - dx_ref).abs()
+    assert torch.isfinite(err).all()
+    assert (err <= 0.02 * dx_ref.abs() + 0.02 * dx_ref.std()).all(), float(err.max())

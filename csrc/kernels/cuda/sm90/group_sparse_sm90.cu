@@ -788,6 +788,203 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
   }
 }
 
+// ================================================================== dx, v2
+// (LARGEOUT_SM90_DX=v2, L % 8 == 0; not the default until measured.) CTA = (32 batch
+// rows, a range of whole units of groups). The loader thread issues per unit one dY tile
+// (TMA boxes [32 rows][64 labels]) and per stage one 3-D weight box and the unit's index
+// chunks (as the forward). Both computing warpgroups consume every slot: warpgroup w owns
+// batch rows 16w..16w+15 of the tile, so P^T[64 k-slots][16 batch] = W_g^T dY_g^T
+// (m64n16 wgmma, A from W by ldmatrix.trans) and its scatter into the fp32 accumulator
+// [H][32] touch columns no other warpgroup touches: no barrier between the warpgroups.
+// Inside a warpgroup, steps of one group hit distinct features (indices are unique within
+// a group); a named barrier separates the scatters of different groups (a fixed order:
+// deterministic). The MMAs of step j overlap the scatter of step j - 1.
+template <int G, int kNk>
+struct Dx2Cfg {
+  static constexpr int kBM = 32;
+  static constexpr int kU = G >= 64 ? 1 : 64 / G;
+  static constexpr int kRows = kU * G;  // labels of a unit: 64 or 128
+  static constexpr int kNs = kNk < 16384 / (kRows * 128) ? kNk : 16384 / (kRows * 128);
+  static constexpr int kQs = kNk / kNs;
+  static constexpr uint32_t kWBytes = kRows * kNs * 128;
+  static constexpr uint32_t kIdxBytes = kU * kNs * kKC * 4;
+  static constexpr uint32_t kDyBytes = kBM * kRows * 2;  // kRows / 64 boxes of [32][64], SW128
+  static_assert(kWBytes % 1024 == 0 && kDyBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  __host__ __device__ static int64_t acc_bytes(int64_t H) { return round1k(H * kBM * 4); }
+  static int64_t smem_bytes(int64_t H, int wst, int dst) {
+    return kSmemSlack + acc_bytes(H) + wst * int64_t(kWBytes) + dst * int64_t(kDyBytes) + wst * int64_t(kIdxBytes) +
+           2 * (wst + dst) * 8;
+  }
+};
+
+template <class T, int G, int kNk>
+__global__ void __launch_bounds__(kThreads, 1)
+gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
+             const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
+             int groups_per_split, int num_groups, int wst, int dst) {
+  using C = Dx2Cfg<G, kNk>;
+  constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
+  constexpr int kIdxInts = C::kIdxBytes / 4;
+  extern __shared__ uint8_t smem_raw[];
+  uint8_t* base = align_smem(smem_raw);
+  uint8_t* accs = base;                                              // [H][32] fp32, SW128 rows
+  uint8_t* wsl = accs + C::acc_bytes(H);                             // [wst][kNs][kRows][64] SW128
+  uint8_t* dsl = wsl + int64_t(wst) * C::kWBytes;                    // [dst][kRows / 64][32][64] SW128
+  int32_t* ist = reinterpret_cast<int32_t*>(dsl + int64_t(dst) * C::kDyBytes);  // [wst][kU][kNs * 64]
+  uint64_t* wfull = reinterpret_cast<uint64_t*>(ist + wst * kIdxInts);
+  uint64_t* wempty = wfull + wst;
+  uint64_t* dfull = wempty + wst;
+  uint64_t* dempty = dfull + dst;
+
+  const int b0 = blockIdx.y * C::kBM;
+  const int g_begin = blockIdx.x * groups_per_split;
+  const int g_end = min(g_begin + groups_per_split, num_groups);
+  const int g_pad = g_begin < g_end ? g_begin + (g_end - g_begin + kU - 1) / kU * kU : g_begin;
+  const int wg = threadIdx.x / 128;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < wst; ++s) {
+      mbar_init(&wfull[s], 1);
+      mbar_init(&wempty[s], 8);  // every warp of both computing warpgroups
+    }
+    for (int s = 0; s < dst; ++s) {
+      mbar_init(&dfull[s], 1);
+      mbar_init(&dempty[s], 8);
+    }
+    fence_barrier_init();
+    prefetch_tensormap(&tm_w);
+    prefetch_tensormap(&tm_dy);
+  }
+  for (int e = threadIdx.x; e < H * C::kBM / 4; e += kThreads)
+    reinterpret_cast<float4*>(accs)[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  __syncthreads();
+
+  if (wg == 0) {
+    if (threadIdx.x == 0) {
+      for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
+        const int d = n % dst;
+        mbar_wait(&dempty[d], ((n / dst) & 1) ^ 1, 40);
+        mbar_arrive_expect_tx(&dfull[d], C::kDyBytes);
+#pragma unroll
+        for (int bx = 0; bx < C::kRows / 64; ++bx)
+          tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy, &dfull[d], gu * G + 64 * bx, b0);
+        for (int q = 0; q < kQs; ++q) {
+          const int k = n * kQs + q, s = k % wst;
+          mbar_wait(&wempty[s], ((k / wst) & 1) ^ 1, 41);
+          mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
+          tma_load_3d(wsl + s * C::kWBytes, &tm_w, &wfull[s], 0, gu * G, q * kNs);
+#pragma unroll
+          for (int u = 0; u < kU; ++u) {
+            const int gv = min(gu + u, num_groups - 1);
+            bulk_load(ist + s * kIdxInts + u * kNs * kKC, idx + int64_t(gv) * K + q * kNs * kKC, kNs * kKC * 4,
+                      &wfull[s]);
+          }
+        }
+      }
+    }
+    return;
+  }
+
+  const int cw = wg - 1;  // batch rows 16 cw .. 16 cw + 15 of the tile
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const int lrow = (lane & 7) + ((lane >> 4) << 3);  // label row within a k16 step
+  const int kchunk = 2 * warp + ((lane >> 3) & 1);   // which 8 k-slots of the 64-wide chunk
+  const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
+  const uint32_t accs_u32 = smem_u32(accs);
+  auto arrive = [&](uint64_t* bar) {  // one arrival per warp
+    __syncwarp();
+    if (lane == 0) mbar_arrive(bar);
+  };
+  // P^T fragment: p[4 jj + 2 h + e] = (k-slot r0 + 8 h, batch column 16 cw + 8 jj + 2 t + e).
+  auto scatter = [&](const float (&p)[8], int f0, int f1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const uint32_t f = uint32_t(h ? f1 : f0);
+#pragma unroll
+      for (int jj = 0; jj < 2; ++jj) {
+        const uint32_t chunk = uint32_t(4 * cw + 2 * jj + (t >> 1)) ^ (f & 7u);
+        float2* a = reinterpret_cast<float2*>(accs + f * 128u + (chunk << 4) + uint32_t(t & 1) * 8u);
+        float2 cur = *a;
+        cur.x += p[4 * jj + 2 * h];
+        cur.y += p[4 * jj + 2 * h + 1];
+        *a = cur;
+      }
+    }
+  };
+  constexpr int kSteps = kQs * kU * kNs;  // per unit: (stage q, group u, chunk cc)
+  // Group (within the unit) of step s; a named barrier precedes the scatter of a step
+  // whose group differs from the previously scattered step's.
+  auto group_of = [](int step) { return (step / kNs) % kU; };
+  auto scatter_step = [&](const float (&p)[8], int f0, int f1, int step) {
+    if (step == 0 || group_of(step) != group_of(step - 1)) named_barrier(2 + cw, 128);
+    scatter(p, f0, f1);
+  };
+  float pr[2][8];
+  int pf0 = 0, pf1 = 0;  // features of the step whose P waits to be scattered
+  for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
+    const int d = n % dst;
+    mbar_wait(&dfull[d], (n / dst) & 1, 42);
+    const uint32_t dyb = smem_u32(dsl + d * C::kDyBytes);
+#pragma unroll
+    for (int q = 0; q < kQs; ++q) {
+      const int k = n * kQs + q, s = k % wst;
+      mbar_wait(&wfull[s], (k / wst) & 1, 43);
+      const uint32_t wsb = smem_u32(wsl + s * C::kWBytes);
+      const int32_t* is = ist + s * kIdxInts;
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int cc = 0; cc < kNs; ++cc) {
+          const int j = (q * kU + u) * kNs + cc;
+          // A = W_g^T of this chunk ([64 k-slots][G labels]) from rows u G .. u G + G - 1.
+          uint32_t a[G / 16][4];
+          const uint32_t plane = wsb + uint32_t(cc * C::kRows) * 128u;
+#pragma unroll
+          for (int kk = 0; kk < G / 16; ++kk)
+            ldmatrix_x4_trans(a[kk], plane + swz<128>(u * G + kk * 16 + lrow, kchunk * 16));
+          float (&acc)[8] = pr[j & 1];
+          fence_regs(acc);
+          wgmma_fence();
+#pragma unroll
+          for (int kk = 0; kk < G / 16; ++kk) {
+            const int l0 = u * G + kk * 16;  // first label of the k16 step within the unit
+            const uint32_t db = dyb + uint32_t(l0 >> 6) * 4096u + uint32_t(cw) * 2048u + uint32_t(l0 & 63) * 2u;
+            mma_rs<T, 16>(a[kk], make_desc(db, 16, 1024, Swizzle::k128B), acc, kk > 0);
+          }
+          wgmma_commit();
+          const int f0 = is[(u * kNs + cc) * kKC + r0], f1 = is[(u * kNs + cc) * kKC + r0 + 8];
+          if (j > 0) {
+            wgmma_wait<1>();  // step j - 1 is done
+            float (&prev)[8] = pr[(j + 1) & 1];
+            fence_regs(prev);
+            // Its stage is free if it was the stage's last step (its ldmatrix reads ended
+            // before its MMAs were issued).
+            if (u == 0 && cc == 0) arrive(&wempty[(k - 1) % wst]);
+            scatter_step(prev, pf0, pf1, j - 1);
+          }
+          pf0 = f0, pf1 = f1;
+        }
+    }
+    // The unit's last step: its MMAs, then free its stage and the dY tile, then its scatter.
+    wgmma_wait<0>();
+    fence_regs(pr[(kSteps - 1) & 1]);
+    arrive(&wempty[(n * kQs + kQs - 1) % wst]);
+    arrive(&dempty[d]);
+    scatter_step(pr[(kSteps - 1) & 1], pf0, pf1, kSteps - 1);
+  }
+  named_barrier(1, 256);
+  // Write the tile's rows: fp32 partial of this group range, or dx itself.
+  const int tid = threadIdx.x - 128;
+  const int rows = min(C::kBM, B - b0);
+  for (int e = tid; e < rows * H; e += 256) {
+    const int r = e / H, f = e - r * H;
+    const float v = *reinterpret_cast<const float*>(accs + swz<128>(f, r * 4));
+    const int64_t o = int64_t(b0 + r) * H + f;
+    if (part != nullptr) part[int64_t(blockIdx.x) * B * H + o] = v;
+    else dx[o] = from_float<T>(v);
+  }
+}
+
 // ================================================================== host side
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -848,6 +1045,23 @@ cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_
       dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const CUresult r = fn(map, t, 2, y, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
                         CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
+// Tensor map of dY [B, L] (16-bit, L % 8 == 0): [32 rows, 64 labels] boxes, 128-byte
+// swizzle, reads past B or L return zeros.
+cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L) {
+  auto fn = encode_fn();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
+  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint32_t box[2] = {64, 32};
+  const cuuint32_t estr[2] = {1, 1};
+  const CUtensorMapDataType t =
+      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
+  const CUresult r = fn(map, t, 2, const_cast<void*>(dy), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
@@ -1069,12 +1283,55 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
   *workspace_bytes = sp > 1 ? sp * s.batch * s.in_features * 4 : 0;
 }
 
+namespace {
+// dx v2 (LARGEOUT_SM90_DX=v2) where dY rows are 16-byte aligned; cudaErrorNotSupported
+// where it does not apply (the caller then runs v1).
+template <class T, int G>
+cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
+                  const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
+  const char* v = std::getenv("LARGEOUT_SM90_DX");
+  if (v == nullptr || std::string(v) != "v2" || s.out_features % 8 != 0 ||
+      reinterpret_cast<uintptr_t>(dy) % 16 != 0 || cdiv(s.batch, 32) > 65535)
+    return cudaErrorNotSupported;
+  return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+    using C = Dx2Cfg<G, kNk>;
+    int wst = 4, dst = 4;
+    while (wst > 2 && C::smem_bytes(s.in_features, wst, dst) > smem_budget(dev)) --wst, --dst;
+    if (C::smem_bytes(s.in_features, wst, dst) > smem_budget(dev)) return cudaErrorNotSupported;
+    CUtensorMap wmap, dmap;
+    if (cudaError_t e = unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+        e != cudaSuccess)
+      return e;
+    if (cudaError_t e = dy_map(&dmap, dt, dy, s.batch, s.out_features); e != cudaSuccess) return e;
+    auto kernel = gsl_dx2_sm90<T, G, kNk>;
+    const int64_t smem = C::smem_bytes(s.in_features, wst, dst);
+    if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+        e != cudaSuccess)
+      return e;
+    const int64_t ng = s.num_groups();
+    // Whole units per split; every one of the `splits` CTAs writes its partial (zeros
+    // for an empty range), so the reduction below sees `splits` partials.
+    const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;
+    float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
+    kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
+        wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
+        int(ng), wst, dst);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    if (part == nullptr) return cudaSuccess;
+    return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
+  });
+}
+}  // namespace
+
 cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
   return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     if constexpr (G < 32) {
       return cudaErrorInvalidValue;
     } else {
+      if (cudaError_t e = dx_v2<T, G>(dt, s, dev, splits, dy, weight, indices, dxp, workspace, stream);
+          e != cudaErrorNotSupported)
+        return e;
       using C = DxCfg<G>;
       int wstages = 0, dstages = 0;
       dx_stages<G>(s.in_features, dev, &wstages, &dstages);
