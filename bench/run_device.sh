@@ -92,7 +92,7 @@ if [ "$MODE" = lowp ]; then
   if [ "${BENCH:-1}" != 0 ]; then
     if [ "${OPTIM_BENCH:-1}" != 0 ]; then
       echo "== benchmark: fused optimizer step"
-      timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+      timeout 240 python3 bench/bench_optim.py --kernels ${OPTIM_KERNELS:-default,staged} --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
     fi
     echo "== benchmark: FP8 layer against bf16"
     timeout 180 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -12
