@@ -179,7 +179,9 @@ optim_kernel_staged(const OptimSlot* __restrict__ slots, const int64_t* __restri
         auto al = [](const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; };
         const bool aligned = al(sl.param) && al(sl.grad) && (!sl.buf1 || al(sl.buf1)) && (!sl.buf2 || al(sl.buf2)) &&
                              (!sl.comp || al(sl.comp));
-        const int staged = aligned ? int((left < kStChunk ? left : kStChunk) & ~int64_t(15)) : 0;
+        // (a slot with a buffer the stage has no room for takes the per-element path)
+        const bool fits = (!sl.buf1 || has_buf1) && (!sl.buf2 || has_buf2) && (!sl.comp || has_comp);
+        const int staged = aligned && fits ? int((left < kStChunk ? left : kStChunk) & ~int64_t(15)) : 0;
         const int st = it % stages;
         wait(&empty[st], ((it / stages) & 1) ^ 1);
         hdr[st] = StageHeader{i0, k, staged};
