@@ -20,23 +20,12 @@ import time
 import torch
 
 import largeout
+from bench_optim import timed  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
 
 
 def median_ms(fn, reps: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    ts = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    ts.sort()
-    return ts[len(ts) // 2]
+    return timed(fn, reps)[0] * 1e3
 
 
 def main() -> None:

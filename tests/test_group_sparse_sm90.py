@@ -7,7 +7,6 @@ import pytest
 import torch
 
 import largeout
-from largeout import functional as F
 from largeout import kernels
 from largeout import reference as ref
 from largeout.nn import random_group_indices
@@ -33,6 +32,19 @@ def make(B, H, L, K, G, dtype, seed, bias=True):
 
 def used_sm90(before, after, passes):
     return all(after[p]["sm90"] > before[p]["sm90"] for p in passes)
+
+
+def check_forward_elementwise(B, H, L, K, G, seed):
+    """The Hopper forward element by element against float64 (one wrong or unwritten
+    group fails)."""
+    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, seed)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward"])
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
+    err = (y.double().cpu() - y_ref).abs()
+    assert torch.isfinite(err).all()
+    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
 
 
 def check_all(B, H, L, K, G, dtype, seed, bias=True):
@@ -223,15 +235,7 @@ def test_sm90_forward_ring_and_store_paths(stages, tma_store, L, K, G, poison, m
     # unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
-    B, H = 256, 768
-    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, 30 + G + K)
-    before = kernels.launch_counts()
-    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
-    assert used_sm90(before, kernels.launch_counts(), ["forward"])
-    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
-    err = (y.double().cpu() - y_ref).abs()
-    assert torch.isfinite(err).all()
-    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+    check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
 @pytest.mark.parametrize("variant", ["c2d3", "c3d2", "c3d3"])
@@ -243,15 +247,7 @@ def test_sm90_forward_timing_variants(variant, stages, L, poison, monkeypatch):
     # become the default once measured faster.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_VARIANT", variant)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
-    B, H, K, G = 320, 768, 128, 32
-    x, w, b, idx, _ = make(B, H, L, K, G, torch.bfloat16, 50 + L % 7)
-    before = kernels.launch_counts()
-    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
-    assert used_sm90(before, kernels.launch_counts(), ["forward"])
-    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
-    err = (y.double().cpu() - y_ref).abs()
-    assert torch.isfinite(err).all()
-    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+    check_forward_elementwise(320, 768, L, 128, 32, 50 + L % 7)
 
 
 DX2_SHAPES = [

@@ -146,6 +146,21 @@ struct FwdCfg {
   }
 };
 
+// One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
+// rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
+// (groups past the layer read the last group's indices; their weight rows are zeros).
+template <class C, int G, int K>
+__device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
+                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
+  mbar_arrive_expect_tx(bar, C::kWBytes + C::kIdxBytes);
+  tma_load_3d(wdst, map, bar, 0, gu * G, q * C::kNs);
+#pragma unroll
+  for (int u = 0; u < C::kU; ++u) {
+    const int gv = min(gu + u, num_groups - 1);
+    bulk_load(idst + u * C::kNs * kKC, idx + int64_t(gv) * K + q * C::kNs * kKC, C::kNs * kKC * 4, bar);
+  }
+}
+
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
 // (computing warps release each stage at once), 2 = no output stores, 3 = no gather
 // (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores). kCons computing
@@ -220,14 +235,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         for (int q = 0; q < kQs; ++q) {
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
-          mbar_arrive_expect_tx(&full[s], C::kWBytes + C::kIdxBytes);
-          tma_load_3d(wst + s * C::kWBytes, &tm_w, &full[s], 0, gu * G, q * kNs);
-#pragma unroll
-          for (int u = 0; u < kU; ++u) {
-            const int gv = min(gu + u, num_groups - 1);
-            bulk_load(ist + s * kIdxInts + u * kNs * kKC, idx + int64_t(gv) * K + q * kNs * kKC, kNs * kKC * 4,
-                      &full[s]);
-          }
+          load_unit_stage<C, G, K>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, &full[s], idx, gu, q, num_groups);
         }
       }
     }
@@ -871,14 +879,8 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         for (int q = 0; q < kQs; ++q) {
           const int k = n * kQs + q, s = k % wst;
           mbar_wait(&wempty[s], ((k / wst) & 1) ^ 1, 41);
-          mbar_arrive_expect_tx(&wfull[s], C::kWBytes + C::kIdxBytes);
-          tma_load_3d(wsl + s * C::kWBytes, &tm_w, &wfull[s], 0, gu * G, q * kNs);
-#pragma unroll
-          for (int u = 0; u < kU; ++u) {
-            const int gv = min(gu + u, num_groups - 1);
-            bulk_load(ist + s * kIdxInts + u * kNs * kKC, idx + int64_t(gv) * K + q * kNs * kKC, kNs * kKC * 4,
-                      &wfull[s]);
-          }
+          load_unit_stage<C, G, K>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, &wfull[s], idx, gu, q,
+                                   num_groups);
         }
       }
     }
