@@ -271,12 +271,15 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       // Chunks: ceil(groups / 256) per slot; the host knows the group counts only through
       // the device prefix, so bound the chunk count by groups / 256 + slots.
       const int64_t total_chunks = total_groups / (kStChunk / 8) + num_slots;
-      const unsigned blocks = unsigned(std::min<int64_t>(total_chunks, int64_t(sms) * (smem <= (100 << 10) ? 2 : 1)));
       cudaError_t le = cudaSuccess;
       const bool ok = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
         auto kernel = optim_kernel_staged<K, P, S>;
         le = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         if (le != cudaSuccess) return;
+        int per_sm = 0;  // resident blocks per SM (registers and shared memory): one wave
+        le = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kStThreads, smem);
+        if (le != cudaSuccess) return;
+        const unsigned blocks = unsigned(std::min<int64_t>(total_chunks, int64_t(sms) * std::max(1, per_sm)));
         kernel<<<blocks, kStThreads, smem, stream>>>(slots, group_prefix, num_slots, total_chunks, types.grad, hyper,
                                                      stages, stage_bytes, int(b1), int(b2), int(cmp));
       });
