@@ -257,9 +257,18 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   };
   for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += kCons, gu += kCons * kU) {
     const int k0 = (n / kCons) * kQs;
-    // (acc[u] starts with its first MMA, scale-out zero: zeroing the registers while
-    // other MMAs are in flight made ptxas serialize every wgmma, warning C7518)
+    // The depth-3 variants start acc[u] with its first MMA (scale-out zero): zeroing the
+    // registers while other MMAs are in flight makes ptxas serialize every wgmma (warning
+    // C7518; it does so in the library's kernel at K=64 with G=16/32 too). The library's
+    // kernel keeps the zeroing until the change has run on a GPU (bench/NOTES.md).
+    constexpr bool kInitByMma = kDepth > 2;
     float acc[kU][G / 2];
+    if constexpr (!kInitByMma) {
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
+    }
     // Bias of this thread's columns, loaded now so the loads overlap the MMAs.
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
@@ -312,7 +321,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
             mma_rs<T, G>(a[j % kDepth][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u],
-                         !(q == 0 && cc == 0 && kk == 0));
+                         !kInitByMma || !(q == 0 && cc == 0 && kk == 0));
           wgmma_commit();
           // Step j - (kDepth - 1) is done (its A registers are free for step j + 1); free
           // its stage if it was the stage's last step.
