@@ -10,8 +10,9 @@ and a group-sparse output layer whose weights are trained as
   (e) fp8 e4m3, stochastic rounding (bf16 gradients; dense: FP8 matmul of e4m3 inputs on
       GPUs with FP8 tensor cores, group-sparse: the weight upcast to bf16),
 each with SGD (momentum 0.9; lr picked for (a) on validation from a small grid and used
-by all) and with AdamW (lr 5e-3, the demo's); with --small-lrs, also the dense head with
-SGD at fixed small learning rates, where most updates fall below half a bf16 ulp.
+by all) and with AdamW (lr 5e-3, the demo's); with --small-lrs / --small-adamw-lrs, also
+the dense head with SGD / AdamW at fixed small learning rates, where most updates fall
+below half a bf16 ulp.
 Reported: validation P@1 per epoch and the test P@1 of the best-on-validation epoch;
 JSON and a PNG next to it.
 """
@@ -59,7 +60,8 @@ def plot(result: dict, path: Path) -> None:
         print("matplotlib missing: no plot (draw it later with --plot JSON)", flush=True)
         return
     keys = list(result["runs"])
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.6), sharey=True)
+    fig, axes = plt.subplots(1, len(keys), figsize=(max(6.0, 4.2 * len(keys)), 3.6), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, key in zip(axes, keys):
         for name, r in result["runs"][key]["variants"].items():
             ax.plot(range(1, len(r["val_p1_by_epoch"]) + 1), r["val_p1_by_epoch"], marker="o", ms=3, label=name)
@@ -86,6 +88,10 @@ def main(argv=None) -> int:
     ap.add_argument("--small-lrs", default="",
                     help="also run the dense head with SGD at each of these fixed (small) learning rates, where "
                          "most updates fall below half a bf16 ulp: the regime in which nearest rounding stalls")
+    ap.add_argument("--small-adamw-lrs", default="",
+                    help="also run the dense head with AdamW at each of these fixed (small) learning rates: "
+                         "AdamW's steps are about lr in size, below half a bf16 ulp of most weights")
+    ap.add_argument("--only-small", action="store_true", help="run only the --small-lrs / --small-adamw-lrs regimes")
     args = ap.parse_args(argv)
     if args.plot is not None:
         plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
@@ -96,8 +102,9 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "largeout": largeout.build_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
               "method": __doc__, "runs": {}}
-    regimes = [(o, p, None) for o in ("dense", "group-sparse") for p in ("sgd", "adamw")]
+    regimes = [] if args.only_small else [(o, p, None) for o in ("dense", "group-sparse") for p in ("sgd", "adamw")]
     regimes += [("dense", "sgd", float(x)) for x in args.small_lrs.split(",") if x]
+    regimes += [("dense", "adamw", float(x)) for x in args.small_adamw_lrs.split(",") if x]
     for output, opt, fixed_lr in regimes:
         key = f"{output} {opt}" + (f" small lr {fixed_lr}" if fixed_lr else "")
         base = {"output": output, "optimizer": opt}
