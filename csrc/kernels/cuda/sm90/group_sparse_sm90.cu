@@ -643,6 +643,28 @@ struct DxCfg {
   }
 };
 
+// The dx kernels' fp32 accumulator [H][kBM] (SW128 rows): zeroed by the whole CTA, and
+// written out by the two computing warpgroups (threads 128..383) as the fp32 partial of
+// this CTA's group range, or as dx itself.
+template <int kBM>
+__device__ __forceinline__ void zero_accumulator(uint8_t* accs, int H) {
+  for (int e = threadIdx.x; e < H * kBM / 4; e += kThreads)
+    reinterpret_cast<float4*>(accs)[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+}
+template <class T, int kBM>
+__device__ __forceinline__ void write_dx_tile(const uint8_t* accs, float* __restrict__ part, T* __restrict__ dx,
+                                              int B, int H, int b0) {
+  const int tid = threadIdx.x - 128;
+  const int rows = min(kBM, B - b0);
+  for (int e = tid; e < rows * H; e += 256) {
+    const int r = e / H, f = e - r * H;
+    const float v = *reinterpret_cast<const float*>(accs + swz<128>(f, r * 4));
+    const int64_t o = int64_t(b0 + r) * H + f;
+    if (part != nullptr) part[int64_t(blockIdx.x) * B * H + o] = v;
+    else dx[o] = from_float<T>(v);
+  }
+}
+
 // Tile row of batch row r (and back: the map is its own inverse). Accumulator column
 // 8j + 2t + e of lane t then holds batch row 8t + 2j + e: each lane owns 8 consecutive
 // batch rows, and the scatter into the [H][32] accumulator is two 16-byte accesses.
@@ -684,8 +706,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
   }
-  for (int e = threadIdx.x; e < H * C::kBM / 4; e += kThreads)
-    reinterpret_cast<float4*>(accs)[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  zero_accumulator<C::kBM>(accs, H);
   __syncthreads();
 
   if (wg == 0) {
@@ -792,16 +813,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
     release(&dempty[ds_i], lane);
   }
   named_barrier(1, 256);
-  // Write the tile's rows: fp32 partial of this group range, or dx itself.
-  const int tid = threadIdx.x - 128;
-  const int rows = min(C::kBM, B - b0);
-  for (int e = tid; e < rows * H; e += 256) {
-    const int r = e / H, f = e - r * H;
-    const float v = *reinterpret_cast<const float*>(accs + swz<128>(f, r * 4));
-    const int64_t o = int64_t(b0 + r) * H + f;
-    if (part != nullptr) part[int64_t(blockIdx.x) * B * H + o] = v;
-    else dx[o] = from_float<T>(v);
-  }
+  write_dx_tile<T, C::kBM>(accs, part, dx, B, H, b0);
 }
 
 // ================================================================== dx, v2
@@ -871,8 +883,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     prefetch_tensormap(&tm_w);
     prefetch_tensormap(&tm_dy);
   }
-  for (int e = threadIdx.x; e < H * C::kBM / 4; e += kThreads)
-    reinterpret_cast<float4*>(accs)[e] = make_float4(0.f, 0.f, 0.f, 0.f);
+  zero_accumulator<C::kBM>(accs, H);
   __syncthreads();
 
   if (wg == 0) {
@@ -982,16 +993,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     scatter_step(pr[(kSteps - 1) & 1], pf0, pf1, kSteps - 1);
   }
   named_barrier(1, 256);
-  // Write the tile's rows: fp32 partial of this group range, or dx itself.
-  const int tid = threadIdx.x - 128;
-  const int rows = min(C::kBM, B - b0);
-  for (int e = tid; e < rows * H; e += 256) {
-    const int r = e / H, f = e - r * H;
-    const float v = *reinterpret_cast<const float*>(accs + swz<128>(f, r * 4));
-    const int64_t o = int64_t(b0 + r) * H + f;
-    if (part != nullptr) part[int64_t(blockIdx.x) * B * H + o] = v;
-    else dx[o] = from_float<T>(v);
-  }
+  write_dx_tile<T, C::kBM>(accs, part, dx, B, H, b0);
 }
 
 // ================================================================== host side
@@ -1007,71 +1009,52 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   return fn;
 }
 
-// Tensor map of W [L, K] (16-bit): boxes of [G rows, 64 columns], 128-byte swizzle,
-// rows past L read as zeros.
-cudaError_t weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int G) {
+// A 16-bit tensor map of `rank` dimensions (innermost first; strides in bytes for
+// dimensions 1..rank-1), 128-byte swizzle; reads outside the tensor return zeros and
+// stores there are dropped.
+cudaError_t tensor_map(CUtensorMap* map, DType dt, const void* p, int rank, const cuuint64_t* dims,
+                       const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapL2promotion promotion) {
   auto fn = encode_fn();
   if (fn == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(L)};
-  const cuuint64_t strides[1] = {cuuint64_t(K) * 2};
-  const cuuint32_t box[2] = {cuuint32_t(kKC), cuuint32_t(G)};
-  const cuuint32_t estr[2] = {1, 1};
-  const CUtensorMapDataType t =
-      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = fn(map, t, 2, const_cast<void*>(w), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
-}
-
-// Tensor map of W [L, K] (16-bit) as [K / 64][L][64]: boxes of kNs fan-in chunks of
-// `rows` rows (one unit of the forward), 128-byte swizzle, rows past L read as zeros.
-cudaError_t unit_weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int rows, int kNs) {
-  auto fn = encode_fn();
-  if (fn == nullptr) return cudaErrorNotSupported;
-  const cuuint64_t dims[3] = {cuuint64_t(kKC), cuuint64_t(L), cuuint64_t(K / kKC)};
-  const cuuint64_t strides[2] = {cuuint64_t(K) * 2, cuuint64_t(kKC) * 2};
-  const cuuint32_t box[3] = {cuuint32_t(kKC), cuuint32_t(rows), cuuint32_t(kNs)};
   const cuuint32_t estr[3] = {1, 1, 1};
   const CUtensorMapDataType t =
       dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = fn(map, t, 3, const_cast<void*>(w), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+  const CUresult r = fn(map, t, cuuint32_t(rank), const_cast<void*>(p), dims, strides, box, estr,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// Tensor map of y [rows, L] (16-bit, L % 8 == 0): [64 rows, 64 labels] boxes, 128-byte
-// swizzle; stores outside the tensor are dropped.
+// W [L, K]: boxes of [G rows, 64 columns].
+cudaError_t weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int G) {
+  const cuuint64_t dims[2] = {cuuint64_t(K), cuuint64_t(L)};
+  const cuuint64_t strides[1] = {cuuint64_t(K) * 2};
+  const cuuint32_t box[2] = {cuuint32_t(kKC), cuuint32_t(G)};
+  return tensor_map(map, dt, w, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+// W [L, K] as [K / 64][L][64]: boxes of kNs fan-in chunks of `rows` rows (one unit).
+cudaError_t unit_weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L, int64_t K, int rows, int kNs) {
+  const cuuint64_t dims[3] = {cuuint64_t(kKC), cuuint64_t(L), cuuint64_t(K / kKC)};
+  const cuuint64_t strides[2] = {cuuint64_t(K) * 2, cuuint64_t(kKC) * 2};
+  const cuuint32_t box[3] = {cuuint32_t(kKC), cuuint32_t(rows), cuuint32_t(kNs)};
+  return tensor_map(map, dt, w, 3, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+// y [rows, L] (L % 8 == 0): [64 rows, 64 labels] boxes, for stores.
 cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_t L) {
-  auto fn = encode_fn();
-  if (fn == nullptr) return cudaErrorNotSupported;
   const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(rows)};
   const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
   const cuuint32_t box[2] = {64, 64};
-  const cuuint32_t estr[2] = {1, 1};
-  const CUtensorMapDataType t =
-      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = fn(map, t, 2, y, dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_NONE, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return tensor_map(map, dt, y, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
-// Tensor map of dY [B, L] (16-bit, L % 8 == 0): [32 rows, 64 labels] boxes, 128-byte
-// swizzle, reads past B or L return zeros.
+// dY [B, L] (L % 8 == 0): [32 rows, 64 labels] boxes.
 cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L) {
-  auto fn = encode_fn();
-  if (fn == nullptr) return cudaErrorNotSupported;
   const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
   const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
   const cuuint32_t box[2] = {64, 32};
-  const cuuint32_t estr[2] = {1, 1};
-  const CUtensorMapDataType t =
-      dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
-  const CUresult r = fn(map, t, 2, const_cast<void*>(dy), dims, strides, box, estr, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                        CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
-  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
