@@ -4,12 +4,11 @@
 
 Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the kernel,
 1 the loader alone (computing warps release every stage at once), 2 no output stores,
-3 no gather (ldmatrix of fixed rows), 4 MMAs alone; each with LARGEOUT_SM90_FWD_STAGES
-stages in each computing warpgroup's ring and the output stored by TMA
-(LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). Then the variants of
-LARGEOUT_SM90_FWD_VARIANT (c computing warpgroups, d MMA steps in flight; c2d2 is the
-library's). max_abs_diff_vs_default compares with the library's default choice (computed
-first). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
+3 no gather (ldmatrix of fixed rows), 4 MMAs alone; each with two or three computing
+warpgroups (LARGEOUT_SM90_FWD_CONS), LARGEOUT_SM90_FWD_STAGES stages in each computing
+warpgroup's ring (fewer where they do not fit) and the output stored by TMA
+(LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). max_abs_diff_vs_default compares
+with the library's default choice (computed first). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
 
 import argparse
@@ -35,7 +34,8 @@ def main() -> None:
     p.add_argument("--L", type=int, default=670_208)
     p.add_argument("--K", type=int, default=128)
     p.add_argument("--G", type=int, default=32)
-    p.add_argument("--stages", default="3,6")
+    p.add_argument("--stages", default="3,8")
+    p.add_argument("--cons", default="2,3")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     dt = torch.bfloat16
@@ -50,36 +50,27 @@ def main() -> None:
     wm = torch.randn(a.K, a.L, device="cuda", dtype=dt, generator=g)
     cublas = median_ms(lambda: xm @ wm)
     rows = []
-    for store in ("1", "0"):
-        for st in a.stages.split(","):
-            for probe in range(5):
-                if store == "0" and probe != 0:
-                    continue
-                env = {"LARGEOUT_SM90_FWD_STAGES": st, "LARGEOUT_SM90_FWD_PROBE": str(probe),
-                       "LARGEOUT_SM90_FWD_TMA_STORE": store}
-                os.environ.update(env)
-                before = largeout.kernels.launch_counts()["forward"]["sm90"]
-                ms = median_ms(lambda: ops.group_sparse_linear(x, w, idx, bias, a.G))
-                ran_sm90 = largeout.kernels.launch_counts()["forward"]["sm90"] > before
-                row = {"tma_store": int(store), "stages_per_ring": int(st), "probe": probe,
-                       "ms": round(ms, 4), "sm90": ran_sm90}
-                if probe == 0:
-                    y = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
-                    row["max_abs_diff_vs_default"] = float((y - ref).abs().max())
-                rows.append(row)
-                print(row, flush=True)
-    for k in ("LARGEOUT_SM90_FWD_TMA_STORE", "LARGEOUT_SM90_FWD_STAGES"):
+    for cons in a.cons.split(","):
+        for store in ("1", "0"):
+            for st in a.stages.split(","):
+                for probe in range(5):
+                    if store == "0" and probe != 0:
+                        continue
+                    env = {"LARGEOUT_SM90_FWD_STAGES": st, "LARGEOUT_SM90_FWD_PROBE": str(probe),
+                           "LARGEOUT_SM90_FWD_TMA_STORE": store, "LARGEOUT_SM90_FWD_CONS": cons}
+                    os.environ.update(env)
+                    before = largeout.kernels.launch_counts()["forward"]["sm90"]
+                    ms = median_ms(lambda: ops.group_sparse_linear(x, w, idx, bias, a.G))
+                    ran_sm90 = largeout.kernels.launch_counts()["forward"]["sm90"] > before
+                    row = {"computing_warpgroups": int(cons), "tma_store": int(store), "stages_per_ring": int(st),
+                           "probe": probe, "ms": round(ms, 4), "sm90": ran_sm90}
+                    if probe == 0:
+                        y = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
+                        row["max_abs_diff_vs_default"] = float((y - ref).abs().max())
+                    rows.append(row)
+                    print(row, flush=True)
+    for k in env:
         os.environ.pop(k)
-    os.environ.pop("LARGEOUT_SM90_FWD_PROBE")
-    # Timing variants (computing warpgroups c, MMA steps in flight d) at the default ring.
-    for variant in ("c2d2", "c2d3", "c3d2", "c3d3"):
-        os.environ["LARGEOUT_SM90_FWD_VARIANT"] = variant
-        ms = median_ms(lambda: ops.group_sparse_linear(x, w, idx, bias, a.G))
-        y = ops.group_sparse_linear(x, w, idx, bias, a.G).float()
-        row = {"variant": variant, "ms": round(ms, 4), "max_abs_diff_vs_default": float((y - ref).abs().max())}
-        rows.append(row)
-        print(row, flush=True)
-    os.environ.pop("LARGEOUT_SM90_FWD_VARIANT")
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -10,12 +10,13 @@
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
 #            made by bench/haste_prepare.sh)
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
-#            (BENCH=0: tests only; OPTIM_BENCH=0: no optimizer benchmark; PROFILE_FP8=1: profile)
+#            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
+#            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     build  build and install only
-#     issue4 build, the Hopper tests, bench/probe_fwd.py, the B=512 K=128 benchmark with dx v1 and v2
+#     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -66,16 +67,17 @@ if [ "$MODE" = haste ]; then
   exit 0
 fi
 
-if [ "$MODE" = issue4 ]; then  # Hopper tests, forward probes and variants, bench with dx v1 and v2
+if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
   echo "== tests: Hopper kernels"
   run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
-  echo "== probe: Hopper forward (parts switched off, variants)"
-  timeout 150 python3 bench/probe_fwd.py --out "$OUT/probe_fwd.json" 2>&1 | tail -8
-  echo "== benchmark: B=512, K=128 (dx v1, then dx v2)"
+  echo "== benchmark: B=512, K=128 (library defaults)"
   timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
     --out "$OUT/group_sparse.json" 2>&1 | tail -28
-  LARGEOUT_SM90_DX=v2 timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
-    --L 131072,670208 --out "$OUT/group_sparse_dx2.json" 2>&1 | grep " dx " | tail -8
+  for cons in 2 3; do
+    echo "== forward with LARGEOUT_SM90_FWD_CONS=$cons"
+    LARGEOUT_SM90_FWD_CONS=$cons timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 64,128 --G 16,32,64 \
+      --L 670091,670208 --out "$OUT/group_sparse_cons$cons.json" 2>&1 | grep " fwd " | tail -12
+  done
   exit 0
 fi
 
@@ -87,13 +89,14 @@ fi
 
 if [ "$MODE" = lowp ]; then
   echo "== tests: stochastic rounding, optimizers, low-precision and FP8 layers, low-precision heads"
-  run_tests gpu_tests_lowp.log tests/test_stochastic_round.py tests/test_optim.py tests/test_module.py \
-    tests/test_train.py
+  run_tests gpu_tests_lowp.log ${LOWP_TESTS:-tests/test_stochastic_round.py tests/test_optim.py tests/test_module.py \
+    tests/test_train.py}
   if [ "${BENCH:-1}" != 0 ]; then
     if [ "${OPTIM_BENCH:-1}" != 0 ]; then
       echo "== benchmark: fused optimizer step"
       timeout 240 python3 bench/bench_optim.py --kernels ${OPTIM_KERNELS:-default,staged} --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
     fi
+    [ "${FP8_BENCH:-1}" = 0 ] && exit 0
     echo "== benchmark: FP8 layer against bf16"
     timeout 180 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -12
     if [ "${PROFILE_FP8:-0}" = 1 ]; then

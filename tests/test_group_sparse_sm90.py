@@ -223,31 +223,22 @@ def test_misaligned_views_are_handled(poison):
     assert rel_err(db, db_ref) < 1e-2
 
 
+@pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize(
     "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
 )
-def test_sm90_forward_ring_and_store_paths(stages, tma_store, L, K, G, poison, monkeypatch):
-    # Every forward variant (rings of 2 or 8 stages per computing warpgroup, so that slots
-    # wrap around many times; units of 1-4 stages; the output stored by TMA where
+def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
+    # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
+    # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
+    # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
     # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
     # unwritten group must fail.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
-
-
-@pytest.mark.parametrize("variant", ["c2d3", "c3d2", "c3d3"])
-@pytest.mark.parametrize("stages", ["3", "8"])
-@pytest.mark.parametrize("L", [8192, 8191])
-def test_sm90_forward_timing_variants(variant, stages, L, poison, monkeypatch):
-    # The forward's timing variants (3 computing warpgroups and/or 3 MMA steps in flight;
-    # bf16, G=32, K=128 only), element by element against float64, so that a variant can
-    # become the default once measured faster.
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_VARIANT", variant)
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
-    check_forward_elementwise(320, 768, L, 128, 32, 50 + L % 7)
 
 
 # SHAPES with L rounded up to a multiple of 8 (dY by TMA), plus many units per CTA.
@@ -257,11 +248,14 @@ DX2_SHAPES = [(B, H, -(-L // 8) * 8, K, G) for B, H, L, K, G in SHAPES if G >= 3
 ]
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dx_v2_matches_reference(shape, poison, monkeypatch):
-    # dx v2 (LARGEOUT_SM90_DX=v2: dY by TMA, the two computing warpgroups on separate
-    # batch halves; L % 8 == 0), element by element against float64, twice (deterministic).
-    monkeypatch.setenv("LARGEOUT_SM90_DX", "v2")
+def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
+    # dx v2 (the default where L % 8 == 0: dY by TMA, the two computing warpgroups on
+    # separate batch halves) and v1 (LARGEOUT_SM90_DX=v1; the path for odd L), element by
+    # element against float64, twice (deterministic).
+    if version == "v1":
+        monkeypatch.setenv("LARGEOUT_SM90_DX", "v1")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 60 + K + G)
     assert kernels.path("input", torch.bfloat16, B, H, L, K, G) == "sm90"

@@ -164,9 +164,8 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
 // (computing warps release each stage at once), 2 = no output stores, 3 = no gather
 // (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores). kCons computing
-// warpgroups (2 or 3); kDepth MMA steps in flight per warpgroup (2 or 3). The library
-// runs (2, 2); the others are timing variants (LARGEOUT_SM90_FWD_VARIANT) until measured.
-template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, int kDepth = 2>
+// warpgroups (2 or 3; fwd_cons picks), each with two MMA steps in flight.
+template <class T, int G, int kNk, int kProbe = 0, int kCons = 2>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
@@ -257,18 +256,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   };
   for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += kCons, gu += kCons * kU) {
     const int k0 = (n / kCons) * kQs;
-    // The depth-3 variants start acc[u] with its first MMA (scale-out zero): zeroing the
-    // registers while other MMAs are in flight makes ptxas serialize every wgmma (warning
-    // C7518; it does so in the library's kernel at K=64 with G=16/32 too). The library's
-    // kernel keeps the zeroing until the change has run on a GPU (bench/NOTES.md).
-    constexpr bool kInitByMma = kDepth > 2;
+    // acc[u] starts with its first MMA (scale-out zero): zeroing the registers while other
+    // MMAs are in flight makes ptxas serialize every wgmma (warning C7518).
     float acc[kU][G / 2];
-    if constexpr (!kInitByMma) {
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int i = 0; i < G / 2; ++i) acc[u][i] = 0.f;
-    }
     // Bias of this thread's columns, loaded now so the loads overlap the MMAs.
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
@@ -291,7 +281,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       }
       continue;
     }
-    uint32_t a[kDepth][4][4];
+    uint32_t a[2][4][4];
     constexpr int kStepsPerStage = kU * kNs;
 #pragma unroll
     for (int q = 0; q < kQs; ++q) {
@@ -308,10 +298,10 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           for (int kk = 0; kk < 4; ++kk) {
             if constexpr (kProbe == 4) {
 #pragma unroll
-              for (int e = 0; e < 4; ++e) a[j % kDepth][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
+              for (int e = 0; e < 4; ++e) a[j & 1][kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
             } else {
               const int f = kProbe == 3 ? kk * 16 + krow : is[(u * kNs + cc) * kKC + kk * 16 + krow];
-              ldmatrix_x4_trans(a[j % kDepth][kk],
+              ldmatrix_x4_trans(a[j & 1][kk],
                                 xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
             }
           }
@@ -320,15 +310,14 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
-            mma_rs<T, G>(a[j % kDepth][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u],
-                         !kInitByMma || !(q == 0 && cc == 0 && kk == 0));
+            mma_rs<T, G>(a[j & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u],
+                         !(q == 0 && cc == 0 && kk == 0));
           wgmma_commit();
-          // Step j - (kDepth - 1) is done (its A registers are free for step j + 1); free
-          // its stage if it was the stage's last step.
-          constexpr int kLag = kDepth - 1;
-          if (j >= kLag) {
-            wgmma_wait<kLag>();
-            const int done = j - kLag;
+          // Step j - 1 is done (its A registers are free for step j + 1); free its stage if
+          // it was the stage's last step.
+          if (j >= 1) {
+            wgmma_wait<1>();
+            const int done = j - 1;
             if ((done + 1) % kStepsPerStage == 0) free_stage(cw * spr + (k0 + done / kStepsPerStage) % spr);
           }
         }
@@ -336,15 +325,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     wgmma_wait<0>();
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
-    {
-      // Stages whose last step was still in flight at the end of the loop.
-      constexpr int kSteps = kQs * kStepsPerStage;
-#pragma unroll
-      for (int q = 0; q < kQs; ++q) {
-        const int last = (q + 1) * kStepsPerStage - 1;
-        if (last + kDepth - 1 > kSteps - 1) free_stage(cw * spr + (k0 + q) % spr);
-      }
-    }
+    free_stage(cw * spr + (k0 + kQs - 1) % spr);  // the last step's stage: still in flight at the end of the loop
     if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
       float z = 0.f;
 #pragma unroll
@@ -817,7 +798,8 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
 }
 
 // ================================================================== dx, v2
-// (LARGEOUT_SM90_DX=v2, L % 8 == 0; not the default until measured.) CTA = (32 batch
+// (the default where L % 8 == 0 and K is 64, 128 or 256; 1.8-2.1x faster than v1 on an
+// H200, bench/NOTES.md; LARGEOUT_SM90_DX=v1 forces v1.) CTA = (32 batch
 // rows, a range of whole units of groups). The loader thread issues per unit one dY tile
 // (TMA boxes [32 rows][64 labels]) and per stage one 3-D weight box and the unit's index
 // chunks (as the forward). Both computing warpgroups consume every slot: warpgroup w owns
@@ -1096,13 +1078,28 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
 // Stages per computing warpgroup's ring in the forward (at most 8), or 0 when fewer than
 // two fit (a warpgroup holds up to two while the next is loaded).
 template <int G, int kNk>
-int fwd_stages(int64_t H, const DeviceInfo& dev, int cons = 2, int depth = 2) {
-  const int lo = std::max(2, depth);
+int fwd_stages(int64_t H, const DeviceInfo& dev, int cons) {
   int spr = 8;
   if (const char* e = std::getenv("LARGEOUT_SM90_FWD_STAGES"); e != nullptr)  // timing probes only
-    spr = std::clamp(std::atoi(e), lo, 16);
-  while (spr >= lo && FwdCfg<G, kNk>::smem_bytes(H, spr, cons) > smem_budget(dev)) --spr;
-  return spr >= lo ? spr : 0;
+    spr = std::clamp(std::atoi(e), 2, 16);
+  while (spr >= 2 && FwdCfg<G, kNk>::smem_bytes(H, spr, cons) > smem_budget(dev)) --spr;
+  return spr >= 2 ? spr : 0;
+}
+
+// Computing warpgroups of the forward: three for G = 32 where their rings fit (one more
+// warpgroup issuing gathers and MMAs; bench/NOTES.md "Hopper forward v7"), else two.
+// LARGEOUT_SM90_FWD_CONS=2|3 forces two or three (three only for G <= 64 and where it fits;
+// timing comparisons and tests). *spr: stages per ring (0: no fit).
+template <int G, int kNk>
+int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
+  const char* e = std::getenv("LARGEOUT_SM90_FWD_CONS");
+  const std::string forced = e != nullptr ? e : "";
+  if (G <= 64 && (forced == "3" || (forced.empty() && G == 32))) {
+    *spr = fwd_stages<G, kNk>(H, dev, 3);
+    if (*spr > 0) return 3;
+  }
+  *spr = fwd_stages<G, kNk>(H, dev, 2);
+  return 2;
 }
 
 template <int G, int kNmb>
@@ -1131,7 +1128,7 @@ bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   int st = 0;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-      st = fwd_stages<G, kNk>(s.in_features, dev);
+      fwd_cons<G, kNk>(s.in_features, dev, &st);
       return cudaSuccess;
     });
   });
@@ -1143,29 +1140,23 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
   return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
       using C = FwdCfg<G, kNk>;
-      auto kernel = gsl_fwd_sm90<T, G, kNk, 0>;
-      int cons = 2, depth = 2;
+      int spr = 0;
+      const int cons = fwd_cons<G, kNk>(s.in_features, dev, &spr);
+      if (spr == 0) return cudaErrorInvalidValue;
+      auto kernel = gsl_fwd_sm90<T, G, kNk, 0, 2>;
+      if constexpr (G <= 64) {
+        if (cons == 3) kernel = gsl_fwd_sm90<T, G, kNk, 0, 3>;
+      }
       if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
-        // Timing probes and variants (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4) or
-        // LARGEOUT_SM90_FWD_VARIANT (c2d3, c3d2, c3d3: computing warpgroups, MMA steps in flight).
+        // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
         const char* probe = std::getenv("LARGEOUT_SM90_FWD_PROBE");
         const int pv = probe != nullptr ? std::atoi(probe) : 0;
-        if (pv == 1) kernel = gsl_fwd_sm90<T, G, kNk, 1>;
-        if (pv == 2) kernel = gsl_fwd_sm90<T, G, kNk, 2>;
-        if (pv == 3) kernel = gsl_fwd_sm90<T, G, kNk, 3>;
-        if (pv == 4) kernel = gsl_fwd_sm90<T, G, kNk, 4>;
-        const char* var = std::getenv("LARGEOUT_SM90_FWD_VARIANT");
-        const std::string v = var != nullptr ? var : "";
-        if (v == "c2d3") kernel = gsl_fwd_sm90<T, G, kNk, 0, 2, 3>, depth = 3;
-        if (v == "c3d2") kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, 2>, cons = 3;
-        if (v == "c3d3") kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, 3>, cons = 3, depth = 3;
+        auto probe_kernel = [&]<int kC>() {
+          return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
+               : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
+        };
+        if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
       }
-      int spr = fwd_stages<G, kNk>(s.in_features, dev, cons, depth);
-      if (spr == 0 && (cons != 2 || depth != 2)) {  // a timing variant that does not fit: the library's kernel
-        kernel = gsl_fwd_sm90<T, G, kNk, 0>, cons = 2, depth = 2;
-        spr = fwd_stages<G, kNk>(s.in_features, dev);
-      }
-      if (spr == 0) return cudaErrorInvalidValue;
       CUtensorMap map;
       if (cudaError_t e = unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
           e != cudaSuccess)
@@ -1280,13 +1271,13 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 }
 
 namespace {
-// dx v2 (LARGEOUT_SM90_DX=v2) where dY rows are 16-byte aligned; cudaErrorNotSupported
-// where it does not apply (the caller then runs v1).
+// dx v2 where dY rows are 16-byte aligned and K is 64, 128 or 256 (unless
+// LARGEOUT_SM90_DX=v1); cudaErrorNotSupported where it does not apply (the caller then runs v1).
 template <class T, int G>
 cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                   const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
   const char* v = std::getenv("LARGEOUT_SM90_DX");
-  if (v == nullptr || std::string(v) != "v2" || s.out_features % 8 != 0 ||
+  if ((v != nullptr && std::string(v) == "v1") || s.out_features % 8 != 0 ||
       (s.fan_in != 64 && s.fan_in != 128 && s.fan_in != 256) ||
       reinterpret_cast<uintptr_t>(dy) % 16 != 0 || cdiv(s.batch, 32) > 65535)
     return cudaErrorNotSupported;
