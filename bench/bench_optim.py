@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -120,27 +119,18 @@ def main(argv=None) -> int:
     ap.add_argument("--elements", type=int, default=768 * 1_000_000)
     ap.add_argument("--tensors", type=int, default=4)
     ap.add_argument("--iters", type=int, default=15)
-    ap.add_argument("--kernels", default="default", help="comma list of default, staged")
     args = ap.parse_args(argv)
     dev = torch.cuda.get_device_name()
     copy = copy_bandwidth(4 << 30, args.iters)
     print(f"{dev}: copy {copy['GBps']:.0f} GB/s", flush=True)
     rows = []
-    for kernel in args.kernels.split(","):
-        # "staged": LARGEOUT_OPTIM_KERNEL=staged (chunks streamed through shared memory)
-        if kernel == "staged":
-            os.environ["LARGEOUT_OPTIM_KERNEL"] = "staged"
-        else:
-            os.environ.pop("LARGEOUT_OPTIM_KERNEL", None)
-        for case in CASES:
-            r = run_case(*case, args.elements, args.tensors, args.iters)
-            r["kernel"] = kernel
-            r["fraction_of_copy"] = r["GBps"] / copy["GBps"]
-            rows.append(r)
-            extra = f", torch fused {r['torch_fused_seconds'] * 1e3:.2f} ms" if "torch_fused_seconds" in r else ""
-            print(f"[{kernel}] {r['case']:55s} {r['seconds'] * 1e3:8.2f} ms {r['GBps']:7.0f} GB/s "
-                  f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}", flush=True)
-    os.environ.pop("LARGEOUT_OPTIM_KERNEL", None)
+    for case in CASES:
+        r = run_case(*case, args.elements, args.tensors, args.iters)
+        r["fraction_of_copy"] = r["GBps"] / copy["GBps"]
+        rows.append(r)
+        extra = f", torch fused {r['torch_fused_seconds'] * 1e3:.2f} ms" if "torch_fused_seconds" in r else ""
+        print(f"{r['case']:55s} {r['seconds'] * 1e3:8.2f} ms {r['GBps']:7.0f} GB/s "
+              f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}", flush=True)
     out = {"device": dev, "torch": torch.__version__, "largeout": largeout.build_info(),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "method": __doc__, "copy": copy, "cases": rows}

@@ -94,7 +94,7 @@ if [ "$MODE" = lowp ]; then
   if [ "${BENCH:-1}" != 0 ]; then
     if [ "${OPTIM_BENCH:-1}" != 0 ]; then
       echo "== benchmark: fused optimizer step"
-      timeout 240 python3 bench/bench_optim.py --kernels ${OPTIM_KERNELS:-default,staged} --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
+      timeout 240 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -20
     fi
     [ "${FP8_BENCH:-1}" = 0 ] && exit 0
     echo "== benchmark: FP8 layer against bf16"

@@ -276,14 +276,13 @@ def test_fused_step_over_many_tensors_unaligned_views_and_tails():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("cuda_kernel", ["default", "staged"])
 @pytest.mark.parametrize("pdtype", [torch.float32] + LOW, ids=str)
-@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw", "adamw-f32-state", "kahan"])
-def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype, cuda_kernel, monkeypatch):
-    # "staged": the opt-in kernel that streams chunks through shared memory
-    # (LARGEOUT_OPTIM_KERNEL=staged, sm_90+; elsewhere the default kernel runs).
-    if cuda_kernel == "staged":
-        monkeypatch.setenv("LARGEOUT_OPTIM_KERNEL", "staged")
+@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw", "adamw-f32-state", "kahan",
+                                  "sgd-kahan", "adamw-kahan"])
+def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
+    # Every kernel variant of the CUDA step (with or without buf1 / a Kahan buffer; 1, 2
+    # or 4 groups per thread) against the CPU loop, bit for bit, on slots whose ends fall
+    # inside a thread's groups.
 
     def build(device):
         ps = []
@@ -292,6 +291,10 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype, cuda_kernel, monke
             ps.append(torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(device, pdtype), requires_grad=False))
         if kind == "kahan":
             return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=77)
+        if kind == "sgd-kahan":
+            return ps, lo_optim.SGD(ps, lr=0.05, kahan=True, seed=77)
+        if kind == "adamw-kahan":
+            return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=77)
         if kind == "adamw-f32-state":
             return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=77)
         return ps, _make(kind, ps, seed=77)
@@ -340,12 +343,9 @@ def test_fused_op_rejects_bad_arguments_and_writes_nothing():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("cuda_kernel", ["default", "staged"])
-def test_fused_cuda_step_on_unaligned_views_matches_aligned_copies(cuda_kernel, monkeypatch):
+def test_fused_cuda_step_on_unaligned_views_matches_aligned_copies():
     # Views that are not 16-byte aligned (no bulk copies: per-element path) and odd
     # lengths give the same bits as aligned copies, and leave the rest of the storage as it was.
-    if cuda_kernel == "staged":
-        monkeypatch.setenv("LARGEOUT_OPTIM_KERNEL", "staged")
     big = torch.randn(30_000, generator=torch.Generator().manual_seed(4)).to("cuda", torch.bfloat16)
     before = big.clone()
     views = [big[1:4100], big[4100:4103], big[5003:29_000]]

@@ -169,7 +169,7 @@ void step_cuda(LARGEOUT_STEP_ARGS) {
   const auto* slots = reinterpret_cast<const OptimSlot*>(dev.const_data_ptr<uint8_t>());
   const auto* prefix = reinterpret_cast<const int64_t*>(dev.const_data_ptr<uint8_t>() + slot_bytes);
   const cudaError_t e = cuda::optim_step(slots, prefix, int(p.slots.size()), p.prefix.back(), p.types, p.hyper,
-                                         c10::cuda::getCurrentCUDAStream());
+                                         !buf1.empty(), !comps.empty(), c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
 }
 #endif

@@ -1086,15 +1086,16 @@ int fwd_stages(int64_t H, const DeviceInfo& dev, int cons) {
   return spr >= 2 ? spr : 0;
 }
 
-// Computing warpgroups of the forward: three for G = 32 where their rings fit (one more
-// warpgroup issuing gathers and MMAs; bench/NOTES.md "Hopper forward v7"), else two.
-// LARGEOUT_SM90_FWD_CONS=2|3 forces two or three (three only for G <= 64 and where it fits;
-// timing comparisons and tests). *spr: stages per ring (0: no fit).
+// Computing warpgroups of the forward: three where their rings fit and G <= 64 (one more
+// warpgroup issuing gathers and MMAs: 1.1-1.4x faster at G = 16, 32 and 64 on an H200,
+// bench/NOTES.md "Hopper forward v7"), else two. LARGEOUT_SM90_FWD_CONS=2|3 forces two or
+// three (three only for G <= 64 and where it fits; timing comparisons and tests).
+// *spr: stages per ring (0: no fit).
 template <int G, int kNk>
 int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
   const char* e = std::getenv("LARGEOUT_SM90_FWD_CONS");
-  const std::string forced = e != nullptr ? e : "";
-  if (G <= 64 && (forced == "3" || (forced.empty() && G == 32))) {
+  const bool two = e != nullptr && std::string(e) == "2";
+  if (G <= 64 && !two) {
     *spr = fwd_stages<G, kNk>(H, dev, 3);
     if (*spr > 0) return 3;
   }
