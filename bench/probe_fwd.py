@@ -1,6 +1,6 @@
-"""Where the Hopper forward's time goes: the kernel timed with parts switched off.
+"""Where the Hopper forward's and dW's time goes: the kernels timed with parts switched off.
 
-    python bench/probe_fwd.py --out probe_fwd.json
+    python bench/probe_fwd.py --out probe_fwd.json [--passes fwd,dw]
 
 Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the kernel,
 1 the loader alone (computing warps release every stage at once), 2 no output stores,
@@ -8,7 +8,9 @@ Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the ker
 warpgroups (LARGEOUT_SM90_FWD_CONS), LARGEOUT_SM90_FWD_STAGES stages in each computing
 warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 (LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). max_abs_diff_vs_default compares
-with the library's default choice (computed first). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
+with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
+bf16, G=32, K=128 only): 0 the kernel, 1 no gathers of x^T rows, 2 no dY loads or
+placement, 3 no MMAs (results wrong except for 0). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
 
 import argparse
@@ -36,6 +38,7 @@ def main() -> None:
     p.add_argument("--G", type=int, default=32)
     p.add_argument("--stages", default="3,8")
     p.add_argument("--cons", default="2,3")
+    p.add_argument("--passes", default="fwd,dw")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     dt = torch.bfloat16
@@ -50,7 +53,7 @@ def main() -> None:
     wm = torch.randn(a.K, a.L, device="cuda", dtype=dt, generator=g)
     cublas = median_ms(lambda: xm @ wm)
     rows = []
-    for cons in a.cons.split(","):
+    for cons in a.cons.split(",") if "fwd" in a.passes else []:
         for store in ("1", "0"):
             for st in a.stages.split(","):
                 for probe in range(5):
@@ -69,8 +72,23 @@ def main() -> None:
                         row["max_abs_diff_vs_default"] = float((y - ref).abs().max())
                     rows.append(row)
                     print(row, flush=True)
-    for k in env:
-        os.environ.pop(k)
+        for k in env:
+            os.environ.pop(k)
+    if "dw" in a.passes:
+        dy = torch.randn(a.B, a.L, device="cuda", dtype=dt, generator=g)
+        dw_ref = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
+        for probe in range(4):
+            os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe)
+            before = largeout.kernels.launch_counts()["weight"]["sm90"]
+            ms = median_ms(lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, a.G))
+            row = {"pass": "dw", "probe": probe, "ms": round(ms, 4),
+                   "sm90": largeout.kernels.launch_counts()["weight"]["sm90"] > before}
+            if probe == 0:
+                dw = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
+                row["max_abs_diff_vs_default"] = float((dw - dw_ref).abs().max())
+            rows.append(row)
+            print(row, flush=True)
+        os.environ.pop("LARGEOUT_SM90_DW_PROBE")
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -15,6 +15,8 @@
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
+#     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
+#            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
@@ -28,6 +30,7 @@ OUT=${OUT:-/tmp/largeout_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MODE=${1:-full}
+T0=$(date +%s)
 TESTS=${TESTS:-tests}
 ARCHS=${ARCHS:-90a}
 
@@ -78,6 +81,25 @@ if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the fo
     LARGEOUT_SM90_FWD_CONS=$cons timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 64,128 --G 16,32,64 \
       --L 670091,670208 --out "$OUT/group_sparse_cons$cons.json" 2>&1 | grep " fwd " | tail -12
   done
+  exit 0
+fi
+
+if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes, the issue-4 grid (as time allows)
+  deadline=$(( T0 + ${CHECK_BUDGET:-560} ))  # seconds after the script started
+  echo "== tests: whole suite"
+  run_tests gpu_tests.log $TESTS
+  echo "== benchmark: fused optimizer step"
+  timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -12
+  echo "== probe: Hopper dW"
+  timeout 60 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | tail -5
+  for B in ${SWEEP_B:-512 1024 128 256}; do  # one file per batch size, so that a cut-off run keeps the others
+    left=$(( deadline - $(date +%s) ))
+    [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
+    echo "== grid: B=$B (${left} s left)"
+    timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
+      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
+  done
+  (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
   exit 0
 fi
 

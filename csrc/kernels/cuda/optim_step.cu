@@ -1,11 +1,10 @@
-// CUDA fused optimizer step: one launch for a list of tensors. Each thread updates kU
-// groups of 8 consecutive elements per iteration with the rule of kernels/optim_step.h
-// (so the bits equal the CPU path's). A thread issues the loads of all its groups before
-// it computes any of them and keeps them as raw words (not unpacked codes), so that
-// kU * 8 * (bytes per element) bytes are in flight per thread: with one group per thread
-// the step ran at 13-40% of copy bandwidth on an H200 where an element moves few bytes
-// (bf16 SGD, fp8; bench/NOTES.md). Groups that are partial, not 16-byte aligned or not in
-// one slot with the thread's others take the per-group paths.
+// CUDA fused optimizer step: one launch for a list of tensors, with the per-element rule
+// of kernels/optim_step.h (so the bits equal the CPU path's). A thread updates kU groups
+// of 8 consecutive elements per iteration: it issues the loads of all of them before it
+// computes any, and keeps them as raw words (not unpacked codes), so that more bytes are
+// in flight per thread. With one group per thread, bf16 SGD ran at 29% of copy bandwidth
+// on an H200 (bench/NOTES.md). Groups that are partial, not 16-byte aligned or not in one
+// slot with the thread's others take the per-group paths.
 #include "kernels/cuda/optim_step_cuda.h"
 
 #include <algorithm>
@@ -116,30 +115,42 @@ __device__ __forceinline__ void load_group(const OptimSlot& s, ElemType G, int64
   if (s.comp) rc = load_raw8(s.comp, elem_bytes(comp_type(P)), i0);
 }
 
-// Groups per thread and iteration: about 64-128 bytes of loads in flight per thread (at
-// 512 resident threads per SM, what the H200's bandwidth-latency product asks for) within
-// 128 registers. The gradient is taken as bf16-sized below fp32 parameters.
-template <OptimKind K, ElemType P, ElemType S, bool kB1, bool kComp>
+// Which buffers the slots of a launch carry, as a template argument: SGD's kernels are
+// specialized (the compiler drops what a launch does not carry: registers, not memory
+// accesses, bounded the bytes in flight); AdamW's kernel tests the pointers at run time
+// (specialized AdamW kernels measured slower, bench/NOTES.md).
+enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
+
+// Groups per thread and iteration: 64-128 bytes of loads in flight per thread (at 512
+// resident threads per SM, what the H200's bandwidth-latency product asks for) where that
+// fits in 128 registers without spills. The gradient is taken as bf16-sized below fp32
+// parameters.
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs>
 constexpr int groups_per_thread() {
-  constexpr int load_bytes = elem_bytes(P) + (P == ElemType::kF32 ? 4 : 2) + (kB1 ? elem_bytes(S) : 0) +
-                             (K == OptimKind::kAdamW ? elem_bytes(S) : 0) + (kComp ? elem_bytes(comp_type(P)) : 0);
-  return load_bytes <= 4 ? 4 : load_bytes <= 8 ? 2 : 1;
+  if constexpr (kBufs == Bufs::kRuntime) {
+    return 1;
+  } else {
+    constexpr bool b1 = kBufs == Bufs::kBuf1 || kBufs == Bufs::kBoth;
+    constexpr bool comp = kBufs == Bufs::kComp || kBufs == Bufs::kBoth;
+    constexpr int load_bytes = elem_bytes(P) + (P == ElemType::kF32 ? 4 : 2) + (b1 ? elem_bytes(S) : 0) +
+                               (comp ? elem_bytes(comp_type(P)) : 0);
+    return load_bytes <= 4 ? 4 : load_bytes <= 6 ? 2 : 1;
+  }
 }
 
 // A block iteration covers kU * 256 consecutive groups of the launch; thread t takes
-// groups t, t + 256, ... of it (coalesced). kB1 / kComp: the launch's slots have buf1 /
-// a Kahan buffer (AdamW's have buf2), so that the compiler drops what a launch does not
-// carry: registers, not memory accesses, bounded the bytes in flight.
-template <OptimKind K, ElemType P, ElemType S, int kU, bool kB1, bool kComp>
+// groups t, t + 256, ... of it (coalesced).
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs>
 __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* __restrict__ slots,
                                                              const int64_t* __restrict__ prefix, int64_t total_groups,
                                                              ElemType G, OptimHyper h) {
+  constexpr int kU = groups_per_thread<K, P, S, kBufs>();
   constexpr int64_t kTile = int64_t(kU) * kOptThreads;
   auto slot = [&](int k) {  // slot k with the pointers the launch does not carry known null
     OptimSlot s = slots[k];
-    if constexpr (!kB1) s.buf1 = nullptr;
+    if constexpr (kBufs == Bufs::kNone || kBufs == Bufs::kComp) s.buf1 = nullptr;
     if constexpr (K != OptimKind::kAdamW) s.buf2 = nullptr;
-    if constexpr (!kComp) s.comp = nullptr;
+    if constexpr (kBufs == Bufs::kNone || kBufs == Bufs::kBuf1) s.comp = nullptr;
     return s;
   };
   // Each thread's groups only move forward, so its slot index does too (a short forward
@@ -194,14 +205,17 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;
   const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
-    auto pick = [&]<bool kB1, bool kComp>() {
-      constexpr int kU = groups_per_thread<K, P, S, kB1, kComp>();
-      return std::make_pair(optim_kernel<K, P, S, kU, kB1, kComp>, kU);
+    auto pick = [&]<Bufs kBufs>() {
+      return std::make_pair(optim_kernel<K, P, S, kBufs>, groups_per_thread<K, P, S, kBufs>());
     };
-    const auto [kernel, kU] = has_buf1 ? (has_comp ? pick.template operator()<true, true>()
-                                                   : pick.template operator()<true, false>())
-                                       : (has_comp ? pick.template operator()<false, true>()
-                                                   : pick.template operator()<false, false>());
+    std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper), int> kernel_u;
+    if constexpr (K == OptimKind::kSGD) {
+      kernel_u = has_buf1 ? (has_comp ? pick.template operator()<Bufs::kBoth>() : pick.template operator()<Bufs::kBuf1>())
+                          : (has_comp ? pick.template operator()<Bufs::kComp>() : pick.template operator()<Bufs::kNone>());
+    } else {
+      kernel_u = pick.template operator()<Bufs::kRuntime>();
+    }
+    const auto [kernel, kU] = kernel_u;
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
     const int64_t cap = int64_t(sms) * 8;
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,

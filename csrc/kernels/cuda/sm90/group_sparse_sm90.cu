@@ -424,8 +424,10 @@ struct DwCfg {
 __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >> 1) | ((r & 1) << 3); }
 
 // kNmb = K / 64 blocks of 64 k-slots: 1 -> the computing warpgroups take alternate groups;
-// 2, 4 -> both work on every group, each on half of the blocks.
-template <class T, int G, int kNmb>
+// 2, 4 -> both work on every group, each on half of the blocks. kProbe (timing probes of
+// bench/probe_fwd.py --dw; 0 in the library; the results are then wrong): 1 = no gathers
+// of x^T rows, 2 = no dY loads or placement, 3 = no MMAs.
+template <class T, int G, int kNmb, int kProbe = 0>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* __restrict__ idx, T* __restrict__ dw,
             T* __restrict__ db, int B, int Bp, int64_t L, int groups_per_cta, int num_groups, int stages) {
@@ -481,9 +483,11 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
             a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
         }
         mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
+        if constexpr (kProbe != 1) {
 #pragma unroll
-        for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
-        Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
+          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
+        }
+        if constexpr (kProbe != 2) Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
         cp_async_commit();
       }
       const int j = i - ahead;
@@ -493,7 +497,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
       const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
       uint8_t* ds = base + s * C::kStageBytes + C::kABytes;
       const uint8_t* raw = ds + C::kDyBytes;
-      for (int e = tid; e < 64 * (G / 8); e += 128) {
+      for (int e = tid; e < (kProbe == 2 ? 0 : 64 * (G / 8)); e += 128) {
         const int r = e / (G / 8);
         const uint4 v = Seg::template chunk<T, true>(raw, B, L, bc * 64, int64_t(g) * G, r, pc, sums);
         *reinterpret_cast<uint4*>(ds + C::dy_chunk(r, pc)) = v;
@@ -538,6 +542,10 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     for (int bc = 0; bc < nbc; ++bc) {
       const int it = it0 + bc, s = it % stages;
       mbar_wait(&full[s], (it / stages) & 1, 21);
+      if constexpr (kProbe == 3) {
+        release(&empty[s], lane);
+        continue;
+      }
       const uint32_t as = smem_u32(base + s * C::kStageBytes);
       const uint32_t ds = as + C::kABytes;
 #pragma unroll
@@ -562,7 +570,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     wgmma_wait<0>();
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
-    release(&empty[(it0 + nbc - 1) % stages], lane);
+    if constexpr (kProbe != 3) release(&empty[(it0 + nbc - 1) % stages], lane);
     // acc[m][4j + 2h + e] = dW[label 8j + 2t + e][k-slot mb * 64 + 16 warp + 2 ra + h].
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) {
@@ -1237,6 +1245,14 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = gsl_dw_sm90<T, G, kNmb>;
+        if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
+          // Timing probes (bench/probe_fwd.py --dw): LARGEOUT_SM90_DW_PROBE (1-3).
+          const char* probe = std::getenv("LARGEOUT_SM90_DW_PROBE");
+          const int pv = probe != nullptr ? std::atoi(probe) : 0;
+          if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
+          if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
+          if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
+        }
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
