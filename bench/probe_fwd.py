@@ -10,7 +10,8 @@ warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 (LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). max_abs_diff_vs_default compares
 with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no gathers of x^T rows, 2 no dY loads or
-placement, 3 no MMAs (results wrong except for 0). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
+placement, 3 no MMAs (results wrong except for 0); all on dW v1 (LARGEOUT_SM90_DW=v1),
+then v2 (dY by TMA, the default where L % 8 == 0). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
 
 import argparse
@@ -77,13 +78,16 @@ def main() -> None:
     if "dw" in a.passes:
         dy = torch.randn(a.B, a.L, device="cuda", dtype=dt, generator=g)
         dw_ref = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
-        for probe in range(4):
-            os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe)
+        os.environ["LARGEOUT_SM90_DW"] = "v1"  # the probes are compiled into v1
+        for probe in range(5):  # 4: v2 (dY by TMA), the library's default here
+            if probe == 4:
+                os.environ.pop("LARGEOUT_SM90_DW")
+            os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe % 4)
             before = largeout.kernels.launch_counts()["weight"]["sm90"]
             ms = median_ms(lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, a.G))
-            row = {"pass": "dw", "probe": probe, "ms": round(ms, 4),
+            row = {"pass": "dw", "version": "v2" if probe == 4 else "v1", "probe": probe % 4, "ms": round(ms, 4),
                    "sm90": largeout.kernels.launch_counts()["weight"]["sm90"] > before}
-            if probe == 0:
+            if probe % 4 == 0:
                 dw = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
                 row["max_abs_diff_vs_default"] = float((dw - dw_ref).abs().max())
             rows.append(row)

@@ -19,6 +19,7 @@
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
+#     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -100,6 +101,21 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
       --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
   done
   (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  exit 0
+fi
+
+if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 K=128 benchmark, memcheck on v2
+  echo "== tests: Hopper kernels"
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
+  echo "== probe: Hopper dW"
+  timeout 60 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | tail -6
+  echo "== benchmark: B=512, K=128"
+  timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  echo "== compute-sanitizer memcheck: dW v2"
+  timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
+    -q -p no:cacheprovider -k "dw_versions and v2 and (L1008 or L640 or L2000)" > "$OUT/memcheck_dw2.log" 2>&1
+  echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dw2.log"
   exit 0
 fi
 

@@ -268,3 +268,44 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     err = (dx.double().cpu() - dx_ref).abs()
     assert torch.isfinite(err).all()
     assert (err <= 0.02 * dx_ref.abs() + 0.02 * dx_ref.std()).all(), float(err.max())
+
+
+def dw_reference_cuda(dy, x, idx, G, chunk=1024):
+    """float64 dW [L, K] and dbias on the GPU, a chunk of groups at a time."""
+    B, L = dy.shape
+    ng, K = idx.shape
+    dw = torch.empty(L, K, dtype=torch.float64, device=dy.device)
+    xd = x.double()
+    for g0 in range(0, ng, chunk):
+        g1 = min(ng, g0 + chunk)
+        l0, l1 = g0 * G, min(L, g1 * G)
+        d = torch.zeros(B, (g1 - g0) * G, dtype=torch.float64, device=dy.device)
+        d[:, : l1 - l0] = dy[:, l0:l1].double()
+        xg = xd[:, idx[g0:g1].long()]  # [B, groups, K]
+        part = torch.einsum("bgj,bgk->gjk", d.view(B, -1, G), xg).reshape(-1, K)
+        dw[l0:l1] = part[: l1 - l0]
+    return dw, dy.double().sum(0)
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("shape", [s for s in DX2_SHAPES if s[3] != 64 or s[0] <= 256],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
+    # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
+    # from the landed tile) and v1 (LARGEOUT_SM90_DW=v1; the path for odd L), element by
+    # element against float64, twice (deterministic).
+    if version == "v1":
+        monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
+    assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
+    before = kernels.launch_counts()
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    dw2, db2 = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    assert used_sm90(before, kernels.launch_counts(), ["weight"])
+    assert torch.equal(dw, dw2) and torch.equal(db, db2)
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    for got, want in ((dw, dw_ref), (db, db_ref)):
+        err = (got.double() - want).abs()
+        assert torch.isfinite(err).all()
+        assert (err <= 0.02 * want.abs() + 0.02 * want.std()).all(), float(err.max())

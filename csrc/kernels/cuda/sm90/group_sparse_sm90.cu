@@ -410,8 +410,12 @@ struct DwCfg {
   static constexpr uint32_t kABytes = K * 128;
   static constexpr uint32_t kDyBytes = 64 * G * 2;
   using Seg = SegmentTile<64, G>;
-  static constexpr int64_t kStageBytes = round1k(kABytes + kDyBytes + Seg::kRawBytes);
-  static int64_t smem_bytes(int stages) { return kSmemSlack + stages * kStageBytes + 2 * stages * 8 + 128 * 8 * 4; }
+  static constexpr int64_t kStageBytesV1 = round1k(kABytes + kDyBytes + Seg::kRawBytes);
+  static constexpr int64_t kStageBytesV2 = round1k(kABytes + kDyBytes);  // dY by TMA: no raw rows
+  __host__ __device__ static constexpr int64_t stage_bytes(bool tma) { return tma ? kStageBytesV2 : kStageBytesV1; }
+  static int64_t smem_bytes(int stages, bool tma) {
+    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + 128 * 8 * 4;
+  }
   // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
   __device__ static uint32_t dy_chunk(int r, int c) {
     if constexpr (G == 32) return swz<64>(r, 16 * c);
@@ -427,16 +431,22 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // 2, 4 -> both work on every group, each on half of the blocks. kProbe (timing probes of
 // bench/probe_fwd.py --dw; 0 in the library; the results are then wrong): 1 = no gathers
 // of x^T rows, 2 = no dY loads or placement, 3 = no MMAs.
-template <class T, int G, int kNmb, int kProbe = 0>
+// kTma (v2, where L % 8 == 0): the dY tile comes by TMA straight into the MMA's swizzled
+// layout (the probes showed the register placement of v1 to be half of dW's time); each
+// loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
+// wait); the loader then reads the landed tile for dbias and releases the stage too.
+template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false>
 __global__ void __launch_bounds__(kThreads, 1)
-gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* __restrict__ idx, T* __restrict__ dw,
-            T* __restrict__ db, int B, int Bp, int64_t L, int groups_per_cta, int num_groups, int stages) {
+gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
+            const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
+            int groups_per_cta, int num_groups, int stages) {
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
+  constexpr int64_t kStageBytes = C::stage_bytes(kTma);
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
-  uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * C::kStageBytes);
+  uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
   float* red = reinterpret_cast<float*>(empty + stages);  // [128][8] dbias partials
 
@@ -449,10 +459,12 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
-      mbar_init(&full[s], 128);  // every loader thread, once its share of the stage is in place
-      mbar_init(&empty[s], split_m ? 8 : 4);
+      // every loader thread, once its share of the stage is in place (v2: + the TMA's arrival)
+      mbar_init(&full[s], kTma ? 129 : 128);
+      mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma ? 4 : 0));  // v2: the loader's warps read dY for dbias
     }
     fence_barrier_init();
+    if constexpr (kTma) prefetch_tensormap(&tm_dy);
   }
   __syncthreads();
 
@@ -470,13 +482,73 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
     const int pc = tid % (G / 8);           // placed chunk (labels 8 pc .. 8 pc + 7) of this thread
     float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // dbias of group g: label 8 pc + i is summed by the threads with this pc, in a fixed order.
+    auto dbias_of_group = [&](int g) {
+#pragma unroll
+      for (int q = 0; q < 8; ++q) {
+        red[tid * 8 + q] = sums[q];
+        sums[q] = 0.f;
+      }
+      named_barrier(1, 128);
+      if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
+        float sum = 0.f;
+        for (int q = (tid >> 3); q < 128; q += G / 8) sum += red[q * 8 + (tid & 7)];
+        db[int64_t(g) * G + tid] = from_float<T>(sum);
+      }
+      named_barrier(1, 128);
+    };
+    if constexpr (kTma) {
+      // v2: issue stage i (the dY boxes by one thread, every thread's gathers, which arrive
+      // on the barrier when they land), then read stage j = i - ahead's dY tile for dbias.
+      const int ahead = min(stages - 2, 8);
+      const int total = (g_end - g_begin) * nbc;
+      constexpr int kBoxLabels = G == 32 ? 32 : 64;
+      for (int i = 0; i < total + ahead; ++i) {
+        if (i < total) {
+          const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
+          uint8_t* as = base + s * kStageBytes;
+          if (bc == 0) {
+#pragma unroll
+            for (int q = 0; q < kRowsPer; ++q)
+              a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
+          }
+          mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
+          if (tid == 0) {
+            mbar_arrive_expect_tx(&full[s], C::kDyBytes);
+#pragma unroll
+            for (int bx = 0; bx < G / kBoxLabels; ++bx)
+              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels, bc * 64);
+          }
+#pragma unroll
+          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
+          mbar_arrive_cp_async(&full[s]);
+        }
+        const int j = i - ahead;
+        if (j < 0) continue;
+        const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
+        mbar_wait(&full[s], (j / stages) & 1, 22);
+        const uint8_t* ds = base + s * kStageBytes + C::kABytes;
+        for (int e = tid; e < 64 * (G / 8); e += 128) {  // chunk pc of rows e / (G / 8): a fixed order
+          const uint4 v = *reinterpret_cast<const uint4*>(ds + C::dy_chunk(e / (G / 8), pc));
+          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            sums[2 * q] += to_float(bits_to<T>(uint16_t(w[q] & 0xffff)));
+            sums[2 * q + 1] += to_float(bits_to<T>(uint16_t(w[q] >> 16)));
+          }
+        }
+        release(&empty[s], tid & 31);
+        if (bc == nbc - 1) dbias_of_group(g);
+      }
+      return;
+    }
     // The consumer holds a stage until the next one is full: at most stages - 2 ahead.
     const int ahead = min(stages - 2, 8);
     const int total = (g_end - g_begin) * nbc;
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
         const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
-        uint8_t* as = base + s * C::kStageBytes;
+        uint8_t* as = base + s * kStageBytes;
         if (bc == 0) {
 #pragma unroll
           for (int q = 0; q < kRowsPer; ++q)
@@ -495,7 +567,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
       cp_async_wait(i < total ? ahead : 0);
       named_barrier(1, 128);  // every loader thread's copies of stage j have landed
       const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
-      uint8_t* ds = base + s * C::kStageBytes + C::kABytes;
+      uint8_t* ds = base + s * kStageBytes + C::kABytes;
       const uint8_t* raw = ds + C::kDyBytes;
       for (int e = tid; e < (kProbe == 2 ? 0 : 64 * (G / 8)); e += 128) {
         const int r = e / (G / 8);
@@ -504,22 +576,7 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
       }
       fence_proxy_async();
       mbar_arrive(&full[s]);
-      if (bc == nbc - 1) {
-        // dbias of the group: label 8 pc + i is summed by the threads with this pc, in
-        // a fixed order.
-#pragma unroll
-        for (int q = 0; q < 8; ++q) {
-          red[tid * 8 + q] = sums[q];
-          sums[q] = 0.f;
-        }
-        named_barrier(1, 128);
-        if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
-          float sum = 0.f;
-          for (int q = (tid >> 3); q < 128; q += G / 8) sum += red[q * 8 + (tid & 7)];
-          db[int64_t(g) * G + tid] = from_float<T>(sum);
-        }
-        named_barrier(1, 128);
-      }
+      if (bc == nbc - 1) dbias_of_group(g);
     }
     return;
   }
@@ -546,7 +603,8 @@ gsl_dw_sm90(const T* __restrict__ xt, const T* __restrict__ dy, const int32_t* _
         release(&empty[s], lane);
         continue;
       }
-      const uint32_t as = smem_u32(base + s * C::kStageBytes);
+      if constexpr (kTma) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
+      const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
 #pragma unroll
       for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
@@ -1000,17 +1058,18 @@ PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
 }
 
 // A 16-bit tensor map of `rank` dimensions (innermost first; strides in bytes for
-// dimensions 1..rank-1), 128-byte swizzle; reads outside the tensor return zeros and
+// dimensions 1..rank-1), 128-byte swizzle unless told; reads outside the tensor return zeros and
 // stores there are dropped.
 cudaError_t tensor_map(CUtensorMap* map, DType dt, const void* p, int rank, const cuuint64_t* dims,
-                       const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapL2promotion promotion) {
+                       const cuuint64_t* strides, const cuuint32_t* box, CUtensorMapL2promotion promotion,
+                       CUtensorMapSwizzle swizzle = CU_TENSOR_MAP_SWIZZLE_128B) {
   auto fn = encode_fn();
   if (fn == nullptr) return cudaErrorNotSupported;
   const cuuint32_t estr[3] = {1, 1, 1};
   const CUtensorMapDataType t =
       dt == DType::kBFloat16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16;
   const CUresult r = fn(map, t, cuuint32_t(rank), const_cast<void*>(p), dims, strides, box, estr,
-                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, swizzle, promotion,
                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
@@ -1045,6 +1104,16 @@ cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_
   const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
   const cuuint32_t box[2] = {64, 32};
   return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+}
+
+// dY [B, L] (L % 8 == 0) for dW v2: [64 rows, 32 labels] SW64 boxes for G = 32, else
+// [64 rows, 64 labels] SW128 (the layouts of DwCfg::dy_chunk).
+cudaError_t dy_map_dw(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int G) {
+  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
+  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint32_t box[2] = {G == 32 ? 32u : 64u, 64};
+  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    G == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -1112,9 +1181,9 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
 }
 
 template <int G, int kNmb>
-int dw_stages(const DeviceInfo& dev) {
+int dw_stages(const DeviceInfo& dev, bool tma = false) {
   int st = kMaxStages;
-  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st) > smem_budget(dev)) --st;
+  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma) > smem_budget(dev)) --st;
   return st;
 }
 
@@ -1233,7 +1302,11 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
     } else {
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
-        const int stages = dw_stages<G, kNmb>(dev);
+        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1.
+        const char* ver = std::getenv("LARGEOUT_SM90_DW");
+        const bool tma = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(dy) % 16 == 0 &&
+                         !(ver != nullptr && std::string(ver) == "v1");
+        const int stages = dw_stages<G, kNmb>(dev, tma);
         if (stages < 3 || (kNmb == 1 && 2 * cdiv(s.batch, 64) > stages)) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
@@ -1241,14 +1314,17 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
             static_cast<const T*>(x), xt, B, H, Bp);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        const int64_t smem = C::smem_bytes(stages);
+        CUtensorMap dmap{};
+        if (tma)
+          if (cudaError_t e = dy_map_dw(&dmap, dt, dy, s.batch, s.out_features, G); e != cudaSuccess) return e;
+        const int64_t smem = C::smem_bytes(stages, tma);
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
-        auto kernel = gsl_dw_sm90<T, G, kNmb>;
+        auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
-          // Timing probes (bench/probe_fwd.py --dw): LARGEOUT_SM90_DW_PROBE (1-3).
+          // Timing probes of v1 (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE (1-3).
           const char* probe = std::getenv("LARGEOUT_SM90_DW_PROBE");
-          const int pv = probe != nullptr ? std::atoi(probe) : 0;
+          const int pv = probe != nullptr && !tma ? std::atoi(probe) : 0;
           if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
           if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
           if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
@@ -1257,7 +1333,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
             e != cudaSuccess)
           return e;
         kernel<<<unsigned(cdiv(ng, per)), kThreads, smem, stream>>>(
-            xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
+            dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
             s.out_features, int(per), int(ng), stages);
         return cudaGetLastError();
       });
