@@ -85,6 +85,15 @@ __device__ __forceinline__ bool slot_aligned(const OptimSlot& s) {
          (!s.comp || aligned16(s.comp));
 }
 
+// Stores the codes of a whole, aligned group to every tensor of slot s.
+template <ElemType P, ElemType S>
+__device__ __forceinline__ void store_group(const OptimSlot& s, int64_t i0, const OptimGroup& q) {
+  store8(s.param, P, i0, q.p);
+  if (s.buf1) store8(s.buf1, S, i0, q.b1);
+  if (s.buf2) store8(s.buf2, S, i0, q.b2);
+  if (s.comp) store8(s.comp, comp_type(P), i0, q.c);
+}
+
 // Unpacks the raw words of one group, updates it and stores it.
 template <OptimKind K, ElemType P, ElemType S>
 __device__ __forceinline__ void update_raw(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0,
@@ -98,10 +107,27 @@ __device__ __forceinline__ void update_raw(const OptimSlot& s, ElemType G, const
   if (s.buf2) unpack8(r2, elem_bytes(S), q.b2);
   if (s.comp) unpack8(rc, elem_bytes(C), q.c);
   optim_update_codes<K, P, S>(q, s, G, h, i0);
-  store8(s.param, P, i0, q.p);
-  if (s.buf1) store8(s.buf1, S, i0, q.b1);
-  if (s.buf2) store8(s.buf2, S, i0, q.b2);
-  if (s.comp) store8(s.comp, C, i0, q.c);
+  store_group<P, S>(s, i0, q);
+}
+
+// One group by itself, each tensor unpacked as it is loaded (the fewest registers: the
+// kU = 1 kernels), or per element where partial or not 16-byte aligned.
+template <OptimKind K, ElemType P, ElemType S>
+__device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
+  constexpr ElemType C = comp_type(P);
+  const int n = s.numel - i0 < 8 ? int(s.numel - i0) : 8;
+  if (n < 8 || !slot_aligned(s)) {
+    optim_update_range<K, P, S>(s, G, h, i0, n);
+    return;
+  }
+  OptimGroup q;
+  unpack8(load_raw8(s.param, elem_bytes(P), i0), elem_bytes(P), q.p);
+  unpack8(load_raw8(s.grad, elem_bytes(G), i0), elem_bytes(G), q.g);
+  if (s.buf1) unpack8(load_raw8(s.buf1, elem_bytes(S), i0), elem_bytes(S), q.b1);
+  if (s.buf2) unpack8(load_raw8(s.buf2, elem_bytes(S), i0), elem_bytes(S), q.b2);
+  if (s.comp) unpack8(load_raw8(s.comp, elem_bytes(C), i0), elem_bytes(C), q.c);
+  optim_update_codes<K, P, S>(q, s, G, h, i0);
+  store_group<P, S>(s, i0, q);
 }
 
 // The raw words of the group at element i0 of every tensor of slot s.
@@ -162,7 +188,7 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
     const OptimSlot s = slot(k);
     const int64_t first = __ldg(prefix + k);
     const int64_t glast = g0 + (kU - 1) * kOptThreads;
-    if (glast < __ldg(prefix + k + 1) && (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
+    if (kU > 1 && glast < __ldg(prefix + k + 1) && (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
       // All kU groups whole, in this slot and aligned: the loads of all, then the updates.
       Raw8 rp[kU], rg[kU], r1[kU], r2[kU], rc[kU];
 #pragma unroll
@@ -173,22 +199,14 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
         update_raw<K, P, S>(s, G, h, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
       continue;
     }
-    // One group at a time (a slot's end, a partial or an unaligned group).
+    // One group at a time (kU = 1, a slot's end, a partial or an unaligned group).
     int kk = k;
     for (int u = 0; u < kU; ++u) {
       const int64_t g = g0 + u * kOptThreads;
       if (g >= total_groups) break;
       while (__ldg(prefix + kk + 1) <= g) ++kk;
       const OptimSlot sg = slot(kk);
-      const int64_t i0 = (g - __ldg(prefix + kk)) * 8;
-      const int n = sg.numel - i0 < 8 ? int(sg.numel - i0) : 8;
-      if (n < 8 || !slot_aligned(sg)) {
-        optim_update_range<K, P, S>(sg, G, h, i0, n);
-        continue;
-      }
-      Raw8 a{}, b{}, c{}, d{}, e{};
-      load_group<P, S>(sg, G, i0, a, b, c, d, e);
-      update_raw<K, P, S>(sg, G, h, i0, a, b, c, d, e);
+      update_one<K, P, S>(sg, G, h, (g - __ldg(prefix + kk)) * 8);
     }
   }
 }
