@@ -266,3 +266,26 @@ def test_cuda_batches_split_over_launches():
     x_dummy = torch.zeros(len(rows), H)
     dx_ref, _, _ = ref.group_sparse_linear_grads(x_dummy, w, idx, None, G, dy[rows])
     assert rel_err(dx[rows], dx_ref) < REL_TOL[torch.bfloat16]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_ops_accept_row_padded_grad(device):
+    # dY as a view [B, L] inside [B, L rounded up to 8] (how the backward pads it for the
+    # Hopper kernels that read dY by TMA) gives the bits of the contiguous dY on every
+    # path (the others copy it), and the padding columns are never read: NaN there.
+    B, H, L, K, G = 37, 96, 203, 64, 32
+    x, w, b, idx = make_inputs(B, H, L, K, G, torch.float32, device, seed=12)
+    gen = torch.Generator().manual_seed(13)
+    dy = torch.randn(B, L, generator=gen).to(device)
+    buf = torch.full((B, 208), float("nan"), device=device)
+    rows = buf[:, :L]
+    rows.copy_(dy)
+    assert not rows.is_contiguous() and rows.stride(0) == 208
+    ops = torch.ops.largeout
+    dx = ops.group_sparse_linear_backward_input(dy, w, idx, G, H)
+    dx_rows = ops.group_sparse_linear_backward_input(rows, w, idx, G, H)
+    dw, db = ops.group_sparse_linear_backward_weight(dy, x, idx, G)
+    dw_rows, db_rows = ops.group_sparse_linear_backward_weight(rows, x, idx, G)
+    assert torch.isfinite(dx_rows).all() and torch.isfinite(dw_rows).all()
+    assert torch.equal(dx, dx_rows) and torch.equal(dw, dw_rows) and torch.equal(db, db_rows)
+    assert torch.isnan(buf[:, L:]).all()  # untouched

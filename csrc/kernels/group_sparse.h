@@ -18,7 +18,11 @@ struct GroupSparseShape {
   int64_t out_features = 0;  // L
   int64_t fan_in = 0;        // K
   int64_t group_size = 0;    // G
+  // Row stride of dY in elements (the backward passes); 0: out_features (contiguous). Only
+  // the Hopper kernels that load dY by TMA take another (ops check dy_tma_supported).
+  int64_t grad_ld = 0;
   int64_t num_groups() const { return (out_features + group_size - 1) / group_size; }
+  int64_t dy_ld() const { return grad_ld > 0 ? grad_ld : out_features; }
 };
 
 // Runs fn(begin, end) over [begin, end) in chunks of at least `grain`, possibly

@@ -100,9 +100,30 @@ cuda::DeviceInfo device_info() {
 // The Hopper kernels read x, weight and indices with 16-byte vector and bulk copies.
 // Tensors from torch's allocator are aligned; a view at an odd offset is copied.
 at::Tensor aligned(const at::Tensor& t) {
-  return cuda::aligned16(t.const_data_ptr()) || t.numel() == 0 ? t : t.clone();
+  if (cuda::aligned16(t.const_data_ptr()) || t.numel() == 0) return t;
+  return t.is_contiguous() ? t.clone() : t.contiguous();  // a fresh (aligned) allocation
+}
+
+// dY as given if it is a row-padded view that the pass reads by TMA (shape.grad_ld set to
+// its row stride), else contiguous.
+void keep_rows_if_tma(at::Tensor& grad, GroupSparseShape& shape, DType dt, cuda::Pass pass) {
+  shape.grad_ld = 0;
+  if (grad.is_contiguous()) return;
+  shape.grad_ld = grad.stride(0);
+  if (!cuda::dy_tma_supported(pass, dt, shape, device_info())) {
+    grad = grad.contiguous();
+    shape.grad_ld = 0;
+  }
 }
 #endif
+
+// dY as given where it is a row-padded view ([B, L] inside [B, ld] with ld a multiple of 8:
+// the backward pads dY that way for the Hopper kernels that read it by TMA), else contiguous.
+at::Tensor rows_of(const at::Tensor& grad) {
+  const bool padded = grad.dim() == 2 && grad.size(0) > 1 && grad.stride(1) == 1 && grad.stride(0) > grad.size(1) &&
+                      grad.stride(0) % 8 == 0;
+  return padded ? grad : grad.contiguous();
+}
 
 // ---------------------------------------------------------------------------
 // Forward
@@ -167,12 +188,13 @@ DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tens
   const int64_t K = check_indices(indices, L, G, grad);
   TORCH_CHECK(weight.size(1) == K, kOp, ": weight must be [L, K] with K = indices.shape[1] = ", K,
                     "; got shape ", weight.sizes());
-  return {grad.contiguous(), weight.contiguous(), indices.contiguous(), make_shape(grad.size(0), H, L, K, G), dt};
+  return {rows_of(grad), weight.contiguous(), indices.contiguous(), make_shape(grad.size(0), H, L, K, G), dt};
 }
 
 at::Tensor dx_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
                   c10::SymInt H) {
   DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
+  a.grad = a.grad.contiguous();
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
   cpu::group_sparse_dx(a.dtype, a.shape, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
@@ -199,12 +221,13 @@ DwArgs check_dw(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& i
   check_group_size(G);
   const int64_t L = grad.size(1);
   const int64_t K = check_indices(indices, L, G, grad);
-  return {grad.contiguous(), x.contiguous(), indices.contiguous(), make_shape(x.size(0), x.size(1), L, K, G), dt};
+  return {rows_of(grad), x.contiguous(), indices.contiguous(), make_shape(x.size(0), x.size(1), L, K, G), dt};
 }
 
 std::tuple<at::Tensor, at::Tensor> dw_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
                                           int64_t G) {
   DwArgs a = check_dw(grad, x, indices, G);
+  a.grad = a.grad.contiguous();
   at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
   at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
@@ -247,6 +270,7 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
     a.weight = aligned(a.weight);
     a.indices = aligned(a.indices);
   }
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
@@ -264,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Ten
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
   const cuda::DwPlan plan = cuda::group_sparse_dw_plan(a.dtype, a.shape, device_info());
   if (plan.path == cuda::Path::kSm90) a.grad = aligned(a.grad);
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kWeight);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.x.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),

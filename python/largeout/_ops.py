@@ -1,6 +1,8 @@
 """Registrations of the native ops with torch.library: fake (meta) kernels for
 tracing and the autograd formulas. The schemas are in csrc/ops/module.cpp."""
 
+import os
+
 import torch
 
 _lib = torch.ops.largeout
@@ -36,9 +38,26 @@ def _gsl_setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
+def _rows_for_tma(grad_out, x, weight, group_size):
+    """dY as a row-padded view ([B, L] inside [B, L rounded up to 8]) where L is odd to 8
+    and the Hopper kernels run both backward passes: they read dY by TMA, which needs
+    16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows).
+    Opt-in (LARGEOUT_PAD_DY=1) until measured on a GPU."""
+    B, L = grad_out.shape
+    if L % 8 == 0 or B < 2 or not grad_out.is_cuda or os.environ.get("LARGEOUT_PAD_DY") != "1":
+        return grad_out
+    H, K = x.shape[1], weight.shape[1]
+    if any(torch.ops.largeout.cuda_kernel_path(p, grad_out.dtype, B, H, L, K, group_size) != "sm90"
+           for p in ("input", "weight")):
+        return grad_out
+    rows = grad_out.new_empty(B, (L + 7) // 8 * 8)[:, :L]
+    rows.copy_(grad_out)
+    return rows
+
+
 def _gsl_backward(ctx, grad_out):
     x, weight, indices = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
+    grad_out = _rows_for_tma(grad_out.contiguous(), x, weight, ctx.group_size)
     dx = dw = db = None
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
     if need_x:

@@ -41,6 +41,9 @@ Path choose_path(Pass pass, DType dtype, const GroupSparseShape& s, const Device
 int64_t launch_count(Pass pass, Path path);
 void count_launch(Pass pass, Path path);  // (the launchers' side of launch_count)
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+// Whether the pass (input or weight) reads dY by TMA on this device for this shape, so that
+// dY may be a row-padded view with row stride s.grad_ld (a multiple of 8; bench/NOTES.md).
+bool dy_tma_supported(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 
 cudaError_t group_sparse_fwd(DType dtype, const GroupSparseShape& s, const void* x, const void* weight,
                              const int32_t* indices, const void* bias, void* y, cudaStream_t stream);

@@ -56,6 +56,12 @@ Path choose_path(Pass pass, DType dtype, const GroupSparseShape& s, const Device
   return ok ? Path::kSm90 : Path::kGeneric;
 }
 
+bool dy_tma_supported(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (choose_path(pass, dtype, s, dev) != Path::kSm90) return false;
+  if (pass == Pass::kInput) return sm90::dx_tma_supported(dtype, s, dev);
+  return pass == Pass::kWeight && sm90::dw_tma_supported(dtype, s, dev);
+}
+
 void count_launch(Pass pass, Path path) { g_counts[int(pass)][int(path)].fetch_add(1); }
 int64_t launch_count(Pass pass, Path path) { return g_counts[int(pass)][int(path)].load(); }
 

@@ -1098,19 +1098,19 @@ cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_
   return tensor_map(map, dt, y, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
-// dY [B, L] (L % 8 == 0): [32 rows, 64 labels] boxes.
-cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L) {
+// dY [B, L] with row stride ld (a multiple of 8): [32 rows, 64 labels] boxes.
+cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int64_t ld) {
   const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
-  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
   const cuuint32_t box[2] = {64, 32};
   return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
-// dY [B, L] (L % 8 == 0) for dW v2: [64 rows, 32 labels] SW64 boxes for G = 32, else
-// [64 rows, 64 labels] SW128 (the layouts of DwCfg::dy_chunk).
-cudaError_t dy_map_dw(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int G) {
+// dY [B, L] with row stride ld (a multiple of 8) for dW v2: [64 rows, 32 labels] SW64 boxes
+// for G = 32, else [64 rows, 64 labels] SW128 (the layouts of DwCfg::dy_chunk).
+cudaError_t dy_map_dw(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int64_t ld, int G) {
   const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
-  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
   const cuuint32_t box[2] = {G == 32 ? 32u : 64u, 64};
   return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                     G == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
@@ -1271,6 +1271,17 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
 }
 
 // ------------------------------------------------------------------ dW
+namespace {
+bool dw_v2_applies(const GroupSparseShape& s) {
+  const char* ver = std::getenv("LARGEOUT_SM90_DW");
+  return s.dy_ld() % 8 == 0 && !(ver != nullptr && std::string(ver) == "v1");
+}
+}  // namespace
+
+bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  return dw_supported(dt, s, dev) && dw_v2_applies(s);
+}
+
 bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!common_supported(dt, s, dev) || s.group_size < 32 || s.batch > (int64_t(1) << 30)) return false;
   int st = 0;
@@ -1302,10 +1313,10 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
     } else {
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
-        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1.
-        const char* ver = std::getenv("LARGEOUT_SM90_DW");
-        const bool tma = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(dy) % 16 == 0 &&
-                         !(ver != nullptr && std::string(ver) == "v1");
+        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1; v1
+        // reads dY as contiguous [B, L].
+        const bool tma = dw_v2_applies(s) && reinterpret_cast<uintptr_t>(dy) % 16 == 0;
+        if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
         const int stages = dw_stages<G, kNmb>(dev, tma);
         if (stages < 3 || (kNmb == 1 && 2 * cdiv(s.batch, 64) > stages)) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
@@ -1316,7 +1327,8 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         CUtensorMap dmap{};
         if (tma)
-          if (cudaError_t e = dy_map_dw(&dmap, dt, dy, s.batch, s.out_features, G); e != cudaSuccess) return e;
+          if (cudaError_t e = dy_map_dw(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld(), G); e != cudaSuccess)
+            return e;
         const int64_t smem = C::smem_bytes(stages, tma);
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
@@ -1364,26 +1376,55 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 }
 
 namespace {
+// Weight and dY stages of dx v2 (false: two of each do not fit).
+template <int G, int kNk>
+bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst) {
+  using C = Dx2Cfg<G, kNk>;
+  *wst = 4, *dst = 4;
+  while (*wst > 2 && C::smem_bytes(H, *wst, *dst) > smem_budget(dev)) --*wst, --*dst;
+  return C::smem_bytes(H, *wst, *dst) <= smem_budget(dev);
+}
+
+bool dx_v2_applies(const GroupSparseShape& s) {
+  const char* v = std::getenv("LARGEOUT_SM90_DX");
+  return !(v != nullptr && std::string(v) == "v1") && s.dy_ld() % 8 == 0 &&
+         (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
+}
+
+}  // namespace
+
+bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!dx_supported(dt, s, dev) || !dx_v2_applies(s)) return false;
+  bool fits = false;
+  dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G >= 32) {
+      return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+        int w = 0, d = 0;
+        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d);
+        return cudaSuccess;
+      });
+    }
+    return cudaSuccess;
+  });
+  return fits;
+}
+
+namespace {
 // dx v2 where dY rows are 16-byte aligned and K is 64, 128 or 256 (unless
 // LARGEOUT_SM90_DX=v1); cudaErrorNotSupported where it does not apply (the caller then runs v1).
 template <class T, int G>
 cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                   const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
-  const char* v = std::getenv("LARGEOUT_SM90_DX");
-  if ((v != nullptr && std::string(v) == "v1") || s.out_features % 8 != 0 ||
-      (s.fan_in != 64 && s.fan_in != 128 && s.fan_in != 256) ||
-      reinterpret_cast<uintptr_t>(dy) % 16 != 0 || cdiv(s.batch, 32) > 65535)
-    return cudaErrorNotSupported;
+  if (!dx_v2_applies(s) || reinterpret_cast<uintptr_t>(dy) % 16 != 0) return cudaErrorNotSupported;
   return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     using C = Dx2Cfg<G, kNk>;
-    int wst = 4, dst = 4;
-    while (wst > 2 && C::smem_bytes(s.in_features, wst, dst) > smem_budget(dev)) --wst, --dst;
-    if (C::smem_bytes(s.in_features, wst, dst) > smem_budget(dev)) return cudaErrorNotSupported;
+    int wst = 0, dst = 0;
+    if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst)) return cudaErrorNotSupported;
     CUtensorMap wmap, dmap;
     if (cudaError_t e = unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
         e != cudaSuccess)
       return e;
-    if (cudaError_t e = dy_map(&dmap, dt, dy, s.batch, s.out_features); e != cudaSuccess) return e;
+    if (cudaError_t e = dy_map(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld()); e != cudaSuccess) return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk>;
     const int64_t smem = C::smem_bytes(s.in_features, wst, dst);
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -1413,6 +1454,7 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
       if (cudaError_t e = dx_v2<T, G>(dt, s, dev, splits, dy, weight, indices, dxp, workspace, stream);
           e != cudaErrorNotSupported)
         return e;
+      if (s.dy_ld() != s.out_features) return cudaErrorInvalidValue;  // v1 reads dY as contiguous [B, L]
       using C = DxCfg<G>;
       int wstages = 0, dstages = 0;
       dx_stages<G>(s.in_features, dev, &wstages, &dstages);

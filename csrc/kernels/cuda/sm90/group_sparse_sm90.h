@@ -24,7 +24,13 @@ bool dx_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev)
 void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits, int64_t* workspace_bytes);
 cudaError_t dx(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                const void* weight, const int32_t* indices, void* dx, void* workspace, cudaStream_t stream);
+// Whether dx (v2) and dW (v2) read dY by TMA for this shape, with s.dy_ld() as its row
+// stride (a multiple of 8): then dY may be a row-padded view ([B, L] inside [B, ld]).
+bool dx_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
+bool dw_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 #else
+inline bool dx_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline bool dw_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool fwd_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline cudaError_t fwd(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
                        const void*, void*, cudaStream_t) {
