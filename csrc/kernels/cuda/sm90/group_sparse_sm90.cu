@@ -482,6 +482,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
     const int pc = tid % (G / 8);           // placed chunk (labels 8 pc .. 8 pc + 7) of this thread
     float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    // The x^T rows of group g's k-slots that this thread gathers.
+    auto point_rows = [&](int g) {
+#pragma unroll
+      for (int q = 0; q < kRowsPer; ++q)
+        a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
+    };
     // dbias of group g: label 8 pc + i is summed by the threads with this pc, in a fixed order.
     auto dbias_of_group = [&](int g) {
 #pragma unroll
@@ -507,11 +513,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         if (i < total) {
           const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
           uint8_t* as = base + s * kStageBytes;
-          if (bc == 0) {
-#pragma unroll
-            for (int q = 0; q < kRowsPer; ++q)
-              a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
-          }
+          if (bc == 0) point_rows(g);
           mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
           if (tid == 0) {
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
@@ -549,11 +551,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       if (i < total) {
         const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
         uint8_t* as = base + s * kStageBytes;
-        if (bc == 0) {
-#pragma unroll
-          for (int q = 0; q < kRowsPer; ++q)
-            a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
-        }
+        if (bc == 0) point_rows(g);
         mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
         if constexpr (kProbe != 1) {
 #pragma unroll
