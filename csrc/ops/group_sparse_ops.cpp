@@ -104,13 +104,13 @@ at::Tensor aligned(const at::Tensor& t) {
   return t.is_contiguous() ? t.clone() : t.contiguous();  // a fresh (aligned) allocation
 }
 
-// dY as given if it is a row-padded view that the pass reads by TMA (shape.grad_ld set to
-// its row stride), else contiguous.
-void keep_rows_if_tma(at::Tensor& grad, GroupSparseShape& shape, DType dt, cuda::Pass pass) {
+// dY as given if it is a row-padded view that the pass reads by TMA on the planned (Hopper)
+// path (shape.grad_ld set to its row stride), else contiguous.
+void keep_rows_if_tma(at::Tensor& grad, GroupSparseShape& shape, DType dt, cuda::Pass pass, cuda::Path planned) {
   shape.grad_ld = 0;
   if (grad.is_contiguous()) return;
   shape.grad_ld = grad.stride(0);
-  if (!cuda::dy_tma_supported(pass, dt, shape, device_info())) {
+  if (planned != cuda::Path::kSm90 || !cuda::dy_tma_supported(pass, dt, shape, device_info())) {
     grad = grad.contiguous();
     shape.grad_ld = 0;
   }
@@ -270,7 +270,7 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
     a.weight = aligned(a.weight);
     a.indices = aligned(a.indices);
   }
-  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput);
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, plan.path);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
@@ -288,7 +288,7 @@ std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Ten
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};
   const cuda::DwPlan plan = cuda::group_sparse_dw_plan(a.dtype, a.shape, device_info());
   if (plan.path == cuda::Path::kSm90) a.grad = aligned(a.grad);
-  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kWeight);
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kWeight, plan.path);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dw(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.x.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),

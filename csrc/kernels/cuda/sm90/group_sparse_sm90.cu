@@ -431,7 +431,7 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // 2, 4 -> both work on every group, each on half of the blocks. kProbe (timing probes of
 // bench/probe_fwd.py --dw; 0 in the library; the results are then wrong): 1 = no gathers
 // of x^T rows, 2 = no dY loads or placement, 3 = no MMAs.
-// kTma (v2, where L % 8 == 0): the dY tile comes by TMA straight into the MMA's swizzled
+// kTma (v2, where dY's row stride is a multiple of 8): the dY tile comes by TMA straight into the MMA's swizzled
 // layout (the probes showed the register placement of v1 to be half of dW's time); each
 // loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
 // wait); the loader then reads the landed tile for dbias and releases the stage too.
@@ -862,7 +862,7 @@ gsl_dx_sm90(const __grid_constant__ CUtensorMap tm_w, const T* __restrict__ dy, 
 }
 
 // ================================================================== dx, v2
-// (the default where L % 8 == 0 and K is 64, 128 or 256; 1.8-2.1x faster than v1 on an
+// (the default where dY's row stride is a multiple of 8 and K is 64, 128 or 256; 1.8-2.1x faster than v1 on an
 // H200, bench/NOTES.md; LARGEOUT_SM90_DX=v1 forces v1.) CTA = (32 batch
 // rows, a range of whole units of groups). The loader thread issues per unit one dY tile
 // (TMA boxes [32 rows][64 labels]) and per stage one 3-D weight box and the unit's index
