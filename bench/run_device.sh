@@ -20,6 +20,7 @@
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
+#     prepared  build, the tests of session 7's GPU-untested changes, each timed on and off
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -116,6 +117,23 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "dw_versions and v2 and (L1008 or L640 or L2000)" > "$OUT/memcheck_dw2.log" 2>&1
   echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dw2.log"
+  exit 0
+fi
+
+if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests, then each change timed on and off
+  echo "== tests: Hopper kernels, row-padded dY, fp8 upcast, optimizers"
+  run_tests gpu_tests_prepared.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py \
+    tests/test_stochastic_round.py tests/test_optim.py
+  for pad in 0 1; do
+    echo "== odd L, LARGEOUT_PAD_DY=$pad (autograd step: fwd + padded backward)"
+    LARGEOUT_PAD_DY=$pad timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/pad_dy_$pad.json" 2>&1 | tail -4
+  done
+  for up in 0 1; do
+    echo "== FP8 layer, LARGEOUT_FP8_UPCAST=$up"
+    LARGEOUT_FP8_UPCAST=$up timeout 150 python3 bench/bench_fp8.py --out "$OUT/fp8_upcast_$up.json" 2>&1 | tail -6
+  done
+  echo "== fused optimizer step"
+  timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
   exit 0
 fi
 

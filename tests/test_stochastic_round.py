@@ -131,3 +131,45 @@ def test_bad_input():
         largeout.stochastic_round(torch.ones(3), torch.bfloat16, generator=3)
     with pytest.raises(TypeError, match="x must be float32"):
         torch.ops.largeout.stochastic_round(torch.ones(3, dtype=torch.float16), torch.bfloat16, 1, 2)
+
+
+def _same_bf16(got, want):
+    """Bit for bit, except that NaN need only stay NaN (torch drops a NaN's sign)."""
+    nan = torch.isnan(want.float())
+    assert torch.equal(torch.isnan(got.float()), nan)
+    assert torch.equal(got.view(torch.int16)[~nan], want.view(torch.int16)[~nan])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+def test_fp8_to_bf16_is_exact_on_every_code(dtype, device):
+    # All 256 codes, then sizes around the 16-element vector width and a view one byte into
+    # its storage (the per-element path), against torch's own conversion.
+    codes = torch.arange(256, dtype=torch.uint8).view(dtype).to(device)
+    _same_bf16(torch.ops.largeout.fp8_to_bf16(codes), codes.to(torch.bfloat16))
+    gen = torch.Generator().manual_seed(5)
+    big = torch.randint(0, 256, (100_003,), generator=gen, dtype=torch.uint8).view(dtype).to(device)
+    for x in (big[:1], big[:17], big[:4096], big, big[1:], big[3:].view(-1)[:-5]):
+        _same_bf16(torch.ops.largeout.fp8_to_bf16(x), x.to(torch.bfloat16))
+    m = big[:100_000].view(100, 1000)[:, ::3]  # strided
+    _same_bf16(torch.ops.largeout.fp8_to_bf16(m), m.to(torch.bfloat16))
+
+
+def test_fp8_to_bf16_rejects_other_dtypes():
+    x = torch.randn(10)
+    before = x.clone()
+    with pytest.raises(TypeError, match="x must be float8_e4m3fn or float8_e5m2; got Float"):
+        torch.ops.largeout.fp8_to_bf16(x)
+    assert torch.equal(x, before)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fp8_layer_upcast_matches_torch(monkeypatch):
+    # The fp8 layer's weight upcast for dx with LARGEOUT_FP8_UPCAST=1 (largeout's kernel)
+    # gives torch's bits.
+    from largeout.nn import fp8
+    gen = torch.Generator().manual_seed(6)
+    w = (torch.randn(3001, 768, generator=gen) * 3).to(torch.float8_e4m3fn).cuda()
+    want = fp8._to_bf16(w)
+    monkeypatch.setenv("LARGEOUT_FP8_UPCAST", "1")
+    _same_bf16(fp8._to_bf16(w), want)

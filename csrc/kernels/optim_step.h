@@ -62,6 +62,15 @@ LARGEOUT_HD float decode_small_float(uint32_t code, int bits, int m, int bias, b
   return f32_from_bits(out | (sign << 31));
 }
 
+// bf16 bits of an fp8 code (e4m3fn or e5m2): exact, every fp8 value is a bf16 value (the
+// decoded fp32 value's top half; NaN stays NaN, inf stays inf).
+LARGEOUT_HD uint16_t fp8_to_bf16_bits(uint32_t code, bool e4m3fn) {
+  const float v = e4m3fn ? decode_small_float(code, 8, 3, 7, true) : decode_small_float(code, 8, 2, 15, false);
+  uint32_t b;
+  memcpy(&b, &v, 4);
+  return uint16_t(b >> 16);
+}
+
 // fp32 value of a code of type t (for fp32 the code is the float's bits).
 LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
   switch (t) {

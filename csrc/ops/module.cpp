@@ -73,6 +73,7 @@ TORCH_LIBRARY(largeout, m) {
   // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
   // float8_e5m2) with Philox bits keyed by (seed, offset).
   m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");
+  m.def("fp8_to_bf16(Tensor x) -> Tensor");
   m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
   m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
         "Tensor(d!)[] comps, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "

@@ -5,6 +5,7 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include "kernels/optim_step.h"
 #include "kernels/stochastic_round.h"
 
 #ifdef LARGEOUT_WITH_CUDA
@@ -46,7 +47,38 @@ at::Tensor sr_cpu(const at::Tensor& x_in, at::ScalarType dtype, int64_t seed, in
   return out;
 }
 
+// fp8 -> bf16 (exact): the input's codes, decoded by the rule the CUDA kernel shares.
+at::Tensor check_fp8(const at::Tensor& x) {
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat8_e4m3fn || x.scalar_type() == at::kFloat8_e5m2,
+                   "largeout.fp8_to_bf16: x must be float8_e4m3fn or float8_e5m2; got ", x.scalar_type());
+  return x.contiguous();
+}
+
+at::Tensor fp8_to_bf16_cpu(const at::Tensor& x_in) {
+  const at::Tensor x = check_fp8(x_in);
+  const bool e4m3 = x.scalar_type() == at::kFloat8_e4m3fn;
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  const auto* in = static_cast<const uint8_t*>(x.const_data_ptr());
+  auto* o = static_cast<uint16_t*>(out.mutable_data_ptr());
+  at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) o[i] = fp8_to_bf16_bits(in[i], e4m3);
+  });
+  return out;
+}
+
 #ifdef LARGEOUT_WITH_CUDA
+at::Tensor fp8_to_bf16_cuda(const at::Tensor& x_in) {
+  const at::Tensor x = check_fp8(x_in);
+  c10::cuda::CUDAGuard guard(x.device());
+  at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
+  const cudaError_t e = cuda::fp8_to_bf16(x.scalar_type() == at::kFloat8_e4m3fn,
+                                          static_cast<const uint8_t*>(x.const_data_ptr()),
+                                          static_cast<uint16_t*>(out.mutable_data_ptr()), x.numel(),
+                                          c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "largeout.fp8_to_bf16: CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  return out;
+}
+
 at::Tensor sr_cuda(const at::Tensor& x_in, at::ScalarType dtype, int64_t seed, int64_t offset) {
   const SrFormat f = to_format(dtype);
   const at::Tensor x = check_input(x_in);
@@ -62,8 +94,14 @@ at::Tensor sr_cuda(const at::Tensor& x_in, at::ScalarType dtype, int64_t seed, i
 }  // namespace
 }  // namespace largeout
 
-TORCH_LIBRARY_IMPL(largeout, CPU, m) { m.impl("stochastic_round", &largeout::sr_cpu); }
+TORCH_LIBRARY_IMPL(largeout, CPU, m) {
+  m.impl("stochastic_round", &largeout::sr_cpu);
+  m.impl("fp8_to_bf16", &largeout::fp8_to_bf16_cpu);
+}
 
 #ifdef LARGEOUT_WITH_CUDA
-TORCH_LIBRARY_IMPL(largeout, CUDA, m) { m.impl("stochastic_round", &largeout::sr_cuda); }
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
+  m.impl("stochastic_round", &largeout::sr_cuda);
+  m.impl("fp8_to_bf16", &largeout::fp8_to_bf16_cuda);
+}
 #endif

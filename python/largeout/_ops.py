@@ -26,6 +26,11 @@ def _gsl_dw_fake(grad_out, x, indices, group_size):
     return grad_out.new_empty((num_labels, indices.shape[1])), grad_out.new_empty((num_labels,))
 
 
+@torch.library.register_fake("largeout::fp8_to_bf16")
+def _fp8_to_bf16_fake(x):
+    return x.new_empty(x.shape, dtype=torch.bfloat16)
+
+
 @torch.library.register_fake("largeout::stochastic_round")
 def _sr_fake(x, dtype, seed, offset):
     return x.new_empty(x.shape, dtype=dtype)

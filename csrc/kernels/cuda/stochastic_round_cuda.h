@@ -2,6 +2,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 
+#include "kernels/optim_step.h"
 #include "kernels/stochastic_round.h"
 
 namespace largeout::cuda {
@@ -9,5 +10,8 @@ namespace largeout::cuda {
 // out (the format's bits, 1 or 2 bytes per element) = SR(x) for n elements.
 cudaError_t stochastic_round(SrFormat f, const float* x, void* out, int64_t n, uint64_t seed, uint64_t offset,
                              cudaStream_t stream);
+
+// out (bf16 bits) = in (fp8 codes, e4m3fn or e5m2), exactly, for n elements.
+cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n, cudaStream_t stream);
 
 }  // namespace largeout::cuda

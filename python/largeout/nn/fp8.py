@@ -116,6 +116,15 @@ def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     return full[:L]
 
 
+def _to_bf16(w: torch.Tensor) -> torch.Tensor:
+    """The fp8 weight (a chunk of it) in bf16, exactly. On CUDA with LARGEOUT_FP8_UPCAST=1,
+    largeout's vectorized conversion (torch's runs at ~1 TB/s on an H200: 6.5 ms of the
+    layer's step at L=2.8M, bench/NOTES.md); opt-in until measured on a GPU."""
+    if w.is_cuda and os.environ.get("LARGEOUT_FP8_UPCAST") == "1":
+        return torch.ops.largeout.fp8_to_bf16(w)
+    return w.to(torch.bfloat16)
+
+
 class _Fp8LinearFn(torch.autograd.Function):
     """y = quant(x) W^T + b; gradients as in the module notes. ``anchor`` requires grad so
     that backward runs (the fp8 weight cannot require grad); W's gradient goes to
@@ -158,7 +167,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
             for c in range(0, L8, _DX_CHUNK):
-                acc += (g[:, c : c + _DX_CHUNK] @ w_full[c : c + _DX_CHUNK].to(torch.bfloat16)).float()
+                acc += (g[:, c : c + _DX_CHUNK] @ _to_bf16(w_full[c : c + _DX_CHUNK])).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = (g.t() @ x_hat)[:L]
