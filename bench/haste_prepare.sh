@@ -10,4 +10,6 @@ grep -qx '/.haste/' .git/info/exclude 2>/dev/null || echo '/.haste/' >> .git/inf
 rm -rf .haste && mkdir -p .haste
 git --git-dir="$MIRROR" archive HEAD setup.py shared_ffi | tar -x -C .haste
 git --git-dir="$MIRROR" rev-parse HEAD > .haste/COMMIT
+# torch >= 2.10 headers need C++20; HASTE's setup.py asks nvcc for C++17.
+sed -i 's/"-std=c++17"/"-std=c++20"/' .haste/setup.py
 echo "exported $(cat .haste/COMMIT) to .haste/"
