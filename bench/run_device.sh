@@ -132,6 +132,11 @@ if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests,
     echo "== FP8 layer, LARGEOUT_FP8_UPCAST=$up"
     LARGEOUT_FP8_UPCAST=$up timeout 150 python3 bench/bench_fp8.py --out "$OUT/fp8_upcast_$up.json" 2>&1 | tail -6
   done
+  for sb in 0 1; do
+    echo "== dW at K=64, B > 256, LARGEOUT_SM90_DW_SPLITB=$sb"
+    LARGEOUT_SM90_DW_SPLITB=$sb timeout 100 python3 bench/bench_group_sparse.py --B 512,1024 --K 64 --G 32,64,128 \
+      --L 131072,670091 --out "$OUT/dw_splitb_$sb.json" 2>&1 | grep " dw " | tail -12
+  done
   echo "== fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
   exit 0

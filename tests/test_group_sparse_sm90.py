@@ -351,3 +351,25 @@ def test_sm90_backward_pads_dy_at_odd_L(poison, monkeypatch):
     assert rel_err(x.grad, dx_ref) < 1e-2
     assert rel_err(w.grad, dw_ref) < 1e-2
     assert rel_err(b.grad, db_ref) < 1e-2
+
+
+@pytest.mark.parametrize("shape", [(512, 768, 20000, 64, 32), (1024, 768, 4104, 64, 64), (777, 768, 3001, 64, 128),
+                                   (300, 512, 2000, 64, 32)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_k64_split_batch(shape, poison, monkeypatch):
+    # K = 64 with more batch chunks than half the ring holds (LARGEOUT_SM90_DW_SPLITB=1: both
+    # warpgroups on every group, alternate chunks, partials added in a fixed order), v2
+    # (even L) and v1 (odd L), against float64 element by element, twice (deterministic).
+    B, H, L, K, G = shape
+    assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"
+    monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "1")
+    assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 99 + G)
+    before = kernels.launch_counts()
+    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    dw2, db2 = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+    assert used_sm90(before, kernels.launch_counts(), ["weight"])
+    assert torch.equal(dw, dw2) and torch.equal(db, db2)
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    assert_elementwise_close(dw, dw_ref)
+    assert_elementwise_close(db, db_ref)

@@ -413,8 +413,9 @@ struct DwCfg {
   static constexpr int64_t kStageBytesV1 = round1k(kABytes + kDyBytes + Seg::kRawBytes);
   static constexpr int64_t kStageBytesV2 = round1k(kABytes + kDyBytes);  // dY by TMA: no raw rows
   __host__ __device__ static constexpr int64_t stage_bytes(bool tma) { return tma ? kStageBytesV2 : kStageBytesV1; }
-  static int64_t smem_bytes(int stages, bool tma) {
-    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + 128 * 8 * 4;
+  // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32).
+  static int64_t smem_bytes(int stages, bool tma, bool split_b = false) {
+    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + 128 * 8 * 4 + (split_b ? G * 256 : 0);
   }
   // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
   __device__ static uint32_t dy_chunk(int r, int c) {
@@ -439,7 +440,7 @@ template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
-            int groups_per_cta, int num_groups, int stages) {
+            int groups_per_cta, int num_groups, int stages, int split_batch) {
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
@@ -449,12 +450,17 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
   float* red = reinterpret_cast<float*>(empty + stages);  // [128][8] dbias partials
+  float* part = red + 128 * 8;                            // split_b: [G / 2][128] of the second warpgroup
 
   const int g_begin = blockIdx.x * groups_per_cta;
   const int g_end = min(g_begin + groups_per_cta, num_groups);
   const int nbc = Bp / 64;
   constexpr bool split_m = kNmb >= 2;  // both computing warpgroups work on every stage
   constexpr int kMaxMB = split_m ? kNmb / 2 : 1;
+  // K = 64 with a batch whose two groups of stages do not fit the ring (opt-in,
+  // LARGEOUT_SM90_DW_SPLITB=1): both warpgroups work on every group, on alternate stages
+  // (batch chunks), and add their partial dW in a fixed order at the group's end.
+  const bool split_b = kNmb == 1 && split_batch != 0;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -585,8 +591,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   // MN-major B descriptor: SBO = 8 batch rows, LBO = the next 64-label block.
   constexpr uint32_t kBSbo = C::kRowBytes * 8;
   constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
-  const int g_first = g_begin + (split_m ? 0 : cw);
-  const int g_step = split_m ? 1 : 2;
+  const int g_first = g_begin + (split_m || split_b ? 0 : cw);
+  const int g_step = split_m || split_b ? 1 : 2;
   for (int g = g_first; g < g_end; g += g_step) {
     float acc[kMaxMB][G / 2];
 #pragma unroll
@@ -594,7 +600,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[m][i] = 0.f;
     const int it0 = (g - g_begin) * nbc;
-    for (int bc = 0; bc < nbc; ++bc) {
+    int prev = -1;  // this warpgroup's previous stage (released once the next one's MMAs are issued)
+    for (int bc = split_b ? cw : 0; bc < nbc; bc += split_b ? 2 : 1) {
       const int it = it0 + bc, s = it % stages;
       mbar_wait(&full[s], (it / stages) & 1, 21);
       if constexpr (kProbe == 3) {
@@ -618,15 +625,30 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         }
       }
       wgmma_commit();
-      if (bc > 0) {
+      if (prev >= 0) {
         wgmma_wait<1>();
-        release(&empty[(it - 1) % stages], lane);
+        release(&empty[prev % stages], lane);
       }
+      prev = it;
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
-    if constexpr (kProbe != 3) release(&empty[(it0 + nbc - 1) % stages], lane);
+    if (kProbe != 3 && prev >= 0) release(&empty[prev % stages], lane);
+    if (split_b) {  // the second warpgroup's partial to the first, which adds it and stores
+      const int tl = threadIdx.x & 127;
+      if (cw == 1) {
+#pragma unroll
+        for (int i = 0; i < G / 2; ++i) part[i * 128 + tl] = acc[0][i];
+      }
+      named_barrier(2, 256);
+      if (cw == 0) {
+#pragma unroll
+        for (int i = 0; i < G / 2; ++i) acc[0][i] += part[i * 128 + tl];
+      }
+      named_barrier(2, 256);  // read before the next group's write
+      if (cw == 1) continue;
+    }
     // acc[m][4j + 2h + e] = dW[label 8j + 2t + e][k-slot mb * 64 + 16 warp + 2 ra + h].
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) {
@@ -1179,9 +1201,9 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
 }
 
 template <int G, int kNmb>
-int dw_stages(const DeviceInfo& dev, bool tma = false) {
+int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false) {
   int st = kMaxStages;
-  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma) > smem_budget(dev)) --st;
+  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b) > smem_budget(dev)) --st;
   return st;
 }
 
@@ -1270,6 +1292,13 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
 
 // ------------------------------------------------------------------ dW
 namespace {
+// K = 64 with B / 64 stages per group beyond half the ring: both warpgroups on every group
+// (LARGEOUT_SM90_DW_SPLITB=1; opt-in until run on a GPU, else those shapes take the generic kernels).
+bool dw_split_batch() {
+  const char* e = std::getenv("LARGEOUT_SM90_DW_SPLITB");
+  return e != nullptr && std::string(e) == "1";
+}
+
 bool dw_v2_applies(const GroupSparseShape& s) {
   const char* ver = std::getenv("LARGEOUT_SM90_DW");
   return s.dy_ld() % 8 == 0 && !(ver != nullptr && std::string(ver) == "v1");
@@ -1289,8 +1318,9 @@ bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
         st = dw_stages<G, kNmb>(dev);
         // K = 64: the computing warpgroups take alternate groups of B / 64 stages each, so
         // one can wait a whole group ahead of the loader; the ring must hold two groups,
-        // or that wait tests a barrier phase whose parity matches a completed one.
-        if (kNmb == 1 && 2 * cdiv(s.batch, 64) > st) st = 0;
+        // or that wait tests a barrier phase whose parity matches a completed one. Where it
+        // does not, split_b (opt-in) has both work on every group.
+        if (kNmb == 1 && 2 * cdiv(s.batch, 64) > st) st = dw_split_batch() ? dw_stages<G, kNmb>(dev, false, true) : 0;
         return cudaSuccess;
       });
     }
@@ -1315,8 +1345,10 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         // reads dY as contiguous [B, L].
         const bool tma = dw_v2_applies(s) && reinterpret_cast<uintptr_t>(dy) % 16 == 0;
         if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
-        const int stages = dw_stages<G, kNmb>(dev, tma);
-        if (stages < 3 || (kNmb == 1 && 2 * cdiv(s.batch, 64) > stages)) return cudaErrorInvalidValue;
+        const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma);
+        if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
+        const int stages = dw_stages<G, kNmb>(dev, tma, split_b);
+        if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
         T* xt = static_cast<T*>(workspace);
@@ -1327,7 +1359,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (tma)
           if (cudaError_t e = dy_map_dw(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld(), G); e != cudaSuccess)
             return e;
-        const int64_t smem = C::smem_bytes(stages, tma);
+        const int64_t smem = C::smem_bytes(stages, tma, split_b);
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
@@ -1344,7 +1376,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           return e;
         kernel<<<unsigned(cdiv(ng, per)), kThreads, smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
-            s.out_features, int(per), int(ng), stages);
+            s.out_features, int(per), int(ng), stages, int(split_b));
         return cudaGetLastError();
       });
     }
