@@ -459,7 +459,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   constexpr int kMaxMB = split_m ? kNmb / 2 : 1;
   // K = 64 with a batch whose two groups of stages do not fit the ring (opt-in,
   // LARGEOUT_SM90_DW_SPLITB=1): both warpgroups work on every group, on alternate stages
-  // (batch chunks), and add their partial dW in a fixed order at the group's end.
+  // (batch chunks), and add their partial dW in a fixed order at the group's end. The ring
+  // then has an even number of stages, so that a slot's previous use was the same
+  // warpgroup's (a wait never tests a phase the other warpgroup has not finished).
   const bool split_b = kNmb == 1 && split_batch != 0;
   const int wg = threadIdx.x / 128;
 
@@ -550,8 +552,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       }
       return;
     }
-    // The consumer holds a stage until the next one is full: at most stages - 2 ahead.
-    const int ahead = min(stages - 2, 8);
+    // A consumer holds a stage until its next one is full: at most stages - 2 ahead (split_b:
+    // a warpgroup's next stage is two on, so stages - 3).
+    const int ahead = min(stages - (split_b ? 3 : 2), 8);
     const int total = (g_end - g_begin) * nbc;
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
@@ -1204,6 +1207,7 @@ template <int G, int kNmb>
 int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false) {
   int st = kMaxStages;
   while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b) > smem_budget(dev)) --st;
+  if (split_b) st = st >= 4 ? st & ~1 : 0;  // even, and at least 4 (the loader runs stages - 3 ahead)
   return st;
 }
 
