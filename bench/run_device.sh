@@ -121,9 +121,15 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
 fi
 
 if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests, then each change timed on and off
-  echo "== tests: Hopper kernels, row-padded dY, fp8 upcast, optimizers"
-  run_tests gpu_tests_prepared.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py \
-    tests/test_stochastic_round.py tests/test_optim.py
+  # (one process per new path: a kernel that traps leaves a sticky error for the rest)
+  echo "== tests: Hopper kernels (library paths)"
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py -k "not split_batch and not row_padded and not pads_dy"
+  echo "== tests: dW split-batch (LARGEOUT_SM90_DW_SPLITB=1)"
+  run_tests gpu_tests_splitb.log tests/test_group_sparse_sm90.py -k split_batch
+  echo "== tests: row-padded dY"
+  run_tests gpu_tests_pad_dy.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py -k "row_padded or pads_dy"
+  echo "== tests: fp8 upcast, optimizers, op"
+  run_tests gpu_tests_prepared.log tests/test_group_sparse_op.py tests/test_stochastic_round.py tests/test_optim.py
   for pad in 0 1; do
     echo "== odd L, LARGEOUT_PAD_DY=$pad (autograd step: fwd + padded backward)"
     LARGEOUT_PAD_DY=$pad timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/pad_dy_$pad.json" 2>&1 | tail -4
