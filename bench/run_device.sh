@@ -21,6 +21,7 @@
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
 #     prepared  build, the tests of session 7's GPU-untested changes, each timed on and off
+#            (everything tarred into prepared.tgz)
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -145,6 +146,7 @@ if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests,
   done
   echo "== fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
+  (cd "$OUT" && tar czf prepared.tgz --remove-files *.json *.log 2>/dev/null; ls)
   exit 0
 fi
 
