@@ -1,6 +1,6 @@
-"""Where the Hopper forward's and dW's time goes: the kernels timed with parts switched off.
+"""Where the Hopper forward's, dx's and dW's time goes: the kernels timed with parts switched off.
 
-    python bench/probe_fwd.py --out probe_fwd.json [--passes fwd,dw]
+    python bench/probe_fwd.py --out probe_fwd.json [--passes fwd,dx,dw]
 
 Probes (LARGEOUT_SM90_FWD_PROBE, compiled for bf16, G=32, K=128 only): 0 the kernel,
 1 the loader alone (computing warps release every stage at once), 2 no output stores,
@@ -11,7 +11,9 @@ warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no gathers of x^T rows, 2 no dY loads or
 placement, 3 no MMAs (results wrong except for 0); all on dW v1 (LARGEOUT_SM90_DW=v1),
-then v2 (dY by TMA, the default where L % 8 == 0). Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
+then v2 (dY by TMA, the default where L % 8 == 0). dx v2 probes (LARGEOUT_SM90_DX_PROBE,
+bf16, G=32, K=128 only): 0 the kernel, 1 no scatter into the accumulator, 2 no MMAs, 3 no
+ldmatrix of W. Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
 
 import argparse
@@ -39,7 +41,7 @@ def main() -> None:
     p.add_argument("--G", type=int, default=32)
     p.add_argument("--stages", default="3,8")
     p.add_argument("--cons", default="2,3")
-    p.add_argument("--passes", default="fwd,dw")
+    p.add_argument("--passes", default="fwd,dx,dw")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     dt = torch.bfloat16
@@ -75,8 +77,22 @@ def main() -> None:
                     print(row, flush=True)
         for k in env:
             os.environ.pop(k)
+    dy = torch.randn(a.B, a.L, device="cuda", dtype=dt, generator=g)
+    if "dx" in a.passes:
+        dx_ref = ops.group_sparse_linear_backward_input(dy, w, idx, a.G, a.H).float()
+        for probe in range(4):
+            os.environ["LARGEOUT_SM90_DX_PROBE"] = str(probe)
+            before = largeout.kernels.launch_counts()["input"]["sm90"]
+            ms = median_ms(lambda: ops.group_sparse_linear_backward_input(dy, w, idx, a.G, a.H))
+            row = {"pass": "dx", "probe": probe, "ms": round(ms, 4),
+                   "sm90": largeout.kernels.launch_counts()["input"]["sm90"] > before}
+            if probe == 0:
+                dx = ops.group_sparse_linear_backward_input(dy, w, idx, a.G, a.H).float()
+                row["max_abs_diff_vs_default"] = float((dx - dx_ref).abs().max())
+            rows.append(row)
+            print(row, flush=True)
+        os.environ.pop("LARGEOUT_SM90_DX_PROBE")
     if "dw" in a.passes:
-        dy = torch.randn(a.B, a.L, device="cuda", dtype=dt, generator=g)
         dw_ref = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
         os.environ["LARGEOUT_SM90_DW"] = "v1"  # the probes are compiled into v1
         for probe in range(5):  # 4: v2 (dY by TMA), the library's default here

@@ -144,6 +144,8 @@ if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests,
     LARGEOUT_SM90_DW_SPLITB=$sb timeout 100 python3 bench/bench_group_sparse.py --B 512,1024 --K 64 --G 32,64,128 \
       --L 131072,670091 --out "$OUT/dw_splitb_$sb.json" 2>&1 | grep " dw " | tail -12
   done
+  echo "== probe: Hopper dx v2"
+  timeout 60 python3 bench/probe_fwd.py --passes dx --out "$OUT/probe_dx.json" 2>&1 | tail -5
   echo "== fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
   (cd "$OUT" && tar czf prepared.tgz --remove-files *.json *.log 2>/dev/null; ls)

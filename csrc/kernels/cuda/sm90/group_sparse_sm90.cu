@@ -916,7 +916,9 @@ struct Dx2Cfg {
   }
 };
 
-template <class T, int G, int kNk>
+// kProbe (timing probes of bench/probe_fwd.py --passes dx; 0 in the library; the results
+// are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
+template <class T, int G, int kNk, int kProbe = 0>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
@@ -1008,7 +1010,14 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   auto group_of = [](int step) { return (step / kNs) % kU; };
   auto scatter_step = [&](const float (&p)[8], int f0, int f1, int step) {
     if (step == 0 || group_of(step) != group_of(step - 1)) named_barrier(2 + cw, 128);
-    scatter(p, f0, f1);
+    if constexpr (kProbe == 1) {  // keep the values live, write nothing
+      float z = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) z += p[i];
+      if (z == 1234.5f) accs[f0 & 127] = 1;
+    } else {
+      scatter(p, f0, f1);
+    }
   };
   float pr[2][8];
   int pf0 = 0, pf1 = 0;  // features of the step whose P waits to be scattered
@@ -1031,8 +1040,14 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           uint32_t a[G / 16][4];
           const uint32_t plane = wsb + uint32_t(cc * C::kRows) * 128u;
 #pragma unroll
-          for (int kk = 0; kk < G / 16; ++kk)
-            ldmatrix_x4_trans(a[kk], plane + swz<128>(u * G + kk * 16 + lrow, kchunk * 16));
+          for (int kk = 0; kk < G / 16; ++kk) {
+            if constexpr (kProbe == 3) {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) a[kk][e] = 0x3f803f80u ^ uint32_t(is[0] & 1);
+            } else {
+              ldmatrix_x4_trans(a[kk], plane + swz<128>(u * G + kk * 16 + lrow, kchunk * 16));
+            }
+          }
           float (&acc)[8] = pr[j & 1];
           fence_regs(acc);
           wgmma_fence();
@@ -1040,7 +1055,12 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           for (int kk = 0; kk < G / 16; ++kk) {
             const int l0 = u * G + kk * 16;  // first label of the k16 step within the unit
             const uint32_t db = dyb + uint32_t(l0 >> 6) * 4096u + uint32_t(cw) * 2048u + uint32_t(l0 & 63) * 2u;
-            mma_rs<T, 16>(a[kk], make_desc(db, 16, 1024, Swizzle::k128B), acc, kk > 0);
+            if constexpr (kProbe == 2) {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) acc[e] = __uint_as_float(a[kk][e & 3]);
+            } else {
+              mma_rs<T, 16>(a[kk], make_desc(db, 16, 1024, Swizzle::k128B), acc, kk > 0);
+            }
           }
           wgmma_commit();
           const int f0 = is[(u * kNs + cc) * kKC + r0], f1 = is[(u * kNs + cc) * kKC + r0 + 8];
@@ -1460,6 +1480,14 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
       return e;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld()); e != cudaSuccess) return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk>;
+    if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
+      // Timing probes (bench/probe_fwd.py --passes dx): LARGEOUT_SM90_DX_PROBE (1-3).
+      const char* probe = std::getenv("LARGEOUT_SM90_DX_PROBE");
+      const int pv = probe != nullptr ? std::atoi(probe) : 0;
+      if (pv == 1) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
+      if (pv == 2) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
+      if (pv == 3) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
+    }
     const int64_t smem = C::smem_bytes(s.in_features, wst, dst);
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
