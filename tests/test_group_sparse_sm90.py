@@ -241,6 +241,16 @@ def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poi
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
+def twice_on_sm90(pass_, fn):
+    """fn() twice: both on the Hopper kernels of the pass and bit-identical (deterministic)."""
+    before = kernels.launch_counts()
+    first, again = fn(), fn()
+    assert used_sm90(before, kernels.launch_counts(), [pass_])
+    for a, b in zip(first if isinstance(first, tuple) else (first,), again if isinstance(again, tuple) else (again,)):
+        assert torch.equal(a, b)
+    return first
+
+
 def assert_elementwise_close(got, want):
     """Every element within 2% of the float64 value plus 2% of the values' spread."""
     err = (got.double() - want.to(got.device)).abs()
@@ -266,11 +276,7 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 60 + K + G)
     assert kernels.path("input", torch.bfloat16, B, H, L, K, G) == "sm90"
-    before = kernels.launch_counts()
-    dx = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
-    again = torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
-    assert used_sm90(before, kernels.launch_counts(), ["input"])
-    assert torch.equal(dx, again)
+    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
     assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
 
 
@@ -303,11 +309,7 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
-    before = kernels.launch_counts()
-    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
-    dw2, db2 = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
-    assert used_sm90(before, kernels.launch_counts(), ["weight"])
-    assert torch.equal(dw, dw2) and torch.equal(db, db2)
+    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
     dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
     assert_elementwise_close(dw, dw_ref)
     assert_elementwise_close(db, db_ref)
@@ -365,11 +367,7 @@ def test_sm90_dw_k64_split_batch(shape, poison, monkeypatch):
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "1")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 99 + G)
-    before = kernels.launch_counts()
-    dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
-    dw2, db2 = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
-    assert used_sm90(before, kernels.launch_counts(), ["weight"])
-    assert torch.equal(dw, dw2) and torch.equal(db, db2)
+    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
     dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
     assert_elementwise_close(dw, dw_ref)
     assert_elementwise_close(db, db_ref)
