@@ -13,10 +13,11 @@ __global__ void sr_kernel(SrFormat f, const float* __restrict__ x, Out* __restri
     out[i] = Out(sr_round_bits_fast(x[i], f, sr_random_bits(seed, offset, i)));
 }
 
-// 16 codes per iteration: one 16-byte load, two 16-byte stores (both pointers 16-byte
-// aligned); the last n % 16 elements one by one.
-__global__ void fp8_to_bf16_kernel(bool e4m3fn, const uint8_t* __restrict__ in, uint16_t* __restrict__ out, int64_t n) {
-  const int64_t chunks = n / 16;
+// vec (both pointers 16-byte aligned): 16 codes per iteration, one 16-byte load and two
+// 16-byte stores, then the last n % 16 elements one by one; else every element one by one.
+__global__ void fp8_to_bf16_kernel(bool e4m3fn, bool vec, const uint8_t* __restrict__ in, uint16_t* __restrict__ out,
+                                   int64_t n) {
+  const int64_t chunks = vec ? n / 16 : 0;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
     const uint4 v = reinterpret_cast<const uint4*>(in)[c];
@@ -35,12 +36,6 @@ __global__ void fp8_to_bf16_kernel(bool e4m3fn, const uint8_t* __restrict__ in, 
     out[i] = fp8_to_bf16_bits(in[i], e4m3fn);
 }
 
-__global__ void fp8_to_bf16_scalar_kernel(bool e4m3fn, const uint8_t* __restrict__ in, uint16_t* __restrict__ out,
-                                          int64_t n) {
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    out[i] = fp8_to_bf16_bits(in[i], e4m3fn);
-}
-
 }  // namespace
 
 cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n, cudaStream_t stream) {
@@ -48,8 +43,7 @@ cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n
   const bool vec = (reinterpret_cast<uintptr_t>(in) & 15u) == 0 && (reinterpret_cast<uintptr_t>(out) & 15u) == 0;
   const int64_t work = vec ? (n + 15) / 16 : n;
   const unsigned blocks = unsigned((work + 255) / 256 < 65536 ? (work + 255) / 256 : 65536);
-  if (vec) fp8_to_bf16_kernel<<<blocks, 256, 0, stream>>>(e4m3fn, in, out, n);
-  else fp8_to_bf16_scalar_kernel<<<blocks, 256, 0, stream>>>(e4m3fn, in, out, n);
+  fp8_to_bf16_kernel<<<blocks, 256, 0, stream>>>(e4m3fn, vec, in, out, n);
   return cudaGetLastError();
 }
 

@@ -55,6 +55,16 @@ __device__ __forceinline__ uint8_t* align_smem(uint8_t* p) {
 // columns at (row0, l0) is copied with aligned 16-byte cp.async into a raw buffer (raw
 // row r holds row0 + r's segment shifted right by its first element's offset mod 8),
 // then `place` moves 8-column chunks to their final (swizzled) place.
+// sums[i] += element i of 8 packed 16-bit values (a 16-byte chunk of a dY row).
+template <class T>
+__device__ __forceinline__ void add8(const uint32_t (&w)[4], float (&sums)[8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    sums[2 * i] += to_float(bits_to<T>(uint16_t(w[i] & 0xffff)));
+    sums[2 * i + 1] += to_float(bits_to<T>(uint16_t(w[i] >> 16)));
+  }
+}
+
 template <int kRows, int G>
 struct SegmentTile {
   static constexpr int kChunks = G / 8;              // 16-byte chunks of a placed row
@@ -102,13 +112,7 @@ struct SegmentTile {
       for (int i = 0; i < 8; ++i)
         if (l0 + 8 * c + i >= L) o[i >> 1] &= (i & 1) ? 0x0000ffffu : 0xffff0000u;
     }
-    if constexpr (kSum) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) {
-        sums[2 * i] += to_float(bits_to<T>(uint16_t(o[i] & 0xffff)));
-        sums[2 * i + 1] += to_float(bits_to<T>(uint16_t(o[i] >> 16)));
-      }
-    }
+    if constexpr (kSum) add8<T>(o, sums);
     return make_uint4(o[0], o[1], o[2], o[3]);
   }
 };
@@ -540,12 +544,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         const uint8_t* ds = base + s * kStageBytes + C::kABytes;
         for (int e = tid; e < 64 * (G / 8); e += 128) {  // chunk pc of rows e / (G / 8): a fixed order
           const uint4 v = *reinterpret_cast<const uint4*>(ds + C::dy_chunk(e / (G / 8), pc));
-          const uint32_t w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            sums[2 * q] += to_float(bits_to<T>(uint16_t(w[q] & 0xffff)));
-            sums[2 * q + 1] += to_float(bits_to<T>(uint16_t(w[q] >> 16)));
-          }
+          add8<T>({v.x, v.y, v.z, v.w}, sums);
         }
         release(&empty[s], tid & 31);
         if (bc == nbc - 1) dbias_of_group(g);
@@ -1141,22 +1140,27 @@ cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_
   return tensor_map(map, dt, y, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
-// dY [B, L] with row stride ld (a multiple of 8): [32 rows, 64 labels] boxes.
-cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int64_t ld) {
-  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
-  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
-  const cuuint32_t box[2] = {64, 32};
-  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+// dY [B, L] with row stride s.dy_ld() (a multiple of 8): boxes of [rows, labels], 128-byte
+// swizzle (64-byte for 32-label boxes). dx v2: [32, 64]; dW v2: [64, 32] for G = 32, else
+// [64, 64] (the layouts of DwCfg::dy_chunk).
+cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, const GroupSparseShape& s, uint32_t rows,
+                   uint32_t labels) {
+  const cuuint64_t dims[2] = {cuuint64_t(s.out_features), cuuint64_t(s.batch)};
+  const cuuint64_t strides[1] = {cuuint64_t(s.dy_ld()) * 2};
+  const cuuint32_t box[2] = {labels, rows};
+  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    labels == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
-// dY [B, L] with row stride ld (a multiple of 8) for dW v2: [64 rows, 32 labels] SW64 boxes
-// for G = 32, else [64 rows, 64 labels] SW128 (the layouts of DwCfg::dy_chunk).
-cudaError_t dy_map_dw(CUtensorMap* map, DType dt, const void* dy, int64_t B, int64_t L, int64_t ld, int G) {
-  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(B)};
-  const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
-  const cuuint32_t box[2] = {G == 32 ? 32u : 64u, 64};
-  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                    G == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
+// Environment switches (timing comparisons, probes, opt-ins): whether `name` is set to
+// `value`; its integer value (0 when unset).
+bool env_is(const char* name, const char* value) {
+  const char* e = std::getenv(name);
+  return e != nullptr && std::string(e) == value;
+}
+int env_int(const char* name) {
+  const char* e = std::getenv(name);
+  return e != nullptr ? std::atoi(e) : 0;
 }
 
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -1213,9 +1217,7 @@ int fwd_stages(int64_t H, const DeviceInfo& dev, int cons) {
 // *spr: stages per ring (0: no fit).
 template <int G, int kNk>
 int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
-  const char* e = std::getenv("LARGEOUT_SM90_FWD_CONS");
-  const bool two = e != nullptr && std::string(e) == "2";
-  if (G <= 64 && !two) {
+  if (G <= 64 && !env_is("LARGEOUT_SM90_FWD_CONS", "2")) {
     *spr = fwd_stages<G, kNk>(H, dev, 3);
     if (*spr > 0) return 3;
   }
@@ -1271,8 +1273,7 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
       }
       if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
         // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
-        const char* probe = std::getenv("LARGEOUT_SM90_FWD_PROBE");
-        const int pv = probe != nullptr ? std::atoi(probe) : 0;
+        const int pv = env_int("LARGEOUT_SM90_FWD_PROBE");
         auto probe_kernel = [&]<int kC>() {
           return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
                : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
@@ -1318,15 +1319,9 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
 namespace {
 // K = 64 with B / 64 stages per group beyond half the ring: both warpgroups on every group
 // (LARGEOUT_SM90_DW_SPLITB=1; opt-in until run on a GPU, else those shapes take the generic kernels).
-bool dw_split_batch() {
-  const char* e = std::getenv("LARGEOUT_SM90_DW_SPLITB");
-  return e != nullptr && std::string(e) == "1";
-}
+bool dw_split_batch() { return env_is("LARGEOUT_SM90_DW_SPLITB", "1"); }
 
-bool dw_v2_applies(const GroupSparseShape& s) {
-  const char* ver = std::getenv("LARGEOUT_SM90_DW");
-  return s.dy_ld() % 8 == 0 && !(ver != nullptr && std::string(ver) == "v1");
-}
+bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 }  // namespace
 
 bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -1381,16 +1376,14 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         CUtensorMap dmap{};
         if (tma)
-          if (cudaError_t e = dy_map_dw(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld(), G); e != cudaSuccess)
-            return e;
+          if (cudaError_t e = dy_map(&dmap, dt, dy, s, 64, G == 32 ? 32 : 64); e != cudaSuccess) return e;
         const int64_t smem = C::smem_bytes(stages, tma, split_b);
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes of v1 (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE (1-3).
-          const char* probe = std::getenv("LARGEOUT_SM90_DW_PROBE");
-          const int pv = probe != nullptr && !tma ? std::atoi(probe) : 0;
+          const int pv = tma ? 0 : env_int("LARGEOUT_SM90_DW_PROBE");
           if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
           if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
           if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
@@ -1440,8 +1433,7 @@ bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst) {
 }
 
 bool dx_v2_applies(const GroupSparseShape& s) {
-  const char* v = std::getenv("LARGEOUT_SM90_DX");
-  return !(v != nullptr && std::string(v) == "v1") && s.dy_ld() % 8 == 0 &&
+  return !env_is("LARGEOUT_SM90_DX", "v1") && s.dy_ld() % 8 == 0 &&
          (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
 }
 
@@ -1478,12 +1470,11 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (cudaError_t e = unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
         e != cudaSuccess)
       return e;
-    if (cudaError_t e = dy_map(&dmap, dt, dy, s.batch, s.out_features, s.dy_ld()); e != cudaSuccess) return e;
+    if (cudaError_t e = dy_map(&dmap, dt, dy, s, 32, 64); e != cudaSuccess) return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk>;
     if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
       // Timing probes (bench/probe_fwd.py --passes dx): LARGEOUT_SM90_DX_PROBE (1-3).
-      const char* probe = std::getenv("LARGEOUT_SM90_DX_PROBE");
-      const int pv = probe != nullptr ? std::atoi(probe) : 0;
+      const int pv = env_int("LARGEOUT_SM90_DX_PROBE");
       if (pv == 1) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
       if (pv == 2) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
       if (pv == 3) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
