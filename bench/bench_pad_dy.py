@@ -1,7 +1,8 @@
 """The group-sparse layer's training step at odd L, as autograd runs it (forward, then the
 backward ops for dx, dW and dbias), with whatever LARGEOUT_PAD_DY says: run it once with
-LARGEOUT_PAD_DY=0 and once with 1 to compare the row-padded dY path (dY copied once into
-[B, L rounded up to 8] so that dx v2 and dW v2 read it by TMA) with the unpadded one.
+LARGEOUT_PAD_DY=0 and once with 1 (the default) to compare the row-padded dY path (dY
+copied once into [B, L rounded up to 8] so that dx v2 and dW v2 read it by TMA) with the
+unpadded one. A shape that fails is recorded with its error and the rest still run.
 
     LARGEOUT_PAD_DY=1 python bench/bench_pad_dy.py --out pad_dy_1.json
 
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 import time
+import traceback
 
 import torch
 
@@ -45,14 +47,18 @@ def main() -> None:
             idx = random_group_indices(-(-L // G), a.H, a.K, generator=torch.Generator().manual_seed(0)).cuda()
             dy = torch.randn(a.B, L, device="cuda", dtype=dt, generator=g)
 
-            ms = timed(lambda: step(x, w, b, idx, G, dy), a.iters)[0] * 1e3
-            row = {"B": a.B, "H": a.H, "K": a.K, "G": G, "L": L, "step_ms": round(ms, 4),
-                   "paths": {p_: largeout.kernels.path(p_, dt, a.B, a.H, L, a.K, G) for p_ in ("forward", "input", "weight")}}
+            row = {"B": a.B, "H": a.H, "K": a.K, "G": G, "L": L}
+            try:
+                row["step_ms"] = round(timed(lambda: step(x, w, b, idx, G, dy), a.iters)[0] * 1e3, 4)
+            except RuntimeError:
+                row["error"] = traceback.format_exc()
+                print(row["error"], flush=True)
+            row["paths"] = {p_: largeout.kernels.path(p_, dt, a.B, a.H, L, a.K, G) for p_ in ("forward", "input", "weight")}
             rows.append(row)
             print(row, flush=True)
             x = w = b = dy = None
             torch.cuda.empty_cache()
-    out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "0"), "rows": rows, "device": torch.cuda.get_device_name(),
+    out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "1 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
            "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "method": __doc__}
     with open(a.out, "w") as f:

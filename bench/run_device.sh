@@ -20,8 +20,8 @@
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
-#     prepared  build, the tests of session 7's GPU-untested changes, each timed on and off
-#            (everything tarred into prepared.tgz)
+#     adopt  build, the Hopper / optimizer / fp8 tests, the odd-L step with and without padded dY,
+#            the optimizer benchmark (everything tarred into adopt.tgz)
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -121,35 +121,19 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   exit 0
 fi
 
-if [ "$MODE" = prepared ]; then  # what session 7 prepared without a GPU: tests, then each change timed on and off
-  # (one process per new path: a kernel that traps leaves a sticky error for the rest)
-  echo "== tests: Hopper kernels (library paths)"
-  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py -k "not split_batch and not row_padded and not pads_dy"
-  echo "== tests: dW split-batch (LARGEOUT_SM90_DW_SPLITB=1)"
-  run_tests gpu_tests_splitb.log tests/test_group_sparse_sm90.py -k split_batch
-  echo "== tests: row-padded dY"
-  run_tests gpu_tests_pad_dy.log tests/test_group_sparse_sm90.py tests/test_group_sparse_op.py -k "row_padded or pads_dy"
-  echo "== tests: fp8 upcast, optimizers, op"
-  run_tests gpu_tests_prepared.log tests/test_group_sparse_op.py tests/test_stochastic_round.py tests/test_optim.py \
-    -k "not row_padded"
+if [ "$MODE" = adopt ]; then  # session 8: the adopted defaults (padded dY, dW split-batch, fp8 upcast), tests and timings
+  echo "== tests: Hopper kernels (all, incl. odd L at L=670,091 with and without padded dY)"
+  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
+  echo "== tests: optimizers, fp8 upcast"
+  run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
   for pad in 0 1; do
-    echo "== odd L, LARGEOUT_PAD_DY=$pad (autograd step: fwd + padded backward)"
-    LARGEOUT_PAD_DY=$pad timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/pad_dy_$pad.json" 2>&1 | tail -4
+    echo "== odd L, LARGEOUT_PAD_DY=$pad (autograd step: fwd + backward)"
+    LARGEOUT_PAD_DY=$pad timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/pad_dy_$pad.json" > "$OUT/pad_dy_$pad.log" 2>&1
+    tail -8 "$OUT/pad_dy_$pad.log"
   done
-  for up in 0 1; do
-    echo "== FP8 layer, LARGEOUT_FP8_UPCAST=$up"
-    LARGEOUT_FP8_UPCAST=$up timeout 150 python3 bench/bench_fp8.py --out "$OUT/fp8_upcast_$up.json" 2>&1 | tail -6
-  done
-  for sb in 0 1; do
-    echo "== dW at K=64, B > 256, LARGEOUT_SM90_DW_SPLITB=$sb"
-    LARGEOUT_SM90_DW_SPLITB=$sb timeout 100 python3 bench/bench_group_sparse.py --B 512,1024 --K 64 --G 32,64,128 \
-      --L 131072,670091 --out "$OUT/dw_splitb_$sb.json" 2>&1 | grep " dw " | tail -12
-  done
-  echo "== probe: Hopper dx v2"
-  timeout 60 python3 bench/probe_fwd.py --passes dx --out "$OUT/probe_dx.json" 2>&1 | tail -5
   echo "== fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
-  (cd "$OUT" && tar czf prepared.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  (cd "$OUT" && tar czf adopt.tgz --remove-files *.json *.log 2>/dev/null; ls)
   exit 0
 fi
 

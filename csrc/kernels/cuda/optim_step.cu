@@ -110,14 +110,33 @@ __device__ __forceinline__ void update_raw(const OptimSlot& s, ElemType G, const
   store_group<P, S>(s, i0, q);
 }
 
-// One group by itself, each tensor unpacked as it is loaded (the fewest registers: the
-// kU = 1 kernels), or per element where partial or not 16-byte aligned.
+// The raw words of the group at element i0 of every tensor of slot s.
+template <ElemType P, ElemType S>
+__device__ __forceinline__ void load_group(const OptimSlot& s, ElemType G, int64_t i0, Raw8& rp, Raw8& rg, Raw8& r1,
+                                           Raw8& r2, Raw8& rc) {
+  rp = load_raw8(s.param, elem_bytes(P), i0);
+  rg = load_raw8(s.grad, elem_bytes(G), i0);
+  if (s.buf1) r1 = load_raw8(s.buf1, elem_bytes(S), i0);
+  if (s.buf2) r2 = load_raw8(s.buf2, elem_bytes(S), i0);
+  if (s.comp) rc = load_raw8(s.comp, elem_bytes(comp_type(P)), i0);
+}
+
+// One group by itself, or per element where partial or not 16-byte aligned. 16-bit
+// parameters: each tensor unpacked as it is loaded (the fewest registers: the kU = 1
+// kernels); fp32 parameters: all loads first (unpacking as it loads measured 1.3x slower
+// for AdamW fp32 on an H200, bench/NOTES.md).
 template <OptimKind K, ElemType P, ElemType S>
 __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
   constexpr ElemType C = comp_type(P);
   const int n = s.numel - i0 < 8 ? int(s.numel - i0) : 8;
   if (n < 8 || !slot_aligned(s)) {
     optim_update_range<K, P, S>(s, G, h, i0, n);
+    return;
+  }
+  if constexpr (P == ElemType::kF32) {
+    Raw8 a{}, b{}, c{}, d{}, e{};
+    load_group<P, S>(s, G, i0, a, b, c, d, e);
+    update_raw<K, P, S>(s, G, h, i0, a, b, c, d, e);
     return;
   }
   OptimGroup q;
@@ -130,16 +149,6 @@ __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const
   store_group<P, S>(s, i0, q);
 }
 
-// The raw words of the group at element i0 of every tensor of slot s.
-template <ElemType P, ElemType S>
-__device__ __forceinline__ void load_group(const OptimSlot& s, ElemType G, int64_t i0, Raw8& rp, Raw8& rg, Raw8& r1,
-                                           Raw8& r2, Raw8& rc) {
-  rp = load_raw8(s.param, elem_bytes(P), i0);
-  rg = load_raw8(s.grad, elem_bytes(G), i0);
-  if (s.buf1) r1 = load_raw8(s.buf1, elem_bytes(S), i0);
-  if (s.buf2) r2 = load_raw8(s.buf2, elem_bytes(S), i0);
-  if (s.comp) rc = load_raw8(s.comp, elem_bytes(comp_type(P)), i0);
-}
 
 // Which buffers the slots of a launch carry, as a template argument: SGD's kernels are
 // specialized (the compiler drops what a launch does not carry: registers, not memory

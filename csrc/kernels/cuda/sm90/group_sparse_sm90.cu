@@ -461,8 +461,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   const int nbc = Bp / 64;
   constexpr bool split_m = kNmb >= 2;  // both computing warpgroups work on every stage
   constexpr int kMaxMB = split_m ? kNmb / 2 : 1;
-  // K = 64 with a batch whose two groups of stages do not fit the ring (opt-in,
-  // LARGEOUT_SM90_DW_SPLITB=1): both warpgroups work on every group, on alternate stages
+  // K = 64 with a batch whose two groups of stages do not fit the ring (unless
+  // LARGEOUT_SM90_DW_SPLITB=0): both warpgroups work on every group, on alternate stages
   // (batch chunks), and add their partial dW in a fixed order at the group's end. The ring
   // then has an even number of stages, so that a slot's previous use was the same
   // warpgroup's (a wait never tests a phase the other warpgroup has not finished).
@@ -1318,8 +1318,9 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
 // ------------------------------------------------------------------ dW
 namespace {
 // K = 64 with B / 64 stages per group beyond half the ring: both warpgroups on every group
-// (LARGEOUT_SM90_DW_SPLITB=1; opt-in until run on a GPU, else those shapes take the generic kernels).
-bool dw_split_batch() { return env_is("LARGEOUT_SM90_DW_SPLITB", "1"); }
+// (measured 1.3-2.6x faster than the generic kernels there, bench/results/dw_splitb_h200.json;
+// LARGEOUT_SM90_DW_SPLITB=0 leaves those shapes to the generic kernels).
+bool dw_split_batch() { return !env_is("LARGEOUT_SM90_DW_SPLITB", "0"); }
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 }  // namespace
@@ -1338,7 +1339,7 @@ bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
         // K = 64: the computing warpgroups take alternate groups of B / 64 stages each, so
         // one can wait a whole group ahead of the loader; the ring must hold two groups,
         // or that wait tests a barrier phase whose parity matches a completed one. Where it
-        // does not, split_b (opt-in) has both work on every group.
+        // does not, split_b has both work on every group.
         if (kNmb == 1 && 2 * cdiv(s.batch, 64) > st) st = dw_split_batch() ? dw_stages<G, kNmb>(dev, false, true) : 0;
         return cudaSuccess;
       });
