@@ -3,6 +3,8 @@
 Skipped unless the GPU is sm_90 (H100/H200). Every test checks through
 largeout.kernels.launch_counts() that the Hopper kernels really ran."""
 
+import threading
+
 import pytest
 import torch
 
@@ -374,3 +376,49 @@ def test_sm90_dw_k64_split_batch(shape, poison, monkeypatch):
     dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
     assert_elementwise_close(dw, dw_ref)
     assert_elementwise_close(db, db_ref)
+
+
+def _in_fresh_thread(fn):
+    """fn() on a new host thread (no CUDA context current there yet), its result or error."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn()
+            torch.cuda.synchronize()
+        except Exception as e:  # reported by the caller's assertion
+            out["error"] = e
+
+    t = threading.Thread(target=run)
+    t.start()
+    t.join()
+    assert "error" not in out, repr(out.get("error"))
+    return out["value"]
+
+
+@pytest.mark.parametrize("L", [20_000, 20_011], ids=["even_L", "odd_L"])
+def test_sm90_ops_on_a_fresh_thread(L, monkeypatch):
+    # Each op as the first CUDA work of a new thread (as in autograd's device thread), without
+    # the poison fixture (whose fills would run torch kernels there first): the same bits as
+    # on this thread. Odd L runs the v1 dx/dW kernels (found failing there with
+    # cudaErrorInvalidValue), even L the v2 ones.
+    B, H, K, G = 256, 768, 128, 32
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 120)
+    ops = torch.ops.largeout
+    calls = {
+        "forward": lambda: ops.group_sparse_linear(x, w, idx, b, G),
+        "input": lambda: ops.group_sparse_linear_backward_input(dy, w, idx, G, H),
+        "weight": lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, G),
+    }
+    for name, fn in calls.items():
+        assert kernels.path(name, torch.bfloat16, B, H, L, K, G) == "sm90"
+        here = fn()
+        there = _in_fresh_thread(fn)
+        for a, c in zip(here if isinstance(here, tuple) else (here,), there if isinstance(there, tuple) else (there,)):
+            assert torch.equal(a, c), name
+    # autograd at odd L without the padded dY: the backward's first CUDA work is dx v1
+    monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
+    xg = x.clone().requires_grad_(True)
+    ops.group_sparse_linear(xg, w, idx, None, G).backward(dy)
+    torch.cuda.synchronize()
+    assert torch.equal(xg.grad, calls["input"]())

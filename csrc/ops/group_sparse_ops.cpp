@@ -11,8 +11,9 @@
 #include "kernels/group_sparse.h"
 
 #ifdef LARGEOUT_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "ops/device_guard.h"
 
 #include "kernels/cuda/group_sparse_cuda.h"
 #endif
@@ -244,7 +245,7 @@ std::tuple<at::Tensor, at::Tensor> dw_cpu(const at::Tensor& grad, const at::Tens
 at::Tensor fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
                     const std::optional<at::Tensor>& bias, int64_t G) {
   FwdArgs a = check_fwd(x, weight, indices, bias, G);
-  c10::cuda::CUDAGuard guard(a.x.device());
+  DeviceGuard guard(a.x.device());
   at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
   if (a.shape.batch == 0) return y;
   a.x = aligned(a.x);
@@ -261,7 +262,7 @@ at::Tensor fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Ten
 at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
                    c10::SymInt H) {
   DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
-  c10::cuda::CUDAGuard guard(a.grad.device());
+  DeviceGuard guard(a.grad.device());
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
   const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
@@ -282,7 +283,7 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
 std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
                                            int64_t G) {
   DwArgs a = check_dw(grad, x, indices, G);
-  c10::cuda::CUDAGuard guard(a.grad.device());
+  DeviceGuard guard(a.grad.device());
   at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
   at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());
   if (a.shape.batch == 0) return {dw.zero_(), db.zero_()};

@@ -14,8 +14,9 @@
 #include "kernels/optim_step.h"
 
 #ifdef LARGEOUT_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "ops/device_guard.h"
 
 #include "kernels/cuda/optim_step_cuda.h"
 #endif
@@ -159,7 +160,7 @@ void step_cpu(LARGEOUT_STEP_ARGS) {
 #ifdef LARGEOUT_WITH_CUDA
 void step_cuda(LARGEOUT_STEP_ARGS) {
   const Prepared p = prepare(LARGEOUT_STEP_NAMES);
-  c10::cuda::CUDAGuard guard(params[0].device());
+  DeviceGuard guard(params[0].device());
   // The slot table and the prefix go to the device in one (pinned, asynchronous) copy.
   const size_t slot_bytes = p.slots.size() * sizeof(OptimSlot), prefix_bytes = p.prefix.size() * sizeof(int64_t);
   at::Tensor host = at::empty({int64_t(slot_bytes + prefix_bytes)}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));

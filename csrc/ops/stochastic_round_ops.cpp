@@ -9,8 +9,9 @@
 #include "kernels/stochastic_round.h"
 
 #ifdef LARGEOUT_WITH_CUDA
-#include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+
+#include "ops/device_guard.h"
 
 #include "kernels/cuda/stochastic_round_cuda.h"
 #endif
@@ -69,7 +70,7 @@ at::Tensor fp8_to_bf16_cpu(const at::Tensor& x_in) {
 #ifdef LARGEOUT_WITH_CUDA
 at::Tensor fp8_to_bf16_cuda(const at::Tensor& x_in) {
   const at::Tensor x = check_fp8(x_in);
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const cudaError_t e = cuda::fp8_to_bf16(x.scalar_type() == at::kFloat8_e4m3fn,
                                           static_cast<const uint8_t*>(x.const_data_ptr()),
@@ -82,7 +83,7 @@ at::Tensor fp8_to_bf16_cuda(const at::Tensor& x_in) {
 at::Tensor sr_cuda(const at::Tensor& x_in, at::ScalarType dtype, int64_t seed, int64_t offset) {
   const SrFormat f = to_format(dtype);
   const at::Tensor x = check_input(x_in);
-  c10::cuda::CUDAGuard guard(x.device());
+  DeviceGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(dtype));
   const cudaError_t e = cuda::stochastic_round(f, x.const_data_ptr<float>(), out.mutable_data_ptr(), x.numel(),
                                                uint64_t(seed), uint64_t(offset), c10::cuda::getCurrentCUDAStream());
