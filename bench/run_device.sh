@@ -20,8 +20,8 @@
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
-#     adopt  build, the Hopper / optimizer / fp8 tests, the odd-L step with and without padded dY,
-#            the optimizer benchmark (everything tarred into adopt.tgz)
+#     bulk   build, the tests of the forward's bulk-row epilogue (odd L; opt-in), the forward and
+#            the training step at odd L with and without it, the whole suite (tarred into bulk.tgz)
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -121,19 +121,19 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   exit 0
 fi
 
-if [ "$MODE" = adopt ]; then  # session 8: the adopted defaults (padded dY, dW split-batch, fp8 upcast), tests and timings
-  echo "== tests: Hopper kernels (all, incl. odd L at L=670,091 with and without padded dY)"
-  run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
-  echo "== tests: optimizers, fp8 upcast"
-  run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
-  for pad in 0 1; do
-    echo "== odd L, LARGEOUT_PAD_DY=$pad (autograd step: fwd + backward)"
-    LARGEOUT_PAD_DY=$pad timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/pad_dy_$pad.json" > "$OUT/pad_dy_$pad.log" 2>&1
-    tail -8 "$OUT/pad_dy_$pad.log"
+if [ "$MODE" = bulk ]; then  # session 8's opt-in forward epilogue for odd L: tests, then timed on and off
+  echo "== tests: forward by bulk row copies (LARGEOUT_SM90_FWD_BULK=1)"
+  run_tests gpu_tests_bulk.log tests/test_group_sparse_sm90.py -k "bulk"
+  for bulk in 0 1; do
+    echo "== forward at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
+    LARGEOUT_SM90_FWD_BULK=$bulk timeout 150 python3 bench/bench_group_sparse.py --B 512 --K 64,128 --G 16,32,64,128 \
+      --L 670091,2812281 --out "$OUT/fwd_bulk_$bulk.json" 2>&1 | grep " fwd " | tail -16
+    echo "== training step at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
+    LARGEOUT_SM90_FWD_BULK=$bulk timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/step_bulk_$bulk.json" 2>&1 | tail -6
   done
-  echo "== fused optimizer step"
-  timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tail -10
-  (cd "$OUT" && tar czf adopt.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  echo "== tests: whole suite"
+  run_tests gpu_tests.log $TESTS
+  (cd "$OUT" && tar czf bulk.tgz --remove-files *.json *.log 2>/dev/null; ls)
   exit 0
 fi
 
