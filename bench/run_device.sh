@@ -131,6 +131,13 @@ if [ "$MODE" = bulk ]; then  # session 8's opt-in forward epilogue for odd L: te
     echo "== training step at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
     LARGEOUT_SM90_FWD_BULK=$bulk timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/step_bulk_$bulk.json" 2>&1 | tail -6
   done
+  echo "== compute-sanitizer memcheck on the bulk-row epilogue"
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
+    -q -p no:cacheprovider -k "forward_bulk_rows and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 > "$OUT/memcheck_bulk.log"
+  echo "memcheck rc=${PIPESTATUS[0]}"; tail -3 "$OUT/memcheck_bulk.log"
+  echo "== even L (TMA stores) after the change: compare with group_sparse_h200.json"
+  timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 64,128 --G 16,32,64 --L 670208 \
+    --out "$OUT/fwd_even.json" 2>&1 | grep " fwd " | tail -6
   echo "== tests: whole suite"
   run_tests gpu_tests.log $TESTS
   (cd "$OUT" && tar czf bulk.tgz --remove-files *.json *.log 2>/dev/null; ls)

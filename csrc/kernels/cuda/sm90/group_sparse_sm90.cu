@@ -379,8 +379,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       // middle is one bulk copy (issued by lane i for row i); the at most 7 labels before
       // and after that middle are plain stores (lane 16 + i).
       const int rl = lane & 15, rrow = 16 * warp + rl;  // the row this lane stores
-      T* yr = y + (int64_t(b0) + rrow) * L + l0;
-      const uint32_t shift = uint32_t(reinterpret_cast<uintptr_t>(yr)) & 15u;
+      const int64_t e0 = (int64_t(b0) + rrow) * L + l0;  // its first element (rows past B: not stored)
+      const uint32_t shift = uint32_t(reinterpret_cast<uintptr_t>(y) + uintptr_t(e0) * sizeof(T)) & 15u;
       const uint32_t head = min(shift == 0 ? 0u : (16u - shift) / 2u, uint32_t(nl));  // labels before the middle
       const uint32_t mid = (uint32_t(nl) - head) * 2u & ~15u;                          // bytes of the middle
       if (lane < 16) bulk_wait_read0();  // this lane's previous row copy has read its staging row
@@ -409,6 +409,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       fence_proxy_async();  // the staged rows, visible to the bulk copies
       __syncwarp();
       if (b0 + rrow < B) {
+        T* yr = y + e0;
         const uint8_t* src = my_stg + rrow * C::kStageRow + shift;  // label 0 of the row
         if (lane < 16) {
           if (mid > 0) {
