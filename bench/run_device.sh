@@ -21,7 +21,8 @@
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
 #     bulk   build, the tests of the forward's bulk-row epilogue (odd L; opt-in), the forward and
-#            the training step at odd L with and without it, the whole suite (tarred into bulk.tgz)
+#            the training step at odd L with and without it, the banked index order's test and
+#            timing (bench_index_order.py), the whole suite (tarred into bulk.tgz)
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -134,6 +135,9 @@ if [ "$MODE" = bulk ]; then  # session 8's opt-in forward epilogue for odd L: te
     echo "== training step at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
     LARGEOUT_SM90_FWD_BULK=$bulk timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/step_bulk_$bulk.json" 2>&1 | tail -6
   done
+  echo "== index order: ascending against banked (same sets), every pass"
+  run_tests gpu_tests_banked.log tests/test_group_sparse_sm90.py -k banked
+  timeout 150 python3 bench/bench_index_order.py --out "$OUT/index_order.json" 2>&1 | tail -4
   echo "== compute-sanitizer memcheck on the bulk-row epilogue"
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "forward_bulk_rows and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 > "$OUT/memcheck_bulk.log"

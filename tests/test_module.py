@@ -380,3 +380,44 @@ def test_linear_fp8_recipe_checked(monkeypatch):
     monkeypatch.setenv("LARGEOUT_FP8_GEMM", "fastest")
     with pytest.raises(ValueError, match="LARGEOUT_FP8_GEMM must be one of"):
         layer(x)
+
+
+def test_banked_index_order():
+    # The same sets as the sorted order (same generator state), arranged so that runs of 8
+    # slots hold distinct residues mod 8 far more often than sorted sets do.
+    a = random_group_indices(2000, 768, 128, generator=torch.Generator().manual_seed(1))
+    b = random_group_indices(2000, 768, 128, generator=torch.Generator().manual_seed(1), order="banked")
+    assert torch.equal(a, b.sort(dim=1).values)
+
+    def mean_distinct_residues(t):
+        runs = (t % 8).view(-1, 8).sort(dim=1).values
+        return float((1 + (runs[:, 1:] != runs[:, :-1]).sum(1)).double().mean())
+
+    assert mean_distinct_residues(a) < 6.0 < 7.0 < mean_distinct_residues(b)
+    # all 128 inputs chosen (16 of each residue): exactly one of each residue per run
+    c = random_group_indices(50, 128, 128, generator=torch.Generator().manual_seed(2), order="banked")
+    assert torch.equal((c % 8).view(-1, 8).sort(dim=1).values, torch.arange(8).expand(50 * 16, 8).to(torch.int32))
+
+
+def test_banked_order_computes_the_same_layer():
+    # A layer whose indices are permuted within each group, with its weight columns permuted
+    # the same way, computes the same y; GroupSparseLinear(index_order="banked") uses that order.
+    gen = torch.Generator().manual_seed(3)
+    layer = GroupSparseLinear(256, 300, fan_in=64, group_size=32, generator=gen, index_order="banked")
+    idx = layer.indices
+    assert not bool((idx[:, 1:] > idx[:, :-1]).all())
+    order = idx.argsort(dim=1)
+    srt = idx.gather(1, order)
+    rows = torch.arange(300) // 32
+    w_sorted = layer.weight.detach().gather(1, order[rows])
+    x = torch.randn(5, 256, generator=gen)
+    y = layer(x)
+    y_sorted = ref.group_sparse_linear(x, w_sorted, srt, layer.bias.detach(), 32)
+    assert rel_err(y, y_sorted) < 1e-5
+
+
+def test_index_order_errors():
+    with pytest.raises(ValueError, match='order must be "sorted" or "banked"; got \'random\''):
+        random_group_indices(4, 64, 16, order="random")
+    with pytest.raises(ValueError, match="multiple of 8; got fan_in = 12"):
+        random_group_indices(4, 64, 12, order="banked")

@@ -20,17 +20,36 @@ def random_group_indices(
     *,
     generator: Optional[torch.Generator] = None,
     device=None,
+    order: str = "sorted",
 ) -> torch.Tensor:
     """``[num_groups, fan_in]`` int32: for each group, ``fan_in`` distinct inputs
-    drawn uniformly from ``[0, in_features)``, sorted ascending."""
+    drawn uniformly from ``[0, in_features)``.
+
+    ``order`` arranges each group's inputs (the set drawn is the same for a given
+    generator state): ``"sorted"`` ascending; ``"banked"`` so that every run of 8
+    consecutive slots holds inputs of distinct residues mod 8 as far as the group's
+    residue counts allow (the inputs sorted by residue, then dealt out round-robin;
+    ``fan_in`` a multiple of 8). The Hopper kernels read 8 consecutive slots' input rows
+    or accumulator rows at once from shared memory, whose bank depends on the input
+    mod 8: ``"banked"`` spreads each such read over the banks."""
     if fan_in > in_features:
         raise ValueError(f"fan_in = {fan_in} cannot exceed in_features = {in_features}")
+    if order not in ("sorted", "banked"):
+        raise ValueError(f'order must be "sorted" or "banked"; got {order!r}')
+    if order == "banked" and fan_in % 8:
+        raise ValueError(f'order = "banked" needs fan_in to be a multiple of 8; got fan_in = {fan_in}')
     out = torch.empty(num_groups, fan_in, dtype=torch.int32)
     step = max(1, _SAMPLE_ELEMS // max(in_features, 1))
     for g0 in range(0, num_groups, step):
         g1 = min(num_groups, g0 + step)
         keys = torch.rand(g1 - g0, in_features, generator=generator)
-        out[g0:g1] = keys.topk(fan_in, dim=1).indices.sort(dim=1).values.to(torch.int32)
+        chosen = keys.topk(fan_in, dim=1).indices.sort(dim=1).values
+        if order == "banked":
+            # residue-major (ascending within a residue), then slot 8 q + i takes element
+            # q + (fan_in / 8) i: with 8 residues of fan_in / 8 inputs each, one of each per run
+            by_residue = chosen.gather(1, ((chosen % 8) * in_features + chosen).argsort(dim=1))
+            chosen = by_residue.view(-1, 8, fan_in // 8).transpose(1, 2).reshape(-1, fan_in)
+        out[g0:g1] = chosen.to(torch.int32)
     return out.to(device) if device is not None else out
 
 
@@ -53,7 +72,7 @@ class GroupSparseLinear(nn.Module):
     Labels are split into groups of ``group_size``; each label has ``fan_in``
     weights, and all labels of a group read the same ``fan_in`` input features
     (the buffer ``indices``, ``[ceil(out_features / group_size), fan_in]`` int32,
-    unique and sorted within each group):
+    unique within each group; ascending unless ``index_order="banked"``):
 
     .. math:: y_l = b_l + \sum_k W_{l,k} \, x_{\mathrm{idx}[\lfloor l/G \rfloor, k]}
 
@@ -71,6 +90,8 @@ class GroupSparseLinear(nn.Module):
             float16, float8_e4m3fn or float8_e5m2. The layer computes in the weight's dtype
             (bf16 for fp8 weights: emulated, see :mod:`largeout.nn.lowp`), casting the
             input to it and the output back to the input's dtype.
+        index_order: ``"sorted"`` (default) or ``"banked"``, the order of each group's
+            initial indices (:func:`random_group_indices`); the same function either way.
     """
 
     def __init__(
@@ -84,6 +105,7 @@ class GroupSparseLinear(nn.Module):
         dtype=None,
         generator: Optional[torch.Generator] = None,
         weight_dtype: Optional[torch.dtype] = None,
+        index_order: str = "sorted",
     ) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -112,7 +134,9 @@ class GroupSparseLinear(nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
-        idx = random_group_indices(self.num_groups, in_features, fan_in, generator=generator, device=device)
+        idx = random_group_indices(
+            self.num_groups, in_features, fan_in, generator=generator, device=device, order=index_order
+        )
         self.register_buffer("indices", idx)
         self.reset_parameters(generator=generator)
 
