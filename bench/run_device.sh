@@ -138,6 +138,8 @@ if [ "$MODE" = bulk ]; then  # session 8's opt-in forward epilogue for odd L: te
   echo "== index order: ascending against banked (same sets), every pass"
   run_tests gpu_tests_banked.log tests/test_group_sparse_sm90.py -k banked
   timeout 150 python3 bench/bench_index_order.py --out "$OUT/index_order.json" 2>&1 | tail -4
+  echo "== fused optimizer step (SGD's one-group kernels back on the load-all-first path)"
+  timeout 120 python3 bench/bench_optim.py --iters 10 --out "$OUT/optim.json" 2>&1 | tail -10
   echo "== compute-sanitizer memcheck on the bulk-row epilogue"
   timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "forward_bulk_rows and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 > "$OUT/memcheck_bulk.log"

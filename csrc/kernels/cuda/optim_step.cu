@@ -189,10 +189,11 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
     const OptimSlot s = slot(k);
     const int64_t first = __ldg(prefix + k);
     const int64_t glast = g0 + (kU - 1) * kOptThreads;
-    // (kU = 1 with 16-bit parameters: update_one below, which measured faster; fp32
-    // parameters: this path, 1.3-1.8x faster for AdamW fp32 on an H200, bench/NOTES.md.)
-    if ((kU > 1 || P == ElemType::kF32) && glast < __ldg(prefix + k + 1) && (glast - first) * 8 + 8 <= s.numel &&
-        slot_aligned(s)) {
+    // (kU = 1: AdamW with 16-bit parameters takes update_one below, which measured 5-7%
+    // faster; fp32 parameters and the specialized SGD kernels this path: AdamW fp32 1.3-1.8x
+    // faster, SGD momentum + Kahan 6.13 vs 6.76 ms on an H200, bench/NOTES.md.)
+    if ((kU > 1 || P == ElemType::kF32 || kBufs != Bufs::kRuntime) && glast < __ldg(prefix + k + 1) &&
+        (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
       // All kU groups whole, in this slot and aligned: the loads of all, then the updates.
       Raw8 rp[kU], rg[kU], r1[kU], r2[kU], rc[kU];
 #pragma unroll
