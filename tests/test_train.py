@@ -1,6 +1,7 @@
 """The reference trainer and the command line."""
 
 import json
+import math
 
 import numpy as np
 import scipy.sparse as sp
@@ -142,8 +143,28 @@ def test_rank_propensity_power_ranks_by_weighted_probability():
     np.testing.assert_array_equal(top, np.argsort(-ref, axis=1, kind="stable")[:, :5])
     np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.take_along_axis(z, top, 1))), rtol=1e-6)
     assert not np.array_equal(top[:, 0], np.argmax(z, axis=1))  # the weights did reorder the near-ties
-    with pytest.raises(ValueError, match="rank_propensity_power must be in \\[0, 1\\]"):
+    with pytest.raises(ValueError, match="rank_propensity_power must be in \\[-1, 1\\]"):
         load_config(None, {"rank_propensity_power": 2.0})
+    with pytest.raises(ValueError, match="rank_propensity_power must be in \\[-1, 1\\]"):
+        load_config(None, {"rank_propensity_power": -1.5})
+
+
+def test_negative_rank_power_puts_frequent_labels_first_among_near_ties(tmp_path):
+    # A negative power builds rank weights too (power * log inverse propensity, now <= 0
+    # for the rarer labels' advantage); among near-certain labels the most frequent wins.
+    cfg, summary = run(tmp_path, "neg", output="dense", epochs=1, rank_propensity_power=-0.2)
+    saved = load_file(str(tmp_path / "neg" / "checkpoints" / "best" / "model.safetensors"))
+    from largeout.train.data import load_dataset
+
+    inv_p = load_dataset(cfg).inv_propensity
+    np.testing.assert_allclose(saved["rank_log_weight"].numpy(), -0.2 * np.log(inv_p), rtol=1e-6)
+    from largeout.train.model import XMCModel
+
+    model = XMCModel(torch.nn.Identity(), torch.nn.Identity(), rank_labels=3)
+    model.rank_log_weight.copy_(torch.tensor([-0.2 * math.log(5.0), -0.2 * math.log(1.5), -0.2 * math.log(50.0)]))
+    z = torch.tensor([[16.0, 15.5, 16.2]])  # three near-certain labels; label 1 the most frequent
+    assert int(model.ranking_scores(z).argmax()) == 1
+    assert int(z.argmax()) == 2
 
 
 def test_rank_weights_are_trained_with_and_saved(tmp_path):

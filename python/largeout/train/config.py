@@ -71,7 +71,10 @@ class TrainConfig:
     pos_weight_power: float = 0.0  # positives of label l weigh inv_propensity[l] ** this in the loss
     # Labels are ranked by sigmoid(logit) * inv_propensity ** this at prediction: 0 ranks by
     # probability (best for P@k), 1 by expected propensity-scored gain (best for PSP@k,
-    # Wydmuch et al. 2021); small values mostly reorder labels of near-equal probability.
+    # Wydmuch et al. 2021); small values mostly reorder labels of near-equal probability:
+    # positive ones put the rarer first, negative ones (down to -1) the more frequent first
+    # (a hedge for P@1 where several labels are near-certain and the rarer ones are wrong
+    # more often).
     rank_propensity_power: float = 0.0
     seed: int = 0  # data splits; also the model's initialisation and shuffling unless model_seed is set
     model_seed: Optional[int] = None  # initialisation, shuffling and rounding only (members of an ensemble)
@@ -117,8 +120,8 @@ class TrainConfig:
             bad("pos_weight_power", "in [0, 2]")
         if self.model_seed is not None:
             self.model_seed = int(self.model_seed)
-        if not 0.0 <= self.rank_propensity_power <= 1.0:
-            bad("rank_propensity_power", "in [0, 1]")
+        if not -1.0 <= self.rank_propensity_power <= 1.0:
+            bad("rank_propensity_power", "in [-1, 1]")
         if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):
             bad("select_metric", "a metric name such as P@1, nDCG@5 or PSP@3")
         return self

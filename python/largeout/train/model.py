@@ -94,4 +94,4 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
         if cfg.fan_in > dim:
             raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")
         head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size, weight_dtype=wdt)
-    return XMCModel(encoder, head, num_labels if cfg.rank_propensity_power > 0 else 0)
+    return XMCModel(encoder, head, num_labels if cfg.rank_propensity_power != 0 else 0)
