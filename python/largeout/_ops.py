@@ -48,7 +48,7 @@ def _rows_for_tma(grad_out, x, weight, group_size):
     multiple of 8 and the Hopper kernels run both backward passes in their versions that
     read dY by TMA, which needs 16-byte row strides (one copy of dY instead of the slower
     kernels for unaligned rows; the ops copy it back where their kernel cannot take it).
-    Measured: the step at L=670,091, G=32 5.76 -> 4.91 ms (bench/results/pad_dy_h200.json);
+    Measured: the step at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json);
     LARGEOUT_PAD_DY=0 turns it off."""
     B, L = grad_out.shape
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or os.environ.get("LARGEOUT_PAD_DY") == "0":

@@ -141,7 +141,6 @@ __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const
   store_group<P, S>(s, i0, q);
 }
 
-
 // Which buffers the slots of a launch carry, as a template argument: SGD's kernels are
 // specialized (the compiler drops what a launch does not carry: registers, not memory
 // accesses, bounded the bytes in flight); AdamW's kernel tests the pointers at run time
