@@ -119,12 +119,19 @@ def main(argv=None) -> int:
     ap.add_argument("--elements", type=int, default=768 * 1_000_000)
     ap.add_argument("--tensors", type=int, default=4)
     ap.add_argument("--iters", type=int, default=15)
+    ap.add_argument("--cases", default="", help="only the cases whose names are in this comma-separated list")
     args = ap.parse_args(argv)
+    wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in wanted if c not in [case[0] for case in CASES]]
+    if unknown:
+        ap.error(f"--cases: unknown case names {unknown}; expected some of {[case[0] for case in CASES]}")
     dev = torch.cuda.get_device_name()
     copy = copy_bandwidth(4 << 30, args.iters)
     print(f"{dev}: copy {copy['GBps']:.0f} GB/s", flush=True)
     rows = []
     for case in CASES:
+        if wanted and case[0] not in wanted:
+            continue
         r = run_case(*case, args.elements, args.tensors, args.iters)
         r["fraction_of_copy"] = r["GBps"] / copy["GBps"]
         rows.append(r)

@@ -20,10 +20,8 @@
 #     build  build and install only
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
-#     bulk   build, the tests of the forward's bulk-row epilogue (odd L; opt-in), the forward and
-#            the training step at odd L with and without it, the banked index order's test and
-#            timing (bench_index_order.py), the optimizer, memcheck (tarred into bulk.tgz; about
-#            8 min: run `tests` for the whole suite in another call)
+#     verify build, the whole suite, the B=512 K=128 benchmark, the fused optimizer benchmark and
+#            its ncu profile, memcheck on Hopper tests (tarred into verify.tgz)
 #     probe  build, then bench/probe_fwd.py (the Hopper forward with parts switched off)
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
@@ -126,29 +124,29 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   exit 0
 fi
 
-if [ "$MODE" = bulk ]; then  # session 8's opt-in forward epilogue for odd L: tests, then timed on and off
-  echo "== tests: forward by bulk row copies (LARGEOUT_SM90_FWD_BULK=1)"
-  run_tests gpu_tests_bulk.log tests/test_group_sparse_sm90.py -k "bulk"
-  for bulk in 0 1; do
-    echo "== forward at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
-    LARGEOUT_SM90_FWD_BULK=$bulk timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
-      --L 670091,2812281 --out "$OUT/fwd_bulk_$bulk.json" 2>&1 | grep " fwd " | tail -6
-    echo "== training step at odd L, LARGEOUT_SM90_FWD_BULK=$bulk"
-    LARGEOUT_SM90_FWD_BULK=$bulk timeout 100 python3 bench/bench_pad_dy.py --out "$OUT/step_bulk_$bulk.json" 2>&1 | tail -6
-  done
-  echo "== index order: ascending against banked (same sets), every pass"
-  run_tests gpu_tests_banked.log tests/test_group_sparse_sm90.py -k banked
-  timeout 120 python3 bench/bench_index_order.py --K 128 --out "$OUT/index_order.json" 2>&1 | tail -6
-  echo "== fused optimizer step (SGD's one-group kernels back on the load-all-first path)"
+if [ "$MODE" = verify ]; then  # whole suite, the B=512 K=128 benchmark, the optimizer benchmark and its profile
+  echo "== tests: whole suite"
+  run_tests gpu_tests.log $TESTS
+  echo "== benchmark: B=512, K=128"
+  timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  echo "== benchmark: fused optimizer step"
   timeout 120 python3 bench/bench_optim.py --iters 10 --out "$OUT/optim.json" 2>&1 | tail -10
-  echo "== compute-sanitizer memcheck on the bulk-row epilogue"
-  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
-    -q -p no:cacheprovider -k "forward_bulk_rows and (B1_ or B7_ or B33_ or B3_)" 2>&1 | tail -6 > "$OUT/memcheck_bulk.log"
-  echo "memcheck rc=${PIPESTATUS[0]}"; tail -3 "$OUT/memcheck_bulk.log"
-  echo "== even L (TMA stores) after the change: compare with group_sparse_h200.json"
-  timeout 60 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64 --L 670208 \
-    --out "$OUT/fwd_even.json" 2>&1 | grep " fwd " | tail -2
-  (cd "$OUT" && tar czf bulk.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  echo "== profile: fused optimizer step (sgd bf16 SR, adamw bf16 SR)"
+  for c in "sgd bf16 SR" "adamw bf16 SR (bf16 state)"; do
+    timeout 100 ncu --clock-control none -k regex:optim_kernel --launch-skip 2 --launch-count 1 \
+      --section SpeedOfLight --section WarpStateStats --section InstructionStats --section Occupancy \
+      --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+      python3 bench/bench_optim.py --cases "$c" --iters 1 --elements 200000000 --out /tmp/ncu_optim.json \
+      > "$OUT/ncu_optim_${c%% *}.txt" 2>&1
+    echo "ncu $c rc=$?"
+  done
+  grep -E "Duration|Memory Throughput|DRAM Throughput|Registers|Achieved Occupancy|Executed Ipc|Warp Cycles Per Issued|Issued Warp|No Eligible|Stall|Executed Instructions " "$OUT"/ncu_optim_*.txt | head -60
+  echo "== compute-sanitizer memcheck: Hopper kernels (headline shapes)"
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
+    -q -p no:cacheprovider -k "ring_and_store_paths and 8191 or fresh_thread or many_units" 2>&1 | tail -4 > "$OUT/memcheck.log"
+  echo "memcheck rc=${PIPESTATUS[0]}"; cat "$OUT/memcheck.log"
+  (cd "$OUT" && tar czf verify.tgz --remove-files *.json *.log *.txt 2>/dev/null; ls)
   exit 0
 fi
 

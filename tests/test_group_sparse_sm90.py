@@ -224,7 +224,7 @@ def test_misaligned_views_are_handled(poison):
 
 @pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
-@pytest.mark.parametrize("tma_store", ["0", "1", "bulk"])
+@pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize(
     "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
 )
@@ -233,24 +233,11 @@ def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poi
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
     # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
     # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
-    # unwritten group must fail. "bulk": no TMA store, rows by bulk copies of their 16-byte
-    # aligned middles and plain stores at their ends (LARGEOUT_SM90_FWD_BULK=1), at every L.
+    # unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", "0" if tma_store == "bulk" else tma_store)
-    if tma_store == "bulk":
-        monkeypatch.setenv("LARGEOUT_SM90_FWD_BULK", "1")
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
-
-
-@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_forward_bulk_rows(shape, poison, monkeypatch):
-    # The forward's bulk-row epilogue (LARGEOUT_SM90_FWD_BULK=1; where L % 8 != 0 every row
-    # starts at a different offset mod 16 bytes: heads and tails of 0-7 labels) on every
-    # shape, B of 1 and 1000 included, element by element against float64.
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_BULK", "1")
-    B, H, L, K, G = shape
-    check_forward_elementwise(B, H, L, K, G, 140 + G + K)
 
 
 def twice_on_sm90(pass_, fn):

@@ -180,18 +180,26 @@ __global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* 
     return s;
   };
   // Each thread's groups only move forward, so its slot index does too (a short forward
-  // scan of the prefix instead of a search per group).
+  // scan of the prefix instead of a search per group). The current slot's first and end
+  // group stay in registers until the thread leaves it: the slot's own load depends on
+  // nothing loaded in the iteration.
   int k = 0;
+  int64_t first = __ldg(prefix), end = __ldg(prefix + 1);
   for (int64_t g0 = int64_t(blockIdx.x) * kTile + threadIdx.x; g0 < total_groups;
        g0 += int64_t(gridDim.x) * kTile) {
-    while (__ldg(prefix + k + 1) <= g0) ++k;  // also skips empty slots
+    if (end <= g0) {
+      do {
+        ++k;
+        end = __ldg(prefix + k + 1);
+      } while (end <= g0);  // also skips empty slots
+      first = __ldg(prefix + k);
+    }
     const OptimSlot s = slot(k);
-    const int64_t first = __ldg(prefix + k);
     const int64_t glast = g0 + (kU - 1) * kOptThreads;
     // (kU = 1: AdamW with 16-bit parameters takes update_one below, which measured 5-7%
     // faster; fp32 parameters and the specialized SGD kernels this path: AdamW fp32 1.3-1.8x
     // faster, SGD momentum + Kahan 6.13 vs 6.76 ms on an H200, bench/NOTES.md.)
-    if ((kU > 1 || P == ElemType::kF32 || kBufs != Bufs::kRuntime) && glast < __ldg(prefix + k + 1) &&
+    if ((kU > 1 || P == ElemType::kF32 || kBufs != Bufs::kRuntime) && glast < end &&
         (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
       // All kU groups whole, in this slot and aligned: the loads of all, then the updates.
       Raw8 rp[kU], rg[kU], r1[kU], r2[kU], rc[kU];

@@ -173,7 +173,7 @@ template <class T, int G, int kNk, int kProbe = 0, int kCons = 2>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
-             int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int store_mode) {
+             int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store) {
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
   constexpr int kIdxInts = C::kIdxBytes / 4;
@@ -202,7 +202,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
-    if (store_mode == 1) prefetch_tensormap(&tm_y);
+    if (tma_store) prefetch_tensormap(&tm_y);
   }
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
   for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThr) {
@@ -341,7 +341,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
 
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
-    if (store_mode == 1) {
+    if (tma_store) {
       // Epilogue by TMA (row stride L * 2 bytes a multiple of 16): + bias, round, into
       // [64 rows][64 labels] SW128 boxes, which one thread stores; the tensor's bounds clip
       // rows past B and labels past L. Split ranges are whole units, so every label
@@ -369,58 +369,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
         for (int bx = 0; bx < kU * G / 64; ++bx) tma_store_2d(&tm_y, my_stg + bx * 8192, int(l0) + 64 * bx, b0);
         bulk_commit();
-      }
-      continue;
-    }
-    if (store_mode == 2) {
-      // Epilogue by bulk row copies (rows not 16-byte aligned: L % 8 != 0; opt-in,
-      // LARGEOUT_SM90_FWD_BULK=1). Each warp stages and stores its own 16 rows. A row is
-      // staged shifted by its global address mod 16 bytes, so that its 16-byte aligned
-      // middle is one bulk copy (issued by lane i for row i); the at most 7 labels before
-      // and after that middle are plain stores (lane 16 + i).
-      const int rl = lane & 15, rrow = 16 * warp + rl;  // the row this lane stores
-      const int64_t e0 = (int64_t(b0) + rrow) * L + l0;  // its first element (rows past B: not stored)
-      const uint32_t shift = uint32_t(reinterpret_cast<uintptr_t>(y) + uintptr_t(e0) * sizeof(T)) & 15u;
-      const uint32_t head = min(shift == 0 ? 0u : (16u - shift) / 2u, uint32_t(nl));  // labels before the middle
-      const uint32_t mid = (uint32_t(nl) - head) * 2u & ~15u;                          // bytes of the middle
-      if (lane < 16) bulk_wait_read0();  // this lane's previous row copy has read its staging row
-      __syncwarp();
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int r = r0 + 8 * h;
-        // the shift of row r (held by lane r % 16 of this warp)
-        const uint32_t sh = __shfl_sync(0xffffffffu, shift, r & 15);
-        uint8_t* row = my_stg + r * C::kStageRow + sh;
-#pragma unroll
-        for (int u = 0; u < kU; ++u)
-#pragma unroll
-          for (int j = 0; j < G / 8; ++j) {
-            const int col = u * G + 8 * j + 2 * t;
-            const uint32_t v =
-                pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
-            if ((sh & 3u) == 0) {
-              *reinterpret_cast<uint32_t*>(row + col * 2) = v;
-            } else {
-              reinterpret_cast<uint16_t*>(row + col * 2)[0] = uint16_t(v & 0xffffu);
-              reinterpret_cast<uint16_t*>(row + col * 2)[1] = uint16_t(v >> 16);
-            }
-          }
-      }
-      fence_proxy_async();  // the staged rows, visible to the bulk copies
-      __syncwarp();
-      if (b0 + rrow < B) {
-        T* yr = y + e0;
-        const uint8_t* src = my_stg + rrow * C::kStageRow + shift;  // label 0 of the row
-        if (lane < 16) {
-          if (mid > 0) {
-            bulk_store(yr + head, src + head * 2, mid);
-            bulk_commit();
-          }
-        } else {
-          const T* sv = reinterpret_cast<const T*>(src);
-          for (uint32_t e = 0; e < head; ++e) yr[e] = sv[e];
-          for (uint32_t e = head + mid / 2; e < uint32_t(nl); ++e) yr[e] = sv[e];
-        }
       }
       continue;
     }
@@ -453,9 +401,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       }
     }
   }
-  // shared memory outlives the stores' reads (their issuing threads wait)
-  const bool issued = store_mode == 1 ? (threadIdx.x & 127) == 0 : store_mode == 2 && (threadIdx.x & 31) < 16;
-  if (issued) bulk_wait_read0();
+  if (tma_store && (threadIdx.x & 127) == 0) bulk_wait_read0();  // shared memory outlives the stores' reads
 }
 
 // ================================================================== dW
@@ -1346,12 +1292,11 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
       const int64_t tiles = cdiv(s.batch, C::kBM);
       const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
       const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-      // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: not
-      // by TMA); elsewhere by plain stores, or by bulk row copies with LARGEOUT_SM90_FWD_BULK=1
-      // (opt-in until run on a GPU). Mode 0 plain, 1 TMA, 2 bulk rows.
+      // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
+      // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
+      // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
       const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                              !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
-      const int store_mode = tma_store ? 1 : (env_is("LARGEOUT_SM90_FWD_BULK", "1") ? 2 : 0);
       constexpr int64_t kMaxTiles = 65535;
       for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
         const int64_t nt = std::min(kMaxTiles, tiles - t0);
@@ -1363,7 +1308,7 @@ cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, cons
           if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
         kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
             map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
-            int(s.in_features), s.out_features, int(per), int(ng), spr, store_mode);
+            int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
       }
       return cudaSuccess;
