@@ -107,7 +107,15 @@ def main() -> None:
     from shared_ffi.ops import group_ffi_mul  # the HASTE package (built from .haste)
 
     sr_note = haste_dx_rounding()
-    rows = []
+    here = os.path.dirname(__file__)
+    commit_file = os.path.join(here, "..", ".haste", "COMMIT")
+    out = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now(
+            datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
+        "haste_commit": open(commit_file).read().strip() if os.path.exists(commit_file) else None,
+        "args": vars(a), "dtype": "bf16", "statistic": "median", "haste_dx_rounding": sr_note, "rows": [],
+    }
+    rows = out["rows"]
     for K in a.K:
         for G in a.G:
             for L in a.L:
@@ -118,17 +126,9 @@ def main() -> None:
                 torch.cuda.empty_cache()
                 rows.append(row)
                 print(json.dumps({k: v for k, v in row.items() if k != "largeout_kernels"}), flush=True)
-    here = os.path.dirname(__file__)
-    commit_file = os.path.join(here, "..", ".haste", "COMMIT")
-    out = {
-        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "date": datetime.datetime.now(
-            datetime.timezone.utc).isoformat(timespec="seconds"), "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
-        "haste_commit": open(commit_file).read().strip() if os.path.exists(commit_file) else None,
-        "args": vars(a), "dtype": "bf16", "statistic": "median", "haste_dx_rounding": sr_note, "rows": rows,
-    }
-    if a.out:
-        with open(a.out, "w") as fh:
-            json.dump(out, fh, indent=1)
+                if a.out:  # after every row: a run cut short keeps what it measured
+                    with open(a.out, "w") as fh:
+                        json.dump(out, fh, indent=1)
 
 
 if __name__ == "__main__":

@@ -69,9 +69,12 @@ if [ "$MODE" = haste ]; then
   echo "== HASTE side by side"
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
     > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
-  timeout 120 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -3
-  echo "== HASTE over the grid at B=512 (the PNG's fourth series: bench/plot_group_sparse.py --haste)"
-  timeout 400 python3 bench/haste_side_by_side.py --K 64,128,256 --G 32,64,128 --L 131072,670091,2812281 --iters 20 \
+  if [ "${HASTE_HEADLINE:-1}" = 1 ]; then
+    timeout 120 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -3
+  fi
+  left=$(( T0 + ${HASTE_BUDGET:-580} - $(date +%s) ))
+  echo "== HASTE over the grid at B=512 (the PNG's fourth series: bench/plot_group_sparse.py --haste; ${left} s left)"
+  timeout $left python3 bench/haste_side_by_side.py --K 64,128,256 --G 32,64,128 --L 131072,670091,2812281 --iters 20 \
     --out "$OUT/haste_grid_h200.json" 2>&1 | tail -30
   exit 0
 fi
