@@ -18,6 +18,7 @@
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
+#     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
 #     verify build, the whole suite, the B=512 K=128 benchmark, the fused optimizer benchmark and
@@ -109,6 +110,18 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
       --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
   done
   (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  exit 0
+fi
+
+if [ "$MODE" = grid ]; then  # the issue-4 grid per batch size until GRID_BUDGET s after the start (default 500)
+  deadline=$(( T0 + ${GRID_BUDGET:-500} ))
+  for B in ${SWEEP_B:-512 1024 256 128}; do  # one file per batch size, so that a cut-off run keeps the others
+    left=$(( deadline - $(date +%s) ))
+    [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
+    echo "== grid: B=$B (${left} s left)"
+    timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
+      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
+  done
   exit 0
 fi
 
