@@ -18,6 +18,7 @@
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
+#     optim  build, the optimizer and rounding tests, bench_optim, the SASS of two optimizer kernels
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
@@ -110,6 +111,37 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
       --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
   done
   (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  exit 0
+fi
+
+if [ "$MODE" = optim ]; then  # optimizer and rounding tests, the optimizer benchmark, the SASS of two optimizer kernels
+  echo "== tests: optimizers and stochastic rounding"
+  run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
+  echo "== benchmark: fused optimizer step"
+  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
+  echo "== SASS of the bf16 SGD and AdamW kernels (cuobjdump)"
+  so=$(python3 -c "import largeout._C as c; print(c.__file__)" 2>/dev/null || ls "$(python3 -c 'import largeout,os;print(os.path.dirname(largeout.__file__))')"/*.so | head -1)
+  cuobjdump -sass "$so" > /tmp/all.sass 2>&1; echo "cuobjdump rc=$? ($so)"
+  python3 - "$OUT" <<'PY'
+import re, sys
+text = open("/tmp/all.sass").read()
+parts = re.split(r"\n\s*Function : ", text)
+for want, name in (("optim_kernelILNS_9OptimKindE0ELNS_8ElemTypeE1ELS4_1ELNS1_4BufsE0E", "sgd_bf16"),
+                   ("optim_kernelILNS_9OptimKindE1ELNS_8ElemTypeE1ELS4_1ELNS1_4BufsE4E", "adamw_bf16")):
+    hits = [p for p in parts if want in p.split("\n", 1)[0]]
+    if hits:
+        open(f"{sys.argv[1]}/sass_{name}.txt", "w").write(hits[0])
+        body = [l for l in hits[0].splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", l)]
+        ops = {}
+        for l in body:
+            m = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", l)
+            if m:
+                op = m.group(2).split(".")[0]
+                ops[op] = ops.get(op, 0) + 1
+        print(name, len(body), "instructions;", sorted(ops.items(), key=lambda kv: -kv[1])[:25])
+    else:
+        print(name, "not found")
+PY
   exit 0
 fi
 

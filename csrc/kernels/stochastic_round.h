@@ -138,13 +138,16 @@ LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool 
   if (f == SrFormat::kBFloat16) {  // s = 16 everywhere: the code is the top half of x's bits, plus one
     uint32_t xb;
     memcpy(&xb, &x, 4);
-    const uint32_t a = xb & 0x7fffffffu, sign = (xb >> 16) & 0x8000u;
+    const uint32_t a = xb & 0x7fffffffu;
     if (a >= 0x7F7F0000u) {  // largest finite and above: saturate; inf stays; NaN becomes the quiet NaN
-      return a > 0x7f800000u ? 0x7FC0u : (sign | (a == 0x7f800000u ? 0x7F80u : 0x7F7Fu));
+      return a > 0x7f800000u ? 0x7FC0u : (((xb >> 16) & 0x8000u) | (a == 0x7f800000u ? 0x7F80u : 0x7F7Fu));
     }
-    const uint32_t lo = a >> 16, rem = a & 0xffffu;
-    const bool up = nearest ? (rem > 0x8000u || (rem == 0x8000u && (lo & 1u))) : ((rnd >> 16) < rem);
-    return sign | (lo + (up ? 1u : 0u));
+    // Up exactly when the dropped half rem plus an addend carries into the kept half: with
+    // the addend 65535 - (rnd >> 16) that is (rnd >> 16) < rem (the rule above); with
+    // 0x7fff + (lowest kept bit) it is round to nearest, ties to even. Below the largest
+    // finite value the carry never reaches the exponent's all-ones or the sign.
+    const uint32_t add = nearest ? 0x7fffu + ((xb >> 16) & 1u) : (~rnd >> 16);
+    return (xb + add) >> 16;
   }
   int m, bias, min_exp, bytes;
   uint32_t max_fp32, max_code;  // largest finite value: its fp32 bits and its code in the format
