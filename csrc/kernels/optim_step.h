@@ -20,6 +20,12 @@
 #include <cuda_fp16.h>
 #endif
 
+#if defined(__CUDA_ARCH__)
+#define LARGEOUT_UNROLL _Pragma("unroll")
+#else
+#define LARGEOUT_UNROLL
+#endif
+
 namespace largeout {
 
 enum class ElemType : int32_t { kF32 = 0, kBF16 = 1, kF16 = 2, kE4M3 = 3, kE5M2 = 4 };
@@ -212,12 +218,30 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   if (has_buf1 && needs_random(h, t.state)) r1.fill(h, v, 1, t.state);
   if (K == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
   const bool near = !h.stochastic;
+  // The gradient's type is known only at run time: one switch for the group, each case
+  // decoding all 8 codes (a switch per element was an indirect branch per element).
+  float gf[n];
+  switch (t.grad) {
+#define LARGEOUT_DECODE_GRADS(T)                                 \
+  case T:                                                        \
+    LARGEOUT_UNROLL                                              \
+    for (int j = 0; j < n; ++j) gf[j] = decode_code(q.g[j], T); \
+    break;
+    LARGEOUT_DECODE_GRADS(ElemType::kF32)
+    LARGEOUT_DECODE_GRADS(ElemType::kBF16)
+    LARGEOUT_DECODE_GRADS(ElemType::kF16)
+    LARGEOUT_DECODE_GRADS(ElemType::kE4M3)
+    LARGEOUT_DECODE_GRADS(ElemType::kE5M2)
+#undef LARGEOUT_DECODE_GRADS
+    default:
+      for (int j = 0; j < n; ++j) gf[j] = 0.f;  // not a gradient type (the ops reject it first)
+  }
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int j = 0; j < n; ++j) {
     const float p = decode_code(q.p[j], t.param);
-    const float g = decode_code(q.g[j], t.grad);
+    const float g = gf[j];
     float upd;
     if constexpr (K == OptimKind::kSGD) {
       float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
