@@ -67,6 +67,17 @@ run_tests() {  # $1: log name, rest: pytest args
   echo "pytest rc=${PIPESTATUS[0]}"
 }
 
+run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one file per batch size (a cut-off run keeps the others)
+  local deadline=$1 B left; shift
+  for B in "$@"; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
+    echo "== grid: B=$B (${left} s left)"
+    timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
+      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
+  done
+}
+
 if [ "$MODE" = haste ]; then
   echo "== HASTE side by side"
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
@@ -103,13 +114,7 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
   timeout 150 python3 bench/bench_optim.py --out "$OUT/optim.json" 2>&1 | tee "$OUT/bench_optim.log" | tail -12
   echo "== probe: Hopper dW"
   timeout 60 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | tail -5
-  for B in ${SWEEP_B:-512 1024 128 256}; do  # one file per batch size, so that a cut-off run keeps the others
-    left=$(( deadline - $(date +%s) ))
-    [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
-    echo "== grid: B=$B (${left} s left)"
-    timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
-      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
-  done
+  run_grid $deadline ${SWEEP_B:-512 1024 128 256}
   (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
   exit 0
 fi
@@ -131,10 +136,10 @@ for want, name in (("optim_kernelILNS_9OptimKindE0ELNS_8ElemTypeE1ELS4_1ELNS1_4B
     hits = [p for p in parts if want in p.split("\n", 1)[0]]
     if hits:
         open(f"{sys.argv[1]}/sass_{name}.txt", "w").write(hits[0])
-        body = [l for l in hits[0].splitlines() if re.match(r"\s+/\*[0-9a-f]{4}\*/", l)]
+        body = [l for l in hits[0].splitlines() if re.match(r"\s+/\*[0-9a-f]{4,}\*/", l)]
         ops = {}
         for l in body:
-            m = re.match(r"\s+/\*[0-9a-f]{4}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", l)
+            m = re.match(r"\s+/\*[0-9a-f]{4,}\*/\s+(@!?U?P\w+\s+)?([A-Z0-9_.]+)", l)
             if m:
                 op = m.group(2).split(".")[0]
                 ops[op] = ops.get(op, 0) + 1
@@ -147,13 +152,7 @@ fi
 
 if [ "$MODE" = grid ]; then  # the issue-4 grid per batch size until GRID_BUDGET s after the start (default 500)
   deadline=$(( T0 + ${GRID_BUDGET:-500} ))
-  for B in ${SWEEP_B:-512 1024 256 128}; do  # one file per batch size, so that a cut-off run keeps the others
-    left=$(( deadline - $(date +%s) ))
-    [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
-    echo "== grid: B=$B (${left} s left)"
-    timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
-      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
-  done
+  run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
 
