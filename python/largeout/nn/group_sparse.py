@@ -92,6 +92,8 @@ class GroupSparseLinear(nn.Module):
             input to it and the output back to the input's dtype.
         index_order: ``"sorted"`` (default) or ``"banked"``, the order of each group's
             initial indices (:func:`random_group_indices`); the same function either way.
+            On an H200 "banked" made the Hopper forward 3-10% faster and left dx and dW
+            unchanged (``bench/results/index_order_h200.json``).
     """
 
     def __init__(
