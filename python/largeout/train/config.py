@@ -34,7 +34,11 @@ class TrainConfig:
     test_fraction: float = 0.2
 
     # -- model -----------------------------------------------------------------------
-    #: "tfidf" (sparse features -> EmbeddingBag MLP) or "hf:PATH" (a local transformers model)
+    #: "tfidf" (sparse features -> EmbeddingBag MLP), "hf:PATH" (a local transformers model,
+    #: fine-tuned), or "tfidf+hf:PATH" (the tfidf encoder over the sparse features with each
+    #: example's frozen, mean-pooled, L2-normalised sentence embedding from the model at PATH
+    #: appended as dense features; computed once per dataset and cached, see
+    #: largeout.train.data.text_embeddings)
     encoder: str = "tfidf"
     hidden: int = 512
     dropout: float = 0.3
@@ -89,14 +93,22 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     progress: bool = True
 
+    @property
+    def hf_path(self) -> str:
+        """The transformers model directory of an "hf:" or "tfidf+hf:" encoder ("" otherwise)."""
+        for prefix in ("hf:", "tfidf+hf:"):
+            if self.encoder.startswith(prefix):
+                return self.encoder[len(prefix):]
+        return ""
+
     def validate(self) -> "TrainConfig":
         def bad(name, expected):
             raise ValueError(f"config: {name} must be {expected}; got {getattr(self, name)!r}")
 
         if self.output not in ("dense", "group-sparse"):
             bad("output", '"dense" or "group-sparse"')
-        if not (self.encoder == "tfidf" or self.encoder.startswith("hf:")):
-            bad("encoder", '"tfidf" or "hf:PATH"')
+        if not (self.encoder == "tfidf" or (self.encoder.startswith(("hf:", "tfidf+hf:")) and self.hf_path)):
+            bad("encoder", '"tfidf", "hf:PATH" or "tfidf+hf:PATH"')
         if self.bias_init not in ("prior", "zero"):
             bad("bias_init", '"prior" or "zero"')
         if self.optimizer not in ("adamw", "sgd"):

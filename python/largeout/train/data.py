@@ -14,7 +14,7 @@ from .. import data as lodata
 from ..metrics import inverse_propensity
 from .config import TrainConfig
 
-__all__ = ["Split", "Dataset", "load_dataset", "Batch", "batches"]
+__all__ = ["Split", "Dataset", "load_dataset", "load_split", "Batch", "batches"]
 
 
 @dataclass
@@ -53,10 +53,11 @@ def _find(directory: Path, stem: str) -> Optional[Path]:
     return None
 
 
-def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optional[int]) -> Optional[Split]:
+def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optional[int],
+                need_features: bool = True) -> Optional[Split]:
     xc = _find(directory, f"{part}.txt")
     js = _find(directory, f"{part}.jsonl")
-    if need_text:
+    if need_text and not need_features:
         if js is None:
             return None
         texts, Y = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=num_labels)
@@ -64,13 +65,44 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
     if xc is None:
         return None
     X, Y = lodata.read_xc(xc)
-    return Split(Y=Y, X=X)
+    if not need_text:
+        return Split(Y=Y, X=X)
+    if js is None:
+        raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder needs both")
+    texts, Yj = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=Y.shape[1])
+    if len(texts) != Y.shape[0] or (Yj != Y).nnz:
+        raise ValueError(f"data: {js} and {xc} must hold the same examples in the same order "
+                         f"({len(texts)} vs {Y.shape[0]} rows{', different labels' if len(texts) == Y.shape[0] else ''})")
+    return Split(Y=Y, X=X, texts=texts)
+
+
+def load_split(cfg: TrainConfig, directory: Path, part: str, num_labels: Optional[int] = None) -> Optional[Split]:
+    """DIR/PART.txt and/or DIR/PART.jsonl as the config's encoder reads them (for
+    "tfidf+hf:PATH" the sparse features with the texts' sentence embeddings appended);
+    None when the files the encoder needs are absent."""
+    need_text = cfg.encoder.startswith(("hf:", "tfidf+hf:"))
+    need_features = not cfg.encoder.startswith("hf:")
+    split = _load_split(Path(directory), part, need_text, num_labels, need_features)
+    if split is not None and need_text and need_features:
+        from .trainer import resolve_device  # (the trainer imports this module)
+
+        split = _append_text_embeddings(cfg, split, resolve_device(cfg.device))
+    return split
+
+
+def _append_text_embeddings(cfg: TrainConfig, split: Split, device: torch.device) -> Split:
+    """The split with its texts' frozen sentence embeddings appended to X as dense columns."""
+    from .model import text_embeddings  # (model imports this module)
+
+    E = text_embeddings(split.texts, cfg.hf_path, cfg.max_length, device)
+    return Split(Y=split.Y, X=sp.hstack([split.X, sp.csr_matrix(E)], format="csr", dtype=np.float32))
 
 
 def load_dataset(cfg: TrainConfig) -> Dataset:
     """The train / validation / test splits the config names. The validation split
     is carved from the training data (seeded); the test split is only evaluated."""
-    need_text = cfg.encoder.startswith("hf:")
+    need_text = cfg.encoder.startswith(("hf:", "tfidf+hf:"))
+    need_features = not cfg.encoder.startswith("hf:")
     if cfg.data == "synthetic":
         if need_text:
             raise ValueError("config: the synthetic data has no text; use encoder = \"tfidf\" with data = \"synthetic\"")
@@ -85,11 +117,11 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
                 f"config: data must be \"synthetic\" or a directory from `largeout data prepare`; "
                 f"{cfg.data!r} is not a directory"
             )
-        train = _load_split(directory, "train", need_text, None)
+        train = load_split(cfg, directory, "train")
         if train is None:
-            want = "train.jsonl" if need_text else "train.txt"
+            want = "train.txt" if need_features else "train.jsonl"
             raise FileNotFoundError(f"config: data directory {directory} has no {want} (or {want}.gz)")
-        test = _load_split(directory, "test", need_text, train.Y.shape[1])
+        test = load_split(cfg, directory, "test", train.Y.shape[1])
         source = str(directory)
     num_labels = train.Y.shape[1]
     if test is not None and test.Y.shape[1] != num_labels:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
 from torch import nn
 
@@ -9,7 +14,7 @@ from ..nn import GroupSparseLinear, Linear
 from .config import TrainConfig
 from .data import Batch
 
-__all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model"]
+__all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model", "text_embeddings"]
 
 
 class TfidfEncoder(nn.Module):
@@ -57,6 +62,50 @@ class HFEncoder(nn.Module):
         return self.dropout((out * mask).sum(1) / mask.sum(1).clamp_min(1.0))
 
 
+def _embedding_cache_path(texts, path: str, max_length: int) -> Path:
+    """Where text_embeddings caches its result: $LARGEOUT_CACHE (default
+    ~/.cache/largeout)/embeddings/<key>.npy, the key a SHA-256 of the model directory's
+    files (names, sizes, modification times), max_length and the texts."""
+    h = hashlib.sha256()
+    model_dir = Path(path).resolve()
+    for f in sorted(model_dir.rglob("*")):
+        if f.is_file():
+            st = f.stat()
+            h.update(f"{f.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns};".encode())
+    h.update(f"max_length={max_length};n={len(texts)};".encode())
+    for t in texts:
+        h.update(t.encode("utf-8", "surrogatepass"))
+        h.update(b"\0")
+    root = Path(os.environ.get("LARGEOUT_CACHE") or Path.home() / ".cache" / "largeout")
+    return root / "embeddings" / f"{h.hexdigest()[:32]}.npy"
+
+
+def text_embeddings(texts, path: str, max_length: int, device: torch.device, batch_size: int = 256,
+                    cache: bool = True) -> np.ndarray:
+    """``[len(texts), hidden]`` float32: each text's mean-pooled last hidden state from the
+    transformers model in the local directory ``path`` (eval mode, no gradients),
+    L2-normalised: the frozen sentence embedding of sentence-transformers models such as
+    all-MiniLM-L6-v2. Texts go through the model sorted by length (less padding). Cached
+    on disk (see _embedding_cache_path) unless ``cache`` is false."""
+    target = _embedding_cache_path(texts, path, max_length) if cache else None
+    if target is not None and target.exists():
+        return np.load(target)
+    encoder = HFEncoder(path, max_length, 0.0).to(device).eval()
+    order = np.argsort([len(t) for t in texts], kind="stable")
+    out = np.zeros((len(texts), encoder.out_dim), dtype=np.float32)
+    with torch.inference_mode():
+        for i in range(0, len(texts), batch_size):
+            idx = order[i : i + batch_size]
+            e = encoder(Batch(targets=torch.empty(len(idx), 0), texts=[texts[j] for j in idx]))
+            out[idx] = nn.functional.normalize(e.float(), dim=1).cpu().numpy()
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + f".{os.getpid()}.tmp.npy")
+        np.save(tmp, out)
+        os.replace(tmp, target)  # atomic: a concurrent run sees the whole file or none
+    return out
+
+
 class XMCModel(nn.Module):
     """encoder -> output layer. With ``rank_labels`` set, the model carries a buffer
     ``rank_log_weight`` [L] (saved in checkpoints) that prediction adds to the log
@@ -80,12 +129,12 @@ class XMCModel(nn.Module):
 
 
 def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCModel:
-    if cfg.encoder == "tfidf":
+    if not cfg.encoder.startswith("hf:"):  # tfidf, or tfidf+hf (the embeddings are features)
         if num_features < 1:
-            raise ValueError("encoder = \"tfidf\" needs sparse features (train.txt in the XC format)")
+            raise ValueError(f"encoder = \"{cfg.encoder}\" needs sparse features (train.txt in the XC format)")
         encoder = TfidfEncoder(num_features, cfg.hidden, cfg.dropout, cfg.residual)
     else:
-        encoder = HFEncoder(cfg.encoder[3:], cfg.max_length, cfg.dropout)
+        encoder = HFEncoder(cfg.hf_path, cfg.max_length, cfg.dropout)
     dim = encoder.out_dim
     wdt = getattr(torch, cfg.head_dtype)
     if cfg.output == "dense":
