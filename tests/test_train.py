@@ -240,7 +240,7 @@ def test_cli_train_predict_eval_on_xc_files(tmp_path, capsys):
     lodata.write_xc(d / "train.txt", Xtr, Ytr)
     lodata.write_xc(d / "test.txt", Xte, Yte)
     toml = tmp_path / "cfg.toml"
-    toml.write_text(f'hidden = 128\nfan_in = 32\ngroup_size = 16\nlr = 0.01\n')
+    toml.write_text('hidden = 128\nfan_in = 32\ngroup_size = 16\nlr = 0.01\n')
     run_dir = tmp_path / "run"
     assert main(["train", "--config", str(toml), "--data", str(d), "--epochs", "3", "--out", str(run_dir),
                  "--no-progress"]) == 0

@@ -75,14 +75,12 @@ def cmd_train(args, demo: bool = False) -> int:
     print(_table(summary))
     out = Path(cfg.out)
     print(f"\ndone in {time.time() - t0:.1f} s. Outputs in {out}/:")
-    print(f"  checkpoints/best, checkpoints/last   (model.safetensors, optimizer.safetensors, config.json)")
-    print(f"  metrics.jsonl, summary.json, p_at_k.png, reliability.png")
+    print("  checkpoints/best, checkpoints/last   (model.safetensors, optimizer.safetensors, config.json)")
+    print("  metrics.jsonl, summary.json, p_at_k.png, reliability.png")
     return 0
 
 
 def cmd_predict(args) -> int:
-    import torch
-
     from .train import load_config, predict_topk
     from .train.checkpoint import load_checkpoint
     from .train.data import load_split
