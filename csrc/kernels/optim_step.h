@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 #endif
 
+// "#pragma unroll" for the device compilation only (the host compiler would warn).
 #if defined(__CUDA_ARCH__)
 #define LARGEOUT_UNROLL _Pragma("unroll")
 #else
@@ -173,9 +174,7 @@ struct GroupRandom {
     const Philox4x32 a = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset),
                                        uint32_t(h.offset >> 32), uint32_t(h.seed), uint32_t(h.seed >> 32));
     if (target == ElemType::kBF16) {
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+      LARGEOUT_UNROLL
       for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a.v[j >> 1] & 0xffff0000u) : (a.v[j >> 1] << 16);
     } else {
       const Philox4x32 b = philox4x32_10(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), uint32_t(h.offset),
@@ -236,9 +235,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     default:
       for (int j = 0; j < n; ++j) gf[j] = 0.f;  // not a gradient type (the ops reject it first)
   }
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+  LARGEOUT_UNROLL
   for (int j = 0; j < n; ++j) {
     const float p = decode_code(q.p[j], t.param);
     const float g = gf[j];
@@ -283,9 +280,7 @@ LARGEOUT_HD void optim_update_range(const OptimSlot& s, ElemType G, const OptimH
   } t;
   t.grad = G;
   OptimGroup q;
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+  LARGEOUT_UNROLL
   for (int j = 0; j < 8; ++j) {
     const bool in = j < n;
     q.p[j] = in ? load_code(s.param, t.param, i0 + j) : 0u;
@@ -295,9 +290,7 @@ LARGEOUT_HD void optim_update_range(const OptimSlot& s, ElemType G, const OptimH
     q.c[j] = in && s.comp ? load_code(s.comp, t.comp, i0 + j) : 0u;
   }
   optim_update_codes<K, P, S>(q, s, G, h, i0);
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
+  LARGEOUT_UNROLL
   for (int j = 0; j < 8; ++j) {
     if (j >= n) break;
     store_code(s.param, t.param, i0 + j, q.p[j]);
