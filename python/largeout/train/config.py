@@ -94,6 +94,16 @@ class TrainConfig:
     progress: bool = True
 
     @property
+    def reads_text(self) -> bool:
+        """Whether the encoder reads the examples' texts (train.jsonl / test.jsonl)."""
+        return self.encoder.startswith(("hf:", "tfidf+hf:"))
+
+    @property
+    def reads_features(self) -> bool:
+        """Whether the encoder reads sparse features (train.txt / test.txt, XC format)."""
+        return not self.encoder.startswith("hf:")
+
+    @property
     def hf_path(self) -> str:
         """The transformers model directory of an "hf:" or "tfidf+hf:" encoder ("" otherwise)."""
         for prefix in ("hf:", "tfidf+hf:"):

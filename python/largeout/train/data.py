@@ -80,10 +80,8 @@ def load_split(cfg: TrainConfig, directory: Path, part: str, num_labels: Optiona
     """DIR/PART.txt and/or DIR/PART.jsonl as the config's encoder reads them (for
     "tfidf+hf:PATH" the sparse features with the texts' sentence embeddings appended);
     None when the files the encoder needs are absent."""
-    need_text = cfg.encoder.startswith(("hf:", "tfidf+hf:"))
-    need_features = not cfg.encoder.startswith("hf:")
-    split = _load_split(Path(directory), part, need_text, num_labels, need_features)
-    if split is not None and need_text and need_features:
+    split = _load_split(Path(directory), part, cfg.reads_text, num_labels, cfg.reads_features)
+    if split is not None and cfg.reads_text and cfg.reads_features:
         from .trainer import resolve_device  # (the trainer imports this module)
 
         split = _append_text_embeddings(cfg, split, resolve_device(cfg.device))
@@ -101,10 +99,8 @@ def _append_text_embeddings(cfg: TrainConfig, split: Split, device: torch.device
 def load_dataset(cfg: TrainConfig) -> Dataset:
     """The train / validation / test splits the config names. The validation split
     is carved from the training data (seeded); the test split is only evaluated."""
-    need_text = cfg.encoder.startswith(("hf:", "tfidf+hf:"))
-    need_features = not cfg.encoder.startswith("hf:")
     if cfg.data == "synthetic":
-        if need_text:
+        if cfg.reads_text:
             raise ValueError("config: the synthetic data has no text; use encoder = \"tfidf\" with data = \"synthetic\"")
         X, Y = lodata.synthetic(**cfg.synthetic)
         Xtr, Ytr, Xte, Yte = lodata.train_test_split(X, Y, cfg.test_fraction, seed=cfg.seed)
@@ -119,7 +115,7 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
             )
         train = load_split(cfg, directory, "train")
         if train is None:
-            want = "train.txt" if need_features else "train.jsonl"
+            want = "train.txt" if cfg.reads_features else "train.jsonl"
             raise FileNotFoundError(f"config: data directory {directory} has no {want} (or {want}.gz)")
         test = load_split(cfg, directory, "test", train.Y.shape[1])
         source = str(directory)

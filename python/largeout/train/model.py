@@ -129,7 +129,7 @@ class XMCModel(nn.Module):
 
 
 def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCModel:
-    if not cfg.encoder.startswith("hf:"):  # tfidf, or tfidf+hf (the embeddings are features)
+    if cfg.reads_features:  # tfidf, or tfidf+hf (the embeddings are features)
         if num_features < 1:
             raise ValueError(f"encoder = \"{cfg.encoder}\" needs sparse features (train.txt in the XC format)")
         encoder = TfidfEncoder(num_features, cfg.hidden, cfg.dropout, cfg.residual)
