@@ -6,10 +6,12 @@
 Cases, one run, same shapes: the bf16 layer (bf16 weight and input, cuBLAS with the bias in
 its epilogue) at L and at L padded to a multiple of 16 (cuBLAS is much slower on an output
 leading dimension that is not 16-byte aligned; the faster of the two is the baseline), the
-e4m3 layer on FP8 tensor cores (``torch._scaled_mm``, bf16 output) in each recipe of
-``largeout.nn.fp8`` (LARGEOUT_FP8_GEMM: input scale per tensor or per row, fast
-accumulation or not), the e4m3 layer with bf16 inputs (weight upcast), and bare
-``_scaled_mm`` calls with pre-quantized operands. The forward runs under
+e4m3 layer on FP8 tensor cores (bf16 output) in its default recipe (one input scale, fast
+accumulation) through each configuration of largeout's FP8 GEMM (LARGEOUT_FP8_KERNEL=largeout:N;
+the layer's default on sm_90 is configuration 0) and through ``torch._scaled_mm``, and in each
+recipe of ``largeout.nn.fp8`` through ``_scaled_mm`` (LARGEOUT_FP8_GEMM: input scale per tensor
+or per row, fast accumulation or not), the e4m3 layer with bf16 inputs (weight upcast), and
+bare ``_scaled_mm`` / ``largeout.fp8_gemm`` calls with pre-quantized operands. The forward runs under
 ``torch.no_grad``, each call timed alone (host work exposed) and ten calls back to back
 (host work overlapped, as in a training loop), per call; the training step is the
 forward and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s =
@@ -82,9 +84,10 @@ def main(argv=None) -> int:
     def bf16(labels):
         return lambda: (Linear(H, labels, device="cuda", dtype=torch.bfloat16), lambda m, x: m(x))
 
-    def fp8(mode):
+    def fp8(mode, kernel="cublas"):
         def make():
             os.environ["LARGEOUT_FP8_GEMM"] = mode
+            os.environ["LARGEOUT_FP8_KERNEL"] = kernel
             return Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn), lambda m, x: m(x)
         return make
 
@@ -105,14 +108,29 @@ def main(argv=None) -> int:
                                                         out_dtype=torch.bfloat16, use_fast_accum=fast)
         return make
 
+    def raw_largeout(config: int):
+        def make():
+            layer = Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn)
+            w = lo_fp8.padded_weight(layer.weight)
+            q, s = lo_fp8.quantize(torch.randn(B, H, device="cuda"), rowwise=False)
+            b = torch.nn.functional.pad(layer.bias.detach(), (0, w.shape[0] - L))
+            return layer, lambda m, x: torch.ops.largeout.fp8_gemm(q, w, s, b, config)
+        return make
+
+    configs = list(torch.ops.largeout.fp8_gemm_configs())
     cases = [(f"bf16 weight, bf16 input, L = {L} (cuBLAS)", bf16(L), True),
              (f"bf16 weight, bf16 input, L padded to {Lp} (cuBLAS, aligned)", bf16(Lp), True)]
+    cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode tensor-fast, "
+               f"largeout kernel {c}: {name}{' (default)' if c == 0 else ''})", fp8("tensor-fast", f"largeout:{c}"), True)
+              for c, name in enumerate(configs)]
     cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode {m})", fp8(m), True)
               for m in ("tensor-fast", "tensor", "row", "row-fast")]
     cases += [("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True)]
     cases += [(f"bare torch._scaled_mm, pre-quantized, {'rowwise' if r else 'tensorwise'} scales"
                f"{', fast accumulation' if f else ''}", raw(r, f), False)
               for r in (True, False) for f in (False, True)]
+    cases += [(f"bare largeout fp8_gemm {c} ({name}), pre-quantized, tensorwise scale, fast accumulation",
+               raw_largeout(c), False) for c, name in enumerate(configs)]
     rows = []
     for name, make, train in cases:
         try:
@@ -128,6 +146,7 @@ def main(argv=None) -> int:
               f"back to back {r['forward_seconds_pipelined'] * 1e3:7.2f} ms{tr}, "
               f"peak {r['peak_GB']:.1f} GB", flush=True)
     os.environ.pop("LARGEOUT_FP8_GEMM", None)
+    os.environ.pop("LARGEOUT_FP8_KERNEL", None)
     # the baseline: the faster of the two bf16 layers (a user can pad L)
     bf = [r for r in rows[:2] if "forward_seconds" in r]
     base_f = min(r["forward_seconds"] for r in bf) if bf else None

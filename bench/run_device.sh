@@ -12,6 +12,8 @@
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
 #            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
+#     fp8    build, the FP8 layer/GEMM tests, bench/bench_fp8.py; NCU_OPTIM="case;case": ncu of those
+#            optimizer cases
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -65,6 +67,19 @@ run_tests() {  # $1: log name, rest: pytest args
   local log=$1; shift
   timeout 420 python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -25
   echo "pytest rc=${PIPESTATUS[0]}"
+}
+
+ncu_optim() {  # Nsight Compute profile of the optimizer kernel for each bench_optim case named
+  local c
+  for c in "$@"; do
+    timeout 100 ncu --clock-control none -k regex:optim_kernel --launch-skip 2 --launch-count 1 \
+      --section SpeedOfLight --section WarpStateStats --section InstructionStats --section Occupancy \
+      --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
+      python3 bench/bench_optim.py --cases "$c" --iters 1 --elements 200000000 --out /tmp/ncu_optim.json \
+      > "$OUT/ncu_optim_$(echo "$c" | tr -c 'a-z0-9' _).txt" 2>&1
+    echo "ncu $c rc=$?"
+  done
+  grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Executed Instructions  " "$OUT"/ncu_optim_*.txt | head -60
 }
 
 run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one file per batch size (a cut-off run keeps the others)
@@ -180,15 +195,7 @@ if [ "$MODE" = verify ]; then  # whole suite, the B=512 K=128 benchmark, the opt
   echo "== benchmark: fused optimizer step"
   timeout 120 python3 bench/bench_optim.py --iters 10 --out "$OUT/optim.json" 2>&1 | tail -10
   echo "== profile: fused optimizer step (sgd bf16 SR, adamw bf16 SR)"
-  for c in "sgd bf16 SR" "adamw bf16 SR (bf16 state)"; do
-    timeout 100 ncu --clock-control none -k regex:optim_kernel --launch-skip 2 --launch-count 1 \
-      --section SpeedOfLight --section WarpStateStats --section InstructionStats --section Occupancy \
-      --section LaunchStats --section MemoryWorkloadAnalysis --section SchedulerStats \
-      python3 bench/bench_optim.py --cases "$c" --iters 1 --elements 200000000 --out /tmp/ncu_optim.json \
-      > "$OUT/ncu_optim_${c%% *}.txt" 2>&1
-    echo "ncu $c rc=$?"
-  done
-  grep -E "Duration|Memory Throughput|DRAM Throughput|Registers|Achieved Occupancy|Executed Ipc|Warp Cycles Per Issued|Issued Warp|No Eligible|Stall|Executed Instructions " "$OUT"/ncu_optim_*.txt | head -60
+  ncu_optim "sgd bf16 SR" "adamw bf16 SR (bf16 state)"
   echo "== compute-sanitizer memcheck: Hopper kernels (headline shapes)"
   timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "ring_and_store_paths and 8191 or fresh_thread or many_units" 2>&1 | tail -4 > "$OUT/memcheck.log"
@@ -219,6 +226,19 @@ if [ "$MODE" = lowp ]; then
       echo "== profile: FP8 layer training step"
       timeout 120 python3 bench/profile_fp8.py --out "$OUT/profile_fp8.txt" > /dev/null 2>&1; echo "rc=$?"
     fi
+  fi
+  exit 0
+fi
+
+if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
+  echo "== tests: FP8 layer and GEMM"
+  run_tests gpu_tests_fp8.log tests/test_module.py -k "fp8"
+  echo "== benchmark: FP8 layer against bf16"
+  timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  if [ -n "${NCU_OPTIM:-}" ]; then
+    echo "== profile: fused optimizer step ($NCU_OPTIM)"
+    IFS=";" read -ra cs <<< "$NCU_OPTIM"
+    ncu_optim "${cs[@]}"
   fi
   exit 0
 fi

@@ -372,6 +372,109 @@ def test_linear_activation_dtype_checked():
     assert Linear(48, 4, weight_dtype=torch.float8_e4m3fn).activation_dtype == torch.float8_e4m3fn
 
 
+def _fp8_gemm_configs():
+    return list(torch.ops.largeout.fp8_gemm_configs()) if torch.cuda.is_available() else []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("M", [1, 37, 1000])
+@pytest.mark.parametrize("N, K", [(16, 16), (4112, 96), (520, 768)], ids=str)
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias):
+    """largeout's FP8 GEMM, every configuration, against float64 on fresh inputs per call
+    (the output is freshly allocated: a tile left unwritten would hold another call's values
+    or the poison of the block freed just before)."""
+    configs = _fp8_gemm_configs()
+    if not configs:
+        pytest.skip("largeout's FP8 GEMM needs an sm_90 device (and a build with the 90a target)")
+    gen = torch.Generator().manual_seed(M * 7 + N + K)
+    for config in range(len(configs)):
+        a = (4 * torch.randn(M, K, generator=gen)).to(torch.float8_e4m3fn)
+        b = (torch.randn(N, K, generator=gen) / 8).to(torch.float8_e4m3fn)
+        scale = torch.rand(1, generator=gen) + 0.25
+        bias = torch.randn(N, generator=gen).to(torch.bfloat16) if with_bias else None
+        want = scale.double() * (a.double() @ b.double().T) + (bias.double() if with_bias else 0)
+        # the caching allocator tends to hand the next [M, N] bf16 request this block back
+        torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
+        y = torch.ops.largeout.fp8_gemm(a.cuda(), b.cuda(), scale.cuda(), bias.cuda() if with_bias else None, config)
+        assert y.shape == (M, N) and y.dtype == torch.bfloat16
+        y = y.double().cpu()
+        assert torch.isfinite(y).all(), configs[config]
+        # bf16 output rounding, plus Hopper's fast fp8 accumulation (partial sums kept in
+        # fewer than fp32's bits) relative to the sum of the products' magnitudes
+        mag = scale.double() * (a.double().abs() @ b.double().abs().T)
+        bound = 2 ** -8 * want.abs() + 2 ** -12 * mag + 1e-6
+        bad = (y - want).abs() > bound
+        assert not bad.any(), f"{configs[config]}: {int(bad.sum())} of {M * N} elements off"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fp8_gemm_kernel_rejects_bad_input():
+    if not _fp8_gemm_configs():
+        pytest.skip("largeout's FP8 GEMM needs an sm_90 device (and a build with the 90a target)")
+    e4 = torch.float8_e4m3fn
+    a = torch.randn(8, 32, device="cuda").to(e4)
+    b = torch.randn(16, 32, device="cuda").to(e4)
+    s = torch.ones(1, device="cuda")
+    gemm = torch.ops.largeout.fp8_gemm
+    with pytest.raises(TypeError, match="b must be float8_e4m3fn; got BFloat16"):
+        gemm(a, b.to(torch.bfloat16), s, None)
+    with pytest.raises(RuntimeError, match=r"b must be \[N, 32\]"):
+        gemm(a, torch.randn(16, 48, device="cuda").to(e4), s, None)
+    with pytest.raises(RuntimeError, match="K .* must be a positive multiple of 16; got 24"):
+        gemm(a[:, :24].contiguous(), b[:, :24].contiguous(), s, None)
+    with pytest.raises(RuntimeError, match="N .* must be a positive multiple of 8 .* got N=12"):
+        gemm(a, b[:12], s, None)
+    with pytest.raises(RuntimeError, match="bias must be a contiguous, 16-byte aligned \\[16\\]"):
+        gemm(a, b, s, torch.zeros(15, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match="config must be -1"):
+        gemm(a, b, s, None, 99)
+    with pytest.raises(RuntimeError, match="a must be contiguous"):
+        gemm(torch.randn(32, 8, device="cuda").to(e4).t(), b, s, None)
+
+
+def test_fp8_gemm_kernel_refuses_cpu():
+    e4 = torch.float8_e4m3fn
+    with pytest.raises(RuntimeError, match="fp8_gemm: runs on CUDA sm_90 devices only"):
+        torch.ops.largeout.fp8_gemm(torch.zeros(2, 16).to(e4), torch.zeros(8, 16).to(e4), torch.ones(1), None)
+
+
+def test_fp8_kernel_choice_checked(monkeypatch):
+    from largeout.nn import fp8
+
+    cpu = torch.device("cpu")
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", "cublas")
+    assert fp8.kernel_choice(cpu) is None
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", "auto")
+    assert fp8.kernel_choice(cpu) is None  # no largeout FP8 GEMM off sm_90
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", "largeout:0")
+    with pytest.raises(ValueError, match="runs 0 largeout FP8 GEMM configurations"):
+        fp8.kernel_choice(cpu)
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", "fast")
+    with pytest.raises(ValueError, match="LARGEOUT_FP8_KERNEL must be auto, cublas or largeout:N; got 'fast'"):
+        fp8.kernel_choice(cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("kernel", ["cublas", "largeout:0", "largeout:1", "largeout:2"])
+def test_linear_fp8_kernels_agree(kernel, monkeypatch):
+    """The layer's default recipe through each FP8 GEMM: the same quantized product (within
+    the fast accumulation's rounding) at an odd label count."""
+    from largeout.nn import Linear
+
+    if kernel != "cublas" and int(kernel[9:]) >= len(_fp8_gemm_configs()):
+        pytest.skip("largeout's FP8 GEMM needs an sm_90 device (and a build with the 90a target)")
+    monkeypatch.setenv("LARGEOUT_FP8_GEMM", "tensor-fast")
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", kernel)
+    gen = torch.Generator().manual_seed(5)
+    layer = Linear(768, 3001, weight_dtype=torch.float8_e4m3fn, generator=gen).cuda()
+    x = torch.randn(300, 768, generator=gen).cuda()
+    y = layer(x).double()
+    x_hat, y64 = _fp8_reference(layer, x, rowwise=False)
+    assert y.shape == (300, 3001)
+    assert (y - y64).abs().max() <= 2 ** -7 * y64.abs().max() + 1e-6
+
+
 def test_linear_fp8_recipe_checked(monkeypatch):
     from largeout.nn import Linear
 

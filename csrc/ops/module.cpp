@@ -60,6 +60,8 @@ std::string get_kernel_policy();
 std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
                              int64_t G);
 std::vector<int64_t> cuda_launch_counts();
+// Defined in fp8_ops.cpp.
+std::vector<std::string> fp8_gemm_configs();
 }  // namespace largeout
 
 TORCH_LIBRARY(largeout, m) {
@@ -74,6 +76,9 @@ TORCH_LIBRARY(largeout, m) {
   // float8_e5m2) with Philox bits keyed by (seed, offset).
   m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");
   m.def("fp8_to_bf16(Tensor x) -> Tensor");
+  // FP8 GEMM (sm_90): bf16 scale * a @ b^T + bias, a [M, K] and b [N, K] e4m3; config -1 = default.
+  m.def("fp8_gemm(Tensor a, Tensor b, Tensor scale, Tensor? bias, int config=-1) -> Tensor");
+  m.def("fp8_gemm_configs() -> str[]", &largeout::fp8_gemm_configs);
   m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
   m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
         "Tensor(d!)[] comps, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "

@@ -6,6 +6,11 @@ float8 recipe) and multiplied by the stored e4m3 weight on FP8 tensor cores
 (``torch._scaled_mm`` with Hopper's fast accumulation, scale and bias applied in the
 epilogue, bf16 output). ``LARGEOUT_FP8_GEMM`` picks another recipe: ``tensor`` (fp32
 promotion of the accumulator), ``row`` / ``row-fast`` (one scale per input row).
+On sm_90 the default recipe runs largeout's own FP8 GEMM (``torch.ops.largeout.fp8_gemm``:
+CUTLASS wgmma kernels whose persistent scheduler walks the batch's tiles of one label tile
+together, so each weight tile is read from DRAM once; bench/bench_fp8.py times it against
+``_scaled_mm``); ``LARGEOUT_FP8_KERNEL`` = ``cublas`` takes ``_scaled_mm`` instead and
+``largeout:N`` a given kernel configuration (``torch.ops.largeout.fp8_gemm_configs()``).
 On the CPU and on GPUs without FP8 tensor cores (before sm_89) the same product is
 emulated: the e4m3 operands (exact in bf16) multiply on bf16 units with fp32
 accumulation, then the scales and the bias are applied.
@@ -34,7 +39,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "quantize", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
 ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's storage is padded to it)
@@ -61,6 +66,32 @@ def _capability(index: Optional[int]) -> Tuple[int, int]:
 _GEMM_MODES = ("tensor-fast", "tensor", "row", "row-fast")
 
 
+def kernel_choice(device: torch.device) -> Optional[int]:
+    """The configuration of largeout's FP8 GEMM that the default recipe runs on ``device``
+    (-1: its default), or None for ``torch._scaled_mm``: ``LARGEOUT_FP8_KERNEL`` = ``auto``
+    (largeout's where it runs: sm_90 in a build with the 90a target), ``cublas``, or
+    ``largeout:N``."""
+    choice = os.environ.get("LARGEOUT_FP8_KERNEL", "auto")
+    configs = _largeout_configs(device.index) if device.type == "cuda" else ()
+    if choice == "auto":
+        return -1 if configs else None
+    if choice == "cublas":
+        return None
+    if choice.startswith("largeout:") and choice[9:].isdigit():
+        n = int(choice[9:])
+        if n >= len(configs):
+            raise ValueError(f"LARGEOUT_FP8_KERNEL={choice!r}: {device} runs {len(configs)} largeout FP8 GEMM "
+                             f"configurations (torch.ops.largeout.fp8_gemm_configs(): {list(configs)})")
+        return n
+    raise ValueError(f"LARGEOUT_FP8_KERNEL must be auto, cublas or largeout:N; got {choice!r}")
+
+
+@functools.lru_cache(maxsize=None)
+def _largeout_configs(index: Optional[int]) -> Tuple[str, ...]:
+    with torch.cuda.device(index):
+        return tuple(torch.ops.largeout.fp8_gemm_configs())
+
+
 def gemm_mode() -> str:
     """The FP8 recipe in force: ``LARGEOUT_FP8_GEMM`` or ``tensor-fast``."""
     mode = os.environ.get("LARGEOUT_FP8_GEMM", "tensor-fast")
@@ -76,6 +107,10 @@ def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Option
     if not fp8_tensor_cores(q.device):  # emulated: exact bf16 operands, fp32 accumulation, bf16 result
         y = torch.mm(q.to(torch.bfloat16), w_full.to(torch.bfloat16).t()).float() * sx
         return (y + b.float() if b is not None else y).to(torch.bfloat16)
+    if mode == "tensor-fast":
+        config = kernel_choice(q.device)
+        if config is not None:
+            return torch.ops.largeout.fp8_gemm(q, w_full, sx, b, config)
     if mode.startswith("row"):
         sx, sw = sx, torch.ones(1, Lp, dtype=torch.float32, device=q.device)
     else:

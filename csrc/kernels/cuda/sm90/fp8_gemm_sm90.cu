@@ -1,0 +1,150 @@
+// Hopper FP8 GEMM of the dense fp8 layer's forward: see fp8_gemm_sm90.h. CUTLASS's
+// sm90 collectives (used as a library) instantiated for e4m3 x e4m3 -> bf16 with a scalar
+// scale from device memory and a per-column (per-label) bias.
+#include "kernels/cuda/sm90/fp8_gemm_sm90.h"
+
+#include <cute/tensor.hpp>
+#include <cutlass/cutlass.h>
+#include <cutlass/epilogue/collective/collective_builder.hpp>
+#include <cutlass/epilogue/fusion/operations.hpp>
+#include <cutlass/gemm/collective/collective_builder.hpp>
+#include <cutlass/gemm/device/gemm_universal_adapter.h>
+#include <cutlass/gemm/dispatch_policy.hpp>
+#include <cutlass/gemm/kernel/gemm_universal.hpp>
+#include <cutlass/gemm/kernel/tile_scheduler_params.h>
+
+#include <limits>
+
+namespace largeout::cuda::sm90 {
+namespace {
+
+using namespace cute;
+
+// One configuration: CTA tile (M, N, K), cluster along M, and the kernel schedule.
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
+struct Fp8Gemm {
+  using ElementA = cutlass::float_e4m3_t;
+  using ElementB = cutlass::float_e4m3_t;
+  using ElementD = cutlass::bfloat16_t;
+  using ElementBias = cutlass::bfloat16_t;
+  using LayoutA = cutlass::layout::RowMajor;     // [M, K], K contiguous
+  using LayoutB = cutlass::layout::ColumnMajor;  // [K, N] with K contiguous: the [N, K] weight
+  using LayoutD = cutlass::layout::RowMajor;     // [M, ldd]
+  static constexpr int kAlignAB = 16;            // elements per 16 bytes
+  static constexpr int kAlignD = 8;
+
+  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<ElementD, float, ElementBias, ElementD, float>;
+  using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
+      cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignD, ElementD, LayoutD, kAlignD,
+      EpilogueSchedule, Fusion>::CollectiveOp;
+  using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
+      cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, ElementA, LayoutA, kAlignAB, ElementB, LayoutB, kAlignAB,
+      float, TileShape, ClusterShape,
+      cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(sizeof(typename Epilogue::SharedStorage))>,
+      MainloopSchedule>::CollectiveOp;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+  using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
+
+  static typename Gemm::Arguments arguments(const void* a, const void* b, const float* alpha, const void* bias,
+                                            void* d, int64_t M, int64_t N, int64_t K, int64_t ldd, int sm_count) {
+    using StrideA = typename Gemm::GemmKernel::StrideA;
+    using StrideB = typename Gemm::GemmKernel::StrideB;
+    using StrideD = typename Gemm::GemmKernel::StrideD;
+    // (row stride, 1, batch stride): A [M, K] and B [N, K] packed, D's rows ldd long.
+    StrideA sa{};
+    StrideB sb{};
+    StrideD sd{};
+    get<0>(sa) = K;
+    get<0>(sb) = K;
+    get<0>(sd) = ldd;
+    cutlass::KernelHardwareInfo hw;
+    hw.device_id = 0;
+    hw.sm_count = sm_count;
+    typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
+                                  {int(M), int(N), int(K), 1},
+                                  {static_cast<const ElementA*>(a), sa, static_cast<const ElementB*>(b), sb},
+                                  {{}, nullptr, sd, static_cast<ElementD*>(d), sd},
+                                  hw};
+    auto& f = args.epilogue.thread;
+    f.alpha_ptr = alpha;
+    f.beta = 0.f;
+    f.bias_ptr = static_cast<const ElementBias*>(bias);
+    // M first: the batch's few M tiles of one label tile run together, so the weight tile
+    // comes from DRAM once and from L2 for the others.
+    args.scheduler.raster_order =
+        cutlass::gemm::kernel::detail::PersistentTileSchedulerSm90Params::RasterOrderOptions::AlongM;
+    args.scheduler.max_swizzle_size = 1;
+    return args;
+  }
+
+  static size_t workspace(int64_t M, int64_t N, int64_t K, int sm_count) {
+    auto args = arguments(nullptr, nullptr, nullptr, nullptr, nullptr, M, N, K, N, sm_count);
+    return Gemm::get_workspace_size(args);
+  }
+
+  static cudaError_t run(const void* a, const void* b, const float* alpha, const void* bias, void* d, int64_t M,
+                         int64_t N, int64_t K, int64_t ldd, void* workspace, size_t workspace_bytes, int sm_count,
+                         cudaStream_t stream) {
+    auto args = arguments(a, b, alpha, bias, d, M, N, K, ldd, sm_count);
+    if (Gemm::get_workspace_size(args) > workspace_bytes) return cudaErrorInvalidValue;
+    Gemm gemm;
+    if (gemm.can_implement(args) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+    if (gemm.initialize(args, workspace, stream) != cutlass::Status::kSuccess) return cudaErrorInvalidValue;
+    if (gemm.run(stream) != cutlass::Status::kSuccess) {
+      const cudaError_t e = cudaGetLastError();
+      return e != cudaSuccess ? e : cudaErrorLaunchFailure;
+    }
+    return cudaGetLastError();
+  }
+};
+
+using Coop = cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
+using Ping = cutlass::gemm::KernelTmaWarpSpecializedPingpongFP8FastAccum;
+using CoopEpi = cutlass::epilogue::TmaWarpSpecializedCooperative;
+using PingEpi = cutlass::epilogue::TmaWarpSpecialized;
+
+using Config0 = Fp8Gemm<Shape<_128, _256, _128>, Shape<_2, _1, _1>, Coop, CoopEpi>;
+using Config1 = Fp8Gemm<Shape<_64, _256, _128>, Shape<_2, _1, _1>, Ping, PingEpi>;
+using Config2 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Ping, PingEpi>;
+
+template <class F>
+auto with_config(int config, F&& f) {
+  switch (config) {
+    case 1: return f(Config1{});
+    case 2: return f(Config2{});
+    default: return f(Config0{});
+  }
+}
+
+}  // namespace
+
+const char* fp8_gemm_config_name(int config) {
+  switch (config) {
+    case 0: return "cooperative 128x256x128, cluster 2x1";
+    case 1: return "pingpong 64x256x128, cluster 2x1";
+    case 2: return "pingpong 128x128x128, cluster 2x1";
+  }
+  return "unknown";
+}
+
+bool fp8_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldd) {
+  constexpr int64_t kMax = std::numeric_limits<int>::max();
+  return M >= 1 && N >= 1 && K >= 16 && K % 16 == 0 && N % 8 == 0 && ldd % 8 == 0 && ldd >= N && M <= kMax &&
+         N <= kMax && K <= kMax;
+}
+
+size_t fp8_gemm_workspace_bytes(int config, int64_t M, int64_t N, int64_t K, int sm_count) {
+  return with_config(config, [&](auto c) { return decltype(c)::workspace(M, N, K, sm_count); });
+}
+
+cudaError_t fp8_gemm(int config, const void* a, const void* b, const float* alpha, const void* bias, void* d,
+                     int64_t M, int64_t N, int64_t K, int64_t ldd, void* workspace, size_t workspace_bytes,
+                     int sm_count, cudaStream_t stream) {
+  if (config < 0 || config >= kFp8GemmConfigs || !fp8_gemm_supported(M, N, K, ldd)) return cudaErrorInvalidValue;
+  return with_config(config, [&](auto c) {
+    return decltype(c)::run(a, b, alpha, bias, d, M, N, K, ldd, workspace, workspace_bytes, sm_count, stream);
+  });
+}
+
+}  // namespace largeout::cuda::sm90

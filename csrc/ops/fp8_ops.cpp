@@ -1,0 +1,113 @@
+// Torch binding of the Hopper FP8 GEMM (schema in module.cpp):
+//     fp8_gemm(a [M, K] e4m3, b [N, K] e4m3, scale fp32 [1], bias bf16 [N]?, config) -> bf16 [M, N]
+// y = bf16(scale * a @ b^T + bias). CUDA on sm_90 only, in builds with the 90a target;
+// anything else is refused with the reason (largeout.nn.fp8 asks fp8_gemm_configs() first).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#ifdef LARGEOUT_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+
+#include "ops/device_guard.h"
+
+#include "kernels/cuda/sm90/fp8_gemm_sm90.h"
+#endif
+
+namespace largeout {
+
+// Names of the kernel configurations this build and the current device run (index =
+// config); empty without the sm_90a kernels or without an sm_90 device.
+std::vector<std::string> fp8_gemm_configs() {
+  std::vector<std::string> out;
+#if defined(LARGEOUT_WITH_CUDA) && defined(LARGEOUT_WITH_SM90)
+  int device = 0, major = 0, minor = 0;
+  if (cudaGetDevice(&device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device) != cudaSuccess ||
+      cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device) != cudaSuccess) {
+    cudaGetLastError();  // no device: clear the sticky error, report none
+    return out;
+  }
+  if (major == 9 && minor == 0)
+    for (int c = 0; c < cuda::sm90::kFp8GemmConfigs; ++c) out.emplace_back(cuda::sm90::fp8_gemm_config_name(c));
+#endif
+  return out;
+}
+
+namespace {
+
+constexpr const char* kOp = "largeout.fp8_gemm";
+
+at::Tensor fp8_gemm_cpu(const at::Tensor& a, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                        int64_t) {
+  TORCH_CHECK(false, kOp, ": runs on CUDA sm_90 devices only (FP8 wgmma); got tensors on ", a.device(),
+              " (largeout.nn.Linear emulates FP8 elsewhere)");
+}
+
+#ifdef LARGEOUT_WITH_CUDA
+bool aligned16(const at::Tensor& t) { return (reinterpret_cast<uintptr_t>(t.const_data_ptr()) & 15u) == 0; }
+
+void check_operand(const char* name, const at::Tensor& t, const at::Tensor& a) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat8_e4m3fn, kOp, ": ", name, " must be float8_e4m3fn; got ",
+                   t.scalar_type());
+  TORCH_CHECK(t.dim() == 2, kOp, ": ", name, " must be 2-D; got ", t.dim(), "-D");
+  TORCH_CHECK(t.device() == a.device(), kOp, ": ", name, " must be on ", a.device(), "; got ", t.device());
+  TORCH_CHECK(t.is_contiguous() && aligned16(t), kOp, ": ", name,
+              " must be contiguous and 16-byte aligned (row-major [rows, K]); got strides ", t.strides());
+}
+
+at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale,
+                         const std::optional<at::Tensor>& bias, int64_t config) {
+  TORCH_CHECK(a.is_cuda(), kOp, ": a must be a CUDA tensor; got ", a.device());
+  check_operand("a", a, a);
+  check_operand("b", b, a);
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
+  TORCH_CHECK(b.size(1) == K, kOp, ": b must be [N, ", K, "] (a's K); got ", b.sizes());
+  TORCH_CHECK(K % 16 == 0 && K > 0, kOp, ": K (a.shape[1]) must be a positive multiple of 16; got ", K);
+  TORCH_CHECK(N % 8 == 0 && N > 0 && M > 0, kOp, ": N (b.shape[0]) must be a positive multiple of 8 and M >= 1; got N=",
+              N, ", M=", M);
+  TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, kOp, ": scale must be float32; got ", scale.scalar_type());
+  TORCH_CHECK(scale.numel() == 1 && scale.device() == a.device(), kOp, ": scale must be one value on ", a.device(),
+              "; got ", scale.numel(), " on ", scale.device());
+  if (bias) {
+    TORCH_CHECK_TYPE(bias->scalar_type() == at::kBFloat16, kOp, ": bias must be bfloat16; got ", bias->scalar_type());
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device() == a.device() && bias->is_contiguous() &&
+                    aligned16(*bias),
+                kOp, ": bias must be a contiguous, 16-byte aligned [", N, "] tensor on ", a.device(), "; got ",
+                bias->sizes(), " on ", bias->device());
+  }
+  DeviceGuard guard(a.device());
+  const std::vector<std::string> configs = fp8_gemm_configs();
+  TORCH_CHECK(!configs.empty(), kOp, ": needs an sm_90 device and a build with the 90a target (",
+              "LARGEOUT_CUDA_ARCHS); this device or build has no FP8 wgmma kernels");
+  TORCH_CHECK(config >= -1 && config < int64_t(configs.size()), kOp, ": config must be -1 (default) or in [0, ",
+              configs.size(), "); got ", config);
+  const int c = config < 0 ? 0 : int(config);
+  const at::Tensor s = scale.reshape({1}).contiguous();
+  int sms = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device().index());
+  TORCH_CHECK(e == cudaSuccess, kOp, ": cudaDeviceGetAttribute: ", cudaGetErrorString(e));
+  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kBFloat16));
+  const size_t ws_bytes = cuda::sm90::fp8_gemm_workspace_bytes(c, M, N, K, sms);
+  at::Tensor ws;
+  if (ws_bytes > 0) ws = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
+  e = cuda::sm90::fp8_gemm(c, a.const_data_ptr(), b.const_data_ptr(), s.const_data_ptr<float>(),
+                           bias ? bias->const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, N,
+                           ws_bytes > 0 ? ws.mutable_data_ptr() : nullptr, ws_bytes, sms, c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  return y;
+}
+#endif
+
+}  // namespace
+}  // namespace largeout
+
+TORCH_LIBRARY_IMPL(largeout, CPU, m) { m.impl("fp8_gemm", &largeout::fp8_gemm_cpu); }
+
+#ifdef LARGEOUT_WITH_CUDA
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) { m.impl("fp8_gemm", &largeout::fp8_gemm_cuda); }
+#endif
