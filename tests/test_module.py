@@ -372,6 +372,41 @@ def test_linear_activation_dtype_checked():
     assert Linear(48, 4, weight_dtype=torch.float8_e4m3fn).activation_dtype == torch.float8_e4m3fn
 
 
+def _torch_quantize(x, rowwise):
+    """The fp8 layer's input quantization in torch ops (its documented rule)."""
+    xf = x.float()
+    amax = xf.abs().amax(dim=1, keepdim=True) if rowwise else xf.abs().amax().reshape(1, 1)
+    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    return (xf / scale).to(torch.float8_e4m3fn), scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("rows, cols", [(1, 16), (37, 96), (1000, 768), (3, 70001)], ids=str)
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_fp8_quantize_op_matches_torch_rule(device, dtype, rows, cols, rowwise):
+    gen = torch.Generator().manual_seed(rows + cols)
+    # magnitudes over many binades (e4m3's subnormals after scaling included), a zero row
+    x = torch.randn(rows, cols, generator=gen) * torch.exp2(torch.randint(-12, 6, (rows, cols), generator=gen).float())
+    if rows > 2:
+        x[1] = 0
+    x = x.to(dtype)
+    q, s = torch.ops.largeout.fp8_quantize(x.to(device), rowwise)
+    q_ref, s_ref = _torch_quantize(x, rowwise)
+    assert q.dtype == torch.float8_e4m3fn and q.shape == (rows, cols)
+    assert s.shape == ((rows if rowwise else 1), 1) and s.dtype == torch.float32
+    assert torch.equal(s.cpu(), s_ref)
+    assert torch.equal(q.cpu().view(torch.uint8), q_ref.view(torch.uint8))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fp8_quantize_op_checks_input(device):
+    with pytest.raises(TypeError, match="fp8_quantize: x must be float32, bfloat16 or float16; got Double"):
+        torch.ops.largeout.fp8_quantize(torch.ones(2, 16, dtype=torch.float64, device=device), False)
+    with pytest.raises(RuntimeError, match="fp8_quantize: x must be 2-D"):
+        torch.ops.largeout.fp8_quantize(torch.ones(16, device=device), False)
+
+
 def _fp8_gemm_configs():
     return list(torch.ops.largeout.fp8_gemm_configs()) if torch.cuda.is_available() else []
 

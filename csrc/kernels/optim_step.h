@@ -18,6 +18,7 @@
 
 #if defined(__CUDACC__)
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #endif
 
 // "#pragma unroll" for the device compilation only (the host compiler would warn).
@@ -89,8 +90,15 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
 #else
       return decode_small_float(code, 16, 10, 15, false);
 #endif
+#if defined(__CUDA_ARCH__)
+    // Exact through fp16 (every e4m3 and e5m2 value is an fp16 value): the hardware's
+    // e4m3 -> f16 conversion (sm_89+), and e5m2's code is an fp16's top byte. NaN stays NaN.
+    case ElemType::kE4M3: return __half2float(__half(__nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(code), __NV_E4M3)));
+    case ElemType::kE5M2: return __half2float(__ushort_as_half(uint16_t(code << 8)));
+#else
     case ElemType::kE4M3: return decode_small_float(code, 8, 3, 7, true);
     case ElemType::kE5M2: return decode_small_float(code, 8, 2, 15, false);
+#endif
   }
   return 0.f;
 }

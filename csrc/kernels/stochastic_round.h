@@ -177,15 +177,13 @@ LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool 
   const int e = (biased ? biased : 1) - 127;
   const int s = 23 - m + (min_exp > e ? min_exp - e : 0);
   const uint32_t lo = s < 32 ? (M >> s) : 0u;
-  const uint64_t rem = s < 32 ? (M & ((1u << s) - 1u)) : M;
   bool up;
-  if (nearest) {
-    const uint64_t half = s <= 40 ? (uint64_t(1) << (s - 1)) : (uint64_t(1) << 40);
-    up = rem > half || (rem == half && (lo & 1u));
-  } else if (s <= 32) {
-    up = uint64_t(rnd) < (rem << (32 - s));
-  } else {
-    up = (s - 32 >= 24) ? (rnd == 0u && rem != 0u) : ((uint64_t(rnd) << (s - 32)) < rem);
+  if (s < 32) {  // the common case, in 32-bit arithmetic: rem < 2^s, so rem * 2^(32 - s) < 2^32
+    const uint32_t rem = M & ((1u << s) - 1u);
+    const uint32_t half = 1u << (s - 1);
+    up = nearest ? (rem > half || (rem == half && (lo & 1u))) : rnd < (rem << (32 - s));
+  } else {  // deep in the subnormal range: lo = 0 and rem = M < 2^24 <= 2^(s - 1), never up to nearest
+    up = !nearest && (s == 32 ? rnd < M : (s - 32 >= 24) ? (rnd == 0u && M != 0u) : ((uint64_t(rnd) << (s - 32)) < M));
   }
   const uint32_t units = lo + (up ? 1u : 0u);
   if (e < min_exp) return sign | units;  // subnormal grid (units == 2^m is the smallest normal)

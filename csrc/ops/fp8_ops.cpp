@@ -1,12 +1,17 @@
-// Torch binding of the Hopper FP8 GEMM (schema in module.cpp):
+// Torch bindings of the fp8 layer's forward (schemas in module.cpp): the input's e4m3
+// quantization (CPU and CUDA, the same rule), and the Hopper FP8 GEMM:
 //     fp8_gemm(a [M, K] e4m3, b [N, K] e4m3, scale fp32 [1], bias bf16 [N]?, config) -> bf16 [M, N]
 // y = bf16(scale * a @ b^T + bias). CUDA on sm_90 only, in builds with the 90a target;
 // anything else is refused with the reason (largeout.nn.fp8 asks fp8_gemm_configs() first).
+#include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <cstring>
 #include <optional>
+#include <tuple>
 #include <string>
 #include <vector>
 
@@ -16,7 +21,9 @@
 #include "ops/device_guard.h"
 
 #include "kernels/cuda/sm90/fp8_gemm_sm90.h"
+#include "kernels/cuda/stochastic_round_cuda.h"
 #endif
+#include "kernels/optim_step.h"
 
 namespace largeout {
 
@@ -41,6 +48,60 @@ std::vector<std::string> fp8_gemm_configs() {
 namespace {
 
 constexpr const char* kOp = "largeout.fp8_gemm";
+constexpr const char* kQuantOp = "largeout.fp8_quantize";
+
+// q = e4m3(x / scale), scale = amax(|x|) / 448 (1 where amax is 0 or NaN) over the input
+// or per row: the rule of largeout.nn.fp8.quantize, as one op (two small kernels on CUDA
+// instead of six, and no per-op host work).
+ElemType quant_input_type(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2, kQuantOp, ": x must be 2-D [rows, cols]; got ", x.dim(), "-D");
+  switch (x.scalar_type()) {
+    case at::kFloat: return ElemType::kF32;
+    case at::kBFloat16: return ElemType::kBF16;
+    case at::kHalf: return ElemType::kF16;
+    default: break;
+  }
+  TORCH_CHECK_TYPE(false, kQuantOp, ": x must be float32, bfloat16 or float16; got ", x.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> fp8_quantize_cpu(const at::Tensor& x_in, bool rowwise) {
+  const ElemType t = quant_input_type(x_in);
+  const at::Tensor x = x_in.contiguous();
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kFloat8_e4m3fn));
+  at::Tensor scale = at::empty({rowwise ? rows : 1, 1}, x.options().dtype(at::kFloat));
+  const void* xp = x.const_data_ptr();
+  auto* qp = static_cast<uint8_t*>(q.mutable_data_ptr());
+  float* sp = scale.mutable_data_ptr<float>();
+  auto amax_of = [&](int64_t b, int64_t e) {
+    uint32_t m = 0;
+    for (int64_t i = b; i < e; ++i) {
+      const float v = decode_code(load_code(xp, t, i), t);
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      m = std::max(m, bits & 0x7fffffffu);  // NaN above inf: a NaN propagates
+    }
+    float a;
+    std::memcpy(&a, &m, 4);
+    return a > 0.f ? a / 448.f : 1.f;
+  };
+  auto codes = [&](int64_t b, int64_t e, float s) {
+    for (int64_t i = b; i < e; ++i)
+      qp[i] = uint8_t(sr_round_bits_fast(decode_code(load_code(xp, t, i), t) / s, SrFormat::kFloat8E4M3FN, 0u, true));
+  };
+  if (rowwise) {
+    at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r) {
+        sp[r] = amax_of(r * cols, (r + 1) * cols);
+        codes(r * cols, (r + 1) * cols, sp[r]);
+      }
+    });
+  } else {
+    sp[0] = amax_of(0, rows * cols);
+    at::parallel_for(0, rows * cols, 1 << 14, [&](int64_t lo, int64_t hi) { codes(lo, hi, sp[0]); });
+  }
+  return {q, scale};
+}
 
 at::Tensor fp8_gemm_cpu(const at::Tensor& a, const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
                         int64_t) {
@@ -58,6 +119,21 @@ void check_operand(const char* name, const at::Tensor& t, const at::Tensor& a) {
   TORCH_CHECK(t.device() == a.device(), kOp, ": ", name, " must be on ", a.device(), "; got ", t.device());
   TORCH_CHECK(t.is_contiguous() && aligned16(t), kOp, ": ", name,
               " must be contiguous and 16-byte aligned (row-major [rows, K]); got strides ", t.strides());
+}
+
+std::tuple<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x_in, bool rowwise) {
+  const ElemType t = quant_input_type(x_in);
+  const at::Tensor x = x_in.contiguous();
+  DeviceGuard guard(x.device());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  at::Tensor q = at::empty({rows, cols}, x.options().dtype(at::kFloat8_e4m3fn));
+  // tensorwise: the scale and the kernel's amax scratch in one allocation
+  at::Tensor buf = at::empty({rowwise ? rows : 2}, x.options().dtype(at::kFloat));
+  const cudaError_t e = cuda::fp8_quantize(t, x.const_data_ptr(), rows, cols, rowwise,
+                                           static_cast<uint8_t*>(q.mutable_data_ptr()), buf.mutable_data_ptr<float>(),
+                                           c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, kQuantOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  return {q, rowwise ? buf.reshape({rows, 1}) : buf.narrow(0, 0, 1).reshape({1, 1})};
 }
 
 at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale,
@@ -106,8 +182,14 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
 }  // namespace
 }  // namespace largeout
 
-TORCH_LIBRARY_IMPL(largeout, CPU, m) { m.impl("fp8_gemm", &largeout::fp8_gemm_cpu); }
+TORCH_LIBRARY_IMPL(largeout, CPU, m) {
+  m.impl("fp8_gemm", &largeout::fp8_gemm_cpu);
+  m.impl("fp8_quantize", &largeout::fp8_quantize_cpu);
+}
 
 #ifdef LARGEOUT_WITH_CUDA
-TORCH_LIBRARY_IMPL(largeout, CUDA, m) { m.impl("fp8_gemm", &largeout::fp8_gemm_cuda); }
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
+  m.impl("fp8_gemm", &largeout::fp8_gemm_cuda);
+  m.impl("fp8_quantize", &largeout::fp8_quantize_cuda);
+}
 #endif

@@ -79,6 +79,8 @@ TORCH_LIBRARY(largeout, m) {
   // FP8 GEMM (sm_90): bf16 scale * a @ b^T + bias, a [M, K] and b [N, K] e4m3; config -1 = default.
   m.def("fp8_gemm(Tensor a, Tensor b, Tensor scale, Tensor? bias, int config=-1) -> Tensor");
   m.def("fp8_gemm_configs() -> str[]", &largeout::fp8_gemm_configs);
+  // (e4m3 q, fp32 scale [1, 1] or [rows, 1]) with q * scale ~ x [rows, cols] (largeout.nn.fp8.quantize).
+  m.def("fp8_quantize(Tensor x, bool rowwise) -> (Tensor, Tensor)");
   m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
   m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
         "Tensor(d!)[] comps, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "

@@ -36,6 +36,12 @@ def _fp8_gemm_fake(a, b, scale, bias, config=-1):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
 
 
+@torch.library.register_fake("largeout::fp8_quantize")
+def _fp8_quantize_fake(x, rowwise):
+    return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
+            x.new_empty((x.shape[0] if rowwise else 1, 1), dtype=torch.float32))
+
+
 @torch.library.register_fake("largeout::stochastic_round")
 def _sr_fake(x, dtype, seed, offset):
     return x.new_empty(x.shape, dtype=dtype)

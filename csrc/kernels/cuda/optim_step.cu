@@ -151,7 +151,7 @@ enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
 // resident threads per SM, what the H200's bandwidth-latency product asks for) where that
 // fits in 128 registers without spills. The gradient is taken as bf16-sized below fp32
 // parameters.
-template <OptimKind K, ElemType P, ElemType S, Bufs kBufs>
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks>
 constexpr int groups_per_thread() {
   if constexpr (kBufs == Bufs::kRuntime) {
     return 1;
@@ -160,17 +160,19 @@ constexpr int groups_per_thread() {
     constexpr bool comp = kBufs == Bufs::kComp || kBufs == Bufs::kBoth;
     constexpr int load_bytes = elem_bytes(P) + (P == ElemType::kF32 ? 4 : 2) + (b1 ? elem_bytes(S) : 0) +
                                (comp ? elem_bytes(comp_type(P)) : 0);
-    return load_bytes <= 4 ? 4 : load_bytes <= 6 ? 2 : 1;
+    constexpr int u = load_bytes <= 4 ? 4 : load_bytes <= 6 ? 2 : 1;
+    // the same bytes in flight per SM with more resident blocks
+    return u * 2 / kBlocks > 0 ? u * 2 / kBlocks : 1;
   }
 }
 
 // A block iteration covers kU * 256 consecutive groups of the launch; thread t takes
 // groups t, t + 256, ... of it (coalesced).
-template <OptimKind K, ElemType P, ElemType S, Bufs kBufs>
-__global__ void __launch_bounds__(kOptThreads, 2) optim_kernel(const OptimSlot* __restrict__ slots,
-                                                             const int64_t* __restrict__ prefix, int64_t total_groups,
-                                                             ElemType G, OptimHyper h) {
-  constexpr int kU = groups_per_thread<K, P, S, kBufs>();
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks>
+__global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const OptimSlot* __restrict__ slots,
+                                                                   const int64_t* __restrict__ prefix,
+                                                                   int64_t total_groups, ElemType G, OptimHyper h) {
+  constexpr int kU = groups_per_thread<K, P, S, kBufs, kBlocks>();
   constexpr int64_t kTile = int64_t(kU) * kOptThreads;
   auto slot = [&](int k) {  // slot k with the pointers the launch does not carry known null
     OptimSlot s = slots[k];
@@ -236,7 +238,14 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   if (e != cudaSuccess) return e;
   const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
     auto pick = [&]<Bufs kBufs>() {
-      return std::make_pair(optim_kernel<K, P, S, kBufs>, groups_per_thread<K, P, S, kBufs>());
+      // (measurement switch, temporary: LARGEOUT_OPTIM_BLOCKS=3 or 4 asks for that many resident blocks per SM)
+      static const int blocks = [] {
+        const char* e = std::getenv("LARGEOUT_OPTIM_BLOCKS");
+        return e == nullptr ? 2 : std::atoi(e);
+      }();
+      if (blocks == 4) return std::make_pair(optim_kernel<K, P, S, kBufs, 4>, groups_per_thread<K, P, S, kBufs, 4>());
+      if (blocks == 3) return std::make_pair(optim_kernel<K, P, S, kBufs, 3>, groups_per_thread<K, P, S, kBufs, 3>());
+      return std::make_pair(optim_kernel<K, P, S, kBufs, 2>, groups_per_thread<K, P, S, kBufs, 2>());
     };
     std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper), int> kernel_u;
     if constexpr (K == OptimKind::kSGD) {

@@ -36,7 +36,89 @@ __global__ void fp8_to_bf16_kernel(bool e4m3fn, bool vec, const uint8_t* __restr
     out[i] = fp8_to_bf16_bits(in[i], e4m3fn);
 }
 
+// fp8 quantization (see the header). |x| as fp32 bits: non-negative floats order as unsigned
+// integers, NaN above inf, so the maximum of the bits is the amax and a NaN propagates.
+__device__ __forceinline__ uint32_t abs_bits(ElemType t, const void* x, int64_t i) {
+  return __float_as_uint(decode_code(load_code(x, t, i), t)) & 0x7fffffffu;
+}
+
+__device__ __forceinline__ uint32_t block_max(uint32_t v) {
+  __shared__ uint32_t warp_max[32];
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  if ((threadIdx.x & 31) == 0) warp_max[threadIdx.x >> 5] = v;
+  __syncthreads();
+  v = threadIdx.x < (blockDim.x >> 5) ? warp_max[threadIdx.x] : 0u;
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;  // in warp 0
+}
+
+__device__ __forceinline__ float quant_scale(uint32_t amax_bits) {
+  const float amax = __uint_as_float(amax_bits);
+  return amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;  // (NaN > 0 is false, as torch.where in fp8.quantize)
+}
+
+__device__ __forceinline__ uint8_t quant_code(ElemType t, const void* x, int64_t i, float scale) {
+  return uint8_t(sr_round_bits_fast(__fdiv_rn(decode_code(load_code(x, t, i), t), scale), SrFormat::kFloat8E4M3FN,
+                                    0u, true));
+}
+
+__global__ void amax_kernel(ElemType t, const void* __restrict__ x, int64_t n, uint32_t* __restrict__ amax) {
+  uint32_t m = 0;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    m = max(m, abs_bits(t, x, i));
+  m = block_max(m);
+  if (threadIdx.x == 0) atomicMax(amax, m);
+}
+
+__global__ void quantize_tensor_kernel(ElemType t, const void* __restrict__ x, int64_t n,
+                                       const uint32_t* __restrict__ amax, float* __restrict__ scale_out,
+                                       uint8_t* __restrict__ q) {
+  const float scale = quant_scale(*amax);
+  if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
+    q[i] = quant_code(t, x, i, scale);
+}
+
+// One block per row: its amax, then its codes.
+__global__ void quantize_rows_kernel(ElemType t, const void* __restrict__ x, int64_t cols, float* __restrict__ scale,
+                                     uint8_t* __restrict__ q) {
+  __shared__ float row_scale;
+  const int64_t base = int64_t(blockIdx.x) * cols;
+  uint32_t m = 0;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = max(m, abs_bits(t, x, base + c));
+  m = block_max(m);
+  if (threadIdx.x == 0) {
+    row_scale = quant_scale(m);
+    scale[blockIdx.x] = row_scale;
+  }
+  __syncthreads();
+  const float s = row_scale;
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[base + c] = quant_code(t, x, base + c, s);
+}
+
 }  // namespace
+
+cudaError_t fp8_quantize(ElemType t, const void* x, int64_t rows, int64_t cols, bool rowwise, uint8_t* q,
+                         float* scale, cudaStream_t stream) {
+  if (rows == 0 || cols == 0) return cudaSuccess;
+  if (rowwise) {
+    if (rows > 0x7fffffff) return cudaErrorInvalidValue;
+    quantize_rows_kernel<<<unsigned(rows), 256, 0, stream>>>(t, x, cols, scale, q);
+    return cudaGetLastError();
+  }
+  const int64_t n = rows * cols;
+  const unsigned blocks = unsigned((n + 255) / 256 < 1024 ? (n + 255) / 256 : 1024);
+  uint32_t* amax = reinterpret_cast<uint32_t*>(scale + 1);
+  cudaError_t e = cudaMemsetAsync(amax, 0, sizeof(uint32_t), stream);
+  if (e != cudaSuccess) return e;
+  amax_kernel<<<blocks, 256, 0, stream>>>(t, x, n, amax);
+  e = cudaGetLastError();
+  if (e != cudaSuccess) return e;
+  quantize_tensor_kernel<<<blocks, 256, 0, stream>>>(t, x, n, amax, scale, q);
+  return cudaGetLastError();
+}
 
 cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
