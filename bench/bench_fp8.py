@@ -14,8 +14,9 @@ or per row, fast accumulation or not), the e4m3 layer with bf16 inputs (weight u
 bare ``_scaled_mm`` / ``largeout.fp8_gemm`` calls with pre-quantized operands. The forward runs under
 ``torch.no_grad``, each call timed alone (host work exposed) and ten calls back to back
 (host work overlapped, as in a training loop), per call; the training step is the
-forward and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; TFLOP/s =
-2 B H L / time; peak memory per case.
+forward and ``y.backward(dy)`` with a fixed bf16 ``dy``. CUDA-event medians; the cases run
+in --rounds passes (forward: the median over passes; training step: the first pass);
+TFLOP/s = 2 B H L / time; peak memory per case.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 
@@ -75,6 +77,7 @@ def main(argv=None) -> int:
     ap.add_argument("--H", type=int, default=768)
     ap.add_argument("--L", type=int, default=2_812_281)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--rounds", type=int, default=3, help="passes over all cases (forward: median over them)")
     args = ap.parse_args(argv)
     B, H, L = args.B, args.H, args.L
     dev = torch.cuda.get_device_name()
@@ -131,12 +134,29 @@ def main(argv=None) -> int:
               for r in (True, False) for f in (False, True)]
     cases += [(f"bare largeout fp8_gemm {c} ({name}), pre-quantized, tensorwise scale, fast accumulation",
                raw_largeout(c), False) for c, name in enumerate(configs)]
+    # Rounds: every case once per round, so that a drift of the GPU's clocks over the run
+    # (measured up to ~5% between cases run minutes apart) spreads over all cases; each
+    # forward figure is the median over rounds (the training step is timed in round 0).
+    per_round = {name: [] for name, _, _ in cases}
+    for rnd in range(args.rounds):
+        for name, make, train in cases:
+            try:
+                r = measure(name, make, B, H, L, args.iters, train and rnd == 0)
+            except Exception as e:  # noqa: BLE001  (recorded, e.g. a cuBLAS limit)
+                r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            per_round[name].append(r)
+        print(f"(round {rnd + 1} of {args.rounds} done)", flush=True)
     rows = []
-    for name, make, train in cases:
-        try:
-            r = measure(name, make, B, H, L, args.iters, train)
-        except Exception as e:  # noqa: BLE001  (recorded, e.g. a cuBLAS limit)
-            r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+    for name, _, _ in cases:
+        rs = per_round[name]
+        r = dict(rs[0])
+        if "error" not in r and all("forward_seconds" in x for x in rs):
+            for key in ("forward_seconds", "forward_seconds_pipelined"):
+                r[key + "_rounds"] = [x[key] for x in rs]
+                r[key] = statistics.median(r[key + "_rounds"])
+            flops = 2 * B * H * L
+            r["forward_TFLOPs"] = flops / r["forward_seconds"] / 1e12
+            r["forward_TFLOPs_pipelined"] = flops / r["forward_seconds_pipelined"] / 1e12
         rows.append(r)
         if "error" in r:
             print(f"{name}: {r['error']}", flush=True)

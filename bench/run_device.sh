@@ -12,9 +12,9 @@
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
 #            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
-#     fp8    build, the FP8 layer/GEMM tests, bench/bench_fp8.py; OPTIM_VARIANTS="2 4": the optimizer
-#            tests and bench_optim per LARGEOUT_OPTIM_BLOCKS value; NCU_OPTIM="case;case": ncu of those
-#            optimizer cases
+#     fp8    build, the FP8 layer/GEMM tests (TESTS_ALL=1: the whole suite; MEMCHECK_FP8=1: memcheck on
+#            the FP8 GEMM and quantization tests), bench/bench_fp8.py; OPTIM_BENCH=1: the optimizer tests
+#            and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -232,18 +232,26 @@ if [ "$MODE" = lowp ]; then
 fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
-  echo "== tests: FP8 layer and GEMM"
-  run_tests gpu_tests_fp8.log tests/test_module.py -k "fp8"
+  if [ "${TESTS_ALL:-0}" = 1 ]; then
+    echo "== tests: the whole suite"
+    run_tests gpu_tests.log tests
+  else
+    echo "== tests: FP8 layer and GEMM"
+    run_tests gpu_tests_fp8.log tests/test_module.py -k "fp8"
+  fi
+  if [ "${MEMCHECK_FP8:-0}" = 1 ]; then
+    echo "== compute-sanitizer memcheck: FP8 GEMM and quantization"
+    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider \
+      tests/test_module.py -k "fp8_gemm_kernel_matches or fp8_quantize_op_matches" > "$OUT/memcheck_fp8.log" 2>&1
+    echo "memcheck rc=$? ($(tail -1 "$OUT/memcheck_fp8.log"))"
+  fi
   echo "== benchmark: FP8 layer against bf16"
   timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
-  if [ -n "${OPTIM_VARIANTS:-}" ]; then  # "2 3 4": bench_optim with LARGEOUT_OPTIM_BLOCKS set to each
-    echo "== tests: optimizers and stochastic rounding"
-    run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
-    for v in $OPTIM_VARIANTS; do
-      echo "== benchmark: fused optimizer step, LARGEOUT_OPTIM_BLOCKS=$v"
-      LARGEOUT_OPTIM_BLOCKS=$v timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_blocks$v.json" \
-        2>&1 | tail -11
-    done
+  if [ "${OPTIM_BENCH:-0}" = 1 ]; then
+    [ "${TESTS_ALL:-0}" = 1 ] || { echo "== tests: optimizers and stochastic rounding"
+      run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py; }
+    echo "== benchmark: fused optimizer step"
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
   fi
   if [ -n "${NCU_OPTIM:-}" ]; then
     echo "== profile: fused optimizer step ($NCU_OPTIM)"

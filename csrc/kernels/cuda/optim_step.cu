@@ -147,9 +147,16 @@ __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const
 // (specialized AdamW kernels measured slower, bench/NOTES.md).
 enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
 
-// Groups per thread and iteration: 64-128 bytes of loads in flight per thread (at 512
-// resident threads per SM, what the H200's bandwidth-latency product asks for) where that
-// fits in 128 registers without spills. The gradient is taken as bf16-sized below fp32
+// Resident blocks per SM the kernel is compiled for (its register budget: 128 per thread
+// for 2, 64 for 4). SGD without buffers: 4 (more warps to issue from; bf16 with SR 1.39 ->
+// 1.31 ms, 78% -> 83% of copy on an H200, fp8 3.76 -> 3.14 ms); with state, 2 (4 spills and
+// measured slower: momentum 3.47 -> 4.06 ms, AdamW with fp32 state 6.05 -> 7.05 ms;
+// bench/results/optim_blocks_h200.json).
+constexpr int resident_blocks(Bufs b) { return b == Bufs::kNone ? 4 : 2; }
+
+// Groups per thread and iteration: 64-128 bytes of loads in flight per thread at 512
+// resident threads per SM (what the H200's bandwidth-latency product asks for) where that
+// fits in 128 registers without spills; half as many at 1024 resident threads (4 blocks). The gradient is taken as bf16-sized below fp32
 // parameters.
 template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks>
 constexpr int groups_per_thread() {
@@ -161,8 +168,7 @@ constexpr int groups_per_thread() {
     constexpr int load_bytes = elem_bytes(P) + (P == ElemType::kF32 ? 4 : 2) + (b1 ? elem_bytes(S) : 0) +
                                (comp ? elem_bytes(comp_type(P)) : 0);
     constexpr int u = load_bytes <= 4 ? 4 : load_bytes <= 6 ? 2 : 1;
-    // the same bytes in flight per SM with more resident blocks
-    return u * 2 / kBlocks > 0 ? u * 2 / kBlocks : 1;
+    return u * 2 / kBlocks > 0 ? u * 2 / kBlocks : 1;  // the same bytes in flight per SM
   }
 }
 
@@ -238,14 +244,8 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   if (e != cudaSuccess) return e;
   const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
     auto pick = [&]<Bufs kBufs>() {
-      // (measurement switch, temporary: LARGEOUT_OPTIM_BLOCKS=3 or 4 asks for that many resident blocks per SM)
-      static const int blocks = [] {
-        const char* e = std::getenv("LARGEOUT_OPTIM_BLOCKS");
-        return e == nullptr ? 2 : std::atoi(e);
-      }();
-      if (blocks == 4) return std::make_pair(optim_kernel<K, P, S, kBufs, 4>, groups_per_thread<K, P, S, kBufs, 4>());
-      if (blocks == 3) return std::make_pair(optim_kernel<K, P, S, kBufs, 3>, groups_per_thread<K, P, S, kBufs, 3>());
-      return std::make_pair(optim_kernel<K, P, S, kBufs, 2>, groups_per_thread<K, P, S, kBufs, 2>());
+      constexpr int kBlocks = resident_blocks(kBufs);
+      return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
     };
     std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper), int> kernel_u;
     if constexpr (K == OptimKind::kSGD) {
