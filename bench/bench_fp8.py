@@ -184,6 +184,7 @@ def main(argv=None) -> int:
         if "forward_speedup_vs_bf16" in r and "e4m3 input" in r["case"]), flush=True)
     out = {"device": dev, "torch": torch.__version__, "cuda": torch.version.cuda, "largeout": largeout.build_info(),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
            "method": __doc__, "cases": rows}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

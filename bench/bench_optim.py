@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -140,6 +141,7 @@ def main(argv=None) -> int:
               f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}", flush=True)
     out = {"device": dev, "torch": torch.__version__, "largeout": largeout.build_info(),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
            "method": __doc__, "copy": copy, "cases": rows}
     with open(args.out, "w") as f:
         json.dump(out, f, indent=1)

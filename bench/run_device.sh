@@ -21,7 +21,7 @@
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
-#     optim  build, the optimizer and rounding tests, bench_optim, the SASS of two optimizer kernels
+#     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
@@ -140,7 +140,7 @@ if [ "$MODE" = optim ]; then  # optimizer and rounding tests, the optimizer benc
   run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
   echo "== benchmark: fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
-  echo "== SASS of the bf16 SGD and AdamW kernels (cuobjdump)"
+  echo "== SASS of the bf16 SGD, SGD momentum and AdamW kernels (cuobjdump)"
   so=$(python3 -c "import largeout._C as c; print(c.__file__)" 2>/dev/null || ls "$(python3 -c 'import largeout,os;print(os.path.dirname(largeout.__file__))')"/*.so | head -1)
   cuobjdump -sass "$so" > /tmp/all.sass 2>&1; echo "cuobjdump rc=$? ($so)"
   python3 - "$OUT" <<'PY'
@@ -148,6 +148,7 @@ import re, sys
 text = open("/tmp/all.sass").read()
 parts = re.split(r"\n\s*Function : ", text)
 for want, name in (("optim_kernelILNS_9OptimKindE0ELNS_8ElemTypeE1ELS4_1ELNS1_4BufsE0E", "sgd_bf16"),
+                   ("optim_kernelILNS_9OptimKindE0ELNS_8ElemTypeE1ELS4_1ELNS1_4BufsE1E", "sgd_momentum_bf16"),
                    ("optim_kernelILNS_9OptimKindE1ELNS_8ElemTypeE1ELS4_1ELNS1_4BufsE4E", "adamw_bf16")):
     hits = [p for p in parts if want in p.split("\n", 1)[0]]
     if hits:

@@ -209,6 +209,35 @@ constexpr ElemType comp_type(ElemType p) {
   return (p == ElemType::kE4M3 || p == ElemType::kE5M2) ? ElemType::kBF16 : p;
 }
 
+// The codes of 8 values in type T: stochastically rounded with the bits of r, or to
+// nearest-even (near; r unused). bf16 takes the rule of sr_round_bits_fast with its one
+// per-element test (saturation, inf, NaN: magnitudes from the largest finite value up)
+// made once for the group: below it, one add and one shift per element.
+template <ElemType T>
+LARGEOUT_HD void round_group(const float (&v)[8], uint32_t (&out)[8], const GroupRandom& r, bool near) {
+  if constexpr (T == ElemType::kBF16) {
+    uint32_t xb[8], amax = 0;
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 8; ++j) {
+      memcpy(&xb[j], &v[j], 4);
+      const uint32_t a = xb[j] & 0x7fffffffu;
+      amax = a > amax ? a : amax;
+    }
+    if (amax < 0x7F7F0000u) {
+      if (near) {
+        LARGEOUT_UNROLL
+        for (int j = 0; j < 8; ++j) out[j] = (xb[j] + 0x7fffu + ((xb[j] >> 16) & 1u)) >> 16;
+      } else {
+        LARGEOUT_UNROLL
+        for (int j = 0; j < 8; ++j) out[j] = (xb[j] + (~r.w[j] >> 16)) >> 16;
+      }
+      return;
+    }
+  }
+  LARGEOUT_UNROLL
+  for (int j = 0; j < 8; ++j) out[j] = round_code(v[j], T, r.w[j], near);
+}
+
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
 // past the slot's end are computed but never stored).
 template <OptimKind K, ElemType P, ElemType S>
@@ -243,6 +272,9 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     default:
       for (int j = 0; j < n; ++j) gf[j] = 0.f;  // not a gradient type (the ops reject it first)
   }
+  // The new values first (each from the unrounded others, as the update rule reads), then
+  // each tensor's 8 codes at once (round_group).
+  float pv[n], bv[n], vv2[n], pold[n], ykahan[n];
   LARGEOUT_UNROLL
   for (int j = 0; j < n; ++j) {
     const float p = decode_code(q.p[j], t.param);
@@ -254,7 +286,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
         const float b = h.first ? d
                                 : op_add(op_mul(h.momentum, decode_code(q.b1[j], t.state)),
                                          op_mul(op_sub(1.f, h.dampening), d));
-        q.b1[j] = round_code(b, t.state, r1.w[j], near);
+        bv[j] = b;
         d = h.nesterov ? op_add(d, op_mul(h.momentum, b)) : b;
       }
       upd = op_mul(-h.lr, d);
@@ -262,19 +294,28 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
       const float m = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
       const float vv =
           op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
-      q.b1[j] = round_code(m, t.state, r1.w[j], near);
-      q.b2[j] = round_code(vv, t.state, r2.w[j], near);
+      bv[j] = m;
+      vv2[j] = vv;
       const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
       upd = op_div(op_mul(-h.step_size, m), denom);
       if (h.weight_decay != 0.f) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
     }
+    pold[j] = p;
     if (s.comp != nullptr) {
-      const float y = op_sub(upd, decode_code(q.c[j], t.comp));
-      q.p[j] = round_code(op_add(p, y), t.param, rp.w[j], near);
-      q.c[j] = round_code(op_sub(op_sub(decode_code(q.p[j], t.param), p), y), t.comp, 0u, true);
+      ykahan[j] = op_sub(upd, decode_code(q.c[j], t.comp));
+      pv[j] = op_add(p, ykahan[j]);
     } else {
-      q.p[j] = round_code(op_add(p, upd), t.param, rp.w[j], near);
+      pv[j] = op_add(p, upd);
     }
+  }
+  if (K == OptimKind::kAdamW || has_buf1) round_group<S>(bv, q.b1, r1, near);
+  if (K == OptimKind::kAdamW) round_group<S>(vv2, q.b2, r2, near);
+  round_group<P>(pv, q.p, rp, near);
+  if (s.comp != nullptr) {
+    float cv[n];
+    LARGEOUT_UNROLL
+    for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(decode_code(q.p[j], t.param), pold[j]), ykahan[j]);
+    round_group<comp_type(P)>(cv, q.c, rp, true);
   }
 }
 
