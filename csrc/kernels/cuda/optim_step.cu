@@ -185,6 +185,11 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
     if constexpr (kBufs == Bufs::kNone || kBufs == Bufs::kComp) s.buf1 = nullptr;
     if constexpr (K != OptimKind::kAdamW) s.buf2 = nullptr;
     if constexpr (kBufs == Bufs::kNone || kBufs == Bufs::kBuf1) s.comp = nullptr;
+    // ...and the ones it carries known non-null (the launcher picks kBufs from the lists
+    // every slot has: a per-element test of the pointer was a branch per element in SASS)
+    if constexpr (kBufs == Bufs::kBuf1 || kBufs == Bufs::kBoth || K == OptimKind::kAdamW) __builtin_assume(s.buf1 != nullptr);
+    if constexpr (K == OptimKind::kAdamW) __builtin_assume(s.buf2 != nullptr);
+    if constexpr (kBufs == Bufs::kComp || kBufs == Bufs::kBoth) __builtin_assume(s.comp != nullptr);
     return s;
   };
   // Each thread's groups only move forward, so its slot index does too (a short forward
