@@ -13,6 +13,7 @@
 #pragma once
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "kernels/stochastic_round.h"
 
@@ -274,44 +275,61 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   }
   // The new values first (each from the unrounded others, as the update rule reads), then
   // each tensor's 8 codes at once (round_group).
+  // SGD's nesterov flag and the Kahan buffer's presence pick one of four copies of the loop
+  // (tested per element, their predicated operations were issued on every element).
   float pv[n], bv[n], vv2[n], pold[n], ykahan[n];
-  LARGEOUT_UNROLL
-  for (int j = 0; j < n; ++j) {
-    const float p = decode_code(q.p[j], t.param);
-    const float g = gf[j];
-    float upd;
-    if constexpr (K == OptimKind::kSGD) {
-      float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
-      if (has_buf1) {
-        const float b = h.first ? d
-                                : op_add(op_mul(h.momentum, decode_code(q.b1[j], t.state)),
-                                         op_mul(op_sub(1.f, h.dampening), d));
-        bv[j] = b;
-        d = h.nesterov ? op_add(d, op_mul(h.momentum, b)) : b;
+  auto values = [&](auto nesterov_c, auto comp_c) {
+    [[maybe_unused]] constexpr bool kNesterov = decltype(nesterov_c)::value;
+    constexpr bool kComp = decltype(comp_c)::value;
+    LARGEOUT_UNROLL
+    for (int j = 0; j < n; ++j) {
+      const float p = decode_code(q.p[j], t.param);
+      const float g = gf[j];
+      float upd;
+      if constexpr (K == OptimKind::kSGD) {
+        float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
+        if (has_buf1) {
+          const float b = h.first ? d
+                                  : op_add(op_mul(h.momentum, decode_code(q.b1[j], t.state)),
+                                           op_mul(op_sub(1.f, h.dampening), d));
+          bv[j] = b;
+          d = kNesterov ? op_add(d, op_mul(h.momentum, b)) : b;
+        }
+        upd = op_mul(-h.lr, d);
+      } else {
+        const float m = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
+        const float vv =
+            op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
+        bv[j] = m;
+        vv2[j] = vv;
+        const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
+        upd = op_div(op_mul(-h.step_size, m), denom);
+        if (h.weight_decay != 0.f) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
       }
-      upd = op_mul(-h.lr, d);
-    } else {
-      const float m = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
-      const float vv =
-          op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
-      bv[j] = m;
-      vv2[j] = vv;
-      const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
-      upd = op_div(op_mul(-h.step_size, m), denom);
-      if (h.weight_decay != 0.f) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
+      pold[j] = p;
+      if (kComp) {
+        ykahan[j] = op_sub(upd, decode_code(q.c[j], t.comp));
+        pv[j] = op_add(p, ykahan[j]);
+      } else {
+        pv[j] = op_add(p, upd);
+      }
     }
-    pold[j] = p;
-    if (s.comp != nullptr) {
-      ykahan[j] = op_sub(upd, decode_code(q.c[j], t.comp));
-      pv[j] = op_add(p, ykahan[j]);
-    } else {
-      pv[j] = op_add(p, upd);
-    }
+  };
+  const bool comp = s.comp != nullptr;
+  const bool nesterov = K == OptimKind::kSGD && has_buf1 && h.nesterov;
+  if (nesterov && comp) {
+    values(std::true_type{}, std::true_type{});
+  } else if (nesterov) {
+    values(std::true_type{}, std::false_type{});
+  } else if (comp) {
+    values(std::false_type{}, std::true_type{});
+  } else {
+    values(std::false_type{}, std::false_type{});
   }
   if (K == OptimKind::kAdamW || has_buf1) round_group<S>(bv, q.b1, r1, near);
   if (K == OptimKind::kAdamW) round_group<S>(vv2, q.b2, r2, near);
   round_group<P>(pv, q.p, rp, near);
-  if (s.comp != nullptr) {
+  if (comp) {
     float cv[n];
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(decode_code(q.p[j], t.param), pold[j]), ykahan[j]);
