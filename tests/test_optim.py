@@ -188,6 +188,26 @@ def test_integer_rounding_rule_matches_its_specification(dtype):
         assert torch.ops.largeout._sr_rule_mismatches(x, rnd, dtype) == 0
 
 
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_group_rounding_fast_paths_match_the_rule(dtype):
+    """The optimizers round 8 values at a time, with fast paths for groups whose magnitudes
+    all lie in a range (bf16: below the largest finite value; e4m3: [2^-17, 448)): probe
+    values in groups that take them, and groups with one value outside."""
+    x = _fp32_probe_values(dtype, 200_000, 21)
+    x = x[torch.isfinite(x)]
+    lo_mag = 2.0 ** -17 if dtype == torch.float8_e4m3fn else 0.0
+    inside = x[(x.abs() >= lo_mag) & (x.abs() < torch.finfo(dtype).max)]
+    gen = torch.Generator().manual_seed(22)
+    inside = inside[torch.randperm(inside.numel(), generator=gen)]
+    inside = inside[: inside.numel() // 8 * 8]
+    mixed = inside.clone().reshape(-1, 8)
+    mixed[::3, 5] = x[torch.randint(0, x.numel(), (mixed[::3].shape[0],), generator=gen)]  # some groups leave the range
+    for xs in (inside, mixed.reshape(-1)):
+        for rnd in (torch.randint(-(2**31), 2**31 - 1, xs.shape, dtype=torch.int32, generator=gen),
+                    torch.zeros_like(xs, dtype=torch.int32), torch.full_like(xs, -1, dtype=torch.int32)):
+            assert torch.ops.largeout._sr_rule_mismatches(xs, rnd, dtype) == 0
+
+
 def _make(kind, ps, **kw):
     if kind == "sgd":
         return lo_optim.SGD(ps, lr=0.05, **kw)
