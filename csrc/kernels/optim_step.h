@@ -212,46 +212,28 @@ constexpr ElemType comp_type(ElemType p) {
 
 // The codes of 8 values in type T: stochastically rounded with the random bits rnd, or to
 // nearest-even (near; rnd unused); the same codes as sr_round_bits_fast element by element
-// (checked by _sr_rule_mismatches), with its per-element tests made once for the group
-// where that pays:
-// - bf16: the one test (saturation, inf, NaN: magnitudes from the largest finite value up)
-//   once for the group; below it, one add and one shift per element;
-// - e4m3: when every magnitude is in [2^-17, 448) (normal and the subnormal grid, a shift
-//   below 32 bits), the rule in 32-bit arithmetic without its branches; else per element.
+// (checked by _sr_rule_mismatches). bf16 makes the rule's one per-element test
+// (saturation, inf, NaN: magnitudes from the largest finite value up) once for the group;
+// below it, one add and one shift per element. (The same idea for e4m3, the rule in 32-bit
+// arithmetic without branches for groups in [2^-17, 448), made fp8 SGD 2.90 -> 4.19 ms on
+// an H200: more spills; bench/NOTES.md.)
 template <ElemType T>
 LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near, uint32_t (&out)[8]) {
-  if constexpr (T == ElemType::kBF16 || T == ElemType::kE4M3) {
-    uint32_t xb[8];
-    bool fast = true;
+  if constexpr (T == ElemType::kBF16) {
+    uint32_t xb[8], amax = 0;
     LARGEOUT_UNROLL
     for (int j = 0; j < 8; ++j) {
       memcpy(&xb[j], &v[j], 4);
       const uint32_t a = xb[j] & 0x7fffffffu;
-      fast = fast && (T == ElemType::kBF16 ? a < 0x7F7F0000u : a - 0x37000000u < 0x43E00000u - 0x37000000u);
+      amax = a > amax ? a : amax;
     }
-    if (fast && T == ElemType::kBF16) {
+    if (amax < 0x7F7F0000u) {
       if (near) {
         LARGEOUT_UNROLL
         for (int j = 0; j < 8; ++j) out[j] = (xb[j] + 0x7fffu + ((xb[j] >> 16) & 1u)) >> 16;
       } else {
         LARGEOUT_UNROLL
         for (int j = 0; j < 8; ++j) out[j] = (xb[j] + (~rnd[j] >> 16)) >> 16;
-      }
-      return;
-    }
-    if (fast) {  // e4m3 (sr_round_bits_fast with m = 3, bias 7, min_exp -6): s dropped bits of
-                 // the significand M, 20 from 2^-6 up, 141 - biased below; the code is the
-                 // rebiased exponent and the units, or the units alone on the subnormal grid
-      LARGEOUT_UNROLL
-      for (int j = 0; j < 8; ++j) {
-        const uint32_t a = xb[j] & 0x7fffffffu, biased = a >> 23;  // 110..135
-        const uint32_t s = biased >= 121u ? 20u : 141u - biased;
-        const uint32_t M = (a & 0x7fffffu) | 0x800000u;
-        const uint32_t lo = M >> s, rem = M & ((1u << s) - 1u), half = 1u << (s - 1u);
-        const bool up = near ? (rem > half || (rem == half && (lo & 1u))) : rnd[j] < (rem << (32u - s));
-        const uint32_t units = lo + (up ? 1u : 0u);
-        const uint32_t code = biased >= 121u ? ((biased - 120u) << 3) + units - 8u : units;
-        out[j] = ((xb[j] >> 31) << 7) | code;
       }
       return;
     }
