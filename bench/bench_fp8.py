@@ -124,10 +124,10 @@ def main(argv=None) -> int:
     cases = [(f"bf16 weight, bf16 input, L = {L} (cuBLAS)", bf16(L), True),
              (f"bf16 weight, bf16 input, L padded to {Lp} (cuBLAS, aligned)", bf16(Lp), True)]
     cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode tensor-fast, "
-               f"largeout kernel {c}: {name}{' (default)' if c == 0 else ''})", fp8("tensor-fast", f"largeout:{c}"), True)
-              for c, name in enumerate(configs)]
-    cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode {m})", fp8(m), True)
-              for m in ("tensor-fast", "tensor", "row", "row-fast")]
+               f"largeout kernel {c}: {name}{' (default)' if c == 0 else ''})",
+               fp8("tensor-fast", f"largeout:{c}"), True) for c, name in enumerate(configs)]
+    cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode {m}, torch._scaled_mm)",
+               fp8(m), True) for m in ("tensor-fast", "tensor", "row", "row-fast")]
     cases += [("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True)]
     cases += [(f"bare torch._scaled_mm, pre-quantized, {'rowwise' if r else 'tensorwise'} scales"
                f"{', fast accumulation' if f else ''}", raw(r, f), False)

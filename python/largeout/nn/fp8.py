@@ -39,7 +39,8 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "fp8_linear", "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "fp8_linear",
+           "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
 ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's storage is padded to it)
