@@ -400,6 +400,14 @@ def test_fp8_quantize_op_matches_torch_rule(device, dtype, rows, cols, rowwise):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rowwise", [False, True])
+def test_fp8_quantize_op_empty_input(device, rowwise):
+    q, s = torch.ops.largeout.fp8_quantize(torch.ones(0, 32, device=device), rowwise)
+    assert q.shape == (0, 32) and s.shape == ((0 if rowwise else 1), 1)
+    assert rowwise or float(s) == 1.0
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_fp8_quantize_op_checks_input(device):
     with pytest.raises(TypeError, match="fp8_quantize: x must be float32, bfloat16 or float16; got Double"):
         torch.ops.largeout.fp8_quantize(torch.ones(2, 16, dtype=torch.float64, device=device), False)
@@ -458,8 +466,9 @@ def test_fp8_gemm_kernel_rejects_bad_input():
         gemm(a, torch.randn(16, 48, device="cuda").to(e4), s, None)
     with pytest.raises(RuntimeError, match="K .* must be a positive multiple of 16; got 24"):
         gemm(a[:, :24].contiguous(), b[:, :24].contiguous(), s, None)
-    with pytest.raises(RuntimeError, match="N .* must be a positive multiple of 8 .* got N=12"):
+    with pytest.raises(RuntimeError, match=r"N \(b.shape\[0\]\) must be a positive multiple of 8; got 12"):
         gemm(a, b[:12], s, None)
+    assert gemm(a[:0], b, s, None).shape == (0, 16)  # an empty batch
     with pytest.raises(RuntimeError, match="bias must be a contiguous, 16-byte aligned \\[16\\]"):
         gemm(a, b, s, torch.zeros(15, device="cuda", dtype=torch.bfloat16))
     with pytest.raises(RuntimeError, match="config must be -1"):

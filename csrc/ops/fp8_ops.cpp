@@ -133,6 +133,7 @@ std::tuple<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x_in, boo
                                            static_cast<uint8_t*>(q.mutable_data_ptr()), buf.mutable_data_ptr<float>(),
                                            c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kQuantOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  if (!rowwise && x.numel() == 0) buf.fill_(1.f);  // no amax: scale 1, as for an all-zero input
   return {q, rowwise ? buf.reshape({rows, 1}) : buf.narrow(0, 0, 1).reshape({1, 1})};
 }
 
@@ -144,8 +145,7 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
   TORCH_CHECK(b.size(1) == K, kOp, ": b must be [N, ", K, "] (a's K); got ", b.sizes());
   TORCH_CHECK(K % 16 == 0 && K > 0, kOp, ": K (a.shape[1]) must be a positive multiple of 16; got ", K);
-  TORCH_CHECK(N % 8 == 0 && N > 0 && M > 0, kOp, ": N (b.shape[0]) must be a positive multiple of 8 and M >= 1; got N=",
-              N, ", M=", M);
+  TORCH_CHECK(N % 8 == 0 && N > 0, kOp, ": N (b.shape[0]) must be a positive multiple of 8; got ", N);
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, kOp, ": scale must be float32; got ", scale.scalar_type());
   TORCH_CHECK(scale.numel() == 1 && scale.device() == a.device(), kOp, ": scale must be one value on ", a.device(),
               "; got ", scale.numel(), " on ", scale.device());
@@ -157,6 +157,7 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
                 bias->sizes(), " on ", bias->device());
   }
   DeviceGuard guard(a.device());
+  if (M == 0) return at::empty({0, N}, a.options().dtype(at::kBFloat16));  // an empty batch
   const std::vector<std::string> configs = fp8_gemm_configs();
   TORCH_CHECK(!configs.empty(), kOp, ": needs an sm_90 device and a build with the 90a target (",
               "LARGEOUT_CUDA_ARCHS); this device or build has no FP8 wgmma kernels");
