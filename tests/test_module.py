@@ -376,7 +376,8 @@ def _torch_quantize(x, rowwise):
     """The fp8 layer's input quantization in torch ops (its documented rule)."""
     xf = x.float()
     amax = xf.abs().amax(dim=1, keepdim=True) if rowwise else xf.abs().amax().reshape(1, 1)
-    scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax))
+    scale = amax / 448.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
     return (xf / scale).to(torch.float8_e4m3fn), scale
 
 
@@ -401,10 +402,31 @@ def test_fp8_quantize_op_matches_torch_rule(device, dtype, rows, cols, rowwise):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rowwise", [False, True])
-def test_fp8_quantize_op_empty_input(device, rowwise):
-    q, s = torch.ops.largeout.fp8_quantize(torch.ones(0, 32, device=device), rowwise)
-    assert q.shape == (0, 32) and s.shape == ((0 if rowwise else 1), 1)
-    assert rowwise or float(s) == 1.0
+def test_fp8_quantize_op_edge_values(device, rowwise):
+    """NaN, +-inf, a tiny subnormal amax (amax / 448 underflows to 0: scale 1), zero rows,
+    a non-contiguous input: the torch rule's codes, except that a NaN code is always 0x7F
+    (torch keeps the sign bit of a NaN)."""
+    tiny = torch.tensor([4.2e-45, 0.0, -1.4e-45, 0.0])
+    rows = torch.stack([torch.tensor([float("nan"), 1.0, -2.0, 3.0]), torch.tensor([float("inf"), 1.0, -3.0, 0.5]),
+                        torch.tensor([-float("inf"), 0.25, 7.0, -1.0]), tiny, torch.zeros(4),
+                        torch.tensor([1e-3, -2e-3, 5e-4, 0.0])])
+    for x in (rows, rows[3:], rows.t().contiguous().t()):  # (the last: column-major strides)
+        q, s = torch.ops.largeout.fp8_quantize(x.to(device), rowwise)
+        q_ref, s_ref = _torch_quantize(x, rowwise)
+        assert torch.equal(s.cpu(), s_ref)
+        codes, want = q.cpu().view(torch.uint8), q_ref.view(torch.uint8)
+        nan, nan_ref = (codes & 0x7F) == 0x7F, (want & 0x7F) == 0x7F
+        assert torch.equal(nan, nan_ref) and bool((codes[nan] == 0x7F).all())
+        assert torch.equal(codes[~nan], want[~nan])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("rowwise", [False, True])
+@pytest.mark.parametrize("shape", [(0, 32), (3, 0)], ids=str)
+def test_fp8_quantize_op_empty_input(device, rowwise, shape):
+    q, s = torch.ops.largeout.fp8_quantize(torch.ones(shape, device=device), rowwise)
+    assert q.shape == shape and s.shape == ((shape[0] if rowwise else 1), 1)
+    assert bool((s == 1).all())
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -92,8 +92,10 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
       return decode_small_float(code, 16, 10, 15, false);
 #endif
 #if defined(__CUDA_ARCH__)
-    // Exact through fp16 (every e4m3 and e5m2 value is an fp16 value): the hardware's
-    // e4m3 -> f16 conversion (sm_89+), and e5m2's code is an fp16's top byte. NaN stays NaN.
+    // Exact through fp16 (every e4m3 and e5m2 value is an fp16 value): the e4m3 -> f16
+    // conversion (one instruction on sm_89+), and e5m2's code is an fp16's top byte. NaN
+    // stays NaN; its payload bits may differ from the CPU decoding's (as a NaN out of any
+    // arithmetic does between the two).
     case ElemType::kE4M3: return __half2float(__half(__nv_cvt_fp8_to_halfraw(__nv_fp8_storage_t(code), __NV_E4M3)));
     case ElemType::kE5M2: return __half2float(__ushort_as_half(uint16_t(code << 8)));
 #else

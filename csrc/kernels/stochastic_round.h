@@ -130,9 +130,9 @@ LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
 // x = M * 2^(e - 23) with M the 24-bit significand (no implicit bit for fp32 subnormals)
 // and e = max(biased exponent, 1) - 127. The target grid near x has spacing 2^q with
 // q = max(e, min_exp) - mant_bits, so x / 2^q = M / 2^s with s = 23 - mant_bits +
-// max(0, min_exp - e) (s >= 16). The lower neighbour is M >> s units, the dropped part
-// rem = M mod 2^s, and "rnd < frac * 2^32" is "rnd < rem * 2^(32 - s)", exact in 64 bits
-// (for s > 32: rnd * 2^(s - 32) < rem). For bf16, s = 16 always, so only the top 16 bits
+// max(0, min_exp - e) (s >= 13). The lower neighbour is M >> s units, the dropped part
+// rem = M mod 2^s, and "rnd < frac * 2^32" is "rnd < rem * 2^(32 - s)", exact in 32 bits
+// for s < 32 (rem < 2^s) and in 64 beyond (for s > 32: rnd * 2^(s - 32) < rem). For bf16, s = 16 always, so only the top 16 bits
 // of rnd matter.
 LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool nearest = false) {
   if (f == SrFormat::kBFloat16) {  // s = 16 everywhere: the code is the top half of x's bits, plus one

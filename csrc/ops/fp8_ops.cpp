@@ -83,7 +83,8 @@ std::tuple<at::Tensor, at::Tensor> fp8_quantize_cpu(const at::Tensor& x_in, bool
     }
     float a;
     std::memcpy(&a, &m, 4);
-    return a > 0.f ? a / 448.f : 1.f;
+    const float s = a / 448.f;
+    return s > 0.f ? s : 1.f;  // 1 where amax / 448 is 0 (amax 0 or a tiny subnormal) or NaN
   };
   auto codes = [&](int64_t b, int64_t e, float s) {
     for (int64_t i = b; i < e; ++i)
@@ -123,6 +124,8 @@ void check_operand(const char* name, const at::Tensor& t, const at::Tensor& a) {
 
 std::tuple<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x_in, bool rowwise) {
   const ElemType t = quant_input_type(x_in);
+  TORCH_CHECK(!rowwise || x_in.size(0) <= 0x7fffffff, kQuantOp, ": rowwise takes at most 2^31 - 1 rows; got ",
+              x_in.size(0));
   const at::Tensor x = x_in.contiguous();
   DeviceGuard guard(x.device());
   const int64_t rows = x.size(0), cols = x.size(1);
@@ -133,7 +136,7 @@ std::tuple<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x_in, boo
                                            static_cast<uint8_t*>(q.mutable_data_ptr()), buf.mutable_data_ptr<float>(),
                                            c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kQuantOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
-  if (!rowwise && x.numel() == 0) buf.fill_(1.f);  // no amax: scale 1, as for an all-zero input
+  if (x.numel() == 0) buf.fill_(1.f);  // no amax: scale 1, as for an all-zero input (and the CPU op)
   return {q, rowwise ? buf.reshape({rows, 1}) : buf.narrow(0, 0, 1).reshape({1, 1})};
 }
 
@@ -157,12 +160,14 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
                 bias->sizes(), " on ", bias->device());
   }
   DeviceGuard guard(a.device());
-  if (M == 0) return at::empty({0, N}, a.options().dtype(at::kBFloat16));  // an empty batch
   const std::vector<std::string> configs = fp8_gemm_configs();
   TORCH_CHECK(!configs.empty(), kOp, ": needs an sm_90 device and a build with the 90a target (",
               "LARGEOUT_CUDA_ARCHS); this device or build has no FP8 wgmma kernels");
   TORCH_CHECK(config >= -1 && config < int64_t(configs.size()), kOp, ": config must be -1 (default) or in [0, ",
               configs.size(), "); got ", config);
+  if (M == 0) return at::empty({0, N}, a.options().dtype(at::kBFloat16));  // an empty batch
+  TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, N), kOp, ": M, N and K must each be below 2^31; got M=", M,
+              ", N=", N, ", K=", K);
   const int c = config < 0 ? 0 : int(config);
   const at::Tensor s = scale.reshape({1}).contiguous();
   int sms = 0;

@@ -55,8 +55,9 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v) {
 }
 
 __device__ __forceinline__ float quant_scale(uint32_t amax_bits) {
-  const float amax = __uint_as_float(amax_bits);
-  return amax > 0.f ? __fdiv_rn(amax, 448.f) : 1.f;  // (NaN > 0 is false, as torch.where in fp8.quantize)
+  // 1 where amax / 448 is 0 (amax 0, or below 224 * 2^-149) or NaN (NaN > 0 is false)
+  const float s = __fdiv_rn(__uint_as_float(amax_bits), 448.f);
+  return s > 0.f ? s : 1.f;
 }
 
 __device__ __forceinline__ uint8_t quant_code(ElemType t, const void* x, int64_t i, float scale) {

@@ -59,7 +59,7 @@ struct Fp8Gemm {
     get<0>(sb) = K;
     get<0>(sd) = ldd;
     cutlass::KernelHardwareInfo hw;
-    hw.device_id = 0;
+    hw.device_id = 0;  // (read only to query the SM count when sm_count is not given; it is)
     hw.sm_count = sm_count;
     typename Gemm::Arguments args{cutlass::gemm::GemmUniversalMode::kGemm,
                                   {int(M), int(N), int(K), 1},
