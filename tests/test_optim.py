@@ -297,7 +297,7 @@ def test_fused_step_over_many_tensors_unaligned_views_and_tails():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("pdtype", [torch.float32] + LOW, ids=str)
 @pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw", "adamw-f32-state", "kahan",
-                                  "sgd-kahan", "adamw-kahan"])
+                                  "sgd-kahan", "nesterov-kahan", "adamw-kahan"])
 def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
     # Every kernel variant of the CUDA step (with or without buf1 / a Kahan buffer; 1 or 2
     # groups per thread) against the CPU loop, bit for bit, on slots whose ends fall
@@ -312,6 +312,8 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
             return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=77)
         if kind == "sgd-kahan":
             return ps, lo_optim.SGD(ps, lr=0.05, kahan=True, seed=77)
+        if kind == "nesterov-kahan":
+            return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, kahan=True, seed=77)
         if kind == "adamw-kahan":
             return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=77)
         if kind == "adamw-f32-state":
