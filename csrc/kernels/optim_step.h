@@ -212,6 +212,25 @@ constexpr ElemType comp_type(ElemType p) {
   return (p == ElemType::kE4M3 || p == ElemType::kE5M2) ? ElemType::kBF16 : p;
 }
 
+// The fp8 layer's input quantization (largeout.fp8_quantize), CPU and CUDA: |x| as fp32
+// bits (non-negative floats order as unsigned integers, NaN above inf, so the maximum of
+// the bits is the amax and a NaN propagates); the scale amax / 448, 1 where that is 0
+// (amax 0, or below 224 * 2^-149) or NaN; the code of x / scale, to nearest-even.
+LARGEOUT_HD uint32_t abs_bits(const void* x, ElemType t, int64_t i) {
+  const float v = decode_code(load_code(x, t, i), t);
+  uint32_t b;
+  memcpy(&b, &v, 4);
+  return b & 0x7fffffffu;
+}
+LARGEOUT_HD float e4m3_quant_scale(uint32_t amax_bits) {
+  const float s = op_div(f32_from_bits(amax_bits), 448.f);
+  return s > 0.f ? s : 1.f;
+}
+LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float scale) {
+  return uint8_t(sr_round_bits_fast(op_div(decode_code(load_code(x, t, i), t), scale), SrFormat::kFloat8E4M3FN, 0u,
+                                    true));
+}
+
 // The codes of 8 values in type T: stochastically rounded with the random bits rnd, or to
 // nearest-even (near; rnd unused); the same codes as sr_round_bits_fast element by element
 // (checked by _sr_rule_mismatches). bf16 makes the rule's one per-element test
@@ -232,21 +251,16 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
     if (amax < 0x7F7F0000u) {
       if (near) {
         LARGEOUT_UNROLL
-        for (int j = 0; j < 8; ++j) out[j] = (xb[j] + 0x7fffu + ((xb[j] >> 16) & 1u)) >> 16;
+        for (int j = 0; j < 8; ++j) out[j] = bf16_code_below_max(xb[j], 0u, true);
       } else {
         LARGEOUT_UNROLL
-        for (int j = 0; j < 8; ++j) out[j] = (xb[j] + (~rnd[j] >> 16)) >> 16;
+        for (int j = 0; j < 8; ++j) out[j] = bf16_code_below_max(xb[j], rnd[j], false);
       }
       return;
     }
   }
   LARGEOUT_UNROLL
   for (int j = 0; j < 8; ++j) out[j] = round_code(v[j], T, rnd[j], near);
-}
-
-template <ElemType T>
-LARGEOUT_HD void round_group(const float (&v)[8], uint32_t (&out)[8], const GroupRandom& r, bool near) {
-  round_group_codes<T>(v, r.w, near, out);
 }
 
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
@@ -284,7 +298,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
       for (int j = 0; j < n; ++j) gf[j] = 0.f;  // not a gradient type (the ops reject it first)
   }
   // The new values first (each from the unrounded others, as the update rule reads), then
-  // each tensor's 8 codes at once (round_group).
+  // each tensor's 8 codes at once (round_group_codes).
   // SGD's nesterov flag and the Kahan buffer's presence pick one of four copies of the loop
   // (tested per element, their predicated operations were issued on every element).
   float pv[n], bv[n], vv2[n], pold[n], ykahan[n];
@@ -336,14 +350,14 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   } else {
     values(std::false_type{}, std::false_type{});
   }
-  if (K == OptimKind::kAdamW || has_buf1) round_group<S>(bv, q.b1, r1, near);
-  if (K == OptimKind::kAdamW) round_group<S>(vv2, q.b2, r2, near);
-  round_group<P>(pv, q.p, rp, near);
+  if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, r1.w, near, q.b1);
+  if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, r2.w, near, q.b2);
+  round_group_codes<P>(pv, rp.w, near, q.p);
   if (comp) {
     float cv[n];
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(decode_code(q.p[j], t.param), pold[j]), ykahan[j]);
-    round_group<comp_type(P)>(cv, q.c, rp, true);
+    round_group_codes<comp_type(P)>(cv, rp.w, true, q.c);
   }
 }
 

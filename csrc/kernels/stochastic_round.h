@@ -123,6 +123,16 @@ LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
   return sign | sr_encode_magnitude(mag, fi);
 }
 
+// bf16 code of fp32 bits xb whose magnitude is below bf16's largest finite value
+// (0x7F7F0000): up exactly when the dropped half plus an addend carries into the kept
+// half: with the addend 65535 - (rnd >> 16) that is (rnd >> 16) < the dropped half (the
+// rule below); with 0x7fff + (lowest kept bit) it is round to nearest, ties to even. Below
+// the largest finite value the carry never reaches the exponent's all-ones or the sign.
+LARGEOUT_HD uint32_t bf16_code_below_max(uint32_t xb, uint32_t rnd, bool nearest) {
+  const uint32_t add = nearest ? 0x7fffu + ((xb >> 16) & 1u) : (~rnd >> 16);
+  return (xb + add) >> 16;
+}
+
 // The same rule in integer arithmetic only (what the kernels run; sr_round_bits above is
 // its specification, and a test checks that both agree bit for bit). With nearest, the
 // result is round-to-nearest-even instead (rnd unused), with the same edge policy.
@@ -132,8 +142,8 @@ LARGEOUT_HD uint32_t sr_round_bits(float x, SrFormat f, uint32_t rnd) {
 // q = max(e, min_exp) - mant_bits, so x / 2^q = M / 2^s with s = 23 - mant_bits +
 // max(0, min_exp - e) (s >= 13). The lower neighbour is M >> s units, the dropped part
 // rem = M mod 2^s, and "rnd < frac * 2^32" is "rnd < rem * 2^(32 - s)", exact in 32 bits
-// for s < 32 (rem < 2^s) and in 64 beyond (for s > 32: rnd * 2^(s - 32) < rem). For bf16, s = 16 always, so only the top 16 bits
-// of rnd matter.
+// for s < 32 (rem < 2^s) and in 64 beyond (for s > 32: rnd * 2^(s - 32) < rem). For
+// bf16, s = 16 always, so only the top 16 bits of rnd matter.
 LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool nearest = false) {
   if (f == SrFormat::kBFloat16) {  // s = 16 everywhere: the code is the top half of x's bits, plus one
     uint32_t xb;
@@ -142,12 +152,7 @@ LARGEOUT_HD uint32_t sr_round_bits_fast(float x, SrFormat f, uint32_t rnd, bool 
     if (a >= 0x7F7F0000u) {  // largest finite and above: saturate; inf stays; NaN becomes the quiet NaN
       return a > 0x7f800000u ? 0x7FC0u : (((xb >> 16) & 0x8000u) | (a == 0x7f800000u ? 0x7F80u : 0x7F7Fu));
     }
-    // Up exactly when the dropped half rem plus an addend carries into the kept half: with
-    // the addend 65535 - (rnd >> 16) that is (rnd >> 16) < rem (the rule above); with
-    // 0x7fff + (lowest kept bit) it is round to nearest, ties to even. Below the largest
-    // finite value the carry never reaches the exponent's all-ones or the sign.
-    const uint32_t add = nearest ? 0x7fffu + ((xb >> 16) & 1u) : (~rnd >> 16);
-    return (xb + add) >> 16;
+    return bf16_code_below_max(xb, rnd, nearest);
   }
   int m, bias, min_exp, bytes;
   uint32_t max_fp32, max_code;  // largest finite value: its fp32 bits and its code in the format

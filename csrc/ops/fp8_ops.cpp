@@ -9,7 +9,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstring>
 #include <optional>
 #include <tuple>
 #include <string>
@@ -73,32 +72,23 @@ std::tuple<at::Tensor, at::Tensor> fp8_quantize_cpu(const at::Tensor& x_in, bool
   const void* xp = x.const_data_ptr();
   auto* qp = static_cast<uint8_t*>(q.mutable_data_ptr());
   float* sp = scale.mutable_data_ptr<float>();
-  auto amax_of = [&](int64_t b, int64_t e) {
+  auto scale_of = [&](int64_t b, int64_t e) {  // (the rule: kernels/optim_step.h, shared with CUDA)
     uint32_t m = 0;
-    for (int64_t i = b; i < e; ++i) {
-      const float v = decode_code(load_code(xp, t, i), t);
-      uint32_t bits;
-      std::memcpy(&bits, &v, 4);
-      m = std::max(m, bits & 0x7fffffffu);  // NaN above inf: a NaN propagates
-    }
-    float a;
-    std::memcpy(&a, &m, 4);
-    const float s = a / 448.f;
-    return s > 0.f ? s : 1.f;  // 1 where amax / 448 is 0 (amax 0 or a tiny subnormal) or NaN
+    for (int64_t i = b; i < e; ++i) m = std::max(m, abs_bits(xp, t, i));
+    return e4m3_quant_scale(m);
   };
   auto codes = [&](int64_t b, int64_t e, float s) {
-    for (int64_t i = b; i < e; ++i)
-      qp[i] = uint8_t(sr_round_bits_fast(decode_code(load_code(xp, t, i), t) / s, SrFormat::kFloat8E4M3FN, 0u, true));
+    for (int64_t i = b; i < e; ++i) qp[i] = e4m3_quant_code(xp, t, i, s);
   };
   if (rowwise) {
     at::parallel_for(0, rows, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r) {
-        sp[r] = amax_of(r * cols, (r + 1) * cols);
+        sp[r] = scale_of(r * cols, (r + 1) * cols);
         codes(r * cols, (r + 1) * cols, sp[r]);
       }
     });
   } else {
-    sp[0] = amax_of(0, rows * cols);
+    sp[0] = scale_of(0, rows * cols);
     at::parallel_for(0, rows * cols, 1 << 14, [&](int64_t lo, int64_t hi) { codes(lo, hi, sp[0]); });
   }
   return {q, scale};

@@ -156,8 +156,8 @@ constexpr int resident_blocks(Bufs b) { return b == Bufs::kNone ? 4 : 2; }
 
 // Groups per thread and iteration: 64-128 bytes of loads in flight per thread at 512
 // resident threads per SM (what the H200's bandwidth-latency product asks for) where that
-// fits in 128 registers without spills; half as many at 1024 resident threads (4 blocks). The gradient is taken as bf16-sized below fp32
-// parameters.
+// fits in 128 registers without spills; half as many at 1024 resident threads (4 blocks).
+// The gradient is taken as bf16-sized below fp32 parameters.
 template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks>
 constexpr int groups_per_thread() {
   if constexpr (kBufs == Bufs::kRuntime) {

@@ -36,12 +36,8 @@ __global__ void fp8_to_bf16_kernel(bool e4m3fn, bool vec, const uint8_t* __restr
     out[i] = fp8_to_bf16_bits(in[i], e4m3fn);
 }
 
-// fp8 quantization (see the header). |x| as fp32 bits: non-negative floats order as unsigned
-// integers, NaN above inf, so the maximum of the bits is the amax and a NaN propagates.
-__device__ __forceinline__ uint32_t abs_bits(ElemType t, const void* x, int64_t i) {
-  return __float_as_uint(decode_code(load_code(x, t, i), t)) & 0x7fffffffu;
-}
-
+// fp8 quantization (see the header; the per-element rule is shared with the CPU op:
+// abs_bits, e4m3_quant_scale, e4m3_quant_code in kernels/optim_step.h).
 __device__ __forceinline__ uint32_t block_max(uint32_t v) {
   __shared__ uint32_t warp_max[32];
 #pragma unroll
@@ -54,21 +50,10 @@ __device__ __forceinline__ uint32_t block_max(uint32_t v) {
   return v;  // in warp 0
 }
 
-__device__ __forceinline__ float quant_scale(uint32_t amax_bits) {
-  // 1 where amax / 448 is 0 (amax 0, or below 224 * 2^-149) or NaN (NaN > 0 is false)
-  const float s = __fdiv_rn(__uint_as_float(amax_bits), 448.f);
-  return s > 0.f ? s : 1.f;
-}
-
-__device__ __forceinline__ uint8_t quant_code(ElemType t, const void* x, int64_t i, float scale) {
-  return uint8_t(sr_round_bits_fast(__fdiv_rn(decode_code(load_code(x, t, i), t), scale), SrFormat::kFloat8E4M3FN,
-                                    0u, true));
-}
-
 __global__ void amax_kernel(ElemType t, const void* __restrict__ x, int64_t n, uint32_t* __restrict__ amax) {
   uint32_t m = 0;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    m = max(m, abs_bits(t, x, i));
+    m = max(m, abs_bits(x, t, i));
   m = block_max(m);
   if (threadIdx.x == 0) atomicMax(amax, m);
 }
@@ -76,10 +61,10 @@ __global__ void amax_kernel(ElemType t, const void* __restrict__ x, int64_t n, u
 __global__ void quantize_tensor_kernel(ElemType t, const void* __restrict__ x, int64_t n,
                                        const uint32_t* __restrict__ amax, float* __restrict__ scale_out,
                                        uint8_t* __restrict__ q) {
-  const float scale = quant_scale(*amax);
+  const float scale = e4m3_quant_scale(*amax);
   if (blockIdx.x == 0 && threadIdx.x == 0) *scale_out = scale;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x)
-    q[i] = quant_code(t, x, i, scale);
+    q[i] = e4m3_quant_code(x, t, i, scale);
 }
 
 // One block per row: its amax, then its codes.
@@ -88,15 +73,15 @@ __global__ void quantize_rows_kernel(ElemType t, const void* __restrict__ x, int
   __shared__ float row_scale;
   const int64_t base = int64_t(blockIdx.x) * cols;
   uint32_t m = 0;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = max(m, abs_bits(t, x, base + c));
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) m = max(m, abs_bits(x, t, base + c));
   m = block_max(m);
   if (threadIdx.x == 0) {
-    row_scale = quant_scale(m);
+    row_scale = e4m3_quant_scale(m);
     scale[blockIdx.x] = row_scale;
   }
   __syncthreads();
   const float s = row_scale;
-  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[base + c] = quant_code(t, x, base + c, s);
+  for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) q[base + c] = e4m3_quant_code(x, t, base + c, s);
 }
 
 }  // namespace
