@@ -124,7 +124,8 @@ def quantize(x: torch.Tensor, rowwise: bool) -> Tuple[torch.Tensor, torch.Tensor
     """``x [M, H]`` -> (e4m3 ``q [M, H]``, fp32 ``scale``) with ``q * scale ~ x``:
     ``scale = amax / 448`` per row (``[M, 1]``) or for the whole input (``[1, 1]``), 1
     where that is 0 (an all-zero row or input, or a tiny subnormal amax) or NaN; round to
-    nearest. A NaN input gives e4m3's NaN code (0x7F, sign dropped)."""
+    nearest, saturating (beyond +-448, possible only with scale 1 from a NaN amax: +-448,
+    inf included). A NaN input gives e4m3's NaN code (0x7F, sign dropped)."""
     # one op (two kernels on CUDA); it reads fp32, bf16 and fp16, other dtypes as fp32
     xs = x if x.dtype in (torch.float32, torch.bfloat16, torch.float16) else x.float()
     return torch.ops.largeout.fp8_quantize(xs, rowwise)
