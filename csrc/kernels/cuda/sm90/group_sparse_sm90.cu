@@ -1090,53 +1090,55 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // ================================================================== dx, v3 (expanded weights)
 // dx = dY W_exp, where W_exp [L, H] holds each label's weights at its group's inputs
 // (W_exp[l, idx[g(l), k]] = W[l, k], zero elsewhere): a dense GEMM over the labels with no
-// scatter of results, built tile by tile in shared memory. CTA = (128 batch rows, 256
-// features, a range of 64-label units). Per unit the loader thread (thread 0) brings
-// the dY tile [128 rows][64 labels] (TMA, SW128, the A operand), the unit's weight rows
-// [64][K] and index rows (bulk copies) into a ring of kStages; warpgroup 0 expands
-// the weights into W_exp[64 labels][256 features] (the MN-major B operand: 4 SW128
-// blocks of 64 features) in a ring of two tiles, and computing warpgroups 1 and 2
-// accumulate D[64 rows][256 features] += dY W_exp with four m64n256k16 wgmma each.
-// Unit ranges (splits) write fp32 partials summed in a fixed order: deterministic.
+// scatter of results, built tile by tile in shared memory. CTA = (128 batch rows, kHS
+// features, a range of 64-label units). Per unit the loader thread (thread 0) brings the
+// dY tile [128 rows][64 labels] (TMA, SW128, the A operand), the unit's weight rows [64][K]
+// and index rows (bulk copies) into a ring of kStages; the expanding warpgroups (kExpWG:
+// one for kHS = 256, two for 192) build W_exp[64 labels][kHS features] (the MN-major B
+// operand: SW128 blocks of 64 features) in a ring of two tiles; the last two warpgroups
+// accumulate D[64 rows][kHS features] += dY W_exp with four m64nkHSk16 wgmma each. Unit
+// ranges (splits) write fp32 partials summed in a fixed order: deterministic.
 // kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
 // (the tile is only zeroed), 2 = no MMAs.
-template <int kNk>
+template <int kNk, int kHS_>
 struct Dx3Cfg {
-  static constexpr int K = kNk * kKC;
-  static constexpr int kBM = 128, kHS = 256, kUnit = 64;
+  static constexpr int K = kNk * kKC, kHS = kHS_;
+  static constexpr int kExpWG = kHS == 256 ? 1 : 2, kThreads3 = 128 * (kExpWG + 2), kExpThreads = 128 * kExpWG;
+  static constexpr int kBM = 128, kUnit = 64;
   static constexpr uint32_t kDyBytes = kBM * kUnit * 2;
   static constexpr uint32_t kWBytes = kUnit * K * 2;
   static constexpr uint32_t kIdxBytes = 2 * K * 4;  // at most two groups per unit (G >= 32)
   static constexpr uint32_t kStageBytes = uint32_t(round1k(kDyBytes + kWBytes + kIdxBytes));
   static constexpr uint32_t kExpBytes = kUnit * kHS * 2;
   static constexpr int kStages = kNk == 4 ? 3 : 4;
-  // Threads of the expanding warpgroup: kCT along a row's 8-element chunks, kRC row
-  // classes (a thread's rows are rc, rc + kRC, ...: all with the same row mod 8, so one
-  // swizzle for all of them), kPass chunk passes.
-  static constexpr int kCT = kNk == 1 ? 8 : 16, kRC = 128 / kCT, kPass = K / 8 / kCT, kRows = kUnit / kRC;
+  // Expanding threads: kCT along a row's 8-element chunks, kRC row classes (a thread's
+  // rows are rc, rc + kRC, ...: all with the same row mod 8, so one swizzle for all of
+  // them), kPass chunk passes, kRows rows each.
+  static constexpr int kCT = kNk == 1 ? 8 : 16, kRC = kExpThreads / kCT, kPass = K / 8 / kCT, kRows = kUnit / kRC;
+  static_assert(kRC % 8 == 0 && kRows >= 1, "row classes must keep the row mod 8");
   static constexpr int64_t smem_bytes() {
     return kSmemSlack + int64_t(kStages) * kStageBytes + 2 * int64_t(kExpBytes) + (kStages + 4) * 8;
   }
 };
 
-template <class T, int G, int kNk, int kProbe = 0>
-__global__ void __launch_bounds__(kThreads, 1)
+template <class T, int G, int kNk, int kHS, int kProbe = 0>
+__global__ void __launch_bounds__(Dx3Cfg<kNk, kHS>::kThreads3, 1)
 gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ weight, const int32_t* __restrict__ idx,
              float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int units_per_split,
              int num_groups) {
-  using C = Dx3Cfg<kNk>;
-  constexpr int K = C::K, S = C::kStages;
+  using C = Dx3Cfg<kNk, kHS>;
+  constexpr int K = C::K, S = C::kStages, kE = C::kExpWG;
   constexpr int kGU = G >= 64 ? 1 : 64 / G;  // groups per unit
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
-  uint8_t* stages = base;                              // [S][dY tile | W rows | index rows]
-  uint8_t* exps = stages + S * C::kStageBytes;         // [2][4 blocks][64 labels][64 features] SW128
+  uint8_t* stages = base;                       // [S][dY tile | W rows | index rows]
+  uint8_t* exps = stages + S * C::kStageBytes;  // [2][kHS / 64 blocks][64 labels][64 features] SW128
   uint64_t* full = reinterpret_cast<uint64_t*>(exps + 2 * C::kExpBytes);
   uint64_t* efull = full + S;
   uint64_t* eempty = efull + 2;
 
-  const int n_h = int(cdiv(H, C::kHS));
-  const int h0 = (blockIdx.x % n_h) * C::kHS, b0 = (blockIdx.x / n_h) * C::kBM;
+  const int n_h = int(cdiv(H, kHS));
+  const int h0 = (blockIdx.x % n_h) * kHS, b0 = (blockIdx.x / n_h) * C::kBM;
   const int64_t num_units = cdiv(L, C::kUnit);
   const int64_t u_begin = int64_t(blockIdx.y) * units_per_split;
   const int64_t u_end = num_units < u_begin + units_per_split ? num_units : u_begin + units_per_split;
@@ -1146,8 +1148,8 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) mbar_init(&full[s], 1);
     for (int e = 0; e < 2; ++e) {
-      mbar_init(&efull[e], 4);   // the expanding warps
-      mbar_init(&eempty[e], 8);  // the computing warps
+      mbar_init(&efull[e], 4 * kE);  // the expanding warps
+      mbar_init(&eempty[e], 8);      // the computing warps
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_dy);
@@ -1168,7 +1170,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     bulk_load(st + C::kDyBytes + C::kWBytes, idx + g0 * K, ibytes, &full[n % S]);
   };
 
-  if (wg == 0) {
+  if (wg < kE) {
     const int t = threadIdx.x, c = t % C::kCT, rc = t / C::kCT;
     if (t == 0)
       for (int n = 0; n < min(S, n_units); ++n) load_unit(n);
@@ -1179,10 +1181,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
       if (t == 0 && n >= 2 && n - 2 + S < n_units) load_unit(n - 2 + S);
       uint8_t* ex = exps + e * C::kExpBytes;
 #pragma unroll
-      for (int i = 0; i < int(C::kExpBytes / 16 / 128); ++i)
-        reinterpret_cast<float4*>(ex)[t + 128 * i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
+        reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
       mbar_wait(&full[n % S], (n / S) & 1, 51);
-      named_barrier(1, 128);  // the tile is zero before any thread scatters into it
+      named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
       if constexpr (kProbe != 1) {
         const uint8_t* st = stages + (n % S) * C::kStageBytes;
         const int64_t l0 = (u_begin + n) * C::kUnit;
@@ -1191,6 +1193,12 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
 #pragma unroll
         for (int p = 0; p < C::kPass; ++p) {
           const int cc = p * C::kCT + c;  // this thread's chunk: k-slots 8 cc .. 8 cc + 7
+          // All the thread's weight chunks first (loads ahead of the stores, which the
+          // compiler cannot move loads across).
+          uint4 w[C::kRows];
+#pragma unroll
+          for (int j = 0; j < C::kRows; ++j)
+            w[j] = *reinterpret_cast<const uint4*>(st + C::kDyBytes + (rc + C::kRC * j) * (K * 2) + cc * 16);
 #pragma unroll
           for (int q = 0; q < kGU; ++q) {
             // Byte offsets of the chunk's 8 features in the tile (row rc), and which are in the slice.
@@ -1202,20 +1210,18 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
               const uint32_t h = uint32_t(hv[k] - h0);
-              in |= (h < uint32_t(C::kHS) ? 1u : 0u) << k;
+              in |= (h < uint32_t(kHS) ? 1u : 0u) << k;
               off[k] = (h >> 6) * 8192u + uint32_t(rc) * 128u + ((((h >> 3) & 7u) ^ uint32_t(rc & 7)) << 4) +
                        (h & 7u) * 2u;
             }
 #pragma unroll
             for (int j = 0; j < C::kRows; ++j) {
               if ((C::kRC * j) / (G >= 64 ? 64 : G) != q) continue;  // row rc + kRC j is in group q
-              const int r = rc + C::kRC * j;
-              if (r >= rows) continue;
-              const uint4 w = *reinterpret_cast<const uint4*>(st + C::kDyBytes + r * (K * 2) + cc * 16);
-              const uint32_t wv[4] = {w.x, w.y, w.z, w.w};
+              const uint32_t m = rc + C::kRC * j < rows ? in : 0u;
+              const uint32_t wv[4] = {w[j].x, w[j].y, w[j].z, w[j].w};
 #pragma unroll
               for (int k = 0; k < 8; ++k)
-                if (in & (1u << k))
+                if (m & (1u << k))
                   *reinterpret_cast<uint16_t*>(ex + off[k] + C::kRC * 128 * j) =
                       uint16_t((k & 1) ? (wv[k >> 1] >> 16) : (wv[k >> 1] & 0xffffu));
             }
@@ -1229,10 +1235,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     return;
   }
 
-  const int cw = wg - 1;  // batch rows 64 cw .. 64 cw + 63 of the tile
-  float acc[128];
+  const int cw = wg - kE;  // batch rows 64 cw .. 64 cw + 63 of the tile
+  float acc[kHS / 2];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int i = 0; i < kHS / 2; ++i) acc[i] = 0.f;
   for (int n = 0; n < n_units; ++n) {
     const int e = n & 1;
     mbar_wait(&full[n % S], (n / S) & 1, 52);
@@ -1244,7 +1250,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        mma_ss_kmn<T, 256>(make_desc(ab + kk * 32, 16, 1024, Swizzle::k128B),
+        mma_ss_kmn<T, kHS>(make_desc(ab + kk * 32, 16, 1024, Swizzle::k128B),
                            make_desc(bb + kk * 2048, 8192, 1024, Swizzle::k128B), acc, true);
       wgmma_commit();
       wgmma_wait<1>();  // unit n - 1 is done
@@ -1257,9 +1263,9 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
   }
   wgmma_wait<0>();
   fence_regs(acc);
-  // m64n256 fragment: acc[4 i + 2 hh + v] = (row 16 warp + lane / 4 + 8 hh, feature 8 i + 2 (lane % 4) + v).
+  // m64nkHS fragment: acc[4 i + 2 hh + v] = (row 16 warp + lane / 4 + 8 hh, feature 8 i + 2 (lane % 4) + v).
 #pragma unroll
-  for (int i = 0; i < 32; ++i)
+  for (int i = 0; i < kHS / 8; ++i)
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
       const int b = b0 + 64 * cw + 16 * warp + (lane >> 2) + 8 * hh;
@@ -1616,15 +1622,17 @@ namespace {
 bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!env_is("LARGEOUT_SM90_DX", "v3") || s.dy_ld() % 8 != 0 || s.group_size < 32) return false;
   int64_t smem = 0;
-  if (s.fan_in == 64) smem = Dx3Cfg<1>::smem_bytes();
-  else if (s.fan_in == 128) smem = Dx3Cfg<2>::smem_bytes();
-  else if (s.fan_in == 256) smem = Dx3Cfg<4>::smem_bytes();
+  if (s.fan_in == 64) smem = Dx3Cfg<1, 256>::smem_bytes();
+  else if (s.fan_in == 128) smem = Dx3Cfg<2, 256>::smem_bytes();
+  else if (s.fan_in == 256) smem = Dx3Cfg<4, 256>::smem_bytes();
   else return false;
   return smem <= smem_budget(dev);
 }
+// Features per CTA of dx v3: 256 (one expanding warpgroup) or, with LARGEOUT_SM90_DX3_HS=192, 192 (two).
+int dx3_slice() { return env_int("LARGEOUT_SM90_DX3_HS") == 192 ? 192 : 256; }
 // Unit ranges of dx v3: enough CTAs (tiles x splits) for one wave.
 int64_t dx3_splits(const GroupSparseShape& s, const DeviceInfo& dev) {
-  const int64_t tiles = cdiv(s.batch, 128) * cdiv(s.in_features, 256);
+  const int64_t tiles = cdiv(s.batch, 128) * cdiv(s.in_features, dx3_slice());
   const int64_t units = cdiv(s.out_features, 64);
   const int64_t sp = std::clamp<int64_t>(dev.sms / tiles, 1, std::min<int64_t>(std::max<int64_t>(units, 1), 65535));
   return cdiv(units, cdiv(units, sp));
@@ -1726,16 +1734,16 @@ namespace {
 template <class T, int G>
 cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                   const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
-  return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-    using C = Dx3Cfg<kNk>;
+  auto run = [&]<int kNk, int kHS>() -> cudaError_t {
+    using C = Dx3Cfg<kNk, kHS>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
-    auto kernel = gsl_dx3_sm90<T, G, kNk>;
+    auto kernel = gsl_dx3_sm90<T, G, kNk, kHS>;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
-      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, 1>;
-      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, 2>;
+      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, kHS, 1>;
+      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, kHS, 2>;
     }
     const int64_t smem = C::smem_bytes();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -1743,15 +1751,18 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
       return e;
     const int64_t units = cdiv(s.out_features, C::kUnit);
     const int64_t per = std::max<int64_t>(1, cdiv(units, splits));
-    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, C::kHS);
+    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, kHS);
     if (tiles > INT32_MAX || splits > 65535) return cudaErrorInvalidValue;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-    kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, smem, stream>>>(
+    kernel<<<dim3(unsigned(tiles), unsigned(splits)), C::kThreads3, smem, stream>>>(
         dmap, static_cast<const T*>(weight), indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features),
         s.out_features, int(per), int(s.num_groups()));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
+  };
+  return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+    return dx3_slice() == 192 ? run.template operator()<kNk, 192>() : run.template operator()<kNk, 256>();
   });
 }
 }  // namespace
