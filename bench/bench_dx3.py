@@ -3,8 +3,8 @@ weights, results scattered into an fp32 accumulator) against v3 (LARGEOUT_SM90_D
 64-label unit's weights expanded to dense rows in shared memory and multiplied as a dense GEMM,
 no scatter), next to cuBLAS's GEMM of equal FLOPs ([B, L] x [L, K]) and the full dense layer's dx
 ([B, L] x [L, H]) in the same run. Also the layer's training step (forward + backward through
-autograd) with each, and v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs; bf16). v3 runs
-with 256-feature slices (one expanding warpgroup) and 192 (LARGEOUT_SM90_DX3_HS=192, two).
+autograd) with each, v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs; bf16) and the
+library's default choice (v3 for G <= 64 and K >= 128, else v2).
 
     python bench/bench_dx3.py --out dx3.json [--quick]"""
 
@@ -48,28 +48,25 @@ def shape_row(B, H, L, K, G, probes):
     idx = random_group_indices(-(-L // G), H, K, generator=torch.Generator().manual_seed(0)).cuda()
     op = lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
     row = {"B": B, "H": H, "L": L, "K": K, "G": G}
-    ref = with_env("LARGEOUT_SM90_DX", None, op).float()
+    ref = with_env("LARGEOUT_SM90_DX", "v2", op).float()
     out3 = with_env("LARGEOUT_SM90_DX", "v3", op).float()
     row["max_abs_diff_v3_vs_v2"] = float((out3 - ref).abs().max())
     row["ref_abs_max"] = float(ref.abs().max())
-    out192 = with_env("LARGEOUT_SM90_DX", "v3", lambda: with_env("LARGEOUT_SM90_DX3_HS", "192", op)).float()
-    row["max_abs_diff_v3_192_vs_v2"] = float((out192 - ref).abs().max())
-    row["v2_ms"] = with_env("LARGEOUT_SM90_DX", None, lambda: ms(op))
-    for hs in ("256", "192"):
-        name = "v3" if hs == "256" else "v3_192"
-        run = lambda fn: with_env("LARGEOUT_SM90_DX", "v3", lambda: with_env("LARGEOUT_SM90_DX3_HS", hs, fn))
-        row[f"{name}_ms"] = run(lambda: ms(op))
-        for p in probes:
-            row[f"{name}_probe{p}_ms"] = run(lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
+    row["v2_ms"] = with_env("LARGEOUT_SM90_DX", "v2", lambda: ms(op))
+    row["v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(op))
+    for p in probes:
+        row[f"v3_probe{p}_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
+                                          lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
+    row["default_ms"] = with_env("LARGEOUT_SM90_DX", None, lambda: ms(op))
     def gemm_ms(n):  # dY [B, L] x [L, n] on cuBLAS
         other = torch.randn(L, n, device="cuda", dtype=dt, generator=g)
         return ms(lambda: dy @ other)
 
     row["cublas_matched_ms"] = gemm_ms(K)
     row["cublas_dense_dx_ms"] = gemm_ms(H)
-    for v in ("v2", "v3", "v3_192"):
+    for v in ("v2", "v3"):
         row[f"{v}_vs_matched"] = row[f"{v}_ms"] / row["cublas_matched_ms"]
-    row["v3_TFLOPs_dense_equiv"] = 2 * B * L * H / min(row["v3_ms"], row["v3_192_ms"]) / 1e9
+    row["v3_TFLOPs_dense_equiv"] = 2 * B * L * H / row["v3_ms"] / 1e9
     return row
 
 
@@ -85,10 +82,8 @@ def step_row(B, H, L, K, G):
         layer(x).backward(dy)
 
     row = {"B": B, "H": H, "L": L, "K": K, "G": G}
-    row["step_v2_ms"] = with_env("LARGEOUT_SM90_DX", None, lambda: ms(step, 10))
+    row["step_v2_ms"] = with_env("LARGEOUT_SM90_DX", "v2", lambda: ms(step, 10))
     row["step_v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(step, 10))
-    row["step_v3_192_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
-                                     lambda: with_env("LARGEOUT_SM90_DX3_HS", "192", lambda: ms(step, 10)))
     return row
 
 

@@ -11,7 +11,7 @@ warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no gathers of x^T rows, 2 no dY loads or
 placement, 3 no MMAs (results wrong except for 0); all on dW v1 (LARGEOUT_SM90_DW=v1),
-then v2 (dY by TMA, the default where L % 8 == 0). dx v2 probes (LARGEOUT_SM90_DX_PROBE,
+then v2 (dY by TMA, the default where L % 8 == 0). dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no scatter into the accumulator, 2 no MMAs, 3 no
 ldmatrix of W. Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
@@ -80,6 +80,7 @@ def main() -> None:
     dy = torch.randn(a.B, a.L, device="cuda", dtype=dt, generator=g)
     if "dx" in a.passes:
         dx_ref = ops.group_sparse_linear_backward_input(dy, w, idx, a.G, a.H).float()
+        os.environ["LARGEOUT_SM90_DX"] = "v2"  # the probes are compiled into v2 (v3 is the default here)
         for probe in range(4):
             os.environ["LARGEOUT_SM90_DX_PROBE"] = str(probe)
             before = largeout.kernels.launch_counts()["input"]["sm90"]
@@ -92,6 +93,7 @@ def main() -> None:
             rows.append(row)
             print(row, flush=True)
         os.environ.pop("LARGEOUT_SM90_DX_PROBE")
+        os.environ.pop("LARGEOUT_SM90_DX")
     if "dw" in a.passes:
         dw_ref = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
         os.environ["LARGEOUT_SM90_DW"] = "v1"  # the probes are compiled into v1

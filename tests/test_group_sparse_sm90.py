@@ -270,22 +270,20 @@ DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (
                            (1, 768, 40, 128, 32), (300, 1024, 70000, 128, 32)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v3-192"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "default"])
 @pytest.mark.parametrize("shape", DX3_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
-    # dx v2 (the default where L % 8 == 0: dY by TMA, the two computing warpgroups on
-    # separate batch halves), v1 (LARGEOUT_SM90_DX=v1; the path for odd L) and v3
-    # (LARGEOUT_SM90_DX=v3: each unit's weights expanded to dense rows in shared memory;
-    # 256- or 192-feature slices),
-    # element by element against float64, twice (deterministic).
+    # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L), v2 (dY by TMA, the two computing
+    # warpgroups on separate batch halves, scattering into an fp32 accumulator), v3 (each
+    # unit's weights expanded to dense rows in shared memory; the default for G <= 64 and
+    # K >= 128) and the default choice, element by element against float64, twice
+    # (deterministic).
     if version == "v1" and shape not in DX2_SHAPES:
         pytest.skip("v1's shapes are DX2_SHAPES")
-    if version != "v2":
-        monkeypatch.setenv("LARGEOUT_SM90_DX", version[:2])
-    if version == "v3-192":  # 192-feature slices, two expanding warpgroups
-        monkeypatch.setenv("LARGEOUT_SM90_DX3_HS", "192")
+    if version != "default":
+        monkeypatch.setenv("LARGEOUT_SM90_DX", version)
     B, H, L, K, G = shape
-    dtype = torch.float16 if version.startswith("v3") and L % 3 == 0 else torch.bfloat16
+    dtype = torch.float16 if version in ("v3", "default") and L % 3 == 0 else torch.bfloat16
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 60 + K + G)
     assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
     dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
@@ -330,8 +328,8 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
                                    (129, 768, 777, 64, 64)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_row_padded_grad_at_odd_L(shape, poison):
-    # Odd L: dY as a row-padded view (row stride a multiple of 8) runs dx v2 and dW v2 (dY
-    # by TMA), against float64, element by element; NaN in the padding is never read.
+    # Odd L: dY as a row-padded view (row stride a multiple of 8) runs the TMA kernels (dx
+    # v3 or v2, dW v2), against float64, element by element; NaN in the padding is never read.
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + K + G)
     Lp = -(-L // 8) * 8
@@ -352,8 +350,8 @@ def test_sm90_row_padded_grad_at_odd_L(shape, poison):
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (512, 768, 670_091, 128, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
-    # By default the autograd backward at odd L pads dY once for both passes (dx v2 and dW
-    # v2); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is. Gradients against float64,
+    # By default the autograd backward at odd L pads dY once for both passes (dx v3 or v2,
+    # dW v2); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is. Gradients against float64,
     # also at the benchmark's L = 670,091.
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
@@ -414,7 +412,7 @@ def test_sm90_ops_on_a_fresh_thread(L, monkeypatch):
     # Each op as the first CUDA work of a new thread (as in autograd's device thread), without
     # the poison fixture (whose fills would run torch kernels there first): the same bits as
     # on this thread. Odd L runs the v1 dx/dW kernels (found failing there with
-    # cudaErrorInvalidValue), even L the v2 ones.
+    # cudaErrorInvalidValue), even L the TMA ones (dx v3, dW v2).
     B, H, K, G = 256, 768, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 120)
     ops = torch.ops.largeout

@@ -1090,20 +1090,21 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // ================================================================== dx, v3 (expanded weights)
 // dx = dY W_exp, where W_exp [L, H] holds each label's weights at its group's inputs
 // (W_exp[l, idx[g(l), k]] = W[l, k], zero elsewhere): a dense GEMM over the labels with no
-// scatter of results, built tile by tile in shared memory. CTA = (128 batch rows, kHS
+// scatter of results, built tile by tile in shared memory. CTA = (128 batch rows, 256
 // features, a range of 64-label units). Per unit the loader thread (thread 0) brings the
 // dY tile [128 rows][64 labels] (TMA, SW128, the A operand), the unit's weight rows [64][K]
-// and index rows (bulk copies) into a ring of kStages; the expanding warpgroups (kExpWG:
-// one for kHS = 256, two for 192) build W_exp[64 labels][kHS features] (the MN-major B
-// operand: SW128 blocks of 64 features) in a ring of two tiles; the last two warpgroups
-// accumulate D[64 rows][kHS features] += dY W_exp with four m64nkHSk16 wgmma each. Unit
-// ranges (splits) write fp32 partials summed in a fixed order: deterministic.
+// and index rows (bulk copies) into a ring of kStages; warpgroup 0 builds
+// W_exp[64 labels][256 features] (the MN-major B operand: SW128 blocks of 64 features) in
+// a ring of two tiles while warpgroups 1 and 2 accumulate D[64 rows][256 features] +=
+// dY W_exp with four m64n256k16 wgmma each on the previous unit. Unit ranges (splits)
+// write fp32 partials summed in a fixed order: deterministic. The default for G <= 64 and
+// K >= 128, where it measured faster than v2 (bench/NOTES.md; two expanding warpgroups
+// with 192-feature slices measured slower).
 // kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
 // (the tile is only zeroed), 2 = no MMAs.
-template <int kNk, int kHS_>
+template <int kNk>
 struct Dx3Cfg {
-  static constexpr int K = kNk * kKC, kHS = kHS_;
-  static constexpr int kExpWG = kHS == 256 ? 1 : 2, kThreads3 = 128 * (kExpWG + 2), kExpThreads = 128 * kExpWG;
+  static constexpr int K = kNk * kKC, kHS = 256, kExpThreads = 128;
   static constexpr int kBM = 128, kUnit = 64;
   static constexpr uint32_t kDyBytes = kBM * kUnit * 2;
   static constexpr uint32_t kWBytes = kUnit * K * 2;
@@ -1121,13 +1122,13 @@ struct Dx3Cfg {
   }
 };
 
-template <class T, int G, int kNk, int kHS, int kProbe = 0>
-__global__ void __launch_bounds__(Dx3Cfg<kNk, kHS>::kThreads3, 1)
+template <class T, int G, int kNk, int kProbe = 0>
+__global__ void __launch_bounds__(kThreads, 1)
 gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ weight, const int32_t* __restrict__ idx,
              float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int units_per_split,
              int num_groups) {
-  using C = Dx3Cfg<kNk, kHS>;
-  constexpr int K = C::K, S = C::kStages, kE = C::kExpWG;
+  using C = Dx3Cfg<kNk>;
+  constexpr int K = C::K, S = C::kStages, kHS = C::kHS;
   constexpr int kGU = G >= 64 ? 1 : 64 / G;  // groups per unit
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
@@ -1148,8 +1149,8 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
   if (threadIdx.x == 0) {
     for (int s = 0; s < S; ++s) mbar_init(&full[s], 1);
     for (int e = 0; e < 2; ++e) {
-      mbar_init(&efull[e], 4 * kE);  // the expanding warps
-      mbar_init(&eempty[e], 8);      // the computing warps
+      mbar_init(&efull[e], 4);   // the expanding warps
+      mbar_init(&eempty[e], 8);  // the computing warps
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_dy);
@@ -1170,7 +1171,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     bulk_load(st + C::kDyBytes + C::kWBytes, idx + g0 * K, ibytes, &full[n % S]);
   };
 
-  if (wg < kE) {
+  if (wg == 0) {
     const int t = threadIdx.x, c = t % C::kCT, rc = t / C::kCT;
     if (t == 0)
       for (int n = 0; n < min(S, n_units); ++n) load_unit(n);
@@ -1235,7 +1236,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     return;
   }
 
-  const int cw = wg - kE;  // batch rows 64 cw .. 64 cw + 63 of the tile
+  const int cw = wg - 1;  // batch rows 64 cw .. 64 cw + 63 of the tile
   float acc[kHS / 2];
 #pragma unroll
   for (int i = 0; i < kHS / 2; ++i) acc[i] = 0.f;
@@ -1618,21 +1619,25 @@ bool dx_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
 }
 
 namespace {
-// dx v3 (expanded weights): LARGEOUT_SM90_DX=v3 while it is measured against v2.
+// dx v3 (expanded weights) where dY's row stride is a multiple of 8 (TMA): the default for
+// G <= 64 and K >= 128 (measured faster than v2 there: bench/results/dx3_slices_h200.json);
+// LARGEOUT_SM90_DX=v3 takes it for every shape it covers, v2 or v1 keep it off.
 bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
-  if (!env_is("LARGEOUT_SM90_DX", "v3") || s.dy_ld() % 8 != 0 || s.group_size < 32) return false;
+  const bool forced = env_is("LARGEOUT_SM90_DX", "v3");
+  if (!forced && (env_is("LARGEOUT_SM90_DX", "v2") || env_is("LARGEOUT_SM90_DX", "v1") || s.group_size > 64 ||
+                  s.fan_in < 128))
+    return false;
+  if (s.dy_ld() % 8 != 0 || s.group_size < 32) return false;
   int64_t smem = 0;
-  if (s.fan_in == 64) smem = Dx3Cfg<1, 256>::smem_bytes();
-  else if (s.fan_in == 128) smem = Dx3Cfg<2, 256>::smem_bytes();
-  else if (s.fan_in == 256) smem = Dx3Cfg<4, 256>::smem_bytes();
+  if (s.fan_in == 64) smem = Dx3Cfg<1>::smem_bytes();
+  else if (s.fan_in == 128) smem = Dx3Cfg<2>::smem_bytes();
+  else if (s.fan_in == 256) smem = Dx3Cfg<4>::smem_bytes();
   else return false;
   return smem <= smem_budget(dev);
 }
-// Features per CTA of dx v3: 256 (one expanding warpgroup) or, with LARGEOUT_SM90_DX3_HS=192, 192 (two).
-int dx3_slice() { return env_int("LARGEOUT_SM90_DX3_HS") == 192 ? 192 : 256; }
 // Unit ranges of dx v3: enough CTAs (tiles x splits) for one wave.
 int64_t dx3_splits(const GroupSparseShape& s, const DeviceInfo& dev) {
-  const int64_t tiles = cdiv(s.batch, 128) * cdiv(s.in_features, dx3_slice());
+  const int64_t tiles = cdiv(s.batch, Dx3Cfg<1>::kBM) * cdiv(s.in_features, Dx3Cfg<1>::kHS);
   const int64_t units = cdiv(s.out_features, 64);
   const int64_t sp = std::clamp<int64_t>(dev.sms / tiles, 1, std::min<int64_t>(std::max<int64_t>(units, 1), 65535));
   return cdiv(units, cdiv(units, sp));
@@ -1734,16 +1739,16 @@ namespace {
 template <class T, int G>
 cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                   const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
-  auto run = [&]<int kNk, int kHS>() -> cudaError_t {
-    using C = Dx3Cfg<kNk, kHS>;
+  return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+    using C = Dx3Cfg<kNk>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
-    auto kernel = gsl_dx3_sm90<T, G, kNk, kHS>;
+    auto kernel = gsl_dx3_sm90<T, G, kNk>;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
-      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, kHS, 1>;
-      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, kHS, 2>;
+      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, 1>;
+      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, 2>;
     }
     const int64_t smem = C::smem_bytes();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
@@ -1751,18 +1756,15 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
       return e;
     const int64_t units = cdiv(s.out_features, C::kUnit);
     const int64_t per = std::max<int64_t>(1, cdiv(units, splits));
-    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, kHS);
+    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, C::kHS);
     if (tiles > INT32_MAX || splits > 65535) return cudaErrorInvalidValue;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-    kernel<<<dim3(unsigned(tiles), unsigned(splits)), C::kThreads3, smem, stream>>>(
+    kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, smem, stream>>>(
         dmap, static_cast<const T*>(weight), indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features),
         s.out_features, int(per), int(s.num_groups()));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
-  };
-  return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-    return dx3_slice() == 192 ? run.template operator()<kNk, 192>() : run.template operator()<kNk, 256>();
   });
 }
 }  // namespace
