@@ -18,8 +18,9 @@
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
-#     dx3    build, the Hopper dx tests (v1, v2, v3), memcheck on two v3 tests (MEMCHECK_DX3=0: without),
-#            bench/bench_dx3.py (DX3_QUICK=1: three shapes)
+#     dx3    build, the Hopper dx tests (v1, v2, v3; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
+#            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), BENCH_HEADLINE=1:
+#            bench_group_sparse.py at B=512, K=128
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -125,8 +126,13 @@ if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the fo
 fi
 
 if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on two of them, bench/bench_dx3.py
-  echo "== tests: Hopper dx versions"
-  run_tests gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "dx_versions"
+  if [ "${TESTS_ALL:-0}" = 1 ]; then
+    echo "== tests: whole suite"
+    run_tests gpu_tests.log $TESTS
+  else
+    echo "== tests: Hopper dx versions"
+    run_tests gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "dx_versions"
+  fi
   if [ "${MEMCHECK_DX3:-1}" = 1 ]; then
     echo "== memcheck: dx v3"
     timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
@@ -135,6 +141,11 @@ if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on t
   fi
   echo "== benchmark: dx v2 vs v3"
   timeout ${DX3_BENCH_TIMEOUT:-240} python3 bench/bench_dx3.py ${DX3_QUICK:+--quick} --out "$OUT/dx3.json" 2>&1 | tee "$OUT/bench_dx3.log" | tail -14
+  if [ "${BENCH_HEADLINE:-0}" = 1 ]; then
+    echo "== benchmark: B=512, K=128 (library defaults)"
+    timeout 150 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
+      --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  fi
   exit 0
 fi
 
