@@ -1101,7 +1101,8 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // K >= 128, where it measured faster than v2 (bench/NOTES.md; two expanding warpgroups
 // with 192-feature slices measured slower).
 // kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
-// (the tile is only zeroed), 2 = no MMAs.
+// (the tile is only zeroed), 2 = no MMAs. kCZ: the computing warpgroups zero each W_exp
+// tile once their MMAs on it are done (the expanding warpgroup then only scatters).
 template <int kNk>
 struct Dx3Cfg {
   static constexpr int K = kNk * kKC, kHS = 256, kExpThreads = 128;
@@ -1122,7 +1123,7 @@ struct Dx3Cfg {
   }
 };
 
-template <class T, int G, int kNk, int kProbe = 0>
+template <class T, int G, int kNk, int kProbe = 0, bool kCZ = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ weight, const int32_t* __restrict__ idx,
              float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int units_per_split,
@@ -1155,6 +1156,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     fence_barrier_init();
     prefetch_tensormap(&tm_dy);
   }
+  if constexpr (kCZ) {  // both tiles start zero
+    for (int i = threadIdx.x; i < int(2 * C::kExpBytes / 16); i += kThreads)
+      reinterpret_cast<float4*>(exps)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+  }
   __syncthreads();
 
   // Stage s <- unit n of this CTA's range.
@@ -1181,11 +1186,13 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
       // The stage of unit n - 2 is free (its tile was consumed, its weights expanded).
       if (t == 0 && n >= 2 && n - 2 + S < n_units) load_unit(n - 2 + S);
       uint8_t* ex = exps + e * C::kExpBytes;
+      if constexpr (!kCZ) {
 #pragma unroll
-      for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
-        reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
+          reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
       mbar_wait(&full[n % S], (n / S) & 1, 51);
-      named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
+      if constexpr (!kCZ) named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
       if constexpr (kProbe != 1) {
         const uint8_t* st = stages + (n % S) * C::kStageBytes;
         const int64_t l0 = (u_begin + n) * C::kUnit;
@@ -1258,6 +1265,12 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
       fence_regs(acc);
     }
     if (n > 0) {
+      if constexpr (kCZ) {  // unit n - 1's tile is free: zero it for unit n + 1
+        float4* ex = reinterpret_cast<float4*>(exps + ((n - 1) & 1) * C::kExpBytes);
+#pragma unroll
+        for (int i = 0; i < int(C::kExpBytes / 16 / 256); ++i)
+          ex[threadIdx.x - 128 + 256 * i] = make_float4(0.f, 0.f, 0.f, 0.f);
+      }
       __syncwarp();
       if (lane == 0) mbar_arrive(&eempty[(n - 1) & 1]);
     }
@@ -1743,12 +1756,14 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx3Cfg<kNk>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
-    auto kernel = gsl_dx3_sm90<T, G, kNk>;
+    // LARGEOUT_SM90_DX3_CZ=1: the computing warpgroups zero the expanded tiles.
+    const bool cz = env_int("LARGEOUT_SM90_DX3_CZ") == 1;
+    auto kernel = cz ? gsl_dx3_sm90<T, G, kNk, 0, true> : gsl_dx3_sm90<T, G, kNk>;
     if constexpr (std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
-      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, 1>;
-      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, 2>;
+      if (pv == 1) kernel = cz ? gsl_dx3_sm90<T, G, kNk, 1, true> : gsl_dx3_sm90<T, G, kNk, 1>;
+      if (pv == 2) kernel = cz ? gsl_dx3_sm90<T, G, kNk, 2, true> : gsl_dx3_sm90<T, G, kNk, 2>;
     }
     const int64_t smem = C::smem_bytes();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
