@@ -31,13 +31,16 @@ TOP = 32
 METRICS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
 
 
-def candidates(models, split):
-    """Top-TOP labels by the members' mean log-probability, those values, and each label's
-    minimum logit over the members."""
+def candidates(members, name):
+    """Top-TOP labels by the members' mean log-probability on split `name`, those values,
+    and each label's minimum logit over the members. Each member reads its own dataset
+    (members may differ in features, e.g. tf-idf alone and tf-idf + text embeddings; the
+    rows and their order are the same: one split)."""
     idx, mean, low = [], [], []
     with torch.no_grad():
-        for b in batches(split, 512, torch.device("cpu"), targets=False):
-            z = torch.stack([m(b).float() for m in models])
+        streams = [batches(getattr(ds, name), 512, torch.device("cpu"), targets=False) for _, ds in members]
+        for bs in zip(*streams):
+            z = torch.stack([m(b).float() for (m, _), b in zip(members, bs)])
             ls = torch.nn.functional.logsigmoid(z).mean(0)
             top = ls.topk(TOP, dim=1)
             idx.append(top.indices.numpy())
@@ -59,16 +62,20 @@ def main() -> None:
     ap.add_argument("--powers", default="0,3e-6,3e-5")
     ap.add_argument("--thresholds", default="10,12,14,16,18,20,22,25")
     a = ap.parse_args()
-    models, ds = [], None
+    members, datasets = [], {}
     for run in a.runs:
         cfg = load_config(None, json.loads((run / "config.json").read_text()))
-        ds = load_dataset(cfg)
+        key = json.dumps({k: v for k, v in cfg.to_dict().items() if k in ("data", "encoder", "max_length", "seed",
+                                                                         "val_fraction", "test_fraction")})
+        if key not in datasets:
+            datasets[key] = load_dataset(cfg)
+        ds = datasets[key]
         m = build_model(cfg, ds.num_features, ds.num_labels)
         m.load_state_dict(load_file(str(run / "checkpoints" / "best" / "model.safetensors")))
-        models.append(m.eval())
+        members.append((m.eval(), ds))
     ip = np.asarray(ds.inv_propensity, dtype=np.float64)
     splits = {"val": ds.val, "test": ds.test}
-    cand = {k: candidates(models, s) for k, s in splits.items()}
+    cand = {k: candidates(members, k) for k in splits}
     rows = []
     for p in (float(v) for v in a.powers.split(",")):
         row = {"rule": "power", "p": p}
