@@ -73,6 +73,23 @@ run_tests() {  # $1: log name, rest: pytest args
   echo "pytest rc=${PIPESTATUS[0]}"
 }
 
+tests_subset() {  # $1: log name, rest: pytest args of a subset; TESTS_ALL=1 runs the whole suite instead
+  if [ "${TESTS_ALL:-0}" = 1 ]; then
+    echo "== tests: the whole suite"
+    run_tests gpu_tests.log $TESTS
+  else
+    echo "== tests: $*"
+    run_tests "$@"
+  fi
+}
+
+memcheck_tests() {  # $1: log name, $2: test file, $3: -k expression
+  echo "== compute-sanitizer memcheck: $2 -k \"$3\""
+  timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider "$2" \
+    -k "$3" > "$OUT/$1" 2>&1
+  echo "memcheck rc=$? ($(tail -1 "$OUT/$1"))"
+}
+
 ncu_optim() {  # Nsight Compute profile of the optimizer kernel for each bench_optim case named
   local c
   for c in "$@"; do
@@ -126,19 +143,9 @@ if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the fo
 fi
 
 if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on two of them, bench/bench_dx3.py
-  if [ "${TESTS_ALL:-0}" = 1 ]; then
-    echo "== tests: whole suite"
-    run_tests gpu_tests.log $TESTS
-  else
-    echo "== tests: Hopper dx versions"
-    run_tests gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "dx_versions"
-  fi
-  if [ "${MEMCHECK_DX3:-1}" = 1 ]; then
-    echo "== memcheck: dx v3"
-    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_group_sparse_sm90.py -k "dx_versions and v3 and (B5_H300 or B129_H520)" > "$OUT/memcheck_dx3.log" 2>&1
-    echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dx3.log"
-  fi
+  tests_subset gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "dx_versions"
+  [ "${MEMCHECK_DX3:-1}" = 1 ] && memcheck_tests memcheck_dx3.log tests/test_group_sparse_sm90.py \
+    "dx_versions and v3 and (B5_H300 or B129_H520)"
   echo "== benchmark: dx v2 vs v3"
   timeout ${DX3_BENCH_TIMEOUT:-240} python3 bench/bench_dx3.py ${DX3_QUICK:+--quick} --out "$OUT/dx3.json" 2>&1 | tee "$OUT/bench_dx3.log" | tail -14
   if [ "${BENCH_HEADLINE:-0}" = 1 ]; then
@@ -260,19 +267,9 @@ if [ "$MODE" = lowp ]; then
 fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
-  if [ "${TESTS_ALL:-0}" = 1 ]; then
-    echo "== tests: the whole suite"
-    run_tests gpu_tests.log tests
-  else
-    echo "== tests: FP8 layer and GEMM"
-    run_tests gpu_tests_fp8.log tests/test_module.py -k "fp8"
-  fi
-  if [ "${MEMCHECK_FP8:-0}" = 1 ]; then
-    echo "== compute-sanitizer memcheck: FP8 GEMM and quantization"
-    timeout 200 compute-sanitizer --tool memcheck --error-exitcode 1 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_module.py -k "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)" > "$OUT/memcheck_fp8.log" 2>&1
-    echo "memcheck rc=$? ($(tail -1 "$OUT/memcheck_fp8.log"))"
-  fi
+  tests_subset gpu_tests_fp8.log tests/test_module.py -k "fp8"
+  [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
+    "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
   echo "== benchmark: FP8 layer against bf16"
   timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
   if [ "${OPTIM_BENCH:-0}" = 1 ]; then
