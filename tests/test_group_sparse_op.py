@@ -61,6 +61,23 @@ def test_forward_backward_match_reference(shape, dtype, device, poison):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_no_labels_is_refused(device):
+    # L = 0: each op refuses it with an error naming the argument (the CUDA dx path used to
+    # divide by the zero group count).
+    x = torch.randn(3, 16, device=device)
+    w = torch.randn(0, 8, device=device)
+    idx = torch.zeros(0, 8, dtype=torch.int32, device=device)
+    dy = torch.randn(3, 0, device=device)
+    ops = torch.ops.largeout
+    with pytest.raises(RuntimeError, match=r"weight must have at least one row"):
+        ops.group_sparse_linear(x, w, idx, None, 32)
+    with pytest.raises(RuntimeError, match=r"weight must have at least one row"):
+        ops.group_sparse_linear_backward_input(dy, w, idx, 32, 16)
+    with pytest.raises(RuntimeError, match=r"grad_out must be 2-D \[B, L\] with L >= 1"):
+        ops.group_sparse_linear_backward_weight(dy, x, idx, 32)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_leading_dims_and_no_bias(device, poison):
     x, w, _, idx = make_inputs(0, 48, 70, 16, 32, torch.float32, device, 3, bias=False, lead=(2, 3, 5))
     y = F.group_sparse_linear(x, w, idx, None, group_size=32)

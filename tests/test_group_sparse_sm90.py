@@ -267,7 +267,10 @@ DX2_SHAPES = [(B, H, -(-L // 8) * 8, K, G) for B, H, L, K, G in SHAPES if G >= 3
 # dx v3 (expanded weights) also on feature counts that are not multiples of its
 # 256-feature slices, a label count inside the first 64-label unit, and fp16.
 DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (129, 520, 3000, 256, 128),
-                           (1, 768, 40, 128, 32), (300, 1024, 70000, 128, 32)]
+                           (1, 768, 40, 128, 32), (300, 1024, 70000, 128, 32),
+                           # odd H (scalar partial stores), 96 tiles (one split: dx written directly,
+                           # many units per CTA), one partial 256-feature slice
+                           (3, 777, 1000, 128, 32), (4096, 768, 20000, 128, 32), (16, 200, 5000, 128, 64)]
 
 
 @pytest.mark.parametrize("version", ["v1", "v2", "v3", "v3-cz", "default"])

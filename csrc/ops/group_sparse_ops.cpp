@@ -184,6 +184,7 @@ DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tens
   TORCH_CHECK(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   check_group_size(G);
   const int64_t L = weight.size(0);
+  TORCH_CHECK(L >= 1, kOp, ": weight must have at least one row (out_features >= 1); got shape ", weight.sizes());
   TORCH_CHECK(grad.dim() == 2 && grad.size(1) == L, kOp, ": grad_out must be [B, L] with L = ", L,
                     "; got shape ", grad.sizes());
   const int64_t K = check_indices(indices, L, G, grad);
@@ -215,7 +216,7 @@ struct DwArgs {
 DwArgs check_dw(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices, int64_t G) {
   const DType dt = to_dtype(grad, "grad_out");
   check_same(x, "x", grad, "grad_out");
-  TORCH_CHECK(grad.dim() == 2 && grad.size(1) >= 1, kOp, ": grad_out must be 2-D [B, L]; got shape ",
+  TORCH_CHECK(grad.dim() == 2 && grad.size(1) >= 1, kOp, ": grad_out must be 2-D [B, L] with L >= 1; got shape ",
                     grad.sizes());
   TORCH_CHECK(x.dim() == 2 && x.size(0) == grad.size(0), kOp, ": x must be [B, H] with B = grad_out.shape[0] = ",
                     grad.size(0), "; got shape ", x.sizes());
@@ -265,13 +266,16 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
   DeviceGuard guard(a.grad.device());
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
-  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+  cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
   if (plan.path == cuda::Path::kSm90) {
     a.grad = aligned(a.grad);
     a.weight = aligned(a.weight);
     a.indices = aligned(a.indices);
   }
   keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, plan.path);
+  // The Hopper layout (splits, workspace) depends on dY's row stride, known only now.
+  if (plan.path == cuda::Path::kSm90 && a.shape.grad_ld != 0)
+    plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),

@@ -1159,6 +1159,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
   if constexpr (kCZ) {  // both tiles start zero
     for (int i = threadIdx.x; i < int(2 * C::kExpBytes / 16); i += kThreads)
       reinterpret_cast<float4*>(exps)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+    fence_proxy_async();  // the zeros before the wgmma reads
   }
   __syncthreads();
 
@@ -1266,10 +1267,14 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     }
     if (n > 0) {
       if constexpr (kCZ) {  // unit n - 1's tile is free: zero it for unit n + 1
+        // Both computing warpgroups read all of the tile: each zeroes its half only once
+        // the other's MMAs on it are done too.
+        named_barrier(2, 256);
         float4* ex = reinterpret_cast<float4*>(exps + ((n - 1) & 1) * C::kExpBytes);
 #pragma unroll
         for (int i = 0; i < int(C::kExpBytes / 16 / 256); ++i)
           ex[threadIdx.x - 128 + 256 * i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        fence_proxy_async();  // the zeros before the wgmma reads of unit n + 1
       }
       __syncwarp();
       if (lane == 0) mbar_arrive(&eempty[(n - 1) & 1]);
