@@ -266,16 +266,15 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
   DeviceGuard guard(a.grad.device());
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
-  cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
-  if (plan.path == cuda::Path::kSm90) {
+  const cuda::Path path = cuda::choose_path(cuda::Pass::kInput, a.dtype, a.shape, device_info());
+  if (path == cuda::Path::kSm90) {
     a.grad = aligned(a.grad);
     a.weight = aligned(a.weight);
     a.indices = aligned(a.indices);
   }
-  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, plan.path);
-  // The Hopper layout (splits, workspace) depends on dY's row stride, known only now.
-  if (plan.path == cuda::Path::kSm90 && a.shape.grad_ld != 0)
-    plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, path);
+  // Planned once dY's row stride is known: the Hopper layout (splits, workspace) depends on it.
+  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),

@@ -1646,17 +1646,17 @@ bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
                   s.fan_in < 128))
     return false;
   if (s.dy_ld() % 8 != 0 || s.group_size < 32) return false;
-  int64_t smem = 0;
-  if (s.fan_in == 64) smem = Dx3Cfg<1>::smem_bytes();
-  else if (s.fan_in == 128) smem = Dx3Cfg<2>::smem_bytes();
-  else if (s.fan_in == 256) smem = Dx3Cfg<4>::smem_bytes();
-  else return false;
-  return smem <= smem_budget(dev);
+  bool fits = false;  // (stays false for K other than 64, 128, 256)
+  dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+    fits = Dx3Cfg<kNk>::smem_bytes() <= smem_budget(dev);
+    return cudaSuccess;
+  });
+  return fits;
 }
 // Unit ranges of dx v3: enough CTAs (tiles x splits) for one wave.
 int64_t dx3_splits(const GroupSparseShape& s, const DeviceInfo& dev) {
   const int64_t tiles = cdiv(s.batch, Dx3Cfg<1>::kBM) * cdiv(s.in_features, Dx3Cfg<1>::kHS);
-  const int64_t units = cdiv(s.out_features, 64);
+  const int64_t units = cdiv(s.out_features, Dx3Cfg<1>::kUnit);
   const int64_t sp = std::clamp<int64_t>(dev.sms / tiles, 1, std::min<int64_t>(std::max<int64_t>(units, 1), 65535));
   return cdiv(units, cdiv(units, sp));
 }
@@ -1795,10 +1795,8 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
     if constexpr (G < 32) {
       return cudaErrorInvalidValue;
     } else {
-      if (dx_v3_applies(s, dev)) {
-        if (reinterpret_cast<uintptr_t>(dy) % 16 != 0) return cudaErrorMisalignedAddress;
-        return dx_v3<T, G>(dt, s, dev, splits, dy, weight, indices, dxp, workspace, stream);
-      }
+      // (group_sparse_dx has checked dY's 16-byte alignment that TMA needs)
+      if (dx_v3_applies(s, dev)) return dx_v3<T, G>(dt, s, dev, splits, dy, weight, indices, dxp, workspace, stream);
       if (cudaError_t e = dx_v2<T, G>(dt, s, dev, splits, dy, weight, indices, dxp, workspace, stream);
           e != cudaErrorNotSupported)
         return e;
