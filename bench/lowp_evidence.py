@@ -9,6 +9,8 @@ and a group-sparse output layer whose weights are trained as
   (c) bf16, stochastic rounding,          (d) bf16, nearest + Kahan compensation,
   (e) fp8 e4m3, stochastic rounding (bf16 gradients; dense: FP8 matmul of e4m3 inputs on
       GPUs with FP8 tensor cores, group-sparse: the weight upcast to bf16),
+  (f) as (e) with a power-of-two scale per label (head_weight_scale "label", re-chosen
+      every epoch),
 each with SGD (momentum 0.9; lr picked for (a) on validation from a small grid and used
 by all) and with AdamW (lr 5e-3, the demo's); with --small-lrs / --small-adamw-lrs, also
 the dense head with SGD / AdamW at fixed small learning rates, where most updates fall
@@ -36,6 +38,7 @@ VARIANTS = {
     "c bf16 SR": {"head_dtype": "bfloat16", "head_rounding": "stochastic"},
     "d bf16 Kahan": {"head_dtype": "bfloat16", "head_rounding": "kahan"},
     "e fp8 SR": {"head_dtype": "float8_e4m3fn", "head_rounding": "stochastic"},
+    "f fp8 SR scaled": {"head_dtype": "float8_e4m3fn", "head_rounding": "stochastic", "head_weight_scale": "label"},
 }
 COMMON = {"epochs": 8, "progress": False, "seed": 0}
 
@@ -92,6 +95,7 @@ def main(argv=None) -> int:
                     help="also run the dense head with AdamW at each of these fixed (small) learning rates: "
                          "AdamW's steps are about lr in size, below half a bf16 ulp of most weights")
     ap.add_argument("--only-small", action="store_true", help="run only the --small-lrs / --small-adamw-lrs regimes")
+    ap.add_argument("--variants", default="", help="letters of the variants to run (default: all; (a) always runs)")
     args = ap.parse_args(argv)
     if args.plot is not None:
         plot(json.loads(args.plot.read_text()), args.plot.with_suffix(".png"))
@@ -125,7 +129,7 @@ def main(argv=None) -> int:
             base["lr"] = 5e-3
             rows = {}
         for name, v in VARIANTS.items():
-            if name in rows:
+            if name in rows or (args.variants and name[0] not in args.variants + "a"):
                 continue
             rows[name] = run({**base, **v}, args.work / f"{key}-{name.split()[0]}", args.device)
         for name, r in rows.items():

@@ -188,7 +188,7 @@ fi
 
 if [ "$MODE" = optim ]; then  # optimizer and rounding tests, the optimizer benchmark, the SASS of two optimizer kernels
   echo "== tests: optimizers and stochastic rounding"
-  run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py
+  run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
   echo "== benchmark: fused optimizer step"
   timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
   echo "== SASS of the bf16 SGD, SGD momentum and AdamW kernels (cuobjdump)"
@@ -266,7 +266,7 @@ fi
 if [ "$MODE" = lowp ]; then
   echo "== tests: stochastic rounding, optimizers, low-precision and FP8 layers, low-precision heads"
   run_tests gpu_tests_lowp.log ${LOWP_TESTS:-tests/test_stochastic_round.py tests/test_optim.py tests/test_module.py \
-    tests/test_train.py}
+    tests/test_weight_scale.py tests/test_train.py}
   if [ "${BENCH:-1}" != 0 ]; then
     if [ "${OPTIM_BENCH:-1}" != 0 ]; then
       echo "== benchmark: fused optimizer step"
@@ -284,14 +284,14 @@ if [ "$MODE" = lowp ]; then
 fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
-  tests_subset gpu_tests_fp8.log tests/test_module.py -k "fp8"
+  tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py -k "fp8 or scale"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
     "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
   echo "== benchmark: FP8 layer against bf16"
   timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
   if [ "${OPTIM_BENCH:-0}" = 1 ]; then
     [ "${TESTS_ALL:-0}" = 1 ] || { echo "== tests: optimizers and stochastic rounding"
-      run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py; }
+      run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py; }
     echo "== benchmark: fused optimizer step"
     timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
   fi

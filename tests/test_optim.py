@@ -348,19 +348,34 @@ def test_fused_op_rejects_bad_arguments_and_writes_nothing():
     op = torch.ops.largeout._fused_optim_step_
     args = (0, True, 0.1, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 2)
     with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[5\] but params\[1\] has shape \[4\]"):
-        op(p, g, [], [], [], *args)
+        op(p, g, [], [], [], [], *args)
     with pytest.raises(RuntimeError, match="grads must hold 2 tensors"):
-        op(p, g[:1], [], [], [], *args)
+        op(p, g[:1], [], [], [], [], *args)
     with pytest.raises(TypeError, match="grads must be of dtype"):
-        op(p, [t.to(torch.int32) for t in g], [], [], [], *args)
+        op(p, [t.to(torch.int32) for t in g], [], [], [], [], *args)
     with pytest.raises(RuntimeError, match="buf1 .* must hold 2 tensors|buf1 must hold 2 tensors"):
-        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [], [], [],
+        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [], [], [], [],
            1, *args[1:])
     with pytest.raises(TypeError, match="buf1 \\(momentum\\) must be bfloat16 for BFloat16 parameters; got Float"):
-        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [torch.zeros(10), torch.zeros(4)], [], [],
+        op(p, [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()], [torch.zeros(10), torch.zeros(4)], [], [], [],
            *args)
+    with pytest.raises(TypeError, match="scales are for float8 parameters; params are BFloat16"):
+        op(p, g[:1] + [torch.randn(4).bfloat16()], [], [], [], [torch.ones(1), torch.ones(1)], *args)
     for a, b in zip(p, before):
         assert torch.equal(a.view(torch.int16), b.view(torch.int16))
+    # row scales: one float32 value per row of a 2-D fp8 parameter with rows a multiple of 8 long
+    q = [torch.randn(3, 16).to(torch.float8_e4m3fn)]
+    qb = q[0].clone()
+    gq = [torch.randn(3, 16).bfloat16()]
+    for sc, msg in (([torch.ones(4)], r"scales\[0\] must have shape \[3\]"),
+                    ([torch.ones(3, dtype=torch.float64)], r"scales\[0\] must be float32; got Double"),
+                    ([torch.ones(3), torch.ones(3)], "scales must be empty or hold 1 tensors")):
+        with pytest.raises((RuntimeError, TypeError), match=msg):
+            op(q, gq, [], [], [], sc, *args)
+    q12 = [torch.randn(2, 12).to(torch.float8_e4m3fn)]
+    with pytest.raises(RuntimeError, match=r"rows a multiple of 8 long; got shape \[2, 12\]"):
+        op(q12, [torch.randn(2, 12).bfloat16()], [], [], [], [torch.ones(2)], *args)
+    assert torch.equal(q[0].view(torch.uint8), qb.view(torch.uint8))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

@@ -54,8 +54,9 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-@pytest.mark.parametrize("head", [{}, {"head_dtype": "bfloat16"}, {"head_dtype": "float8_e4m3fn", "output": "dense"}],
-                         ids=["fp32", "bf16-sr", "fp8-dense"])
+@pytest.mark.parametrize("head", [{}, {"head_dtype": "bfloat16"}, {"head_dtype": "float8_e4m3fn", "output": "dense"},
+                                  {"head_dtype": "float8_e4m3fn", "head_weight_scale": "label"}],
+                         ids=["fp32", "bf16-sr", "fp8-dense", "fp8-scaled"])
 def test_resume_continues_exactly(tmp_path, one_thread, head):
     # On the CPU: CUDA's EmbeddingBag backward is not bitwise deterministic.
     _, straight = run(tmp_path, "a", epochs=3, device="cpu", **head)
@@ -81,6 +82,26 @@ def test_low_precision_head_learns(tmp_path, output, head_dtype):
     assert saved["head.weight"].dtype == getattr(torch, head_dtype)
     with pytest.raises(ValueError, match="head_dtype must be"):
         load_config(None, {"head_dtype": "int8"})
+
+
+@pytest.mark.parametrize("output", ["group-sparse", "dense"])
+def test_fp8_head_with_label_scales_learns_and_rescales(tmp_path, output):
+    cfg, s = run(tmp_path, "sc", epochs=4, output=output, head_dtype="float8_e4m3fn", head_weight_scale="label")
+    X, Y = lodata.synthetic(**SMALL["synthetic"])
+    _, Ytr, _, Yte = lodata.train_test_split(X, Y, cfg.test_fraction, seed=cfg.seed)
+    assert s["test"]["P@1"] > max(0.5, 3 * majority_p1(Ytr, Yte)), s["test"]
+    saved = load_file(str(tmp_path / "sc/checkpoints/last/model.safetensors"))
+    sc = saved["head.weight_scale"]
+    assert sc.dtype == torch.float32 and sc.shape == (300,)
+    assert bool((torch.frexp(sc)[0] == 0.5).all())  # powers of two
+    codes = saved["head.weight"].float().abs().amax(1)
+    assert bool(((codes > 8) | (codes == 0)).all()) and bool((codes <= 16).all())  # rescaled after the last epoch
+    lines = [json.loads(line) for line in (tmp_path / "sc/metrics.jsonl").read_text().splitlines()]
+    assert all("rescaled_labels" in r for r in lines if r["split"] == "epoch")
+    with pytest.raises(ValueError, match='head_weight_scale "label" needs an fp8 head_dtype'):
+        load_config(None, {"head_weight_scale": "label", "head_dtype": "bfloat16"})
+    with pytest.raises(ValueError, match="head_weight_scale must be"):
+        load_config(None, {"head_weight_scale": "row"})
 
 
 def test_propensity_weighted_bce_matches_formula():

@@ -157,6 +157,11 @@ struct OptimSlot {
   void* comp;  // Kahan compensation
   int64_t numel;
   int64_t base;  // first element's index in the launch's random stream (a multiple of 8)
+  // Scaled fp8 parameters (largeout.nn's weight_scale): the parameter's value is its code
+  // times row_scale[i / row_len] (row_len a multiple of 8, so a group of 8 is in one row);
+  // the gradient and the buffers are in those units. Null for unscaled parameters.
+  const float* row_scale;
+  int64_t row_len;
 };
 
 struct OptimTypes {
@@ -264,8 +269,12 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
 }
 
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
-// past the slot's end are computed but never stored).
-template <OptimKind K, ElemType P, ElemType S>
+// past the slot's end are computed but never stored). kScaled: the slot's parameter has a
+// row scale (OptimSlot::row_scale): its values are decoded times the scale, updated as any
+// parameter's, and divided by the scale before rounding (exact for the power-of-two scales
+// largeout.nn uses: rounding the quotient to the format is rounding the value to the
+// format's grid times the scale).
+template <OptimKind K, ElemType P, ElemType S, bool kScaled = false>
 LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
   struct {
     ElemType param = P, grad, state = S, comp = comp_type(P);
@@ -279,6 +288,16 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   if (has_buf1 && needs_random(h, t.state)) r1.fill(h, v, 1, t.state);
   if (K == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
   const bool near = !h.stochastic;
+  [[maybe_unused]] float scale = 1.f;
+  if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
+  auto param_value = [&](uint32_t code) {
+    const float p = decode_code(code, t.param);
+    if constexpr (kScaled) {
+      return op_mul(p, scale);
+    } else {
+      return p;
+    }
+  };
   // The gradient's type is known only at run time: one switch for the group, each case
   // decoding all 8 codes (a switch per element was an indirect branch per element).
   float gf[n];
@@ -307,7 +326,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     constexpr bool kComp = decltype(comp_c)::value;
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) {
-      const float p = decode_code(q.p[j], t.param);
+      const float p = param_value(q.p[j]);
       const float g = gf[j];
       float upd;
       if constexpr (K == OptimKind::kSGD) {
@@ -352,11 +371,15 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   }
   if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, r1.w, near, q.b1);
   if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, r2.w, near, q.b2);
+  if constexpr (kScaled) {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < n; ++j) pv[j] = op_div(pv[j], scale);
+  }
   round_group_codes<P>(pv, rp.w, near, q.p);
   if (comp) {
     float cv[n];
     LARGEOUT_UNROLL
-    for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(decode_code(q.p[j], t.param), pold[j]), ykahan[j]);
+    for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(param_value(q.p[j]), pold[j]), ykahan[j]);
     round_group_codes<comp_type(P)>(cv, rp.w, true, q.c);
   }
 }
@@ -364,7 +387,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
 // Scalar loads and stores around optim_update_codes (the CPU path, and unaligned or
 // partial groups on the GPU). All 8 lanes are computed (those past n on zeros, never
 // stored), so that the arrays are indexed by constants after unrolling.
-template <OptimKind K, ElemType P, ElemType S>
+template <OptimKind K, ElemType P, ElemType S, bool kScaled = false>
 LARGEOUT_HD void optim_update_range(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0, int n) {
   struct {
     ElemType param = P, grad, state = S, comp = comp_type(P);
@@ -380,7 +403,7 @@ LARGEOUT_HD void optim_update_range(const OptimSlot& s, ElemType G, const OptimH
     q.b2[j] = in && s.buf2 ? load_code(s.buf2, t.state, i0 + j) : 0u;
     q.c[j] = in && s.comp ? load_code(s.comp, t.comp, i0 + j) : 0u;
   }
-  optim_update_codes<K, P, S>(q, s, G, h, i0);
+  optim_update_codes<K, P, S, kScaled>(q, s, G, h, i0);
   LARGEOUT_UNROLL
   for (int j = 0; j < 8; ++j) {
     if (j >= n) break;
@@ -429,6 +452,9 @@ bool dispatch_optim(OptimKind k, ElemType p, ElemType s, F&& f) {
 #undef LARGEOUT_OPT_P
   return false;
 }
+
+// Whether a parameter dtype may carry a row scale (fp8 only).
+constexpr bool scalable(ElemType p) { return p == ElemType::kE4M3 || p == ElemType::kE5M2; }
 
 namespace cpu {
 void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,

@@ -83,7 +83,7 @@ TORCH_LIBRARY(largeout, m) {
   m.def("fp8_quantize(Tensor x, bool rowwise) -> (Tensor, Tensor)");
   m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
   m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
-        "Tensor(d!)[] comps, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
+        "Tensor(d!)[] comps, Tensor[] scales, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
         "bool first, float weight_decay, float beta1, float beta2, float eps, float step_size, float inv_sqrt_bc2, "
         "int seed, int offset) -> ()");
   // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.

@@ -77,7 +77,7 @@ struct Prepared {
 // The op's arguments (schema in module.cpp), as prepare() and both entry points take them.
 #define LARGEOUT_STEP_ARGS                                                                                   \
   at::TensorList params, at::TensorList grads, at::TensorList buf1, at::TensorList buf2, at::TensorList comps, \
-      int64_t kind, bool stochastic, double lr, double momentum, double dampening, bool nesterov, bool first,   \
+      at::TensorList scales, int64_t kind, bool stochastic, double lr, double momentum, double dampening, bool nesterov, bool first,   \
       double weight_decay, double beta1, double beta2, double eps, double step_size, double inv_sqrt_bc2,      \
       int64_t seed, int64_t offset
 
@@ -113,6 +113,25 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
                    " for ", params[0].scalar_type(), " parameters; got ",
                    comps.empty() ? at::kFloat : comps[0].scalar_type());
   p.types.comp = want;
+  // Row scales (scaled fp8 parameters): none, or one float32 vector per parameter, a value
+  // per row of the (2-D) parameter, whose rows are a multiple of 8 long.
+  if (!scales.empty()) {
+    TORCH_CHECK(scales.size() == params.size(), kOp, ": scales must be empty or hold ", params.size(),
+                " tensors (one per parameter); got ", scales.size());
+    TORCH_CHECK_TYPE(scalable(pt), kOp, ": scales are for float8 parameters; params are ", params[0].scalar_type());
+    for (size_t i = 0; i < scales.size(); ++i) {
+      const at::Tensor& sc = scales[i];
+      TORCH_CHECK(params[i].dim() == 2 && params[i].size(1) % 8 == 0, kOp, ": params[", i, "] with a scale must be ",
+                  "2-D with rows a multiple of 8 long; got shape ", params[i].sizes());
+      TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, kOp, ": scales[", i, "] must be float32; got ",
+                       sc.scalar_type());
+      TORCH_CHECK(sc.dim() == 1 && sc.size(0) == params[i].size(0), kOp, ": scales[", i, "] must have shape [",
+                  params[i].size(0), "] (one per row of params[", i, "]); got ", sc.sizes());
+      TORCH_CHECK(sc.device() == params[0].device(), kOp, ": scales[", i, "] is on ", sc.device(),
+                  " but params[0] is on ", params[0].device());
+      TORCH_CHECK(sc.is_contiguous(), kOp, ": scales[", i, "] must be contiguous");
+    }
+  }
   p.hyper = OptimHyper{kind == 0 ? OptimKind::kSGD : OptimKind::kAdamW,
                        stochastic,
                        !comps.empty(),
@@ -136,7 +155,9 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
     p.slots.push_back(OptimSlot{params[i].data_ptr(), grads[i].const_data_ptr(),
                                 buf1.empty() ? nullptr : buf1[i].data_ptr(),
                                 buf2.empty() ? nullptr : buf2[i].data_ptr(),
-                                comps.empty() ? nullptr : comps[i].data_ptr(), n, base});
+                                comps.empty() ? nullptr : comps[i].data_ptr(), n, base,
+                                scales.empty() ? nullptr : scales[i].const_data_ptr<float>(),
+                                scales.empty() || params[i].dim() < 2 ? 0 : params[i].size(1)});
     base += (n + 7) / 8 * 8;
     groups += (n + 7) / 8;
     p.prefix.push_back(groups);
@@ -146,7 +167,7 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
 
 // The names of the op's arguments (LARGEOUT_STEP_ARGS), passed on to prepare().
 #define LARGEOUT_STEP_NAMES                                                                                 \
-  params, grads, buf1, buf2, comps, kind, stochastic, lr, momentum, dampening, nesterov, first, weight_decay, \
+  params, grads, buf1, buf2, comps, scales, kind, stochastic, lr, momentum, dampening, nesterov, first, weight_decay, \
       beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset
 
 void step_cpu(LARGEOUT_STEP_ARGS) {
@@ -170,7 +191,8 @@ void step_cuda(LARGEOUT_STEP_ARGS) {
   const auto* slots = reinterpret_cast<const OptimSlot*>(dev.const_data_ptr<uint8_t>());
   const auto* prefix = reinterpret_cast<const int64_t*>(dev.const_data_ptr<uint8_t>() + slot_bytes);
   const cudaError_t e = cuda::optim_step(slots, prefix, int(p.slots.size()), p.prefix.back(), p.types, p.hyper,
-                                         !buf1.empty(), !comps.empty(), c10::cuda::getCurrentCUDAStream());
+                                         !buf1.empty(), !comps.empty(), !scales.empty(),
+                                         c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
 }
 #endif

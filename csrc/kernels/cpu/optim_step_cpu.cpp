@@ -4,19 +4,32 @@
 
 namespace largeout::cpu {
 
+namespace {
+template <OptimKind K, ElemType P, ElemType S, bool kScaled>
+void run(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
+         const ParallelFor& pf) {
+  for (int k = 0; k < num_slots; ++k) {
+    const OptimSlot& s = slots[k];
+    const int64_t groups = (s.numel + 7) / 8;
+    pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
+      for (int64_t v = begin; v < end; ++v) {
+        const int64_t i0 = v * 8;
+        optim_update_range<K, P, S, kScaled>(s, types.grad, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
+      }
+    });
+  }
+}
+}  // namespace
+
+// (A launch's slots are all scaled or all not: the op checks it.)
 void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
                 const ParallelFor& pf) {
+  const bool scaled = num_slots > 0 && slots[0].row_scale != nullptr;
   dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
-    for (int k = 0; k < num_slots; ++k) {
-      const OptimSlot& s = slots[k];
-      const int64_t groups = (s.numel + 7) / 8;
-      pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
-        for (int64_t v = begin; v < end; ++v) {
-          const int64_t i0 = v * 8;
-          optim_update_range<K, P, S>(s, types.grad, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
-        }
-      });
+    if constexpr (scalable(P)) {
+      if (scaled) return run<K, P, S, true>(slots, num_slots, types, hyper, pf);
     }
+    run<K, P, S, false>(slots, num_slots, types, hyper, pf);
   });
 }
 

@@ -95,7 +95,7 @@ __device__ __forceinline__ void store_group(const OptimSlot& s, int64_t i0, cons
 }
 
 // Unpacks the raw words of one group, updates it and stores it.
-template <OptimKind K, ElemType P, ElemType S>
+template <OptimKind K, ElemType P, ElemType S, bool kScaled>
 __device__ __forceinline__ void update_raw(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0,
                                            const Raw8& rp, const Raw8& rg, const Raw8& r1, const Raw8& r2,
                                            const Raw8& rc) {
@@ -106,7 +106,7 @@ __device__ __forceinline__ void update_raw(const OptimSlot& s, ElemType G, const
   if (s.buf1) unpack8(r1, elem_bytes(S), q.b1);
   if (s.buf2) unpack8(r2, elem_bytes(S), q.b2);
   if (s.comp) unpack8(rc, elem_bytes(C), q.c);
-  optim_update_codes<K, P, S>(q, s, G, h, i0);
+  optim_update_codes<K, P, S, kScaled>(q, s, G, h, i0);
   store_group<P, S>(s, i0, q);
 }
 
@@ -123,12 +123,12 @@ __device__ __forceinline__ void load_group(const OptimSlot& s, ElemType G, int64
 
 // One group by itself, each tensor unpacked as it is loaded (the fewest registers: the
 // 16-bit kU = 1 kernels), or per element where partial or not 16-byte aligned.
-template <OptimKind K, ElemType P, ElemType S>
+template <OptimKind K, ElemType P, ElemType S, bool kScaled>
 __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
   constexpr ElemType C = comp_type(P);
   const int n = s.numel - i0 < 8 ? int(s.numel - i0) : 8;
   if (n < 8 || !slot_aligned(s)) {
-    optim_update_range<K, P, S>(s, G, h, i0, n);
+    optim_update_range<K, P, S, kScaled>(s, G, h, i0, n);
     return;
   }
   OptimGroup q;
@@ -137,7 +137,7 @@ __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const
   if (s.buf1) unpack8(load_raw8(s.buf1, elem_bytes(S), i0), elem_bytes(S), q.b1);
   if (s.buf2) unpack8(load_raw8(s.buf2, elem_bytes(S), i0), elem_bytes(S), q.b2);
   if (s.comp) unpack8(load_raw8(s.comp, elem_bytes(C), i0), elem_bytes(C), q.c);
-  optim_update_codes<K, P, S>(q, s, G, h, i0);
+  optim_update_codes<K, P, S, kScaled>(q, s, G, h, i0);
   store_group<P, S>(s, i0, q);
 }
 
@@ -173,8 +173,9 @@ constexpr int groups_per_thread() {
 }
 
 // A block iteration covers kU * 256 consecutive groups of the launch; thread t takes
-// groups t, t + 256, ... of it (coalesced).
-template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks>
+// groups t, t + 256, ... of it (coalesced). kScaled: every slot's parameter has a row
+// scale (fp8 parameters of largeout.nn layers with weight_scale; kBufs = kRuntime).
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks, bool kScaled = false>
 __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const OptimSlot* __restrict__ slots,
                                                                    const int64_t* __restrict__ prefix,
                                                                    int64_t total_groups, ElemType G, OptimHyper h) {
@@ -221,7 +222,7 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
         load_group<P, S>(s, G, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
 #pragma unroll
       for (int u = 0; u < kU; ++u)
-        update_raw<K, P, S>(s, G, h, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
+        update_raw<K, P, S, kScaled>(s, G, h, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
       continue;
     }
     // One group at a time (kU = 1, a slot's end, a partial or an unaligned group).
@@ -231,7 +232,7 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
       if (g >= total_groups) break;
       while (__ldg(prefix + kk + 1) <= g) ++kk;
       const OptimSlot sg = slot(kk);
-      update_one<K, P, S>(sg, G, h, (g - __ldg(prefix + kk)) * 8);
+      update_one<K, P, S, kScaled>(sg, G, h, (g - __ldg(prefix + kk)) * 8);
     }
   }
 }
@@ -240,20 +241,28 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
-                       cudaStream_t stream) {
+                       bool scaled, cudaStream_t stream) {
   if (total_groups == 0 || num_slots == 0) return cudaSuccess;
   int device = 0, sms = 0;
   cudaError_t e = cudaGetDevice(&device);
   if (e != cudaSuccess) return e;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;
+  bool unscalable = false;
   const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
     auto pick = [&]<Bufs kBufs>() {
       constexpr int kBlocks = resident_blocks(kBufs);
       return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
     };
     std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper), int> kernel_u;
-    if constexpr (K == OptimKind::kSGD) {
+    if (scaled) {  // (the op allows row scales on fp8 parameters only)
+      if constexpr (scalable(P)) {
+        kernel_u = std::make_pair(optim_kernel<K, P, S, Bufs::kRuntime, 2, true>, 1);
+      } else {
+        unscalable = true;
+        return;
+      }
+    } else if constexpr (K == OptimKind::kSGD) {
       kernel_u = has_buf1 ? (has_comp ? pick.template operator()<Bufs::kBoth>() : pick.template operator()<Bufs::kBuf1>())
                           : (has_comp ? pick.template operator()<Bufs::kComp>() : pick.template operator()<Bufs::kNone>());
     } else {
@@ -265,7 +274,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,
                                                                              types.grad, hyper);
   });
-  if (!known) return cudaErrorInvalidValue;
+  if (!known || unscalable) return cudaErrorInvalidValue;
   return cudaGetLastError();
 }
 

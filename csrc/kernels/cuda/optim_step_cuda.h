@@ -9,8 +9,9 @@ namespace largeout::cuda {
 // slots[num_slots] and group_prefix[num_slots + 1] (groups of 8 elements before each
 // slot; group_prefix[num_slots] = total) live in device memory. Every slot has buf1
 // (momentum, exp_avg) iff has_buf1 and a Kahan buffer iff has_comp; AdamW's slots have buf2.
+// Every slot has a row scale iff scaled (fp8 parameters only; else cudaErrorInvalidValue).
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
-                       cudaStream_t stream);
+                       bool scaled, cudaStream_t stream);
 
 }  // namespace largeout::cuda

@@ -25,6 +25,13 @@ input the forward multiplied, into ``weight.grad`` (bf16). When L is not a multi
 ``dY`` is first copied into a zero-padded ``[M, L_pad]`` buffer: cuBLAS runs several
 times slower on a leading dimension that is not 16-byte aligned.
 
+With per-label weight scales (``weight_scale="label"``, powers of two, see
+:mod:`largeout.nn.lowp`) the forward runs ``_scaled_mm`` with row-wise scales on both
+sides (the input's scale repeated per row, the labels' scales per column; largeout's own
+FP8 GEMM applies one scale), and dx multiplies each upcast weight chunk by its labels'
+scales (exact in bf16). dW is the gradient of the scaled weight, as ``largeout.optim``
+expects.
+
 ``_scaled_mm`` needs the label count to be a multiple of 16: a weight whose label count
 is not is stored with up to 15 zero rows after its last row (``weight`` is a view of the
 first L rows; :func:`padded_weight` restores the padding after ``module.to()`` or a
@@ -38,6 +45,8 @@ import os
 from typing import Optional, Tuple
 
 import torch
+
+from . import lowp
 
 __all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "fp8_linear",
            "fp8_tensor_cores"]
@@ -101,13 +110,20 @@ def gemm_mode() -> str:
     return mode
 
 
-def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
-    """bf16 ``(q * sx) @ w_full^T + b``: q e4m3 [M, H], sx fp32 [M, 1], w_full e4m3 [Lp, H]."""
+def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Optional[torch.Tensor],
+              sw: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """bf16 ``(q * sx) @ (w_full * sw)^T + b``: q e4m3 [M, H], sx fp32 [M, 1] or [1, 1],
+    w_full e4m3 [Lp, H], sw None or fp32 [1, Lp] (per-label weight scales)."""
     Lp = w_full.shape[0]
     mode = gemm_mode()
     if not fp8_tensor_cores(q.device):  # emulated: exact bf16 operands, fp32 accumulation, bf16 result
         y = torch.mm(q.to(torch.bfloat16), w_full.to(torch.bfloat16).t()).float() * sx
+        if sw is not None:
+            y = y * sw
         return (y + b.float() if b is not None else y).to(torch.bfloat16)
+    if sw is not None:  # row-wise scales on both sides (largeout's own kernel takes one input scale)
+        return torch._scaled_mm(q, w_full.t(), scale_a=sx.expand(q.shape[0], 1).contiguous(), scale_b=sw,
+                                bias=b, out_dtype=torch.bfloat16, use_fast_accum=mode.endswith("fast"))
     if mode == "tensor-fast":
         config = kernel_choice(q.device)
         if config is not None:
@@ -169,7 +185,7 @@ class _Fp8LinearFn(torch.autograd.Function):
     ``weight.grad``."""
 
     @staticmethod
-    def forward(ctx, anchor, x2, weight, bias):
+    def forward(ctx, anchor, x2, weight, bias, scale):
         L = weight.shape[0]
         q, sx = quantize(x2, gemm_mode().startswith("row"))
         w_full = padded_weight(weight)
@@ -179,8 +195,12 @@ class _Fp8LinearFn(torch.autograd.Function):
             b = bias.to(torch.bfloat16)
             if Lp != L:
                 b = torch.nn.functional.pad(b, (0, Lp - L))
-        y = _fp8_gemm(q, sx, w_full, b)
+        sw = None
+        if scale is not None:  # [1, Lp], ones on the padding rows
+            sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
+        y = _fp8_gemm(q, sx, w_full, b, sw)
         ctx.save_for_backward(q, sx)
+        ctx.scale = sw
         ctx.x_dtype = x2.dtype
         ctx.weight = weight
         ctx.bias_dtype = bias.dtype if bias is not None else None
@@ -204,25 +224,32 @@ class _Fp8LinearFn(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
+            sw = ctx.scale[0, :L8, None].to(torch.bfloat16) if ctx.scale is not None else None
             for c in range(0, L8, _DX_CHUNK):
-                acc += (g[:, c : c + _DX_CHUNK] @ _to_bf16(w_full[c : c + _DX_CHUNK])).float()
+                wc = _to_bf16(w_full[c : c + _DX_CHUNK])
+                if sw is not None:  # exact: powers of two
+                    wc = wc * sw[c : c + _DX_CHUNK]
+                acc += (g[:, c : c + _DX_CHUNK] @ wc).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = (g.t() @ x_hat)[:L]
-        w.grad = dw if w.grad is None else w.grad + dw
+        lowp.accumulate_grad(w, dw)
         db = None
         if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
             db = g[:, :L].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
-        return None, dx, None, db
+        return None, dx, None, db, None
 
 
-def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``x W^T + b`` on FP8 tensor cores (see the module notes); ``x [..., H]`` any float
-    dtype, ``weight [L, H]`` e4m3; returns bf16 ``[..., L]``."""
+def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+               scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x (W * scale[:, None])^T + b`` on FP8 tensor cores (see the module notes); ``x [...,
+    H]`` any float dtype, ``weight [L, H]`` e4m3, ``scale`` None or float32 ``[L]`` (powers of
+    two, see :mod:`largeout.nn.lowp`); returns bf16 ``[..., L]``. ``weight.grad`` receives the
+    gradient with respect to the scaled weight."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     anchor = torch.empty(0, device=x.device, requires_grad=True) if torch.is_grad_enabled() else None
-    y = _Fp8LinearFn.apply(anchor, x2, weight, bias)
+    y = _Fp8LinearFn.apply(anchor, x2, weight, bias, scale)
     if len(lead) == 1:
         return y
     return y[0] if not lead else y.unflatten(0, lead)

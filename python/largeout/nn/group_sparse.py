@@ -66,7 +66,7 @@ def _uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator
         chunk.copy_(tmp.uniform_(-bound, bound, generator=generator))
 
 
-class GroupSparseLinear(nn.Module):
+class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
     r"""Output layer with group-shared fixed fan-in sparsity.
 
     Labels are split into groups of ``group_size``; each label has ``fan_in``
@@ -94,6 +94,11 @@ class GroupSparseLinear(nn.Module):
             initial indices (:func:`random_group_indices`); the same function either way.
             On an H200 "banked" made the Hopper forward 3-10% faster and left dx and dW
             unchanged (``bench/results/index_order_h200.json``).
+        weight_scale: None, or ``"label"`` for an fp8 weight: one float32 power-of-two
+            scale per label (``weight_scale`` buffer; label ``l``'s weights are
+            ``weight[l] * weight_scale[l]``; see :mod:`largeout.nn.lowp`), which keeps the
+            values in the format's normal range; ``rescale_weight_()`` re-chooses the scales
+            during training.
     """
 
     def __init__(
@@ -108,6 +113,7 @@ class GroupSparseLinear(nn.Module):
         generator: Optional[torch.Generator] = None,
         weight_dtype: Optional[torch.dtype] = None,
         index_order: str = "sorted",
+        weight_scale: Optional[str] = None,
     ) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
@@ -140,6 +146,7 @@ class GroupSparseLinear(nn.Module):
             self.num_groups, in_features, fan_in, generator=generator, device=device, order=index_order
         )
         self.register_buffer("indices", idx)
+        self._init_weight_scale("GroupSparseLinear", weight_scale, device)
         self.reset_parameters(generator=generator)
 
     @property
@@ -151,7 +158,9 @@ class GroupSparseLinear(nn.Module):
         weights and bias in ``[-1/sqrt(K), 1/sqrt(K)]``."""
         bound = 1.0 / math.sqrt(self.fan_in)
         with torch.no_grad():
-            if self.weight.dtype in lowp.FP8_DTYPES:
+            if self.weight_scale is not None:
+                self._init_scaled_uniform_(bound, generator)
+            elif self.weight.dtype in lowp.FP8_DTYPES:
                 lowp.init_uniform_(self.weight, bound, generator)
             else:
                 _uniform_(self.weight, bound, generator)
@@ -177,9 +186,10 @@ class GroupSparseLinear(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "indices"
+        # Validate before anything of this module is written.
         if key in state_dict:
-            # Validate before anything of this module is written.
             self._check_indices(state_dict[key])
+        self._check_loaded_scale(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
 
     # -- compute ------------------------------------------------------------------
@@ -187,7 +197,8 @@ class GroupSparseLinear(nn.Module):
         cdt = lowp.compute_dtype(self.weight.dtype)
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
-        w = lowp.weight_for_compute(self.weight)
+        lowp.link_scale(self.weight, self.weight_scale)
+        w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(x.dtype)
 
@@ -215,8 +226,11 @@ class GroupSparseLinear(nn.Module):
         return layer
 
     def to_dense(self) -> nn.Linear:
-        """The equivalent ``nn.Linear`` (zeros outside the kept inputs)."""
+        """The equivalent ``nn.Linear`` (zeros outside the kept inputs; an fp8 weight times its
+        scale, in bf16)."""
         w = self.weight.detach()
+        if w.dtype in lowp.FP8_DTYPES:
+            w = lowp.dequantize(w, self.weight_scale, torch.bfloat16)
         lin = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None, device=w.device, dtype=w.dtype)
         rows = self.indices.long().repeat_interleave(self.group_size, dim=0)[: self.out_features]
         with torch.no_grad():
@@ -232,4 +246,5 @@ class GroupSparseLinear(nn.Module):
             f"group_size={self.group_size}, num_groups={self.num_groups}, bias={self.bias is not None}, "
             f"density={self.fan_in / self.in_features:.3g}"
             + (f", weight_dtype={self.weight_dtype}" if self.weight_dtype != torch.float32 else "")
+            + (", weight_scale=label" if self.weight_scale is not None else "")
         )

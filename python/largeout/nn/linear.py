@@ -13,7 +13,7 @@ from . import fp8, lowp
 __all__ = ["Linear"]
 
 
-class Linear(nn.Module):
+class Linear(lowp.ScaledWeightMixin, nn.Module):
     r"""``y = x W^T + b`` with the weight stored in ``weight_dtype``.
 
     Args:
@@ -33,6 +33,12 @@ class Linear(nn.Module):
             upcast, bf16 tensor cores; the default otherwise). Must be None for other
             weight dtypes.
         generator: random source of the initial values.
+        weight_scale: None, or ``"label"`` for an fp8 weight: one float32 power-of-two
+            scale per output row (``weight_scale`` buffer; the layer's weights are
+            ``weight * weight_scale[:, None]``; see :mod:`largeout.nn.lowp`), which keeps the
+            values in the format's normal range; ``rescale_weight_()`` re-chooses the scales
+            during training. Needs ``in_features`` a multiple of 8. With e4m3 activations on
+            FP8 tensor cores the forward runs ``torch._scaled_mm`` with row-wise scales.
 
     Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
     drawn in fp32 chunks and rounded (stochastically for fp8), never as a full fp32 copy.
@@ -40,7 +46,7 @@ class Linear(nn.Module):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
                  weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
-                 activation_dtype: Optional[torch.dtype] = None) -> None:
+                 activation_dtype: Optional[torch.dtype] = None, weight_scale: Optional[str] = None) -> None:
         super().__init__()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: in_features and out_features must be >= 1; got {in_features}, {out_features}")
@@ -64,24 +70,34 @@ class Linear(nn.Module):
         rows = fp8.ROW_MULTIPLE if activation_dtype == torch.float8_e4m3fn else 1  # see fp8.padded_weight
         self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device, row_multiple=rows)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
+        self._init_weight_scale("Linear", weight_scale, device)
         self.reset_parameters(generator)
 
     def reset_parameters(self, generator: Optional[torch.Generator] = None) -> None:
         bound = 1.0 / math.sqrt(self.in_features)
         with torch.no_grad():
-            lowp.init_uniform_(self.weight, bound, generator)
+            if self.weight_scale is not None:
+                self._init_scaled_uniform_(bound, generator)
+            else:
+                lowp.init_uniform_(self.weight, bound, generator)
             if self.bias is not None:
                 lowp.init_uniform_(self.bias, bound, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        lowp.link_scale(self.weight, self.weight_scale)
         if self.activation_dtype == torch.float8_e4m3fn:
-            return fp8.fp8_linear(x, self.weight, self.bias).to(x.dtype)
+            return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)
-        w = lowp.weight_for_compute(self.weight)
+        w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
                 f"weight_dtype={self.weight_dtype}" +
-                (f", activation_dtype={self.activation_dtype}" if self.activation_dtype is not None else ""))
+                (f", activation_dtype={self.activation_dtype}" if self.activation_dtype is not None else "") +
+                (", weight_scale=label" if self.weight_scale is not None else ""))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        self._check_loaded_scale(state_dict, prefix)  # before anything of this module is written
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

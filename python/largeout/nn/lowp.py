@@ -8,6 +8,18 @@ accumulated, in bf16, into ``weight.grad``, where ``largeout.optim`` finds it. T
 bf16 copy exists only for the duration of a forward/backward; no fp32 copy of the
 weights is ever made, initialization included (drawn in chunks and stochastically
 rounded).
+
+An fp8 weight may carry a **per-label scale** (``weight_scale="label"`` of the layers): a
+float32 power of two per output row, so that label ``l``'s weights are
+``weight[l] * weight_scale[l]``. It keeps each row's values in the format's normal range
+(e4m3 has 3 mantissa bits and normal values only down to 2^-6: an unscaled
+``U(-1/sqrt(K), 1/sqrt(K))`` init at K = 128 has most of its values at or below 4x that),
+and rows that grow or shrink in training can be moved back with the layers'
+``rescale_weight_()``. Powers of two make every product with a scale exact (the bf16
+upcast ``weight.to(bf16) * scale`` included), so the scale changes no arithmetic, only
+which values the 8 bits can hold. ``weight.grad`` is the gradient with respect to the
+scaled weight; ``largeout.optim`` reads the scale (see :func:`row_scale`) and applies each
+update in those units, dividing by the scale only to round into the stored codes.
 """
 
 from __future__ import annotations
@@ -18,11 +30,19 @@ import torch
 
 from ..precision import stochastic_round
 
-__all__ = ["WEIGHT_DTYPES", "FP8_DTYPES", "compute_dtype", "init_uniform_", "weight_for_compute", "check_weight_dtype"]
+__all__ = ["WEIGHT_DTYPES", "FP8_DTYPES", "compute_dtype", "init_uniform_", "weight_for_compute", "check_weight_dtype",
+           "pow2_scale", "check_scale", "row_scale", "rescale_rows_", "dequantize"]
 
 FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
 WEIGHT_DTYPES = (torch.float64, torch.float32, torch.bfloat16, torch.float16) + FP8_DTYPES
 _INIT_CHUNK = 1 << 22  # fp32 elements drawn at once when initialising low-precision weights
+# Per-label scales: a row's largest magnitude over its scale lands in (TARGET / 2, TARGET]
+# (e4m3: 16, 28x below its largest value 448, 10 binades above its smallest normal 2^-6;
+# e5m2: 1024, 56x below 57344, 24 binades above 2^-14); exponents are kept in [-100, 100]
+# so that a scale times any code is a normal fp32 number.
+SCALE_TARGET = {torch.float8_e4m3fn: 16.0, torch.float8_e5m2: 1024.0}
+SCALE_EXP_RANGE = (-100, 100)
+_SCALE_ATTR = "_largeout_row_scale"
 
 
 def check_weight_dtype(layer: str, weight_dtype) -> torch.dtype:
@@ -50,35 +70,115 @@ def init_uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Gener
         part.copy_(tmp.to(part.device))
 
 
+def pow2_scale(amax: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """float32 powers of two ``s`` with ``amax / s`` in ``(T / 2, T]`` (``T =
+    SCALE_TARGET[dtype]``), 1 where ``amax`` is 0 or not finite; exponents clamped to
+    ``SCALE_EXP_RANGE``."""
+    a = amax.float()
+    ok = torch.isfinite(a) & (a > 0)
+    # the exponent from frexp (exact; a log2 could round across a power of two)
+    mant, ex = torch.frexp(torch.where(ok, a / SCALE_TARGET[dtype], torch.ones_like(a)))  # a/T = mant * 2^ex, mant in [0.5, 1)
+    e = (ex - (mant == 0.5).to(ex.dtype)).clamp(*SCALE_EXP_RANGE)  # smallest e with a/T <= 2^e
+    return torch.where(ok, torch.ldexp(torch.ones_like(a), e), torch.ones_like(a))
+
+
+def check_scale(name: str, scale: torch.Tensor, rows: int) -> None:
+    """Raises ValueError unless ``scale`` is a float32 ``[rows]`` tensor of powers of two
+    with exponents in ``SCALE_EXP_RANGE``."""
+    if not torch.is_tensor(scale) or scale.dtype != torch.float32 or tuple(scale.shape) != (rows,):
+        got = f"{scale.dtype} tensor of shape {tuple(scale.shape)}" if torch.is_tensor(scale) else type(scale).__name__
+        raise ValueError(f"{name} must be a float32 tensor of shape ({rows},); got a {got}")
+    mant, ex = torch.frexp(scale)
+    lo, hi = SCALE_EXP_RANGE
+    bad = ~((mant == 0.5) & (ex - 1 >= lo) & (ex - 1 <= hi))
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        raise ValueError(f"{name} must hold powers of two 2^e with e in [{lo}, {hi}]; got {scale[i].item()!r} at "
+                         f"row {i} ({int(bad.sum())} such rows)")
+
+
+def link_scale(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
+    """Records ``scale`` as ``weight``'s row scale, where :func:`row_scale` (and so
+    ``largeout.optim``) finds it. The layers call it whenever either tensor may have been
+    replaced (construction, ``module.to()``, every forward)."""
+    if scale is None:
+        if hasattr(weight, _SCALE_ATTR):
+            delattr(weight, _SCALE_ATTR)
+    else:
+        setattr(weight, _SCALE_ATTR, scale)
+
+
+def row_scale(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """The per-row scale of a layer's fp8 weight (``weight_scale``), or None."""
+    return getattr(weight, _SCALE_ATTR, None)
+
+
+def dequantize(weight: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The weight's values in ``dtype``: ``weight * scale[:, None]`` (exact for fp8 weights
+    in bf16 and wider, scales being powers of two)."""
+    w = weight.detach().to(dtype)
+    return w if scale is None else w * scale.to(device=w.device, dtype=dtype)[:, None]
+
+
+def rescale_rows_(weight: torch.Tensor, scale: torch.Tensor, generator: Optional[torch.Generator] = None,
+                  chunk_rows: Optional[int] = None) -> int:
+    """Re-chooses each row's power-of-two scale from its current largest magnitude
+    (:func:`pow2_scale`) and re-encodes the row: exact where the scale shrinks, rounded
+    stochastically (``generator``) where it grows. Rows of zeros keep their scale. Works in
+    chunks of rows (no full-size fp32 copy). Returns the number of rows whose scale changed."""
+    L, K = weight.shape
+    rows = chunk_rows or max(1, _INIT_CHUNK // max(K, 1))
+    changed = 0
+    flat = weight.detach()
+    for r0 in range(0, L, rows):
+        q = flat[r0 : r0 + rows]
+        s = scale[r0 : r0 + rows]
+        v = q.float()
+        amax = v.abs().amax(1)
+        new = torch.where(amax > 0, pow2_scale(amax * s, weight.dtype), s)
+        moved = new != s
+        if not bool(moved.any()):
+            continue
+        changed += int(moved.sum())
+        v = v * (s / new)[:, None]  # exact (powers of two), the same value in the new units
+        q.copy_(stochastic_round(v, weight.dtype, generator=generator))
+        s.copy_(new)
+    return changed
+
+
 class _FromStored(torch.autograd.Function):
-    """Upcast of a stored low-precision weight whose gradient goes to ``weight.grad`` (bf16).
-    ``anchor`` is an empty tensor that requires grad, so autograd calls backward."""
+    """Upcast of a stored low-precision weight (times its row scale, when it has one) whose
+    gradient goes to ``weight.grad`` (bf16; with respect to the scaled weight). ``anchor``
+    is an empty tensor that requires grad, so autograd calls backward."""
 
     @staticmethod
-    def forward(ctx, anchor, weight, dtype):
+    def forward(ctx, anchor, weight, dtype, scale=None):
         ctx.weight = weight
-        return weight.to(dtype)
+        return weight.to(dtype) if scale is None else dequantize(weight, scale, dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        w = ctx.weight
-        g = grad.to(torch.bfloat16)
-        if w.grad is None:
-            w.grad = g
-        else:
-            w.grad = w.grad + g
-        return None, None, None
+        accumulate_grad(ctx.weight, grad.to(torch.bfloat16))
+        return None, None, None, None
 
 
-def weight_for_compute(weight: torch.Tensor) -> torch.Tensor:
-    """The weight as the layer's matmuls take it: itself, or (fp8) its bf16 upcast whose
-    gradient is routed into ``weight.grad`` when grad mode is on."""
+def accumulate_grad(weight: torch.Tensor, g: torch.Tensor) -> None:
+    """``weight.grad += g`` for an fp8 weight (``g`` bf16). A copy of the parameter
+    (``copy.deepcopy``) loses make_weight's ``grad_dtype = None``: restored here."""
+    if getattr(weight, "grad_dtype", None) is not None:
+        weight.grad_dtype = None
+    weight.grad = g if weight.grad is None else weight.grad + g
+
+
+def weight_for_compute(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The weight as the layer's matmuls take it: itself, or (fp8) its bf16 upcast (times
+    ``scale`` per row) whose gradient is routed into ``weight.grad`` when grad mode is on."""
     if weight.dtype not in FP8_DTYPES:
         return weight
     if not torch.is_grad_enabled():
-        return weight.to(torch.bfloat16)
+        return dequantize(weight, scale, torch.bfloat16)
     anchor = torch.empty(0, device=weight.device, requires_grad=True)
-    return _FromStored.apply(anchor, weight, torch.bfloat16)
+    return _FromStored.apply(anchor, weight, torch.bfloat16, scale)
 
 
 def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1) -> torch.nn.Parameter:
@@ -95,3 +195,56 @@ def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1)
     if fp8:
         p.grad_dtype = None
     return p
+
+
+WEIGHT_SCALES = (None, "label")
+
+
+class ScaledWeightMixin:
+    """The per-label weight scale of a layer with an fp8 ``weight [L, K]`` (module notes):
+    the ``weight_scale`` buffer (float32 ``[L]``, or None), its link to the weight for
+    ``largeout.optim``, ``rescale_weight_()`` and the checks of a loaded scale."""
+
+    def _init_weight_scale(self, layer: str, weight_scale: Optional[str], device) -> None:
+        if weight_scale not in WEIGHT_SCALES:
+            raise ValueError(f"{layer}: weight_scale must be None or \"label\"; got {weight_scale!r}")
+        L, K = self.weight.shape
+        if weight_scale is not None:
+            if self.weight.dtype not in FP8_DTYPES:
+                raise ValueError(f"{layer}: weight_scale=\"label\" needs an fp8 weight_dtype (float8_e4m3fn or "
+                                 f"float8_e5m2); got weight_dtype={self.weight.dtype}")
+            if K % 8:
+                raise ValueError(f"{layer}: weight_scale=\"label\" needs weight rows a multiple of 8 long; got {K}")
+            self.register_buffer("weight_scale", torch.ones(L, dtype=torch.float32, device=device))
+        else:
+            self.register_buffer("weight_scale", None)
+        link_scale(self.weight, self.weight_scale)
+
+    def _init_scaled_uniform_(self, bound: float, generator: Optional[torch.Generator]) -> None:
+        """``U(-bound, bound)`` weights: every row's scale from ``bound``, codes drawn in those units."""
+        s = pow2_scale(torch.tensor(bound), self.weight.dtype)
+        self.weight_scale.fill_(float(s))
+        init_uniform_(self.weight, bound / float(s), generator)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        link_scale(self.weight, self.weight_scale)
+        return out
+
+    def _check_loaded_scale(self, state_dict, prefix: str) -> None:
+        key = prefix + "weight_scale"
+        if self.weight_scale is not None and key in state_dict:
+            check_scale(f"{type(self).__name__}: {key}", state_dict[key], self.weight.shape[0])
+
+    @torch.no_grad()
+    def rescale_weight_(self, generator: Optional[torch.Generator] = None) -> int:
+        """Re-chooses every label's power-of-two scale from its row's largest magnitude
+        (rows that grew or shrank in training get back to the format's sweet spot) and
+        re-encodes the weights: exact where a row's scale shrinks, stochastically rounded
+        where it grows. The weights' values, and any optimizer state (kept in the scaled
+        units), are unchanged by it up to that rounding. Returns the number of labels whose
+        scale changed. Needs ``weight_scale="label"``."""
+        if self.weight_scale is None:
+            raise RuntimeError(f"{type(self).__name__}.rescale_weight_: the layer has no weight scale "
+                               "(construct it with weight_scale=\"label\")")
+        return rescale_rows_(self.weight, self.weight_scale, generator)

@@ -8,6 +8,11 @@ stores the new value back in the parameter's own dtype, rounded
   ulp still act on average;
 - ``rounding="nearest"``: round to nearest (such small steps are lost: for comparison).
 
+fp8 weights of largeout's layers with a per-label scale (``weight_scale="label"``) are
+updated in the scaled units: the value ``code * scale``, the gradient, the buffers and the
+step are all in them, and only the rounding into the stored codes divides by the
+(power-of-two) scale; so the learning rate means what it means for an unscaled weight.
+
 ``kahan=True`` adds a compensation buffer (bf16, or the parameter's 16-bit dtype) that
 carries the part of each update the rounding lost into the next step.
 
@@ -30,6 +35,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
+from ..nn.lowp import row_scale
 from ..precision import SR_DTYPES, stochastic_round
 
 __all__ = ["SGD", "AdamW"]
@@ -75,20 +81,30 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             seed = int(torch.randint(0, 2**62, (1,)).item())
         self._gen = torch.Generator().manual_seed(int(seed))
 
+    @staticmethod
+    def _value(p: torch.Tensor) -> torch.Tensor:
+        """p's values in float32 (times its row scale, for a scaled fp8 weight)."""
+        sc = row_scale(p)
+        return p.float() if sc is None else p.float() * sc[:, None]
+
+    def _store_param(self, p: torch.Tensor, value32: torch.Tensor, rounding: str) -> None:
+        sc = row_scale(p)
+        _store(p, value32 if sc is None else value32 / sc[:, None], rounding, self._gen)
+
     def _apply(self, p: torch.Tensor, update32: torch.Tensor, group: dict, state: dict) -> None:
         """p <- p + update32, rounded (with Kahan compensation when asked)."""
-        p32 = p.float()
+        p32 = self._value(p)
         if group["kahan"] and p.dtype in _LOW:
             comp = state.get("kahan_comp")
             if comp is None:
                 comp = state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
             y = update32 - comp.float()
             t32 = p32 + y
-            _store(p, t32, group["rounding"], self._gen)
+            self._store_param(p, t32, group["rounding"])
             # What the store lost (the stored value minus the exact sum), kept for next time.
-            _store(comp, (p.float() - p32) - y, "nearest", self._gen)
+            _store(comp, (self._value(p) - p32) - y, "nearest", self._gen)
         else:
-            _store(p, p32 + update32, group["rounding"], self._gen)
+            self._store_param(p, p32 + update32, group["rounding"])
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -136,7 +152,8 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             if fresh:
                 self._init_state(p, group, state)
             self._advance(state)
-            key = (p.device, p.dtype, p.grad.dtype) + self._bucket_key(p, group, state, fresh)
+            key = ((p.device, p.dtype, p.grad.dtype) + self._bucket_key(p, group, state, fresh)
+                   + (row_scale(p) is not None,))
             buckets.setdefault(key, []).append((p, state))
         for key, items in buckets.items():
             params = [p for p, _ in items]
@@ -144,13 +161,14 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             buf1 = [st[self._BUF1] for _, st in items] if self._BUF1 and self._BUF1 in items[0][1] else []
             buf2 = [st[self._BUF2] for _, st in items] if self._BUF2 else []
             comps = [st["kahan_comp"] for _, st in items] if "kahan_comp" in items[0][1] else []
+            scales = [row_scale(p) for p in params] if key[-1] else []
             for p in params:
                 if not p.is_contiguous():
                     raise RuntimeError(f"{name}: the fused step needs contiguous parameters (or fused=False)")
             h = self._hyper(group, key)
             seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
             torch.ops.largeout._fused_optim_step_(
-                params, grads, buf1, buf2, comps, self._KIND, group["rounding"] == "stochastic",
+                params, grads, buf1, buf2, comps, scales, self._KIND, group["rounding"] == "stochastic",
                 h.get("lr", 0.0), h.get("momentum", 0.0), h.get("dampening", 0.0), h.get("nesterov", False),
                 h.get("first", False), h.get("weight_decay", 0.0), h.get("beta1", 0.0), h.get("beta2", 0.0),
                 h.get("eps", 0.0), h.get("step_size", 0.0), h.get("inv_sqrt_bc2", 0.0), seed, offset)
@@ -218,7 +236,7 @@ class SGD(_LowPrecisionOptimizer):
         # itself (the gradient, or a float32 buffer).
         d = p.grad.float()
         if wd != 0:
-            d = d + wd * p.float()
+            d = d + wd * self._value(p)
         if mom != 0:
             buf = state.get("momentum_buffer")
             if buf is None:
@@ -289,5 +307,5 @@ class AdamW(_LowPrecisionOptimizer):
         denom = (v / (1 - b2**t)).sqrt() + eps
         update = (-step_size) * m / denom
         if wd != 0:
-            update = update - (lr * wd) * p.float()
+            update = update - (lr * wd) * self._value(p)
         self._apply(p, update, group, state)

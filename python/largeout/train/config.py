@@ -51,6 +51,9 @@ class TrainConfig:
     # head_rounding: stochastic | nearest | kahan (nearest rounding plus compensation).
     head_dtype: str = "float32"
     head_rounding: str = "stochastic"
+    #: fp8 heads: "label" gives each label a power-of-two weight scale (largeout.nn.lowp),
+    #: re-chosen at the end of every epoch (rescale_weight_); "none": unscaled fp8 codes
+    head_weight_scale: str = "none"
     fan_in: int = 128
     group_size: int = 32
     #: output bias at start: "prior" (log-odds of each label's training frequency, so the
@@ -127,6 +130,11 @@ class TrainConfig:
             bad("head_dtype", '"float32", "bfloat16", "float16", "float8_e4m3fn" or "float8_e5m2"')
         if self.head_rounding not in ("stochastic", "nearest", "kahan"):
             bad("head_rounding", '"stochastic", "nearest" or "kahan"')
+        if self.head_weight_scale not in ("none", "label"):
+            bad("head_weight_scale", '"none" or "label"')
+        if self.head_weight_scale == "label" and not self.head_dtype.startswith("float8"):
+            raise ValueError(f'config: head_weight_scale "label" needs an fp8 head_dtype (float8_e4m3fn or '
+                             f'float8_e5m2); got head_dtype {self.head_dtype!r}')
         if self.schedule not in ("constant", "cosine", "linear"):
             bad("schedule", '"constant", "cosine" or "linear"')
         for name in ("batch_size", "epochs", "hidden", "eval_every", "topk"):

@@ -137,10 +137,12 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
         encoder = HFEncoder(cfg.hf_path, cfg.max_length, cfg.dropout)
     dim = encoder.out_dim
     wdt = getattr(torch, cfg.head_dtype)
+    scale = "label" if cfg.head_weight_scale == "label" else None
     if cfg.output == "dense":
-        head = nn.Linear(dim, num_labels) if wdt == torch.float32 else Linear(dim, num_labels, weight_dtype=wdt)
+        head = (nn.Linear(dim, num_labels) if wdt == torch.float32
+                else Linear(dim, num_labels, weight_dtype=wdt, weight_scale=scale))
     else:
         if cfg.fan_in > dim:
             raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")
-        head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size, weight_dtype=wdt)
+        head = GroupSparseLinear(dim, num_labels, cfg.fan_in, cfg.group_size, weight_dtype=wdt, weight_scale=scale)
     return XMCModel(encoder, head, num_labels if cfg.rank_propensity_power != 0 else 0)

@@ -239,8 +239,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
                     mem=f"{_peak_memory_mb(device):.0f}MB",
                 )
         state["epoch"] = epoch + 1
+        rescaled = None
+        if getattr(model.head, "weight_scale", None) is not None:  # fp8 head with per-label scales
+            rescaled = model.head.rescale_weight_(torch.Generator().manual_seed(_model_seed(cfg) * 1000 + epoch))
         record = {"epoch": epoch + 1, "step": state["step"], "train_loss": loss_sum / max(seen, 1),
                   "examples_per_s": seen / (time.time() - t_epoch), "peak_memory_mb": _peak_memory_mb(device)}
+        if rescaled is not None:
+            record["rescaled_labels"] = rescaled
         if data.val is not None and ((epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs):
             topk, scores = predict_topk(model, data.val, cfg.topk, 4 * cfg.batch_size, device)
             val = evaluate_split(topk, scores, data.val.Y, data.inv_propensity)
