@@ -8,7 +8,8 @@ its epilogue) at L and at L padded to a multiple of 16 (cuBLAS is much slower on
 leading dimension that is not 16-byte aligned; the faster of the two is the baseline), the
 e4m3 layer on FP8 tensor cores (bf16 output) in its default recipe (one input scale, fast
 accumulation) through each configuration of largeout's FP8 GEMM (LARGEOUT_FP8_KERNEL=largeout:N;
-the layer's default on sm_90 is configuration 0) and through ``torch._scaled_mm``, and in each
+the layer's default on sm_90 is configuration 0) and through ``torch._scaled_mm``, the same with
+per-label weight scales (weight_scale="label": a scale vector in the epilogue), and in each
 recipe of ``largeout.nn.fp8`` through ``_scaled_mm`` (LARGEOUT_FP8_GEMM: input scale per tensor
 or per row, fast accumulation or not), the e4m3 layer with bf16 inputs (weight upcast), and
 bare ``_scaled_mm`` / ``largeout.fp8_gemm`` calls with pre-quantized operands. The forward runs under
@@ -87,11 +88,12 @@ def main(argv=None) -> int:
     def bf16(labels):
         return lambda: (Linear(H, labels, device="cuda", dtype=torch.bfloat16), lambda m, x: m(x))
 
-    def fp8(mode, kernel="cublas"):
+    def fp8(mode, kernel="cublas", scale=None):
         def make():
             os.environ["LARGEOUT_FP8_GEMM"] = mode
             os.environ["LARGEOUT_FP8_KERNEL"] = kernel
-            return Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn), lambda m, x: m(x)
+            return (Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn, weight_scale=scale),
+                    lambda m, x: m(x))
         return make
 
     def fp8_bf16_inputs():
@@ -128,6 +130,9 @@ def main(argv=None) -> int:
                fp8("tensor-fast", f"largeout:{c}"), True) for c, name in enumerate(configs)]
     cases += [(f"e4m3 weight, e4m3 input (largeout.nn.Linear, FP8 tensor cores, GEMM mode {m}, torch._scaled_mm)",
                fp8(m), True) for m in ("tensor-fast", "tensor", "row", "row-fast")]
+    cases += [("e4m3 weight with per-label scales, e4m3 input (largeout.nn.Linear weight_scale=\"label\", "
+               f"GEMM mode tensor-fast, {k})", fp8("tensor-fast", k, "label"), True)
+              for k in (["largeout:0"] if configs else []) + ["cublas"]]
     cases += [("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True)]
     cases += [(f"bare torch._scaled_mm, pre-quantized, {'rowwise' if r else 'tensorwise'} scales"
                f"{', fast accumulation' if f else ''}", raw(r, f), False)

@@ -290,7 +290,9 @@ def _fp8_reference(layer, x, rowwise):
     amax = x64.abs().amax(1, keepdim=True) if rowwise else x64.abs().amax().reshape(1, 1)
     scale = torch.where(amax > 0, amax / 448.0, torch.ones_like(amax)).float().double()
     x_hat = (x64 / scale).float().to(torch.float8_e4m3fn).double() * scale
-    w = layer.weight.detach().double()
+    from largeout.nn.lowp import dequantize
+
+    w = dequantize(layer.weight, getattr(layer, "weight_scale", None), torch.float64)  # times any label scales
     return x_hat, x_hat @ w.T + layer.bias.detach().double()
 
 
@@ -447,7 +449,8 @@ def _fp8_gemm_configs():
 @pytest.mark.parametrize("M", [1, 37, 1000])
 @pytest.mark.parametrize("N, K", [(16, 16), (4112, 96), (520, 768)], ids=str)
 @pytest.mark.parametrize("with_bias", [True, False])
-def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias):
+@pytest.mark.parametrize("per_col", [False, True], ids=["one-scale", "per-column-scales"])
+def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias, per_col):
     """largeout's FP8 GEMM, every configuration, against float64 on fresh inputs per call
     (the output is freshly allocated: a tile left unwritten would hold another call's values
     or the poison of the block freed just before)."""
@@ -458,7 +461,9 @@ def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias):
     for config in range(len(configs)):
         a = (4 * torch.randn(M, K, generator=gen)).to(torch.float8_e4m3fn)
         b = (torch.randn(N, K, generator=gen) / 8).to(torch.float8_e4m3fn)
-        scale = torch.rand(1, generator=gen) + 0.25
+        # per column: scales over 2^-12..2^3 (as label scales times an input scale)
+        scale = (torch.rand(N if per_col else 1, generator=gen) + 0.25) * (
+            torch.ldexp(torch.ones(N), torch.randint(-12, 4, (N,), generator=gen)) if per_col else 1)
         bias = torch.randn(N, generator=gen).to(torch.bfloat16) if with_bias else None
         want = scale.double() * (a.double() @ b.double().T) + (bias.double() if with_bias else 0)
         # the caching allocator tends to hand the next [M, N] bf16 request this block back
@@ -495,6 +500,10 @@ def test_fp8_gemm_kernel_rejects_bad_input():
     assert gemm(a[:0], b, s, None).shape == (0, 16)  # an empty batch
     with pytest.raises(RuntimeError, match="bias must be a contiguous, 16-byte aligned \\[16\\]"):
         gemm(a, b, s, torch.zeros(15, device="cuda", dtype=torch.bfloat16))
+    with pytest.raises(RuntimeError, match=r"scale must be one value or a contiguous, 16-byte aligned \[16\]"):
+        gemm(a, b, torch.ones(15, device="cuda"), None)
+    with pytest.raises(RuntimeError, match=r"scale must be one value or a contiguous, 16-byte aligned \[16\]"):
+        gemm(a, b, torch.ones(17, device="cuda")[1:], None)  # not 16-byte aligned
     with pytest.raises(RuntimeError, match="config must be -1"):
         gemm(a, b, s, None, 99)
     with pytest.raises(RuntimeError, match="a must be contiguous"):
@@ -525,9 +534,11 @@ def test_fp8_kernel_choice_checked(monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("kernel", ["cublas", "largeout:0", "largeout:1", "largeout:2"])
-def test_linear_fp8_kernels_agree(kernel, monkeypatch):
+@pytest.mark.parametrize("scaled", [False, True], ids=["", "label-scales"])
+def test_linear_fp8_kernels_agree(kernel, scaled, monkeypatch):
     """The layer's default recipe through each FP8 GEMM: the same quantized product (within
-    the fast accumulation's rounding) at an odd label count."""
+    the fast accumulation's rounding) at an odd label count; with per-label weight scales
+    (spread over 2^-12..2^3), label by label."""
     from largeout.nn import Linear
 
     if kernel != "cublas" and int(kernel[9:]) >= len(_fp8_gemm_configs()):
@@ -535,12 +546,17 @@ def test_linear_fp8_kernels_agree(kernel, monkeypatch):
     monkeypatch.setenv("LARGEOUT_FP8_GEMM", "tensor-fast")
     monkeypatch.setenv("LARGEOUT_FP8_KERNEL", kernel)
     gen = torch.Generator().manual_seed(5)
-    layer = Linear(768, 3001, weight_dtype=torch.float8_e4m3fn, generator=gen).cuda()
+    layer = Linear(768, 3001, weight_dtype=torch.float8_e4m3fn, generator=gen,
+                   weight_scale="label" if scaled else None)
+    if scaled:
+        layer.weight_scale.copy_(torch.ldexp(torch.ones(3001), torch.randint(-12, 4, (3001,), generator=gen)))
+    layer = layer.cuda()
     x = torch.randn(300, 768, generator=gen).cuda()
-    y = layer(x).double()
+    y = layer(x).double().cpu()
     x_hat, y64 = _fp8_reference(layer, x, rowwise=False)
+    y64 = y64.cpu()
     assert y.shape == (300, 3001)
-    assert (y - y64).abs().max() <= 2 ** -7 * y64.abs().max() + 1e-6
+    assert ((y - y64).abs().amax(0) <= 2 ** -7 * y64.abs().amax(0) + 1e-6).all()
 
 
 def test_linear_fp8_recipe_checked(monkeypatch):

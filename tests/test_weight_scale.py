@@ -235,6 +235,73 @@ def test_rescale_weight(device):
         GroupSparseLinear(64, 96, 32, 32, weight_dtype=torch.float8_e4m3fn).rescale_weight_()
 
 
+def test_rescale_rounds_stochastically():
+    # rows whose scale grows 32x: codes of 2^-6 become 2^-11 in the new units, below e4m3's
+    # smallest subnormal 2^-9: 0 or 2^-9 with probability 1/4, so the values' mean is kept
+    # (round to nearest would give all zeros)
+    layer = GroupSparseLinear(64, 64, 32, 32, weight_dtype=torch.float8_e4m3fn, weight_scale="label")
+    with torch.no_grad():
+        layer.weight.fill_(2.0**-6)
+        layer.weight[:, 0] = 448.0
+        layer.weight_scale.fill_(1.0)
+    assert layer.rescale_weight_(generator=torch.Generator().manual_seed(3)) == 64
+    assert bool((layer.weight_scale == 32.0).all())
+    small = lowp.dequantize(layer.weight, layer.weight_scale, torch.float64)[:, 1:]
+    assert set(small.unique().tolist()) <= {0.0, 2.0**-9 * 32}
+    frac = float((small != 0).double().mean())  # 64 * 31 draws
+    assert abs(frac - 0.25) < 0.05, frac
+    assert torch.equal(lowp.dequantize(layer.weight, layer.weight_scale)[:, 0], torch.full((64,), 448.0))
+
+
+@pytest.mark.parametrize("cast", ["float", "bfloat16", "to-float16"])
+def test_dtype_cast_folds_the_scales(cast):
+    # module.float() / .bfloat16() / .to(dtype) convert fp8 weights: the scales go into the values
+    gen = torch.Generator().manual_seed(13)
+    layer = GroupSparseLinear(64, 96, 32, 32, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale="label")
+    _spread_scales(layer, gen)
+    want = lowp.dequantize(layer.weight, layer.weight_scale, torch.float64)
+    x = torch.randn(5, 64, generator=gen)
+    y0 = layer(x).float()
+    layer = {"float": lambda m: m.float(), "bfloat16": lambda m: m.bfloat16(),
+             "to-float16": lambda m: m.to(torch.float16)}[cast](layer)
+    assert layer.weight_scale is None and lowp.row_scale(layer.weight) is None
+    assert layer.weight.dtype != torch.float8_e4m3fn
+    assert rel_err(layer.weight.double(), want) < 5e-3  # the values, in the new dtype
+    assert rel_err(layer(x.to(layer.weight.dtype)).float(), y0) < 2e-2
+
+
+def test_scale_link_follows_copies_assignments_and_moves():
+    gen = torch.Generator().manual_seed(14)
+    layer = GroupSparseLinear(64, 96, 32, 32, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale="label")
+    assert lowp.row_scale(layer.weight) is layer.weight_scale
+    c = copy.deepcopy(layer)  # no forward needed before the optimizer finds the copy's scale
+    assert lowp.row_scale(c.weight) is c.weight_scale and c.weight_scale is not layer.weight_scale
+    layer.weight_scale = torch.full((96,), 0.5)
+    assert lowp.row_scale(layer.weight) is layer.weight_scale
+    delattr(layer.weight, "_largeout_row_scale")
+    layer.to("cpu")
+    assert lowp.row_scale(layer.weight) is layer.weight_scale
+    sd = {k: v.clone() for k, v in c.state_dict().items()}
+    layer.load_state_dict(sd, assign=True)
+    assert lowp.row_scale(layer.weight) is layer.weight_scale and torch.equal(layer.weight_scale, sd["weight_scale"])
+
+
+def test_fused_op_with_an_empty_scaled_parameter_first():
+    # the CPU step knows a launch is scaled from the op's scale list, not from its first slot
+    op = torch.ops.largeout._fused_optim_step_
+    args = (0, False, 0.5, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 2)
+    p = torch.full((3, 16), 8.0).to(torch.float8_e4m3fn)
+    g = torch.full((3, 16), 2.0**-4).bfloat16()
+    s = torch.full((3,), 2.0**-5)
+    alone = p.clone()
+    op([alone], [g], [], [], [], [s], *args)
+    empty = torch.empty(0, 16).to(torch.float8_e4m3fn)
+    op([empty, p], [torch.empty(0, 16).bfloat16(), g], [], [], [], [torch.empty(0), s], *args)
+    # value 8 * 2^-5 = 0.25, minus 0.5 * 2^-4 = 0.03125: 0.21875 = 7 * 2^-5, code 7
+    assert bool((alone.float() == 7.0).all())
+    assert torch.equal(p.view(torch.uint8), alone.view(torch.uint8))
+
+
 def test_scaled_layer_state_dict_round_trip_and_bad_scale():
     gen = torch.Generator().manual_seed(9)
     a = Linear(48, 40, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale="label")

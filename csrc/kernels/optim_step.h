@@ -458,7 +458,7 @@ constexpr bool scalable(ElemType p) { return p == ElemType::kE4M3 || p == ElemTy
 
 namespace cpu {
 void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
-                const ParallelFor& pf);
+                bool scaled, const ParallelFor& pf);
 }  // namespace cpu
 
 }  // namespace largeout

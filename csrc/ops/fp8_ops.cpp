@@ -1,7 +1,7 @@
 // Torch bindings of the fp8 layer's forward (schemas in module.cpp): the input's e4m3
 // quantization (CPU and CUDA, the same rule), and the Hopper FP8 GEMM:
-//     fp8_gemm(a [M, K] e4m3, b [N, K] e4m3, scale fp32 [1], bias bf16 [N]?, config) -> bf16 [M, N]
-// y = bf16(scale * a @ b^T + bias). CUDA on sm_90 only, in builds with the 90a target;
+//     fp8_gemm(a [M, K] e4m3, b [N, K] e4m3, scale fp32 [1] or [N], bias bf16 [N]?, config) -> bf16 [M, N]
+// y = bf16(scale * a @ b^T + bias), scale one value or one per column. CUDA on sm_90 only, in builds with the 90a target;
 // anything else is refused with the reason (largeout.nn.fp8 asks fp8_gemm_configs() first).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -140,8 +140,11 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   TORCH_CHECK(K % 16 == 0 && K > 0, kOp, ": K (a.shape[1]) must be a positive multiple of 16; got ", K);
   TORCH_CHECK(N % 8 == 0 && N > 0, kOp, ": N (b.shape[0]) must be a positive multiple of 8; got ", N);
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, kOp, ": scale must be float32; got ", scale.scalar_type());
-  TORCH_CHECK(scale.numel() == 1 && scale.device() == a.device(), kOp, ": scale must be one value on ", a.device(),
-              "; got ", scale.numel(), " on ", scale.device());
+  const bool per_col = scale.numel() != 1;
+  TORCH_CHECK(scale.device() == a.device() && (!per_col || (scale.dim() == 1 && scale.size(0) == N &&
+                                                            scale.is_contiguous() && aligned16(scale))),
+              kOp, ": scale must be one value or a contiguous, 16-byte aligned [", N, "] tensor (one per column) on ",
+              a.device(), "; got ", scale.sizes(), " on ", scale.device());
   if (bias) {
     TORCH_CHECK_TYPE(bias->scalar_type() == at::kBFloat16, kOp, ": bias must be bfloat16; got ", bias->scalar_type());
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == N && bias->device() == a.device() && bias->is_contiguous() &&
@@ -159,15 +162,15 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, N), kOp, ": M, N and K must each be below 2^31; got M=", M,
               ", N=", N, ", K=", K);
   const int c = config < 0 ? 0 : int(config);
-  const at::Tensor s = scale.reshape({1}).contiguous();
+  const at::Tensor s = per_col ? scale : scale.reshape({1}).contiguous();
   int sms = 0;
   cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device().index());
   TORCH_CHECK(e == cudaSuccess, kOp, ": cudaDeviceGetAttribute: ", cudaGetErrorString(e));
   at::Tensor y = at::empty({M, N}, a.options().dtype(at::kBFloat16));
-  const size_t ws_bytes = cuda::sm90::fp8_gemm_workspace_bytes(c, M, N, K, sms);
+  const size_t ws_bytes = cuda::sm90::fp8_gemm_workspace_bytes(c, per_col, M, N, K, sms);
   at::Tensor ws;
   if (ws_bytes > 0) ws = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
-  e = cuda::sm90::fp8_gemm(c, a.const_data_ptr(), b.const_data_ptr(), s.const_data_ptr<float>(),
+  e = cuda::sm90::fp8_gemm(c, a.const_data_ptr(), b.const_data_ptr(), s.const_data_ptr<float>(), per_col,
                            bias ? bias->const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, N,
                            ws_bytes > 0 ? ws.mutable_data_ptr() : nullptr, ws_bytes, sms, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));

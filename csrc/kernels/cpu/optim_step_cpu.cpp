@@ -21,10 +21,10 @@ void run(const OptimSlot* slots, int num_slots, const OptimTypes& types, const O
 }
 }  // namespace
 
-// (A launch's slots are all scaled or all not: the op checks it.)
+// scaled: every slot has a row scale (the op checks that all have one or none; an empty
+// parameter's scale may be null).
 void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
-                const ParallelFor& pf) {
-  const bool scaled = num_slots > 0 && slots[0].row_scale != nullptr;
+                bool scaled, const ParallelFor& pf) {
   dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
     if constexpr (scalable(P)) {
       if (scaled) return run<K, P, S, true>(slots, num_slots, types, hyper, pf);

@@ -26,9 +26,9 @@ input the forward multiplied, into ``weight.grad`` (bf16). When L is not a multi
 times slower on a leading dimension that is not 16-byte aligned.
 
 With per-label weight scales (``weight_scale="label"``, powers of two, see
-:mod:`largeout.nn.lowp`) the forward runs ``_scaled_mm`` with row-wise scales on both
-sides (the input's scale repeated per row, the labels' scales per column; largeout's own
-FP8 GEMM applies one scale), and dx multiplies each upcast weight chunk by its labels'
+:mod:`largeout.nn.lowp`) the forward's epilogue applies one scale per label (the input's
+scale times the label's: largeout's FP8 GEMM takes such a vector; ``_scaled_mm`` takes
+row-wise scales on both sides, the input's repeated per row), and dx multiplies each upcast weight chunk by its labels'
 scales (exact in bf16). dW is the gradient of the scaled weight, as ``largeout.optim``
 expects.
 
@@ -121,13 +121,14 @@ def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Option
         if sw is not None:
             y = y * sw
         return (y + b.float() if b is not None else y).to(torch.bfloat16)
-    if sw is not None:  # row-wise scales on both sides (largeout's own kernel takes one input scale)
-        return torch._scaled_mm(q, w_full.t(), scale_a=sx.expand(q.shape[0], 1).contiguous(), scale_b=sw,
-                                bias=b, out_dtype=torch.bfloat16, use_fast_accum=mode.endswith("fast"))
     if mode == "tensor-fast":
         config = kernel_choice(q.device)
-        if config is not None:
-            return torch.ops.largeout.fp8_gemm(q, w_full, sx, b, config)
+        if config is not None:  # with label scales: one scale per column, the input's times the label's
+            alpha = sx if sw is None else (sw.reshape(-1) * sx.reshape(())).contiguous()
+            return torch.ops.largeout.fp8_gemm(q, w_full, alpha, b, config)
+    if sw is not None:  # torch._scaled_mm: row-wise scales on both sides
+        return torch._scaled_mm(q, w_full.t(), scale_a=sx.expand(q.shape[0], 1).contiguous(), scale_b=sw,
+                                bias=b, out_dtype=torch.bfloat16, use_fast_accum=mode.endswith("fast"))
     if mode.startswith("row"):
         sx, sw = sx, torch.ones(1, Lp, dtype=torch.float32, device=q.device)
     else:

@@ -37,8 +37,8 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
             scale per output row (``weight_scale`` buffer; the layer's weights are
             ``weight * weight_scale[:, None]``; see :mod:`largeout.nn.lowp`), which keeps the
             values in the format's normal range; ``rescale_weight_()`` re-chooses the scales
-            during training. Needs ``in_features`` a multiple of 8. With e4m3 activations on
-            FP8 tensor cores the forward runs ``torch._scaled_mm`` with row-wise scales.
+            during training. Needs ``in_features`` a multiple of 8. With e4m3 activations the
+            FP8 GEMM applies one scale per label in its epilogue.
 
     Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
     drawn in fp32 chunks and rounded (stochastically for fp8), never as a full fp32 copy.

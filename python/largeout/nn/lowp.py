@@ -227,9 +227,29 @@ class ScaledWeightMixin:
         init_uniform_(self.weight, bound / float(s), generator)
 
     def _apply(self, fn, *args, **kwargs):
+        # A cast of the weight to another dtype (module.half(), .to(dtype), ...): the scales
+        # are folded into the weights first (in float32, then cast), and the layer becomes an
+        # unscaled one of that dtype. (fp8 counts as floating point, so such casts do convert it.)
+        if self.weight_scale is not None and fn(self.weight.detach()[:0]).dtype != self.weight.dtype:
+            folded = dequantize(self.weight, self.weight_scale)
+            link_scale(self.weight, None)
+            self.weight.data = folded
+            self.weight_scale = None
         out = super()._apply(fn, *args, **kwargs)
         link_scale(self.weight, self.weight_scale)
         return out
+
+    def __setattr__(self, name, value):
+        super().__setattr__(name, value)
+        if name in ("weight", "weight_scale"):  # a new tensor for either (assignment, load with assign=True)
+            w = self.__dict__.get("_parameters", {}).get("weight")
+            if w is not None and "weight_scale" in self.__dict__.get("_buffers", {}):
+                link_scale(w, self._buffers["weight_scale"])
+
+    def __setstate__(self, state):  # unpickling and copy.deepcopy (a copied parameter loses its attributes)
+        super().__setstate__(state)
+        if "weight_scale" in self._buffers:
+            link_scale(self.weight, self.weight_scale)
 
     def _check_loaded_scale(self, state_dict, prefix: str) -> None:
         key = prefix + "weight_scale"

@@ -1,6 +1,7 @@
 // Hopper FP8 GEMM of the dense fp8 layer's forward: see fp8_gemm_sm90.h. CUTLASS's
 // sm90 collectives (used as a library) instantiated for e4m3 x e4m3 -> bf16 with a scalar
-// scale from device memory and a per-column (per-label) bias.
+// scale from device memory, or one scale per column (per label: the layer's label scales
+// times the input's scale), and a per-column (per-label) bias.
 #include "kernels/cuda/sm90/fp8_gemm_sm90.h"
 
 #include <cute/tensor.hpp>
@@ -14,14 +15,16 @@
 #include <cutlass/gemm/kernel/tile_scheduler_params.h>
 
 #include <limits>
+#include <type_traits>
 
 namespace largeout::cuda::sm90 {
 namespace {
 
 using namespace cute;
 
-// One configuration: CTA tile (M, N, K), cluster along M, and the kernel schedule.
-template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule>
+// One configuration: CTA tile (M, N, K), cluster along M, and the kernel schedule;
+// kPerCol: alpha is a vector of N scales (else one value).
+template <class TileShape, class ClusterShape, class MainloopSchedule, class EpilogueSchedule, bool kPerCol>
 struct Fp8Gemm {
   using ElementA = cutlass::float_e4m3_t;
   using ElementB = cutlass::float_e4m3_t;
@@ -33,7 +36,11 @@ struct Fp8Gemm {
   static constexpr int kAlignAB = 16;            // elements per 16 bytes
   static constexpr int kAlignD = 8;
 
-  using Fusion = cutlass::epilogue::fusion::LinCombPerColBias<ElementD, float, ElementBias, ElementD, float>;
+  using Fusion = std::conditional_t<
+      kPerCol,
+      cutlass::epilogue::fusion::PerColLinCombPerColBiasEltAct<cutlass::epilogue::thread::Identity, ElementD, float,
+                                                               ElementBias, ElementD, float>,
+      cutlass::epilogue::fusion::LinCombPerColBias<ElementD, float, ElementBias, ElementD, float>>;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, TileShape, ClusterShape,
       cutlass::epilogue::collective::EpilogueTileAuto, float, float, void, LayoutD, kAlignD, ElementD, LayoutD, kAlignD,
@@ -68,6 +75,7 @@ struct Fp8Gemm {
                                   hw};
     auto& f = args.epilogue.thread;
     f.alpha_ptr = alpha;
+    if constexpr (kPerCol) f.dAlpha = {_0{}, bool(1), 0};  // alpha[n]: a row vector broadcast over M
     f.beta = 0.f;
     f.bias_ptr = static_cast<const ElementBias*>(bias);
     // M first: the batch's few M tiles of one label tile run together, so the weight tile
@@ -106,17 +114,25 @@ using PingEpi = cutlass::epilogue::TmaWarpSpecialized;
 // pingpong (one warpgroup's epilogue under the other's mainloop) with 128-row tiles was the
 // fastest; cooperative 128x256, pingpong 64x256, a 4x1 cluster and 256-deep K tiles (whose
 // fast accumulation also drifted further from fp32) were slower and are gone.
-using Config0 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_2, _1, _1>, Ping, PingEpi>;
-using Config1 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Ping, PingEpi>;
-using Config2 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, PingEpi>;
+template <bool kPerCol>
+using Config0 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_2, _1, _1>, Ping, PingEpi, kPerCol>;
+template <bool kPerCol>
+using Config1 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Ping, PingEpi, kPerCol>;
+template <bool kPerCol>
+using Config2 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, PingEpi, kPerCol>;
+
+template <bool kPerCol, class F>
+auto with_config_t(int config, F&& f) {
+  switch (config) {
+    case 1: return f(Config1<kPerCol>{});
+    case 2: return f(Config2<kPerCol>{});
+    default: return f(Config0<kPerCol>{});
+  }
+}
 
 template <class F>
-auto with_config(int config, F&& f) {
-  switch (config) {
-    case 1: return f(Config1{});
-    case 2: return f(Config2{});
-    default: return f(Config0{});
-  }
+auto with_config(int config, bool per_col, F&& f) {
+  return per_col ? with_config_t<true>(config, f) : with_config_t<false>(config, f);
 }
 
 }  // namespace
@@ -136,15 +152,15 @@ bool fp8_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldd) {
          N <= kMax && K <= kMax;
 }
 
-size_t fp8_gemm_workspace_bytes(int config, int64_t M, int64_t N, int64_t K, int sm_count) {
-  return with_config(config, [&](auto c) { return decltype(c)::workspace(M, N, K, sm_count); });
+size_t fp8_gemm_workspace_bytes(int config, bool per_col_alpha, int64_t M, int64_t N, int64_t K, int sm_count) {
+  return with_config(config, per_col_alpha, [&](auto c) { return decltype(c)::workspace(M, N, K, sm_count); });
 }
 
-cudaError_t fp8_gemm(int config, const void* a, const void* b, const float* alpha, const void* bias, void* d,
-                     int64_t M, int64_t N, int64_t K, int64_t ldd, void* workspace, size_t workspace_bytes,
-                     int sm_count, cudaStream_t stream) {
+cudaError_t fp8_gemm(int config, const void* a, const void* b, const float* alpha, bool per_col_alpha,
+                     const void* bias, void* d, int64_t M, int64_t N, int64_t K, int64_t ldd, void* workspace,
+                     size_t workspace_bytes, int sm_count, cudaStream_t stream) {
   if (config < 0 || config >= kFp8GemmConfigs || !fp8_gemm_supported(M, N, K, ldd)) return cudaErrorInvalidValue;
-  return with_config(config, [&](auto c) {
+  return with_config(config, per_col_alpha, [&](auto c) {
     return decltype(c)::run(a, b, alpha, bias, d, M, N, K, ldd, workspace, workspace_bytes, sm_count, stream);
   });
 }
