@@ -250,14 +250,15 @@ def test_group_sparse_low_precision_weight_matches_reference(wdt, device):
     assert rel_err(layer.weight.grad.float(), torch.gather(w_full.grad, 1, rows)) < 2e-2
 
 
-def test_fp8_layer_trains_with_largeout_optim():
+@pytest.mark.parametrize("weight_scale", [None, "label"])
+def test_fp8_layer_trains_with_largeout_optim(weight_scale):
     from largeout import optim as lo_optim
     from largeout.nn import Linear
 
     gen = torch.Generator().manual_seed(9)
     X = torch.randn(512, 32, generator=gen)
     target = (X @ torch.randn(32, 10, generator=gen)).argmax(1)
-    layer = Linear(32, 10, weight_dtype=torch.float8_e4m3fn, generator=gen)
+    layer = Linear(32, 10, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale=weight_scale)
     opt = lo_optim.SGD(layer.parameters(), lr=0.5, seed=3)
     first = None
     for step in range(60):
@@ -266,6 +267,8 @@ def test_fp8_layer_trains_with_largeout_optim():
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if weight_scale and step % 20 == 19:  # per-label scales re-chosen as rows grow
+            layer.rescale_weight_()
     assert layer.weight.dtype == torch.float8_e4m3fn
     assert loss.item() < 0.6 * first
 
