@@ -155,6 +155,42 @@ def test_fp8_to_bf16_is_exact_on_every_code(dtype, device):
     _same_bf16(torch.ops.largeout.fp8_to_bf16(m), m.to(torch.bfloat16))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float8_e4m3fn, torch.float8_e5m2], ids=str)
+@pytest.mark.parametrize("cols", [16, 48, 5, 1])  # multiples of 16: the vector path; others per element
+def test_fp8_to_bf16_with_row_scales(dtype, cols, device):
+    # times a float32 scale per row: powers of two (the layers' label scales) exactly, other
+    # values as the fp32 product rounded to nearest-even (torch's float -> bf16)
+    gen = torch.Generator().manual_seed(cols)
+    rows = 777
+    codes = torch.randint(0, 256, (rows, cols), generator=gen, dtype=torch.uint8)
+    codes[(codes & 0x7F) >= (0x7F if dtype == torch.float8_e4m3fn else 0x7C)] = 0x11  # no NaN / inf
+    x = codes.view(dtype)
+    pow2 = torch.ldexp(torch.ones(rows), torch.randint(-100, 101, (rows,), generator=gen))
+    got = torch.ops.largeout.fp8_to_bf16(x.to(device), pow2.to(device)).cpu()
+    want = (x.double() * pow2.double()[:, None]).to(torch.bfloat16)
+    assert torch.equal((x.double() * pow2.double()[:, None]).to(torch.bfloat16).double(),
+                       x.double() * pow2.double()[:, None])  # (exact in bf16)
+    _same_bf16(got, want)
+    other = torch.rand(rows, generator=gen) * 3 + 0.1
+    got = torch.ops.largeout.fp8_to_bf16(x.to(device), other.to(device)).cpu()
+    _same_bf16(got, (x.float() * other[:, None]).to(torch.bfloat16))
+    # a row slice of a bigger weight (the layer's dx takes chunks of rows)
+    got = torch.ops.largeout.fp8_to_bf16(x[100:300].to(device), pow2[100:300].to(device)).cpu()
+    _same_bf16(got, want[100:300])
+
+
+def test_fp8_to_bf16_row_scale_checked():
+    x = torch.randn(4, 16).to(torch.float8_e4m3fn)
+    op = torch.ops.largeout.fp8_to_bf16
+    with pytest.raises(RuntimeError, match=r"row_scale must be a \[4\] tensor"):
+        op(x, torch.ones(5))
+    with pytest.raises(TypeError, match="row_scale must be float32; got Double"):
+        op(x, torch.ones(4, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match=r"x must be 2-D \[rows, cols\] with row_scale; got 1-D"):
+        op(x.view(-1), torch.ones(4))
+
+
 def test_fp8_to_bf16_rejects_other_dtypes():
     x = torch.randn(10)
     before = x.clone()

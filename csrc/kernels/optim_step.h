@@ -148,6 +148,13 @@ LARGEOUT_HD float op_div(float a, float b) { return a / b; }
 LARGEOUT_HD float op_sqrt(float a) { return std::sqrt(a); }
 #endif
 
+// bf16 bits of an fp8 code times a row scale: the fp32 product rounded to nearest-even
+// (saturating at bf16's largest finite value); exact for the layers' power-of-two scales.
+LARGEOUT_HD uint16_t fp8_to_bf16_bits_scaled(uint32_t code, bool e4m3fn, float scale) {
+  const float v = decode_code(code, e4m3fn ? ElemType::kE4M3 : ElemType::kE5M2);
+  return uint16_t(sr_round_bits_fast(op_mul(v, scale), SrFormat::kBFloat16, 0u, true));
+}
+
 // One tensor of a launch. Unused buffers are null.
 struct OptimSlot {
   void* param;

@@ -75,7 +75,7 @@ TORCH_LIBRARY(largeout, m) {
   // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
   // float8_e5m2) with Philox bits keyed by (seed, offset).
   m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");
-  m.def("fp8_to_bf16(Tensor x) -> Tensor");
+  m.def("fp8_to_bf16(Tensor x, Tensor? row_scale=None) -> Tensor");
   // FP8 GEMM (sm_90): bf16 scale * a @ b^T + bias, a [M, K] and b [N, K] e4m3; config -1 = default.
   m.def("fp8_gemm(Tensor a, Tensor b, Tensor scale, Tensor? bias, int config=-1) -> Tensor");
   m.def("fp8_gemm_configs() -> str[]", &largeout::fp8_gemm_configs);

@@ -5,6 +5,8 @@
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "kernels/optim_step.h"
 #include "kernels/stochastic_round.h"
 
@@ -55,27 +57,50 @@ at::Tensor check_fp8(const at::Tensor& x) {
   return x.contiguous();
 }
 
-at::Tensor fp8_to_bf16_cpu(const at::Tensor& x_in) {
+// row_scale: x 2-D [rows, cols] and the scale float32 [rows] on x's device (contiguous
+// copy taken); returns it, or an undefined tensor without one.
+at::Tensor check_row_scale(const at::Tensor& x, const std::optional<at::Tensor>& row_scale) {
+  if (!row_scale) return at::Tensor();
+  TORCH_CHECK(x.dim() == 2, "largeout.fp8_to_bf16: x must be 2-D [rows, cols] with row_scale; got ", x.dim(), "-D");
+  const at::Tensor& s = *row_scale;
+  TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, "largeout.fp8_to_bf16: row_scale must be float32; got ",
+                   s.scalar_type());
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == x.size(0) && s.device() == x.device(),
+              "largeout.fp8_to_bf16: row_scale must be a [", x.size(0), "] tensor on ", x.device(), "; got ",
+              s.sizes(), " on ", s.device());
+  return s.contiguous();
+}
+
+at::Tensor fp8_to_bf16_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& row_scale) {
   const at::Tensor x = check_fp8(x_in);
+  const at::Tensor s = check_row_scale(x, row_scale);
   const bool e4m3 = x.scalar_type() == at::kFloat8_e4m3fn;
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const auto* in = static_cast<const uint8_t*>(x.const_data_ptr());
   auto* o = static_cast<uint16_t*>(out.mutable_data_ptr());
+  const float* sp = s.defined() ? s.const_data_ptr<float>() : nullptr;
+  const int64_t cols = s.defined() ? x.size(1) : 1;
   at::parallel_for(0, x.numel(), 1 << 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) o[i] = fp8_to_bf16_bits(in[i], e4m3);
+    if (sp) {
+      for (int64_t i = lo; i < hi; ++i) o[i] = fp8_to_bf16_bits_scaled(in[i], e4m3, sp[i / cols]);
+    } else {
+      for (int64_t i = lo; i < hi; ++i) o[i] = fp8_to_bf16_bits(in[i], e4m3);
+    }
   });
   return out;
 }
 
 #ifdef LARGEOUT_WITH_CUDA
-at::Tensor fp8_to_bf16_cuda(const at::Tensor& x_in) {
+at::Tensor fp8_to_bf16_cuda(const at::Tensor& x_in, const std::optional<at::Tensor>& row_scale) {
   const at::Tensor x = check_fp8(x_in);
+  const at::Tensor s = check_row_scale(x, row_scale);
   DeviceGuard guard(x.device());
   at::Tensor out = at::empty(x.sizes(), x.options().dtype(at::kBFloat16));
   const cudaError_t e = cuda::fp8_to_bf16(x.scalar_type() == at::kFloat8_e4m3fn,
                                           static_cast<const uint8_t*>(x.const_data_ptr()),
                                           static_cast<uint16_t*>(out.mutable_data_ptr()), x.numel(),
-                                          c10::cuda::getCurrentCUDAStream());
+                                          s.defined() ? s.const_data_ptr<float>() : nullptr,
+                                          s.defined() ? x.size(1) : 1, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, "largeout.fp8_to_bf16: CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
   return out;
 }

@@ -27,7 +27,7 @@ def _gsl_dw_fake(grad_out, x, indices, group_size):
 
 
 @torch.library.register_fake("largeout::fp8_to_bf16")
-def _fp8_to_bf16_fake(x):
+def _fp8_to_bf16_fake(x, row_scale=None):
     return x.new_empty(x.shape, dtype=torch.bfloat16)
 
 

@@ -15,25 +15,36 @@ __global__ void sr_kernel(SrFormat f, const float* __restrict__ x, Out* __restri
 
 // vec (both pointers 16-byte aligned): 16 codes per iteration, one 16-byte load and two
 // 16-byte stores, then the last n % 16 elements one by one; else every element one by one.
+// kScaled: times scale[i / cols] (vec also needs cols % 16 == 0: a chunk in one row).
+template <bool kScaled>
 __global__ void fp8_to_bf16_kernel(bool e4m3fn, bool vec, const uint8_t* __restrict__ in, uint16_t* __restrict__ out,
-                                   int64_t n) {
+                                   int64_t n, const float* __restrict__ scale, int64_t cols) {
+  auto cvt = [&](uint32_t code, float s) {
+    if constexpr (kScaled) {
+      return fp8_to_bf16_bits_scaled(code, e4m3fn, s);
+    } else {
+      return fp8_to_bf16_bits(code, e4m3fn);
+    }
+  };
   const int64_t chunks = vec ? n / 16 : 0;
   const int64_t stride = int64_t(gridDim.x) * blockDim.x;
   for (int64_t c = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; c < chunks; c += stride) {
     const uint4 v = reinterpret_cast<const uint4*>(in)[c];
     const uint32_t w[4] = {v.x, v.y, v.z, v.w};
+    float s = 1.f;
+    if constexpr (kScaled) s = scale[16 * c / cols];
     uint32_t o[8];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const uint32_t pair = (w[k >> 1] >> (16 * (k & 1))) & 0xffffu;
-      o[k] = uint32_t(fp8_to_bf16_bits(pair & 0xffu, e4m3fn)) | (uint32_t(fp8_to_bf16_bits(pair >> 8, e4m3fn)) << 16);
+      o[k] = uint32_t(cvt(pair & 0xffu, s)) | (uint32_t(cvt(pair >> 8, s)) << 16);
     }
     uint4* dst = reinterpret_cast<uint4*>(out + 16 * c);
     dst[0] = make_uint4(o[0], o[1], o[2], o[3]);
     dst[1] = make_uint4(o[4], o[5], o[6], o[7]);
   }
   for (int64_t i = 16 * chunks + int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-    out[i] = fp8_to_bf16_bits(in[i], e4m3fn);
+    out[i] = cvt(in[i], kScaled ? scale[i / cols] : 1.f);
 }
 
 // fp8 quantization (see the header; the per-element rule is shared with the CPU op:
@@ -106,12 +117,18 @@ cudaError_t fp8_quantize(ElemType t, const void* x, int64_t rows, int64_t cols, 
   return cudaGetLastError();
 }
 
-cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n, cudaStream_t stream) {
+cudaError_t fp8_to_bf16(bool e4m3fn, const uint8_t* in, uint16_t* out, int64_t n, const float* row_scale,
+                        int64_t cols, cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const bool vec = (reinterpret_cast<uintptr_t>(in) & 15u) == 0 && (reinterpret_cast<uintptr_t>(out) & 15u) == 0;
+  const bool vec = (reinterpret_cast<uintptr_t>(in) & 15u) == 0 && (reinterpret_cast<uintptr_t>(out) & 15u) == 0 &&
+                   (!row_scale || cols % 16 == 0);
   const int64_t work = vec ? (n + 15) / 16 : n;
   const unsigned blocks = unsigned((work + 255) / 256 < 65536 ? (work + 255) / 256 : 65536);
-  fp8_to_bf16_kernel<<<blocks, 256, 0, stream>>>(e4m3fn, vec, in, out, n);
+  if (row_scale) {
+    fp8_to_bf16_kernel<true><<<blocks, 256, 0, stream>>>(e4m3fn, vec, in, out, n, row_scale, cols);
+  } else {
+    fp8_to_bf16_kernel<false><<<blocks, 256, 0, stream>>>(e4m3fn, vec, in, out, n, nullptr, 1);
+  }
   return cudaGetLastError();
 }
 

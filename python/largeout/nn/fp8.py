@@ -28,9 +28,9 @@ times slower on a leading dimension that is not 16-byte aligned.
 With per-label weight scales (``weight_scale="label"``, powers of two, see
 :mod:`largeout.nn.lowp`) the forward's epilogue applies one scale per label (the input's
 scale times the label's: largeout's FP8 GEMM takes such a vector; ``_scaled_mm`` takes
-row-wise scales on both sides, the input's repeated per row), and dx multiplies each upcast weight chunk by its labels'
-scales (exact in bf16). dW is the gradient of the scaled weight, as ``largeout.optim``
-expects.
+row-wise scales on both sides, the input's repeated per row), and dx's upcast of each
+weight chunk applies its labels' scales in the same pass (exact in bf16). dW is the
+gradient of the scaled weight, as ``largeout.optim`` expects.
 
 ``_scaled_mm`` needs the label count to be a multiple of 16: a weight whose label count
 is not is stored with up to 15 zero rows after its last row (``weight`` is a view of the
@@ -170,14 +170,16 @@ def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     return full[:L]
 
 
-def _to_bf16(w: torch.Tensor) -> torch.Tensor:
-    """The fp8 weight (a chunk of it) in bf16, exactly. On CUDA, largeout's vectorized
-    conversion (torch's runs at ~1 TB/s on an H200; with ours the layer's training step at
-    L=2.8M measured 20.4 -> 16.1 ms, bench/results/fp8_upcast_h200.json);
+def _to_bf16(w: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The fp8 weight (a chunk of it) in bf16, times its rows' scales if given (float32
+    powers of two: exact). On CUDA, largeout's vectorized conversion, the scales applied in
+    the same pass (torch's conversion runs at ~1 TB/s on an H200; with ours the layer's
+    training step at L=2.8M measured 20.4 -> 16.1 ms, bench/results/fp8_upcast_h200.json);
     LARGEOUT_FP8_UPCAST=0 uses torch's."""
     if w.is_cuda and os.environ.get("LARGEOUT_FP8_UPCAST") != "0":
-        return torch.ops.largeout.fp8_to_bf16(w)
-    return w.to(torch.bfloat16)
+        return torch.ops.largeout.fp8_to_bf16(w, scale)
+    out = w.to(torch.bfloat16)
+    return out if scale is None else out * scale.to(torch.bfloat16)[:, None]
 
 
 class _Fp8LinearFn(torch.autograd.Function):
@@ -225,11 +227,9 @@ class _Fp8LinearFn(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
-            sw = ctx.scale[0, :L8, None].to(torch.bfloat16) if ctx.scale is not None else None
+            sw = ctx.scale[0, :L8] if ctx.scale is not None else None  # (contiguous: one row)
             for c in range(0, L8, _DX_CHUNK):
-                wc = _to_bf16(w_full[c : c + _DX_CHUNK])
-                if sw is not None:  # exact: powers of two
-                    wc = wc * sw[c : c + _DX_CHUNK]
+                wc = _to_bf16(w_full[c : c + _DX_CHUNK], sw[c : c + _DX_CHUNK] if sw is not None else None)
                 acc += (g[:, c : c + _DX_CHUNK] @ wc).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)

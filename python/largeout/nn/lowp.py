@@ -24,6 +24,7 @@ update in those units, dividing by the scale only to round into the stored codes
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import torch
@@ -115,7 +116,11 @@ def row_scale(weight: torch.Tensor) -> Optional[torch.Tensor]:
 
 def dequantize(weight: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weight's values in ``dtype``: ``weight * scale[:, None]`` (exact for fp8 weights
-    in bf16 and wider, scales being powers of two)."""
+    in bf16 and wider, scales being powers of two). fp8 to bf16 with a scale on CUDA: one
+    pass of largeout's conversion (LARGEOUT_FP8_UPCAST=0: torch's ops)."""
+    if (scale is not None and dtype == torch.bfloat16 and weight.dtype in FP8_DTYPES and weight.is_cuda
+            and os.environ.get("LARGEOUT_FP8_UPCAST") != "0"):
+        return torch.ops.largeout.fp8_to_bf16(weight.detach(), scale.to(weight.device, torch.float32))
     w = weight.detach().to(dtype)
     return w if scale is None else w * scale.to(device=w.device, dtype=dtype)[:, None]
 
