@@ -284,7 +284,8 @@ if [ "$MODE" = lowp ]; then
 fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
-  tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py -k "fp8 or scale"
+  tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py tests/test_stochastic_round.py \
+    -k "fp8 or scale"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
     "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
   echo "== benchmark: FP8 layer against bf16"
