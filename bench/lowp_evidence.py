@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 import largeout
+from bench_group_sparse import git_commit  # (bench/ is on the path when run as a script)
 from largeout.train import load_config, train
 
 VARIANTS = {
@@ -105,6 +106,7 @@ def main(argv=None) -> int:
         COMMON["synthetic"] = {**load_config(None, {}).synthetic, "num_samples": args.samples}
     result = {"device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
               "largeout": largeout.build_info(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "git_commit": git_commit(),
               "method": __doc__, "runs": {}}
     regimes = [] if args.only_small else [(o, p, None) for o in ("dense", "group-sparse") for p in ("sgd", "adamw")]
     regimes += [("dense", "sgd", float(x)) for x in args.small_lrs.split(",") if x]
