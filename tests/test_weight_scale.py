@@ -270,6 +270,16 @@ def test_dtype_cast_folds_the_scales(cast):
     assert rel_err(layer(x.to(layer.weight.dtype)).float(), y0) < 2e-2
 
 
+def test_cast_to_the_weights_own_dtype_keeps_float32_scales():
+    gen = torch.Generator().manual_seed(15)
+    layer = GroupSparseLinear(64, 96, 32, 32, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale="label")
+    layer.weight_scale.copy_(torch.ldexp(torch.ones(96), torch.randint(-90, 90, (96,), generator=gen)))
+    s0 = layer.weight_scale.clone()
+    layer.to(torch.float8_e4m3fn)  # .to(dtype) casts buffers too: the scales stay float32, unchanged
+    assert layer.weight_scale.dtype == torch.float32 and torch.equal(layer.weight_scale, s0)
+    assert lowp.row_scale(layer.weight) is layer.weight_scale
+
+
 def test_scale_link_follows_copies_assignments_and_moves():
     gen = torch.Generator().manual_seed(14)
     layer = GroupSparseLinear(64, 96, 32, 32, weight_dtype=torch.float8_e4m3fn, generator=gen, weight_scale="label")

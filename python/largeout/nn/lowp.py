@@ -240,7 +240,10 @@ class ScaledWeightMixin:
             link_scale(self.weight, None)
             self.weight.data = folded
             self.weight_scale = None
+        saved = self.weight_scale
         out = super()._apply(fn, *args, **kwargs)
+        if self.weight_scale is not None and self.weight_scale.dtype != torch.float32:  # e.g. .to(<the fp8 dtype>)
+            self.weight_scale = saved.to(self.weight_scale.device, torch.float32)
         link_scale(self.weight, self.weight_scale)
         return out
 
