@@ -175,8 +175,9 @@ def test_fp8_to_bf16_with_row_scales(dtype, cols, device):
     other = torch.rand(rows, generator=gen) * 3 + 0.1
     got = torch.ops.largeout.fp8_to_bf16(x.to(device), other.to(device)).cpu()
     _same_bf16(got, (x.float() * other[:, None]).to(torch.bfloat16))
-    # a row slice of a bigger weight (the layer's dx takes chunks of rows)
-    got = torch.ops.largeout.fp8_to_bf16(x[100:300].to(device), pow2[100:300].to(device)).cpu()
+    # a row slice of a bigger weight, at an offset into its storage (the layer's dx takes chunks of rows)
+    xd, pd = x.to(device), pow2.to(device)
+    got = torch.ops.largeout.fp8_to_bf16(xd[100:300], pd[100:300]).cpu()
     _same_bf16(got, want[100:300])
 
 
