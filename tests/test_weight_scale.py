@@ -201,7 +201,7 @@ def test_scaled_and_unscaled_fp8_params_in_one_optimizer():
     lo_optim.SGD([b2.weight], lr=0.1, rounding="nearest", fused=False).step()
     assert torch.equal(a.weight.view(torch.uint8), a2.weight.view(torch.uint8))
     assert torch.equal(b.weight.view(torch.uint8), b2.weight.view(torch.uint8))
-    assert lowp.row_scale(a2.weight) is a2.weight_scale  # the copy's own scale, linked by its forward
+    assert lowp.row_scale(a2.weight) is a2.weight_scale  # the copy's own scale
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -178,8 +178,7 @@ def _to_bf16(w: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Ten
     LARGEOUT_FP8_UPCAST=0 uses torch's."""
     if w.is_cuda and os.environ.get("LARGEOUT_FP8_UPCAST") != "0":
         return torch.ops.largeout.fp8_to_bf16(w, scale)
-    out = w.to(torch.bfloat16)
-    return out if scale is None else out * scale.to(torch.bfloat16)[:, None]
+    return lowp.dequantize(w, scale, torch.bfloat16)
 
 
 class _Fp8LinearFn(torch.autograd.Function):

@@ -197,7 +197,6 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         cdt = lowp.compute_dtype(self.weight.dtype)
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
-        lowp.link_scale(self.weight, self.weight_scale)
         w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(x.dtype)

@@ -84,7 +84,6 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                 lowp.init_uniform_(self.bias, bound, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        lowp.link_scale(self.weight, self.weight_scale)
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)

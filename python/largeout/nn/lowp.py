@@ -101,7 +101,8 @@ def check_scale(name: str, scale: torch.Tensor, rows: int) -> None:
 def link_scale(weight: torch.Tensor, scale: Optional[torch.Tensor]) -> None:
     """Records ``scale`` as ``weight``'s row scale, where :func:`row_scale` (and so
     ``largeout.optim``) finds it. The layers call it whenever either tensor may have been
-    replaced (construction, ``module.to()``, every forward)."""
+    replaced (construction, assignment, ``module.to()`` and casts, unpickling and copies:
+    :class:`ScaledWeightMixin`)."""
     if scale is None:
         if hasattr(weight, _SCALE_ATTR):
             delattr(weight, _SCALE_ATTR)
@@ -125,18 +126,17 @@ def dequantize(weight: torch.Tensor, scale: Optional[torch.Tensor], dtype: torch
     return w if scale is None else w * scale.to(device=w.device, dtype=dtype)[:, None]
 
 
-def rescale_rows_(weight: torch.Tensor, scale: torch.Tensor, generator: Optional[torch.Generator] = None,
-                  chunk_rows: Optional[int] = None) -> int:
+def rescale_rows_(weight: torch.Tensor, scale: torch.Tensor, generator: Optional[torch.Generator] = None) -> int:
     """Re-chooses each row's power-of-two scale from its current largest magnitude
     (:func:`pow2_scale`) and re-encodes the row: exact where the scale shrinks, rounded
     stochastically (``generator``) where it grows. Rows of zeros keep their scale. Works in
     chunks of rows (no full-size fp32 copy). Returns the number of rows whose scale changed."""
     L, K = weight.shape
-    rows = chunk_rows or max(1, _INIT_CHUNK // max(K, 1))
+    rows = max(1, _INIT_CHUNK // max(K, 1))
     changed = 0
-    flat = weight.detach()
+    codes = weight.detach()
     for r0 in range(0, L, rows):
-        q = flat[r0 : r0 + rows]
+        q = codes[r0 : r0 + rows]
         s = scale[r0 : r0 + rows]
         v = q.float()
         amax = v.abs().amax(1)
@@ -159,7 +159,7 @@ class _FromStored(torch.autograd.Function):
     @staticmethod
     def forward(ctx, anchor, weight, dtype, scale=None):
         ctx.weight = weight
-        return weight.to(dtype) if scale is None else dequantize(weight, scale, dtype)
+        return dequantize(weight, scale, dtype)
 
     @staticmethod
     def backward(ctx, grad):
