@@ -38,7 +38,9 @@ from largeout.nn import fp8 as lo_fp8
 from bench_optim import timed  # CUDA-event median (bench/ is on the path when run as a script)
 
 
-def measure(name, make, B, H, L, iters, train: bool):
+def measure(name, make, B, H, L, iters, train: bool, flops=None):
+    """One case: forward alone and back to back, the training step, peak memory. ``flops``
+    per forward (default the dense layer's 2 B H L)."""
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     layer, fwd = make()
@@ -62,7 +64,7 @@ def measure(name, make, B, H, L, iters, train: bool):
             fwd(layer, xg).backward(dy)
         row["train_step_seconds"] = timed(step, iters)[0]
         del dy, xg
-    flops = 2 * B * H * L
+    flops = flops or 2 * B * H * L
     row["forward_TFLOPs"] = flops / row["forward_seconds"] / 1e12
     row["forward_TFLOPs_pipelined"] = flops / row["forward_seconds_pipelined"] / 1e12
     if train:

@@ -12,9 +12,11 @@
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
 #            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
-#     fp8    build, the FP8 layer/GEMM tests (TESTS_ALL=1: the whole suite; MEMCHECK_FP8=1: memcheck on
-#            the FP8 GEMM and quantization tests), bench/bench_fp8.py; OPTIM_BENCH=1: the optimizer tests
-#            and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
+#     fp8    build, the FP8 layer/GEMM tests and the group-sparse fp8 tests (TESTS_ALL=1: the whole suite;
+#            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
+#            bench/bench_fp8.py (FP8_BENCH=0: without), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
+#            without); OPTIM_BENCH=1: the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case":
+#            ncu of those optimizer cases
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -285,11 +287,20 @@ fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
   tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py tests/test_stochastic_round.py \
-    -k "fp8 or scale"
+    tests/test_group_sparse_fp8.py -k "fp8 or scale"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
     "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
-  echo "== benchmark: FP8 layer against bf16"
-  timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_gs_fp8.log tests/test_group_sparse_fp8.py \
+    "hopper_fp8_kernels_equal and e4m3"
+  if [ "${FP8_BENCH:-1}" != 0 ]; then
+    echo "== benchmark: FP8 layer against bf16"
+    timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  fi
+  if [ "${GS_FP8_BENCH:-1}" != 0 ]; then
+    echo "== benchmark: group-sparse layer with fp8 weights against bf16"
+    timeout 200 python3 bench/bench_group_sparse_fp8.py --out "$OUT/group_sparse_fp8.json" 2>&1 \
+      | tee "$OUT/bench_group_sparse_fp8.log" | tail -12
+  fi
   if [ "${OPTIM_BENCH:-0}" = 1 ]; then
     [ "${TESTS_ALL:-0}" = 1 ] || { echo "== tests: optimizers and stochastic rounding"
       run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py; }

@@ -2,6 +2,7 @@
 // boundary, then the CPU or CUDA kernels of csrc/kernels.
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
@@ -135,11 +136,22 @@ struct FwdArgs {
   DType dtype;
 };
 
+// The weight must have the dtype of `ref` (x or grad_out), or be fp8 with ref bf16 (the fp8
+// ops: checked by check_fp8_weight first).
+void check_weight_dtype(const at::Tensor& weight, const at::Tensor& ref, const char* ref_name, bool fp8) {
+  if (fp8) {
+    TORCH_CHECK(weight.device() == ref.device(), kOp, ": weight must be on the device of ", ref_name, " (",
+                ref.device(), "); got ", weight.device());
+  } else {
+    check_same(weight, "weight", ref, ref_name);
+  }
+}
+
 FwdArgs check_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
-                  const std::optional<at::Tensor>& bias, int64_t G) {
+                  const std::optional<at::Tensor>& bias, int64_t G, bool fp8 = false) {
   const DType dt = to_dtype(x, "x");
   TORCH_CHECK(x.dim() == 2, kOp, ": x must be 2-D [B, H] here; got shape ", x.sizes());
-  check_same(weight, "weight", x, "x");
+  check_weight_dtype(weight, x, "x", fp8);
   TORCH_CHECK(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   check_group_size(G);
   const int64_t L = weight.size(0);
@@ -178,9 +190,10 @@ struct DxArgs {
   DType dtype;
 };
 
-DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G, int64_t H) {
+DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G, int64_t H,
+                bool fp8 = false) {
   const DType dt = to_dtype(grad, "grad_out");
-  check_same(weight, "weight", grad, "grad_out");
+  check_weight_dtype(weight, grad, "grad_out", fp8);
   TORCH_CHECK(weight.dim() == 2, kOp, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   check_group_size(G);
   const int64_t L = weight.size(0);
@@ -237,6 +250,53 @@ std::tuple<at::Tensor, at::Tensor> dw_cpu(const at::Tensor& grad, const at::Tens
                        a.indices.const_data_ptr<int32_t>(), dw.mutable_data_ptr(), db.mutable_data_ptr(),
                        torch_parallel_for());
   return {dw, db};
+}
+
+// ---------------------------------------------------------------------------
+// fp8 weights (largeout.nn's fp8 layers): the layer's weight is weight * weight_scale in
+// bf16, the values of the fp8_to_bf16 op. On CUDA the Hopper kernels upcast inside where
+// they apply; elsewhere the weight is upcast by that op first (the results are the same).
+// ---------------------------------------------------------------------------
+constexpr const char* kOpFp8 = "largeout.group_sparse_linear_fp8";
+
+// act (x or grad_out) bf16, weight fp8 [L, K], weight_scale none or float32 [L] on the
+// weight's device. Returns the scale (contiguous) or an undefined tensor.
+at::Tensor check_fp8_weight(const at::Tensor& act, const char* act_name, const at::Tensor& weight,
+                            const std::optional<at::Tensor>& weight_scale) {
+  TORCH_CHECK_TYPE(weight.scalar_type() == at::kFloat8_e4m3fn || weight.scalar_type() == at::kFloat8_e5m2, kOpFp8,
+                   ": weight must be float8_e4m3fn or float8_e5m2; got ", weight.scalar_type());
+  TORCH_CHECK_TYPE(act.scalar_type() == at::kBFloat16, kOpFp8, ": ", act_name,
+                   " must be bfloat16 (the compute dtype of fp8 weights); got ", act.scalar_type());
+  TORCH_CHECK(weight.dim() == 2, kOpFp8, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
+  if (!weight_scale.has_value() || !weight_scale->defined()) return at::Tensor();
+  const at::Tensor& sc = *weight_scale;
+  TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, kOpFp8, ": weight_scale must be float32; got ", sc.scalar_type());
+  TORCH_CHECK(sc.dim() == 1 && sc.size(0) == weight.size(0) && sc.device() == weight.device(), kOpFp8,
+              ": weight_scale must be a [", weight.size(0), "] tensor on ", weight.device(), "; got shape ",
+              sc.sizes(), " on ", sc.device());
+  return sc.contiguous();
+}
+
+// weight * scale in bf16 (the fp8_to_bf16 op).
+at::Tensor upcast_weight(const at::Tensor& weight, const at::Tensor& scale) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("largeout::fp8_to_bf16", "")
+                             .typed<at::Tensor(const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(weight, scale.defined() ? std::optional<at::Tensor>(scale) : std::nullopt);
+}
+
+at::Tensor fwd_fp8_cpu(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& weight_scale,
+                       const at::Tensor& indices, const std::optional<at::Tensor>& bias, int64_t G) {
+  const at::Tensor sc = check_fp8_weight(x, "x", weight, weight_scale);
+  check_fwd(x, weight, indices, bias, G, true);
+  return fwd_cpu(x, upcast_weight(weight, sc), indices, bias, G);
+}
+
+at::Tensor dx_fp8_cpu(const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& weight_scale,
+                      const at::Tensor& indices, int64_t G, c10::SymInt H) {
+  const at::Tensor sc = check_fp8_weight(grad, "grad_out", weight, weight_scale);
+  check_dx(grad, weight, indices, G, H.expect_int(), true);
+  return dx_cpu(grad, upcast_weight(weight, sc), indices, G, H);
 }
 
 // ---------------------------------------------------------------------------
@@ -300,6 +360,54 @@ std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Ten
              "group_sparse_dw");
   return {dw, db};
 }
+
+at::Tensor fwd_fp8_cuda(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& weight_scale,
+                        const at::Tensor& indices, const std::optional<at::Tensor>& bias, int64_t G) {
+  const at::Tensor sc = check_fp8_weight(x, "x", weight, weight_scale);
+  FwdArgs a = check_fwd(x, weight, indices, bias, G, true);
+  DeviceGuard guard(a.x.device());
+  if (!cuda::fp8_kernels_apply(cuda::Pass::kForward, a.shape, device_info()))
+    return fwd_cuda(x, upcast_weight(weight, sc), indices, bias, G);
+  at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
+  if (a.shape.batch == 0) return y;
+  a.x = aligned(a.x);
+  a.weight = aligned(a.weight);
+  a.indices = aligned(a.indices);
+  check_cuda(cuda::group_sparse_fwd_fp8(weight.scalar_type() == at::kFloat8_e4m3fn, a.shape, a.x.const_data_ptr(),
+                                        a.weight.const_data_ptr(), sc.defined() ? sc.const_data_ptr<float>() : nullptr,
+                                        a.indices.const_data_ptr<int32_t>(),
+                                        a.bias.defined() ? a.bias.const_data_ptr() : nullptr, y.mutable_data_ptr(),
+                                        c10::cuda::getCurrentCUDAStream()),
+             "group_sparse_fwd_fp8");
+  return y;
+}
+
+at::Tensor dx_fp8_cuda(const at::Tensor& grad, const at::Tensor& weight, const std::optional<at::Tensor>& weight_scale,
+                       const at::Tensor& indices, int64_t G, c10::SymInt H) {
+  const at::Tensor sc = check_fp8_weight(grad, "grad_out", weight, weight_scale);
+  DxArgs a = check_dx(grad, weight, indices, G, H.expect_int(), true);
+  DeviceGuard guard(a.grad.device());
+  // As dx_cuda: the bf16 path, dY aligned and kept row-padded where the pass reads it by
+  // TMA, then the bf16 plan (its splits and workspace), made once dY's row stride is known.
+  const cuda::Path path = cuda::choose_path(cuda::Pass::kInput, a.dtype, a.shape, device_info());
+  if (path == cuda::Path::kSm90) a.grad = aligned(a.grad);
+  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, path);
+  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+  if (a.shape.batch == 0 || plan.path != cuda::Path::kSm90 ||
+      !cuda::fp8_kernels_apply(cuda::Pass::kInput, a.shape, device_info()))
+    return dx_cuda(grad, upcast_weight(weight, sc), indices, G, H);
+  at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
+  a.weight = aligned(a.weight);
+  a.indices = aligned(a.indices);
+  at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
+  check_cuda(cuda::group_sparse_dx_fp8(weight.scalar_type() == at::kFloat8_e4m3fn, a.shape, plan,
+                                       a.grad.const_data_ptr(), a.weight.const_data_ptr(),
+                                       sc.defined() ? sc.const_data_ptr<float>() : nullptr,
+                                       a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
+                                       workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
+             "group_sparse_dx_fp8");
+  return dx;
+}
 #endif
 
 }  // namespace
@@ -335,11 +443,22 @@ cuda::Pass parse_pass(const std::string& pass) {
 }  // namespace
 #endif
 
-// The CUDA kernels the current device would run for this problem: "sm90" or "generic".
+// The CUDA kernels the current device would run for this problem: "sm90" or "generic";
+// for an fp8 dtype (the weight's, with bf16 activations) "sm90-fp8" where the forward or
+// dx kernels for fp8 weights apply, else the path of the bf16 kernels after the upcast
+// (the weight pass never reads the weight: its bf16 path).
 std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
                              int64_t G) {
 #ifdef LARGEOUT_WITH_CUDA
   const cuda::Pass p = parse_pass(pass);
+  if (dtype == at::kFloat8_e4m3fn || dtype == at::kFloat8_e5m2) {
+    // dx's choice depends on dY's row stride: contiguous rows here. (Where L % 8 != 0 and
+    // B > 1 the layer's backward passes dY row-padded to a multiple of 8, which dx takes as
+    // it would for such an L.)
+    if (p != cuda::Pass::kWeight && cuda::fp8_kernels_apply(p, make_shape(B, H, L, K, G), device_info()))
+      return "sm90-fp8";
+    dtype = at::kBFloat16;
+  }
   const DType dt = to_dtype(dtype, "dtype");
   const cuda::Path path = cuda::choose_path(p, dt, make_shape(B, H, L, K, G), device_info());
   return path == cuda::Path::kSm90 ? "sm90" : "generic";
@@ -349,12 +468,14 @@ std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int6
 }
 
 // Launch counts since start: [forward generic, forward sm90, input generic, input sm90,
-// weight generic, weight sm90].
+// weight generic, weight sm90, forward sm90-fp8, input sm90-fp8, weight sm90-fp8].
 std::vector<int64_t> cuda_launch_counts() {
-  std::vector<int64_t> out(6, 0);
+  std::vector<int64_t> out(9, 0);
 #ifdef LARGEOUT_WITH_CUDA
-  for (int p = 0; p < 3; ++p)
+  for (int p = 0; p < 3; ++p) {
     for (int q = 0; q < 2; ++q) out[2 * p + q] = cuda::launch_count(cuda::Pass(p), cuda::Path(q));
+    out[6 + p] = cuda::launch_count(cuda::Pass(p), cuda::Path::kSm90Fp8);
+  }
 #endif
   return out;
 }
@@ -365,6 +486,8 @@ TORCH_LIBRARY_IMPL(largeout, CPU, m) {
   m.impl("group_sparse_linear", &largeout::fwd_cpu);
   m.impl("group_sparse_linear_backward_input", &largeout::dx_cpu);
   m.impl("group_sparse_linear_backward_weight", &largeout::dw_cpu);
+  m.impl("group_sparse_linear_fp8", &largeout::fwd_fp8_cpu);
+  m.impl("group_sparse_linear_fp8_backward_input", &largeout::dx_fp8_cpu);
 }
 
 #ifdef LARGEOUT_WITH_CUDA
@@ -372,5 +495,7 @@ TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
   m.impl("group_sparse_linear", &largeout::fwd_cuda);
   m.impl("group_sparse_linear_backward_input", &largeout::dx_cuda);
   m.impl("group_sparse_linear_backward_weight", &largeout::dw_cuda);
+  m.impl("group_sparse_linear_fp8", &largeout::fwd_fp8_cuda);
+  m.impl("group_sparse_linear_fp8_backward_input", &largeout::dx_fp8_cuda);
 }
 #endif

@@ -91,6 +91,12 @@ TORCH_LIBRARY(largeout, m) {
   // dx [B, H] from grad_out [B, L].
   m.def("group_sparse_linear_backward_input(Tensor grad_out, Tensor weight, Tensor indices, int group_size, "
         "SymInt in_features) -> Tensor");
+  // The same with an fp8 weight [L, K] (float8_e4m3fn or float8_e5m2) times weight_scale [L]
+  // (float32, optional), x and grad_out bf16 (the dW pass never reads the weight).
+  m.def("group_sparse_linear_fp8(Tensor x, Tensor weight, Tensor? weight_scale, Tensor indices, Tensor? bias, "
+        "int group_size) -> Tensor");
+  m.def("group_sparse_linear_fp8_backward_input(Tensor grad_out, Tensor weight, Tensor? weight_scale, "
+        "Tensor indices, int group_size, SymInt in_features) -> Tensor");
   // (dweight [L, K], dbias [L]) from grad_out [B, L] and x [B, H].
   m.def("group_sparse_linear_backward_weight(Tensor grad_out, Tensor x, Tensor indices, int group_size) "
         "-> (Tensor, Tensor)");

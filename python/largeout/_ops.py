@@ -26,6 +26,18 @@ def _gsl_dw_fake(grad_out, x, indices, group_size):
     return grad_out.new_empty((num_labels, indices.shape[1])), grad_out.new_empty((num_labels,))
 
 
+@torch.library.register_fake("largeout::group_sparse_linear_fp8")
+def _gsl_fp8_fake(x, weight, weight_scale, indices, bias, group_size):
+    torch._check(x.dim() == 2, lambda: "x must be 2-D")
+    torch._check(weight.dim() == 2, lambda: "weight must be 2-D")
+    return x.new_empty((x.shape[0], weight.shape[0]))
+
+
+@torch.library.register_fake("largeout::group_sparse_linear_fp8_backward_input")
+def _gsl_fp8_dx_fake(grad_out, weight, weight_scale, indices, group_size, in_features):
+    return grad_out.new_empty((grad_out.shape[0], in_features))
+
+
 @torch.library.register_fake("largeout::fp8_to_bf16")
 def _fp8_to_bf16_fake(x, row_scale=None):
     return x.new_empty(x.shape, dtype=torch.bfloat16)

@@ -2,8 +2,9 @@
 
 On sm_90 GPUs (H100, H200) largeout has Hopper kernels (wgmma, TMA) for 16-bit
 group-sparse layers whose fan-in is a multiple of 64 (64, 128 or 256 for the weight
-gradient, G >= 32 for both gradients); everything else runs the generic kernels
-(sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
+gradient, G >= 32 for both gradients), and for fp8 weights with bf16 activations (the
+forward; dx where it runs the expanded-weight kernel: G <= 64 and fan-in 128 or 256);
+everything else runs the generic kernels (sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
 """
 
 from __future__ import annotations
@@ -43,13 +44,17 @@ def policy(name: str) -> Iterator[None]:
 def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_features: int, fan_in: int,
          group_size: int) -> str:
     """``"sm90"`` or ``"generic"``: the CUDA kernels the current device would use for one
-    pass (``"forward"``, ``"input"`` or ``"weight"``) of a group-sparse layer."""
+    pass (``"forward"``, ``"input"`` or ``"weight"``) of a group-sparse layer. For an fp8
+    ``dtype`` (the weight's; bf16 activations): ``"sm90-fp8"`` where the forward or input
+    pass has a Hopper kernel that upcasts the weight inside, else the bf16 path the pass
+    takes after upcasting it (the weight pass never reads the weight)."""
     if pass_ not in _PASSES:
         raise ValueError(f"largeout.kernels.path: pass_ must be one of {_PASSES}; got {pass_!r}")
     return torch.ops.largeout.cuda_kernel_path(pass_, dtype, batch, in_features, out_features, fan_in, group_size)
 
 
 def launch_counts() -> dict:
-    """Kernel launches since the process started, by pass and path."""
+    """Kernel launches since the process started, by pass and path (``"generic"``,
+    ``"sm90"``, ``"sm90-fp8"``)."""
     c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
-    return {p: {"generic": c[2 * i], "sm90": c[2 * i + 1]} for i, p in enumerate(_PASSES)}
+    return {p: {"generic": c[2 * i], "sm90": c[2 * i + 1], "sm90-fp8": c[6 + i]} for i, p in enumerate(_PASSES)}

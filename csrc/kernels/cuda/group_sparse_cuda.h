@@ -33,7 +33,8 @@ void set_kernel_policy(KernelPolicy policy);
 KernelPolicy kernel_policy();
 
 enum class Pass : int { kForward = 0, kInput = 1, kWeight = 2 };
-enum class Path : int { kGeneric = 0, kSm90 = 1 };
+// kSm90Fp8: the Hopper kernels for fp8 weights (group_sparse_fwd_fp8, group_sparse_dx_fp8).
+enum class Path : int { kGeneric = 0, kSm90 = 1, kSm90Fp8 = 2 };
 // The kernels a launcher would use for this problem on this device (dtype and shape
 // only; the launchers also need 16-byte aligned pointers for the Hopper kernels).
 Path choose_path(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
@@ -77,5 +78,20 @@ DxPlan group_sparse_dx_plan(DType dtype, const GroupSparseShape& s, const Device
 cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan& plan, const void* dy,
                             const void* weight, const int32_t* indices, void* dx, void* workspace,
                             cudaStream_t stream);
+
+// fp8 weights (largeout.nn's fp8 layers): codes e4m3fn where e4m3, else e5m2, times
+// row_scale[l] where row_scale is not null, with bf16 x, dY and results. Hopper kernels
+// upcast the codes inside (to the values of the fp8_to_bf16 op, so the results equal the
+// bf16 kernels' on the upcast weight): the forward, and dx where the bf16 plan runs the
+// expanded-weight kernel (v3). fp8_kernels_apply: whether the pass (forward or input) has
+// one for this shape on this device under the current policy.
+bool fp8_kernels_apply(Pass pass, const GroupSparseShape& s, const DeviceInfo& dev);
+cudaError_t group_sparse_fwd_fp8(bool e4m3, const GroupSparseShape& s, const void* x, const void* weight,
+                                 const float* row_scale, const int32_t* indices, const void* bias, void* y,
+                                 cudaStream_t stream);
+// plan: group_sparse_dx_plan(DType::kBFloat16, s, dev) (its splits and workspace).
+cudaError_t group_sparse_dx_fp8(bool e4m3, const GroupSparseShape& s, const DxPlan& plan, const void* dy,
+                                const void* weight, const float* row_scale, const int32_t* indices, void* dx,
+                                void* workspace, cudaStream_t stream);
 
 }  // namespace largeout::cuda

@@ -194,11 +194,16 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
 
     # -- compute ------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"GroupSparseLinear: x must be [*, in_features = {self.in_features}]; "
+                             f"got shape {tuple(x.shape)}")
         cdt = lowp.compute_dtype(self.weight.dtype)
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
-        w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
+        if self.weight.dtype in lowp.FP8_DTYPES:
+            return _fp8_forward(x, self.weight, self.weight_scale, self.indices, b, self.group_size)
+        w = lowp.weight_for_compute(self.weight, self.weight_scale)
         return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(x.dtype)
 
     # -- conversion ---------------------------------------------------------------
@@ -247,3 +252,53 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             + (f", weight_dtype={self.weight_dtype}" if self.weight_dtype != torch.float32 else "")
             + (", weight_scale=label" if self.weight_scale is not None else "")
         )
+
+
+def _fp8_forward(x, weight, scale, indices, bias, group_size):
+    """The layer with an fp8 weight: bf16 compute through the largeout ops for fp8 weights,
+    which upcast the weight inside the Hopper kernels (forward, and dx where it runs the
+    expanded-weight kernel) and beforehand elsewhere: the same values as
+    ``lowp.weight_for_compute`` without its bf16 copy of the weight."""
+    if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"GroupSparseLinear: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
+    lead = x.shape[:-1]
+    x2 = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
+    if torch.is_grad_enabled():
+        anchor = torch.empty(0, device=weight.device, requires_grad=True)
+        y = _GroupSparseFP8.apply(anchor, x2, weight, scale, indices, bias, group_size)
+    else:
+        y = torch.ops.largeout.group_sparse_linear_fp8(x2, weight, scale, indices, bias, group_size)
+    return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+
+
+class _GroupSparseFP8(torch.autograd.Function):
+    """Forward and backward of the layer with an fp8 weight; the weight's gradient (bf16,
+    with respect to the scaled weight) goes to ``weight.grad`` (``lowp.accumulate_grad``).
+    ``anchor`` is an empty tensor that requires grad, so autograd calls backward even where
+    neither x nor the bias does."""
+
+    @staticmethod
+    def forward(ctx, anchor, x, weight, scale, indices, bias, group_size):
+        # (saved, not kept as attributes: an in-place change before backward is an error)
+        ctx.save_for_backward(x, indices, weight, scale)
+        ctx.group_size = group_size
+        return torch.ops.largeout.group_sparse_linear_fp8(x, weight, scale, indices, bias, group_size)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        from .._ops import _rows_for_tma
+
+        x, indices, weight, scale = ctx.saved_tensors
+        G = ctx.group_size
+        need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
+        grad_out = grad_out.contiguous()
+        dx = db = None
+        if need_x:  # one padded copy of dY for both passes
+            grad_out = _rows_for_tma(grad_out, x, weight, G)
+            dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(
+                grad_out, weight, scale, indices, G, x.shape[1])
+        dw, db_all = torch.ops.largeout.group_sparse_linear_backward_weight(grad_out, x, indices, G)
+        lowp.accumulate_grad(weight, dw)
+        if need_b:
+            db = db_all
+        return None, dx, None, None, None, db, None

@@ -31,6 +31,9 @@
 #include "kernels/cuda/group_sparse_dx_reduce.h"
 #include "kernels/cuda/sm90/group_sparse_sm90.h"
 #include "kernels/cuda/sm90/ptx.cuh"
+#include "kernels/stochastic_round.h"
+
+#include <cuda_fp8.h>
 
 namespace largeout::cuda::sm90 {
 namespace {
@@ -43,6 +46,31 @@ constexpr int kSmemSlack = 1024;  // dynamic shared memory is aligned up to 1024
 template <class T> struct TypeTag { using type = T; };
 
 __host__ __device__ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// fp8 weights (the forward and dx v3 with kW8): bf16 bits of the two fp8 codes in the low
+// 16 bits of `codes` (the first in bits 0-7; e4m3fn or e5m2), times `scale` where kScaled.
+// The bits of largeout's fp8_to_bf16 op (fp8_to_bf16_bits / fp8_to_bf16_bits_scaled) for
+// every code but NaN (a NaN code gives a NaN, not necessarily of the same pattern): every
+// fp8 value is an fp16 value (one cvt for both), and a power-of-two scale is exact.
+template <bool kScaled>
+__device__ __forceinline__ uint32_t fp8x2_to_bf16x2(uint32_t codes, bool e4m3, float scale) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(codes & 0xffffu), e4m3 ? __NV_E4M3 : __NV_E5M2);
+  const float2 f = __half22float2(__half2(h));
+  if constexpr (kScaled) {
+    return (sr_round_bits_fast(__fmul_rn(f.x, scale), SrFormat::kBFloat16, 0u, true) & 0xffffu) |
+           (sr_round_bits_fast(__fmul_rn(f.y, scale), SrFormat::kBFloat16, 0u, true) << 16);
+  } else {
+    return (__float_as_uint(f.x) >> 16) | (__float_as_uint(f.y) & 0xffff0000u);
+  }
+}
+
+// Eight fp8 codes (8 bytes, the first in the lowest) as eight bf16 (16 bytes).
+template <bool kScaled>
+__device__ __forceinline__ uint4 fp8x8_to_bf16x8(uint2 c, bool e4m3, float scale) {
+  return make_uint4(fp8x2_to_bf16x2<kScaled>(c.x, e4m3, scale), fp8x2_to_bf16x2<kScaled>(c.x >> 16, e4m3, scale),
+                    fp8x2_to_bf16x2<kScaled>(c.y, e4m3, scale), fp8x2_to_bf16x2<kScaled>(c.y >> 16, e4m3, scale));
+}
 // Swizzled tiles start at 1024-byte boundaries.
 __host__ __device__ constexpr int64_t round1k(int64_t n) { return (n + 1023) / 1024 * 1024; }
 
@@ -144,21 +172,25 @@ struct FwdCfg {
   static constexpr int kStagingBytes = kBM * kStageRow;
   static_assert(kStagingBytes % 1024 == 0 && kWBytes % 1024 == 0 && G * 128 % 1024 == 0,
                 "tiles must stay 1024-byte aligned");
-  // Each of the kCons computing warpgroups has its own ring of `spr` stages.
-  static int64_t smem_bytes(int64_t H, int spr, int kCons = 2) {
+  // Each of the kCons computing warpgroups has its own ring of `spr` stages (w8: fp8
+  // weights, one more barrier per stage).
+  static int64_t smem_bytes(int64_t H, int spr, int kCons = 2, bool w8 = false) {
     return kSmemSlack + H * 128 + kCons * kStagingBytes + kCons * spr * int64_t(kWBytes + kIdxBytes) +
-           2 * kCons * spr * 8;
+           (w8 ? 3 : 2) * kCons * spr * 8;
   }
 };
 
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
-template <class C, int G, int K>
+// kW8 (fp8 weights, the forward): the box holds 1-byte codes, unswizzled, and lands in the
+// stage's second half, which the upcast then turns into the bf16 stage in place.
+template <class C, int G, int K, bool kW8 = false>
 __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
                                                 const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
-  mbar_arrive_expect_tx(bar, C::kWBytes + C::kIdxBytes);
-  tma_load_3d(wdst, map, bar, 0, gu * G, q * C::kNs);
+  constexpr uint32_t kBytes = kW8 ? C::kWBytes / 2 : C::kWBytes;
+  mbar_arrive_expect_tx(bar, kBytes + C::kIdxBytes);
+  tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
 #pragma unroll
   for (int u = 0; u < C::kU; ++u) {
     const int gv = min(gu + u, num_groups - 1);
@@ -166,15 +198,68 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
   }
 }
 
+// The forward's upcast of fp8 weight stages (kW8), by warps 1-3 of the loader warpgroup,
+// stage by stage in the loader's order: wait for the codes (the upper half of the stage:
+// [kNs][kRows][64] bytes), read all of them into registers, then (after a barrier of the
+// 96 threads, as the bf16 stage overwrites them) write the bf16 stage in the layout TMA
+// gives a 16-bit weight ([kNs][kRows][64] SW128), and arrive on the stage's full barrier.
+template <class C, int G, bool kScaled>
+__device__ __forceinline__ void fwd_upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
+                                                  const float* __restrict__ row_scale, bool e4m3, int64_t L,
+                                                  int g_begin, int g_pad, int spr, int cons) {
+  constexpr int kUpThreads = 96;
+  constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
+  constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
+  const int ut = int(threadIdx.x) - 32, lane = threadIdx.x & 31;
+  for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += C::kU) {
+    for (int q = 0; q < C::kQs; ++q) {
+      const int k = (n / cons) * C::kQs + q, s = (n % cons) * spr + k % spr;
+      uint8_t* w = wst + int64_t(s) * C::kWBytes;
+      mbar_wait(&raw[s], (k / spr) & 1, 13);
+      uint4 v[kPer];
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int c = ut + kUpThreads * i;
+        if (c < kChunks) v[i] = *reinterpret_cast<const uint4*>(w + C::kWBytes / 2 + c * 16);
+      }
+      named_barrier(1, kUpThreads);  // every code read before any is overwritten
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) {
+        const int c = ut + kUpThreads * i;
+        if (c >= kChunks) continue;
+        const int rowc = c >> 2, row = rowc % C::kRows;  // rowc = chunk * kRows + row
+        const int64_t label = int64_t(gu) * G + row;
+        const float sc = kScaled && label < L ? row_scale[label] : 1.f;
+        const uint4 lo = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].x, v[i].y), e4m3, sc);
+        const uint4 hi = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].z, v[i].w), e4m3, sc);
+        const int j = (c & 3) * 2;  // the 16-byte bf16 chunk of the row
+        uint8_t* dst = w + rowc * 128;
+        *reinterpret_cast<uint4*>(dst + ((j ^ (row & 7)) << 4)) = lo;
+        *reinterpret_cast<uint4*>(dst + (((j + 1) ^ (row & 7)) << 4)) = hi;
+      }
+      fence_proxy_async();  // the stage's generic stores before the wgmma reads
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&full[s]);
+    }
+  }
+}
+
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
 // (computing warps release each stage at once), 2 = no output stores, 3 = no gather
 // (ldmatrix of fixed rows), 4 = MMAs alone (no ldmatrix, no stores). kCons computing
 // warpgroups (2 or 3; fwd_cons picks), each with two MMA steps in flight.
-template <class T, int G, int kNk, int kProbe = 0, int kCons = 2>
+// kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
+// where row_scale is not null. Its stages come by TMA as codes (half the bytes); warps 1-3
+// of the loader warpgroup upcast each one in place to the bf16 stage the computing
+// warpgroups read (the values of largeout's fp8_to_bf16 op, so the results are those of the
+// bf16 kernel on the upcast weight).
+template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, bool kW8 = false>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
-             int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store) {
+             int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
+             const float* __restrict__ row_scale, int e4m3) {
+  static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
   constexpr int kIdxInts = C::kIdxBytes / 4;
@@ -187,6 +272,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   int32_t* ist = reinterpret_cast<int32_t*>(wst + int64_t(kCons * spr) * C::kWBytes);  // [kCons spr][kU][kNs * 64]
   uint64_t* full = reinterpret_cast<uint64_t*>(ist + kCons * spr * kIdxInts);
   uint64_t* empty = full + kCons * spr;
+  uint64_t* raw = empty + kCons * spr;  // kW8: a stage's codes and indices have landed
 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
@@ -198,8 +284,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kCons * spr; ++s) {
-      mbar_init(&full[s], 1);
+      mbar_init(&full[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
       mbar_init(&empty[s], 4);  // one arrival per warp of the ring's warpgroup
+      if constexpr (kW8) mbar_init(&raw[s], 1);
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
@@ -239,8 +326,17 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         for (int q = 0; q < kQs; ++q) {
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
-          load_unit_stage<C, G, K>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, &full[s], idx, gu, q, num_groups);
+          load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
+                                        idx, gu, q, num_groups);
         }
+      }
+    }
+    if constexpr (kW8) {
+      if (threadIdx.x >= 32) {
+        if (row_scale != nullptr)
+          fwd_upcast_stages<C, G, true>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, spr, kCons);
+        else
+          fwd_upcast_stages<C, G, false>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, spr, kCons);
       }
     }
     return;
@@ -1103,6 +1199,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
 // (the tile is only zeroed), 2 = no MMAs. kCZ: the computing warpgroups zero each W_exp
 // tile once their MMAs on it are done (the expanding warpgroup then only scatters).
+// kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
+// where row_scale is not null: its rows come as codes (half the bytes) and the expanding
+// warpgroup upcasts them as it reads them (the values of largeout's fp8_to_bf16 op).
 template <int kNk>
 struct Dx3Cfg {
   static constexpr int K = kNk * kKC, kHS = 256, kExpThreads = 128;
@@ -1123,13 +1222,15 @@ struct Dx3Cfg {
   }
 };
 
-template <class T, int G, int kNk, int kProbe = 0, bool kCZ = false>
+template <class T, int G, int kNk, int kProbe = 0, bool kCZ = false, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
-gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ weight, const int32_t* __restrict__ idx,
-             float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int units_per_split,
-             int num_groups) {
+gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__ weight,
+             const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
+             int units_per_split, int num_groups, const float* __restrict__ row_scale, int e4m3) {
+  static_assert(!kW8 || std::is_same_v<T, __nv_bfloat16>, "fp8 weights: bf16");
   using C = Dx3Cfg<kNk>;
   constexpr int K = C::K, S = C::kStages, kHS = C::kHS;
+  constexpr int kWElem = kW8 ? 1 : 2;  // bytes per weight element in global memory and in the stage
   constexpr int kGU = G >= 64 ? 1 : 64 / G;  // groups per unit
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
@@ -1170,10 +1271,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
     const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
     const int64_t g0 = l0 / G;
     const int groups = int(num_groups - g0 < kGU ? num_groups - g0 : kGU);
-    const uint32_t wbytes = uint32_t(rows) * K * 2, ibytes = uint32_t(groups) * K * 4;
+    const uint32_t wbytes = uint32_t(rows) * K * kWElem, ibytes = uint32_t(groups) * K * 4;
     mbar_arrive_expect_tx(&full[n % S], C::kDyBytes + wbytes + ibytes);
     tma_load_2d(st, &tm_dy, &full[n % S], int(l0), b0);
-    bulk_load(st + C::kDyBytes, weight + l0 * K, wbytes, &full[n % S]);
+    bulk_load(st + C::kDyBytes, static_cast<const uint8_t*>(weight) + l0 * K * kWElem, wbytes, &full[n % S]);
     bulk_load(st + C::kDyBytes + C::kWBytes, idx + g0 * K, ibytes, &full[n % S]);
   };
 
@@ -1199,6 +1300,11 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
         const int64_t l0 = (u_begin + n) * C::kUnit;
         const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
         const int32_t* is = reinterpret_cast<const int32_t*>(st + C::kDyBytes + C::kWBytes);
+        // kW8: the row scales of this thread's rows (1 past the layer, and without scales).
+        float rsc[C::kRows];
+#pragma unroll
+        for (int j = 0; j < C::kRows; ++j)
+          rsc[j] = kW8 && row_scale != nullptr && rc + C::kRC * j < rows ? row_scale[l0 + rc + C::kRC * j] : 1.f;
 #pragma unroll
         for (int p = 0; p < C::kPass; ++p) {
           const int cc = p * C::kCT + c;  // this thread's chunk: k-slots 8 cc .. 8 cc + 7
@@ -1206,8 +1312,16 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ we
           // compiler cannot move loads across).
           uint4 w[C::kRows];
 #pragma unroll
-          for (int j = 0; j < C::kRows; ++j)
-            w[j] = *reinterpret_cast<const uint4*>(st + C::kDyBytes + (rc + C::kRC * j) * (K * 2) + cc * 16);
+          for (int j = 0; j < C::kRows; ++j) {
+            const uint8_t* src = st + C::kDyBytes + (rc + C::kRC * j) * (K * kWElem) + cc * 8 * kWElem;
+            if constexpr (kW8) {
+              const uint2 codes = *reinterpret_cast<const uint2*>(src);
+              w[j] = row_scale != nullptr ? fp8x8_to_bf16x8<true>(codes, e4m3 != 0, rsc[j])
+                                          : fp8x8_to_bf16x8<false>(codes, e4m3 != 0, 1.f);
+            } else {
+              w[j] = *reinterpret_cast<const uint4*>(src);
+            }
+          }
 #pragma unroll
           for (int q = 0; q < kGU; ++q) {
             // Byte offsets of the chunk's 8 features in the tile (row rc), and which are in the slice.
@@ -1354,6 +1468,21 @@ cudaError_t unit_weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L
   return tensor_map(map, dt, w, 3, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
 }
 
+// The same boxes of an fp8 W [L, K] (1-byte codes: K bytes per row), unswizzled (the
+// forward's upcast places the bf16 values in the swizzled layout).
+cudaError_t unit_weight_map_u8(CUtensorMap* map, const void* w, int64_t L, int64_t K, int rows, int kNs) {
+  auto fn = encode_fn();
+  if (fn == nullptr) return cudaErrorNotSupported;
+  const cuuint64_t dims[3] = {cuuint64_t(kKC), cuuint64_t(L), cuuint64_t(K / kKC)};
+  const cuuint64_t strides[2] = {cuuint64_t(K), cuuint64_t(kKC)};
+  const cuuint32_t box[3] = {cuuint32_t(kKC), cuuint32_t(rows), cuuint32_t(kNs)};
+  const cuuint32_t estr[3] = {1, 1, 1};
+  const CUresult r = fn(map, CU_TENSOR_MAP_DATA_TYPE_UINT8, 3, const_cast<void*>(w), dims, strides, box, estr,
+                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+  return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
+}
+
 // y [rows, L] (L % 8 == 0): [64 rows, 64 labels] boxes, for stores.
 cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_t L) {
   const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(rows)};
@@ -1424,11 +1553,11 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
 // Stages per computing warpgroup's ring in the forward (at most 8), or 0 when fewer than
 // two fit (a warpgroup holds up to two while the next is loaded).
 template <int G, int kNk>
-int fwd_stages(int64_t H, const DeviceInfo& dev, int cons) {
+int fwd_stages(int64_t H, const DeviceInfo& dev, int cons, bool w8) {
   int spr = 8;
   if (const char* e = std::getenv("LARGEOUT_SM90_FWD_STAGES"); e != nullptr)  // timing probes only
     spr = std::clamp(std::atoi(e), 2, 16);
-  while (spr >= 2 && FwdCfg<G, kNk>::smem_bytes(H, spr, cons) > smem_budget(dev)) --spr;
+  while (spr >= 2 && FwdCfg<G, kNk>::smem_bytes(H, spr, cons, w8) > smem_budget(dev)) --spr;
   return spr >= 2 ? spr : 0;
 }
 
@@ -1438,12 +1567,12 @@ int fwd_stages(int64_t H, const DeviceInfo& dev, int cons) {
 // three (three only for G <= 64 and where it fits; timing comparisons and tests).
 // *spr: stages per ring (0: no fit).
 template <int G, int kNk>
-int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr) {
+int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr, bool w8 = false) {
   if (G <= 64 && !env_is("LARGEOUT_SM90_FWD_CONS", "2")) {
-    *spr = fwd_stages<G, kNk>(H, dev, 3);
+    *spr = fwd_stages<G, kNk>(H, dev, 3, w8);
     if (*spr > 0) return 3;
   }
-  *spr = fwd_stages<G, kNk>(H, dev, 2);
+  *spr = fwd_stages<G, kNk>(H, dev, 2, w8);
   return 2;
 }
 
@@ -1469,73 +1598,101 @@ void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
 }  // namespace
 
 // ------------------------------------------------------------------ forward
-bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+namespace {
+bool fwd_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w8) {
   if (!common_supported(dt, s, dev) || s.in_features % 8 != 0) return false;
   int st = 0;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-      fwd_cons<G, kNk>(s.in_features, dev, &st);
+      fwd_cons<G, kNk>(s.in_features, dev, &st, w8);
       return cudaSuccess;
     });
   });
   return st > 0;
 }
 
+// kW8 false: the weight has the type of x; true: fp8 codes (T = bf16), e4m3fn where e4m3,
+// else e5m2, times row_scale[l] where row_scale is not null.
+template <bool kW8>
+cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                       const float* row_scale, bool e4m3, const int32_t* indices, const void* bias, void* y,
+                       cudaStream_t stream) {
+  return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (kW8 && !std::is_same_v<T, __nv_bfloat16>) {
+      return cudaErrorInvalidValue;
+    } else {
+      return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+        using C = FwdCfg<G, kNk>;
+        int spr = 0;
+        const int cons = fwd_cons<G, kNk>(s.in_features, dev, &spr, kW8);
+        if (spr == 0) return cudaErrorInvalidValue;
+        auto kernel = gsl_fwd_sm90<T, G, kNk, 0, 2, kW8>;
+        if constexpr (G <= 64) {
+          if (cons == 3) kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, kW8>;
+        }
+        if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
+          // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
+          const int pv = env_int("LARGEOUT_SM90_FWD_PROBE");
+          auto probe_kernel = [&]<int kC>() {
+            return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
+                 : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
+          };
+          if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
+        }
+        CUtensorMap map;
+        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
+                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+            e != cudaSuccess)
+          return e;
+        const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
+        if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+            e != cudaSuccess)
+          return e;
+        const int64_t ng = s.num_groups();
+        const int64_t tiles = cdiv(s.batch, C::kBM);
+        const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+        const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
+        // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
+        // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
+        // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
+        const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                               !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+        constexpr int64_t kMaxTiles = 65535;
+        for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
+          const int64_t nt = std::min(kMaxTiles, tiles - t0);
+          const int64_t r0 = t0 * C::kBM;
+          const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
+          T* yc = static_cast<T*>(y) + r0 * s.out_features;
+          CUtensorMap ymap{};
+          if (tma_store)
+            if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
+          kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
+              map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
+              rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
+              int(e4m3));
+          if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+        }
+        return cudaSuccess;
+      });
+    }
+  });
+}
+}  // namespace
+
+bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) { return fwd_fits(dt, s, dev, false); }
+
 cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {
-  return dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
-    return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-      using C = FwdCfg<G, kNk>;
-      int spr = 0;
-      const int cons = fwd_cons<G, kNk>(s.in_features, dev, &spr);
-      if (spr == 0) return cudaErrorInvalidValue;
-      auto kernel = gsl_fwd_sm90<T, G, kNk, 0, 2>;
-      if constexpr (G <= 64) {
-        if (cons == 3) kernel = gsl_fwd_sm90<T, G, kNk, 0, 3>;
-      }
-      if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
-        // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
-        const int pv = env_int("LARGEOUT_SM90_FWD_PROBE");
-        auto probe_kernel = [&]<int kC>() {
-          return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
-               : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
-        };
-        if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
-      }
-      CUtensorMap map;
-      if (cudaError_t e = unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
-          e != cudaSuccess)
-        return e;
-      const int64_t smem = C::smem_bytes(s.in_features, spr, cons);
-      if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-          e != cudaSuccess)
-        return e;
-      const int64_t ng = s.num_groups();
-      const int64_t tiles = cdiv(s.batch, C::kBM);
-      const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
-      const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-      // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
-      // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
-      // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
-      const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                             !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
-      constexpr int64_t kMaxTiles = 65535;
-      for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
-        const int64_t nt = std::min(kMaxTiles, tiles - t0);
-        const int64_t r0 = t0 * C::kBM;
-        const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
-        T* yc = static_cast<T*>(y) + r0 * s.out_features;
-        CUtensorMap ymap{};
-        if (tma_store)
-          if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-        kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
-            map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
-            int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store));
-        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-      }
-      return cudaSuccess;
-    });
-  });
+  return fwd_launch<false>(dt, s, dev, x, weight, nullptr, false, indices, bias, y, stream);
+}
+
+bool fwd_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev) {
+  return fwd_fits(DType::kBFloat16, s, dev, true);
+}
+
+cudaError_t fwd_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                    const float* row_scale, const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {
+  return fwd_launch<true>(DType::kBFloat16, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream);
 }
 
 // ------------------------------------------------------------------ dW
@@ -1754,17 +1911,19 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
 }  // namespace
 
 namespace {
-template <class T, int G>
+// kW8: fp8 weights (T = bf16; e4m3fn where e4m3, else e5m2; times row_scale[l] where not null).
+template <class T, int G, bool kW8 = false>
 cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
-                  const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
+                  const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream,
+                  const float* row_scale = nullptr, bool e4m3 = false) {
   return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     using C = Dx3Cfg<kNk>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
     // LARGEOUT_SM90_DX3_CZ=1: the computing warpgroups zero the expanded tiles.
     const bool cz = env_int("LARGEOUT_SM90_DX3_CZ") == 1;
-    auto kernel = cz ? gsl_dx3_sm90<T, G, kNk, 0, true> : gsl_dx3_sm90<T, G, kNk>;
-    if constexpr (std::is_same_v<T, __nv_bfloat16>) {
+    auto kernel = cz ? gsl_dx3_sm90<T, G, kNk, 0, true, kW8> : gsl_dx3_sm90<T, G, kNk, 0, false, kW8>;
+    if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
       if (pv == 1) kernel = cz ? gsl_dx3_sm90<T, G, kNk, 1, true> : gsl_dx3_sm90<T, G, kNk, 1>;
@@ -1780,8 +1939,8 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (tiles > INT32_MAX || splits > 65535) return cudaErrorInvalidValue;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, smem, stream>>>(
-        dmap, static_cast<const T*>(weight), indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features),
-        s.out_features, int(per), int(s.num_groups()));
+        dmap, weight, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
+        int(s.num_groups()), row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
@@ -1823,6 +1982,24 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
       if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
       if (part == nullptr) return cudaSuccess;
       return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), cdiv(ng, per), s.batch * s.in_features, stream);
+    }
+  });
+}
+
+bool dx_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev) {
+  return dx_supported(DType::kBFloat16, s, dev) && dx_v3_applies(s, dev);
+}
+
+cudaError_t dx_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
+                   const void* weight, const float* row_scale, const int32_t* indices, void* dxp, void* workspace,
+                   cudaStream_t stream) {
+  if (!dx_v3_applies(s, dev)) return cudaErrorInvalidValue;
+  return dispatch(DType::kBFloat16, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G < 32 || !std::is_same_v<T, __nv_bfloat16>) {
+      return cudaErrorInvalidValue;
+    } else {
+      return dx_v3<T, G, true>(DType::kBFloat16, s, dev, splits, dy, weight, indices, dxp, workspace, stream,
+                               row_scale, e4m3);
     }
   });
 }

@@ -14,6 +14,18 @@ bool fwd_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev
 cudaError_t fwd(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
 
+// fp8 weights (e4m3fn where e4m3, else e5m2; times row_scale[l] where row_scale is not
+// null) with bf16 x, dY and results: the forward and dx v3 upcast the weight inside the
+// kernel, to the values of largeout's fp8_to_bf16 op (so the results are the bf16 kernels'
+// on the upcast weight). dx_fp8 takes dx_layout's splits and workspace.
+bool fwd_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev);
+cudaError_t fwd_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                    const float* row_scale, const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
+bool dx_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev);
+cudaError_t dx_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
+                   const void* weight, const float* row_scale, const int32_t* indices, void* dx, void* workspace,
+                   cudaStream_t stream);
+
 bool dw_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 int64_t dw_workspace_bytes(DType dtype, const GroupSparseShape& s);
 cudaError_t dw(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* dy, const void* x,
@@ -34,6 +46,16 @@ inline bool dw_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) 
 inline bool fwd_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline cudaError_t fwd(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
                        const void*, void*, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+inline bool fwd_fp8_supported(const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline cudaError_t fwd_fp8(bool, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const float*,
+                           const int32_t*, const void*, void*, cudaStream_t) {
+  return cudaErrorNotSupported;
+}
+inline bool dx_fp8_supported(const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline cudaError_t dx_fp8(bool, const GroupSparseShape&, const DeviceInfo&, int64_t, const void*, const void*,
+                          const float*, const int32_t*, void*, void*, cudaStream_t) {
   return cudaErrorNotSupported;
 }
 inline bool dw_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
