@@ -174,9 +174,9 @@ sm90 = pytest.mark.skipif(not IS_SM90, reason="needs an sm_90 GPU (H100/H200)")
     (257, 768, 3001, 128, 128), (96, 384, 640, 256, 32), (1, 256, 1, 128, 32),
 ])
 def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poison):
-    # dx's fp8 kernel is the expanded-weight one: G <= 64, K >= 128, dY rows of a multiple of
-    # 8 elements (contiguous here; check_ops also passes a row-padded dY where B > 1)
-    fp8_dx = G <= 64 and K >= 128
+    # dx's fp8 kernels (v3, else v2) need G >= 32 and dY rows of a multiple of 8 elements
+    # (contiguous here; check_ops also passes a row-padded dY where B > 1)
+    fp8_dx = G >= 32
     bf16_dx = kernels.path("input", torch.bfloat16, B, H, L, K, G)
     want = {"forward": "sm90-fp8", "input": "sm90-fp8" if fp8_dx and L % 8 == 0 else bf16_dx}
     for p, path in want.items():
@@ -204,11 +204,19 @@ def test_hopper_fp8_forward_ring_and_store_paths(cons, stages, tma_store, L, K, 
 
 
 @sm90
+@pytest.mark.parametrize("version", ["v3-cz", "v2", "v1"])
 @pytest.mark.parametrize("wdt", FP8, ids=["e4m3", "e5m2"])
-def test_hopper_fp8_dx_with_zeroing_by_the_computing_warpgroups(wdt, poison, monkeypatch):
-    monkeypatch.setenv("LARGEOUT_SM90_DX3_CZ", "1")  # the opt-in variant of dx v3
-    before, after = check_ops(130, 768, 4096, 128, 32, wdt, True, 9, "cuda")
-    assert after["input"]["sm90-fp8"] == before["input"]["sm90-fp8"] + 2
+@pytest.mark.parametrize("B,H,L,K,G", [(130, 768, 4096, 128, 32), (64, 200, 2056, 256, 64)])
+def test_hopper_fp8_dx_versions(version, wdt, B, H, L, K, G, poison, monkeypatch):
+    """dx with fp8 weights on v3 with the opt-in zeroing by the computing warpgroups, on v2
+    (LARGEOUT_SM90_DX=v2), and v1 forced (no fp8 kernel: the weight is upcast first)."""
+    if version == "v3-cz":
+        monkeypatch.setenv("LARGEOUT_SM90_DX3_CZ", "1")
+    else:
+        monkeypatch.setenv("LARGEOUT_SM90_DX", version)
+    before, after = check_ops(B, H, L, K, G, wdt, True, 9, "cuda")
+    ran = after["input"]["sm90-fp8"] - before["input"]["sm90-fp8"]
+    assert ran == (0 if version == "v1" else 2)
 
 
 @sm90

@@ -3,8 +3,9 @@
 On sm_90 GPUs (H100, H200) largeout has Hopper kernels (wgmma, TMA) for 16-bit
 group-sparse layers whose fan-in is a multiple of 64 (64, 128 or 256 for the weight
 gradient, G >= 32 for both gradients), and for fp8 weights with bf16 activations (the
-forward; dx where it runs the expanded-weight kernel: G <= 64 and fan-in 128 or 256);
-everything else runs the generic kernels (sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
+forward, and dx where dY's rows are a multiple of 8 elements long: the layer's backward
+pads them so), which upcast the weight inside; everything else runs the generic kernels
+(sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
 """
 
 from __future__ import annotations

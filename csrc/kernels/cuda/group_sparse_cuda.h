@@ -82,9 +82,9 @@ cudaError_t group_sparse_dx(DType dtype, const GroupSparseShape& s, const DxPlan
 // fp8 weights (largeout.nn's fp8 layers): codes e4m3fn where e4m3, else e5m2, times
 // row_scale[l] where row_scale is not null, with bf16 x, dY and results. Hopper kernels
 // upcast the codes inside (to the values of the fp8_to_bf16 op, so the results equal the
-// bf16 kernels' on the upcast weight): the forward, and dx where the bf16 plan runs the
-// expanded-weight kernel (v3). fp8_kernels_apply: whether the pass (forward or input) has
-// one for this shape on this device under the current policy.
+// bf16 kernels' on the upcast weight): the forward, and dx where the bf16 plan runs v3 or
+// v2 (dY rows a multiple of 8 elements). fp8_kernels_apply: whether the pass (forward or
+// input) has one for this shape on this device under the current policy.
 bool fp8_kernels_apply(Pass pass, const GroupSparseShape& s, const DeviceInfo& dev);
 cudaError_t group_sparse_fwd_fp8(bool e4m3, const GroupSparseShape& s, const void* x, const void* weight,
                                  const float* row_scale, const int32_t* indices, const void* bias, void* y,

@@ -256,9 +256,8 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
 
 def _fp8_forward(x, weight, scale, indices, bias, group_size):
     """The layer with an fp8 weight: bf16 compute through the largeout ops for fp8 weights,
-    which upcast the weight inside the Hopper kernels (forward, and dx where it runs the
-    expanded-weight kernel) and beforehand elsewhere: the same values as
-    ``lowp.weight_for_compute`` without its bf16 copy of the weight."""
+    which upcast the weight inside the Hopper kernels (forward and dx) and beforehand
+    elsewhere: the same values as ``lowp.weight_for_compute`` without its bf16 copy."""
     if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise TypeError(f"GroupSparseLinear: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
     lead = x.shape[:-1]

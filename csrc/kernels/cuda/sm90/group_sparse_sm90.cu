@@ -198,24 +198,28 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
   }
 }
 
-// The forward's upcast of fp8 weight stages (kW8), by warps 1-3 of the loader warpgroup,
-// stage by stage in the loader's order: wait for the codes (the upper half of the stage:
-// [kNs][kRows][64] bytes), read all of them into registers, then (after a barrier of the
-// 96 threads, as the bf16 stage overwrites them) write the bf16 stage in the layout TMA
-// gives a 16-bit weight ([kNs][kRows][64] SW128), and arrive on the stage's full barrier.
-template <class C, int G, bool kScaled>
-__device__ __forceinline__ void fwd_upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
-                                                  const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                                  int g_begin, int g_pad, int spr, int cons) {
+// The upcast of fp8 weight stages (kW8: the forward and dx v2, whose loader thread issues
+// load_unit_stage<..., true>), by warps 1-3 of the loader warpgroup, stage by stage in the
+// loader's order: wait for the codes (the upper half of the stage: [kNs][kRows][64] bytes),
+// read all of them into registers, then (after a barrier of the 96 threads, as the bf16
+// stage overwrites them) write the bf16 stage in the layout TMA gives a 16-bit weight
+// ([kNs][kRows][64] SW128), and arrive on the stage's full barrier. slot(n, q, &s, &parity):
+// the ring slot of unit n's stage q and the parity of its barriers' phase.
+template <class C, int G, bool kScaled, class Slot>
+__device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
+                                              const float* __restrict__ row_scale, bool e4m3, int64_t L,
+                                              int g_begin, int g_pad, Slot&& slot) {
   constexpr int kUpThreads = 96;
   constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
   const int ut = int(threadIdx.x) - 32, lane = threadIdx.x & 31;
   for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += C::kU) {
     for (int q = 0; q < C::kQs; ++q) {
-      const int k = (n / cons) * C::kQs + q, s = (n % cons) * spr + k % spr;
+      int s = 0;
+      uint32_t parity = 0;
+      slot(n, q, s, parity);
       uint8_t* w = wst + int64_t(s) * C::kWBytes;
-      mbar_wait(&raw[s], (k / spr) & 1, 13);
+      mbar_wait(&raw[s], parity, 13);
       uint4 v[kPer];
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
@@ -333,10 +337,15 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
+        auto slot = [&](int n, int q, int& s, uint32_t& parity) {  // the loader's order above
+          const int k = (n / kCons) * kQs + q;
+          s = (n % kCons) * spr + k % spr;
+          parity = (k / spr) & 1;
+        };
         if (row_scale != nullptr)
-          fwd_upcast_stages<C, G, true>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, spr, kCons);
+          upcast_stages<C, G, true>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
         else
-          fwd_upcast_stages<C, G, false>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, spr, kCons);
+          upcast_stages<C, G, false>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
       }
     }
     return;
@@ -1006,19 +1015,22 @@ struct Dx2Cfg {
   static constexpr uint32_t kDyBytes = kBM * kRows * 2;  // kRows / 64 boxes of [32][64], SW128
   static_assert(kWBytes % 1024 == 0 && kDyBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
   __host__ __device__ static int64_t acc_bytes(int64_t H) { return round1k(H * kBM * 4); }
-  static int64_t smem_bytes(int64_t H, int wst, int dst) {
+  static int64_t smem_bytes(int64_t H, int wst, int dst, bool w8 = false) {  // w8: one more barrier per W stage
     return kSmemSlack + acc_bytes(H) + wst * int64_t(kWBytes) + dst * int64_t(kDyBytes) + wst * int64_t(kIdxBytes) +
-           2 * (wst + dst) * 8;
+           2 * (wst + dst) * 8 + (w8 ? wst * 8 : 0);
   }
 };
 
 // kProbe (timing probes of bench/probe_fwd.py --passes dx; 0 in the library; the results
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
-template <class T, int G, int kNk, int kProbe = 0>
+// kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
+// where row_scale is not null, upcast in place in each stage as in the forward.
+template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
-             int groups_per_split, int num_groups, int wst, int dst) {
+             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3) {
+  static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = Dx2Cfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
   constexpr int kIdxInts = C::kIdxBytes / 4;
@@ -1032,6 +1044,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   uint64_t* wempty = wfull + wst;
   uint64_t* dfull = wempty + wst;
   uint64_t* dempty = dfull + dst;
+  uint64_t* wraw = dempty + dst;  // kW8: a weight stage's codes and indices have landed
 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
@@ -1041,8 +1054,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < wst; ++s) {
-      mbar_init(&wfull[s], 1);
+      mbar_init(&wfull[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
       mbar_init(&wempty[s], 8);  // every warp of both computing warpgroups
+      if constexpr (kW8) mbar_init(&wraw[s], 1);
     }
     for (int s = 0; s < dst; ++s) {
       mbar_init(&dfull[s], 1);
@@ -1067,9 +1081,22 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         for (int q = 0; q < kQs; ++q) {
           const int k = n * kQs + q, s = k % wst;
           mbar_wait(&wempty[s], ((k / wst) & 1) ^ 1, 41);
-          load_unit_stage<C, G, K>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, &wfull[s], idx, gu, q,
-                                   num_groups);
+          load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
+                                        idx, gu, q, num_groups);
         }
+      }
+    }
+    if constexpr (kW8) {
+      if (threadIdx.x >= 32) {
+        auto slot = [&](int n, int q, int& s, uint32_t& parity) {  // the loader's order above
+          const int k = n * kQs + q;
+          s = k % wst;
+          parity = (k / wst) & 1;
+        };
+        if (row_scale != nullptr)
+          upcast_stages<C, G, true>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
+        else
+          upcast_stages<C, G, false>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
       }
     }
     return;
@@ -1837,11 +1864,11 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 namespace {
 // Weight and dY stages of dx v2 (false: two of each do not fit).
 template <int G, int kNk>
-bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst) {
+bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst, bool w8 = false) {
   using C = Dx2Cfg<G, kNk>;
   *wst = 4, *dst = 4;
-  while (*wst > 2 && C::smem_bytes(H, *wst, *dst) > smem_budget(dev)) --*wst, --*dst;
-  return C::smem_bytes(H, *wst, *dst) <= smem_budget(dev);
+  while (*wst > 2 && C::smem_bytes(H, *wst, *dst, w8) > smem_budget(dev)) --*wst, --*dst;
+  return C::smem_bytes(H, *wst, *dst, w8) <= smem_budget(dev);
 }
 
 bool dx_v2_applies(const GroupSparseShape& s) {
@@ -1870,28 +1897,31 @@ bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev
 namespace {
 // dx v2 where dY rows are 16-byte aligned and K is 64, 128 or 256 (unless
 // LARGEOUT_SM90_DX=v1); cudaErrorNotSupported where it does not apply (the caller then runs v1).
-template <class T, int G>
+// kW8: fp8 weights (T = bf16; e4m3fn where e4m3, else e5m2; times row_scale[l] where not null).
+template <class T, int G, bool kW8 = false>
 cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
-                  const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream) {
+                  const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream,
+                  const float* row_scale = nullptr, bool e4m3 = false) {
   if (!dx_v2_applies(s) || reinterpret_cast<uintptr_t>(dy) % 16 != 0) return cudaErrorNotSupported;
   return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     using C = Dx2Cfg<G, kNk>;
     int wst = 0, dst = 0;
-    if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst)) return cudaErrorNotSupported;
+    if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8)) return cudaErrorNotSupported;
     CUtensorMap wmap, dmap;
-    if (cudaError_t e = unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+    if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
+                            : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
         e != cudaSuccess)
       return e;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, 32, 64); e != cudaSuccess) return e;
-    auto kernel = gsl_dx2_sm90<T, G, kNk>;
-    if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
+    auto kernel = gsl_dx2_sm90<T, G, kNk, 0, kW8>;
+    if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
       // Timing probes (bench/probe_fwd.py --passes dx): LARGEOUT_SM90_DX_PROBE (1-3).
       const int pv = env_int("LARGEOUT_SM90_DX_PROBE");
       if (pv == 1) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
       if (pv == 2) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
       if (pv == 3) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
     }
-    const int64_t smem = C::smem_bytes(s.in_features, wst, dst);
+    const int64_t smem = C::smem_bytes(s.in_features, wst, dst, kW8);
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
       return e;
@@ -1902,7 +1932,7 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
         wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
-        int(ng), wst, dst);
+        int(ng), wst, dst, row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
@@ -1986,20 +2016,40 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
   });
 }
 
+// dx with fp8 weights: v3 where the bf16 dx takes it, else v2 (dY rows a multiple of 8
+// elements, K of 64, 128 or 256, and its stages fit); not v1 (whose weight boxes are per group).
 bool dx_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev) {
-  return dx_supported(DType::kBFloat16, s, dev) && dx_v3_applies(s, dev);
+  if (!dx_supported(DType::kBFloat16, s, dev)) return false;
+  if (dx_v3_applies(s, dev)) return true;
+  if (!dx_v2_applies(s)) return false;
+  bool fits = false;
+  dispatch(DType::kBFloat16, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G >= 32) {
+      return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
+        int w = 0, d = 0;
+        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d, true);
+        return cudaSuccess;
+      });
+    }
+    return cudaSuccess;
+  });
+  return fits;
 }
 
 cudaError_t dx_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                    const void* weight, const float* row_scale, const int32_t* indices, void* dxp, void* workspace,
                    cudaStream_t stream) {
-  if (!dx_v3_applies(s, dev)) return cudaErrorInvalidValue;
+  if (!dx_fp8_supported(s, dev)) return cudaErrorInvalidValue;
   return dispatch(DType::kBFloat16, s.group_size, [&]<class T, int G>() -> cudaError_t {
     if constexpr (G < 32 || !std::is_same_v<T, __nv_bfloat16>) {
       return cudaErrorInvalidValue;
     } else {
-      return dx_v3<T, G, true>(DType::kBFloat16, s, dev, splits, dy, weight, indices, dxp, workspace, stream,
-                               row_scale, e4m3);
+      if (dx_v3_applies(s, dev))
+        return dx_v3<T, G, true>(DType::kBFloat16, s, dev, splits, dy, weight, indices, dxp, workspace, stream,
+                                 row_scale, e4m3);
+      const cudaError_t e = dx_v2<T, G, true>(DType::kBFloat16, s, dev, splits, dy, weight, indices, dxp, workspace,
+                                              stream, row_scale, e4m3);
+      return e == cudaErrorNotSupported ? cudaErrorInvalidValue : e;
     }
   });
 }

@@ -15,9 +15,10 @@ cudaError_t fwd(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, c
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
 
 // fp8 weights (e4m3fn where e4m3, else e5m2; times row_scale[l] where row_scale is not
-// null) with bf16 x, dY and results: the forward and dx v3 upcast the weight inside the
-// kernel, to the values of largeout's fp8_to_bf16 op (so the results are the bf16 kernels'
-// on the upcast weight). dx_fp8 takes dx_layout's splits and workspace.
+// null) with bf16 x, dY and results: the forward and dx (v3, or v2 where v3 does not apply;
+// not v1) upcast the weight inside the kernel, to the values of largeout's fp8_to_bf16 op
+// (so the results are the bf16 kernels' on the upcast weight). dx_fp8 takes dx_layout's
+// splits and workspace.
 bool fwd_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev);
 cudaError_t fwd_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                     const float* row_scale, const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
