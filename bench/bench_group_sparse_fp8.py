@@ -79,7 +79,7 @@ def main(argv=None) -> int:
             r = dict(rs[0], K=K, G=G, fp8_paths=paths)
             if "error" not in r:
                 for key in ("forward_seconds", "forward_seconds_pipelined"):
-                    r[key + "_rounds"] = [x[key] for x in rs]
+                    r[key + "_rounds"] = [x[key] for x in rs if key in x]  # (a later round may have failed)
                     r[key] = statistics.median(r[key + "_rounds"])
                 r["forward_TFLOPs"] = 2 * B * K * L / r["forward_seconds"] / 1e12
             block.append(r)

@@ -1,7 +1,7 @@
 """The group-sparse layer with an fp8 weight through largeout's fp8 ops
 (``group_sparse_linear_fp8`` and its input gradient): the layer's values are the weight
 times its row scale in bf16 (the ``fp8_to_bf16`` op). On an sm_90 GPU the Hopper kernels
-upcast the codes inside (the forward; dx where it runs the expanded-weight kernel), so
+upcast the codes inside (the forward; dx v3 or v2 where dY's rows are a multiple of 8), so
 their results must be bit for bit those of the bf16 kernels on the upcast weight; on the
 CPU and elsewhere the ops upcast first. Both are also checked against float64."""
 
@@ -160,6 +160,8 @@ def test_fp8_layer_checks_its_input():
         layer(torch.ones(2, 64, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"in_features = 64"):
         GroupSparseLinear(64, 40, 64, 32)(torch.randn(2, 63))
+    with pytest.raises(ValueError, match="x must be on the layer's device"):
+        layer(torch.randn(2, 64, device="meta"))
 
 
 # ---------------------------------------------------------------------------- sm_90
@@ -172,6 +174,7 @@ sm90 = pytest.mark.skipif(not IS_SM90, reason="needs an sm_90 GPU (H100/H200)")
 @pytest.mark.parametrize("B,H,L,K,G", [
     (1, 768, 333, 128, 32), (130, 768, 4099, 128, 32), (1000, 200, 2049, 256, 64), (64, 512, 1000, 64, 16),
     (257, 768, 3001, 128, 128), (96, 384, 640, 256, 32), (1, 256, 1, 128, 32),
+    (64, 256, 1000, 64, 32), (130, 384, 777, 64, 32),  # dx v2 with two groups per unit
 ])
 def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poison):
     # dx's fp8 kernels (v3, else v2) need G >= 32 and dY rows of a multiple of 8 elements

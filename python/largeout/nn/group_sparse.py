@@ -260,6 +260,8 @@ def _fp8_forward(x, weight, scale, indices, bias, group_size):
     elsewhere: the same values as ``lowp.weight_for_compute`` without its bf16 copy."""
     if x.dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         raise TypeError(f"GroupSparseLinear: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
+    if x.device != weight.device:
+        raise ValueError(f"GroupSparseLinear: x must be on the layer's device ({weight.device}); got {x.device}")
     lead = x.shape[:-1]
     x2 = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
     if torch.is_grad_enabled():

@@ -19,6 +19,9 @@
 //           accumulator [H, 32] in shared memory, one group at a time (indices are unique
 //           within a group, so the two computing warpgroups never collide; a barrier
 //           separates groups). Partials of group ranges are summed in a fixed order.
+// fp8 weights (kW8; bf16 x and dY): the forward and dx v2 load each weight stage as codes
+// and warps 1-3 of the loader warpgroup upcast it in place (upcast_stages); dx v3's
+// expanding warpgroup upcasts the codes it reads. No bf16 copy of the weight is made.
 // All results are deterministic.
 #include <cudaTypedefs.h>
 
@@ -47,7 +50,7 @@ template <class T> struct TypeTag { using type = T; };
 
 __host__ __device__ constexpr int64_t cdiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
-// fp8 weights (the forward and dx v3 with kW8): bf16 bits of the two fp8 codes in the low
+// fp8 weights (the forward, dx v2 and dx v3 with kW8): bf16 bits of the two fp8 codes in the low
 // 16 bits of `codes` (the first in bits 0-7; e4m3fn or e5m2), times `scale` where kScaled.
 // The bits of largeout's fp8_to_bf16 op (fp8_to_bf16_bits / fp8_to_bf16_bits_scaled) for
 // every code but NaN (a NaN code gives a NaN, not necessarily of the same pattern): every
@@ -183,8 +186,8 @@ struct FwdCfg {
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
-// kW8 (fp8 weights, the forward): the box holds 1-byte codes, unswizzled, and lands in the
-// stage's second half, which the upcast then turns into the bf16 stage in place.
+// kW8 (fp8 weights): the box holds 1-byte codes, unswizzled, and lands in the stage's
+// second half, which upcast_stages then turns into the bf16 stage in place.
 template <class C, int G, int K, bool kW8 = false>
 __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
                                                 const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
@@ -226,7 +229,8 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
         const int c = ut + kUpThreads * i;
         if (c < kChunks) v[i] = *reinterpret_cast<const uint4*>(w + C::kWBytes / 2 + c * 16);
       }
-      named_barrier(1, kUpThreads);  // every code read before any is overwritten
+      // (barrier 5: the kernels that upcast use 1-4 for their own warpgroups)
+      named_barrier(5, kUpThreads);  // every code read before any is overwritten
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
         const int c = ut + kUpThreads * i;
@@ -241,7 +245,9 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
         *reinterpret_cast<uint4*>(dst + ((j ^ (row & 7)) << 4)) = lo;
         *reinterpret_cast<uint4*>(dst + (((j + 1) ^ (row & 7)) << 4)) = hi;
       }
-      fence_proxy_async();  // the stage's generic stores before the wgmma reads
+      // the stage's generic stores before the consumers' reads (wgmma in the forward) and
+      // before the next TMA write into the slot
+      fence_proxy_async();
       __syncwarp();
       if (lane == 0) mbar_arrive(&full[s]);
     }
@@ -397,6 +403,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     for (int q = 0; q < kQs; ++q) {
       const int k = k0 + q, s = cw * spr + k % spr;
       mbar_wait(&full[s], (k / spr) & 1, 11);
+      // kW8: the indices (a bulk copy) completed on raw[s]: observe it here too rather than
+      // only through the upcasting warps' arrival (it has completed: returns at once).
+      if constexpr (kW8) mbar_wait(&raw[s], (k / spr) & 1, 14);
       const int32_t* is = ist + s * kIdxInts;
       const uint32_t ws = smem_u32(wst + s * C::kWBytes);
 #pragma unroll
@@ -1152,6 +1161,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     for (int q = 0; q < kQs; ++q) {
       const int k = n * kQs + q, s = k % wst;
       mbar_wait(&wfull[s], (k / wst) & 1, 43);
+      if constexpr (kW8) mbar_wait(&wraw[s], (k / wst) & 1, 44);  // the indices' copy (as the forward)
       const uint32_t wsb = smem_u32(wsl + s * C::kWBytes);
       const int32_t* is = ist + s * kIdxInts;
 #pragma unroll
@@ -1496,7 +1506,7 @@ cudaError_t unit_weight_map(CUtensorMap* map, DType dt, const void* w, int64_t L
 }
 
 // The same boxes of an fp8 W [L, K] (1-byte codes: K bytes per row), unswizzled (the
-// forward's upcast places the bf16 values in the swizzled layout).
+// upcast, upcast_stages, places the bf16 values in the swizzled layout).
 cudaError_t unit_weight_map_u8(CUtensorMap* map, const void* w, int64_t L, int64_t K, int rows, int kNs) {
   auto fn = encode_fn();
   if (fn == nullptr) return cudaErrorNotSupported;
