@@ -11,7 +11,17 @@ test, from the top 32 labels of the members' mean log-probability:
     inverse propensity) first; then the rest as "power 0".
 A threshold T is usable when it keeps validation P@1 at 100%; PSP@1 at that T is what the
 rule buys. Also, as a bound: test PSP@1 when rank 1 is always the row's d-th commonest true
-label (d = 1: the commonest, the root on WordNet), without any model."""
+label (d = 1: the commonest, the root on WordNet), without any model.
+
+With --neighbour-dims N (members read "tfidf+hf:PATH" data, whose last N feature columns
+are each text's L2-normalised sentence embedding), two more families use the k nearest
+training rows by that embedding (cosine; the trainer's training split):
+  - "blend a p": mean log-probability + a * log(v + 1e-4) + p * log(inverse propensity),
+    v the label's share of the --knn nearest training rows, weighted by
+    exp((s_j - s_1) / --knn-temp) (s_j their similarities);
+  - "blend a p, veto kv s": the same, but rank 1 stays that of "blend a 0" unless the
+    first label is in the label set of each of the kv nearest training rows, the kv-th at
+    similarity >= s (bench/NOTES.md, session 13)."""
 
 import argparse
 import json
@@ -49,6 +59,64 @@ def candidates(members, name):
     return np.concatenate(idx), np.concatenate(mean), np.concatenate(low)
 
 
+def nearest(train_emb, emb, k, chunk=2048):
+    """Indices [N, k] and cosine similarities of each row's k nearest training rows, nearest first."""
+    I = np.empty((len(emb), k), np.int64)
+    S = np.empty((len(emb), k), np.float32)
+    for i in range(0, len(emb), chunk):
+        sim = emb[i : i + chunk] @ train_emb.T
+        part = np.argpartition(-sim, k, axis=1)[:, :k]
+        vals = np.take_along_axis(sim, part, 1)
+        order = np.argsort(-vals, axis=1, kind="stable")
+        I[i : i + chunk] = np.take_along_axis(part, order, 1)
+        S[i : i + chunk] = np.take_along_axis(vals, order, 1)
+    return I, S
+
+
+def carries(Ytr, rows, idx):
+    """[N, C] bool: whether training row rows[n] has label idx[n, c]."""
+    return np.asarray(Ytr[rows][np.arange(len(idx))[:, None], idx].todense()) > 0
+
+
+def knn_rows(a, cand, Ytr, embs, ip, splits):
+    """The "blend" and "blend + veto" rows (module notes)."""
+    alphas = [float(v) for v in a.knn_alphas.split(",")]
+    powers = [float(v) for v in a.knn_powers.split(",")]
+    vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
+    kmax = max([a.knn] + [kv for kv, _ in vetoes])
+    vote, shared = {}, {}
+    for k, (idx, _, _) in cand.items():
+        I, S = nearest(embs["train"], embs[k], kmax)
+        w = np.exp((S[:, : a.knn] - S[:, :1]) / a.knn_temp)
+        w /= w.sum(1, keepdims=True)
+        hits = [carries(Ytr, I[:, j], idx) for j in range(kmax)]
+        vote[k] = sum(w[:, j : j + 1] * hits[j] for j in range(a.knn))
+        for kv, smin in vetoes:
+            shared[k, kv, smin] = np.logical_and.reduce(hits[:kv]) & (S[:, kv - 1 : kv] >= smin)
+    rows = []
+    for al in alphas:
+        for p in powers:
+            row = {"rule": "blend", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp}
+            for k, (idx, mean, _) in cand.items():
+                row[k] = score(mean + al * np.log(vote[k] + 1e-4) + p * np.log(ip[idx]), idx, splits[k].Y, ip)
+            rows.append(row)
+            for kv, smin in vetoes:
+                row = {"rule": "blend+veto", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp, "kv": kv,
+                       "s": smin}
+                for k, (idx, mean, _) in cand.items():
+                    base = mean + al * np.log(vote[k] + 1e-4)
+                    key = base + p * np.log(ip[idx])
+                    top0 = np.argsort(-base, axis=1, kind="stable")[:, :1]
+                    first = np.argsort(-key, axis=1, kind="stable")[:, :1]
+                    ok = np.take_along_axis(shared[k, kv, smin], first, 1) | (first == top0)
+                    # rank 1 from the power-0 order where the veto holds; the rest by key
+                    boost = np.zeros_like(key)
+                    np.put_along_axis(boost, np.where(ok, first, top0), 1e6, 1)
+                    row[k] = score(key + boost, idx, splits[k].Y, ip)
+                rows.append(row)
+    return rows
+
+
 def score(order_key, idx, Y, ip):
     top = np.take_along_axis(idx, np.argsort(-order_key, axis=1, kind="stable"), 1)[:, :5]
     r = M.evaluate(top, Y, ks=(1, 3, 5), inv_propensity=ip)
@@ -61,6 +129,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--powers", default="0,3e-6,3e-5")
     ap.add_argument("--thresholds", default="10,12,14,16,18,20,22,25")
+    ap.add_argument("--neighbour-dims", type=int, default=0,
+                    help="width of the sentence embedding at the end of the members' features (0: no kNN rules)")
+    ap.add_argument("--knn", type=int, default=5)
+    ap.add_argument("--knn-temp", type=float, default=0.02)
+    ap.add_argument("--knn-alphas", default="0.5,2")
+    ap.add_argument("--knn-powers", default="0,3e-5,1e-4,3e-4,1e-3,3e-3")
+    ap.add_argument("--knn-vetoes", default="1:0.8,3:0.6,3:0.7,5:0.7,10:0.6", help="kv:s pairs")
     a = ap.parse_args()
     members, datasets = [], {}
     for run in a.runs:
@@ -87,6 +162,13 @@ def main() -> None:
         for k, (idx, mean, low) in cand.items():
             row[k] = score(np.where(low > T, 1e6 + np.log(ip[idx]), mean), idx, splits[k].Y, ip)
         rows.append(row)
+    if a.neighbour_dims:
+        n = a.neighbour_dims
+        embs = {k: np.asarray(sp_.X[:, -n:].todense(), dtype=np.float32)
+                for k, sp_ in (("train", ds.train), ("val", ds.val), ("test", ds.test))}
+        if not np.allclose(np.linalg.norm(embs["train"][:100], axis=1), 1.0, atol=1e-3):
+            raise SystemExit(f"--neighbour-dims {n}: the last {n} feature columns are not unit-norm embeddings")
+        rows += knn_rows(a, cand, ds.train.Y.tocsr(), embs, ip, splits)
     oracle = {}
     Yt = splits["test"].Y.tocsr()
     for d in range(1, 5):
