@@ -292,10 +292,11 @@ class _GroupSparseFP8(torch.autograd.Function):
         x, indices, weight, scale = ctx.saved_tensors
         G = ctx.group_size
         need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
-        grad_out = grad_out.contiguous()
+        # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for both
+        # passes; the weight's gradient is always computed, so even without dx)
+        grad_out = _rows_for_tma(grad_out.contiguous(), x, weight, G)
         dx = db = None
-        if need_x:  # one padded copy of dY for both passes
-            grad_out = _rows_for_tma(grad_out, x, weight, G)
+        if need_x:
             dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(
                 grad_out, weight, scale, indices, G, x.shape[1])
         dw, db_all = torch.ops.largeout.group_sparse_linear_backward_weight(grad_out, x, indices, G)
