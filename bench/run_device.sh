@@ -15,8 +15,8 @@
 #     fp8    build, the FP8 layer/GEMM tests and the group-sparse fp8 tests (TESTS_ALL=1: the whole suite;
 #            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
 #            bench/bench_fp8.py (FP8_BENCH=0: without), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
-#            without); OPTIM_BENCH=1: the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case":
-#            ncu of those optimizer cases
+#            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
+#            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -295,6 +295,11 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"
     timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  fi
+  if [ "${PROFILE_FP8:-0}" = 1 ]; then  # where the dense fp8 layer's training step spends its time
+    echo "== profile: FP8 layer training step"
+    timeout 120 python3 bench/profile_fp8.py --out "$OUT/profile_fp8.txt" > /dev/null 2>&1; echo "rc=$?"
+    head -40 "$OUT/profile_fp8.txt"
   fi
   if [ "${GS_FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: group-sparse layer with fp8 weights against bf16"
