@@ -90,10 +90,14 @@ def main(argv=None) -> int:
     def bf16(labels):
         return lambda: (Linear(H, labels, device="cuda", dtype=torch.bfloat16), lambda m, x: m(x))
 
-    def fp8(mode, kernel="cublas", scale=None):
+    def fp8(mode, kernel="cublas", scale=None, dx_chunk=None):
         def make():
             os.environ["LARGEOUT_FP8_GEMM"] = mode
             os.environ["LARGEOUT_FP8_KERNEL"] = kernel
+            if dx_chunk is None:
+                os.environ.pop("LARGEOUT_FP8_DX_CHUNK", None)
+            else:
+                os.environ["LARGEOUT_FP8_DX_CHUNK"] = str(dx_chunk)
             return (Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn, weight_scale=scale),
                     lambda m, x: m(x))
         return make
@@ -136,6 +140,9 @@ def main(argv=None) -> int:
                f"GEMM mode tensor-fast, {k})", fp8("tensor-fast", k, "label"), True)
               for k in (["largeout:0"] if configs else []) + ["cublas"]]
     cases += [("e4m3 weight, bf16 input (weight upcast)", fp8_bf16_inputs, True)]
+    # the backward's dx over label chunks upcast to bf16 (default 2^18 labels): larger chunks
+    cases += [(f"e4m3 weight, e4m3 input, default kernel, dx chunks of {c} labels (LARGEOUT_FP8_DX_CHUNK)",
+               fp8("tensor-fast", "largeout:0" if configs else "cublas", dx_chunk=c), True) for c in (1 << 20, 1 << 22)]
     cases += [(f"bare torch._scaled_mm, pre-quantized, {'rowwise' if r else 'tensorwise'} scales"
                f"{', fast accumulation' if f else ''}", raw(r, f), False)
               for r in (True, False) for f in (False, True)]
@@ -172,8 +179,8 @@ def main(argv=None) -> int:
         print(f"{name:70s} fwd {r['forward_seconds'] * 1e3:7.2f} ms ({r['forward_TFLOPs']:.0f} TFLOP/s), "
               f"back to back {r['forward_seconds_pipelined'] * 1e3:7.2f} ms{tr}, "
               f"peak {r['peak_GB']:.1f} GB", flush=True)
-    os.environ.pop("LARGEOUT_FP8_GEMM", None)
-    os.environ.pop("LARGEOUT_FP8_KERNEL", None)
+    for var in ("LARGEOUT_FP8_GEMM", "LARGEOUT_FP8_KERNEL", "LARGEOUT_FP8_DX_CHUNK"):
+        os.environ.pop(var, None)
     # the baseline: the faster of the two bf16 layers (a user can pad L)
     bf = [r for r in rows[:2] if "forward_seconds" in r]
     base_f = min(r["forward_seconds"] for r in bf) if bf else None

@@ -341,6 +341,29 @@ def test_linear_fp8_compute_matches_reference(L, shape, mode, device, monkeypatc
     assert rel_err(layer.bias.grad, g64.sum(0)) < 1e-2
 
 
+def test_linear_fp8_dx_chunk_setting(monkeypatch):
+    """LARGEOUT_FP8_DX_CHUNK (labels per dx chunk) gives the same gradients up to the bf16
+    rounding of each chunk's product, and refuses values that are not multiples of 8."""
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(3)
+    layer = Linear(96, 4099, weight_dtype=torch.float8_e4m3fn, generator=gen)
+    x = torch.randn(9, 96, generator=gen)
+    gy = torch.randn(9, 4099, generator=gen)
+    grads = []
+    for chunk in ("8", "1024", "1048576"):
+        monkeypatch.setenv("LARGEOUT_FP8_DX_CHUNK", chunk)
+        xg = x.clone().requires_grad_()
+        layer(xg).backward(gy)
+        grads.append(xg.grad)
+    want = gy.double() @ layer.weight.detach().double()
+    for g in grads:
+        assert rel_err(g, want) < 1e-2
+    monkeypatch.setenv("LARGEOUT_FP8_DX_CHUNK", "12")
+    with pytest.raises(ValueError, match="LARGEOUT_FP8_DX_CHUNK must be a positive multiple of 8"):
+        layer(x.clone().requires_grad_()).backward(gy)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_fp8_padding_survives_to_and_load(device):
     """L % 16 != 0: the padded storage is restored after .to() and a state_dict round trip,

@@ -56,6 +56,18 @@ ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's st
 _DX_CHUNK = 1 << 18  # labels upcast to bf16 at once for dx (400 MB at H = 768)
 
 
+def _dx_chunk() -> int:
+    """Labels per dx chunk: ``_DX_CHUNK``, or ``LARGEOUT_FP8_DX_CHUNK`` (a positive multiple
+    of 8; timing comparisons, bench/bench_fp8.py: fewer, larger GEMMs against a larger bf16
+    buffer)."""
+    env = os.environ.get("LARGEOUT_FP8_DX_CHUNK")
+    if env is None:
+        return _DX_CHUNK
+    if not env.isdigit() or int(env) < 8 or int(env) % 8:
+        raise ValueError(f"LARGEOUT_FP8_DX_CHUNK must be a positive multiple of 8 (labels); got {env!r}")
+    return int(env)
+
+
 def _round_up(n: int, m: int) -> int:
     return -(-n // m) * m
 
@@ -227,9 +239,10 @@ class _Fp8LinearFn(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
             sw = ctx.scale[0, :L8] if ctx.scale is not None else None  # (contiguous: one row)
-            for c in range(0, L8, _DX_CHUNK):
-                wc = _to_bf16(w_full[c : c + _DX_CHUNK], sw[c : c + _DX_CHUNK] if sw is not None else None)
-                acc += (g[:, c : c + _DX_CHUNK] @ wc).float()
+            chunk = _dx_chunk()
+            for c in range(0, L8, chunk):
+                wc = _to_bf16(w_full[c : c + chunk], sw[c : c + chunk] if sw is not None else None)
+                acc += (g[:, c : c + chunk] @ wc).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = (g.t() @ x_hat)[:L]
