@@ -182,17 +182,6 @@ def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     return full[:L]
 
 
-def _to_bf16(w: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The fp8 weight (a chunk of it) in bf16, times its rows' scales if given (float32
-    powers of two: exact). On CUDA, largeout's vectorized conversion, the scales applied in
-    the same pass (torch's conversion runs at ~1 TB/s on an H200; with ours the layer's
-    training step at L=2.8M measured 20.4 -> 16.1 ms, bench/results/fp8_upcast_h200.json);
-    LARGEOUT_FP8_UPCAST=0 uses torch's."""
-    if w.is_cuda and os.environ.get("LARGEOUT_FP8_UPCAST") != "0":
-        return torch.ops.largeout.fp8_to_bf16(w, scale)
-    return lowp.dequantize(w, scale, torch.bfloat16)
-
-
 class _Fp8LinearFn(torch.autograd.Function):
     """y = quant(x) W^T + b; gradients as in the module notes. ``anchor`` requires grad so
     that backward runs (the fp8 weight cannot require grad); W's gradient goes to
@@ -241,7 +230,8 @@ class _Fp8LinearFn(torch.autograd.Function):
             sw = ctx.scale[0, :L8] if ctx.scale is not None else None  # (contiguous: one row)
             chunk = _dx_chunk()
             for c in range(0, L8, chunk):
-                wc = _to_bf16(w_full[c : c + chunk], sw[c : c + chunk] if sw is not None else None)
+                wc = lowp.dequantize(w_full[c : c + chunk], sw[c : c + chunk] if sw is not None else None,
+                                     torch.bfloat16)
                 acc += (g[:, c : c + chunk] @ wc).float()
             dx = acc.to(ctx.x_dtype)
         x_hat = (q.float() * sx).to(torch.bfloat16)
