@@ -207,11 +207,12 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
 // read all of them into registers, then (after a barrier of the 96 threads, as the bf16
 // stage overwrites them) write the bf16 stage in the layout TMA gives a 16-bit weight
 // ([kNs][kRows][64] SW128), and arrive on the stage's full barrier. slot(n, q, &s, &parity):
-// the ring slot of unit n's stage q and the parity of its barriers' phase.
+// the ring slot of unit n's stage q and the parity of its barriers' phase. (upcast_stages
+// below picks kScaled from row_scale.)
 template <class C, int G, bool kScaled, class Slot>
-__device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
-                                              const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                              int g_begin, int g_pad, Slot&& slot) {
+__device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uint64_t* full,
+                                                const float* __restrict__ row_scale, bool e4m3, int64_t L,
+                                                int g_begin, int g_pad, Slot&& slot) {
   constexpr int kUpThreads = 96;
   constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
@@ -252,6 +253,17 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
       if (lane == 0) mbar_arrive(&full[s]);
     }
   }
+}
+
+// Called by threads 32..127 of the loader warpgroup; times row_scale where it is not null.
+template <class C, int G, class Slot>
+__device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
+                                              const float* __restrict__ row_scale, bool e4m3, int64_t L,
+                                              int g_begin, int g_pad, Slot&& slot) {
+  if (row_scale != nullptr)
+    upcast_stages_t<C, G, true>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, slot);
+  else
+    upcast_stages_t<C, G, false>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, slot);
 }
 
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
@@ -348,10 +360,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           s = (n % kCons) * spr + k % spr;
           parity = (k / spr) & 1;
         };
-        if (row_scale != nullptr)
-          upcast_stages<C, G, true>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
-        else
-          upcast_stages<C, G, false>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
+        upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
       }
     }
     return;
@@ -1102,10 +1111,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           s = k % wst;
           parity = (k / wst) & 1;
         };
-        if (row_scale != nullptr)
-          upcast_stages<C, G, true>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
-        else
-          upcast_stages<C, G, false>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
+        upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
       }
     }
     return;
@@ -1888,20 +1894,27 @@ bool dx_v2_applies(const GroupSparseShape& s) {
 
 }  // namespace
 
-bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+namespace {
+// Whether dx v2 applies to this shape and its stages fit (w8: with fp8 weights).
+bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w8) {
   if (!dx_supported(dt, s, dev) || !dx_v2_applies(s)) return false;
   bool fits = false;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     if constexpr (G >= 32) {
       return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
         int w = 0, d = 0;
-        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d);
+        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d, w8);
         return cudaSuccess;
       });
     }
     return cudaSuccess;
   });
   return fits;
+}
+}  // namespace
+
+bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  return dx2_fits(dt, s, dev, false);
 }
 
 namespace {
@@ -2030,20 +2043,7 @@ cudaError_t dx(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64
 // elements, K of 64, 128 or 256, and its stages fit); not v1 (whose weight boxes are per group).
 bool dx_fp8_supported(const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!dx_supported(DType::kBFloat16, s, dev)) return false;
-  if (dx_v3_applies(s, dev)) return true;
-  if (!dx_v2_applies(s)) return false;
-  bool fits = false;
-  dispatch(DType::kBFloat16, s.group_size, [&]<class T, int G>() -> cudaError_t {
-    if constexpr (G >= 32) {
-      return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-        int w = 0, d = 0;
-        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d, true);
-        return cudaSuccess;
-      });
-    }
-    return cudaSuccess;
-  });
-  return fits;
+  return dx_v3_applies(s, dev) || dx2_fits(DType::kBFloat16, s, dev, true);
 }
 
 cudaError_t dx_fp8(bool e4m3, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
