@@ -73,6 +73,37 @@ def measure(name, make, B, H, L, iters, train: bool, flops=None):
     return row
 
 
+def run_rounds(cases, rounds: int, measure_case) -> dict:
+    """Every case once per round, so that a drift of the GPU's clocks over the run (measured
+    up to ~5% between cases run minutes apart) spreads over all cases. ``cases``: (name,
+    make, train) triples; ``measure_case(name, make, train_now)`` -> a row (the training step
+    is timed in round 0 only); a failure is recorded as ``{"case", "error"}``. Returns
+    {name: [row per round]}."""
+    per_round = {name: [] for name, _, _ in cases}
+    for rnd in range(rounds):
+        for name, make, train in cases:
+            try:
+                r = measure_case(name, make, train and rnd == 0)
+            except Exception as e:  # noqa: BLE001  (recorded, e.g. a cuBLAS limit)
+                r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
+            per_round[name].append(r)
+        print(f"(round {rnd + 1} of {rounds} done)", flush=True)
+    return per_round
+
+
+def merge_rounds(rs, flops) -> dict:
+    """Round 0's row with each forward time the median over the rounds that measured it,
+    and TFLOP/s from those medians (``flops`` per forward)."""
+    r = dict(rs[0])
+    if "error" not in r:
+        for key in ("forward_seconds", "forward_seconds_pipelined"):
+            r[key + "_rounds"] = [x[key] for x in rs if key in x]  # (a later round may have failed)
+            r[key] = statistics.median(r[key + "_rounds"])
+        r["forward_TFLOPs"] = flops / r["forward_seconds"] / 1e12
+        r["forward_TFLOPs_pipelined"] = flops / r["forward_seconds_pipelined"] / 1e12
+    return r
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", required=True)
@@ -148,29 +179,10 @@ def main(argv=None) -> int:
               for r in (True, False) for f in (False, True)]
     cases += [(f"bare largeout fp8_gemm {c} ({name}), pre-quantized, tensorwise scale, fast accumulation",
                raw_largeout(c), False) for c, name in enumerate(configs)]
-    # Rounds: every case once per round, so that a drift of the GPU's clocks over the run
-    # (measured up to ~5% between cases run minutes apart) spreads over all cases; each
-    # forward figure is the median over rounds (the training step is timed in round 0).
-    per_round = {name: [] for name, _, _ in cases}
-    for rnd in range(args.rounds):
-        for name, make, train in cases:
-            try:
-                r = measure(name, make, B, H, L, args.iters, train and rnd == 0)
-            except Exception as e:  # noqa: BLE001  (recorded, e.g. a cuBLAS limit)
-                r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
-            per_round[name].append(r)
-        print(f"(round {rnd + 1} of {args.rounds} done)", flush=True)
+    per_round = run_rounds(cases, args.rounds, lambda name, make, train: measure(name, make, B, H, L, args.iters, train))
     rows = []
     for name, _, _ in cases:
-        rs = per_round[name]
-        r = dict(rs[0])
-        if "error" not in r and all("forward_seconds" in x for x in rs):
-            for key in ("forward_seconds", "forward_seconds_pipelined"):
-                r[key + "_rounds"] = [x[key] for x in rs]
-                r[key] = statistics.median(r[key + "_rounds"])
-            flops = 2 * B * H * L
-            r["forward_TFLOPs"] = flops / r["forward_seconds"] / 1e12
-            r["forward_TFLOPs_pipelined"] = flops / r["forward_seconds_pipelined"] / 1e12
+        r = merge_rounds(per_round[name], 2 * B * H * L)
         rows.append(r)
         if "error" in r:
             print(f"{name}: {r['error']}", flush=True)

@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -31,7 +30,7 @@ import torch
 import largeout
 from largeout import functional as F
 from largeout.nn import GroupSparseLinear, lowp
-from bench_fp8 import measure  # bench/ is on the path when run as a script
+from bench_fp8 import measure, merge_rounds, run_rounds  # bench/ is on the path when run as a script
 
 
 def main(argv=None) -> int:
@@ -65,24 +64,10 @@ def main(argv=None) -> int:
                  ("e4m3 weight with per-label scales, upcast inside", layer(L, torch.float8_e4m3fn, "label")),
                  ("e5m2 weight, upcast inside", layer(L, torch.float8_e5m2))]
         paths = {p: largeout.kernels.path(p, torch.float8_e4m3fn, B, H, L, K, G) for p in ("forward", "input")}
-        per_round = {name: [] for name, _ in cases}
-        for rnd in range(args.rounds):
-            for name, make in cases:
-                try:
-                    r = measure(name, make, B, H, L, args.iters, rnd == 0, flops=2 * B * K * L)
-                except Exception as e:  # noqa: BLE001  (recorded)
-                    r = {"case": name, "error": f"{type(e).__name__}: {e}"[:300]}
-                per_round[name].append(r)
-        block = []
-        for name, _ in cases:
-            rs = per_round[name]
-            r = dict(rs[0], K=K, G=G, fp8_paths=paths)
-            if "error" not in r:
-                for key in ("forward_seconds", "forward_seconds_pipelined"):
-                    r[key + "_rounds"] = [x[key] for x in rs if key in x]  # (a later round may have failed)
-                    r[key] = statistics.median(r[key + "_rounds"])
-                r["forward_TFLOPs"] = 2 * B * K * L / r["forward_seconds"] / 1e12
-            block.append(r)
+        flops = 2 * B * K * L
+        per_round = run_rounds([(name, make, True) for name, make in cases], args.rounds,
+                               lambda name, make, train: measure(name, make, B, H, L, args.iters, train, flops=flops))
+        block = [dict(merge_rounds(per_round[name], flops), K=K, G=G, fp8_paths=paths) for name, _ in cases]
         base, upc = block[0], block[2]
         for r in block:
             if "error" in r:
