@@ -320,12 +320,11 @@ at::Tensor fwd_cuda(const at::Tensor& x, const at::Tensor& weight, const at::Ten
   return y;
 }
 
-at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
-                   c10::SymInt H) {
-  DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
-  DeviceGuard guard(a.grad.device());
-  at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
-  if (a.shape.batch == 0) return dx;
+// dx's preparation, shared by the bf16 and fp8 ops: where the planned path is the Hopper
+// one, dY, weight and indices 16-byte aligned and dY kept row-padded if the pass reads it by
+// TMA; then the plan, made once dY's row stride is known (the Hopper layout, splits and
+// workspace, depends on it).
+cuda::DxPlan prepare_dx(DxArgs& a) {
   const cuda::Path path = cuda::choose_path(cuda::Pass::kInput, a.dtype, a.shape, device_info());
   if (path == cuda::Path::kSm90) {
     a.grad = aligned(a.grad);
@@ -333,14 +332,27 @@ at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::T
     a.indices = aligned(a.indices);
   }
   keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, path);
-  // Planned once dY's row stride is known: the Hopper layout (splits, workspace) depends on it.
-  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+  return cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
+}
+
+// dx by the kernels of a.dtype (a prepared by prepare_dx, batch >= 1).
+at::Tensor launch_dx(const DxArgs& a, const cuda::DxPlan& plan) {
+  at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx(a.dtype, a.shape, plan, a.grad.const_data_ptr(), a.weight.const_data_ptr(),
                                    a.indices.const_data_ptr<int32_t>(), dx.mutable_data_ptr(),
                                    workspace.mutable_data_ptr(), c10::cuda::getCurrentCUDAStream()),
              "group_sparse_dx");
   return dx;
+}
+
+at::Tensor dx_cuda(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
+                   c10::SymInt H) {
+  DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
+  DeviceGuard guard(a.grad.device());
+  if (a.shape.batch == 0) return at::empty({0, a.shape.in_features}, a.grad.options());
+  const cuda::DxPlan plan = prepare_dx(a);
+  return launch_dx(a, plan);
 }
 
 std::tuple<at::Tensor, at::Tensor> dw_cuda(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
@@ -387,18 +399,13 @@ at::Tensor dx_fp8_cuda(const at::Tensor& grad, const at::Tensor& weight, const s
   const at::Tensor sc = check_fp8_weight(grad, "grad_out", weight, weight_scale);
   DxArgs a = check_dx(grad, weight, indices, G, H.expect_int(), true);
   DeviceGuard guard(a.grad.device());
-  // As dx_cuda: the bf16 path, dY aligned and kept row-padded where the pass reads it by
-  // TMA, then the bf16 plan (its splits and workspace), made once dY's row stride is known.
-  const cuda::Path path = cuda::choose_path(cuda::Pass::kInput, a.dtype, a.shape, device_info());
-  if (path == cuda::Path::kSm90) a.grad = aligned(a.grad);
-  keep_rows_if_tma(a.grad, a.shape, a.dtype, cuda::Pass::kInput, path);
-  const cuda::DxPlan plan = cuda::group_sparse_dx_plan(a.dtype, a.shape, device_info());
-  if (a.shape.batch == 0 || plan.path != cuda::Path::kSm90 ||
-      !cuda::fp8_kernels_apply(cuda::Pass::kInput, a.shape, device_info()))
-    return dx_cuda(grad, upcast_weight(weight, sc), indices, G, H);
+  if (a.shape.batch == 0) return at::empty({0, a.shape.in_features}, a.grad.options());
+  const cuda::DxPlan plan = prepare_dx(a);  // the bf16 plan: its splits and workspace serve the fp8 kernels too
+  if (plan.path != cuda::Path::kSm90 || !cuda::fp8_kernels_apply(cuda::Pass::kInput, a.shape, device_info())) {
+    a.weight = aligned(upcast_weight(weight, sc));
+    return launch_dx(a, plan);
+  }
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
-  a.weight = aligned(a.weight);
-  a.indices = aligned(a.indices);
   at::Tensor workspace = at::empty({plan.workspace_bytes}, a.grad.options().dtype(at::kByte));
   check_cuda(cuda::group_sparse_dx_fp8(weight.scalar_type() == at::kFloat8_e4m3fn, a.shape, plan,
                                        a.grad.const_data_ptr(), a.weight.const_data_ptr(),
