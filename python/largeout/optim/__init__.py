@@ -35,7 +35,7 @@ from typing import Iterable, Optional, Tuple
 
 import torch
 
-from ..nn.lowp import row_scale
+from ..nn.lowp import dequantize, row_scale
 from ..precision import SR_DTYPES, stochastic_round
 
 __all__ = ["SGD", "AdamW"]
@@ -84,8 +84,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     @staticmethod
     def _value(p: torch.Tensor) -> torch.Tensor:
         """p's values in float32 (times its row scale, for a scaled fp8 weight)."""
-        sc = row_scale(p)
-        return p.float() if sc is None else p.float() * sc[:, None]
+        return dequantize(p, row_scale(p), torch.float32)
 
     def _store_param(self, p: torch.Tensor, value32: torch.Tensor, rounding: str) -> None:
         sc = row_scale(p)
