@@ -56,6 +56,22 @@ def main(argv=None) -> int:
             return m, (lambda mod, x: mod(x)) if fp8_kernels else upcast_first
         return make
 
+    def launches(make):  # kernels of one training step, by pass and path (which kernels the case ran)
+        try:
+            return launches_of(make)
+        except Exception as e:  # noqa: BLE001 (recorded; the timings stand)
+            return {"error": repr(e)}
+
+    def launches_of(make):
+        mod, fn = make()
+        x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        before = largeout.kernels.launch_counts()
+        fn(mod, x).backward(torch.randn(B, mod.out_features, device="cuda", dtype=torch.bfloat16))
+        torch.cuda.synchronize()
+        after = largeout.kernels.launch_counts()
+        del mod
+        return {p: {k: n - before[p][k] for k, n in after[p].items() if n != before[p][k]} for p in after}
+
     rows = []
     for L in args.L:
         cases = [("bf16 weight", layer(L, torch.bfloat16)),
@@ -63,11 +79,10 @@ def main(argv=None) -> int:
                  ("e4m3 weight, upcast first (the layer before)", layer(L, torch.float8_e4m3fn, fp8_kernels=False)),
                  ("e4m3 weight with per-label scales, upcast inside", layer(L, torch.float8_e4m3fn, "label")),
                  ("e5m2 weight, upcast inside", layer(L, torch.float8_e5m2))]
-        paths = {p: largeout.kernels.path(p, torch.float8_e4m3fn, B, H, L, K, G) for p in ("forward", "input")}
         flops = 2 * B * K * L
         per_round = run_rounds([(name, make, True) for name, make in cases], args.rounds,
                                lambda name, make, train: measure(name, make, B, H, L, args.iters, train, flops=flops))
-        block = [dict(merge_rounds(per_round[name], flops), K=K, G=G, fp8_paths=paths) for name, _ in cases]
+        block = [dict(merge_rounds(per_round[name], flops), K=K, G=G, launches=launches(make)) for name, make in cases]
         base, upc = block[0], block[2]
         for r in block:
             if "error" in r:

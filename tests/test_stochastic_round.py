@@ -204,10 +204,10 @@ def test_fp8_to_bf16_rejects_other_dtypes():
 def test_fp8_layer_upcast_matches_torch(monkeypatch):
     # The fp8 layer's weight upcast for dx (largeout's kernel by default) gives the bits of
     # torch's (LARGEOUT_FP8_UPCAST=0).
-    from largeout.nn import fp8
+    from largeout.nn import lowp
     gen = torch.Generator().manual_seed(6)
     w = (torch.randn(3001, 768, generator=gen) * 3).to(torch.float8_e4m3fn).cuda()
     monkeypatch.setenv("LARGEOUT_FP8_UPCAST", "0")
-    want = fp8._to_bf16(w)
+    want = lowp.dequantize(w, None, torch.bfloat16)
     monkeypatch.delenv("LARGEOUT_FP8_UPCAST")
-    _same_bf16(fp8._to_bf16(w), want)
+    _same_bf16(lowp.dequantize(w, None, torch.bfloat16), want)

@@ -352,6 +352,7 @@ def test_scaled_fused_step_cuda_matches_cpu_bits(wdt, opt_name):
     ps, scales = [], []
     for shp in shapes:
         p = torch.nn.Parameter((torch.randn(shp, generator=gen) * 8).to(wdt), requires_grad=False)
+        p.grad_dtype = None  # a bf16 gradient, as the fp8 layers give
         s = torch.ldexp(torch.ones(shp[0]), torch.randint(-10, 3, (shp[0],), generator=gen))
         p.grad = (torch.randn(shp, generator=gen) * s[:, None]).bfloat16()
         ps.append(p)
@@ -361,6 +362,7 @@ def test_scaled_fused_step_cuda_matches_cpu_bits(wdt, opt_name):
         qs = []
         for p, s in zip(ps, scales):
             q = torch.nn.Parameter(p.detach().clone().to(dev), requires_grad=False)
+            q.grad_dtype = None
             q.grad = p.grad.to(dev)
             lowp.link_scale(q, s.to(dev))
             qs.append(q)

@@ -217,7 +217,22 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
   constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
   const int ut = int(threadIdx.x) - 32, lane = threadIdx.x & 31;
+  // kScaled: the row scales of this thread's chunks. A unit's stages (its k-blocks) share
+  // its rows, so they are loaded once per unit, a unit ahead: no global load latency
+  // between a stage's arrival and its upcast (loaded there, it made the scaled forward
+  // 3.8x slower than the unscaled one, bench/results/group_sparse_fp8_h200.json).
+  float sc[kPer], sc_next[kPer];
+  auto load_scales = [&](int gu, float(&dst)[kPer]) {
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      const int c = ut + kUpThreads * i;
+      const int64_t label = int64_t(gu) * G + (c >> 2) % C::kRows;
+      dst[i] = kScaled && c < kChunks && gu < g_pad && label < L ? __ldg(row_scale + label) : 1.f;
+    }
+  };
+  load_scales(g_begin, sc);
   for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += C::kU) {
+    load_scales(gu + C::kU, sc_next);
     for (int q = 0; q < C::kQs; ++q) {
       int s = 0;
       uint32_t parity = 0;
@@ -237,10 +252,8 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
         const int c = ut + kUpThreads * i;
         if (c >= kChunks) continue;
         const int rowc = c >> 2, row = rowc % C::kRows;  // rowc = chunk * kRows + row
-        const int64_t label = int64_t(gu) * G + row;
-        const float sc = kScaled && label < L ? row_scale[label] : 1.f;
-        const uint4 lo = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].x, v[i].y), e4m3, sc);
-        const uint4 hi = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].z, v[i].w), e4m3, sc);
+        const uint4 lo = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].x, v[i].y), e4m3, sc[i]);
+        const uint4 hi = fp8x8_to_bf16x8<kScaled>(make_uint2(v[i].z, v[i].w), e4m3, sc[i]);
         const int j = (c & 3) * 2;  // the 16-byte bf16 chunk of the row
         uint8_t* dst = w + rowc * 128;
         *reinterpret_cast<uint4*>(dst + ((j ^ (row & 7)) << 4)) = lo;
@@ -252,6 +265,8 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
       __syncwarp();
       if (lane == 0) mbar_arrive(&full[s]);
     }
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) sc[i] = sc_next[i];
   }
 }
 
@@ -1331,6 +1346,14 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       // The stage of unit n - 2 is free (its tile was consumed, its weights expanded).
       if (t == 0 && n >= 2 && n - 2 + S < n_units) load_unit(n - 2 + S);
       uint8_t* ex = exps + e * C::kExpBytes;
+      const int64_t l0 = (u_begin + n) * C::kUnit;
+      const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
+      // kW8: the row scales of this thread's rows (1 past the layer, and without scales),
+      // loaded before the zeroing and the stage's wait so that their latency hides there.
+      float rsc[C::kRows];
+#pragma unroll
+      for (int j = 0; j < C::kRows; ++j)
+        rsc[j] = kW8 && row_scale != nullptr && rc + C::kRC * j < rows ? __ldg(row_scale + l0 + rc + C::kRC * j) : 1.f;
       if constexpr (!kCZ) {
 #pragma unroll
         for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
@@ -1340,14 +1363,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       if constexpr (!kCZ) named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
       if constexpr (kProbe != 1) {
         const uint8_t* st = stages + (n % S) * C::kStageBytes;
-        const int64_t l0 = (u_begin + n) * C::kUnit;
-        const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
         const int32_t* is = reinterpret_cast<const int32_t*>(st + C::kDyBytes + C::kWBytes);
-        // kW8: the row scales of this thread's rows (1 past the layer, and without scales).
-        float rsc[C::kRows];
-#pragma unroll
-        for (int j = 0; j < C::kRows; ++j)
-          rsc[j] = kW8 && row_scale != nullptr && rc + C::kRC * j < rows ? row_scale[l0 + rc + C::kRC * j] : 1.f;
 #pragma unroll
         for (int p = 0; p < C::kPass; ++p) {
           const int cc = p * C::kCT + c;  // this thread's chunk: k-slots 8 cc .. 8 cc + 7
