@@ -4,8 +4,7 @@ weights, results scattered into an fp32 accumulator) against v3 (LARGEOUT_SM90_D
 no scatter), next to cuBLAS's GEMM of equal FLOPs ([B, L] x [L, K]) and the full dense layer's dx
 ([B, L] x [L, H]) in the same run. Also the layer's training step (forward + backward through
 autograd) with each, v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs; bf16) and the
-library's default choice (v3 for G <= 64 and K >= 128, else v2). v3_cz: v3 with the computing
-warpgroups zeroing the expanded tiles (LARGEOUT_SM90_DX3_CZ=1).
+library's default choice (v3 for G <= 64 and K >= 128, else v2).
 
     python bench/bench_dx3.py --out dx3.json [--quick]"""
 
@@ -58,11 +57,6 @@ def shape_row(B, H, L, K, G, probes):
     for p in probes:
         row[f"v3_probe{p}_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
                                           lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
-    cz = lambda fn: with_env("LARGEOUT_SM90_DX", "v3", lambda: with_env("LARGEOUT_SM90_DX3_CZ", "1", fn))
-    row["max_abs_diff_v3_cz_vs_v2"] = float((cz(op).float() - ref).abs().max())
-    row["v3_cz_ms"] = cz(lambda: ms(op))
-    for p in probes:
-        row[f"v3_cz_probe{p}_ms"] = cz(lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
     row["default_ms"] = with_env("LARGEOUT_SM90_DX", None, lambda: ms(op))
     def gemm_ms(n):  # dY [B, L] x [L, n] on cuBLAS
         other = torch.randn(L, n, device="cuda", dtype=dt, generator=g)
@@ -70,7 +64,7 @@ def shape_row(B, H, L, K, G, probes):
 
     row["cublas_matched_ms"] = gemm_ms(K)
     row["cublas_dense_dx_ms"] = gemm_ms(H)
-    for v in ("v2", "v3", "v3_cz"):
+    for v in ("v2", "v3"):
         row[f"{v}_vs_matched"] = row[f"{v}_ms"] / row["cublas_matched_ms"]
     row["v3_TFLOPs_dense_equiv"] = 2 * B * L * H / row["v3_ms"] / 1e9
     return row
@@ -90,8 +84,6 @@ def step_row(B, H, L, K, G):
     row = {"B": B, "H": H, "L": L, "K": K, "G": G}
     row["step_v2_ms"] = with_env("LARGEOUT_SM90_DX", "v2", lambda: ms(step, 10))
     row["step_v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(step, 10))
-    row["step_v3_cz_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
-                                    lambda: with_env("LARGEOUT_SM90_DX3_CZ", "1", lambda: ms(step, 10)))
     return row
 
 

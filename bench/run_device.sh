@@ -150,22 +150,20 @@ if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on t
     "dx_versions and v3 and (B5_H300 or B129_H520)"
   echo "== benchmark: dx v2 vs v3"
   timeout ${DX3_BENCH_TIMEOUT:-240} python3 bench/bench_dx3.py ${DX3_QUICK:+--quick} --out "$OUT/dx3.json" 2>&1 | tee "$OUT/bench_dx3.log" | tail -14
-  if [ "${NCU_DX3:-0}" = 1 ]; then  # Nsight Compute of dx v3 (and its kCZ variant) at the headline shape
-    for cz in 0 1; do
-      LARGEOUT_SM90_DX=v3 LARGEOUT_SM90_DX3_CZ=$cz timeout 120 ncu --clock-control none -k regex:gsl_dx3_sm90 \
-        --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables \
-        --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats \
-        python3 -c "import torch, largeout
+  if [ "${NCU_DX3:-0}" = 1 ]; then  # Nsight Compute of dx v3 at the headline shape
+    LARGEOUT_SM90_DX=v3 timeout 120 ncu --clock-control none -k regex:gsl_dx3_sm90 \
+      --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables \
+      --section WarpStateStats --section SchedulerStats --section InstructionStats --section LaunchStats \
+      python3 -c "import torch, largeout
 from largeout.nn import random_group_indices
 B, H, L, K, G = 512, 768, 670208, 128, 32
 w = torch.randn(L, K, device='cuda', dtype=torch.bfloat16)
 dy = torch.randn(B, L, device='cuda', dtype=torch.bfloat16)
 idx = random_group_indices(-(-L // G), H, K).cuda()
 for _ in range(5): torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)
-torch.cuda.synchronize()" > "$OUT/ncu_dx3_cz$cz.txt" 2>&1
-      echo "ncu dx3 cz=$cz rc=$?"
-    done
-    grep -E "Duration|Shared|Issue Slots|Warp Cycles Per Issued|Bank" "$OUT"/ncu_dx3_cz*.txt | head -40
+torch.cuda.synchronize()" > "$OUT/ncu_dx3.txt" 2>&1
+    echo "ncu dx3 rc=$?"
+    grep -E "Duration|Shared|Issue Slots|Warp Cycles Per Issued|Bank" "$OUT"/ncu_dx3.txt | head -40
   fi
   if [ "${BENCH_HEADLINE:-0}" = 1 ]; then
     echo "== benchmark: B=512, K=128 (library defaults)"

@@ -230,16 +230,13 @@ def test_hopper_fp8_forward_ring_and_store_paths(cons, stages, tma_store, L, K, 
 
 
 @sm90
-@pytest.mark.parametrize("version", ["v3-cz", "v2", "v1"])
+@pytest.mark.parametrize("version", ["v3", "v2", "v1"])
 @pytest.mark.parametrize("wdt", FP8, ids=["e4m3", "e5m2"])
 @pytest.mark.parametrize("B,H,L,K,G", [(130, 768, 4096, 128, 32), (64, 300, 2056, 256, 64)])
 def test_hopper_fp8_dx_versions(version, wdt, B, H, L, K, G, poison, monkeypatch):
-    """dx with fp8 weights on v3 with the opt-in zeroing by the computing warpgroups, on v2
-    (LARGEOUT_SM90_DX=v2), and v1 forced (no fp8 kernel: the weight is upcast first)."""
-    if version == "v3-cz":
-        monkeypatch.setenv("LARGEOUT_SM90_DX3_CZ", "1")
-    else:
-        monkeypatch.setenv("LARGEOUT_SM90_DX", version)
+    """dx with fp8 weights on v3 and on v2 forced (LARGEOUT_SM90_DX), and on v1 forced (no fp8
+    kernel: the weight is upcast first)."""
+    monkeypatch.setenv("LARGEOUT_SM90_DX", version)
     before, after = check_ops(B, H, L, K, G, wdt, True, 9, "cuda")
     ran = after["input"]["sm90-fp8"] - before["input"]["sm90-fp8"]
     assert ran == (0 if version == "v1" else 2)

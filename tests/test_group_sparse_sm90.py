@@ -273,7 +273,7 @@ DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (
                            (3, 777, 1000, 128, 32), (4096, 768, 20000, 128, 32), (16, 200, 5000, 128, 64)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "v3-cz", "default"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "default"])
 @pytest.mark.parametrize("shape", DX3_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L), v2 (dY by TMA, the two computing
@@ -285,10 +285,8 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
         pytest.skip("v1's shapes are DX2_SHAPES")
     if version != "default":
         monkeypatch.setenv("LARGEOUT_SM90_DX", version[:2])
-    if version == "v3-cz":  # the computing warpgroups zero the expanded tiles
-        monkeypatch.setenv("LARGEOUT_SM90_DX3_CZ", "1")
     B, H, L, K, G = shape
-    dtype = torch.float16 if version in ("v3", "v3-cz", "default") and L % 3 == 0 else torch.bfloat16
+    dtype = torch.float16 if version in ("v3", "default") and L % 3 == 0 else torch.bfloat16
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 60 + K + G)
     assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
     dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))

@@ -1255,8 +1255,8 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // K >= 128, where it measured faster than v2 (bench/NOTES.md; two expanding warpgroups
 // with 192-feature slices measured slower).
 // kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
-// (the tile is only zeroed), 2 = no MMAs. kCZ: the computing warpgroups zero each W_exp
-// tile once their MMAs on it are done (the expanding warpgroup then only scatters).
+// (the tile is only zeroed), 2 = no MMAs. (A variant whose computing warpgroups zeroed each
+// tile after their MMAs on it measured 1.1x slower at G = 32 and 64: bench/NOTES.md.)
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null: its rows come as codes (half the bytes) and the expanding
 // warpgroup upcasts them as it reads them (the values of largeout's fp8_to_bf16 op).
@@ -1280,7 +1280,7 @@ struct Dx3Cfg {
   }
 };
 
-template <class T, int G, int kNk, int kProbe = 0, bool kCZ = false, bool kW8 = false>
+template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__ weight,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
@@ -1314,11 +1314,6 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_dy);
-  }
-  if constexpr (kCZ) {  // both tiles start zero
-    for (int i = threadIdx.x; i < int(2 * C::kExpBytes / 16); i += kThreads)
-      reinterpret_cast<float4*>(exps)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-    fence_proxy_async();  // the zeros before the wgmma reads
   }
   __syncthreads();
 
@@ -1354,13 +1349,11 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
 #pragma unroll
       for (int j = 0; j < C::kRows; ++j)
         rsc[j] = kW8 && row_scale != nullptr && rc + C::kRC * j < rows ? __ldg(row_scale + l0 + rc + C::kRC * j) : 1.f;
-      if constexpr (!kCZ) {
 #pragma unroll
-        for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
-          reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
-      }
+      for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
+        reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
       mbar_wait(&full[n % S], (n / S) & 1, 51);
-      if constexpr (!kCZ) named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
+      named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
       if constexpr (kProbe != 1) {
         const uint8_t* st = stages + (n % S) * C::kStageBytes;
         const int32_t* is = reinterpret_cast<const int32_t*>(st + C::kDyBytes + C::kWBytes);
@@ -1439,16 +1432,6 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       fence_regs(acc);
     }
     if (n > 0) {
-      if constexpr (kCZ) {  // unit n - 1's tile is free: zero it for unit n + 1
-        // Both computing warpgroups read all of the tile: each zeroes its half only once
-        // the other's MMAs on it are done too.
-        named_barrier(2, 256);
-        float4* ex = reinterpret_cast<float4*>(exps + ((n - 1) & 1) * C::kExpBytes);
-#pragma unroll
-        for (int i = 0; i < int(C::kExpBytes / 16 / 256); ++i)
-          ex[threadIdx.x - 128 + 256 * i] = make_float4(0.f, 0.f, 0.f, 0.f);
-        fence_proxy_async();  // the zeros before the wgmma reads of unit n + 1
-      }
       __syncwarp();
       if (lane == 0) mbar_arrive(&eempty[(n - 1) & 1]);
     }
@@ -1989,14 +1972,12 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx3Cfg<kNk>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
-    // LARGEOUT_SM90_DX3_CZ=1: the computing warpgroups zero the expanded tiles.
-    const bool cz = env_int("LARGEOUT_SM90_DX3_CZ") == 1;
-    auto kernel = cz ? gsl_dx3_sm90<T, G, kNk, 0, true, kW8> : gsl_dx3_sm90<T, G, kNk, 0, false, kW8>;
+    auto kernel = gsl_dx3_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
-      if (pv == 1) kernel = cz ? gsl_dx3_sm90<T, G, kNk, 1, true> : gsl_dx3_sm90<T, G, kNk, 1>;
-      if (pv == 2) kernel = cz ? gsl_dx3_sm90<T, G, kNk, 2, true> : gsl_dx3_sm90<T, G, kNk, 2>;
+      if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, 1>;
+      if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, 2>;
     }
     const int64_t smem = C::smem_bytes();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
