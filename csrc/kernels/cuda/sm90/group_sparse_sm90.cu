@@ -237,9 +237,9 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
   const int ut = int(threadIdx.x) - 32, lane = threadIdx.x & 31;
   // kScaled: the row scales of this thread's chunks. A unit's stages (its k-blocks) share
-  // its rows, so they are loaded once per unit, a unit ahead: no global load latency
-  // between a stage's arrival and its upcast (loaded there, it made the scaled forward
-  // 3.8x slower than the unscaled one, bench/results/group_sparse_fp8_h200.json).
+  // its rows, so they are loaded once per unit, a unit ahead (loaded per stage after its
+  // arrival they measured the same: the scaled forward's 3.8x over the unscaled one came
+  // from the per-element rounding, bench/NOTES.md session 14).
   float sc[kPer], sc_next[kPer];
   auto load_scales = [&](int gu, float(&dst)[kPer]) {
 #pragma unroll
@@ -1363,7 +1363,8 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       const int64_t l0 = (u_begin + n) * C::kUnit;
       const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
       // kW8: the row scales of this thread's rows (1 past the layer, and without scales),
-      // loaded before the zeroing and the stage's wait so that their latency hides there.
+      // loaded before the zeroing and the stage's wait (not measured apart from the forward's
+      // change, which made no difference).
       float rsc[C::kRows];
 #pragma unroll
       for (int j = 0; j < C::kRows; ++j)
