@@ -3,7 +3,7 @@
 
     python bench/profile_fp8.py [--B 512 --H 768 --L 2812281] [--out table.txt]
 
-Prints the CUDA kernels of largeout.nn.Linear(weight_dtype=e4m3) forward + backward and,
+Prints the CUDA kernels (and the ops with input shapes that launched them) of largeout.nn.Linear(weight_dtype=e4m3) forward + backward and,
 for comparison, of the bf16 layer at L padded to 16, sorted by total device time.
 """
 
@@ -24,13 +24,17 @@ def table(layer, B, H, dy_cols, steps=3) -> str:
     for _ in range(2):  # warm-up
         layer(x).backward(dy)
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA], record_shapes=True) as prof:
         for _ in range(steps):
             for p in layer.parameters():
                 p.grad = None
             layer(x).backward(dy)
         torch.cuda.synchronize()
-    return prof.key_averages().table(sort_by="cuda_time_total", row_limit=14, max_name_column_width=70)
+    kernels = prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=16, max_name_column_width=70)
+    # the aten ops (with their input shapes) that launched the device time: which op runs each kernel
+    ops = prof.key_averages(group_by_input_shape=True).table(sort_by="cuda_time_total", row_limit=24,
+                                                             max_name_column_width=40, max_shapes_column_width=70)
+    return kernels + "\n-- by op and input shapes --\n" + ops
 
 
 def main(argv=None) -> int:

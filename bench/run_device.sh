@@ -297,7 +297,7 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
   if [ "${PROFILE_FP8:-0}" = 1 ]; then  # where the dense fp8 layer's training step spends its time
     echo "== profile: FP8 layer training step"
     timeout 120 python3 bench/profile_fp8.py --out "$OUT/profile_fp8.txt" > /dev/null 2>&1; echo "rc=$?"
-    head -40 "$OUT/profile_fp8.txt"
+    head -${PROFILE_LINES:-40} "$OUT/profile_fp8.txt"
   fi
   if [ "${GS_FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: group-sparse layer with fp8 weights against bf16"
