@@ -14,7 +14,7 @@
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
 #     fp8    build, the FP8 layer/GEMM tests and the group-sparse fp8 tests (TESTS_ALL=1: the whole suite;
 #            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
-#            bench/bench_fp8.py (FP8_BENCH=0: without), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
+#            bench/bench_fp8.py (FP8_BENCH=0: without; FP8_BENCH_ARGS: its arguments), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
@@ -285,14 +285,14 @@ fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
   tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py tests/test_stochastic_round.py \
-    tests/test_group_sparse_fp8.py -k "fp8 or scale"
+    tests/test_group_sparse_fp8.py -k "fp8 or scale or pad_columns"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
     "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_gs_fp8.log tests/test_group_sparse_fp8.py \
     "hopper_fp8_kernels_equal and e4m3"
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"
-    timeout 240 python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+    timeout 240 python3 bench/bench_fp8.py ${FP8_BENCH_ARGS:-} --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
   fi
   if [ "${PROFILE_FP8:-0}" = 1 ]; then  # where the dense fp8 layer's training step spends its time
     echo "== profile: FP8 layer training step"

@@ -467,6 +467,95 @@ def test_fp8_quantize_op_checks_input(device):
         torch.ops.largeout.fp8_quantize(torch.ones(16, device=device), False)
 
 
+def _pad_columns_inputs(M, L, layout, device, gen):
+    """bf16 [M, L] with values over many binades in the given memory layout."""
+    base = torch.randn(M, L + 3, generator=gen) * torch.exp2(torch.randint(-6, 6, (M, L + 3), generator=gen).float())
+    base = base.to(torch.bfloat16)
+    if layout == "contiguous":
+        return base[:, :L].contiguous().to(device)
+    if layout == "offset":  # rows of stride L + 3 starting 3 elements in: misaligned rows and pointer
+        return base.to(device)[:, 3:]
+    if layout == "column-major":
+        return base[:, :L].t().contiguous().t().to(device)
+    if layout == "stride-2":
+        wide = torch.repeat_interleave(base[:, :L], 2, dim=1)
+        wide[:, 1::2] = float("nan")  # never read
+        return wide.to(device)[:, ::2]
+    assert layout == "expanded"  # one row read M times (stride 0)
+    return base[:1, :L].to(device).expand(M, L)
+
+
+def _poison_allocator(device, nbytes):
+    """Leave NaN in the caching allocator's free blocks, so that an output element a kernel
+    never writes shows up."""
+    if device == "cuda":
+        t = torch.full((nbytes // 2 + 1024,), float("nan"), dtype=torch.bfloat16, device=device)
+        del t
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("M, L", [(1, 1), (1, 7), (5, 8), (37, 4099), (257, 9), (600, 3000), (1000, 333),
+                                  (3, 70001)], ids=str)
+@pytest.mark.parametrize("layout", ["contiguous", "offset", "column-major", "stride-2", "expanded"])
+def test_pad_columns_sum_matches_reference(device, M, L, layout):
+    """The fp8 layer's dY pass: the copy is exact with zero columns from L to the multiple,
+    the column sums are within fp32 accumulation error of the float64 sums, in any layout
+    (the row splits of a narrow, tall input included)."""
+    gen = torch.Generator().manual_seed(M * 7 + L)
+    x = _pad_columns_inputs(M, L, layout, device, gen)
+    for multiple in (8, 16):
+        Lp = -(-L // multiple) * multiple
+        _poison_allocator(device, M * Lp * 2)
+        out, sums = torch.ops.largeout.pad_columns_sum(x, multiple, True, True)
+        assert out.shape == (M, Lp) and out.dtype == torch.bfloat16 and out.is_contiguous()
+        assert torch.equal(out[:, :L].cpu(), x.cpu()) and bool((out[:, L:] == 0).all())
+        x64 = x.cpu().double()
+        assert sums.shape == (L,) and sums.dtype == torch.float32
+        bound = (M + 8) * 2 ** -24 * x64.abs().sum(0) + 1e-30
+        assert bool(((sums.cpu().double() - x64.sum(0)).abs() <= bound).all())
+    out2, sums2 = torch.ops.largeout.pad_columns_sum(x, 8, False, True)  # sums only
+    assert out2.numel() == 0 and torch.equal(sums2, sums)
+    out3, sums3 = torch.ops.largeout.pad_columns_sum(x, 8, True, False)  # copy only
+    assert sums3.numel() == 0 and torch.equal(out3[:, :L], out[:, :L]) and bool((out3[:, L:] == 0).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(0, 5), (4, 0), (0, 0)], ids=str)
+def test_pad_columns_sum_empty(device, shape):
+    M, L = shape
+    out, sums = torch.ops.largeout.pad_columns_sum(torch.ones(shape, dtype=torch.bfloat16, device=device), 8, True, True)
+    assert out.shape == (M, -(-L // 8) * 8) and bool((out == 0).all())
+    assert sums.shape == (L,) and sums.dtype == torch.float32 and bool((sums == 0).all())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_pad_columns_sum_checks_input(device):
+    x = torch.ones(3, 5, dtype=torch.bfloat16, device=device)
+    with pytest.raises(TypeError, match="pad_columns_sum: x must be bfloat16; got Float"):
+        torch.ops.largeout.pad_columns_sum(x.float(), 8, True, True)
+    with pytest.raises(RuntimeError, match="pad_columns_sum: x must be 2-D \\[M, L\\]; got 1-D"):
+        torch.ops.largeout.pad_columns_sum(x[0], 8, True, True)
+    for m in (0, 12, -8):
+        with pytest.raises(RuntimeError, match=f"pad_columns_sum: multiple must be a positive multiple of 8; got {m}"):
+            torch.ops.largeout.pad_columns_sum(x, m, True, True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_pad_columns_sum_large_offsets():
+    """Rows past 2^31 bytes (64-bit offsets): M = 3, L = 2^30 + 5."""
+    M, L = 3, (1 << 30) + 5
+    gen = torch.Generator(device="cuda").manual_seed(5)
+    x = torch.randn(M, L, generator=gen, device="cuda").to(torch.bfloat16)
+    out, sums = torch.ops.largeout.pad_columns_sum(x, 8, True, True)
+    assert torch.equal(out[:, :L], x) and bool((out[:, L:] == 0).all())
+    del out
+    step = 1 << 26
+    for a in range(0, L, step):
+        x64 = x[:, a : a + step].double()
+        bound = (M + 8) * 2 ** -24 * x64.abs().sum(0)
+        assert bool(((sums[a : a + step].double() - x64.sum(0)).abs() <= bound).all())
+
+
 def _fp8_gemm_configs():
     return list(torch.ops.largeout.fp8_gemm_configs()) if torch.cuda.is_available() else []
 

@@ -5,7 +5,9 @@
 // anything else is refused with the reason (largeout.nn.fp8 asks fp8_gemm_configs() first).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/constant_pad_nd.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sum.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -19,6 +21,7 @@
 
 #include "ops/device_guard.h"
 
+#include "kernels/cuda/pad_columns_cuda.h"
 #include "kernels/cuda/sm90/fp8_gemm_sm90.h"
 #include "kernels/cuda/stochastic_round_cuda.h"
 #endif
@@ -48,6 +51,24 @@ namespace {
 
 constexpr const char* kOp = "largeout.fp8_gemm";
 constexpr const char* kQuantOp = "largeout.fp8_quantize";
+constexpr const char* kPadOp = "largeout.pad_columns_sum";
+
+// pad_columns_sum's checks (CPU and CUDA); returns L rounded up to multiple.
+int64_t check_pad_columns(const at::Tensor& x, int64_t multiple) {
+  TORCH_CHECK(x.dim() == 2, kPadOp, ": x must be 2-D [M, L]; got ", x.dim(), "-D");
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16, kPadOp, ": x must be bfloat16; got ", x.scalar_type());
+  TORCH_CHECK(multiple > 0 && multiple % 8 == 0, kPadOp, ": multiple must be a positive multiple of 8; got ",
+              multiple);
+  return (x.size(1) + multiple - 1) / multiple * multiple;
+}
+
+// The reference semantics, on the CPU: ATen's zero padding and fp32 column sum.
+std::tuple<at::Tensor, at::Tensor> pad_columns_sum_cpu(const at::Tensor& x, int64_t multiple, bool pad, bool sums) {
+  const int64_t Lp = check_pad_columns(x, multiple);
+  const at::Tensor empty = at::empty({0}, x.options());
+  return {pad ? at::constant_pad_nd(x, {0, Lp - x.size(1)}, 0).contiguous() : empty,
+          sums ? at::sum(x, {0}, false, at::kFloat) : empty.to(at::kFloat)};
+}
 
 // q = e4m3(x / scale), scale = amax(|x|) / 448 (1 where amax is 0 or NaN) over the input
 // or per row: the rule of largeout.nn.fp8.quantize, as one op (two small kernels on CUDA
@@ -130,6 +151,31 @@ std::tuple<at::Tensor, at::Tensor> fp8_quantize_cuda(const at::Tensor& x_in, boo
   return {q, rowwise ? buf.reshape({rows, 1}) : buf.narrow(0, 0, 1).reshape({1, 1})};
 }
 
+std::tuple<at::Tensor, at::Tensor> pad_columns_sum_cuda(const at::Tensor& x, int64_t multiple, bool pad, bool sums) {
+  const int64_t Lp = check_pad_columns(x, multiple);
+  TORCH_CHECK(x.is_cuda(), kPadOp, ": x must be a CUDA tensor; got ", x.device());
+  DeviceGuard guard(x.device());
+  const int64_t M = x.size(0), L = x.size(1);
+  at::Tensor out = at::empty({pad ? M : 0, pad ? Lp : 0}, x.options());
+  at::Tensor s = at::empty({sums ? L : 0}, x.options().dtype(at::kFloat));
+  if (sums && M == 0) s.zero_();
+  int sms = 0;
+  cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, x.device().index());
+  TORCH_CHECK(e == cudaSuccess, kPadOp, ": cudaDeviceGetAttribute: ", cudaGetErrorString(e));
+  const int64_t L8 = (L + 7) / 8 * 8;  // the kernel's column range when not padding
+  // (the row splits, hence the sums' order, depend on M and L only: the same bits whatever pad and multiple)
+  const int64_t splits = cuda::pad_columns_sum_splits(M, L8, sms);
+  at::Tensor partial;
+  if (sums && splits > 1) partial = at::empty({splits * L}, x.options().dtype(at::kFloat));
+  e = cuda::pad_columns_sum(static_cast<const uint16_t*>(x.const_data_ptr()), M, L, x.stride(0), x.stride(1),
+                            pad ? static_cast<uint16_t*>(out.mutable_data_ptr()) : nullptr, pad ? Lp : L8,
+                            sums ? s.mutable_data_ptr<float>() : nullptr,
+                            partial.defined() ? partial.mutable_data_ptr<float>() : nullptr, splits,
+                            c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, kPadOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
+  return {out, s};
+}
+
 at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Tensor& scale,
                          const std::optional<at::Tensor>& bias, int64_t config) {
   TORCH_CHECK(a.is_cuda(), kOp, ": a must be a CUDA tensor; got ", a.device());
@@ -184,11 +230,13 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
 TORCH_LIBRARY_IMPL(largeout, CPU, m) {
   m.impl("fp8_gemm", &largeout::fp8_gemm_cpu);
   m.impl("fp8_quantize", &largeout::fp8_quantize_cpu);
+  m.impl("pad_columns_sum", &largeout::pad_columns_sum_cpu);
 }
 
 #ifdef LARGEOUT_WITH_CUDA
 TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
   m.impl("fp8_gemm", &largeout::fp8_gemm_cuda);
   m.impl("fp8_quantize", &largeout::fp8_quantize_cuda);
+  m.impl("pad_columns_sum", &largeout::pad_columns_sum_cuda);
 }
 #endif

@@ -23,7 +23,8 @@ backward runs bf16 tensor cores: dx as ``dY @ W`` over label chunks upcast to bf
 full bf16 copy of the weight), dW as ``dY^T @ x_hat`` with ``x_hat`` the dequantized
 input the forward multiplied, into ``weight.grad`` (bf16). When L is not a multiple of 8,
 ``dY`` is first copied into a zero-padded ``[M, L_pad]`` buffer: cuBLAS runs several
-times slower on a leading dimension that is not 16-byte aligned.
+times slower on a leading dimension that is not 16-byte aligned. That copy and the bias
+gradient (dY's column sums) are one pass over dY (``torch.ops.largeout.pad_columns_sum``).
 
 With per-label weight scales (``weight_scale="label"``, powers of two, see
 :mod:`largeout.nn.lowp`) the forward's epilogue applies one scale per label (the input's
@@ -216,13 +217,15 @@ class _Fp8LinearFn(torch.autograd.Function):
         L = w.shape[0]
         # Every GEMM on 16-byte aligned rows and reductions of multiples of 8: dY copied
         # into [M, L8] with zero columns after L (when needed), the weight's zero pad rows.
+        # The copy and the bias gradient's column sums are one pass over dY (pad_columns_sum).
         L8 = _round_up(L, 8)
         g = gy.to(torch.bfloat16)
-        if L8 != L or g.stride(1) != 1 or g.stride(0) % 8:
-            gp = torch.empty(g.shape[0], L8, dtype=torch.bfloat16, device=g.device)
-            gp[:, L:].zero_()
-            gp[:, :L] = g
-            g = gp
+        pad = L8 != L or g.stride(1) != 1 or g.stride(0) % 8 or g.data_ptr() % 16
+        want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
+        colsum = None
+        if pad or want_db:
+            gp, colsum = torch.ops.largeout.pad_columns_sum(g, 8, bool(pad), want_db)
+            g = gp if pad else g
         w_full = padded_weight(w)[:L8]
         dx = None
         if ctx.needs_input_grad[1]:
@@ -237,9 +240,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         x_hat = (q.float() * sx).to(torch.bfloat16)
         dw = (g.t() @ x_hat)[:L]
         lowp.accumulate_grad(w, dw)
-        db = None
-        if ctx.bias_dtype is not None and ctx.needs_input_grad[3]:
-            db = g[:, :L].sum(0, dtype=torch.float32).to(ctx.bias_dtype)
+        db = colsum.to(ctx.bias_dtype) if want_db else None
         return None, dx, None, db, None
 
 
