@@ -3,8 +3,9 @@ weights, results scattered into an fp32 accumulator) against v3 (LARGEOUT_SM90_D
 64-label unit's weights expanded to dense rows in shared memory and multiplied as a dense GEMM,
 no scatter), next to cuBLAS's GEMM of equal FLOPs ([B, L] x [L, K]) and the full dense layer's dx
 ([B, L] x [L, H]) in the same run. Also the layer's training step (forward + backward through
-autograd) with each, v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs; bf16) and the
-library's default choice (v3 for G <= 64 and K >= 128, else v2).
+autograd) with each, v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs, 3 the expanding
+threads' previous mapping, same results; bf16) and the library's default choice (v3 for G <= 64
+and K >= 128, else v2).
 
     python bench/bench_dx3.py --out dx3.json [--quick]"""
 
@@ -54,6 +55,8 @@ def shape_row(B, H, L, K, G, probes):
     row["ref_abs_max"] = float(ref.abs().max())
     row["v2_ms"] = with_env("LARGEOUT_SM90_DX", "v2", lambda: ms(op))
     row["v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(op))
+    out3p = with_env("LARGEOUT_SM90_DX", "v3", lambda: with_env("LARGEOUT_SM90_DX3_PROBE", "3", op))
+    row["probe3_bits_equal_v3"] = bool(torch.equal(out3p.float(), out3))
     for p in probes:
         row[f"v3_probe{p}_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
                                           lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
@@ -101,7 +104,7 @@ def main():
            "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT", ""), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
            "dx": [], "step": []}
     for s in shapes:
-        r = shape_row(*s, probes=(1, 2) if s == HEADLINE else ())
+        r = shape_row(*s, probes=(1, 2, 3) if s == HEADLINE else (3,))
         print(json.dumps(r), flush=True)
         res["dx"].append(r)
         torch.cuda.empty_cache()

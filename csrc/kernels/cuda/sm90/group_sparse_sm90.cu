@@ -1273,8 +1273,8 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // write fp32 partials summed in a fixed order: deterministic. The default for G <= 64 and
 // K >= 128, where it measured faster than v2 (bench/NOTES.md; two expanding warpgroups
 // with 192-feature slices measured slower).
-// kProbe (timing probes; 0 in the library; the results are then wrong): 1 = no scatter
-// (the tile is only zeroed), 2 = no MMAs. (A variant whose computing warpgroups zeroed each
+// kProbe (timing probes; 0 in the library): 1 = no scatter (the tile is only zeroed; wrong
+// results), 2 = no MMAs (wrong results), 3 = the expanding threads' previous mapping. (A variant whose computing warpgroups zeroed each
 // tile after their MMAs on it measured 1.1x slower at G = 32 and 64: bench/NOTES.md.)
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null: its rows come as codes (half the bytes) and the expanding
@@ -1351,7 +1351,16 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
   };
 
   if (wg == 0) {
-    const int t = threadIdx.x, c = t % C::kCT, rc = t / C::kCT;
+    // Thread -> (chunk c, row class rc): a warp takes 8 chunks x 4 row classes (lanes 8 r ..
+    // 8 r + 7: one row's 8 consecutive chunks, conflict-free weight reads). A scatter store
+    // then covers 4 row classes of each of 8 features, whose swizzles put the 4 rows of a
+    // feature in 4 different banks: fewer conflicts than 16 chunks x 2 row classes (kProbe 3,
+    // the mapping before; the same results).
+    static_assert(C::kCT % 8 == 0 && C::kRC % 4 == 0 && (C::kCT / 8) * (C::kRC / 4) == 4, "8 x 4 per warp");
+    constexpr int kWpc = C::kRC / 4;  // warps per block of 8 chunks
+    const int t = threadIdx.x;
+    const int c = kProbe == 3 ? t % C::kCT : 8 * (warp / kWpc) + (lane & 7);
+    const int rc = kProbe == 3 ? t / C::kCT : 4 * (warp % kWpc) + (lane >> 3);
     if (t == 0)
       for (int n = 0; n < min(S, n_units); ++n) load_unit(n);
     for (int n = 0; n < n_units; ++n) {
@@ -1994,10 +2003,11 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
     auto kernel = gsl_dx3_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16>) {
-      // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs).
+      // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs, 3: the previous thread mapping).
       const int pv = env_int("LARGEOUT_SM90_DX3_PROBE");
       if (pv == 1) kernel = gsl_dx3_sm90<T, G, kNk, 1>;
       if (pv == 2) kernel = gsl_dx3_sm90<T, G, kNk, 2>;
+      if (pv == 3) kernel = gsl_dx3_sm90<T, G, kNk, 3>;
     }
     const int64_t smem = C::smem_bytes();
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
