@@ -467,10 +467,10 @@ def test_fp8_quantize_op_checks_input(device):
         torch.ops.largeout.fp8_quantize(torch.ones(16, device=device), False)
 
 
-def _pad_columns_inputs(M, L, layout, device, gen):
-    """bf16 [M, L] with values over many binades in the given memory layout."""
+def _pad_columns_inputs(M, L, layout, device, gen, dtype=torch.bfloat16):
+    """[M, L] of dtype with values over many binades in the given memory layout."""
     base = torch.randn(M, L + 3, generator=gen) * torch.exp2(torch.randint(-6, 6, (M, L + 3), generator=gen).float())
-    base = base.to(torch.bfloat16)
+    base = base.to(dtype)
     if layout == "contiguous":
         return base[:, :L].contiguous().to(device)
     if layout == "offset":  # rows of stride L + 3 starting 3 elements in: misaligned rows and pointer
@@ -496,17 +496,18 @@ def _poison_allocator(device, nbytes):
 @pytest.mark.parametrize("M, L", [(1, 1), (1, 7), (5, 8), (37, 4099), (257, 9), (600, 3000), (1000, 333),
                                   (3, 70001)], ids=str)
 @pytest.mark.parametrize("layout", ["contiguous", "offset", "column-major", "stride-2", "expanded"])
-def test_pad_columns_sum_matches_reference(device, M, L, layout):
-    """The fp8 layer's dY pass: the copy is exact with zero columns from L to the multiple,
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_pad_columns_sum_matches_reference(device, M, L, layout, dtype):
+    """The backward's dY pass: the copy is exact with zero columns from L to the multiple,
     the column sums are within fp32 accumulation error of the float64 sums, in any layout
     (the row splits of a narrow, tall input included)."""
     gen = torch.Generator().manual_seed(M * 7 + L)
-    x = _pad_columns_inputs(M, L, layout, device, gen)
+    x = _pad_columns_inputs(M, L, layout, device, gen, dtype)
     for multiple in (8, 16):
         Lp = -(-L // multiple) * multiple
         _poison_allocator(device, M * Lp * 2)
         out, sums = torch.ops.largeout.pad_columns_sum(x, multiple, True, True)
-        assert out.shape == (M, Lp) and out.dtype == torch.bfloat16 and out.is_contiguous()
+        assert out.shape == (M, Lp) and out.dtype == dtype and out.is_contiguous()
         assert torch.equal(out[:, :L].cpu(), x.cpu()) and bool((out[:, L:] == 0).all())
         x64 = x.cpu().double()
         assert sums.shape == (L,) and sums.dtype == torch.float32
@@ -530,7 +531,7 @@ def test_pad_columns_sum_empty(device, shape):
 @pytest.mark.parametrize("device", DEVICES)
 def test_pad_columns_sum_checks_input(device):
     x = torch.ones(3, 5, dtype=torch.bfloat16, device=device)
-    with pytest.raises(TypeError, match="pad_columns_sum: x must be bfloat16; got Float"):
+    with pytest.raises(TypeError, match="pad_columns_sum: x must be bfloat16 or float16; got Float"):
         torch.ops.largeout.pad_columns_sum(x.float(), 8, True, True)
     with pytest.raises(RuntimeError, match="pad_columns_sum: x must be 2-D \\[M, L\\]; got 1-D"):
         torch.ops.largeout.pad_columns_sum(x[0], 8, True, True)

@@ -56,7 +56,8 @@ constexpr const char* kPadOp = "largeout.pad_columns_sum";
 // pad_columns_sum's checks (CPU and CUDA); returns L rounded up to multiple.
 int64_t check_pad_columns(const at::Tensor& x, int64_t multiple) {
   TORCH_CHECK(x.dim() == 2, kPadOp, ": x must be 2-D [M, L]; got ", x.dim(), "-D");
-  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16, kPadOp, ": x must be bfloat16; got ", x.scalar_type());
+  TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, kPadOp,
+                   ": x must be bfloat16 or float16; got ", x.scalar_type());
   TORCH_CHECK(multiple > 0 && multiple % 8 == 0, kPadOp, ": multiple must be a positive multiple of 8; got ",
               multiple);
   return (x.size(1) + multiple - 1) / multiple * multiple;
@@ -168,7 +169,8 @@ std::tuple<at::Tensor, at::Tensor> pad_columns_sum_cuda(const at::Tensor& x, int
   const int64_t splits = cuda::pad_columns_sum_splits(M, L8, sms);
   at::Tensor partial;
   if (sums && splits > 1) partial = at::empty({splits * L}, x.options().dtype(at::kFloat));
-  e = cuda::pad_columns_sum(static_cast<const uint16_t*>(x.const_data_ptr()), M, L, x.stride(0), x.stride(1),
+  e = cuda::pad_columns_sum(static_cast<const uint16_t*>(x.const_data_ptr()), x.scalar_type() == at::kHalf, M, L,
+                            x.stride(0), x.stride(1),
                             pad ? static_cast<uint16_t*>(out.mutable_data_ptr()) : nullptr, pad ? Lp : L8,
                             sums ? s.mutable_data_ptr<float>() : nullptr,
                             partial.defined() ? partial.mutable_data_ptr<float>() : nullptr, splits,

@@ -81,7 +81,7 @@ TORCH_LIBRARY(largeout, m) {
   m.def("fp8_gemm_configs() -> str[]", &largeout::fp8_gemm_configs);
   // (e4m3 q, fp32 scale [1, 1] or [rows, 1]) with q * scale ~ x [rows, cols] (largeout.nn.fp8.quantize).
   m.def("fp8_quantize(Tensor x, bool rowwise) -> (Tensor, Tensor)");
-  // The fp8 layer's dY pass: (x [M, L] bf16 copied into [M, L_pad] with zero columns after L,
+  // The backward's dY pass: (x [M, L] bf16 or fp16 copied into [M, L_pad] with zero columns after L,
   // L_pad = L rounded up to `multiple`, or an empty tensor when not pad; fp32 column sums [L],
   // or an empty tensor when not sums).
   m.def("pad_columns_sum(Tensor x, int multiple, bool pad, bool sums) -> (Tensor, Tensor)");

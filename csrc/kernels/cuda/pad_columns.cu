@@ -1,5 +1,5 @@
-// The fp8 layer's gradient preparation (largeout.pad_columns_sum): one pass over dY [M, L]
-// (bf16, any strides) that writes its copy with zero columns up to Lp (a multiple of 8:
+// The backward's dY preparation (largeout.pad_columns_sum): one pass over dY [M, L] (bf16 or
+// fp16, any strides) that writes its copy with zero columns up to Lp (a multiple of 8:
 // 16-byte aligned rows for the backward's GEMMs) and/or its fp32 column sums (the bias
 // gradient). Replaces a strided copy and a column reduction that each read all of dY (and
 // which ATen splits into two launches once dY passes 2^31 bytes).
@@ -11,6 +11,7 @@
 // its offset. Column sums: per-lane fp32 over its rows, then across the 8 warps in shared
 // memory; when the columns alone give too few blocks the rows are split over blockIdx.y into
 // partial sums that a second kernel adds in a fixed order (deterministic).
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -23,8 +24,15 @@ namespace {
 constexpr int kWarps = 8;
 constexpr int kCols = 256;  // per block: 32 lanes x 8 columns
 
-__device__ __forceinline__ float lo_f(uint32_t w) { return __uint_as_float(w << 16); }
-__device__ __forceinline__ float hi_f(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+// The two 16-bit elements of a word as floats (bf16, or fp16 where kHalf).
+template <bool kHalf>
+__device__ __forceinline__ float2 pair_f(uint32_t w) {
+  if constexpr (kHalf) {
+    return __half22float2(*reinterpret_cast<const __half2*>(&w));
+  } else {
+    return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+  }
+}
 
 // Elements o .. o + 7 (o in [0, 8)) of the 16 bf16 in a (elements 0-7) and b (8-15).
 __device__ __forceinline__ uint4 shift_elems(uint4 a, uint4 b, int o) {
@@ -83,7 +91,7 @@ __device__ __forceinline__ uint4 load_row8(const uint16_t* __restrict__ g, const
   }
 }
 
-template <bool kUnit>
+template <bool kUnit, bool kHalf>
 __global__ void __launch_bounds__(kWarps * 32)
     pad_columns_sum_kernel(const uint16_t* __restrict__ g, int64_t base_mis, int64_t M, int64_t L, int64_t ld,
                            int64_t cs, uint16_t* __restrict__ out, int64_t Lp, float* __restrict__ sums,
@@ -112,8 +120,9 @@ __global__ void __launch_bounds__(kWarps * 32)
       const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        acc[2 * i] += lo_f(w[i]);
-        acc[2 * i + 1] += hi_f(w[i]);
+        const float2 f = pair_f<kHalf>(w[i]);
+        acc[2 * i] += f.x;
+        acc[2 * i + 1] += f.y;
       }
     }
   }
@@ -151,21 +160,23 @@ int64_t pad_columns_sum_splits(int64_t M, int64_t Lp, int sms) {
   return splits < max_splits ? splits : max_splits;
 }
 
-cudaError_t pad_columns_sum(const uint16_t* g, int64_t M, int64_t L, int64_t ld, int64_t cs, uint16_t* out,
-                            int64_t Lp, float* sums, float* partial, int64_t splits, cudaStream_t stream) {
+cudaError_t pad_columns_sum(const uint16_t* g, bool half, int64_t M, int64_t L, int64_t ld, int64_t cs,
+                            uint16_t* out, int64_t Lp, float* sums, float* partial, int64_t splits,
+                            cudaStream_t stream) {
   if (Lp == 0 || M == 0) return cudaSuccess;  // (the caller zeroes the sums of an empty batch)
   const int64_t col_blocks = (Lp + kCols - 1) / kCols;
   if (col_blocks > 0x7fffffff || splits < 1 || splits > 65535) return cudaErrorInvalidValue;
   const int64_t rows_per_split = (M + splits - 1) / splits;
-  float* s = splits > 1 ? partial : sums;
+  float* s = sums == nullptr ? nullptr : splits > 1 ? partial : sums;
   const dim3 grid{unsigned(col_blocks), unsigned(splits)};
   const int64_t base_mis = int64_t((reinterpret_cast<uintptr_t>(g) >> 1) & 7);
+  auto launch = [&](auto kernel, int64_t mis) {
+    kernel<<<grid, kWarps * 32, 0, stream>>>(g, mis, M, L, ld, cs, out, Lp, s, rows_per_split);
+  };
   if (cs == 1)
-    pad_columns_sum_kernel<true><<<grid, kWarps * 32, 0, stream>>>(g, base_mis, M, L, ld, cs, out, Lp, sums ? s : nullptr,
-                                                                  rows_per_split);
+    half ? launch(pad_columns_sum_kernel<true, true>, base_mis) : launch(pad_columns_sum_kernel<true, false>, base_mis);
   else
-    pad_columns_sum_kernel<false><<<grid, kWarps * 32, 0, stream>>>(g, 0, M, L, ld, cs, out, Lp, sums ? s : nullptr,
-                                                                   rows_per_split);
+    half ? launch(pad_columns_sum_kernel<false, true>, 0) : launch(pad_columns_sum_kernel<false, false>, 0);
   cudaError_t e = cudaGetLastError();
   if (e != cudaSuccess || !sums || splits == 1) return e;
   add_splits_kernel<<<unsigned((L + 255) / 256), 256, 0, stream>>>(partial, splits, L, sums);
