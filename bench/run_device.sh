@@ -20,8 +20,9 @@
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
-#     dx3    build, the Hopper dx tests (v1, v2, v3; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
-#            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), BENCH_HEADLINE=1:
+#     dx3    build, the Hopper dx tests (v1, v2, v3; DX3_K: another -k; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
+#            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
+#            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
@@ -145,7 +146,7 @@ if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the fo
 fi
 
 if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on two of them, bench/bench_dx3.py
-  tests_subset gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "dx_versions"
+  tests_subset gpu_tests_dx3.log tests/test_group_sparse_sm90.py -k "${DX3_K:-dx_versions}"
   [ "${MEMCHECK_DX3:-1}" = 1 ] && memcheck_tests memcheck_dx3.log tests/test_group_sparse_sm90.py \
     "dx_versions and v3 and (B5_H300 or B129_H520)"
   echo "== benchmark: dx v2 vs v3"
@@ -164,6 +165,10 @@ for _ in range(5): torch.ops.largeout.group_sparse_linear_backward_input(dy, w, 
 torch.cuda.synchronize()" > "$OUT/ncu_dx3.txt" 2>&1
     echo "ncu dx3 rc=$?"
     grep -E "Duration|Shared|Issue Slots|Warp Cycles Per Issued|Bank" "$OUT"/ncu_dx3.txt | head -40
+  fi
+  if [ "${PAD_DY_BENCH:-0}" = 1 ]; then  # the autograd step at odd L (the row-padded dY)
+    echo "== benchmark: the step at odd L"
+    timeout 120 python3 bench/bench_pad_dy.py --G 32 --L 670091,2812281 --out "$OUT/pad_dy.json" 2>&1 | grep -v Warn | tail -3
   fi
   if [ "${BENCH_HEADLINE:-0}" = 1 ]; then
     echo "== benchmark: B=512, K=128 (library defaults)"
