@@ -22,7 +22,7 @@
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     dx3    build, the Hopper dx tests (v1, v2, v3; DX3_K: another -k; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
 #            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
-#            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
+#            at odd L (bench/bench_pad_dy.py), DX4=1: dx v4's tests and timings (separate processes), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
@@ -151,6 +151,11 @@ if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on t
     "dx_versions and v3 and (B5_H300 or B129_H520)"
   echo "== benchmark: dx v2 vs v3"
   timeout ${DX3_BENCH_TIMEOUT:-240} python3 bench/bench_dx3.py ${DX3_QUICK:+--quick} --out "$OUT/dx3.json" 2>&1 | tee "$OUT/bench_dx3.log" | tail -14
+  if [ "${DX4:-0}" = 1 ]; then  # dx v4 (opt-in kernel): its tests and timings in their own processes
+    run_tests gpu_tests_dx4.log tests/test_group_sparse_sm90.py -k "dx_versions and v4"
+    echo "== benchmark: dx v4 (three shapes)"
+    timeout 150 python3 bench/bench_dx3.py --quick --v4 --out "$OUT/dx4.json" 2>&1 | tail -5
+  fi
   if [ "${NCU_DX3:-0}" = 1 ]; then  # Nsight Compute of dx v3 at the headline shape
     LARGEOUT_SM90_DX=v3 timeout 120 ncu --clock-control none -k regex:gsl_dx3_sm90 \
       --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables \
