@@ -514,9 +514,9 @@ def test_pad_columns_sum_matches_reference(device, M, L, layout, dtype):
         bound = (M + 8) * 2 ** -24 * x64.abs().sum(0) + 1e-30
         assert bool(((sums.cpu().double() - x64.sum(0)).abs() <= bound).all())
     out2, sums2 = torch.ops.largeout.pad_columns_sum(x, 8, False, True)  # sums only
-    assert out2.numel() == 0 and torch.equal(sums2, sums)
+    assert out2.shape == (0, 0) and torch.equal(sums2, sums)
     out3, sums3 = torch.ops.largeout.pad_columns_sum(x, 8, True, False)  # copy only
-    assert sums3.numel() == 0 and torch.equal(out3[:, :L], out[:, :L]) and bool((out3[:, L:] == 0).all())
+    assert sums3.shape == (0,) and sums3.dtype == torch.float32 and torch.equal(out3[:, :L], out[:, :L]) and bool((out3[:, L:] == 0).all())
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -538,6 +538,14 @@ def test_pad_columns_sum_checks_input(device):
     for m in (0, 12, -8):
         with pytest.raises(RuntimeError, match=f"pad_columns_sum: multiple must be a positive multiple of 8; got {m}"):
             torch.ops.largeout.pad_columns_sum(x, m, True, True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("pad, sums", [(True, True), (True, False), (False, True)])
+def test_pad_columns_sum_opcheck(device, pad, sums):
+    """Schema, fake tensor (torch.compile tracing) and dispatch checks of the op."""
+    x = torch.randn(7, 13, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16).to(device)
+    torch.library.opcheck(torch.ops.largeout.pad_columns_sum.default, (x, 8, pad, sums))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

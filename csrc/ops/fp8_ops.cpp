@@ -66,9 +66,8 @@ int64_t check_pad_columns(const at::Tensor& x, int64_t multiple) {
 // The reference semantics, on the CPU: ATen's zero padding and fp32 column sum.
 std::tuple<at::Tensor, at::Tensor> pad_columns_sum_cpu(const at::Tensor& x, int64_t multiple, bool pad, bool sums) {
   const int64_t Lp = check_pad_columns(x, multiple);
-  const at::Tensor empty = at::empty({0}, x.options());
-  return {pad ? at::constant_pad_nd(x, {0, Lp - x.size(1)}, 0).contiguous() : empty,
-          sums ? at::sum(x, {0}, false, at::kFloat) : empty.to(at::kFloat)};
+  return {pad ? at::constant_pad_nd(x, {0, Lp - x.size(1)}, 0).contiguous() : at::empty({0, 0}, x.options()),
+          sums ? at::sum(x, {0}, false, at::kFloat) : at::empty({0}, x.options().dtype(at::kFloat))};
 }
 
 // q = e4m3(x / scale), scale = amax(|x|) / 448 (1 where amax is 0 or NaN) over the input

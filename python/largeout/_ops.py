@@ -48,6 +48,14 @@ def _fp8_gemm_fake(a, b, scale, bias, config=-1):
     return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
 
 
+@torch.library.register_fake("largeout::pad_columns_sum")
+def _pad_columns_sum_fake(x, multiple, pad, sums):
+    M, L = x.shape
+    Lp = (L + multiple - 1) // multiple * multiple
+    return (x.new_empty((M, Lp) if pad else (0, 0)),
+            x.new_empty((L,) if sums else (0,), dtype=torch.float32))
+
+
 @torch.library.register_fake("largeout::fp8_quantize")
 def _fp8_quantize_fake(x, rowwise):
     return (x.new_empty(x.shape, dtype=torch.float8_e4m3fn),
