@@ -17,6 +17,8 @@
 #            bench/bench_fp8.py (FP8_BENCH=0: without; FP8_BENCH_ARGS: its arguments), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
+#     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
+#     dx4    build, dx v4's tests, bench_dx3 --quick --v4, bench_pad_dy (the step at odd L)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
@@ -325,6 +327,27 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
     IFS=";" read -ra cs <<< "$NCU_OPTIM"
     ncu_optim "${cs[@]}"
   fi
+  exit 0
+fi
+
+if [ "$MODE" = fp8dx ]; then  # session 15's changes in one call: their tests, then the three benchmarks
+  run_tests gpu_tests_fp8dx.log tests/test_module.py tests/test_weight_scale.py tests/test_group_sparse_fp8.py \
+    tests/test_group_sparse_sm90.py -k "fp8 or scale or pad_columns or (dx_versions and not v4) or odd_L or pads_dy"
+  echo "== benchmark: dx v3 (and its previous thread mapping, probe 3), three shapes"
+  timeout 120 python3 bench/bench_dx3.py --quick --out "$OUT/dx3.json" 2>&1 | tail -5
+  echo "== benchmark: FP8 layer against bf16 (one round)"
+  timeout 120 python3 bench/bench_fp8.py --rounds 1 --out "$OUT/fp8_linear.json" 2>&1 | tail -16
+  echo "== benchmark: group-sparse layer with fp8 weights against bf16"
+  timeout 100 python3 bench/bench_group_sparse_fp8.py --rounds 2 --out "$OUT/group_sparse_fp8.json" 2>&1 | tail -12
+  exit 0
+fi
+
+if [ "$MODE" = dx4 ]; then  # dx v4 (opt-in kernel): its tests, its timings (separate processes), the step at odd L
+  run_tests gpu_tests_dx4.log tests/test_group_sparse_sm90.py -k "dx_versions and v4"
+  echo "== benchmark: dx v4 (three shapes)"
+  timeout 150 python3 bench/bench_dx3.py --quick --v4 --out "$OUT/dx4.json" 2>&1 | tail -5
+  echo "== benchmark: the step at odd L"
+  timeout 120 python3 bench/bench_pad_dy.py --G 32 --L 670091,2812281 --out "$OUT/pad_dy.json" 2>&1 | grep -v Warn | tail -3
   exit 0
 fi
 
