@@ -4,11 +4,10 @@ weights, results scattered into an fp32 accumulator) against v3 (LARGEOUT_SM90_D
 no scatter), next to cuBLAS's GEMM of equal FLOPs ([B, L] x [L, K]) and the full dense layer's dx
 ([B, L] x [L, H]) in the same run. Also the layer's training step (forward + backward through
 autograd) with each, v3 probes (LARGEOUT_SM90_DX3_PROBE: 1 no scatter, 2 no MMAs, 3 the expanding
-threads' previous mapping, same results; bf16), v4 (LARGEOUT_SM90_DX=v4: the weights as the MMA's
-register operand, no expanded tile) and the library's default choice (v3 for G <= 64 and K >= 128,
-else v2).
+threads' previous mapping, same results; bf16) and the library's default choice (v3 for G <= 64
+and K >= 128, else v2).
 
-    python bench/bench_dx3.py --out dx3.json [--quick] [--v4]"""
+    python bench/bench_dx3.py --out dx3.json [--quick]"""
 
 import argparse
 import json
@@ -21,7 +20,6 @@ from bench_optim import timed  # (bench/ is the script's directory)
 from largeout.nn import GroupSparseLinear, random_group_indices
 
 HEADLINE = (512, 768, 670_208, 128, 32)
-V4 = False  # --v4: also dx v4 (a separate run: a new kernel's failure would end the process)
 
 
 def ms(fn, reps=20):
@@ -59,10 +57,6 @@ def shape_row(B, H, L, K, G, probes):
     row["v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(op))
     out3p = with_env("LARGEOUT_SM90_DX", "v3", lambda: with_env("LARGEOUT_SM90_DX3_PROBE", "3", op))
     row["probe3_bits_equal_v3"] = bool(torch.equal(out3p.float(), out3))
-    if V4:
-        out4 = with_env("LARGEOUT_SM90_DX", "v4", op).float()
-        row["max_abs_diff_v4_vs_v2"] = float((out4 - ref).abs().max())
-        row["v4_ms"] = with_env("LARGEOUT_SM90_DX", "v4", lambda: ms(op))
     for p in probes:
         row[f"v3_probe{p}_ms"] = with_env("LARGEOUT_SM90_DX", "v3",
                                           lambda: with_env("LARGEOUT_SM90_DX3_PROBE", str(p), lambda: ms(op)))
@@ -73,7 +67,7 @@ def shape_row(B, H, L, K, G, probes):
 
     row["cublas_matched_ms"] = gemm_ms(K)
     row["cublas_dense_dx_ms"] = gemm_ms(H)
-    for v in ("v2", "v3", "v4") if V4 else ("v2", "v3"):
+    for v in ("v2", "v3"):
         row[f"{v}_vs_matched"] = row[f"{v}_ms"] / row["cublas_matched_ms"]
     row["v3_TFLOPs_dense_equiv"] = 2 * B * L * H / row["v3_ms"] / 1e9
     return row
@@ -93,8 +87,6 @@ def step_row(B, H, L, K, G):
     row = {"B": B, "H": H, "L": L, "K": K, "G": G}
     row["step_v2_ms"] = with_env("LARGEOUT_SM90_DX", "v2", lambda: ms(step, 10))
     row["step_v3_ms"] = with_env("LARGEOUT_SM90_DX", "v3", lambda: ms(step, 10))
-    if V4:
-        row["step_v4_ms"] = with_env("LARGEOUT_SM90_DX", "v4", lambda: ms(step, 10))
     return row
 
 
@@ -102,10 +94,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--v4", action="store_true", help="also time dx v4 (LARGEOUT_SM90_DX=v4)")
     a = ap.parse_args()
-    global V4
-    V4 = a.v4
     shapes = [HEADLINE, (512, 768, 670_208, 128, 64), (512, 768, 670_208, 128, 128), (512, 768, 670_208, 64, 32),
               (512, 768, 670_208, 256, 32), (128, 768, 670_208, 128, 32), (1024, 768, 670_208, 128, 32),
               (512, 768, 2_812_288, 128, 32), (512, 768, 131_072, 128, 32)]

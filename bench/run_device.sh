@@ -18,13 +18,12 @@
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
-#     dx4    build, dx v4's tests, bench_dx3 --quick --v4, bench_pad_dy (the step at odd L)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/)
 #     dx3    build, the Hopper dx tests (v1, v2, v3; DX3_K: another -k; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
 #            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
-#            at odd L (bench/bench_pad_dy.py), DX4=1: dx v4's tests and timings (separate processes), BENCH_HEADLINE=1:
+#            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
@@ -153,11 +152,6 @@ if [ "$MODE" = dx3 ]; then  # dx v3 (expanded weights): its tests, memcheck on t
     "dx_versions and v3 and (B5_H300 or B129_H520)"
   echo "== benchmark: dx v2 vs v3"
   timeout ${DX3_BENCH_TIMEOUT:-240} python3 bench/bench_dx3.py ${DX3_QUICK:+--quick} --out "$OUT/dx3.json" 2>&1 | tee "$OUT/bench_dx3.log" | tail -14
-  if [ "${DX4:-0}" = 1 ]; then  # dx v4 (opt-in kernel): its tests and timings in their own processes
-    run_tests gpu_tests_dx4.log tests/test_group_sparse_sm90.py -k "dx_versions and v4"
-    echo "== benchmark: dx v4 (three shapes)"
-    timeout 150 python3 bench/bench_dx3.py --quick --v4 --out "$OUT/dx4.json" 2>&1 | tail -5
-  fi
   if [ "${NCU_DX3:-0}" = 1 ]; then  # Nsight Compute of dx v3 at the headline shape
     LARGEOUT_SM90_DX=v3 timeout 120 ncu --clock-control none -k regex:gsl_dx3_sm90 \
       --launch-skip 3 --launch-count 1 --section SpeedOfLight --section MemoryWorkloadAnalysis_Tables \
@@ -332,22 +326,13 @@ fi
 
 if [ "$MODE" = fp8dx ]; then  # session 15's changes in one call: their tests, then the three benchmarks
   run_tests gpu_tests_fp8dx.log tests/test_module.py tests/test_weight_scale.py tests/test_group_sparse_fp8.py \
-    tests/test_group_sparse_sm90.py -k "fp8 or scale or pad_columns or (dx_versions and not v4) or odd_L or pads_dy"
+    tests/test_group_sparse_sm90.py -k "fp8 or scale or pad_columns or dx_versions or odd_L or pads_dy"
   echo "== benchmark: dx v3 (and its previous thread mapping, probe 3), three shapes"
   timeout 120 python3 bench/bench_dx3.py --quick --out "$OUT/dx3.json" 2>&1 | tail -5
   echo "== benchmark: FP8 layer against bf16 (one round)"
   timeout 120 python3 bench/bench_fp8.py --rounds 1 --out "$OUT/fp8_linear.json" 2>&1 | tail -16
   echo "== benchmark: group-sparse layer with fp8 weights against bf16"
   timeout 100 python3 bench/bench_group_sparse_fp8.py --rounds 2 --out "$OUT/group_sparse_fp8.json" 2>&1 | tail -12
-  exit 0
-fi
-
-if [ "$MODE" = dx4 ]; then  # dx v4 (opt-in kernel): its tests, its timings (separate processes), the step at odd L
-  run_tests gpu_tests_dx4.log tests/test_group_sparse_sm90.py -k "dx_versions and v4"
-  echo "== benchmark: dx v4 (three shapes)"
-  timeout 150 python3 bench/bench_dx3.py --quick --v4 --out "$OUT/dx4.json" 2>&1 | tail -5
-  echo "== benchmark: the step at odd L"
-  timeout 120 python3 bench/bench_pad_dy.py --G 32 --L 670091,2812281 --out "$OUT/pad_dy.json" 2>&1 | grep -v Warn | tail -3
   exit 0
 fi
 

@@ -1493,200 +1493,6 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     }
 }
 
-// ================================================================== dx, v4 (weights as the register operand)
-// dx^T = W_exp^T dY^T, per 64-label unit, with W_exp^T [features, labels] never stored: the
-// two computing warpgroups each own 128 features of the CTA's 256-feature slice (two m64
-// tiles) and build their A fragments in registers from the unit's weight rows (feature f,
-// label l: W[l, k] where idx[g(l), k] = f, else 0; k from an inverse map per group and
-// slice that the loader warpgroup builds). B is the dY tile [128 batch rows][64 labels]
-// (TMA, SW128, K-major), shared by both. So none of v3's zeroing and scatter of an expanded
-// tile. Weight rows land at a padded stride (one bulk copy per row), so that a quad of lanes
-// (four label pairs, one feature) reads four banks. Unit ranges (splits) write fp32 partials
-// summed in a fixed order, as v3. LARGEOUT_SM90_DX=v4 (opt-in, 16-bit weights; fp8 weights keep v3).
-template <int kNk>
-struct Dx4Cfg {
-  static constexpr int K = kNk * kKC, kHS = 256, kBM = 128, kUnit = 64;
-  static constexpr uint32_t kDyBytes = kBM * kUnit * 2;  // the B tile
-  static constexpr uint32_t kWRow = K * 2 + 16;          // a weight row in the stage (padded)
-  static constexpr uint32_t kWBytes = kUnit * kWRow;
-  static constexpr uint32_t kIdxBytes = 2 * K * 4;       // at most two groups per unit (G >= 32)
-  static constexpr uint32_t kInvBytes = 2 * kHS * 2;     // int16 slot per (group, feature); -1: none
-  static constexpr uint32_t kStageBytes = uint32_t(round1k(kDyBytes + kWBytes + kIdxBytes + kInvBytes));
-  static constexpr int kStages = 4;
-  static constexpr int64_t smem_bytes() { return kSmemSlack + int64_t(kStages) * kStageBytes + 3 * kStages * 8; }
-};
-
-template <class T, int G, int kNk>
-__global__ void __launch_bounds__(kThreads, 1)
-gsl_dx4_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ weight, const int32_t* __restrict__ idx,
-             float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L, int units_per_split,
-             int num_groups) {
-  using C = Dx4Cfg<kNk>;
-  constexpr int K = C::K, S = C::kStages, kHS = C::kHS;
-  constexpr int kGU = G >= 64 ? 1 : 64 / G;  // groups per unit
-  constexpr int kGS = G >= 64 ? 64 : G;      // a group's labels within a unit
-  static_assert(kGU <= 2 && kGS % 16 == 0, "a k-step of 16 labels lies in one group");
-  extern __shared__ uint8_t smem_raw[];
-  uint8_t* stages = align_smem(smem_raw);  // [S][dY tile | weight rows | index rows | inverse map]
-  uint64_t* full = reinterpret_cast<uint64_t*>(stages + S * C::kStageBytes);
-  uint64_t* ifull = full + S;  // the inverse map is built (128 loader threads)
-  uint64_t* empty = ifull + S; // the computing warps are done with the stage (8 warps)
-
-  const int n_h = int(cdiv(H, kHS));
-  const int h0 = (blockIdx.x % n_h) * kHS, b0 = (blockIdx.x / n_h) * C::kBM;
-  const int64_t num_units = cdiv(L, C::kUnit);
-  const int64_t u_begin = int64_t(blockIdx.y) * units_per_split;
-  const int64_t u_end = num_units < u_begin + units_per_split ? num_units : u_begin + units_per_split;
-  const int n_units = u_end > u_begin ? int(u_end - u_begin) : 0;
-  const int wg = threadIdx.x / 128, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-
-  if (threadIdx.x == 0) {
-    for (int s = 0; s < S; ++s) {
-      mbar_init(&full[s], 1);
-      mbar_init(&ifull[s], 128);
-      mbar_init(&empty[s], 8);
-    }
-    fence_barrier_init();
-    prefetch_tensormap(&tm_dy);
-  }
-  __syncthreads();
-
-  auto unit_rows = [&](int n) {
-    const int64_t l0 = (u_begin + n) * C::kUnit;
-    return int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
-  };
-
-  if (wg == 0) {
-    // Warp 0 loads unit n into stage n % S: lane 0 the dY tile and the index rows, every
-    // lane some weight rows (after lane 0 has set the byte count).
-    auto load_unit = [&](int n) {
-      uint8_t* st = stages + (n % S) * C::kStageBytes;
-      const int64_t l0 = (u_begin + n) * C::kUnit;
-      const int rows = unit_rows(n);
-      const int64_t g0 = l0 / G;
-      const int groups = int(num_groups - g0 < kGU ? num_groups - g0 : kGU);
-      if (lane == 0) {
-        mbar_arrive_expect_tx(&full[n % S], C::kDyBytes + uint32_t(rows) * K * 2 + uint32_t(groups) * K * 4);
-        tma_load_2d(st, &tm_dy, &full[n % S], int(l0), b0);
-        bulk_load(st + C::kDyBytes + C::kWBytes, idx + g0 * K, uint32_t(groups) * K * 4, &full[n % S]);
-      }
-      __syncwarp();
-      for (int r = lane; r < rows; r += 32)
-        bulk_load(st + C::kDyBytes + r * C::kWRow, weight + (l0 + r) * K, K * 2, &full[n % S]);
-    };
-    const int t = threadIdx.x;
-    if (warp == 0)
-      for (int n = 0; n < min(S, n_units); ++n) load_unit(n);
-    for (int n = 0; n < n_units; ++n) {
-      const int s = n % S;
-      uint8_t* st = stages + s * C::kStageBytes;
-      const int32_t* is = reinterpret_cast<const int32_t*>(st + C::kDyBytes + C::kWBytes);
-      int16_t* inv = reinterpret_cast<int16_t*>(st + C::kDyBytes + C::kWBytes + C::kIdxBytes);
-      // The stage holds unit n (so its previous unit's readers are done with the map too).
-      mbar_wait(&full[s], (n / S) & 1, 61);
-      reinterpret_cast<uint2*>(inv)[t] = make_uint2(0xffffffffu, 0xffffffffu);  // 128 x 8 bytes: the whole map
-      named_barrier(1, 128);
-      const int64_t g0 = (u_begin + n) * C::kUnit / G;
-      const int groups = int(num_groups - g0 < kGU ? num_groups - g0 : kGU);
-      for (int q = 0; q < groups; ++q)
-        for (int k = t; k < K; k += 128) {
-          const uint32_t f = uint32_t(is[q * K + k] - h0);
-          if (f < uint32_t(kHS)) inv[q * kHS + f] = int16_t(k);
-        }
-      mbar_arrive(&ifull[s]);
-      // Refill the stage of unit n - 1 once the computing warps release it (after unit n's
-      // map is out: they release unit n - 1 while working on unit n).
-      if (warp == 0 && n >= 1 && n - 1 + S < n_units) {
-        mbar_wait(&empty[(n - 1) % S], ((n - 1) / S) & 1, 62);
-        load_unit(n - 1 + S);
-      }
-    }
-    return;
-  }
-
-  const int cw = wg - 1, quad = lane & 3;
-  const int fbase = 128 * cw + 16 * warp + (lane >> 2);  // this thread's features: fbase + 64 m + 8 hh
-  float acc[2][64];
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int i = 0; i < 64; ++i) acc[m][i] = 0.f;
-  // The A fragments of one k-step ([m][register]). Each k-step's MMAs finish before the next
-  // k-step's fragments are built (with two buffers in flight ptxas serialized the wgmmas at
-  // 168 registers anyway, C7513); the other computing warpgroup's MMAs fill the gap.
-  uint32_t a[2][4];
-  for (int n = 0; n < n_units; ++n) {
-    const int s = n % S;
-    mbar_wait(&full[s], (n / S) & 1, 63);
-    mbar_wait(&ifull[s], (n / S) & 1, 64);
-    const uint8_t* st = stages + s * C::kStageBytes;
-    const uint8_t* wst = st + C::kDyBytes;
-    const int16_t* inv = reinterpret_cast<const int16_t*>(st + C::kDyBytes + C::kWBytes + C::kIdxBytes);
-    const int rows = unit_rows(n);
-    const uint32_t bb = smem_u32(st);
-#pragma unroll
-    for (int kk = 0; kk < 4; ++kk) {
-      const int q = (16 * kk) / kGS;
-      int sl[2][2];
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) sl[m][hh] = inv[q * kHS + fbase + 64 * m + 8 * hh];
-      const int lc = 16 * kk + 2 * quad;  // this thread's labels: lc, lc + 1, lc + 8, lc + 9
-      auto wv = [&](int l, int k) -> uint32_t {  // the 16 bits of W[l][k]; 0 for no slot or past L
-        return k >= 0 && l < rows ? uint32_t(*reinterpret_cast<const uint16_t*>(wst + l * C::kWRow + k * 2)) : 0u;
-      };
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int hh = 0; hh < 2; ++hh) {
-          const int k = sl[m][hh];
-          a[m][hh] = wv(lc, k) | (wv(lc + 1, k) << 16);
-          a[m][2 + hh] = wv(lc + 8, k) | (wv(lc + 9, k) << 16);
-        }
-      // (the fragments complete before the wgmma fence: ptxas serializes wgmmas whose input
-      // registers are defined between them)
-#pragma unroll
-      for (int m = 0; m < 2; ++m)
-#pragma unroll
-        for (int r = 0; r < 4; ++r) asm volatile("" : "+r"(a[m][r])::"memory");
-      uint64_t desc = make_desc(bb + kk * 32, 16, 1024, Swizzle::k128B);
-      asm volatile("" : "+l"(desc)::"memory");  // (also defined before the fence)
-#pragma unroll
-      for (int m = 0; m < 2; ++m) fence_regs(acc[m]);
-      wgmma_fence();
-#pragma unroll
-      for (int m = 0; m < 2; ++m) mma_rs<T, C::kBM>(a[m], desc, acc[m], true);
-      wgmma_commit();
-      wgmma_wait<0>();
-#pragma unroll
-      for (int m = 0; m < 2; ++m) fence_regs(acc[m]);
-    }
-    release(&empty[s], lane);  // unit n's MMAs are done
-  }
-  // m64n128 fragment: acc[m][4 i + 2 hh + v] = (feature fbase + 64 m + 8 hh, batch row 8 i + 2 quad + v).
-#pragma unroll
-  for (int m = 0; m < 2; ++m)
-#pragma unroll
-    for (int hh = 0; hh < 2; ++hh) {
-      const int f = h0 + fbase + 64 * m + 8 * hh;
-      if (f >= H) continue;
-#pragma unroll
-      for (int i = 0; i < C::kBM / 8; ++i)
-#pragma unroll
-        for (int v = 0; v < 2; ++v) {
-          const int b = b0 + 8 * i + 2 * quad + v;
-          if (b >= B) continue;
-          const int64_t o = int64_t(b) * H + f;
-          const float val = acc[m][4 * i + 2 * hh + v];
-          if (part != nullptr)
-            part[int64_t(blockIdx.y) * B * H + o] = val;
-          else
-            dx[o] = from_float<T>(val);
-        }
-    }
-}
-
 // ================================================================== host side
 PFN_cuTensorMapEncodeTiled_v12000 encode_fn() {
   static PFN_cuTensorMapEncodeTiled_v12000 fn = [] {
@@ -2063,7 +1869,7 @@ namespace {
 // G <= 64 and K >= 128 (measured faster than v2 there: bench/results/dx3_slices_h200.json);
 // LARGEOUT_SM90_DX=v3 takes it for every shape it covers, v2 or v1 keep it off.
 bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
-  const bool forced = env_is("LARGEOUT_SM90_DX", "v3") || env_is("LARGEOUT_SM90_DX", "v4");  // (v4: v3's plan)
+  const bool forced = env_is("LARGEOUT_SM90_DX", "v3");
   if (!forced && (env_is("LARGEOUT_SM90_DX", "v2") || env_is("LARGEOUT_SM90_DX", "v1") || s.group_size > 64 ||
                   s.fan_in < 128))
     return false;
@@ -2195,29 +2001,6 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx3Cfg<kNk>;
     CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
-    const int64_t units = cdiv(s.out_features, C::kUnit);
-    const int64_t per = std::max<int64_t>(1, cdiv(units, splits));
-    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, C::kHS);
-    if (tiles > INT32_MAX || splits > 65535) return cudaErrorInvalidValue;
-    float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-    if constexpr (!kW8) {
-      if (env_is("LARGEOUT_SM90_DX", "v4")) {  // (the same tiles, units and splits as v3)
-        using C4 = Dx4Cfg<kNk>;
-        static_assert(C4::kBM == C::kBM && C4::kHS == C::kHS && C4::kUnit == C::kUnit, "v3's plan");
-        auto k4 = gsl_dx4_sm90<T, G, kNk>;
-        if (C4::smem_bytes() > smem_budget(dev)) return cudaErrorInvalidValue;
-        if (cudaError_t e = cudaFuncSetAttribute(k4, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                                 int(C4::smem_bytes()));
-            e != cudaSuccess)
-          return e;
-        k4<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, C4::smem_bytes(), stream>>>(
-            dmap, static_cast<const T*>(weight), indices, part, static_cast<T*>(dxp), int(s.batch),
-            int(s.in_features), s.out_features, int(per), int(s.num_groups()));
-        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        if (part == nullptr) return cudaSuccess;
-        return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
-      }
-    }
     auto kernel = gsl_dx3_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16>) {
       // Timing probes: LARGEOUT_SM90_DX3_PROBE (1: no scatter, 2: no MMAs, 3: the previous thread mapping).
@@ -2230,6 +2013,11 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
       return e;
+    const int64_t units = cdiv(s.out_features, C::kUnit);
+    const int64_t per = std::max<int64_t>(1, cdiv(units, splits));
+    const int64_t tiles = cdiv(s.batch, C::kBM) * cdiv(s.in_features, C::kHS);
+    if (tiles > INT32_MAX || splits > 65535) return cudaErrorInvalidValue;
+    float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, smem, stream>>>(
         dmap, weight, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
         int(s.num_groups()), row_scale, int(e4m3));
