@@ -341,6 +341,49 @@ def test_linear_fp8_compute_matches_reference(L, shape, mode, device, monkeypatc
     assert rel_err(layer.bias.grad, g64.sum(0)) < 1e-2
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("L", [21, 32])
+@pytest.mark.parametrize("grad_kind", ["expanded", "transposed", "offset"])
+def test_linear_fp8_backward_takes_any_gradient_layout(device, L, grad_kind):
+    """dY in layouts autograd can hand the layer (a sum's expanded ones, a transposed
+    gradient, rows starting off a 16-byte boundary): the same gradients as from a contiguous
+    copy, and the float64 reference's (the padding copy and bias sums read any strides)."""
+    from largeout.nn import Linear
+
+    gen = torch.Generator().manual_seed(L)
+    layer = Linear(48, L, weight_dtype=torch.float8_e4m3fn, generator=gen).to(device)
+    x = torch.randn(5, 48, generator=gen).to(device)
+    c = torch.randn(L, 5, generator=gen).to(device)
+    wide = torch.randn(5, L + 1, generator=gen).to(device)
+
+    def loss(y):
+        if grad_kind == "expanded":
+            return y.sum()  # dY = ones, strides (0, 0)
+        if grad_kind == "transposed":
+            return (y.t() * c).sum()  # dY = c^T, column-major
+        return (y * wide[:, 1:]).sum()  # dY = a view one element into each row
+
+    grads = []
+    for contiguous in (False, True):
+        layer.weight.grad = layer.bias.grad = None
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        if contiguous:  # the same dY, materialized contiguous before the layer's backward
+            y = y.clone(memory_format=torch.contiguous_format)
+            dy = torch.autograd.grad(loss(y), y)[0].contiguous()
+            y = layer(xg)
+            y.backward(dy)
+        else:
+            loss(y).backward()
+        grads.append((xg.grad, layer.weight.grad.clone(), layer.bias.grad.clone()))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
+    y = layer(x)
+    dy = torch.autograd.grad(loss(y), y)[0].double()
+    assert rel_err(grads[0][2], dy.sum(0)) < 1e-2
+    assert rel_err(grads[0][0], dy @ layer.weight.detach().double()) < 1e-2
+
+
 def test_linear_fp8_dx_chunk_setting(monkeypatch):
     """LARGEOUT_FP8_DX_CHUNK (labels per dx chunk) gives the same gradients up to the bf16
     rounding of each chunk's product, and refuses values that are not multiples of 8."""
