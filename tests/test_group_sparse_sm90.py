@@ -349,17 +349,22 @@ def test_sm90_row_padded_grad_at_odd_L(shape, poison):
         assert_elementwise_close(got, want)
 
 
-@pytest.mark.parametrize("pad", ["default", "0"])
+@pytest.mark.parametrize("pad", ["default", "0", "default-strided"])
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (512, 768, 670_091, 128, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     # By default the autograd backward at odd L pads dY once for both passes (dx v3 or v2,
-    # dW v2); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is. Gradients against float64,
-    # also at the benchmark's L = 670,091.
+    # dW v2; largeout.pad_columns_sum, also from a dY whose rows start one element into a
+    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is.
+    # Gradients against float64, also at the benchmark's L = 670,091.
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 95)
+    if pad == "default-strided":
+        wide = torch.empty(B, L + 1, dtype=dy.dtype, device=dy.device)
+        wide[:, 1:] = dy
+        dy = wide[:, 1:]
     x.requires_grad_(True)
     w.requires_grad_(True)
     b.requires_grad_(True)
