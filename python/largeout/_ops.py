@@ -78,19 +78,20 @@ def _rows_for_tma(grad_out, x, weight, group_size):
     """dY as a row-padded view ([B, L] inside [B, L rounded up to 8]) where L is not a
     multiple of 8 and the Hopper kernels run both backward passes in their versions that
     read dY by TMA, which needs 16-byte row strides (one copy of dY instead of the slower
-    kernels for unaligned rows; the ops copy it back where their kernel cannot take it), or
-    None. Measured: the step at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json);
-    LARGEOUT_PAD_DY=0 turns it off. The copy is largeout.pad_columns_sum (any strides)."""
+    kernels for unaligned rows; the ops copy it back where their kernel cannot take it), else
+    dY contiguous. Measured: the step at L=670,091, G=32 5.87 -> 4.79 ms
+    (bench/results/pad_dy_h200.json); LARGEOUT_PAD_DY=0 turns it off. The copy is
+    largeout.pad_columns_sum (from any strides)."""
     B, L = grad_out.shape
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or os.environ.get("LARGEOUT_PAD_DY") == "0":
-        return None
+        return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
     if K not in (64, 128, 256) or "v1" in (os.environ.get("LARGEOUT_SM90_DX"), os.environ.get("LARGEOUT_SM90_DW")):
-        return None
+        return grad_out.contiguous()
     if grad_out.dtype not in (torch.bfloat16, torch.float16) or any(
             torch.ops.largeout.cuda_kernel_path(p, grad_out.dtype, B, H, L, K, group_size) != "sm90"
             for p in ("input", "weight")):
-        return None
+        return grad_out.contiguous()
     return torch.ops.largeout.pad_columns_sum(grad_out, 8, True, False)[0][:, :L]
 
 
@@ -98,9 +99,8 @@ def _gsl_backward(ctx, grad_out):
     x, weight, indices = ctx.saved_tensors
     dx = dw = db = None
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
-    # one padded copy for both passes (from any strides), else contiguous
-    rows = _rows_for_tma(grad_out, x, weight, ctx.group_size) if need_x and need_w else None
-    grad_out = rows if rows is not None else grad_out.contiguous()
+    # one padded copy for both passes where it pays, else contiguous
+    grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size) if need_x and need_w else grad_out.contiguous()
     if need_x:
         dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, x.shape[1])
     if need_w:

@@ -222,7 +222,6 @@ class _Fp8LinearFn(torch.autograd.Function):
         g = gy.to(torch.bfloat16)
         pad = L8 != L or g.stride(1) != 1 or g.stride(0) % 8 or g.data_ptr() % 16
         want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
-        colsum = None
         if pad or want_db:
             gp, colsum = torch.ops.largeout.pad_columns_sum(g, 8, bool(pad), want_db)
             g = gp if pad else g

@@ -294,8 +294,7 @@ class _GroupSparseFP8(torch.autograd.Function):
         need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
         # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for both
         # passes; the weight's gradient is always computed, so even without dx)
-        rows = _rows_for_tma(grad_out, x, weight, G)
-        grad_out = rows if rows is not None else grad_out.contiguous()
+        grad_out = _rows_for_tma(grad_out, x, weight, G)
         dx = db = None
         if need_x:
             dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(

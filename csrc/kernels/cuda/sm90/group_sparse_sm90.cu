@@ -1274,8 +1274,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 // K >= 128, where it measured faster than v2 (bench/NOTES.md; two expanding warpgroups
 // with 192-feature slices measured slower).
 // kProbe (timing probes; 0 in the library): 1 = no scatter (the tile is only zeroed; wrong
-// results), 2 = no MMAs (wrong results), 3 = the expanding threads' previous mapping. (A variant whose computing warpgroups zeroed each
-// tile after their MMAs on it measured 1.1x slower at G = 32 and 64: bench/NOTES.md.)
+// results), 2 = no MMAs (wrong results), 3 = the expanding threads' previous mapping. (A
+// variant whose computing warpgroups zeroed each tile after their MMAs on it measured 1.1x
+// slower at G = 32 and 64: bench/NOTES.md.)
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null: its rows come as codes (half the bytes) and the expanding
 // warpgroup upcasts them as it reads them (the values of largeout's fp8_to_bf16 op).
