@@ -71,6 +71,36 @@ def test_resume_continues_exactly(tmp_path, one_thread, head):
     assert resumed["test"]["P@1"] == straight["test"]["P@1"]
 
 
+def test_train_on_an_in_memory_dataset(tmp_path, one_thread):
+    from largeout.train import Dataset, load_dataset
+
+    # The dataset the config names, passed in: the same weights and metrics as reading it.
+    _, straight = run(tmp_path, "a", epochs=2, device="cpu")
+    cfg = load_config(None, {**SMALL, "out": str(tmp_path / "b"), "epochs": 2, "device": "cpu"})
+    given = train(cfg, log=lambda *a: None, data=load_dataset(cfg))
+    wa = load_file(str(tmp_path / "a/checkpoints/best/model.safetensors"))
+    wb = load_file(str(tmp_path / "b/checkpoints/best/model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert given["test"] == straight["test"] and given["val"] == straight["val"]
+
+    # A subset of the rows with no validation or test split: the last epoch's model, nothing scored.
+    ds = load_dataset(cfg)
+    rows = np.arange(0, ds.train.num_rows, 2)
+    sub = Dataset(ds.train.rows(rows), None, None, ds.num_features, ds.num_labels,
+                  M.inverse_propensity(ds.train.Y[rows]), "half")
+    cfg_c = load_config(None, {**SMALL, "out": str(tmp_path / "c"), "epochs": 2, "device": "cpu"})
+    s = train(cfg_c, log=lambda *a: None, data=sub)
+    assert s["data"] == "half" and "test" not in s and "val" not in s and s["best_epoch"] is None
+    assert (tmp_path / "c/checkpoints/last/model.safetensors").exists()
+    assert not (tmp_path / "c/checkpoints/best").exists()
+    wc = load_file(str(tmp_path / "c/checkpoints/last/model.safetensors"))
+    wa_last = load_file(str(tmp_path / "a/checkpoints/last/model.safetensors"))
+    assert any(not torch.equal(wc[k], wa_last[k]) for k in wc)  # trained on other rows
+
+    with pytest.raises(TypeError, match="train: data must be a largeout.train.data.Dataset"):
+        train(cfg_c, log=lambda *a: None, data=(ds.train.X, ds.train.Y))
+
+
 @pytest.mark.parametrize("head_dtype", ["bfloat16", "float8_e4m3fn"])
 @pytest.mark.parametrize("output", ["group-sparse", "dense"])
 def test_low_precision_head_learns(tmp_path, output, head_dtype):

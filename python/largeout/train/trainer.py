@@ -165,16 +165,25 @@ class _JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
-def train(cfg: TrainConfig, resume: bool = False, log=print) -> Dict[str, Any]:
+def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Dataset] = None) -> Dict[str, Any]:
     """Train as configured; returns a summary (best validation and test metrics,
     paths). Outputs under ``cfg.out``: checkpoints/{last,best}, metrics.jsonl,
-    p_at_k.png, reliability.png, summary.json."""
+    p_at_k.png, reliability.png, summary.json.
+
+    ``data``: an in-memory :class:`~largeout.train.data.Dataset` to train on instead of
+    the one ``cfg.data`` names (then ``cfg.data``, ``cfg.val_fraction`` and the propensity
+    settings are not read: its splits and ``inv_propensity`` are used as they are). With
+    no validation split the last epoch's model is the final one; with no test split
+    nothing is scored after training."""
     torch.manual_seed(_model_seed(cfg))
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    data: Dataset = load_dataset(cfg)
+    if data is None:
+        data = load_dataset(cfg)
+    elif not isinstance(data, Dataset):
+        raise TypeError(f"train: data must be a largeout.train.data.Dataset or None, got {type(data).__name__}")
     log(
         f"data: {data.source}: train {data.train.num_rows}, val {data.val.num_rows if data.val else 0}, "
         f"test {data.test.num_rows if data.test else 0} rows; {data.num_features} features, {data.num_labels} labels "
