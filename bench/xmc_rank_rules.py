@@ -41,16 +41,16 @@ TOP = 32
 METRICS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
 
 
-def candidates(members, name):
-    """Top-TOP labels by the members' mean log-probability on split `name`, those values,
-    and each label's minimum logit over the members. Each member reads its own dataset
-    (members may differ in features, e.g. tf-idf alone and tf-idf + text embeddings; the
-    rows and their order are the same: one split)."""
+def candidates(models, splits):
+    """Top-TOP labels by the models' mean log-probability, those values, and each label's
+    minimum logit over the models. Model i reads splits[i] (members may differ in
+    features, e.g. tf-idf alone and tf-idf + text embeddings; the rows and their order are
+    the same: one split)."""
     idx, mean, low = [], [], []
     with torch.no_grad():
-        streams = [batches(getattr(ds, name), 512, torch.device("cpu"), targets=False) for _, ds in members]
+        streams = [batches(sp_, 512, torch.device("cpu"), targets=False) for sp_ in splits]
         for bs in zip(*streams):
-            z = torch.stack([m(b).float() for (m, _), b in zip(members, bs)])
+            z = torch.stack([m(b).float() for m, b in zip(models, bs)])
             ls = torch.nn.functional.logsigmoid(z).mean(0)
             top = ls.topk(TOP, dim=1)
             idx.append(top.indices.numpy())
@@ -78,43 +78,101 @@ def carries(Ytr, rows, idx):
     return np.asarray(Ytr[rows][np.arange(len(idx))[:, None], idx].todense()) > 0
 
 
-def knn_rows(a, cand, Ytr, embs, ip, splits):
-    """The "blend" and "blend + veto" rows (module notes)."""
+def neighbour_evidence(a, idx, I, S, Ytr):
+    """For one split's candidates idx [N, TOP], given each row's nearest training rows I
+    (indices into Ytr's rows, nearest first) and their similarities S: the blend's vote
+    v [N, TOP] and, per veto (kv, s), whether each candidate is in all kv nearest rows'
+    label sets with the kv-th at similarity >= s."""
+    vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
+    kmax = max([a.knn] + [kv for kv, _ in vetoes])
+    w = np.exp((S[:, : a.knn] - S[:, :1]) / a.knn_temp)
+    w /= w.sum(1, keepdims=True)
+    hits = [carries(Ytr, I[:, j], idx) for j in range(kmax)]
+    vote = sum(w[:, j : j + 1] * hits[j] for j in range(a.knn))
+    shared = {(kv, smin): np.logical_and.reduce(hits[:kv]) & (S[:, kv - 1 : kv] >= smin) for kv, smin in vetoes}
+    return vote, shared
+
+
+def neighbours_needed(a) -> int:
+    return max([a.knn] + [int(t.split(":")[0]) for t in a.knn_vetoes.split(",")])
+
+
+def knn_rows(a, cand, evidence, Ys, ip):
+    """The "blend" and "blend + veto" rows (module notes); evidence[k] from
+    neighbour_evidence for split k, Ys[k] its label matrix."""
     alphas = [float(v) for v in a.knn_alphas.split(",")]
     powers = [float(v) for v in a.knn_powers.split(",")]
     vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
-    kmax = max([a.knn] + [kv for kv, _ in vetoes])
-    vote, shared = {}, {}
-    for k, (idx, _, _) in cand.items():
-        I, S = nearest(embs["train"], embs[k], kmax)
-        w = np.exp((S[:, : a.knn] - S[:, :1]) / a.knn_temp)
-        w /= w.sum(1, keepdims=True)
-        hits = [carries(Ytr, I[:, j], idx) for j in range(kmax)]
-        vote[k] = sum(w[:, j : j + 1] * hits[j] for j in range(a.knn))
-        for kv, smin in vetoes:
-            shared[k, kv, smin] = np.logical_and.reduce(hits[:kv]) & (S[:, kv - 1 : kv] >= smin)
     rows = []
     for al in alphas:
         for p in powers:
             row = {"rule": "blend", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp}
             for k, (idx, mean, _) in cand.items():
-                row[k] = score(mean + al * np.log(vote[k] + 1e-4) + p * np.log(ip[idx]), idx, splits[k].Y, ip)
+                row[k] = score(mean + al * np.log(evidence[k][0] + 1e-4) + p * np.log(ip[idx]), idx, Ys[k], ip)
             rows.append(row)
             for kv, smin in vetoes:
                 row = {"rule": "blend+veto", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp, "kv": kv,
                        "s": smin}
                 for k, (idx, mean, _) in cand.items():
-                    base = mean + al * np.log(vote[k] + 1e-4)
+                    vote, shared = evidence[k]
+                    base = mean + al * np.log(vote + 1e-4)
                     key = base + p * np.log(ip[idx])
                     top0 = np.argsort(-base, axis=1, kind="stable")[:, :1]
                     first = np.argsort(-key, axis=1, kind="stable")[:, :1]
-                    ok = np.take_along_axis(shared[k, kv, smin], first, 1) | (first == top0)
+                    ok = np.take_along_axis(shared[kv, smin], first, 1) | (first == top0)
                     # rank 1 from the power-0 order where the veto holds; the rest by key
                     boost = np.zeros_like(key)
                     np.put_along_axis(boost, np.where(ok, first, top0), 1e6, 1)
-                    row[k] = score(key + boost, idx, splits[k].Y, ip)
+                    row[k] = score(key + boost, idx, Ys[k], ip)
                 rows.append(row)
     return rows
+
+
+def plain_rows(a, cand, Ys, ip):
+    """The "power p" and "sure T" rows (module notes)."""
+    rows = []
+    for p in (float(v) for v in a.powers.split(",")):
+        row = {"rule": "power", "p": p}
+        for k, (idx, mean, _) in cand.items():
+            row[k] = score(mean + p * np.log(ip[idx]), idx, Ys[k], ip)
+        rows.append(row)
+    for T in (float(v) for v in a.thresholds.split(",")):
+        row = {"rule": "sure", "T": T}
+        for k, (idx, mean, low) in cand.items():
+            row[k] = score(np.where(low > T, 1e6 + np.log(ip[idx]), mean), idx, Ys[k], ip)
+        rows.append(row)
+    return rows
+
+
+def add_rule_args(ap) -> None:
+    ap.add_argument("--powers", default="0,3e-6,3e-5")
+    ap.add_argument("--thresholds", default="10,12,14,16,18,20,22,25")
+    ap.add_argument("--knn", type=int, default=5)
+    ap.add_argument("--knn-temp", type=float, default=0.02)
+    ap.add_argument("--knn-alphas", default="0.5,2")
+    ap.add_argument("--knn-powers", default="0,3e-5,1e-4,3e-4,1e-3,3e-3")
+    ap.add_argument("--knn-vetoes", default="1:0.8,3:0.6,3:0.7,5:0.7,10:0.6", help="kv:s pairs")
+
+
+def unit_embeddings(X, n: int) -> np.ndarray:
+    """The last n feature columns of X (the sentence embeddings), checked to be unit-norm."""
+    E = np.asarray(X[:, -n:].todense(), dtype=np.float32)
+    if not np.allclose(np.linalg.norm(E[:100], axis=1), 1.0, atol=1e-3):
+        raise SystemExit(f"--neighbour-dims {n}: the last {n} feature columns are not unit-norm embeddings")
+    return E
+
+
+def dth_commonest_bound(Yt, ip):
+    """Test PSP@1 when rank 1 is always the row's d-th commonest true label, d = 1..4."""
+    oracle = {}
+    for d in range(1, 5):
+        first = np.empty((Yt.shape[0], 1), dtype=np.int64)
+        for i in range(Yt.shape[0]):
+            ls = Yt.indices[Yt.indptr[i] : Yt.indptr[i + 1]]
+            ls = ls[np.argsort(ip[ls], kind="stable")]  # commonest (smallest inverse propensity) first
+            first[i, 0] = ls[min(d, len(ls)) - 1]
+        oracle[d] = round(100 * M.psprecision_at_k(first, Yt, 1, ip), 3)
+    return oracle
 
 
 def score(order_key, idx, Y, ip):
@@ -127,15 +185,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", nargs="+", type=Path, required=True, help="trainer output folders (same data and split)")
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--powers", default="0,3e-6,3e-5")
-    ap.add_argument("--thresholds", default="10,12,14,16,18,20,22,25")
     ap.add_argument("--neighbour-dims", type=int, default=0,
                     help="width of the sentence embedding at the end of the members' features (0: no kNN rules)")
-    ap.add_argument("--knn", type=int, default=5)
-    ap.add_argument("--knn-temp", type=float, default=0.02)
-    ap.add_argument("--knn-alphas", default="0.5,2")
-    ap.add_argument("--knn-powers", default="0,3e-5,1e-4,3e-4,1e-3,3e-3")
-    ap.add_argument("--knn-vetoes", default="1:0.8,3:0.6,3:0.7,5:0.7,10:0.6", help="kv:s pairs")
+    add_rule_args(ap)
     a = ap.parse_args()
     members, datasets = [], {}
     for run in a.runs:
@@ -149,35 +201,18 @@ def main() -> None:
         m.load_state_dict(load_file(str(run / "checkpoints" / "best" / "model.safetensors")))
         members.append((m.eval(), ds))
     ip = np.asarray(ds.inv_propensity, dtype=np.float64)
-    splits = {"val": ds.val, "test": ds.test}
-    cand = {k: candidates(members, k) for k in splits}
-    rows = []
-    for p in (float(v) for v in a.powers.split(",")):
-        row = {"rule": "power", "p": p}
-        for k, (idx, mean, _) in cand.items():
-            row[k] = score(mean + p * np.log(ip[idx]), idx, splits[k].Y, ip)
-        rows.append(row)
-    for T in (float(v) for v in a.thresholds.split(",")):
-        row = {"rule": "sure", "T": T}
-        for k, (idx, mean, low) in cand.items():
-            row[k] = score(np.where(low > T, 1e6 + np.log(ip[idx]), mean), idx, splits[k].Y, ip)
-        rows.append(row)
+    Ys = {"val": ds.val.Y, "test": ds.test.Y}
+    cand = {k: candidates([m for m, _ in members], [getattr(d, k) for _, d in members]) for k in Ys}
+    rows = plain_rows(a, cand, Ys, ip)
     if a.neighbour_dims:
-        n = a.neighbour_dims
-        embs = {k: np.asarray(sp_.X[:, -n:].todense(), dtype=np.float32)
-                for k, sp_ in (("train", ds.train), ("val", ds.val), ("test", ds.test))}
-        if not np.allclose(np.linalg.norm(embs["train"][:100], axis=1), 1.0, atol=1e-3):
-            raise SystemExit(f"--neighbour-dims {n}: the last {n} feature columns are not unit-norm embeddings")
-        rows += knn_rows(a, cand, ds.train.Y.tocsr(), embs, ip, splits)
-    oracle = {}
-    Yt = splits["test"].Y.tocsr()
-    for d in range(1, 5):
-        first = np.empty((Yt.shape[0], 1), dtype=np.int64)
-        for i in range(Yt.shape[0]):
-            ls = Yt.indices[Yt.indptr[i] : Yt.indptr[i + 1]]
-            ls = ls[np.argsort(ip[ls], kind="stable")]  # commonest (smallest inverse propensity) first
-            first[i, 0] = ls[min(d, len(ls)) - 1]
-        oracle[d] = round(100 * M.psprecision_at_k(first, Yt, 1, ip), 3)
+        Ytr = ds.train.Y.tocsr()
+        train_emb = unit_embeddings(ds.train.X, a.neighbour_dims)
+        evidence = {}
+        for k in Ys:
+            I, S = nearest(train_emb, unit_embeddings(getattr(ds, k).X, a.neighbour_dims), neighbours_needed(a))
+            evidence[k] = neighbour_evidence(a, cand[k][0], I, S, Ytr)
+        rows += knn_rows(a, cand, evidence, Ys, ip)
+    oracle = dth_commonest_bound(Ys["test"].tocsr(), ip)
     print("test PSP@1 with the d-th commonest true label at rank 1:", oracle)
     usable = [r for r in rows if r["val"]["P@1"] >= 100.0]
     best = max(usable, key=lambda r: r["val"]["PSP@1"]) if usable else None
