@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "kernels/group_sparse.h"
+#include "ops/checks.h"
 
 #ifdef LARGEOUT_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -269,12 +270,7 @@ at::Tensor check_fp8_weight(const at::Tensor& act, const char* act_name, const a
                    " must be bfloat16 (the compute dtype of fp8 weights); got ", act.scalar_type());
   TORCH_CHECK(weight.dim() == 2, kOpFp8, ": weight must be 2-D [L, K]; got shape ", weight.sizes());
   if (!weight_scale.has_value() || !weight_scale->defined()) return at::Tensor();
-  const at::Tensor& sc = *weight_scale;
-  TORCH_CHECK_TYPE(sc.scalar_type() == at::kFloat, kOpFp8, ": weight_scale must be float32; got ", sc.scalar_type());
-  TORCH_CHECK(sc.dim() == 1 && sc.size(0) == weight.size(0) && sc.device() == weight.device(), kOpFp8,
-              ": weight_scale must be a [", weight.size(0), "] tensor on ", weight.device(), "; got shape ",
-              sc.sizes(), " on ", sc.device());
-  return sc.contiguous();
+  return check_row_scale_arg(kOpFp8, "weight_scale", *weight_scale, weight.size(0), weight.device());
 }
 
 // weight * scale in bf16 (the fp8_to_bf16 op).

@@ -9,6 +9,7 @@
 
 #include "kernels/optim_step.h"
 #include "kernels/stochastic_round.h"
+#include "ops/checks.h"
 
 #ifdef LARGEOUT_WITH_CUDA
 #include <c10/cuda/CUDAStream.h>
@@ -62,13 +63,7 @@ at::Tensor check_fp8(const at::Tensor& x) {
 at::Tensor check_row_scale(const at::Tensor& x, const std::optional<at::Tensor>& row_scale) {
   if (!row_scale) return at::Tensor();
   TORCH_CHECK(x.dim() == 2, "largeout.fp8_to_bf16: x must be 2-D [rows, cols] with row_scale; got ", x.dim(), "-D");
-  const at::Tensor& s = *row_scale;
-  TORCH_CHECK_TYPE(s.scalar_type() == at::kFloat, "largeout.fp8_to_bf16: row_scale must be float32; got ",
-                   s.scalar_type());
-  TORCH_CHECK(s.dim() == 1 && s.size(0) == x.size(0) && s.device() == x.device(),
-              "largeout.fp8_to_bf16: row_scale must be a [", x.size(0), "] tensor on ", x.device(), "; got ",
-              s.sizes(), " on ", s.device());
-  return s.contiguous();
+  return check_row_scale_arg("largeout.fp8_to_bf16", "row_scale", *row_scale, x.size(0), x.device());
 }
 
 at::Tensor fp8_to_bf16_cpu(const at::Tensor& x_in, const std::optional<at::Tensor>& row_scale) {
