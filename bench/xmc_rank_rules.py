@@ -97,9 +97,17 @@ def neighbours_needed(a) -> int:
     return max([a.knn] + [int(t.split(":")[0]) for t in a.knn_vetoes.split(",")])
 
 
-def knn_rows(a, cand, evidence, Ys, ip):
+def rank_log_ip(cand, ip, rank_lip):
+    """log inverse propensity of each candidate, as the rules rank by it: rank_lip[k] where
+    given (e.g. propensities counted without the rows being ranked), else from ip."""
+    return {k: (rank_lip or {}).get(k, np.log(ip[idx])) for k, (idx, _, _) in cand.items()}
+
+
+def knn_rows(a, cand, evidence, Ys, ip, rank_lip=None):
     """The "blend" and "blend + veto" rows (module notes); evidence[k] from
-    neighbour_evidence for split k, Ys[k] its label matrix."""
+    neighbour_evidence for split k, Ys[k] its label matrix; ip scores PSP@k and ranks
+    unless rank_lip says otherwise (rank_log_ip)."""
+    lip = rank_log_ip(cand, ip, rank_lip)
     alphas = [float(v) for v in a.knn_alphas.split(",")]
     powers = [float(v) for v in a.knn_powers.split(",")]
     vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
@@ -108,7 +116,7 @@ def knn_rows(a, cand, evidence, Ys, ip):
         for p in powers:
             row = {"rule": "blend", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp}
             for k, (idx, mean, _) in cand.items():
-                row[k] = score(mean + al * np.log(evidence[k][0] + 1e-4) + p * np.log(ip[idx]), idx, Ys[k], ip)
+                row[k] = score(mean + al * np.log(evidence[k][0] + 1e-4) + p * lip[k], idx, Ys[k], ip)
             rows.append(row)
             for kv, smin in vetoes:
                 row = {"rule": "blend+veto", "alpha": al, "p": p, "knn": a.knn, "temp": a.knn_temp, "kv": kv,
@@ -116,7 +124,7 @@ def knn_rows(a, cand, evidence, Ys, ip):
                 for k, (idx, mean, _) in cand.items():
                     vote, shared = evidence[k]
                     base = mean + al * np.log(vote + 1e-4)
-                    key = base + p * np.log(ip[idx])
+                    key = base + p * lip[k]
                     top0 = np.argsort(-base, axis=1, kind="stable")[:, :1]
                     first = np.argsort(-key, axis=1, kind="stable")[:, :1]
                     ok = np.take_along_axis(shared[kv, smin], first, 1) | (first == top0)
@@ -128,18 +136,19 @@ def knn_rows(a, cand, evidence, Ys, ip):
     return rows
 
 
-def plain_rows(a, cand, Ys, ip):
-    """The "power p" and "sure T" rows (module notes)."""
+def plain_rows(a, cand, Ys, ip, rank_lip=None):
+    """The "power p" and "sure T" rows (module notes); ip and rank_lip as for knn_rows."""
+    lip = rank_log_ip(cand, ip, rank_lip)
     rows = []
     for p in (float(v) for v in a.powers.split(",")):
         row = {"rule": "power", "p": p}
         for k, (idx, mean, _) in cand.items():
-            row[k] = score(mean + p * np.log(ip[idx]), idx, Ys[k], ip)
+            row[k] = score(mean + p * lip[k], idx, Ys[k], ip)
         rows.append(row)
     for T in (float(v) for v in a.thresholds.split(",")):
         row = {"rule": "sure", "T": T}
         for k, (idx, mean, low) in cand.items():
-            row[k] = score(np.where(low > T, 1e6 + np.log(ip[idx]), mean), idx, Ys[k], ip)
+            row[k] = score(np.where(low > T, 1e6 + lip[k], mean), idx, Ys[k], ip)
         rows.append(row)
     return rows
 

@@ -89,16 +89,32 @@ def test_train_on_an_in_memory_dataset(tmp_path, one_thread):
     sub = Dataset(ds.train.rows(rows), None, None, ds.num_features, ds.num_labels,
                   M.inverse_propensity(ds.train.Y[rows]), "half")
     cfg_c = load_config(None, {**SMALL, "out": str(tmp_path / "c"), "epochs": 2, "device": "cpu"})
+    # (a best checkpoint left in the folder by an earlier run must not pass for this run's)
+    (tmp_path / "a").rename(tmp_path / "c")
     s = train(cfg_c, log=lambda *a: None, data=sub)
     assert s["data"] == "half" and "test" not in s and "val" not in s and s["best_epoch"] is None
     assert (tmp_path / "c/checkpoints/last/model.safetensors").exists()
     assert not (tmp_path / "c/checkpoints/best").exists()
+    saved = json.loads((tmp_path / "c/config.json").read_text())
+    assert saved["data"] == "in-memory: half" and cfg_c.data == "synthetic"  # the caller's config is not changed
+    with pytest.raises(FileNotFoundError, match="'in-memory: half' is not a directory"):
+        load_dataset(load_config(None, saved))
     wc = load_file(str(tmp_path / "c/checkpoints/last/model.safetensors"))
-    wa_last = load_file(str(tmp_path / "a/checkpoints/last/model.safetensors"))
-    assert any(not torch.equal(wc[k], wa_last[k]) for k in wc)  # trained on other rows
+    assert any(not torch.equal(wc[k], wa[k]) for k in wc)  # trained on other rows
 
-    with pytest.raises(TypeError, match="train: data must be a largeout.train.data.Dataset"):
-        train(cfg_c, log=lambda *a: None, data=(ds.train.X, ds.train.Y))
+    # Bad datasets are refused before anything is written.
+    cfg_d = load_config(None, {**SMALL, "out": str(tmp_path / "d"), "epochs": 1, "device": "cpu"})
+    bad = [((ds.train.X, ds.train.Y), TypeError, "train: data must be a largeout.train.data.Dataset"),
+           (Dataset(ds.train, None, None, ds.num_features + 1, ds.num_labels, ds.inv_propensity, "x"), ValueError,
+            r"data.train.X has 1500 feature columns but data.num_features is 1501"),
+           (Dataset(ds.train, ds.val, None, ds.num_features, ds.num_labels - 1, ds.inv_propensity[:-1], "x"),
+            ValueError, r"data.train.Y has 300 label columns but data.num_labels is 299"),
+           (Dataset(ds.train, None, None, ds.num_features, ds.num_labels, ds.inv_propensity[:-1], "x"), ValueError,
+            r"data.inv_propensity must have shape \(300,\)")]
+    for arg, err, msg in bad:
+        with pytest.raises(err, match=msg):
+            train(cfg_d, log=lambda *a: None, data=arg)
+    assert not (tmp_path / "d").exists()
 
 
 @pytest.mark.parametrize("head_dtype", ["bfloat16", "float8_e4m3fn"])

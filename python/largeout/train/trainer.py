@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -165,6 +167,27 @@ class _JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
+def _check_dataset(data) -> None:
+    """train(data=...): a Dataset whose parts agree with each other."""
+    if not isinstance(data, Dataset):
+        raise TypeError(f"train: data must be a largeout.train.data.Dataset or None, got {type(data).__name__}")
+    if data.train is None or data.train.num_rows == 0:
+        raise ValueError("train: data.train must hold at least one row")
+    for name in ("train", "val", "test"):
+        split = getattr(data, name)
+        if split is None:
+            continue
+        if split.Y.shape[1] != data.num_labels:
+            raise ValueError(f"train: data.{name}.Y has {split.Y.shape[1]} label columns but data.num_labels is "
+                             f"{data.num_labels}")
+        if split.X is not None and split.X.shape[1] != data.num_features:
+            raise ValueError(f"train: data.{name}.X has {split.X.shape[1]} feature columns but data.num_features is "
+                             f"{data.num_features}")
+    if np.shape(data.inv_propensity) != (data.num_labels,):
+        raise ValueError(f"train: data.inv_propensity must have shape ({data.num_labels},) (one per label); got "
+                         f"{np.shape(data.inv_propensity)}")
+
+
 def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Dataset] = None) -> Dict[str, Any]:
     """Train as configured; returns a summary (best validation and test metrics,
     paths). Outputs under ``cfg.out``: checkpoints/{last,best}, metrics.jsonl,
@@ -172,9 +195,13 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
 
     ``data``: an in-memory :class:`~largeout.train.data.Dataset` to train on instead of
     the one ``cfg.data`` names (then ``cfg.data``, ``cfg.val_fraction`` and the propensity
-    settings are not read: its splits and ``inv_propensity`` are used as they are). With
-    no validation split the last epoch's model is the final one; with no test split
-    nothing is scored after training."""
+    settings are not read: its splits and ``inv_propensity`` are used as they are; the
+    saved config.json names it as ``data = "in-memory: <its source>"``). With no
+    validation split the last epoch's model is the final one; with no test split nothing
+    is scored after training."""
+    if data is not None:
+        _check_dataset(data)
+        cfg = dataclasses.replace(cfg, data=f"in-memory: {data.source}")
     torch.manual_seed(_model_seed(cfg))
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
@@ -182,8 +209,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     t0 = time.time()
     if data is None:
         data = load_dataset(cfg)
-    elif not isinstance(data, Dataset):
-        raise TypeError(f"train: data must be a largeout.train.data.Dataset or None, got {type(data).__name__}")
     log(
         f"data: {data.source}: train {data.train.num_rows}, val {data.val.num_rows if data.val else 0}, "
         f"test {data.test.num_rows if data.test else 0} rows; {data.num_features} features, {data.num_labels} labels "
@@ -208,8 +233,10 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
         state.pop("optimizer", None)
         log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}")
-    elif (out / "metrics.jsonl").exists():
-        (out / "metrics.jsonl").unlink()
+    else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
+        if (out / "metrics.jsonl").exists():
+            (out / "metrics.jsonl").unlink()
+        shutil.rmtree(out / "checkpoints" / "best", ignore_errors=True)
     cfg.save(out / "config.json")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.encoder} encoder -> {cfg.output} head ({n_params / 1e6:.2f}M parameters) on {device}")
