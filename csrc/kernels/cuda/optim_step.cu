@@ -6,6 +6,7 @@
 // on an H200 (bench/NOTES.md). Groups that are partial, not 16-byte aligned or not in one
 // slot with the thread's others take the per-group paths.
 #include "kernels/cuda/optim_step_cuda.h"
+#include "kernels/cuda/vec_store.cuh"
 
 #include <algorithm>
 #include <cstdlib>
@@ -24,18 +25,16 @@ struct Raw8 {
   uint4 a, b;
 };
 
-// (Global loads, cached in L2 only (__ldcg: each byte is read once): the tensors' slot
-// pointers are generic, and the plain dereference gave generic loads.)
 __device__ __forceinline__ Raw8 load_raw8(const void* base, int bytes, int64_t i0) {
   Raw8 r{};
   const uint8_t* p = static_cast<const uint8_t*>(base) + i0 * bytes;
   if (bytes == 4) {
-    r.a = __ldcg(reinterpret_cast<const uint4*>(p));
-    r.b = __ldcg(reinterpret_cast<const uint4*>(p) + 1);
+    r.a = reinterpret_cast<const uint4*>(p)[0];
+    r.b = reinterpret_cast<const uint4*>(p)[1];
   } else if (bytes == 2) {
-    r.a = __ldcg(reinterpret_cast<const uint4*>(p));
+    r.a = *reinterpret_cast<const uint4*>(p);
   } else {
-    const uint2 v = __ldcg(reinterpret_cast<const uint2*>(p));
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
     r.a.x = v.x, r.a.y = v.y;
   }
   return r;
@@ -61,25 +60,25 @@ __device__ __forceinline__ void unpack8(const Raw8& r, int bytes, uint32_t out[8
   }
 }
 
-// (The stores go through __stwb, one st.global.v4 / v2 each: assigned through a uint4
-// pointer, NVVM split most of these kernels' group stores into four 4-byte stores, 4x the
-// store instructions and L2 write requests; the PTX of 2026-12-05 showed it.)
+// (One st.global.v4 / v2 per 16 / 8 bytes, kernels/cuda/vec_store.cuh: assigned through a
+// uint4 pointer, all of AdamW's and most of SGD's group stores compiled to four 4-byte
+// stores, 4x the store instructions and L2 write requests.)
 __device__ __forceinline__ void store8(void* base, ElemType t, int64_t i0, const uint32_t c[8]) {
   switch (elem_bytes(t)) {
     case 4: {
       uint4* q = reinterpret_cast<uint4*>(static_cast<uint32_t*>(base) + i0);
-      __stwb(q, make_uint4(c[0], c[1], c[2], c[3]));
-      __stwb(q + 1, make_uint4(c[4], c[5], c[6], c[7]));
+      st_global_v4(q, make_uint4(c[0], c[1], c[2], c[3]));
+      st_global_v4(q + 1, make_uint4(c[4], c[5], c[6], c[7]));
       break;
     }
     case 2: {
-      __stwb(reinterpret_cast<uint4*>(static_cast<uint16_t*>(base) + i0),
-             make_uint4(c[0] | (c[1] << 16), c[2] | (c[3] << 16), c[4] | (c[5] << 16), c[6] | (c[7] << 16)));
+      st_global_v4(static_cast<uint16_t*>(base) + i0,
+                   make_uint4(c[0] | (c[1] << 16), c[2] | (c[3] << 16), c[4] | (c[5] << 16), c[6] | (c[7] << 16)));
       break;
     }
     default: {
-      __stwb(reinterpret_cast<uint2*>(static_cast<uint8_t*>(base) + i0),
-             make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24), c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24)));
+      st_global_v2(static_cast<uint8_t*>(base) + i0, make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24),
+                                                               c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24)));
       break;
     }
   }

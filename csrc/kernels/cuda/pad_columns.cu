@@ -17,6 +17,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/pad_columns_cuda.h"
+#include "kernels/cuda/vec_store.cuh"
 
 namespace largeout::cuda {
 namespace {
@@ -116,8 +117,8 @@ __global__ void __launch_bounds__(kWarps * 32)
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t r = rb + int64_t(u) * kWarps;
       if (r >= r1) break;
-      // (__stwb: one 16-byte store; the plain uint4 assignment compiled to four 4-byte stores)
-      if (out && c < Lp) __stwb(reinterpret_cast<uint4*>(out + r * Lp + c), v[u]);
+      // (one 16-byte store: the plain uint4 assignment compiled to four 4-byte stores)
+      if (out && c < Lp) st_global_v4(out + r * Lp + c, v[u]);
       const uint32_t w[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
