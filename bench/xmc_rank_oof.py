@@ -115,6 +115,8 @@ def main() -> None:
                     help="models per fold, ranking its held-out rows as an ensemble (test: all folds' members)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TEXT_CONFIG entry (JSON value), e.g. for a quick check on a small slice")
+    ap.add_argument("--dump", type=Path, help="also save the held-out and test candidates and neighbour evidence "
+                    "(npz), for studying other rules without recomputing them")
     a = ap.parse_args()
     over = {k: json.loads(v) for k, v in (t.split("=", 1) for t in a.set)}
     rules = argparse.Namespace(**RULE_GRID)
@@ -141,6 +143,8 @@ def main() -> None:
     low = np.empty((n, R.TOP), np.float32)
     vote = np.empty((n, R.TOP), np.float64)
     lip = np.empty((n, R.TOP), np.float64)  # log inverse propensity the rules rank by
+    nnI = np.empty((n, kmax), np.int64)  # nearest training rows of the other folds (for --dump)
+    nnS = np.empty((n, kmax), np.float32)
     shared = {}
     models, fold_info = [], []
     for f, held in enumerate(folds):
@@ -157,6 +161,7 @@ def main() -> None:
         lip[held] = np.log(np.asarray(ip_f, dtype=np.float64)[c[0]])
         I, S = R.nearest(emb[rows], emb[held], kmax)
         v, sh = R.neighbour_evidence(rules, c[0], rows[I], S, Ytr)
+        nnI[held], nnS[held] = rows[I], S
         vote[held] = v
         for key, val in sh.items():
             shared.setdefault(key, np.empty((n, R.TOP), bool))[held] = val
@@ -171,9 +176,19 @@ def main() -> None:
     # Test: the fold models' ensemble, neighbours from all training rows.
     cand["test"] = R.candidates(models, [ds.test] * len(models))
     I, S = R.nearest(emb, R.unit_embeddings(ds.test.X, NEIGHBOUR_DIMS), kmax)
+    nn = {"oof": (nnI[labelled], nnS[labelled]), "test": (I, S)}
     evidence["test"] = R.neighbour_evidence(rules, cand["test"][0], I, S, Ytr)
     Ys["test"] = ds.test.Y.tocsr()
     log("candidates done; scoring the rules")
+    if a.dump:
+        arrays = {}
+        for k in cand:
+            arrays[f"{k}_idx"], arrays[f"{k}_mean"], arrays[f"{k}_low"] = cand[k]
+            arrays[f"{k}_vote"] = evidence[k][0]
+            arrays[f"{k}_nn_rows"], arrays[f"{k}_nn_sim"] = nn[k]
+            for (kv, smin), v in evidence[k][1].items():
+                arrays[f"{k}_shared_{kv}_{smin}"] = v
+        np.savez_compressed(a.dump, oof_rows=labelled, oof_lip=rank_lip["oof"], **arrays)
 
     table = R.plain_rows(rules, cand, Ys, ip, rank_lip) + R.knn_rows(rules, cand, evidence, Ys, ip, rank_lip)
     usable = [r for r in table if r["oof"]["P@1"] >= 100.0]

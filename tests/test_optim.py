@@ -341,6 +341,44 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
                 assert torch.equal(t.view(w), sb[key].cpu().view(w)), key
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("pdtype", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
+@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "adamw", "adamw-kahan"])
+def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, monkeypatch):
+    # The staged kernel (LARGEOUT_OPTIM_STAGES = 2..5, default 4) and the register kernels
+    # (0), bit for bit against the CPU loop, on tensors large enough that every thread of
+    # the persistent grid goes round its ring of stages several times, with a slot's end
+    # inside a thread's groups and an unaligned view (the per-group path) among them.
+    big = torch.randn(4_500_013, generator=torch.Generator().manual_seed(5)) * 0.5
+    small = torch.randn(9_001, generator=torch.Generator().manual_seed(6)) * 0.5
+    grads = [[torch.randn(n, generator=torch.Generator().manual_seed(60 + 3 * step + i)).to(torch.bfloat16)
+              for i, n in enumerate((4_500_013, 9_000, 4_099))] for step in range(2)]
+
+    def run(device):
+        ps = [torch.nn.Parameter(big.to(device, pdtype)), torch.nn.Parameter(small.to(device, pdtype)[1:]),
+              torch.nn.Parameter(small[:4_099].to(device, pdtype))]
+        opt = (lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=78) if kind == "adamw-kahan"
+               else _make(kind, ps, seed=78))
+        for step in range(2):
+            for p, g in zip(ps, grads[step]):
+                p.grad_dtype = None
+                p.grad = g.to(device)
+            opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        tensors = [p.detach() for p in ps] + [t for st in opt.state.values() for t in st.values()
+                                               if torch.is_tensor(t) and t.dim() > 0]
+        return [t.cpu().view({1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]) for t in tensors]
+
+    want = run("cpu")
+    for stages in ("0", "2", "3", "4", "5"):
+        monkeypatch.setenv("LARGEOUT_OPTIM_STAGES", stages)
+        got = run("cuda")
+        assert len(got) == len(want)
+        for i, (a, b) in enumerate(zip(want, got)):
+            assert torch.equal(a, b), f"stages {stages}: tensor {i} differs in {(a != b).sum().item()} elements"
+
+
 def test_fused_op_rejects_bad_arguments_and_writes_nothing():
     p = [torch.randn(10).to(torch.bfloat16), torch.randn(4).to(torch.bfloat16)]
     before = [t.clone() for t in p]
