@@ -269,15 +269,16 @@ __device__ __forceinline__ void cp_async_wait_pending(int n) {
   else asm volatile("cp.async.wait_group 3;" ::: "memory");
 }
 
-// Copies one group (width bytes at element i0 of a tensor of width / 8 bytes per element)
-// into this thread's place of a region (shared address).
-__device__ __forceinline__ void copy_group_async(uint32_t region, int width, const void* base, int64_t i0, int tid) {
-  const uint8_t* src = static_cast<const uint8_t*>(base) + i0 * (width / 8);
-  if (width == 8) {
+// Copies one group (kWidth bytes at element i0 of a tensor of kWidth / 8 bytes per
+// element) into this thread's place of a region (shared address).
+template <int kWidth>
+__device__ __forceinline__ void copy_group_async(uint32_t region, const void* base, int64_t i0, int tid) {
+  const uint8_t* src = static_cast<const uint8_t*>(base) + i0 * (kWidth / 8);
+  if constexpr (kWidth == 8) {
     asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(region + tid * 8), "l"(src) : "memory");
   } else {
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(region + tid * 16), "l"(src) : "memory");
-    if (width == 32)
+    if constexpr (kWidth == 32)
       asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(region + kOptThreads * 16 + tid * 16),
                    "l"(src + 16)
                    : "memory");
@@ -285,16 +286,29 @@ __device__ __forceinline__ void copy_group_async(uint32_t region, int width, con
 }
 
 // This thread's group of a region, unpacked to codes.
-__device__ __forceinline__ void unpack_staged(const uint8_t* region, int width, int tid, uint32_t out[8]) {
+template <int kWidth>
+__device__ __forceinline__ void unpack_staged(const uint8_t* region, int tid, uint32_t out[8]) {
   Raw8 r{};
-  if (width == 8) {
+  if constexpr (kWidth == 8) {
     const uint2 v = reinterpret_cast<const uint2*>(region)[tid];
     r.a.x = v.x, r.a.y = v.y;
   } else {
     r.a = reinterpret_cast<const uint4*>(region)[tid];
-    if (width == 32) r.b = reinterpret_cast<const uint4*>(region + kOptThreads * 16)[tid];
+    if constexpr (kWidth == 32) r.b = reinterpret_cast<const uint4*>(region + kOptThreads * 16)[tid];
   }
-  unpack8(r, width / 8, out);
+  unpack8(r, kWidth / 8, out);
+}
+
+// The gradient's width is known at run time only.
+__device__ __forceinline__ void copy_grad_async(uint32_t region, int width, const void* base, int64_t i0, int tid) {
+  if (width == 16) copy_group_async<16>(region, base, i0, tid);
+  else if (width == 32) copy_group_async<32>(region, base, i0, tid);
+  else copy_group_async<8>(region, base, i0, tid);
+}
+__device__ __forceinline__ void unpack_grad(const uint8_t* region, int width, int tid, uint32_t out[8]) {
+  if (width == 16) unpack_staged<16>(region, tid, out);
+  else if (width == 32) unpack_staged<32>(region, tid, out);
+  else unpack_staged<8>(region, tid, out);
 }
 
 // Whether the group at element i0 of slot s is whole and aligned (the staged path).
@@ -326,6 +340,7 @@ template <OptimKind K, ElemType P, ElemType S, int kBlocks, bool kScaled>
 __global__ void __launch_bounds__(kOptThreads, kBlocks)
     optim_kernel_staged(const OptimSlot* __restrict__ slots, const int64_t* __restrict__ prefix,
                         int64_t total_groups, ElemType G, OptimHyper h, StageLayout lay) {
+  constexpr int kWP = 8 * elem_bytes(P), kWS = 8 * elem_bytes(S), kWC = 8 * elem_bytes(comp_type(P));
   extern __shared__ __align__(16) uint8_t stage_mem[];
   StageRecord* records = reinterpret_cast<StageRecord*>(stage_mem);  // [stages][256]
   uint8_t* data = stage_mem + lay.stages * kOptThreads * int(sizeof(StageRecord));
@@ -354,11 +369,11 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks)
       if (staged_group(s, r.i0)) {
         r.staged = 1;
         const uint32_t b = data0 + uint32_t(stage * lay.stage_bytes);
-        copy_group_async(b + lay.off[0], lay.width[0], s.param, r.i0, tid);
-        copy_group_async(b + lay.off[1], lay.width[1], s.grad, r.i0, tid);
-        if (s.buf1) copy_group_async(b + lay.off[2], lay.width[2], s.buf1, r.i0, tid);
-        if (s.buf2) copy_group_async(b + lay.off[3], lay.width[3], s.buf2, r.i0, tid);
-        if (s.comp) copy_group_async(b + lay.off[4], lay.width[4], s.comp, r.i0, tid);
+        copy_group_async<kWP>(b + lay.off[0], s.param, r.i0, tid);
+        copy_grad_async(b + lay.off[1], lay.width[1], s.grad, r.i0, tid);
+        if (s.buf1) copy_group_async<kWS>(b + lay.off[2], s.buf1, r.i0, tid);
+        if (s.buf2) copy_group_async<kWS>(b + lay.off[3], s.buf2, r.i0, tid);
+        if (s.comp) copy_group_async<kWC>(b + lay.off[4], s.comp, r.i0, tid);
       }
     }
     records[stage * kOptThreads + tid] = r;
@@ -375,11 +390,11 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks)
     if (r.staged) {
       const uint8_t* b = data + st * lay.stage_bytes;
       OptimGroup q;
-      unpack_staged(b + lay.off[0], lay.width[0], tid, q.p);
-      unpack_staged(b + lay.off[1], lay.width[1], tid, q.g);
-      if (s.buf1) unpack_staged(b + lay.off[2], lay.width[2], tid, q.b1);
-      if (s.buf2) unpack_staged(b + lay.off[3], lay.width[3], tid, q.b2);
-      if (s.comp) unpack_staged(b + lay.off[4], lay.width[4], tid, q.c);
+      unpack_staged<kWP>(b + lay.off[0], tid, q.p);
+      unpack_grad(b + lay.off[1], lay.width[1], tid, q.g);
+      if (s.buf1) unpack_staged<kWS>(b + lay.off[2], tid, q.b1);
+      if (s.buf2) unpack_staged<kWS>(b + lay.off[3], tid, q.b2);
+      if (s.comp) unpack_staged<kWC>(b + lay.off[4], tid, q.c);
       optim_update_codes<K, P, S, kScaled>(q, s, G, h, r.i0);
       store_group<P, S>(s, r.i0, q);
     } else {
