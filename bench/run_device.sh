@@ -26,6 +26,8 @@
 #            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
 #            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
+#     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32), the
+#            B=512 K=128 benchmark
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -243,6 +245,23 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "dw_versions and v2 and (L1008 or L640 or L2000)" > "$OUT/memcheck_dw2.log" 2>&1
   echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dw2.log"
+  exit 0
+fi
+
+if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass at the headline), then the headline
+  for G in ${PROFILE_G:-32}; do
+    echo "== Nsight Compute: dW at B=512 K=128 G=$G L=670,208"
+    timeout 200 ncu --clock-control none -k regex:'gsl_dw.*sm90' --launch-skip 2 --launch-count 1 \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+      --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+      --section InstructionStats --section SourceCounters --print-details all \
+      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_dw_G$G.txt" 2>&1
+    echo "ncu G=$G rc=$?"
+    grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_dw_G$G.txt" | head -24
+  done
+  echo "== benchmark: B=512, K=128"
+  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -20
   exit 0
 fi
 
