@@ -341,24 +341,42 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
                 assert torch.equal(t.view(w), sb[key].cpu().view(w)), key
 
 
+# (kind, parameter dtype, gradient dtype): every width of the staged kernel's regions (8, 16
+# and 32 bytes per thread: fp8, 16-bit, fp32 gradients or state), Kahan buffers, and stage
+# counts cut to fit (fp32 state with 5 stages asked).
+STAGED_CASES = [
+    ("sgd", torch.bfloat16, torch.bfloat16), ("sgd-momentum", torch.bfloat16, torch.bfloat16),
+    ("sgd-kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
+    ("sgd-momentum", torch.float8_e5m2, torch.bfloat16), ("adamw", torch.bfloat16, torch.bfloat16),
+    ("adamw", torch.bfloat16, torch.float32), ("adamw-f32-state", torch.bfloat16, torch.bfloat16),
+    ("adamw-kahan", torch.bfloat16, torch.bfloat16), ("adamw", torch.float8_e4m3fn, torch.bfloat16),
+]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("pdtype", [torch.bfloat16, torch.float8_e4m3fn], ids=str)
-@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "adamw", "adamw-kahan"])
-def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, monkeypatch):
+@pytest.mark.parametrize("kind,pdtype,gdtype", STAGED_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, gdtype, monkeypatch):
     # The staged kernel (LARGEOUT_OPTIM_STAGES = 2..5, default 4) and the register kernels
     # (0), bit for bit against the CPU loop, on tensors large enough that every thread of
-    # the persistent grid goes round its ring of stages several times, with a slot's end
-    # inside a thread's groups and an unaligned view (the per-group path) among them.
+    # the persistent grid goes round its ring of stages several times (4.5M elements: 8-9
+    # groups per thread on 132 SMs), with a slot's end inside a thread's groups and an
+    # unaligned view (the per-group path) among them.
     big = torch.randn(4_500_013, generator=torch.Generator().manual_seed(5)) * 0.5
     small = torch.randn(9_001, generator=torch.Generator().manual_seed(6)) * 0.5
-    grads = [[torch.randn(n, generator=torch.Generator().manual_seed(60 + 3 * step + i)).to(torch.bfloat16)
+    grads = [[torch.randn(n, generator=torch.Generator().manual_seed(60 + 3 * step + i)).to(gdtype)
               for i, n in enumerate((4_500_013, 9_000, 4_099))] for step in range(2)]
 
     def run(device):
         ps = [torch.nn.Parameter(big.to(device, pdtype)), torch.nn.Parameter(small.to(device, pdtype)[1:]),
               torch.nn.Parameter(small[:4_099].to(device, pdtype))]
-        opt = (lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=78) if kind == "adamw-kahan"
-               else _make(kind, ps, seed=78))
+        if kind == "adamw-kahan":
+            opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=78)
+        elif kind == "adamw-f32-state":
+            opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=78)
+        elif kind == "sgd-kahan":
+            opt = lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=78)
+        else:
+            opt = _make(kind, ps, seed=78)
         for step in range(2):
             for p, g in zip(ps, grads[step]):
                 p.grad_dtype = None
@@ -377,6 +395,32 @@ def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdt
         assert len(got) == len(want)
         for i, (a, b) in enumerate(zip(want, got)):
             assert torch.equal(a, b), f"stages {stages}: tensor {i} differs in {(a != b).sum().item()} elements"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight(monkeypatch):
+    # The staged kernel's scaled variant (fp8 weight with per-label scales) over many groups
+    # per thread, against the CPU loop.
+    from largeout.nn import GroupSparseLinear
+
+    def run(device):
+        gen = torch.Generator().manual_seed(11)
+        layer = GroupSparseLinear(64, 70_001, 64, 32, weight_dtype=torch.float8_e4m3fn, generator=gen,
+                                  weight_scale="label").to(device)
+        opt = lo_optim.SGD([layer.weight], lr=0.05, momentum=0.9, seed=79)
+        for step in range(2):
+            g = torch.randn(layer.weight.shape, generator=torch.Generator().manual_seed(90 + step))
+            layer.weight.grad_dtype = None
+            layer.weight.grad = g.to(device, torch.bfloat16)
+            opt.step()
+        return [layer.weight.detach().cpu().view(torch.int8),
+                opt.state[layer.weight]["momentum_buffer"].cpu().view(torch.int16)]
+
+    want = run("cpu")
+    for stages in ("0", "3", "4"):
+        monkeypatch.setenv("LARGEOUT_OPTIM_STAGES", stages)
+        for a, b in zip(want, run("cuda")):
+            assert torch.equal(a, b), f"stages {stages}: {(a != b).sum().item()} elements differ"
 
 
 def test_fused_op_rejects_bad_arguments_and_writes_nothing():

@@ -261,12 +261,12 @@ struct StageLayout {
 
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
-// Waits until at most n (0..3) of this thread's copy groups are pending.
+// Waits until at most n (1..4) of this thread's copy groups are pending.
 __device__ __forceinline__ void cp_async_wait_pending(int n) {
-  if (n <= 0) asm volatile("cp.async.wait_group 0;" ::: "memory");
-  else if (n == 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
+  if (n <= 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
   else if (n == 2) asm volatile("cp.async.wait_group 2;" ::: "memory");
-  else asm volatile("cp.async.wait_group 3;" ::: "memory");
+  else if (n == 3) asm volatile("cp.async.wait_group 3;" ::: "memory");
+  else asm volatile("cp.async.wait_group 4;" ::: "memory");
 }
 
 // Copies one group (kWidth bytes at element i0 of a tensor of kWidth / 8 bytes per
@@ -333,9 +333,9 @@ struct StageRecord {
 
 // Thread t takes groups blockIdx.x * 256 + t + i * gridDim.x * 256 (a persistent grid:
 // many groups per thread keep its stages full). The stages form a ring: the thread waits
-// for the oldest, updates that group, then refills the stage with the group stages - 1
+// for the oldest, updates that group, then refills the stage with the group `stages`
 // steps ahead (copies issued after the update, so their addresses are not live during it:
-// issued before it, they spilled).
+// issued before it, they spilled). So stages - 1 groups are in flight during an update.
 template <OptimKind K, ElemType P, ElemType S, int kBlocks, bool kScaled>
 __global__ void __launch_bounds__(kOptThreads, kBlocks)
     optim_kernel_staged(const OptimSlot* __restrict__ slots, const int64_t* __restrict__ prefix,
@@ -379,12 +379,14 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks)
     records[stage * kOptThreads + tid] = r;
     cp_async_commit();  // (empty past the end: the wait below counts groups)
   };
+  // The thread's i-th group goes to stage i % stages: the first `stages` now, then each
+  // one into the stage its predecessor `stages` groups back has just been read from.
   const int64_t g_first = int64_t(blockIdx.x) * kOptThreads + tid;
-  for (int i = 0; i < lay.stages - 1; ++i) prefetch(g_first + i * stride, i);
-  int64_t gp = g_first + (lay.stages - 1) * stride;
+  for (int i = 0; i < lay.stages; ++i) prefetch(g_first + i * stride, i);
+  int64_t gp = g_first + lay.stages * stride;
   int st = 0;
   for (int64_t g = g_first; g < total_groups; g += stride, gp += stride) {
-    cp_async_wait_pending(lay.stages - 2);  // the oldest stage (group g) has landed
+    cp_async_wait_pending(lay.stages - 1);  // the oldest stage (group g) has landed
     const StageRecord r = records[st * kOptThreads + tid];
     const OptimSlot s = slot(r.k);
     if (r.staged) {
@@ -426,11 +428,12 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   if (e != cudaSuccess) return e;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;
-  int smem_sm = 0, smem_block = 0;
+  int smem_sm = 0, smem_block = 0, smem_reserved = 0;
   const int stages = optim_stages();
   if (stages > 0) {
     e = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
     if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
     if (e != cudaSuccess) return e;
   }
   bool unscalable = false;
@@ -455,27 +458,40 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
         // 2 blocks per SM (128 registers) for every kind: with 4 (64 registers, as SGD's
         // register kernel without buffers) the staged SGD kernels spilled 200-460 bytes.
         constexpr int blocks_sm = 2;
-        // As many stages as fit blocks_sm blocks per SM (1 KB per block is the system's).
+        // As many stages as fit blocks_sm blocks per SM (at least 2; else the register
+        // kernels below: a GPU with less shared memory than sm_80's and sm_90's).
         const int per_stage = lay.stage_bytes + kOptThreads * int(sizeof(StageRecord));
+        auto fits = [&](int n) {
+          return blocks_sm * (n * per_stage + smem_reserved) <= smem_sm && n * per_stage <= smem_block;
+        };
         lay.stages = stages;
-        while (lay.stages > 2 &&
-               (blocks_sm * (lay.stages * per_stage + 1024) > smem_sm || lay.stages * per_stage > smem_block))
-          --lay.stages;
-        const int bytes = lay.stages * per_stage;
-        using Fn = void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, StageLayout);
-        Fn kernel = nullptr;
-        if (scaled) {
-          if constexpr (scalable(P)) kernel = optim_kernel_staged<K, P, S, blocks_sm, true>;
-        } else {
-          kernel = optim_kernel_staged<K, P, S, blocks_sm, false>;
+        while (lay.stages > 2 && !fits(lay.stages)) --lay.stages;
+        if (fits(lay.stages)) {
+          const int bytes = lay.stages * per_stage;
+          using Fn = void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, StageLayout);
+          Fn kernel = nullptr;
+          if (scaled) {
+            if constexpr (scalable(P)) kernel = optim_kernel_staged<K, P, S, blocks_sm, true>;
+          } else {
+            kernel = optim_kernel_staged<K, P, S, blocks_sm, false>;
+          }
+          // The device's largest size, whatever this launch needs (so that launches of one
+          // kernel with different sizes from several host threads cannot undo each other),
+          // and all of the unified L1 / shared memory as shared (blocks_sm blocks per SM).
+          e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_block);
+          if (e == cudaSuccess)
+            e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
+                                     int(cudaSharedmemCarveoutMaxShared));
+          if (e != cudaSuccess) {
+            (void)cudaGetLastError();  // (returned below; not left to a later check)
+            return;
+          }
+          const int64_t blocks_needed = (total_groups + kOptThreads - 1) / kOptThreads;
+          const int64_t grid = std::min(blocks_needed, int64_t(sms) * blocks_sm);
+          kernel<<<unsigned(grid), kOptThreads, bytes, stream>>>(slots, group_prefix, total_groups, types.grad, hyper,
+                                                                  lay);
+          return;
         }
-        e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
-        if (e != cudaSuccess) return;
-        const int64_t blocks_needed = (total_groups + kOptThreads - 1) / kOptThreads;
-        const int64_t grid = std::min(blocks_needed, int64_t(sms) * blocks_sm);
-        kernel<<<unsigned(grid), kOptThreads, bytes, stream>>>(slots, group_prefix, total_groups, types.grad, hyper,
-                                                                lay);
-        return;
       }
     }
     auto pick = [&]<Bufs kBufs>() {
