@@ -9,9 +9,7 @@ largeout.optim over a few large tensors (N elements in all) is timed with CUDA e
 read once and every parameter and state element written once. The reference is
 ``dst.copy_(src)`` of a large buffer in the same run (bytes read + written), and, where
 torch has one, ``torch.optim``'s fused step on the same tensors (round-to-nearest, so
-it is not the same algorithm: a speed reference only). With --stages, each case is also
-timed under each value of LARGEOUT_OPTIM_STAGES (0: the register kernels; 2-5: the staged
-kernel's ring; the row's main time is the default, the variable unset).
+it is not the same algorithm: a speed reference only).
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ def step_bytes(opt, params) -> int:
     return total
 
 
-def run_case(name, kind, pdt, gdt, kw, elements, parts, iters, stages=()):
+def run_case(name, kind, pdt, gdt, kw, elements, parts, iters):
     sizes = [elements // parts] * parts
     gen = torch.Generator(device="cuda").manual_seed(0)
     params = []
@@ -94,16 +92,9 @@ def run_case(name, kind, pdt, gdt, kw, elements, parts, iters, stages=()):
         opt = lo_optim.AdamW(params, lr=1e-3, weight_decay=0.01, seed=1, **kw)
     opt.step()  # creates the state
     nbytes = step_bytes(opt, params)
-    os.environ.pop("LARGEOUT_OPTIM_STAGES", None)
     t, times = timed(opt.step, iters)
     row = {"case": name, "elements": elements, "tensors": parts, "bytes_per_step": nbytes, "seconds": t,
            "GBps": nbytes / t / 1e9, "times": times}
-    if stages:
-        row["seconds_by_stages"] = {}
-        for v in stages:
-            os.environ["LARGEOUT_OPTIM_STAGES"] = v
-            row["seconds_by_stages"][v] = timed(opt.step, iters)[0]
-        os.environ.pop("LARGEOUT_OPTIM_STAGES", None)
     # torch's own fused step on the same tensors, where it exists (round to nearest)
     if pdt in (torch.bfloat16, torch.float32) and not kw.get("kahan"):
         try:
@@ -130,12 +121,7 @@ def main(argv=None) -> int:
     ap.add_argument("--tensors", type=int, default=4)
     ap.add_argument("--iters", type=int, default=15)
     ap.add_argument("--cases", default="", help="only the cases whose names are in this comma-separated list")
-    ap.add_argument("--stages", default="", help="comma-separated LARGEOUT_OPTIM_STAGES values to time too, e.g. 0,3")
     args = ap.parse_args(argv)
-    stages = [v.strip() for v in args.stages.split(",") if v.strip()]
-    bad = [v for v in stages if v not in ("0", "2", "3", "4", "5")]
-    if bad:
-        ap.error(f"--stages: expected values among 0, 2, 3, 4, 5, got {bad}")
     wanted = [c.strip() for c in args.cases.split(",") if c.strip()]
     unknown = [c for c in wanted if c not in [case[0] for case in CASES]]
     if unknown:
@@ -147,13 +133,12 @@ def main(argv=None) -> int:
     for case in CASES:
         if wanted and case[0] not in wanted:
             continue
-        r = run_case(*case, args.elements, args.tensors, args.iters, stages)
+        r = run_case(*case, args.elements, args.tensors, args.iters)
         r["fraction_of_copy"] = r["GBps"] / copy["GBps"]
         rows.append(r)
         extra = f", torch fused {r['torch_fused_seconds'] * 1e3:.2f} ms" if "torch_fused_seconds" in r else ""
-        by = "".join(f", stages={v}: {sec * 1e3:.2f} ms" for v, sec in r.get("seconds_by_stages", {}).items())
         print(f"{r['case']:55s} {r['seconds'] * 1e3:8.2f} ms {r['GBps']:7.0f} GB/s "
-              f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}{by}", flush=True)
+              f"({100 * r['fraction_of_copy']:.0f}% of copy){extra}", flush=True)
     out = {"device": dev, "torch": torch.__version__, "largeout": largeout.build_info(),
            "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
            "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),

@@ -16,8 +16,7 @@
 #            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
 #            bench/bench_fp8.py (FP8_BENCH=0: without; FP8_BENCH_ARGS: its arguments), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
-#            the optimizer tests and bench/bench_optim.py (OPTIM_STAGES=0,3: also timed with those
-#            LARGEOUT_OPTIM_STAGES); NCU_OPTIM="case;case": ncu of those optimizer cases
+#            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -334,8 +333,7 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
     [ "${TESTS_ALL:-0}" = 1 ] || { echo "== tests: optimizers and stochastic rounding"
       run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py; }
     echo "== benchmark: fused optimizer step"
-    timeout 200 python3 bench/bench_optim.py --iters 15 ${OPTIM_STAGES:+--stages "$OPTIM_STAGES"} --out "$OUT/optim.json" \
-      2>&1 | tail -11
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
   fi
   if [ -n "${NCU_OPTIM:-}" ]; then
     echo "== profile: fused optimizer step ($NCU_OPTIM)"

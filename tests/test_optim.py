@@ -341,10 +341,9 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
                 assert torch.equal(t.view(w), sb[key].cpu().view(w)), key
 
 
-# (kind, parameter dtype, gradient dtype): every width of the staged kernel's regions (8, 16
-# and 32 bytes per thread: fp8, 16-bit, fp32 gradients or state), Kahan buffers, and stage
-# counts cut to fit (fp32 state with 5 stages asked).
-STAGED_CASES = [
+# (kind, parameter dtype, gradient dtype): fp8, 16-bit and fp32 gradients or state, Kahan
+# buffers.
+LARGE_CASES = [
     ("sgd", torch.bfloat16, torch.bfloat16), ("sgd-momentum", torch.bfloat16, torch.bfloat16),
     ("sgd-kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
     ("sgd-momentum", torch.float8_e5m2, torch.bfloat16), ("adamw", torch.bfloat16, torch.bfloat16),
@@ -354,13 +353,12 @@ STAGED_CASES = [
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("kind,pdtype,gdtype", STAGED_CASES, ids=lambda v: str(v).replace("torch.", ""))
-def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, gdtype, monkeypatch):
-    # The staged kernel (LARGEOUT_OPTIM_STAGES = 2..5, default 4) and the register kernels
-    # (0), bit for bit against the CPU loop, on tensors large enough that every thread of
-    # the persistent grid goes round its ring of stages several times (4.5M elements: 8-9
-    # groups per thread on 132 SMs), with a slot's end inside a thread's groups and an
-    # unaligned view (the per-group path) among them.
+@pytest.mark.parametrize("kind,pdtype,gdtype", LARGE_CASES, ids=lambda v: str(v).replace("torch.", ""))
+def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, gdtype):
+    # The CUDA step bit for bit against the CPU loop on tensors large enough that each
+    # thread of the grid (at most 8 blocks per SM) takes several iterations (4.5M
+    # elements), with a slot's end inside a thread's groups and an unaligned view (the
+    # per-group path) among them.
     big = torch.randn(4_500_013, generator=torch.Generator().manual_seed(5)) * 0.5
     small = torch.randn(9_001, generator=torch.Generator().manual_seed(6)) * 0.5
     grads = [[torch.randn(n, generator=torch.Generator().manual_seed(60 + 3 * step + i)).to(gdtype)
@@ -388,19 +386,16 @@ def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdt
                                                if torch.is_tensor(t) and t.dim() > 0]
         return [t.cpu().view({1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]) for t in tensors]
 
-    want = run("cpu")
-    for stages in ("0", "2", "3", "4", "5"):
-        monkeypatch.setenv("LARGEOUT_OPTIM_STAGES", stages)
-        got = run("cuda")
-        assert len(got) == len(want)
-        for i, (a, b) in enumerate(zip(want, got)):
-            assert torch.equal(a, b), f"stages {stages}: tensor {i} differs in {(a != b).sum().item()} elements"
+    want, got = run("cpu"), run("cuda")
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert torch.equal(a, b), f"tensor {i} differs in {(a != b).sum().item()} elements"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight(monkeypatch):
-    # The staged kernel's scaled variant (fp8 weight with per-label scales) over many groups
-    # per thread, against the CPU loop.
+def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight():
+    # The scaled kernel (fp8 weight with per-label scales) over many groups per thread,
+    # against the CPU loop.
     from largeout.nn import GroupSparseLinear
 
     def run(device):
@@ -416,11 +411,8 @@ def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight(monkeypa
         return [layer.weight.detach().cpu().view(torch.int8),
                 opt.state[layer.weight]["momentum_buffer"].cpu().view(torch.int16)]
 
-    want = run("cpu")
-    for stages in ("0", "3", "4"):
-        monkeypatch.setenv("LARGEOUT_OPTIM_STAGES", stages)
-        for a, b in zip(want, run("cuda")):
-            assert torch.equal(a, b), f"stages {stages}: {(a != b).sum().item()} elements differ"
+    for a, b in zip(run("cpu"), run("cuda")):
+        assert torch.equal(a, b), f"{(a != b).sum().item()} elements differ"
 
 
 def test_fused_op_rejects_bad_arguments_and_writes_nothing():

@@ -151,6 +151,11 @@ __device__ __forceinline__ void update_one(const OptimSlot& s, ElemType G, const
 // (specialized AdamW kernels measured slower, bench/NOTES.md).
 enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
 
+// (Tried and removed, session 17: a staged kernel in which each thread copies its next
+// groups into a ring of shared-memory stages by cp.async while it updates the current one,
+// kept in commit 20b8ed7. On an H100 it was 2x slower for bf16 SGD and equal for AdamW:
+// the per-element code, not the loads' latency, bounds these kernels. bench/NOTES.md.)
+
 // Resident blocks per SM the kernel is compiled for (its register budget: 128 per thread
 // for 2, 64 for 4). SGD without buffers: 4 (more warps to issue from; bf16 with SR 1.39 ->
 // 1.31 ms, 78% -> 83% of copy on an H200, fp8 3.76 -> 3.14 ms); with state, 2 (4 spills and
@@ -241,182 +246,6 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
   }
 }
 
-// ---- The staged kernel: each thread copies its next groups into shared memory (cp.async)
-// while it updates the current one. With one group per thread in registers the AdamW
-// kernels ran at ~50% of copy bandwidth on an H200: a warp's loads were in flight only
-// between its updates, not during them, and 128 registers leave 4 warps per scheduler
-// to cover that (Nsight Compute, bench/NOTES.md). The stages take no registers, and every
-// thread both copies and computes (no producer warp: 256-thread CTAs, as before). A thread
-// reads back only what it copied, so no barrier is needed. Groups that are partial or not
-// 16-byte aligned skip the copy and take update_one.
-
-// A stage holds one group of every tensor of a thread's launch for each of the 256 threads:
-// tensor j's region is [256][width_j] bytes, a 32-byte width as two [256][16] planes (so
-// every shared access of a warp is 16 or 8 contiguous bytes per thread: no bank conflicts).
-struct StageLayout {
-  int stages, stage_bytes;
-  int off[5];    // region of the param, grad, buf1, buf2, comp (bytes into a stage)
-  int width[5];  // bytes per thread: 8 * elem_bytes, 0 where the launch has no such tensor
-};
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-
-// Waits until at most n (1..4) of this thread's copy groups are pending.
-__device__ __forceinline__ void cp_async_wait_pending(int n) {
-  if (n <= 1) asm volatile("cp.async.wait_group 1;" ::: "memory");
-  else if (n == 2) asm volatile("cp.async.wait_group 2;" ::: "memory");
-  else if (n == 3) asm volatile("cp.async.wait_group 3;" ::: "memory");
-  else asm volatile("cp.async.wait_group 4;" ::: "memory");
-}
-
-// Copies one group (kWidth bytes at element i0 of a tensor of kWidth / 8 bytes per
-// element) into this thread's place of a region (shared address).
-template <int kWidth>
-__device__ __forceinline__ void copy_group_async(uint32_t region, const void* base, int64_t i0, int tid) {
-  const uint8_t* src = static_cast<const uint8_t*>(base) + i0 * (kWidth / 8);
-  if constexpr (kWidth == 8) {
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 8;" ::"r"(region + tid * 8), "l"(src) : "memory");
-  } else {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(region + tid * 16), "l"(src) : "memory");
-    if constexpr (kWidth == 32)
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(region + kOptThreads * 16 + tid * 16),
-                   "l"(src + 16)
-                   : "memory");
-  }
-}
-
-// This thread's group of a region, unpacked to codes.
-template <int kWidth>
-__device__ __forceinline__ void unpack_staged(const uint8_t* region, int tid, uint32_t out[8]) {
-  Raw8 r{};
-  if constexpr (kWidth == 8) {
-    const uint2 v = reinterpret_cast<const uint2*>(region)[tid];
-    r.a.x = v.x, r.a.y = v.y;
-  } else {
-    r.a = reinterpret_cast<const uint4*>(region)[tid];
-    if constexpr (kWidth == 32) r.b = reinterpret_cast<const uint4*>(region + kOptThreads * 16)[tid];
-  }
-  unpack8(r, kWidth / 8, out);
-}
-
-// The gradient's width is known at run time only.
-__device__ __forceinline__ void copy_grad_async(uint32_t region, int width, const void* base, int64_t i0, int tid) {
-  if (width == 16) copy_group_async<16>(region, base, i0, tid);
-  else if (width == 32) copy_group_async<32>(region, base, i0, tid);
-  else copy_group_async<8>(region, base, i0, tid);
-}
-__device__ __forceinline__ void unpack_grad(const uint8_t* region, int width, int tid, uint32_t out[8]) {
-  if (width == 16) unpack_staged<16>(region, tid, out);
-  else if (width == 32) unpack_staged<32>(region, tid, out);
-  else unpack_staged<8>(region, tid, out);
-}
-
-// Whether the group at element i0 of slot s is whole and aligned (the staged path).
-__device__ __forceinline__ bool staged_group(const OptimSlot& s, int64_t i0) {
-  return i0 + 8 <= s.numel && slot_aligned(s);
-}
-
-// update_one out of line: partial and unaligned groups are rare, and inlined beside the
-// staged path the two copies of the update rule spilled (ptxas).
-template <OptimKind K, ElemType P, ElemType S, bool kScaled>
-__device__ __noinline__ void update_one_call(const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
-  update_one<K, P, S, kScaled>(s, G, h, i0);
-}
-
-// What a thread's stage holds: the group's slot (-1: none, past the launch's end), whether
-// it was copied (whole and aligned) and its first element in the slot. Kept in shared
-// memory beside the stage, so that no second cursor over the slots lives in registers.
-struct StageRecord {
-  int32_t k, staged;
-  int64_t i0;
-};
-
-// Thread t takes groups blockIdx.x * 256 + t + i * gridDim.x * 256 (a persistent grid:
-// many groups per thread keep its stages full). The stages form a ring: the thread waits
-// for the oldest, updates that group, then refills the stage with the group `stages`
-// steps ahead (copies issued after the update, so their addresses are not live during it:
-// issued before it, they spilled). So stages - 1 groups are in flight during an update.
-template <OptimKind K, ElemType P, ElemType S, int kBlocks, bool kScaled>
-__global__ void __launch_bounds__(kOptThreads, kBlocks)
-    optim_kernel_staged(const OptimSlot* __restrict__ slots, const int64_t* __restrict__ prefix,
-                        int64_t total_groups, ElemType G, OptimHyper h, StageLayout lay) {
-  constexpr int kWP = 8 * elem_bytes(P), kWS = 8 * elem_bytes(S), kWC = 8 * elem_bytes(comp_type(P));
-  extern __shared__ __align__(16) uint8_t stage_mem[];
-  StageRecord* records = reinterpret_cast<StageRecord*>(stage_mem);  // [stages][256]
-  uint8_t* data = stage_mem + lay.stages * kOptThreads * int(sizeof(StageRecord));
-  const int tid = threadIdx.x;
-  const int64_t stride = int64_t(gridDim.x) * kOptThreads;
-  auto slot = [&](int k) {
-    OptimSlot s = slots[k];
-    if constexpr (K != OptimKind::kAdamW) s.buf2 = nullptr;
-    return s;
-  };
-  const uint32_t data0 = static_cast<uint32_t>(__cvta_generic_to_shared(data));
-  int k = 0;  // the copies' slot: moves forward only
-  int64_t first = __ldg(prefix), end = __ldg(prefix + 1);
-  auto prefetch = [&](int64_t g, int stage) {
-    StageRecord r{-1, 0, 0};
-    if (g < total_groups) {
-      if (end <= g) {
-        do {
-          ++k;
-          end = __ldg(prefix + k + 1);
-        } while (end <= g);  // also skips empty slots
-        first = __ldg(prefix + k);
-      }
-      const OptimSlot s = slot(k);
-      r = StageRecord{k, 0, (g - first) * 8};
-      if (staged_group(s, r.i0)) {
-        r.staged = 1;
-        const uint32_t b = data0 + uint32_t(stage * lay.stage_bytes);
-        copy_group_async<kWP>(b + lay.off[0], s.param, r.i0, tid);
-        copy_grad_async(b + lay.off[1], lay.width[1], s.grad, r.i0, tid);
-        if (s.buf1) copy_group_async<kWS>(b + lay.off[2], s.buf1, r.i0, tid);
-        if (s.buf2) copy_group_async<kWS>(b + lay.off[3], s.buf2, r.i0, tid);
-        if (s.comp) copy_group_async<kWC>(b + lay.off[4], s.comp, r.i0, tid);
-      }
-    }
-    records[stage * kOptThreads + tid] = r;
-    cp_async_commit();  // (empty past the end: the wait below counts groups)
-  };
-  // The thread's i-th group goes to stage i % stages: the first `stages` now, then each
-  // one into the stage its predecessor `stages` groups back has just been read from.
-  const int64_t g_first = int64_t(blockIdx.x) * kOptThreads + tid;
-  for (int i = 0; i < lay.stages; ++i) prefetch(g_first + i * stride, i);
-  int64_t gp = g_first + lay.stages * stride;
-  int st = 0;
-  for (int64_t g = g_first; g < total_groups; g += stride, gp += stride) {
-    cp_async_wait_pending(lay.stages - 1);  // the oldest stage (group g) has landed
-    const StageRecord r = records[st * kOptThreads + tid];
-    const OptimSlot s = slot(r.k);
-    if (r.staged) {
-      const uint8_t* b = data + st * lay.stage_bytes;
-      OptimGroup q;
-      unpack_staged<kWP>(b + lay.off[0], tid, q.p);
-      unpack_grad(b + lay.off[1], lay.width[1], tid, q.g);
-      if (s.buf1) unpack_staged<kWS>(b + lay.off[2], tid, q.b1);
-      if (s.buf2) unpack_staged<kWS>(b + lay.off[3], tid, q.b2);
-      if (s.comp) unpack_staged<kWC>(b + lay.off[4], tid, q.c);
-      optim_update_codes<K, P, S, kScaled>(q, s, G, h, r.i0);
-      store_group<P, S>(s, r.i0, q);
-    } else {
-      update_one_call<K, P, S, kScaled>(s, G, h, r.i0);
-    }
-    prefetch(gp, st);
-    st = st + 1 == lay.stages ? 0 : st + 1;
-  }
-  asm volatile("cp.async.wait_all;" ::: "memory");
-}
-
-// Stages of the staged kernel: LARGEOUT_OPTIM_STAGES (2..5; 0: the register kernels
-// above, for timing comparisons), else 4 (3 groups in flight while one is updated).
-int optim_stages() {
-  const char* e = std::getenv("LARGEOUT_OPTIM_STAGES");
-  if (e == nullptr) return 4;
-  const int n = std::atoi(e);
-  return n == 0 ? 0 : std::clamp(n, 2, 5);
-}
-
 }  // namespace
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
@@ -428,72 +257,8 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
   if (e != cudaSuccess) return e;
   e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (e != cudaSuccess) return e;
-  int smem_sm = 0, smem_block = 0, smem_reserved = 0;
-  const int stages = optim_stages();
-  if (stages > 0) {
-    e = cudaDeviceGetAttribute(&smem_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_block, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-    if (e == cudaSuccess) e = cudaDeviceGetAttribute(&smem_reserved, cudaDevAttrReservedSharedMemoryPerBlock, device);
-    if (e != cudaSuccess) return e;
-  }
   bool unscalable = false;
   const bool known = dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
-    if constexpr (P != ElemType::kF32) {  // (fp32 parameters: the register kernels reach ~90% of copy)
-      if (stages > 0) {
-        if constexpr (!scalable(P)) {
-          if (scaled) {
-            unscalable = true;
-            return;
-          }
-        }
-        StageLayout lay{};
-        const bool adamw = K == OptimKind::kAdamW;
-        const int widths[5] = {8 * elem_bytes(P), 8 * elem_bytes(types.grad), has_buf1 || adamw ? 8 * elem_bytes(S) : 0,
-                               adamw ? 8 * elem_bytes(S) : 0, has_comp ? 8 * elem_bytes(comp_type(P)) : 0};
-        for (int j = 0; j < 5; ++j) {
-          lay.width[j] = widths[j];
-          lay.off[j] = lay.stage_bytes;
-          lay.stage_bytes += kOptThreads * widths[j];
-        }
-        // 2 blocks per SM (128 registers) for every kind: with 4 (64 registers, as SGD's
-        // register kernel without buffers) the staged SGD kernels spilled 200-460 bytes.
-        constexpr int blocks_sm = 2;
-        // As many stages as fit blocks_sm blocks per SM (at least 2; else the register
-        // kernels below: a GPU with less shared memory than sm_80's and sm_90's).
-        const int per_stage = lay.stage_bytes + kOptThreads * int(sizeof(StageRecord));
-        auto fits = [&](int n) {
-          return blocks_sm * (n * per_stage + smem_reserved) <= smem_sm && n * per_stage <= smem_block;
-        };
-        lay.stages = stages;
-        while (lay.stages > 2 && !fits(lay.stages)) --lay.stages;
-        if (fits(lay.stages)) {
-          const int bytes = lay.stages * per_stage;
-          using Fn = void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, StageLayout);
-          Fn kernel = nullptr;
-          if (scaled) {
-            if constexpr (scalable(P)) kernel = optim_kernel_staged<K, P, S, blocks_sm, true>;
-          } else {
-            kernel = optim_kernel_staged<K, P, S, blocks_sm, false>;
-          }
-          // The device's largest size, whatever this launch needs (so that launches of one
-          // kernel with different sizes from several host threads cannot undo each other),
-          // and all of the unified L1 / shared memory as shared (blocks_sm blocks per SM).
-          e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_block);
-          if (e == cudaSuccess)
-            e = cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout,
-                                     int(cudaSharedmemCarveoutMaxShared));
-          if (e != cudaSuccess) {
-            (void)cudaGetLastError();  // (returned below; not left to a later check)
-            return;
-          }
-          const int64_t blocks_needed = (total_groups + kOptThreads - 1) / kOptThreads;
-          const int64_t grid = std::min(blocks_needed, int64_t(sms) * blocks_sm);
-          kernel<<<unsigned(grid), kOptThreads, bytes, stream>>>(slots, group_prefix, total_groups, types.grad, hyper,
-                                                                  lay);
-          return;
-        }
-      }
-    }
     auto pick = [&]<Bufs kBufs>() {
       constexpr int kBlocks = resident_blocks(kBufs);
       return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
@@ -519,7 +284,6 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
                                                                              types.grad, hyper);
   });
   if (!known || unscalable) return cudaErrorInvalidValue;
-  if (e != cudaSuccess) return e;
   return cudaGetLastError();
 }
 
