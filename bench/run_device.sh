@@ -250,12 +250,17 @@ fi
 if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass at the headline), then the headline
   for G in ${PROFILE_G:-32}; do
     echo "== Nsight Compute: dW at B=512 K=128 G=$G L=670,208"
-    timeout 200 ncu --clock-control none -k regex:'gsl_dw.*sm90' --launch-skip 2 --launch-count 1 \
+    # (profile_sm90.py launches dW twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
+    timeout 200 ncu --clock-control none -k regex:'gsl_dw' --launch-skip 1 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
-      --section InstructionStats --section SourceCounters --print-details all \
-      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_dw_G$G.txt" 2>&1
+      --section InstructionStats --section SourceCounters --print-details all -o "$OUT/ncu_dw_G$G" \
+      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_dw_G$G.log" 2>&1
     echo "ncu G=$G rc=$?"
+    ncu -i "$OUT/ncu_dw_G$G.ncu-rep" --print-details all > "$OUT/ncu_dw_G$G.txt" 2>&1
+    # per-instruction stall samples (which loads the long-scoreboard stalls wait on)
+    ncu -i "$OUT/ncu_dw_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_dw_sass_G$G.csv" 2>&1
+    echo "sass page rc=$? ($(wc -l < "$OUT/ncu_dw_sass_G$G.csv") lines)"
     grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_dw_G$G.txt" | head -24
   done
   echo "== benchmark: B=512, K=128"
