@@ -254,7 +254,7 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
     timeout 200 ncu --clock-control none -k regex:'gsl_dw' --launch-skip 1 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
-      --section InstructionStats --section SourceCounters --print-details all -o "$OUT/ncu_dw_G$G" \
+      --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_dw_G$G" \
       python3 bench/profile_sm90.py --G $G > "$OUT/ncu_dw_G$G.log" 2>&1
     echo "ncu G=$G rc=$?"
     ncu -i "$OUT/ncu_dw_G$G.ncu-rep" --print-details all > "$OUT/ncu_dw_G$G.txt" 2>&1

@@ -11,8 +11,9 @@ where its predicate holds, puts first the rarest candidate that passes it instea
     definition (the text before the first ";"; plural -s/-es/-ies forms too), its held-out
     probability is >= q, and the kv nearest glosses (similarity >= s) all carry it;
   - "stacked": a gradient-boosted classifier (scikit-learn HistGradientBoosting) scores
-    each (row, candidate) from the candidate's log-probability, neighbour vote, log inverse
-    propensity, rank, name flag, the veto flags and the row's two nearest similarities; it
+    each (row, candidate) from the candidate's log-probability and its gap to the first
+    candidate's, neighbour vote, log inverse propensity, rank, name flag, the veto flags and
+    the similarities of the row's 1st and 5th nearest glosses; it
     is itself cross-fitted over the held-out rows (5 folds), and a candidate passes at
     score >= t.
 For each setting: rows changed, held-out rank-1 errors, held-out PSP@1 (the chosen rule
@@ -83,6 +84,12 @@ def main() -> None:
                 "PSP@1": round(100 * M.psprecision_at_k(idx[ar, f][:, None], Y, 1, ip), 3)}
 
     out = {"held_out_rows": N, "chosen_rule": result(np.zeros_like(named)), "name": [], "stacked": []}
+    # How confidently wrong the held-out model is about WordNet's top level (labels 1 and 2:
+    # physical_entity.n.01 and abstraction.n.06): rows where the label is a candidate at
+    # probability >= 0.9999 but not a true label.
+    out["top_level_wrong_at_p_0.9999"] = {
+        name: int(((idx == lab) & (np.exp(mean) >= 0.9999) & ~truth).any(1).sum())
+        for lab, name in ((1, "physical_entity.n.01"), (2, "abstraction.n.06"))}
     prob = np.exp(mean)
     for v in ["none"] + VETOES:
         sh = np.ones_like(named) if v == "none" else D[f"oof_shared_{v}"]

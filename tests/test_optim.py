@@ -345,7 +345,7 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
 # buffers.
 LARGE_CASES = [
     ("sgd", torch.bfloat16, torch.bfloat16), ("sgd-momentum", torch.bfloat16, torch.bfloat16),
-    ("sgd-kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
+    ("sgd-momentum-kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
     ("sgd-momentum", torch.float8_e5m2, torch.bfloat16), ("adamw", torch.bfloat16, torch.bfloat16),
     ("adamw", torch.bfloat16, torch.float32), ("adamw-f32-state", torch.bfloat16, torch.bfloat16),
     ("adamw-kahan", torch.bfloat16, torch.bfloat16), ("adamw", torch.float8_e4m3fn, torch.bfloat16),
@@ -355,23 +355,25 @@ LARGE_CASES = [
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("kind,pdtype,gdtype", LARGE_CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, gdtype):
-    # The CUDA step bit for bit against the CPU loop on tensors large enough that each
-    # thread of the grid (at most 8 blocks per SM) takes several iterations (4.5M
-    # elements), with a slot's end inside a thread's groups and an unaligned view (the
-    # per-group path) among them.
-    big = torch.randn(4_500_013, generator=torch.Generator().manual_seed(5)) * 0.5
+    # The CUDA step bit for bit against the CPU loop on tensors large enough that every
+    # thread of the grid (at most 8 blocks of 256 per SM, at most 2 groups of 8 elements per
+    # thread per iteration) takes at least 3 iterations, with a slot's end inside a thread's
+    # groups and an unaligned view (the per-group path) among them.
+    n_big = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 * 256 * 16 + 13
+    big = torch.randn(n_big, generator=torch.Generator().manual_seed(5)) * 0.5
     small = torch.randn(9_001, generator=torch.Generator().manual_seed(6)) * 0.5
     grads = [[torch.randn(n, generator=torch.Generator().manual_seed(60 + 3 * step + i)).to(gdtype)
-              for i, n in enumerate((4_500_013, 9_000, 4_099))] for step in range(2)]
+              for i, n in enumerate((n_big, 9_000, 4_099))] for step in range(2)]
 
-    def run(device):
-        ps = [torch.nn.Parameter(big.to(device, pdtype)), torch.nn.Parameter(small.to(device, pdtype)[1:]),
-              torch.nn.Parameter(small[:4_099].to(device, pdtype))]
+    def run(device):  # (clones: a conversion to the same dtype and device would alias big / small)
+        ps = [torch.nn.Parameter(big.to(device, pdtype).clone()),
+              torch.nn.Parameter(small.to(device, pdtype).clone()[1:]),
+              torch.nn.Parameter(small[:4_099].to(device, pdtype).clone())]
         if kind == "adamw-kahan":
             opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=78)
         elif kind == "adamw-f32-state":
             opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=78)
-        elif kind == "sgd-kahan":
+        elif kind == "sgd-momentum-kahan":
             opt = lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=78)
         else:
             opt = _make(kind, ps, seed=78)
@@ -394,13 +396,15 @@ def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdt
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight():
-    # The scaled kernel (fp8 weight with per-label scales) over many groups per thread,
-    # against the CPU loop.
+    # The scaled kernel (fp8 weight with per-label scales, 1 group per thread per
+    # iteration) over at least 3 iterations per thread, against the CPU loop.
     from largeout.nn import GroupSparseLinear
+
+    labels = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 * 256 * 8 // 64 + 1
 
     def run(device):
         gen = torch.Generator().manual_seed(11)
-        layer = GroupSparseLinear(64, 70_001, 64, 32, weight_dtype=torch.float8_e4m3fn, generator=gen,
+        layer = GroupSparseLinear(64, labels, 64, 32, weight_dtype=torch.float8_e4m3fn, generator=gen,
                                   weight_scale="label").to(device)
         opt = lo_optim.SGD([layer.weight], lr=0.05, momentum=0.9, seed=79)
         for step in range(2):

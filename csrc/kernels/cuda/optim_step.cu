@@ -153,8 +153,9 @@ enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
 
 // (Tried and removed, session 17: a staged kernel in which each thread copies its next
 // groups into a ring of shared-memory stages by cp.async while it updates the current one,
-// kept in commit 20b8ed7. On an H100 it was 2x slower for bf16 SGD and equal for AdamW:
-// the per-element code, not the loads' latency, bounds these kernels. bench/NOTES.md.)
+// kept in commit 20b8ed7. On an H100 it was 2x slower for bf16 SGD, equal for AdamW with
+// bf16 state and 12% slower with fp32 state: the per-element code, not the loads' latency,
+// bounds these kernels. bench/NOTES.md, session 17.)
 
 // Resident blocks per SM the kernel is compiled for (its register budget: 128 per thread
 // for 2, 64 for 4). SGD without buffers: 4 (more warps to issue from; bf16 with SR 1.39 ->
