@@ -38,7 +38,6 @@ import datetime
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -49,6 +48,7 @@ from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import xmc_rank_rules as R  # noqa: E402  (this folder's rule families)
+from bench_group_sparse import git_commit  # noqa: E402
 
 from largeout import metrics as M  # noqa: E402
 from largeout.train import Dataset, load_config, load_dataset, train  # noqa: E402
@@ -64,14 +64,6 @@ RULE_GRID = dict(powers="0,3e-6,3e-5", thresholds="10,12,14,16,18,20,22,25", knn
                  knn_alphas="0.5,2", knn_powers="0,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2",
                  knn_vetoes="1:0.8,3:0.6,3:0.7,3:0.8,5:0.7,5:0.8,10:0.6,10:0.7")
 NEIGHBOUR_DIMS = 384  # all-MiniLM-L6-v2's embedding, the last feature columns
-
-
-def commit() -> str:
-    try:
-        return subprocess.run(["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def minilm_dir() -> str:
@@ -201,7 +193,7 @@ def main() -> None:
         "criterion": "no rank-1 error on the labelled held-out rows; then the highest held-out PSP@1",
         "chosen": chosen, "rules_without_held_out_error": len(usable),
         "test_PSP@1_dth_commonest_true_label_first": R.dth_commonest_bound(Ys["test"], ip),
-        "commit": commit(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
+        "commit": git_commit(), "cpu_cores": os.cpu_count(), "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(), "seconds": round(time.time() - t0, 1), "rows": table,
         "method": __doc__,
     }
