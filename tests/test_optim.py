@@ -217,6 +217,28 @@ def _make(kind, ps, **kw):
     return lo_optim.AdamW(ps, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.1, **kw)
 
 
+def _make_variant(kind, ps, seed):
+    """_make's kinds plus Kahan buffers and fp32 AdamW state (the CPU-vs-CUDA tests)."""
+    if kind == "kahan":  # momentum + Kahan
+        return lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=seed)
+    if kind == "sgd-kahan":
+        return lo_optim.SGD(ps, lr=0.05, kahan=True, seed=seed)
+    if kind == "nesterov-kahan":
+        return lo_optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, kahan=True, seed=seed)
+    if kind == "adamw-kahan":
+        return lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=seed)
+    if kind == "adamw-f32-state":
+        return lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=seed)
+    return _make(kind, ps, seed=seed)
+
+
+def _bits(ps, opt):
+    """The parameters' and every state tensor's bits, as integer views on the CPU, in order."""
+    tensors = [p.detach() for p in ps] + [t for st in opt.state.values() for t in st.values()
+                                           if torch.is_tensor(t) and t.dim() > 0]
+    return [t.cpu().view({1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]) for t in tensors]
+
+
 SIZES = [(1,), (7,), (8,), (9,), (33, 31), (4099,)]
 
 
@@ -308,17 +330,7 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
         for i, s in enumerate(SIZES + [(70_001,), (2048 * 3 + 24,)]):
             gen = torch.Generator().manual_seed(50 + i)
             ps.append(torch.nn.Parameter((torch.randn(s, generator=gen) * 0.5).to(device, pdtype), requires_grad=False))
-        if kind == "kahan":
-            return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=77)
-        if kind == "sgd-kahan":
-            return ps, lo_optim.SGD(ps, lr=0.05, kahan=True, seed=77)
-        if kind == "nesterov-kahan":
-            return ps, lo_optim.SGD(ps, lr=0.05, momentum=0.9, nesterov=True, kahan=True, seed=77)
-        if kind == "adamw-kahan":
-            return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=77)
-        if kind == "adamw-f32-state":
-            return ps, lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=77)
-        return ps, _make(kind, ps, seed=77)
+        return ps, _make_variant(kind, ps, seed=77)
 
     (pc, oc), (pg, og) = build("cpu"), build("cuda")
     gdt = torch.float32 if pdtype == torch.float32 else torch.bfloat16
@@ -331,21 +343,17 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
         oc.step()
         og.step()
     torch.cuda.synchronize()
-    width = {1: torch.int8, 2: torch.int16, 4: torch.int32}[pc[0].element_size()]
-    for a, b in zip(pc, pg):
-        assert torch.equal(a.detach().view(width), b.detach().cpu().view(width))
-    for sa, sb in zip(oc.state.values(), og.state.values()):
-        for key, t in sa.items():
-            if torch.is_tensor(t) and t.dim() > 0:
-                w = {1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]
-                assert torch.equal(t.view(w), sb[key].cpu().view(w)), key
+    want, got = _bits(pc, oc), _bits(pg, og)
+    assert len(got) == len(want)
+    for i, (a, b) in enumerate(zip(want, got)):
+        assert torch.equal(a, b), f"tensor {i} differs in {(a != b).sum().item()} elements"
 
 
-# (kind, parameter dtype, gradient dtype): fp8, 16-bit and fp32 gradients or state, Kahan
-# buffers.
+# (kind of _make_variant, parameter dtype, gradient dtype): fp8, 16-bit and fp32 gradients
+# or state, Kahan buffers ("kahan": momentum + Kahan).
 LARGE_CASES = [
     ("sgd", torch.bfloat16, torch.bfloat16), ("sgd-momentum", torch.bfloat16, torch.bfloat16),
-    ("sgd-momentum-kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
+    ("kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
     ("sgd-momentum", torch.float8_e5m2, torch.bfloat16), ("adamw", torch.bfloat16, torch.bfloat16),
     ("adamw", torch.bfloat16, torch.float32), ("adamw-f32-state", torch.bfloat16, torch.bfloat16),
     ("adamw-kahan", torch.bfloat16, torch.bfloat16), ("adamw", torch.float8_e4m3fn, torch.bfloat16),
@@ -369,14 +377,7 @@ def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdt
         ps = [torch.nn.Parameter(big.to(device, pdtype).clone()),
               torch.nn.Parameter(small.to(device, pdtype).clone()[1:]),
               torch.nn.Parameter(small[:4_099].to(device, pdtype).clone())]
-        if kind == "adamw-kahan":
-            opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, kahan=True, seed=78)
-        elif kind == "adamw-f32-state":
-            opt = lo_optim.AdamW(ps, lr=1e-2, weight_decay=0.1, state_dtype=torch.float32, seed=78)
-        elif kind == "sgd-momentum-kahan":
-            opt = lo_optim.SGD(ps, lr=0.05, momentum=0.9, kahan=True, seed=78)
-        else:
-            opt = _make(kind, ps, seed=78)
+        opt = _make_variant(kind, ps, seed=78)
         for step in range(2):
             for p, g in zip(ps, grads[step]):
                 p.grad_dtype = None
@@ -384,9 +385,7 @@ def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdt
             opt.step()
         if device == "cuda":
             torch.cuda.synchronize()
-        tensors = [p.detach() for p in ps] + [t for st in opt.state.values() for t in st.values()
-                                               if torch.is_tensor(t) and t.dim() > 0]
-        return [t.cpu().view({1: torch.int8, 2: torch.int16, 4: torch.int32}[t.element_size()]) for t in tensors]
+        return _bits(ps, opt)
 
     want, got = run("cpu"), run("cuda")
     assert len(got) == len(want)
