@@ -25,9 +25,9 @@ import re
 from pathlib import Path
 
 import numpy as np
-import scipy.sparse as sp
 
 from largeout import metrics as M
+from largeout.data import read_jsonl
 
 VETOES = ["1_0.8", "3_0.6", "3_0.7", "3_0.8", "5_0.7", "5_0.8", "10_0.6", "10_0.7"]
 
@@ -57,18 +57,14 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args()
     D = np.load(a.dump)
-    rows = [json.loads(line) for line in open(a.data / "train.jsonl")]
     names = [tuple(tokens(line.strip().rsplit(".", 2)[0])) for line in open(a.data / "labels.txt")]
-    L = len(names)
-    lab = [r["labels"] for r in rows]
-    Ytr = sp.csr_matrix((np.ones(sum(map(len, lab))), np.concatenate(lab).astype(np.int64),
-                         np.cumsum([0] + [len(x) for x in lab])), shape=(len(rows), L))
+    texts, Ytr = read_jsonl(a.data / "train.jsonl", text_fields="text", label_field="labels", num_labels=len(names))
     oof, idx, mean, lip, vote = D["oof_rows"], D["oof_idx"], D["oof_mean"], D["oof_lip"], D["oof_vote"]
     N, ar = len(oof), np.arange(len(oof))
     Y = Ytr[oof]
     truth = np.asarray(Y[ar[:, None], idx].todense()) > 0
     ip = np.asarray(M.inverse_propensity(Ytr, 0.55, 1.5))
-    defs = [phrases(rows[i]["text"].split(";")[0]) for i in oof]
+    defs = [phrases(texts[i].split(";")[0]) for i in oof]
     named = np.array([[names[c] in defs[n] for c in idx[n]] for n in range(N)])
 
     base = mean + 2.0 * np.log(vote + 1e-4)
