@@ -12,7 +12,7 @@
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
 #            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
-#     fp8    build, the FP8 layer/GEMM tests and the group-sparse fp8 tests (TESTS_ALL=1: the whole suite;
+#     fp8    build, the FP8 layer/GEMM tests and the group-sparse fp8 tests (TESTS_ALL=1: the whole suite; SUBSET_TESTS=0: none;
 #            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
 #            bench/bench_fp8.py (FP8_BENCH=0: without; FP8_BENCH_ARGS: its arguments), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
@@ -26,7 +26,7 @@
 #            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
 #     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32), the
-#            B=512 K=128 benchmark
+#            B=512 K=128 benchmark (DWPROF_BENCH=0: without)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -79,8 +79,10 @@ run_tests() {  # $1: log name, rest: pytest args
   echo "pytest rc=${PIPESTATUS[0]}"
 }
 
-tests_subset() {  # $1: log name, rest: pytest args of a subset; TESTS_ALL=1 runs the whole suite instead
-  if [ "${TESTS_ALL:-0}" = 1 ]; then
+tests_subset() {  # $1: log name, rest: pytest args of a subset; TESTS_ALL=1 runs the whole suite instead, SUBSET_TESTS=0 none
+  if [ "${SUBSET_TESTS:-1}" = 0 ]; then
+    echo "== tests skipped (SUBSET_TESTS=0)"
+  elif [ "${TESTS_ALL:-0}" = 1 ]; then
     echo "== tests: the whole suite"
     run_tests gpu_tests.log $TESTS
   else
@@ -263,6 +265,7 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
     echo "sass page rc=$? ($(wc -l < "$OUT/ncu_dw_sass_G$G.csv") lines)"
     grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_dw_G$G.txt" | head -24
   done
+  [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
   echo "== benchmark: B=512, K=128"
   timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
     --out "$OUT/group_sparse.json" 2>&1 | tail -20
