@@ -27,6 +27,8 @@
 #            bench_group_sparse.py at B=512, K=128
 #     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32), the
 #            B=512 K=128 benchmark (DWPROF_BENCH=0: without)
+#     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
+#            time allows (OPTDW_BUDGET s after the start, default 570)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -246,6 +248,24 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "dw_versions and v2 and (L1008 or L640 or L2000)" > "$OUT/memcheck_dw2.log" 2>&1
   echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dw2.log"
+  exit 0
+fi
+
+if [ "$MODE" = optdw ]; then  # the optimizer's and dW's changes: their tests, bench_optim, the B=512 K=128 headline, bench_fp8
+  deadline=$(( T0 + ${OPTDW_BUDGET:-570} ))
+  echo "== tests: optimizers, rounding rules (CPU and GPU), Hopper dW"
+  run_tests gpu_tests_optdw.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py \
+    tests/test_group_sparse_sm90.py -k "not dx and not fwd and not forward"
+  echo "== benchmark: fused optimizer step"
+  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
+  echo "== benchmark: B=512, K=128"
+  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -20
+  left=$(( deadline - $(date +%s) ))
+  if [ $left -gt 60 ]; then
+    echo "== benchmark: FP8 layer against bf16 (${left} s left)"
+    timeout $left python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  fi
   exit 0
 fi
 

@@ -2,6 +2,7 @@
 behaviour for low-precision ones, and exact resume."""
 
 import copy
+import math
 
 import pytest
 import torch
@@ -178,22 +179,66 @@ def _fp32_probe_values(dtype, n, seed):
                       torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 1e-45, -1e-45])])
 
 
+def _threshold_rnd(x, dtype):
+    """For each x, the random words on either side of its rounding decision: rnd < T rounds
+    away from zero, with T = ceil(frac * 2^32) and frac the position of |x| between its two
+    neighbours (the specification's test); (T - 1, T) as int32 words (0 where x is not
+    finite or is beyond the largest finite value)."""
+    fi = torch.finfo(dtype)
+    mant = {torch.bfloat16: 7, torch.float16: 10, torch.float8_e4m3fn: 3, torch.float8_e5m2: 2}[dtype]
+    a = x.double().abs()
+    ok = torch.isfinite(a) & (a < fi.max)
+    a = torch.where(ok, a, torch.zeros_like(a))
+    e = torch.floor(torch.log2(torch.where(a > 0, a, torch.ones_like(a))))
+    e = torch.maximum(e, torch.full_like(e, math.log2(fi.smallest_normal)))
+    t = a / torch.exp2(e - mant)  # exact: a power-of-two scaling of an fp32 value
+    t = torch.where(t >= 2 ** (mant + 1), t / 2, t)  # (log2 rounded up just below a power of two)
+    T = torch.ceil((t - torch.floor(t)) * 2.0**32).long()
+    T = torch.where(ok, T, torch.zeros_like(T))
+    words = [((T - 1).clamp(0, 2**32 - 1)), T.clamp(0, 2**32 - 1)]
+    return [torch.where(w >= 2**31, w - 2**32, w).to(torch.int32) for w in words]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-def test_integer_rounding_rule_matches_its_specification(dtype):
+def test_integer_rounding_rule_matches_its_specification(dtype, device):
+    # (on CUDA tensors the hook also checks the device's group rounding, as the optimizers
+    # store 8 values at a time, against the specification)
     x = _fp32_probe_values(dtype, 200_000, 11)
     gen = torch.Generator().manual_seed(12)
     for rnd in (torch.randint(-(2**31), 2**31 - 1, x.shape, dtype=torch.int32, generator=gen),
                 torch.zeros_like(x, dtype=torch.int32), torch.full_like(x, -1, dtype=torch.int32),
-                torch.full_like(x, -(2**31), dtype=torch.int32), torch.full_like(x, 1 << 16, dtype=torch.int32)):
-        assert torch.ops.largeout._sr_rule_mismatches(x, rnd, dtype) == 0
+                torch.full_like(x, -(2**31), dtype=torch.int32), torch.full_like(x, 1 << 16, dtype=torch.int32),
+                *_threshold_rnd(x, dtype)):
+        assert torch.ops.largeout._sr_rule_mismatches(x.to(device), rnd.to(device), dtype) == 0
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)
-def test_group_rounding_fast_paths_match_the_rule(dtype):
+def test_rounding_thresholds_are_the_decision_points(dtype):
+    # _threshold_rnd's T is ceil(frac * 2^32) with frac = (|x| - |toward|) / (|away| - |toward|)
+    # from the reference's neighbours, so that T - 1 < frac * 2^32 <= T: the words on either
+    # side of each decision (the tests above probe every rounding's exact boundary).
+    x = _fp32_probe_values(dtype, 20_000, 31)
+    x = x[torch.isfinite(x) & (x.abs() < torch.finfo(dtype).max)]
+    toward, away = ref.rounding_neighbours(x, dtype)
+    between = toward != away
+    assert between.sum() > 1000
+    frac = (x.double().abs() - toward.abs()) / (away.abs() - toward.abs())
+    want = torch.ceil(frac[between] * 2.0**32).long()
+    below, at = (w.long() % 2**32 for w in _threshold_rnd(x, dtype))
+    assert torch.equal(at[between], want)
+    assert torch.equal(below[between], (want - 1).clamp(min=0))
+    assert torch.equal(at[~between], torch.zeros_like(at[~between]))  # representable: frac 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_group_rounding_fast_paths_match_the_rule(dtype, device):
     """The optimizers round 8 values at a time, bf16 with a fast path for groups whose
-    magnitudes all lie below its largest finite value: probe values in groups that take it,
-    and groups with one value outside (large, inf or NaN); the other formats round element
-    by element there (the same check guards any fast path added for them)."""
+    magnitudes all lie below its largest finite value, and on the GPU fp8 too (exact fp32
+    arithmetic and the hardware's conversion): probe values in groups that take it, and
+    groups with one value outside (large, inf or NaN), at random words and at the words on
+    either side of each value's rounding decision."""
     x = _fp32_probe_values(dtype, 200_000, 21)
     inside = x[x.abs() < torch.finfo(dtype).max]  # (NaN compares false: outside)
     gen = torch.Generator().manual_seed(22)
@@ -203,8 +248,9 @@ def test_group_rounding_fast_paths_match_the_rule(dtype):
     mixed[::3, 5] = x[torch.randint(0, x.numel(), (mixed[::3].shape[0],), generator=gen)]  # some groups leave the range
     for xs in (inside, mixed.reshape(-1)):
         for rnd in (torch.randint(-(2**31), 2**31 - 1, xs.shape, dtype=torch.int32, generator=gen),
-                    torch.zeros_like(xs, dtype=torch.int32), torch.full_like(xs, -1, dtype=torch.int32)):
-            assert torch.ops.largeout._sr_rule_mismatches(xs, rnd, dtype) == 0
+                    torch.zeros_like(xs, dtype=torch.int32), torch.full_like(xs, -1, dtype=torch.int32),
+                    *_threshold_rnd(xs, dtype)):
+            assert torch.ops.largeout._sr_rule_mismatches(xs.to(device), rnd.to(device), dtype) == 0
 
 
 def _make(kind, ps, **kw):

@@ -187,21 +187,29 @@ struct OptimHyper {
   // AdamW: update = -step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) - lr * weight_decay * p
   float beta1, beta2, eps, step_size, inv_sqrt_bc2;
   uint64_t seed, offset;
+  PhiloxKeys keys;  // philox_round_keys(seed): set by with_round_keys
 };
+
+// h with its Philox round keys worked out from its seed (every launch's hyperparameters
+// pass through this: GroupRandom reads the keys, not the seed).
+inline OptimHyper with_round_keys(OptimHyper h) {
+  h.keys = philox_round_keys(h.seed);
+  return h;
+}
 
 // Random bits of element j (0..7) of group v for a stream.
 struct GroupRandom {
   uint32_t w[8];
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
     const uint64_t blk = v * 6 + uint64_t(stream) * 2;
-    const Philox4x32 a = philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset),
-                                       uint32_t(h.offset >> 32), uint32_t(h.seed), uint32_t(h.seed >> 32));
+    const Philox4x32 a =
+        philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset), uint32_t(h.offset >> 32), h.keys);
     if (target == ElemType::kBF16) {
       LARGEOUT_UNROLL
       for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a.v[j >> 1] & 0xffff0000u) : (a.v[j >> 1] << 16);
     } else {
       const Philox4x32 b = philox4x32_10(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), uint32_t(h.offset),
-                                         uint32_t(h.offset >> 32), uint32_t(h.seed), uint32_t(h.seed >> 32));
+                                         uint32_t(h.offset >> 32), h.keys);
       for (int j = 0; j < 4; ++j) {
         w[j] = a.v[j];
         w[4 + j] = b.v[j];
@@ -243,13 +251,74 @@ LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float 
                                     true));
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+// fp8 codes (T = e4m3fn or e5m2) of 8 values whose magnitudes all lie below the format's
+// largest finite value (false, nothing written, otherwise): the same codes as
+// sr_round_bits_fast, in fp32 arithmetic that is exact at every step, and the hardware's
+// paired conversion (exact, as the rounded values are on the format's grid):
+//   ulp   = the grid spacing at |x|: 2^(max(e, min_exp) - m), from the exponent field;
+//   t     = |x| / ulp (a power-of-two scaling, t < 2^(m + 1)); lo = floor(t);
+//   frac  = t - lo, exact (lo <= t < lo + 1, and lo >= t / 2 once t >= 1);
+//   up    = rnd < frac * 2^32 (the specification's test), i.e. rnd < ceil(frac * 2^32):
+//           frac * 2^32 is exact and below 2^32, so its ceiling is too;
+//   value = +-(lo + up) * ulp, on the grid (lo + up <= 2^(m + 1): at most the next binade).
+// Nearest: the conversion's own round-to-nearest-even, which is the rule's below the largest
+// finite value (subnormals included). No branches per element: the integer rule's ~30
+// instructions with branches per element were the fp8 steps' bound (bench/NOTES.md).
+template <ElemType T>
+__device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near,
+                                                uint32_t (&out)[8]) {
+  static_assert(T == ElemType::kE4M3 || T == ElemType::kE5M2);
+  constexpr bool kE4M3 = T == ElemType::kE4M3;
+  constexpr uint32_t kMaxFp32 = kE4M3 ? 0x43E00000u : 0x47600000u;    // 448, 57344
+  constexpr uint32_t kMinNormal = kE4M3 ? 0x3C800000u : 0x38800000u;  // 2^-6, 2^-14
+  constexpr uint32_t kMantShift = (kE4M3 ? 3u : 2u) << 23;
+  constexpr __nv_fp8_interpretation_t kKind = kE4M3 ? __NV_E4M3 : __NV_E5M2;
+  uint32_t amax = 0;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) amax = max(amax, __float_as_uint(v[j]) & 0x7fffffffu);
+  if (amax >= kMaxFp32) return false;  // saturation, inf and NaN: the per-element rule
+  float r[8];
+  if (near) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) r[j] = v[j];
+  } else {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint32_t ulp_bits = max(__float_as_uint(v[j]) & 0x7f800000u, kMinNormal) - kMantShift;
+      const float ulp = __uint_as_float(ulp_bits), inv_ulp = __uint_as_float(0x7f000000u - ulp_bits);
+      const float t = __fmul_rn(fabsf(v[j]), inv_ulp);
+      const float lo = floorf(t);
+      const uint32_t threshold = __float2uint_ru(__fmul_rn(__fsub_rn(t, lo), 4294967296.f));
+      const float units = __fadd_rn(lo, rnd[j] < threshold ? 1.f : 0.f);
+      r[j] = copysignf(__fmul_rn(units, ulp), v[j]);
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const uint32_t pair = __nv_cvt_float2_to_fp8x2(make_float2(r[2 * k], r[2 * k + 1]), __NV_SATFINITE, kKind);
+    out[2 * k] = pair & 0xffu;
+    out[2 * k + 1] = pair >> 8;
+  }
+  return true;
+}
+
+// The per-element rule, for the groups that fp8_group_codes declines (a magnitude at or
+// above the largest finite value, inf or NaN): out of line and by value (no array in local
+// memory), so that its registers do not weigh on the kernels' common path.
+template <ElemType T>
+__device__ __noinline__ uint32_t fp8_code_out_of_line(float v, uint32_t rnd, bool near) {
+  return round_code(v, T, rnd, near);
+}
+#endif
+
 // The codes of 8 values in type T: stochastically rounded with the random bits rnd, or to
 // nearest-even (near; rnd unused); the same codes as sr_round_bits_fast element by element
-// (checked by _sr_rule_mismatches). bf16 makes the rule's one per-element test
-// (saturation, inf, NaN: magnitudes from the largest finite value up) once for the group;
-// below it, one add and one shift per element. (The same idea for e4m3, the rule in 32-bit
-// arithmetic without branches for groups in [2^-17, 448), made fp8 SGD 2.90 -> 4.19 ms on
-// an H200: more spills; bench/NOTES.md.)
+// (checked by _sr_rule_mismatches, on the CPU and on the GPU). bf16 makes the rule's one
+// per-element test (saturation, inf, NaN: magnitudes from the largest finite value up) once
+// for the group; below it, one add and one shift per element. fp8 on the GPU: the same
+// test, then fp8_group_codes. (The integer rule without branches for e4m3 groups in
+// [2^-17, 448) made fp8 SGD 2.90 -> 4.19 ms on an H200: more spills; bench/NOTES.md.)
 template <ElemType T>
 LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near, uint32_t (&out)[8]) {
   if constexpr (T == ElemType::kBF16) {
@@ -271,8 +340,17 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
       return;
     }
   }
-  LARGEOUT_UNROLL
-  for (int j = 0; j < 8; ++j) out[j] = round_code(v[j], T, rnd[j], near);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  if constexpr (T == ElemType::kE4M3 || T == ElemType::kE5M2) {
+    if (!fp8_group_codes<T>(v, rnd, near, out)) {
+      for (int j = 0; j < 8; ++j) out[j] = fp8_code_out_of_line<T>(v[j], rnd[j], near);
+    }
+  } else
+#endif
+  {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 8; ++j) out[j] = round_code(v[j], T, rnd[j], near);
+  }
 }
 
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cmath>
@@ -132,22 +133,23 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
       TORCH_CHECK(sc.is_contiguous(), kOp, ": scales[", i, "] must be contiguous");
     }
   }
-  p.hyper = OptimHyper{kind == 0 ? OptimKind::kSGD : OptimKind::kAdamW,
-                       stochastic,
-                       !comps.empty(),
-                       float(lr),
-                       float(momentum),
-                       float(dampening),
-                       float(weight_decay),
-                       nesterov,
-                       first,
-                       float(beta1),
-                       float(beta2),
-                       float(eps),
-                       float(step_size),
-                       float(inv_sqrt_bc2),
-                       uint64_t(seed),
-                       uint64_t(offset)};
+  p.hyper = with_round_keys(OptimHyper{kind == 0 ? OptimKind::kSGD : OptimKind::kAdamW,
+                                       stochastic,
+                                       !comps.empty(),
+                                       float(lr),
+                                       float(momentum),
+                                       float(dampening),
+                                       float(weight_decay),
+                                       nesterov,
+                                       first,
+                                       float(beta1),
+                                       float(beta2),
+                                       float(eps),
+                                       float(step_size),
+                                       float(inv_sqrt_bc2),
+                                       uint64_t(seed),
+                                       uint64_t(offset),
+                                       {}});
   int64_t base = 0, groups = 0;
   p.prefix.push_back(0);
   for (size_t i = 0; i < params.size(); ++i) {
@@ -197,16 +199,23 @@ void step_cuda(LARGEOUT_STEP_ARGS) {
 }
 #endif
 
-// Test hook: the number of (x, rnd) pairs where the integer rounding rule differs from
-// its double-precision specification, in stochastic and in nearest mode.
-int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
+// Test hook, argument checks: the rounding target's type.
+ElemType sr_rule_check(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
   TORCH_CHECK_TYPE(x.scalar_type() == at::kFloat && rnd.scalar_type() == at::kInt, "largeout._sr_rule_mismatches: ",
                    "x must be float32 and rnd int32; got ", x.scalar_type(), " and ", rnd.scalar_type());
-  TORCH_CHECK(x.device().is_cpu() && rnd.device().is_cpu() && x.numel() == rnd.numel(),
-              "largeout._sr_rule_mismatches: x and rnd must be CPU tensors of equal size");
+  TORCH_CHECK(x.device() == rnd.device() && x.numel() == rnd.numel(),
+              "largeout._sr_rule_mismatches: x and rnd must be on one device and of equal size; got ", x.device(),
+              " and ", rnd.device(), ", ", x.numel(), " and ", rnd.numel(), " elements");
   ElemType t;
   TORCH_CHECK(to_elem(dtype, &t) && t != ElemType::kF32, "largeout._sr_rule_mismatches: dtype must be a ",
               "16- or 8-bit float; got ", dtype);
+  return t;
+}
+
+// Test hook: the number of (x, rnd) pairs where the integer rounding rule differs from
+// its double-precision specification, in stochastic and in nearest mode.
+int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
+  const ElemType t = sr_rule_check(x, rnd, dtype);
   const SrFormat f = sr_format_of(t);
   const at::Tensor xc = x.contiguous(), rc = rnd.contiguous();
   const float* xp = xc.const_data_ptr<float>();
@@ -253,6 +262,24 @@ int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::Scala
   return bad;
 }
 
+#ifdef LARGEOUT_WITH_CUDA
+// The same on the GPU: the device's group rounding and per-element rule against the
+// specification (cuda::sr_rule_mismatches).
+int64_t sr_rule_mismatches_cuda(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
+  const ElemType t = sr_rule_check(x, rnd, dtype);
+  DeviceGuard guard(x.device());
+  const at::Tensor xc = x.contiguous(), rc = rnd.contiguous();
+  at::Tensor bad = at::zeros({1}, x.options().dtype(at::kLong));
+  const cudaError_t e = cuda::sr_rule_mismatches(xc.const_data_ptr<float>(),
+                                                 reinterpret_cast<const uint32_t*>(rc.const_data_ptr<int32_t>()),
+                                                 x.numel(), t, reinterpret_cast<unsigned long long*>(bad.data_ptr()),
+                                                 c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "largeout._sr_rule_mismatches: CUDA error: ", cudaGetErrorName(e), ": ",
+              cudaGetErrorString(e));
+  return bad.item<int64_t>();
+}
+#endif
+
 }  // namespace
 }  // namespace largeout
 
@@ -262,5 +289,8 @@ TORCH_LIBRARY_IMPL(largeout, CPU, m) {
 }
 
 #ifdef LARGEOUT_WITH_CUDA
-TORCH_LIBRARY_IMPL(largeout, CUDA, m) { m.impl("_fused_optim_step_", &largeout::step_cuda); }
+TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
+  m.impl("_fused_optim_step_", &largeout::step_cuda);
+  m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches_cuda);
+}
 #endif

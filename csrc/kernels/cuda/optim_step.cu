@@ -247,7 +247,46 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
   }
 }
 
+// One thread per group of 8 consecutive elements (the last one padded with zeros, which
+// are not compared), as the optimizers round them.
+template <ElemType T>
+__global__ void sr_rule_mismatch_kernel(const float* __restrict__ x, const uint32_t* __restrict__ rnd, int64_t n,
+                                        unsigned long long* bad) {
+  const int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
+  if (i0 >= n) return;
+  const SrFormat f = sr_format_of(T);
+  float v[8];
+  uint32_t r[8], sr[8], rn[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    v[j] = i0 + j < n ? x[i0 + j] : 0.f;
+    r[j] = i0 + j < n ? rnd[i0 + j] : 0u;
+  }
+  round_group_codes<T>(v, r, false, sr);
+  round_group_codes<T>(v, r, true, rn);
+  unsigned long long count = 0;
+  for (int j = 0; j < 8 && i0 + j < n; ++j) {
+    const uint32_t spec = sr_round_bits(v[j], f, r[j]), near = sr_round_bits_fast(v[j], f, 0u, true);
+    count += (sr[j] != spec) + (sr_round_bits_fast(v[j], f, r[j]) != spec) + (rn[j] != near);
+  }
+  if (count) atomicAdd(bad, count);
+}
+
 }  // namespace
+
+cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, ElemType t, unsigned long long* bad,
+                               cudaStream_t stream) {
+  if (n == 0) return cudaSuccess;
+  const int64_t blocks = (n + 8 * 256 - 1) / (8 * 256);
+  switch (t) {
+    case ElemType::kBF16: sr_rule_mismatch_kernel<ElemType::kBF16><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
+    case ElemType::kF16: sr_rule_mismatch_kernel<ElemType::kF16><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
+    case ElemType::kE4M3: sr_rule_mismatch_kernel<ElemType::kE4M3><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
+    case ElemType::kE5M2: sr_rule_mismatch_kernel<ElemType::kE5M2><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
+    default: return cudaErrorInvalidValue;
+  }
+  return cudaGetLastError();
+}
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,

@@ -14,4 +14,12 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
                        bool scaled, cudaStream_t stream);
 
+// Test hook (largeout._sr_rule_mismatches on CUDA tensors): adds to *bad (device memory,
+// zeroed by the caller) the number of (x[i], rnd[i]) where the device's group rounding
+// (round_group_codes, the optimizers' stores) or its per-element rule differs from the
+// specification (sr_round_bits; nearest: sr_round_bits_fast with nearest), for a 16- or
+// 8-bit float type t.
+cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, ElemType t, unsigned long long* bad,
+                               cudaStream_t stream);
+
 }  // namespace largeout::cuda

@@ -652,11 +652,20 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
     const int pc = tid % (G / 8);           // placed chunk (labels 8 pc .. 8 pc + 7) of this thread
     float sums[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    // The x^T rows of group g's k-slots that this thread gathers.
+    // The x^T rows of group g's k-slots that this thread gathers. The indices of the group
+    // after it are loaded here too, a whole group (nbc stages) before they are needed: read
+    // right before the gathers that use them, their global latency stalled the loader at
+    // every group's first stage (Nsight: long-scoreboard stalls, bench/NOTES.md).
+    int32_t next_idx[kRowsPer];
+    auto load_idx = [&](int g) {
+#pragma unroll
+      for (int q = 0; q < kRowsPer; ++q) next_idx[q] = g < g_end ? idx[int64_t(g) * K + (tid >> 3) + 16 * q] : 0;
+    };
+    load_idx(g_begin);
     auto point_rows = [&](int g) {
 #pragma unroll
-      for (int q = 0; q < kRowsPer; ++q)
-        a_src[q] = xt + int64_t(idx[int64_t(g) * K + (tid >> 3) + 16 * q]) * Bp + c8 * 8;
+      for (int q = 0; q < kRowsPer; ++q) a_src[q] = xt + int64_t(next_idx[q]) * Bp + c8 * 8;
+      load_idx(g + 1);
     };
     // dbias of group g: label 8 pc + i is summed by the threads with this pc, in a fixed order.
     auto dbias_of_group = [&](int g) {
