@@ -28,7 +28,8 @@
 #     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32), the
 #            B=512 K=128 benchmark (DWPROF_BENCH=0: without)
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
-#            time allows (OPTDW_BUDGET s after the start, default 570)
+#            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
+#            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -253,16 +254,25 @@ fi
 
 if [ "$MODE" = optdw ]; then  # the optimizer's and dW's changes: their tests, bench_optim, the B=512 K=128 headline, bench_fp8
   deadline=$(( T0 + ${OPTDW_BUDGET:-570} ))
-  echo "== tests: optimizers, rounding rules (CPU and GPU), Hopper dW"
-  run_tests gpu_tests_optdw.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py \
-    tests/test_group_sparse_sm90.py -k "not dx and not fwd and not forward"
-  echo "== benchmark: fused optimizer step"
-  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
+  if [ "${OPTDW_OPTIM:-1}" = 1 ]; then
+    echo "== tests: optimizers, rounding rules (CPU and GPU), Hopper dW"
+    run_tests gpu_tests_optdw.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py \
+      tests/test_group_sparse_sm90.py -k "not dx and not fwd and not forward"
+    echo "== benchmark: fused optimizer step"
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -11
+  else  # (OPTDW_OPTIM=0: the dW tests only, then the group-sparse fp8 benchmark instead of bench_fp8)
+    echo "== tests: Hopper dW (and the layer through it)"
+    run_tests gpu_tests_dw.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py -k "not dx and not fwd and not forward"
+  fi
   echo "== benchmark: B=512, K=128"
   timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
     --out "$OUT/group_sparse.json" 2>&1 | tail -20
   left=$(( deadline - $(date +%s) ))
-  if [ $left -gt 60 ]; then
+  if [ "${OPTDW_OPTIM:-1}" = 0 ] && [ $left -gt 60 ]; then
+    echo "== benchmark: group-sparse layer with fp8 weights against bf16 (${left} s left)"
+    timeout $left python3 bench/bench_group_sparse_fp8.py --out "$OUT/group_sparse_fp8.json" 2>&1 \
+      | tee "$OUT/bench_group_sparse_fp8.log" | tail -12
+  elif [ $left -gt 60 ]; then
     echo "== benchmark: FP8 layer against bf16 (${left} s left)"
     timeout $left python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
   fi

@@ -563,6 +563,29 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 }
 
 // ================================================================== dW
+// A step's slot in a ring of `stages` and the phase of that slot's barriers, kept by
+// increments: dW's ring size is a run-time value, and its divisions per stage (~20
+// instructions each, eight per loader stage) were most of the loader's instructions
+// (Nsight's per-instruction samples, bench/NOTES.md).
+struct RingPos {
+  int slot, phase;
+  __device__ static RingPos at(int step, int stages) { return {step % stages, (step / stages) & 1}; }
+  __device__ void advance(int steps, int stages) {
+    for (slot += steps; slot >= stages; slot -= stages) phase ^= 1;
+  }
+};
+
+// (group, batch chunk) of a dW step, kept by increments.
+struct DwStep {
+  int g, bc;
+  __device__ void next(int nbc) {
+    if (++bc == nbc) {
+      bc = 0;
+      ++g;
+    }
+  }
+};
+
 template <int G, int kNmb>
 struct DwCfg {
   static constexpr int K = kNmb * 64;
@@ -688,12 +711,16 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       const int ahead = min(stages - 2, 8);
       const int total = (g_end - g_begin) * nbc;
       constexpr int kBoxLabels = G == 32 ? 32 : 64;
+      RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
+      DwStep si{g_begin, 0}, sj{g_begin, 0};
       for (int i = 0; i < total + ahead; ++i) {
         if (i < total) {
-          const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
+          const int g = si.g, bc = si.bc, s = ri.slot;
           uint8_t* as = base + s * kStageBytes;
           if (bc == 0) point_rows(g);
-          mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
+          mbar_wait(&empty[s], ri.phase ^ 1, 20);
+          ri.advance(1, stages);
+          si.next(nbc);
           if (tid == 0) {
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
@@ -704,10 +731,11 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
           mbar_arrive_cp_async(&full[s]);
         }
-        const int j = i - ahead;
-        if (j < 0) continue;
-        const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
-        mbar_wait(&full[s], (j / stages) & 1, 22);
+        if (i < ahead) continue;  // (step j = i - ahead)
+        const int g = sj.g, bc = sj.bc, s = rj.slot;
+        mbar_wait(&full[s], rj.phase, 22);
+        rj.advance(1, stages);
+        sj.next(nbc);
         const uint8_t* ds = base + s * kStageBytes + C::kABytes;
         for (int e = tid; e < 64 * (G / 8); e += 128) {  // chunk pc of rows e / (G / 8): a fixed order
           const uint4 v = *reinterpret_cast<const uint4*>(ds + C::dy_chunk(e / (G / 8), pc));
@@ -722,12 +750,16 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     // a warpgroup's next stage is two on, so stages - 3).
     const int ahead = min(stages - (split_b ? 3 : 2), 8);
     const int total = (g_end - g_begin) * nbc;
+    RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
+    DwStep si{g_begin, 0}, sj{g_begin, 0};
     for (int i = 0; i < total + ahead; ++i) {
       if (i < total) {
-        const int g = g_begin + i / nbc, bc = i % nbc, s = i % stages;
+        const int g = si.g, bc = si.bc, s = ri.slot;
         uint8_t* as = base + s * kStageBytes;
         if (bc == 0) point_rows(g);
-        mbar_wait(&empty[s], ((i / stages) & 1) ^ 1, 20);
+        mbar_wait(&empty[s], ri.phase ^ 1, 20);
+        ri.advance(1, stages);
+        si.next(nbc);
         if constexpr (kProbe != 1) {
 #pragma unroll
           for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
@@ -735,11 +767,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         if constexpr (kProbe != 2) Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
         cp_async_commit();
       }
-      const int j = i - ahead;
-      if (j < 0) continue;
+      if (i < ahead) continue;  // (step j = i - ahead)
       cp_async_wait(i < total ? ahead : 0);
       named_barrier(1, 128);  // every loader thread's copies of stage j have landed
-      const int g = g_begin + j / nbc, bc = j % nbc, s = j % stages;
+      const int g = sj.g, bc = sj.bc, s = rj.slot;
+      rj.advance(1, stages);
+      sj.next(nbc);
       uint8_t* ds = base + s * kStageBytes + C::kABytes;
       const uint8_t* raw = ds + C::kDyBytes;
       for (int e = tid; e < (kProbe == 2 ? 0 : 64 * (G / 8)); e += 128) {
@@ -762,17 +795,19 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
   const int g_first = g_begin + (split_m || split_b ? 0 : cw);
   const int g_step = split_m || split_b ? 1 : 2;
-  for (int g = g_first; g < g_end; g += g_step) {
+  const int bc_first = split_b ? cw : 0, bc_step = split_b ? 2 : 1;
+  RingPos group_pos = RingPos::at((g_first - g_begin) * nbc + bc_first, stages);  // its first step's slot
+  for (int g = g_first; g < g_end; g += g_step, group_pos.advance(g_step * nbc, stages)) {
     float acc[kMaxMB][G / 2];
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[m][i] = 0.f;
-    const int it0 = (g - g_begin) * nbc;
-    int prev = -1;  // this warpgroup's previous stage (released once the next one's MMAs are issued)
-    for (int bc = split_b ? cw : 0; bc < nbc; bc += split_b ? 2 : 1) {
-      const int it = it0 + bc, s = it % stages;
-      mbar_wait(&full[s], (it / stages) & 1, 21);
+    RingPos pos = group_pos;
+    int prev = -1;  // the slot of this warpgroup's previous step (released once the next one's MMAs are issued)
+    for (int bc = bc_first; bc < nbc; bc += bc_step, pos.advance(bc_step, stages)) {
+      const int s = pos.slot;
+      mbar_wait(&full[s], pos.phase, 21);
       if constexpr (kProbe == 3) {
         release(&empty[s], lane);
         continue;
@@ -796,14 +831,14 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       wgmma_commit();
       if (prev >= 0) {
         wgmma_wait<1>();
-        release(&empty[prev % stages], lane);
+        release(&empty[prev], lane);
       }
-      prev = it;
+      prev = s;
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
-    if (kProbe != 3 && prev >= 0) release(&empty[prev % stages], lane);
+    if (kProbe != 3 && prev >= 0) release(&empty[prev], lane);
     if (split_b) {  // the second warpgroup's partial to the first, which adds it and stores
       const int tl = threadIdx.x & 127;
       if (cw == 1) {
