@@ -327,6 +327,26 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     assert_elementwise_close(db, db_ref)
 
 
+@pytest.mark.parametrize("stages", [3, 5, 11, 16])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (64, 768, 6000, 64, 64), (64, 256, 4096, 256, 128)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
+    # dW with other ring sizes (LARGEOUT_SM90_DW_STAGES; 16 is capped by shared memory):
+    # the loader's and the computing warpgroups' slots and phases, kept by increments, wrap
+    # the ring many times per CTA; against float64, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
+    if version == "v1":
+        monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + stages)
+    assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
+    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    assert_elementwise_close(dw, dw_ref)
+    assert_elementwise_close(db, db_ref)
+
+
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 128, 64), (65, 768, 5003, 256, 128),
                                    (129, 768, 777, 64, 64)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))

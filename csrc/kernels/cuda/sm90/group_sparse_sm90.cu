@@ -708,7 +708,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     if constexpr (kTma) {
       // v2: issue stage i (the dY boxes by one thread, every thread's gathers, which arrive
       // on the barrier when they land), then read stage j = i - ahead's dY tile for dbias.
-      const int ahead = min(stages - 2, 8);
+      // (No cp.async group count to wait on here, so no cap of 8 as in v1.)
+      const int ahead = stages - 2;
       const int total = (g_end - g_begin) * nbc;
       constexpr int kBoxLabels = G == 32 ? 32 : 64;
       RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
@@ -1692,9 +1693,17 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr, bool w8 = false) {
   return 2;
 }
 
+// dW's ring holds at most 8 stages (the default, measured), or LARGEOUT_SM90_DW_STAGES of them
+// (3-16; a tuning knob: more stages put more gathers in flight, bench/NOTES.md session 18),
+// as many as shared memory takes.
+int dw_max_stages() {
+  const int e = env_int("LARGEOUT_SM90_DW_STAGES");
+  return e >= 3 ? std::min(e, 16) : kMaxStages;
+}
+
 template <int G, int kNmb>
 int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false) {
-  int st = kMaxStages;
+  int st = dw_max_stages();
   while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b) > smem_budget(dev)) --st;
   if (split_b) st = st >= 4 ? st & ~1 : 0;  // even, and at least 4 (the loader runs stages - 3 ahead)
   return st;
