@@ -30,6 +30,7 @@
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
+#     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -276,6 +277,17 @@ if [ "$MODE" = optdw ]; then  # the optimizer's and dW's changes: their tests, b
     echo "== benchmark: FP8 layer against bf16 (${left} s left)"
     timeout $left python3 bench/bench_fp8.py --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
   fi
+  exit 0
+fi
+
+if [ "$MODE" = dwstages ]; then  # dW's ring size: its tests, then the B=512 K=128 benchmark per LARGEOUT_SM90_DW_STAGES
+  echo "== tests: Hopper dW (ring sizes included)"
+  run_tests gpu_tests_dwstages.log tests/test_group_sparse_sm90.py -k "dw"
+  for st in ${DW_STAGES_LIST:-8 10 11}; do
+    echo "== benchmark: B=512, K=128, LARGEOUT_SM90_DW_STAGES=$st"
+    LARGEOUT_SM90_DW_STAGES=$st timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 64,128,256 --G 32,64,128 \
+      --L 670208 --out "$OUT/group_sparse_dwstages$st.json" 2>&1 | grep " dw " | tail -9
+  done
   exit 0
 fi
 
