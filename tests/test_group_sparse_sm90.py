@@ -327,14 +327,18 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     assert_elementwise_close(db, db_ref)
 
 
-@pytest.mark.parametrize("stages", [3, 5, 11, 16])
+@pytest.mark.parametrize("stages", [4, 5, 11, 16])
 @pytest.mark.parametrize("version", ["v1", "v2"])
-@pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (64, 768, 6000, 64, 64), (64, 256, 4096, 256, 128)],
+@pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (128, 768, 131072, 64, 32), (160, 768, 65536, 64, 32),
+                                   (512, 768, 65536, 64, 64), (64, 256, 4096, 256, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
-    # dW with other ring sizes (LARGEOUT_SM90_DW_STAGES; 16 is capped by shared memory):
+    # dW with other ring sizes (LARGEOUT_SM90_DW_STAGES; shared memory caps the larger ones):
     # the loader's and the computing warpgroups' slots and phases, kept by increments, wrap
-    # the ring many times per CTA; against float64, twice (deterministic).
+    # the ring many times per CTA (K = 128: both warpgroups on every step; K = 64 at B = 128
+    # and 160: alternate groups of 2 and 3 batch chunks, the ring rounded to a multiple of
+    # two groups' steps in v2; K = 64 at B = 512: split batch, or alternate groups where 16
+    # stages fit); K = 256 at its 3-4 stages. Against float64, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")

@@ -1694,11 +1694,11 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr, bool w8 = false) {
 }
 
 // dW's ring holds at most 8 stages (the default, measured), or LARGEOUT_SM90_DW_STAGES of them
-// (3-16; a tuning knob: more stages put more gathers in flight, bench/NOTES.md session 18),
+// (4-16; a tuning knob: more stages put more gathers in flight, bench/NOTES.md session 18),
 // as many as shared memory takes.
 int dw_max_stages() {
   const int e = env_int("LARGEOUT_SM90_DW_STAGES");
-  return e >= 3 ? std::min(e, 16) : kMaxStages;
+  return e >= 4 ? std::min(e, 16) : kMaxStages;
 }
 
 template <int G, int kNmb>
@@ -1872,7 +1872,14 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
         const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma);
         if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
-        const int stages = dw_stages<G, kNmb>(dev, tma, split_b);
+        int stages = dw_stages<G, kNmb>(dev, tma, split_b);
+        // K = 64 without split_b (the computing warpgroups take alternate groups of nbc
+        // steps) and dY by TMA: a stage's `full` barrier completes when its copies land, in
+        // any order, so a warpgroup waiting for step X needs step X - stages of the same
+        // slot complete; that is sure only for its own steps, i.e. when the ring is a
+        // multiple of two groups' steps (2 nbc <= stages here; with at least 4 stages the
+        // result is at least 4). v1's loader completes `full` in step order.
+        if (kNmb == 1 && !split_b && tma) stages -= stages % (2 * int(cdiv(s.batch, 64)));
         if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
