@@ -192,7 +192,7 @@ def _threshold_rnd(x, dtype):
     e = torch.floor(torch.log2(torch.where(a > 0, a, torch.ones_like(a))))
     e = torch.maximum(e, torch.full_like(e, math.log2(fi.smallest_normal)))
     t = a / torch.exp2(e - mant)  # exact: a power-of-two scaling of an fp32 value
-    t = torch.where(t >= 2 ** (mant + 1), t / 2, t)  # (log2 rounded up just below a power of two)
+    t = torch.where(t >= 2 ** (mant + 1), t / 2, t)  # (should log2 round a value just below a power of two up)
     T = torch.ceil((t - torch.floor(t)) * 2.0**32).long()
     T = torch.where(ok, T, torch.zeros_like(T))
     words = [((T - 1).clamp(0, 2**32 - 1)), T.clamp(0, 2**32 - 1)]
@@ -340,6 +340,50 @@ def test_fused_stochastic_step_lands_on_a_neighbour_of_the_exact_update(kind, dt
     spacing = (hi - lo).abs().clamp_min(1e-30)
     err = ((got - exact) / spacing)[(hi != lo) & torch.isfinite(spacing)]
     assert abs(err.mean().item()) < 0.03
+
+
+def _philox4x32_10(counter, key):
+    """Philox4x32-10 (Salmon et al., SC'11) in Python integers: 4 words from a 128-bit
+    counter and a 64-bit key, each as a list of 32-bit words; independent of the C++ one."""
+    m = 0xFFFFFFFF
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for _ in range(10):
+        p0, p1 = 0xD2511F53 * c0, 0xCD9E8D57 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & m, (p0 >> 32) ^ c3 ^ k1, p0 & m
+        k0, k1 = (k0 + 0x9E3779B9) & m, (k1 + 0xBB67AE85) & m
+    return [c0, c1, c2, c3]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_sgd_random_bits_follow_the_documented_stream(device):
+    # One plain SGD step on bf16 parameters through the op, with a known key, against a
+    # Python model of the documented scheme (kernels/optim_step.h): element i of the launch
+    # is in group v = i / 8, whose parameter draws Philox4x32-10 block (6 v, offset) under
+    # the key (seed); element j of the group takes 16 bits of word j / 2 (the low half of
+    # the word for even j, the high half for odd j) as the top of its random word; the new
+    # value (p - lr g in float32) is rounded to bf16 up iff those 16 bits are below its
+    # dropped half. Catches a key schedule, a counter or a word layout that changed.
+    n = 203  # 25 whole groups and a partial one
+    gen = torch.Generator().manual_seed(41)
+    p0 = torch.randn(n, generator=gen).to(torch.bfloat16)
+    g = torch.randn(n, generator=gen).to(torch.bfloat16)
+    lr, seed, offset = 0.0123, 0x1234_5678_9ABC_DEF0, 0x0FED_CBA9_8765_4321
+    p = p0.clone().to(device)
+    torch.ops.largeout._fused_optim_step_([p], [g.to(device)], [], [], [], [], 0, True, lr, 0.0, 0.0, False, False,
+                                          0.0, 0.0, 0.0, 0.0, 0.0, 0.0, seed, offset)
+    m = 0xFFFFFFFF
+    new = (p0.float() + torch.tensor(-lr, dtype=torch.float32) * g.float()).view(torch.int32)
+    want = []
+    for i in range(n):
+        v = i // 8
+        words = _philox4x32_10([(6 * v) & m, (6 * v) >> 32, offset & m, offset >> 32], [seed & m, seed >> 32])
+        w = words[(i % 8) // 2]
+        r16 = (w >> 16) if i % 2 else (w & 0xFFFF)
+        xb = int(new[i]) & m
+        want.append(((xb + (0xFFFF - r16)) & m) >> 16)
+    got = p.cpu().view(torch.int16).int() & 0xFFFF
+    assert got.tolist() == want
 
 
 def test_fused_step_over_many_tensors_unaligned_views_and_tails():
