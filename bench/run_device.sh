@@ -25,8 +25,8 @@
 #            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
 #            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
 #            bench_group_sparse.py at B=512, K=128
-#     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32), the
-#            B=512 K=128 benchmark (DWPROF_BENCH=0: without)
+#     dwprof build, Nsight Compute of the Hopper dW at the headline (PROFILE_G: the G's, default 32;
+#            PROFILE_PASS=fwd or dx3: that pass instead), the B=512 K=128 benchmark (DWPROF_BENCH=0: without)
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
@@ -292,20 +292,22 @@ if [ "$MODE" = dwstages ]; then  # dW's ring size: its tests, then the B=512 K=1
 fi
 
 if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass at the headline), then the headline
+  # PROFILE_PASS=fwd / dx3: the forward or dx v3 instead (files named after the pass)
+  pass=${PROFILE_PASS:-dw}
   for G in ${PROFILE_G:-32}; do
-    echo "== Nsight Compute: dW at B=512 K=128 G=$G L=670,208"
-    # (profile_sm90.py launches dW twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
-    timeout 200 ncu --clock-control none -k regex:'gsl_dw' --launch-skip 1 --launch-count 1 \
+    echo "== Nsight Compute: $pass at B=512 K=128 G=$G L=670,208"
+    # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
+    timeout 200 ncu --clock-control none -k regex:"gsl_${pass}_sm90" --launch-skip 1 --launch-count 1 \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
       --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
-      --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_dw_G$G" \
-      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_dw_G$G.log" 2>&1
+      --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_${pass}_G$G" \
+      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_${pass}_G$G.log" 2>&1
     echo "ncu G=$G rc=$?"
-    ncu -i "$OUT/ncu_dw_G$G.ncu-rep" --print-details all > "$OUT/ncu_dw_G$G.txt" 2>&1
+    ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --print-details all > "$OUT/ncu_${pass}_G$G.txt" 2>&1
     # per-instruction stall samples (which loads the long-scoreboard stalls wait on)
-    ncu -i "$OUT/ncu_dw_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_dw_sass_G$G.csv" 2>&1
-    echo "sass page rc=$? ($(wc -l < "$OUT/ncu_dw_sass_G$G.csv") lines)"
-    grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_dw_G$G.txt" | head -24
+    ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_${pass}_sass_G$G.csv" 2>&1
+    echo "sass page rc=$? ($(wc -l < "$OUT/ncu_${pass}_sass_G$G.csv") lines)"
+    grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_${pass}_G$G.txt" | head -24
   done
   [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
   echo "== benchmark: B=512, K=128"
