@@ -56,26 +56,10 @@ LARGEOUT_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
   *hi = uint32_t(p >> 32);
   *lo = uint32_t(p);
 }
-LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, uint32_t k0, uint32_t k1) {
-  for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
-    mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ k0, n2 = hi0 ^ c3 ^ k1;
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return {{c0, c1, c2, c3}};
-}
-
-// The ten round keys of Philox4x32-10 under the 64-bit key `seed`, worked out once per
-// launch: philox4x32_10(c, keys) gives the bits of philox4x32_10(c, seed) above, but a
-// kernel reads each round's key from its parameters (a constant-bank operand of the XOR)
-// instead of adding the key increments per block (20 instructions of ~60).
+// The ten round keys of Philox4x32-10 under the 64-bit key `seed` (its two halves, each
+// advanced by the Weyl constants every round). The optimizers work them out once per launch
+// and their kernels read each round's key from their parameters (a constant-bank operand of
+// the XOR) instead of adding the key increments per block (20 instructions of ~60).
 struct PhiloxKeys {
   uint32_t k[20];
 };
@@ -111,7 +95,7 @@ LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
 LARGEOUT_HD uint32_t sr_random_bits(uint64_t seed, uint64_t offset, int64_t i) {
   const uint64_t block = uint64_t(i) >> 2;
   const Philox4x32 r = philox4x32_10(uint32_t(block), uint32_t(block >> 32), uint32_t(offset), uint32_t(offset >> 32),
-                                     uint32_t(seed), uint32_t(seed >> 32));
+                                     philox_round_keys(seed));
   return r.v[i & 3];
 }
 
