@@ -277,12 +277,13 @@ __global__ void sr_rule_mismatch_kernel(const float* __restrict__ x, const uint3
 cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, ElemType t, unsigned long long* bad,
                                cudaStream_t stream) {
   if (n == 0) return cudaSuccess;
-  const int64_t blocks = (n + 8 * 256 - 1) / (8 * 256);
+  const auto blocks = unsigned((n + 8 * 256 - 1) / (8 * 256));
+  auto launch = [&]<ElemType T>() { sr_rule_mismatch_kernel<T><<<blocks, 256, 0, stream>>>(x, rnd, n, bad); };
   switch (t) {
-    case ElemType::kBF16: sr_rule_mismatch_kernel<ElemType::kBF16><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
-    case ElemType::kF16: sr_rule_mismatch_kernel<ElemType::kF16><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
-    case ElemType::kE4M3: sr_rule_mismatch_kernel<ElemType::kE4M3><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
-    case ElemType::kE5M2: sr_rule_mismatch_kernel<ElemType::kE5M2><<<unsigned(blocks), 256, 0, stream>>>(x, rnd, n, bad); break;
+    case ElemType::kBF16: launch.template operator()<ElemType::kBF16>(); break;
+    case ElemType::kF16: launch.template operator()<ElemType::kF16>(); break;
+    case ElemType::kE4M3: launch.template operator()<ElemType::kE4M3>(); break;
+    case ElemType::kE5M2: launch.template operator()<ElemType::kE5M2>(); break;
     default: return cudaErrorInvalidValue;
   }
   return cudaGetLastError();
