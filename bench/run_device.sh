@@ -126,6 +126,12 @@ run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one
   done
 }
 
+bench_headline() {  # $1: timeout (s), $2: the L list; bench_group_sparse.py at B=512, K=128, G 32-128 -> group_sparse.json
+  echo "== benchmark: B=512, K=128 (library defaults)"
+  timeout "$1" python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L "$2" \
+    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+}
+
 if [ "$MODE" = haste ]; then
   echo "== HASTE side by side"
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
@@ -143,9 +149,7 @@ fi
 if [ "$MODE" = issue4 ]; then  # Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
   echo "== tests: Hopper kernels"
   run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
-  echo "== benchmark: B=512, K=128 (library defaults)"
-  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
-    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  bench_headline 120 131072,670091,670208
   for cons in 2 3; do
     echo "== forward with LARGEOUT_SM90_FWD_CONS=$cons"
     LARGEOUT_SM90_FWD_CONS=$cons timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 64,128 --G 16,32,64 \
@@ -180,9 +184,7 @@ torch.cuda.synchronize()" > "$OUT/ncu_dx3.txt" 2>&1
     timeout 120 python3 bench/bench_pad_dy.py --G 32 --L 670091,2812281 --out "$OUT/pad_dy.json" 2>&1 | grep -v Warn | tail -3
   fi
   if [ "${BENCH_HEADLINE:-0}" = 1 ]; then
-    echo "== benchmark: B=512, K=128 (library defaults)"
-    timeout 150 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
-      --out "$OUT/group_sparse.json" 2>&1 | tail -28
+    bench_headline 150 131072,670091,670208
   fi
   exit 0
 fi
@@ -243,9 +245,7 @@ if [ "$MODE" = dw2 ]; then  # dW v2: the Hopper tests, the dW probes, the B=512 
   run_tests gpu_tests_sm90.log tests/test_group_sparse_sm90.py
   echo "== probe: Hopper dW"
   timeout 60 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | tail -6
-  echo "== benchmark: B=512, K=128"
-  timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 131072,670091,670208 \
-    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  bench_headline 100 131072,670091,670208
   echo "== compute-sanitizer memcheck: dW v2"
   timeout 90 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
     -q -p no:cacheprovider -k "dw_versions and v2 and (L1008 or L640 or L2000)" > "$OUT/memcheck_dw2.log" 2>&1
@@ -265,9 +265,7 @@ if [ "$MODE" = optdw ]; then  # the optimizer's and dW's changes: their tests, b
     echo "== tests: Hopper dW (and the layer through it)"
     run_tests gpu_tests_dw.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py -k "not dx and not fwd and not forward"
   fi
-  echo "== benchmark: B=512, K=128"
-  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
-    --out "$OUT/group_sparse.json" 2>&1 | tail -20
+  bench_headline 120 670091,670208
   left=$(( deadline - $(date +%s) ))
   if [ "${OPTDW_OPTIM:-1}" = 0 ] && [ $left -gt 60 ]; then
     echo "== benchmark: group-sparse layer with fp8 weights against bf16 (${left} s left)"
@@ -310,18 +308,14 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
     grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_${pass}_G$G.txt" | head -24
   done
   [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
-  echo "== benchmark: B=512, K=128"
-  timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
-    --out "$OUT/group_sparse.json" 2>&1 | tail -20
+  bench_headline 120 670091,670208
   exit 0
 fi
 
 if [ "$MODE" = verify ]; then  # whole suite, the B=512 K=128 benchmark, the optimizer benchmark and its profile
   echo "== tests: whole suite"
   run_tests gpu_tests.log $TESTS
-  echo "== benchmark: B=512, K=128"
-  timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670091,670208 \
-    --out "$OUT/group_sparse.json" 2>&1 | tail -28
+  bench_headline 100 670091,670208
   echo "== benchmark: fused optimizer step"
   timeout 120 python3 bench/bench_optim.py --iters 10 --out "$OUT/optim.json" 2>&1 | tail -10
   echo "== profile: fused optimizer step (sgd bf16 SR, adamw bf16 SR)"
