@@ -31,6 +31,8 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
+#     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
+#            DWOPT_BUDGET s after the start (default 580)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
@@ -278,14 +280,32 @@ if [ "$MODE" = optdw ]; then  # the optimizer's and dW's changes: their tests, b
   exit 0
 fi
 
-if [ "$MODE" = dwstages ]; then  # dW's ring size: its tests, then the B=512 K=128 benchmark per LARGEOUT_SM90_DW_STAGES
-  echo "== tests: Hopper dW (ring sizes included)"
-  run_tests gpu_tests_dwstages.log tests/test_group_sparse_sm90.py -k "dw"
+dw_stages_bench() {  # the B=512 benchmark (K 64-256, G 32-128, L=670,208) per LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST
+  local st
   for st in ${DW_STAGES_LIST:-8 10 11}; do
-    echo "== benchmark: B=512, K=128, LARGEOUT_SM90_DW_STAGES=$st"
+    echo "== benchmark: B=512, LARGEOUT_SM90_DW_STAGES=$st"
     LARGEOUT_SM90_DW_STAGES=$st timeout 120 python3 bench/bench_group_sparse.py --B 512 --K 64,128,256 --G 32,64,128 \
       --L 670208 --out "$OUT/group_sparse_dwstages$st.json" 2>&1 | grep " dw " | tail -9
   done
+}
+
+if [ "$MODE" = dwstages ]; then  # dW's ring size: its tests, then the B=512 benchmark per LARGEOUT_SM90_DW_STAGES
+  echo "== tests: Hopper dW (ring sizes included)"
+  run_tests gpu_tests_dwstages.log tests/test_group_sparse_sm90.py -k "dw"
+  dw_stages_bench
+  exit 0
+fi
+
+if [ "$MODE" = dwopt ]; then  # dwstages and the optimizer's changes: their tests, the ring sizes, bench_optim (OPTIM_CASES)
+  deadline=$(( T0 + ${DWOPT_BUDGET:-580} ))
+  echo "== tests: optimizers, rounding rules, Hopper dW (ring sizes included)"
+  run_tests gpu_tests_dwopt.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py \
+    tests/test_group_sparse_sm90.py -k "not dx and not fwd and not forward"
+  dw_stages_bench
+  left=$(( deadline - $(date +%s) ))
+  echo "== benchmark: fused optimizer step (${left} s left)"
+  [ $left -gt 20 ] && timeout $left python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
+    --out "$OUT/optim.json" 2>&1 | tail -11
   exit 0
 fi
 

@@ -106,6 +106,27 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
   return 0.f;
 }
 
+// fp32 values of 8 codes of type T: decode_code element by element; e4m3 on the GPU two
+// at a time (one paired conversion to f16x2, exact like the single one, instead of one per
+// code and the codes' unpacking; the fp8 optimizer steps are bound by their instructions).
+template <ElemType T>
+LARGEOUT_HD void decode_group(const uint32_t (&c)[8], float (&out)[8]) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+  if constexpr (T == ElemType::kE4M3) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const auto pair = __nv_fp8x2_storage_t((c[2 * k] & 0xffu) | ((c[2 * k + 1] & 0xffu) << 8));
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3)));  // low byte -> .x
+      out[2 * k] = f.x;
+      out[2 * k + 1] = f.y;
+    }
+    return;
+  }
+#endif
+  LARGEOUT_UNROLL
+  for (int j = 0; j < 8; ++j) out[j] = decode_code(c[j], T);
+}
+
 // Code of v in type t: stochastically rounded with rnd, or to nearest-even.
 LARGEOUT_HD uint32_t round_code(float v, ElemType t, uint32_t rnd, bool nearest) {
   if (t == ElemType::kF32) {
@@ -267,7 +288,7 @@ LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float 
 // instructions with branches per element were the fp8 steps' bound (bench/NOTES.md).
 template <ElemType T>
 __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near,
-                                                uint32_t (&out)[8]) {
+                                                uint32_t (&pairs)[4]) {
   static_assert(T == ElemType::kE4M3 || T == ElemType::kE5M2);
   constexpr bool kE4M3 = T == ElemType::kE4M3;
   constexpr uint32_t kMaxFp32 = kE4M3 ? 0x43E00000u : 0x47600000u;    // 448, 57344
@@ -295,11 +316,8 @@ __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint3
     }
   }
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const uint32_t pair = __nv_cvt_float2_to_fp8x2(make_float2(r[2 * k], r[2 * k + 1]), __NV_SATFINITE, kKind);
-    out[2 * k] = pair & 0xffu;
-    out[2 * k + 1] = pair >> 8;
-  }
+  for (int k = 0; k < 4; ++k)
+    pairs[k] = __nv_cvt_float2_to_fp8x2(make_float2(r[2 * k], r[2 * k + 1]), __NV_SATFINITE, kKind);
   return true;
 }
 
@@ -342,8 +360,20 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   if constexpr (T == ElemType::kE4M3 || T == ElemType::kE5M2) {
-    if (!fp8_group_codes<T>(v, rnd, near, out)) {
-      for (int j = 0; j < 8; ++j) out[j] = fp8_code_out_of_line<T>(v[j], rnd[j], near);
+    // Both paths join on 16-bit pairs of codes (as the paired conversion gives them), so
+    // that the compiler folds the unpacking below into the stores' repacking (joined on 8
+    // codes, ~20 instructions per group unpacked and repacked them).
+    uint32_t pairs[4];
+    if (!fp8_group_codes<T>(v, rnd, near, pairs)) {
+#pragma unroll
+      for (int k = 0; k < 4; ++k)
+        pairs[k] = (fp8_code_out_of_line<T>(v[2 * k], rnd[2 * k], near) & 0xffu) |
+                   ((fp8_code_out_of_line<T>(v[2 * k + 1], rnd[2 * k + 1], near) & 0xffu) << 8);
+    }
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[2 * k] = pairs[k] & 0xffu;
+      out[2 * k + 1] = (pairs[k] >> 8) & 0xffu;
     }
   } else
 #endif
@@ -375,12 +405,12 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   const bool near = !h.stochastic;
   [[maybe_unused]] float scale = 1.f;
   if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
-  auto param_value = [&](uint32_t code) {
-    const float p = decode_code(code, t.param);
+  // The parameter's 8 values (times the row scale where it has one).
+  auto param_values = [&](const uint32_t (&codes)[8], float (&out)[8]) {
+    decode_group<P>(codes, out);
     if constexpr (kScaled) {
-      return op_mul(p, scale);
-    } else {
-      return p;
+      LARGEOUT_UNROLL
+      for (int j = 0; j < 8; ++j) out[j] = op_mul(out[j], scale);
     }
   };
   // The gradient's type is known only at run time: one switch for the group, each case
@@ -403,19 +433,22 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   }
   // The new values first (each from the unrounded others, as the update rule reads), then
   // each tensor's 8 codes at once (round_group_codes).
-  // SGD's nesterov flag and the Kahan buffer's presence pick one of four copies of the loop
-  // (tested per element, their predicated operations were issued on every element).
+  // SGD's nesterov flag, the Kahan buffer's presence and whether there is weight decay pick
+  // one of eight copies of the loop (tested per element, their predicated operations were
+  // issued on every element).
   float pv[n], bv[n], vv2[n], pold[n], ykahan[n];
-  auto values = [&](auto nesterov_c, auto comp_c) {
+  param_values(q.p, pold);
+  auto values = [&](auto nesterov_c, auto comp_c, auto decay_c) {
     [[maybe_unused]] constexpr bool kNesterov = decltype(nesterov_c)::value;
     constexpr bool kComp = decltype(comp_c)::value;
+    constexpr bool kDecay = decltype(decay_c)::value;
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) {
-      const float p = param_value(q.p[j]);
+      const float p = pold[j];
       const float g = gf[j];
       float upd;
       if constexpr (K == OptimKind::kSGD) {
-        float d = h.weight_decay != 0.f ? op_add(g, op_mul(h.weight_decay, p)) : g;
+        float d = kDecay ? op_add(g, op_mul(h.weight_decay, p)) : g;
         if (has_buf1) {
           const float b = h.first ? d
                                   : op_add(op_mul(h.momentum, decode_code(q.b1[j], t.state)),
@@ -432,9 +465,8 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
         vv2[j] = vv;
         const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
         upd = op_div(op_mul(-h.step_size, m), denom);
-        if (h.weight_decay != 0.f) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
+        if (kDecay) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
       }
-      pold[j] = p;
       if (kComp) {
         ykahan[j] = op_sub(upd, decode_code(q.c[j], t.comp));
         pv[j] = op_add(p, ykahan[j]);
@@ -445,14 +477,21 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   };
   const bool comp = s.comp != nullptr;
   const bool nesterov = K == OptimKind::kSGD && has_buf1 && h.nesterov;
+  auto with_decay = [&](auto nesterov_c, auto comp_c) {
+    if (h.weight_decay != 0.f) {
+      values(nesterov_c, comp_c, std::true_type{});
+    } else {
+      values(nesterov_c, comp_c, std::false_type{});
+    }
+  };
   if (nesterov && comp) {
-    values(std::true_type{}, std::true_type{});
+    with_decay(std::true_type{}, std::true_type{});
   } else if (nesterov) {
-    values(std::true_type{}, std::false_type{});
+    with_decay(std::true_type{}, std::false_type{});
   } else if (comp) {
-    values(std::false_type{}, std::true_type{});
+    with_decay(std::false_type{}, std::true_type{});
   } else {
-    values(std::false_type{}, std::false_type{});
+    with_decay(std::false_type{}, std::false_type{});
   }
   if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, r1.w, near, q.b1);
   if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, r2.w, near, q.b2);
@@ -463,8 +502,9 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   round_group_codes<P>(pv, rp.w, near, q.p);
   if (comp) {
     float cv[n];
+    param_values(q.p, cv);  // the new values
     LARGEOUT_UNROLL
-    for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(param_value(q.p[j]), pold[j]), ykahan[j]);
+    for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(cv[j], pold[j]), ykahan[j]);
     round_group_codes<comp_type(P)>(cv, rp.w, true, q.c);
   }
 }
