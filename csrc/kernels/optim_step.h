@@ -383,6 +383,22 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
   }
 }
 
+// The codes of 8 values in type T, rounded with the random bits of group v's stream (drawn
+// here, right before they are used: drawn for every stream at the start of the update, they
+// were live through it, and AdamW's kernel spilled at its 128-register cap), or to nearest.
+template <ElemType T>
+LARGEOUT_HD void round_stream(const OptimHyper& h, uint64_t v, int stream, const float (&vals)[8], bool near,
+                              uint32_t (&out)[8]) {
+  GroupRandom r;
+  if (!near && needs_random(h, T)) {
+    r.fill(h, v, stream, T);
+  } else {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 8; ++j) r.w[j] = 0u;  // (unread: rounding to nearest, or fp32)
+  }
+  round_group_codes<T>(vals, r.w, near, out);
+}
+
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
 // past the slot's end are computed but never stored). kScaled: the slot's parameter has a
 // row scale (OptimSlot::row_scale): its values are decoded times the scale, updated as any
@@ -397,11 +413,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   t.grad = G;
   constexpr int n = 8;
   const uint64_t v = uint64_t(s.base + i0) >> 3;
-  GroupRandom rp, r1, r2;
-  if (needs_random(h, t.param)) rp.fill(h, v, 0, t.param);
   const bool has_buf1 = s.buf1 != nullptr;
-  if (has_buf1 && needs_random(h, t.state)) r1.fill(h, v, 1, t.state);
-  if (K == OptimKind::kAdamW && needs_random(h, t.state)) r2.fill(h, v, 2, t.state);
   const bool near = !h.stochastic;
   [[maybe_unused]] float scale = 1.f;
   if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
@@ -493,19 +505,19 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   } else {
     with_decay(std::false_type{}, std::false_type{});
   }
-  if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, r1.w, near, q.b1);
-  if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, r2.w, near, q.b2);
+  if (K == OptimKind::kAdamW || has_buf1) round_stream<S>(h, v, 1, bv, near, q.b1);
+  if (K == OptimKind::kAdamW) round_stream<S>(h, v, 2, vv2, near, q.b2);
   if constexpr (kScaled) {
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) pv[j] = op_div(pv[j], scale);
   }
-  round_group_codes<P>(pv, rp.w, near, q.p);
+  round_stream<P>(h, v, 0, pv, near, q.p);
   if (comp) {
     float cv[n];
     param_values(q.p, cv);  // the new values
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(cv[j], pold[j]), ykahan[j]);
-    round_group_codes<comp_type(P)>(cv, rp.w, true, q.c);
+    round_stream<comp_type(P)>(h, v, 0, cv, true, q.c);  // (to nearest: no random bits)
   }
 }
 
