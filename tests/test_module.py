@@ -699,7 +699,7 @@ def test_fp8_kernel_choice_checked(monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-@pytest.mark.parametrize("kernel", ["cublas"] + [f"largeout:{c}" for c in range(5)])
+@pytest.mark.parametrize("kernel", ["cublas"] + [f"largeout:{c}" for c in range(3)])
 @pytest.mark.parametrize("scaled", [False, True], ids=["", "label-scales"])
 def test_linear_fp8_kernels_agree(kernel, scaled, monkeypatch):
     """The layer's default recipe through each FP8 GEMM: the same quantized product (within

@@ -383,21 +383,33 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
   }
 }
 
-// The codes of 8 values in type T, rounded with the random bits of group v's stream (drawn
-// here, right before they are used: drawn for every stream at the start of the update, they
-// were live through it, and AdamW's kernel spilled at its 128-register cap), or to nearest.
+// The random bits of group v's stream for a tensor of type T. A bf16 target's (one Philox
+// block: 4 words) are drawn at the start of the update (early), where they overlap the
+// loads' latency; fp16 and fp8 targets' (two blocks: 8 words) right before their rounding
+// (late). Drawn early for every stream, the fp8 SGD kernel spilled 116 bytes at its 64
+// registers; drawn late for every stream, the fp8 SGD step went 2.09 -> 1.67 ms on an H100
+// but AdamW with bf16 state 5.69 -> 5.9-6.0 ms (one group per thread: nothing else to do
+// while the loads land; bench/NOTES.md, session 19).
 template <ElemType T>
-LARGEOUT_HD void round_stream(const OptimHyper& h, uint64_t v, int stream, const float (&vals)[8], bool near,
-                              uint32_t (&out)[8]) {
+struct StreamBits {
+  static constexpr bool kEarly = T == ElemType::kBF16;
   GroupRandom r;
-  if (!near && needs_random(h, T)) {
-    r.fill(h, v, stream, T);
-  } else {
-    LARGEOUT_UNROLL
-    for (int j = 0; j < 8; ++j) r.w[j] = 0u;  // (unread: rounding to nearest, or fp32)
+  LARGEOUT_HD void draw(const OptimHyper& h, uint64_t v, int stream, bool near) {
+    if (!near && needs_random(h, T)) {
+      r.fill(h, v, stream, T);
+    } else {
+      LARGEOUT_UNROLL
+      for (int j = 0; j < 8; ++j) r.w[j] = 0u;  // (unread: rounding to nearest, or fp32)
+    }
   }
-  round_group_codes<T>(vals, r.w, near, out);
-}
+  LARGEOUT_HD void early(const OptimHyper& h, uint64_t v, int stream, bool near) {
+    if constexpr (kEarly) draw(h, v, stream, near);
+  }
+  LARGEOUT_HD const uint32_t (&late(const OptimHyper& h, uint64_t v, int stream, bool near))[8] {
+    if constexpr (!kEarly) draw(h, v, stream, near);
+    return r.w;
+  }
+};
 
 // Updates the 8 elements of group q (the group starting at element i0 of slot s; lanes
 // past the slot's end are computed but never stored). kScaled: the slot's parameter has a
@@ -415,6 +427,11 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   const uint64_t v = uint64_t(s.base + i0) >> 3;
   const bool has_buf1 = s.buf1 != nullptr;
   const bool near = !h.stochastic;
+  StreamBits<P> bits_p;
+  StreamBits<S> bits_1, bits_2;
+  bits_p.early(h, v, 0, near);
+  if (K == OptimKind::kAdamW || has_buf1) bits_1.early(h, v, 1, near);
+  if (K == OptimKind::kAdamW) bits_2.early(h, v, 2, near);
   [[maybe_unused]] float scale = 1.f;
   if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
   // The parameter's 8 values (times the row scale where it has one).
@@ -505,19 +522,19 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   } else {
     with_decay(std::false_type{}, std::false_type{});
   }
-  if (K == OptimKind::kAdamW || has_buf1) round_stream<S>(h, v, 1, bv, near, q.b1);
-  if (K == OptimKind::kAdamW) round_stream<S>(h, v, 2, vv2, near, q.b2);
+  if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, bits_1.late(h, v, 1, near), near, q.b1);
+  if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, bits_2.late(h, v, 2, near), near, q.b2);
   if constexpr (kScaled) {
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) pv[j] = op_div(pv[j], scale);
   }
-  round_stream<P>(h, v, 0, pv, near, q.p);
+  round_group_codes<P>(pv, bits_p.late(h, v, 0, near), near, q.p);
   if (comp) {
     float cv[n];
     param_values(q.p, cv);  // the new values
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) cv[j] = op_sub(op_sub(cv[j], pold[j]), ykahan[j]);
-    round_stream<comp_type(P)>(h, v, 0, cv, true, q.c);  // (to nearest: no random bits)
+    round_group_codes<comp_type(P)>(cv, bits_p.r.w, true, q.c);  // (to nearest: the bits are not read)
   }
 }
 

@@ -113,29 +113,21 @@ using PingEpi = cutlass::epilogue::TmaWarpSpecialized;
 // Measured on an H200 at B=512, H=768, L=2,812,281 (bench/results/fp8_linear_h200.json):
 // pingpong (one warpgroup's epilogue under the other's mainloop) with 128-row tiles was the
 // fastest; cooperative 128x256, pingpong 64x256, a 4x1 cluster and 256-deep K tiles (whose
-// fast accumulation also drifted further from fp32) were slower and are gone.
+// fast accumulation also drifted further from fp32) were slower and are gone. On an H100
+// (bench/results/fp8_gemm_configs_s19_h100.json) cooperative 256x128x128 tiles with a 2x1 or
+// 1x2 cluster (cuBLAS's tile for the bf16 layer) took 2.61-2.81 ms against 2.32-2.37: gone too.
 template <bool kPerCol>
 using Config0 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_2, _1, _1>, Ping, PingEpi, kPerCol>;
 template <bool kPerCol>
 using Config1 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Ping, PingEpi, kPerCol>;
 template <bool kPerCol>
 using Config2 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, PingEpi, kPerCol>;
-// (Session 19, to measure on the H100: cooperative 256-row tiles, the tile shape cuBLAS picks
-// for the bf16 layer; the cluster multicasts the weight tile (2x1) or the input tile (1x2).)
-using Coop = cutlass::gemm::KernelTmaWarpSpecializedCooperativeFP8FastAccum;
-using CoopEpi = cutlass::epilogue::TmaWarpSpecializedCooperative;
-template <bool kPerCol>
-using Config3 = Fp8Gemm<Shape<_256, _128, _128>, Shape<_2, _1, _1>, Coop, CoopEpi, kPerCol>;
-template <bool kPerCol>
-using Config4 = Fp8Gemm<Shape<_256, _128, _128>, Shape<_1, _2, _1>, Coop, CoopEpi, kPerCol>;
 
 template <bool kPerCol, class F>
 auto with_config_t(int config, F&& f) {
   switch (config) {
     case 1: return f(Config1<kPerCol>{});
     case 2: return f(Config2<kPerCol>{});
-    case 3: return f(Config3<kPerCol>{});
-    case 4: return f(Config4<kPerCol>{});
     default: return f(Config0<kPerCol>{});
   }
 }
@@ -152,8 +144,6 @@ const char* fp8_gemm_config_name(int config) {
     case 0: return "pingpong 128x192x128, cluster 2x1";
     case 1: return "pingpong 128x128x128, cluster 2x1";
     case 2: return "pingpong 128x128x128, cluster 1x1";
-    case 3: return "cooperative 256x128x128, cluster 2x1";
-    case 4: return "cooperative 256x128x128, cluster 1x2";
   }
   return "unknown";
 }
