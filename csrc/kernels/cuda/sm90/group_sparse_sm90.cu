@@ -418,11 +418,15 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // acc[u] starts with its first MMA (scale-out zero): zeroing the registers while other
     // MMAs are in flight makes ptxas serialize every wgmma (warning C7518).
     float acc[kU][G / 2];
-    // Bias of this thread's columns, loaded now so the loads overlap the MMAs.
+    // Bias of this thread's columns: loaded now (unpredicated, at a clamped column) so that
+    // the loads land during the MMAs, and converted and masked in the epilogue. Converted
+    // here, the conversion was the loads' first use: the warpgroup waited for them before
+    // its MMAs (30% of the forward's stall samples at the headline shape, Nsight Compute,
+    // bench/results/ncu_fwd_sass_G32_s19_h100.csv).
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
-    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores
-    float bv[kU][G / 8][2];
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
+    uint16_t braw[kU][G / 8][2];
 #pragma unroll
     for (int u = 0; u < kU; ++u)
 #pragma unroll
@@ -430,8 +434,17 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
           const int col = u * G + 8 * j + 2 * t + e;
-          bv[u][j][e] = (bias != nullptr && col < nl) ? to_float(bias[l0 + col]) : 0.f;
+          braw[u][j][e] = bias != nullptr ? reinterpret_cast<const uint16_t*>(bias)[l0 + min(col, nl - 1)] : 0;
         }
+    auto bias_values = [&](float (&bv)[kU][G / 8][2]) {
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e)
+            bv[u][j][e] = u * G + 8 * j + 2 * t + e < nl ? to_float(bits_to<T>(braw[u][j][e])) : 0.f;
+    };
     if constexpr (kProbe == 1) {
       for (int q = 0; q < kQs; ++q) {
         const int k = k0 + q, s = cw * spr + k % spr;
@@ -488,6 +501,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
     free_stage(cw * spr + (k0 + kQs - 1) % spr);  // the last step's stage: still in flight at the end of the loop
+    float bv[kU][G / 8][2];
+    bias_values(bv);
     if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
       float z = 0.f;
 #pragma unroll
