@@ -1422,6 +1422,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     const int t = threadIdx.x;
     const int c = kProbe == 3 ? t % C::kCT : 8 * (warp / kWpc) + (lane & 7);
     const int rc = kProbe == 3 ? t / C::kCT : 4 * (warp % kWpc) + (lane >> 3);
+    // A feature's byte offset in the expanded tile at row rc is its offset at row 0 (see
+    // below) with the swizzle's 16-byte chunk bits XOR (rc & 7) << 4, OR rc * 128 (bits 7-10,
+    // where the row-0 offset has zeros).
+    const uint32_t rc_xor = uint32_t(rc & 7) << 4, rc_or = uint32_t(rc) * 128u;
     if (t == 0)
       for (int n = 0; n < min(S, n_units); ++n) load_unit(n);
     for (int n = 0; n < n_units; ++n) {
@@ -1443,7 +1447,26 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       for (int i = 0; i < int(C::kExpBytes / 16 / C::kExpThreads); ++i)
         reinterpret_cast<float4*>(ex)[t + C::kExpThreads * i] = make_float4(0.f, 0.f, 0.f, 0.f);
       mbar_wait(&full[n % S], (n / S) & 1, 51);
-      named_barrier(1, C::kExpThreads);  // the tile is zero before any thread scatters into it
+      // The unit's feature indices become, in place, their byte offsets in this slice's tile
+      // at row 0 ((h >> 6) blocks of 8 KB, (h & 63) * 2 within the row), or ~0 outside the
+      // slice: each index once, instead of once per row class in every thread that uses it
+      // (the offset arithmetic, ~10 instructions per index per thread, was a third of the
+      // expanding warpgroup's instructions: bench/results/ncu_dx3_sass_G32_s19_h100.csv).
+      // (The stage is reloaded only after every expanding thread has passed the next unit's
+      // barrier below, after its proxy fence.)
+      if constexpr (kProbe != 1) {
+        int32_t* iw = reinterpret_cast<int32_t*>(stages + (n % S) * C::kStageBytes + C::kDyBytes + C::kWBytes);
+        constexpr int kIdx = kGU * K;  // 64-512 indices
+#pragma unroll
+        for (int r = 0; r < (kIdx + C::kExpThreads - 1) / C::kExpThreads; ++r) {
+          const int i = t + r * C::kExpThreads;
+          if (kIdx % C::kExpThreads == 0 || i < kIdx) {
+            const uint32_t h = uint32_t(iw[i] - h0);
+            iw[i] = int32_t(h < uint32_t(kHS) ? ((h >> 6) << 13) | ((h & 63u) << 1) : ~0u);
+          }
+        }
+      }
+      named_barrier(1, C::kExpThreads);  // the tile is zero and the offsets are in place
       if constexpr (kProbe != 1) {
         const uint8_t* st = stages + (n % S) * C::kStageBytes;
         const int32_t* is = reinterpret_cast<const int32_t*>(st + C::kDyBytes + C::kWBytes);
@@ -1469,15 +1492,14 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
             // Byte offsets of the chunk's 8 features in the tile (row rc), and which are in the slice.
             const int4 i0 = *reinterpret_cast<const int4*>(is + q * K + 8 * cc);
             const int4 i1 = *reinterpret_cast<const int4*>(is + q * K + 8 * cc + 4);
-            const int hv[8] = {i0.x, i0.y, i0.z, i0.w, i1.x, i1.y, i1.z, i1.w};
+            const uint32_t ov[8] = {uint32_t(i0.x), uint32_t(i0.y), uint32_t(i0.z), uint32_t(i0.w),
+                                    uint32_t(i1.x), uint32_t(i1.y), uint32_t(i1.z), uint32_t(i1.w)};
             uint32_t off[8];
             uint32_t in = 0;
 #pragma unroll
             for (int k = 0; k < 8; ++k) {
-              const uint32_t h = uint32_t(hv[k] - h0);
-              in |= (h < uint32_t(kHS) ? 1u : 0u) << k;
-              off[k] = (h >> 6) * 8192u + uint32_t(rc) * 128u + ((((h >> 3) & 7u) ^ uint32_t(rc & 7)) << 4) +
-                       (h & 7u) * 2u;
+              in |= ((ov[k] >> 31) ^ 1u) << k;  // in the slice: below 2^15; outside: ~0
+              off[k] = (ov[k] ^ rc_xor) | rc_or;
             }
 #pragma unroll
             for (int j = 0; j < C::kRows; ++j) {
