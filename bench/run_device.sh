@@ -31,6 +31,8 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
+#     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES), the forward's profile,
+#            as SUITE_BUDGET s after the start allow (default 585)
 #     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
 #            DWOPT_BUDGET s after the start (default 580)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
@@ -329,6 +331,29 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
   done
   [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
   bench_headline 120 670091,670208
+  exit 0
+fi
+
+if [ "$MODE" = suite ]; then  # build, the whole suite, the headline, bench_optim (OPTIM_CASES), then the forward's
+  # profile, each as the SUITE_BUDGET s after the start allow (default 585): one fresh call validates and measures a commit
+  deadline=$(( T0 + ${SUITE_BUDGET:-585} ))
+  echo "== tests: whole suite"
+  run_tests gpu_tests.log $TESTS
+  bench_headline 60 670091,670208
+  left=$(( deadline - $(date +%s) ))
+  echo "== benchmark: fused optimizer step (${left} s left)"
+  [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
+    --out "$OUT/optim.json" 2>&1 | tail -11
+  left=$(( deadline - $(date +%s) ))
+  if [ $left -gt 40 ]; then
+    echo "== Nsight Compute: the forward at B=512 K=128 G=32 L=670,208 (${left} s left)"
+    timeout $(( left - 5 )) ncu --clock-control none -k regex:"gsl_fwd_sm90" --launch-skip 1 --launch-count 1 \
+      --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section InstructionStats \
+      --section SourceCounters -f -o "$OUT/ncu_fwd_G32" python3 bench/profile_sm90.py --G 32 > "$OUT/ncu_fwd_G32.log" 2>&1 &&
+      ncu -i "$OUT/ncu_fwd_G32.ncu-rep" --print-details all > "$OUT/ncu_fwd_G32.txt" 2>&1 &&
+      ncu -i "$OUT/ncu_fwd_G32.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_fwd_sass_G32.csv" 2>&1
+    rm -f "$OUT"/*.ncu-rep
+  fi
   exit 0
 fi
 
