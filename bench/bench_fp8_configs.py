@@ -12,18 +12,7 @@ import json
 import torch
 
 import largeout
-
-
-def timed(f, iters: int) -> float:
-    for _ in range(3):
-        f()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    for a, b in ev:
-        a.record()
-        f()
-        b.record()
-    torch.cuda.synchronize()
-    return sorted(a.elapsed_time(b) for a, b in ev)[iters // 2]
+from bench_group_sparse import median_ms  # bench/ is on the path when run as a script
 
 
 def main(argv=None) -> int:
@@ -47,9 +36,10 @@ def main(argv=None) -> int:
     res = {"device": torch.cuda.get_device_name(), "largeout": largeout.build_info(), "B": B, "H": H, "L": L,
            "configs": configs, "method": __doc__, "ms": {}}
     for r in range(args.rounds):
-        res["ms"][f"bf16_cublas_r{r}"] = timed(lambda: torch.nn.functional.linear(xb, wb, bias), args.iters)
+        res["ms"][f"bf16_cublas_r{r}"] = median_ms(lambda: torch.nn.functional.linear(xb, wb, bias), 3, args.iters)
         for c in range(len(configs)):
-            res["ms"][f"fp8_cfg{c}_r{r}"] = timed(lambda: torch.ops.largeout.fp8_gemm(q, w, s, bias, c), args.iters)
+            res["ms"][f"fp8_cfg{c}_r{r}"] = median_ms(lambda: torch.ops.largeout.fp8_gemm(q, w, s, bias, c), 3,
+                                                      args.iters)
     print(json.dumps(res["ms"], indent=1))
     with open(args.out, "w") as f:
         json.dump(res, f, indent=1)
