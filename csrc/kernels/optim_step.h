@@ -383,6 +383,28 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
   }
 }
 
+// Test hook (largeout._sr_rule_mismatches, CPU and CUDA): how many of the up to 8 elements
+// from i0 of (x, rnd) (n elements) the optimizers' group rounding codes differently from the
+// per-element rule, stochastically with rnd and to nearest (the group padded with zeros,
+// which are not compared).
+template <ElemType T>
+LARGEOUT_HD int group_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, int64_t i0) {
+  const SrFormat f = sr_format_of(T);
+  float v[8];
+  uint32_t r[8], sr[8], rn[8];
+  LARGEOUT_UNROLL
+  for (int j = 0; j < 8; ++j) {
+    v[j] = i0 + j < n ? x[i0 + j] : 0.f;
+    r[j] = i0 + j < n ? rnd[i0 + j] : 0u;
+  }
+  round_group_codes<T>(v, r, false, sr);
+  round_group_codes<T>(v, r, true, rn);
+  int bad = 0;
+  for (int j = 0; j < 8 && i0 + j < n; ++j)
+    bad += int(sr[j] != sr_round_bits_fast(v[j], f, r[j])) + int(rn[j] != sr_round_bits_fast(v[j], f, 0u, true));
+  return bad;
+}
+
 // The random bits of group v's stream for a tensor of type T. A bf16 target's (one Philox
 // block: 4 words) are drawn at the start of the update (early), where they overlap the
 // loads' latency; fp16 and fp8 targets' (two blocks: 8 words) right before their rounding
@@ -394,19 +416,19 @@ template <ElemType T>
 struct StreamBits {
   static constexpr bool kEarly = T == ElemType::kBF16;
   GroupRandom r;
-  LARGEOUT_HD void draw(const OptimHyper& h, uint64_t v, int stream, bool near) {
-    if (!near && needs_random(h, T)) {
+  LARGEOUT_HD void draw(const OptimHyper& h, uint64_t v, int stream) {
+    if (needs_random(h, T)) {
       r.fill(h, v, stream, T);
     } else {
       LARGEOUT_UNROLL
       for (int j = 0; j < 8; ++j) r.w[j] = 0u;  // (unread: rounding to nearest, or fp32)
     }
   }
-  LARGEOUT_HD void early(const OptimHyper& h, uint64_t v, int stream, bool near) {
-    if constexpr (kEarly) draw(h, v, stream, near);
+  LARGEOUT_HD void early(const OptimHyper& h, uint64_t v, int stream) {
+    if constexpr (kEarly) draw(h, v, stream);
   }
-  LARGEOUT_HD const uint32_t (&late(const OptimHyper& h, uint64_t v, int stream, bool near))[8] {
-    if constexpr (!kEarly) draw(h, v, stream, near);
+  LARGEOUT_HD const uint32_t (&late(const OptimHyper& h, uint64_t v, int stream))[8] {
+    if constexpr (!kEarly) draw(h, v, stream);
     return r.w;
   }
 };
@@ -429,9 +451,9 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   const bool near = !h.stochastic;
   StreamBits<P> bits_p;
   StreamBits<S> bits_1, bits_2;
-  bits_p.early(h, v, 0, near);
-  if (K == OptimKind::kAdamW || has_buf1) bits_1.early(h, v, 1, near);
-  if (K == OptimKind::kAdamW) bits_2.early(h, v, 2, near);
+  bits_p.early(h, v, 0);
+  if (K == OptimKind::kAdamW || has_buf1) bits_1.early(h, v, 1);
+  if (K == OptimKind::kAdamW) bits_2.early(h, v, 2);
   [[maybe_unused]] float scale = 1.f;
   if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
   // The parameter's 8 values (times the row scale where it has one).
@@ -522,13 +544,13 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   } else {
     with_decay(std::false_type{}, std::false_type{});
   }
-  if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, bits_1.late(h, v, 1, near), near, q.b1);
-  if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, bits_2.late(h, v, 2, near), near, q.b2);
+  if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, bits_1.late(h, v, 1), near, q.b1);
+  if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, bits_2.late(h, v, 2), near, q.b2);
   if constexpr (kScaled) {
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) pv[j] = op_div(pv[j], scale);
   }
-  round_group_codes<P>(pv, bits_p.late(h, v, 0, near), near, q.p);
+  round_group_codes<P>(pv, bits_p.late(h, v, 0), near, q.p);
   if (comp) {
     float cv[n];
     param_values(q.p, cv);  // the new values

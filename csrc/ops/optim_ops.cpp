@@ -237,20 +237,7 @@ int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::Scala
   // The optimizers round 8 values at a time (round_group_codes): the same codes, in groups
   // of consecutive elements (the last one padded with zeros, which are not compared).
   auto groups = [&]<ElemType T>() {
-    for (int64_t i0 = 0; i0 < x.numel(); i0 += 8) {
-      float v[8];
-      uint32_t r[8], sr[8], rn[8];
-      for (int j = 0; j < 8; ++j) {
-        v[j] = i0 + j < x.numel() ? xp[i0 + j] : 0.f;
-        r[j] = i0 + j < x.numel() ? rp[i0 + j] : 0u;
-      }
-      round_group_codes<T>(v, r, false, sr);
-      round_group_codes<T>(v, r, true, rn);
-      for (int j = 0; j < 8 && i0 + j < x.numel(); ++j) {
-        if (sr[j] != sr_round_bits_fast(v[j], f, r[j])) ++bad;
-        if (rn[j] != sr_round_bits_fast(v[j], f, 0u, true)) ++bad;
-      }
-    }
+    for (int64_t i0 = 0; i0 < x.numel(); i0 += 8) bad += group_rule_mismatches<T>(xp, rp, x.numel(), i0);
   };
   switch (t) {
     case ElemType::kBF16: groups.template operator()<ElemType::kBF16>(); break;

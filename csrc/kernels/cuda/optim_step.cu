@@ -247,28 +247,17 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
   }
 }
 
-// One thread per group of 8 consecutive elements (the last one padded with zeros, which
-// are not compared), as the optimizers round them.
+// One thread per group of 8 consecutive elements, as the optimizers round them: the group
+// rounding against the device's per-element rule, and that rule against the specification.
 template <ElemType T>
 __global__ void sr_rule_mismatch_kernel(const float* __restrict__ x, const uint32_t* __restrict__ rnd, int64_t n,
                                         unsigned long long* bad) {
   const int64_t i0 = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) * 8;
   if (i0 >= n) return;
   const SrFormat f = sr_format_of(T);
-  float v[8];
-  uint32_t r[8], sr[8], rn[8];
-#pragma unroll
-  for (int j = 0; j < 8; ++j) {
-    v[j] = i0 + j < n ? x[i0 + j] : 0.f;
-    r[j] = i0 + j < n ? rnd[i0 + j] : 0u;
-  }
-  round_group_codes<T>(v, r, false, sr);
-  round_group_codes<T>(v, r, true, rn);
-  unsigned long long count = 0;
-  for (int j = 0; j < 8 && i0 + j < n; ++j) {
-    const uint32_t spec = sr_round_bits(v[j], f, r[j]), near = sr_round_bits_fast(v[j], f, 0u, true);
-    count += (sr[j] != spec) + (sr_round_bits_fast(v[j], f, r[j]) != spec) + (rn[j] != near);
-  }
+  unsigned long long count = group_rule_mismatches<T>(x, rnd, n, i0);
+  for (int64_t i = i0; i < i0 + 8 && i < n; ++i)
+    count += sr_round_bits_fast(x[i], f, rnd[i]) != sr_round_bits(x[i], f, rnd[i]);
   if (count) atomicAdd(bad, count);
 }
 
