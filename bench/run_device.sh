@@ -311,24 +311,28 @@ if [ "$MODE" = dwopt ]; then  # dwstages and the optimizer's changes: their test
   exit 0
 fi
 
+ncu_pass() {  # $1: pass (dw, fwd, dx3), $2: G, $3: timeout (s); Nsight Compute of one launch at B=512 K=128 L=670,208,
+  # its details and its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass
+  local pass=$1 G=$2
+  echo "== Nsight Compute: $pass at B=512 K=128 G=$G L=670,208"
+  # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
+  timeout "$3" ncu --clock-control none -k regex:"gsl_${pass}_sm90" --launch-skip 1 --launch-count 1 \
+    --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
+    --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
+    --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_${pass}_G$G" \
+    python3 bench/profile_sm90.py --G "$G" > "$OUT/ncu_${pass}_G$G.log" 2>&1
+  echo "ncu G=$G rc=$?"
+  ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --print-details all > "$OUT/ncu_${pass}_G$G.txt" 2>&1
+  # per-instruction stall samples (which loads the long-scoreboard stalls wait on)
+  ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_${pass}_sass_G$G.csv" 2>&1
+  echo "sass page rc=$? ($(wc -l < "$OUT/ncu_${pass}_sass_G$G.csv") lines)"
+  rm -f "$OUT/ncu_${pass}_G$G.ncu-rep"  # (too large to come back)
+  grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_${pass}_G$G.txt" | head -24
+}
+
 if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass at the headline), then the headline
-  # PROFILE_PASS=fwd / dx3: the forward or dx v3 instead (files named after the pass)
-  pass=${PROFILE_PASS:-dw}
-  for G in ${PROFILE_G:-32}; do
-    echo "== Nsight Compute: $pass at B=512 K=128 G=$G L=670,208"
-    # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
-    timeout 200 ncu --clock-control none -k regex:"gsl_${pass}_sm90" --launch-skip 1 --launch-count 1 \
-      --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
-      --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
-      --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_${pass}_G$G" \
-      python3 bench/profile_sm90.py --G $G > "$OUT/ncu_${pass}_G$G.log" 2>&1
-    echo "ncu G=$G rc=$?"
-    ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --print-details all > "$OUT/ncu_${pass}_G$G.txt" 2>&1
-    # per-instruction stall samples (which loads the long-scoreboard stalls wait on)
-    ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_${pass}_sass_G$G.csv" 2>&1
-    echo "sass page rc=$? ($(wc -l < "$OUT/ncu_${pass}_sass_G$G.csv") lines)"
-    grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_${pass}_G$G.txt" | head -24
-  done
+  # PROFILE_PASS=fwd / dx3: the forward or dx v3 instead
+  for G in ${PROFILE_G:-32}; do ncu_pass "${PROFILE_PASS:-dw}" "$G" 200; done
   [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
   bench_headline 120 670091,670208
   exit 0
@@ -345,15 +349,7 @@ if [ "$MODE" = suite ]; then  # build, the whole suite, the headline, bench_opti
   [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
     --out "$OUT/optim.json" 2>&1 | tail -11
   left=$(( deadline - $(date +%s) ))
-  if [ $left -gt 40 ]; then
-    echo "== Nsight Compute: the forward at B=512 K=128 G=32 L=670,208 (${left} s left)"
-    timeout $(( left - 5 )) ncu --clock-control none -k regex:"gsl_fwd_sm90" --launch-skip 1 --launch-count 1 \
-      --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section InstructionStats \
-      --section SourceCounters -f -o "$OUT/ncu_fwd_G32" python3 bench/profile_sm90.py --G 32 > "$OUT/ncu_fwd_G32.log" 2>&1 &&
-      ncu -i "$OUT/ncu_fwd_G32.ncu-rep" --print-details all > "$OUT/ncu_fwd_G32.txt" 2>&1 &&
-      ncu -i "$OUT/ncu_fwd_G32.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_fwd_sass_G32.csv" 2>&1
-    rm -f "$OUT"/*.ncu-rep
-  fi
+  [ $left -gt 40 ] && ncu_pass fwd 32 $(( left - 5 ))
   exit 0
 fi
 
