@@ -122,12 +122,19 @@ template <bool kPerCol>
 using Config1 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_2, _1, _1>, Ping, PingEpi, kPerCol>;
 template <bool kPerCol>
 using Config2 = Fp8Gemm<Shape<_128, _128, _128>, Shape<_1, _1, _1>, Ping, PingEpi, kPerCol>;
+// Multicast of the input tile too (x is re-read from L2 for every label tile): being measured.
+template <bool kPerCol>
+using Config3 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_2, _2, _1>, Ping, PingEpi, kPerCol>;
+template <bool kPerCol>
+using Config4 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_1, _2, _1>, Ping, PingEpi, kPerCol>;
 
 template <bool kPerCol, class F>
 auto with_config_t(int config, F&& f) {
   switch (config) {
     case 1: return f(Config1<kPerCol>{});
     case 2: return f(Config2<kPerCol>{});
+    case 3: return f(Config3<kPerCol>{});
+    case 4: return f(Config4<kPerCol>{});
     default: return f(Config0<kPerCol>{});
   }
 }
@@ -144,6 +151,8 @@ const char* fp8_gemm_config_name(int config) {
     case 0: return "pingpong 128x192x128, cluster 2x1";
     case 1: return "pingpong 128x128x128, cluster 2x1";
     case 2: return "pingpong 128x128x128, cluster 1x1";
+    case 3: return "pingpong 128x192x128, cluster 2x2";
+    case 4: return "pingpong 128x192x128, cluster 1x2";
   }
   return "unknown";
 }
