@@ -125,6 +125,20 @@ __device__ __forceinline__ void load_group(const OptimSlot& s, ElemType G, int64
   if (s.comp) rc = load_raw8(s.comp, elem_bytes(comp_type(P)), i0);
 }
 
+// Asks L2 for the lines of the group at element i0 of every tensor of slot s (a hint: no
+// registers held, nothing waited on), one iteration before the group's loads.
+__device__ __forceinline__ void prefetch_l2(const void* base, int bytes, int64_t i0) {
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const uint8_t*>(base) + i0 * bytes));
+}
+template <ElemType P, ElemType S>
+__device__ __forceinline__ void prefetch_group(const OptimSlot& s, ElemType G, int64_t i0) {
+  prefetch_l2(s.param, elem_bytes(P), i0);
+  prefetch_l2(s.grad, elem_bytes(G), i0);
+  if (s.buf1) prefetch_l2(s.buf1, elem_bytes(S), i0);
+  if (s.buf2) prefetch_l2(s.buf2, elem_bytes(S), i0);
+  if (s.comp) prefetch_l2(s.comp, elem_bytes(comp_type(P)), i0);
+}
+
 // One group by itself, each tensor unpacked as it is loaded (the fewest registers: the
 // 16-bit kU = 1 kernels), or per element where partial or not 16-byte aligned.
 template <OptimKind K, ElemType P, ElemType S, bool kScaled>
@@ -188,7 +202,8 @@ constexpr int groups_per_thread() {
 template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks, bool kScaled = false>
 __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const OptimSlot* __restrict__ slots,
                                                                    const int64_t* __restrict__ prefix,
-                                                                   int64_t total_groups, ElemType G, OptimHyper h) {
+                                                                   int64_t total_groups, ElemType G, OptimHyper h,
+                                                                   bool prefetch) {
   constexpr int kU = groups_per_thread<K, P, S, kBufs, kBlocks>();
   constexpr int64_t kTile = int64_t(kU) * kOptThreads;
   auto slot = [&](int k) {  // slot k with the pointers the launch does not carry known null
@@ -220,6 +235,12 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
     }
     const OptimSlot s = slot(k);
     const int64_t glast = g0 + (kU - 1) * kOptThreads;
+    if (prefetch) {  // the next iteration's groups into L2 (where they are in this slot)
+      const int64_t gn = g0 + int64_t(gridDim.x) * kTile;
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+        if (gn + u * kOptThreads < end) prefetch_group<P, S>(s, G, (gn + u * kOptThreads - first) * 8);
+    }
     // (kU = 1: AdamW with 16-bit parameters takes update_one below, which measured 5-7%
     // faster; fp32 parameters and the specialized SGD kernels this path: AdamW fp32 1.3-1.8x
     // faster, SGD momentum + Kahan 6.13 vs 6.76 ms on an H200, bench/NOTES.md.)
@@ -278,6 +299,14 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
   return cudaGetLastError();
 }
 
+// LARGEOUT_OPTIM_L2_PREFETCH=1: every thread asks L2 for its next iteration's groups while it
+// updates the current ones (being measured; off by default).
+// (Read at every launch, so that a benchmark can switch it between calls.)
+static bool l2_prefetch() {
+  const char* v = std::getenv("LARGEOUT_OPTIM_L2_PREFETCH");
+  return v != nullptr && std::string(v) == "1";
+}
+
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
                        bool scaled, cudaStream_t stream) {
@@ -293,7 +322,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       constexpr int kBlocks = resident_blocks(kBufs);
       return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
     };
-    std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper), int> kernel_u;
+    std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, bool), int> kernel_u;
     if (scaled) {  // (the op allows row scales on fp8 parameters only)
       if constexpr (scalable(P)) {
         kernel_u = std::make_pair(optim_kernel<K, P, S, Bufs::kRuntime, 2, true>, 1);
@@ -311,7 +340,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
     const int64_t cap = int64_t(sms) * 8;
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,
-                                                                             types.grad, hyper);
+                                                                             types.grad, hyper, l2_prefetch());
   });
   if (!known || unscalable) return cudaErrorInvalidValue;
   return cudaGetLastError();
