@@ -299,12 +299,17 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
   return cudaGetLastError();
 }
 
-// LARGEOUT_OPTIM_L2_PREFETCH=1: every thread asks L2 for its next iteration's groups while it
-// updates the current ones (being measured; off by default).
-// (Read at every launch, so that a benchmark can switch it between calls.)
-static bool l2_prefetch() {
+// Whether every thread asks L2 for its next iteration's groups while it updates the current
+// ones. On an H100 (bench/NOTES.md, session 20) it helped every step that has a buffer to
+// read and write: AdamW with bf16 state 5.76 -> 4.64-4.72 ms, fp8 momentum 3.08 -> 2.75-2.85,
+// AdamW with fp32 state 6.94 -> 6.61-6.71; and slowed SGD without buffers (bf16 1.71 -> 2.07,
+// whose kernel already has 4 groups per thread in flight). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
+// overrides the choice (read at every launch, so that a benchmark can switch it).
+static bool l2_prefetch(bool has_buffers) {
   const char* v = std::getenv("LARGEOUT_OPTIM_L2_PREFETCH");
-  return v != nullptr && std::string(v) == "1";
+  if (v != nullptr && std::string(v) == "0") return false;
+  if (v != nullptr && std::string(v) == "1") return true;
+  return has_buffers;
 }
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
@@ -337,10 +342,13 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       kernel_u = pick.template operator()<Bufs::kRuntime>();
     }
     const auto [kernel, kU] = kernel_u;
+    // (SGD with no buffer is the only kernel that takes Bufs::kNone.)
+    const bool prefetch_default = !(K == OptimKind::kSGD && !has_buf1 && !has_comp && !scaled);
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
     const int64_t cap = int64_t(sms) * 8;
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,
-                                                                             types.grad, hyper, l2_prefetch());
+                                                                             types.grad, hyper,
+                                                                             l2_prefetch(prefetch_default));
   });
   if (!known || unscalable) return cudaErrorInvalidValue;
   return cudaGetLastError();
