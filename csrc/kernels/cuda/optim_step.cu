@@ -169,7 +169,8 @@ enum class Bufs : int { kNone, kBuf1, kComp, kBoth, kRuntime };
 // groups into a ring of shared-memory stages by cp.async while it updates the current one,
 // kept in commit 20b8ed7. On an H100 it was 2x slower for bf16 SGD, equal for AdamW with
 // bf16 state and 12% slower with fp32 state: the per-element code, not the loads' latency,
-// bounds these kernels. bench/NOTES.md, session 17.)
+// bounds these kernels. bench/NOTES.md, session 17. A prefetch into L2 one iteration ahead,
+// which holds no registers, did pay for the one-group-per-thread kernels: l2_prefetch below.)
 
 // Resident blocks per SM the kernel is compiled for (its register budget: 128 per thread
 // for 2, 64 for 4). SGD without buffers: 4 (more warps to issue from; bf16 with SR 1.39 ->
@@ -300,16 +301,20 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
 }
 
 // Whether every thread asks L2 for its next iteration's groups while it updates the current
-// ones. On an H100 (bench/NOTES.md, session 20) it helped every step that has a buffer to
-// read and write: AdamW with bf16 state 5.76 -> 4.64-4.72 ms, fp8 momentum 3.08 -> 2.75-2.85,
-// AdamW with fp32 state 6.94 -> 6.61-6.71; and slowed SGD without buffers (bf16 1.71 -> 2.07,
-// whose kernel already has 4 groups per thread in flight). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
+// one. Measured on an H100 (bench/NOTES.md, session 20; optim_s20b_h100.json against
+// optim_s20b_prefetch_off_h100.json, same machine): it pays in the kernels that update one
+// group per thread (update_one: AdamW on 16-bit parameters, bf16 state 5.69 -> 4.70 ms,
+// 63% -> 76% of copy; fp32 state 6.94 -> 6.59; nearest 5.57 -> 4.42), which have only 16
+// bytes per tensor in flight per thread. Where a thread already loads several groups at once
+// it did not help or hurt (bf16 SGD 1.71 -> 2.07, AdamW fp32 7.97 -> 8.48, momentum and Kahan
+// within noise), so those kernels go without. The row-scaled fp8 kernels take the same
+// one-group path and get it too (not timed separately). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
 // overrides the choice (read at every launch, so that a benchmark can switch it).
-static bool l2_prefetch(bool has_buffers) {
+static bool l2_prefetch(bool one_group_per_thread) {
   const char* v = std::getenv("LARGEOUT_OPTIM_L2_PREFETCH");
   if (v != nullptr && std::string(v) == "0") return false;
   if (v != nullptr && std::string(v) == "1") return true;
-  return has_buffers;
+  return one_group_per_thread;
 }
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
@@ -342,8 +347,8 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       kernel_u = pick.template operator()<Bufs::kRuntime>();
     }
     const auto [kernel, kU] = kernel_u;
-    // (SGD with no buffer is the only kernel that takes Bufs::kNone.)
-    const bool prefetch_default = !(K == OptimKind::kSGD && !has_buf1 && !has_comp && !scaled);
+    // (The kernels that take update_one for whole groups: kBufs = kRuntime, 16- or 8-bit parameters.)
+    const bool prefetch_default = (scaled || K == OptimKind::kAdamW) && P != ElemType::kF32;
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
     const int64_t cap = int64_t(sms) * 8;
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,

@@ -21,7 +21,7 @@
 namespace largeout::cuda::sm90 {
 
 // Kernel configurations (tile, schedule); bench/bench_fp8.py times each.
-constexpr int kFp8GemmConfigs = 4;
+constexpr int kFp8GemmConfigs = 3;
 const char* fp8_gemm_config_name(int config);
 
 // Problem constraints: M, N, K >= 1; K a multiple of 16 and N, ldd multiples of 8 (16-byte
