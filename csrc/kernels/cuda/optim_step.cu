@@ -204,7 +204,7 @@ template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks, bool kSc
 __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const OptimSlot* __restrict__ slots,
                                                                    const int64_t* __restrict__ prefix,
                                                                    int64_t total_groups, ElemType G, OptimHyper h,
-                                                                   bool prefetch) {
+                                                                   int prefetch) {
   constexpr int kU = groups_per_thread<K, P, S, kBufs, kBlocks>();
   constexpr int64_t kTile = int64_t(kU) * kOptThreads;
   auto slot = [&](int k) {  // slot k with the pointers the launch does not carry known null
@@ -236,8 +236,8 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
     }
     const OptimSlot s = slot(k);
     const int64_t glast = g0 + (kU - 1) * kOptThreads;
-    if (prefetch) {  // the next iteration's groups into L2 (where they are in this slot)
-      const int64_t gn = g0 + int64_t(gridDim.x) * kTile;
+    if (prefetch > 0) {  // the groups `prefetch` iterations on into L2 (where they are in this slot)
+      const int64_t gn = g0 + prefetch * int64_t(gridDim.x) * kTile;
 #pragma unroll
       for (int u = 0; u < kU; ++u)
         if (gn + u * kOptThreads < end) prefetch_group<P, S>(s, G, (gn + u * kOptThreads - first) * 8);
@@ -309,12 +309,13 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
 // it did not help or hurt (bf16 SGD 1.71 -> 2.07, AdamW fp32 7.97 -> 8.48, momentum and Kahan
 // within noise), so those kernels go without. The row-scaled fp8 kernels take the same
 // one-group path and get it too (not timed separately). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
-// overrides the choice (read at every launch, so that a benchmark can switch it).
-static bool l2_prefetch(bool one_group_per_thread) {
+// overrides the choice (read at every launch, so that a benchmark can switch it);
+// LARGEOUT_OPTIM_L2_PREFETCH=2 or 3 prefetches that many iterations ahead instead of one (to
+// be measured).
+static int l2_prefetch(bool one_group_per_thread) {
   const char* v = std::getenv("LARGEOUT_OPTIM_L2_PREFETCH");
-  if (v != nullptr && std::string(v) == "0") return false;
-  if (v != nullptr && std::string(v) == "1") return true;
-  return one_group_per_thread;
+  if (v != nullptr && v[0] >= '0' && v[0] <= '3' && v[1] == '\0') return v[0] - '0';
+  return one_group_per_thread ? 1 : 0;
 }
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
@@ -332,7 +333,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       constexpr int kBlocks = resident_blocks(kBufs);
       return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
     };
-    std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, bool), int> kernel_u;
+    std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, int), int> kernel_u;
     if (scaled) {  // (the op allows row scales on fp8 parameters only)
       if constexpr (scalable(P)) {
         kernel_u = std::make_pair(optim_kernel<K, P, S, Bufs::kRuntime, 2, true>, 1);
