@@ -293,6 +293,29 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
 
 
+@pytest.mark.parametrize("order", ["shuffled", "banked", "reversed"])
+@pytest.mark.parametrize("shape", [(64, 768, 2000, 128, 32), (33, 1000, 3000, 256, 64), (5, 300, 1000, 64, 32)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dx3_any_index_order(shape, order, poison, monkeypatch):
+    # dx v3 with each group's indices in orders other than the sorted one the layers keep
+    # (which the other tests use): an expanding thread's chunk of 8 k-slots then mixes
+    # features of every 256-feature slice. Against float64.
+    monkeypatch.setenv("LARGEOUT_SM90_DX", "v3")
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + K + G)
+    gen = torch.Generator().manual_seed(K + G)
+    if order == "shuffled":
+        perm = torch.rand(idx.shape, generator=gen).argsort(dim=1).to(idx.device)
+        idx = idx.gather(1, perm)
+    elif order == "banked":
+        idx = random_group_indices(idx.shape[0], H, K, generator=gen, order="banked").to(idx.device)
+    else:
+        idx = idx.flip(1).contiguous()
+    assert kernels.path("input", torch.bfloat16, B, H, L, K, G) == "sm90"
+    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
+
+
 def dw_reference_cuda(dy, x, idx, G, chunk=1024):
     """float64 dW [L, K] and dbias on the GPU, a chunk of groups at a time."""
     B, L = dy.shape
