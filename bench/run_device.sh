@@ -31,8 +31,10 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
-#     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES), the forward's profile,
-#            as SUITE_BUDGET s after the start allow (default 585)
+#     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
+#            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST), the forward's profile, as SUITE_BUDGET s after
+#            the start allow (default 585); GATHER_BW=1: largeout_bench_gather_bw first
+#     gatherbw build, largeout_bench_gather_bw
 #     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
 #            DWOPT_BUDGET s after the start (default 580)
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
@@ -338,9 +340,23 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
   exit 0
 fi
 
-if [ "$MODE" = suite ]; then  # build, the whole suite, the headline, bench_optim (OPTIM_CASES), then the forward's
-  # profile, each as the SUITE_BUDGET s after the start allow (default 585): one fresh call validates and measures a commit
+gather_bw() {  # the installed largeout_bench_gather_bw (seconds): the bandwidth bounds of bench/NOTES.md, session 20
+  echo "== benchmark: gather / scatter bandwidth"
+  timeout 60 "$(python3 -c 'import largeout, os; print(os.path.dirname(largeout.__file__))')/bin/largeout_bench_gather_bw" \
+    --out "$OUT/gather_bw.json" 2>&1 | tail -12
+}
+
+if [ "$MODE" = gatherbw ]; then
+  gather_bw
+  exit 0
+fi
+
+if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headline, bench_optim (OPTIM_CASES; then once per
+  # LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST, as optim_pf<v>.json), then the forward's profile, each as the
+  # SUITE_BUDGET s after the start allow (default 585): one fresh call validates and measures a commit. GATHER_BW=1:
+  # largeout_bench_gather_bw first.
   deadline=$(( T0 + ${SUITE_BUDGET:-585} ))
+  [ "${GATHER_BW:-0}" = 1 ] && gather_bw
   echo "== tests: whole suite"
   run_tests gpu_tests.log $TESTS
   bench_headline 60 670091,670208
@@ -348,6 +364,13 @@ if [ "$MODE" = suite ]; then  # build, the whole suite, the headline, bench_opti
   echo "== benchmark: fused optimizer step (${left} s left)"
   [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
     --out "$OUT/optim.json" 2>&1 | tail -11
+  for pf in ${PREFETCH_LIST:-}; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 40 ] || break
+    echo "== LARGEOUT_OPTIM_L2_PREFETCH=$pf"
+    LARGEOUT_OPTIM_L2_PREFETCH=$pf timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 \
+      --cases "${OPTIM_CASES:-}" --out "$OUT/optim_pf$pf.json" 2>&1 | tail -11
+  done
   left=$(( deadline - $(date +%s) ))
   [ $left -gt 40 ] && ncu_pass fwd 32 $(( left - 5 ))
   exit 0
