@@ -118,11 +118,12 @@ using PingEpi = cutlass::epilogue::TmaWarpSpecialized;
 // 1x2 cluster (cuBLAS's tile for the bf16 layer) took 2.61-2.81 ms against 2.32-2.37: gone too.
 // Session 20 on an H100: a 1x2 cluster, whose two CTAs share the input tile (multicast; x is
 // read again from L2 for every label tile) and take the weight tile from L2, was faster than
-// the 2x1 cluster (weight tile multicast) in 5 of 6 passes of bench_fp8_configs.py
-// (fp8_gemm_configs{,_b,_c}_s20_h100.json: 2.36-2.46 ms against 2.40-2.98; the clock drops in
-// a run's last pass) and equal in bench_fp8.py (2.28 vs 2.27 ms, fp8_linear_s20_h100.json):
-// the default now. A 2x2 cluster (2.62-2.86), a 1x4 cluster (2.61-3.23) and 128x128 tiles
-// with a 2x1 cluster (2.43-3.02) were slower and are gone.
+// the 2x1 cluster (weight tile multicast) in 7 of 9 passes of bench_fp8_configs.py
+// (fp8_gemm_configs{,_b,_c}_s20_h100.json: 2.36-2.47 ms against 2.32-2.98; within 0.06 ms in
+// the cool passes, clearly ahead in each run's third, where the clock drops: 2.39-2.47 against
+// 2.71-2.98) and equal in bench_fp8.py (2.28 vs 2.27 ms, fp8_linear_s20_h100.json): the
+// default now. A 2x2 cluster (2.61-2.87), a 1x4 cluster (2.61-3.23) and 128x128 tiles with a
+// 2x1 cluster (2.36-3.02) were not faster and are gone.
 template <bool kPerCol>
 using Config0 = Fp8Gemm<Shape<_128, _192, _128>, Shape<_1, _2, _1>, Ping, PingEpi, kPerCol>;
 template <bool kPerCol>
