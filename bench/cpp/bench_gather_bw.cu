@@ -13,6 +13,8 @@
 //                    (its first power-of-two number of 16-byte words, read again and again);
 //   scatter_add_smem dx's scatter (v1/v2) alone: per (group, 32 batch rows) K x 32 fp32 adds into
 //                    a shared-memory accumulator [H][32] at the group's rows ("bytes" = 4 per add);
+//   dsmem_read_*     distributed shared memory: each CTA of a cluster of 2, 4 or 8 reads 64 KB
+//                    64 times from the next CTA's shared memory (remote) or its own (local);
 //   dram_stream      a 4 GiB buffer read once with 16-byte loads (DRAM read bandwidth).
 // Bytes / time = GB/s. No library code: a standalone kernel file (static CUDA runtime).
 #include <cuda_runtime.h>
@@ -136,6 +138,39 @@ __global__ void __launch_bounds__(256) scatter_add_smem(const int32_t* __restric
   if (acc[threadIdx.x] == 1234.5f) atomicAdd(sink, 1);
 }
 
+// Distributed shared memory (a dW design at small G would reduce fp32 partials across the
+// CTAs of a cluster, each holding one batch slice of x^T): every CTA reads a 64 KB buffer,
+// `reps` times, from the shared memory of the next CTA in its cluster (remote = 1) or from
+// its own (remote = 0), 16 bytes per thread and load.
+constexpr int kDsmemBytes = 64 * 1024;
+__global__ void __launch_bounds__(256) dsmem_read(int reps, int remote, int* sink) {
+  extern __shared__ uint4 dbuf[];
+  constexpr int n = kDsmemBytes / 16;
+  for (int i = threadIdx.x; i < n; i += 256) dbuf[i] = make_uint4(i, blockIdx.x, 1, 2);
+  asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+  uint32_t rank = 0, nranks = 1;
+  asm("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+  asm("mov.u32 %0, %%cluster_nctarank;" : "=r"(nranks));
+  const uint32_t local = static_cast<uint32_t>(__cvta_generic_to_shared(dbuf));
+  uint32_t base = local;
+  if (remote) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(base) : "r"(local), "r"((rank + 1) % nranks));
+  uint32_t acc = 0;
+  for (int r = 0; r < reps; ++r) {
+#pragma unroll 4
+    for (int i = threadIdx.x; i < n; i += 256) {
+      uint32_t a, b, c, d;
+      if (remote)
+        asm volatile("ld.shared::cluster.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "r"(base + i * 16));
+      else
+        asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(a), "=r"(b), "=r"(c), "=r"(d) : "r"(base + i * 16));
+      acc ^= a ^ b ^ c ^ d;
+    }
+  }
+  // no CTA leaves while another may still read its shared memory
+  asm volatile("barrier.cluster.arrive.aligned;\n\tbarrier.cluster.wait.aligned;" ::: "memory");
+  if (acc == 0x12345678u) atomicAdd(sink, 1);
+}
+
 template <class F>
 float median_ms(F&& launch, int iters) {
   cudaEvent_t a, b;
@@ -249,6 +284,27 @@ int main(int argc, char** argv) {
   rows.push_back({"scatter_add_smem", sms * 2, double(groups) * K * Bp * 4.0, median_ms([&] {
                     scatter_add_smem<<<sms * 2, 256, acc_bytes>>>(idx, H, K, groups, batch_tiles, sink);
                   }, iters)});
+  CHECK(cudaFuncSetAttribute(dsmem_read, cudaFuncAttributeMaxDynamicSharedMemorySize, kDsmemBytes));
+  const int reps = 64;
+  for (int cluster : {2, 4, 8}) {
+    for (int remote : {0, 1}) {
+      cudaLaunchConfig_t cfg{};
+      cfg.gridDim = dim3(unsigned(sms / cluster * cluster));
+      cfg.blockDim = dim3(256);
+      cfg.dynamicSmemBytes = kDsmemBytes;
+      cudaLaunchAttribute attr{};
+      attr.id = cudaLaunchAttributeClusterDimension;
+      attr.val.clusterDim.x = unsigned(cluster);
+      attr.val.clusterDim.y = 1;
+      attr.val.clusterDim.z = 1;
+      cfg.attrs = &attr;
+      cfg.numAttrs = 1;
+      const int ctas = int(cfg.gridDim.x);
+      rows.push_back({std::string(remote ? "dsmem_read_remote_c" : "dsmem_read_local_c") + std::to_string(cluster), ctas,
+                      double(ctas) * reps * kDsmemBytes,
+                      median_ms([&] { CHECK(cudaLaunchKernelEx(&cfg, dsmem_read, reps, remote, sink)); }, iters)});
+    }
+  }
   const size_t big = size_t(4) << 30;
   uint8_t* buf = nullptr;
   CHECK(cudaMalloc(&buf, big));
