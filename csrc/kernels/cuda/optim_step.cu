@@ -303,12 +303,13 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
 // Whether every thread asks L2 for its next iteration's groups while it updates the current
 // one. Measured on an H100 (bench/NOTES.md, session 20; optim_s20b_h100.json against
 // optim_s20b_prefetch_off_h100.json, same machine): it pays in the kernels that update one
-// group per thread (update_one: AdamW on 16-bit parameters, bf16 state 5.69 -> 4.70 ms,
+// group per thread through update_one (AdamW on 16-bit parameters: bf16 state 5.69 -> 4.70 ms,
 // 63% -> 76% of copy; fp32 state 6.94 -> 6.59; nearest 5.57 -> 4.42), which have only 16
-// bytes per tensor in flight per thread. Where a thread already loads several groups at once
-// it did not help or hurt (bf16 SGD 1.71 -> 2.07, AdamW fp32 7.97 -> 8.48, momentum and Kahan
-// within noise), so those kernels go without. The row-scaled fp8 kernels take the same
-// one-group path and get it too (not timed separately). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
+// bytes per tensor in flight per thread. Elsewhere it hurt or made no difference: SGD without
+// buffers (4 groups per thread in flight; bf16 1.71 -> 2.07, optim_prefetch_{off,a,b}_s20_h100.json),
+// AdamW on fp32 parameters (the raw-words path; 7.97 -> 8.48), momentum and Kahan (within
+// noise), so those kernels go without. AdamW on fp8 parameters and the row-scaled fp8 kernels
+// take the same one-group path and get it too (not timed separately). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
 // overrides the choice (read at every launch, so that a benchmark can switch it);
 // LARGEOUT_OPTIM_L2_PREFETCH=2 or 3 prefetches that many iterations ahead instead of one (to
 // be measured).
