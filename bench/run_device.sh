@@ -33,7 +33,8 @@
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
 #            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST), the forward's profile, as SUITE_BUDGET s after
-#            the start allow (default 585); GATHER_BW=1: largeout_bench_gather_bw first
+#            the start allow (default 585); GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
+#            bench/profile_fp8.py --forward before the forward's profile
 #     gatherbw build, largeout_bench_gather_bw
 #     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
 #            DWOPT_BUDGET s after the start (default 580)
@@ -371,6 +372,11 @@ if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headlin
     LARGEOUT_OPTIM_L2_PREFETCH=$pf timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 \
       --cases "${OPTIM_CASES:-}" --out "$OUT/optim_pf$pf.json" 2>&1 | tail -11
   done
+  left=$(( deadline - $(date +%s) ))
+  if [ "${FP8_FWD_PROFILE:-0}" = 1 ] && [ $left -gt 60 ]; then
+    echo "== the FP8 layer's forward alone: host and device time, ops by host time"
+    timeout $(( left - 10 )) python3 bench/profile_fp8.py --forward --out "$OUT/profile_fp8_forward.txt" 2>&1 | head -40
+  fi
   left=$(( deadline - $(date +%s) ))
   [ $left -gt 40 ] && ncu_pass fwd 32 $(( left - 5 ))
   exit 0
