@@ -28,16 +28,11 @@
 #include <string>
 #include <vector>
 
-#define CHECK(call)                                                                                  \
-  do {                                                                                               \
-    const cudaError_t e_ = (call);                                                                   \
-    if (e_ != cudaSuccess) {                                                                         \
-      std::fprintf(stderr, "%s:%d: %s: %s\n", __FILE__, __LINE__, #call, cudaGetErrorString(e_));   \
-      std::exit(1);                                                                                  \
-    }                                                                                                \
-  } while (0)
+#include "bench_common.cuh"
 
 namespace {
+
+using largeout::bench::median_ms;
 
 constexpr int kThreads = 128;
 constexpr int kStages = 8;
@@ -175,30 +170,6 @@ __global__ void __launch_bounds__(256) dsmem_read(int reps, int remote, int* sin
 #endif
 }
 
-template <class F>
-float median_ms(F&& launch, int iters) {
-  cudaEvent_t a, b;
-  CHECK(cudaEventCreate(&a));
-  CHECK(cudaEventCreate(&b));
-  for (int i = 0; i < 3; ++i) launch();
-  CHECK(cudaGetLastError());
-  std::vector<float> t;
-  for (int i = 0; i < iters; ++i) {
-    CHECK(cudaEventRecord(a));
-    launch();
-    CHECK(cudaEventRecord(b));
-    CHECK(cudaEventSynchronize(b));
-    CHECK(cudaGetLastError());
-    float ms = 0;
-    CHECK(cudaEventElapsedTime(&ms, a, b));
-    t.push_back(ms);
-  }
-  std::sort(t.begin(), t.end());
-  CHECK(cudaEventDestroy(a));
-  CHECK(cudaEventDestroy(b));
-  return t[t.size() / 2];
-}
-
 int arg_int(int argc, char** argv, const char* name, int dflt) {
   for (int i = 1; i + 1 < argc; ++i)
     if (std::strcmp(argv[i], name) == 0) return std::atoi(argv[i + 1]);
@@ -220,10 +191,10 @@ int main(int argc, char** argv) {
     return 2;
   }
   int dev = 0, sms = 0;
-  CHECK(cudaGetDevice(&dev));
-  CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
+  CHECK_CUDA(cudaGetDevice(&dev));
+  CHECK_CUDA(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev));
   cudaDeviceProp prop{};
-  CHECK(cudaGetDeviceProperties(&prop, dev));
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, dev));
 
   // x^T with nonzero contents; per group K distinct random rows (a partial Fisher-Yates).
   const size_t xt_bytes = size_t(H) * Bp * 2;
@@ -248,17 +219,17 @@ int main(int argc, char** argv) {
   uint8_t* xt = nullptr;
   int32_t* idx = nullptr;
   int* sink = nullptr;
-  CHECK(cudaMalloc(&xt, xt_bytes));
-  CHECK(cudaMalloc(&idx, hidx.size() * 4));
-  CHECK(cudaMalloc(&sink, 4));
-  CHECK(cudaMemcpy(xt, hx.data(), xt_bytes, cudaMemcpyHostToDevice));
-  CHECK(cudaMemcpy(idx, hidx.data(), hidx.size() * 4, cudaMemcpyHostToDevice));
-  CHECK(cudaMemset(sink, 0, 4));
+  CHECK_CUDA(cudaMalloc(&xt, xt_bytes));
+  CHECK_CUDA(cudaMalloc(&idx, hidx.size() * 4));
+  CHECK_CUDA(cudaMalloc(&sink, 4));
+  CHECK_CUDA(cudaMemcpy(xt, hx.data(), xt_bytes, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemcpy(idx, hidx.data(), hidx.size() * 4, cudaMemcpyHostToDevice));
+  CHECK_CUDA(cudaMemset(sink, 0, 4));
 
   const double gather_bytes = double(groups) * (Bp / kChunk) * K * 128.0;
   const int smem = kStages * K * 128;  // (above the per-block limit for K > 227: that case is skipped)
   const bool ring_fits = smem <= int(prop.sharedMemPerBlockOptin);
-  if (ring_fits) CHECK(cudaFuncSetAttribute(gather_cp_async, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+  if (ring_fits) CHECK_CUDA(cudaFuncSetAttribute(gather_cp_async, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
   struct Row {
     std::string name;
     int ctas;
@@ -270,9 +241,13 @@ int main(int argc, char** argv) {
     if (ring_fits && per_sm * smem <= int(prop.sharedMemPerMultiprocessor) - 1024 * per_sm)
       rows.push_back({"gather_cp_async", ctas, gather_bytes, median_ms([&] {
                         gather_cp_async<<<ctas, kThreads, smem>>>(xt, idx, Bp, K, groups, sink);
-                      }, iters)});
+                        return cudaGetLastError();
+                      }, 3, iters)});
     rows.push_back({"gather_ldg", ctas, gather_bytes,
-                    median_ms([&] { gather_ldg<<<ctas, kThreads>>>(xt, idx, Bp, K, groups, sink); }, iters)});
+                    median_ms([&] {
+                      gather_ldg<<<ctas, kThreads>>>(xt, idx, Bp, K, groups, sink);
+                      return cudaGetLastError();
+                    }, 3, iters)});
   }
   const int64_t loads = int64_t(gather_bytes / 16);
   int64_t window = 1;
@@ -281,15 +256,17 @@ int main(int argc, char** argv) {
     const int ctas = sms * per_sm;
     rows.push_back({"l2_contiguous", ctas, gather_bytes, median_ms([&] {
                       l2_contiguous<<<ctas, kThreads>>>(reinterpret_cast<const uint4*>(xt), window, loads, sink);
-                    }, iters)});
+                      return cudaGetLastError();
+                    }, 3, iters)});
   }
   const int acc_bytes = H * 32 * 4;
-  CHECK(cudaFuncSetAttribute(scatter_add_smem, cudaFuncAttributeMaxDynamicSharedMemorySize, acc_bytes));
+  CHECK_CUDA(cudaFuncSetAttribute(scatter_add_smem, cudaFuncAttributeMaxDynamicSharedMemorySize, acc_bytes));
   const int batch_tiles = Bp / 32;
   rows.push_back({"scatter_add_smem", sms * 2, double(groups) * K * Bp * 4.0, median_ms([&] {
                     scatter_add_smem<<<sms * 2, 256, acc_bytes>>>(idx, H, K, groups, batch_tiles, sink);
-                  }, iters)});
-  CHECK(cudaFuncSetAttribute(dsmem_read, cudaFuncAttributeMaxDynamicSharedMemorySize, kDsmemBytes));
+                    return cudaGetLastError();
+                  }, 3, iters)});
+  CHECK_CUDA(cudaFuncSetAttribute(dsmem_read, cudaFuncAttributeMaxDynamicSharedMemorySize, kDsmemBytes));
   const int reps = 64;
   for (int cluster : {2, 4, 8}) {
     if (prop.major < 9) break;  // (thread block clusters: sm_90 on)
@@ -308,17 +285,18 @@ int main(int argc, char** argv) {
       const int ctas = int(cfg.gridDim.x);
       rows.push_back({std::string(remote ? "dsmem_read_remote_c" : "dsmem_read_local_c") + std::to_string(cluster), ctas,
                       double(ctas) * reps * kDsmemBytes,
-                      median_ms([&] { CHECK(cudaLaunchKernelEx(&cfg, dsmem_read, reps, remote, sink)); }, iters)});
+                      median_ms([&] { return cudaLaunchKernelEx(&cfg, dsmem_read, reps, remote, sink); }, 3, iters)});
     }
   }
   const size_t big = size_t(4) << 30;
   uint8_t* buf = nullptr;
-  CHECK(cudaMalloc(&buf, big));
-  CHECK(cudaMemset(buf, 1, big));
+  CHECK_CUDA(cudaMalloc(&buf, big));
+  CHECK_CUDA(cudaMemset(buf, 1, big));
   rows.push_back({"dram_stream", sms * 8, double(big), median_ms([&] {
                     dram_stream<<<sms * 8, kThreads>>>(reinterpret_cast<const uint4*>(buf), int64_t(big / 16), sink);
-                  }, iters)});
-  CHECK(cudaDeviceSynchronize());
+                    return cudaGetLastError();
+                  }, 3, iters)});
+  CHECK_CUDA(cudaDeviceSynchronize());
 
   std::string json = "{\n \"device\": \"" + std::string(prop.name) + "\",\n \"H\": " + std::to_string(H) +
                      ", \"Bp\": " + std::to_string(Bp) + ", \"K\": " + std::to_string(K) +
@@ -342,9 +320,9 @@ int main(int argc, char** argv) {
     std::fputs(json.c_str(), f);
     std::fclose(f);
   }
-  CHECK(cudaFree(buf));
-  CHECK(cudaFree(xt));
-  CHECK(cudaFree(idx));
-  CHECK(cudaFree(sink));
+  CHECK_CUDA(cudaFree(buf));
+  CHECK_CUDA(cudaFree(xt));
+  CHECK_CUDA(cudaFree(idx));
+  CHECK_CUDA(cudaFree(sink));
   return 0;
 }

@@ -22,21 +22,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_common.cuh"
 #include "kernels/cuda/group_sparse_cuda.h"
-
-#define CHECK_CUDA(expr)                                                                          \
-  do {                                                                                            \
-    cudaError_t err_ = (expr);                                                                    \
-    if (err_ != cudaSuccess) {                                                                    \
-      std::fprintf(stderr, "%s:%d: %s failed: %s\n", __FILE__, __LINE__, #expr, cudaGetErrorString(err_)); \
-      std::exit(1);                                                                               \
-    }                                                                                             \
-  } while (0)
 
 namespace {
 
 using largeout::DType;
 using largeout::GroupSparseShape;
+using largeout::bench::median_ms;
 
 std::vector<int64_t> parse_list(const char* s) {
   std::vector<int64_t> v;
@@ -77,25 +70,6 @@ void fill_dtype(DType dt, void* p, int64_t n, uint64_t seed, float scale) {
     case DType::kFloat32: return fill<float>(p, n, seed, scale);
     case DType::kFloat64: return fill<double>(p, n, seed, scale);
   }
-}
-
-template <class F>
-double median_ms(F&& launch, int warmup, int iters) {
-  for (int i = 0; i < warmup; ++i) CHECK_CUDA(launch());
-  CHECK_CUDA(cudaDeviceSynchronize());
-  std::vector<cudaEvent_t> ev(2 * iters);
-  for (auto& e : ev) CHECK_CUDA(cudaEventCreate(&e));
-  for (int i = 0; i < iters; ++i) {
-    CHECK_CUDA(cudaEventRecord(ev[2 * i]));
-    CHECK_CUDA(launch());
-    CHECK_CUDA(cudaEventRecord(ev[2 * i + 1]));
-  }
-  CHECK_CUDA(cudaDeviceSynchronize());
-  std::vector<float> t(iters);
-  for (int i = 0; i < iters; ++i) CHECK_CUDA(cudaEventElapsedTime(&t[i], ev[2 * i], ev[2 * i + 1]));
-  for (auto& e : ev) CHECK_CUDA(cudaEventDestroy(e));
-  std::sort(t.begin(), t.end());
-  return iters % 2 ? t[iters / 2] : 0.5 * (t[iters / 2 - 1] + t[iters / 2]);
 }
 
 }  // namespace
