@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
@@ -42,8 +43,6 @@ def table(layer, B, H, dy_cols, steps=3) -> str:
 
 
 def forward_table(layer, B, H, steps=10) -> str:
-    import time
-
     x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16)
     with torch.no_grad():
         for _ in range(3):  # warm-up
