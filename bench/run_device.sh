@@ -16,7 +16,9 @@
 #            MEMCHECK_FP8=1: memcheck on the FP8 GEMM, quantization and group-sparse fp8 kernel tests),
 #            bench/bench_fp8.py (FP8_BENCH=0: without; FP8_BENCH_ARGS: its arguments), bench/bench_group_sparse_fp8.py (GS_FP8_BENCH=0:
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
-#            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases
+#            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases;
+#            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
+#            under sustained bf16 and fp8 GEMMs) before bench_fp8
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -59,6 +61,17 @@ mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MODE=${1:-full}
 T0=$(date +%s)
+
+# At most 8 files come back from $OUT: on exit, if there are more, the small ones (JSON, logs, text under
+# 2 MB) go into one small.tgz and the rest stay as they are.
+bundle_out() {
+  local n; n=$(find "$OUT" -maxdepth 1 -type f | wc -l)
+  [ "$n" -le 8 ] && return
+  (cd "$OUT" && find . -maxdepth 1 -type f -size -2M ! -name '*.tgz' -printf '%f\n' > /tmp/small.list \
+    && tar czf small.tgz -T /tmp/small.list && xargs rm -f < /tmp/small.list)
+  echo "== $n files in \$OUT: the small ones are in small.tgz"
+}
+trap bundle_out EXIT
 TESTS=${TESTS:-tests}
 ARCHS=${ARCHS:-90a}
 
@@ -425,12 +438,17 @@ if [ "$MODE" = lowp ]; then
 fi
 
 if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: optimizer cases to profile
+  [ "${GATHER_BW:-0}" = 1 ] && gather_bw
   tests_subset gpu_tests_fp8.log tests/test_module.py tests/test_weight_scale.py tests/test_stochastic_round.py \
     tests/test_group_sparse_fp8.py -k "fp8 or scale or pad_columns"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_fp8.log tests/test_module.py \
     "fp8_gemm_kernel_matches or (fp8_quantize_op_matches and cuda)"
   [ "${MEMCHECK_FP8:-0}" = 1 ] && memcheck_tests memcheck_gs_fp8.log tests/test_group_sparse_fp8.py \
     "hopper_fp8_kernels_equal and e4m3"
+  if [ "${FP8_CLOCKS:-0}" = 1 ]; then
+    echo "== SM clock and power under sustained bf16 and fp8 GEMMs"
+    timeout 60 python3 bench/fp8_clocks.py --out "$OUT/fp8_clocks.json" 2>&1 | tail -8
+  fi
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"
     timeout 240 python3 bench/bench_fp8.py ${FP8_BENCH_ARGS:-} --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16

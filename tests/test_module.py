@@ -613,7 +613,7 @@ def _fp8_gemm_configs():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 @pytest.mark.parametrize("M", [1, 37, 1000])
-@pytest.mark.parametrize("N, K", [(16, 16), (4112, 96), (520, 768)], ids=str)
+@pytest.mark.parametrize("N, K", [(16, 16), (4112, 96), (520, 768), (1, 32), (4117, 96), (523, 768)], ids=str)
 @pytest.mark.parametrize("with_bias", [True, False])
 @pytest.mark.parametrize("per_col", [False, True], ids=["one-scale", "per-column-scales"])
 def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias, per_col):
@@ -636,6 +636,8 @@ def test_fp8_gemm_kernel_matches_reference(M, N, K, with_bias, per_col):
         torch.full((M, N), float("nan"), dtype=torch.bfloat16, device="cuda")
         y = torch.ops.largeout.fp8_gemm(a.cuda(), b.cuda(), scale.cuda(), bias.cuda() if with_bias else None, config)
         assert y.shape == (M, N) and y.dtype == torch.bfloat16
+        # rows of N rounded up to 8: the columns past N belong to no one, unchecked
+        assert y.stride() == ((N + 7) // 8 * 8, 1)
         y = y.double().cpu()
         assert torch.isfinite(y).all(), configs[config]
         # bf16 output rounding, plus Hopper's fast fp8 accumulation (partial sums kept in
@@ -661,8 +663,8 @@ def test_fp8_gemm_kernel_rejects_bad_input():
         gemm(a, torch.randn(16, 48, device="cuda").to(e4), s, None)
     with pytest.raises(RuntimeError, match="K .* must be a positive multiple of 16; got 24"):
         gemm(a[:, :24].contiguous(), b[:, :24].contiguous(), s, None)
-    with pytest.raises(RuntimeError, match=r"N \(b.shape\[0\]\) must be a positive multiple of 8; got 12"):
-        gemm(a, b[:12], s, None)
+    with pytest.raises(RuntimeError, match=r"N \(b.shape\[0\]\) must be positive; got 0"):
+        gemm(a, b[:0], s, None)
     assert gemm(a[:0], b, s, None).shape == (0, 16)  # an empty batch
     with pytest.raises(RuntimeError, match="bias must be a contiguous, 16-byte aligned \\[16\\]"):
         gemm(a, b, s, torch.zeros(15, device="cuda", dtype=torch.bfloat16))
@@ -723,6 +725,37 @@ def test_linear_fp8_kernels_agree(kernel, scaled, monkeypatch):
     y64 = y64.cpu()
     assert y.shape == (300, 3001)
     assert ((y - y64).abs().amax(0) <= 2 ** -7 * y64.abs().amax(0) + 1e-6).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_fp8_linear_takes_any_label_count_and_offsets(monkeypatch):
+    """The layer function hands largeout's GEMM the weight, bias and label scales as they are:
+    a plain [L, H] weight (no padded storage) at an odd L, a bias and scales that are views at
+    a 2- or 4-byte offset (copied, not refused). Same bits as with aligned copies, and the
+    float64 product within bf16 rounding."""
+    from largeout.nn.fp8 import fp8_linear
+
+    if not _fp8_gemm_configs():
+        pytest.skip("largeout's FP8 GEMM needs an sm_90 device (and a build with the 90a target)")
+    monkeypatch.setenv("LARGEOUT_FP8_GEMM", "tensor-fast")
+    monkeypatch.setenv("LARGEOUT_FP8_KERNEL", "auto")
+    gen = torch.Generator().manual_seed(11)
+    L, H = 1001, 64
+    w = (torch.randn(L, H, generator=gen) / 8).to(torch.float8_e4m3fn).cuda()
+    bias = torch.randn(L + 1, generator=gen).to(torch.bfloat16).cuda()[1:]
+    scale = torch.ldexp(torch.ones(L + 1), torch.randint(-6, 4, (L + 1,), generator=gen)).cuda()[1:]
+    assert bias.data_ptr() % 16 and scale.data_ptr() % 16
+    x = (2 * torch.randn(7, H, generator=gen)).cuda()
+    with torch.no_grad():
+        y = fp8_linear(x, w, bias, scale)
+        y_aligned = fp8_linear(x, w, bias.clone(), scale.clone())
+    assert y.shape == (7, L) and torch.equal(y, y_aligned)
+    sx = x.abs().amax().double() / 448
+    x_hat = (x.double() / sx).float().to(torch.float8_e4m3fn).double() * sx
+    ws = w.double() * scale.double()[:, None]
+    want = (x_hat @ ws.T + bias.double()).cpu()
+    mag = (x_hat.abs() @ ws.abs().T).cpu()  # (the fast accumulation's error scales with it)
+    assert ((y.double().cpu() - want).abs() <= 2 ** -8 * want.abs() + 2 ** -12 * mag + 1e-6).all()
 
 
 def test_linear_fp8_recipe_checked(monkeypatch):

@@ -8,7 +8,8 @@
 //   gather_cp_async  dW's pattern: per (group, batch chunk of 64) K random rows' 128-byte
 //                    segments by cp.async (16 bytes per thread and copy) into a ring of 8
 //                    shared-memory stages, one commit group per stage;
-//   gather_ldg       the same bytes by 16-byte global loads into registers (XOR-folded);
+//   gather_ldg       the same bytes by 16-byte global loads into registers (XOR-folded), with
+//                    1 to 16 CTAs per SM (to find where more loads in flight stop helping);
 //   l2_contiguous    the same number of 16-byte loads, contiguous over the L2-resident x^T
 //                    (its first power-of-two number of 16-byte words, read again and again);
 //   scatter_add_smem dx's scatter (v1/v2) alone: per (group, 32 batch rows) K x 32 fp32 adds into
@@ -236,7 +237,7 @@ int main(int argc, char** argv) {
     double bytes, ms;
   };
   std::vector<Row> rows;
-  for (int per_sm : {1, 2, 4}) {
+  for (int per_sm : {1, 2, 4, 8, 16}) {  // (16 x 128 threads: an SM's most)
     const int ctas = sms * per_sm;
     if (ring_fits && per_sm * smem <= int(prop.sharedMemPerMultiprocessor) - 1024 * per_sm)
       rows.push_back({"gather_cp_async", ctas, gather_bytes, median_ms([&] {

@@ -1,7 +1,8 @@
 // Torch bindings of the fp8 layer's forward (schemas in module.cpp): the input's e4m3
 // quantization (CPU and CUDA, the same rule), and the Hopper FP8 GEMM:
 //     fp8_gemm(a [M, K] e4m3, b [N, K] e4m3, scale fp32 [1] or [N], bias bf16 [N]?, config) -> bf16 [M, N]
-// y = bf16(scale * a @ b^T + bias), scale one value or one per column. CUDA on sm_90 only, in builds with the 90a target;
+// y = bf16(scale * a @ b^T + bias), scale one value or one per column; any N (when N is not a multiple of 8, y is a
+// [M, N] view of a [M, N rounded up to 8] result). CUDA on sm_90 only, in builds with the 90a target;
 // anything else is refused with the reason (largeout.nn.fp8 asks fp8_gemm_configs() first).
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
@@ -186,7 +187,7 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   const int64_t M = a.size(0), K = a.size(1), N = b.size(0);
   TORCH_CHECK(b.size(1) == K, kOp, ": b must be [N, ", K, "] (a's K); got ", b.sizes());
   TORCH_CHECK(K % 16 == 0 && K > 0, kOp, ": K (a.shape[1]) must be a positive multiple of 16; got ", K);
-  TORCH_CHECK(N % 8 == 0 && N > 0, kOp, ": N (b.shape[0]) must be a positive multiple of 8; got ", N);
+  TORCH_CHECK(N > 0, kOp, ": N (b.shape[0]) must be positive; got ", N);
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kFloat, kOp, ": scale must be float32; got ", scale.scalar_type());
   const bool per_col = scale.numel() != 1;
   TORCH_CHECK(scale.device() == a.device() && (!per_col || (scale.dim() == 1 && scale.size(0) == N &&
@@ -207,22 +208,24 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
   TORCH_CHECK(config >= -1 && config < int64_t(configs.size()), kOp, ": config must be -1 (default) or in [0, ",
               configs.size(), "); got ", config);
   if (M == 0) return at::empty({0, N}, a.options().dtype(at::kBFloat16));  // an empty batch
-  TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, N), kOp, ": M, N and K must each be below 2^31; got M=", M,
+  TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, (N + 7) / 8 * 8), kOp, ": M, N and K must each be below 2^31; got M=", M,
               ", N=", N, ", K=", K);
   const int c = config < 0 ? 0 : int(config);
   const at::Tensor s = per_col ? scale : scale.reshape({1}).contiguous();
   int sms = 0;
   cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device().index());
   TORCH_CHECK(e == cudaSuccess, kOp, ": cudaDeviceGetAttribute: ", cudaGetErrorString(e));
-  at::Tensor y = at::empty({M, N}, a.options().dtype(at::kBFloat16));
+  // rows of N rounded up to 8 (16-byte aligned for the TMA store); a [M, N] view when N is not
+  const int64_t ldd = (N + 7) / 8 * 8;
+  at::Tensor y = at::empty({M, ldd}, a.options().dtype(at::kBFloat16));
   const size_t ws_bytes = cuda::sm90::fp8_gemm_workspace_bytes(c, per_col, M, N, K, sms);
   at::Tensor ws;
   if (ws_bytes > 0) ws = at::empty({int64_t(ws_bytes)}, a.options().dtype(at::kByte));
   e = cuda::sm90::fp8_gemm(c, a.const_data_ptr(), b.const_data_ptr(), s.const_data_ptr<float>(), per_col,
-                           bias ? bias->const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, N,
+                           bias ? bias->const_data_ptr() : nullptr, y.mutable_data_ptr(), M, N, K, ldd,
                            ws_bytes > 0 ? ws.mutable_data_ptr() : nullptr, ws_bytes, sms, c10::cuda::getCurrentCUDAStream());
   TORCH_CHECK(e == cudaSuccess, kOp, ": CUDA error: ", cudaGetErrorName(e), ": ", cudaGetErrorString(e));
-  return y;
+  return ldd == N ? y : y.narrow(1, 0, N);
 }
 #endif
 

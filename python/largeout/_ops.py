@@ -44,8 +44,9 @@ def _fp8_to_bf16_fake(x, row_scale=None):
 
 
 @torch.library.register_fake("largeout::fp8_gemm")
-def _fp8_gemm_fake(a, b, scale, bias, config=-1):
-    return a.new_empty((a.shape[0], b.shape[0]), dtype=torch.bfloat16)
+def _fp8_gemm_fake(a, b, scale, bias, config=-1):  # rows of N rounded up to 8, as the kernel writes them
+    M, N = a.shape[0], b.shape[0]
+    return a.new_empty_strided((M, N), ((N + 7) // 8 * 8, 1), dtype=torch.bfloat16)
 
 
 @torch.library.register_fake("largeout::pad_columns_sum")

@@ -37,6 +37,9 @@ gradient of the scaled weight, as ``largeout.optim`` expects.
 is not is stored with up to 15 zero rows after its last row (``weight`` is a view of the
 first L rows; :func:`padded_weight` restores the padding after ``module.to()`` or a
 replaced ``.data``), and the output is a ``[M, L]`` view of a ``[M, L_pad]`` result.
+largeout's GEMM takes any label count: it reads the first L rows of the weight, the bias
+and the scales as they are (no padded copies per call) and writes a ``[M, L]`` view of a
+``[M, L8]`` result (L rounded up to 8, for 16-byte aligned rows).
 """
 
 from __future__ import annotations
@@ -125,8 +128,9 @@ def gemm_mode() -> str:
 
 def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Optional[torch.Tensor],
               sw: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """bf16 ``(q * sx) @ (w_full * sw)^T + b``: q e4m3 [M, H], sx fp32 [M, 1] or [1, 1],
-    w_full e4m3 [Lp, H], sw None or fp32 [1, Lp] (per-label weight scales)."""
+    """bf16 ``(q * sx) @ (w_full * sw)^T + b`` emulated or through ``torch._scaled_mm`` (the
+    layer calls largeout's own GEMM directly): q e4m3 [M, H], sx fp32 [M, 1] or [1, 1], w_full
+    e4m3 [Lp, H], sw None or fp32 [1, Lp] (per-label weight scales)."""
     Lp = w_full.shape[0]
     mode = gemm_mode()
     if not fp8_tensor_cores(q.device):  # emulated: exact bf16 operands, fp32 accumulation, bf16 result
@@ -134,11 +138,6 @@ def _fp8_gemm(q: torch.Tensor, sx: torch.Tensor, w_full: torch.Tensor, b: Option
         if sw is not None:
             y = y * sw
         return (y + b.float() if b is not None else y).to(torch.bfloat16)
-    if mode == "tensor-fast":
-        config = kernel_choice(q.device)
-        if config is not None:  # with label scales: one scale per column, the input's times the label's
-            alpha = sx if sw is None else (sw.reshape(-1) * sx.reshape(())).contiguous()
-            return torch.ops.largeout.fp8_gemm(q, w_full, alpha, b, config)
     if sw is not None:  # torch._scaled_mm: row-wise scales on both sides
         return torch._scaled_mm(q, w_full.t(), scale_a=sx.expand(q.shape[0], 1).contiguous(), scale_b=sw,
                                 bias=b, out_dtype=torch.bfloat16, use_fast_accum=mode.endswith("fast"))
@@ -192,23 +191,36 @@ class _Fp8LinearFn(torch.autograd.Function):
     def forward(ctx, anchor, x2, weight, bias, scale):
         L = weight.shape[0]
         q, sx = quantize(x2, gemm_mode().startswith("row"))
-        w_full = padded_weight(weight)
-        Lp = w_full.shape[0]
-        b = None
-        if bias is not None:
-            b = bias.to(torch.bfloat16)
-            if Lp != L:
-                b = torch.nn.functional.pad(b, (0, Lp - L))
-        sw = None
-        if scale is not None:  # [1, Lp], ones on the padding rows
-            sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
-        y = _fp8_gemm(q, sx, w_full, b, sw)
+        config = kernel_choice(q.device) if gemm_mode() == "tensor-fast" and fp8_tensor_cores(q.device) else None
+        if config is not None:
+            # largeout's GEMM takes any label count (its output rows are L rounded up to 8 apart):
+            # the weight, bias and scales go in as they are, with no padded copies per call; with
+            # label scales, one scale per column: the input's times the label's
+            w = weight if weight.is_contiguous() else padded_weight(weight)[:L]
+            b = bias.to(torch.bfloat16) if bias is not None else None
+            if b is not None and b.data_ptr() % 16:
+                b = b.clone()
+            alpha = sx if scale is None else (scale.float() * sx.reshape(())).contiguous()
+            y = torch.ops.largeout.fp8_gemm(q, w, alpha, b, config)
+        else:
+            w_full = padded_weight(weight)
+            Lp = w_full.shape[0]
+            b = None
+            if bias is not None:
+                b = bias.to(torch.bfloat16)
+                if Lp != L:
+                    b = torch.nn.functional.pad(b, (0, Lp - L))
+            sw = None
+            if scale is not None:  # [1, Lp], ones on the padding rows
+                sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
+            y = _fp8_gemm(q, sx, w_full, b, sw)
+            y = y[:, :L] if Lp != L else y
         ctx.save_for_backward(q, sx)
-        ctx.scale = sw
+        ctx.scale = scale
         ctx.x_dtype = x2.dtype
         ctx.weight = weight
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        return y[:, :L] if Lp != L else y
+        return y
 
     @staticmethod
     def backward(ctx, gy):
@@ -229,7 +241,9 @@ class _Fp8LinearFn(torch.autograd.Function):
         dx = None
         if ctx.needs_input_grad[1]:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
-            sw = ctx.scale[0, :L8] if ctx.scale is not None else None  # (contiguous: one row)
+            sw = None  # the label scales, ones on the padding rows
+            if ctx.scale is not None:
+                sw = torch.nn.functional.pad(ctx.scale.float(), (0, L8 - L), value=1.0)
             chunk = _dx_chunk()
             for c in range(0, L8, chunk):
                 wc = lowp.dequantize(w_full[c : c + chunk], sw[c : c + chunk] if sw is not None else None,

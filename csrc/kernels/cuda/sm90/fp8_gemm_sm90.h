@@ -24,8 +24,8 @@ namespace largeout::cuda::sm90 {
 constexpr int kFp8GemmConfigs = 3;
 const char* fp8_gemm_config_name(int config);
 
-// Problem constraints: M, N, K >= 1; K a multiple of 16 and N, ldd multiples of 8 (16-byte
-// rows for TMA); ldd >= N; pointers 16-byte aligned.
+// Problem constraints: M, N, K >= 1; K a multiple of 16 and ldd a multiple of 8 (16-byte
+// rows for TMA; N itself any: the store clips at N); ldd >= N; pointers 16-byte aligned.
 #ifdef LARGEOUT_WITH_SM90
 bool fp8_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldd);
 size_t fp8_gemm_workspace_bytes(int config, bool per_col_alpha, int64_t M, int64_t N, int64_t K, int sm_count);

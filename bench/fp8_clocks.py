@@ -1,0 +1,147 @@
+#!/usr/bin/env python3
+"""SM clock and board power while the FP8 layer's forward GEMM and the bf16 one run back to back.
+
+    python bench/fp8_clocks.py --out fp8_clocks.json [--B 512 --H 768 --L 2812288 --seconds 3]
+
+Why: bench_fp8.py measures the bare FP8 GEMM ~9% slower per call back to back than alone, the
+bf16 GEMM ~1% slower; a lower SM clock under sustained FP8 MMA (power or thermal limits) would
+explain it. Phases, in this order: idle, bf16 (cuBLAS through torch.mm with the bias in
+its epilogue: ``torch.nn.functional.linear``), idle, fp8 (largeout's FP8 GEMM, default
+configuration, pre-quantized operands), idle, bf16 again. In each busy phase the GEMM is
+launched back to back for --seconds; CUDA events time every call. ``nvidia-smi`` samples the
+SM clock, power draw, temperature and the active clock-event (throttle) reasons every 20 ms
+in the background; each phase reports the medians of its samples (the first 0.3 s dropped)
+and its per-call time (median, first and last tenth of the calls).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+import largeout
+
+FIELDS = "timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
+
+
+def busy(fn, seconds: float) -> dict:
+    """fn launched back to back for about ``seconds``, every call timed by CUDA events."""
+    events = []
+    t_end = time.time() + seconds
+    start = dt.datetime.now()
+    while time.time() < t_end:
+        for _ in range(20):  # keep the queue ahead of the GPU; sync on the oldest now and then
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            events.append((a, b))
+        events[-10][1].synchronize()
+    torch.cuda.synchronize()
+    end = dt.datetime.now()
+    ms = [a.elapsed_time(b) for a, b in events]
+    tenth = max(1, len(ms) // 10)
+    return {"start": start, "end": end, "calls": len(ms), "ms_median": statistics.median(ms),
+            "ms_first_tenth": statistics.median(ms[:tenth]), "ms_last_tenth": statistics.median(ms[-tenth:])}
+
+
+def idle(seconds: float) -> dict:
+    torch.cuda.synchronize()
+    start = dt.datetime.now()
+    time.sleep(seconds)
+    return {"start": start, "end": dt.datetime.now()}
+
+
+def parse_samples(text: str):
+    rows = []
+    for line in text.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) != 5 or not parts[0][:1].isdigit():
+            continue  # the header, or a line cut off
+        try:
+            t = dt.datetime.strptime(parts[0], "%Y/%m/%d %H:%M:%S.%f")
+            rows.append((t, float(parts[1].split()[0]), float(parts[2].split()[0]), float(parts[3]), parts[4]))
+        except ValueError:
+            continue  # "[N/A]" and the like
+    return rows
+
+
+def summarize(phase: dict, samples) -> dict:
+    lo = phase["start"] + dt.timedelta(seconds=0.3)
+    mine = [s for s in samples if lo <= s[0] <= phase["end"]]
+    out = {k: v for k, v in phase.items() if k not in ("start", "end")}
+    out["samples"] = len(mine)
+    if mine:
+        out["sm_clock_MHz_median"] = statistics.median(s[1] for s in mine)
+        out["sm_clock_MHz_min"] = min(s[1] for s in mine)
+        out["power_W_median"] = statistics.median(s[2] for s in mine)
+        out["temperature_C_max"] = max(s[3] for s in mine)
+        reasons = {}
+        for s in mine:
+            reasons[s[4]] = reasons.get(s[4], 0) + 1
+        out["clock_event_reasons"] = reasons  # nvidia-smi's bit mask -> number of samples
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--B", type=int, default=512)
+    ap.add_argument("--H", type=int, default=768)
+    ap.add_argument("--L", type=int, default=2_812_288)
+    ap.add_argument("--seconds", type=float, default=3.0)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available() or not list(torch.ops.largeout.fp8_gemm_configs()):
+        print("needs an sm_90 GPU and largeout's FP8 GEMM", file=sys.stderr)
+        return 2
+    B, H, L = args.B, args.H, args.L
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w16 = torch.randn(L, H, device="cuda", dtype=torch.bfloat16, generator=gen) / 32
+    b16 = torch.randn(L, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w8 = w16.to(torch.float8_e4m3fn)
+    q, s = torch.ops.largeout.fp8_quantize(x, False)
+    cases = {"bf16": lambda: torch.nn.functional.linear(x, w16, b16),
+             "fp8": lambda: torch.ops.largeout.fp8_gemm(q, w8, s, b16, -1)}
+    for fn in cases.values():  # warm up (cuBLAS heuristics, CUTLASS attributes)
+        fn()
+    torch.cuda.synchronize()
+
+    smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv", "-lms", "20"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    time.sleep(0.5)
+    phases = [("idle", idle(1.0))]
+    for name in ("bf16", "fp8"):
+        phases.append((name, busy(cases[name], args.seconds)))
+        phases.append(("idle", idle(1.0)))
+    phases.append(("bf16", busy(cases["bf16"], args.seconds)))
+    smi.terminate()
+    text, _ = smi.communicate(timeout=10)
+    samples = parse_samples(text)
+    rows = [dict(phase=name, **summarize(p, samples)) for name, p in phases]
+    for r in rows:
+        print(f"{r['phase']:5s} calls {r.get('calls', 0):5d}  ms {r.get('ms_median', float('nan')):.3f} "
+              f"(first tenth {r.get('ms_first_tenth', float('nan')):.3f}, last {r.get('ms_last_tenth', float('nan')):.3f})"
+              f"  SM clock {r.get('sm_clock_MHz_median', float('nan')):.0f} MHz (min {r.get('sm_clock_MHz_min', float('nan')):.0f})"
+              f"  power {r.get('power_W_median', float('nan')):.0f} W  reasons {r.get('clock_event_reasons')}")
+    result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "largeout": largeout.build_info(),
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "B": B, "H": H, "L": L,
+              "method": __doc__, "nvidia_smi_samples": len(samples), "phases": rows}
+    if not samples:
+        result["nvidia_smi_output"] = text[-2000:]
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
