@@ -18,7 +18,7 @@
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases;
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
-#            under sustained bf16 and fp8 GEMMs) before bench_fp8
+#            under sustained bf16 and fp8 GEMMs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -452,6 +452,10 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"
     timeout 240 python3 bench/bench_fp8.py ${FP8_BENCH_ARGS:-} --out "$OUT/fp8_linear.json" 2>&1 | tee "$OUT/bench_fp8.log" | tail -16
+  fi
+  if [ "${FP8_FWD_PROFILE:-0}" = 1 ]; then
+    echo "== the FP8 layer's forward alone: host and device time, ops by host time"
+    timeout 60 python3 bench/profile_fp8.py --forward --out "$OUT/profile_fp8_forward.txt" 2>&1 | head -40
   fi
   if [ "${PROFILE_FP8:-0}" = 1 ]; then  # where the dense fp8 layer's training step spends its time
     echo "== profile: FP8 layer training step"
