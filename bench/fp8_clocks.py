@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """SM clock and board power while the FP8 layer's forward GEMM and the bf16 one run back to back.
 
-    python bench/fp8_clocks.py --out fp8_clocks.json [--B 512 --H 768 --L 2812288 --seconds 3]
+    python bench/fp8_clocks.py --out fp8_clocks.json [--B 512 --H 768 --L 2812281 --seconds 3]
 
 Why: bench_fp8.py measures the bare FP8 GEMM ~9% slower per call back to back than alone, the
 bf16 GEMM ~1% slower; a lower SM clock under sustained FP8 MMA (power or thermal limits) would
-explain it. Phases, in this order: idle, bf16 (cuBLAS through torch.mm with the bias in
-its epilogue: ``torch.nn.functional.linear``), idle, fp8 (largeout's FP8 GEMM, default
-configuration, pre-quantized operands), idle, bf16 again. In each busy phase the GEMM is
-launched back to back for --seconds; CUDA events time every call. ``nvidia-smi`` samples the
+explain it. Phases, in this order, each busy one followed by 1 s idle: bf16 (cuBLAS, the
+bias in its epilogue: ``torch.nn.functional.linear``, L rounded up to 16), fp8 (largeout's
+FP8 GEMM, default configuration, pre-quantized operands, same L), the bf16 layer
+(``largeout.nn.Linear``, L rounded up to 16: the faster bf16 case of bench_fp8.py), the
+e4m3 layer (``weight_dtype=float8_e4m3fn``, at L itself), bf16 GEMM again. The layers run
+their forward under ``torch.no_grad``. In each busy phase the call is launched back to back
+for --seconds; CUDA events time every call. ``nvidia-smi`` samples the
 SM clock, power draw, temperature and the active clock-event (throttle) reasons every 20 ms
 in the background; each phase reports the medians of its samples (the first 0.3 s dropped)
 and its per-call time (median, first and last tenth of the calls).
@@ -28,6 +31,7 @@ import time
 import torch
 
 import largeout
+from largeout.nn import Linear
 
 FIELDS = "timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 
@@ -96,21 +100,31 @@ def main(argv=None) -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--B", type=int, default=512)
     ap.add_argument("--H", type=int, default=768)
-    ap.add_argument("--L", type=int, default=2_812_288)
+    ap.add_argument("--L", type=int, default=2_812_281)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or not list(torch.ops.largeout.fp8_gemm_configs()):
         print("needs an sm_90 GPU and largeout's FP8 GEMM", file=sys.stderr)
         return 2
     B, H, L = args.B, args.H, args.L
+    L16 = (L + 15) // 16 * 16
     gen = torch.Generator(device="cuda").manual_seed(0)
     x = torch.randn(B, H, device="cuda", dtype=torch.bfloat16, generator=gen)
-    w16 = torch.randn(L, H, device="cuda", dtype=torch.bfloat16, generator=gen) / 32
-    b16 = torch.randn(L, device="cuda", dtype=torch.bfloat16, generator=gen)
+    w16 = torch.randn(L16, H, device="cuda", dtype=torch.bfloat16, generator=gen) / 32
+    b16 = torch.randn(L16, device="cuda", dtype=torch.bfloat16, generator=gen)
     w8 = w16.to(torch.float8_e4m3fn)
     q, s = torch.ops.largeout.fp8_quantize(x, False)
+    layer16 = Linear(H, L16, device="cuda", dtype=torch.bfloat16)
+    layer8 = Linear(H, L, device="cuda", weight_dtype=torch.float8_e4m3fn)
+
+    def forward(layer):
+        with torch.no_grad():
+            return layer(x)
+
     cases = {"bf16": lambda: torch.nn.functional.linear(x, w16, b16),
-             "fp8": lambda: torch.ops.largeout.fp8_gemm(q, w8, s, b16, -1)}
+             "fp8": lambda: torch.ops.largeout.fp8_gemm(q, w8, s, b16, -1),
+             "bf16 layer": lambda: forward(layer16),
+             "fp8 layer": lambda: forward(layer8)}
     for fn in cases.values():  # warm up (cuBLAS heuristics, CUTLASS attributes)
         fn()
     torch.cuda.synchronize()
@@ -119,7 +133,7 @@ def main(argv=None) -> int:
                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     phases = [("idle", idle(1.0))]
-    for name in ("bf16", "fp8"):
+    for name in ("bf16", "fp8", "bf16 layer", "fp8 layer"):
         phases.append((name, busy(cases[name], args.seconds)))
         phases.append(("idle", idle(1.0)))
     phases.append(("bf16", busy(cases["bf16"], args.seconds)))
@@ -128,12 +142,12 @@ def main(argv=None) -> int:
     samples = parse_samples(text)
     rows = [dict(phase=name, **summarize(p, samples)) for name, p in phases]
     for r in rows:
-        print(f"{r['phase']:5s} calls {r.get('calls', 0):5d}  ms {r.get('ms_median', float('nan')):.3f} "
+        print(f"{r['phase']:10s} calls {r.get('calls', 0):5d}  ms {r.get('ms_median', float('nan')):.3f} "
               f"(first tenth {r.get('ms_first_tenth', float('nan')):.3f}, last {r.get('ms_last_tenth', float('nan')):.3f})"
               f"  SM clock {r.get('sm_clock_MHz_median', float('nan')):.0f} MHz (min {r.get('sm_clock_MHz_min', float('nan')):.0f})"
               f"  power {r.get('power_W_median', float('nan')):.0f} W  reasons {r.get('clock_event_reasons')}")
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "largeout": largeout.build_info(),
-              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+              "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "L_gemm": L16,
               "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "B": B, "H": H, "L": L,
               "method": __doc__, "nvidia_smi_samples": len(samples), "phases": rows}
     if not samples:

@@ -409,8 +409,10 @@ def test_linear_fp8_dx_chunk_setting(monkeypatch):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_linear_fp8_padding_survives_to_and_load(device):
-    """L % 16 != 0: the padded storage is restored after .to() and a state_dict round trip,
-    and the pad rows never leak into the output or the gradient."""
+    """L % 16 != 0: the padded storage is restored after .to() and a state_dict round trip
+    (by the first pass that reads the pad rows: the forward on the emulated and _scaled_mm
+    paths, the backward on all; largeout's GEMM reads only the L rows), and the pad rows
+    never leak into the output or the gradient."""
     from largeout.nn import Linear
 
     gen = torch.Generator().manual_seed(3)
@@ -422,10 +424,12 @@ def test_linear_fp8_padding_survives_to_and_load(device):
     x = torch.randn(4, 48, generator=gen).to(device)
     ya, yb = a(x), b(x)
     assert torch.equal(ya, yb)
+    ya.float().square().sum().backward()
     assert a.weight.shape == (21, 48)
     full = a.weight.untyped_storage().nbytes()
     assert full >= 32 * 48  # padded to 32 rows again
     assert torch.isfinite(ya).all()
+    assert a.weight.grad.shape == (21, 48) and torch.isfinite(a.weight.grad.float()).all()
 
 
 def test_linear_activation_dtype_checked():

@@ -7,7 +7,8 @@
 // Cases (one persistent CTA grid per case, CUDA-event medians of --iters launches):
 //   gather_cp_async  dW's pattern: per (group, batch chunk of 64) K random rows' 128-byte
 //                    segments by cp.async (16 bytes per thread and copy) into a ring of 8
-//                    shared-memory stages, one commit group per stage;
+//                    shared-memory stages, one commit group per stage, 128 threads per CTA
+//                    (_t256, _t512: 256 or 512 threads issuing into the same ring);
 //   gather_ldg       the same bytes by 16-byte global loads into registers (XOR-folded), with
 //                    1 to 16 CTAs per SM (to find where more loads in flight stop helping);
 //   l2_contiguous    the same number of 16-byte loads, contiguous over the L2-resident x^T
@@ -48,7 +49,7 @@ template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
 
 // Rows of x^T are Bp bf16 (2 * Bp bytes); a stage holds K rows x 128 bytes.
-__global__ void __launch_bounds__(kThreads) gather_cp_async(const uint8_t* __restrict__ xt, const int32_t* __restrict__ idx,
+__global__ void __launch_bounds__(512) gather_cp_async(const uint8_t* __restrict__ xt, const int32_t* __restrict__ idx,
                                                             int Bp, int K, int groups, int* sink) {
   extern __shared__ uint4 smem[];
   const int chunks = Bp / kChunk, per_stage = K * 8;  // 16-byte copies per stage
@@ -57,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) gather_cp_async(const uint8_t* __res
   for (int g = blockIdx.x; g < groups; g += gridDim.x) {
     for (int bc = 0; bc < chunks; ++bc) {
       uint4* st = smem + stage * per_stage;
-      for (int c = threadIdx.x; c < per_stage; c += kThreads) {
+      for (int c = threadIdx.x; c < per_stage; c += blockDim.x) {
         const int k = c >> 3, part = c & 7;
         cp_async16(st + c, xt + idx[int64_t(g) * K + k] * row_bytes + bc * 128 + part * 16);
       }
@@ -244,6 +245,12 @@ int main(int argc, char** argv) {
                         gather_cp_async<<<ctas, kThreads, smem>>>(xt, idx, Bp, K, groups, sink);
                         return cudaGetLastError();
                       }, 3, iters)});
+    if (per_sm == 1 && ring_fits && smem <= int(prop.sharedMemPerMultiprocessor) - 1024)
+      for (int threads : {256, 512})  // more warps issuing the copies into the same ring
+        rows.push_back({"gather_cp_async_t" + std::to_string(threads), ctas, gather_bytes, median_ms([&] {
+                          gather_cp_async<<<ctas, threads, smem>>>(xt, idx, Bp, K, groups, sink);
+                          return cudaGetLastError();
+                        }, 3, iters)});
     rows.push_back({"gather_ldg", ctas, gather_bytes,
                     median_ms([&] {
                       gather_ldg<<<ctas, kThreads>>>(xt, idx, Bp, K, groups, sink);
