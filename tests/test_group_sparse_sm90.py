@@ -333,14 +333,17 @@ def dw_reference_cuda(dy, x, idx, G, chunk=1024):
     return dw, dy.double().sum(0)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders"])
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # from the landed tile) and v1 (LARGEOUT_SM90_DW=v1; the path for odd L), element by
-    # element against float64, twice (deterministic).
+    # from the landed tile), v2 with two loader warpgroups (LARGEOUT_SM90_DW_LOADERS=2) and
+    # v1 (LARGEOUT_SM90_DW=v1; the path for odd L), element by element against float64,
+    # twice (deterministic).
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
+    if version == "v2-2loaders":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
@@ -351,7 +354,7 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("stages", [4, 5, 11, 16])
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders"])
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (128, 768, 131072, 64, 32), (160, 768, 65536, 64, 32),
                                    (512, 768, 65536, 64, 64), (64, 256, 4096, 256, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
@@ -365,6 +368,8 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
+    if version == "v2-2loaders":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + stages)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"

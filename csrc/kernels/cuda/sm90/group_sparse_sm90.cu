@@ -636,8 +636,13 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // layout (the probes showed the register placement of v1 to be half of dW's time); each
 // loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
 // wait); the loader then reads the landed tile for dbias and releases the stage too.
-template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false>
-__global__ void __launch_bounds__(kThreads, 1)
+// kLoaders (v2 only): loader warpgroups. With 2, the second one issues half of each stage's
+// gathers and nothing else (the first one also does the dY box, dbias and the release):
+// bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
+// per SM, ~6.3 from 256 and ~9.7 from 512 (gather_bw_s21_h200.json), and dW at G = 32 moves
+// 2.74 GB of gathers in 0.90 ms (3.0 TB/s): the one loader warpgroup's issue was its bound.
+template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1>
+__global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
             int groups_per_cta, int num_groups, int stages, int split_batch) {
@@ -664,11 +669,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   // warpgroup's (a wait never tests a phase the other warpgroup has not finished).
   const bool split_b = kNmb == 1 && split_batch != 0;
   const int wg = threadIdx.x / 128;
+  static_assert(kLoaders == 1 || (kLoaders == 2 && kTma && kProbe == 0), "a second loader warpgroup: v2 only");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // every loader thread, once its share of the stage is in place (v2: + the TMA's arrival)
-      mbar_init(&full[s], kTma ? 129 : 128);
+      mbar_init(&full[s], kTma ? 128 * kLoaders + 1 : 128);
       mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma ? 4 : 0));  // v2: the loader's warps read dY for dbias
     }
     fence_barrier_init();
@@ -676,15 +682,16 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   }
   __syncthreads();
 
-  if (wg == 0) {
+  if (wg < kLoaders) {
     // Loader, software-pipelined: stage i's copies (gathered x^T rows to their place,
     // dY rows to the raw buffer) are issued `ahead` stages before its dY tile is placed.
     const int tid = threadIdx.x;
     const int c8 = tid & 7;                 // 16-byte chunk (8 batch rows) of the rows it gathers
-    constexpr int kRowsPer = K / 16;        // k-slots rows tid / 8 + 16 i
+    constexpr int kRowStep = 16 * kLoaders;
+    constexpr int kRowsPer = K / kRowStep;  // k-slots rows tid / 8 + kRowStep i
     uint32_t a_dst[kRowsPer];
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) a_dst[i] = swz<128>(dw_a_row((tid >> 3) + 16 * i), c8 * 16);
+    for (int i = 0; i < kRowsPer; ++i) a_dst[i] = swz<128>(dw_a_row((tid >> 3) + kRowStep * i), c8 * 16);
     const T* a_src[kRowsPer];
     constexpr int kCPT = 128 % (G / 8) == 0 ? 1 : 0;  // (static check below)
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
@@ -697,7 +704,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     int32_t next_idx[kRowsPer];
     auto load_idx = [&](int g) {
 #pragma unroll
-      for (int q = 0; q < kRowsPer; ++q) next_idx[q] = g < g_end ? idx[int64_t(g) * K + (tid >> 3) + 16 * q] : 0;
+      for (int q = 0; q < kRowsPer; ++q) next_idx[q] = g < g_end ? idx[int64_t(g) * K + (tid >> 3) + kRowStep * q] : 0;
     };
     load_idx(g_begin);
     auto point_rows = [&](int g) {
@@ -747,7 +754,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
           mbar_arrive_cp_async(&full[s]);
         }
-        if (i < ahead) continue;  // (step j = i - ahead)
+        if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
         mbar_wait(&full[s], rj.phase, 22);
         rj.advance(1, stages);
@@ -803,7 +810,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     return;
   }
 
-  const int cw = wg - 1;
+  const int cw = wg - kLoaders;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int t = lane & 3, ra = lane >> 2;
   // MN-major B descriptor: SBO = 8 batch rows, LBO = the next 64-label block.
@@ -1863,6 +1870,9 @@ namespace {
 // (measured 1.3-4.5x faster than the generic kernels there, bench/results/dw_splitb_h200.json;
 // LARGEOUT_SM90_DW_SPLITB=0 leaves those shapes to the generic kernels).
 bool dw_split_batch() { return !env_is("LARGEOUT_SM90_DW_SPLITB", "0"); }
+// Loader warpgroups of dW v2: LARGEOUT_SM90_DW_LOADERS=2 takes two (opt-in until measured; not at
+// G = 128 with K = 256), else one.
+int dw_loaders() { return env_int("LARGEOUT_SM90_DW_LOADERS") == 2 ? 2 : 1; }
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 }  // namespace
@@ -1931,6 +1941,11 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
+        // (not at G = 128, K = 256: its two 64-wide accumulators spill at 128 registers a thread)
+        constexpr bool kTwoFit = !(G == 128 && kNmb == 4);
+        const int loaders = kTwoFit && tma && dw_loaders() == 2 ? 2 : 1;
+        if constexpr (kTwoFit)
+          if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes of v1 (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE (1-3).
           const int pv = tma ? 0 : env_int("LARGEOUT_SM90_DW_PROBE");
@@ -1941,7 +1956,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
-        kernel<<<unsigned(cdiv(ng, per)), kThreads, smem, stream>>>(
+        kernel<<<unsigned(cdiv(ng, per)), unsigned(128 * (loaders + 2)), smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
             s.out_features, int(per), int(ng), stages, int(split_b));
         return cudaGetLastError();
