@@ -33,6 +33,10 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
+#     dwload build, the Hopper dW tests with LARGEOUT_SM90_DW_LOADERS=2 (session 21's second loader warpgroup),
+#            then the B=512 K=128 benchmark (L=670,208, G 32 64 128) with 1, 2, 1, 2 loaders, then
+#            bench/bench_fp8_configs.py (its back-to-back times: the GEMMs run at the power cap), each as
+#            DWLOAD_BUDGET s after the start allow (default 570)
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
 #            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST), the forward's profile, as SUITE_BUDGET s after
 #            the start allow (default 585); GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
@@ -306,6 +310,26 @@ dw_stages_bench() {  # the B=512 benchmark (K 64-256, G 32-128, L=670,208) per L
       --L 670208 --out "$OUT/group_sparse_dwstages$st.json" 2>&1 | grep " dw " | tail -9
   done
 }
+
+if [ "$MODE" = dwload ]; then  # dW with two loader warpgroups: tests, then 1 / 2 loaders alternating; FP8 configs
+  deadline=$(( T0 + ${DWLOAD_BUDGET:-570} ))
+  echo "== tests: Hopper dW, two loader warpgroups wherever they apply"
+  LARGEOUT_SM90_DW_LOADERS=2 run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py -k "dw"
+  n=0
+  for v in 1 2 1 2; do
+    n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
+    [ $left -gt 40 ] || break
+    echo "== LARGEOUT_SM90_DW_LOADERS=$v (run $n)"
+    LARGEOUT_SM90_DW_LOADERS=$v timeout $(( left - 10 )) python3 bench/bench_group_sparse.py --B 512 --K 128 \
+      --G 32,64,128 --L 670208 --out "$OUT/dwload_${n}_l$v.json" 2>&1 | grep -E " dw " | tail -3
+  done
+  left=$(( deadline - $(date +%s) ))
+  if [ $left -gt 60 ]; then
+    echo "== FP8 GEMM configurations, alone and back to back (${left} s left)"
+    timeout $(( left - 5 )) python3 bench/bench_fp8_configs.py --out "$OUT/fp8_gemm_configs.json" 2>&1 | tail -8
+  fi
+  exit 0
+fi
 
 if [ "$MODE" = dwstages ]; then  # dW's ring size: its tests, then the B=512 benchmark per LARGEOUT_SM90_DW_STAGES
   echo "== tests: Hopper dW (ring sizes included)"
