@@ -342,9 +342,11 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # twice (deterministic).
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
-    if version == "v2-2loaders":
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     B, H, L, K, G = shape
+    if version == "v2-2loaders":
+        if G == 128 and K == 256:
+            pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
@@ -368,12 +370,34 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
-    if version == "v2-2loaders":
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     B, H, L, K, G = shape
+    if version == "v2-2loaders":
+        if G == 128 and K == 256:
+            pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + stages)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    assert_elementwise_close(dw, dw_ref)
+    assert_elementwise_close(db, db_ref)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 64, 64), (200, 512, 4099, 256, 32)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_two_loaders_dtypes_and_row_padded_dy(shape, dtype, poison, monkeypatch):
+    # dW v2 with two loader warpgroups (LARGEOUT_SM90_DW_LOADERS=2) in both 16-bit types, on dY
+    # as a row-padded view at odd L (NaN in the padding, never read), against float64 element
+    # by element, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)
+    assert kernels.path("weight", dtype, B, H, L, K, G) == "sm90"
+    buf = torch.full((B, -(-L // 8) * 8), float("nan"), device="cuda", dtype=dtype)
+    rows = buf[:, :L]
+    rows.copy_(dy)
+    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(rows, x, idx, G))
     dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
     assert_elementwise_close(dw, dw_ref)
     assert_elementwise_close(db, db_ref)

@@ -735,8 +735,8 @@ def test_linear_fp8_kernels_agree(kernel, scaled, monkeypatch):
 def test_fp8_linear_takes_any_label_count_and_offsets(monkeypatch):
     """The layer function hands largeout's GEMM the weight, bias and label scales as they are:
     a plain [L, H] weight (no padded storage) at an odd L, a bias and scales that are views at
-    a 2- or 4-byte offset (copied, not refused). Same bits as with aligned copies, and the
-    float64 product within bf16 rounding."""
+    a 2- or 4-byte offset, and a strided bias (copied, not refused). Same bits as with aligned
+    copies, and the float64 product within bf16 rounding."""
     from largeout.nn.fp8 import fp8_linear
 
     if not _fp8_gemm_configs():
@@ -750,10 +750,14 @@ def test_fp8_linear_takes_any_label_count_and_offsets(monkeypatch):
     scale = torch.ldexp(torch.ones(L + 1), torch.randint(-6, 4, (L + 1,), generator=gen)).cuda()[1:]
     assert bias.data_ptr() % 16 and scale.data_ptr() % 16
     x = (2 * torch.randn(7, H, generator=gen)).cuda()
+    strided = torch.empty(2 * L, dtype=torch.bfloat16, device="cuda")[::2]
+    strided.copy_(bias)
+    assert not strided.is_contiguous()
     with torch.no_grad():
         y = fp8_linear(x, w, bias, scale)
         y_aligned = fp8_linear(x, w, bias.clone(), scale.clone())
-    assert y.shape == (7, L) and torch.equal(y, y_aligned)
+        y_strided = fp8_linear(x, w, strided, scale)
+    assert y.shape == (7, L) and torch.equal(y, y_aligned) and torch.equal(y_strided, y_aligned)
     sx = x.abs().amax().double() / 448
     x_hat = (x.double() / sx).float().to(torch.float8_e4m3fn).double() * sx
     ws = w.double() * scale.double()[:, None]

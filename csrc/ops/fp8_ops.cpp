@@ -207,16 +207,16 @@ at::Tensor fp8_gemm_cuda(const at::Tensor& a, const at::Tensor& b, const at::Ten
               "LARGEOUT_CUDA_ARCHS); this device or build has no FP8 wgmma kernels");
   TORCH_CHECK(config >= -1 && config < int64_t(configs.size()), kOp, ": config must be -1 (default) or in [0, ",
               configs.size(), "); got ", config);
-  if (M == 0) return at::empty({0, N}, a.options().dtype(at::kBFloat16));  // an empty batch
-  TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, (N + 7) / 8 * 8), kOp, ": M, N and K must each be below 2^31; got M=", M,
+  // rows of N rounded up to 8 (16-byte aligned for the TMA store); a [M, N] view when N is not
+  const int64_t ldd = (N + 7) / 8 * 8;
+  if (M == 0) return at::empty({0, ldd}, a.options().dtype(at::kBFloat16)).narrow(1, 0, N);  // an empty batch
+  TORCH_CHECK(cuda::sm90::fp8_gemm_supported(M, N, K, ldd), kOp, ": M, N and K must each be below 2^31; got M=", M,
               ", N=", N, ", K=", K);
   const int c = config < 0 ? 0 : int(config);
   const at::Tensor s = per_col ? scale : scale.reshape({1}).contiguous();
   int sms = 0;
   cudaError_t e = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, a.device().index());
   TORCH_CHECK(e == cudaSuccess, kOp, ": cudaDeviceGetAttribute: ", cudaGetErrorString(e));
-  // rows of N rounded up to 8 (16-byte aligned for the TMA store); a [M, N] view when N is not
-  const int64_t ldd = (N + 7) / 8 * 8;
   at::Tensor y = at::empty({M, ldd}, a.options().dtype(at::kBFloat16));
   const size_t ws_bytes = cuda::sm90::fp8_gemm_workspace_bytes(c, per_col, M, N, K, sms);
   at::Tensor ws;

@@ -198,8 +198,8 @@ class _Fp8LinearFn(torch.autograd.Function):
             # label scales, one scale per column: the input's times the label's
             w = weight if weight.is_contiguous() else padded_weight(weight)[:L]
             b = bias.to(torch.bfloat16) if bias is not None else None
-            if b is not None and b.data_ptr() % 16:
-                b = b.clone()
+            if b is not None and (not b.is_contiguous() or b.data_ptr() % 16):
+                b = b.clone(memory_format=torch.contiguous_format)  # (a fresh block: aligned)
             alpha = sx if scale is None else (scale.float() * sx.reshape(())).contiguous()
             y = torch.ops.largeout.fp8_gemm(q, w, alpha, b, config)
         else:
@@ -216,7 +216,7 @@ class _Fp8LinearFn(torch.autograd.Function):
             y = _fp8_gemm(q, sx, w_full, b, sw)
             y = y[:, :L] if Lp != L else y
         ctx.save_for_backward(q, sx)
-        ctx.scale = scale
+        ctx.scale = scale  # (live, as ctx.weight: both change only in the optimizer's step, after backward)
         ctx.x_dtype = x2.dtype
         ctx.weight = weight
         ctx.bias_dtype = bias.dtype if bias is not None else None

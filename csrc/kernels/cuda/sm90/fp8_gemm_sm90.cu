@@ -162,7 +162,7 @@ const char* fp8_gemm_config_name(int config) {
 
 bool fp8_gemm_supported(int64_t M, int64_t N, int64_t K, int64_t ldd) {
   constexpr int64_t kMax = std::numeric_limits<int>::max();
-  return M >= 1 && N >= 1 && K >= 16 && K % 16 == 0 && ldd % 8 == 0 && ldd >= N && M <= kMax &&
+  return M >= 1 && N >= 1 && K >= 16 && K % 16 == 0 && ldd % 8 == 0 && ldd >= N && ldd <= kMax && M <= kMax &&
          N <= kMax && K <= kMax;
 }
 

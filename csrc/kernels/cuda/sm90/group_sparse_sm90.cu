@@ -767,6 +767,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], tid & 31);
         if (bc == nbc - 1) dbias_of_group(g);
       }
+      // (the second loader warpgroup never waits on `full`: it lets its last copies land
+      // before it exits; the first one waited for every stage above)
+      if (wg != 0) cp_async_wait(0);
       return;
     }
     // A consumer holds a stage until its next one is full: at most stages - 2 ahead (split_b:
