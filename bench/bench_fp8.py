@@ -104,12 +104,20 @@ def merge_rounds(rs, flops) -> dict:
     return r
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def shape_parser(doc: str, L=2_812_281) -> argparse.ArgumentParser:
+    """The FP8 benchmarks' common arguments: --out, --B, --H, and --L (one label count) unless
+    ``L`` is None; the description is the first paragraph of ``doc``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--out", required=True)
     ap.add_argument("--B", type=int, default=512)
     ap.add_argument("--H", type=int, default=768)
-    ap.add_argument("--L", type=int, default=2_812_281)
+    if L is not None:
+        ap.add_argument("--L", type=int, default=L)
+    return ap
+
+
+def main(argv=None) -> int:
+    ap = shape_parser(__doc__)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3, help="passes over all cases (forward: median over them)")
     args = ap.parse_args(argv)

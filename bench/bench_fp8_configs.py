@@ -6,21 +6,17 @@ Bare ``torch.ops.largeout.fp8_gemm`` (pre-quantized e4m3 input and weight, one s
 bias, bf16 output) for every configuration, and ``F.linear`` on bf16 operands with the bias,
 at B=512, H=768, L=2,812,288; CUDA-event medians of --iters calls, in --rounds passes (the
 H100's clock drops as a run heats it: compare within a pass)."""
-import argparse
 import json
 
 import torch
 
 import largeout
-from bench_group_sparse import median_ms  # bench/ is on the path when run as a script
+from bench_fp8 import shape_parser  # bench/ is on the path when run as a script
+from bench_group_sparse import median_ms
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--B", type=int, default=512)
-    ap.add_argument("--H", type=int, default=768)
-    ap.add_argument("--L", type=int, default=2_812_288)
+    ap = shape_parser(__doc__, L=2_812_288)
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args(argv)

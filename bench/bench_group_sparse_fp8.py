@@ -18,7 +18,6 @@ allocated per case (the bf16 copy of the weight shows there).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -30,14 +29,11 @@ import torch
 import largeout
 from largeout import functional as F
 from largeout.nn import GroupSparseLinear, lowp
-from bench_fp8 import measure, merge_rounds, run_rounds  # bench/ is on the path when run as a script
+from bench_fp8 import measure, merge_rounds, run_rounds, shape_parser  # bench/ is on the path when run as a script
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--B", type=int, default=512)
-    ap.add_argument("--H", type=int, default=768)
+    ap = shape_parser(__doc__, L=None)
     ap.add_argument("--K", type=int, default=128)
     ap.add_argument("--G", type=int, default=32)
     ap.add_argument("--L", type=int, nargs="+", default=[670_208, 2_812_281])

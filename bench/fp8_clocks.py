@@ -19,7 +19,6 @@ and its per-call time (median, first and last tenth of the calls).
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
@@ -32,6 +31,7 @@ import torch
 
 import largeout
 from largeout.nn import Linear
+from bench_fp8 import shape_parser  # bench/ is on the path when run as a script
 
 FIELDS = "timestamp,clocks.sm,power.draw,temperature.gpu,clocks_event_reasons.active"
 
@@ -96,11 +96,7 @@ def summarize(phase: dict, samples) -> dict:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--B", type=int, default=512)
-    ap.add_argument("--H", type=int, default=768)
-    ap.add_argument("--L", type=int, default=2_812_281)
+    ap = shape_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or not list(torch.ops.largeout.fp8_gemm_configs()):
