@@ -319,6 +319,8 @@ def test_linear_fp8_compute_matches_reference(L, shape, mode, device, monkeypatc
     x = (3 * torch.randn(shape, generator=gen)).to(device).requires_grad_()
     y = layer(x)
     assert y.shape == shape[:-1] + (L,) and y.dtype == torch.float32
+    with torch.no_grad():  # (without the autograd Function: the same bits)
+        assert torch.equal(layer(x), y.detach())
     x_hat, y64 = _fp8_reference(layer, x, rowwise=mode.startswith("row"))
     y2 = y.detach().reshape(-1, L).double()
     # bf16 output of exact fp8 products: within bf16 rounding of the quantized reference

@@ -182,6 +182,37 @@ def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     return full[:L]
 
 
+def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+             scale: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The layer's forward: (y, the quantized input q, its scale sx)."""
+    L = weight.shape[0]
+    mode = gemm_mode()
+    q, sx = quantize(x2, mode.startswith("row"))
+    config = kernel_choice(q.device) if mode == "tensor-fast" and fp8_tensor_cores(q.device) else None
+    if config is not None:
+        # largeout's GEMM takes any label count (its output rows are L rounded up to 8 apart):
+        # the weight, bias and scales go in as they are, with no padded copies per call; with
+        # label scales, one scale per column: the input's times the label's
+        w = weight if weight.is_contiguous() else padded_weight(weight)[:L]
+        b = bias.to(torch.bfloat16) if bias is not None else None
+        if b is not None and (not b.is_contiguous() or b.data_ptr() % 16):
+            b = b.clone(memory_format=torch.contiguous_format)  # (a fresh block: aligned)
+        alpha = sx if scale is None else (scale.float() * sx.reshape(())).contiguous()
+        return torch.ops.largeout.fp8_gemm(q, w, alpha, b, config), q, sx
+    w_full = padded_weight(weight)
+    Lp = w_full.shape[0]
+    b = None
+    if bias is not None:
+        b = bias.to(torch.bfloat16)
+        if Lp != L:
+            b = torch.nn.functional.pad(b, (0, Lp - L))
+    sw = None
+    if scale is not None:  # [1, Lp], ones on the padding rows
+        sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
+    y = _fp8_gemm(q, sx, w_full, b, sw)
+    return (y[:, :L] if Lp != L else y), q, sx
+
+
 class _Fp8LinearFn(torch.autograd.Function):
     """y = quant(x) W^T + b; gradients as in the module notes. ``anchor`` requires grad so
     that backward runs (the fp8 weight cannot require grad); W's gradient goes to
@@ -189,32 +220,7 @@ class _Fp8LinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, anchor, x2, weight, bias, scale):
-        L = weight.shape[0]
-        q, sx = quantize(x2, gemm_mode().startswith("row"))
-        config = kernel_choice(q.device) if gemm_mode() == "tensor-fast" and fp8_tensor_cores(q.device) else None
-        if config is not None:
-            # largeout's GEMM takes any label count (its output rows are L rounded up to 8 apart):
-            # the weight, bias and scales go in as they are, with no padded copies per call; with
-            # label scales, one scale per column: the input's times the label's
-            w = weight if weight.is_contiguous() else padded_weight(weight)[:L]
-            b = bias.to(torch.bfloat16) if bias is not None else None
-            if b is not None and (not b.is_contiguous() or b.data_ptr() % 16):
-                b = b.clone(memory_format=torch.contiguous_format)  # (a fresh block: aligned)
-            alpha = sx if scale is None else (scale.float() * sx.reshape(())).contiguous()
-            y = torch.ops.largeout.fp8_gemm(q, w, alpha, b, config)
-        else:
-            w_full = padded_weight(weight)
-            Lp = w_full.shape[0]
-            b = None
-            if bias is not None:
-                b = bias.to(torch.bfloat16)
-                if Lp != L:
-                    b = torch.nn.functional.pad(b, (0, Lp - L))
-            sw = None
-            if scale is not None:  # [1, Lp], ones on the padding rows
-                sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
-            y = _fp8_gemm(q, sx, w_full, b, sw)
-            y = y[:, :L] if Lp != L else y
+        y, q, sx = _forward(x2, weight, bias, scale)
         ctx.save_for_backward(q, sx)
         ctx.scale = scale  # (live, as ctx.weight: both change only in the optimizer's step, after backward)
         ctx.x_dtype = x2.dtype
@@ -265,8 +271,11 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     gradient with respect to the scaled weight."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    anchor = torch.empty(0, device=x.device, requires_grad=True) if torch.is_grad_enabled() else None
-    y = _Fp8LinearFn.apply(anchor, x2, weight, bias, scale)
+    if torch.is_grad_enabled():
+        anchor = torch.empty(0, device=x.device, requires_grad=True)
+        y = _Fp8LinearFn.apply(anchor, x2, weight, bias, scale)
+    else:  # (no graph to record: the forward without the autograd Function's host work)
+        y = _forward(x2, weight, bias, scale)[0]
     if len(lead) == 1:
         return y
     return y[0] if not lead else y.unflatten(0, lead)
