@@ -33,8 +33,9 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
-#     dwload build, the Hopper dW tests with LARGEOUT_SM90_DW_LOADERS=2 (session 21's second loader warpgroup),
-#            then the B=512 K=128 benchmark (L=670,208, G 32 64 128) with 1, 2, 1, 2 loaders, then
+#     dwload build, the Hopper dW tests (their variants take 2 and 4 loader warpgroups), then the B=512
+#            K=128 benchmark (L=670,208, G 32 64 128) per LARGEOUT_SM90_DW_LOADERS in DWLOAD_LIST (default
+#            "1 2 4 1 2 4"; 4 applies at G = 32 only, 2 elsewhere), then
 #            bench/bench_fp8_configs.py (its back-to-back times: the GEMMs run at the power cap), each as
 #            DWLOAD_BUDGET s after the start allow (default 570)
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
@@ -313,10 +314,10 @@ dw_stages_bench() {  # the B=512 benchmark (K 64-256, G 32-128, L=670,208) per L
 
 if [ "$MODE" = dwload ]; then  # dW with two loader warpgroups: tests, then 1 / 2 loaders alternating; FP8 configs
   deadline=$(( T0 + ${DWLOAD_BUDGET:-570} ))
-  echo "== tests: Hopper dW, two loader warpgroups wherever they apply"
-  LARGEOUT_SM90_DW_LOADERS=2 run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py -k "dw"
+  echo "== tests: Hopper dW (1, 2 and 4 loader warpgroups)"
+  run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py -k "dw"
   n=0
-  for v in 1 2 1 2; do
+  for v in ${DWLOAD_LIST:-1 2 4 1 2 4}; do
     n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
     [ $left -gt 40 ] || break
     echo "== LARGEOUT_SM90_DW_LOADERS=$v (run $n)"

@@ -333,11 +333,11 @@ def dw_reference_cuda(dy, x, idx, G, chunk=1024):
     return dw, dy.double().sum(0)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders", "v2-4loaders"])
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # from the landed tile), v2 with two loader warpgroups (LARGEOUT_SM90_DW_LOADERS=2) and
+    # from the landed tile), v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS) and
     # v1 (LARGEOUT_SM90_DW=v1; the path for odd L), element by element against float64,
     # twice (deterministic).
     if version == "v1":
@@ -347,6 +347,8 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
         if G == 128 and K == 256:
             pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
+    if version == "v2-4loaders":  # (four at G = 32; elsewhere the request falls back to two or one)
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
@@ -356,7 +358,7 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("stages", [4, 5, 11, 16])
-@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders", "v2-4loaders"])
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (128, 768, 131072, 64, 32), (160, 768, 65536, 64, 32),
                                    (512, 768, 65536, 64, 64), (64, 256, 4096, 256, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
@@ -375,6 +377,8 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
         if G == 128 and K == 256:
             pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
+    if version == "v2-4loaders":  # (four at G = 32; elsewhere the request falls back to two or one)
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + stages)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
@@ -383,14 +387,15 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
     assert_elementwise_close(db, db_ref)
 
 
+@pytest.mark.parametrize("loaders", [2, 4])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 64, 64), (200, 512, 4099, 256, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_two_loaders_dtypes_and_row_padded_dy(shape, dtype, poison, monkeypatch):
-    # dW v2 with two loader warpgroups (LARGEOUT_SM90_DW_LOADERS=2) in both 16-bit types, on dY
-    # as a row-padded view at odd L (NaN in the padding, never read), against float64 element
-    # by element, twice (deterministic).
-    monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
+def test_sm90_dw_more_loaders_dtypes_and_row_padded_dy(shape, dtype, loaders, poison, monkeypatch):
+    # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only)
+    # in both 16-bit types, on dY as a row-padded view at odd L (NaN in the padding, never
+    # read), against float64 element by element, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", str(loaders))
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)
     assert kernels.path("weight", dtype, B, H, L, K, G) == "sm90"

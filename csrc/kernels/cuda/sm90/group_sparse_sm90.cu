@@ -636,8 +636,8 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // layout (the probes showed the register placement of v1 to be half of dW's time); each
 // loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
 // wait); the loader then reads the landed tile for dbias and releases the stage too.
-// kLoaders (v2 only): loader warpgroups. With 2, the second one issues half of each stage's
-// gathers and nothing else (the first one also does the dY box, dbias and the release):
+// kLoaders (v2 only): loader warpgroups, 1, 2 or 4. With more than one, each issues its share
+// of each stage's gathers; only the first also does the dY box, dbias and the release:
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
 // per SM, ~6.3 from 256 and ~9.7 from 512 (gather_bw_s21_h200.json), and dW at G = 32 moves
 // 2.74 GB of gathers in 0.90 ms (3.0 TB/s): the one loader warpgroup's issue was its bound.
@@ -669,7 +669,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   // warpgroup's (a wait never tests a phase the other warpgroup has not finished).
   const bool split_b = kNmb == 1 && split_batch != 0;
   const int wg = threadIdx.x / 128;
-  static_assert(kLoaders == 1 || (kLoaders == 2 && kTma && kProbe == 0), "a second loader warpgroup: v2 only");
+  static_assert(kLoaders == 1 || ((kLoaders == 2 || kLoaders == 4) && kTma && kProbe == 0),
+                "more loader warpgroups: 2 or 4, v2 only");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
@@ -767,8 +768,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], tid & 31);
         if (bc == nbc - 1) dbias_of_group(g);
       }
-      // (the second loader warpgroup never waits on `full`: it lets its last copies land
-      // before it exits; the first one waited for every stage above)
+      // (the other loader warpgroups never wait on `full`: they let their last copies land
+      // before they exit; the first one waited for every stage above)
       if (wg != 0) cp_async_wait(0);
       return;
     }
@@ -1873,9 +1874,12 @@ namespace {
 // (measured 1.3-4.5x faster than the generic kernels there, bench/results/dw_splitb_h200.json;
 // LARGEOUT_SM90_DW_SPLITB=0 leaves those shapes to the generic kernels).
 bool dw_split_batch() { return !env_is("LARGEOUT_SM90_DW_SPLITB", "0"); }
-// Loader warpgroups of dW v2: LARGEOUT_SM90_DW_LOADERS=2 takes two (opt-in until measured; not at
-// G = 128 with K = 256), else one.
-int dw_loaders() { return env_int("LARGEOUT_SM90_DW_LOADERS") == 2 ? 2 : 1; }
+// Loader warpgroups of dW v2: LARGEOUT_SM90_DW_LOADERS=2 or 4 asks for two or four (opt-in until
+// measured; where they do not fit, fewer: see dw()), else one.
+int dw_loaders() {
+  const int n = env_int("LARGEOUT_SM90_DW_LOADERS");
+  return n == 2 || n == 4 ? n : 1;
+}
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 }  // namespace
@@ -1944,11 +1948,17 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
-        // (not at G = 128, K = 256: its two 64-wide accumulators spill at 128 registers a thread)
-        constexpr bool kTwoFit = !(G == 128 && kNmb == 4);
-        const int loaders = kTwoFit && tma && dw_loaders() == 2 ? 2 : 1;
+        // More loader warpgroups (LARGEOUT_SM90_DW_LOADERS): 2 except at G = 128, K = 256 (its
+        // two 64-wide accumulators spill at 128 registers a thread), 4 at G = 32 only (768
+        // threads: 80 registers a thread); elsewhere the request falls back to fewer.
+        constexpr bool kTwoFit = !(G == 128 && kNmb == 4), kFourFit = G == 32;
+        int loaders = tma ? dw_loaders() : 1;
+        if (loaders == 4 && !kFourFit) loaders = 2;
+        if (loaders == 2 && !kTwoFit) loaders = 1;
         if constexpr (kTwoFit)
           if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
+        if constexpr (kFourFit)
+          if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes of v1 (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE (1-3).
           const int pv = tma ? 0 : env_int("LARGEOUT_SM90_DW_PROBE");
