@@ -33,7 +33,8 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
-#     dwload build, the Hopper dW tests (their variants take 2 and 4 loader warpgroups), then the B=512
+#     dwload build, the Hopper dW tests (their variants take 2 and 4 loader warpgroups), memcheck on the
+#            2- and 4-loader bf16 tests, then the B=512
 #            K=128 benchmark (L=670,208, G 32 64 128) per LARGEOUT_SM90_DW_LOADERS in DWLOAD_LIST (default
 #            "1 2 4 1 2 4"; 4 applies at G = 32 only, 2 elsewhere), then
 #            bench/bench_fp8_configs.py (its back-to-back times: the GEMMs run at the power cap), each as
@@ -316,6 +317,10 @@ if [ "$MODE" = dwload ]; then  # dW with two loader warpgroups: tests, then 1 / 
   deadline=$(( T0 + ${DWLOAD_BUDGET:-570} ))
   echo "== tests: Hopper dW (1, 2 and 4 loader warpgroups)"
   run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py -k "dw"
+  echo "== compute-sanitizer memcheck: dW v2 with 2 and 4 loader warpgroups"
+  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
+    -q -p no:cacheprovider -k "dw_more_loaders and bfloat16" > "$OUT/memcheck_dwload.log" 2>&1
+  echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dwload.log"
   n=0
   for v in ${DWLOAD_LIST:-1 2 4 1 2 4}; do
     n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
