@@ -174,6 +174,18 @@ __device__ __forceinline__ void release(uint64_t* bar, int lane) {
   if (lane == 0) mbar_arrive(bar);
 }
 
+// A step's slot in a ring of `stages` and the phase of that slot's barriers, kept by
+// increments: the rings' sizes are run-time values, and a division per stage costs ~20-30
+// instructions (dW's loader: most of its instructions; the forward's computing warpgroups:
+// ~10% of theirs, per Nsight's per-instruction samples, bench/NOTES.md).
+struct RingPos {
+  int slot, phase;
+  __device__ static RingPos at(int step, int stages) { return {step % stages, (step / stages) & 1}; }
+  __device__ void advance(int steps, int stages) {
+    for (slot += steps; slot >= stages; slot -= stages) phase ^= 1;
+  }
+};
+
 // ================================================================== forward
 template <int G, int kNk>
 struct FwdCfg {
@@ -401,8 +413,10 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   }
 
   // Computing warpgroups: the steps (stage, group of the unit, chunk) are pipelined: the
-  // ldmatrix gathers of step j overlap the MMAs of step j - 1.
-  const int cw = wg - 1;
+  // ldmatrix gathers of step j overlap the MMAs of step j - 1. (cw from lane 0: the compiler
+  // then knows it is the same in the whole warp and can keep what derives from it, the
+  // stages' addresses and descriptors, in uniform registers.)
+  const int cw = __shfl_sync(0xffffffffu, wg, 0) - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int krow = (lane & 7) + ((lane >> 4) << 3);  // which of the 16 gathered rows this lane addresses
   const uint32_t bchunk16 = (2 * warp + ((lane >> 3) & 1)) * 16;  // which 8 batch rows
@@ -413,57 +427,82 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   };
-  for (int n = cw, gu = g_begin + cw * kU; gu < g_pad; n += kCons, gu += kCons * kU) {
-    const int k0 = (n / kCons) * kQs;
+  // This warpgroup's next stage in its ring (its k-th stage, k = (n / kCons) kQs + q for
+  // unit n, sits in slot cw spr + k % spr; kept by increments: no division per unit).
+  RingPos ring{0, 0};
+  for (int gu = g_begin + cw * kU; gu < g_pad; gu += kCons * kU) {
     // acc[u] starts with its first MMA (scale-out zero): zeroing the registers while other
     // MMAs are in flight makes ptxas serialize every wgmma (warning C7518).
     float acc[kU][G / 2];
-    // Bias of this thread's columns: loaded now (unpredicated, at a clamped column) so that
-    // the loads land during the MMAs, and converted and masked in the epilogue. Converted
-    // here, the conversion was the loads' first use: the warpgroup waited for them before
-    // its MMAs (30% of the forward's stall samples at the headline shape, Nsight Compute,
-    // bench/results/ncu_fwd_sass_G32_s19_h100.csv).
+    // Bias of this thread's columns: loaded now (unpredicated) so that the loads land during
+    // the MMAs, and converted in the epilogue. Converted here, the conversion was the loads'
+    // first use: the warpgroup waited for them before its MMAs (30% of the forward's stall
+    // samples at the headline shape, Nsight Compute, bench/results/ncu_fwd_sass_G32_s19_h100.csv).
+    // A whole unit's loads are at fixed offsets from one pointer (the clamped column of each
+    // load, in 64-bit address arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv);
+    // the unit past the layer's last label clamps its columns. Columns past nl are computed
+    // but never stored, so their bias need not be masked.
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
     const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
     uint16_t braw[kU][G / 8][2];
+    if (bias == nullptr) {
 #pragma unroll
-    for (int u = 0; u < kU; ++u)
+      for (int u = 0; u < kU; ++u)
 #pragma unroll
-      for (int j = 0; j < G / 8; ++j)
+        for (int j = 0; j < G / 8; ++j) braw[u][j][0] = braw[u][j][1] = 0;
+    } else if (nl == kU * G) {
+      const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0 + 2 * t;
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-          const int col = u * G + 8 * j + 2 * t + e;
-          braw[u][j][e] = bias != nullptr ? reinterpret_cast<const uint16_t*>(bias)[l0 + min(col, nl - 1)] : 0;
-        }
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) braw[u][j][e] = bq[u * G + 8 * j + e];
+    } else {
+      const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0;
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) braw[u][j][e] = bq[min(u * G + 8 * j + 2 * t + e, nl - 1)];
+    }
     auto bias_values = [&](float (&bv)[kU][G / 8][2]) {
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
         for (int j = 0; j < G / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e)
-            bv[u][j][e] = u * G + 8 * j + 2 * t + e < nl ? to_float(bits_to<T>(braw[u][j][e])) : 0.f;
+          for (int e = 0; e < 2; ++e) bv[u][j][e] = to_float(bits_to<T>(braw[u][j][e]));
     };
     if constexpr (kProbe == 1) {
       for (int q = 0; q < kQs; ++q) {
-        const int k = k0 + q, s = cw * spr + k % spr;
-        mbar_wait(&full[s], (k / spr) & 1, 11);
+        const int s = cw * spr + ring.slot;
+        mbar_wait(&full[s], ring.phase, 11);
+        ring.advance(1, spr);
         free_stage(s);
       }
       continue;
     }
     uint32_t a[2][4][4];
     constexpr int kStepsPerStage = kU * kNs;
+    int prev_s = 0;  // the slot of the stage before (freed after its last step's MMAs)
 #pragma unroll
     for (int q = 0; q < kQs; ++q) {
-      const int k = k0 + q, s = cw * spr + k % spr;
-      mbar_wait(&full[s], (k / spr) & 1, 11);
+      const int s = cw * spr + ring.slot, parity = ring.phase;
+      ring.advance(1, spr);
+      mbar_wait(&full[s], parity, 11);
       // kW8: the indices (a bulk copy) completed on raw[s]: observe it here too rather than
       // only through the upcasting warps' arrival (it has completed: returns at once).
-      if constexpr (kW8) mbar_wait(&raw[s], (k / spr) & 1, 14);
+      if constexpr (kW8) mbar_wait(&raw[s], parity, 14);
       const int32_t* is = ist + s * kIdxInts;
-      const uint32_t ws = smem_u32(wst + s * C::kWBytes);
+      // The stage's weight descriptor: each MMA's is this plus its tile's offset / 16 (the
+      // address field is the low 14 bits of the descriptor, in 16-byte units, and the stage
+      // lies below 2^18 bytes: no carry), rather than a descriptor built per MMA (~7
+      // instructions each, 16 per unit at G = 32 and K = 128).
+      const uint64_t wdesc = make_desc(smem_u32(wst + s * C::kWBytes), 16, 1024, Swizzle::k128B);
+      const uint32_t wdesc_lo = uint32_t(wdesc), wdesc_hi = uint32_t(wdesc >> 32);  // (a 32-bit add below)
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
@@ -480,27 +519,28 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
                                 xs_u32 + ((uint32_t(f) * 128 + bchunk16) ^ ((uint32_t(f) & 7) << 4)));
             }
           }
-          const uint32_t wb = ws + uint32_t(cc * C::kRows + u * G) * 128u;
+          const uint32_t tile = uint32_t(cc * C::kRows + u * G) * 128u;  // its byte offset in the stage
           fence_regs(acc[u]);
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
-            mma_rs<T, G>(a[j & 1][kk], make_desc(wb + kk * 32, 16, 1024, Swizzle::k128B), acc[u],
+            mma_rs<T, G>(a[j & 1][kk], (uint64_t(wdesc_hi) << 32) | (wdesc_lo + (tile + kk * 32) / 16), acc[u],
                          !(q == 0 && cc == 0 && kk == 0));
           wgmma_commit();
           // Step j - 1 is done (its A registers are free for step j + 1); free its stage if
-          // it was the stage's last step.
+          // it was the stage's last step (then j is the first step of stage q, and j - 1 the
+          // last of stage q - 1).
           if (j >= 1) {
             wgmma_wait<1>();
-            const int done = j - 1;
-            if ((done + 1) % kStepsPerStage == 0) free_stage(cw * spr + (k0 + done / kStepsPerStage) % spr);
+            if (j % kStepsPerStage == 0) free_stage(prev_s);
           }
         }
+      prev_s = s;
     }
     wgmma_wait<0>();
 #pragma unroll
     for (int u = 0; u < kU; ++u) fence_regs(acc[u]);
-    free_stage(cw * spr + (k0 + kQs - 1) % spr);  // the last step's stage: still in flight at the end of the loop
+    free_stage(prev_s);  // the last step's stage: still in flight at the end of the loop
     float bv[kU][G / 8][2];
     bias_values(bv);
     if constexpr (kProbe == 2 || kProbe == 4) {  // keep the results live, store nothing
@@ -578,18 +618,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 }
 
 // ================================================================== dW
-// A step's slot in a ring of `stages` and the phase of that slot's barriers, kept by
-// increments: dW's ring size is a run-time value, and its divisions per stage (~20
-// instructions each, eight per loader stage) were most of the loader's instructions
-// (Nsight's per-instruction samples, bench/NOTES.md).
-struct RingPos {
-  int slot, phase;
-  __device__ static RingPos at(int step, int stages) { return {step % stages, (step / stages) & 1}; }
-  __device__ void advance(int steps, int stages) {
-    for (slot += steps; slot >= stages; slot -= stages) phase ^= 1;
-  }
-};
-
 // (group, batch chunk) of a dW step, kept by increments.
 struct DwStep {
   int g, bc;
