@@ -842,7 +842,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     return;
   }
 
-  const int cw = wg - kLoaders;
+  // (cw from lane 0: known to the compiler to be the same in the whole warp, so that the stages'
+  // addresses and the MMAs' descriptors, which derive from it, can stay in uniform registers)
+  const int cw = __shfl_sync(0xffffffffu, wg, 0) - kLoaders;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int t = lane & 3, ra = lane >> 2;
   // MN-major B descriptor: SBO = 8 batch rows, LBO = the next 64-label block.
@@ -870,6 +872,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       if constexpr (kTma) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
       const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
+      // The stage's descriptors, once: each MMA's is one of these plus its tile's offset / 16 in
+      // the low word (the address field, in 16-byte units; the stage lies below 2^18 bytes, so
+      // no carry), rather than two descriptors built per MMA (~15 instructions per MMA).
+      const uint64_t da0 = make_desc(as, 16, 1024, Swizzle::k128B), dd0 = make_desc(ds, 8192, kBSbo, kBSwz);
+      const uint32_t da_lo = uint32_t(da0), da_hi = uint32_t(da0 >> 32);
+      const uint32_t dd_lo = uint32_t(dd0), dd_hi = uint32_t(dd0 >> 32);
 #pragma unroll
       for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
       wgmma_fence();
@@ -878,8 +886,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         const int mb = split_m ? cw + 2 * m : m;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          const uint64_t da = make_desc(as + mb * 8192 + kk * 32, 16, 1024, Swizzle::k128B);
-          const uint64_t dd = make_desc(ds + kk * 16 * C::kRowBytes, 8192, kBSbo, kBSwz);
+          const uint64_t da = (uint64_t(da_hi) << 32) | (da_lo + uint32_t(mb * 8192 + kk * 32) / 16);
+          const uint64_t dd = (uint64_t(dd_hi) << 32) | (dd_lo + uint32_t(kk * 16 * C::kRowBytes) / 16);
           mma_ss_kmn<T, G>(da, dd, acc[m], true);
         }
       }
