@@ -1258,7 +1258,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     return;
   }
 
-  const int cw = wg - 1;  // batch rows 16 cw .. 16 cw + 15 of the tile
+  // batch rows 16 cw .. 16 cw + 15 of the tile (cw from lane 0, known to the compiler to be
+  // warp-uniform: the tiles' addresses and the MMAs' descriptors stay in uniform registers)
+  const int cw = __shfl_sync(0xffffffffu, wg, 0) - 1;
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   const int lrow = (lane & 7) + ((lane >> 4) << 3);  // label row within a k16 step
   const int kchunk = 2 * warp + ((lane >> 3) & 1);   // which 8 k-slots of the 64-wide chunk
@@ -1300,15 +1302,25 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   };
   float pr[2][8];
   int pf0 = 0, pf1 = 0;  // features of the step whose P waits to be scattered
-  for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
-    const int d = n % dst;
-    mbar_wait(&dfull[d], (n / dst) & 1, 42);
+  // The rings' positions (unit n's dY tile in slot n % dst, its stage q in slot (n kQs + q) %
+  // wst, as the loader has them), kept by increments: no divisions per unit.
+  RingPos dpos{0, 0}, wpos{0, 0};
+  for (int gu = g_begin; gu < g_pad; gu += kU) {
+    const int d = dpos.slot;
+    mbar_wait(&dfull[d], dpos.phase, 42);
+    dpos.advance(1, dst);
     const uint32_t dyb = smem_u32(dsl + d * C::kDyBytes);
+    // This warpgroup's descriptor of the tile: each MMA's is this plus its k16 step's offset
+    // / 16 in the low word (the address field, in 16-byte units; no carry below 2^18 bytes).
+    const uint64_t ddesc = make_desc(dyb + uint32_t(cw) * 2048u, 16, 1024, Swizzle::k128B);
+    const uint32_t ddesc_lo = uint32_t(ddesc), ddesc_hi = uint32_t(ddesc >> 32);
+    int prev_s = 0;  // the slot of the unit's previous stage
 #pragma unroll
     for (int q = 0; q < kQs; ++q) {
-      const int k = n * kQs + q, s = k % wst;
-      mbar_wait(&wfull[s], (k / wst) & 1, 43);
-      if constexpr (kW8) mbar_wait(&wraw[s], (k / wst) & 1, 44);  // the indices' copy (as the forward)
+      const int s = wpos.slot, parity = wpos.phase;
+      wpos.advance(1, wst);
+      mbar_wait(&wfull[s], parity, 43);
+      if constexpr (kW8) mbar_wait(&wraw[s], parity, 44);  // the indices' copy (as the forward)
       const uint32_t wsb = smem_u32(wsl + s * C::kWBytes);
       const int32_t* is = ist + s * kIdxInts;
 #pragma unroll
@@ -1334,12 +1346,12 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
           for (int kk = 0; kk < G / 16; ++kk) {
             const int l0 = u * G + kk * 16;  // first label of the k16 step within the unit
-            const uint32_t db = dyb + uint32_t(l0 >> 6) * 4096u + uint32_t(cw) * 2048u + uint32_t(l0 & 63) * 2u;
+            const uint32_t off = uint32_t(l0 >> 6) * 4096u + uint32_t(l0 & 63) * 2u;  // from this warpgroup's rows
             if constexpr (kProbe == 2) {
 #pragma unroll
               for (int e = 0; e < 8; ++e) acc[e] = __uint_as_float(a[kk][e & 3]);
             } else {
-              mma_rs<T, 16>(a[kk], make_desc(db, 16, 1024, Swizzle::k128B), acc, kk > 0);
+              mma_rs<T, 16>(a[kk], (uint64_t(ddesc_hi) << 32) | (ddesc_lo + off / 16), acc, kk > 0);
             }
           }
           wgmma_commit();
@@ -1350,16 +1362,17 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
             fence_regs(prev);
             // Its stage is free if it was the stage's last step (its ldmatrix reads ended
             // before its MMAs were issued).
-            if (u == 0 && cc == 0) arrive(&wempty[(k - 1) % wst]);
+            if (u == 0 && cc == 0) arrive(&wempty[prev_s]);
             scatter_step(prev, pf0, pf1, j - 1);
           }
           pf0 = f0, pf1 = f1;
         }
+      prev_s = s;
     }
     // The unit's last step: its MMAs, then free its stage and the dY tile, then its scatter.
     wgmma_wait<0>();
     fence_regs(pr[(kSteps - 1) & 1]);
-    arrive(&wempty[(n * kQs + kQs - 1) % wst]);
+    arrive(&wempty[prev_s]);
     arrive(&dempty[d]);
     scatter_step(pr[(kSteps - 1) & 1], pf0, pf1, kSteps - 1);
   }
