@@ -33,10 +33,10 @@
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
-#     dwload build, the Hopper dW tests (their variants take 2 and 4 loader warpgroups), memcheck on the
-#            2- and 4-loader bf16 tests, then the B=512
+#     dwload build, the Hopper kernel tests (tests/test_group_sparse_sm90.py and _fp8.py: dW with 2 and 4 loader
+#            warpgroups, session 22's forward / dx v2 / dW instruction cuts), then the B=512
 #            K=128 benchmark (L=670,208, G 32 64 128) per LARGEOUT_SM90_DW_LOADERS in DWLOAD_LIST (default
-#            "1 2 4 1 2 4"; 4 applies at G = 32 only, 2 elsewhere), then
+#            "1 2 4 1 2 4"; 4 applies at G = 32 only, 2 elsewhere), memcheck on the 2- and 4-loader bf16 tests, then
 #            bench/bench_fp8_configs.py (its back-to-back times: the GEMMs run at the power cap), each as
 #            DWLOAD_BUDGET s after the start allow (default 570)
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
@@ -313,22 +313,25 @@ dw_stages_bench() {  # the B=512 benchmark (K 64-256, G 32-128, L=670,208) per L
   done
 }
 
-if [ "$MODE" = dwload ]; then  # dW with two loader warpgroups: tests, then 1 / 2 loaders alternating; FP8 configs
+if [ "$MODE" = dwload ]; then  # session 22's kernels: Hopper tests, then 1 / 2 / 4 dW loaders; memcheck; FP8 configs
   deadline=$(( T0 + ${DWLOAD_BUDGET:-570} ))
-  echo "== tests: Hopper dW (1, 2 and 4 loader warpgroups)"
-  run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py -k "dw"
-  echo "== compute-sanitizer memcheck: dW v2 with 2 and 4 loader warpgroups"
-  timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest tests/test_group_sparse_sm90.py \
-    -q -p no:cacheprovider -k "dw_more_loaders and bfloat16" > "$OUT/memcheck_dwload.log" 2>&1
-  echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dwload.log"
+  echo "== tests: every Hopper kernel path (dW with 1, 2 and 4 loader warpgroups; the forward and dx v2 with fewer instructions; fp8 weights)"
+  run_tests gpu_tests_dwload.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py
   n=0
   for v in ${DWLOAD_LIST:-1 2 4 1 2 4}; do
     n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
     [ $left -gt 40 ] || break
     echo "== LARGEOUT_SM90_DW_LOADERS=$v (run $n)"
     LARGEOUT_SM90_DW_LOADERS=$v timeout $(( left - 10 )) python3 bench/bench_group_sparse.py --B 512 --K 128 \
-      --G 32,64,128 --L 670208 --out "$OUT/dwload_${n}_l$v.json" 2>&1 | grep -E " dw " | tail -3
+      --G 32,64,128 --L 670208 --out "$OUT/dwload_${n}_l$v.json" 2>&1 | grep -E " (fwd|dx|dw) " | tail -9
   done
+  left=$(( deadline - $(date +%s) ))
+  if [ $left -gt 60 ]; then
+    echo "== compute-sanitizer memcheck: dW v2 with 2 and 4 loader warpgroups (${left} s left)"
+    timeout $(( left - 30 < 150 ? left - 30 : 150 )) compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest \
+      tests/test_group_sparse_sm90.py -q -p no:cacheprovider -k "dw_more_loaders and bfloat16" > "$OUT/memcheck_dwload.log" 2>&1
+    echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dwload.log"
+  fi
   left=$(( deadline - $(date +%s) ))
   if [ $left -gt 60 ]; then
     echo "== FP8 GEMM configurations, alone and back to back (${left} s left)"
