@@ -720,7 +720,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     constexpr int kRowsPer = K / kRowStep;  // k-slots rows tid / 8 + kRowStep i
     uint32_t a_dst[kRowsPer];
 #pragma unroll
-    for (int i = 0; i < kRowsPer; ++i) a_dst[i] = swz<128>(dw_a_row((tid >> 3) + kRowStep * i), c8 * 16);
+    for (int i = 0; i < kRowsPer; ++i) {
+      a_dst[i] = swz<128>(dw_a_row((tid >> 3) + kRowStep * i), c8 * 16);
+      // (opaque to the compiler, which otherwise rebuilt these offsets from the thread index in
+      // every stage: ~30 of the ~80 instructions a stage cost each loader warp with 4 loaders)
+      if constexpr (kLoaders > 1) asm volatile("" : "+r"(a_dst[i]));
+    }
     const T* a_src[kRowsPer];
     constexpr int kCPT = 128 % (G / 8) == 0 ? 1 : 0;  // (static check below)
     static_assert(kCPT == 1, "placement chunks must map to fixed columns");
