@@ -1587,7 +1587,9 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     return;
   }
 
-  const int cw = wg - 1;  // batch rows 64 cw .. 64 cw + 63 of the tile
+  // batch rows 64 cw .. 64 cw + 63 of the tile (cw from lane 0, known to the compiler to be
+  // warp-uniform: the tiles' addresses and descriptors stay in uniform registers)
+  const int cw = __shfl_sync(0xffffffffu, wg, 0) - 1;
   float acc[kHS / 2];
 #pragma unroll
   for (int i = 0; i < kHS / 2; ++i) acc[i] = 0.f;
@@ -1597,13 +1599,17 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     mbar_wait(&efull[e], (n >> 1) & 1, 53);
     const uint32_t ab = smem_u32(stages + (n % S) * C::kStageBytes) + uint32_t(cw) * 8192u;
     const uint32_t bb = smem_u32(exps + e * C::kExpBytes);
+    // The unit's descriptors, once; each MMA's adds its k16 step's offset / 16 to the low word
+    // (the address field, in 16-byte units; no carry below 2^18 bytes).
+    const uint64_t da = make_desc(ab, 16, 1024, Swizzle::k128B), db = make_desc(bb, 8192, 1024, Swizzle::k128B);
+    const uint32_t da_lo = uint32_t(da), da_hi = uint32_t(da >> 32), db_lo = uint32_t(db), db_hi = uint32_t(db >> 32);
     if constexpr (kProbe != 2) {
       fence_regs(acc);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        mma_ss_kmn<T, kHS>(make_desc(ab + kk * 32, 16, 1024, Swizzle::k128B),
-                           make_desc(bb + kk * 2048, 8192, 1024, Swizzle::k128B), acc, true);
+        mma_ss_kmn<T, kHS>((uint64_t(da_hi) << 32) | (da_lo + kk * 2), (uint64_t(db_hi) << 32) | (db_lo + kk * 128),
+                           acc, true);
       wgmma_commit();
       wgmma_wait<1>();  // unit n - 1 is done
       fence_regs(acc);
