@@ -186,6 +186,28 @@ struct RingPos {
   }
 };
 
+// The weight stages of consecutive units, in the loader's order, kept by increments: unit n
+// takes ring n % rings (each ring `per_ring` slots, ring r at slots r per_ring ..), and its
+// stage q is that ring's (n / rings) qs + q-th stage. (The forward: rings = kCons computing
+// warpgroups; dx v2: one ring.) stage() gives unit n's stage q; next_unit() moves to n + 1.
+struct UnitStages {
+  int rings, per_ring, qs;
+  int r = 0;           // n % rings
+  RingPos base{0, 0};  // the ring's stage (n / rings) qs
+  __device__ void stage(int q, int& s, uint32_t& parity) const {
+    RingPos p = base;
+    p.advance(q, per_ring);
+    s = r * per_ring + p.slot;
+    parity = uint32_t(p.phase);
+  }
+  __device__ void next_unit() {
+    if (++r == rings) {
+      r = 0;
+      base.advance(qs, per_ring);
+    }
+  }
+};
+
 // ================================================================== forward
 template <int G, int kNk>
 struct FwdCfg {
@@ -237,13 +259,14 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
 // loader's order: wait for the codes (the upper half of the stage: [kNs][kRows][64] bytes),
 // read all of them into registers, then (after a barrier of the 96 threads, as the bf16
 // stage overwrites them) write the bf16 stage in the layout TMA gives a 16-bit weight
-// ([kNs][kRows][64] SW128), and arrive on the stage's full barrier. slot(n, q, &s, &parity):
-// the ring slot of unit n's stage q and the parity of its barriers' phase. (upcast_stages
-// below picks kScaled from row_scale.)
-template <class C, int G, bool kScaled, class Slot>
+// ([kNs][kRows][64] SW128), and arrive on the stage's full barrier. `stages`: the ring
+// slots of the units' stages and the parities of their barriers' phases, from the first
+// unit on (by increments: the divisions of a slot computed per stage were ~40 instructions
+// per stage and thread). (upcast_stages below picks kScaled from row_scale.)
+template <class C, int G, bool kScaled>
 __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uint64_t* full,
                                                 const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                                int g_begin, int g_pad, Slot&& slot) {
+                                                int g_begin, int g_pad, UnitStages stages) {
   constexpr int kUpThreads = 96;
   constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
@@ -262,12 +285,12 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
     }
   };
   load_scales(g_begin, sc);
-  for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += C::kU) {
+  for (int gu = g_begin; gu < g_pad; gu += C::kU, stages.next_unit()) {
     load_scales(gu + C::kU, sc_next);
     for (int q = 0; q < C::kQs; ++q) {
       int s = 0;
       uint32_t parity = 0;
-      slot(n, q, s, parity);
+      stages.stage(q, s, parity);
       uint8_t* w = wst + int64_t(s) * C::kWBytes;
       mbar_wait(&raw[s], parity, 13);
       uint4 v[kPer];
@@ -302,14 +325,14 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
 }
 
 // Called by threads 32..127 of the loader warpgroup; times row_scale where it is not null.
-template <class C, int G, class Slot>
+template <class C, int G>
 __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
                                               const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                              int g_begin, int g_pad, Slot&& slot) {
+                                              int g_begin, int g_pad, UnitStages stages) {
   if (row_scale != nullptr)
-    upcast_stages_t<C, G, true>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, slot);
+    upcast_stages_t<C, G, true>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, stages);
   else
-    upcast_stages_t<C, G, false>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, slot);
+    upcast_stages_t<C, G, false>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, stages);
 }
 
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
@@ -401,12 +424,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        auto slot = [&](int n, int q, int& s, uint32_t& parity) {  // the loader's order above
-          const int k = (n / kCons) * kQs + q;
-          s = (n % kCons) * spr + k % spr;
-          parity = (k / spr) & 1;
-        };
-        upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
+        // the loader's order above: unit n's stage q in slot (n % kCons) spr + ((n / kCons) kQs + q) % spr
+        upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{kCons, spr, kQs});
       }
     }
     return;
@@ -1252,12 +1271,8 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        auto slot = [&](int n, int q, int& s, uint32_t& parity) {  // the loader's order above
-          const int k = n * kQs + q;
-          s = k % wst;
-          parity = (k / wst) & 1;
-        };
-        upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, slot);
+        // the loader's order above: unit n's stage q in slot (n kQs + q) % wst
+        upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{1, wst, kQs});
       }
     }
     return;
