@@ -516,12 +516,10 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       // only through the upcasting warps' arrival (it has completed: returns at once).
       if constexpr (kW8) mbar_wait(&raw[s], parity, 14);
       const int32_t* is = ist + s * kIdxInts;
-      // The stage's weight descriptor: each MMA's is this plus its tile's offset / 16 (the
-      // address field is the low 14 bits of the descriptor, in 16-byte units, and the stage
-      // lies below 2^18 bytes: no carry), rather than a descriptor built per MMA (~7
-      // instructions each, 16 per unit at G = 32 and K = 128).
+      // The stage's weight descriptor: each MMA's is this at its tile's offset (desc_offset),
+      // rather than a descriptor built per MMA (~7 instructions each, 16 per unit at G = 32
+      // and K = 128).
       const uint64_t wdesc = make_desc(smem_u32(wst + s * C::kWBytes), 16, 1024, Swizzle::k128B);
-      const uint32_t wdesc_lo = uint32_t(wdesc), wdesc_hi = uint32_t(wdesc >> 32);  // (a 32-bit add below)
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
@@ -543,8 +541,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           wgmma_fence();
 #pragma unroll
           for (int kk = 0; kk < 4; ++kk)
-            mma_rs<T, G>(a[j & 1][kk], (uint64_t(wdesc_hi) << 32) | (wdesc_lo + (tile + kk * 32) / 16), acc[u],
-                         !(q == 0 && cc == 0 && kk == 0));
+            mma_rs<T, G>(a[j & 1][kk], desc_offset(wdesc, tile + kk * 32), acc[u], !(q == 0 && cc == 0 && kk == 0));
           wgmma_commit();
           // Step j - 1 is done (its A registers are free for step j + 1); free its stage if
           // it was the stage's last step (then j is the first step of stage q, and j - 1 the
@@ -896,12 +893,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       if constexpr (kTma) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
       const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
-      // The stage's descriptors, once: each MMA's is one of these plus its tile's offset / 16 in
-      // the low word (the address field, in 16-byte units; the stage lies below 2^18 bytes, so
-      // no carry), rather than two descriptors built per MMA (~15 instructions per MMA).
+      // The stage's descriptors, once: each MMA's is one of these at its tile's offset
+      // (desc_offset), rather than two descriptors built per MMA (~15 instructions per MMA).
       const uint64_t da0 = make_desc(as, 16, 1024, Swizzle::k128B), dd0 = make_desc(ds, 8192, kBSbo, kBSwz);
-      const uint32_t da_lo = uint32_t(da0), da_hi = uint32_t(da0 >> 32);
-      const uint32_t dd_lo = uint32_t(dd0), dd_hi = uint32_t(dd0 >> 32);
 #pragma unroll
       for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
       wgmma_fence();
@@ -910,9 +904,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         const int mb = split_m ? cw + 2 * m : m;
 #pragma unroll
         for (int kk = 0; kk < 4; ++kk) {
-          const uint64_t da = (uint64_t(da_hi) << 32) | (da_lo + uint32_t(mb * 8192 + kk * 32) / 16);
-          const uint64_t dd = (uint64_t(dd_hi) << 32) | (dd_lo + uint32_t(kk * 16 * C::kRowBytes) / 16);
-          mma_ss_kmn<T, G>(da, dd, acc[m], true);
+          mma_ss_kmn<T, G>(desc_offset(da0, mb * 8192 + kk * 32), desc_offset(dd0, kk * 16 * C::kRowBytes), acc[m],
+                           true);
         }
       }
       wgmma_commit();
@@ -1330,10 +1323,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     mbar_wait(&dfull[d], dpos.phase, 42);
     dpos.advance(1, dst);
     const uint32_t dyb = smem_u32(dsl + d * C::kDyBytes);
-    // This warpgroup's descriptor of the tile: each MMA's is this plus its k16 step's offset
-    // / 16 in the low word (the address field, in 16-byte units; no carry below 2^18 bytes).
+    // This warpgroup's descriptor of the tile: each MMA's is this at its k16 step's offset
+    // (desc_offset).
     const uint64_t ddesc = make_desc(dyb + uint32_t(cw) * 2048u, 16, 1024, Swizzle::k128B);
-    const uint32_t ddesc_lo = uint32_t(ddesc), ddesc_hi = uint32_t(ddesc >> 32);
     int prev_s = 0;  // the slot of the unit's previous stage
 #pragma unroll
     for (int q = 0; q < kQs; ++q) {
@@ -1371,7 +1363,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
               for (int e = 0; e < 8; ++e) acc[e] = __uint_as_float(a[kk][e & 3]);
             } else {
-              mma_rs<T, 16>(a[kk], (uint64_t(ddesc_hi) << 32) | (ddesc_lo + off / 16), acc, kk > 0);
+              mma_rs<T, 16>(a[kk], desc_offset(ddesc, off), acc, kk > 0);
             }
           }
           wgmma_commit();
@@ -1614,17 +1606,14 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
     mbar_wait(&efull[e], (n >> 1) & 1, 53);
     const uint32_t ab = smem_u32(stages + (n % S) * C::kStageBytes) + uint32_t(cw) * 8192u;
     const uint32_t bb = smem_u32(exps + e * C::kExpBytes);
-    // The unit's descriptors, once; each MMA's adds its k16 step's offset / 16 to the low word
-    // (the address field, in 16-byte units; no carry below 2^18 bytes).
+    // The unit's descriptors, once; each MMA's is one of these at its k16 step's offset (desc_offset).
     const uint64_t da = make_desc(ab, 16, 1024, Swizzle::k128B), db = make_desc(bb, 8192, 1024, Swizzle::k128B);
-    const uint32_t da_lo = uint32_t(da), da_hi = uint32_t(da >> 32), db_lo = uint32_t(db), db_hi = uint32_t(db >> 32);
     if constexpr (kProbe != 2) {
       fence_regs(acc);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < 4; ++kk)
-        mma_ss_kmn<T, kHS>((uint64_t(da_hi) << 32) | (da_lo + kk * 2), (uint64_t(db_hi) << 32) | (db_lo + kk * 128),
-                           acc, true);
+        mma_ss_kmn<T, kHS>(desc_offset(da, kk * 32), desc_offset(db, kk * 2048), acc, true);
       wgmma_commit();
       wgmma_wait<1>();  // unit n - 1 is done
       fence_regs(acc);

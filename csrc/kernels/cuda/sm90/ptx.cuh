@@ -166,6 +166,14 @@ __device__ __forceinline__ uint64_t make_desc(uint32_t smem_addr, uint32_t lbo_b
   return d;
 }
 
+// The descriptor of the tile `bytes` (a multiple of 16) past desc's: the address field is the
+// low 14 bits, in 16-byte units, and shared memory lies below 2^18 bytes, so the add never
+// carries out of it; done in 32 bits, so that the high word stays as it is (with a 64-bit add
+// the compiler moved both words to uniform registers again for every MMA).
+__device__ __forceinline__ uint64_t desc_offset(uint64_t desc, uint32_t bytes) {
+  return (desc & 0xFFFFFFFF00000000ull) | uint32_t(uint32_t(desc) + bytes / 16);
+}
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
