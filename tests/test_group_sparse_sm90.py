@@ -333,32 +333,49 @@ def dw_reference_cuda(dy, x, idx, G, chunk=1024):
     return dw, dy.double().sum(0)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders", "v2-4loaders"])
+def assert_sm90_dw_matches(dy_arg, dy, x, idx, G):
+    """dW and dbias from dy_arg (dy itself, or a view holding its values) on the Hopper kernels,
+    twice (deterministic), against float64 element by element."""
+    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy_arg, x, idx, G))
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    assert_elementwise_close(dw, dw_ref)
+    assert_elementwise_close(db, db_ref)
+
+
+DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders"]
+
+
+def use_dw_version(version, K, G, monkeypatch):
+    """Selects a dW kernel variant of DW_VERSIONS through its environment switches: v1
+    (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default), v2 with two or four loader
+    warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to
+    two or one; two do not apply at G = 128, K = 256, which is skipped)."""
+    if version == "v1":
+        monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
+    if version == "v2-2loaders":
+        if G == 128 and K == 256:
+            pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
+    if version == "v2-4loaders":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
+
+
+@pytest.mark.parametrize("version", DW_VERSIONS)
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
     # from the landed tile), v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS) and
     # v1 (LARGEOUT_SM90_DW=v1; the path for odd L), element by element against float64,
     # twice (deterministic).
-    if version == "v1":
-        monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     B, H, L, K, G = shape
-    if version == "v2-2loaders":
-        if G == 128 and K == 256:
-            pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
-    if version == "v2-4loaders":  # (four at G = 32; elsewhere the request falls back to two or one)
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
+    use_dw_version(version, K, G, monkeypatch)
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
-    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 
 @pytest.mark.parametrize("stages", [4, 5, 11, 16])
-@pytest.mark.parametrize("version", ["v1", "v2", "v2-2loaders", "v2-4loaders"])
+@pytest.mark.parametrize("version", DW_VERSIONS)
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (128, 768, 131072, 64, 32), (160, 768, 65536, 64, 32),
                                    (512, 768, 65536, 64, 64), (64, 256, 4096, 256, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
@@ -370,21 +387,11 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
     # two groups' steps in v2; K = 64 at B = 512: split batch, or alternate groups where 16
     # stages fit); K = 256 at its 3-4 stages. Against float64, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
-    if version == "v1":
-        monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     B, H, L, K, G = shape
-    if version == "v2-2loaders":
-        if G == 128 and K == 256:
-            pytest.skip("two loader warpgroups do not apply at G=128, K=256 (the one-loader kernel runs)")
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
-    if version == "v2-4loaders":  # (four at G = 32; elsewhere the request falls back to two or one)
-        monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
+    use_dw_version(version, K, G, monkeypatch)
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + stages)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
-    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 
 @pytest.mark.parametrize("loaders", [2, 4])
@@ -402,10 +409,7 @@ def test_sm90_dw_more_loaders_dtypes_and_row_padded_dy(shape, dtype, loaders, po
     buf = torch.full((B, -(-L // 8) * 8), float("nan"), device="cuda", dtype=dtype)
     rows = buf[:, :L]
     rows.copy_(dy)
-    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(rows, x, idx, G))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
+    assert_sm90_dw_matches(rows, dy, x, idx, G)
 
 
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 128, 64), (65, 768, 5003, 256, 128),
@@ -472,10 +476,7 @@ def test_sm90_dw_k64_split_batch(shape, poison, monkeypatch):
     monkeypatch.delenv("LARGEOUT_SM90_DW_SPLITB")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 99 + G)
-    dw, db = twice_on_sm90("weight", lambda: torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 
 def _in_fresh_thread(fn):
