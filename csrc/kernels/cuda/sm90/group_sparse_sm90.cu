@@ -409,9 +409,12 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 
   // Unit n of the CTA goes to computing warpgroup n % kCons, through that warpgroup's
   // ring: its k-th stage there (k = (n / kCons) kQs + q) sits in slot (n % kCons) spr +
-  // k % spr. One ring per consumer keeps every wait at most one phase ahead of its barrier.
+  // k % spr (the upcasting warps walk the same order with UnitStages). One ring per
+  // consumer keeps every wait at most one phase ahead of its barrier.
   if (wg == 0) {
-    // Loader: one thread issues, per stage, one 3-D weight box and kU index copies.
+    // Loader: one thread issues, per stage, one 3-D weight box and kU index copies. (By
+    // divisions: UnitStages here cost a 4-byte spill at G = 64 with three computing
+    // warpgroups, and the loader thread is not a bound.)
     if (threadIdx.x == 0) {
       for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
         for (int q = 0; q < kQs; ++q) {
@@ -424,7 +427,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        // the loader's order above: unit n's stage q in slot (n % kCons) spr + ((n / kCons) kQs + q) % spr
         upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{kCons, spr, kQs});
       }
     }
@@ -1247,16 +1249,22 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 
   if (wg == 0) {
     if (threadIdx.x == 0) {
-      for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
-        const int d = n % dst;
-        mbar_wait(&dempty[d], ((n / dst) & 1) ^ 1, 40);
+      // (the weight stages in the order UnitStages gives the upcasting warps too)
+      UnitStages stages{1, wst, kQs}, dys{1, dst, 1};
+      for (int gu = g_begin; gu < g_pad; gu += kU, stages.next_unit(), dys.next_unit()) {
+        int d = 0;
+        uint32_t dparity = 0;
+        dys.stage(0, d, dparity);
+        mbar_wait(&dempty[d], dparity ^ 1, 40);
         mbar_arrive_expect_tx(&dfull[d], C::kDyBytes);
 #pragma unroll
         for (int bx = 0; bx < C::kRows / 64; ++bx)
           tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy, &dfull[d], gu * G + 64 * bx, b0);
         for (int q = 0; q < kQs; ++q) {
-          const int k = n * kQs + q, s = k % wst;
-          mbar_wait(&wempty[s], ((k / wst) & 1) ^ 1, 41);
+          int s = 0;
+          uint32_t parity = 0;
+          stages.stage(q, s, parity);
+          mbar_wait(&wempty[s], parity ^ 1, 41);
           load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
                                         idx, gu, q, num_groups);
         }
@@ -1264,7 +1272,6 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        // the loader's order above: unit n's stage q in slot (n kQs + q) % wst
         upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{1, wst, kQs});
       }
     }
