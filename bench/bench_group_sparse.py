@@ -202,6 +202,8 @@ def main() -> None:
         "largeout_build_info": largeout.build_info(),
         "git_commit": git_commit(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        # the kernels' environment switches in force (variants compared run by run)
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LARGEOUT_SM90_")},
         "dtype": args.dtype,
         "statistic": "median",
         "iters": args.iters,

@@ -544,3 +544,41 @@ def test_sm90_banked_index_order(shape, poison):
     dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
     assert_elementwise_close(dw, dw_ref)
     assert_elementwise_close(db, db_ref)
+
+
+# Group orders (LARGEOUT_SM90_GROUP_ORDER): fewer groups or units than CTAs (some get none),
+# partial last units and groups, every G and K, dW with split batch (K = 64, B > 256), with
+# alternate groups (K = 64) and with both warpgroups on every group (K >= 128).
+ORDER_SHAPES = [(5, 768, 104, 128, 32), (130, 768, 40_008, 128, 32), (300, 768, 8_200, 64, 32),
+                (64, 512, 20_000, 64, 64), (33, 768, 12_344, 256, 128), (1000, 768, 5_000, 128, 64)]
+
+
+@pytest.mark.parametrize("shape", ORDER_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_group_orders(shape, poison, monkeypatch):
+    # Every Hopper pass with the CTAs taking contiguous ranges of groups and interleaved ones:
+    # the forward and dW bit for bit the same in both orders (each label's sums do not depend on
+    # which CTA computes them), dx v2 and v3 (their partials per split group the sums
+    # differently) and all of them element by element against float64.
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 170 + K + G)
+    dx_ref = dx_reference_cuda(dy, w, idx, G, H)
+    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G)
+    got = {}
+    for order in ("contiguous", "interleaved"):
+        monkeypatch.setenv("LARGEOUT_SM90_GROUP_ORDER", order)
+        before = kernels.launch_counts()
+        y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+        dw, db = torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, G)
+        assert used_sm90(before, kernels.launch_counts(), ["forward", "weight"])
+        for version in ("v2", "v3"):
+            monkeypatch.setenv("LARGEOUT_SM90_DX", version)
+            dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+            assert_elementwise_close(dx, dx_ref)
+        monkeypatch.delenv("LARGEOUT_SM90_DX")
+        assert_elementwise_close(y, y_ref)
+        assert_elementwise_close(dw, dw_ref)
+        assert_elementwise_close(db, db_ref)
+        got[order] = (y, dw, db)
+    for a, c in zip(got["contiguous"], got["interleaved"]):
+        assert torch.equal(a, c)
