@@ -32,9 +32,6 @@
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
-#     order  build, the group-order tests, every Hopper kernel test with LARGEOUT_SM90_GROUP_ORDER=interleaved, then
-#            the B=512 K=128 benchmark (L=ORDER_L, default 670,208) per order in ORDER_LIST (default "contiguous
-#            interleaved contiguous interleaved"), as ORDER_BUDGET s after the start allow (default 570)
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     dwload build, the Hopper kernel tests (tests/test_group_sparse_sm90.py and _fp8.py: dW with 2 and 4 loader
 #            warpgroups, session 22's forward / dx v2 / dW instruction cuts), then the B=512
@@ -340,23 +337,6 @@ if [ "$MODE" = dwload ]; then  # session 22's kernels: Hopper tests, then 1 / 2 
     echo "== FP8 GEMM configurations, alone and back to back (${left} s left)"
     timeout $(( left - 5 )) python3 bench/bench_fp8_configs.py --out "$OUT/fp8_gemm_configs.json" 2>&1 | tail -8
   fi
-  exit 0
-fi
-
-if [ "$MODE" = order ]; then  # the CTAs' group order (LARGEOUT_SM90_GROUP_ORDER): tests in both, then the headline per order
-  deadline=$(( T0 + ${ORDER_BUDGET:-570} ))
-  echo "== tests: the group-order tests, then every Hopper kernel test with LARGEOUT_SM90_GROUP_ORDER=interleaved"
-  run_tests gpu_tests_order.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py -k "group_order"
-  LARGEOUT_SM90_GROUP_ORDER=interleaved run_tests gpu_tests_interleaved.log tests/test_group_sparse_sm90.py \
-    tests/test_group_sparse_fp8.py
-  n=0
-  for o in ${ORDER_LIST:-contiguous interleaved contiguous interleaved}; do
-    n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
-    [ $left -gt 40 ] || break
-    echo "== LARGEOUT_SM90_GROUP_ORDER=$o (run $n)"
-    LARGEOUT_SM90_GROUP_ORDER=$o timeout $(( left - 10 )) python3 bench/bench_group_sparse.py --B 512 --K 128 \
-      --G 32,64,128 --L ${ORDER_L:-670208} --out "$OUT/order_${n}_$o.json" 2>&1 | grep -E " (fwd|dx|dw) " | tail -9
-  done
   exit 0
 fi
 

@@ -279,16 +279,3 @@ def test_hopper_fp8_kernels_off_under_generic_policy():
         after = kernels.launch_counts()
     assert after["forward"]["sm90-fp8"] == before["forward"]["sm90-fp8"]
     assert after["forward"]["generic"] > before["forward"]["generic"]
-
-
-@sm90
-@pytest.mark.parametrize("version", ["v3", "v2"])
-@pytest.mark.parametrize("B,H,L,K,G", [(130, 768, 40_008, 128, 32), (64, 300, 2056, 256, 64), (3, 256, 72, 128, 32)])
-def test_hopper_fp8_kernels_interleaved_group_order(version, B, H, L, K, G, poison, monkeypatch):
-    """The fp8 forward and dx (v3, v2) with the CTAs taking interleaved groups
-    (LARGEOUT_SM90_GROUP_ORDER): the upcasting warps' row scales follow the units."""
-    monkeypatch.setenv("LARGEOUT_SM90_GROUP_ORDER", "interleaved")
-    monkeypatch.setenv("LARGEOUT_SM90_DX", version)
-    before, after = check_ops(B, H, L, K, G, torch.float8_e4m3fn, True, 11, "cuda")
-    assert after["forward"]["sm90-fp8"] == before["forward"]["sm90-fp8"] + 1
-    assert after["input"]["sm90-fp8"] == before["input"]["sm90-fp8"] + (2 if B > 1 else 1)

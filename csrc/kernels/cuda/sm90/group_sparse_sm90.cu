@@ -186,22 +186,6 @@ struct RingPos {
   }
 };
 
-// A CTA's share of `num` work items (groups, or units of groups) among `ctas` CTAs, its
-// i-th (i in [0, count)) being item base + i * stride of the layer: `per` consecutive items
-// (contiguous), or every ctas-th item (interleaved; `per` unused). Interleaved, the CTAs work
-// at any moment on neighbouring items, so that their row segments of dY or y (64 bytes a row
-// at G = 32) lie side by side in memory instead of one per CTA far apart (group_order()).
-struct GroupRange {
-  int64_t base, stride;
-  int count;
-  __device__ static GroupRange of(int interleave, int64_t per, int64_t num, int64_t cta, int64_t ctas) {
-    if (interleave) return {cta, ctas, cta < num ? int((num - cta + ctas - 1) / ctas) : 0};
-    const int64_t b = cta * per, n = num - b < per ? num - b : per;
-    return {b, 1, n > 0 ? int(n) : 0};
-  }
-  __device__ int64_t at(int i) const { return base + int64_t(i) * stride; }
-};
-
 // The weight stages of consecutive units, in the loader's order, kept by increments: unit n
 // takes ring n % rings (each ring `per_ring` slots, ring r at slots r per_ring ..), and its
 // stage q is that ring's (n / rings) qs + q-th stage. (The forward: rings = kCons computing
@@ -282,7 +266,7 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
 template <class C, int G, bool kScaled>
 __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uint64_t* full,
                                                 const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                                GroupRange units, UnitStages stages) {
+                                                int g_begin, int g_pad, UnitStages stages) {
   constexpr int kUpThreads = 96;
   constexpr int kChunks = int(C::kWBytes / 32);  // 16-byte chunks of codes per stage
   constexpr int kPer = (kChunks + kUpThreads - 1) / kUpThreads;
@@ -292,18 +276,17 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
   // arrival they measured the same: the scaled forward's 3.8x over the unscaled one came
   // from the per-element rounding, bench/NOTES.md session 14).
   float sc[kPer], sc_next[kPer];
-  auto load_scales = [&](int n, float(&dst)[kPer]) {  // of the CTA's unit n
-    const int64_t l0 = units.at(n) * C::kU * G;
+  auto load_scales = [&](int gu, float(&dst)[kPer]) {
 #pragma unroll
     for (int i = 0; i < kPer; ++i) {
       const int c = ut + kUpThreads * i;
-      const int64_t label = l0 + (c >> 2) % C::kRows;
-      dst[i] = kScaled && c < kChunks && n < units.count && label < L ? __ldg(row_scale + label) : 1.f;
+      const int64_t label = int64_t(gu) * G + (c >> 2) % C::kRows;
+      dst[i] = kScaled && c < kChunks && gu < g_pad && label < L ? __ldg(row_scale + label) : 1.f;
     }
   };
-  load_scales(0, sc);
-  for (int n = 0; n < units.count; ++n, stages.next_unit()) {
-    load_scales(n + 1, sc_next);
+  load_scales(g_begin, sc);
+  for (int gu = g_begin; gu < g_pad; gu += C::kU, stages.next_unit()) {
+    load_scales(gu + C::kU, sc_next);
     for (int q = 0; q < C::kQs; ++q) {
       int s = 0;
       uint32_t parity = 0;
@@ -345,11 +328,11 @@ __device__ __forceinline__ void upcast_stages_t(uint8_t* wst, uint64_t* raw, uin
 template <class C, int G>
 __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint64_t* full,
                                               const float* __restrict__ row_scale, bool e4m3, int64_t L,
-                                              GroupRange units, UnitStages stages) {
+                                              int g_begin, int g_pad, UnitStages stages) {
   if (row_scale != nullptr)
-    upcast_stages_t<C, G, true>(wst, raw, full, row_scale, e4m3, L, units, stages);
+    upcast_stages_t<C, G, true>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, stages);
   else
-    upcast_stages_t<C, G, false>(wst, raw, full, row_scale, e4m3, L, units, stages);
+    upcast_stages_t<C, G, false>(wst, raw, full, row_scale, e4m3, L, g_begin, g_pad, stages);
 }
 
 // kProbe (timing probes of bench/probe_fwd.py; 0 in the library): 1 = the loader alone
@@ -366,7 +349,7 @@ __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
-             const float* __restrict__ row_scale, int e4m3, int interleave) {
+             const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -383,13 +366,11 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   uint64_t* raw = empty + kCons * spr;  // kW8: a stage's codes and indices have landed
 
   const int b0 = blockIdx.y * C::kBM;
-  // This CTA's units of kU groups (split ranges are whole units): its n-th is unit
-  // ur.at(n) of the layer (GroupRange), and gu = n kU below counts its groups. Groups past
-  // the layer's last one (in its last unit only) are computed on clamped indices and never
-  // stored.
-  const GroupRange ur = GroupRange::of(interleave, groups_per_split / kU, (num_groups + kU - 1) / kU, blockIdx.x,
-                                       gridDim.x);
-  const int g_begin = 0, g_pad = ur.count * kU;
+  const int g_begin = blockIdx.x * groups_per_split;
+  const int g_end = min(g_begin + groups_per_split, num_groups);
+  // Whole units: groups past g_end (only past the layer's last group: split ranges are
+  // whole units) are computed on clamped indices and never stored.
+  const int g_pad = g_begin + (g_end - g_begin + kU - 1) / kU * kU;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -440,13 +421,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
-                                        idx, int(ur.at(n)) * kU, q, num_groups);
+                                        idx, gu, q, num_groups);
         }
       }
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, ur, UnitStages{kCons, spr, kQs});
+        upcast_stages<C, G>(wst, raw, full, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{kCons, spr, kQs});
       }
     }
     return;
@@ -482,8 +463,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // load, in 64-bit address arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv);
     // the unit past the layer's last label clamps its columns. Columns past nl are computed
     // but never stored, so their bias need not be masked.
-    const int64_t l0 = ur.at(gu / kU) * kU * G;
-    const int nl = int(L - l0 < kU * G ? L - l0 : kU * G);  // labels this unit stores (>= 1)
+    const int64_t l0 = int64_t(gu) * G;
+    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
     uint16_t braw[kU][G / 8][2];
     if (bias == nullptr) {
 #pragma unroll
@@ -709,7 +691,7 @@ template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoad
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
-            int groups_per_cta, int num_groups, int stages, int split_batch, int interleave) {
+            int groups_per_cta, int num_groups, int stages, int split_batch) {
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
@@ -721,10 +703,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   float* red = reinterpret_cast<float*>(empty + stages);  // [128][8] dbias partials
   float* part = red + 128 * 8;                            // split_b: [G / 2][128] of the second warpgroup
 
-  // This CTA's groups: its g-th (g in [0, g_end)) is group gbase + g * gstride of the layer,
-  // a contiguous range or (interleave) every gridDim.x-th group (group_order()).
-  const GroupRange gr = GroupRange::of(interleave, groups_per_cta, num_groups, blockIdx.x, gridDim.x);
-  const int g_begin = 0, g_end = gr.count;
+  const int g_begin = blockIdx.x * groups_per_cta;
+  const int g_end = min(g_begin + groups_per_cta, num_groups);
   const int nbc = Bp / 64;
   constexpr bool split_m = kNmb >= 2;  // both computing warpgroups work on every stage
   constexpr int kMaxMB = split_m ? kNmb / 2 : 1;
@@ -776,7 +756,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     int32_t next_idx[kRowsPer];
     auto load_idx = [&](int g) {
 #pragma unroll
-      for (int q = 0; q < kRowsPer; ++q) next_idx[q] = g < g_end ? idx[gr.at(g) * K + (tid >> 3) + kRowStep * q] : 0;
+      for (int q = 0; q < kRowsPer; ++q) next_idx[q] = g < g_end ? idx[int64_t(g) * K + (tid >> 3) + kRowStep * q] : 0;
     };
     load_idx(g_begin);
     auto point_rows = [&](int g) {
@@ -792,10 +772,10 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         sums[q] = 0.f;
       }
       named_barrier(1, 128);
-      if (db != nullptr && tid < G && gr.at(g) * G + tid < L) {
+      if (db != nullptr && tid < G && int64_t(g) * G + tid < L) {
         float sum = 0.f;
         for (int q = (tid >> 3); q < 128; q += G / 8) sum += red[q * 8 + (tid & 7)];
-        db[gr.at(g) * G + tid] = from_float<T>(sum);
+        db[int64_t(g) * G + tid] = from_float<T>(sum);
       }
       named_barrier(1, 128);
     };
@@ -820,8 +800,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
             for (int bx = 0; bx < G / kBoxLabels; ++bx)
-              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], int(gr.at(g)) * G + bx * kBoxLabels,
-                        bc * 64);
+              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels, bc * 64);
           }
 #pragma unroll
           for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
@@ -863,7 +842,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
 #pragma unroll
           for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
         }
-        if constexpr (kProbe != 2) Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, gr.at(g) * G, tid, 128);
+        if constexpr (kProbe != 2) Seg::load(as + C::kABytes + C::kDyBytes, dy, B, L, bc * 64, int64_t(g) * G, tid, 128);
         cp_async_commit();
       }
       if (i < ahead) continue;  // (step j = i - ahead)
@@ -876,7 +855,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       const uint8_t* raw = ds + C::kDyBytes;
       for (int e = tid; e < (kProbe == 2 ? 0 : 64 * (G / 8)); e += 128) {
         const int r = e / (G / 8);
-        const uint4 v = Seg::template chunk<T, true>(raw, B, L, bc * 64, gr.at(g) * G, r, pc, sums);
+        const uint4 v = Seg::template chunk<T, true>(raw, B, L, bc * 64, int64_t(g) * G, r, pc, sums);
         *reinterpret_cast<uint4*>(ds + C::dy_chunk(r, pc)) = v;
       }
       fence_proxy_async();
@@ -964,7 +943,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       for (int j = 0; j < G / 8; ++j)
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          const int64_t l = gr.at(g) * G + 8 * j + 2 * t + e;
+          const int64_t l = int64_t(g) * G + 8 * j + 2 * t + e;
           if (l < L)
             *reinterpret_cast<uint32_t*>(dw + l * K + ks) = pack2<T>(acc[m][4 * j + e], acc[m][4 * j + 2 + e]);
         }
@@ -1228,8 +1207,7 @@ template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
-             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3,
-             int interleave) {
+             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = Dx2Cfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -1247,10 +1225,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   uint64_t* wraw = dempty + dst;  // kW8: a weight stage's codes and indices have landed
 
   const int b0 = blockIdx.y * C::kBM;
-  // This CTA's units of kU groups, as in the forward: its n-th is unit ur.at(n) of the layer.
-  const GroupRange ur = GroupRange::of(interleave, groups_per_split / kU, (num_groups + kU - 1) / kU, blockIdx.x,
-                                       gridDim.x);
-  const int g_begin = 0, g_pad = ur.count * kU;
+  const int g_begin = blockIdx.x * groups_per_split;
+  const int g_end = min(g_begin + groups_per_split, num_groups);
+  const int g_pad = g_begin < g_end ? g_begin + (g_end - g_begin + kU - 1) / kU * kU : g_begin;
   const int wg = threadIdx.x / 128;
 
   if (threadIdx.x == 0) {
@@ -1282,21 +1259,20 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         mbar_arrive_expect_tx(&dfull[d], C::kDyBytes);
 #pragma unroll
         for (int bx = 0; bx < C::kRows / 64; ++bx)
-          tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy, &dfull[d], int(ur.at(gu / kU)) * kU * G + 64 * bx,
-                      b0);
+          tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy, &dfull[d], gu * G + 64 * bx, b0);
         for (int q = 0; q < kQs; ++q) {
           int s = 0;
           uint32_t parity = 0;
           stages.stage(q, s, parity);
           mbar_wait(&wempty[s], parity ^ 1, 41);
           load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
-                                        idx, int(ur.at(gu / kU)) * kU, q, num_groups);
+                                        idx, gu, q, num_groups);
         }
       }
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
-        upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, ur, UnitStages{1, wst, kQs});
+        upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{1, wst, kQs});
       }
     }
     return;
@@ -1467,7 +1443,7 @@ template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__ weight,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
-             int units_per_split, int num_groups, const float* __restrict__ row_scale, int e4m3, int interleave) {
+             int units_per_split, int num_groups, const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || std::is_same_v<T, __nv_bfloat16>, "fp8 weights: bf16");
   using C = Dx3Cfg<kNk>;
   constexpr int K = C::K, S = C::kStages, kHS = C::kHS;
@@ -1484,9 +1460,9 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
   const int n_h = int(cdiv(H, kHS));
   const int h0 = (blockIdx.x % n_h) * kHS, b0 = (blockIdx.x / n_h) * C::kBM;
   const int64_t num_units = cdiv(L, C::kUnit);
-  // This split's units: its n-th is unit ur.at(n) of the layer (GroupRange).
-  const GroupRange ur = GroupRange::of(interleave, units_per_split, num_units, blockIdx.y, gridDim.y);
-  const int n_units = ur.count;
+  const int64_t u_begin = int64_t(blockIdx.y) * units_per_split;
+  const int64_t u_end = num_units < u_begin + units_per_split ? num_units : u_begin + units_per_split;
+  const int n_units = u_end > u_begin ? int(u_end - u_begin) : 0;
   const int wg = threadIdx.x / 128, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
 
   if (threadIdx.x == 0) {
@@ -1500,10 +1476,10 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
   }
   __syncthreads();
 
-  // Stage s <- unit n of this CTA's share.
+  // Stage s <- unit n of this CTA's range.
   auto load_unit = [&](int n) {
     uint8_t* st = stages + (n % S) * C::kStageBytes;
-    const int64_t l0 = ur.at(n) * C::kUnit;
+    const int64_t l0 = (u_begin + n) * C::kUnit;
     const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
     const int64_t g0 = l0 / G;
     const int groups = int(num_groups - g0 < kGU ? num_groups - g0 : kGU);
@@ -1537,7 +1513,7 @@ gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__
       // The stage of unit n - 2 is free (its tile was consumed, its weights expanded).
       if (t == 0 && n >= 2 && n - 2 + S < n_units) load_unit(n - 2 + S);
       uint8_t* ex = exps + e * C::kExpBytes;
-      const int64_t l0 = ur.at(n) * C::kUnit;
+      const int64_t l0 = (u_begin + n) * C::kUnit;
       const int rows = int(L - l0 < C::kUnit ? L - l0 : C::kUnit);
       // kW8: the row scales of this thread's rows (1 past the layer, and without scales),
       // loaded before the zeroing and the stage's wait (not measured apart from the forward's
@@ -1774,10 +1750,6 @@ int env_int(const char* name) {
   return e != nullptr ? std::atoi(e) : 0;
 }
 
-// The order in which the CTAs of the forward, dx and dW take groups (GroupRange):
-// LARGEOUT_SM90_GROUP_ORDER=interleaved (1) or contiguous (0, the default until measured).
-int group_order() { return env_is("LARGEOUT_SM90_GROUP_ORDER", "interleaved") ? 1 : 0; }
-
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   return dev.cc_major == 9 && dev.cc_minor == 0 && (dt == DType::kBFloat16 || dt == DType::kFloat16) &&
          s.fan_in % kKC == 0 && s.batch >= 1 && s.out_features < (int64_t(1) << 31) &&
@@ -1941,7 +1913,7 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
               map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
               rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-              int(e4m3), group_order());
+              int(e4m3));
           if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         }
         return cudaSuccess;
@@ -2070,7 +2042,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           return e;
         kernel<<<unsigned(cdiv(ng, per)), unsigned(128 * (loaders + 2)), smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
-            s.out_features, int(per), int(ng), stages, int(split_b), group_order());
+            s.out_features, int(per), int(ng), stages, int(split_b));
         return cudaGetLastError();
       });
     }
@@ -2208,7 +2180,7 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
         wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
-        int(ng), wst, dst, row_scale, int(e4m3), group_order());
+        int(ng), wst, dst, row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
@@ -2245,7 +2217,7 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(tiles), unsigned(splits)), kThreads, smem, stream>>>(
         dmap, weight, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
-        int(s.num_groups()), row_scale, int(e4m3), group_order());
+        int(s.num_groups()), row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
