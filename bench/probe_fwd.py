@@ -9,9 +9,11 @@ warpgroups (LARGEOUT_SM90_FWD_CONS), LARGEOUT_SM90_FWD_STAGES stages in each com
 warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 (LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). max_abs_diff_vs_default compares
 with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
-bf16, G=32, K=128 only): 0 the kernel, 1 no gathers of x^T rows, 2 no dY loads or
-placement, 3 no MMAs (results wrong except for 0); all on dW v1 (LARGEOUT_SM90_DW=v1),
-then v2 (dY by TMA, the default where L % 8 == 0). dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
+bf16, G=32, K=128 only) on v2 (dY by TMA, the default where L % 8 == 0; one loader
+warpgroup): 0 the kernel, 1 no gathers of x^T rows, 2 no TMA of dY tiles, 3 no MMAs, 4 no
+dbias, 5 neither gathers nor dY (the ring's barriers, MMAs and dbias alone), 6 no proxy fence
+before the MMAs (results wrong except for 0); with --dw-v1 first on v1 (LARGEOUT_SM90_DW=v1:
+1 no gathers, 2 no dY loads or placement, 3 no MMAs). dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no scatter into the accumulator, 2 no MMAs, 3 no
 ldmatrix of W. Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
@@ -42,6 +44,7 @@ def main() -> None:
     p.add_argument("--stages", default="3,8")
     p.add_argument("--cons", default="2,3")
     p.add_argument("--passes", default="fwd,dx,dw")
+    p.add_argument("--dw-v1", action="store_true", help="dW v1's probes too")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     dt = torch.bfloat16
@@ -96,21 +99,27 @@ def main() -> None:
         os.environ.pop("LARGEOUT_SM90_DX")
     if "dw" in a.passes:
         dw_ref = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
-        os.environ["LARGEOUT_SM90_DW"] = "v1"  # the probes are compiled into v1
-        for probe in range(5):  # 4: v2 (dY by TMA), the library's default here
-            if probe == 4:
-                os.environ.pop("LARGEOUT_SM90_DW")
-            os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe % 4)
+        # v2 (dY by TMA, the library's default here) with probes 0-6, twice in turn (0 again at
+        # the end); v1 (LARGEOUT_SM90_DW=v1) with 0-3 only where --dw-v1
+        runs = [("v1", p) for p in range(4)] if a.dw_v1 else []
+        runs += [("v2", p) for _ in range(2) for p in range(7)] + [("v2", 0)]
+        for version, probe in runs:
+            if version == "v1":
+                os.environ["LARGEOUT_SM90_DW"] = "v1"
+            else:
+                os.environ.pop("LARGEOUT_SM90_DW", None)
+            os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe)
             before = largeout.kernels.launch_counts()["weight"]["sm90"]
             ms = median_ms(lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, a.G))
-            row = {"pass": "dw", "version": "v2" if probe == 4 else "v1", "probe": probe % 4, "ms": round(ms, 4),
+            row = {"pass": "dw", "version": version, "probe": probe, "ms": round(ms, 4),
                    "sm90": largeout.kernels.launch_counts()["weight"]["sm90"] > before}
-            if probe % 4 == 0:
+            if probe == 0:
                 dw = ops.group_sparse_linear_backward_weight(dy, x, idx, a.G)[0].float()
                 row["max_abs_diff_vs_default"] = float((dw - dw_ref).abs().max())
             rows.append(row)
             print(row, flush=True)
         os.environ.pop("LARGEOUT_SM90_DW_PROBE")
+        os.environ.pop("LARGEOUT_SM90_DW", None)
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

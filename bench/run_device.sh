@@ -40,8 +40,10 @@
 #            bench/bench_fp8_configs.py (its back-to-back times: the GEMMs run at the power cap), each as
 #            DWLOAD_BUDGET s after the start allow (default 570)
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
-#            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST), the forward's profile, as SUITE_BUDGET s after
-#            the start allow (default 585); GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
+#            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST; SUITE_OPTIM=0: none), Nsight Compute profiles
+#            (SUITE_NCU: "pass:G:dW loaders ...", default the forward's "fwd:32:1"), as SUITE_BUDGET s after
+#            the start allow (default 585); SUITE_PROBE_DW=1: bench/probe_fwd.py --passes dw first (dW v2's
+#            probes); GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
 #            bench/profile_fp8.py --forward before the forward's profile
 #     gatherbw build, largeout_bench_gather_bw
 #     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
@@ -362,21 +364,22 @@ fi
 
 ncu_pass() {  # $1: pass (dw, fwd, dx3), $2: G, $3: timeout (s); Nsight Compute of one launch at B=512 K=128 L=670,208,
   # its details and its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass
-  local pass=$1 G=$2
+  # and G (+ NCU_TAG)
+  local pass=$1 G=$2 f="ncu_${1}_G${2}${NCU_TAG:-}" fs="ncu_${1}_sass_G${2}${NCU_TAG:-}"
   echo "== Nsight Compute: $pass at B=512 K=128 G=$G L=670,208"
   # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
   timeout "$3" ncu --clock-control none -k regex:"gsl_${pass}_sm90" --launch-skip 1 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
     --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
-    --section InstructionStats --section SourceCounters -f -o "$OUT/ncu_${pass}_G$G" \
-    python3 bench/profile_sm90.py --G "$G" > "$OUT/ncu_${pass}_G$G.log" 2>&1
+    --section InstructionStats --section SourceCounters -f -o "$OUT/$f" \
+    python3 bench/profile_sm90.py --G "$G" > "$OUT/$f.log" 2>&1
   echo "ncu G=$G rc=$?"
-  ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --print-details all > "$OUT/ncu_${pass}_G$G.txt" 2>&1
+  ncu -i "$OUT/$f.ncu-rep" --print-details all > "$OUT/$f.txt" 2>&1
   # per-instruction stall samples (which loads the long-scoreboard stalls wait on)
-  ncu -i "$OUT/ncu_${pass}_G$G.ncu-rep" --page source --print-source sass --csv > "$OUT/ncu_${pass}_sass_G$G.csv" 2>&1
-  echo "sass page rc=$? ($(wc -l < "$OUT/ncu_${pass}_sass_G$G.csv") lines)"
-  rm -f "$OUT/ncu_${pass}_G$G.ncu-rep"  # (too large to come back)
-  grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/ncu_${pass}_G$G.txt" | head -24
+  ncu -i "$OUT/$f.ncu-rep" --page source --print-source sass --csv > "$OUT/$fs.csv" 2>&1
+  echo "sass page rc=$? ($(wc -l < "$OUT/$fs.csv") lines)"
+  rm -f "$OUT/$f.ncu-rep"  # (too large to come back)
+  grep -E "gsl_|Duration|Throughput|Issued Warp|Eligible Warps|Achieved Occupancy|Registers Per" "$OUT/$f.txt" | head -24
 }
 
 if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass at the headline), then the headline
@@ -404,12 +407,16 @@ if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headlin
   # largeout_bench_gather_bw first.
   deadline=$(( T0 + ${SUITE_BUDGET:-585} ))
   [ "${GATHER_BW:-0}" = 1 ] && gather_bw
+  if [ "${SUITE_PROBE_DW:-0}" = 1 ]; then
+    echo "== probes: dW v2 at B=512 K=128 G=32 with parts switched off (bench/probe_fwd.py --passes dw)"
+    timeout 120 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | grep -E "'pass'|cuBLAS" | tail -18
+  fi
   echo "== tests: whole suite"
   run_tests gpu_tests.log $TESTS
   bench_headline 60 670091,670208
   left=$(( deadline - $(date +%s) ))
   echo "== benchmark: fused optimizer step (${left} s left)"
-  [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
+  [ "${SUITE_OPTIM:-1}" = 1 ] && [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
     --out "$OUT/optim.json" 2>&1 | tail -11
   for pf in ${PREFETCH_LIST:-}; do
     left=$(( deadline - $(date +%s) ))
@@ -424,7 +431,12 @@ if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headlin
     timeout $(( left - 10 )) python3 bench/profile_fp8.py --forward --out "$OUT/profile_fp8_forward.txt" 2>&1 | head -40
   fi
   left=$(( deadline - $(date +%s) ))
-  [ $left -gt 40 ] && ncu_pass fwd 32 $(( left - 5 ))
+  for pr in ${SUITE_NCU:-fwd:32:1}; do  # pass:G:dW loader warpgroups
+    IFS=: read -r pp pg pl <<< "$pr"
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 40 ] || break
+    LARGEOUT_SM90_DW_LOADERS=$pl NCU_TAG=$([ "$pl" = 1 ] || echo "_l$pl") ncu_pass "$pp" "$pg" $(( left - 5 < 150 ? left - 5 : 150 ))
+  done
   exit 0
 fi
 

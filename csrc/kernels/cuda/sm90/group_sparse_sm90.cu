@@ -677,7 +677,10 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // kNmb = K / 64 blocks of 64 k-slots: 1 -> the computing warpgroups take alternate groups;
 // 2, 4 -> both work on every group, each on half of the blocks. kProbe (timing probes of
 // bench/probe_fwd.py --dw; 0 in the library; the results are then wrong): 1 = no gathers
-// of x^T rows, 2 = no dY loads or placement, 3 = no MMAs.
+// of x^T rows, 2 = no dY loads (v2: no TMA of the dY tile) or placement, 3 = no MMAs; v2
+// only: 4 = no dbias (the loader neither reads the landed dY tile nor sums), 5 = 1 and 2
+// (no copies at all: the ring's barriers, the MMAs and dbias on what the stages hold),
+// 6 = no proxy fence before the computing warpgroups' MMAs.
 // kTma (v2, where dY's row stride is a multiple of 8): the dY tile comes by TMA straight into the MMA's swizzled
 // layout (the probes showed the register placement of v1 to be half of dW's time); each
 // loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
@@ -717,6 +720,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   const int wg = threadIdx.x / 128;
   static_assert(kLoaders == 1 || ((kLoaders == 2 || kLoaders == 4) && kTma && kProbe == 0),
                 "more loader warpgroups: 2 or 4, v2 only");
+  static_assert(kProbe <= 3 || kTma, "probes 4-6: v2 only");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
@@ -797,14 +801,23 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           ri.advance(1, stages);
           si.next(nbc);
           if (tid == 0) {
-            mbar_arrive_expect_tx(&full[s], C::kDyBytes);
+            if constexpr (kProbe == 2 || kProbe == 5) {
+              mbar_arrive(&full[s]);
+            } else {
+              mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
-            for (int bx = 0; bx < G / kBoxLabels; ++bx)
-              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels, bc * 64);
+              for (int bx = 0; bx < G / kBoxLabels; ++bx)
+                tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels,
+                            bc * 64);
+            }
           }
+          if constexpr (kProbe == 1 || kProbe == 5) {
+            mbar_arrive(&full[s]);
+          } else {
 #pragma unroll
-          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
-          mbar_arrive_cp_async(&full[s]);
+            for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
+            mbar_arrive_cp_async(&full[s]);
+          }
         }
         if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
@@ -812,12 +825,13 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         rj.advance(1, stages);
         sj.next(nbc);
         const uint8_t* ds = base + s * kStageBytes + C::kABytes;
-        for (int e = tid; e < 64 * (G / 8); e += 128) {  // chunk pc of rows e / (G / 8): a fixed order
+        // chunk pc of rows e / (G / 8): a fixed order
+        for (int e = tid; e < (kProbe == 4 ? 0 : 64 * (G / 8)); e += 128) {
           const uint4 v = *reinterpret_cast<const uint4*>(ds + C::dy_chunk(e / (G / 8), pc));
           add8<T>({v.x, v.y, v.z, v.w}, sums);
         }
         release(&empty[s], tid & 31);
-        if (bc == nbc - 1) dbias_of_group(g);
+        if (kProbe != 4 && bc == nbc - 1) dbias_of_group(g);
       }
       // (the other loader warpgroups never wait on `full`: they let their last copies land
       // before they exit; the first one waited for every stage above)
@@ -892,7 +906,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], lane);
         continue;
       }
-      if constexpr (kTma) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
+      if constexpr (kTma && kProbe != 6) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
       const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
       // The stage's descriptors, once: each MMA's is one of these at its tile's offset
@@ -2031,11 +2045,21 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if constexpr (kFourFit)
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
-          // Timing probes of v1 (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE (1-3).
-          const int pv = tma ? 0 : env_int("LARGEOUT_SM90_DW_PROBE");
-          if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
-          if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
-          if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
+          // Timing probes (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE, 1-3 on v1,
+          // 1-6 on v2 (one loader warpgroup).
+          const int pv = env_int("LARGEOUT_SM90_DW_PROBE");
+          if (!tma) {
+            if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
+            if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
+            if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
+          } else if (loaders == 1) {
+            if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1, true>;
+            if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2, true>;
+            if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3, true>;
+            if (pv == 4) kernel = gsl_dw_sm90<T, G, kNmb, 4, true>;
+            if (pv == 5) kernel = gsl_dw_sm90<T, G, kNmb, 5, true>;
+            if (pv == 6) kernel = gsl_dw_sm90<T, G, kNmb, 6, true>;
+          }
         }
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
