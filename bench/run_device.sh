@@ -43,7 +43,9 @@
 #            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST; SUITE_OPTIM=0: none), Nsight Compute profiles
 #            (SUITE_NCU: "pass:G:dW loaders ...", default the forward's "fwd:32:1"), as SUITE_BUDGET s after
 #            the start allow (default 585); SUITE_PROBE_DW=1: bench/probe_fwd.py --passes dw first (dW v2's
-#            probes); GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
+#            probes); SUITE_VARIANTS="VAR=value ...": before the suite, the L=670,208 benchmark with each
+#            switch and again without; SUITE_MEMCHECK_K: memcheck of the Hopper tests matching it;
+#            GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
 #            bench/profile_fp8.py --forward before the forward's profile
 #     gatherbw build, largeout_bench_gather_bw
 #     dwopt  build, the optimizer and dW tests, dwstages' benchmarks, bench_optim (OPTIM_CASES: a subset) until
@@ -107,7 +109,7 @@ python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || 
 
 run_tests() {  # $1: log name, rest: pytest args
   local log=$1; shift
-  timeout 420 python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -25
+  timeout "${RUN_TESTS_TIMEOUT:-420}" python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -25
   echo "pytest rc=${PIPESTATUS[0]}"
 }
 
@@ -331,7 +333,7 @@ if [ "$MODE" = dwload ]; then  # session 22's kernels: Hopper tests, then 1 / 2 
   if [ $left -gt 60 ]; then
     echo "== compute-sanitizer memcheck: dW v2 with 2 and 4 loader warpgroups (${left} s left)"
     timeout $(( left - 30 < 150 ? left - 30 : 150 )) compute-sanitizer --tool memcheck --error-exitcode 9 python3 -m pytest \
-      tests/test_group_sparse_sm90.py -q -p no:cacheprovider -k "dw_more_loaders and bfloat16" > "$OUT/memcheck_dwload.log" 2>&1
+      tests/test_group_sparse_sm90.py -q -p no:cacheprovider -k "dw_variants and loaders and bfloat16" > "$OUT/memcheck_dwload.log" 2>&1
     echo "memcheck rc=$?"; tail -3 "$OUT/memcheck_dwload.log"
   fi
   left=$(( deadline - $(date +%s) ))
@@ -411,9 +413,23 @@ if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headlin
     echo "== probes: dW v2 at B=512 K=128 G=32 with parts switched off (bench/probe_fwd.py --passes dw)"
     timeout 120 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | grep -E "'pass'|cuBLAS" | tail -18
   fi
+  n=0
+  for v in ${SUITE_VARIANTS:-}; do  # VAR=value: the B=512 K=128 L=670,208 benchmark with that switch, then without
+    n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
+    [ $left -gt 50 ] || break
+    echo "== $v (variant $n) and the default after it"
+    env "$v" timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
+      --out "$OUT/variant_${n}.json" 2>&1 | grep -E " dw " | tail -3
+    timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
+      --out "$OUT/variant_${n}_default.json" 2>&1 | grep -E " dw " | tail -3
+  done
   echo "== tests: whole suite"
-  run_tests gpu_tests.log $TESTS
-  bench_headline 60 670091,670208
+  left=$(( deadline - $(date +%s) ))
+  RUN_TESTS_TIMEOUT=$(( left - 45 < 420 ? left - 45 : 420 )) run_tests gpu_tests.log $TESTS
+  bench_headline 40 670091,670208
+  if [ -n "${SUITE_MEMCHECK_K:-}" ] && [ $(( deadline - $(date +%s) )) -gt 60 ]; then
+    memcheck_tests memcheck_suite.log tests/test_group_sparse_sm90.py "$SUITE_MEMCHECK_K"
+  fi
   left=$(( deadline - $(date +%s) ))
   echo "== benchmark: fused optimizer step (${left} s left)"
   [ "${SUITE_OPTIM:-1}" = 1 ] && [ $left -gt 30 ] && timeout $(( left - 10 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \

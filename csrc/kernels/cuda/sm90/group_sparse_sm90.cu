@@ -690,11 +690,15 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
 // per SM, ~6.3 from 256 and ~9.7 from 512 (gather_bw_s21_h200.json), and dW at G = 32 moves
 // 2.74 GB of gathers in 0.90 ms (3.0 TB/s): the one loader warpgroup's issue was its bound.
-template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1>
+// kDyCp (v2, one loader warpgroup; LARGEOUT_SM90_DW_DY=cp, opt-in until measured): the dY tile
+// comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
+// past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
+// G * 2 bytes (64 at G = 32), so that dY takes the path the gathers take; tm_dy is then unused.
+template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
-            int groups_per_cta, int num_groups, int stages, int split_batch) {
+            int64_t ldy, int groups_per_cta, int num_groups, int stages, int split_batch) {
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
@@ -721,11 +725,12 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   static_assert(kLoaders == 1 || ((kLoaders == 2 || kLoaders == 4) && kTma && kProbe == 0),
                 "more loader warpgroups: 2 or 4, v2 only");
   static_assert(kProbe <= 3 || kTma, "probes 4-6: v2 only");
+  static_assert(!kDyCp || (kTma && kLoaders == 1 && kProbe == 0), "dY by cp.async: v2, one loader warpgroup");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // every loader thread, once its share of the stage is in place (v2: + the TMA's arrival)
-      mbar_init(&full[s], kTma ? 128 * kLoaders + 1 : 128);
+      mbar_init(&full[s], kTma ? 128 * kLoaders + (kDyCp ? 0 : 1) : 128);
       mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma ? 4 : 0));  // v2: the loader's warps read dY for dbias
     }
     fence_barrier_init();
@@ -790,6 +795,13 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       const int ahead = stages - 2;
       const int total = (g_end - g_begin) * nbc;
       constexpr int kBoxLabels = G == 32 ? 32 : 64;
+      // kDyCp: this thread's dY chunks of a stage, chunk pc of tile rows r0 + kDyRowStep m
+      // (m < kDyPer), from row bc * 64 + that row of dY and labels g G + 8 pc ...
+      constexpr int kDyRowStep = 128 / (G / 8), kDyPer = 64 / kDyRowStep;
+      const int r0 = tid / (G / 8);
+      uint32_t dy_dst[kDyPer];
+#pragma unroll
+      for (int m = 0; m < kDyPer; ++m) dy_dst[m] = C::kABytes + C::dy_chunk(r0 + kDyRowStep * m, pc);
       RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
       DwStep si{g_begin, 0}, sj{g_begin, 0};
       for (int i = 0; i < total + ahead; ++i) {
@@ -800,7 +812,17 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           mbar_wait(&empty[s], ri.phase ^ 1, 20);
           ri.advance(1, stages);
           si.next(nbc);
-          if (tid == 0) {
+          if constexpr (kDyCp) {
+            // (bytes of the chunk inside L: 16, or fewer where a row-padded dY ends within it)
+            const int64_t l = int64_t(g) * G + 8 * pc;
+            const uint32_t lbytes = l >= L ? 0u : L - l >= 8 ? 16u : uint32_t(L - l) * 2u;
+#pragma unroll
+            for (int m = 0; m < kDyPer; ++m) {
+              const int row = bc * 64 + r0 + kDyRowStep * m;
+              const uint32_t bytes = row < B ? lbytes : 0u;
+              cp_async_16_zfill(as + dy_dst[m], bytes != 0 ? dy + int64_t(row) * ldy + l : dy, bytes);
+            }
+          } else if (tid == 0) {
             if constexpr (kProbe == 2 || kProbe == 5) {
               mbar_arrive(&full[s]);
             } else {
@@ -906,7 +928,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], lane);
         continue;
       }
-      if constexpr (kTma && kProbe != 6) fence_proxy_async();  // the gathered rows were written by cp.async (generic proxy)
+      // (the gathered rows were written by cp.async: the generic proxy)
+      if constexpr (kTma && kProbe != 6) fence_proxy_async();
       const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
       // The stage's descriptors, once: each MMA's is one of these at its tile's offset
@@ -2044,6 +2067,9 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
         if constexpr (kFourFit)
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
+        // dY by the loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp; one loader warpgroup)
+        if (tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp"))
+          kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE, 1-3 on v1,
           // 1-6 on v2 (one loader warpgroup).
@@ -2066,7 +2092,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           return e;
         kernel<<<unsigned(cdiv(ng, per)), unsigned(128 * (loaders + 2)), smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
-            s.out_features, int(per), int(ng), stages, int(split_b));
+            s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
         return cudaGetLastError();
       });
     }
