@@ -32,8 +32,9 @@
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
-#     dwcp   build, dW v2's probes (bench/probe_fwd.py --passes dw), LARGEOUT_SM90_DW_DY=cp against the default at
-#            the headline twice, the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 380)
+#     dwcp   build, dW v2's probes (bench/probe_fwd.py --passes dw), its variants at the headline twice in turn
+#            (tma: the default; cp: LARGEOUT_SM90_DW_DY=cp; dbc: LARGEOUT_SM90_DW_DBIAS=computing; dbccp: both),
+#            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     dwload build, the Hopper kernel tests (tests/test_group_sparse_sm90.py and _fp8.py: dW with 2 and 4 loader
 #            warpgroups, session 22's forward / dx v2 / dW instruction cuts), then the B=512
@@ -346,18 +347,20 @@ if [ "$MODE" = dwload ]; then  # session 22's kernels: Hopper tests, then 1 / 2 
   exit 0
 fi
 
-if [ "$MODE" = dwcp ]; then  # dW v2's probes, dY by cp.async against TMA, the dW tests; as DWCP_BUDGET s allow (default 380)
-  deadline=$(( T0 + ${DWCP_BUDGET:-380} ))
+if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbias by the computing warpgroups), the dW tests
+  deadline=$(( T0 + ${DWCP_BUDGET:-480} ))
   echo "== probes: dW v2 at B=512 K=128 G=32 with parts switched off (bench/probe_fwd.py --passes dw)"
   timeout 90 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | grep -E "'pass'|cuBLAS" | tail -18
   for n in 1 2; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 60 ] || break
-    echo "== LARGEOUT_SM90_DW_DY=cp and the default (TMA), round $n"
-    LARGEOUT_SM90_DW_DY=cp timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
-      --out "$OUT/dwcp_${n}_cp.json" 2>&1 | grep -E " dw " | tail -3
-    timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
-      --out "$OUT/dwcp_${n}_tma.json" 2>&1 | grep -E " (fwd|dx|dw) " | tail -9
+    for v in tma cp dbc dbccp; do
+      left=$(( deadline - $(date +%s) ))
+      [ $left -gt 90 ] || break 2
+      echo "== dW variant $v, round $n"
+      env LARGEOUT_SM90_DW_DY=$([ "${v%cp}" != "$v" ] && echo cp || echo tma) \
+        LARGEOUT_SM90_DW_DBIAS=$([ "${v#dbc}" != "$v" ] && echo computing || echo loader) \
+        timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
+        --out "$OUT/dwcp_${n}_$v.json" 2>&1 | grep -E " dw " | tail -3
+    done
   done
   left=$(( deadline - $(date +%s) ))
   echo "== tests: Hopper dW (${left} s left)"

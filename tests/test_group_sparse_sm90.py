@@ -342,7 +342,7 @@ def assert_sm90_dw_matches(dy_arg, dy, x, idx, G):
     assert_elementwise_close(db, db_ref)
 
 
-DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp"]
+DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbc", "v2-dbc-dycp"]
 
 
 def use_dw_version(version, K, G, monkeypatch):
@@ -350,7 +350,9 @@ def use_dw_version(version, K, G, monkeypatch):
     (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default), v2 with two or four loader
     warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to
     two or one; two do not apply at G = 128, K = 256, which is skipped), v2 with the dY tile
-    by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp)."""
+    by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp), v2 with dbias summed by
+    the computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing; at K = 64 the switch does not
+    apply and v2 runs), and both."""
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     if version == "v2-2loaders":
@@ -359,8 +361,10 @@ def use_dw_version(version, K, G, monkeypatch):
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     if version == "v2-4loaders":
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
-    if version == "v2-dycp":
+    if version in ("v2-dycp", "v2-dbc-dycp"):
         monkeypatch.setenv("LARGEOUT_SM90_DW_DY", "cp")
+    if version in ("v2-dbc", "v2-dbc-dycp"):
+        monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "computing")
 
 
 @pytest.mark.parametrize("version", DW_VERSIONS)
@@ -398,16 +402,19 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", [("LARGEOUT_SM90_DW_LOADERS", "2"), ("LARGEOUT_SM90_DW_LOADERS", "4"),
-                                     ("LARGEOUT_SM90_DW_DY", "cp")], ids=["2loaders", "4loaders", "dycp"])
+                                     ("LARGEOUT_SM90_DW_DY", "cp"), ("LARGEOUT_SM90_DW_DBIAS", "computing")],
+                         ids=["2loaders", "4loaders", "dycp", "dbc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 64, 64), (200, 512, 4099, 256, 32),
                                    (33, 768, 5003, 128, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_variants_dtypes_and_row_padded_dy(shape, dtype, variant, poison, monkeypatch):
-    # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only)
-    # or with the dY tile by cp.async (LARGEOUT_SM90_DW_DY=cp: the chunk that holds the last
-    # label reads only up to L) in both 16-bit types, on dY as a row-padded view at odd L (NaN
-    # in the padding, never read), against float64 element by element, twice (deterministic).
+    # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only),
+    # with the dY tile by cp.async (LARGEOUT_SM90_DW_DY=cp: the chunk that holds the last
+    # label reads only up to L) or with dbias summed by the computing warpgroups
+    # (LARGEOUT_SM90_DW_DBIAS=computing; K >= 128: the 130 x 64 shape runs plain v2), in both
+    # 16-bit types, on dY as a row-padded view at odd L (NaN in the padding, never read),
+    # against float64 element by element, twice (deterministic).
     monkeypatch.setenv(*variant)
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)

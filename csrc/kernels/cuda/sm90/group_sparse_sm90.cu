@@ -659,9 +659,11 @@ struct DwCfg {
   static constexpr int64_t kStageBytesV1 = round1k(kABytes + kDyBytes + Seg::kRawBytes);
   static constexpr int64_t kStageBytesV2 = round1k(kABytes + kDyBytes);  // dY by TMA: no raw rows
   __host__ __device__ static constexpr int64_t stage_bytes(bool tma) { return tma ? kStageBytesV2 : kStageBytesV1; }
-  // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32).
-  static int64_t smem_bytes(int stages, bool tma, bool split_b = false) {
-    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + 128 * 8 * 4 + (split_b ? G * 256 : 0);
+  // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32). dbc (dbias summed by the
+  // computing warpgroups): their [256][8] dbias partials instead of the loader's [128][8].
+  static int64_t smem_bytes(int stages, bool tma, bool split_b = false, bool dbc = false) {
+    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
+           (split_b ? G * 256 : 0);
   }
   // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
   __device__ static uint32_t dy_chunk(int r, int c) {
@@ -694,7 +696,15 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
 // past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
 // G * 2 bytes (64 at G = 32), so that dY takes the path the gathers take; tm_dy is then unused.
-template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false>
+// kDbC (v2 with both computing warpgroups on every stage, K >= 128, one loader warpgroup;
+// LARGEOUT_SM90_DW_DBIAS=computing, opt-in until measured): dbias is summed by the computing
+// warpgroups from the dY tile their MMAs read, each thread one 16-byte chunk of G / 32 rows per
+// stage, and reduced at each group's end over all 256 of them; the loader then only issues
+// copies (no wait for a landed stage, no reads, no release). Session 18's per-instruction
+// profile had the loader warps busy with their ~190 instructions a stage (dbias among them)
+// while the computing warps waited for stages.
+template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
+          bool kDbC = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
@@ -726,12 +736,15 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
                 "more loader warpgroups: 2 or 4, v2 only");
   static_assert(kProbe <= 3 || kTma, "probes 4-6: v2 only");
   static_assert(!kDyCp || (kTma && kLoaders == 1 && kProbe == 0), "dY by cp.async: v2, one loader warpgroup");
+  static_assert(!kDbC || (kTma && kNmb >= 2 && kLoaders == 1 && kProbe == 0),
+                "dbias by the computing warpgroups: v2, K >= 128, one loader warpgroup");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // every loader thread, once its share of the stage is in place (v2: + the TMA's arrival)
       mbar_init(&full[s], kTma ? 128 * kLoaders + (kDyCp ? 0 : 1) : 128);
-      mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma ? 4 : 0));  // v2: the loader's warps read dY for dbias
+      // v2: the loader's warps read dY for dbias (kDbC: the computing warps do)
+      mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma && !kDbC ? 4 : 0));
     }
     fence_barrier_init();
     if constexpr (kTma) prefetch_tensormap(&tm_dy);
@@ -841,7 +854,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
             mbar_arrive_cp_async(&full[s]);
           }
         }
-        if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
+        if (kDbC || i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
         mbar_wait(&full[s], rj.phase, 22);
         rj.advance(1, stages);
@@ -855,9 +868,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], tid & 31);
         if (kProbe != 4 && bc == nbc - 1) dbias_of_group(g);
       }
-      // (the other loader warpgroups never wait on `full`: they let their last copies land
-      // before they exit; the first one waited for every stage above)
-      if (wg != 0) cp_async_wait(0);
+      // (the other loader warpgroups, and kDbC's one, never wait on `full`: they let their last
+      // copies land before they exit; the first one waited for every stage above)
+      if (kDbC || wg != 0) cp_async_wait(0);
       return;
     }
     // A consumer holds a stage until its next one is full: at most stages - 2 ahead (split_b:
@@ -913,8 +926,13 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   const int g_step = split_m || split_b ? 1 : 2;
   const int bc_first = split_b ? cw : 0, bc_step = split_b ? 2 : 1;
   RingPos group_pos = RingPos::at((g_first - g_begin) * nbc + bc_first, stages);  // its first step's slot
+  // kDbC: this thread's dY chunk (labels 8 dpc ..) of tile rows dr0 + kDbRowStep m, m < kDbPer
+  const int ct = threadIdx.x - 128 * kLoaders;  // 0 .. 255
+  constexpr int kDbRowStep = 256 / (G / 8), kDbPer = 64 / kDbRowStep;
+  const int dpc = ct % (G / 8), dr0 = ct / (G / 8);
   for (int g = g_first; g < g_end; g += g_step, group_pos.advance(g_step * nbc, stages)) {
     float acc[kMaxMB][G / 2];
+    float dsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m)
 #pragma unroll
@@ -948,6 +966,14 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         }
       }
       wgmma_commit();
+      if constexpr (kDbC) {  // (the MMAs read the tile too; this stage is released a step later)
+        const uint8_t* dtile = base + s * kStageBytes + C::kABytes;
+#pragma unroll
+        for (int m = 0; m < kDbPer; ++m) {
+          const uint4 v = *reinterpret_cast<const uint4*>(dtile + C::dy_chunk(dr0 + kDbRowStep * m, dpc));
+          add8<T>({v.x, v.y, v.z, v.w}, dsum);
+        }
+      }
       if (prev >= 0) {
         wgmma_wait<1>();
         release(&empty[prev], lane);
@@ -958,6 +984,24 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
 #pragma unroll
     for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
     if (kProbe != 3 && prev >= 0) release(&empty[prev], lane);
+    if constexpr (kDbC) {
+      // dbias of group g: label lab is summed by the 256 / G threads ct = lab (256 / G) + part,
+      // each over the partials of threads dpc' = lab / 8 + (G / 8) (part + (256 / G) k), k < 8,
+      // then by a shuffle tree within those lanes: a fixed order.
+#pragma unroll
+      for (int q = 0; q < 8; ++q) red[ct * 8 + q] = dsum[q];
+      named_barrier(3, 256);
+      constexpr int kTpl = 256 / G;  // threads per label (8, 4, 2)
+      const int lab = ct / kTpl, part = ct % kTpl;
+      float sum = 0.f;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) sum += red[((lab >> 3) + (G / 8) * (part + kTpl * k)) * 8 + (lab & 7)];
+#pragma unroll
+      for (int off = kTpl / 2; off >= 1; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      const int64_t l = int64_t(g) * G + lab;
+      if (db != nullptr && part == 0 && l < L) db[l] = from_float<T>(sum);
+      named_barrier(3, 256);  // read before the next group's partials
+    }
     if (split_b) {  // the second warpgroup's partial to the first, which adds it and stores
       const int tl = threadIdx.x & 127;
       if (cw == 1) {
@@ -2052,7 +2096,6 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         CUtensorMap dmap{};
         if (tma)
           if (cudaError_t e = dy_map(&dmap, dt, dy, s, 64, G == 32 ? 32 : 64); e != cudaSuccess) return e;
-        const int64_t smem = C::smem_bytes(stages, tma, split_b);
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
@@ -2067,9 +2110,19 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
         if constexpr (kFourFit)
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
-        // dY by the loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp; one loader warpgroup)
-        if (tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp"))
-          kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
+        // dY by the loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp), dbias by the
+        // computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing; K >= 128); one loader warpgroup
+        const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
+        const bool dbc = tma && loaders == 1 && kNmb >= 2 && env_is("LARGEOUT_SM90_DW_DBIAS", "computing");
+        if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
+        if constexpr (kNmb >= 2)
+          if (dbc)
+            kernel = dycp ? gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>
+                          : gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
+        if (dbc)
+          while (stages > 3 && C::smem_bytes(stages, tma, split_b, true) > smem_budget(dev)) --stages;
+        const int64_t smem = C::smem_bytes(stages, tma, split_b, dbc);
+        if (smem > smem_budget(dev)) return cudaErrorInvalidValue;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE, 1-3 on v1,
           // 1-6 on v2 (one loader warpgroup).
