@@ -717,7 +717,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   uint8_t* base = align_smem(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
-  float* red = reinterpret_cast<float*>(empty + stages);  // [128][8] dbias partials
+  float* red = reinterpret_cast<float*>(empty + stages);  // dbias partials: [128][8] (kDbC: [256][8])
   float* part = red + 128 * 8;                            // split_b: [G / 2][128] of the second warpgroup
 
   const int g_begin = blockIdx.x * groups_per_cta;
@@ -815,46 +815,73 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       uint32_t dy_dst[kDyPer];
 #pragma unroll
       for (int m = 0; m < kDyPer; ++m) dy_dst[m] = C::kABytes + C::dy_chunk(r0 + kDyRowStep * m, pc);
+      // Stage (g, bc) into slot s: its dY tile (TMA boxes, or kDyCp this thread's chunks) and this
+      // thread's gathers (from src[q] + off), which arrive on the slot's `full` barrier when they land.
+      auto issue_stage = [&](int g, int bc, int s, const T* const (&src)[kRowsPer], int off) {
+        uint8_t* as = base + s * kStageBytes;
+        if constexpr (kDyCp) {
+          // (bytes of the chunk inside L: 16, or fewer where a row-padded dY ends within it)
+          const int64_t l = int64_t(g) * G + 8 * pc;
+          const uint32_t lbytes = l >= L ? 0u : L - l >= 8 ? 16u : uint32_t(L - l) * 2u;
+#pragma unroll
+          for (int m = 0; m < kDyPer; ++m) {
+            const int row = bc * 64 + r0 + kDyRowStep * m;
+            const uint32_t bytes = row < B ? lbytes : 0u;
+            cp_async_16_zfill(as + dy_dst[m], bytes != 0 ? dy + int64_t(row) * ldy + l : dy, bytes);
+          }
+        } else if (tid == 0) {
+          if constexpr (kProbe == 2 || kProbe == 5) {
+            mbar_arrive(&full[s]);
+          } else {
+            mbar_arrive_expect_tx(&full[s], C::kDyBytes);
+#pragma unroll
+            for (int bx = 0; bx < G / kBoxLabels; ++bx)
+              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels,
+                          bc * 64);
+          }
+        }
+        if constexpr (kProbe == 1 || kProbe == 5) {
+          mbar_arrive(&full[s]);
+        } else {
+#pragma unroll
+          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], src[q] + off);
+          mbar_arrive_cp_async(&full[s]);
+        }
+      };
+      if constexpr (kDbC) {
+        // The loader only issues copies (the computing warpgroups read dY for dbias and release
+        // the stages): a group at a time, its stages straight through.
+        // (the gather pointers advance by a batch chunk per stage: 64-bit adds, not products)
+        RingPos ri{0, 0};
+        for (int g = g_begin; g < g_end; ++g) {
+          point_rows(g);
+          const T* src[kRowsPer];
+#pragma unroll
+          for (int q = 0; q < kRowsPer; ++q) src[q] = a_src[q];
+          for (int bc = 0; bc < nbc; ++bc) {
+            const int s = ri.slot;
+            mbar_wait(&empty[s], ri.phase ^ 1, 20);
+            ri.advance(1, stages);
+            issue_stage(g, bc, s, src, 0);
+#pragma unroll
+            for (int q = 0; q < kRowsPer; ++q) src[q] += 64;
+          }
+        }
+        cp_async_wait_all();  // (its last copies land before it exits: v2 commits no groups)
+        return;
+      }
       RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
       DwStep si{g_begin, 0}, sj{g_begin, 0};
       for (int i = 0; i < total + ahead; ++i) {
         if (i < total) {
           const int g = si.g, bc = si.bc, s = ri.slot;
-          uint8_t* as = base + s * kStageBytes;
           if (bc == 0) point_rows(g);
           mbar_wait(&empty[s], ri.phase ^ 1, 20);
           ri.advance(1, stages);
           si.next(nbc);
-          if constexpr (kDyCp) {
-            // (bytes of the chunk inside L: 16, or fewer where a row-padded dY ends within it)
-            const int64_t l = int64_t(g) * G + 8 * pc;
-            const uint32_t lbytes = l >= L ? 0u : L - l >= 8 ? 16u : uint32_t(L - l) * 2u;
-#pragma unroll
-            for (int m = 0; m < kDyPer; ++m) {
-              const int row = bc * 64 + r0 + kDyRowStep * m;
-              const uint32_t bytes = row < B ? lbytes : 0u;
-              cp_async_16_zfill(as + dy_dst[m], bytes != 0 ? dy + int64_t(row) * ldy + l : dy, bytes);
-            }
-          } else if (tid == 0) {
-            if constexpr (kProbe == 2 || kProbe == 5) {
-              mbar_arrive(&full[s]);
-            } else {
-              mbar_arrive_expect_tx(&full[s], C::kDyBytes);
-#pragma unroll
-              for (int bx = 0; bx < G / kBoxLabels; ++bx)
-                tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels,
-                            bc * 64);
-            }
-          }
-          if constexpr (kProbe == 1 || kProbe == 5) {
-            mbar_arrive(&full[s]);
-          } else {
-#pragma unroll
-            for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + bc * 64);
-            mbar_arrive_cp_async(&full[s]);
-          }
+          issue_stage(g, bc, s, a_src, bc * 64);
         }
-        if (kDbC || i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
+        if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
         mbar_wait(&full[s], rj.phase, 22);
         rj.advance(1, stages);
@@ -868,9 +895,9 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], tid & 31);
         if (kProbe != 4 && bc == nbc - 1) dbias_of_group(g);
       }
-      // (the other loader warpgroups, and kDbC's one, never wait on `full`: they let their last
-      // copies land before they exit; the first one waited for every stage above)
-      if (kDbC || wg != 0) cp_async_wait(0);
+      // (the other loader warpgroups never wait on `full`: they let their last copies land
+      // before they exit; the first one waited for every stage above)
+      if (wg != 0) cp_async_wait_all();
       return;
     }
     // A consumer holds a stage until its next one is full: at most stages - 2 ahead (split_b:
@@ -2115,10 +2142,13 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
         const bool dbc = tma && loaders == 1 && kNmb >= 2 && env_is("LARGEOUT_SM90_DW_DBIAS", "computing");
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
-        if constexpr (kNmb >= 2)
-          if (dbc)
-            kernel = dycp ? gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>
-                          : gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
+        if constexpr (kNmb >= 2) {
+          if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
+          // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
+          // warpgroups alone there)
+          if constexpr (!(G == 128 && kNmb == 4))
+            if (dbc && dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>;
+        }
         if (dbc)
           while (stages > 3 && C::smem_bytes(stages, tma, split_b, true) > smem_budget(dev)) --stages;
         const int64_t smem = C::smem_bytes(stages, tma, split_b, dbc);

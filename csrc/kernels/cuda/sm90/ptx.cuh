@@ -129,6 +129,8 @@ __device__ __forceinline__ void cp_async_16_zfill(void* dst, const void* src, ui
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Waits until all of this thread's cp.async copies, committed to a group or not, have completed.
+__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_all;" ::: "memory"); }
 // Waits until at most n (0..8) of this thread's most recent cp.async groups are pending.
 __device__ __forceinline__ void cp_async_wait(int n) {
   switch (n) {
