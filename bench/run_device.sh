@@ -32,7 +32,8 @@
 #     optdw  build, the optimizer / rounding / Hopper dW tests, bench_optim, the B=512 K=128 benchmark, bench_fp8 as
 #            time allows (OPTDW_BUDGET s after the start, default 570); OPTDW_OPTIM=0: the dW and group-sparse fp8
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
-#     dwcp   build, dW v2's probes (bench/probe_fwd.py --passes dw), its variants at the headline twice in turn
+#     dwcp   build, dW v2's probes (bench/probe_fwd.py --passes dw), the forward's (--passes fwd, 3 computing
+#            warpgroups, 8 stages), dW's variants at the headline twice in turn
 #            (tma: the default; cp: LARGEOUT_SM90_DW_DY=cp; dbc: LARGEOUT_SM90_DW_DBIAS=computing; dbccp: both),
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
@@ -351,6 +352,9 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
   deadline=$(( T0 + ${DWCP_BUDGET:-480} ))
   echo "== probes: dW v2 at B=512 K=128 G=32 with parts switched off (bench/probe_fwd.py --passes dw)"
   timeout 90 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | grep -E "'pass'|cuBLAS" | tail -18
+  echo "== probes: the forward at G=32 (three computing warpgroups, 8 stages; TMA and plain stores)"
+  timeout 60 python3 bench/probe_fwd.py --passes fwd --cons 3 --stages 8 --out "$OUT/probe_fwd.json" 2>&1 \
+    | grep -E "'probe'|cuBLAS" | tail -8
   for n in 1 2; do
     for v in tma cp dbc dbccp; do
       left=$(( deadline - $(date +%s) ))
