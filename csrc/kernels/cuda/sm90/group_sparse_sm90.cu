@@ -691,7 +691,8 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // of each stage's gathers; only the first also does the dY box, dbias and the release:
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
 // per SM, ~6.3 from 256 and ~9.7 from 512 (gather_bw_s21_h200.json), and dW at G = 32 moves
-// 2.74 GB of gathers in 0.90 ms (3.0 TB/s): the one loader warpgroup's issue was its bound.
+// 2.74 GB of gathers in 0.90 ms (3.0 TB/s), which suggested the one loader warpgroup's issue as
+// its bound; but 2 and 4 measured 5-7% slower than 1 (dwload_*_s23_h100.json), so it is not.
 // kDyCp (v2, one loader warpgroup; LARGEOUT_SM90_DW_DY=cp, opt-in until measured): the dY tile
 // comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
 // past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
@@ -2053,8 +2054,9 @@ namespace {
 // (measured 1.3-4.5x faster than the generic kernels there, bench/results/dw_splitb_h200.json;
 // LARGEOUT_SM90_DW_SPLITB=0 leaves those shapes to the generic kernels).
 bool dw_split_batch() { return !env_is("LARGEOUT_SM90_DW_SPLITB", "0"); }
-// Loader warpgroups of dW v2: LARGEOUT_SM90_DW_LOADERS=2 or 4 asks for two or four (opt-in until
-// measured; where they do not fit, fewer: see dw()), else one.
+// Loader warpgroups of dW v2: LARGEOUT_SM90_DW_LOADERS=2 or 4 asks for two or four (opt-in: both
+// measured slower than one at the headline, dwload_*_s23_h100.json; where they do not fit, fewer:
+// see dw()), else one.
 int dw_loaders() {
   const int n = env_int("LARGEOUT_SM90_DW_LOADERS");
   return n == 2 || n == 4 ? n : 1;
