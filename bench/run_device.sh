@@ -46,9 +46,7 @@
 #     suite  build, the whole suite, the B=512 K=128 headline, bench_optim (OPTIM_CASES; again per
 #            LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST; SUITE_OPTIM=0: none), Nsight Compute profiles
 #            (SUITE_NCU: "pass:G:dW loaders ...", default the forward's "fwd:32:1"), as SUITE_BUDGET s after
-#            the start allow (default 585); SUITE_PROBE_DW=1: bench/probe_fwd.py --passes dw first (dW v2's
-#            probes); SUITE_VARIANTS="VAR=value ...": before the suite, the L=670,208 benchmark with each
-#            switch and again without; SUITE_MEMCHECK_K: memcheck of the Hopper tests matching it;
+#            the start allow (default 585); SUITE_MEMCHECK_K: memcheck of the Hopper tests matching it;
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_FWD_PROFILE=1:
 #            bench/profile_fp8.py --forward before the forward's profile
 #     gatherbw build, largeout_bench_gather_bw
@@ -437,20 +435,6 @@ if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headlin
   # largeout_bench_gather_bw first.
   deadline=$(( T0 + ${SUITE_BUDGET:-585} ))
   [ "${GATHER_BW:-0}" = 1 ] && gather_bw
-  if [ "${SUITE_PROBE_DW:-0}" = 1 ]; then
-    echo "== probes: dW v2 at B=512 K=128 G=32 with parts switched off (bench/probe_fwd.py --passes dw)"
-    timeout 120 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | grep -E "'pass'|cuBLAS" | tail -18
-  fi
-  n=0
-  for v in ${SUITE_VARIANTS:-}; do  # VAR=value: the B=512 K=128 L=670,208 benchmark with that switch, then without
-    n=$(( n + 1 )); left=$(( deadline - $(date +%s) ))
-    [ $left -gt 50 ] || break
-    echo "== $v (variant $n) and the default after it"
-    env "$v" timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
-      --out "$OUT/variant_${n}.json" 2>&1 | grep -E " dw " | tail -3
-    timeout 40 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L 670208 \
-      --out "$OUT/variant_${n}_default.json" 2>&1 | grep -E " dw " | tail -3
-  done
   echo "== tests: whole suite"
   left=$(( deadline - $(date +%s) ))
   RUN_TESTS_TIMEOUT=$(( left - 45 < 420 ? left - 45 : 420 )) run_tests gpu_tests.log $TESTS

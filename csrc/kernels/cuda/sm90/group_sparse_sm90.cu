@@ -817,8 +817,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
 #pragma unroll
       for (int m = 0; m < kDyPer; ++m) dy_dst[m] = C::kABytes + C::dy_chunk(r0 + kDyRowStep * m, pc);
       // Stage (g, bc) into slot s: its dY tile (TMA boxes, or kDyCp this thread's chunks) and this
-      // thread's gathers (from src[q] + off), which arrive on the slot's `full` barrier when they land.
-      auto issue_stage = [&](int g, int bc, int s, const T* const (&src)[kRowsPer], int off) {
+      // thread's gathers (from a_src[q] + off), which arrive on the slot's `full` barrier when they land.
+      auto issue_stage = [&](int g, int bc, int s, int off) {
         uint8_t* as = base + s * kStageBytes;
         if constexpr (kDyCp) {
           // (bytes of the chunk inside L: 16, or fewer where a row-padded dY ends within it)
@@ -845,27 +845,25 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           mbar_arrive(&full[s]);
         } else {
 #pragma unroll
-          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], src[q] + off);
+          for (int q = 0; q < kRowsPer; ++q) cp_async_16(as + a_dst[q], a_src[q] + off);
           mbar_arrive_cp_async(&full[s]);
         }
       };
       if constexpr (kDbC) {
         // The loader only issues copies (the computing warpgroups read dY for dbias and release
         // the stages): a group at a time, its stages straight through.
-        // (the gather pointers advance by a batch chunk per stage: 64-bit adds, not products)
+        // (the gather pointers advance by a batch chunk per stage, 64-bit adds rather than
+        // products, until point_rows sets them for the next group)
         RingPos ri{0, 0};
         for (int g = g_begin; g < g_end; ++g) {
           point_rows(g);
-          const T* src[kRowsPer];
-#pragma unroll
-          for (int q = 0; q < kRowsPer; ++q) src[q] = a_src[q];
           for (int bc = 0; bc < nbc; ++bc) {
             const int s = ri.slot;
             mbar_wait(&empty[s], ri.phase ^ 1, 20);
             ri.advance(1, stages);
-            issue_stage(g, bc, s, src, 0);
+            issue_stage(g, bc, s, 0);
 #pragma unroll
-            for (int q = 0; q < kRowsPer; ++q) src[q] += 64;
+            for (int q = 0; q < kRowsPer; ++q) a_src[q] += 64;
           }
         }
         cp_async_wait_all();  // (its last copies land before it exits: v2 commits no groups)
@@ -880,7 +878,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
           mbar_wait(&empty[s], ri.phase ^ 1, 20);
           ri.advance(1, stages);
           si.next(nbc);
-          issue_stage(g, bc, s, a_src, bc * 64);
+          issue_stage(g, bc, s, bc * 64);
         }
         if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
