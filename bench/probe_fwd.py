@@ -10,7 +10,7 @@ warpgroup's ring (fewer where they do not fit) and the output stored by TMA
 (LARGEOUT_SM90_FWD_TMA_STORE=1) or by plain stores (0). max_abs_diff_vs_default compares
 with the library's default choice (computed first). dW probes (LARGEOUT_SM90_DW_PROBE,
 bf16, G=32, K=128 only) on v2 (dY by TMA, the default where L % 8 == 0; one loader
-warpgroup): 0 the kernel, 1 no gathers of x^T rows, 2 no TMA of dY tiles, 3 no MMAs, 4 no
+warpgroup, which sums dbias: LARGEOUT_SM90_DW_DBIAS=loader, set here): 0 the kernel, 1 no gathers of x^T rows, 2 no TMA of dY tiles, 3 no MMAs, 4 no
 dbias, 5 neither gathers nor dY (the ring's barriers, MMAs and dbias alone), 6 no proxy fence
 before the MMAs (results wrong except for 0); with --dw-v1 first on v1 (LARGEOUT_SM90_DW=v1:
 1 no gathers, 2 no dY loads or placement, 3 no MMAs). dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
@@ -103,6 +103,7 @@ def main() -> None:
         # the end); v1 (LARGEOUT_SM90_DW=v1) with 0-3 only where --dw-v1
         runs = [("v1", p) for p in range(4)] if a.dw_v1 else []
         runs += [("v2", p) for _ in range(2) for p in range(7)] + [("v2", 0)]
+        os.environ["LARGEOUT_SM90_DW_DBIAS"] = "loader"  # the probed kernel's dbias
         for version, probe in runs:
             if version == "v1":
                 os.environ["LARGEOUT_SM90_DW"] = "v1"
@@ -120,6 +121,7 @@ def main() -> None:
             print(row, flush=True)
         os.environ.pop("LARGEOUT_SM90_DW_PROBE")
         os.environ.pop("LARGEOUT_SM90_DW", None)
+        os.environ.pop("LARGEOUT_SM90_DW_DBIAS")
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

@@ -34,7 +34,8 @@
 #            tests, the B=512 K=128 benchmark, bench_group_sparse_fp8
 #     dwcp   build, dW v2's probes (bench/probe_fwd.py --passes dw), the forward's (--passes fwd, 3 computing
 #            warpgroups, 8 stages), dW's variants at the headline twice in turn
-#            (tma: the default; cp: LARGEOUT_SM90_DW_DY=cp; dbc: LARGEOUT_SM90_DW_DBIAS=computing; dbccp: both),
+#            (tma: LARGEOUT_SM90_DW_DBIAS=loader; cp: that and LARGEOUT_SM90_DW_DY=cp; dbc: the default since
+#            session 24, dbias by the computing warpgroups; dbccp: dbc with LARGEOUT_SM90_DW_DY=cp),
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     dwload build, the Hopper kernel tests (tests/test_group_sparse_sm90.py and _fp8.py: dW with 2 and 4 loader

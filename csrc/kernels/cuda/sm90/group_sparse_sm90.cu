@@ -692,18 +692,22 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
 // per SM, ~6.3 from 256 and ~9.7 from 512 (gather_bw_s21_h200.json), and dW at G = 32 moves
 // 2.74 GB of gathers in 0.90 ms (3.0 TB/s), which suggested the one loader warpgroup's issue as
-// its bound; but 2 and 4 measured 5-7% slower than 1 (dwload_*_s23_h100.json), so it is not.
-// kDyCp (v2, one loader warpgroup; LARGEOUT_SM90_DW_DY=cp, opt-in until measured): the dY tile
+// its bound; but 2 and 4 measured 5-7% slower than 1 (dwload_*_s23_h100.json): the first
+// loader's own chain (wait for the landed tile, dbias, release) was, which kDbC removes.
+// kDyCp (v2, one loader warpgroup; LARGEOUT_SM90_DW_DY=cp, opt-in: 9% slower at G = 32, 12% at
+// G = 128 than TMA, B = 512 K = 128 L = 670,208 in dwcp_*_s24_h100.json): the dY tile
 // comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
 // past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
 // G * 2 bytes (64 at G = 32), so that dY takes the path the gathers take; tm_dy is then unused.
 // kDbC (v2 with both computing warpgroups on every stage, K >= 128, one loader warpgroup;
-// LARGEOUT_SM90_DW_DBIAS=computing, opt-in until measured): dbias is summed by the computing
+// the default there; LARGEOUT_SM90_DW_DBIAS=loader opts out): dbias is summed by the computing
 // warpgroups from the dY tile their MMAs read, each thread one 16-byte chunk of G / 32 rows per
 // stage, and reduced at each group's end over all 256 of them; the loader then only issues
 // copies (no wait for a landed stage, no reads, no release). Session 18's per-instruction
 // profile had the loader warps busy with their ~190 instructions a stage (dbias among them)
-// while the computing warps waited for stages.
+// while the computing warps waited for stages. Measured (dwcp_*_s24_h100.json, B = 512 K = 128
+// L = 670,208, twice in turn): dW at G = 32 0.874 -> 0.470 ms, G = 64 0.537 -> 0.340, G = 128
+// 0.318 -> 0.310, so the loader's chain was dW's bound.
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
           bool kDbC = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
@@ -2137,10 +2141,11 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
         if constexpr (kFourFit)
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
-        // dY by the loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp), dbias by the
-        // computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing; K >= 128); one loader warpgroup
+        // dbias by the computing warpgroups (kDbC: the default at K >= 128 with one loader
+        // warpgroup; LARGEOUT_SM90_DW_DBIAS=loader keeps it in the loader), dY by the loader's
+        // cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
         const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
-        const bool dbc = tma && loaders == 1 && kNmb >= 2 && env_is("LARGEOUT_SM90_DW_DBIAS", "computing");
+        const bool dbc = tma && loaders == 1 && kNmb >= 2 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader");
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if constexpr (kNmb >= 2) {
           if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
