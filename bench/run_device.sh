@@ -37,6 +37,9 @@
 #            (tma: LARGEOUT_SM90_DW_DBIAS=loader; cp: that and LARGEOUT_SM90_DW_DY=cp; dbc: the default since
 #            session 24, dbias by the computing warpgroups; dbccp: dbc with LARGEOUT_SM90_DW_DY=cp),
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
+#     dbc    build, the dW tests, memcheck on the K = 64 dW tests, dW at B 128/512 and K 64/256 with dbias by the
+#            computing warpgroups (the default) and by the loader (LARGEOUT_SM90_DW_DBIAS=loader) twice in turn, then
+#            the issue-4 grid per batch size (SWEEP_B) as DBC_BUDGET s after the start allow (default 560)
 #     dwstages build, the dW tests, the B=512 benchmark for each LARGEOUT_SM90_DW_STAGES in DW_STAGES_LIST (8 10 11)
 #     dwload build, the Hopper kernel tests (tests/test_group_sparse_sm90.py and _fp8.py: dW with 2 and 4 loader
 #            warpgroups, session 22's forward / dx v2 / dW instruction cuts), then the B=512
@@ -368,6 +371,27 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
   left=$(( deadline - $(date +%s) ))
   echo "== tests: Hopper dW (${left} s left)"
   [ $left -gt 30 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests_dwcp.log tests/test_group_sparse_sm90.py -k "dw"
+  exit 0
+fi
+
+if [ "$MODE" = dbc ]; then  # dbias by the computing warpgroups at every K: the dW tests, memcheck on K = 64, dW with
+  # the default (dbc) and LARGEOUT_SM90_DW_DBIAS=loader at B 128 and 512, K 64 and 256 twice in turn, then the grid
+  # per batch size (SWEEP_B), each as DBC_BUDGET s after the start allow (default 560)
+  deadline=$(( T0 + ${DBC_BUDGET:-560} ))
+  echo "== tests: Hopper dW"
+  RUN_TESTS_TIMEOUT=150 run_tests gpu_tests_dbc.log tests/test_group_sparse_sm90.py -k "dw"
+  memcheck_tests memcheck_dbc.log tests/test_group_sparse_sm90.py \
+    "(dw_versions or dw_ring_sizes and B512) and K64 and not dycp and not loaders"
+  for n in 1 2; do
+    for v in computing loader; do
+      left=$(( deadline - $(date +%s) ))
+      [ $left -gt 60 ] || break 2
+      echo "== dW with dbias by the $v, round $n"
+      LARGEOUT_SM90_DW_DBIAS=$v timeout 40 python3 bench/bench_group_sparse.py --B 128,512 --K 64,256 --G 32,64,128 \
+        --L 670208 --out "$OUT/dbc_${n}_$v.json" 2>&1 | grep -E " dw " | tail -12
+    done
+  done
+  run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
 

@@ -348,12 +348,13 @@ DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader
 def use_dw_version(version, K, G, monkeypatch):
     """Selects a dW kernel variant of DW_VERSIONS through its environment switches: v1
     (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default: dbias summed by the computing
-    warpgroups at K >= 128, by the loader at K = 64), v2 with two or four loader warpgroups
+    warpgroups; at K = 64 by the one that takes a stage, reduced over both where they split the
+    batch, else over the group's warpgroup), v2 with two or four loader warpgroups
     (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to two or one;
     two do not apply at G = 128, K = 256, which is skipped; the loader sums dbias), v2 with
     the dY tile by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp; at G = 128,
     K = 256 the dbias default alone), v2 with dbias summed by the loader
-    (LARGEOUT_SM90_DW_DBIAS=loader; at K = 64 plain v2, which the v2 case covers), and both."""
+    (LARGEOUT_SM90_DW_DBIAS=loader), and both."""
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     if version == "v2-2loaders":
@@ -365,8 +366,6 @@ def use_dw_version(version, K, G, monkeypatch):
     if version in ("v2-dycp", "v2-dbloader-dycp"):
         monkeypatch.setenv("LARGEOUT_SM90_DW_DY", "cp")
     if version in ("v2-dbloader", "v2-dbloader-dycp"):
-        if K == 64:
-            pytest.skip("at K = 64 the loader sums dbias anyway (the v2 and v2-dycp cases cover it)")
         monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "loader")
 
 
@@ -374,8 +373,7 @@ def use_dw_version(version, K, G, monkeypatch):
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # summed from the landed tile by the computing warpgroups at K >= 128, by the loader at
-    # K = 64), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
+    # summed from the landed tile by the computing warpgroups), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
     # dbias by the loader) and v1 (LARGEOUT_SM90_DW=v1; the path for odd
     # L), element by element against float64, twice (deterministic).
     B, H, L, K, G = shape
@@ -416,7 +414,7 @@ def test_sm90_dw_variants_dtypes_and_row_padded_dy(shape, dtype, variant, poison
     # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only),
     # with the dY tile by cp.async (LARGEOUT_SM90_DW_DY=cp: the chunk that holds the last
     # label reads only up to L) or with dbias summed by the loader instead of the computing
-    # warpgroups (LARGEOUT_SM90_DW_DBIAS=loader; the 130 x 64 shape sums it there anyway), in both
+    # warpgroups (LARGEOUT_SM90_DW_DBIAS=loader), in both
     # 16-bit types, on dY as a row-padded view at odd L (NaN in the padding, never read),
     # against float64 element by element, twice (deterministic).
     monkeypatch.setenv(*variant)

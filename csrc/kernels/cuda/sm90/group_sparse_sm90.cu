@@ -699,10 +699,11 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
 // past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
 // G * 2 bytes (64 at G = 32), so that dY takes the path the gathers take; tm_dy is then unused.
-// kDbC (v2 with both computing warpgroups on every stage, K >= 128, one loader warpgroup;
-// the default there; LARGEOUT_SM90_DW_DBIAS=loader opts out): dbias is summed by the computing
-// warpgroups from the dY tile their MMAs read, each thread one 16-byte chunk of G / 32 rows per
-// stage, and reduced at each group's end over all 256 of them; the loader then only issues
+// kDbC (v2, one loader warpgroup; the default there, LARGEOUT_SM90_DW_DBIAS=loader opts out):
+// dbias is summed by the computing warpgroups from the dY tile their MMAs read, each thread one
+// 16-byte chunk of G / 32 rows per stage (K = 64, where one warpgroup takes a stage: G / 16),
+// and reduced at each group's end over the threads that worked on it (256; K = 64 with
+// alternate groups: the warpgroup's 128); the loader then only issues
 // copies (no wait for a landed stage, no reads, no release). Session 18's per-instruction
 // profile had the loader warps busy with their ~190 instructions a stage (dbias among them)
 // while the computing warps waited for stages. Measured (dwcp_*_s24_h100.json, B = 512 K = 128
@@ -741,8 +742,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
                 "more loader warpgroups: 2 or 4, v2 only");
   static_assert(kProbe <= 3 || kTma, "probes 4-6: v2 only");
   static_assert(!kDyCp || (kTma && kLoaders == 1 && kProbe == 0), "dY by cp.async: v2, one loader warpgroup");
-  static_assert(!kDbC || (kTma && kNmb >= 2 && kLoaders == 1 && kProbe == 0),
-                "dbias by the computing warpgroups: v2, K >= 128, one loader warpgroup");
+  static_assert(!kDbC || (kTma && kLoaders == 1 && kProbe == 0),
+                "dbias by the computing warpgroups: v2, one loader warpgroup");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
@@ -956,10 +957,13 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   const int g_step = split_m || split_b ? 1 : 2;
   const int bc_first = split_b ? cw : 0, bc_step = split_b ? 2 : 1;
   RingPos group_pos = RingPos::at((g_first - g_begin) * nbc + bc_first, stages);  // its first step's slot
-  // kDbC: this thread's dY chunk (labels 8 dpc ..) of tile rows dr0 + kDbRowStep m, m < kDbPer
+  // kDbC: the threads that read a stage's dY tile for dbias are both computing warpgroups where
+  // both work on every stage (split_m), else the one that takes the stage; this thread's chunk
+  // (labels 8 dpc ..) of tile rows dr0 + kDbRowStep m, m < kDbPer.
   const int ct = threadIdx.x - 128 * kLoaders;  // 0 .. 255
-  constexpr int kDbRowStep = 256 / (G / 8), kDbPer = 64 / kDbRowStep;
-  const int dpc = ct % (G / 8), dr0 = ct / (G / 8);
+  constexpr int kDbThreads = split_m ? 256 : 128;
+  constexpr int kDbRowStep = kDbThreads / (G / 8), kDbPer = 64 / kDbRowStep;
+  const int dpc = ct % (G / 8), dr0 = (ct % kDbThreads) / (G / 8);
   for (int g = g_first; g < g_end; g += g_step, group_pos.advance(g_step * nbc, stages)) {
     float acc[kMaxMB][G / 2];
     float dsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -1015,22 +1019,26 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     for (int m = 0; m < kMaxMB; ++m) fence_regs(acc[m]);
     if (kProbe != 3 && prev >= 0) release(&empty[prev], lane);
     if constexpr (kDbC) {
-      // dbias of group g: label lab is summed by the 256 / G threads ct = lab (256 / G) + part,
-      // each over the partials of threads dpc' = lab / 8 + (G / 8) (part + (256 / G) k), k < 8,
-      // then by a shuffle tree within those lanes: a fixed order.
+      // dbias of group g over the nr threads that worked on it (both computing warpgroups with
+      // split_m or split_b, else this one; their partials sit at rows rbase .. of red): label
+      // lab is summed by the nr / G threads rt = lab (nr / G) + part, each over the partials of
+      // the threads with its chunk (dpc = lab / 8), rt' = lab / 8 + (G / 8) (part + (nr / G) k),
+      // k < 8 (128 is a multiple of G / 8, so a thread's dpc is also rt' mod G / 8), then by a
+      // shuffle tree within those lanes: a fixed order.
+      const int nr = split_m || split_b ? 256 : 128, rbase = nr == 256 ? 0 : 128 * cw, rt = ct - rbase;
+      const int bar = nr == 256 ? 3 : 4 + cw;  // (the warpgroups of alternate groups reduce apart)
 #pragma unroll
       for (int q = 0; q < 8; ++q) red[ct * 8 + q] = dsum[q];
-      named_barrier(3, 256);
-      constexpr int kTpl = 256 / G;  // threads per label (8, 4, 2)
-      const int lab = ct / kTpl, part = ct % kTpl;
+      named_barrier(bar, nr);
+      const int tpl = nr / G;  // threads per label (8, 4, 2; alternate groups: 4, 2, 1)
+      const int lab = rt / tpl, part = rt % tpl;
       float sum = 0.f;
 #pragma unroll
-      for (int k = 0; k < 8; ++k) sum += red[((lab >> 3) + (G / 8) * (part + kTpl * k)) * 8 + (lab & 7)];
-#pragma unroll
-      for (int off = kTpl / 2; off >= 1; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+      for (int k = 0; k < 8; ++k) sum += red[(rbase + (lab >> 3) + (G / 8) * (part + tpl * k)) * 8 + (lab & 7)];
+      for (int off = tpl / 2; off >= 1; off /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, off);
       const int64_t l = int64_t(g) * G + lab;
       if (db != nullptr && part == 0 && l < L) db[l] = from_float<T>(sum);
-      named_barrier(3, 256);  // read before the next group's partials
+      named_barrier(bar, nr);  // read before the next group's partials
     }
     if (split_b) {  // the second warpgroup's partial to the first, which adds it and stores
       const int tl = threadIdx.x & 127;
@@ -1932,9 +1940,9 @@ int dw_max_stages() {
 }
 
 template <int G, int kNmb>
-int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false) {
+int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false, bool dbc = false) {
   int st = dw_max_stages();
-  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b) > smem_budget(dev)) --st;
+  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b, dbc) > smem_budget(dev)) --st;
   if (split_b) st = st >= 4 ? st & ~1 : 0;  // even, and at least 4 (the loader runs stages - 3 ahead)
   return st;
 }
@@ -2109,14 +2117,33 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
         const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma);
         if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
-        int stages = dw_stages<G, kNmb>(dev, tma, split_b);
-        // K = 64 without split_b (the computing warpgroups take alternate groups of nbc
-        // steps) and dY by TMA: a stage's `full` barrier completes when its copies land, in
-        // any order, so a warpgroup waiting for step X needs step X - stages of the same
-        // slot complete; that is sure only for its own steps, i.e. when the ring is a
-        // multiple of two groups' steps (2 nbc <= stages here; with at least 4 stages the
-        // result is at least 4). v1's loader completes `full` in step order.
-        if (kNmb == 1 && !split_b && tma) stages -= stages % (2 * int(cdiv(s.batch, 64)));
+        // More loader warpgroups (LARGEOUT_SM90_DW_LOADERS): 2 except at G = 128, K = 256 (its
+        // two 64-wide accumulators spill at 128 registers a thread), 4 at G = 32 only (768
+        // threads: 80 registers a thread); elsewhere the request falls back to fewer.
+        constexpr bool kTwoFit = !(G == 128 && kNmb == 4), kFourFit = G == 32;
+        int loaders = tma ? dw_loaders() : 1;
+        if (loaders == 4 && !kFourFit) loaders = 2;
+        if (loaders == 2 && !kTwoFit) loaders = 1;
+        // The ring's size, with dbias's partials from the loader ([128][8] fp32) or from the
+        // computing warpgroups (dbc: [256][8]).
+        auto ring = [&](bool dbc) {
+          int st = dw_stages<G, kNmb>(dev, tma, split_b, dbc);
+          // K = 64 without split_b (the computing warpgroups take alternate groups of nbc
+          // steps) and dY by TMA: a stage's `full` barrier completes when its copies land, in
+          // any order, so a warpgroup waiting for step X needs step X - stages of the same
+          // slot complete; that is sure only for its own steps, i.e. when the ring is a
+          // multiple of two groups' steps (2 nbc <= stages here without dbc; with at least 4
+          // stages the result is at least 4). v1's loader completes `full` in step order.
+          if (kNmb == 1 && !split_b && tma) st -= st % (2 * int(cdiv(s.batch, 64)));
+          return st;
+        };
+        // dbias by the computing warpgroups (kDbC: the default with one loader warpgroup, where
+        // its ring holds at least 3 stages; LARGEOUT_SM90_DW_DBIAS=loader keeps it in the loader),
+        // dY by the loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in:
+        // measured slower)
+        const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
+        const bool dbc = tma && loaders == 1 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader") && ring(true) >= 3;
+        const int stages = ring(dbc);
         if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
         const int Bp = int(cdiv(B, 64) * 64);
@@ -2130,32 +2157,16 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
-        // More loader warpgroups (LARGEOUT_SM90_DW_LOADERS): 2 except at G = 128, K = 256 (its
-        // two 64-wide accumulators spill at 128 registers a thread), 4 at G = 32 only (768
-        // threads: 80 registers a thread); elsewhere the request falls back to fewer.
-        constexpr bool kTwoFit = !(G == 128 && kNmb == 4), kFourFit = G == 32;
-        int loaders = tma ? dw_loaders() : 1;
-        if (loaders == 4 && !kFourFit) loaders = 2;
-        if (loaders == 2 && !kTwoFit) loaders = 1;
         if constexpr (kTwoFit)
           if (loaders == 2) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 2>;
         if constexpr (kFourFit)
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
-        // dbias by the computing warpgroups (kDbC: the default at K >= 128 with one loader
-        // warpgroup; LARGEOUT_SM90_DW_DBIAS=loader keeps it in the loader), dY by the loader's
-        // cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
-        const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
-        const bool dbc = tma && loaders == 1 && kNmb >= 2 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader");
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
-        if constexpr (kNmb >= 2) {
-          if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
-          // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
-          // warpgroups alone there)
-          if constexpr (!(G == 128 && kNmb == 4))
-            if (dbc && dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>;
-        }
-        if (dbc)
-          while (stages > 3 && C::smem_bytes(stages, tma, split_b, true) > smem_budget(dev)) --stages;
+        if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
+        // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
+        // warpgroups alone there)
+        if constexpr (!(G == 128 && kNmb == 4))
+          if (dbc && dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>;
         const int64_t smem = C::smem_bytes(stages, tma, split_b, dbc);
         if (smem > smem_budget(dev)) return cudaErrorInvalidValue;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
