@@ -115,7 +115,8 @@ python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || 
 
 run_tests() {  # $1: log name, rest: pytest args
   local log=$1; shift
-  timeout "${RUN_TESTS_TIMEOUT:-420}" python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -25
+  timeout "${RUN_TESTS_TIMEOUT:-420}" python3 -X faulthandler -m pytest "$@" -q -ra -p no:cacheprovider \
+    -o faulthandler_timeout=60 2>&1 | tee "$OUT/$log" | tail -25
   echo "pytest rc=${PIPESTATUS[0]}"
 }
 
@@ -375,13 +376,13 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
 fi
 
 if [ "$MODE" = dbc ]; then  # dbias by the computing warpgroups at every K: the dW tests, memcheck on K = 64, dW with
-  # the default (dbc) and LARGEOUT_SM90_DW_DBIAS=loader at B 128 and 512, K 64 and 256 twice in turn, then the grid
+  # LARGEOUT_SM90_DW_DBIAS=computing and =loader at B 128 and 512, K 64 and 256 twice in turn, then the grid
   # per batch size (SWEEP_B), each as DBC_BUDGET s after the start allow (default 560)
   deadline=$(( T0 + ${DBC_BUDGET:-560} ))
   echo "== tests: Hopper dW"
   RUN_TESTS_TIMEOUT=150 run_tests gpu_tests_dbc.log tests/test_group_sparse_sm90.py -k "dw"
   memcheck_tests memcheck_dbc.log tests/test_group_sparse_sm90.py \
-    "(dw_versions or dw_ring_sizes and B512) and K64 and not dycp and not loaders"
+    "(dw_versions or dw_ring_sizes and B512 or k64_split_batch) and K64 and not dycp and not loaders"
   for n in 1 2; do
     for v in computing loader; do
       left=$(( deadline - $(date +%s) ))

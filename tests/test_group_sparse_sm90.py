@@ -342,19 +342,22 @@ def assert_sm90_dw_matches(dy_arg, dy, x, idx, G):
     assert_elementwise_close(db, db_ref)
 
 
-DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader", "v2-dbloader-dycp"]
+DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader", "v2-dbloader-dycp", "v2-dbc",
+               "v2-dbc-dycp"]
 
 
 def use_dw_version(version, K, G, monkeypatch):
     """Selects a dW kernel variant of DW_VERSIONS through its environment switches: v1
     (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default: dbias summed by the computing
-    warpgroups; at K = 64 by the one that takes a stage, reduced over both where they split the
-    batch, else over the group's warpgroup), v2 with two or four loader warpgroups
+    warpgroups at K >= 128, by the loader at K = 64), v2 with two or four loader warpgroups
     (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to two or one;
     two do not apply at G = 128, K = 256, which is skipped; the loader sums dbias), v2 with
     the dY tile by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp; at G = 128,
     K = 256 the dbias default alone), v2 with dbias summed by the loader
-    (LARGEOUT_SM90_DW_DBIAS=loader), and both."""
+    (LARGEOUT_SM90_DW_DBIAS=loader; K >= 128) or by the computing warpgroups at K = 64
+    (LARGEOUT_SM90_DW_DBIAS=computing: opt-in there; each stage's by the warpgroup that takes
+    it, reduced over both where they split the batch, else over the group's warpgroup), and
+    each of these with dY by cp.async."""
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     if version == "v2-2loaders":
@@ -363,17 +366,24 @@ def use_dw_version(version, K, G, monkeypatch):
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     if version == "v2-4loaders":
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
-    if version in ("v2-dycp", "v2-dbloader-dycp"):
+    if version in ("v2-dycp", "v2-dbloader-dycp", "v2-dbc-dycp"):
         monkeypatch.setenv("LARGEOUT_SM90_DW_DY", "cp")
     if version in ("v2-dbloader", "v2-dbloader-dycp"):
+        if K == 64:
+            pytest.skip("the loader sums dbias by default at K = 64 (the v2 and v2-dycp cases)")
         monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "loader")
+    if version in ("v2-dbc", "v2-dbc-dycp"):
+        if K > 64:
+            pytest.skip("the computing warpgroups sum dbias by default at K >= 128 (the v2 and v2-dycp cases)")
+        monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "computing")
 
 
 @pytest.mark.parametrize("version", DW_VERSIONS)
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # summed from the landed tile by the computing warpgroups), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
+    # summed from the landed tile by the computing warpgroups at K >= 128, by the loader at
+    # K = 64), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
     # dbias by the loader) and v1 (LARGEOUT_SM90_DW=v1; the path for odd
     # L), element by element against float64, twice (deterministic).
     B, H, L, K, G = shape
@@ -404,8 +414,9 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("variant", [("LARGEOUT_SM90_DW_LOADERS", "2"), ("LARGEOUT_SM90_DW_LOADERS", "4"),
-                                     ("LARGEOUT_SM90_DW_DY", "cp"), ("LARGEOUT_SM90_DW_DBIAS", "loader")],
-                         ids=["2loaders", "4loaders", "dycp", "dbloader"])
+                                     ("LARGEOUT_SM90_DW_DY", "cp"), ("LARGEOUT_SM90_DW_DBIAS", "loader"),
+                                     ("LARGEOUT_SM90_DW_DBIAS", "computing")],
+                         ids=["2loaders", "4loaders", "dycp", "dbloader", "dbc"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 64, 64), (200, 512, 4099, 256, 32),
                                    (33, 768, 5003, 128, 128)],
@@ -413,8 +424,8 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
 def test_sm90_dw_variants_dtypes_and_row_padded_dy(shape, dtype, variant, poison, monkeypatch):
     # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only),
     # with the dY tile by cp.async (LARGEOUT_SM90_DW_DY=cp: the chunk that holds the last
-    # label reads only up to L) or with dbias summed by the loader instead of the computing
-    # warpgroups (LARGEOUT_SM90_DW_DBIAS=loader), in both
+    # label reads only up to L) or with dbias summed by the loader (LARGEOUT_SM90_DW_DBIAS=loader;
+    # the default at K = 64) or by the computing warpgroups (=computing; the default at K >= 128), in both
     # 16-bit types, on dY as a row-padded view at odd L (NaN in the padding, never read),
     # against float64 element by element, twice (deterministic).
     monkeypatch.setenv(*variant)
@@ -480,11 +491,14 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 64, 32), (1024, 768, 4104, 64, 64), (777, 768, 3001, 64, 128),
                                    (300, 512, 2000, 64, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_k64_split_batch(shape, poison, monkeypatch):
+@pytest.mark.parametrize("dbias", ["loader", "computing"])
+def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # K = 64 with more batch chunks than half the ring holds (by default both warpgroups on
     # every group, alternate chunks, partials added in a fixed order; LARGEOUT_SM90_DW_SPLITB=0
-    # leaves them to the generic kernels), v2 (even L) and v1 (odd L), against float64
-    # element by element, twice (deterministic).
+    # leaves them to the generic kernels), v2 (even L) and v1 (odd L), with dbias summed by the
+    # loader (the default) or by the computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing, v2
+    # only: reduced over both), against float64 element by element, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"
