@@ -489,13 +489,15 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 64, 32), (1024, 768, 4104, 64, 64), (777, 768, 3001, 64, 128),
-                                   (300, 512, 2000, 64, 32)],
+                                   (300, 512, 2000, 64, 32), (320, 768, 65536, 64, 32), (448, 512, 30000, 64, 64)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 @pytest.mark.parametrize("dbias", ["loader", "computing"])
 def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # K = 64 with more batch chunks than half the ring holds (by default both warpgroups on
     # every group, alternate chunks, partials added in a fixed order; LARGEOUT_SM90_DW_SPLITB=0
-    # leaves them to the generic kernels), v2 (even L) and v1 (odd L), with dbias summed by the
+    # leaves them to the generic kernels; odd chunk counts, 5 and 7, over many groups per CTA:
+    # the warpgroups swap chunk parities from group to group so that each keeps its own ring
+    # slots), v2 (even L) and v1 (odd L), with dbias summed by the
     # loader (the default) or by the computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing, v2
     # only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)

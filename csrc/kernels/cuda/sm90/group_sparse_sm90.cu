@@ -956,8 +956,8 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   constexpr Swizzle kBSwz = G == 32 ? Swizzle::k64B : Swizzle::k128B;
   const int g_first = g_begin + (split_m || split_b ? 0 : cw);
   const int g_step = split_m || split_b ? 1 : 2;
-  const int bc_first = split_b ? cw : 0, bc_step = split_b ? 2 : 1;
-  RingPos group_pos = RingPos::at((g_first - g_begin) * nbc + bc_first, stages);  // its first step's slot
+  const int bc_step = split_b ? 2 : 1;
+  RingPos group_pos = RingPos::at((g_first - g_begin) * nbc, stages);  // the slot of its group's first step
   // kDbC: the threads that read a stage's dY tile for dbias are both computing warpgroups where
   // both work on every stage (split_m), else the one that takes the stage; this thread's chunk
   // (labels 8 dpc ..) of tile rows dr0 + kDbRowStep m, m < kDbPer.
@@ -972,9 +972,17 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
     for (int m = 0; m < kMaxMB; ++m)
 #pragma unroll
       for (int i = 0; i < G / 2; ++i) acc[m][i] = 0.f;
+    // split_b: this warpgroup takes the group's steps whose index in the CTA's sequence has the
+    // parity cw (batch chunks bc0, bc0 + 2, ..), so that with the even ring every slot is only
+    // ever this warpgroup's. (Chunks bc = cw, as before, swap the parities after a group of an
+    // odd number of chunks: a slot's previous step was then the other warpgroup's, whose copies
+    // may still be landing while this one, a ring later, waits on the slot; its parity test can
+    // then pass on that older phase.)
+    const int bc0 = split_b ? cw ^ (((g - g_begin) * nbc) & 1) : 0;
     RingPos pos = group_pos;
+    pos.advance(bc0, stages);
     int prev = -1;  // the slot of this warpgroup's previous step (released once the next one's MMAs are issued)
-    for (int bc = bc_first; bc < nbc; bc += bc_step, pos.advance(bc_step, stages)) {
+    for (int bc = bc0; bc < nbc; bc += bc_step, pos.advance(bc_step, stages)) {
       const int s = pos.slot;
       mbar_wait(&full[s], pos.phase, 21);
       if constexpr (kProbe == 3) {
