@@ -401,9 +401,10 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
 def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
     # dW with other ring sizes (LARGEOUT_SM90_DW_STAGES; shared memory caps the larger ones):
     # the loader's and the computing warpgroups' slots and phases, kept by increments, wrap
-    # the ring many times per CTA (K = 128: both warpgroups on every step; K = 64 at B = 128
-    # and 160: alternate groups of 2 and 3 batch chunks, the ring rounded to a multiple of
-    # two groups' steps in v2; K = 64 at B = 512: split batch, or alternate groups where 16
+    # the ring many times per CTA (K = 128: both warpgroups on every step; K = 64 at B = 128:
+    # alternate groups of 2 batch chunks, the ring rounded to a multiple of two groups' steps
+    # in v2; at B = 160 the same with 3 chunks at 11 and 16 stages, split batch over an odd
+    # chunk count at 4 and 5; K = 64 at B = 512: split batch, or alternate groups where 16
     # stages fit); K = 256 at its 3-4 stages. Against float64, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     B, H, L, K, G = shape
@@ -489,7 +490,8 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 64, 32), (1024, 768, 4104, 64, 64), (777, 768, 3001, 64, 128),
-                                   (300, 512, 2000, 64, 32), (320, 768, 65536, 64, 32), (448, 512, 30000, 64, 64)],
+                                   (300, 512, 2000, 64, 32), (320, 768, 65536, 64, 32), (448, 512, 30000, 64, 64),
+                                   (320, 768, 40000, 64, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 @pytest.mark.parametrize("dbias", ["loader", "computing"])
 def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
@@ -497,7 +499,7 @@ def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # every group, alternate chunks, partials added in a fixed order; LARGEOUT_SM90_DW_SPLITB=0
     # leaves them to the generic kernels; odd chunk counts, 5 and 7, over many groups per CTA:
     # the warpgroups swap chunk parities from group to group so that each keeps its own ring
-    # slots), v2 (even L) and v1 (odd L), with dbias summed by the
+    # slots; G = 128 over 3 groups per CTA), v2 (even L) and v1 (odd L), with dbias summed by the
     # loader (the default) or by the computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing, v2
     # only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
@@ -507,6 +509,22 @@ def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     monkeypatch.delenv("LARGEOUT_SM90_DW_SPLITB")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 99 + G)
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
+
+
+@pytest.mark.parametrize("shape", [(128, 768, 40000, 64, 128), (128, 768, 65536, 64, 64), (192, 512, 30000, 64, 32)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+@pytest.mark.parametrize("dbias", ["loader", "computing"])
+def test_sm90_dw_k64_alternate_groups(shape, dbias, poison, monkeypatch):
+    # K = 64 where two groups' batch chunks fit the ring: the computing warpgroups take
+    # alternate groups, several per CTA and unequal counts (odd groups per CTA), with dbias
+    # summed by the loader (the default) or by the warpgroup that takes the group
+    # (LARGEOUT_SM90_DW_DBIAS=computing: each reduces its own groups' partials), against
+    # float64 element by element, twice (deterministic).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 77 + G)
+    assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 

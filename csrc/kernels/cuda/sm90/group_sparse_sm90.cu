@@ -725,7 +725,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
   float* red = reinterpret_cast<float*>(empty + stages);  // dbias partials: [128][8] (kDbC: [256][8])
-  float* part = red + 128 * 8;                            // split_b: [G / 2][128] of the second warpgroup
+  float* part = red + (kDbC ? 256 : 128) * 8;             // split_b: [G / 2][128] of the second warpgroup
 
   const int g_begin = blockIdx.x * groups_per_cta;
   const int g_end = min(g_begin + groups_per_cta, num_groups);
@@ -1034,10 +1034,14 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       // the threads with its chunk (dpc = lab / 8), rt' = lab / 8 + (G / 8) (part + (nr / G) k),
       // k < 8 (128 is a multiple of G / 8, so a thread's dpc is also rt' mod G / 8), then by a
       // shuffle tree within those lanes: a fixed order.
+      // split_b: the partials of the warpgroup that took the group's even batch chunks go to rows
+      // 0-127 whichever warpgroup that was, so that the sum's order does not depend on where the
+      // group sits in its CTA (i.e. on the SM count).
       const int nr = split_m || split_b ? 256 : 128, rbase = nr == 256 ? 0 : 128 * cw, rt = ct - rbase;
       const int bar = nr == 256 ? 3 : 4 + cw;  // (the warpgroups of alternate groups reduce apart)
+      const int wrow = split_b ? ct ^ (128 * (((g - g_begin) * nbc) & 1)) : ct;
 #pragma unroll
-      for (int q = 0; q < 8; ++q) red[ct * 8 + q] = dsum[q];
+      for (int q = 0; q < 8; ++q) red[wrow * 8 + q] = dsum[q];
       named_barrier(bar, nr);
       const int tpl = nr / G;  // threads per label (8, 4, 2; alternate groups: 4, 2, 1)
       const int lab = rt / tpl, part = rt % tpl;
