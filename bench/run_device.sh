@@ -396,11 +396,11 @@ if [ "$MODE" = splitb ]; then  # session 24's prepared changes: split_b's chunk 
   if [ $left -gt 120 ]; then
     echo "== compute-sanitizer synccheck: the split-batch test"
     timeout 100 compute-sanitizer --tool synccheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_group_sparse_sm90.py -k "k64_split_batch" > "$OUT/synccheck_splitb.log" 2>&1
+      tests/test_group_sparse_sm90.py -k "k64_split_batch or k64_alternate" > "$OUT/synccheck_splitb.log" 2>&1
     echo "synccheck rc=$? ($(tail -1 "$OUT/synccheck_splitb.log"))"
   fi
   left=$(( deadline - $(date +%s) ))
-  [ $left -gt 90 ] && memcheck_tests memcheck_splitb.log tests/test_group_sparse_sm90.py "k64_split_batch"
+  [ $left -gt 90 ] && memcheck_tests memcheck_splitb.log tests/test_group_sparse_sm90.py "k64_split_batch or k64_alternate"
   for n in 1 2; do
     for v in computing loader; do
       left=$(( deadline - $(date +%s) ))
