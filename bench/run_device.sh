@@ -166,6 +166,19 @@ run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one
   done
 }
 
+dbias_rounds() {  # $1: deadline (epoch s), $2: file prefix, rest: bench_group_sparse.py's shape arguments; dW with
+  # dbias by the computing warpgroups and by the loader (LARGEOUT_SM90_DW_DBIAS), twice in turn, as the deadline allows
+  local deadline=$1 tag=$2 n v; shift 2
+  for n in 1 2; do
+    for v in computing loader; do
+      [ $(( deadline - $(date +%s) )) -gt 60 ] || return 0
+      echo "== dW with dbias by the $v, round $n"
+      LARGEOUT_SM90_DW_DBIAS=$v timeout 40 python3 bench/bench_group_sparse.py "$@" --out "$OUT/${tag}_${n}_$v.json" \
+        2>&1 | grep -E " dw " | tail -12
+    done
+  done
+}
+
 bench_headline() {  # $1: timeout (s), $2: the L list; bench_group_sparse.py at B=512, K=128, G 32-128 -> group_sparse.json
   echo "== benchmark: B=512, K=128 (library defaults)"
   timeout "$1" python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L "$2" \
@@ -401,15 +414,7 @@ if [ "$MODE" = splitb ]; then  # session 24's prepared changes: split_b's chunk 
   fi
   left=$(( deadline - $(date +%s) ))
   [ $left -gt 90 ] && memcheck_tests memcheck_splitb.log tests/test_group_sparse_sm90.py "k64_split_batch or k64_alternate"
-  for n in 1 2; do
-    for v in computing loader; do
-      left=$(( deadline - $(date +%s) ))
-      [ $left -gt 50 ] || break 2
-      echo "== dW at K = 64 with dbias by the $v, round $n"
-      LARGEOUT_SM90_DW_DBIAS=$v timeout 40 python3 bench/bench_group_sparse.py --B 128,320,512,1024 --K 64 \
-        --G 32,64,128 --L 670208 --out "$OUT/splitb_${n}_$v.json" 2>&1 | grep -E " dw " | tail -12
-    done
-  done
+  dbias_rounds "$deadline" splitb --B 128,320,512,1024 --K 64 --G 32,64,128 --L 670208
   exit 0
 fi
 
@@ -421,15 +426,7 @@ if [ "$MODE" = dbc ]; then  # dbias by the computing warpgroups at every K: the 
   RUN_TESTS_TIMEOUT=150 run_tests gpu_tests_dbc.log tests/test_group_sparse_sm90.py -k "dw"
   memcheck_tests memcheck_dbc.log tests/test_group_sparse_sm90.py \
     "(dw_versions or dw_ring_sizes and B512 or k64_split_batch) and K64 and not dycp and not loaders"
-  for n in 1 2; do
-    for v in computing loader; do
-      left=$(( deadline - $(date +%s) ))
-      [ $left -gt 60 ] || break 2
-      echo "== dW with dbias by the $v, round $n"
-      LARGEOUT_SM90_DW_DBIAS=$v timeout 40 python3 bench/bench_group_sparse.py --B 128,512 --K 64,256 --G 32,64,128 \
-        --L 670208 --out "$OUT/dbc_${n}_$v.json" 2>&1 | grep -E " dw " | tail -12
-    done
-  done
+  dbias_rounds "$deadline" dbc --B 128,512 --K 64,256 --G 32,64,128 --L 670208
   run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
