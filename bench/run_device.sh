@@ -37,8 +37,9 @@
 #            (tma: LARGEOUT_SM90_DW_DBIAS=loader; cp: that and LARGEOUT_SM90_DW_DY=cp; dbc: the default since
 #            session 24, dbias by the computing warpgroups; dbccp: dbc with LARGEOUT_SM90_DW_DY=cp),
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
-#     splitb build, the dW tests, the K = 64 split-batch test with kDbC five times, synccheck and memcheck on it, dW
-#            at B 128/320/512/1024, K = 64 with dbias by the computing warpgroups and by the loader twice in turn
+#     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
+#            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
+#            warpgroups and by the loader twice in turn, synccheck and memcheck on the split-batch test
 #            (SPLITB_BUDGET s, default 560)
 #     dbc    build, the dW tests, memcheck on the K = 64 dW tests, dW at B 128/512 and K 64/256 with dbias by the
 #            computing warpgroups (the default) and by the loader (LARGEOUT_SM90_DW_DBIAS=loader) twice in turn, then
@@ -392,29 +393,35 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
 fi
 
 if [ "$MODE" = splitb ]; then  # session 24's prepared changes: split_b's chunk parities (odd chunk counts over many
-  # groups per CTA), kDbC at K = 64 again (it stopped once on an H200): the dW tests, the split-batch test with kDbC
-  # five times, synccheck and memcheck on the split-batch test, dW at K = 64 with both dbias placements twice in turn;
-  # as SPLITB_BUDGET s after the start allow (default 560)
+  # groups per CTA), kDbC at K = 64 (it stopped once on an H200): the dW tests (SPLITB_ALL=1: the whole suite), the
+  # split-batch test with kDbC SPLITB_REPEATS times (default 5), dW at K = 64 with both dbias placements twice in
+  # turn, then synccheck and memcheck on the split-batch test; as SPLITB_BUDGET s after the start allow (default 560)
   deadline=$(( T0 + ${SPLITB_BUDGET:-560} ))
-  echo "== tests: Hopper dW"
-  RUN_TESTS_TIMEOUT=200 run_tests gpu_tests_splitb.log tests/test_group_sparse_sm90.py -k "dw"
-  for n in 1 2 3 4 5; do
+  if [ "${SPLITB_ALL:-0}" = 1 ]; then
+    echo "== tests: the whole suite"
+    RUN_TESTS_TIMEOUT=260 run_tests gpu_tests_splitb.log $TESTS
+  else
+    echo "== tests: Hopper dW"
+    RUN_TESTS_TIMEOUT=200 run_tests gpu_tests_splitb.log tests/test_group_sparse_sm90.py -k "dw"
+  fi
+  for n in $(seq 1 "${SPLITB_REPEATS:-5}"); do
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 40 ] || break
     echo "== dW split-batch with kDbC, repeat $n"
     LARGEOUT_SM90_DW_DBIAS=computing timeout 30 python3 -m pytest -q -p no:cacheprovider -o faulthandler_timeout=10 \
       tests/test_group_sparse_sm90.py -k "k64_split_batch and computing" 2>&1 | tail -2
   done
+  dbias_rounds "$deadline" splitb --B 128,320,512,1024 --K 64 --G 32,64,128 --L 670208
   left=$(( deadline - $(date +%s) ))
-  if [ $left -gt 120 ]; then
+  if [ $left -gt 60 ]; then
     echo "== compute-sanitizer synccheck: the split-batch test"
-    timeout 100 compute-sanitizer --tool synccheck --error-exitcode 3 python3 -m pytest -q -p no:cacheprovider \
-      tests/test_group_sparse_sm90.py -k "k64_split_batch or k64_alternate" > "$OUT/synccheck_splitb.log" 2>&1
+    timeout $(( left - 10 )) compute-sanitizer --tool synccheck --error-exitcode 3 python3 -m pytest -q \
+      -p no:cacheprovider tests/test_group_sparse_sm90.py -k "k64_split_batch or k64_alternate" \
+      > "$OUT/synccheck_splitb.log" 2>&1
     echo "synccheck rc=$? ($(tail -1 "$OUT/synccheck_splitb.log"))"
   fi
   left=$(( deadline - $(date +%s) ))
   [ $left -gt 90 ] && memcheck_tests memcheck_splitb.log tests/test_group_sparse_sm90.py "k64_split_batch or k64_alternate"
-  dbias_rounds "$deadline" splitb --B 128,320,512,1024 --K 64 --G 32,64,128 --L 670208
   exit 0
 fi
 

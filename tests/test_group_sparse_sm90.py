@@ -342,22 +342,19 @@ def assert_sm90_dw_matches(dy_arg, dy, x, idx, G):
     assert_elementwise_close(db, db_ref)
 
 
-DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader", "v2-dbloader-dycp", "v2-dbc",
-               "v2-dbc-dycp"]
+DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader", "v2-dbloader-dycp"]
 
 
 def use_dw_version(version, K, G, monkeypatch):
     """Selects a dW kernel variant of DW_VERSIONS through its environment switches: v1
     (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default: dbias summed by the computing
-    warpgroups at K >= 128, by the loader at K = 64), v2 with two or four loader warpgroups
+    warpgroups, each stage's by the warpgroup that takes it at K = 64, reduced over both where
+    they split the batch, else over the group's warpgroup), v2 with two or four loader warpgroups
     (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to two or one;
     two do not apply at G = 128, K = 256, which is skipped; the loader sums dbias), v2 with
     the dY tile by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp; at G = 128,
     K = 256 the dbias default alone), v2 with dbias summed by the loader
-    (LARGEOUT_SM90_DW_DBIAS=loader; K >= 128) or by the computing warpgroups at K = 64
-    (LARGEOUT_SM90_DW_DBIAS=computing: opt-in there; each stage's by the warpgroup that takes
-    it, reduced over both where they split the batch, else over the group's warpgroup), and
-    each of these with dY by cp.async."""
+    (LARGEOUT_SM90_DW_DBIAS=loader), and each of these with dY by cp.async."""
     if version == "v1":
         monkeypatch.setenv("LARGEOUT_SM90_DW", "v1")
     if version == "v2-2loaders":
@@ -366,24 +363,17 @@ def use_dw_version(version, K, G, monkeypatch):
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "2")
     if version == "v2-4loaders":
         monkeypatch.setenv("LARGEOUT_SM90_DW_LOADERS", "4")
-    if version in ("v2-dycp", "v2-dbloader-dycp", "v2-dbc-dycp"):
+    if version in ("v2-dycp", "v2-dbloader-dycp"):
         monkeypatch.setenv("LARGEOUT_SM90_DW_DY", "cp")
     if version in ("v2-dbloader", "v2-dbloader-dycp"):
-        if K == 64:
-            pytest.skip("the loader sums dbias by default at K = 64 (the v2 and v2-dycp cases)")
         monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "loader")
-    if version in ("v2-dbc", "v2-dbc-dycp"):
-        if K > 64:
-            pytest.skip("the computing warpgroups sum dbias by default at K >= 128 (the v2 and v2-dycp cases)")
-        monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", "computing")
 
 
 @pytest.mark.parametrize("version", DW_VERSIONS)
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # summed from the landed tile by the computing warpgroups at K >= 128, by the loader at
-    # K = 64), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
+    # summed from the landed tile by the computing warpgroups), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
     # dbias by the loader) and v1 (LARGEOUT_SM90_DW=v1; the path for odd
     # L), element by element against float64, twice (deterministic).
     B, H, L, K, G = shape
@@ -425,8 +415,8 @@ def test_sm90_dw_ring_sizes(shape, version, stages, poison, monkeypatch):
 def test_sm90_dw_variants_dtypes_and_row_padded_dy(shape, dtype, variant, poison, monkeypatch):
     # dW v2 with two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32 only),
     # with the dY tile by cp.async (LARGEOUT_SM90_DW_DY=cp: the chunk that holds the last
-    # label reads only up to L) or with dbias summed by the loader (LARGEOUT_SM90_DW_DBIAS=loader;
-    # the default at K = 64) or by the computing warpgroups (=computing; the default at K >= 128), in both
+    # label reads only up to L) or with dbias summed by the loader (LARGEOUT_SM90_DW_DBIAS=loader)
+    # or by the computing warpgroups (=computing, the default), in both
     # 16-bit types, on dY as a row-padded view at odd L (NaN in the padding, never read),
     # against float64 element by element, twice (deterministic).
     monkeypatch.setenv(*variant)
@@ -500,8 +490,8 @@ def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # leaves them to the generic kernels; odd chunk counts, 5 and 7, over many groups per CTA:
     # the warpgroups swap chunk parities from group to group so that each keeps its own ring
     # slots; G = 128 over 3 groups per CTA), v2 (even L) and v1 (odd L), with dbias summed by the
-    # loader (the default) or by the computing warpgroups (LARGEOUT_SM90_DW_DBIAS=computing, v2
-    # only: reduced over both), against float64 element by element, twice (deterministic).
+    # loader (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the
+    # default; v2 only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
@@ -518,8 +508,8 @@ def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
 def test_sm90_dw_k64_alternate_groups(shape, dbias, poison, monkeypatch):
     # K = 64 where two groups' batch chunks fit the ring: the computing warpgroups take
     # alternate groups, several per CTA and unequal counts (odd groups per CTA), with dbias
-    # summed by the loader (the default) or by the warpgroup that takes the group
-    # (LARGEOUT_SM90_DW_DBIAS=computing: each reduces its own groups' partials), against
+    # summed by the loader (LARGEOUT_SM90_DW_DBIAS=loader) or by the warpgroup that takes the
+    # group (=computing, the default: each reduces its own groups' partials), against
     # float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape

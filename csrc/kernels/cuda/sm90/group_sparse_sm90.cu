@@ -699,8 +699,7 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // comes by the loader threads' cp.async (each thread the chunks it sums for dbias, zero-filled
 // past B and L) straight into the swizzled layout TMA gives, instead of one TMA box of 64 rows of
 // G * 2 bytes (64 at G = 32), so that dY takes the path the gathers take; tm_dy is then unused.
-// kDbC (v2, one loader warpgroup; the default there at K >= 128, LARGEOUT_SM90_DW_DBIAS=loader
-// opts out; opt-in at K = 64 by LARGEOUT_SM90_DW_DBIAS=computing, until validated):
+// kDbC (v2, one loader warpgroup; the default there, LARGEOUT_SM90_DW_DBIAS=loader opts out):
 // dbias is summed by the computing warpgroups from the dY tile their MMAs read, each thread one
 // 16-byte chunk of G / 32 rows per stage (K = 64, where one warpgroup takes a stage: G / 16),
 // and reduced at each group's end over the threads that worked on it (256; K = 64 with
@@ -2151,16 +2150,12 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           return st;
         };
         // dbias by the computing warpgroups (kDbC) with one loader warpgroup, where its ring holds
-        // at least 3 stages: the default at K >= 128 (LARGEOUT_SM90_DW_DBIAS=loader keeps it in
-        // the loader), opt-in at K = 64 (LARGEOUT_SM90_DW_DBIAS=computing: 2x faster at B = 128
-        // and 512 on the H200, dbc_*_s24_h200.json, but its tests at B = 1024 did not finish
-        // there, bench/NOTES.md session 24); dY by the loader's cp.async instead of TMA boxes
-        // (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
+        // at least 3 stages: the default at every K (LARGEOUT_SM90_DW_DBIAS=loader keeps it in the
+        // loader; at K = 64 2x faster at B = 128 and 512 on the H200, dbc_*_s24_h200.json, the
+        // default since session 25's run of the split-batch fix, bench/NOTES.md); dY by the
+        // loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
         const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
-        const bool dbc = tma && loaders == 1 &&
-                         (kNmb >= 2 ? !env_is("LARGEOUT_SM90_DW_DBIAS", "loader")
-                                    : env_is("LARGEOUT_SM90_DW_DBIAS", "computing")) &&
-                         ring(true) >= 3;
+        const bool dbc = tma && loaders == 1 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader") && ring(true) >= 3;
         const int stages = ring(dbc);
         if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
