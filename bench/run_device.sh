@@ -39,8 +39,9 @@
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
-#            warpgroups and by the loader twice in turn, synccheck and memcheck on the split-batch test
-#            (SPLITB_BUDGET s, default 560)
+#            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
+#            without dY's padding (bench_pad_dy.py --frozen x), synccheck and memcheck on the split-batch
+#            test (SPLITB_BUDGET s, default 560)
 #     dbc    build, the dW tests, memcheck on the K = 64 dW tests, dW at B 128/512 and K 64/256 with dbias by the
 #            computing warpgroups (the default) and by the loader (LARGEOUT_SM90_DW_DBIAS=loader) twice in turn, then
 #            the issue-4 grid per batch size (SWEEP_B) as DBC_BUDGET s after the start allow (default 560)
@@ -412,6 +413,14 @@ if [ "$MODE" = splitb ]; then  # session 24's prepared changes: split_b's chunk 
       tests/test_group_sparse_sm90.py -k "k64_split_batch and computing" 2>&1 | tail -2
   done
   dbias_rounds "$deadline" splitb --B 128,320,512,1024 --K 64 --G 32,64,128 --L 670208
+  local_n=0
+  for v in 1 0 1; do  # the step with a frozen input at odd L: dY padded for dW alone (1, session 25) or not (0)
+    [ $(( deadline - $(date +%s) )) -gt 100 ] || break
+    local_n=$(( local_n + 1 ))
+    echo "== step with x frozen, LARGEOUT_PAD_DY=$v"
+    LARGEOUT_PAD_DY=$v timeout 40 python3 bench/bench_pad_dy.py --frozen x --G 32,128 --L 670091 \
+      --out "$OUT/pad_frozen_x_${local_n}_$v.json" 2>&1 | grep -o "'G': [0-9]*.*'step_ms': [0-9.]*"
+  done
   left=$(( deadline - $(date +%s) ))
   if [ $left -gt 60 ]; then
     echo "== compute-sanitizer synccheck: the split-batch test"

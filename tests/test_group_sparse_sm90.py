@@ -479,6 +479,41 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     assert rel_err(b.grad, db_ref) < 1e-2
 
 
+@pytest.mark.parametrize("frozen", ["x", "weight"])
+@pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
+    # With a frozen input (dW and dbias only) or a frozen weight (dx and dbias only) the
+    # autograd backward at odd L pads dY too (rows of L rounded up to 8, so that the pass
+    # that runs reads dY by TMA); its gradients against float64, the frozen one's None.
+    import largeout._ops as ops
+
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 96)
+    x.requires_grad_(frozen != "x")
+    w.requires_grad_(frozen != "weight")
+    b.requires_grad_(True)
+    strides = []
+    rows_for_tma = ops._rows_for_tma
+
+    def spy(*args, **kwargs):
+        out = rows_for_tma(*args, **kwargs)
+        strides.append(out.stride(0))
+        return out
+
+    monkeypatch.setattr(ops, "_rows_for_tma", spy)
+    torch.ops.largeout.group_sparse_linear(x, w, idx, b, G).backward(dy)
+    assert strides == [(L + 7) // 8 * 8]
+    dw_ref, db_ref = dw_reference_cuda(dy, x.detach(), idx, G)
+    assert rel_err(b.grad, db_ref) < 1e-2
+    if frozen == "x":
+        assert x.grad is None
+        assert rel_err(w.grad, dw_ref) < 1e-2
+    else:
+        assert w.grad is None
+        assert rel_err(x.grad, dx_reference_cuda(dy, w.detach(), idx, G, H)) < 1e-2
+
+
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 64, 32), (1024, 768, 4104, 64, 64), (777, 768, 3001, 64, 128),
                                    (300, 512, 2000, 64, 32), (320, 768, 65536, 64, 32), (448, 512, 30000, 64, 64),
                                    (320, 768, 40000, 64, 128)],

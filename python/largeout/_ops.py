@@ -75,23 +75,25 @@ def _gsl_setup_context(ctx, inputs, output):
     ctx.has_bias = bias is not None
 
 
-def _rows_for_tma(grad_out, x, weight, group_size):
+def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     """dY as a row-padded view ([B, L] inside [B, L rounded up to 8]) where L is not a
-    multiple of 8 and the Hopper kernels run both backward passes in their versions that
-    read dY by TMA, which needs 16-byte row strides (one copy of dY instead of the slower
-    kernels for unaligned rows; the ops copy it back where their kernel cannot take it), else
-    dY contiguous. Measured: the step at L=670,091, G=32 5.87 -> 4.79 ms
-    (bench/results/pad_dy_h200.json); LARGEOUT_PAD_DY=0 turns it off. The copy is
-    largeout.pad_columns_sum (from any strides)."""
+    multiple of 8 and the Hopper kernels run the backward passes named in ``passes``
+    ("input": dx, "weight": dW and dbias) in their versions that read dY by TMA, which needs
+    16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows;
+    the ops copy it back where their kernel cannot take it), else dY contiguous. The copy is
+    as large as dY and lives until the backward returns. Measured with both passes: the step
+    at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with one pass (a
+    frozen input or weight): bench/NOTES.md, session 25. LARGEOUT_PAD_DY=0 turns it off. The
+    copy is largeout.pad_columns_sum (from any strides)."""
     B, L = grad_out.shape
-    if L % 8 == 0 or B < 2 or not grad_out.is_cuda or os.environ.get("LARGEOUT_PAD_DY") == "0":
+    if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
-    if K not in (64, 128, 256) or "v1" in (os.environ.get("LARGEOUT_SM90_DX"), os.environ.get("LARGEOUT_SM90_DW")):
+    env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
+    if K not in (64, 128, 256) or any(os.environ.get(env[p]) == "v1" for p in passes):
         return grad_out.contiguous()
     if grad_out.dtype not in (torch.bfloat16, torch.float16) or any(
-            torch.ops.largeout.cuda_kernel_path(p, grad_out.dtype, B, H, L, K, group_size) != "sm90"
-            for p in ("input", "weight")):
+            torch.ops.largeout.cuda_kernel_path(p, grad_out.dtype, B, H, L, K, group_size) != "sm90" for p in passes):
         return grad_out.contiguous()
     return torch.ops.largeout.pad_columns_sum(grad_out, 8, True, False)[0][:, :L]
 
@@ -100,8 +102,10 @@ def _gsl_backward(ctx, grad_out):
     x, weight, indices = ctx.saved_tensors
     dx = dw = db = None
     need_x, need_w, _, need_b = ctx.needs_input_grad[:4]
-    # one padded copy for both passes where it pays, else contiguous
-    grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size) if need_x and need_w else grad_out.contiguous()
+    # one padded copy for the passes that run, where it pays (also for one: a frozen input or
+    # weight), else contiguous
+    passes = tuple(p for p, need in (("input", need_x), ("weight", need_w)) if need)
+    grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size, passes)
     if need_x:
         dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, x.shape[1])
     if need_w:

@@ -293,8 +293,8 @@ class _GroupSparseFP8(torch.autograd.Function):
         G = ctx.group_size
         need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
         # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for both
-        # passes; the weight's gradient is always computed, so even without dx)
-        grad_out = _rows_for_tma(grad_out, x, weight, G)
+        # passes; the weight's gradient is always computed)
+        grad_out = _rows_for_tma(grad_out, x, weight, G, ("input", "weight") if need_x else ("weight",))
         dx = db = None
         if need_x:
             dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(
