@@ -37,6 +37,8 @@
 #            (tma: LARGEOUT_SM90_DW_DBIAS=loader; cp: that and LARGEOUT_SM90_DW_DY=cp; dbc: the default since
 #            session 24, dbias by the computing warpgroups; dbccp: dbc with LARGEOUT_SM90_DW_DY=cp),
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
+#     padfrozen build, the step at odd L (670,091 and 2,812,281; G 32-128) with a frozen input and with a frozen
+#            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -390,6 +392,17 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
   left=$(( deadline - $(date +%s) ))
   echo "== tests: Hopper dW (${left} s left)"
   [ $left -gt 30 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests_dwcp.log tests/test_group_sparse_sm90.py -k "dw"
+  exit 0
+fi
+
+if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
+  for fr in x weight; do
+    for v in 1 0; do
+      echo "== step with $fr frozen, LARGEOUT_PAD_DY=$v"
+      LARGEOUT_PAD_DY=$v timeout 60 python3 bench/bench_pad_dy.py --frozen $fr --G 32,64,128 --L 670091,2812281 \
+        --out "$OUT/pad_frozen_${fr}_$v.json" 2>&1 | grep -o "'G': [0-9]*.*'step_ms': [0-9.]*"
+    done
+  done
   exit 0
 fi
 
