@@ -480,12 +480,13 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
 
 
 @pytest.mark.parametrize("frozen", ["x", "weight"])
-@pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64)],
+@pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64), (130, 768, 5_003, 128, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
     # With a frozen input (dW and dbias only) or a frozen weight (dx and dbias only) the
     # autograd backward at odd L pads dY too (rows of L rounded up to 8, so that the pass
-    # that runs reads dY by TMA); its gradients against float64, the frozen one's None.
+    # that runs reads dY by TMA), except for dW alone at G >= 128 (measured slower padded);
+    # its gradients against float64, the frozen one's None.
     import largeout._ops as ops
 
     B, H, L, K, G = shape
@@ -503,7 +504,7 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
 
     monkeypatch.setattr(ops, "_rows_for_tma", spy)
     torch.ops.largeout.group_sparse_linear(x, w, idx, b, G).backward(dy)
-    assert strides == [(L + 7) // 8 * 8]
+    assert strides == [L if frozen == "x" and G >= 128 else (L + 7) // 8 * 8]
     dw_ref, db_ref = dw_reference_cuda(dy, x.detach(), idx, G)
     assert rel_err(b.grad, db_ref) < 1e-2
     if frozen == "x":

@@ -83,10 +83,15 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     the ops copy it back where their kernel cannot take it), else dY contiguous. The copy is
     as large as dY and lives until the backward returns. Measured with both passes: the step
     at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with one pass (a
-    frozen input or weight): bench/NOTES.md, session 25. LARGEOUT_PAD_DY=0 turns it off. The
-    copy is largeout.pad_columns_sum (from any strides)."""
+    frozen input or weight) see below. LARGEOUT_PAD_DY=0 turns it off. The
+    copy is largeout.pad_columns_sum (from any strides). dW alone at G >= 128 keeps dY as it
+    is: there the copy costs more than the faster kernel saves (H100, K=128, B=512, L=670,091:
+    1.71 ms padded vs 1.59; G=32 2.08 vs 2.47; dx alone pays at every G: G=128 2.19 vs 2.65;
+    bench/results/pad_frozen_*_s25_h100.json)."""
     B, L = grad_out.shape
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
+        return grad_out.contiguous()
+    if tuple(passes) == ("weight",) and group_size >= 128:
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
     env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
