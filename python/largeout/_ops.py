@@ -80,14 +80,14 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     multiple of 8 and the Hopper kernels run the backward passes named in ``passes``
     ("input": dx, "weight": dW and dbias) in their versions that read dY by TMA, which needs
     16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows;
-    the ops copy it back where their kernel cannot take it), else dY contiguous. The copy is
-    as large as dY and lives until the backward returns. Measured with both passes: the step
-    at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with one pass (a
-    frozen input or weight) see below. LARGEOUT_PAD_DY=0 turns it off. The
-    copy is largeout.pad_columns_sum (from any strides). dW alone at G >= 128 keeps dY as it
-    is: there the copy costs more than the faster kernel saves (H100, K=128, B=512, L=670,091:
-    1.71 ms padded vs 1.59; G=32 2.08 vs 2.47; dx alone pays at every G: G=128 2.19 vs 2.65;
-    bench/results/pad_frozen_*_s25_h100.json)."""
+    the ops copy it back where their kernel cannot take it), else dY contiguous. The copy,
+    one pass of largeout.pad_columns_sum (from any strides), is as large as dY and lives
+    until the backward returns; LARGEOUT_PAD_DY=0 turns it off. Measured: with both passes
+    the step at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with dx
+    alone (a frozen weight) it pays at every G (H100, K=128, B=512: G=32 4.23 -> 3.00 ms,
+    G=128 2.65 -> 2.19), with dW alone (a frozen input) at G <= 64 (G=32 2.47 -> 2.08) but
+    not at G >= 128 (1.59 -> 1.71), which keeps dY as it is
+    (bench/results/pad_frozen_*_s25_h100.json)."""
     B, L = grad_out.shape
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
         return grad_out.contiguous()
