@@ -183,6 +183,19 @@ dbias_rounds() {  # $1: deadline (epoch s), $2: file prefix, rest: bench_group_s
   done
 }
 
+frozen_steps() {  # $1: deadline (epoch s), $2: x or weight (the frozen tensor), $3: G list, $4: L list, rest: the
+  # LARGEOUT_PAD_DY values in turn; bench_pad_dy.py's step at odd L with that tensor frozen, dY padded for the pass
+  # that runs (1) or not (0), as the deadline allows -> pad_frozen_{x,weight}_{n}_{value}.json
+  local deadline=$1 fr=$2 gs=$3 ls=$4 n=0 v; shift 4
+  for v in "$@"; do
+    [ $(( deadline - $(date +%s) )) -gt 100 ] || return 0
+    n=$(( n + 1 ))
+    echo "== step with $fr frozen, LARGEOUT_PAD_DY=$v"
+    LARGEOUT_PAD_DY=$v timeout 60 python3 bench/bench_pad_dy.py --frozen "$fr" --G "$gs" --L "$ls" \
+      --out "$OUT/pad_frozen_${fr}_${n}_$v.json" 2>&1 | grep -o "'G': [0-9]*.*'step_ms': [0-9.]*"
+  done
+}
+
 bench_headline() {  # $1: timeout (s), $2: the L list; bench_group_sparse.py at B=512, K=128, G 32-128 -> group_sparse.json
   echo "== benchmark: B=512, K=128 (library defaults)"
   timeout "$1" python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 --L "$2" \
@@ -396,13 +409,7 @@ if [ "$MODE" = dwcp ]; then  # dW v2's probes and variants (dY by cp.async, dbia
 fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
-  for fr in x weight; do
-    for v in 1 0; do
-      echo "== step with $fr frozen, LARGEOUT_PAD_DY=$v"
-      LARGEOUT_PAD_DY=$v timeout 60 python3 bench/bench_pad_dy.py --frozen $fr --G 32,64,128 --L 670091,2812281 \
-        --out "$OUT/pad_frozen_${fr}_$v.json" 2>&1 | grep -o "'G': [0-9]*.*'step_ms': [0-9.]*"
-    done
-  done
+  for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
   exit 0
 fi
 
@@ -426,14 +433,7 @@ if [ "$MODE" = splitb ]; then  # session 24's prepared changes: split_b's chunk 
       tests/test_group_sparse_sm90.py -k "k64_split_batch and computing" 2>&1 | tail -2
   done
   dbias_rounds "$deadline" splitb --B 128,320,512,1024 --K 64 --G 32,64,128 --L 670208
-  local_n=0
-  for v in 1 0 1; do  # the step with a frozen input at odd L: dY padded for dW alone (1, session 25) or not (0)
-    [ $(( deadline - $(date +%s) )) -gt 100 ] || break
-    local_n=$(( local_n + 1 ))
-    echo "== step with x frozen, LARGEOUT_PAD_DY=$v"
-    LARGEOUT_PAD_DY=$v timeout 40 python3 bench/bench_pad_dy.py --frozen x --G 32,128 --L 670091 \
-      --out "$OUT/pad_frozen_x_${local_n}_$v.json" 2>&1 | grep -o "'G': [0-9]*.*'step_ms': [0-9.]*"
-  done
+  frozen_steps "$deadline" x 32,128 670091 1 0 1  # dY padded for dW alone (1, session 25) or not (0)
   left=$(( deadline - $(date +%s) ))
   if [ $left -gt 60 ]; then
     echo "== compute-sanitizer synccheck: the split-batch test"

@@ -373,9 +373,10 @@ def use_dw_version(version, K, G, monkeypatch):
 @pytest.mark.parametrize("shape", DX2_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
-    # summed from the landed tile by the computing warpgroups), its variants (use_dw_version: two or four loader warpgroups, dY by cp.async,
-    # dbias by the loader) and v1 (LARGEOUT_SM90_DW=v1; the path for odd
-    # L), element by element against float64, twice (deterministic).
+    # summed from the landed tile by the computing warpgroups), its variants (use_dw_version:
+    # two or four loader warpgroups, dY by cp.async, dbias by the loader) and v1
+    # (LARGEOUT_SM90_DW=v1; the path for odd L), element by element against float64, twice
+    # (deterministic).
     B, H, L, K, G = shape
     use_dw_version(version, K, G, monkeypatch)
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 80 + K + G)
