@@ -39,6 +39,10 @@
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     padfrozen build, the step at odd L (670,091 and 2,812,281; G 32-128) with a frozen input and with a frozen
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
+#     rowclass build, the whole suite (ROWCLASS_ALL=0: the Hopper and fp8 tests), memcheck on the row-class tests,
+#            the B=512 K=128 kernel passes at odd L with row classes (LARGEOUT_SM90_ROW_CLASSES=1, + L=670,208) and
+#            without (0), the autograd step at odd L both ways (bench_pad_dy.py), then the issue-4 grid per
+#            batch size (SWEEP_B), as ROWCLASS_BUDGET s after the start allow (default 585)
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -410,6 +414,33 @@ fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
   for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
+  exit 0
+fi
+
+if [ "$MODE" = rowclass ]; then  # session 26: odd L read and written by TMA as 8 row classes
+  deadline=$(( T0 + ${ROWCLASS_BUDGET:-585} ))
+  if [ "${ROWCLASS_ALL:-1}" = 1 ]; then
+    echo "== tests: the whole suite"
+    RUN_TESTS_TIMEOUT=300 run_tests gpu_tests_rowclass.log $TESTS
+  else
+    echo "== tests: Hopper kernels and fp8"
+    RUN_TESTS_TIMEOUT=240 run_tests gpu_tests_rowclass.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py
+  fi
+  memcheck_tests memcheck_rowclass.log tests/test_group_sparse_sm90.py "row_classes_at_odd_L and v2- and (B9_ or B1000_)"
+  for v in 1 0; do  # the kernel passes at odd L with row classes and without (plain stores, dx v1, dW v1)
+    [ $(( deadline - $(date +%s) )) -gt 120 ] || break
+    ls=670091,2812281; [ $v = 1 ] && ls=670208,$ls
+    echo "== kernel passes, LARGEOUT_SM90_ROW_CLASSES=$v, L $ls"
+    LARGEOUT_SM90_ROW_CLASSES=$v timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
+      --L $ls --out "$OUT/rowclass_passes_$v.json" 2>&1 | tail -12
+  done
+  for v in 1 0; do  # the autograd step at odd L: row classes, or dY padded for the TMA kernels
+    [ $(( deadline - $(date +%s) )) -gt 90 ] || break
+    echo "== step at odd L, LARGEOUT_SM90_ROW_CLASSES=$v"
+    LARGEOUT_SM90_ROW_CLASSES=$v timeout 80 python3 bench/bench_pad_dy.py --G 32,64,128 --L 670091,2812281 \
+      --out "$OUT/rowclass_step_$v.json" 2>&1 | grep -o "'G': [0-9]*, 'L': [0-9]*.*'extra_mb': [0-9.]*"
+  done
+  run_grid "$deadline" ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
 
