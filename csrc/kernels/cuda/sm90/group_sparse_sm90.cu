@@ -2111,11 +2111,13 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t tiles = cdiv(s.batch, C::kBM);
         const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-        // Output by TMA (LARGEOUT_SM90_FWD_TMA_STORE=0: plain stores): rows of L % 8 != 0 as
-        // row classes (at least 8 rows; LARGEOUT_SM90_ROW_CLASSES=0: plain stores there, as before
-        // row classes: staging rows shifted so that bulk copies store their aligned middles
-        // measured no faster, bench/results/fwd_bulk_h200.json).
-        const bool tma_out = reinterpret_cast<uintptr_t>(y) % 16 == 0 && !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+        // Output by TMA (LARGEOUT_SM90_FWD_TMA_STORE=0: plain stores); rows of L % 8 != 0 as row
+        // classes only where LARGEOUT_SM90_FWD_ROW_CLASSES=1 (at least 8 rows; they stopped with an
+        // illegal instruction on the H200 in session 26, bench/NOTES.md), else plain stores there
+        // (staging rows shifted so that bulk copies store their aligned middles measured no
+        // faster, bench/results/fwd_bulk_h200.json).
+        const bool tma_out = reinterpret_cast<uintptr_t>(y) % 16 == 0 && !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0") &&
+                             (s.out_features % 8 == 0 || env_is("LARGEOUT_SM90_FWD_ROW_CLASSES", "1"));
         constexpr int64_t kMaxTiles = 65535;
         for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
           const int64_t nt = std::min(kMaxTiles, tiles - t0);
