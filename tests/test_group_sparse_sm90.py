@@ -132,8 +132,9 @@ def dx_reference_cuda(dy, w, idx, G, H, chunk=2048):
 
 
 def test_sm90_headline_shape_matches_reference():
-    # The headline shape with an odd L (TMA cannot describe y or dY there). float64
-    # references on the GPU: dx in full, y, dW and dbias on a sample of labels.
+    # The headline shape with an odd L (dx v3 and dW v2 read dY as row classes, the forward
+    # stores plainly). float64 references on the GPU: dx in full, y, dW and dbias on a sample
+    # of labels.
     B, H, L, K, G = 512, 768, 670_091, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 21)
     before = kernels.launch_counts()
@@ -605,16 +606,22 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rows, poison, monkeyp
                                    (320, 768, 40000, 64, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 @pytest.mark.parametrize("dbias", ["loader", "computing"])
-def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
+@pytest.mark.parametrize("rows", ["classes", "off"])
+def test_sm90_dw_k64_split_batch(shape, dbias, rows, poison, monkeypatch):
     # K = 64 with more batch chunks than half the ring holds (by default both warpgroups on
     # every group, alternate chunks, partials added in a fixed order; LARGEOUT_SM90_DW_SPLITB=0
     # leaves them to the generic kernels; odd chunk counts, 5 and 7, over many groups per CTA:
     # the warpgroups swap chunk parities from group to group so that each keeps its own ring
-    # slots; G = 128 over 3 groups per CTA), v2 (even L) and v1 (odd L), with dbias summed by the
-    # loader (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the
-    # default; v2 only: reduced over both), against float64 element by element, twice (deterministic).
+    # slots; G = 128 over 3 groups per CTA), v2 (even L, and odd L on row classes) and v1 (odd L
+    # with LARGEOUT_SM90_ROW_CLASSES=0), with dbias summed by the loader
+    # (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the default; v2
+    # only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape
+    if rows == "off":
+        if L % 8 == 0:
+            pytest.skip("row classes apply to odd L only")
+        monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"
     monkeypatch.delenv("LARGEOUT_SM90_DW_SPLITB")

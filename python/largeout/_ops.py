@@ -97,7 +97,8 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
     if all(torch.ops.largeout.cuda_dy_row_classes(p, grad_out.dtype, B, H, L, K, group_size) for p in passes):
-        return grad_out.contiguous()
+        rows = grad_out.contiguous()
+        return rows if rows.data_ptr() % 16 == 0 else rows.clone()  # (one aligned copy, not one per op)
     env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
     if K not in (64, 128, 256) or any(os.environ.get(env[p]) == "v1" for p in passes):
         return grad_out.contiguous()

@@ -735,10 +735,11 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // only: 4 = no dbias (the loader neither reads the landed dY tile nor sums), 5 = 1 and 2
 // (no copies at all: the ring's barriers, the MMAs and dbias on what the stages hold),
 // 6 = no proxy fence before the computing warpgroups' MMAs.
-// kTma (v2, where dY's row stride is a multiple of 8): the dY tile comes by TMA straight into the MMA's swizzled
-// layout (the probes showed the register placement of v1 to be half of dW's time); each
-// loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
-// wait); the loader then reads the landed tile for dbias and releases the stage too.
+// kTma (v2, where TMA reads dY: a row stride that is a multiple of 8, or row classes): the dY
+// tile comes by TMA straight into the MMA's swizzled layout (the probes showed the register
+// placement of v1 to be half of dW's time); each loader thread's gathers arrive on the
+// stage's barrier when they land (no loader-wide wait); the loader then reads the landed tile
+// for dbias and releases the stage too.
 // kLoaders (v2 only): loader warpgroups, 1, 2 or 4. With more than one, each issues its share
 // of each stage's gathers; only the first also does the dY box, dbias and the release:
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
