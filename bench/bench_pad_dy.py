@@ -4,9 +4,9 @@ LARGEOUT_PAD_DY=0 and once with 1 (the default) to compare the row-padded dY pat
 copied once into [B, L rounded up to 8] so that dx v2 and dW v2 read it by TMA) with the
 unpadded one. --frozen x (or weight) times the step with that tensor not requiring a
 gradient (only dW and dbias, or only dx and dbias, run; the padding applies there too since
-session 25). Since session 26 dx v3 and dW v2 read odd-L rows of dY as 8 row classes and the
-backward pads nothing there; LARGEOUT_SM90_ROW_CLASSES=0 turns that off (then the padding
-applies as before), so that the two can be compared. Each row also records the step's peak
+session 25). Since session 26 dx v3 and dW v2 can read odd-L rows of dY as 8 row classes
+(LARGEOUT_SM90_ROW_CLASSES=1, opt-in for now), and the backward then pads nothing there;
+without them the padding applies as before, so that the two can be compared. Each row also records the step's peak
 memory above what was allocated before it (extra_mb: the padded copy of dY shows there). A
 shape that fails is recorded with its error and the rest still run.
 
@@ -74,7 +74,7 @@ def main() -> None:
             x = w = b = dy = None
             torch.cuda.empty_cache()
     out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "1 (default)"),
-           "row_classes": os.environ.get("LARGEOUT_SM90_ROW_CLASSES", "1 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
+           "row_classes": os.environ.get("LARGEOUT_SM90_ROW_CLASSES", "0 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
            "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "method": __doc__}
     with open(a.out, "w") as f:

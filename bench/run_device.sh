@@ -433,7 +433,8 @@ if [ "$MODE" = rowclass ]; then  # session 26: odd L read and written by TMA as 
     echo "== the library's passes at odd L (bench/probe_row_classes.py; the forward with LARGEOUT_SM90_FWD_ROW_CLASSES=1)"
     rows_ok=1
     for p in forward input weight; do
-      LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 60 python3 bench/probe_row_classes.py $p > /tmp/probe_rc.txt 2>&1
+      LARGEOUT_SM90_ROW_CLASSES=1 LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 60 python3 bench/probe_row_classes.py $p \
+        > /tmp/probe_rc.txt 2>&1
       rc=$?
       tail -1 /tmp/probe_rc.txt | tee -a "$OUT/probe_row_classes.txt"
       [ $rc = 0 ] || [ $p = forward ] || rows_ok=0
@@ -441,6 +442,8 @@ if [ "$MODE" = rowclass ]; then  # session 26: odd L read and written by TMA as 
     if [ $rows_ok = 0 ]; then
       echo "== dx or dW failed on row classes: the rest with LARGEOUT_SM90_ROW_CLASSES=0"
       export LARGEOUT_SM90_ROW_CLASSES=0
+    else
+      export LARGEOUT_SM90_ROW_CLASSES=1  # (the grid below with them)
     fi
   fi
   if [ "${ROWCLASS_ALL:-1}" = 1 ]; then
@@ -460,7 +463,8 @@ if [ "$MODE" = rowclass ]; then  # session 26: odd L read and written by TMA as 
   done
   if grep -q "^forward.*: ok" "$OUT/probe_row_classes.txt" 2>/dev/null && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
     echo "== kernel passes with the forward's stores as row classes too (LARGEOUT_SM90_FWD_ROW_CLASSES=1)"
-    LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 80 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
+    LARGEOUT_SM90_ROW_CLASSES=1 LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 80 python3 bench/bench_group_sparse.py \
+      --B 512 --K 128 --G 32,64,128 \
       --L 670091,2812281 --out "$OUT/rowclass_passes_fwd.json" 2>&1 | grep " fwd "
   fi
   for v in 1 0; do  # the autograd step at odd L: row classes, or dY padded for the TMA kernels

@@ -132,9 +132,9 @@ def dx_reference_cuda(dy, w, idx, G, H, chunk=2048):
 
 
 def test_sm90_headline_shape_matches_reference():
-    # The headline shape with an odd L (dx v3 and dW v2 read dY as row classes, the forward
-    # stores plainly). float64 references on the GPU: dx in full, y, dW and dbias on a sample
-    # of labels.
+    # The headline shape with an odd L (by default the kernels for unaligned rows; row classes:
+    # test_sm90_row_classes_at_odd_L). float64 references on the GPU: dx in full, y, dW and
+    # dbias on a sample of labels.
     B, H, L, K, G = 512, 768, 670_091, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 21)
     before = kernels.launch_counts()
@@ -486,6 +486,7 @@ def test_sm90_row_classes_at_odd_L(shape, dw_version, poison, monkeypatch):
     # where v3 ran and dW v1 (against float64).
     B, H, L, K, G = shape
     assert L % 8 != 0
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1")  # (opt-in until a GPU run has passed with them)
     use_dw_version(dw_version, K, G, monkeypatch)
     for p in ("input", "weight"):
         assert kernels.dy_row_classes(p, torch.bfloat16, B, H, L, K, G) == row_classes_expected(p, B, K, G), p
@@ -511,8 +512,9 @@ def test_sm90_row_classes_at_odd_L(shape, dw_version, poison, monkeypatch):
     assert_elementwise_close(db0, db_ref)
 
 
-def test_sm90_row_classes_below_8_rows(poison):
+def test_sm90_row_classes_below_8_rows(poison, monkeypatch):
     # Fewer than 8 rows: no row classes (the unaligned kernels), still against float64.
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1")
     B, H, L, K, G = 7, 768, 4099, 128, 32
     assert not any(kernels.dy_row_classes(p, torch.bfloat16, B, H, L, K, G) for p in ("input", "weight"))
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 171)
@@ -530,13 +532,12 @@ def test_sm90_row_classes_below_8_rows(poison):
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (512, 768, 670_091, 128, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
-    # The autograd backward at odd L: by default dx v3 and dW v2 read dY's rows as row classes
-    # (also from a dY whose rows start one element into a wider buffer: "-strided"); with row
-    # classes off (LARGEOUT_SM90_ROW_CLASSES=0) it pads dY once for both passes
+    # The autograd backward at odd L: with row classes (LARGEOUT_SM90_ROW_CLASSES=1) dx v3 and
+    # dW v2 read dY's rows as row classes (also from a dY whose rows start one element into a
+    # wider buffer: "-strided"); without them it pads dY once for both passes
     # (largeout.pad_columns_sum), and with LARGEOUT_PAD_DY=0 too runs the v1 kernels on dY as it
     # is. Gradients against float64, also at the benchmark's L = 670,091.
-    if pad != "classes" and pad != "classes-strided":
-        monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if pad.startswith("classes") else "0")
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
     B, H, L, K, G = shape
@@ -569,8 +570,7 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rows, poison, monkeyp
     # (LARGEOUT_SM90_ROW_CLASSES=0); its gradients against float64, the frozen one's None.
     import largeout._ops as ops
 
-    if rows == "off":
-        monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 96)
     x.requires_grad_(frozen != "x")
@@ -618,10 +618,9 @@ def test_sm90_dw_k64_split_batch(shape, dbias, rows, poison, monkeypatch):
     # only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape
-    if rows == "off":
-        if L % 8 == 0:
-            pytest.skip("row classes apply to odd L only")
-        monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
+    if rows == "off" and L % 8 == 0:
+        pytest.skip("row classes apply to odd L only")
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"
     monkeypatch.delenv("LARGEOUT_SM90_DW_SPLITB")
@@ -672,8 +671,7 @@ def test_sm90_ops_on_a_fresh_thread(L, rows, monkeypatch):
     # on this thread. Even L runs the TMA kernels (dx v3, dW v2), odd L the same on row
     # classes, or with them off (LARGEOUT_SM90_ROW_CLASSES=0) the v1 dx/dW kernels (found
     # failing there with cudaErrorInvalidValue).
-    if rows == "off":
-        monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
+    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
     B, H, K, G = 256, 768, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 120)
     ops = torch.ops.largeout

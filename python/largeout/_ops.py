@@ -82,7 +82,8 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows;
     the ops copy it back where their kernel cannot take it), else dY contiguous: also where
     every pass that runs reads contiguous rows of such an L by TMA as 8 row classes
-    (largeout.kernels.dy_row_classes: dx v3 and dW v2 at B >= 8). The copy,
+    (largeout.kernels.dy_row_classes: dx v3 and dW v2 at B >= 8, with
+    LARGEOUT_SM90_ROW_CLASSES=1, opt-in until a GPU run has passed with them). The copy,
     one pass of largeout.pad_columns_sum (from any strides), is as large as dY and lives
     until the backward returns; LARGEOUT_PAD_DY=0 turns it off. Measured: with both passes
     the step at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with dx

@@ -1960,10 +1960,11 @@ int env_int(const char* name) {
 }
 
 // Whether TMA describes a [rows, L] matrix with row stride ld: a multiple of 8, or contiguous
-// rows as row classes (RowMaps: at least 8 rows; LARGEOUT_SM90_ROW_CLASSES=0 turns them off,
-// for timing comparisons: the kernels for unaligned rows then run, or the ops' callers pad).
+// rows as row classes (RowMaps: at least 8 rows) where LARGEOUT_SM90_ROW_CLASSES=1 (opt-in
+// until a GPU run has passed the tests with them; bench/NOTES.md, session 26). Without them
+// the kernels for unaligned rows run, or the ops' callers pad.
 bool rows_by_tma(int64_t rows, int64_t L, int64_t ld) {
-  return ld % 8 == 0 || (ld == L && rows >= 8 && !env_is("LARGEOUT_SM90_ROW_CLASSES", "0"));
+  return ld % 8 == 0 || (ld == L && rows >= 8 && env_is("LARGEOUT_SM90_ROW_CLASSES", "1"));
 }
 
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2113,8 +2114,8 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
         // Output by TMA (LARGEOUT_SM90_FWD_TMA_STORE=0: plain stores); rows of L % 8 != 0 as row
-        // classes only where LARGEOUT_SM90_FWD_ROW_CLASSES=1 (at least 8 rows; they stopped with an
-        // illegal instruction on the H200 in session 26, bench/NOTES.md), else plain stores there
+        // classes only where LARGEOUT_SM90_FWD_ROW_CLASSES=1 too (at least 8 rows; they stopped with
+        // an illegal instruction on the H200 in session 26, bench/NOTES.md), else plain stores there
         // (staging rows shifted so that bulk copies store their aligned middles measured no
         // faster, bench/results/fwd_bulk_h200.json).
         const bool tma_out = reinterpret_cast<uintptr_t>(y) % 16 == 0 && !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0") &&
