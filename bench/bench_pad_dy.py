@@ -4,11 +4,7 @@ LARGEOUT_PAD_DY=0 and once with 1 (the default) to compare the row-padded dY pat
 copied once into [B, L rounded up to 8] so that dx v2 and dW v2 read it by TMA) with the
 unpadded one. --frozen x (or weight) times the step with that tensor not requiring a
 gradient (only dW and dbias, or only dx and dbias, run; the padding applies there too since
-session 25). Since session 26 dx v3 and dW v2 can read odd-L rows of dY as 8 row classes
-(LARGEOUT_SM90_ROW_CLASSES=1, opt-in for now), and the backward then pads nothing there;
-without them the padding applies as before, so that the two can be compared. Each row also records the step's peak
-memory above what was allocated before it (extra_mb: the padded copy of dY shows there). A
-shape that fails is recorded with its error and the rest still run.
+session 25). A shape that fails is recorded with its error and the rest still run.
 
     LARGEOUT_PAD_DY=1 python bench/bench_pad_dy.py --out pad_dy_1.json
 
@@ -57,24 +53,15 @@ def main() -> None:
             row = {"B": a.B, "H": a.H, "K": a.K, "G": G, "L": L, "frozen": a.frozen}
             try:
                 row["step_ms"] = round(timed(lambda: step(x, w, b, idx, G, dy), a.iters)[0] * 1e3, 4)
-                torch.cuda.synchronize()
-                base = torch.cuda.memory_allocated()
-                torch.cuda.reset_peak_memory_stats()
-                step(x, w, b, idx, G, dy)
-                torch.cuda.synchronize()
-                row["extra_mb"] = round((torch.cuda.max_memory_allocated() - base) / 2**20, 1)
             except RuntimeError:
                 row["error"] = traceback.format_exc()
                 print(row["error"], flush=True)
             row["paths"] = {p_: largeout.kernels.path(p_, dt, a.B, a.H, L, a.K, G) for p_ in ("forward", "input", "weight")}
-            row["row_classes"] = {p_: largeout.kernels.dy_row_classes(p_, dt, a.B, a.H, L, a.K, G)
-                                  for p_ in ("input", "weight")}
             rows.append(row)
             print(row, flush=True)
             x = w = b = dy = None
             torch.cuda.empty_cache()
-    out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "1 (default)"),
-           "row_classes": os.environ.get("LARGEOUT_SM90_ROW_CLASSES", "0 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
+    out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "1 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
            "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
            "method": __doc__}
     with open(a.out, "w") as f:

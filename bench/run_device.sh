@@ -39,12 +39,8 @@
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     padfrozen build, the step at odd L (670,091 and 2,812,281; G 32-128) with a frozen input and with a frozen
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
-#     rowclass build (ROWCLASS_PROBE=1: then bench/cpp/probe_tma_coords.cu's cases and bench/probe_row_classes.py per
-#            pass, each in its own process; if dx or dW fails, the rest runs with LARGEOUT_SM90_ROW_CLASSES=0),
-#            the whole suite (ROWCLASS_ALL=0: the Hopper and fp8 tests), memcheck on the row-class tests,
-#            the B=512 K=128 kernel passes at odd L with row classes (LARGEOUT_SM90_ROW_CLASSES=1, + L=670,208) and
-#            without (0), the autograd step at odd L both ways (bench_pad_dy.py), then the issue-4 grid per
-#            batch size (SWEEP_B), as ROWCLASS_BUDGET s after the start allow (default 585)
+#     tmaprobe build, then bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
+#            997 (partly out of bounds) and -5, no swizzle and 128-byte swizzle, each case in its own process
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -419,61 +415,14 @@ if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or wei
   exit 0
 fi
 
-if [ "$MODE" = rowclass ]; then  # session 26: odd L read and written by TMA as 8 row classes
-  deadline=$(( T0 + ${ROWCLASS_BUDGET:-585} ))
-  if [ "${ROWCLASS_PROBE:-0}" = 1 ]; then  # first the probes (each case in its own process)
-    echo "== TMA at inner coordinates off 16 bytes (bench/cpp/probe_tma_coords.cu)"
-    nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS_DIR/include" \
-      bench/cpp/probe_tma_coords.cu -o /tmp/probe_tma > "$OUT/probe_tma_build.log" 2>&1 || tail -20 "$OUT/probe_tma_build.log"
-    for c in "load 0 0" "load 0 3" "load 128 0" "load 128 3" "load 128 997" "load 128 -5" \
-             "store 0 0" "store 0 3" "store 128 0" "store 128 3" "store 128 997"; do
-      timeout 20 /tmp/probe_tma $c 2>&1 | tail -1
-    done > "$OUT/probe_tma.txt"
-    cat "$OUT/probe_tma.txt"
-    echo "== the library's passes at odd L (bench/probe_row_classes.py; the forward with LARGEOUT_SM90_FWD_ROW_CLASSES=1)"
-    rows_ok=1
-    for p in forward input weight; do
-      LARGEOUT_SM90_ROW_CLASSES=1 LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 60 python3 bench/probe_row_classes.py $p \
-        > /tmp/probe_rc.txt 2>&1
-      rc=$?
-      tail -1 /tmp/probe_rc.txt | tee -a "$OUT/probe_row_classes.txt"
-      [ $rc = 0 ] || [ $p = forward ] || rows_ok=0
-    done
-    if [ $rows_ok = 0 ]; then
-      echo "== dx or dW failed on row classes: the rest with LARGEOUT_SM90_ROW_CLASSES=0"
-      export LARGEOUT_SM90_ROW_CLASSES=0
-    else
-      export LARGEOUT_SM90_ROW_CLASSES=1  # (the grid below with them)
-    fi
-  fi
-  if [ "${ROWCLASS_ALL:-1}" = 1 ]; then
-    echo "== tests: the whole suite"
-    RUN_TESTS_TIMEOUT=300 run_tests gpu_tests_rowclass.log $TESTS
-  else
-    echo "== tests: Hopper kernels and fp8"
-    RUN_TESTS_TIMEOUT=240 run_tests gpu_tests_rowclass.log tests/test_group_sparse_sm90.py tests/test_group_sparse_fp8.py
-  fi
-  memcheck_tests memcheck_rowclass.log tests/test_group_sparse_sm90.py "row_classes_at_odd_L and v2- and (B9_ or B1000_)"
-  for v in 1 0; do  # the kernel passes at odd L with row classes and without (plain stores, dx v1, dW v1)
-    [ $(( deadline - $(date +%s) )) -gt 120 ] && [ "${LARGEOUT_SM90_ROW_CLASSES:-1}" = 1 ] || break
-    ls=670091,2812281; [ $v = 1 ] && ls=670208,$ls
-    echo "== kernel passes, LARGEOUT_SM90_ROW_CLASSES=$v, L $ls"
-    LARGEOUT_SM90_ROW_CLASSES=$v timeout 100 python3 bench/bench_group_sparse.py --B 512 --K 128 --G 32,64,128 \
-      --L $ls --out "$OUT/rowclass_passes_$v.json" 2>&1 | tail -12
-  done
-  if grep -q "^forward.*: ok" "$OUT/probe_row_classes.txt" 2>/dev/null && [ $(( deadline - $(date +%s) )) -gt 120 ]; then
-    echo "== kernel passes with the forward's stores as row classes too (LARGEOUT_SM90_FWD_ROW_CLASSES=1)"
-    LARGEOUT_SM90_ROW_CLASSES=1 LARGEOUT_SM90_FWD_ROW_CLASSES=1 timeout 80 python3 bench/bench_group_sparse.py \
-      --B 512 --K 128 --G 32,64,128 \
-      --L 670091,2812281 --out "$OUT/rowclass_passes_fwd.json" 2>&1 | grep " fwd "
-  fi
-  for v in 1 0; do  # the autograd step at odd L: row classes, or dY padded for the TMA kernels
-    [ $(( deadline - $(date +%s) )) -gt 90 ] && [ "${LARGEOUT_SM90_ROW_CLASSES:-1}" = 1 ] || break
-    echo "== step at odd L, LARGEOUT_SM90_ROW_CLASSES=$v"
-    LARGEOUT_SM90_ROW_CLASSES=$v timeout 80 python3 bench/bench_pad_dy.py --G 32,64,128 --L 670091,2812281 \
-      --out "$OUT/rowclass_step_$v.json" 2>&1 | grep -o "'G': [0-9]*, 'L': [0-9]*.*'extra_mb': [0-9.]*"
-  done
-  run_grid "$deadline" ${SWEEP_B:-512 1024 256 128}
+if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start is off 16 bytes, each case in its own process
+  echo "== TMA at inner coordinates off 16 bytes (bench/cpp/probe_tma_coords.cu)"
+  nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS_DIR/include" \
+    bench/cpp/probe_tma_coords.cu -o /tmp/probe_tma > "$OUT/probe_tma_build.log" 2>&1 || tail -20 "$OUT/probe_tma_build.log"
+  for c in "load 0 0" "load 0 3" "load 128 0" "load 128 3" "load 128 997" "load 128 -5" \
+           "store 0 0" "store 0 3" "store 128 0" "store 128 3" "store 128 997"; do
+    echo "$c: $(timeout 20 /tmp/probe_tma $c 2>&1 | tail -1)"
+  done | tee "$OUT/probe_tma.txt"
   exit 0
 fi
 

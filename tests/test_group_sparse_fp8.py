@@ -206,25 +206,21 @@ sm90 = pytest.mark.skipif(not IS_SM90, reason="needs an sm_90 GPU (H100/H200)")
     (257, 768, 3001, 128, 128), (96, 384, 640, 256, 32), (1, 256, 1, 128, 32),
     (64, 256, 1000, 64, 32), (130, 384, 777, 64, 32),  # dx v2 with two groups per unit
 ])
-def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poison, monkeypatch):
-    # dx's fp8 kernels (v3, else v2) need G >= 32 and dY rows that TMA reads: a multiple of 8
-    # elements, or at odd L contiguous rows as row classes (dx v3's shapes, G <= 64 and K >= 128,
-    # from B = 8 on; LARGEOUT_SM90_ROW_CLASSES=1, opt-in for now); contiguous here; check_ops
-    # also passes a row-padded dY where B > 1
+def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poison):
+    # dx's fp8 kernels (v3, else v2) need G >= 32 and dY rows of a multiple of 8 elements
+    # (contiguous here; check_ops also passes a row-padded dY where B > 1)
     # (the fp8 forward runs where the bf16 Hopper forward does: not at B = 1000, H = 300, K = 256,
     # whose x^T tile and stages do not fit)
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1")
     fp8_dx = G >= 32
-    contiguous_fp8_dx = fp8_dx and (L % 8 == 0 or (B >= 8 and G <= 64 and K >= 128))
     bf16_fwd, bf16_dx = (kernels.path(p, torch.bfloat16, B, H, L, K, G) for p in ("forward", "input"))
     fp8_fwd = bf16_fwd == "sm90"
-    want = {"forward": "sm90-fp8" if fp8_fwd else bf16_fwd, "input": "sm90-fp8" if contiguous_fp8_dx else bf16_dx}
+    want = {"forward": "sm90-fp8" if fp8_fwd else bf16_fwd, "input": "sm90-fp8" if fp8_dx and L % 8 == 0 else bf16_dx}
     for p, path in want.items():
         assert kernels.path(p, wdt, B, H, L, K, G) == path, (p, B, H, L, K, G)
     before, after = check_ops(B, H, L, K, G, wdt, scaled, 7, "cuda")
     assert after["forward"]["sm90-fp8"] == before["forward"]["sm90-fp8"] + fp8_fwd
-    ran_fp8_dx = int(contiguous_fp8_dx) + int(fp8_dx and B > 1)
-    assert after["input"]["sm90-fp8"] - before["input"]["sm90-fp8"] == ran_fp8_dx
+    ran_fp8_dx = (L % 8 == 0) + (B > 1)
+    assert after["input"]["sm90-fp8"] - before["input"]["sm90-fp8"] == (ran_fp8_dx if fp8_dx else 0)
 
 
 @sm90

@@ -132,9 +132,8 @@ def dx_reference_cuda(dy, w, idx, G, H, chunk=2048):
 
 
 def test_sm90_headline_shape_matches_reference():
-    # The headline shape with an odd L (by default the kernels for unaligned rows; row classes:
-    # test_sm90_row_classes_at_odd_L). float64 references on the GPU: dx in full, y, dW and
-    # dbias on a sample of labels.
+    # The headline shape with an odd L (TMA cannot describe y or dY there). float64
+    # references on the GPU: dx in full, y, dW and dbias on a sample of labels.
     B, H, L, K, G = 512, 768, 670_091, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 21)
     before = kernels.launch_counts()
@@ -232,8 +231,8 @@ def test_misaligned_views_are_handled(poison):
 def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
     # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
-    # that slots wrap around many times; units of 1-4 stages; the output stored by TMA, at odd
-    # L as row classes, or by plain stores), element by element against float64: one wrong or
+    # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
+    # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
     # unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
@@ -277,7 +276,7 @@ DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (
 @pytest.mark.parametrize("version", ["v1", "v2", "v3", "default"])
 @pytest.mark.parametrize("shape", DX3_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
-    # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L without row classes), v2 (dY by TMA, the two computing
+    # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L), v2 (dY by TMA, the two computing
     # warpgroups on separate batch halves, scattering into an fp32 accumulator), v3 (each
     # unit's weights expanded to dense rows in shared memory; the default for G <= 64 and
     # K >= 128) and the default choice, element by element against float64, twice
@@ -348,12 +347,11 @@ DW_VERSIONS = ["v1", "v2", "v2-2loaders", "v2-4loaders", "v2-dycp", "v2-dbloader
 
 def use_dw_version(version, K, G, monkeypatch):
     """Selects a dW kernel variant of DW_VERSIONS through its environment switches: v1
-    (LARGEOUT_SM90_DW=v1; the path for odd L without row classes), v2 (the default: dbias
-    summed by the computing warpgroups, each stage's by the warpgroup that takes it at K = 64,
-    reduced over both where they split the batch, else over the group's warpgroup), v2 with
-    two or four loader warpgroups (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the
-    request falls back to two or one; two do not apply at G = 128, K = 256, which is skipped;
-    the loader sums dbias), v2 with
+    (LARGEOUT_SM90_DW=v1; the path for odd L), v2 (the default: dbias summed by the computing
+    warpgroups, each stage's by the warpgroup that takes it at K = 64, reduced over both where
+    they split the batch, else over the group's warpgroup), v2 with two or four loader warpgroups
+    (LARGEOUT_SM90_DW_LOADERS; four at G = 32, elsewhere the request falls back to two or one;
+    two do not apply at G = 128, K = 256, which is skipped; the loader sums dbias), v2 with
     the dY tile by the loader's cp.async instead of TMA (LARGEOUT_SM90_DW_DY=cp; at G = 128,
     K = 256 the dbias default alone), v2 with dbias summed by the loader
     (LARGEOUT_SM90_DW_DBIAS=loader), and each of these with dY by cp.async."""
@@ -377,7 +375,7 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     # dW v2 (the default where L % 8 == 0: the dY tile by TMA in the MMA's layout, dbias
     # summed from the landed tile by the computing warpgroups), its variants (use_dw_version:
     # two or four loader warpgroups, dY by cp.async, dbias by the loader) and v1
-    # (LARGEOUT_SM90_DW=v1; the path for odd L without row classes), element by element against float64, twice
+    # (LARGEOUT_SM90_DW=v1; the path for odd L), element by element against float64, twice
     # (deterministic).
     B, H, L, K, G = shape
     use_dw_version(version, K, G, monkeypatch)
@@ -454,95 +452,19 @@ def test_sm90_row_padded_grad_at_odd_L(shape, poison):
         assert_elementwise_close(got, want)
 
 
-# Odd L with contiguous rows: L % 8 of 1 to 7; B of 8 (one row per class), 9 and 15 (classes of
-# one and two rows), 17, 130 and 1000 (tiles of rows past B); every G and K; H of 512 and 1024;
-# one partial 64-label unit (L = 45).
-ROW_CLASS_SHAPES = [
-    (8, 768, 1001, 128, 32),
-    (9, 768, 4099, 64, 32),
-    (15, 512, 2002, 256, 64),
-    (17, 768, 3005, 128, 128),
-    (64, 768, 45, 128, 32),
-    (130, 1024, 5006, 128, 64),
-    (1000, 768, 20_007, 128, 32),
-    (257, 768, 40_004, 64, 64),
-    (129, 768, 7_003, 256, 128),
-]
-
-
-def row_classes_expected(pass_, B, K, G):
-    """Where the kernels read contiguous odd-L rows of dY by TMA as row classes: dW v2 at every
-    G >= 32 and K, dx v3 (its default shapes: G <= 64, K >= 128), both from 8 rows on."""
-    return B >= 8 and (pass_ == "weight" or (G <= 64 and K >= 128))
-
-
-@pytest.mark.parametrize("dw_version", ["v2", "v2-dbloader", "v2-2loaders", "v2-4loaders"])
-@pytest.mark.parametrize("shape", ROW_CLASS_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_row_classes_at_odd_L(shape, dw_version, poison, monkeypatch):
-    # The forward stores y, dx v3 and dW v2 (with dbias by the computing warpgroups or the loader,
-    # one, two or four loader warpgroups) read dY by TMA as 8 row classes where L % 8 != 0 and
-    # B >= 8 (no row-padded copy): element by element against float64, twice (deterministic).
-    # Once per shape also with LARGEOUT_SM90_ROW_CLASSES=0: plain stores (y bit for bit), dx v1
-    # where v3 ran and dW v1 (against float64).
-    B, H, L, K, G = shape
-    assert L % 8 != 0
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1")  # (opt-in until a GPU run has passed with them)
-    use_dw_version(dw_version, K, G, monkeypatch)
-    for p in ("input", "weight"):
-        assert kernels.dy_row_classes(p, torch.bfloat16, B, H, L, K, G) == row_classes_expected(p, B, K, G), p
-    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 170 + K + G)
-    ops = torch.ops.largeout
-    y = twice_on_sm90("forward", lambda: ops.group_sparse_linear(x, w, idx, b, G))
-    assert_elementwise_close(y, ref.group_sparse_linear(x, w, idx, b, G))
-    dx = twice_on_sm90("input", lambda: ops.group_sparse_linear_backward_input(dy, w, idx, G, H))
-    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
-    dw, db = twice_on_sm90("weight", lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, G))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
-    if dw_version != "v2":
-        return
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "0")
-    assert not any(kernels.dy_row_classes(p, torch.bfloat16, B, H, L, K, G) for p in ("input", "weight"))
-    assert torch.equal(ops.group_sparse_linear(x, w, idx, b, G), y)
-    dx0 = ops.group_sparse_linear_backward_input(dy, w, idx, G, H)
-    assert_elementwise_close(dx0, dx_reference_cuda(dy, w, idx, G, H))
-    dw0, db0 = ops.group_sparse_linear_backward_weight(dy, x, idx, G)
-    assert_elementwise_close(dw0, dw_ref)
-    assert_elementwise_close(db0, db_ref)
-
-
-def test_sm90_row_classes_below_8_rows(poison, monkeypatch):
-    # Fewer than 8 rows: no row classes (the unaligned kernels), still against float64.
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1")
-    B, H, L, K, G = 7, 768, 4099, 128, 32
-    assert not any(kernels.dy_row_classes(p, torch.bfloat16, B, H, L, K, G) for p in ("input", "weight"))
-    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 171)
-    ops = torch.ops.largeout
-    assert_elementwise_close(ops.group_sparse_linear(x, w, idx, b, G), ref.group_sparse_linear(x, w, idx, b, G))
-    assert_elementwise_close(ops.group_sparse_linear_backward_input(dy, w, idx, G, H),
-                             dx_reference_cuda(dy, w, idx, G, H))
-    dw_ref, db_ref = dw_reference_cuda(dy, x, idx, G)
-    dw, db = ops.group_sparse_linear_backward_weight(dy, x, idx, G)
-    assert_elementwise_close(dw, dw_ref)
-    assert_elementwise_close(db, db_ref)
-
-
-@pytest.mark.parametrize("pad", ["classes", "classes-strided", "padded", "padded-strided", "0"])
+@pytest.mark.parametrize("pad", ["default", "0", "default-strided"])
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (512, 768, 670_091, 128, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
-    # The autograd backward at odd L: with row classes (LARGEOUT_SM90_ROW_CLASSES=1) dx v3 and
-    # dW v2 read dY's rows as row classes (also from a dY whose rows start one element into a
-    # wider buffer: "-strided"); without them it pads dY once for both passes
-    # (largeout.pad_columns_sum), and with LARGEOUT_PAD_DY=0 too runs the v1 kernels on dY as it
-    # is. Gradients against float64, also at the benchmark's L = 670,091.
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if pad.startswith("classes") else "0")
+    # By default the autograd backward at odd L pads dY once for both passes (dx v3 or v2,
+    # dW v2; largeout.pad_columns_sum, also from a dY whose rows start one element into a
+    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is.
+    # Gradients against float64, also at the benchmark's L = 670,091.
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 95)
-    if pad.endswith("-strided"):
+    if pad == "default-strided":
         wide = torch.empty(B, L + 1, dtype=dy.dtype, device=dy.device)
         wide[:, 1:] = dy
         dy = wide[:, 1:]
@@ -558,19 +480,16 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     assert rel_err(b.grad, db_ref) < 1e-2
 
 
-@pytest.mark.parametrize("rows", ["classes", "off"])
 @pytest.mark.parametrize("frozen", ["x", "weight"])
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64), (130, 768, 5_003, 128, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rows, poison, monkeypatch):
+def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
     # With a frozen input (dW and dbias only) or a frozen weight (dx and dbias only) the
     # autograd backward at odd L pads dY too (rows of L rounded up to 8, so that the pass
-    # that runs reads dY by TMA), except where that pass reads dY's rows as row classes and
-    # for dW alone at G >= 128 (measured slower padded); the same with row classes off
-    # (LARGEOUT_SM90_ROW_CLASSES=0); its gradients against float64, the frozen one's None.
+    # that runs reads dY by TMA), except for dW alone at G >= 128 (measured slower padded);
+    # its gradients against float64, the frozen one's None.
     import largeout._ops as ops
 
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 96)
     x.requires_grad_(frozen != "x")
@@ -586,11 +505,7 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rows, poison, monkeyp
 
     monkeypatch.setattr(ops, "_rows_for_tma", spy)
     torch.ops.largeout.group_sparse_linear(x, w, idx, b, G).backward(dy)
-    runs = "weight" if frozen == "x" else "input"
-    unpadded = (runs == "weight" and G >= 128) or row_classes_expected(runs, B, K, G)
-    if rows == "off":  # no row classes: dx v2 or dW v2 on the padded copy
-        unpadded = runs == "weight" and G >= 128
-    assert strides == [L if unpadded else (L + 7) // 8 * 8]
+    assert strides == [L if frozen == "x" and G >= 128 else (L + 7) // 8 * 8]
     dw_ref, db_ref = dw_reference_cuda(dy, x.detach(), idx, G)
     assert rel_err(b.grad, db_ref) < 1e-2
     if frozen == "x":
@@ -606,21 +521,16 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rows, poison, monkeyp
                                    (320, 768, 40000, 64, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 @pytest.mark.parametrize("dbias", ["loader", "computing"])
-@pytest.mark.parametrize("rows", ["classes", "off"])
-def test_sm90_dw_k64_split_batch(shape, dbias, rows, poison, monkeypatch):
+def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # K = 64 with more batch chunks than half the ring holds (by default both warpgroups on
     # every group, alternate chunks, partials added in a fixed order; LARGEOUT_SM90_DW_SPLITB=0
     # leaves them to the generic kernels; odd chunk counts, 5 and 7, over many groups per CTA:
     # the warpgroups swap chunk parities from group to group so that each keeps its own ring
-    # slots; G = 128 over 3 groups per CTA), v2 (even L, and odd L on row classes) and v1 (odd L
-    # with LARGEOUT_SM90_ROW_CLASSES=0), with dbias summed by the loader
-    # (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the default; v2
-    # only: reduced over both), against float64 element by element, twice (deterministic).
+    # slots; G = 128 over 3 groups per CTA), v2 (even L) and v1 (odd L), with dbias summed by the
+    # loader (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the
+    # default; v2 only: reduced over both), against float64 element by element, twice (deterministic).
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
     B, H, L, K, G = shape
-    if rows == "off" and L % 8 == 0:
-        pytest.skip("row classes apply to odd L only")
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"
     monkeypatch.delenv("LARGEOUT_SM90_DW_SPLITB")
@@ -663,15 +573,12 @@ def _in_fresh_thread(fn):
     return out["value"]
 
 
-@pytest.mark.parametrize("L,rows", [(20_000, "classes"), (20_011, "classes"), (20_011, "off")],
-                         ids=["even_L", "odd_L", "odd_L_v1"])
-def test_sm90_ops_on_a_fresh_thread(L, rows, monkeypatch):
+@pytest.mark.parametrize("L", [20_000, 20_011], ids=["even_L", "odd_L"])
+def test_sm90_ops_on_a_fresh_thread(L, monkeypatch):
     # Each op as the first CUDA work of a new thread (as in autograd's device thread), without
     # the poison fixture (whose fills would run torch kernels there first): the same bits as
-    # on this thread. Even L runs the TMA kernels (dx v3, dW v2), odd L the same on row
-    # classes, or with them off (LARGEOUT_SM90_ROW_CLASSES=0) the v1 dx/dW kernels (found
-    # failing there with cudaErrorInvalidValue).
-    monkeypatch.setenv("LARGEOUT_SM90_ROW_CLASSES", "1" if rows == "classes" else "0")
+    # on this thread. Odd L runs the v1 dx/dW kernels (found failing there with
+    # cudaErrorInvalidValue), even L the TMA ones (dx v3, dW v2).
     B, H, K, G = 256, 768, 128, 32
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 120)
     ops = torch.ops.largeout
@@ -686,7 +593,7 @@ def test_sm90_ops_on_a_fresh_thread(L, rows, monkeypatch):
         there = _in_fresh_thread(fn)
         for a, c in zip(here if isinstance(here, tuple) else (here,), there if isinstance(there, tuple) else (there,)):
             assert torch.equal(a, c), name
-    # autograd without a padded dY: the backward's first CUDA work is dx (v1 where rows are off)
+    # autograd at odd L without the padded dY: the backward's first CUDA work is dx v1
     monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
     xg = x.clone().requires_grad_(True)
     ops.group_sparse_linear(xg, w, idx, None, G).backward(dy)

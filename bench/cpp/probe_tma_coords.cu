@@ -7,7 +7,13 @@
 // A bf16 tensor of 16 rows x 1000 columns (row stride 1024 elements) holds value(r, c); a
 // box of 8 rows x 64 columns at (C0, 0) is loaded into shared memory and copied out (load),
 // or written from shared memory (store) over a tensor of sentinels. Prints "ok" or the
-// first mismatch and exits 0 / 1 (2: a CUDA error).
+// first mismatch and exits 0 / 1 (2: a CUDA error). Built and run by `run_device.sh tmaprobe`.
+//
+// On an H100 (session 26, bench/results/probe_tma_s26_h100.txt) every case with C0 = 0 was
+// right and every other one (3, 997, -5; loads and stores, with and without swizzle) stopped
+// with an illegal instruction: a box's innermost start must lie on 16 bytes, so a matrix whose
+// rows are not 16-byte aligned cannot be tiled by TMA even through maps of 8-row classes with
+// aligned bases and strides (bench/NOTES.md).
 #include <cudaTypedefs.h>
 
 #include <cstdio>

@@ -455,10 +455,9 @@ std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int6
 #ifdef LARGEOUT_WITH_CUDA
   const cuda::Pass p = parse_pass(pass);
   if (dtype == at::kFloat8_e4m3fn || dtype == at::kFloat8_e5m2) {
-    // dx's choice depends on dY's row stride: contiguous rows here (at L % 8 != 0 read as row
-    // classes where dx v3 applies). (Where L % 8 != 0, B > 1 and dx reads no row classes, the
-    // layer's backward passes dY row-padded to a multiple of 8, which dx takes as it would
-    // for such an L.)
+    // dx's choice depends on dY's row stride: contiguous rows here. (Where L % 8 != 0 and
+    // B > 1 the layer's backward passes dY row-padded to a multiple of 8, which dx takes as
+    // it would for such an L.)
     if (p != cuda::Pass::kWeight && cuda::fp8_kernels_apply(p, make_shape(B, H, L, K, G), device_info()))
       return "sm90-fp8";
     dtype = at::kBFloat16;
@@ -466,21 +465,6 @@ std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int6
   const DType dt = to_dtype(dtype, "dtype");
   const cuda::Path path = cuda::choose_path(p, dt, make_shape(B, H, L, K, G), device_info());
   return path == cuda::Path::kSm90 ? "sm90" : "generic";
-#else
-  TORCH_CHECK(false, "largeout: built without CUDA kernels");
-#endif
-}
-
-// Whether the Hopper kernel of the backward pass ("input" or "weight") reads a contiguous dY
-// of this shape whose L is not a multiple of 8 by TMA (as 8 row classes), so that the autograd
-// backward need not pad dY's rows; false where L % 8 == 0 (nothing to pad) and for "forward".
-bool cuda_dy_row_classes(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
-                         int64_t G) {
-#ifdef LARGEOUT_WITH_CUDA
-  const cuda::Pass p = parse_pass(pass);
-  if (dtype == at::kFloat8_e4m3fn || dtype == at::kFloat8_e5m2) dtype = at::kBFloat16;  // (dY is bf16)
-  return p != cuda::Pass::kForward &&
-         cuda::dy_row_classes(p, to_dtype(dtype, "dtype"), make_shape(B, H, L, K, G), device_info());
 #else
   TORCH_CHECK(false, "largeout: built without CUDA kernels");
 #endif

@@ -60,8 +60,6 @@ std::string get_kernel_policy();
 std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
                              int64_t G);
 std::vector<int64_t> cuda_launch_counts();
-bool cuda_dy_row_classes(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
-                         int64_t G);
 // Defined in fp8_ops.cpp.
 std::vector<std::string> fp8_gemm_configs();
 }  // namespace largeout
@@ -74,8 +72,6 @@ TORCH_LIBRARY(largeout, m) {
   m.def("cuda_kernel_path(str pass_, ScalarType dtype, int B, int H, int L, int K, int G) -> str",
         &largeout::cuda_kernel_path);
   m.def("cuda_launch_counts() -> int[]", &largeout::cuda_launch_counts);
-  m.def("cuda_dy_row_classes(str pass_, ScalarType dtype, int B, int H, int L, int K, int G) -> bool",
-        &largeout::cuda_dy_row_classes);
   // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
   // float8_e5m2) with Philox bits keyed by (seed, offset).
   m.def("stochastic_round(Tensor x, ScalarType dtype, int seed, int offset) -> Tensor");

@@ -80,10 +80,7 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     multiple of 8 and the Hopper kernels run the backward passes named in ``passes``
     ("input": dx, "weight": dW and dbias) in their versions that read dY by TMA, which needs
     16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows;
-    the ops copy it back where their kernel cannot take it), else dY contiguous: also where
-    every pass that runs reads contiguous rows of such an L by TMA as 8 row classes
-    (largeout.kernels.dy_row_classes: dx v3 and dW v2 at B >= 8, with
-    LARGEOUT_SM90_ROW_CLASSES=1, opt-in until a GPU run has passed with them). The copy,
+    the ops copy it back where their kernel cannot take it), else dY contiguous. The copy,
     one pass of largeout.pad_columns_sum (from any strides), is as large as dY and lives
     until the backward returns; LARGEOUT_PAD_DY=0 turns it off. Measured: with both passes
     the step at L=670,091, G=32 5.87 -> 4.79 ms (bench/results/pad_dy_h200.json); with dx
@@ -97,9 +94,6 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     if tuple(passes) == ("weight",) and group_size >= 128:
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
-    if all(torch.ops.largeout.cuda_dy_row_classes(p, grad_out.dtype, B, H, L, K, group_size) for p in passes):
-        rows = grad_out.contiguous()
-        return rows if rows.data_ptr() % 16 == 0 else rows.clone()  # (one aligned copy, not one per op)
     env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
     if K not in (64, 128, 256) or any(os.environ.get(env[p]) == "v1" for p in passes):
         return grad_out.contiguous()

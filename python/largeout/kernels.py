@@ -54,20 +54,6 @@ def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_featu
     return torch.ops.largeout.cuda_kernel_path(pass_, dtype, batch, in_features, out_features, fan_in, group_size)
 
 
-def dy_row_classes(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_features: int, fan_in: int,
-                   group_size: int) -> bool:
-    """Whether the Hopper kernel of a backward pass (``"input"`` or ``"weight"``) reads a
-    contiguous dY whose ``out_features`` is not a multiple of 8 straight by TMA, as 8 row
-    classes (rows ``c, c + 8, ...``, each class with 16-byte aligned strides), so that the
-    autograd backward makes no row-padded copy of dY. Row classes are opt-in for now
-    (``LARGEOUT_SM90_ROW_CLASSES=1``; off, this is False). False where
-    ``out_features % 8 == 0`` (nothing to pad) and for ``"forward"``."""
-    if pass_ not in _PASSES:
-        raise ValueError(f"largeout.kernels.dy_row_classes: pass_ must be one of {_PASSES}; got {pass_!r}")
-    return torch.ops.largeout.cuda_dy_row_classes(pass_, dtype, batch, in_features, out_features, fan_in,
-                                                   group_size)
-
-
 def launch_counts() -> dict:
     """Kernel launches since the process started, by pass and path (``"generic"``,
     ``"sm90"``, ``"sm90-fp8"``)."""

@@ -44,11 +44,7 @@ void count_launch(Pass pass, Path path);  // (the launchers' side of launch_coun
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 // Whether the pass (input or weight) reads dY by TMA on this device for this shape, so that
 // dY may be a row-padded view with row stride s.grad_ld (a multiple of 8; bench/NOTES.md).
-// (Asked for non-contiguous dY only; contiguous rows of an odd L: dy_row_classes.)
 bool dy_tma_supported(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
-// Whether the pass (input or weight) reads a contiguous dY with L % 8 != 0 by TMA on this
-// device (as row classes), so that a row-padded copy of dY buys nothing.
-bool dy_row_classes(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 
 cudaError_t group_sparse_fwd(DType dtype, const GroupSparseShape& s, const void* x, const void* weight,
                              const int32_t* indices, const void* bias, void* y, cudaStream_t stream);

@@ -62,10 +62,6 @@ bool dy_tma_supported(Pass pass, DType dtype, const GroupSparseShape& s, const D
   return pass == Pass::kWeight && sm90::dw_tma_supported(dtype, s, dev);
 }
 
-bool dy_row_classes(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev) {
-  return choose_path(pass, dtype, s, dev) == Path::kSm90 && sm90::dy_row_classes(pass, dtype, s, dev);
-}
-
 bool fp8_kernels_apply(Pass pass, const GroupSparseShape& s, const DeviceInfo& dev) {
   if (kernel_policy() == KernelPolicy::kGeneric) return false;
   if (pass == Pass::kForward) return sm90::fwd_fp8_supported(s, dev);

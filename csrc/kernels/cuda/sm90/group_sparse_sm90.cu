@@ -2,8 +2,7 @@
 //
 // Every kernel runs 3 warpgroups: warpgroup 0 loads (TMA for weights and indices,
 // plain or cp.async loads where TMA cannot describe the tensor: dY and y have a row
-// stride of L elements, and L may be odd; the forward's stores, dx v3 and dW v2 then take
-// them by TMA as 8 row classes, RowMaps), warpgroups 1 and 2 compute on tensor cores
+// stride of L elements, and L may be odd), warpgroups 1 and 2 compute on tensor cores
 // (wgmma) and write results. Stages of shared memory pass from loader to computers
 // through full/empty mbarriers.
 //
@@ -187,55 +186,6 @@ struct RingPos {
   }
 };
 
-// A row-major [rows, L] 16-bit matrix (dY, y) for TMA. Where its row stride is a multiple of
-// 8 elements, map[0] describes it (classes == 0). Where L % 8 != 0 (contiguous rows: TMA
-// needs 16-byte strides), it is read and written as 8 row classes (classes == 1): class c
-// is rows c, c + 8, c + 16, ... (a stride of 8 L elements, 16 L bytes), from its first row's
-// start rounded down to 16 bytes, class_shift(c, L) = (c L) % 8 elements earlier; its map's
-// rows are L + that shift long, so label l of a row is column l + the shift, and columns past
-// L read as zeros and are not written. A box of R rows at row r0 (a multiple of 8) is then 8
-// boxes of R / 8 rows, class c's at row r0 / 8 of its map, landing one after another:
-// position c R / 8 + i of the box holds row r0 + c + 8 i (row_of_position).
-struct RowMaps {
-  CUtensorMap map[8];
-  int classes;
-};
-
-__host__ __device__ __forceinline__ int class_shift(int c, int64_t L) { return (c * int(L & 7)) & 7; }
-
-__device__ __forceinline__ int row_of_position(int p, int box_rows) {
-  const int per = box_rows / 8;
-  return p / per + 8 * (p % per);
-}
-
-__device__ __forceinline__ void prefetch_row_maps(const RowMaps& m) {
-  for (int c = 0; c < (m.classes ? 8 : 1); ++c) prefetch_tensormap(&m.map[c]);
-}
-
-// TMA of the box [box_rows][columns col ..] at row r0 of the [rows, L] matrix into dst
-// (classes: the 8 boxes of class_bytes each, one after another; a loop, not unrolled, to
-// keep the issuing thread's registers few).
-__device__ __forceinline__ void tma_load_rows(uint8_t* dst, const RowMaps& m, uint64_t* bar, int col, int r0,
-                                              int64_t L, uint32_t class_bytes) {
-  if (!m.classes) {
-    tma_load_2d(dst, &m.map[0], bar, col, r0);
-    return;
-  }
-#pragma unroll 1
-  for (int c = 0; c < 8; ++c) tma_load_2d(dst + c * class_bytes, &m.map[c], bar, col + class_shift(c, L), r0 >> 3);
-}
-
-// The store of such a box from shared memory.
-__device__ __forceinline__ void tma_store_rows(const RowMaps& m, const uint8_t* src, int col, int r0, int64_t L,
-                                               uint32_t class_bytes) {
-  if (!m.classes) {
-    tma_store_2d(&m.map[0], src, col, r0);
-    return;
-  }
-#pragma unroll 1
-  for (int c = 0; c < 8; ++c) tma_store_2d(&m.map[c], src + c * class_bytes, col + class_shift(c, L), r0 >> 3);
-}
-
 // The weight stages of consecutive units, in the loader's order, kept by increments: unit n
 // takes ring n % rings (each ring `per_ring` slots, ring r at slots r per_ring ..), and its
 // stage q is that ring's (n / rings) qs + q-th stage. (The forward: rings = kCons computing
@@ -396,7 +346,7 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
 // bf16 kernel on the upcast weight).
 template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, bool kW8 = false>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
-gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ RowMaps tm_y,
+gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
              const float* __restrict__ row_scale, int e4m3) {
@@ -431,7 +381,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ R
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
-    if (tma_store) prefetch_row_maps(tm_y);
+    if (tma_store) prefetch_tensormap(&tm_y);
   }
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
   for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThr) {
@@ -623,11 +573,10 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ R
 
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
     if (tma_store) {
-      // Epilogue by TMA: + bias, round, into [64 rows][64 labels] SW128 boxes, which one
-      // thread stores; the tensor's bounds clip rows past B and labels past L. Split ranges
-      // are whole units, so every label stored belongs to this CTA. At odd L (row classes)
-      // row r sits at position 8 (r % 8) + r / 8 of its box (row_of_position, its own
-      // inverse for 64 rows).
+      // Epilogue by TMA (row stride L * 2 bytes a multiple of 16): + bias, round, into
+      // [64 rows][64 labels] SW128 boxes, which one thread stores; the tensor's bounds clip
+      // rows past B and labels past L. Split ranges are whole units, so every label
+      // stored belongs to this CTA.
       const bool issuer = (threadIdx.x & 127) == 0;
       if (issuer) bulk_wait_read0();  // the previous unit's boxes have been read
       named_barrier(2 + cw, 128);
@@ -638,7 +587,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ R
           const int col = u * G + 8 * j;  // first label of this 16-byte chunk
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
-            const int r = tm_y.classes ? row_of_position(r0 + 8 * h, 64) : r0 + 8 * h;
+            const int r = r0 + 8 * h;
             const uint32_t off = uint32_t(col >> 6) * 8192u + uint32_t(r) * 128u +
                                  ((uint32_t((col & 63) >> 3) ^ uint32_t(r & 7)) << 4) + 4u * uint32_t(t);
             *reinterpret_cast<uint32_t*>(my_stg + off) =
@@ -649,8 +598,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ R
       named_barrier(2 + cw, 128);
       if (issuer) {
 #pragma unroll
-        for (int bx = 0; bx < kU * G / 64; ++bx)
-          tma_store_rows(tm_y, my_stg + bx * 8192, int(l0) + 64 * bx, b0, L, 1024);
+        for (int bx = 0; bx < kU * G / 64; ++bx) tma_store_2d(&tm_y, my_stg + bx * 8192, int(l0) + 64 * bx, b0);
         bulk_commit();
       }
       continue;
@@ -735,11 +683,10 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // only: 4 = no dbias (the loader neither reads the landed dY tile nor sums), 5 = 1 and 2
 // (no copies at all: the ring's barriers, the MMAs and dbias on what the stages hold),
 // 6 = no proxy fence before the computing warpgroups' MMAs.
-// kTma (v2, where TMA reads dY: a row stride that is a multiple of 8, or row classes): the dY
-// tile comes by TMA straight into the MMA's swizzled layout (the probes showed the register
-// placement of v1 to be half of dW's time); each loader thread's gathers arrive on the
-// stage's barrier when they land (no loader-wide wait); the loader then reads the landed tile
-// for dbias and releases the stage too.
+// kTma (v2, where dY's row stride is a multiple of 8): the dY tile comes by TMA straight into the MMA's swizzled
+// layout (the probes showed the register placement of v1 to be half of dW's time); each
+// loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
+// wait); the loader then reads the landed tile for dbias and releases the stage too.
 // kLoaders (v2 only): loader warpgroups, 1, 2 or 4. With more than one, each issues its share
 // of each stage's gathers; only the first also does the dY box, dbias and the release:
 // bench_gather_bw measured cp.async gathers of this pattern at ~3.6 TB/s from 128 threads
@@ -765,7 +712,7 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
           bool kDbC = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
-gsl_dw_sm90(const __grid_constant__ RowMaps tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
+gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
             int64_t ldy, int groups_per_cta, int num_groups, int stages, int split_batch) {
   using C = DwCfg<G, kNmb>;
@@ -806,7 +753,7 @@ gsl_dw_sm90(const __grid_constant__ RowMaps tm_dy, const T* __restrict__ xt, con
       mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma && !kDbC ? 4 : 0));
     }
     fence_barrier_init();
-    if constexpr (kTma && !kDyCp) prefetch_row_maps(tm_dy);
+    if constexpr (kTma) prefetch_tensormap(&tm_dy);
   }
   __syncthreads();
 
@@ -895,8 +842,8 @@ gsl_dw_sm90(const __grid_constant__ RowMaps tm_dy, const T* __restrict__ xt, con
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
             for (int bx = 0; bx < G / kBoxLabels; ++bx)
-              tma_load_rows(as + C::kABytes + bx * 64 * kBoxLabels * 2, tm_dy, &full[s], g * G + bx * kBoxLabels,
-                            bc * 64, L, 8 * kBoxLabels * 2);
+              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels,
+                          bc * 64);
           }
         }
         if constexpr (kProbe == 1 || kProbe == 5) {
@@ -1135,12 +1082,9 @@ gsl_dw_sm90(const __grid_constant__ RowMaps tm_dy, const T* __restrict__ xt, con
   }
 }
 
-// x [B, H] -> x^T [H, Bp], columns B..Bp-1 zero. With row classes (dY's tiles of 64 rows come
-// as 8 class boxes: position p of a tile holds its row row_of_position(p, 64)), batch row b
-// goes to the column of its position in its tile of 64, so that the A tile's k-slots pair
-// with the dY tile's rows.
+// x [B, H] -> x^T [H, Bp], rows B..Bp-1 zero.
 template <class T>
-__global__ void transpose_pad(const T* __restrict__ x, T* __restrict__ xt, int B, int H, int Bp, int classes) {
+__global__ void transpose_pad(const T* __restrict__ x, T* __restrict__ xt, int B, int H, int Bp) {
   __shared__ T tile[32][33];
   const int b0 = blockIdx.x * 32, f0 = blockIdx.y * 32;
   for (int i = threadIdx.y; i < 32; i += blockDim.y) {
@@ -1150,8 +1094,7 @@ __global__ void transpose_pad(const T* __restrict__ x, T* __restrict__ xt, int B
   __syncthreads();
   for (int i = threadIdx.y; i < 32; i += blockDim.y) {
     const int f = f0 + i, b = b0 + threadIdx.x;
-    const int col = classes ? (b & ~63) | row_of_position(b & 63, 64) : b;  // (its own inverse at 64 rows)
-    if (f < H && b < Bp) xt[int64_t(f) * Bp + col] = tile[threadIdx.x][i];
+    if (f < H && b < Bp) xt[int64_t(f) * Bp + b] = tile[threadIdx.x][i];
   }
 }
 
@@ -1629,7 +1572,7 @@ struct Dx3Cfg {
 
 template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
-gsl_dx3_sm90(const __grid_constant__ RowMaps tm_dy, const void* __restrict__ weight,
+gsl_dx3_sm90(const __grid_constant__ CUtensorMap tm_dy, const void* __restrict__ weight,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
              int units_per_split, int num_groups, const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || std::is_same_v<T, __nv_bfloat16>, "fp8 weights: bf16");
@@ -1660,7 +1603,7 @@ gsl_dx3_sm90(const __grid_constant__ RowMaps tm_dy, const void* __restrict__ wei
       mbar_init(&eempty[e], 8);  // the computing warps
     }
     fence_barrier_init();
-    prefetch_row_maps(tm_dy);
+    prefetch_tensormap(&tm_dy);
   }
   __syncthreads();
 
@@ -1673,7 +1616,7 @@ gsl_dx3_sm90(const __grid_constant__ RowMaps tm_dy, const void* __restrict__ wei
     const int groups = int(num_groups - g0 < kGU ? num_groups - g0 : kGU);
     const uint32_t wbytes = uint32_t(rows) * K * kWElem, ibytes = uint32_t(groups) * K * 4;
     mbar_arrive_expect_tx(&full[n % S], C::kDyBytes + wbytes + ibytes);
-    tma_load_rows(st, tm_dy, &full[n % S], int(l0), b0, L, C::kDyBytes / 8);
+    tma_load_2d(st, &tm_dy, &full[n % S], int(l0), b0);
     bulk_load(st + C::kDyBytes, static_cast<const uint8_t*>(weight) + l0 * K * kWElem, wbytes, &full[n % S]);
     bulk_load(st + C::kDyBytes + C::kWBytes, idx + g0 * K, ibytes, &full[n % S]);
   };
@@ -1820,15 +1763,12 @@ gsl_dx3_sm90(const __grid_constant__ RowMaps tm_dy, const void* __restrict__ wei
   }
   wgmma_wait<0>();
   fence_regs(acc);
-  // m64nkHS fragment: acc[4 i + 2 hh + v] = (row 16 warp + lane / 4 + 8 hh, feature 8 i + 2 (lane % 4) + v)
-  // of the warpgroup's 64 rows of the tile: tile position p of batch row b0 + p, or with row
-  // classes b0 + row_of_position(p, 128).
+  // m64nkHS fragment: acc[4 i + 2 hh + v] = (row 16 warp + lane / 4 + 8 hh, feature 8 i + 2 (lane % 4) + v).
 #pragma unroll
   for (int i = 0; i < kHS / 8; ++i)
 #pragma unroll
     for (int hh = 0; hh < 2; ++hh) {
-      const int p = 64 * cw + 16 * warp + (lane >> 2) + 8 * hh;
-      const int b = b0 + (tm_dy.classes ? row_of_position(p, C::kBM) : p);
+      const int b = b0 + 64 * cw + 16 * warp + (lane >> 2) + 8 * hh;
       const int f = h0 + 8 * i + 2 * (lane & 3);
       if (b >= B || f >= H) continue;
       const float v0 = acc[4 * i + 2 * hh], v1 = acc[4 * i + 2 * hh + 1];
@@ -1910,42 +1850,24 @@ cudaError_t unit_weight_map_u8(CUtensorMap* map, const void* w, int64_t L, int64
   return r == CUDA_SUCCESS ? cudaSuccess : cudaErrorInvalidValue;
 }
 
-// RowMaps of a [rows, L] matrix with row stride ld (a multiple of 8, or L itself with rows >= 8:
-// row classes) and boxes of [box_rows, box_cols], 128-byte swizzle (64-byte for 32-column boxes).
-cudaError_t row_maps(RowMaps* m, DType dt, const void* p, int64_t rows, int64_t L, int64_t ld, uint32_t box_rows,
-                     uint32_t box_cols, CUtensorMapL2promotion promotion) {
-  const CUtensorMapSwizzle swizzle = box_cols == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B;
-  *m = RowMaps{};
-  m->classes = ld % 8 != 0;
-  if (!m->classes) {
-    const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(rows)};
-    const cuuint64_t strides[1] = {cuuint64_t(ld) * 2};
-    const cuuint32_t box[2] = {box_cols, box_rows};
-    return tensor_map(&m->map[0], dt, p, 2, dims, strides, box, promotion, swizzle);
-  }
-  if (ld != L || rows < 8 || box_rows % 8 != 0) return cudaErrorInvalidValue;
-  for (int c = 0; c < 8; ++c) {
-    const int64_t first = c * L, shift = class_shift(c, L);  // row c's first element, its distance past 16 bytes
-    const cuuint64_t dims[2] = {cuuint64_t(L + shift), cuuint64_t(cdiv(rows - c, 8))};
-    const cuuint64_t strides[1] = {cuuint64_t(8 * L) * 2};
-    const cuuint32_t box[2] = {box_cols, box_rows / 8};
-    if (cudaError_t e = tensor_map(&m->map[c], dt, static_cast<const uint16_t*>(p) + (first - shift), 2, dims,
-                                   strides, box, promotion, swizzle);
-        e != cudaSuccess)
-      return e;
-  }
-  return cudaSuccess;
+// y [rows, L] (L % 8 == 0): [64 rows, 64 labels] boxes, for stores.
+cudaError_t output_map(CUtensorMap* map, DType dt, void* y, int64_t rows, int64_t L) {
+  const cuuint64_t dims[2] = {cuuint64_t(L), cuuint64_t(rows)};
+  const cuuint64_t strides[1] = {cuuint64_t(L) * 2};
+  const cuuint32_t box[2] = {64, 64};
+  return tensor_map(map, dt, y, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_NONE);
 }
 
-// y [rows, L]: [64 rows, 64 labels] boxes, for stores.
-cudaError_t output_map(RowMaps* m, DType dt, void* y, int64_t rows, int64_t L) {
-  return row_maps(m, dt, y, rows, L, L, 64, 64, CU_TENSOR_MAP_L2_PROMOTION_NONE);
-}
-
-// dY [B, L] with row stride s.dy_ld(): boxes of [rows, labels]. dx v2: [32, 64]; dx v3:
-// [128, 64]; dW v2: [64, 32] for G = 32, else [64, 64] (the layouts of DwCfg::dy_chunk).
-cudaError_t dy_map(RowMaps* m, DType dt, const void* dy, const GroupSparseShape& s, uint32_t rows, uint32_t labels) {
-  return row_maps(m, dt, dy, s.batch, s.out_features, s.dy_ld(), rows, labels, CU_TENSOR_MAP_L2_PROMOTION_L2_256B);
+// dY [B, L] with row stride s.dy_ld() (a multiple of 8): boxes of [rows, labels], 128-byte
+// swizzle (64-byte for 32-label boxes). dx v2: [32, 64]; dW v2: [64, 32] for G = 32, else
+// [64, 64] (the layouts of DwCfg::dy_chunk).
+cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, const GroupSparseShape& s, uint32_t rows,
+                   uint32_t labels) {
+  const cuuint64_t dims[2] = {cuuint64_t(s.out_features), cuuint64_t(s.batch)};
+  const cuuint64_t strides[1] = {cuuint64_t(s.dy_ld()) * 2};
+  const cuuint32_t box[2] = {labels, rows};
+  return tensor_map(map, dt, dy, 2, dims, strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                    labels == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
 // Environment switches (timing comparisons, probes, opt-ins): whether `name` is set to
@@ -1957,14 +1879,6 @@ bool env_is(const char* name, const char* value) {
 int env_int(const char* name) {
   const char* e = std::getenv(name);
   return e != nullptr ? std::atoi(e) : 0;
-}
-
-// Whether TMA describes a [rows, L] matrix with row stride ld: a multiple of 8, or contiguous
-// rows as row classes (RowMaps: at least 8 rows) where LARGEOUT_SM90_ROW_CLASSES=1 (opt-in
-// until a GPU run has passed the tests with them; bench/NOTES.md, session 26). Without them
-// the kernels for unaligned rows run, or the ops' callers pad.
-bool rows_by_tma(int64_t rows, int64_t L, int64_t ld) {
-  return ld % 8 == 0 || (ld == L && rows >= 8 && env_is("LARGEOUT_SM90_ROW_CLASSES", "1"));
 }
 
 bool common_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2113,21 +2027,18 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t tiles = cdiv(s.batch, C::kBM);
         const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-        // Output by TMA (LARGEOUT_SM90_FWD_TMA_STORE=0: plain stores); rows of L % 8 != 0 as row
-        // classes only where LARGEOUT_SM90_FWD_ROW_CLASSES=1 too (at least 8 rows; they stopped with
-        // an illegal instruction on the H200 in session 26, bench/NOTES.md), else plain stores there
-        // (staging rows shifted so that bulk copies store their aligned middles measured no
-        // faster, bench/results/fwd_bulk_h200.json).
-        const bool tma_out = reinterpret_cast<uintptr_t>(y) % 16 == 0 && !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0") &&
-                             (s.out_features % 8 == 0 || env_is("LARGEOUT_SM90_FWD_ROW_CLASSES", "1"));
+        // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
+        // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
+        // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
+        const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                               !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
         constexpr int64_t kMaxTiles = 65535;
         for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
           const int64_t nt = std::min(kMaxTiles, tiles - t0);
           const int64_t r0 = t0 * C::kBM;
           const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
           T* yc = static_cast<T*>(y) + r0 * s.out_features;
-          const bool tma_store = tma_out && rows_by_tma(rows, s.out_features, s.out_features);
-          RowMaps ymap{};
+          CUtensorMap ymap{};
           if (tma_store)
             if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
           kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
@@ -2173,9 +2084,7 @@ int dw_loaders() {
   return n == 2 || n == 4 ? n : 1;
 }
 
-bool dw_v2_applies(const GroupSparseShape& s) {
-  return rows_by_tma(s.batch, s.out_features, s.dy_ld()) && !env_is("LARGEOUT_SM90_DW", "v1");
-}
+bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 }  // namespace
 
 bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2214,9 +2123,9 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
     } else {
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
-        // v2 (dY by TMA: rows_by_tma) unless LARGEOUT_SM90_DW=v1; v1 reads dY as contiguous [B, L].
+        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1; v1
+        // reads dY as contiguous [B, L].
         const bool tma = dw_v2_applies(s) && reinterpret_cast<uintptr_t>(dy) % 16 == 0;
-        const bool classes = tma && s.dy_ld() % 8 != 0;
         if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
         const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma);
         if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
@@ -2245,8 +2154,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         // loader; at K = 64 2x faster at B = 128 and 512 on the H200, dbc_*_s24_h200.json, the
         // default since session 25's run of the split-batch fix, bench/NOTES.md); dY by the
         // loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
-        // (not with row classes: the chunks of odd rows are not 16-byte aligned)
-        const bool dycp = tma && !classes && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
+        const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
         const bool dbc = tma && loaders == 1 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader") && ring(true) >= 3;
         const int stages = ring(dbc);
         if (stages < 3) return cudaErrorInvalidValue;
@@ -2254,9 +2162,9 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const int Bp = int(cdiv(B, 64) * 64);
         T* xt = static_cast<T*>(workspace);
         transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
-            static_cast<const T*>(x), xt, B, H, Bp, int(classes));
+            static_cast<const T*>(x), xt, B, H, Bp);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        RowMaps dmap{};
+        CUtensorMap dmap{};
         if (tma)
           if (cudaError_t e = dy_map(&dmap, dt, dy, s, 64, G == 32 ? 32 : 64); e != cudaSuccess) return e;
         const int64_t ng = s.num_groups();
@@ -2316,8 +2224,7 @@ bool dx_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
 }
 
 namespace {
-// dx v3 (expanded weights) where TMA reads dY (rows_by_tma: a row stride that is a multiple of
-// 8, or contiguous rows as row classes): the default for
+// dx v3 (expanded weights) where dY's row stride is a multiple of 8 (TMA): the default for
 // G <= 64 and K >= 128 (measured faster than v2 there: bench/results/dx3_slices_h200.json);
 // LARGEOUT_SM90_DX=v3 takes it for every shape it covers, v2 or v1 keep it off.
 bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2325,7 +2232,7 @@ bool dx_v3_applies(const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!forced && (env_is("LARGEOUT_SM90_DX", "v2") || env_is("LARGEOUT_SM90_DX", "v1") || s.group_size > 64 ||
                   s.fan_in < 128))
     return false;
-  if (!rows_by_tma(s.batch, s.out_features, s.dy_ld()) || s.group_size < 32) return false;
+  if (s.dy_ld() % 8 != 0 || s.group_size < 32) return false;
   bool fits = false;  // (stays false for K other than 64, 128, 256)
   dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     fits = Dx3Cfg<kNk>::smem_bytes() <= smem_budget(dev);
@@ -2393,12 +2300,6 @@ bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w
 }
 }  // namespace
 
-bool dy_row_classes(Pass pass, DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
-  if (s.dy_ld() % 8 == 0) return false;
-  if (pass == Pass::kInput) return dx_supported(dt, s, dev) && dx_v3_applies(s, dev);
-  return pass == Pass::kWeight && dw_supported(dt, s, dev) && dw_v2_applies(s);
-}
-
 bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   return dx2_fits(dt, s, dev, false);
 }
@@ -2416,8 +2317,7 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx2Cfg<G, kNk>;
     int wst = 0, dst = 0;
     if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8)) return cudaErrorNotSupported;
-    CUtensorMap wmap;
-    RowMaps dmap;  // (dx_v2_applies: a row stride that is a multiple of 8, map[0])
+    CUtensorMap wmap, dmap;
     if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
                             : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
         e != cudaSuccess)
@@ -2441,8 +2341,8 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
     kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
-        wmap, dmap.map[0], indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features,
-        int(per), int(ng), wst, dst, row_scale, int(e4m3));
+        wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
+        int(ng), wst, dst, row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
@@ -2458,7 +2358,7 @@ cudaError_t dx_v3(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
                   const float* row_scale = nullptr, bool e4m3 = false) {
   return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     using C = Dx3Cfg<kNk>;
-    RowMaps dmap;
+    CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, C::kBM, C::kUnit); e != cudaSuccess) return e;
     auto kernel = gsl_dx3_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16>) {

@@ -38,15 +38,10 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 cudaError_t dx(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                const void* weight, const int32_t* indices, void* dx, void* workspace, cudaStream_t stream);
 // Whether dx (v2) and dW (v2) read dY by TMA for this shape, with s.dy_ld() as its row
-// stride: then dY may be a row-padded view ([B, L] inside [B, ld], ld a multiple of 8). (dW
-// also says yes for contiguous rows of an odd L, which it reads as row classes.)
+// stride (a multiple of 8): then dY may be a row-padded view ([B, L] inside [B, ld]).
 bool dx_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 bool dw_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
-// Whether dx (v3) or dW (v2, pass kInput or kWeight) reads a contiguous dY whose L is not a
-// multiple of 8 by TMA as 8 row classes (at least 8 rows), so that no row-padded copy is needed.
-bool dy_row_classes(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 #else
-inline bool dy_row_classes(Pass, DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool dx_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool dw_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool fwd_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
