@@ -78,7 +78,8 @@
 #     tune   build, then bench/xmc_tune.py on the datasets carried
 #            in .qdata/ (NAME/{train,test}.txt.gz; grids bench/tune/NAME_gpu.json)
 #
-# Expects the nvidia-cutlass wheel under .whl/ (carried; see bench/README.md).
+# Expects the nvidia-cutlass wheel under .whl/ (made here by `pip download --no-deps -d .whl nvidia-cutlass==4.2.0.0`,
+# carried to the device machine by the call: carry [".whl"]).
 # ARCHS (default 90a) picks the CUDA targets built there; TESTS the test paths.
 set -uo pipefail
 OUT=${OUT:-/tmp/largeout_out}
