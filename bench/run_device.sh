@@ -39,7 +39,7 @@
 #            the Hopper dW tests, as DWCP_BUDGET s after the start allow (default 480)
 #     padfrozen build, the step at odd L (670,091 and 2,812,281; G 32-128) with a frozen input and with a frozen
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
-#     tmaprobe build, then bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
+#     tmaprobe (no library build) bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
 #            997 (partly out of bounds) and -5, no swizzle and 128-byte swizzle, each case in its own process
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
@@ -107,6 +107,18 @@ ARCHS=${ARCHS:-90a}
 # CUTLASS headers from the carried, pinned wheel.
 python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
 export CUTLASS_DIR=/tmp/cutlass/cutlass_library/source
+
+if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start is off 16 bytes, each case in its
+  # own process (needs the CUTLASS headers only, so before the library build)
+  echo "== TMA at inner coordinates off 16 bytes (bench/cpp/probe_tma_coords.cu)"
+  nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS_DIR/include" \
+    bench/cpp/probe_tma_coords.cu -o /tmp/probe_tma > "$OUT/probe_tma_build.log" 2>&1 || tail -20 "$OUT/probe_tma_build.log"
+  for c in "load 0 0" "load 0 3" "load 128 0" "load 128 3" "load 128 997" "load 128 -5" \
+           "store 0 0" "store 0 3" "store 128 0" "store 128 3" "store 128 997"; do
+    echo "$c: $(timeout 20 /tmp/probe_tma $c 2>&1 | tail -1)"
+  done | tee "$OUT/probe_tma.txt"
+  exit 0
+fi
 
 if [ "${SKIP_BUILD:-0}" = 1 ] && python3 -c "import largeout" 2>/dev/null; then
   echo "== build skipped (SKIP_BUILD=1; the installed largeout of an earlier call on this machine)"
@@ -413,17 +425,6 @@ fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
   for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
-  exit 0
-fi
-
-if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start is off 16 bytes, each case in its own process
-  echo "== TMA at inner coordinates off 16 bytes (bench/cpp/probe_tma_coords.cu)"
-  nvcc -std=c++20 -O2 --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -I csrc -I "$CUTLASS_DIR/include" \
-    bench/cpp/probe_tma_coords.cu -o /tmp/probe_tma > "$OUT/probe_tma_build.log" 2>&1 || tail -20 "$OUT/probe_tma_build.log"
-  for c in "load 0 0" "load 0 3" "load 128 0" "load 128 3" "load 128 997" "load 128 -5" \
-           "store 0 0" "store 0 3" "store 128 0" "store 128 3" "store 128 997"; do
-    echo "$c: $(timeout 20 /tmp/probe_tma $c 2>&1 | tail -1)"
-  done | tee "$OUT/probe_tma.txt"
   exit 0
 fi
 
