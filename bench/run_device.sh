@@ -41,6 +41,10 @@
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
 #     tmaprobe (no library build) bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
 #            997 (partly out of bounds) and -5, no swizzle and 128-byte swizzle, each case in its own process
+#     fwdcl  build, the Hopper and fp8 group-sparse tests (the forward with clusters of 1, 2, 4 CTAs multicasting
+#            its weight stages among them), memcheck on the partial-batch cluster tests, then
+#            bench/bench_fwd_cluster.py (LARGEOUT_SM90_FWD_CLUSTER 1 2 4 in turn, twice) at L=131,072 over B 128/512/1024,
+#            K 64/128/256, G 32/64/128 and at L=670,208 (B=512 K=128; B=1024 K=256), as FWDCL_BUDGET s allow (570)
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -425,6 +429,23 @@ fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
   for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
+  exit 0
+fi
+
+if [ "$MODE" = fwdcl ]; then  # session 27: the forward's weight stages multicast across clusters along the batch
+  deadline=$(( T0 + ${FWDCL_BUDGET:-570} ))
+  echo "== tests: Hopper and fp8 group-sparse"
+  RUN_TESTS_TIMEOUT=${FWDCL_TESTS_TIMEOUT:-240} run_tests gpu_tests_fwdcl.log tests/test_group_sparse_sm90.py \
+    tests/test_group_sparse_fp8.py
+  memcheck_tests memcheck_fwdcl.log tests/test_group_sparse_sm90.py "forward_clusters_on_partial"
+  for spec in "--B 128,512,1024 --K 64,128,256 --L 131072:131072" "--B 512 --K 128 --L 670208:headline" \
+              "--B 1024 --K 256 --L 670208:k256"; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 30 ] || { echo "(no time left for ${spec#*:})"; break; }
+    echo "== forward by cluster size: ${spec%:*} (${left} s left)"
+    timeout $left python3 bench/bench_fwd_cluster.py ${spec%:*} --G 32,64,128 --out "$OUT/fwd_cluster_${spec#*:}.json" \
+      2>&1 | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
+  done
   exit 0
 fi
 

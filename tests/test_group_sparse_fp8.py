@@ -224,14 +224,17 @@ def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poiso
 
 
 @sm90
+@pytest.mark.parametrize("cluster", ["1", "2", "4"])
 @pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize("L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16),
                                    (6144, 64, 64)])
-def test_hopper_fp8_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
+def test_hopper_fp8_forward_ring_and_store_paths(cluster, cons, stages, tma_store, L, K, G, poison, monkeypatch):
     """Every forward variant with fp8 weights (two or three computing warpgroups, rings of 2
-    or 8 stages so that the upcast wraps around its slots many times, TMA or plain stores)."""
+    or 8 stages so that the upcast wraps around its slots many times, TMA or plain stores,
+    clusters of 1, 2 or 4 CTAs multicasting the weight codes)."""
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)

@@ -222,22 +222,36 @@ def test_misaligned_views_are_handled(poison):
     assert rel_err(db, db_ref) < 1e-2
 
 
+@pytest.mark.parametrize("cluster", ["1", "2", "4"])
 @pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize(
     "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
 )
-def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
+def test_sm90_forward_ring_and_store_paths(cluster, cons, stages, tma_store, L, K, G, poison, monkeypatch):
     # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
     # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
-    # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
-    # unwritten group must fail.
+    # L % 8 == 0, else by plain stores; clusters of 1, 2 or 4 CTAs along the batch's 4 tiles,
+    # each multicasting its slice of the weight stages, LARGEOUT_SM90_FWD_CLUSTER), element by
+    # element against float64: one wrong or unwritten group must fail.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
+
+
+@pytest.mark.parametrize("cluster", ["2", "4"])
+@pytest.mark.parametrize("B,L,K,G", [(1, 3001, 128, 32), (65, 4096, 256, 128), (300, 2049, 64, 64),
+                                     (1000, 6000, 128, 32), (200, 1000, 256, 64)])
+def test_sm90_forward_clusters_on_partial_batches(cluster, B, L, K, G, poison, monkeypatch):
+    # Clusters where the batch's tiles are fewer than a cluster (B = 1) or not a multiple of it
+    # (tiles rounded up to whole clusters: CTAs past the batch compute and store nothing), with
+    # many groups per CTA; element by element against float64.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
+    check_forward_elementwise(B, 768, L, K, G, 70 + B + G)
 
 
 def twice_on_sm90(pass_, fn):

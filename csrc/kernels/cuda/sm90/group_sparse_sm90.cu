@@ -28,8 +28,10 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "kernels/cuda/group_sparse_dx_reduce.h"
 #include "kernels/cuda/sm90/group_sparse_sm90.h"
@@ -236,17 +238,41 @@ struct FwdCfg {
   }
 };
 
+// The slice of a weight stage ([nk fan-in chunks][rows][64]) that CTA `rank` of a cluster of cs
+// loads and multicasts: the chunks are split first, then the rows, so that every slice is one
+// contiguous box in the stage (chunk-major) starting on a 1024-byte boundary (the 128-byte
+// swizzle's period: rows / (cs / nk) >= 16). Host and device share it (the slice's box).
+struct StageSlice {
+  int nk, rows, cs, rank;
+  __host__ __device__ int by_chunks() const { return nk < cs ? nk : cs; }
+  __host__ __device__ int chunks() const { return nk / by_chunks(); }
+  __host__ __device__ int slice_rows() const { return rows / (cs / by_chunks()); }
+  __host__ __device__ int chunk0() const { return rank % by_chunks() * chunks(); }
+  __host__ __device__ int row0() const { return rank / by_chunks() * slice_rows(); }
+};
+
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
 // kW8 (fp8 weights): the box holds 1-byte codes, unswizzled, and lands in the stage's
 // second half, which upcast_stages then turns into the bf16 stage in place.
+// cs > 1 (the forward's clusters of cs CTAs along the batch, which read the same weight
+// stages): this CTA (cluster rank `rank`) loads the slice StageSlice gives and multicasts it
+// to all of them; `map`'s box is that slice. Every CTA's barrier expects the whole stage.
 template <class C, int G, int K, bool kW8 = false>
 __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
-                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
+                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups,
+                                                int cs = 1, int rank = 0) {
   constexpr uint32_t kBytes = kW8 ? C::kWBytes / 2 : C::kWBytes;
   mbar_arrive_expect_tx(bar, kBytes + C::kIdxBytes);
-  tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
+  if (cs == 1) {
+    tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
+  } else {
+    const StageSlice sl{C::kNs, C::kRows, cs, rank};
+    constexpr uint32_t kRowBytes = kW8 ? kKC : kKC * 2;  // a 64-wide fan-in chunk of one row
+    tma_load_3d_multicast(wdst + (C::kWBytes - kBytes) + uint32_t(sl.chunk0() * C::kRows + sl.row0()) * kRowBytes,
+                          map, bar, 0, gu * G + sl.row0(), q * C::kNs + sl.chunk0(), uint16_t((1u << cs) - 1));
+  }
 #pragma unroll
   for (int u = 0; u < C::kU; ++u) {
     const int gv = min(gu + u, num_groups - 1);
@@ -344,12 +370,17 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
 // of the loader warpgroup upcast each one in place to the bf16 stage the computing
 // warpgroups read (the values of largeout's fp8_to_bf16 op, so the results are those of the
 // bf16 kernel on the upcast weight).
+// cs > 1: the grid runs in clusters of cs CTAs along y (batch tiles), which walk the same groups:
+// each CTA's loader loads 1/cs of every weight stage (tm_w's box: StageSlice) and multicasts it
+// to all of them, so that a stage crosses from L2 once per cluster rather than once per CTA;
+// a slot is refilled once the consumers of every CTA of the cluster have released it (each
+// warp arrives on the slot's empty barrier in every CTA).
 template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, bool kW8 = false>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
-             const float* __restrict__ row_scale, int e4m3) {
+             const float* __restrict__ row_scale, int e4m3, int cs) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -376,13 +407,14 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   if (threadIdx.x == 0) {
     for (int s = 0; s < kCons * spr; ++s) {
       mbar_init(&full[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
-      mbar_init(&empty[s], 4);  // one arrival per warp of the ring's warpgroup
+      mbar_init(&empty[s], 4 * cs);  // one arrival per warp of the ring's warpgroup in each CTA of the cluster
       if constexpr (kW8) mbar_init(&raw[s], 1);
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
     if (tma_store) prefetch_tensormap(&tm_y);
   }
+  const int crank = cs > 1 ? int(cluster_ctarank()) : 0;
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
   for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThr) {
     const int rb = blk & 7, f0 = (blk >> 3) * 8;
@@ -406,6 +438,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
   }
   __syncthreads();
+  if (cs > 1) cluster_sync();  // every CTA's barriers are initialized before any multicast or remote arrival
 
   // Unit n of the CTA goes to computing warpgroup n % kCons, through that warpgroup's
   // ring: its k-th stage there (k = (n / kCons) kQs + q) sits in slot (n % kCons) spr +
@@ -421,7 +454,18 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
-                                        idx, gu, q, num_groups);
+                                        idx, gu, q, num_groups, cs, crank);
+        }
+      }
+      if (cs > 1) {
+        // The other CTAs' consumers arrive on this CTA's empty barriers up to their last stage:
+        // wait for every slot's last release (the waits a further spr stages per ring would
+        // make), so that this CTA's shared memory outlives them. (Every multicast into it has
+        // landed once its own consumers are done.)
+        const int units = (g_pad - g_begin) / kU;
+        for (int r = 0; r < kCons; ++r) {
+          const int fills = (units > r ? (units - r + kCons - 1) / kCons : 0) * kQs;
+          for (int k = fills; k < fills + spr; ++k) mbar_wait(&empty[r * spr + k % spr], ((k / spr) & 1) ^ 1, 12);
         }
       }
     }
@@ -444,9 +488,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
   uint8_t* my_stg = stg + cw * C::kStagingBytes;
-  auto free_stage = [&](int s) {  // one arrival per warp
+  auto free_stage = [&](int s) {  // one arrival per warp (on the slot's barrier in every CTA of the cluster)
     __syncwarp();
-    if (lane == 0) mbar_arrive(&empty[s]);
+    if (cs == 1) {
+      if (lane == 0) mbar_arrive(&empty[s]);
+    } else if (lane < cs) {
+      mbar_arrive_cluster(&empty[s], uint32_t(lane));
+    }
   };
   // This warpgroup's next stage in its ring (its k-th stage, k = (n / kCons) kQs + q for
   // unit n, sits in slot cw spr + k % spr; kept by increments: no division per unit).
@@ -1970,6 +2018,70 @@ void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
   }
 }
 
+// CTAs per cluster along the batch in the forward (its weight stages multicast to all of
+// them): LARGEOUT_SM90_FWD_CLUSTER=1|2|4, else kFwdCluster; halved while the batch has fewer
+// tiles than that or rounding them up to whole clusters would add more than a quarter.
+constexpr int kFwdCluster = 1;
+int fwd_cluster(int64_t tiles) {
+  const int e = env_int("LARGEOUT_SM90_FWD_CLUSTER");
+  int cs = e == 1 || e == 2 || e == 4 ? e : kFwdCluster;
+  while (cs > 1 && (cs > tiles || (cdiv(tiles, int64_t(cs)) * cs - tiles) * 4 > tiles)) cs /= 2;
+  return cs;
+}
+
+// CTAs of `kernel` that run at once in clusters of cs (one CTA per SM; whole clusters only, as
+// the GPCs allow), queried once per (kernel, threads, shared memory, cs, device).
+cudaError_t max_cluster_ctas(const void* kernel, int threads, int64_t smem, int cs, int* out) {
+  struct Entry { const void* kernel; int threads; int64_t smem; int cs, device, ctas; };
+  static std::mutex mu;
+  static std::vector<Entry> cache;
+  int device = 0;
+  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  std::lock_guard<std::mutex> lock(mu);
+  for (const Entry& c : cache)
+    if (c.kernel == kernel && c.threads == threads && c.smem == smem && c.cs == cs && c.device == device) {
+      *out = c.ctas;
+      return cudaSuccess;
+    }
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = dim3(1, unsigned(cs), 1);
+  cfg.blockDim = dim3(unsigned(threads));
+  cfg.dynamicSmemBytes = size_t(smem);
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = unsigned(cs);
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  int clusters = 0;
+  if (cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg); e != cudaSuccess) return e;
+  if (clusters < 1) return cudaErrorInvalidConfiguration;  // not one cluster fits
+  cache.push_back({kernel, threads, smem, cs, device, clusters * cs});
+  *out = clusters * cs;
+  return cudaSuccess;
+}
+
+// Launches kernel<<<grid, block, smem, stream>>>(args...), in clusters of cs CTAs along y where cs > 1.
+template <class... KArgs, class... Args>
+cudaError_t launch_clusters_y(void (*kernel)(KArgs...), dim3 grid, dim3 block, int64_t smem, cudaStream_t stream,
+                              int cs, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = size_t(smem);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr{};
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = 1;
+  attr.val.clusterDim.y = unsigned(cs);
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = cs > 1 ? 1 : 0;
+  if (cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...); e != cudaSuccess) return e;
+  return cudaGetLastError();
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ forward
@@ -2014,25 +2126,35 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           };
           if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
         }
+        const int64_t ng = s.num_groups();
+        const int64_t tiles = cdiv(s.batch, C::kBM);
+        constexpr int64_t kMaxTiles = 65532;  // grid.y (at most 65535), a multiple of every cluster size
+        const int cs = fwd_cluster(std::min(tiles, kMaxTiles));
+        // Each CTA of a cluster loads its slice of every stage (StageSlice).
+        const StageSlice sl{C::kNs, C::kRows, cs, 0};
         CUtensorMap map;
-        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
-                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
+                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks());
             e != cudaSuccess)
           return e;
         const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
-        const int64_t ng = s.num_groups();
-        const int64_t tiles = cdiv(s.batch, C::kBM);
-        const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+        // CTAs that run at once: one per SM, or as many whole clusters as fit.
+        int resident = dev.sms;
+        if (cs > 1)
+          if (cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), 128 * (cons + 1), smem, cs, &resident);
+              e != cudaSuccess)
+            return e;
+        const int64_t splits =
+            std::clamp<int64_t>(resident / std::min<int64_t>(cdiv(tiles, cs) * cs, resident), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
         // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
         // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
         // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
         const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                                !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
-        constexpr int64_t kMaxTiles = 65535;
         for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
           const int64_t nt = std::min(kMaxTiles, tiles - t0);
           const int64_t r0 = t0 * C::kBM;
@@ -2041,11 +2163,15 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           CUtensorMap ymap{};
           if (tma_store)
             if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-          kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
-              map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
-              rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-              int(e4m3));
-          if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+          // Tiles rounded up to whole clusters: the CTAs past the batch compute on zero rows and
+          // store nothing.
+          const dim3 grid(unsigned(cdiv(ng, per)), unsigned(cdiv(nt, cs) * cs));
+          if (cudaError_t e = launch_clusters_y(
+                  kernel, grid, dim3(unsigned(128 * (cons + 1))), smem, stream, cs, map, ymap,
+                  static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
+                  int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale, int(e4m3), cs);
+              e != cudaSuccess)
+            return e;
         }
         return cudaSuccess;
       });
