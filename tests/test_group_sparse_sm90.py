@@ -244,14 +244,26 @@ def test_sm90_forward_ring_and_store_paths(cluster, cons, stages, tma_store, L, 
 
 
 @pytest.mark.parametrize("cluster", ["2", "4"])
-@pytest.mark.parametrize("B,L,K,G", [(1, 3001, 128, 32), (65, 4096, 256, 128), (300, 2049, 64, 64),
-                                     (1000, 6000, 128, 32), (200, 1000, 256, 64)])
+@pytest.mark.parametrize("B,L,K,G", [(800, 3001, 128, 32), (65, 4096, 256, 128), (300, 2049, 64, 64),
+                                     (4097, 1000, 64, 128), (200, 1000, 256, 64), (1, 999, 128, 32)])
 def test_sm90_forward_clusters_on_partial_batches(cluster, B, L, K, G, poison, monkeypatch):
-    # Clusters where the batch's tiles are fewer than a cluster (B = 1) or not a multiple of it
-    # (tiles rounded up to whole clusters: CTAs past the batch compute and store nothing), with
-    # many groups per CTA; element by element against float64.
+    # Clusters where the batch's tiles are not a multiple of the cluster (tiles rounded up to
+    # whole clusters: the CTAs past the batch compute and store nothing; B = 800 and 4097
+    # with 4, B = 300 with 2) or fewer than a cluster (B = 1: no cluster), with many groups
+    # per CTA: element by element against float64, and bit for bit the forward without
+    # clusters (the same products in the same order).
+    x, w, b, idx, _ = make(B, 768, L, K, G, torch.bfloat16, 70 + B + G)
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", "1")
+    y1 = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
-    check_forward_elementwise(B, 768, L, K, G, 70 + B + G)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward"])
+    assert torch.equal(y, y1)
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
+    err = (y.double().cpu() - y_ref).abs()
+    assert torch.isfinite(err).all()
+    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
 
 
 def twice_on_sm90(pass_, fn):

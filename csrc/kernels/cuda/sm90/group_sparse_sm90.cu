@@ -452,7 +452,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
         for (int q = 0; q < kQs; ++q) {
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
-          mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
+          // (with clusters, the other CTAs' consumers arrive too: acquire at cluster scope)
+          if (cs > 1) mbar_wait<true>(&empty[s], ((k / spr) & 1) ^ 1, 10);
+          else mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
                                         idx, gu, q, num_groups, cs, crank);
         }
@@ -465,7 +467,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         const int units = (g_pad - g_begin) / kU;
         for (int r = 0; r < kCons; ++r) {
           const int fills = (units > r ? (units - r + kCons - 1) / kCons : 0) * kQs;
-          for (int k = fills; k < fills + spr; ++k) mbar_wait(&empty[r * spr + k % spr], ((k / spr) & 1) ^ 1, 12);
+          for (int k = fills; k < fills + spr; ++k) mbar_wait<true>(&empty[r * spr + k % spr], ((k / spr) & 1) ^ 1, 12);
         }
       }
     }
@@ -2030,7 +2032,8 @@ int fwd_cluster(int64_t tiles) {
 }
 
 // CTAs of `kernel` that run at once in clusters of cs (one CTA per SM; whole clusters only, as
-// the GPCs allow), queried once per (kernel, threads, shared memory, cs, device).
+// the GPCs allow; 0 where not one cluster fits), queried once per (kernel, threads, shared
+// memory, cs, device).
 cudaError_t max_cluster_ctas(const void* kernel, int threads, int64_t smem, int cs, int* out) {
   struct Entry { const void* kernel; int threads; int64_t smem; int cs, device, ctas; };
   static std::mutex mu;
@@ -2056,7 +2059,6 @@ cudaError_t max_cluster_ctas(const void* kernel, int threads, int64_t smem, int 
   cfg.numAttrs = 1;
   int clusters = 0;
   if (cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg); e != cudaSuccess) return e;
-  if (clusters < 1) return cudaErrorInvalidConfiguration;  // not one cluster fits
   cache.push_back({kernel, threads, smem, cs, device, clusters * cs});
   *out = clusters * cs;
   return cudaSuccess;
@@ -2129,24 +2131,28 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t ng = s.num_groups();
         const int64_t tiles = cdiv(s.batch, C::kBM);
         constexpr int64_t kMaxTiles = 65532;  // grid.y (at most 65535), a multiple of every cluster size
-        const int cs = fwd_cluster(std::min(tiles, kMaxTiles));
-        // Each CTA of a cluster loads its slice of every stage (StageSlice).
+        const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
+        if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+            e != cudaSuccess)
+          return e;
+        // CTAs that run at once: one per SM, or as many whole clusters as fit (none: no clusters).
+        int cs = fwd_cluster(std::min(tiles, kMaxTiles)), resident = dev.sms;
+        if (cs > 1)
+          if (cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), 128 * (cons + 1), smem, cs, &resident);
+              e != cudaSuccess || resident < cs) {
+            if (e != cudaSuccess && e != cudaErrorInvalidConfiguration) return e;
+            (void)cudaGetLastError();
+            cs = 1, resident = dev.sms;
+          }
+        // Each CTA of a cluster loads its slice of every stage (StageSlice: whole 1024-byte
+        // periods of the swizzle for kNs <= 2 chunks of kRows >= 64 rows and cs <= 4).
+        static_assert(C::kNs <= 2 && C::kRows % 64 == 0, "StageSlice's slices must stay 1024-byte aligned");
         const StageSlice sl{C::kNs, C::kRows, cs, 0};
         CUtensorMap map;
         if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
                                 : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks());
             e != cudaSuccess)
           return e;
-        const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
-        if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-            e != cudaSuccess)
-          return e;
-        // CTAs that run at once: one per SM, or as many whole clusters as fit.
-        int resident = dev.sms;
-        if (cs > 1)
-          if (cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), 128 * (cons + 1), smem, cs, &resident);
-              e != cudaSuccess)
-            return e;
         const int64_t splits =
             std::clamp<int64_t>(resident / std::min<int64_t>(cdiv(tiles, cs) * cs, resident), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
