@@ -299,14 +299,15 @@ DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (
                            (3, 777, 1000, 128, 32), (4096, 768, 20000, 128, 32), (16, 200, 5000, 128, 64)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v3", "default"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v2-cluster2", "v2-cluster4", "v3", "default"])
 @pytest.mark.parametrize("shape", DX3_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L), v2 (dY by TMA, the two computing
-    # warpgroups on separate batch halves, scattering into an fp32 accumulator), v3 (each
-    # unit's weights expanded to dense rows in shared memory; the default for G <= 64 and
-    # K >= 128) and the default choice, element by element against float64, twice
-    # (deterministic).
+    # warpgroups on separate batch halves, scattering into an fp32 accumulator; also in
+    # clusters of 2 and 4 batch tiles sharing each weight stage by multicast,
+    # LARGEOUT_SM90_DX2_CLUSTER, bit for bit v2 without), v3 (each unit's weights expanded to
+    # dense rows in shared memory; the default for G <= 64 and K >= 128) and the default
+    # choice, element by element against float64, twice (deterministic).
     if version == "v1" and shape not in DX2_SHAPES:
         pytest.skip("v1's shapes are DX2_SHAPES")
     if version != "default":
@@ -315,7 +316,14 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     dtype = torch.float16 if version in ("v3", "default") and L % 3 == 0 else torch.bfloat16
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 60 + K + G)
     assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
-    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+    run = lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)  # noqa: E731
+    if "cluster" in version:
+        monkeypatch.setenv("LARGEOUT_SM90_DX2_CLUSTER", "1")
+        dx1 = run()
+        monkeypatch.setenv("LARGEOUT_SM90_DX2_CLUSTER", version[-1])
+    dx = twice_on_sm90("input", run)
+    if "cluster" in version:
+        assert torch.equal(dx, dx1)
     assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
 
 

@@ -251,6 +251,15 @@ struct StageSlice {
   __host__ __device__ int row0() const { return rank / by_chunks() * slice_rows(); }
 };
 
+// With clusters, the other CTAs' computing warps arrive on this CTA's empty barriers up to
+// their last stage. The loader thread waits here, after its last fill, for the last release
+// of every slot of a ring (`slots` slots from `first`, `fills` stages loaded into it: the waits
+// that `slots` further fills would make), so that the CTA's shared memory outlives those
+// arrivals. (Every multicast into it has landed once its own computing warps are done.)
+__device__ __forceinline__ void wait_last_releases(uint64_t* empty, int first, int slots, int fills) {
+  for (int k = fills; k < fills + slots; ++k) mbar_wait<true>(&empty[first + k % slots], ((k / slots) & 1) ^ 1, 12);
+}
+
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
@@ -264,6 +273,7 @@ __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, co
                                                 const int32_t* __restrict__ idx, int gu, int q, int num_groups,
                                                 int cs = 1, int rank = 0) {
   constexpr uint32_t kBytes = kW8 ? C::kWBytes / 2 : C::kWBytes;
+  static_assert(C::kNs <= 2 && C::kRows % 64 == 0, "slices of cs <= 4 CTAs: whole 1024-byte swizzle periods");
   mbar_arrive_expect_tx(bar, kBytes + C::kIdxBytes);
   if (cs == 1) {
     tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
@@ -460,15 +470,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         }
       }
       if (cs > 1) {
-        // The other CTAs' consumers arrive on this CTA's empty barriers up to their last stage:
-        // wait for every slot's last release (the waits a further spr stages per ring would
-        // make), so that this CTA's shared memory outlives them. (Every multicast into it has
-        // landed once its own consumers are done.)
         const int units = (g_pad - g_begin) / kU;
-        for (int r = 0; r < kCons; ++r) {
-          const int fills = (units > r ? (units - r + kCons - 1) / kCons : 0) * kQs;
-          for (int k = fills; k < fills + spr; ++k) mbar_wait<true>(&empty[r * spr + k % spr], ((k / spr) & 1) ^ 1, 12);
-        }
+        for (int r = 0; r < kCons; ++r)  // ring r: the units n = r mod kCons
+          wait_last_releases(empty, r * spr, spr, (units > r ? (units - r + kCons - 1) / kCons : 0) * kQs);
       }
     }
     if constexpr (kW8) {
@@ -1384,11 +1388,15 @@ struct Dx2Cfg {
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null, upcast in place in each stage as in the forward.
+// cs > 1: clusters of cs CTAs along y (batch tiles of the same group range) share the weight
+// stages as the forward's clusters do (each loads its StageSlice and multicasts it; a stage
+// is refilled once every CTA's computing warps have released it). dY tiles stay per CTA.
 template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
-             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3) {
+             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3,
+             int cs) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = Dx2Cfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -1414,7 +1422,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   if (threadIdx.x == 0) {
     for (int s = 0; s < wst; ++s) {
       mbar_init(&wfull[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
-      mbar_init(&wempty[s], 8);  // every warp of both computing warpgroups
+      mbar_init(&wempty[s], 8 * cs);  // every warp of both computing warpgroups, in each CTA of the cluster
       if constexpr (kW8) mbar_init(&wraw[s], 1);
     }
     for (int s = 0; s < dst; ++s) {
@@ -1426,7 +1434,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     prefetch_tensormap(&tm_dy);
   }
   zero_accumulator<C::kBM>(accs, H);
+  const int crank = cs > 1 ? int(cluster_ctarank()) : 0;
   __syncthreads();
+  if (cs > 1) cluster_sync();  // every CTA's barriers are initialized before any multicast or remote arrival
 
   if (wg == 0) {
     if (threadIdx.x == 0) {
@@ -1445,11 +1455,13 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           int s = 0;
           uint32_t parity = 0;
           stages.stage(q, s, parity);
-          mbar_wait(&wempty[s], parity ^ 1, 41);
+          if (cs > 1) mbar_wait<true>(&wempty[s], parity ^ 1, 41);  // (other CTAs arrive too)
+          else mbar_wait(&wempty[s], parity ^ 1, 41);
           load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
-                                        idx, gu, q, num_groups);
+                                        idx, gu, q, num_groups, cs, crank);
         }
       }
+      if (cs > 1) wait_last_releases(wempty, 0, wst, (g_pad - g_begin) / kU * kQs);  // (as the forward's)
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
@@ -1469,6 +1481,14 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
+  };
+  auto release_w = [&](int s) {  // one arrival per warp on the weight slot's barrier in every CTA of the cluster
+    __syncwarp();
+    if (cs == 1) {
+      if (lane == 0) mbar_arrive(&wempty[s]);
+    } else if (lane < cs) {
+      mbar_arrive_cluster(&wempty[s], uint32_t(lane));
+    }
   };
   // P^T fragment: p[4 jj + 2 h + e] = (k-slot r0 + 8 h, batch column 16 cw + 8 jj + 2 t + e).
   auto scatter = [&](const float (&p)[8], int f0, int f1) {
@@ -1562,7 +1582,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
             fence_regs(prev);
             // Its stage is free if it was the stage's last step (its ldmatrix reads ended
             // before its MMAs were issued).
-            if (u == 0 && cc == 0) arrive(&wempty[prev_s]);
+            if (u == 0 && cc == 0) release_w(prev_s);
             scatter_step(prev, pf0, pf1, j - 1);
           }
           pf0 = f0, pf1 = f1;
@@ -1572,7 +1592,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // The unit's last step: its MMAs, then free its stage and the dY tile, then its scatter.
     wgmma_wait<0>();
     fence_regs(pr[(kSteps - 1) & 1]);
-    arrive(&wempty[prev_s]);
+    release_w(prev_s);
     arrive(&dempty[d]);
     scatter_step(pr[(kSteps - 1) & 1], pf0, pf1, kSteps - 1);
   }
@@ -2020,16 +2040,19 @@ void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
   }
 }
 
-// CTAs per cluster along the batch in the forward (its weight stages multicast to all of
-// them): LARGEOUT_SM90_FWD_CLUSTER=1|2|4, else kFwdCluster; halved while the batch has fewer
-// tiles than that or rounding them up to whole clusters would add more than a quarter.
-constexpr int kFwdCluster = 1;
-int fwd_cluster(int64_t tiles) {
-  const int e = env_int("LARGEOUT_SM90_FWD_CLUSTER");
-  int cs = e == 1 || e == 2 || e == 4 ? e : kFwdCluster;
+// CTAs per cluster along the batch in the forward and in dx v2 (their weight stages
+// multicast to all of them): the environment variable `env` = 1, 2 or 4
+// (LARGEOUT_SM90_FWD_CLUSTER, LARGEOUT_SM90_DX2_CLUSTER), else `preset`; halved while the
+// batch has fewer tiles than that or rounding them up to whole clusters would add more than a
+// quarter.
+constexpr int kFwdCluster = 1, kDx2Cluster = 1;
+int cluster_size(const char* env, int preset, int64_t tiles) {
+  const int e = env_int(env);
+  int cs = e == 1 || e == 2 || e == 4 ? e : preset;
   while (cs > 1 && (cs > tiles || (cdiv(tiles, int64_t(cs)) * cs - tiles) * 4 > tiles)) cs /= 2;
   return cs;
 }
+
 
 // CTAs of `kernel` that run at once in clusters of cs (one CTA per SM; whole clusters only, as
 // the GPCs allow; 0 where not one cluster fits), queried once per (kernel, threads, shared
@@ -2084,6 +2107,20 @@ cudaError_t launch_clusters_y(void (*kernel)(KArgs...), dim3 grid, dim3 block, i
   return cudaGetLastError();
 }
 
+// cs, or 1 where not one cluster of cs CTAs of `kernel` fits on the device; *resident: the
+// CTAs that run at once (the SMs without clusters).
+template <class Kernel>
+cudaError_t fit_cluster(Kernel kernel, int threads, int64_t smem, const DeviceInfo& dev, int* cs, int* resident) {
+  *resident = dev.sms;
+  if (*cs == 1) return cudaSuccess;
+  const cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), threads, smem, *cs, resident);
+  if (e == cudaSuccess && *resident >= *cs) return cudaSuccess;
+  if (e != cudaSuccess && e != cudaErrorInvalidConfiguration) return e;
+  (void)cudaGetLastError();
+  *cs = 1, *resident = dev.sms;
+  return cudaSuccess;
+}
+
 }  // namespace
 
 // ------------------------------------------------------------------ forward
@@ -2135,18 +2172,11 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
-        // CTAs that run at once: one per SM, or as many whole clusters as fit (none: no clusters).
-        int cs = fwd_cluster(std::min(tiles, kMaxTiles)), resident = dev.sms;
-        if (cs > 1)
-          if (cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), 128 * (cons + 1), smem, cs, &resident);
-              e != cudaSuccess || resident < cs) {
-            if (e != cudaSuccess && e != cudaErrorInvalidConfiguration) return e;
-            (void)cudaGetLastError();
-            cs = 1, resident = dev.sms;
-          }
-        // Each CTA of a cluster loads its slice of every stage (StageSlice: whole 1024-byte
-        // periods of the swizzle for kNs <= 2 chunks of kRows >= 64 rows and cs <= 4).
-        static_assert(C::kNs <= 2 && C::kRows % 64 == 0, "StageSlice's slices must stay 1024-byte aligned");
+        // CTAs that run at once: one per SM, or as many whole clusters as fit.
+        int cs = cluster_size("LARGEOUT_SM90_FWD_CLUSTER", kFwdCluster, std::min(tiles, kMaxTiles)), resident = 0;
+        if (cudaError_t e = fit_cluster(kernel, 128 * (cons + 1), smem, dev, &cs, &resident); e != cudaSuccess)
+          return e;
+        // Each CTA of a cluster loads its slice of every stage (StageSlice).
         const StageSlice sl{C::kNs, C::kRows, cs, 0};
         CUtensorMap map;
         if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
@@ -2449,11 +2479,7 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx2Cfg<G, kNk>;
     int wst = 0, dst = 0;
     if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8)) return cudaErrorNotSupported;
-    CUtensorMap wmap, dmap;
-    if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
-                            : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
-        e != cudaSuccess)
-      return e;
+    CUtensorMap dmap;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, 32, 64); e != cudaSuccess) return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
@@ -2467,15 +2493,27 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
       return e;
+    const int64_t tiles = cdiv(s.batch, C::kBM);
+    int cs = cluster_size("LARGEOUT_SM90_DX2_CLUSTER", kDx2Cluster, tiles), resident = 0;
+    if (cudaError_t e = fit_cluster(kernel, kThreads, smem, dev, &cs, &resident); e != cudaSuccess) return e;
+    const StageSlice sl{C::kNs, C::kRows, cs, 0};  // (the forward's slices: the same stage layout)
+    CUtensorMap wmap;
+    if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
+                            : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks());
+        e != cudaSuccess)
+      return e;
     const int64_t ng = s.num_groups();
     // Whole units per split; every one of the `splits` CTAs writes its partial (zeros
-    // for an empty range), so the reduction below sees `splits` partials.
+    // for an empty range), so the reduction below sees `splits` partials. Tiles rounded up
+    // to whole clusters: the CTAs past the batch write nothing.
     const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-    kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
-        wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
-        int(ng), wst, dst, row_scale, int(e4m3));
-    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    if (cudaError_t e = launch_clusters_y(kernel, dim3(unsigned(splits), unsigned(cdiv(tiles, cs) * cs)), dim3(kThreads),
+                                          smem, stream, cs, wmap, dmap, indices, part, static_cast<T*>(dxp),
+                                          int(s.batch), int(s.in_features), s.out_features, int(per), int(ng), wst,
+                                          dst, row_scale, int(e4m3), cs);
+        e != cudaSuccess)
+      return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
   });
