@@ -45,7 +45,7 @@
 #            multicasting their weight stages), memcheck on the partial-batch cluster tests, then
 #            bench/bench_cluster.py (the cluster sizes in turn, twice): the forward at L=131,072 over B 128/512/1024,
 #            K 64/128/256, G 32/64/128 and at L=670,208 (B=512 K=128; B=1024 K=256), dx v2 at L=670,208 (B=512 K=128)
-#            and at L=131,072 (G=128; K=64), as FWDCL_BUDGET s allow (default 570)
+#            and at L=131,072 (G=128; K=64), as FWDCL_BUDGET s allow (default 570); FWDCL_K: the tests' -k
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -437,7 +437,7 @@ if [ "$MODE" = fwdcl ]; then  # session 27: the forward's weight stages multicas
   deadline=$(( T0 + ${FWDCL_BUDGET:-570} ))
   echo "== tests: Hopper and fp8 group-sparse"
   RUN_TESTS_TIMEOUT=${FWDCL_TESTS_TIMEOUT:-240} run_tests gpu_tests_fwdcl.log tests/test_group_sparse_sm90.py \
-    tests/test_group_sparse_fp8.py
+    tests/test_group_sparse_fp8.py ${FWDCL_K:+-k "$FWDCL_K"}
   memcheck_tests memcheck_fwdcl.log tests/test_group_sparse_sm90.py \
     "forward_clusters_on_partial or (dx_versions and cluster4 and (B1000 or B130_))"
   for spec in "--B 128,512,1024 --K 64,128,256 --G 32,64,128 --L 131072:fwd_131072" \

@@ -257,7 +257,7 @@ struct StageSlice {
 // that `slots` further fills would make), so that the CTA's shared memory outlives those
 // arrivals. (Every multicast into it has landed once its own computing warps are done.)
 __device__ __forceinline__ void wait_last_releases(uint64_t* empty, int first, int slots, int fills) {
-  for (int k = fills; k < fills + slots; ++k) mbar_wait<true>(&empty[first + k % slots], ((k / slots) & 1) ^ 1, 12);
+  for (int k = fills; k < fills + slots; ++k) mbar_wait(&empty[first + k % slots], ((k / slots) & 1) ^ 1, 12);
 }
 
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
@@ -462,9 +462,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       for (int n = 0, gu = g_begin; gu < g_pad; ++n, gu += kU) {
         for (int q = 0; q < kQs; ++q) {
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
-          // (with clusters, the other CTAs' consumers arrive too: acquire at cluster scope)
-          if (cs > 1) mbar_wait<true>(&empty[s], ((k / spr) & 1) ^ 1, 10);
-          else mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
+          mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
                                         idx, gu, q, num_groups, cs, crank);
         }
@@ -1455,8 +1453,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           int s = 0;
           uint32_t parity = 0;
           stages.stage(q, s, parity);
-          if (cs > 1) mbar_wait<true>(&wempty[s], parity ^ 1, 41);  // (other CTAs arrive too)
-          else mbar_wait(&wempty[s], parity ^ 1, 41);
+          mbar_wait(&wempty[s], parity ^ 1, 41);
           load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
                                         idx, gu, q, num_groups, cs, crank);
         }

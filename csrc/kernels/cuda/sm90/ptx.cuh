@@ -41,36 +41,24 @@ __device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t by
 __device__ __forceinline__ void mbar_arrive_cp_async(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
-// kCluster: acquire at cluster scope (a barrier that other CTAs of the cluster arrive on).
-template <bool kCluster = false>
 __device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t phase) {
   uint32_t ok;
-  if constexpr (kCluster) {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n"
-        " selp.b32 %0, 1, 0, p;\n}"
-        : "=r"(ok)
-        : "r"(smem_u32(bar)), "r"(phase)
-        : "memory");
-  } else {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.b32 %0, 1, 0, p;\n}"
-        : "=r"(ok)
-        : "r"(smem_u32(bar)), "r"(phase)
-        : "memory");
-  }
+  asm volatile(
+      "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.b32 %0, 1, 0, p;\n}"
+      : "=r"(ok)
+      : "r"(smem_u32(bar)), "r"(phase)
+      : "memory");
   return ok != 0;
 }
 // Waits for the phase to complete. A wait that sees no progress for ~2^32 cycles (a
 // couple of seconds) is a bug, not slowness: it traps, so that a broken pipeline fails
 // the launch (cudaErrorLaunchFailure) instead of hanging the process. (`site` names the
 // wait in the source; no printf here: a call would serialize the wgmma pipeline.)
-template <bool kCluster = false>
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase, int site = 0) {
   (void)site;
-  if (mbar_try_wait<kCluster>(bar, phase)) return;
+  if (mbar_try_wait(bar, phase)) return;
   const long long start = clock64();
-  while (!mbar_try_wait<kCluster>(bar, phase)) {
+  while (!mbar_try_wait(bar, phase)) {
     if (clock64() - start > (1ll << 32)) __trap();
   }
 }
@@ -85,12 +73,15 @@ __device__ __forceinline__ uint32_t cluster_ctarank() {
 __device__ __forceinline__ void cluster_sync() {
   asm volatile("barrier.cluster.arrive.release.aligned;\n barrier.cluster.wait.acquire.aligned;" ::: "memory");
 }
-// Arrives (release, cluster scope) on the mbarrier at bar's offset in the shared memory of
-// CTA `rank` of the cluster (this CTA's own included).
+// Arrives on the mbarrier at bar's offset in the shared memory of CTA `rank` of the cluster
+// (this CTA's own included). For releasing a stage whose reads (wgmma) have completed: the
+// default release at CTA scope, as CUTLASS's ClusterBarrier does; `.release.cluster` compiles
+// to a MEMBAR.ALL.GPU before each arrival (SASS), which made the clustered kernels 1.4-4x
+// slower (bench/results/cluster_*_s27_h100.json).
 __device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
   asm volatile(
       "{\n .reg .b32 ra;\n mapa.shared::cluster.u32 ra, %0, %1;\n"
-      " mbarrier.arrive.release.cluster.shared::cluster.b64 _, [ra];\n}" ::"r"(smem_u32(bar)),
+      " mbarrier.arrive.shared::cluster.b64 _, [ra];\n}" ::"r"(smem_u32(bar)),
       "r"(rank)
       : "memory");
 }
