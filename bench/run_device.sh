@@ -45,7 +45,8 @@
 #            multicasting their weight stages), memcheck on the partial-batch cluster tests, then
 #            bench/bench_cluster.py (the cluster sizes in turn, twice): the forward at L=131,072 over B 128/512/1024,
 #            K 64/128/256, G 32/64/128 and at L=670,208 (B=512 K=128; B=1024 K=256), dx v2 at L=670,208 (B=512 K=128)
-#            and at L=131,072 (G=128; K=64), as FWDCL_BUDGET s allow (default 570); FWDCL_K: the tests' -k
+#            and at L=131,072 (G=128; K=64), as FWDCL_BUDGET s allow (default 570); FWDCL_K: the tests' -k;
+#            FWDCL_MEMCHECK=0: no memcheck
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -438,11 +439,11 @@ if [ "$MODE" = fwdcl ]; then  # session 27: the forward's weight stages multicas
   echo "== tests: Hopper and fp8 group-sparse"
   RUN_TESTS_TIMEOUT=${FWDCL_TESTS_TIMEOUT:-240} run_tests gpu_tests_fwdcl.log tests/test_group_sparse_sm90.py \
     tests/test_group_sparse_fp8.py ${FWDCL_K:+-k "$FWDCL_K"}
-  memcheck_tests memcheck_fwdcl.log tests/test_group_sparse_sm90.py \
+  [ "${FWDCL_MEMCHECK:-1}" = 1 ] && memcheck_tests memcheck_fwdcl.log tests/test_group_sparse_sm90.py \
     "forward_clusters_on_partial or (dx_versions and cluster4 and (B1000 or B130_))"
-  for spec in "--B 128,512,1024 --K 64,128,256 --G 32,64,128 --L 131072:fwd_131072" \
-              "--B 512 --K 128 --G 32,64,128 --L 670208:fwd_headline" "--pass dx2 --B 512 --K 128 --G 32,64,128 --L 670208:dx2_headline" \
+  for spec in "--B 512 --K 128 --G 32,64,128 --L 670208:fwd_headline" "--pass dx2 --B 512 --K 128 --G 32,64,128 --L 670208:dx2_headline" \
               "--B 1024 --K 256 --G 32,64,128 --L 670208:fwd_k256" "--pass dx2 --B 128,512,1024 --K 64,128,256 --G 128 --L 131072:dx2_131072" \
+              "--B 128,512,1024 --K 64,128,256 --G 32,64,128 --L 131072:fwd_131072" \
               "--pass dx2 --B 512,1024 --K 64 --G 32,64 --L 131072:dx2_k64"; do
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 30 ] || { echo "(no time left for ${spec#*:})"; break; }
