@@ -41,12 +41,6 @@
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
 #     tmaprobe (no library build) bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
 #            997 (partly out of bounds) and -5, no swizzle and 128-byte swizzle, each case in its own process
-#     fwdcl  build, the Hopper and fp8 group-sparse tests (the forward and dx v2 with clusters of 1, 2, 4 CTAs
-#            multicasting their weight stages), memcheck on the partial-batch cluster tests, then
-#            bench/bench_cluster.py (the cluster sizes in turn, twice): the forward at L=131,072 over B 128/512/1024,
-#            K 64/128/256, G 32/64/128 and at L=670,208 (B=512 K=128; B=1024 K=256), dx v2 at L=670,208 (B=512 K=128)
-#            and at L=131,072 (G=128; K=64), as FWDCL_BUDGET s allow (default 570); FWDCL_K: the tests' -k;
-#            FWDCL_MEMCHECK=0: no memcheck
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -431,26 +425,6 @@ fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
   for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
-  exit 0
-fi
-
-if [ "$MODE" = fwdcl ]; then  # session 27: the forward's weight stages multicast across clusters along the batch
-  deadline=$(( T0 + ${FWDCL_BUDGET:-570} ))
-  echo "== tests: Hopper and fp8 group-sparse"
-  RUN_TESTS_TIMEOUT=${FWDCL_TESTS_TIMEOUT:-240} run_tests gpu_tests_fwdcl.log tests/test_group_sparse_sm90.py \
-    tests/test_group_sparse_fp8.py ${FWDCL_K:+-k "$FWDCL_K"}
-  [ "${FWDCL_MEMCHECK:-1}" = 1 ] && memcheck_tests memcheck_fwdcl.log tests/test_group_sparse_sm90.py \
-    "forward_clusters_on_partial or (dx_versions and cluster4 and (B1000 or B130_))"
-  for spec in "--B 512 --K 128 --G 32,64,128 --L 670208:fwd_headline" "--pass dx2 --B 512 --K 128 --G 32,64,128 --L 670208:dx2_headline" \
-              "--B 1024 --K 256 --G 32,64,128 --L 670208:fwd_k256" "--pass dx2 --B 128,512,1024 --K 64,128,256 --G 128 --L 131072:dx2_131072" \
-              "--B 128,512,1024 --K 64,128,256 --G 32,64,128 --L 131072:fwd_131072" \
-              "--pass dx2 --B 512,1024 --K 64 --G 32,64 --L 131072:dx2_k64"; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 30 ] || { echo "(no time left for ${spec#*:})"; break; }
-    echo "== by cluster size: ${spec%:*} (${left} s left)"
-    timeout $left python3 bench/bench_cluster.py ${spec%:*} --out "$OUT/cluster_${spec#*:}.json" \
-      2>&1 | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
-  done
   exit 0
 fi
 

@@ -224,17 +224,14 @@ def test_hopper_fp8_kernels_equal_bf16_kernels(B, H, L, K, G, wdt, scaled, poiso
 
 
 @sm90
-@pytest.mark.parametrize("cluster", ["1", "2", "4"])
 @pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize("L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16),
                                    (6144, 64, 64)])
-def test_hopper_fp8_forward_ring_and_store_paths(cluster, cons, stages, tma_store, L, K, G, poison, monkeypatch):
+def test_hopper_fp8_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
     """Every forward variant with fp8 weights (two or three computing warpgroups, rings of 2
-    or 8 stages so that the upcast wraps around its slots many times, TMA or plain stores,
-    clusters of 1, 2 or 4 CTAs multicasting the weight codes)."""
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
+    or 8 stages so that the upcast wraps around its slots many times, TMA or plain stores)."""
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
@@ -243,16 +240,13 @@ def test_hopper_fp8_forward_ring_and_store_paths(cluster, cons, stages, tma_stor
 
 
 @sm90
-@pytest.mark.parametrize("version", ["v3", "v2", "v2-cluster2", "v2-cluster4", "v1"])
+@pytest.mark.parametrize("version", ["v3", "v2", "v1"])
 @pytest.mark.parametrize("wdt", FP8, ids=["e4m3", "e5m2"])
 @pytest.mark.parametrize("B,H,L,K,G", [(130, 768, 4096, 128, 32), (64, 300, 2056, 256, 64)])
 def test_hopper_fp8_dx_versions(version, wdt, B, H, L, K, G, poison, monkeypatch):
-    """dx with fp8 weights on v3 and on v2 forced (LARGEOUT_SM90_DX; v2 also in clusters of 2
-    and 4 batch tiles multicasting the weight codes, LARGEOUT_SM90_DX2_CLUSTER), and on v1
-    forced (no fp8 kernel: the weight is upcast first)."""
-    monkeypatch.setenv("LARGEOUT_SM90_DX", version[:2])
-    if "cluster" in version:
-        monkeypatch.setenv("LARGEOUT_SM90_DX2_CLUSTER", version[-1])
+    """dx with fp8 weights on v3 and on v2 forced (LARGEOUT_SM90_DX), and on v1 forced (no fp8
+    kernel: the weight is upcast first)."""
+    monkeypatch.setenv("LARGEOUT_SM90_DX", version)
     before, after = check_ops(B, H, L, K, G, wdt, True, 9, "cuda")
     ran = after["input"]["sm90-fp8"] - before["input"]["sm90-fp8"]
     assert ran == (0 if version == "v1" else 2)

@@ -222,48 +222,22 @@ def test_misaligned_views_are_handled(poison):
     assert rel_err(db, db_ref) < 1e-2
 
 
-@pytest.mark.parametrize("cluster", ["1", "2", "4"])
 @pytest.mark.parametrize("cons", ["2", "3"])
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize(
     "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
 )
-def test_sm90_forward_ring_and_store_paths(cluster, cons, stages, tma_store, L, K, G, poison, monkeypatch):
+def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
     # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
     # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
-    # L % 8 == 0, else by plain stores; clusters of 1, 2 or 4 CTAs along the batch's 4 tiles,
-    # each multicasting its slice of the weight stages, LARGEOUT_SM90_FWD_CLUSTER), element by
-    # element against float64: one wrong or unwritten group must fail.
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
+    # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
+    # unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
-
-
-@pytest.mark.parametrize("cluster", ["2", "4"])
-@pytest.mark.parametrize("B,L,K,G", [(800, 3001, 128, 32), (65, 4096, 256, 128), (300, 2049, 64, 64),
-                                     (4097, 1000, 64, 128), (200, 1000, 256, 64), (1, 999, 128, 32)])
-def test_sm90_forward_clusters_on_partial_batches(cluster, B, L, K, G, poison, monkeypatch):
-    # Clusters where the batch's tiles are not a multiple of the cluster (tiles rounded up to
-    # whole clusters: the CTAs past the batch compute and store nothing; B = 800 and 4097
-    # with 4, B = 300 with 2) or fewer than a cluster (B = 1: no cluster), with many groups
-    # per CTA: element by element against float64, and bit for bit the forward without
-    # clusters (the same products in the same order).
-    x, w, b, idx, _ = make(B, 768, L, K, G, torch.bfloat16, 70 + B + G)
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", "1")
-    y1 = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_CLUSTER", cluster)
-    before = kernels.launch_counts()
-    y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)
-    assert used_sm90(before, kernels.launch_counts(), ["forward"])
-    assert torch.equal(y, y1)
-    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
-    err = (y.double().cpu() - y_ref).abs()
-    assert torch.isfinite(err).all()
-    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
 
 
 def twice_on_sm90(pass_, fn):
@@ -299,15 +273,14 @@ DX3_SHAPES = DX2_SHAPES + [(5, 300, 1000, 64, 32), (200, 1000, 4104, 128, 64), (
                            (3, 777, 1000, 128, 32), (4096, 768, 20000, 128, 32), (16, 200, 5000, 128, 64)]
 
 
-@pytest.mark.parametrize("version", ["v1", "v2", "v2-cluster2", "v2-cluster4", "v3", "default"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3", "default"])
 @pytest.mark.parametrize("shape", DX3_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     # dx v1 (LARGEOUT_SM90_DX=v1; the path for odd L), v2 (dY by TMA, the two computing
-    # warpgroups on separate batch halves, scattering into an fp32 accumulator; also in
-    # clusters of 2 and 4 batch tiles sharing each weight stage by multicast,
-    # LARGEOUT_SM90_DX2_CLUSTER, bit for bit v2 without), v3 (each unit's weights expanded to
-    # dense rows in shared memory; the default for G <= 64 and K >= 128) and the default
-    # choice, element by element against float64, twice (deterministic).
+    # warpgroups on separate batch halves, scattering into an fp32 accumulator), v3 (each
+    # unit's weights expanded to dense rows in shared memory; the default for G <= 64 and
+    # K >= 128) and the default choice, element by element against float64, twice
+    # (deterministic).
     if version == "v1" and shape not in DX2_SHAPES:
         pytest.skip("v1's shapes are DX2_SHAPES")
     if version != "default":
@@ -316,14 +289,7 @@ def test_sm90_dx_versions_match_reference(shape, version, poison, monkeypatch):
     dtype = torch.float16 if version in ("v3", "default") and L % 3 == 0 else torch.bfloat16
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 60 + K + G)
     assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
-    run = lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H)  # noqa: E731
-    if "cluster" in version:
-        monkeypatch.setenv("LARGEOUT_SM90_DX2_CLUSTER", "1")
-        dx1 = run()
-        monkeypatch.setenv("LARGEOUT_SM90_DX2_CLUSTER", version[-1])
-    dx = twice_on_sm90("input", run)
-    if "cluster" in version:
-        assert torch.equal(dx, dx1)
+    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
     assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
 
 

@@ -28,10 +28,8 @@
 #include <algorithm>
 #include <climits>
 #include <cstdlib>
-#include <mutex>
 #include <string>
 #include <type_traits>
-#include <vector>
 
 #include "kernels/cuda/group_sparse_dx_reduce.h"
 #include "kernels/cuda/sm90/group_sparse_sm90.h"
@@ -238,51 +236,17 @@ struct FwdCfg {
   }
 };
 
-// The slice of a weight stage ([nk fan-in chunks][rows][64]) that CTA `rank` of a cluster of cs
-// loads and multicasts: the chunks are split first, then the rows, so that every slice is one
-// contiguous box in the stage (chunk-major) starting on a 1024-byte boundary (the 128-byte
-// swizzle's period: rows / (cs / nk) >= 16). Host and device share it (the slice's box).
-struct StageSlice {
-  int nk, rows, cs, rank;
-  __host__ __device__ int by_chunks() const { return nk < cs ? nk : cs; }
-  __host__ __device__ int chunks() const { return nk / by_chunks(); }
-  __host__ __device__ int slice_rows() const { return rows / (cs / by_chunks()); }
-  __host__ __device__ int chunk0() const { return rank % by_chunks() * chunks(); }
-  __host__ __device__ int row0() const { return rank / by_chunks() * slice_rows(); }
-};
-
-// With clusters, the other CTAs' computing warps arrive on this CTA's empty barriers up to
-// their last stage. The loader thread waits here, after its last fill, for the last release
-// of every slot of a ring (`slots` slots from `first`, `fills` stages loaded into it: the waits
-// that `slots` further fills would make), so that the CTA's shared memory outlives those
-// arrivals. (Every multicast into it has landed once its own computing warps are done.)
-__device__ __forceinline__ void wait_last_releases(uint64_t* empty, int first, int slots, int fills) {
-  for (int k = fills; k < fills + slots; ++k) mbar_wait(&empty[first + k % slots], ((k / slots) & 1) ^ 1, 12);
-}
-
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
 // kW8 (fp8 weights): the box holds 1-byte codes, unswizzled, and lands in the stage's
 // second half, which upcast_stages then turns into the bf16 stage in place.
-// cs > 1 (the forward's clusters of cs CTAs along the batch, which read the same weight
-// stages): this CTA (cluster rank `rank`) loads the slice StageSlice gives and multicasts it
-// to all of them; `map`'s box is that slice. Every CTA's barrier expects the whole stage.
 template <class C, int G, int K, bool kW8 = false>
 __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
-                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups,
-                                                int cs = 1, int rank = 0) {
+                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
   constexpr uint32_t kBytes = kW8 ? C::kWBytes / 2 : C::kWBytes;
-  static_assert(C::kNs <= 2 && C::kRows % 64 == 0, "slices of cs <= 4 CTAs: whole 1024-byte swizzle periods");
   mbar_arrive_expect_tx(bar, kBytes + C::kIdxBytes);
-  if (cs == 1) {
-    tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
-  } else {
-    const StageSlice sl{C::kNs, C::kRows, cs, rank};
-    constexpr uint32_t kRowBytes = kW8 ? kKC : kKC * 2;  // a 64-wide fan-in chunk of one row
-    tma_load_3d_multicast(wdst + (C::kWBytes - kBytes) + uint32_t(sl.chunk0() * C::kRows + sl.row0()) * kRowBytes,
-                          map, bar, 0, gu * G + sl.row0(), q * C::kNs + sl.chunk0(), uint16_t((1u << cs) - 1));
-  }
+  tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
 #pragma unroll
   for (int u = 0; u < C::kU; ++u) {
     const int gv = min(gu + u, num_groups - 1);
@@ -380,17 +344,12 @@ __device__ __forceinline__ void upcast_stages(uint8_t* wst, uint64_t* raw, uint6
 // of the loader warpgroup upcast each one in place to the bf16 stage the computing
 // warpgroups read (the values of largeout's fp8_to_bf16 op, so the results are those of the
 // bf16 kernel on the upcast weight).
-// cs > 1: the grid runs in clusters of cs CTAs along y (batch tiles), which walk the same groups:
-// each CTA's loader loads 1/cs of every weight stage (tm_w's box: StageSlice) and multicasts it
-// to all of them, so that a stage crosses from L2 once per cluster rather than once per CTA;
-// a slot is refilled once the consumers of every CTA of the cluster have released it (each
-// warp arrives on the slot's empty barrier in every CTA).
 template <class T, int G, int kNk, int kProbe = 0, int kCons = 2, bool kW8 = false>
 __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
-             const float* __restrict__ row_scale, int e4m3, int cs) {
+             const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -417,14 +376,13 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   if (threadIdx.x == 0) {
     for (int s = 0; s < kCons * spr; ++s) {
       mbar_init(&full[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
-      mbar_init(&empty[s], 4 * cs);  // one arrival per warp of the ring's warpgroup in each CTA of the cluster
+      mbar_init(&empty[s], 4);  // one arrival per warp of the ring's warpgroup
       if constexpr (kW8) mbar_init(&raw[s], 1);
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
     if (tma_store) prefetch_tensormap(&tm_y);
   }
-  const int crank = cs > 1 ? int(cluster_ctarank()) : 0;
   // x^T tile: 8x8 blocks (8 batch rows x 8 features), transposed in registers.
   for (int blk = threadIdx.x; blk < 8 * (H / 8); blk += kThr) {
     const int rb = blk & 7, f0 = (blk >> 3) * 8;
@@ -448,7 +406,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
   }
   __syncthreads();
-  if (cs > 1) cluster_sync();  // every CTA's barriers are initialized before any multicast or remote arrival
 
   // Unit n of the CTA goes to computing warpgroup n % kCons, through that warpgroup's
   // ring: its k-th stage there (k = (n / kCons) kQs + q) sits in slot (n % kCons) spr +
@@ -464,13 +421,8 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
-                                        idx, gu, q, num_groups, cs, crank);
+                                        idx, gu, q, num_groups);
         }
-      }
-      if (cs > 1) {
-        const int units = (g_pad - g_begin) / kU;
-        for (int r = 0; r < kCons; ++r)  // ring r: the units n = r mod kCons
-          wait_last_releases(empty, r * spr, spr, (units > r ? (units - r + kCons - 1) / kCons : 0) * kQs);
       }
     }
     if constexpr (kW8) {
@@ -492,13 +444,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   const uint32_t xs_u32 = smem_u32(xs);
   const int t = lane & 3, r0 = 16 * warp + (lane >> 2);
   uint8_t* my_stg = stg + cw * C::kStagingBytes;
-  auto free_stage = [&](int s) {  // one arrival per warp (on the slot's barrier in every CTA of the cluster)
+  auto free_stage = [&](int s) {  // one arrival per warp
     __syncwarp();
-    if (cs == 1) {
-      if (lane == 0) mbar_arrive(&empty[s]);
-    } else if (lane < cs) {
-      mbar_arrive_cluster(&empty[s], uint32_t(lane));
-    }
+    if (lane == 0) mbar_arrive(&empty[s]);
   };
   // This warpgroup's next stage in its ring (its k-th stage, k = (n / kCons) kQs + q for
   // unit n, sits in slot cw spr + k % spr; kept by increments: no division per unit).
@@ -1386,15 +1334,11 @@ struct Dx2Cfg {
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null, upcast in place in each stage as in the forward.
-// cs > 1: clusters of cs CTAs along y (batch tiles of the same group range) share the weight
-// stages as the forward's clusters do (each loads its StageSlice and multicasts it; a stage
-// is refilled once every CTA's computing warps have released it). dY tiles stay per CTA.
 template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
 __global__ void __launch_bounds__(kThreads, 1)
 gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
-             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3,
-             int cs) {
+             int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = Dx2Cfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -1420,7 +1364,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   if (threadIdx.x == 0) {
     for (int s = 0; s < wst; ++s) {
       mbar_init(&wfull[s], kW8 ? 3 : 1);  // kW8: one arrival per upcasting warp
-      mbar_init(&wempty[s], 8 * cs);  // every warp of both computing warpgroups, in each CTA of the cluster
+      mbar_init(&wempty[s], 8);  // every warp of both computing warpgroups
       if constexpr (kW8) mbar_init(&wraw[s], 1);
     }
     for (int s = 0; s < dst; ++s) {
@@ -1432,9 +1376,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     prefetch_tensormap(&tm_dy);
   }
   zero_accumulator<C::kBM>(accs, H);
-  const int crank = cs > 1 ? int(cluster_ctarank()) : 0;
   __syncthreads();
-  if (cs > 1) cluster_sync();  // every CTA's barriers are initialized before any multicast or remote arrival
 
   if (wg == 0) {
     if (threadIdx.x == 0) {
@@ -1455,10 +1397,9 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           stages.stage(q, s, parity);
           mbar_wait(&wempty[s], parity ^ 1, 41);
           load_unit_stage<C, G, K, kW8>(wsl + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &wraw[s] : &wfull[s],
-                                        idx, gu, q, num_groups, cs, crank);
+                                        idx, gu, q, num_groups);
         }
       }
-      if (cs > 1) wait_last_releases(wempty, 0, wst, (g_pad - g_begin) / kU * kQs);  // (as the forward's)
     }
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
@@ -1478,14 +1419,6 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   auto arrive = [&](uint64_t* bar) {  // one arrival per warp
     __syncwarp();
     if (lane == 0) mbar_arrive(bar);
-  };
-  auto release_w = [&](int s) {  // one arrival per warp on the weight slot's barrier in every CTA of the cluster
-    __syncwarp();
-    if (cs == 1) {
-      if (lane == 0) mbar_arrive(&wempty[s]);
-    } else if (lane < cs) {
-      mbar_arrive_cluster(&wempty[s], uint32_t(lane));
-    }
   };
   // P^T fragment: p[4 jj + 2 h + e] = (k-slot r0 + 8 h, batch column 16 cw + 8 jj + 2 t + e).
   auto scatter = [&](const float (&p)[8], int f0, int f1) {
@@ -1579,7 +1512,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
             fence_regs(prev);
             // Its stage is free if it was the stage's last step (its ldmatrix reads ended
             // before its MMAs were issued).
-            if (u == 0 && cc == 0) release_w(prev_s);
+            if (u == 0 && cc == 0) arrive(&wempty[prev_s]);
             scatter_step(prev, pf0, pf1, j - 1);
           }
           pf0 = f0, pf1 = f1;
@@ -1589,7 +1522,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // The unit's last step: its MMAs, then free its stage and the dY tile, then its scatter.
     wgmma_wait<0>();
     fence_regs(pr[(kSteps - 1) & 1]);
-    release_w(prev_s);
+    arrive(&wempty[prev_s]);
     arrive(&dempty[d]);
     scatter_step(pr[(kSteps - 1) & 1], pf0, pf1, kSteps - 1);
   }
@@ -2037,87 +1970,6 @@ void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
   }
 }
 
-// CTAs per cluster along the batch in the forward and in dx v2 (their weight stages
-// multicast to all of them): the environment variable `env` = 1, 2 or 4
-// (LARGEOUT_SM90_FWD_CLUSTER, LARGEOUT_SM90_DX2_CLUSTER), else `preset`; halved while the
-// batch has fewer tiles than that or rounding them up to whole clusters would add more than a
-// quarter.
-constexpr int kFwdCluster = 1, kDx2Cluster = 1;
-int cluster_size(const char* env, int preset, int64_t tiles) {
-  const int e = env_int(env);
-  int cs = e == 1 || e == 2 || e == 4 ? e : preset;
-  while (cs > 1 && (cs > tiles || (cdiv(tiles, int64_t(cs)) * cs - tiles) * 4 > tiles)) cs /= 2;
-  return cs;
-}
-
-
-// CTAs of `kernel` that run at once in clusters of cs (one CTA per SM; whole clusters only, as
-// the GPCs allow; 0 where not one cluster fits), queried once per (kernel, threads, shared
-// memory, cs, device).
-cudaError_t max_cluster_ctas(const void* kernel, int threads, int64_t smem, int cs, int* out) {
-  struct Entry { const void* kernel; int threads; int64_t smem; int cs, device, ctas; };
-  static std::mutex mu;
-  static std::vector<Entry> cache;
-  int device = 0;
-  if (cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
-  std::lock_guard<std::mutex> lock(mu);
-  for (const Entry& c : cache)
-    if (c.kernel == kernel && c.threads == threads && c.smem == smem && c.cs == cs && c.device == device) {
-      *out = c.ctas;
-      return cudaSuccess;
-    }
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = dim3(1, unsigned(cs), 1);
-  cfg.blockDim = dim3(unsigned(threads));
-  cfg.dynamicSmemBytes = size_t(smem);
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = unsigned(cs);
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  int clusters = 0;
-  if (cudaError_t e = cudaOccupancyMaxActiveClusters(&clusters, kernel, &cfg); e != cudaSuccess) return e;
-  cache.push_back({kernel, threads, smem, cs, device, clusters * cs});
-  *out = clusters * cs;
-  return cudaSuccess;
-}
-
-// Launches kernel<<<grid, block, smem, stream>>>(args...), in clusters of cs CTAs along y where cs > 1.
-template <class... KArgs, class... Args>
-cudaError_t launch_clusters_y(void (*kernel)(KArgs...), dim3 grid, dim3 block, int64_t smem, cudaStream_t stream,
-                              int cs, Args&&... args) {
-  cudaLaunchConfig_t cfg{};
-  cfg.gridDim = grid;
-  cfg.blockDim = block;
-  cfg.dynamicSmemBytes = size_t(smem);
-  cfg.stream = stream;
-  cudaLaunchAttribute attr{};
-  attr.id = cudaLaunchAttributeClusterDimension;
-  attr.val.clusterDim.x = 1;
-  attr.val.clusterDim.y = unsigned(cs);
-  attr.val.clusterDim.z = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = cs > 1 ? 1 : 0;
-  if (cudaError_t e = cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...); e != cudaSuccess) return e;
-  return cudaGetLastError();
-}
-
-// cs, or 1 where not one cluster of cs CTAs of `kernel` fits on the device; *resident: the
-// CTAs that run at once (the SMs without clusters).
-template <class Kernel>
-cudaError_t fit_cluster(Kernel kernel, int threads, int64_t smem, const DeviceInfo& dev, int* cs, int* resident) {
-  *resident = dev.sms;
-  if (*cs == 1) return cudaSuccess;
-  const cudaError_t e = max_cluster_ctas(reinterpret_cast<const void*>(kernel), threads, smem, *cs, resident);
-  if (e == cudaSuccess && *resident >= *cs) return cudaSuccess;
-  if (e != cudaSuccess && e != cudaErrorInvalidConfiguration) return e;
-  (void)cudaGetLastError();
-  *cs = 1, *resident = dev.sms;
-  return cudaSuccess;
-}
-
 }  // namespace
 
 // ------------------------------------------------------------------ forward
@@ -2162,32 +2014,25 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           };
           if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
         }
-        const int64_t ng = s.num_groups();
-        const int64_t tiles = cdiv(s.batch, C::kBM);
-        constexpr int64_t kMaxTiles = 65532;  // grid.y (at most 65535), a multiple of every cluster size
+        CUtensorMap map;
+        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
+                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+            e != cudaSuccess)
+          return e;
         const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
         if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
             e != cudaSuccess)
           return e;
-        // CTAs that run at once: one per SM, or as many whole clusters as fit.
-        int cs = cluster_size("LARGEOUT_SM90_FWD_CLUSTER", kFwdCluster, std::min(tiles, kMaxTiles)), resident = 0;
-        if (cudaError_t e = fit_cluster(kernel, 128 * (cons + 1), smem, dev, &cs, &resident); e != cudaSuccess)
-          return e;
-        // Each CTA of a cluster loads its slice of every stage (StageSlice).
-        const StageSlice sl{C::kNs, C::kRows, cs, 0};
-        CUtensorMap map;
-        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
-                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks());
-            e != cudaSuccess)
-          return e;
-        const int64_t splits =
-            std::clamp<int64_t>(resident / std::min<int64_t>(cdiv(tiles, cs) * cs, resident), 1, ng);
+        const int64_t ng = s.num_groups();
+        const int64_t tiles = cdiv(s.batch, C::kBM);
+        const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
         // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
         // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
         // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
         const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
                                !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+        constexpr int64_t kMaxTiles = 65535;
         for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
           const int64_t nt = std::min(kMaxTiles, tiles - t0);
           const int64_t r0 = t0 * C::kBM;
@@ -2196,15 +2041,11 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           CUtensorMap ymap{};
           if (tma_store)
             if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-          // Tiles rounded up to whole clusters: the CTAs past the batch compute on zero rows and
-          // store nothing.
-          const dim3 grid(unsigned(cdiv(ng, per)), unsigned(cdiv(nt, cs) * cs));
-          if (cudaError_t e = launch_clusters_y(
-                  kernel, grid, dim3(unsigned(128 * (cons + 1))), smem, stream, cs, map, ymap,
-                  static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc, rows,
-                  int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale, int(e4m3), cs);
-              e != cudaSuccess)
-            return e;
+          kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
+              map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
+              rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
+              int(e4m3));
+          if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         }
         return cudaSuccess;
       });
@@ -2476,7 +2317,11 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     using C = Dx2Cfg<G, kNk>;
     int wst = 0, dst = 0;
     if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8)) return cudaErrorNotSupported;
-    CUtensorMap dmap;
+    CUtensorMap wmap, dmap;
+    if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
+                            : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+        e != cudaSuccess)
+      return e;
     if (cudaError_t e = dy_map(&dmap, dt, dy, s, 32, 64); e != cudaSuccess) return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk, 0, kW8>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
@@ -2490,27 +2335,15 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
       return e;
-    const int64_t tiles = cdiv(s.batch, C::kBM);
-    int cs = cluster_size("LARGEOUT_SM90_DX2_CLUSTER", kDx2Cluster, tiles), resident = 0;
-    if (cudaError_t e = fit_cluster(kernel, kThreads, smem, dev, &cs, &resident); e != cudaSuccess) return e;
-    const StageSlice sl{C::kNs, C::kRows, cs, 0};  // (the forward's slices: the same stage layout)
-    CUtensorMap wmap;
-    if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks())
-                            : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, sl.slice_rows(), sl.chunks());
-        e != cudaSuccess)
-      return e;
     const int64_t ng = s.num_groups();
     // Whole units per split; every one of the `splits` CTAs writes its partial (zeros
-    // for an empty range), so the reduction below sees `splits` partials. Tiles rounded up
-    // to whole clusters: the CTAs past the batch write nothing.
+    // for an empty range), so the reduction below sees `splits` partials.
     const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;
     float* part = splits > 1 ? static_cast<float*>(workspace) : nullptr;
-    if (cudaError_t e = launch_clusters_y(kernel, dim3(unsigned(splits), unsigned(cdiv(tiles, cs) * cs)), dim3(kThreads),
-                                          smem, stream, cs, wmap, dmap, indices, part, static_cast<T*>(dxp),
-                                          int(s.batch), int(s.in_features), s.out_features, int(per), int(ng), wst,
-                                          dst, row_scale, int(e4m3), cs);
-        e != cudaSuccess)
-      return e;
+    kernel<<<dim3(unsigned(splits), unsigned(cdiv(s.batch, 32))), kThreads, smem, stream>>>(
+        wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
+        int(ng), wst, dst, row_scale, int(e4m3));
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
   });

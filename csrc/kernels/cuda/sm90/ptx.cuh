@@ -63,29 +63,6 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t phase, int sit
   }
 }
 
-// ------------------------------------------------------------------ clusters
-__device__ __forceinline__ uint32_t cluster_ctarank() {
-  uint32_t r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-}
-// Every thread of every CTA of the cluster: arrive (release) and wait (acquire).
-__device__ __forceinline__ void cluster_sync() {
-  asm volatile("barrier.cluster.arrive.release.aligned;\n barrier.cluster.wait.acquire.aligned;" ::: "memory");
-}
-// Arrives on the mbarrier at bar's offset in the shared memory of CTA `rank` of the cluster
-// (this CTA's own included). For releasing a stage whose reads (wgmma) have completed: the
-// default release at CTA scope, as CUTLASS's ClusterBarrier does; `.release.cluster` compiles
-// to a MEMBAR.ALL.GPU before each arrival (SASS), which made the clustered kernels 1.4-4x
-// slower (bench/results/cluster_*_s27_h100.json).
-__device__ __forceinline__ void mbar_arrive_cluster(uint64_t* bar, uint32_t rank) {
-  asm volatile(
-      "{\n .reg .b32 ra;\n mapa.shared::cluster.u32 ra, %0, %1;\n"
-      " mbarrier.arrive.shared::cluster.b64 _, [ra];\n}" ::"r"(smem_u32(bar)),
-      "r"(rank)
-      : "memory");
-}
-
 // ------------------------------------------------------------------ fences and barriers
 // Orders this thread's generic-proxy shared-memory writes before later async-proxy reads
 // (wgmma operands, TMA stores).
@@ -119,16 +96,6 @@ __device__ __forceinline__ void tma_load_3d(void* dst, const CUtensorMap* map, u
       "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4, %5}], "
       "[%2];" ::"r"(smem_u32(dst)),
       "l"(map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2)
-      : "memory");
-}
-// The same box multicast to the CTAs of the cluster in `mask` (bit r: %cluster_ctarank r), at
-// dst's offset in each one's shared memory, completing on the mbarrier at bar's offset in each.
-__device__ __forceinline__ void tma_load_3d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1,
-                                                      int c2, uint16_t mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
-      "[%1, {%3, %4, %5}], [%2], %6;" ::"r"(smem_u32(dst)),
-      "l"(map), "r"(smem_u32(bar)), "r"(c0), "r"(c1), "r"(c2), "h"(mask)
       : "memory");
 }
 // TMA store of a 2-D box from shared memory (parts outside the tensor are not written);
