@@ -226,14 +226,16 @@ def test_misaligned_views_are_handled(poison):
 @pytest.mark.parametrize("stages", ["2", "8"])
 @pytest.mark.parametrize("tma_store", ["0", "1"])
 @pytest.mark.parametrize(
-    "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (2000, 128, 16), (6144, 64, 64), (4104, 256, 16)]
+    "L,K,G", [(8192, 128, 32), (8191, 256, 32), (4096, 256, 128), (4097, 128, 128), (2000, 128, 16), (6144, 64, 64),
+              (4104, 256, 16)]
 )
 def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
     # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
-    # that slots wrap around many times; units of 1-4 stages; the output stored by TMA where
-    # L % 8 == 0, else by plain stores), element by element against float64: one wrong or
-    # unwritten group must fail.
+    # that slots wrap around many times (8 asks for as many as fit: 3 at G = 128 and H = 768); units of
+    # 1-4 stages; the output stored by TMA where L % 8 == 0, else by plain stores, both out of the same
+    # swizzled staging boxes, odd L with rows starting at odd elements), element by element against
+    # float64: one wrong or unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)

@@ -214,8 +214,9 @@ struct FwdCfg {
   static constexpr int kBM = 64;
   // A computing warpgroup takes kU consecutive groups (a unit) at a time, so that the
   // rows it stores are at least 64 labels (128 bytes) long; they go through a staging
-  // tile [64][kU * G] (rows padded by 16 bytes against bank conflicts for plain stores;
-  // [64 rows][64 labels] SW128 boxes for TMA stores).
+  // tile of kU G / 64 boxes [64 rows][64 labels], SW128 (what TMA stores read; the plain
+  // stores read its rows back, staging_offset): no padding, so that at G = 128 and H = 768
+  // a third stage per ring fits (bank-conflict-free writes and row reads either way).
   static constexpr int kU = G >= 64 ? 1 : 64 / G;
   static constexpr int kRows = kU * G;  // weight rows of a unit: 64 or 128
   // A stage holds kNs 64-wide fan-in chunks of the whole unit (one 3-D TMA box of at most
@@ -224,8 +225,7 @@ struct FwdCfg {
   static constexpr int kQs = kNk / kNs;
   static constexpr uint32_t kWBytes = kRows * kNs * 128;
   static constexpr uint32_t kIdxBytes = kU * kNs * kKC * 4;
-  static constexpr int kStageRow = kRows * 2 + 16;
-  static constexpr int kStagingBytes = kBM * kStageRow;
+  static constexpr int kStagingBytes = kBM * kRows * 2;
   static_assert(kStagingBytes % 1024 == 0 && kWBytes % 1024 == 0 && G * 128 % 1024 == 0,
                 "tiles must stay 1024-byte aligned");
   // Each of the kCons computing warpgroups has its own ring of `spr` stages (w8: fp8
@@ -235,6 +235,13 @@ struct FwdCfg {
            (w8 ? 3 : 2) * kCons * spr * 8;
   }
 };
+
+// Byte offset of label p (16-bit) of row r in the forward's staging tile: boxes of 64 labels
+// ([64 rows][128 bytes], SW128, 8 KB each), p / 64 the box.
+__device__ __forceinline__ uint32_t staging_offset(int r, int p) {
+  return uint32_t(p >> 6) * 8192u + uint32_t(r) * 128u + ((uint32_t((p & 63) >> 3) ^ uint32_t(r & 7)) << 4) +
+         uint32_t(p & 7) * 2u;
+}
 
 // One weight stage of a unit (the forward and dx v2): the 3-D box [kNs chunks][kU G
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
@@ -572,28 +579,22 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     }
 
     // acc[u][4j + 2h + e] is (row r0 + 8h, label (gu + u) * G + 8j + 2t + e).
+    // Epilogue: + bias, round, into the staging tile. By TMA where y's row stride L * 2 bytes
+    // is a multiple of 16: one thread stores the boxes; the tensor's bounds clip rows past B
+    // and labels past L (split ranges are whole units, so every label stored belongs to this
+    // CTA). Else by plain stores: each warp stores 16 whole rows, read back from the boxes.
+    const bool issuer = (threadIdx.x & 127) == 0;
+    if (tma_store && issuer) bulk_wait_read0();  // the previous unit's boxes have been read
+    named_barrier(2 + cw, 128);  // (plain stores: the previous unit's rows have left the staging tile)
+#pragma unroll
+    for (int u = 0; u < kU; ++u)
+#pragma unroll
+      for (int j = 0; j < G / 8; ++j)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          *reinterpret_cast<uint32_t*>(my_stg + staging_offset(r0 + 8 * h, u * G + 8 * j + 2 * t)) =
+              pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
     if (tma_store) {
-      // Epilogue by TMA (row stride L * 2 bytes a multiple of 16): + bias, round, into
-      // [64 rows][64 labels] SW128 boxes, which one thread stores; the tensor's bounds clip
-      // rows past B and labels past L. Split ranges are whole units, so every label
-      // stored belongs to this CTA.
-      const bool issuer = (threadIdx.x & 127) == 0;
-      if (issuer) bulk_wait_read0();  // the previous unit's boxes have been read
-      named_barrier(2 + cw, 128);
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int j = 0; j < G / 8; ++j) {
-          const int col = u * G + 8 * j;  // first label of this 16-byte chunk
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int r = r0 + 8 * h;
-            const uint32_t off = uint32_t(col >> 6) * 8192u + uint32_t(r) * 128u +
-                                 ((uint32_t((col & 63) >> 3) ^ uint32_t(r & 7)) << 4) + 4u * uint32_t(t);
-            *reinterpret_cast<uint32_t*>(my_stg + off) =
-                pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
-          }
-        }
       fence_proxy_async();
       named_barrier(2 + cw, 128);
       if (issuer) {
@@ -603,32 +604,21 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       }
       continue;
     }
-    // Epilogue by plain stores: + bias, round, stage; then each warp stores 16 whole rows.
-    named_barrier(2 + cw, 128);  // the previous unit's rows have left the staging tile
-#pragma unroll
-    for (int u = 0; u < kU; ++u)
-#pragma unroll
-      for (int j = 0; j < G / 8; ++j) {
-        const int col = u * G + 8 * j + 2 * t;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          *reinterpret_cast<uint32_t*>(my_stg + (r0 + 8 * h) * C::kStageRow + col * 2) =
-              pack2<T>(acc[u][4 * j + 2 * h] + bv[u][j][0], acc[u][4 * j + 2 * h + 1] + bv[u][j][1]);
-      }
     named_barrier(2 + cw, 128);
     const int rows = min(16, B - b0 - 16 * warp);
     int64_t e0 = int64_t(b0 + 16 * warp) * L + l0;  // first element of the row
-    const uint8_t* sr = my_stg + 16 * warp * C::kStageRow;
 #pragma unroll 4
-    for (int rr = 0; rr < rows; ++rr, e0 += L, sr += C::kStageRow) {
+    for (int rr = 0; rr < rows; ++rr, e0 += L) {
+      const int r = 16 * warp + rr;
       T* yr = y + e0;
-      if ((e0 & 1) == 0) {  // 4-byte aligned pairs
+      if ((e0 & 1) == 0) {  // 4-byte aligned pairs (p even: both in one 16-byte chunk)
         for (int p = 2 * lane; p < nl; p += 64) {
-          if (p + 1 < nl) *reinterpret_cast<uint32_t*>(yr + p) = *reinterpret_cast<const uint32_t*>(sr + p * 2);
-          else yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
+          const uint8_t* src = my_stg + staging_offset(r, p);
+          if (p + 1 < nl) *reinterpret_cast<uint32_t*>(yr + p) = *reinterpret_cast<const uint32_t*>(src);
+          else yr[p] = *reinterpret_cast<const T*>(src);
         }
       } else {
-        for (int p = lane; p < nl; p += 32) yr[p] = *reinterpret_cast<const T*>(sr + p * 2);
+        for (int p = lane; p < nl; p += 32) yr[p] = *reinterpret_cast<const T*>(my_stg + staging_offset(r, p));
       }
     }
   }
