@@ -126,6 +126,16 @@ def git_commit() -> str:
         return "unknown"
 
 
+def write_rows(path, rows: list, method: str) -> None:
+    """The JSON file of a small benchmark script: its rows, the device, commit and time, and
+    the script's docstring as its method."""
+    result = {"rows": rows, "device": torch.cuda.get_device_name(),
+              "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
+              "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "method": method}
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+
+
 def run_binary(binary: str, args: argparse.Namespace, kernels: str = "auto") -> dict:
     cmd = [binary, "--B", ",".join(map(str, args.B)), "--H", str(args.H), "--K", ",".join(map(str, args.K)),
            "--G", ",".join(map(str, args.G)), "--L", ",".join(map(str, args.L)), "--dtype", args.dtype,

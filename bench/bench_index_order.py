@@ -8,13 +8,10 @@ sets, weight columns permuted to match, so both orders compute the same layer.
 Medians of CUDA-event timings of each op (forward, dx, dW+dbias) over --iters calls."""
 
 import argparse
-import json
-import os
-import time
 
 import torch
 
-from bench_group_sparse import median_ms  # (bench/ is the script's directory)
+from bench_group_sparse import median_ms, write_rows  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
 
 
@@ -63,10 +60,7 @@ def main() -> None:
                 print(row, flush=True)
                 x = w = b = dy = idx = outs = None
                 torch.cuda.empty_cache()
-    out = {"rows": rows, "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "method": __doc__}
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_rows(a.out, rows, __doc__)
 
 
 if __name__ == "__main__":

@@ -10,13 +10,11 @@ Medians of CUDA-event timings of the op (group_sparse_linear with bias, or
 group_sparse_linear_backward_input) over --iters calls."""
 
 import argparse
-import json
 import os
-import time
 
 import torch
 
-from bench_group_sparse import median_ms  # (bench/ is the script's directory)
+from bench_group_sparse import median_ms, write_rows  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
 
 
@@ -82,10 +80,7 @@ def main() -> None:
         os.environ.pop(env, None)
     else:
         os.environ[env] = before
-    result = {"rows": rows, "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
-           "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "method": __doc__}
-    with open(a.out, "w") as f:
-        json.dump(result, f, indent=1)
+    write_rows(a.out, rows, __doc__)
 
 
 if __name__ == "__main__":
