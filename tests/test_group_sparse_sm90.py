@@ -242,12 +242,13 @@ def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poi
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
-@pytest.mark.parametrize("B,H,L,K", [(129, 1024, 2001, 256), (64, 1000, 4096, 128), (7, 968, 1500, 64)])
+@pytest.mark.parametrize("B,H,L,K", [(129, 1024, 2001, 256), (64, 1024, 4096, 128), (7, 1016, 1501, 64),
+                                     (33, 1000, 3000, 128)])
 def test_sm90_forward_g128_wide_inputs(B, H, L, K, poison):
     # G = 128 with H up to 1024: the unpadded staging boxes make two stages per ring fit beside
     # x^T's H x 128 bytes (with the padded rows of before they did not above H = 1015, and the
-    # generic kernel ran at H = 1024); element by element against float64, plain stores at odd L
-    # and TMA stores.
+    # generic kernel ran at H = 1016 and 1024); element by element against float64, plain stores
+    # at odd L (rows starting at odd elements) and TMA stores.
     assert kernels.path("forward", torch.bfloat16, B, H, L, K, 128) == "sm90"
     check_forward_elementwise(B, H, L, K, 128, 80 + K)
 

@@ -230,7 +230,7 @@ struct FwdCfg {
                 "tiles must stay 1024-byte aligned");
   // Each of the kCons computing warpgroups has its own ring of `spr` stages (w8: fp8
   // weights, one more barrier per stage).
-  static int64_t smem_bytes(int64_t H, int spr, int kCons = 2, bool w8 = false) {
+  static constexpr int64_t smem_bytes(int64_t H, int spr, int kCons = 2, bool w8 = false) {
     return kSmemSlack + H * 128 + kCons * kStagingBytes + kCons * spr * int64_t(kWBytes + kIdxBytes) +
            (w8 ? 3 : 2) * kCons * spr * 8;
   }
@@ -1906,6 +1906,11 @@ cudaError_t dispatch_k(int64_t K, Fn&& fn) {
   }
   return cudaErrorInvalidValue;
 }
+
+// Three stages per ring at G = 128 and H = 768 (the headline's H; 1.5x faster than two at
+// K = 256, bench/NOTES.md session 27) fit the H100's and H200's 227 KB by 416 bytes: keep it so.
+static_assert(FwdCfg<128, 4>::smem_bytes(768, 3, 2, true) <= 232448 && FwdCfg<128, 1>::smem_bytes(768, 3) <= 232448,
+              "the forward at G = 128, H = 768 must keep three stages per ring");
 
 // Stages per computing warpgroup's ring in the forward (at most 8), or 0 when fewer than
 // two fit (a warpgroup holds up to two while the next is loaded).
