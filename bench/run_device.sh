@@ -41,6 +41,9 @@
 #            weight, dY padded for the pass that runs (LARGEOUT_PAD_DY=1) and not (0)
 #     tmaprobe (no library build) bench/cpp/probe_tma_coords.cu: a TMA load and store of a box at inner coordinates 0, 3,
 #            997 (partly out of bounds) and -5, no swizzle and 128-byte swizzle, each case in its own process
+#     knob   build, the tests KNOB_TESTS names (pytest arguments; none by default), then bench/bench_knob.py: the
+#            environment variable KNOB_ENV set to each of KNOB_VALUES (comma list) in turn, with KNOB_ARGS (its shape
+#            arguments, e.g. "--pass fwd --B 512 --K 128 --G 32,64 --L 670208") -> knob.json
 #     splitb build, the dW tests (SPLITB_ALL=1: the whole suite), the K = 64 split-batch test with kDbC
 #            SPLITB_REPEATS times (default 5), dW at B 128/320/512/1024, K = 64 with dbias by the computing
 #            warpgroups and by the loader twice in turn, the step with a frozen input at odd L with and
@@ -425,6 +428,17 @@ fi
 
 if [ "$MODE" = padfrozen ]; then  # the step at odd L with a frozen input or weight, dY padded (1) or not (0), in turn
   for fr in x weight; do frozen_steps $(( T0 + 580 )) $fr 32,64,128 670091,2812281 1 0; done
+  exit 0
+fi
+
+if [ "$MODE" = knob ]; then  # a kernel knob's values timed in turn (bench_knob.py), after the tests named
+  if [ -n "${KNOB_TESTS:-}" ]; then
+    echo "== tests: $KNOB_TESTS"
+    run_tests gpu_tests_knob.log $KNOB_TESTS
+  fi
+  echo "== $KNOB_ENV = $KNOB_VALUES: ${KNOB_ARGS:-}"
+  timeout "${KNOB_TIMEOUT:-300}" python3 bench/bench_knob.py --env "$KNOB_ENV" --values "$KNOB_VALUES" ${KNOB_ARGS:-} \
+    --out "$OUT/knob.json" 2>&1 | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
   exit 0
 fi
 
