@@ -509,17 +509,17 @@ if [ "$MODE" = dwopt ]; then  # dwstages and the optimizer's changes: their test
   exit 0
 fi
 
-ncu_pass() {  # $1: pass (dw, fwd, dx3), $2: G, $3: timeout (s); Nsight Compute of one launch at B=512 K=128 L=670,208,
-  # its details and its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass
+ncu_pass() {  # $1: pass (dw, fwd, dx3), $2: G, $3: timeout (s); Nsight Compute of one launch at B=512 K=128 L=670,208
+  # (PROFILE_ARGS: other profile_sm90.py shape arguments, e.g. "--B 1024 --K 64 --L 131072"), its details and its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass
   # and G (+ NCU_TAG)
   local pass=$1 G=$2 f="ncu_${1}_G${2}${NCU_TAG:-}" fs="ncu_${1}_sass_G${2}${NCU_TAG:-}"
-  echo "== Nsight Compute: $pass at B=512 K=128 G=$G L=670,208"
+  echo "== Nsight Compute: $pass at G=$G, ${PROFILE_ARGS:-B=512 K=128 L=670,208}"
   # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
   timeout "$3" ncu --clock-control none -k regex:"gsl_${pass}_sm90" --launch-skip 1 --launch-count 1 \
     --section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables \
     --section WarpStateStats --section SchedulerStats --section Occupancy --section LaunchStats \
     --section InstructionStats --section SourceCounters -f -o "$OUT/$f" \
-    python3 bench/profile_sm90.py --G "$G" > "$OUT/$f.log" 2>&1
+    python3 bench/profile_sm90.py --G "$G" ${PROFILE_ARGS:-} > "$OUT/$f.log" 2>&1
   echo "ncu G=$G rc=$?"
   ncu -i "$OUT/$f.ncu-rep" --print-details all > "$OUT/$f.txt" 2>&1
   # per-instruction stall samples (which loads the long-scoreboard stalls wait on)

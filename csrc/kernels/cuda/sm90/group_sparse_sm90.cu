@@ -358,7 +358,7 @@ __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
-             const float* __restrict__ row_scale, int e4m3) {
+             const float* __restrict__ row_scale, int e4m3, uint32_t identity_perm, int prefetch_bias) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -468,10 +468,16 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // the MMAs, and converted in the epilogue. Converted here, the conversion was the loads'
     // first use: the warpgroup waited for them before its MMAs (30% of the forward's stall
     // samples at the headline shape, Nsight Compute, bench/results/ncu_fwd_sass_G32_s19_h100.csv).
+    // Written after the MMAs in the source, ptxas still hoisted the first conversion above
+    // them (40% of the stall samples at B=1024, K=64, G=64, L=131,072:
+    // bench/results/ncu_fwd_G64_B1024_K64_L131072_s28_h100.txt), so bias_values first passes
+    // each value through a byte permutation with its accumulator whose selector is the runtime
+    // `identity_perm` (0x3210: the value unchanged): it then depends on the finished MMAs.
     // A whole unit's loads are at fixed offsets from one pointer (the clamped column of each
     // load, in 64-bit address arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv);
     // the unit past the layer's last label clamps its columns. Columns past nl are computed
-    // but never stored, so their bias need not be masked.
+    // but never stored, so their bias need not be masked. (__ldg: with the prefetch below,
+    // plain loads compiled to LDG without .CONSTANT.)
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
     const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
@@ -488,7 +494,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
         for (int j = 0; j < G / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) braw[u][j][e] = bq[u * G + 8 * j + e];
+          for (int e = 0; e < 2; ++e) braw[u][j][e] = __ldg(bq + u * G + 8 * j + e);
     } else {
       const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0;
 #pragma unroll
@@ -496,7 +502,14 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
         for (int j = 0; j < G / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) braw[u][j][e] = bq[min(u * G + 8 * j + 2 * t + e, nl - 1)];
+          for (int e = 0; e < 2; ++e) braw[u][j][e] = __ldg(bq + min(u * G + 8 * j + 2 * t + e, nl - 1));
+    }
+    // prefetch_bias: the lines of this warpgroup's next unit's bias into L1 (the first and
+    // last label of each 64, so that a span across two lines brings both), for its loads
+    // above to hit there.
+    if (prefetch_bias && bias != nullptr && lane < 2 * kU * G / 64) {
+      const int64_t lp = l0 + int64_t(kCons * kU * G) + 64 * (lane >> 1) + 63 * (lane & 1);
+      if (lp < L) prefetch_l1(bias + lp);
     }
     auto bias_values = [&](float (&bv)[kU][G / 8][2]) {
 #pragma unroll
@@ -504,7 +517,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
         for (int j = 0; j < G / 8; ++j)
 #pragma unroll
-          for (int e = 0; e < 2; ++e) bv[u][j][e] = to_float(bits_to<T>(braw[u][j][e]));
+          for (int e = 0; e < 2; ++e)
+            bv[u][j][e] = to_float(bits_to<T>(uint16_t(
+                __byte_perm(uint32_t(braw[u][j][e]), __float_as_uint(acc[u][4 * j + e]), identity_perm))));
     };
     if constexpr (kProbe == 1) {
       for (int q = 0; q < kQs; ++q) {
@@ -2024,6 +2039,8 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t tiles = cdiv(s.batch, C::kBM);
         const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
+        // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0: no L1 prefetch of the next unit's bias (timing
+        // comparisons).
         // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
         // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
         // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
@@ -2041,7 +2058,7 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
               map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
               rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-              int(e4m3));
+              int(e4m3), 0x3210u, int(!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0")));
           if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         }
         return cudaSuccess;
