@@ -242,6 +242,26 @@ def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poi
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
+@pytest.mark.parametrize("prefetch", ["0", "1"])
+@pytest.mark.parametrize("B,L,K,G", [(512, 8191, 64, 32), (1024, 4097, 128, 64), (300, 2051, 64, 128), (100, 3001, 256, 16)])
+def test_sm90_forward_bias_prefetch(prefetch, B, L, K, G, poison, monkeypatch):
+    # The L1 prefetch of the next unit's bias (LARGEOUT_SM90_FWD_BIAS_PREFETCH forces it off or on;
+    # by default it runs at G = 32 and at G = 64 with B >= 512): many units per warpgroup, the
+    # last ones' prefetches past L, and a bias that starts 2 bytes off its allocation (a view),
+    # element by element against float64.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_BIAS_PREFETCH", prefetch)
+    x, w, b, idx, _ = make(B, 768, L, K, G, torch.bfloat16, 90 + G)
+    bv = torch.empty(L + 1, device="cuda", dtype=torch.bfloat16)[1:]
+    bv.copy_(b)
+    before = kernels.launch_counts()
+    y = torch.ops.largeout.group_sparse_linear(x, w, idx, bv, G)
+    assert used_sm90(before, kernels.launch_counts(), ["forward"])
+    y_ref = ref.group_sparse_linear(x, w, idx, b, G).cpu()
+    err = (y.double().cpu() - y_ref).abs()
+    assert torch.isfinite(err).all()
+    assert (err <= 0.02 * y_ref.abs() + 0.02).all(), float(err.max())
+
+
 @pytest.mark.parametrize("B,H,L,K", [(129, 1024, 2001, 256), (64, 1024, 4096, 128), (7, 1016, 1501, 64),
                                      (33, 1000, 3000, 128)])
 def test_sm90_forward_g128_wide_inputs(B, H, L, K, poison):

@@ -504,9 +504,9 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
           for (int e = 0; e < 2; ++e) braw[u][j][e] = __ldg(bq + min(u * G + 8 * j + 2 * t + e, nl - 1));
     }
-    // prefetch_bias: the lines of this warpgroup's next unit's bias into L1 (the first and
-    // last label of each 64, so that a span across two lines brings both), for its loads
-    // above to hit there.
+    // prefetch_bias (chosen per shape, fwd_launch): the lines of this warpgroup's next unit's
+    // bias into L1 (the first and last label of each 64, so that a span across two lines
+    // brings both), for that unit's loads above to hit there.
     if (prefetch_bias && bias != nullptr && lane < 2 * kU * G / 64) {
       const int64_t lp = l0 + int64_t(kCons * kU * G) + 64 * (lane >> 1) + 63 * (lane & 1);
       if (lp < L) prefetch_l1(bias + lp);
@@ -2039,8 +2039,14 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t tiles = cdiv(s.batch, C::kBM);
         const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-        // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0: no L1 prefetch of the next unit's bias (timing
-        // comparisons).
+        // L1 prefetch of each warpgroup's next unit's bias at G = 32 and at G = 64 with B >= 512:
+        // 7-19% faster there at K <= 128 on an H100, the same at K = 256; at G = 128 with K = 64
+        // and at G = 64 with B <= 256 and L = 670,208 it measured 3-17% slower (two runs of
+        // bench/bench_knob.py, bench/results/knob_fwd_bias_prefetch_*_s28_h100.json).
+        // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0 / 1: never / always (timing comparisons).
+        const bool prefetch_bias = env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "1") ||
+                                   (!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0") &&
+                                    (G == 32 || (G == 64 && s.batch >= 512)));
         // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
         // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
         // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
@@ -2058,7 +2064,7 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
           kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
               map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
               rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-              int(e4m3), 0x3210u, int(!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0")));
+              int(e4m3), 0x3210u, int(prefetch_bias));
           if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         }
         return cudaSuccess;
