@@ -2041,7 +2041,7 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
         const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
         // L1 prefetch of each warpgroup's next unit's bias at G = 32 and at G = 64 with B >= 512:
         // 0.81-1.00x the time there at K <= 128 and B >= 256 on an H100 (G = 32, B = 128:
-        // 0.96-1.02x), 0.95-1.05x at K = 256; at G = 128 with K = 64
+        // 0.96-1.03x), 0.95-1.05x at K = 256; at G = 128 with K = 64
         // and at G = 64 with B <= 256 and L = 670,208 it measured 3-17% slower (two runs of
         // bench/bench_knob.py, bench/results/knob_fwd_bias_prefetch_*_s28_h100.json).
         // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0 / 1: never / always (timing comparisons).
