@@ -126,10 +126,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_rows(path, rows: list, method: str) -> None:
-    """The JSON file of a small benchmark script: its rows, the device, commit and time, and
-    the script's docstring as its method."""
-    result = {"rows": rows, "device": torch.cuda.get_device_name(),
+def write_rows(path, rows: list, method: str, **extra) -> None:
+    """The JSON file of a small benchmark script: its rows, the device, commit and time, the
+    script's docstring as its method, and any `extra` fields (the run's settings)."""
+    result = {**extra, "rows": rows, "device": torch.cuda.get_device_name(),
               "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
               "time": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S%z"), "method": method}
     with open(path, "w") as f:

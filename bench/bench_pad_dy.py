@@ -11,15 +11,14 @@ session 25). A shape that fails is recorded with its error and the rest still ru
 Medians of CUDA-event timings over --iters steps (bench_optim.timed)."""
 
 import argparse
-import json
 import os
-import time
 import traceback
 
 import torch
 
 import largeout
-from bench_optim import timed  # (bench/ is the script's directory)
+from bench_group_sparse import write_rows  # (bench/ is the script's directory)
+from bench_optim import timed
 from largeout.nn import random_group_indices
 
 
@@ -61,11 +60,7 @@ def main() -> None:
             print(row, flush=True)
             x = w = b = dy = None
             torch.cuda.empty_cache()
-    out = {"pad_dy": os.environ.get("LARGEOUT_PAD_DY", "1 (default)"), "rows": rows, "device": torch.cuda.get_device_name(),
-           "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"), "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-           "method": __doc__}
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_rows(a.out, rows, __doc__, pad_dy=os.environ.get("LARGEOUT_PAD_DY", "1 (default)"))
 
 
 if __name__ == "__main__":

@@ -510,8 +510,8 @@ if [ "$MODE" = dwopt ]; then  # dwstages and the optimizer's changes: their test
 fi
 
 ncu_pass() {  # $1: pass (dw, fwd, dx3), $2: G, $3: timeout (s); Nsight Compute of one launch at B=512 K=128 L=670,208
-  # (PROFILE_ARGS: other profile_sm90.py shape arguments, e.g. "--B 1024 --K 64 --L 131072"), its details and its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass
-  # and G (+ NCU_TAG)
+  # (PROFILE_ARGS: other profile_sm90.py shape arguments, e.g. "--B 1024 --K 64 --L 131072"), its details and
+  # its per-instruction page (bench/ncu_sass_summary.py reads the CSV), files named after the pass and G (+ NCU_TAG)
   local pass=$1 G=$2 f="ncu_${1}_G${2}${NCU_TAG:-}" fs="ncu_${1}_sass_G${2}${NCU_TAG:-}"
   echo "== Nsight Compute: $pass at G=$G, ${PROFILE_ARGS:-B=512 K=128 L=670,208}"
   # (profile_sm90.py launches each pass twice: skip the warm-up; session 17's --launch-skip 2 profiled nothing)
