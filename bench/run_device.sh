@@ -73,6 +73,8 @@
 #     build  build and install only
 #     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
+#     fwdgrid build, the forward's Hopper tests (FWD_TESTS_K), Nsight Compute of the forward per PROFILE_G
+#            (PROFILE_ARGS, NCU_TAG), then the grid per batch size (SWEEP_B) until FWDGRID_BUDGET s (default 585)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
 #     dw2    build, the Hopper tests, dW probes, the B=512 K=128 benchmark, memcheck on dW v2
 #     verify build, the whole suite, the B=512 K=128 benchmark, the fused optimizer benchmark and
@@ -534,6 +536,21 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
   for G in ${PROFILE_G:-32}; do ncu_pass "${PROFILE_PASS:-dw}" "$G" 200; done
   [ "${DWPROF_BENCH:-1}" = 0 ] && exit 0
   bench_headline 120 670091,670208
+  exit 0
+fi
+
+if [ "$MODE" = fwdgrid ]; then  # session 29: the forward's tests (FWD_TESTS_K), Nsight Compute of the forward at each
+  # G of PROFILE_G with PROFILE_ARGS (files tagged _K<K>), then the issue-4 grid per batch size (SWEEP_B) until
+  # FWDGRID_BUDGET s after the start (default 585)
+  deadline=$(( T0 + ${FWDGRID_BUDGET:-585} ))
+  RUN_TESTS_TIMEOUT=${RUN_TESTS_TIMEOUT:-150} tests_subset gpu_tests_fwd.log tests/test_group_sparse_sm90.py \
+    -k "${FWD_TESTS_K:-forward or fwd}"
+  for G in ${PROFILE_G:-}; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 90 ] || break
+    NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
+  done
+  run_grid $deadline ${SWEEP_B:-1024 512 256 128}
   exit 0
 fi
 
