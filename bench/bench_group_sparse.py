@@ -56,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/group_sparse_<gpu>.json)")
     p.add_argument("--binary", default=None, help="path of largeout_bench_group_sparse (default: the installed one)")
+    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default="sorted",
+                   help="each group's indices (random_group_indices' orders; default sorted)")
     p.add_argument("--compare-generic", action="store_true",
                    help="also time the generic kernels (largeout.kernels policy 'generic') in the same run")
     args = p.parse_args()
@@ -139,7 +141,8 @@ def write_rows(path, rows: list, method: str, **extra) -> None:
 def run_binary(binary: str, args: argparse.Namespace, kernels: str = "auto") -> dict:
     cmd = [binary, "--B", ",".join(map(str, args.B)), "--H", str(args.H), "--K", ",".join(map(str, args.K)),
            "--G", ",".join(map(str, args.G)), "--L", ",".join(map(str, args.L)), "--dtype", args.dtype,
-           "--warmup", str(args.warmup), "--iters", str(args.iters), "--kernels", kernels]
+           "--warmup", str(args.warmup), "--iters", str(args.iters), "--kernels", kernels,
+           "--index-order", args.index_order]
     print("running:", " ".join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -215,6 +218,7 @@ def main() -> None:
         # the kernels' environment switches in force (variants compared run by run)
         "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("LARGEOUT_SM90_")},
         "dtype": args.dtype,
+        "index_order": args.index_order,
         "statistic": "median",
         "iters": args.iters,
         "warmup": args.warmup,

@@ -629,14 +629,15 @@ def test_sm90_ops_on_a_fresh_thread(L, monkeypatch):
     assert torch.equal(xg.grad, calls["input"]())
 
 
+@pytest.mark.parametrize("order", ["banked", "balanced"])
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 64, 64), (65, 768, 5003, 256, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_banked_index_order(shape, poison):
-    # The Hopper forward, dx and dW with each group's indices in the "banked" order (not
-    # ascending), element by element against float64.
+def test_sm90_index_orders(shape, order, poison):
+    # The Hopper forward, dx and dW with each group's indices in the "banked" or "balanced"
+    # order (not ascending), element by element against float64.
     B, H, L, K, G = shape
     x, w, b, _, dy = make(B, H, L, K, G, torch.bfloat16, 150 + G)
-    idx = random_group_indices(-(-L // G), H, K, generator=torch.Generator().manual_seed(7), order="banked").cuda()
+    idx = random_group_indices(-(-L // G), H, K, generator=torch.Generator().manual_seed(7), order=order).cuda()
     assert not bool((idx[:, 1:] > idx[:, :-1]).all())
     before = kernels.launch_counts()
     y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, G)

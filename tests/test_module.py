@@ -812,8 +812,42 @@ def test_banked_order_computes_the_same_layer():
     assert rel_err(y, y_sorted) < 1e-5
 
 
+def test_balanced_index_order():
+    # fan_in / 8 inputs of each residue class mod 8 per group, slot 8 q + r of residue r, each
+    # class's inputs ascending and distinct; every input about equally often (the set is
+    # uniform within each class); deterministic for a generator state.
+    ng, H = 4000, 96
+    for K in (8, 32, 96):
+        t = random_group_indices(ng, H, K, generator=torch.Generator().manual_seed(K), order="balanced")
+        assert t.dtype == torch.int32 and t.shape == (ng, K)
+        assert torch.equal((t % 8).view(ng, K // 8, 8), torch.arange(8, dtype=torch.int32).expand(ng, K // 8, 8))
+        by_class = t.view(ng, K // 8, 8)
+        assert bool((by_class[:, 1:] > by_class[:, :-1]).all()) and int(t.min()) >= 0 and int(t.max()) < H
+        counts = torch.bincount(t.view(-1).long(), minlength=H).double()
+        expect = ng * K / H
+        sd = (ng * (K / H) * (1 - K / H)) ** 0.5
+        assert float((counts - expect).abs().max()) <= max(5 * sd, 1e-9)
+        again = random_group_indices(ng, H, K, generator=torch.Generator().manual_seed(K), order="balanced")
+        assert torch.equal(t, again)
+    other = random_group_indices(ng, H, 32, generator=torch.Generator().manual_seed(1), order="balanced")
+    assert not torch.equal(other, random_group_indices(ng, H, 32, generator=torch.Generator().manual_seed(2),
+                                                       order="balanced"))
+    # the module takes it and computes the float64 reference with those indices
+    gen = torch.Generator().manual_seed(4)
+    layer = GroupSparseLinear(64, 70, fan_in=16, group_size=16, generator=gen, index_order="balanced")
+    assert torch.equal((layer.indices % 8).view(-1, 8), torch.arange(8, dtype=torch.int32).expand(5 * 2, 8))
+    x = torch.randn(3, 64, generator=gen)
+    want = ref.group_sparse_linear(x.double(), layer.weight.detach().double(), layer.indices,
+                                   layer.bias.detach().double(), 16)
+    assert rel_err(layer(x), want) < 1e-5
+
+
 def test_index_order_errors():
-    with pytest.raises(ValueError, match='order must be "sorted" or "banked"; got \'random\''):
+    with pytest.raises(ValueError, match='order must be "sorted", "banked" or "balanced"; got \'random\''):
         random_group_indices(4, 64, 16, order="random")
-    with pytest.raises(ValueError, match="multiple of 8; got fan_in = 12"):
+    with pytest.raises(ValueError, match="order = 'banked' needs fan_in to be a multiple of 8; got fan_in = 12"):
         random_group_indices(4, 64, 12, order="banked")
+    with pytest.raises(ValueError, match="order = 'balanced' needs fan_in to be a multiple of 8; got fan_in = 12"):
+        random_group_indices(4, 64, 12, order="balanced")
+    with pytest.raises(ValueError, match="needs in_features to be a multiple of 8; got in_features = 60"):
+        random_group_indices(4, 60, 16, order="balanced")

@@ -4,6 +4,12 @@
 //                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50]
 //                               [--dx-rows 0|16|32|64|-1]   (generic dx variant; 0 = the library's choice)
 //                               [--kernels auto|generic]    (auto: Hopper kernels where they apply)
+//                               [--index-order sorted|banked|balanced]
+//
+// --index-order (random_group_indices' orders): sorted, each group's K distinct inputs
+// ascending (the default); banked, the same sets dealt out by residue mod 8 so that runs of 8
+// slots hold distinct residues where the set allows; balanced, K / 8 inputs drawn from each
+// residue class (H a multiple of 8), slot 8 q + r holding residue r.
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
 // each launch, median over --iters runs after --warmup runs, inputs drawn at random
@@ -72,13 +78,42 @@ void fill_dtype(DType dt, void* p, int64_t n, uint64_t seed, float scale) {
   }
 }
 
+// K distinct inputs of [0, H) for each of ng groups, in the order `order` (see the top).
+std::vector<int32_t> group_indices(int64_t ng, int64_t H, int64_t K, const std::string& order, std::mt19937_64& rng) {
+  std::vector<int32_t> out(ng * K), perm(H), tmp(K);
+  std::iota(perm.begin(), perm.end(), 0);
+  const int64_t per = K / 8, cls = H / 8;
+  for (int64_t g = 0; g < ng; ++g) {
+    int32_t* row = out.data() + g * K;
+    if (order == "balanced") {  // per residue r: K / 8 of the H / 8 inputs 8 m + r, ascending
+      for (int r = 0; r < 8; ++r) {
+        for (int64_t k = 0; k < per; ++k) std::swap(perm[k], perm[k + rng() % (cls - k)]);
+        std::copy(perm.begin(), perm.begin() + per, tmp.begin());
+        std::sort(tmp.begin(), tmp.begin() + per);
+        for (int64_t q = 0; q < per; ++q) row[8 * q + r] = 8 * tmp[q] + r;
+      }
+      continue;
+    }
+    for (int64_t k = 0; k < K; ++k) std::swap(perm[k], perm[k + rng() % (H - k)]);
+    std::copy(perm.begin(), perm.begin() + K, row);
+    std::sort(row, row + K);
+    if (order == "banked") {  // by (residue, input), then slot 8 q + i takes element q + (K / 8) i
+      std::copy(row, row + K, tmp.begin());
+      std::stable_sort(tmp.begin(), tmp.end(), [](int32_t a, int32_t b) { return a % 8 < b % 8; });
+      for (int64_t q = 0; q < per; ++q)
+        for (int i = 0; i < 8; ++i) row[8 * q + i] = tmp[q + per * i];
+    }
+  }
+  return out;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<int64_t> Bs{512}, Ks{128}, Gs{32}, Ls{670208};
   int64_t H = 768;
   int warmup = 10, iters = 50, dx_rows = 0;
-  std::string dtype_name = "bf16", kernels = "auto";
+  std::string dtype_name = "bf16", kernels = "auto", index_order = "sorted";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (i + 1 >= argc) { std::fprintf(stderr, "missing value for %s\n", a.c_str()); return 2; }
@@ -93,6 +128,7 @@ int main(int argc, char** argv) {
     else if (a == "--dtype") dtype_name = v;
     else if (a == "--dx-rows") dx_rows = std::atoi(v);
     else if (a == "--kernels") kernels = v;
+    else if (a == "--index-order") index_order = v;
     else { std::fprintf(stderr, "unknown argument %s\n", a.c_str()); return 2; }
   }
   DType dt;
@@ -104,6 +140,14 @@ int main(int argc, char** argv) {
   if (iters < 50) { std::fprintf(stderr, "--iters must be at least 50; got %d\n", iters); return 2; }
   if (kernels != "auto" && kernels != "generic") {
     std::fprintf(stderr, "--kernels must be auto or generic; got %s\n", kernels.c_str());
+    return 2;
+  }
+  if (index_order != "sorted" && index_order != "banked" && index_order != "balanced") {
+    std::fprintf(stderr, "--index-order must be sorted, banked or balanced; got %s\n", index_order.c_str());
+    return 2;
+  }
+  if (index_order == "balanced" && H % 8) {
+    std::fprintf(stderr, "--index-order balanced needs --H to be a multiple of 8; got %lld\n", (long long)H);
     return 2;
   }
   largeout::cuda::set_kernel_policy(kernels == "auto" ? largeout::cuda::KernelPolicy::kAuto
@@ -121,9 +165,9 @@ int main(int argc, char** argv) {
 
   std::printf("{\"gpu\": \"%s\", \"sms\": %d, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"dtype\": \"%s\", "
               "\"H\": %lld, \"warmup\": %d, \"iters\": %d, \"statistic\": \"median\", \"kernels\": \"%s\", "
-              "\"results\": [",
+              "\"index_order\": \"%s\", \"results\": [",
               prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, iters,
-              kernels.c_str());
+              kernels.c_str(), index_order.c_str());
   bool first = true;
   std::mt19937_64 rng(1234);
   for (int64_t B : Bs) for (int64_t K : Ks) for (int64_t G : Gs) for (int64_t L : Ls) {
@@ -134,14 +178,7 @@ int main(int argc, char** argv) {
     GroupSparseShape s;
     s.batch = B; s.in_features = H; s.out_features = L; s.fan_in = K; s.group_size = G;
     const int64_t ng = s.num_groups();
-    // Random indices: K distinct sorted inputs per group.
-    std::vector<int32_t> hidx(ng * K), perm(H);
-    std::iota(perm.begin(), perm.end(), 0);
-    for (int64_t g = 0; g < ng; ++g) {
-      for (int64_t k = 0; k < K; ++k) std::swap(perm[k], perm[k + rng() % (H - k)]);
-      std::copy(perm.begin(), perm.begin() + K, hidx.begin() + g * K);
-      std::sort(hidx.begin() + g * K, hidx.begin() + (g + 1) * K);
-    }
+    const std::vector<int32_t> hidx = group_indices(ng, H, K, index_order, rng);
     const largeout::cuda::DxPlan plan = largeout::cuda::group_sparse_dx_plan(dt, s, info, dx_rows);
     const largeout::cuda::DwPlan dw_plan = largeout::cuda::group_sparse_dw_plan(dt, s, info);
     const bool fwd_sm90 =

@@ -25,24 +25,36 @@ def random_group_indices(
     """``[num_groups, fan_in]`` int32: for each group, ``fan_in`` distinct inputs
     drawn uniformly from ``[0, in_features)``.
 
-    ``order`` arranges each group's inputs (the set drawn is the same for a given
-    generator state): ``"sorted"`` ascending; ``"banked"`` so that every run of 8
+    ``order`` arranges each group's inputs: ``"sorted"`` ascending; ``"banked"`` (the
+    same set as ``"sorted"`` for a given generator state) so that every run of 8
     consecutive slots holds inputs of distinct residues mod 8 as far as the group's
     residue counts allow (the inputs sorted by residue, then dealt out round-robin;
-    ``fan_in`` a multiple of 8). The Hopper kernels read 8 consecutive slots' input rows
-    or accumulator rows at once from shared memory, whose bank depends on the input
-    mod 8: ``"banked"`` spreads each such read over the banks."""
+    ``fan_in`` a multiple of 8); ``"balanced"`` draws ``fan_in / 8`` inputs uniformly from
+    each residue class mod 8 (``in_features`` and ``fan_in`` multiples of 8), so that slot
+    ``8 q + r`` holds the ``q``-th smallest chosen input of residue ``r``: every run of 8
+    slots holds one input of each residue. The Hopper kernels read 8 consecutive slots'
+    input rows or accumulator rows at once from shared memory, whose bank depends on the
+    input mod 8: ``"banked"`` spreads most such reads over the banks, ``"balanced"`` all."""
+    orders = ("sorted", "banked", "balanced")
     if fan_in > in_features:
         raise ValueError(f"fan_in = {fan_in} cannot exceed in_features = {in_features}")
-    if order not in ("sorted", "banked"):
-        raise ValueError(f'order must be "sorted" or "banked"; got {order!r}')
-    if order == "banked" and fan_in % 8:
-        raise ValueError(f'order = "banked" needs fan_in to be a multiple of 8; got fan_in = {fan_in}')
+    if order not in orders:
+        raise ValueError(f'order must be "sorted", "banked" or "balanced"; got {order!r}')
+    if order != "sorted" and fan_in % 8:
+        raise ValueError(f"order = {order!r} needs fan_in to be a multiple of 8; got fan_in = {fan_in}")
+    if order == "balanced" and in_features % 8:
+        raise ValueError(f'order = "balanced" needs in_features to be a multiple of 8; got in_features = {in_features}')
     out = torch.empty(num_groups, fan_in, dtype=torch.int32)
     step = max(1, _SAMPLE_ELEMS // max(in_features, 1))
     for g0 in range(0, num_groups, step):
         g1 = min(num_groups, g0 + step)
         keys = torch.rand(g1 - g0, in_features, generator=generator)
+        if order == "balanced":
+            # keys[:, 8 m + r] ranks input 8 m + r within residue class r: the fan_in / 8
+            # largest keys of each class, ascending, interleaved by residue
+            m = keys.view(-1, in_features // 8, 8).topk(fan_in // 8, dim=1).indices.sort(dim=1).values
+            out[g0:g1] = (m * 8 + torch.arange(8)).reshape(-1, fan_in).to(torch.int32)
+            continue
         chosen = keys.topk(fan_in, dim=1).indices.sort(dim=1).values
         if order == "banked":
             # residue-major (ascending within a residue), then slot 8 q + i takes element
@@ -72,7 +84,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
     Labels are split into groups of ``group_size``; each label has ``fan_in``
     weights, and all labels of a group read the same ``fan_in`` input features
     (the buffer ``indices``, ``[ceil(out_features / group_size), fan_in]`` int32,
-    unique within each group; ascending unless ``index_order="banked"``):
+    unique within each group; ascending unless ``index_order`` says otherwise):
 
     .. math:: y_l = b_l + \sum_k W_{l,k} \, x_{\mathrm{idx}[\lfloor l/G \rfloor, k]}
 
@@ -90,10 +102,13 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             float16, float8_e4m3fn or float8_e5m2. The layer computes in the weight's dtype
             (bf16 for fp8 weights: emulated, see :mod:`largeout.nn.lowp`), casting the
             input to it and the output back to the input's dtype.
-        index_order: ``"sorted"`` (default) or ``"banked"``, the order of each group's
-            initial indices (:func:`random_group_indices`); the same function either way.
-            On an H200 "banked" made the Hopper forward 3-10% faster and left dx and dW
-            unchanged (``bench/results/index_order_h200.json``).
+        index_order: ``"sorted"`` (default), ``"banked"`` or ``"balanced"``: how each
+            group's initial indices are drawn and ordered (:func:`random_group_indices`).
+            ``"banked"`` is the sorted sets reordered (the same function); ``"balanced"``
+            draws ``fan_in / 8`` inputs from each residue class mod 8, which makes every
+            gather of the Hopper forward free of shared-memory bank conflicts
+            (``in_features`` a multiple of 8). On an H200 "banked" made the Hopper forward
+            3-10% faster and left dx and dW unchanged (``bench/results/index_order_h200.json``).
         weight_scale: None, or ``"label"`` for an fp8 weight: one float32 power-of-two
             scale per label (``weight_scale`` buffer; label ``l``'s weights are
             ``weight[l] * weight_scale[l]``; see :mod:`largeout.nn.lowp`), which keeps the
