@@ -73,8 +73,9 @@
 #     build  build and install only
 #     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
-#     order  build, the index-order tests, the L = 131,072 grid per index order (ORDER_LIST, ORDER_ROUNDS rounds), then
-#            the whole grid with ORDER_GRID's order per batch size until ORDER_BUDGET s (default 585)
+#     order  build, the L = 131,072 grid per index order (ORDER_LIST, ORDER_ROUNDS rounds), the index-order tests
+#            (TESTS_ALL=1: the whole suite), then the whole grid with ORDER_GRID's order per batch size until
+#            ORDER_BUDGET s (default 585)
 #     fwdgrid build, the forward's Hopper tests (FWD_TESTS_K), Nsight Compute of the forward per PROFILE_G
 #            (PROFILE_ARGS, NCU_TAG), then the grid per batch size (SWEEP_B) until FWDGRID_BUDGET s (default 585)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
@@ -556,12 +557,11 @@ if [ "$MODE" = fwdgrid ]; then  # session 29: the forward's tests (FWD_TESTS_K),
   exit 0
 fi
 
-if [ "$MODE" = order ]; then  # session 29: the index orders (bench_group_sparse.py --index-order): their tests, then
-  # the L = 131,072 grid per order in ORDER_LIST (default "sorted balanced banked"), ORDER_ROUNDS rounds in turn
-  # (default 2), then the whole grid with ORDER_GRID (default balanced) per batch size until ORDER_BUDGET s (585)
+if [ "$MODE" = order ]; then  # session 29: the index orders (bench_group_sparse.py --index-order): the L = 131,072
+  # grid per order in ORDER_LIST (default "sorted balanced banked"), ORDER_ROUNDS rounds in turn (default 2), then
+  # the index-order tests (TESTS_ALL=1: the whole suite) in the time left, then the whole grid with ORDER_GRID
+  # (default balanced) per batch size until ORDER_BUDGET s after the start (default 585)
   deadline=$(( T0 + ${ORDER_BUDGET:-585} ))
-  RUN_TESTS_TIMEOUT=120 tests_subset gpu_tests_order.log tests/test_group_sparse_sm90.py tests/test_module.py \
-    -k "index_order or banked or balanced"
   for n in $(seq 1 "${ORDER_ROUNDS:-2}"); do
     for o in ${ORDER_LIST:-sorted balanced banked}; do
       left=$(( deadline - $(date +%s) ))
@@ -571,6 +571,9 @@ if [ "$MODE" = order ]; then  # session 29: the index orders (bench_group_sparse
         --L 131072 --index-order "$o" --out "$OUT/order_${o}_$n.json" 2>&1 | tail -1
     done
   done
+  left=$(( deadline - $(date +%s) ))
+  RUN_TESTS_TIMEOUT=$(( left - 10 < 420 ? left - 10 : 420 )) tests_subset gpu_tests_order.log tests/test_group_sparse_sm90.py \
+    tests/test_module.py -k "index_order or banked or balanced"
   for B in ${SWEEP_B:-1024 512 256 128}; do
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 40 ] || { echo "(grid: no time left for B=$B)"; break; }

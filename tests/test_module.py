@@ -813,15 +813,18 @@ def test_banked_order_computes_the_same_layer():
 
 
 def test_balanced_index_order():
-    # fan_in / 8 inputs of each residue class mod 8 per group, slot 8 q + r of residue r, each
-    # class's inputs ascending and distinct; every input about equally often (the set is
-    # uniform within each class); deterministic for a generator state.
+    # fan_in / 8 inputs of each residue class mod 8 per group, slot 8 q + i of residue
+    # (i + q) mod 8, each class's inputs ascending and distinct; every input about equally often
+    # (the set is uniform within each class); deterministic for a generator state.
     ng, H = 4000, 96
     for K in (8, 32, 96):
         t = random_group_indices(ng, H, K, generator=torch.Generator().manual_seed(K), order="balanced")
         assert t.dtype == torch.int32 and t.shape == (ng, K)
-        assert torch.equal((t % 8).view(ng, K // 8, 8), torch.arange(8, dtype=torch.int32).expand(ng, K // 8, 8))
-        by_class = t.view(ng, K // 8, 8)
+        runs = torch.arange(K // 8)[:, None]
+        res = ((torch.arange(8) + runs) % 8).to(torch.int32)
+        assert torch.equal((t % 8).view(ng, K // 8, 8), res.expand(ng, K // 8, 8))
+        by_class = t.view(ng, K // 8, 8).gather(2, ((torch.arange(8) - runs) % 8).expand(ng, K // 8, 8))
+        assert bool((by_class % 8 == torch.arange(8)).all())
         assert bool((by_class[:, 1:] > by_class[:, :-1]).all()) and int(t.min()) >= 0 and int(t.max()) < H
         counts = torch.bincount(t.view(-1).long(), minlength=H).double()
         expect = ng * K / H
@@ -835,11 +838,23 @@ def test_balanced_index_order():
     # the module takes it and computes the float64 reference with those indices
     gen = torch.Generator().manual_seed(4)
     layer = GroupSparseLinear(64, 70, fan_in=16, group_size=16, generator=gen, index_order="balanced")
-    assert torch.equal((layer.indices % 8).view(-1, 8), torch.arange(8, dtype=torch.int32).expand(5 * 2, 8))
+    assert torch.equal((layer.indices % 8).view(-1, 8), torch.tensor([list(range(8)), [1, 2, 3, 4, 5, 6, 7, 0]] * 5,
+                                                                     dtype=torch.int32))
     x = torch.randn(3, 64, generator=gen)
     want = ref.group_sparse_linear(x.double(), layer.weight.detach().double(), layer.indices,
                                    layer.bias.detach().double(), 16)
     assert rel_err(layer(x), want) < 1e-5
+
+
+def test_default_index_order():
+    # "balanced" where in_features is a multiple of 8 (the same indices as asking for it), else
+    # "sorted"
+    a = GroupSparseLinear(64, 100, fan_in=16, group_size=32, generator=torch.Generator().manual_seed(5))
+    b = GroupSparseLinear(64, 100, fan_in=16, group_size=32, generator=torch.Generator().manual_seed(5),
+                          index_order="balanced")
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.weight, b.weight)
+    c = GroupSparseLinear(60, 100, fan_in=16, group_size=32, generator=torch.Generator().manual_seed(5))
+    assert bool((c.indices[:, 1:] > c.indices[:, :-1]).all())
 
 
 def test_index_order_errors():

@@ -9,7 +9,7 @@
 // --index-order (random_group_indices' orders): sorted, each group's K distinct inputs
 // ascending (the default); banked, the same sets dealt out by residue mod 8 so that runs of 8
 // slots hold distinct residues where the set allows; balanced, K / 8 inputs drawn from each
-// residue class (H a multiple of 8), slot 8 q + r holding residue r.
+// residue class (H a multiple of 8), slot 8 q + i holding residue (i + q) mod 8.
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
 // each launch, median over --iters runs after --warmup runs, inputs drawn at random
@@ -85,12 +85,13 @@ std::vector<int32_t> group_indices(int64_t ng, int64_t H, int64_t K, const std::
   const int64_t per = K / 8, cls = H / 8;
   for (int64_t g = 0; g < ng; ++g) {
     int32_t* row = out.data() + g * K;
-    if (order == "balanced") {  // per residue r: K / 8 of the H / 8 inputs 8 m + r, ascending
+    if (order == "balanced") {  // per residue r: K / 8 of the H / 8 inputs 8 m + r, ascending, the q-th in slot
+      // 8 q + i with (i + q) mod 8 = r
       for (int r = 0; r < 8; ++r) {
         for (int64_t k = 0; k < per; ++k) std::swap(perm[k], perm[k + rng() % (cls - k)]);
         std::copy(perm.begin(), perm.begin() + per, tmp.begin());
         std::sort(tmp.begin(), tmp.begin() + per);
-        for (int64_t q = 0; q < per; ++q) row[8 * q + r] = 8 * tmp[q] + r;
+        for (int64_t q = 0; q < per; ++q) row[8 * q + ((r - q) & 7)] = 8 * tmp[q] + r;
       }
       continue;
     }

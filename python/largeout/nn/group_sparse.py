@@ -31,10 +31,12 @@ def random_group_indices(
     residue counts allow (the inputs sorted by residue, then dealt out round-robin;
     ``fan_in`` a multiple of 8); ``"balanced"`` draws ``fan_in / 8`` inputs uniformly from
     each residue class mod 8 (``in_features`` and ``fan_in`` multiples of 8), so that slot
-    ``8 q + r`` holds the ``q``-th smallest chosen input of residue ``r``: every run of 8
-    slots holds one input of each residue. The Hopper kernels read 8 consecutive slots'
-    input rows or accumulator rows at once from shared memory, whose bank depends on the
-    input mod 8: ``"banked"`` spreads most such reads over the banks, ``"balanced"`` all."""
+    ``8 q + i`` holds the ``q``-th smallest chosen input of residue ``(i + q) mod 8``: every
+    run of 8 slots holds one input of each residue, and so do the slots ``8 q + i`` of 8
+    consecutive runs. The Hopper forward reads the input rows of 8 consecutive slots at once
+    from shared memory, where the bank depends on the input mod 8: ``"banked"`` spreads most
+    such reads over the banks, ``"balanced"`` all of them; the expanded-weight dx writes slot
+    ``i`` of 8 consecutive runs at once, which the rotation spreads too."""
     orders = ("sorted", "banked", "balanced")
     if fan_in > in_features:
         raise ValueError(f"fan_in = {fan_in} cannot exceed in_features = {in_features}")
@@ -51,9 +53,12 @@ def random_group_indices(
         keys = torch.rand(g1 - g0, in_features, generator=generator)
         if order == "balanced":
             # keys[:, 8 m + r] ranks input 8 m + r within residue class r: the fan_in / 8
-            # largest keys of each class, ascending, interleaved by residue
+            # largest keys of each class, ascending ([n, fan_in / 8 runs q, 8 residues r]);
+            # slot 8 q + i takes residue (i + q) mod 8
             m = keys.view(-1, in_features // 8, 8).topk(fan_in // 8, dim=1).indices.sort(dim=1).values
-            out[g0:g1] = (m * 8 + torch.arange(8)).reshape(-1, fan_in).to(torch.int32)
+            runs = fan_in // 8
+            res = (torch.arange(8) + torch.arange(runs)[:, None]) % 8  # [runs, 8]
+            out[g0:g1] = (m.gather(2, res.expand(m.shape[0], runs, 8)) * 8 + res).reshape(-1, fan_in).to(torch.int32)
             continue
         chosen = keys.topk(fan_in, dim=1).indices.sort(dim=1).values
         if order == "banked":
@@ -102,13 +107,13 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             float16, float8_e4m3fn or float8_e5m2. The layer computes in the weight's dtype
             (bf16 for fp8 weights: emulated, see :mod:`largeout.nn.lowp`), casting the
             input to it and the output back to the input's dtype.
-        index_order: ``"sorted"`` (default), ``"banked"`` or ``"balanced"``: how each
-            group's initial indices are drawn and ordered (:func:`random_group_indices`).
-            ``"banked"`` is the sorted sets reordered (the same function); ``"balanced"``
-            draws ``fan_in / 8`` inputs from each residue class mod 8, which makes every
-            gather of the Hopper forward free of shared-memory bank conflicts
-            (``in_features`` a multiple of 8). On an H200 "banked" made the Hopper forward
-            3-10% faster and left dx and dW unchanged (``bench/results/index_order_h200.json``).
+        index_order: ``"sorted"``, ``"banked"`` or ``"balanced"``: how each group's initial
+            indices are drawn and ordered (:func:`random_group_indices`); default
+            ``"balanced"`` where ``in_features`` is a multiple of 8, else ``"sorted"``.
+            ``"balanced"`` draws ``fan_in / 8`` inputs from each residue class mod 8, which
+            makes every gather of the Hopper forward free of shared-memory bank conflicts
+            (see the README's Performance section for what it measured); ``"banked"`` is
+            the sorted sets reordered (the same function as ``"sorted"``).
         weight_scale: None, or ``"label"`` for an fp8 weight: one float32 power-of-two
             scale per label (``weight_scale`` buffer; label ``l``'s weights are
             ``weight[l] * weight_scale[l]``; see :mod:`largeout.nn.lowp`), which keeps the
@@ -127,7 +132,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         dtype=None,
         generator: Optional[torch.Generator] = None,
         weight_dtype: Optional[torch.dtype] = None,
-        index_order: str = "sorted",
+        index_order: Optional[str] = None,
         weight_scale: Optional[str] = None,
     ) -> None:
         super().__init__()
@@ -157,6 +162,8 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             self.bias = nn.Parameter(torch.empty(out_features, **factory))
         else:
             self.register_parameter("bias", None)
+        if index_order is None:
+            index_order = "balanced" if in_features % 8 == 0 else "sorted"
         idx = random_group_indices(
             self.num_groups, in_features, fan_in, generator=generator, device=device, order=index_order
         )
