@@ -8,8 +8,9 @@
 //
 // --index-order (random_group_indices' orders): sorted, each group's K distinct inputs
 // ascending (the default); banked, the same sets dealt out by residue mod 8 so that runs of 8
-// slots hold distinct residues where the set allows; balanced, K / 8 inputs drawn from each
-// residue class (H a multiple of 8), slot 8 q + i holding residue (i + q) mod 8.
+// slots hold distinct residues where the set allows (each run rotated by one more slot);
+// balanced, K / 8 inputs drawn from each residue class (H a multiple of 8), slot 8 q + i
+// holding residue (i + q) mod 8.
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
 // each launch, median over --iters runs after --warmup runs, inputs drawn at random
@@ -98,11 +99,11 @@ std::vector<int32_t> group_indices(int64_t ng, int64_t H, int64_t K, const std::
     for (int64_t k = 0; k < K; ++k) std::swap(perm[k], perm[k + rng() % (H - k)]);
     std::copy(perm.begin(), perm.begin() + K, row);
     std::sort(row, row + K);
-    if (order == "banked") {  // by (residue, input), then slot 8 q + i takes element q + (K / 8) i
+    if (order == "banked") {  // by (residue, input), then slot 8 q + i takes element q + (K / 8) ((i + q) mod 8)
       std::copy(row, row + K, tmp.begin());
       std::stable_sort(tmp.begin(), tmp.end(), [](int32_t a, int32_t b) { return a % 8 < b % 8; });
       for (int64_t q = 0; q < per; ++q)
-        for (int i = 0; i < 8; ++i) row[8 * q + i] = tmp[q + per * i];
+        for (int i = 0; i < 8; ++i) row[8 * q + i] = tmp[q + per * ((i + q) & 7)];
     }
   }
   return out;

@@ -28,8 +28,8 @@ def random_group_indices(
     ``order`` arranges each group's inputs: ``"sorted"`` ascending; ``"banked"`` (the
     same set as ``"sorted"`` for a given generator state) so that every run of 8
     consecutive slots holds inputs of distinct residues mod 8 as far as the group's
-    residue counts allow (the inputs sorted by residue, then dealt out round-robin;
-    ``fan_in`` a multiple of 8); ``"balanced"`` draws ``fan_in / 8`` inputs uniformly from
+    residue counts allow (the inputs sorted by residue, then dealt out round-robin, each
+    run rotated by one more slot; ``fan_in`` a multiple of 8); ``"balanced"`` draws ``fan_in / 8`` inputs uniformly from
     each residue class mod 8 (``in_features`` and ``fan_in`` multiples of 8), so that slot
     ``8 q + i`` holds the ``q``-th smallest chosen input of residue ``(i + q) mod 8``: every
     run of 8 slots holds one input of each residue, and so do the slots ``8 q + i`` of 8
@@ -61,13 +61,22 @@ def random_group_indices(
             out[g0:g1] = (m.gather(2, res.expand(m.shape[0], runs, 8)) * 8 + res).reshape(-1, fan_in).to(torch.int32)
             continue
         chosen = keys.topk(fan_in, dim=1).indices.sort(dim=1).values
-        if order == "banked":
-            # residue-major (ascending within a residue), then slot 8 q + i takes element
-            # q + (fan_in / 8) i: with 8 residues of fan_in / 8 inputs each, one of each per run
-            by_residue = chosen.gather(1, ((chosen % 8) * in_features + chosen).argsort(dim=1))
-            chosen = by_residue.view(-1, 8, fan_in // 8).transpose(1, 2).reshape(-1, fan_in)
-        out[g0:g1] = chosen.to(torch.int32)
+        out[g0:g1] = (_banked(chosen, in_features) if order == "banked" else chosen).to(torch.int32)
     return out.to(device) if device is not None else out
+
+
+def _banked(chosen: torch.Tensor, in_features: int) -> torch.Tensor:
+    """Each row of ``chosen`` ([n, K], K a multiple of 8, values in [0, in_features)) in the
+    "banked" order: residue-major (ascending within a residue), then slot 8 q + i takes
+    element q + (K / 8) ((i + q) mod 8): run q takes one element from each eighth of that
+    list (with 8 residues of K / 8 inputs each, one of each residue), and slot i of 8
+    consecutive runs takes them from 8 different eighths (the rotation that "balanced" has)."""
+    K = chosen.shape[1]
+    runs = K // 8
+    by_residue = chosen.gather(1, ((chosen % 8) * in_features + chosen).argsort(dim=1))
+    by_run = by_residue.view(-1, 8, runs).transpose(1, 2)  # [n, q, eighth]
+    rot = (torch.arange(8, device=chosen.device) + torch.arange(runs, device=chosen.device)[:, None]) % 8
+    return by_run.gather(2, rot.expand(by_run.shape[0], runs, 8)).reshape(-1, K)
 
 
 def _uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator]) -> None:
