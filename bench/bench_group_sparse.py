@@ -56,11 +56,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/group_sparse_<gpu>.json)")
     p.add_argument("--binary", default=None, help="path of largeout_bench_group_sparse (default: the installed one)")
-    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default="sorted",
-                   help="each group's indices (random_group_indices' orders; default sorted)")
+    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default=None,
+                   help="each group's indices (random_group_indices' orders; default GroupSparseLinear's: "
+                        "balanced where H is a multiple of 8, else sorted)")
     p.add_argument("--compare-generic", action="store_true",
                    help="also time the generic kernels (largeout.kernels policy 'generic') in the same run")
     args = p.parse_args()
+    if args.index_order is None:
+        args.index_order = "balanced" if args.H % 8 == 0 else "sorted"
     if args.iters < 50:
         p.error(f"--iters must be at least 50; got {args.iters}")
     return args

@@ -32,6 +32,8 @@ def main() -> None:
     p.add_argument("--K", type=ints, default=[128])
     p.add_argument("--G", type=ints, default=[32, 64, 128])
     p.add_argument("--L", type=ints, default=[131072])
+    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default="sorted",
+                   help="random_group_indices' order of each group's indices (default sorted, as in session 28's runs)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", required=True)
@@ -54,7 +56,8 @@ def main() -> None:
                     out = torch.empty(B, K, device="cuda", dtype=dt)
                     matched = median_ms(lambda: torch.mm(dy, w, out=out), 5, a.iters)
                 for G in a.G:
-                    idx = random_group_indices(-(-L // G), a.H, K, generator=torch.Generator().manual_seed(G)).cuda()
+                    idx = random_group_indices(-(-L // G), a.H, K, generator=torch.Generator().manual_seed(G),
+                                               order=a.index_order).cuda()
                     if a.pass_ == "fwd":
                         op = lambda: ops.group_sparse_linear(x, w, idx, b, G)  # noqa: E731
                     else:
@@ -80,7 +83,7 @@ def main() -> None:
         os.environ.pop(env, None)
     else:
         os.environ[env] = before
-    write_rows(a.out, rows, __doc__)
+    write_rows(a.out, rows, __doc__, index_order=a.index_order)
 
 
 if __name__ == "__main__":

@@ -257,6 +257,17 @@ def test_sm90_forward_bias_prefetch(prefetch, B, L, K, G, poison, monkeypatch):
     check_forward_elementwise(B, 768, L, K, G, 90 + G, offset_bias=True)
 
 
+@pytest.mark.parametrize("B,L,K", [(256, 8192, 128), (300, 4097, 256), (1, 2000, 64), (1000, 12352, 256),
+                                   (65, 4160, 128)])
+def test_sm90_forward_g128_as_64(B, L, K, poison, monkeypatch):
+    # LARGEOUT_SM90_FWD_G128_AS_64=1: a G = 128 layer through the G = 64 kernel, each group as two
+    # 64-label halves reading the same index row (odd L and plain stores, a last group of one
+    # label or of 64, B of 1 and 1000), element by element against float64: a half that read
+    # another group's indices fails.
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_G128_AS_64", "1")
+    check_forward_elementwise(B, 768, L, K, 128, 170 + K)
+
+
 @pytest.mark.parametrize("B,H,L,K", [(129, 1024, 2001, 256), (64, 1024, 4096, 128), (7, 1016, 1501, 64),
                                      (33, 1000, 3000, 128)])
 def test_sm90_forward_g128_wide_inputs(B, H, L, K, poison):

@@ -249,16 +249,19 @@ __device__ __forceinline__ uint32_t staging_offset(int r, int p) {
 // rows][64] of fan-in chunks q kNs .. of groups gu .. gu + kU - 1, and their index chunks
 // (groups past the layer read the last group's indices; their weight rows are zeros).
 // kW8 (fp8 weights): the box holds 1-byte codes, unswizzled, and lands in the stage's
-// second half, which upcast_stages then turns into the bf16 stage in place.
+// second half, which upcast_stages then turns into the bf16 stage in place. idx_shift: group
+// gv reads index row gv >> idx_shift (1: the forward runs a layer of 128-label groups as
+// 64-label groups, two per index row; fwd_launch).
 template <class C, int G, int K, bool kW8 = false>
 __device__ __forceinline__ void load_unit_stage(uint8_t* wdst, int32_t* idst, const CUtensorMap* map, uint64_t* bar,
-                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups) {
+                                                const int32_t* __restrict__ idx, int gu, int q, int num_groups,
+                                                int idx_shift = 0) {
   constexpr uint32_t kBytes = kW8 ? C::kWBytes / 2 : C::kWBytes;
   mbar_arrive_expect_tx(bar, kBytes + C::kIdxBytes);
   tma_load_3d(wdst + (C::kWBytes - kBytes), map, bar, 0, gu * G, q * C::kNs);
 #pragma unroll
   for (int u = 0; u < C::kU; ++u) {
-    const int gv = min(gu + u, num_groups - 1);
+    const int gv = min(gu + u, num_groups - 1) >> idx_shift;
     bulk_load(idst + u * C::kNs * kKC, idx + int64_t(gv) * K + q * C::kNs * kKC, C::kNs * kKC * 4, bar);
   }
 }
@@ -358,7 +361,8 @@ __global__ void __launch_bounds__(128 * (kCons + 1), 1)
 gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_y,
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
-             const float* __restrict__ row_scale, int e4m3, uint32_t identity_perm, int prefetch_bias) {
+             const float* __restrict__ row_scale, int e4m3, uint32_t identity_perm, int prefetch_bias,
+             int idx_shift) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -430,7 +434,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
           const int k = (n / kCons) * kQs + q, s = (n % kCons) * spr + k % spr;
           mbar_wait(&empty[s], ((k / spr) & 1) ^ 1, 10);
           load_unit_stage<C, G, K, kW8>(wst + s * C::kWBytes, ist + s * kIdxInts, &tm_w, kW8 ? &raw[s] : &full[s],
-                                        idx, gu, q, num_groups);
+                                        idx, gu, q, num_groups, idx_shift);
         }
       }
     }
@@ -1998,8 +2002,92 @@ bool fwd_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w
   return st > 0;
 }
 
+// The forward's launch with the kernel for G-label groups. idx_shift 0: the layer's groups;
+// 1 (G = 64): a layer of 128-label groups run as two 64-label groups per index row.
 // kW8 false: the weight has the type of x; true: fp8 codes (T = bf16), e4m3fn where e4m3,
 // else e5m2, times row_scale[l] where row_scale is not null.
+template <class T, int G, int kNk, bool kW8>
+cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
+                         const float* row_scale, bool e4m3, const int32_t* indices, const void* bias, void* y,
+                         cudaStream_t stream, int idx_shift) {
+  using C = FwdCfg<G, kNk>;
+  int spr = 0;
+  const int cons = fwd_cons<G, kNk>(s.in_features, dev, &spr, kW8);
+  if (spr == 0) return cudaErrorInvalidValue;
+  auto kernel = gsl_fwd_sm90<T, G, kNk, 0, 2, kW8>;
+  if constexpr (G <= 64) {
+    if (cons == 3) kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, kW8>;
+  }
+  if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
+    // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
+    const int pv = env_int("LARGEOUT_SM90_FWD_PROBE");
+    auto probe_kernel = [&]<int kC>() {
+      return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
+           : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
+    };
+    if (pv >= 1 && pv <= 4)
+      kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
+  }
+  CUtensorMap map;
+  if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
+                          : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
+      e != cudaSuccess)
+    return e;
+  const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
+  if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      e != cudaSuccess)
+    return e;
+  const int64_t ng = cdiv(s.out_features, G);  // (s.num_groups() << idx_shift, or one less)
+  const int64_t tiles = cdiv(s.batch, C::kBM);
+  const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
+  const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
+  // L1 prefetch of each warpgroup's next unit's bias at G = 32 and at G = 64 with B >= 512:
+  // 0.81-1.00x the time there at K <= 128 and B >= 256 on an H100 (G = 32, B = 128:
+  // 0.96-1.03x), 0.95-1.05x at K = 256; at G = 128 with K = 64
+  // and at G = 64 with B <= 256 and L = 670,208 it measured 3-17% slower (two runs of
+  // bench/bench_knob.py, bench/results/knob_fwd_bias_prefetch_*_s28_h100.json).
+  // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0 / 1: never / always (timing comparisons).
+  const bool prefetch_bias = env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "1") ||
+                             (!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0") &&
+                              (G == 32 || (G == 64 && s.batch >= 512)));
+  // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
+  // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
+  // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
+  const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+                         !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+  constexpr int64_t kMaxTiles = 65535;
+  for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
+    const int64_t nt = std::min(kMaxTiles, tiles - t0);
+    const int64_t r0 = t0 * C::kBM;
+    const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
+    T* yc = static_cast<T*>(y) + r0 * s.out_features;
+    CUtensorMap ymap{};
+    if (tma_store)
+      if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
+    kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
+        map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
+        rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
+        int(e4m3), 0x3210u, int(prefetch_bias), idx_shift);
+    if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+  }
+  return cudaSuccess;
+}
+
+// G = 128 run as pairs of 64-label groups (the G = 64 kernel: three computing warpgroups
+// instead of two, a 64-label unit per stage ring; the same indices read for both halves of
+// a group): LARGEOUT_SM90_FWD_G128_AS_64=1 (16-bit weights, where the G = 64 kernel's rings
+// fit). Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
+// 0.79-0.96x the time of G = 128 at L = 131,072, K >= 128, B >= 256 on an H100 (and
+// 1.04-1.22x at the odd L, whose plain stores favour G = 128's longer rows:
+// bench/results/grid_B*_s29_h100.json); to be timed and tested on the GPU.
+template <int kNk>
+bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1")) return false;
+  int spr = 0;
+  fwd_cons<64, kNk>(s.in_features, dev, &spr, false);
+  return spr > 0;
+}
+
 template <bool kW8>
 cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                        const float* row_scale, bool e4m3, const int32_t* indices, const void* bias, void* y,
@@ -2009,66 +2097,11 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
       return cudaErrorInvalidValue;
     } else {
       return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
-        using C = FwdCfg<G, kNk>;
-        int spr = 0;
-        const int cons = fwd_cons<G, kNk>(s.in_features, dev, &spr, kW8);
-        if (spr == 0) return cudaErrorInvalidValue;
-        auto kernel = gsl_fwd_sm90<T, G, kNk, 0, 2, kW8>;
-        if constexpr (G <= 64) {
-          if (cons == 3) kernel = gsl_fwd_sm90<T, G, kNk, 0, 3, kW8>;
+        if constexpr (G == 128 && !kW8) {
+          if (fwd_g128_as_64<kNk>(s, dev))
+            return fwd_launch_g<T, 64, kNk, kW8>(dt, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream, 1);
         }
-        if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
-          // Timing probes (bench/probe_fwd.py): LARGEOUT_SM90_FWD_PROBE (1-4).
-          const int pv = env_int("LARGEOUT_SM90_FWD_PROBE");
-          auto probe_kernel = [&]<int kC>() {
-            return pv == 1 ? gsl_fwd_sm90<T, G, kNk, 1, kC> : pv == 2 ? gsl_fwd_sm90<T, G, kNk, 2, kC>
-                 : pv == 3 ? gsl_fwd_sm90<T, G, kNk, 3, kC> : gsl_fwd_sm90<T, G, kNk, 4, kC>;
-          };
-          if (pv >= 1 && pv <= 4) kernel = cons == 3 ? probe_kernel.template operator()<3>() : probe_kernel.template operator()<2>();
-        }
-        CUtensorMap map;
-        if (cudaError_t e = kW8 ? unit_weight_map_u8(&map, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
-                                : unit_weight_map(&map, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
-            e != cudaSuccess)
-          return e;
-        const int64_t smem = C::smem_bytes(s.in_features, spr, cons, kW8);
-        if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
-            e != cudaSuccess)
-          return e;
-        const int64_t ng = s.num_groups();
-        const int64_t tiles = cdiv(s.batch, C::kBM);
-        const int64_t splits = std::clamp<int64_t>(dev.sms / std::min<int64_t>(tiles, dev.sms), 1, ng);
-        const int64_t per = cdiv(cdiv(ng, splits), C::kU) * C::kU;  // whole units per split
-        // L1 prefetch of each warpgroup's next unit's bias at G = 32 and at G = 64 with B >= 512:
-        // 0.81-1.00x the time there at K <= 128 and B >= 256 on an H100 (G = 32, B = 128:
-        // 0.96-1.03x), 0.95-1.05x at K = 256; at G = 128 with K = 64
-        // and at G = 64 with B <= 256 and L = 670,208 it measured 3-17% slower (two runs of
-        // bench/bench_knob.py, bench/results/knob_fwd_bias_prefetch_*_s28_h100.json).
-        // LARGEOUT_SM90_FWD_BIAS_PREFETCH=0 / 1: never / always (timing comparisons).
-        const bool prefetch_bias = env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "1") ||
-                                   (!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0") &&
-                                    (G == 32 || (G == 64 && s.batch >= 512)));
-        // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
-        // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
-        // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
-        const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                               !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
-        constexpr int64_t kMaxTiles = 65535;
-        for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
-          const int64_t nt = std::min(kMaxTiles, tiles - t0);
-          const int64_t r0 = t0 * C::kBM;
-          const int rows = int(std::min<int64_t>(s.batch - r0, nt * C::kBM));
-          T* yc = static_cast<T*>(y) + r0 * s.out_features;
-          CUtensorMap ymap{};
-          if (tma_store)
-            if (cudaError_t e = output_map(&ymap, dt, yc, rows, s.out_features); e != cudaSuccess) return e;
-          kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
-              map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
-              rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-              int(e4m3), 0x3210u, int(prefetch_bias));
-          if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        }
-        return cudaSuccess;
+        return fwd_launch_g<T, G, kNk, kW8>(dt, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream, 0);
       });
     }
   });
