@@ -18,6 +18,7 @@
 #include "ops/device_guard.h"
 
 #include "kernels/cuda/group_sparse_cuda.h"
+#include "kernels/cuda/sm90/group_sparse_sm90.h"
 #endif
 
 namespace largeout {
@@ -471,14 +472,16 @@ std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int6
 }
 
 // Launch counts since start: [forward generic, forward sm90, input generic, input sm90,
-// weight generic, weight sm90, forward sm90-fp8, input sm90-fp8, weight sm90-fp8].
+// weight generic, weight sm90, forward sm90-fp8, input sm90-fp8, weight sm90-fp8, forward
+// sm90 launches of G = 128 layers through the G = 64 kernel (also counted as forward sm90)].
 std::vector<int64_t> cuda_launch_counts() {
-  std::vector<int64_t> out(9, 0);
+  std::vector<int64_t> out(10, 0);
 #ifdef LARGEOUT_WITH_CUDA
   for (int p = 0; p < 3; ++p) {
     for (int q = 0; q < 2; ++q) out[2 * p + q] = cuda::launch_count(cuda::Pass(p), cuda::Path(q));
     out[6 + p] = cuda::launch_count(cuda::Pass(p), cuda::Path::kSm90Fp8);
   }
+  out[9] = cuda::sm90::fwd_g128_as_64_launches();
 #endif
   return out;
 }

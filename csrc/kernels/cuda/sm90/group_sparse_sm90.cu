@@ -26,6 +26,7 @@
 #include <cudaTypedefs.h>
 
 #include <algorithm>
+#include <atomic>
 #include <climits>
 #include <cstdlib>
 #include <string>
@@ -2074,12 +2075,14 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
 }
 
 // G = 128 run as pairs of 64-label groups (the G = 64 kernel: three computing warpgroups
-// instead of two, a 64-label unit per stage ring; the same indices read for both halves of
-// a group): LARGEOUT_SM90_FWD_G128_AS_64=1 (16-bit weights, where the G = 64 kernel's rings
-// fit). Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
+// where their rings fit, else two as at G = 128; 64-label units; the same indices read for
+// both halves of a group): LARGEOUT_SM90_FWD_G128_AS_64=1 (16-bit weights, where the G = 64
+// kernel's rings fit; it inherits G = 64's bias-prefetch rule, measured on G = 64 layers). Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
 // 0.79-0.96x the time of G = 128 at L = 131,072, K >= 128, B >= 256 on an H100 (and
 // 1.04-1.22x at the odd L, whose plain stores favour G = 128's longer rows:
 // bench/results/grid_B*_s29_h100.json); to be timed and tested on the GPU.
+std::atomic<int64_t> g_fwd_g128_as_64{0};  // launches (fwd_g128_as_64_launches)
+
 template <int kNk>
 bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1")) return false;
@@ -2098,8 +2101,10 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
     } else {
       return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
         if constexpr (G == 128 && !kW8) {
-          if (fwd_g128_as_64<kNk>(s, dev))
+          if (fwd_g128_as_64<kNk>(s, dev)) {
+            g_fwd_g128_as_64.fetch_add(1);
             return fwd_launch_g<T, 64, kNk, kW8>(dt, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream, 1);
+          }
         }
         return fwd_launch_g<T, G, kNk, kW8>(dt, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream, 0);
       });
@@ -2109,6 +2114,8 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
 }  // namespace
 
 bool fwd_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) { return fwd_fits(dt, s, dev, false); }
+
+int64_t fwd_g128_as_64_launches() { return g_fwd_g128_as_64.load(); }
 
 cudaError_t fwd(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream) {

@@ -13,6 +13,9 @@ namespace largeout::cuda::sm90 {
 bool fwd_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 cudaError_t fwd(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* x, const void* weight,
                 const int32_t* indices, const void* bias, void* y, cudaStream_t stream);
+// Forward launches of G = 128 layers through the G = 64 kernel (LARGEOUT_SM90_FWD_G128_AS_64)
+// since the process started.
+int64_t fwd_g128_as_64_launches();
 
 // fp8 weights (e4m3fn where e4m3, else e5m2; times row_scale[l] where row_scale is not
 // null) with bf16 x, dY and results: the forward and dx (v3, or v2 where v3 does not apply;
@@ -45,6 +48,7 @@ bool dw_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& 
 inline bool dx_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool dw_tma_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline bool fwd_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
+inline int64_t fwd_g128_as_64_launches() { return 0; }
 inline cudaError_t fwd(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
                        const void*, void*, cudaStream_t) {
   return cudaErrorNotSupported;
