@@ -543,7 +543,7 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
 fi
 
 if [ "$MODE" = fwdgrid ]; then  # session 29: the forward's tests (FWD_TESTS_K), Nsight Compute of the forward at each
-  # G of PROFILE_G with PROFILE_ARGS (files tagged _K<K>), then the issue-4 grid per batch size (SWEEP_B) until
+  # G of PROFILE_G with PROFILE_ARGS (file names end in NCU_TAG), then the issue-4 grid per batch size (SWEEP_B) until
   # FWDGRID_BUDGET s after the start (default 585)
   deadline=$(( T0 + ${FWDGRID_BUDGET:-585} ))
   RUN_TESTS_TIMEOUT=${RUN_TESTS_TIMEOUT:-150} tests_subset gpu_tests_fwd.log tests/test_group_sparse_sm90.py \

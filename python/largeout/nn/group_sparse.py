@@ -23,19 +23,25 @@ def random_group_indices(
     order: str = "sorted",
 ) -> torch.Tensor:
     """``[num_groups, fan_in]`` int32: for each group, ``fan_in`` distinct inputs
-    drawn uniformly from ``[0, in_features)``.
+    drawn uniformly from ``[0, in_features)`` (for ``"balanced"``: uniformly within each
+    residue class mod 8).
 
-    ``order`` arranges each group's inputs: ``"sorted"`` ascending; ``"banked"`` (the
-    same set as ``"sorted"`` for a given generator state) so that every run of 8
-    consecutive slots holds inputs of distinct residues mod 8 as far as the group's
-    residue counts allow (the inputs sorted by residue, then dealt out round-robin, each
-    run rotated by one more slot; ``fan_in`` a multiple of 8); ``"balanced"`` draws ``fan_in / 8`` inputs uniformly from
-    each residue class mod 8 (``in_features`` and ``fan_in`` multiples of 8), so that slot
-    ``8 q + i`` holds the ``q``-th smallest chosen input of residue ``(i + q) mod 8``: every
-    run of 8 slots holds one input of each residue, and so do the slots ``8 q + i`` of 8
-    consecutive runs. The Hopper forward reads the input rows of 8 consecutive slots at once
-    from shared memory, where the bank depends on the input mod 8: ``"banked"`` spreads most
-    such reads over the banks, ``"balanced"`` all of them; the expanded-weight dx writes slot
+    ``order`` draws and arranges each group's inputs:
+
+    - ``"sorted"``: ascending;
+    - ``"banked"``: the same set as ``"sorted"`` for a given generator state, arranged so
+      that every run of 8 consecutive slots holds inputs of distinct residues mod 8 as far
+      as the group's residue counts allow (the inputs sorted by residue, then dealt out
+      round-robin, each run rotated by one more slot; ``fan_in`` a multiple of 8);
+    - ``"balanced"``: ``fan_in / 8`` inputs drawn uniformly from each residue class mod 8
+      (``in_features`` and ``fan_in`` multiples of 8), slot ``8 q + i`` holding the
+      ``q``-th smallest chosen input of residue ``(i + q) mod 8``: every run of 8 slots
+      holds one input of each residue, and so do the slots ``8 q + i`` of 8 consecutive
+      runs.
+
+    The Hopper forward reads the input rows of 8 consecutive slots at once from shared
+    memory, where the bank depends on the input mod 8: ``"banked"`` spreads most such
+    reads over the banks, ``"balanced"`` all of them; the expanded-weight dx writes slot
     ``i`` of 8 consecutive runs at once, which the rotation spreads too."""
     orders = ("sorted", "banked", "balanced")
     if fan_in > in_features:
