@@ -62,8 +62,6 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--compare-generic", action="store_true",
                    help="also time the generic kernels (largeout.kernels policy 'generic') in the same run")
     args = p.parse_args()
-    if args.index_order is None:
-        args.index_order = "balanced" if args.H % 8 == 0 else "sorted"
     if args.iters < 50:
         p.error(f"--iters must be at least 50; got {args.iters}")
     return args
@@ -169,6 +167,10 @@ def main() -> None:
         import largeout
     except ImportError as err:
         sys.exit(f"cannot import largeout ({err}); run `pip install .` first")
+    if args.index_order is None:
+        from largeout.nn.group_sparse import default_index_order
+
+        args.index_order = default_index_order(args.H)
     binary = args.binary or os.path.join(os.path.dirname(largeout.__file__), "bin", "largeout_bench_group_sparse")
     if not os.access(binary, os.X_OK):
         sys.exit(f"benchmark binary not found or not executable: {binary}")

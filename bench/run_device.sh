@@ -182,14 +182,15 @@ ncu_optim() {  # Nsight Compute profile of the optimizer kernel for each bench_o
   grep -E "Duration|DRAM Throughput|Registers Per|Achieved Occupancy|Warp Cycles Per Issued|Executed Instructions  " "$OUT"/ncu_optim_*.txt | head -60
 }
 
-run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one file per batch size (a cut-off run keeps the others)
+run_grid() {  # $1: deadline (epoch s), rest: batch sizes; the issue-4 grid, one file per batch size (a cut-off run keeps
+  # the others): $OUT/${GRID_PREFIX:-grid}_B<B>.json, with GRID_ARGS (more bench_group_sparse.py arguments)
   local deadline=$1 B left; shift
   for B in "$@"; do
     left=$(( deadline - $(date +%s) ))
     [ $left -lt 30 ] && { echo "(grid: no time left for B=$B)"; break; }
-    echo "== grid: B=$B (${left} s left)"
+    echo "== grid ${GRID_ARGS:-}: B=$B (${left} s left)"
     timeout $left python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
-      --L 131072,670091,2812281 --out "$OUT/grid_B$B.json" 2>&1 | tail -3
+      --L 131072,670091,2812281 ${GRID_ARGS:-} --out "$OUT/${GRID_PREFIX:-grid}_B$B.json" 2>&1 | tail -3
   done
 }
 
@@ -574,14 +575,8 @@ if [ "$MODE" = order ]; then  # session 29: the index orders (bench_group_sparse
   left=$(( deadline - $(date +%s) ))
   RUN_TESTS_TIMEOUT=$(( left - 10 < 420 ? left - 10 : 420 )) tests_subset gpu_tests_order.log tests/test_group_sparse_sm90.py \
     tests/test_module.py -k "index_order or banked or balanced"
-  for B in ${SWEEP_B:-1024 512 256 128}; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 40 ] || { echo "(grid: no time left for B=$B)"; break; }
-    echo "== grid, index order ${ORDER_GRID:-balanced}: B=$B ($left s left)"
-    timeout $(( left - 5 )) python3 bench/bench_group_sparse.py --B $B --K 64,128,256 --G 32,64,128 \
-      --L 131072,670091,2812281 --index-order "${ORDER_GRID:-balanced}" --out "$OUT/grid_${ORDER_GRID:-balanced}_B$B.json" \
-      2>&1 | tail -1
-  done
+  GRID_ARGS="--index-order ${ORDER_GRID:-balanced}" GRID_PREFIX="grid_${ORDER_GRID:-balanced}" \
+    run_grid "$deadline" ${SWEEP_B:-1024 512 256 128}
   exit 0
 fi
 

@@ -62,13 +62,23 @@ def random_group_indices(
             # largest keys of each class, ascending ([n, fan_in / 8 runs q, 8 residues r]);
             # slot 8 q + i takes residue (i + q) mod 8
             m = keys.view(-1, in_features // 8, 8).topk(fan_in // 8, dim=1).indices.sort(dim=1).values
-            runs = fan_in // 8
-            res = (torch.arange(8) + torch.arange(runs)[:, None]) % 8  # [runs, 8]
-            out[g0:g1] = (m.gather(2, res.expand(m.shape[0], runs, 8)) * 8 + res).reshape(-1, fan_in).to(torch.int32)
+            res = _run_rotation(fan_in // 8, m.device)
+            out[g0:g1] = (m.gather(2, res.expand(m.shape[0], -1, 8)) * 8 + res).reshape(-1, fan_in).to(torch.int32)
             continue
         chosen = keys.topk(fan_in, dim=1).indices.sort(dim=1).values
         out[g0:g1] = (_banked(chosen, in_features) if order == "banked" else chosen).to(torch.int32)
     return out.to(device) if device is not None else out
+
+
+def default_index_order(in_features: int) -> str:
+    """``GroupSparseLinear``'s default ``index_order``: ``"balanced"`` where ``in_features``
+    is a multiple of 8, else ``"sorted"``."""
+    return "balanced" if in_features % 8 == 0 else "sorted"
+
+
+def _run_rotation(runs: int, device) -> torch.Tensor:
+    """``[runs, 8]``: entry ``(q, i)`` is ``(i + q) mod 8``, the rotation of run ``q``'s slots."""
+    return (torch.arange(8, device=device) + torch.arange(runs, device=device)[:, None]) % 8
 
 
 def _banked(chosen: torch.Tensor, in_features: int) -> torch.Tensor:
@@ -78,11 +88,9 @@ def _banked(chosen: torch.Tensor, in_features: int) -> torch.Tensor:
     list (with 8 residues of K / 8 inputs each, one of each residue), and slot i of 8
     consecutive runs takes them from 8 different eighths (the rotation that "balanced" has)."""
     K = chosen.shape[1]
-    runs = K // 8
     by_residue = chosen.gather(1, ((chosen % 8) * in_features + chosen).argsort(dim=1))
-    by_run = by_residue.view(-1, 8, runs).transpose(1, 2)  # [n, q, eighth]
-    rot = (torch.arange(8, device=chosen.device) + torch.arange(runs, device=chosen.device)[:, None]) % 8
-    return by_run.gather(2, rot.expand(by_run.shape[0], runs, 8)).reshape(-1, K)
+    by_run = by_residue.view(-1, 8, K // 8).transpose(1, 2)  # [n, q, eighth]
+    return by_run.gather(2, _run_rotation(K // 8, chosen.device).expand(by_run.shape[0], -1, 8)).reshape(-1, K)
 
 
 def _uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator]) -> None:
@@ -178,7 +186,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         else:
             self.register_parameter("bias", None)
         if index_order is None:
-            index_order = "balanced" if in_features % 8 == 0 else "sorted"
+            index_order = default_index_order(in_features)
         idx = random_group_indices(
             self.num_groups, in_features, fan_in, generator=generator, device=device, order=index_order
         )

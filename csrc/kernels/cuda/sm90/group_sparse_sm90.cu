@@ -2074,15 +2074,16 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
   return cudaSuccess;
 }
 
+std::atomic<int64_t> g_fwd_g128_as_64{0};  // launches (fwd_g128_as_64_launches)
+
 // G = 128 run as pairs of 64-label groups (the G = 64 kernel: three computing warpgroups
 // where their rings fit, else two as at G = 128; 64-label units; the same indices read for
 // both halves of a group): LARGEOUT_SM90_FWD_G128_AS_64=1 (16-bit weights, where the G = 64
-// kernel's rings fit; it inherits G = 64's bias-prefetch rule, measured on G = 64 layers). Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
+// kernel's rings fit; it inherits G = 64's bias-prefetch rule, measured on G = 64 layers).
+// Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
 // 0.79-0.96x the time of G = 128 at L = 131,072, K >= 128, B >= 256 on an H100 (and
 // 1.04-1.25x at the odd L with B >= 256, whose plain stores favour G = 128's longer rows:
 // bench/results/grid_B*_s29_h100.json); to be timed and tested on the GPU.
-std::atomic<int64_t> g_fwd_g128_as_64{0};  // launches (fwd_g128_as_64_launches)
-
 template <int kNk>
 bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev) {
   if (!env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1")) return false;
