@@ -2003,6 +2003,14 @@ bool fwd_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w
   return st > 0;
 }
 
+// Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
+// stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
+// aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
+bool fwd_tma_store(const GroupSparseShape& s, const void* y) {
+  return s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
+         !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+}
+
 // The forward's launch with the kernel for G-label groups. idx_shift 0: the layer's groups;
 // 1 (G = 64): a layer of 128-label groups run as two 64-label groups per index row.
 // kW8 false: the weight has the type of x; true: fp8 codes (T = bf16), e4m3fn where e4m3,
@@ -2051,11 +2059,7 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
   const bool prefetch_bias = env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "1") ||
                              (!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0") &&
                               (G == 32 || (G == 64 && s.batch >= 512)));
-  // Output by TMA where its rows are 16-byte aligned (LARGEOUT_SM90_FWD_TMA_STORE=0: plain
-  // stores). Elsewhere plain stores: staging rows shifted so that bulk copies store their
-  // aligned middles measured no faster (bench/results/fwd_bulk_h200.json).
-  const bool tma_store = s.out_features % 8 == 0 && reinterpret_cast<uintptr_t>(y) % 16 == 0 &&
-                         !env_is("LARGEOUT_SM90_FWD_TMA_STORE", "0");
+  const bool tma_store = fwd_tma_store(s, y);
   constexpr int64_t kMaxTiles = 65535;
   for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
     const int64_t nt = std::min(kMaxTiles, tiles - t0);
@@ -2078,15 +2082,16 @@ std::atomic<int64_t> g_fwd_g128_as_64{0};  // launches (fwd_g128_as_64_launches)
 
 // G = 128 run as pairs of 64-label groups (the G = 64 kernel: three computing warpgroups
 // where their rings fit, else two as at G = 128; 64-label units; the same indices read for
-// both halves of a group): LARGEOUT_SM90_FWD_G128_AS_64=1 (16-bit weights, where the G = 64
-// kernel's rings fit; it inherits G = 64's bias-prefetch rule, measured on G = 64 layers).
-// Not the default yet: prepared in session 29 after the grid had the G = 64 forward at
-// 0.79-0.96x the time of G = 128 at L = 131,072, K >= 128, B >= 256 on an H100 (and
-// 1.04-1.25x at the odd L with B >= 256, whose plain stores favour G = 128's longer rows:
-// bench/results/grid_B*_s29_h100.json); to be timed and tested on the GPU.
+// both halves of a group), for 16-bit weights where the G = 64 kernel's rings fit. The
+// default at K = 256 with TMA stores: 0.80-0.94x the time of G = 128's kernel there at
+// B 128-1024 and L 131,072-393,216 on an H100. Not at K = 128 (0.98-1.07x), K = 64
+// (1.00-1.08x), nor with plain stores (L = 670,091: 0.97-1.21x), session 30's
+// bench/bench_knob.py runs (bench/results/knob_g128_as_64*_s30_h100.json).
+// LARGEOUT_SM90_FWD_G128_AS_64=0 / 1: never / always (where the rings fit).
 template <int kNk>
-bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev) {
-  if (!env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1")) return false;
+bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev, const void* y) {
+  if (env_is("LARGEOUT_SM90_FWD_G128_AS_64", "0")) return false;
+  if (!env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1") && !(kNk == 4 && fwd_tma_store(s, y))) return false;
   int spr = 0;
   fwd_cons<64, kNk>(s.in_features, dev, &spr, false);
   return spr > 0;
@@ -2102,7 +2107,7 @@ cudaError_t fwd_launch(DType dt, const GroupSparseShape& s, const DeviceInfo& de
     } else {
       return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
         if constexpr (G == 128 && !kW8) {
-          if (fwd_g128_as_64<kNk>(s, dev)) {
+          if (fwd_g128_as_64<kNk>(s, dev, y)) {
             g_fwd_g128_as_64.fetch_add(1);
             return fwd_launch_g<T, 64, kNk, kW8>(dt, s, dev, x, weight, row_scale, e4m3, indices, bias, y, stream, 1);
           }
