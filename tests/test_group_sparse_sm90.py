@@ -260,19 +260,20 @@ def test_sm90_forward_bias_prefetch(prefetch, B, L, K, G, poison, monkeypatch):
 @pytest.mark.parametrize("B,L,K,dtype,cons", [(256, 8192, 128, "bf16", None), (300, 4097, 256, "bf16", None),
                                              (1, 2000, 64, "bf16", None), (1000, 12352, 256, "bf16", None),
                                              (65, 4160, 128, "fp16", None), (130, 4098, 64, "fp16", None),
-                                             (200, 6000, 256, "bf16", "2")])
+                                             (260, 6000, 256, "bf16", "2"), (128, 8192, 256, "bf16", None)])
 def test_sm90_forward_g128_as_64(B, L, K, dtype, cons, poison, monkeypatch):
     # A G = 128 layer through the G = 64 kernel, each group as two 64-label halves reading the same
     # index row (odd L and plain stores, an even L off 8, a last group of one label, of 64 and of
     # 80, B of 1 and 1000, fp16, two computing warpgroups), element by element against float64: a
     # half that read another group's indices fails. The launch counter tells which path ran: never
-    # with LARGEOUT_SM90_FWD_G128_AS_64=0, always with 1, by default at K = 256 with TMA stores.
+    # with LARGEOUT_SM90_FWD_G128_AS_64=0, always with 1, by default at K = 256 and B >= 256 with TMA
+    # stores.
     if cons is not None:
         monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     x, w, b, idx, _ = make(B, 768, L, K, 128, dt, 170 + K)
     expected = ref.group_sparse_linear(x, w, idx, b, 128)
-    for env, taken in (("0", False), (None, K == 256 and L % 8 == 0), ("1", True)):
+    for env, taken in (("0", False), (None, K == 256 and B >= 256 and L % 8 == 0), ("1", True)):
         if env is None:
             monkeypatch.delenv("LARGEOUT_SM90_FWD_G128_AS_64", raising=False)
         else:

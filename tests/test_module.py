@@ -12,10 +12,14 @@ from largeout.nn import GroupSparseLinear, random_group_indices
 from conftest import DEVICES, REL_TOL, rel_err
 
 
-def check_indices_table(idx, num_groups, in_features, fan_in):
+def check_indices_table(idx, num_groups, in_features, fan_in, ascending=True):
     assert idx.dtype == torch.int32 and idx.shape == (num_groups, fan_in)
     assert int(idx.min()) >= 0 and int(idx.max()) < in_features
-    assert bool((idx[:, 1:] > idx[:, :-1]).all()), "indices must be strictly increasing (sorted, unique) per group"
+    if ascending:
+        assert bool((idx[:, 1:] > idx[:, :-1]).all()), "indices must be strictly increasing (sorted, unique) per group"
+    else:
+        s = idx.sort(dim=1).values
+        assert bool((s[:, 1:] > s[:, :-1]).all()), "indices must be unique per group"
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -60,7 +64,7 @@ def test_from_dense_keeps_top_inputs_per_group_and_to_dense_round_trips():
     dense = nn.Linear(H, L).double()
     layer = GroupSparseLinear.from_dense(dense, fan_in=K, group_size=G)
     assert layer.weight.dtype == torch.float64
-    check_indices_table(layer.indices, 5, H, K)
+    check_indices_table(layer.indices, 5, H, K, ascending=False)
     w = dense.weight.detach()
     for g in range(5):
         rows = w[g * G : min(L, (g + 1) * G)]
@@ -78,6 +82,35 @@ def test_from_dense_keeps_top_inputs_per_group_and_to_dense_round_trips():
     x = torch.randn(6, H, dtype=torch.float64)
     assert rel_err(layer(x), back(x)) < 1e-12
     assert rel_err(back.weight, ref.group_sparse_to_dense(layer.weight, layer.indices, H, G)) == 0.0
+
+
+@pytest.mark.parametrize("H,K", [(64, 16), (200, 64), (37, 24)])
+def test_from_dense_arranges_inputs_across_residues(H, K):
+    # fan_in a multiple of 8: each group's kept inputs in the "banked" order, so that the runs
+    # of 8 slots hold as many distinct residues mod 8 as the group's inputs allow (a group whose
+    # inputs span all 8 residues evenly gets 8 in every run); the layer stays the dense one's
+    # restriction to those inputs.
+    torch.manual_seed(H + K)
+    L, G = 300, 32
+    dense = nn.Linear(H, L).double()
+    layer = GroupSparseLinear.from_dense(dense, fan_in=K, group_size=G)
+    check_indices_table(layer.indices, layer.num_groups, H, K, ascending=False)
+    w = dense.weight.detach()
+    for g in range(layer.num_groups):
+        idx = layer.indices[g].long()
+        score = w[g * G : (g + 1) * G].abs().sum(0)
+        assert set(idx.tolist()) == set(score.topk(K).indices.tolist())
+        counts = torch.bincount(idx % 8, minlength=8)
+        runs = (idx.view(-1, 8) % 8).tolist()
+        # the residue-major list dealt out in eighths: a residue with K / 8 or more inputs covers
+        # K / 8 consecutive places of it, so it is in every run
+        full = int((counts >= K // 8).sum())
+        assert all(len(set(r)) >= full for r in runs), (g, runs, counts.tolist())
+        if bool((counts == K // 8).all()):
+            assert all(len(set(r)) == 8 for r in runs)
+        assert torch.equal(layer.weight[g * G : (g + 1) * G], w[g * G : (g + 1) * G][:, idx])
+    x = torch.randn(7, H, dtype=torch.float64)
+    assert rel_err(layer(x), layer.to_dense()(x)) < 1e-12
 
 
 def test_from_dense_with_full_fan_in_is_exact():
