@@ -236,13 +236,15 @@ def test_misaligned_views_are_handled(poison):
 def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poison, monkeypatch):
     # Every forward variant (two or three computing warpgroups, LARGEOUT_SM90_FWD_CONS;
     # three only where their rings fit, G <= 64); rings of 2 or 8 stages per computing warpgroup, so
-    # that slots wrap around many times (8 asks for as many as fit: 3 at G = 128 and H = 768); units of
+    # that slots wrap around many times (8 asks for as many as fit: 3 at G = 128 and H = 768; G = 128 on
+    # its own kernel, LARGEOUT_SM90_FWD_G128_AS_64=0: test_sm90_forward_g128_as_64 covers the other); units of
     # 1-4 stages; the output stored by TMA where L % 8 == 0, else by plain stores, both out of the same
     # swizzled staging boxes, odd L with rows starting at odd elements), element by element against
     # float64: one wrong or unwritten group must fail.
     monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_STAGES", stages)
     monkeypatch.setenv("LARGEOUT_SM90_FWD_TMA_STORE", tma_store)
+    monkeypatch.setenv("LARGEOUT_SM90_FWD_G128_AS_64", "0")
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
@@ -260,27 +262,31 @@ def test_sm90_forward_bias_prefetch(prefetch, B, L, K, G, poison, monkeypatch):
 @pytest.mark.parametrize("B,L,K,dtype,cons", [(256, 8192, 128, "bf16", None), (300, 4097, 256, "bf16", None),
                                              (1, 2000, 64, "bf16", None), (1000, 12352, 256, "bf16", None),
                                              (65, 4160, 128, "fp16", None), (130, 4098, 64, "fp16", None),
-                                             (260, 6000, 256, "bf16", "2"), (128, 8192, 256, "bf16", None)])
+                                             (260, 6000, 256, "bf16", "2"), (256, 6000, 256, "bf16", "3"),
+                                             (128, 8192, 256, "bf16", None), (256, 8192, 256, "fp16", None)])
 def test_sm90_forward_g128_as_64(B, L, K, dtype, cons, poison, monkeypatch):
     # A G = 128 layer through the G = 64 kernel, each group as two 64-label halves reading the same
     # index row (odd L and plain stores, an even L off 8, a last group of one label, of 64 and of
     # 80, B of 1 and 1000, fp16, two computing warpgroups), element by element against float64: a
     # half that read another group's indices fails. The launch counter tells which path ran: never
     # with LARGEOUT_SM90_FWD_G128_AS_64=0, always with 1, by default at K = 256 and B >= 256 with TMA
-    # stores.
+    # stores where the G = 64 kernel runs three computing warpgroups (not with LARGEOUT_SM90_FWD_CONS=2
+    # nor LARGEOUT_SM90_FWD_TMA_STORE=0).
     if cons is not None:
         monkeypatch.setenv("LARGEOUT_SM90_FWD_CONS", cons)
     dt = {"bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
     x, w, b, idx, _ = make(B, 768, L, K, 128, dt, 170 + K)
     expected = ref.group_sparse_linear(x, w, idx, b, 128)
-    for env, taken in (("0", False), (None, K == 256 and B >= 256 and L % 8 == 0), ("1", True)):
-        if env is None:
-            monkeypatch.delenv("LARGEOUT_SM90_FWD_G128_AS_64", raising=False)
-        else:
-            monkeypatch.setenv("LARGEOUT_SM90_FWD_G128_AS_64", env)
+    by_default = K == 256 and B >= 256 and L % 8 == 0 and cons != "2"
+    for env, tma, taken in (("0", None, False), (None, None, by_default), (None, "0", False), ("1", None, True)):
+        for var, value in (("LARGEOUT_SM90_FWD_G128_AS_64", env), ("LARGEOUT_SM90_FWD_TMA_STORE", tma)):
+            if value is None:
+                monkeypatch.delenv(var, raising=False)
+            else:
+                monkeypatch.setenv(var, value)
         before = kernels.launch_counts()["forward"]["sm90-g128-as-64"]
         y = torch.ops.largeout.group_sparse_linear(x, w, idx, b, 128)
-        assert kernels.launch_counts()["forward"]["sm90-g128-as-64"] == before + int(taken), env
+        assert kernels.launch_counts()["forward"]["sm90-g128-as-64"] == before + int(taken), (env, tma)
         assert_elementwise_close(y, expected)
 
 

@@ -86,10 +86,9 @@ def test_from_dense_keeps_top_inputs_per_group_and_to_dense_round_trips():
 
 @pytest.mark.parametrize("H,K", [(64, 16), (200, 64), (37, 24)])
 def test_from_dense_arranges_inputs_across_residues(H, K):
-    # fan_in a multiple of 8: each group's kept inputs in the "banked" order, so that the runs
-    # of 8 slots hold as many distinct residues mod 8 as the group's inputs allow (a group whose
-    # inputs span all 8 residues evenly gets 8 in every run); the layer stays the dense one's
-    # restriction to those inputs.
+    # Each group's kept inputs in the "banked" order: every run of 8 slots holds each residue mod 8
+    # that has K / 8 or more of the group's inputs (all 8 where the residues are even); the layer
+    # stays the dense one's restriction to those inputs.
     torch.manual_seed(H + K)
     L, G = 300, 32
     dense = nn.Linear(H, L).double()

@@ -112,7 +112,8 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
     Labels are split into groups of ``group_size``; each label has ``fan_in``
     weights, and all labels of a group read the same ``fan_in`` input features
     (the buffer ``indices``, ``[ceil(out_features / group_size), fan_in]`` int32,
-    unique within each group; ascending unless ``index_order`` says otherwise):
+    unique within each group; arranged as ``index_order`` says, by ``from_dense`` in the
+    ``"banked"`` order):
 
     .. math:: y_l = b_l + \sum_k W_{l,k} \, x_{\mathrm{idx}[\lfloor l/G \rfloor, k]}
 
@@ -255,12 +256,13 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
     @classmethod
     def from_dense(cls, linear: nn.Linear, fan_in: int, group_size: int) -> "GroupSparseLinear":
         """Sparsify a dense layer: for each group keep the ``fan_in`` inputs with the
-        largest summed ``|w|`` over the group's labels, and copy those weights. Where
-        ``fan_in`` is a multiple of 8 each group's inputs are arranged in
-        ``random_group_indices``' ``"banked"`` order (the same layer: the weights follow
-        their inputs), which spreads the Hopper forward's shared-memory reads over the banks
-        (0.82-1.01x its time with ascending inputs at L = 131,072 on an H100, dx and dW
-        0.98-1.02x: ``bench/results/index_order_*_s30_h100.json``); else ascending."""
+        largest summed ``|w|`` over the group's labels, and copy those weights. Each
+        group's inputs are arranged in ``random_group_indices``' ``"banked"`` order (the
+        same layer: the weights follow their inputs), which spreads the Hopper forward's
+        shared-memory reads over the banks (on uniformly drawn inputs 0.82-1.01x the
+        forward's time with ascending ones at L = 131,072 on an H100, dx 0.98-1.03x, dW
+        0.99-1.01x: ``bench/results/index_order_*_s30_h100.json``; inputs chosen by
+        magnitude may be less even across residues and gain less)."""
         w = linear.weight.detach()
         L, H = w.shape
         layer = cls(
@@ -271,8 +273,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         score[:L] = w.abs().float()
         score = score.view(ng, G, H).sum(1)  # [ng, H]
         idx = score.topk(fan_in, dim=1).indices.sort(dim=1).values  # [ng, K]
-        if fan_in % 8 == 0:
-            idx = _banked(idx, H)
+        idx = _banked(idx, H)  # (fan_in is a multiple of 8: checked by the constructor)
         rows = idx.repeat_interleave(G, dim=0)[:L]  # [L, K]
         with torch.no_grad():
             layer.indices.copy_(idx.to(torch.int32))

@@ -2083,19 +2083,20 @@ std::atomic<int64_t> g_fwd_g128_as_64{0};  // launches (fwd_g128_as_64_launches)
 // G = 128 run as pairs of 64-label groups (the G = 64 kernel: three computing warpgroups
 // where their rings fit, else two as at G = 128; 64-label units; the same indices read for
 // both halves of a group), for 16-bit weights where the G = 64 kernel's rings fit. The
-// default at K = 256 and B >= 256 with TMA stores: 0.80-0.90x the time of G = 128's kernel
-// there at B 256-1024 and L 131,072-2,812,288 (multiples of 8) on an H100. Not at B = 128
+// default at K = 256 and B >= 256 with TMA stores, where the G = 64 kernel runs three
+// computing warpgroups (as measured: H = 768): 0.80-0.90x the time of G = 128's kernel there
+// at B 256-1024 and L 131,072-2,812,288 (multiples of 8) on an H100. Not at B = 128
 // (0.94-1.11x), K = 128 (0.98-1.07x), K = 64 (1.00-1.08x), nor with plain stores (odd L:
 // 0.97-1.21x), session 30's bench/bench_knob.py runs (bench/results/knob_g128_as_64*_s30_h100.json).
 // LARGEOUT_SM90_FWD_G128_AS_64=0 / 1: never / always (where the rings fit).
 template <int kNk>
 bool fwd_g128_as_64(const GroupSparseShape& s, const DeviceInfo& dev, const void* y) {
   if (env_is("LARGEOUT_SM90_FWD_G128_AS_64", "0")) return false;
-  const bool measured_faster = kNk == 4 && s.batch >= 256 && fwd_tma_store(s, y);
-  if (!measured_faster && !env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1")) return false;
+  const bool forced = env_is("LARGEOUT_SM90_FWD_G128_AS_64", "1");
+  if (!forced && !(kNk == 4 && s.batch >= 256 && fwd_tma_store(s, y))) return false;
   int spr = 0;
-  fwd_cons<64, kNk>(s.in_features, dev, &spr, false);
-  return spr > 0;
+  const int cons = fwd_cons<64, kNk>(s.in_features, dev, &spr, false);
+  return spr > 0 && (forced || cons == 3);
 }
 
 template <bool kW8>
