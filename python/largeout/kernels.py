@@ -58,8 +58,9 @@ def launch_counts() -> dict:
     """Kernel launches since the process started, by pass and path (``"generic"``,
     ``"sm90"``, ``"sm90-fp8"``; the forward's ``"sm90-g128-as-64"`` counts those of its
     ``"sm90"`` launches that ran a G = 128 layer through the G = 64 kernel: by default at
-    fan-in 256 and batch >= 256 with an output whose rows are 16-byte aligned;
-    ``LARGEOUT_SM90_FWD_G128_AS_64=0`` / ``=1``: never / always)."""
+    fan-in 256 and batch >= 256 with an output whose rows are 16-byte aligned, where the
+    G = 64 kernel runs three computing warpgroups; ``LARGEOUT_SM90_FWD_G128_AS_64=0`` /
+    ``=1``: never / always)."""
     c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
     counts = {p: {"generic": c[2 * i], "sm90": c[2 * i + 1], "sm90-fp8": c[6 + i]} for i, p in enumerate(_PASSES)}
     counts["forward"]["sm90-g128-as-64"] = c[9]
