@@ -16,6 +16,7 @@ import torch
 
 from bench_group_sparse import median_ms, write_rows  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
+from largeout.nn.group_sparse import default_index_order
 
 
 def ints(text: str) -> list[int]:
@@ -32,12 +33,15 @@ def main() -> None:
     p.add_argument("--K", type=ints, default=[128])
     p.add_argument("--G", type=ints, default=[32, 64, 128])
     p.add_argument("--L", type=ints, default=[131072])
-    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default="sorted",
-                   help="random_group_indices' order of each group's indices (default sorted, as in session 28's runs)")
+    p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default=None,
+                   help="random_group_indices' order of each group's indices (default: GroupSparseLinear's, "
+                        "balanced where H % 8 == 0; session 28's runs and session 30's _pow2L file used sorted)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    if a.index_order is None:
+        a.index_order = default_index_order(a.H)
     ops, dt, rows = torch.ops.largeout, torch.bfloat16, []
     env, before = a.env, os.environ.get(a.env)
     for B in a.B:
