@@ -303,6 +303,26 @@ def test_read_jsonl_malformed(tmp_path, case):
     check_error(excinfo, path, lineno, fragment)
 
 
+@pytest.mark.parametrize("label", [2**31 - 1, 2**32 + 1, 2**40, 2**70])
+def test_read_jsonl_label_past_int32_columns(tmp_path, label):
+    # Without num_labels the bound is the largest column count a CSR matrix with int32 indices
+    # takes: a larger label is an error naming the line, never wrapped into a small column.
+    path = tmp_path / "trn.json"
+    path.write_text(GOOD_JSON + '{"target_ind": [1, %d]}\n' % label)
+    with pytest.raises(DataFormatError) as excinfo:
+        read_jsonl(path)
+    check_error(excinfo, path, 2, f"label {label} out of range [0, 2147483647)")
+
+
+def test_read_jsonl_bad_arguments(tmp_path):
+    path = tmp_path / "trn.json"
+    path.write_text(GOOD_JSON)
+    with pytest.raises(TypeError, match="text_fields must be a string or a sequence of strings; got 5"):
+        read_jsonl(path, text_fields=5)
+    with pytest.raises(ValueError, match="num_labels must be an integer in"):
+        read_jsonl(path, num_labels=2**31)
+
+
 def test_missing_file_is_not_a_format_error(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_xc(tmp_path / "nope.txt")
@@ -383,6 +403,12 @@ def test_write_xc_failure_leaves_nothing(tmp_path, name, monkeypatch):
     bad.data[0] = np.nan
     with pytest.raises(ValueError, match=r"\bX\b.*non-finite"):
         write_xc(path, bad, Y)
+    with pytest.raises(TypeError, match="X must hold real numbers; got dtype complex64"):
+        write_xc(path, X.toarray() + 1j, Y)
+    with pytest.raises(TypeError, match="Y must hold real numbers; got dtype complex"):
+        write_xc(path, X, sp.csr_matrix(Y.toarray() * (1 + 1j)))
+    with pytest.raises(TypeError, match="Y must be numeric; got dtype <U1"):
+        write_xc(path, X, np.full(Y.shape, "a"))
     assert os.listdir(tmp_path) == []
 
     # an existing file survives a rejected write and a write that fails halfway

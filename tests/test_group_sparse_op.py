@@ -244,6 +244,25 @@ def test_validate_indices():
     assert torch.equal(idx, before)
 
 
+@pytest.mark.parametrize("value", [-1, 50, 2**31 - 1])
+def test_cpu_ops_check_index_values(value):
+    # The CPU kernels index x and dx by the table's values: every CPU call checks them (a value
+    # out of [0, H) read past x, or wrote past dx: a segfault or silent garbage), names the place,
+    # and writes nothing.
+    x, w, b, idx = make_inputs(5, 50, 40, 16, 16, torch.float32, "cpu", 7)
+    idx[2, 9] = value
+    dy = torch.randn(5, 40)
+    msg = rf"indices must lie in \[0, in_features\) = \[0, 50\); found {value} at row 2, column 9"
+    with pytest.raises(RuntimeError, match=msg):
+        F.group_sparse_linear(x, w, idx, b, group_size=16)
+    with pytest.raises(RuntimeError, match=msg):
+        torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, 16, 50)
+    with pytest.raises(RuntimeError, match=msg):
+        torch.ops.largeout.group_sparse_linear_backward_weight(dy, x, idx, 16)
+    idx[2, 9] = 49 if 49 not in idx[2].tolist() else 48  # back in range: runs
+    assert F.group_sparse_linear(x, w, idx, b, group_size=16).shape == (5, 40)
+
+
 def test_build_info():
     info = largeout.build_info()
     for key in ("version", "torch", "torch_runtime", "cuda_kernels", "cuda", "cuda_archs", "cutlass"):

@@ -334,6 +334,15 @@ def test_inverse_propensity_defaults():
     np.testing.assert_allclose(inverse_propensity(Y_train)[0], 1.39499990687448, rtol=1e-13)
 
 
+@pytest.mark.parametrize("N", [1, 2])
+def test_inverse_propensity_needs_three_rows(N):
+    # C = (log N - 1)(B + 1)^A is <= 0 for N <= e: weights of 1 or less, some negative
+    Y_train = sp.csr_matrix(np.ones((N, 3)))
+    with pytest.raises(ValueError, match=f"Y_train must have at least 3 rows .*; got {N}"):
+        inverse_propensity(Y_train)
+    assert inverse_propensity(sp.csr_matrix(np.ones((3, 3)))).min() > 1.0
+
+
 # --------------------------------------------------------------------------- calibration
 
 

@@ -132,6 +132,33 @@ def test_state_dict_round_trip():
     assert torch.equal(a(x), b(x))
 
 
+@pytest.mark.parametrize("kind", ["group-sparse", "linear", "linear-fp8"])
+def test_load_state_dict_writes_nothing_of_a_layer_that_does_not_fit(kind):
+    # torch's own load would copy the tensors that fit and report the others: a wrong weight shape
+    # leaves every tensor of the layer as it was (a missing key is torch's to report: a layer cannot
+    # tell a strict load from another).
+    from largeout.nn import Linear
+
+    def make(seed):
+        torch.manual_seed(seed)
+        if kind == "group-sparse":
+            return GroupSparseLinear(64, 100, 16, 32, generator=torch.Generator().manual_seed(seed))
+        return Linear(64, 48, weight_dtype=torch.float8_e4m3fn if kind == "linear-fp8" else torch.float32)
+
+    layer, other = make(1), make(2)
+    before = {k: v.clone() for k, v in layer.state_dict().items()}
+    good = other.state_dict()
+    wrong_shape = {**good, "weight": good["weight"][:-1].clone()}
+    no_bias = {k: v for k, v in good.items() if k != "bias"}
+    with pytest.raises(RuntimeError, match="size mismatch for 0.weight.*nothing of .* was loaded"):
+        torch.nn.Sequential(layer).load_state_dict({"0." + k: v for k, v in wrong_shape.items()})
+    after = layer.state_dict()
+    assert all(torch.equal(after[k].view(torch.uint8), before[k].view(torch.uint8)) for k in before)
+    layer.load_state_dict(no_bias, strict=False)  # not strict: loads what is there
+    assert torch.equal(layer.weight.view(torch.uint8), good["weight"].view(torch.uint8))
+    assert torch.equal(layer.bias, before["bias"])
+
+
 def test_bad_indices_are_rejected_and_nothing_changes():
     layer = GroupSparseLinear(64, 100, 16, 32)
     before = {k: v.clone() for k, v in layer.state_dict().items()}
@@ -312,6 +339,70 @@ def test_bad_weight_dtype():
         Linear(4, 4, weight_dtype=torch.int8)
     with pytest.raises(ValueError, match="weight_dtype must be one of"):
         GroupSparseLinear(16, 16, 8, 16, weight_dtype=torch.int8)
+
+
+@pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])
+@pytest.mark.parametrize("x_dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+def test_layers_reject_non_float_inputs(weight_dtype, x_dtype):
+    # nn.Linear raises on integer inputs; a cast to the compute dtype and back would truncate the output
+    from largeout.nn import Linear
+
+    x = torch.ones(3, 16).to(x_dtype)
+    for layer, name in ((GroupSparseLinear(16, 40, 8, 16, weight_dtype=weight_dtype), "GroupSparseLinear"),
+                        (Linear(16, 40, weight_dtype=weight_dtype), "Linear")):
+        with pytest.raises(TypeError, match=f"{name}: x must be a floating-point tensor; got {x_dtype}"):
+            layer(x)
+
+
+def test_constructor_argument_types():
+    from largeout.nn import Linear
+
+    cases = [
+        (lambda: GroupSparseLinear(16.0, 40, 8, 16),
+         TypeError, "GroupSparseLinear: in_features must be an int; got float"),
+        (lambda: GroupSparseLinear(16, 40, 8, "16"),
+         TypeError, "GroupSparseLinear: group_size must be an int; got str"),
+        (lambda: GroupSparseLinear(16, True, 8, 16), TypeError, "out_features must be an int; got bool"),
+        (lambda: GroupSparseLinear(16, 40, 8, 16, generator=5), TypeError, "generator must be a torch.Generator"),
+        (lambda: GroupSparseLinear(16, 40, 8, 16, dtype=torch.int32), TypeError, "dtype must be a floating-point"),
+        (lambda: Linear(16, 4.0), TypeError, "Linear: out_features must be an int; got float"),
+        (lambda: Linear(16, 4, generator=5), TypeError, "Linear: generator must be a torch.Generator"),
+        (lambda: random_group_indices(-1, 10, 8), ValueError, "num_groups must be >= 0"),
+        (lambda: random_group_indices(3, 10, 8.0), TypeError, "random_group_indices: fan_in must be an int"),
+        (lambda: GroupSparseLinear.from_dense(nn.Conv1d(4, 4, 1), 8, 16), TypeError,
+         "linear must be a torch.nn.Linear or a largeout.nn.Linear; got Conv1d"),
+    ]
+    for make, err, pattern in cases:
+        with pytest.raises(err, match=pattern):
+            make()
+    from largeout import functional as F
+
+    layer = GroupSparseLinear(16, 40, 8, 16)
+    with pytest.raises(ValueError, match="group_size must be one of 16, 32, 64, 128; got 16.0"):
+        F.group_sparse_linear(torch.randn(2, 16), layer.weight, layer.indices, None, group_size=16.0)
+
+
+def test_from_dense_of_an_fp8_linear():
+    # largeout.nn.Linear with an fp8 weight (and per-label scales): sparsified from its values
+    from largeout.nn import Linear
+
+    torch.manual_seed(0)
+    fp8 = Linear(64, 40, weight_dtype=torch.float8_e4m3fn, weight_scale="label")
+    dense = nn.Linear(64, 40, dtype=torch.bfloat16)
+    with torch.no_grad():
+        dense.weight.copy_(fp8.weight.to(torch.float32).mul(fp8.weight_scale[:, None]).to(torch.bfloat16))
+        dense.bias.copy_(fp8.bias)
+    a = GroupSparseLinear.from_dense(fp8, fan_in=16, group_size=16)
+    b = GroupSparseLinear.from_dense(dense, fan_in=16, group_size=16)
+    assert torch.equal(a.indices, b.indices) and torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
+
+
+def test_linear_checks_input_width():
+    from largeout.nn import Linear
+
+    for weight_dtype in (torch.float32, torch.float8_e4m3fn):
+        with pytest.raises(ValueError, match=r"Linear: x must be \[\*, in_features = 16\]; got shape \(3, 15\)"):
+            Linear(16, 40, weight_dtype=weight_dtype)(torch.randn(3, 15))
 
 
 # -- FP8 compute (e4m3 weights x e4m3 inputs) ---------------------------------------------------

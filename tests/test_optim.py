@@ -148,16 +148,103 @@ def test_bad_arguments():
     p = [params((3,), torch.bfloat16, 1)]
     with pytest.raises(ValueError, match='rounding must be "stochastic" or "nearest"'):
         lo_optim.SGD(p, lr=0.1, rounding="up")
-    with pytest.raises(ValueError, match="lr must be >= 0"):
+    with pytest.raises(ValueError, match=r"lr must be a finite number in \[0, inf\); got -1.0"):
         lo_optim.SGD(p, lr=-1.0)
     with pytest.raises(ValueError, match="nesterov needs momentum"):
         lo_optim.SGD(p, lr=0.1, nesterov=True)
     with pytest.raises(ValueError, match="state_dtype must be"):
         lo_optim.AdamW(p, state_dtype=torch.float8_e4m3fn)
-    with pytest.raises(ValueError, match="betas must be in"):
+    with pytest.raises(ValueError, match=r"betas\[0\] must be a finite number in \[0, 1\); got 1.0"):
         lo_optim.AdamW(p, betas=(1.0, 0.9))
     with pytest.raises(TypeError, match="parameters must be floating point"):
         lo_optim.SGD([torch.zeros(3, dtype=torch.int32)], lr=0.1)
+    for kwargs, err, pattern in [
+        (dict(lr=float("nan")), ValueError, "lr must be a finite number"),
+        (dict(lr="0.1"), TypeError, "lr must be a real number; got str"),
+        (dict(weight_decay=float("inf")), ValueError, "weight_decay must be a finite number"),
+        (dict(betas=(0.9, 0.99, 0.999)), ValueError, "betas must be a pair"),
+        (dict(betas=(0.9,)), ValueError, "betas must be a pair"),
+        (dict(eps=0.0), ValueError, r"eps must be a finite number in \(0, inf\)"),
+        (dict(seed="a"), TypeError, "seed must be an int or None; got str"),
+        (dict(seed=1.5), TypeError, "seed must be an int or None; got float"),
+    ]:
+        with pytest.raises(err, match=pattern):
+            lo_optim.AdamW(p, **kwargs)
+    with pytest.raises(ValueError, match="momentum must be a finite number"):
+        lo_optim.SGD(p, lr=0.1, momentum=float("nan"))
+
+
+@pytest.mark.parametrize("bad", [dict(lr=-5.0), dict(rounding="up"), dict(kahan=1), dict(momentum=-0.5),
+                                 dict(params=[torch.zeros(2, dtype=torch.int64)])])
+def test_add_param_group_checks_and_adds_nothing_on_failure(bad):
+    opt = lo_optim.SGD([params((3,), torch.bfloat16, 1)], lr=0.1)
+    before = [dict(g) for g in opt.param_groups]
+    group = {"params": [params((4,), torch.bfloat16, 2)], **bad}
+    with pytest.raises((TypeError, ValueError)):
+        opt.add_param_group(group)
+    assert len(opt.param_groups) == len(before) == 1
+    opt.add_param_group({"params": [params((4,), torch.bfloat16, 2)], "lr": 0.5})  # a valid one still goes in
+    assert [g["lr"] for g in opt.param_groups] == [0.1, 0.5]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_a_step_that_fails_changes_nothing(fused):
+    # The step checks every parameter, gradient and state tensor before it writes any: a later
+    # parameter the step cannot take leaves the earlier ones, their state and the step count as they were.
+    a = params((5,), torch.bfloat16, 1)
+    a.grad = torch.randn(5, dtype=torch.bfloat16)
+    opt = lo_optim.AdamW([a], lr=0.1, fused=fused)
+    opt.step()
+    snap = (a.detach().clone(), {k: v.clone() for k, v in opt.state[a].items()}, opt.state_dict()["largeout_rng_state"])
+    cases = [(torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16).to_sparse(),
+              "sparse gradients are not supported")]
+    if fused:
+        cases += [(torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
+                   "fused=False takes any float dtype"),
+                  (torch.randn(4, 6, dtype=torch.bfloat16).t(), torch.randn(6, 4, dtype=torch.bfloat16),
+                   "the fused step needs contiguous parameters")]
+    for value, grad, pattern in cases:
+        b = torch.nn.Parameter(value)
+        b.grad = grad
+        opt.add_param_group({"params": [b]})
+        with pytest.raises((TypeError, RuntimeError), match=pattern):
+            opt.step()
+        assert torch.equal(a.detach(), snap[0])
+        assert all(torch.equal(v, snap[1][k]) for k, v in opt.state[a].items())
+        assert torch.equal(opt.state_dict()["largeout_rng_state"], snap[2])
+        assert b not in opt.state or not opt.state[b]
+        opt.param_groups.pop()
+
+
+def test_load_state_dict_checks_before_replacing():
+    a = params((5,), torch.bfloat16, 1)
+    a.grad = torch.randn(5, dtype=torch.bfloat16)
+    opt = lo_optim.AdamW([a], lr=0.1)
+    opt.step()
+    good = opt.state_dict()
+    snap = ({k: v.clone() for k, v in opt.state[a].items()}, dict(opt.param_groups[0]),
+            good["largeout_rng_state"].clone())
+
+    def unchanged():
+        assert all(torch.equal(v, snap[0][k]) for k, v in opt.state[a].items())
+        assert opt.param_groups[0]["lr"] == snap[1]["lr"] and opt.param_groups[0]["betas"] == snap[1]["betas"]
+        assert torch.equal(opt.state_dict()["largeout_rng_state"], snap[2])
+
+    bad_rng = {**good, "largeout_rng_state": torch.zeros(3, dtype=torch.uint8)}
+    with pytest.raises(ValueError, match="largeout_rng_state is not a CPU generator state"):
+        opt.load_state_dict(bad_rng)
+    unchanged()
+    bad_group = {**good, "param_groups": [{**good["param_groups"][0], "lr": -1.0}]}
+    with pytest.raises(ValueError, match="lr must be a finite number"):
+        opt.load_state_dict(bad_group)
+    unchanged()
+    pid = good["param_groups"][0]["params"][0]
+    bad_state = {**good, "state": {pid: {**good["state"][pid], "exp_avg": torch.zeros(7, dtype=torch.bfloat16)}}}
+    with pytest.raises(ValueError, match="state 'exp_avg' of parameter .* has shape \\(7,\\)"):
+        opt.load_state_dict(bad_state)
+    unchanged()
+    opt.load_state_dict(good)  # the good one loads
+    unchanged()
 
 
 # -- the fused step -------------------------------------------------------------------------

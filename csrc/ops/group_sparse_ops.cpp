@@ -74,6 +74,21 @@ int64_t check_indices(const at::Tensor& indices, int64_t L, int64_t G, const at:
   return K;
 }
 
+// The CPU kernels read x[b, idx] and write dx[b, idx] unchecked: on the CPU every call checks
+// the values of the (contiguous) table first, a scan of ceil(L/G) K ints against the kernels'
+// B L K multiply-adds. (On CUDA that check would need a device-to-host copy per call; there the
+// values are checked where they are set: the module, functional.validate_indices.)
+void check_index_values_cpu(const at::Tensor& indices, int64_t H) {
+  const int32_t* p = indices.const_data_ptr<int32_t>();
+  const int64_t n = indices.numel();
+  int64_t bad = -1;
+  for (int64_t i = 0; i < n && bad < 0; ++i)
+    if (p[i] < 0 || p[i] >= H) bad = i;
+  TORCH_CHECK(bad < 0, kOp, ": indices must lie in [0, in_features) = [0, ", H, "); found ",
+              bad < 0 ? 0 : p[bad], " at row ", bad < 0 ? 0 : bad / indices.size(1), ", column ",
+              bad < 0 ? 0 : bad % indices.size(1));
+}
+
 GroupSparseShape make_shape(int64_t B, int64_t H, int64_t L, int64_t K, int64_t G) {
   TORCH_CHECK(K <= H, kOp, ": fan-in K = ", K, " cannot exceed in_features H = ", H,
                     " (indices are unique within a group)");
@@ -175,6 +190,7 @@ FwdArgs check_fwd(const at::Tensor& x, const at::Tensor& weight, const at::Tenso
 at::Tensor fwd_cpu(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& indices,
                    const std::optional<at::Tensor>& bias, int64_t G) {
   FwdArgs a = check_fwd(x, weight, indices, bias, G);
+  check_index_values_cpu(a.indices, a.shape.in_features);
   at::Tensor y = at::empty({a.shape.batch, a.shape.out_features}, a.x.options());
   if (a.shape.batch == 0) return y;
   cpu::group_sparse_fwd(a.dtype, a.shape, a.x.const_data_ptr(), a.weight.const_data_ptr(),
@@ -211,6 +227,7 @@ DxArgs check_dx(const at::Tensor& grad, const at::Tensor& weight, const at::Tens
 at::Tensor dx_cpu(const at::Tensor& grad, const at::Tensor& weight, const at::Tensor& indices, int64_t G,
                   c10::SymInt H) {
   DxArgs a = check_dx(grad, weight, indices, G, H.expect_int());
+  check_index_values_cpu(a.indices, a.shape.in_features);
   a.grad = a.grad.contiguous();
   at::Tensor dx = at::empty({a.shape.batch, a.shape.in_features}, a.grad.options());
   if (a.shape.batch == 0) return dx;
@@ -244,6 +261,7 @@ DwArgs check_dw(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& i
 std::tuple<at::Tensor, at::Tensor> dw_cpu(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& indices,
                                           int64_t G) {
   DwArgs a = check_dw(grad, x, indices, G);
+  check_index_values_cpu(a.indices, a.shape.in_features);
   a.grad = a.grad.contiguous();
   at::Tensor dw = at::empty({a.shape.out_features, a.shape.fan_in}, a.grad.options());
   at::Tensor db = at::empty({a.shape.out_features}, a.grad.options());

@@ -32,7 +32,8 @@ def group_sparse_linear(
         weight: ``[L, K]``, same dtype and device as ``x``.
         indices: ``[ceil(L / G), K]`` int32, each row unique values in ``[0, H)``
             (checked by :func:`validate_indices` and by the module when indices are
-            set, not on every call).
+            set; on the CPU each call also checks that the values lie in ``[0, H)``,
+            on CUDA not: that would copy a result to the host at every call).
         bias: optional ``[L]``.
         group_size: ``G``, one of 16, 32, 64, 128.
 
@@ -53,11 +54,12 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 
 
 def _check_args(x, weight, indices, bias, group_size) -> None:
-    """Shape, dtype and device checks (values of indices are checked when they are set)."""
+    """Shape, dtype and device checks (the values of indices: when they are set, and by the
+    CPU op at each call)."""
     if group_size is None:
         raise TypeError(f"{_OP}: group_size is required (one of {GROUP_SIZES})")
-    if group_size not in GROUP_SIZES:
-        raise ValueError(f"{_OP}: group_size must be one of {', '.join(map(str, GROUP_SIZES))}; got {group_size}")
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in GROUP_SIZES:
+        raise ValueError(f"{_OP}: group_size must be one of {', '.join(map(str, GROUP_SIZES))}; got {group_size!r}")
     if x.dim() < 1:
         raise ValueError(f"{_OP}: x must have at least 1 dimension [*, H]; got shape {tuple(x.shape)}")
     if x.dtype not in _FLOAT_DTYPES:

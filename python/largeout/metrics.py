@@ -393,13 +393,16 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
 
     Usual values: A=0.55, B=1.5 for most datasets; A=0.6, B=2.6 for Amazon
     datasets; A=0.5, B=0.4 for Wikipedia datasets. (log is natural; C > 0 needs
-    N > e, i.e. N >= 3.)
+    N > e, i.e. N >= 3: fewer rows raise ``ValueError``.)
     """
     A = _check_real(A, "A")
     B = _check_real(B, "B")
     if B <= 0:
         raise ValueError(f"B must be > 0 (log(N_l + B) is taken for labels with N_l = 0), got {B}")
     truth = _Truth(Y_train, "Y_train")
+    if truth.N < 3:
+        raise ValueError(f"Y_train must have at least 3 rows (the model's C = (log N - 1) (B + 1)^A is > 0 "
+                         f"only for N > e); got {truth.N}")
     freq = np.bincount(truth.labels, minlength=truth.L).astype(np.float64)
     C = (math.log(truth.N) - 1.0) * (B + 1.0) ** A
     return 1.0 + C * np.exp(-A * np.log(freq + B))

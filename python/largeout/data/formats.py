@@ -38,6 +38,8 @@ _CHUNK_LINES = 1 << 15
 _CHUNK_CHARS = 1 << 23
 # Rows formatted at once by the writers.
 _WRITE_ROWS = 1 << 12
+# The most columns (features, labels) a matrix may have: scipy CSR with int32 indices.
+_MAX_COLUMNS = 2**31 - 1
 
 # Syntax of one token (the slow path's rules, which are the reference).
 _SIGNED_INT_RE = re.compile(r"[+-]?[0-9]+")
@@ -138,7 +140,7 @@ def _read_header(path: PathLike, it: Iterator[str], names: Sequence[str]) -> Tup
         if v < 0:
             raise DataFormatError(path, 1, f"bad header {line.strip()!r}: {name} = {v} is negative")
     for name, v in zip(names[1:], vals[1:]):
-        if v >= 2**31:
+        if v > _MAX_COLUMNS:
             raise DataFormatError(path, 1, f"bad header {line.strip()!r}: {name} = {v} is too large (at most 2^31 - 1)")
     return vals
 
@@ -502,9 +504,12 @@ def read_jsonl(
     """
     if isinstance(text_fields, str):
         text_fields = (text_fields,)
+    if not isinstance(text_fields, (tuple, list)) or not all(isinstance(t, str) for t in text_fields):
+        raise TypeError(f"text_fields must be a string or a sequence of strings; got {text_fields!r}")
     text_fields = tuple(text_fields)
-    if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) != num_labels or num_labels < 0):
-        raise ValueError(f"num_labels must be a non-negative integer or None; got {num_labels!r}")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+                                   or not 0 <= num_labels <= _MAX_COLUMNS):
+        raise ValueError(f"num_labels must be an integer in [0, {_MAX_COLUMNS}] or None; got {num_labels!r}")
     bound = None if num_labels is None else int(num_labels)
     texts: list = []
     counts = array("q")
@@ -538,8 +543,8 @@ def read_jsonl(
             for v in labs:
                 if isinstance(v, bool) or not isinstance(v, int):
                     raise DataFormatError(path, lineno, f"label {v!r} is not an integer")
-                if v < 0 or (bound is not None and v >= bound):
-                    rng = f"[0, {bound})" if bound is not None else "[0, inf)"
+                if v < 0 or v >= (bound if bound is not None else _MAX_COLUMNS):
+                    rng = f"[0, {bound if bound is not None else _MAX_COLUMNS})"
                     raise DataFormatError(path, lineno, f"label {v} out of range {rng}")
                 if v in seen:
                     raise DataFormatError(path, lineno, f"duplicate label {v}")
@@ -574,6 +579,8 @@ def _as_csr(M, name: str) -> sp.csr_matrix:
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise TypeError(f"{name} must be numeric; got dtype {a.dtype}")
         M = sp.csr_matrix(a)
+    if np.issubdtype(M.dtype, np.complexfloating):
+        raise TypeError(f"{name} must hold real numbers; got dtype {M.dtype}")
     if M.ndim != 2:
         raise ValueError(f"{name} must be 2-D; got shape {M.shape}")
     M = M.copy()
@@ -691,8 +698,8 @@ def write_xc(path: PathLike, X, Y) -> None:
     that reads back bitwise identical;
     the labels are the non-zero columns of each row of ``Y``. The file is written
     atomically: all or nothing. Raises ``ValueError``/``TypeError`` naming the
-    argument for a non-2-D input, a mismatch of ``N`` or a non-finite ``X`` value
-    (before any file is touched).
+    argument for a non-2-D input, a complex or non-numeric one, a mismatch of ``N`` or a
+    non-finite ``X`` value (before any file is touched).
     """
     X = _as_csr(X, "X")
     Y = _as_csr(Y, "Y")

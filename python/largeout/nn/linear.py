@@ -48,6 +48,7 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                  weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
                  activation_dtype: Optional[torch.dtype] = None, weight_scale: Optional[str] = None) -> None:
         super().__init__()
+        lowp.check_layer_args("Linear", dict(in_features=in_features, out_features=out_features), dtype, generator)
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: in_features and out_features must be >= 1; got {in_features}, {out_features}")
         if weight_dtype is None:
@@ -84,6 +85,10 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                 lowp.init_uniform_(self.bias, bound, generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"Linear: x must be [*, in_features = {self.in_features}]; got shape {tuple(x.shape)}")
+        if not x.dtype.is_floating_point:
+            raise TypeError(f"Linear: x must be a floating-point tensor; got {x.dtype}")
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)
@@ -97,6 +102,9 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                 (f", activation_dtype={self.activation_dtype}" if self.activation_dtype is not None else "") +
                 (", weight_scale=label" if self.weight_scale is not None else ""))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
         self._check_loaded_scale(state_dict, prefix)  # before anything of this module is written
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self._state_fits(state_dict, prefix, error_msgs):
+            super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                          error_msgs)

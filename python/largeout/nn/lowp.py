@@ -46,6 +46,19 @@ SCALE_EXP_RANGE = (-100, 100)
 _SCALE_ATTR = "_largeout_row_scale"
 
 
+def check_layer_args(layer: str, ints: dict, dtype=None, generator=None) -> None:
+    """Types of a layer's constructor arguments: ``ints`` (name -> value) must be Python
+    ints (not bools), ``dtype`` None or a floating-point dtype, ``generator`` None or a
+    ``torch.Generator``; raises ``TypeError`` naming the argument."""
+    for name, v in ints.items():
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise TypeError(f"{layer}: {name} must be an int; got {type(v).__name__} {v!r}")
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise TypeError(f"{layer}: dtype must be a floating-point torch.dtype or None; got {dtype!r}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{layer}: generator must be a torch.Generator or None; got {type(generator).__name__}")
+
+
 def check_weight_dtype(layer: str, weight_dtype) -> torch.dtype:
     if weight_dtype not in WEIGHT_DTYPES:
         raise ValueError(f"{layer}: weight_dtype must be one of {', '.join(map(str, WEIGHT_DTYPES))}; "
@@ -261,6 +274,31 @@ class ScaledWeightMixin:
         super().__setstate__(state)
         if "weight_scale" in self._buffers:
             link_scale(self.weight, self.weight_scale)
+
+    def _state_fits(self, state_dict, prefix: str, error_msgs: list) -> bool:
+        """Whether ``load_state_dict`` may write this layer: every parameter and persistent
+        buffer that ``state_dict`` holds has its shape. Otherwise the mismatches go into
+        ``error_msgs`` (torch raises them at the end) and nothing of the layer is written
+        (torch's own load would write the tensors that fit). A missing key is left to torch:
+        the layer cannot tell a strict load from another (torch passes strict=True to every
+        module and sorts missing keys out at the end)."""
+        ok = True
+        tensors = list(self._parameters.items()) + [
+            (n, b) for n, b in self._buffers.items() if n not in self._non_persistent_buffers_set]
+        for name, t in tensors:
+            if t is None:
+                continue
+            key = prefix + name
+            if key not in state_dict:
+                continue
+            v = state_dict[key]
+            if not torch.is_tensor(v) or v.shape != t.shape:
+                got = tuple(v.shape) if torch.is_tensor(v) else type(v).__name__
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {got} from checkpoint, "
+                                  f"the shape in current model is {tuple(t.shape)}; nothing of "
+                                  f"{type(self).__name__} {prefix!r} was loaded")
+                ok = False
+        return ok
 
     def _check_loaded_scale(self, state_dict, prefix: str) -> None:
         key = prefix + "weight_scale"

@@ -42,6 +42,17 @@ __all__ = ["SGD", "AdamW"]
 
 _LOW = SR_DTYPES  # dtypes stored with rounding
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _real(name: str, field: str, value, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf) -> None:
+    """Raise unless ``value`` is a finite real number (not a bool) in [lo, hi), or (lo, hi)
+    with ``lo_open``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: {field} must be a real number; got {type(value).__name__} {value!r}")
+    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value >= hi:
+        raise ValueError(f"{name}: {field} must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}); "
+                         f"got {value}")
 
 
 def _store(dst: torch.Tensor, value32: torch.Tensor, rounding: str, gen: torch.Generator) -> None:
@@ -65,21 +76,43 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     _KIND = -1
 
     def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int], fused: bool = True) -> None:
-        if rounding not in ("stochastic", "nearest"):
-            raise ValueError(f'{type(self).__name__}: rounding must be "stochastic" or "nearest"; got {rounding!r}')
-        if not isinstance(kahan, bool):
-            raise TypeError(f"{type(self).__name__}: kahan must be a bool; got {type(kahan).__name__}")
         if not isinstance(fused, bool):
             raise TypeError(f"{type(self).__name__}: fused must be a bool; got {type(fused).__name__}")
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+            raise TypeError(f"{type(self).__name__}: seed must be an int or None; got {type(seed).__name__} {seed!r}")
         self.fused = fused
+        # (torch.optim.Optimizer.__init__ adds each group through add_param_group, which
+        # checks its hyperparameters and parameters)
         super().__init__(params, {**defaults, "rounding": rounding, "kahan": kahan})
-        for group in self.param_groups:
+        if seed is None:
+            seed = int(torch.randint(0, 2**62, (1,)).item())
+        self._gen = torch.Generator().manual_seed(seed)
+
+    def _check_group(self, group: dict) -> None:
+        """Raise unless the group's hyperparameters are valid (each subclass adds its own)."""
+        name = type(self).__name__
+        if group["rounding"] not in ("stochastic", "nearest"):
+            raise ValueError(f'{name}: rounding must be "stochastic" or "nearest"; got {group["rounding"]!r}')
+        if not isinstance(group["kahan"], bool):
+            raise TypeError(f"{name}: kahan must be a bool; got {type(group['kahan']).__name__}")
+        _real(name, "lr", group["lr"])
+        _real(name, "weight_decay", group["weight_decay"])
+
+    def add_param_group(self, param_group: dict) -> None:
+        """``torch.optim.Optimizer.add_param_group``, then the checks of the group's
+        parameters (floating point) and hyperparameters; a group that fails is not added."""
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        if isinstance(group.get("betas"), list):
+            group["betas"] = tuple(group["betas"])
+        try:
             for p in group["params"]:
                 if not p.dtype.is_floating_point:
                     raise TypeError(f"{type(self).__name__}: parameters must be floating point; got {p.dtype}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        self._gen = torch.Generator().manual_seed(int(seed))
+            self._check_group(group)
+        except (TypeError, ValueError):
+            self.param_groups.pop()
+            raise
 
     @staticmethod
     def _value(p: torch.Tensor) -> torch.Tensor:
@@ -105,12 +138,41 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         else:
             self._store_param(p, p32 + update32, group["rounding"])
 
+    def _check_step(self) -> None:
+        """Everything the step could reject, checked before any parameter or state changes."""
+        name = type(self).__name__
+        for group in self.param_groups:
+            for i, p in enumerate(group["params"]):
+                g = p.grad
+                if g is None:
+                    continue
+                where = f"parameter {i} of its group (shape {tuple(p.shape)}, {p.dtype})"
+                if g.is_sparse:
+                    raise RuntimeError(f"{name}: sparse gradients are not supported; {where} has one")
+                if g.shape != p.shape or g.device != p.device:
+                    raise RuntimeError(f"{name}: the gradient of {where} must have its shape and device; got "
+                                       f"{tuple(g.shape)} on {g.device}")
+                for key, t in self.state.get(p, {}).items():
+                    if torch.is_tensor(t) and key != "step" and (t.shape != p.shape or t.device != p.device):
+                        raise RuntimeError(f"{name}: state {key!r} of {where} must have its shape and device; "
+                                           f"got {tuple(t.shape)} on {t.device}")
+                if not self.fused:
+                    continue
+                if p.dtype not in _FUSED_DTYPES or g.dtype not in _FUSED_DTYPES:
+                    raise TypeError(f"{name}: the fused step takes float32, bfloat16, float16, float8_e4m3fn or "
+                                    f"float8_e5m2 parameters and gradients; {where} has a {g.dtype} gradient "
+                                    f"(fused=False takes any float dtypes)")
+                if not p.is_contiguous():
+                    raise RuntimeError(f"{name}: the fused step needs contiguous parameters; {where} is not "
+                                       f"(or fused=False)")
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_step()
         for group in self.param_groups:
             if self.fused:
                 self._fused_group(group)
@@ -139,13 +201,10 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _fused_group(self, group: dict) -> None:
-        name = type(self).__name__
         buckets = {}
         for p in group["params"]:
             if p.grad is None:
                 continue
-            if p.grad.is_sparse:
-                raise RuntimeError(f"{name}: sparse gradients are not supported")
             state = self.state[p]
             fresh = not state
             if fresh:
@@ -161,9 +220,6 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             buf2 = [st[self._BUF2] for _, st in items] if self._BUF2 else []
             comps = [st["kahan_comp"] for _, st in items] if "kahan_comp" in items[0][1] else []
             scales = [row_scale(p) for p in params] if key[-1] else []
-            for p in params:
-                if not p.is_contiguous():
-                    raise RuntimeError(f"{name}: the fused step needs contiguous parameters (or fused=False)")
             h = self._hyper(group, key)
             seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
             torch.ops.largeout._fused_optim_step_(
@@ -178,15 +234,38 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         return sd
 
     def load_state_dict(self, state_dict) -> None:
+        """``torch.optim.Optimizer.load_state_dict`` plus the random generator's state; the
+        groups' hyperparameters, the state tensors' shapes and the generator state are checked
+        before anything is replaced."""
+        name = type(self).__name__
         state_dict = dict(state_dict)
         rng = state_dict.pop("largeout_rng_state", None)
         saved = state_dict.get("state", {})
+        if rng is not None:
+            try:
+                torch.Generator().set_state(rng)
+            except (TypeError, RuntimeError) as e:
+                raise ValueError(f"{name}: largeout_rng_state is not a CPU generator state ({e})") from None
+        groups = state_dict.get("param_groups", [])
+        if len(groups) != len(self.param_groups):
+            raise ValueError(f"{name}: state_dict has {len(groups)} parameter groups; the optimizer has "
+                             f"{len(self.param_groups)}")
+        for g in groups:
+            missing = sorted(k for k in self.defaults if k not in g)
+            if missing:
+                raise ValueError(f"{name}: a parameter group of state_dict lacks {', '.join(missing)}")
+            self._check_group(g)
+        ids = [pid for g in groups for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(ids, params):
+            for key, value in saved.get(pid, {}).items():
+                if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
+                    raise ValueError(f"{name}: state {key!r} of parameter {pid} has shape {tuple(value.shape)}; "
+                                     f"the parameter's is {tuple(p.shape)}")
         super().load_state_dict(state_dict)
         # torch.optim casts floating-point state to the parameter's dtype (and would turn a
         # bf16 momentum buffer of an fp16 or fp8 parameter into that format): put back the
         # saved tensors in their own dtypes.
-        ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
-        params = [p for g in self.param_groups for p in g["params"]]
         for pid, p in zip(ids, params):
             for key, value in saved.get(pid, {}).items():
                 if torch.is_tensor(value) and key != "step":
@@ -202,18 +281,19 @@ class SGD(_LowPrecisionOptimizer):
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, rounding: str = "stochastic",
                  kahan: bool = False, seed: Optional[int] = None, fused: bool = True) -> None:
-        if lr < 0:
-            raise ValueError(f"SGD: lr must be >= 0; got {lr}")
-        if momentum < 0:
-            raise ValueError(f"SGD: momentum must be >= 0; got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"SGD: weight_decay must be >= 0; got {weight_decay}")
-        if nesterov and (momentum <= 0 or dampening != 0):
-            raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
         defaults = dict(lr=lr, momentum=momentum, dampening=dampening, nesterov=nesterov, weight_decay=weight_decay)
         super().__init__(params, defaults, rounding, kahan, seed, fused)
 
     _KIND, _BUF1, _BUF2 = 0, "momentum_buffer", None
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        _real("SGD", "momentum", group["momentum"])
+        _real("SGD", "dampening", group["dampening"], lo=-math.inf)
+        if not isinstance(group["nesterov"], bool):
+            raise TypeError(f"SGD: nesterov must be a bool; got {type(group['nesterov']).__name__}")
+        if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
+            raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         if group["momentum"] != 0:
@@ -256,20 +336,21 @@ class AdamW(_LowPrecisionOptimizer):
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
                  eps: float = 1e-8, weight_decay: float = 1e-2, rounding: str = "stochastic", kahan: bool = False,
                  state_dtype: torch.dtype = torch.bfloat16, seed: Optional[int] = None, fused: bool = True) -> None:
-        if lr < 0:
-            raise ValueError(f"AdamW: lr must be >= 0; got {lr}")
-        if not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
-            raise ValueError(f"AdamW: betas must be in [0, 1); got {betas}")
-        if eps <= 0:
-            raise ValueError(f"AdamW: eps must be > 0; got {eps}")
-        if weight_decay < 0:
-            raise ValueError(f"AdamW: weight_decay must be >= 0; got {weight_decay}")
-        if state_dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {state_dtype}")
-        defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, state_dtype=state_dtype)
+        defaults = dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, state_dtype=state_dtype)
         super().__init__(params, defaults, rounding, kahan, seed, fused)
 
     _KIND, _BUF1, _BUF2 = 1, "exp_avg", "exp_avg_sq"
+
+    def _check_group(self, group: dict) -> None:
+        super()._check_group(group)
+        b = group["betas"]
+        if not isinstance(b, (tuple, list)) or len(b) != 2:
+            raise ValueError(f"AdamW: betas must be a pair (beta1, beta2); got {b!r}")
+        _real("AdamW", "betas[0]", b[0], hi=1)
+        _real("AdamW", "betas[1]", b[1], hi=1)
+        _real("AdamW", "eps", group["eps"], lo_open=True)
+        if group["state_dtype"] not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {group['state_dtype']}")
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         state["step"] = torch.zeros((), dtype=torch.float32)
