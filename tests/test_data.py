@@ -317,7 +317,7 @@ def test_read_jsonl_label_past_int32_columns(tmp_path, label):
 def test_read_jsonl_bad_arguments(tmp_path):
     path = tmp_path / "trn.json"
     path.write_text(GOOD_JSON)
-    with pytest.raises(TypeError, match="text_fields must be a string or a sequence of strings; got 5"):
+    with pytest.raises(TypeError, match="text_fields must be a string or an iterable of strings; got 5"):
         read_jsonl(path, text_fields=5)
     with pytest.raises(ValueError, match="num_labels must be an integer in"):
         read_jsonl(path, num_labels=2**31)

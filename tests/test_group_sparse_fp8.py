@@ -186,7 +186,7 @@ def test_fp8_layer_checks_its_input():
     layer = GroupSparseLinear(64, 40, 64, 32, weight_dtype=torch.float8_e4m3fn)
     with pytest.raises(ValueError, match=r"x must be \[\*, in_features = 64\]"):
         layer(torch.randn(2, 48))
-    with pytest.raises(TypeError, match="x must be a floating-point tensor; got torch.int64"):
+    with pytest.raises(TypeError, match="x must be float32, float64, bfloat16 or float16; got torch.int64"):
         layer(torch.ones(2, 64, dtype=torch.int64))
     with pytest.raises(ValueError, match=r"in_features = 64"):
         GroupSparseLinear(64, 40, 64, 32)(torch.randn(2, 63))

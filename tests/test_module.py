@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -342,7 +343,7 @@ def test_bad_weight_dtype():
 
 
 @pytest.mark.parametrize("weight_dtype", [torch.float32, torch.bfloat16, torch.float8_e4m3fn])
-@pytest.mark.parametrize("x_dtype", [torch.int64, torch.int32, torch.bool, torch.complex64])
+@pytest.mark.parametrize("x_dtype", [torch.int64, torch.int32, torch.bool, torch.complex64, torch.float8_e4m3fn])
 def test_layers_reject_non_float_inputs(weight_dtype, x_dtype):
     # nn.Linear raises on integer inputs; a cast to the compute dtype and back would truncate the output
     from largeout.nn import Linear
@@ -350,7 +351,8 @@ def test_layers_reject_non_float_inputs(weight_dtype, x_dtype):
     x = torch.ones(3, 16).to(x_dtype)
     for layer, name in ((GroupSparseLinear(16, 40, 8, 16, weight_dtype=weight_dtype), "GroupSparseLinear"),
                         (Linear(16, 40, weight_dtype=weight_dtype), "Linear")):
-        with pytest.raises(TypeError, match=f"{name}: x must be a floating-point tensor; got {x_dtype}"):
+        with pytest.raises(TypeError, match=f"{name}: x must be float32, float64, bfloat16 or float16; "
+                                            f"got {x_dtype}"):
             layer(x)
 
 
@@ -364,17 +366,23 @@ def test_constructor_argument_types():
          TypeError, "GroupSparseLinear: group_size must be an int; got str"),
         (lambda: GroupSparseLinear(16, True, 8, 16), TypeError, "out_features must be an int; got bool"),
         (lambda: GroupSparseLinear(16, 40, 8, 16, generator=5), TypeError, "generator must be a torch.Generator"),
-        (lambda: GroupSparseLinear(16, 40, 8, 16, dtype=torch.int32), TypeError, "dtype must be a floating-point"),
+        (lambda: GroupSparseLinear(16, 40, 8, 16, dtype=torch.int32), TypeError, "dtype must be None or one of .*; got torch.int32"),
         (lambda: Linear(16, 4.0), TypeError, "Linear: out_features must be an int; got float"),
         (lambda: Linear(16, 4, generator=5), TypeError, "Linear: generator must be a torch.Generator"),
         (lambda: random_group_indices(-1, 10, 8), ValueError, "num_groups must be >= 0"),
         (lambda: random_group_indices(3, 10, 8.0), TypeError, "random_group_indices: fan_in must be an int"),
         (lambda: GroupSparseLinear.from_dense(nn.Conv1d(4, 4, 1), 8, 16), TypeError,
-         "linear must be a torch.nn.Linear or a largeout.nn.Linear; got Conv1d"),
+         r"linear must have a 2-D floating-point weight .*; got Conv1d with weight \(\(4, 4, 1\)"),
+        (lambda: GroupSparseLinear(16, 40, 8, 16, dtype=torch.float8_e4m3fn), TypeError,
+         "dtype must be None or one of"),
     ]
     for make, err, pattern in cases:
         with pytest.raises(err, match=pattern):
             make()
+    # numpy integers are integers (nn.Linear takes them too)
+    np_layer = GroupSparseLinear(np.int64(16), np.int64(40), np.int32(8), np.int64(16))
+    assert (np_layer.in_features, np_layer.group_size) == (16, 16) and type(np_layer.in_features) is int
+    assert Linear(np.int64(16), 4).in_features == 16
     from largeout import functional as F
 
     layer = GroupSparseLinear(16, 40, 8, 16)

@@ -174,6 +174,24 @@ def test_bad_arguments():
         lo_optim.SGD(p, lr=0.1, momentum=float("nan"))
 
 
+def test_hyperparameters_of_other_numeric_types():
+    # what torch.optim takes: numpy scalars, one-element tensors, a betas array; kept as given
+    import numpy as np
+
+    p = [params((4,), torch.bfloat16, 1)]
+    p[0].grad = torch.randn(4, dtype=torch.bfloat16)
+    adamw = lo_optim.AdamW(p, lr=np.float32(0.1), betas=np.array([0.9, 0.99]), eps=torch.tensor(1e-8),
+                           seed=np.int64(3))
+    sgd = lo_optim.SGD(p, lr=torch.tensor(0.1), momentum=np.float64(0.9), nesterov=np.bool_(True))
+    assert adamw.param_groups[0]["betas"] == (0.9, 0.99)
+    adamw.step()
+    sgd.step()
+    adamw.load_state_dict(adamw.state_dict())
+    for bad in (dict(lr=np.bool_(True)), dict(lr=torch.tensor([0.1, 0.2])), dict(lr=1 + 2j)):
+        with pytest.raises(TypeError, match="lr must be a real number"):
+            lo_optim.AdamW(p, **bad)
+
+
 @pytest.mark.parametrize("bad", [dict(lr=-5.0), dict(rounding="up"), dict(kahan=1), dict(momentum=-0.5),
                                  dict(params=[torch.zeros(2, dtype=torch.int64)])])
 def test_add_param_group_checks_and_adds_nothing_on_failure(bad):
@@ -198,21 +216,30 @@ def test_a_step_that_fails_changes_nothing(fused):
     snap = (a.detach().clone(), {k: v.clone() for k, v in opt.state[a].items()}, opt.state_dict()["largeout_rng_state"])
     cases = [(torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16).to_sparse(),
               "sparse gradients are not supported")]
+    # a loaded state the fused op cannot take (a float64 moment), found before the first group's update
+    loaded = {"exp_avg": torch.zeros(6, dtype=torch.float64), "exp_avg_sq": torch.zeros(6, dtype=torch.bfloat16),
+              "step": torch.tensor(1.0)}
     if fused:
         cases += [(torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
                    "fused=False takes any float dtype"),
                   (torch.randn(4, 6, dtype=torch.bfloat16).t(), torch.randn(6, 4, dtype=torch.bfloat16),
                    "the fused step needs contiguous parameters")]
+    if fused:
+        cases.append((torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16),
+                      "states 'exp_avg' and 'exp_avg_sq' of .* must share a dtype"))
     for value, grad, pattern in cases:
         b = torch.nn.Parameter(value)
         b.grad = grad
         opt.add_param_group({"params": [b]})
+        if "exp_avg" in pattern:
+            opt.state[b] = dict(loaded)
         with pytest.raises((TypeError, RuntimeError), match=pattern):
             opt.step()
         assert torch.equal(a.detach(), snap[0])
         assert all(torch.equal(v, snap[1][k]) for k, v in opt.state[a].items())
         assert torch.equal(opt.state_dict()["largeout_rng_state"], snap[2])
-        assert b not in opt.state or not opt.state[b]
+        assert b not in opt.state or not opt.state[b] or opt.state[b]["step"] == 1.0
+        opt.state.pop(b, None)
         opt.param_groups.pop()
 
 
@@ -233,6 +260,14 @@ def test_load_state_dict_checks_before_replacing():
     bad_rng = {**good, "largeout_rng_state": torch.zeros(3, dtype=torch.uint8)}
     with pytest.raises(ValueError, match="largeout_rng_state is not a CPU generator state"):
         opt.load_state_dict(bad_rng)
+    unchanged()
+    two = {**good, "param_groups": [good["param_groups"][0], {**good["param_groups"][0], "params": []}]}
+    with pytest.raises(ValueError, match="state_dict has 2 parameter groups; the optimizer has 1"):
+        opt.load_state_dict(two)
+    unchanged()
+    more = {**good, "param_groups": [{**good["param_groups"][0], "params": [0, 1]}]}
+    with pytest.raises(ValueError, match="parameter group 0 of state_dict has 2 parameters; the optimizer's has 1"):
+        opt.load_state_dict(more)
     unchanged()
     bad_group = {**good, "param_groups": [{**good["param_groups"][0], "lr": -1.0}]}
     with pytest.raises(ValueError, match="lr must be a finite number"):

@@ -1,5 +1,6 @@
 """Functional interface of largeout's layers."""
 
+import numbers
 from typing import Optional
 
 import torch
@@ -43,6 +44,7 @@ def group_sparse_linear(
         deterministic.
     """
     _check_args(x, weight, indices, bias, group_size)
+    group_size = int(group_size)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     y = torch.ops.largeout.group_sparse_linear(x2, weight, indices, bias, group_size)
@@ -58,7 +60,7 @@ def _check_args(x, weight, indices, bias, group_size) -> None:
     CPU op at each call)."""
     if group_size is None:
         raise TypeError(f"{_OP}: group_size is required (one of {GROUP_SIZES})")
-    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size not in GROUP_SIZES:
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size not in GROUP_SIZES:
         raise ValueError(f"{_OP}: group_size must be one of {', '.join(map(str, GROUP_SIZES))}; got {group_size!r}")
     if x.dim() < 1:
         raise ValueError(f"{_OP}: x must have at least 1 dimension [*, H]; got shape {tuple(x.shape)}")

@@ -502,12 +502,16 @@ def read_jsonl(
     that is not an object, a non-string text field, a missing or non-list label
     field, a label that is not an integer in ``[0, num_labels)`` or a repeated label.
     """
+    given = text_fields
     if isinstance(text_fields, str):
         text_fields = (text_fields,)
-    if not isinstance(text_fields, (tuple, list)) or not all(isinstance(t, str) for t in text_fields):
-        raise TypeError(f"text_fields must be a string or a sequence of strings; got {text_fields!r}")
-    text_fields = tuple(text_fields)
-    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, int)
+    try:
+        text_fields = tuple(text_fields)
+    except TypeError:
+        text_fields = None
+    if text_fields is None or not all(isinstance(t, str) for t in text_fields):
+        raise TypeError(f"text_fields must be a string or an iterable of strings; got {given!r}")
+    if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) != num_labels
                                    or not 0 <= num_labels <= _MAX_COLUMNS):
         raise ValueError(f"num_labels must be an integer in [0, {_MAX_COLUMNS}] or None; got {num_labels!r}")
     bound = None if num_labels is None else int(num_labels)

@@ -44,8 +44,9 @@ def random_group_indices(
     reads over the banks, ``"balanced"`` all of them; the expanded-weight dx writes slot
     ``i`` of 8 consecutive runs at once, which the rotation spreads too."""
     orders = ("sorted", "banked", "balanced")
-    lowp.check_layer_args("random_group_indices", dict(num_groups=num_groups, in_features=in_features,
-                                                       fan_in=fan_in), generator=generator)
+    num_groups, in_features, fan_in = lowp.check_layer_args(
+        "random_group_indices", dict(num_groups=num_groups, in_features=in_features, fan_in=fan_in),
+        generator=generator).values()
     if num_groups < 0 or in_features < 1 or fan_in < 1:
         raise ValueError(f"random_group_indices: num_groups must be >= 0, in_features and fan_in >= 1; got "
                          f"num_groups={num_groups}, in_features={in_features}, fan_in={fan_in}")
@@ -165,8 +166,9 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         weight_scale: Optional[str] = None,
     ) -> None:
         super().__init__()
-        lowp.check_layer_args("GroupSparseLinear", dict(in_features=in_features, out_features=out_features,
-                                                        fan_in=fan_in, group_size=group_size), dtype, generator)
+        in_features, out_features, fan_in, group_size = lowp.check_layer_args(
+            "GroupSparseLinear", dict(in_features=in_features, out_features=out_features, fan_in=fan_in,
+                                      group_size=group_size), dtype, generator).values()
         if in_features < 1 or out_features < 1:
             raise ValueError(
                 f"in_features and out_features must be >= 1; got in_features={in_features}, out_features={out_features}"
@@ -252,8 +254,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"GroupSparseLinear: x must be [*, in_features = {self.in_features}]; "
                              f"got shape {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"GroupSparseLinear: x must be a floating-point tensor; got {x.dtype}")
+        lowp.check_input_dtype("GroupSparseLinear", x)
         cdt = lowp.compute_dtype(self.weight.dtype)
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
@@ -274,14 +275,14 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         forward's time with ascending ones at L = 131,072 on an H100, dx 0.98-1.03x, dW
         0.99-1.01x: ``bench/results/index_order_*_s30_h100.json``; inputs chosen by
         magnitude may be less even across residues and gain less). ``linear``: a
-        ``torch.nn.Linear`` or a ``largeout.nn.Linear`` (an fp8 weight is taken times its
-        scale, in bf16)."""
-        from .linear import Linear as _Linear
-
-        if not isinstance(linear, (nn.Linear, _Linear)):
-            raise TypeError(f"GroupSparseLinear.from_dense: linear must be a torch.nn.Linear or a "
-                            f"largeout.nn.Linear; got {type(linear).__name__}")
-        w = linear.weight.detach()
+        ``torch.nn.Linear``, a ``largeout.nn.Linear`` (an fp8 weight is taken times its
+        scale, in bf16) or any module with a 2-D ``weight`` (and ``bias``)."""
+        w = getattr(linear, "weight", None)
+        if not (torch.is_tensor(w) and w.dim() == 2 and w.dtype.is_floating_point):
+            raise TypeError(f"GroupSparseLinear.from_dense: linear must have a 2-D floating-point weight [L, H] "
+                            f"(a torch.nn.Linear or a largeout.nn.Linear); got {type(linear).__name__} with "
+                            f"weight {None if w is None else (tuple(w.shape), w.dtype) if torch.is_tensor(w) else w}")
+        w = w.detach()
         if w.dtype in lowp.FP8_DTYPES:
             w = lowp.dequantize(w, getattr(linear, "weight_scale", None), torch.bfloat16)
         L, H = w.shape

@@ -48,7 +48,8 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                  weight_dtype: Optional[torch.dtype] = None, generator: Optional[torch.Generator] = None,
                  activation_dtype: Optional[torch.dtype] = None, weight_scale: Optional[str] = None) -> None:
         super().__init__()
-        lowp.check_layer_args("Linear", dict(in_features=in_features, out_features=out_features), dtype, generator)
+        in_features, out_features = lowp.check_layer_args(
+            "Linear", dict(in_features=in_features, out_features=out_features), dtype, generator).values()
         if in_features < 1 or out_features < 1:
             raise ValueError(f"Linear: in_features and out_features must be >= 1; got {in_features}, {out_features}")
         if weight_dtype is None:
@@ -87,8 +88,7 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: x must be [*, in_features = {self.in_features}]; got shape {tuple(x.shape)}")
-        if not x.dtype.is_floating_point:
-            raise TypeError(f"Linear: x must be a floating-point tensor; got {x.dtype}")
+        lowp.check_input_dtype("Linear", x)
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)

@@ -24,6 +24,7 @@ update in those units, dividing by the scale only to round into the stored codes
 
 from __future__ import annotations
 
+import numbers
 import os
 from typing import Optional
 
@@ -46,17 +47,32 @@ SCALE_EXP_RANGE = (-100, 100)
 _SCALE_ATTR = "_largeout_row_scale"
 
 
-def check_layer_args(layer: str, ints: dict, dtype=None, generator=None) -> None:
-    """Types of a layer's constructor arguments: ``ints`` (name -> value) must be Python
-    ints (not bools), ``dtype`` None or a floating-point dtype, ``generator`` None or a
-    ``torch.Generator``; raises ``TypeError`` naming the argument."""
+COMPUTE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+
+
+def check_layer_args(layer: str, ints: dict, dtype=None, generator=None) -> dict:
+    """Types of a layer's constructor arguments: ``ints`` (name -> value) must be integers
+    (Python's or numpy's, not bools), ``dtype`` None or one of ``COMPUTE_DTYPES``,
+    ``generator`` None or a ``torch.Generator``; raises ``TypeError`` naming the argument.
+    Returns ``ints`` as Python ints."""
+    out = {}
     for name, v in ints.items():
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{layer}: {name} must be an int; got {type(v).__name__} {v!r}")
-    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
-        raise TypeError(f"{layer}: dtype must be a floating-point torch.dtype or None; got {dtype!r}")
+        out[name] = int(v)
+    if dtype is not None and dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"{layer}: dtype must be None or one of {', '.join(map(str, COMPUTE_DTYPES))} (the dtype of "
+                        f"the bias and of a 16/32/64-bit weight; weight_dtype takes fp8); got {dtype!r}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{layer}: generator must be a torch.Generator or None; got {type(generator).__name__}")
+    return out
+
+
+def check_input_dtype(layer: str, x: torch.Tensor) -> None:
+    """A layer's input must be float32, float64, bfloat16 or float16 (nn.Linear raises on
+    integer inputs; a cast to the compute dtype and back would truncate the output)."""
+    if x.dtype not in COMPUTE_DTYPES:
+        raise TypeError(f"{layer}: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
 
 
 def check_weight_dtype(layer: str, weight_dtype) -> torch.dtype:
@@ -281,7 +297,9 @@ class ScaledWeightMixin:
         ``error_msgs`` (torch raises them at the end) and nothing of the layer is written
         (torch's own load would write the tensors that fit). A missing key is left to torch:
         the layer cannot tell a strict load from another (torch passes strict=True to every
-        module and sorts missing keys out at the end)."""
+        module and sorts missing keys out at the end). Like the checks of loaded indices and
+        scales, this runs before the layer's own load pre-hooks; a hook that reshapes an old
+        checkpoint's tensors belongs on a parent module (its hooks run first)."""
         ok = True
         tensors = list(self._parameters.items()) + [
             (n, b) for n, b in self._buffers.items() if n not in self._non_persistent_buffers_set]

@@ -31,8 +31,10 @@ same rule but draws its random bits differently.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Optional, Tuple
 
+import numpy as np
 import torch
 
 from ..nn.lowp import dequantize, row_scale
@@ -46,13 +48,24 @@ _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3
 
 
 def _real(name: str, field: str, value, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf) -> None:
-    """Raise unless ``value`` is a finite real number (not a bool) in [lo, hi), or (lo, hi)
-    with ``lo_open``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """Raise unless ``value`` is a finite real number in [lo, hi), or (lo, hi) with
+    ``lo_open``: a Python or numpy real (not a bool) or a one-element real tensor, as
+    torch.optim takes (the value itself is kept as given)."""
+    v = value
+    if torch.is_tensor(v) and v.numel() == 1 and not v.is_complex() and v.dtype != torch.bool:
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real):
         raise TypeError(f"{name}: {field} must be a real number; got {type(value).__name__} {value!r}")
-    if not math.isfinite(value) or value < lo or (lo_open and value == lo) or value >= hi:
+    v = float(v)
+    if not math.isfinite(v) or v < lo or (lo_open and v == lo) or v >= hi:
         raise ValueError(f"{name}: {field} must be a finite number in {'(' if lo_open else '['}{lo:g}, {hi:g}); "
                          f"got {value}")
+
+
+def _flag(name: str, field: str, value) -> None:
+    """Raise unless ``value`` is a bool (Python's or numpy's)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: {field} must be a bool; got {type(value).__name__}")
 
 
 def _store(dst: torch.Tensor, value32: torch.Tensor, rounding: str, gen: torch.Generator) -> None:
@@ -78,8 +91,11 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int], fused: bool = True) -> None:
         if not isinstance(fused, bool):
             raise TypeError(f"{type(self).__name__}: fused must be a bool; got {type(fused).__name__}")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-            raise TypeError(f"{type(self).__name__}: seed must be an int or None; got {type(seed).__name__} {seed!r}")
+        if seed is not None:
+            if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+                raise TypeError(f"{type(self).__name__}: seed must be an int or None; got {type(seed).__name__} "
+                                f"{seed!r}")
+            seed = int(seed)
         self.fused = fused
         # (torch.optim.Optimizer.__init__ adds each group through add_param_group, which
         # checks its hyperparameters and parameters)
@@ -93,8 +109,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         name = type(self).__name__
         if group["rounding"] not in ("stochastic", "nearest"):
             raise ValueError(f'{name}: rounding must be "stochastic" or "nearest"; got {group["rounding"]!r}')
-        if not isinstance(group["kahan"], bool):
-            raise TypeError(f"{name}: kahan must be a bool; got {type(group['kahan']).__name__}")
+        _flag(name, "kahan", group["kahan"])
         _real(name, "lr", group["lr"])
         _real(name, "weight_decay", group["weight_decay"])
 
@@ -103,8 +118,11 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         parameters (floating point) and hyperparameters; a group that fails is not added."""
         super().add_param_group(param_group)
         group = self.param_groups[-1]
-        if isinstance(group.get("betas"), list):
-            group["betas"] = tuple(group["betas"])
+        if "betas" in group and not isinstance(group["betas"], tuple):  # a list, an array or a tensor pair
+            try:
+                group["betas"] = tuple(group["betas"])
+            except TypeError:
+                pass  # (_check_group says what is wrong)
         try:
             for p in group["params"]:
                 if not p.dtype.is_floating_point:
@@ -165,6 +183,18 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 if not p.is_contiguous():
                     raise RuntimeError(f"{name}: the fused step needs contiguous parameters; {where} is not "
                                        f"(or fused=False)")
+                self._check_fused_state(p, self.state.get(p, {}), where)
+
+    def _check_fused_state(self, p: torch.Tensor, state: dict, where: str) -> None:
+        """The dtypes and layout the fused op takes for an existing state (e.g. a loaded one):
+        Kahan buffers in the parameter's buffer dtype, all contiguous."""
+        name = type(self).__name__
+        for key, t in state.items():
+            if torch.is_tensor(t) and key != "step" and not t.is_contiguous():
+                raise RuntimeError(f"{name}: state {key!r} of {where} must be contiguous for the fused step")
+        comp = state.get("kahan_comp")
+        if comp is not None and comp.dtype != _buffer_dtype(p.dtype):
+            raise TypeError(f"{name}: state 'kahan_comp' of {where} must be {_buffer_dtype(p.dtype)}; got {comp.dtype}")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -250,6 +280,10 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         if len(groups) != len(self.param_groups):
             raise ValueError(f"{name}: state_dict has {len(groups)} parameter groups; the optimizer has "
                              f"{len(self.param_groups)}")
+        for i, (g, ours) in enumerate(zip(groups, self.param_groups)):
+            if len(g.get("params", ())) != len(ours["params"]):
+                raise ValueError(f"{name}: parameter group {i} of state_dict has {len(g.get('params', ()))} "
+                                 f"parameters; the optimizer's has {len(ours['params'])}")
         for g in groups:
             missing = sorted(k for k in self.defaults if k not in g)
             if missing:
@@ -286,12 +320,18 @@ class SGD(_LowPrecisionOptimizer):
 
     _KIND, _BUF1, _BUF2 = 0, "momentum_buffer", None
 
+    def _check_fused_state(self, p, state, where) -> None:
+        super()._check_fused_state(p, state, where)
+        buf = state.get("momentum_buffer")
+        if buf is not None and buf.dtype != _buffer_dtype(p.dtype):
+            raise TypeError(f"SGD: state 'momentum_buffer' of {where} must be {_buffer_dtype(p.dtype)}; "
+                            f"got {buf.dtype}")
+
     def _check_group(self, group: dict) -> None:
         super()._check_group(group)
         _real("SGD", "momentum", group["momentum"])
         _real("SGD", "dampening", group["dampening"], lo=-math.inf)
-        if not isinstance(group["nesterov"], bool):
-            raise TypeError(f"SGD: nesterov must be a bool; got {type(group['nesterov']).__name__}")
+        _flag("SGD", "nesterov", group["nesterov"])
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
 
@@ -340,6 +380,14 @@ class AdamW(_LowPrecisionOptimizer):
         super().__init__(params, defaults, rounding, kahan, seed, fused)
 
     _KIND, _BUF1, _BUF2 = 1, "exp_avg", "exp_avg_sq"
+
+    def _check_fused_state(self, p, state, where) -> None:
+        super()._check_fused_state(p, state, where)
+        m, v = state.get("exp_avg"), state.get("exp_avg_sq")
+        moments = (torch.float32, torch.bfloat16, torch.float16)
+        if m is not None and (m.dtype not in moments or v is None or v.dtype != m.dtype):
+            raise TypeError(f"AdamW: states 'exp_avg' and 'exp_avg_sq' of {where} must share a dtype of float32, "
+                            f"bfloat16 or float16; got {m.dtype} and {None if v is None else v.dtype}")
 
     def _check_group(self, group: dict) -> None:
         super()._check_group(group)
