@@ -450,6 +450,8 @@ def test_pav_known_sequences():
     # weights: (1*3 + 3*2) / 4 = 2.25
     np.testing.assert_allclose(isotonic_regression([1, 3, 2, 4], sample_weight=[1, 1, 3, 1]), [1, 2.25, 2.25, 4])
     np.testing.assert_allclose(isotonic_regression([0.5, 1, 2]), [0.5, 1, 2])
+    with pytest.raises(TypeError, match="sample_weight must be a real array, got dtype <U1"):
+        isotonic_regression([1, 3, 2], sample_weight=["a", "b", "c"])
 
 
 @pytest.mark.parametrize("path", ["vectorized", "stack"])

@@ -129,6 +129,8 @@ def test_bad_input():
         largeout.stochastic_round(torch.ones(3), torch.int8)
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         largeout.stochastic_round(torch.ones(3), torch.bfloat16, generator=3)
+    with pytest.raises(ValueError, match="x must be on the CPU or a CUDA device; got meta"):
+        largeout.stochastic_round(torch.ones(3, device="meta"), torch.bfloat16)
     with pytest.raises(TypeError, match="x must be float32"):
         torch.ops.largeout.stochastic_round(torch.ones(3, dtype=torch.float16), torch.bfloat16, 1, 2)
 

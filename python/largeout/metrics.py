@@ -559,7 +559,10 @@ def isotonic_regression(y, sample_weight=None) -> np.ndarray:
     if sample_weight is None:
         w = np.ones_like(y)
     else:
-        w = _to_numpy(sample_weight, "sample_weight").astype(np.float64)
+        w = _to_numpy(sample_weight, "sample_weight")
+        if not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+            raise TypeError(f"sample_weight must be a real array, got dtype {w.dtype}")
+        w = w.astype(np.float64)
         if w.shape != y.shape:
             raise ValueError(f"sample_weight must have the shape of y {y.shape}, got {w.shape}")
         if w.size and not (np.all(np.isfinite(w)) and w.min() > 0):

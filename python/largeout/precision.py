@@ -60,5 +60,7 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: Optional[to
         raise ValueError(f"{_OP}: dtype must be one of {', '.join(map(str, SR_DTYPES))}; got {dtype}")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"{_OP}: generator must be a torch.Generator or None; got {type(generator).__name__}")
+    if x.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"{_OP}: x must be on the CPU or a CUDA device; got {x.device}")
     seed, offset = _draw_key(generator, x.device)
     return torch.ops.largeout.stochastic_round(x, dtype, seed, offset)
