@@ -405,6 +405,23 @@ def test_from_dense_of_an_fp8_linear():
     assert torch.equal(a.indices, b.indices) and torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias)
 
 
+def test_from_dense_of_any_module_with_a_weight():
+    # a module with a 2-D weight and no bias attribute at all: a layer without bias
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.randn(40, 32, dtype=torch.float64))
+
+    head = Head()
+    layer = GroupSparseLinear.from_dense(head, fan_in=16, group_size=16)
+    assert layer.bias is None
+    x = torch.randn(3, 32, dtype=torch.float64)
+    dense = nn.Linear(32, 40, bias=False).double()
+    with torch.no_grad():
+        dense.weight.copy_(head.weight)
+    assert rel_err(layer(x), GroupSparseLinear.from_dense(dense, 16, 16)(x)) == 0.0
+
+
 def test_linear_checks_input_width():
     from largeout.nn import Linear
 

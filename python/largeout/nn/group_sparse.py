@@ -286,8 +286,9 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         if w.dtype in lowp.FP8_DTYPES:
             w = lowp.dequantize(w, getattr(linear, "weight_scale", None), torch.bfloat16)
         L, H = w.shape
+        bias = getattr(linear, "bias", None)
         layer = cls(
-            H, L, fan_in, group_size, bias=linear.bias is not None, device=w.device, dtype=w.dtype
+            H, L, fan_in, group_size, bias=bias is not None, device=w.device, dtype=w.dtype
         )
         G, ng = group_size, layer.num_groups
         score = torch.zeros(ng * G, H, dtype=torch.float32, device=w.device)
@@ -299,8 +300,8 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         with torch.no_grad():
             layer.indices.copy_(idx.to(torch.int32))
             layer.weight.copy_(torch.gather(w, 1, rows))
-            if linear.bias is not None:
-                layer.bias.copy_(linear.bias.detach())
+            if bias is not None:
+                layer.bias.copy_(bias.detach())
         return layer
 
     def to_dense(self) -> nn.Linear:
