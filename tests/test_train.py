@@ -299,6 +299,86 @@ def test_config_file_and_errors(tmp_path):
         load_config(str(tmp_path / "missing.toml"))
 
 
+@pytest.mark.parametrize("values, pattern", [
+    ({"select_metric": "P@7"}, "select_metric must be a metric .* at k = 1, 3 or 5"),
+    ({"topk": "2"}, "topk must be an integer >= 5"),
+    ({"lr": "nan"}, "lr must be a finite number > 0"),
+    ({"encoder_lr": "-1"}, "encoder_lr must be a finite number > 0"),
+    ({"grad_clip": "-1"}, "grad_clip must be a finite number >= 0"),
+    ({"warmup_steps": "-1"}, "warmup_steps must be an integer >= 0"),
+    ({"dropout": "1.5"}, r"dropout must be in \[0, 1\)"),
+    ({"propensity_a": "-1"}, "propensity_a must be a finite number > 0"),
+    ({"model_seed": "1.5"}, "model_seed must be a number"),
+    ({"synthetic.nosuch": "1"}, "synthetic has unknown keys \\['nosuch'\\]"),
+    ({"encoder": "hf:/no/such/dir"}, "is not a directory"),
+])
+def test_config_values_are_checked(values, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        load_config(None, values)
+
+
+@pytest.mark.parametrize("toml_line, pattern", [
+    ('residual = "false"', "residual must be true or false; got str"),
+    ("epochs = true", "epochs must be an integer; got bool"),
+    ("epochs = 1.5", "epochs must be an integer; got float"),
+    ('lr = "abc"', "lr must be a number; got str"),
+    ("progress = 0", "progress must be true or false; got int"),
+])
+def test_toml_values_are_type_checked(tmp_path, toml_line, pattern):
+    toml = tmp_path / "run.toml"
+    toml.write_text(toml_line + "\n")
+    with pytest.raises(ValueError, match=pattern):
+        load_config(str(toml))
+    assert load_config(None, {"lr": 1}).lr == 1.0 and isinstance(load_config(None, {"lr": 1}).lr, float)
+
+
+def test_a_bad_run_leaves_an_earlier_run_and_a_fresh_one_replaces_it(tmp_path, one_thread, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--out", str(out), "--no-progress", "--epochs", "1", "--set", "synthetic.num_samples=600",
+            "--set", "synthetic.num_labels=50", "--set", "synthetic.num_features=300", "--hidden", "32",
+            "--fan-in", "16", "--group-size", "16"]
+    assert main(args) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert (out / "summary.json") in files and (out / "checkpoints" / "best" / "model.safetensors") in files
+    for bad in (["--set", "topk=2"], ["--set", "select_metric=PSP@7"], ["--fan-in", "7"],
+                ["--resume", "--optimizer", "sgd"]):
+        capsys.readouterr()
+        assert main(args + bad) == 2
+        assert "Traceback" not in capsys.readouterr().err
+        assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files, bad
+    (out / "stale.txt").write_text("not the trainer's")
+    (out / "checkpoints" / "old").mkdir()
+    assert main(args + ["--set", "val_fraction=0"]) == 0  # a fresh run without validation: no best checkpoint
+    assert not (out / "checkpoints" / "best").exists() and not (out / "checkpoints" / "old").exists()
+    assert (out / "stale.txt").exists()  # (only the trainer's own files are replaced)
+
+
+def test_resume_checks_the_checkpoint(tmp_path, one_thread, capsys):
+    out = tmp_path / "r"
+    args = ["train", "--out", str(out), "--no-progress", "--epochs", "1", "--set", "synthetic.num_samples=600",
+            "--set", "synthetic.num_labels=50", "--set", "synthetic.num_features=300", "--hidden", "32",
+            "--fan-in", "16", "--group-size", "16"]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args + ["--resume", "--hidden", "64"]) == 2
+    assert "was trained with hidden = 32; this run has hidden = 64" in capsys.readouterr().err
+    (out / "checkpoints" / "last" / "model.safetensors").write_bytes(b"not a safetensors file")
+    assert main(args + ["--resume", "--epochs", "2"]) == 2
+    assert "model.safetensors is not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_eval_checks_the_predictions_file(tmp_path, capsys):
+    X, Y = lodata.synthetic(60, 40, 10, seed=1)
+    lodata.write_xc(tmp_path / "test.txt", X, Y)
+    np.savez(tmp_path / "nokeys.npz", a=np.zeros(3))
+    np.save(tmp_path / "array.npy", np.zeros((60, 5), dtype=np.int64))
+    (tmp_path / "text.npz").write_text("hello")
+    for name in ("nokeys.npz", "array.npy", "text.npz"):
+        assert main(["eval", "--pred", str(tmp_path / name), "--data", str(tmp_path / "test.txt")]) == 2
+        err = capsys.readouterr().err
+        assert f"--pred {tmp_path / name}" in err and "Traceback" not in err
+
+
 def test_cli_train_predict_eval_on_xc_files(tmp_path, capsys):
     X, Y = lodata.synthetic(**SMALL["synthetic"])
     Xtr, Ytr, Xte, Yte = lodata.train_test_split(X, Y, 0.2, seed=1)

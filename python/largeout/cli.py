@@ -98,14 +98,20 @@ def cmd_predict(args) -> int:
     if split is None:
         raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
     num_features = split.X.shape[1] if split.X is not None else 0
+    if split.Y is not None and split.Y.shape[1] > labels[0]:
+        raise SystemExit(f"--data: {path} has labels up to {split.Y.shape[1] - 1}; the checkpoint has {labels[0]} "
+                         "labels")
+    if args.topk < 1:
+        raise SystemExit(f"--topk must be >= 1; got {args.topk}")
     models = []
     for ckpt, cfg in zip(ckpts, cfgs):
         model = build_model(cfg, num_features, labels[0])
         load_checkpoint(ckpt, model, None, "cpu")
         models.append(model.to(device))
     topk, scores = predict_topk(models if len(models) > 1 else models[0], split, args.topk, 1024, device)
-    np.savez_compressed(args.out, topk=topk, scores=scores)
-    print(f"wrote top-{args.topk} predictions for {len(topk)} rows to {args.out}")
+    out = args.out if str(args.out).endswith(".npz") else f"{args.out}.npz"  # (what savez writes)
+    np.savez_compressed(out, topk=topk, scores=scores)
+    print(f"wrote top-{topk.shape[1]} predictions for {len(topk)} rows to {out}")
     return 0
 
 
@@ -122,7 +128,12 @@ def cmd_eval(args) -> int:
     from . import data as lodata
     from . import metrics as M
 
-    pred = np.load(args.pred)
+    try:
+        pred = np.load(args.pred, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"--pred {args.pred}: not an .npz of largeout predict ({e})") from None
+    if not isinstance(pred, np.lib.npyio.NpzFile) or not {"topk", "scores"} <= set(pred.files):
+        raise ValueError(f"--pred {args.pred}: expected an .npz with arrays topk and scores (largeout predict)")
     _, Y = lodata.read_xc(args.data)
     inv_p = None
     if args.train:

@@ -88,10 +88,23 @@ def load_checkpoint(directory: Path, model, optimizer=None, device="cpu") -> Dic
     directory = Path(directory)
     if not (directory / "model.safetensors").exists():
         raise FileNotFoundError(f"no checkpoint in {directory} (model.safetensors missing)")
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-    meta = json.loads((directory / "trainer.json").read_text())
+
+    def read(name: str, **kwargs):
+        try:
+            return load_file(str(directory / name), **kwargs)
+        except FileNotFoundError:
+            raise FileNotFoundError(f"checkpoint {directory}: {name} missing") from None
+        except Exception as e:  # noqa: BLE001 (safetensors raises its own error type)
+            raise ValueError(f"checkpoint {directory}: {name} is not a readable safetensors file ({e})") from None
+
+    weights = read("model.safetensors", device=str(device))
+    try:
+        meta = json.loads((directory / "trainer.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"checkpoint {directory}: trainer.json is missing or not valid JSON ({e})") from None
+    tensors = read("optimizer.safetensors") if optimizer is not None else None
+    model.load_state_dict(weights)
     if optimizer is not None:
-        tensors = load_file(str(directory / "optimizer.safetensors"))
         torch.set_rng_state(tensors.pop("rng.torch"))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     return meta

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -114,9 +117,50 @@ class TrainConfig:
                 return self.encoder[len(prefix):]
         return ""
 
+    def _check_types(self) -> None:
+        """Each field's value of the type of its default (a TOML file's values and
+        dataclasses.replace are not converted): bools for flags, integers for counts, real
+        numbers for rates, strings, the synthetic table's keys those of largeout.data.synthetic."""
+        defaults = TrainConfig()
+        for f in dataclasses.fields(self):
+            v, d = getattr(self, f.name), getattr(defaults, f.name)
+            if f.name == "encoder_lr":
+                d = 0.0
+            if f.name == "model_seed":
+                d = 0
+            if v is None and f.name in ("encoder_lr", "model_seed"):
+                continue
+            if isinstance(d, bool):
+                ok = isinstance(v, bool)
+                want = "true or false"
+            elif isinstance(d, int):
+                ok = isinstance(v, int) and not isinstance(v, bool)
+                want = "an integer"
+            elif isinstance(d, float):
+                ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+                want = "a number"
+            elif isinstance(d, str):
+                ok = isinstance(v, str)
+                want = "a string"
+            else:
+                ok = isinstance(v, dict)
+                want = "a table"
+            if not ok:
+                raise ValueError(f"config: {f.name} must be {want}; got {type(v).__name__} {v!r}")
+            if isinstance(d, float):
+                setattr(self, f.name, float(v))
+        from ..data import synthetic
+
+        params = inspect.signature(synthetic).parameters
+        unknown = sorted(set(self.synthetic) - set(params))
+        if unknown:
+            raise ValueError(f"config: synthetic has unknown keys {unknown}; known keys are {sorted(params)}")
+
     def validate(self) -> "TrainConfig":
         def bad(name, expected):
             raise ValueError(f"config: {name} must be {expected}; got {getattr(self, name)!r}")
+
+        self._check_types()
 
         if self.output not in ("dense", "group-sparse"):
             bad("output", '"dense" or "group-sparse"')
@@ -137,23 +181,39 @@ class TrainConfig:
                              f'float8_e5m2); got head_dtype {self.head_dtype!r}')
         if self.schedule not in ("constant", "cosine", "linear"):
             bad("schedule", '"constant", "cosine" or "linear"')
-        for name in ("batch_size", "epochs", "hidden", "eval_every", "topk"):
-            if int(getattr(self, name)) < 1:
+        for name in ("batch_size", "epochs", "hidden", "eval_every", "max_length"):
+            if getattr(self, name) < 1:
                 bad(name, "an integer >= 1")
+        if self.topk < 5:
+            bad("topk", "an integer >= 5 (P@k, nDCG@k and PSP@k are reported for k = 1, 3, 5)")
+        if self.warmup_steps < 0:
+            bad("warmup_steps", "an integer >= 0")
+        for name in ("weight_decay", "grad_clip", "momentum"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) >= 0):
+                bad(name, "a finite number >= 0")
+        if not 0.0 <= self.dropout < 1.0:
+            bad("dropout", "in [0, 1)")
+        for name in ("propensity_a", "propensity_b"):
+            if not (math.isfinite(getattr(self, name)) and getattr(self, name) > 0):
+                bad(name, "a finite number > 0")
         if not 0.0 <= self.val_fraction < 1.0:
             bad("val_fraction", "in [0, 1)")
         if not 0.0 < self.test_fraction < 1.0:
             bad("test_fraction", "in (0, 1)")
-        if self.lr <= 0:
-            bad("lr", "> 0")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            bad("lr", "a finite number > 0")
+        if self.encoder_lr is not None and not (math.isfinite(self.encoder_lr) and self.encoder_lr > 0):
+            bad("encoder_lr", "a finite number > 0, or unset (the encoder then takes lr)")
         if not 0.0 <= self.pos_weight_power <= 2.0:
             bad("pos_weight_power", "in [0, 2]")
-        if self.model_seed is not None:
-            self.model_seed = int(self.model_seed)
         if not -1.0 <= self.rank_propensity_power <= 1.0:
             bad("rank_propensity_power", "in [-1, 1]")
-        if self.select_metric.split("@")[0] not in ("P", "nDCG", "PSP", "PSnDCG", "R"):
-            bad("select_metric", "a metric name such as P@1, nDCG@5 or PSP@3")
+        name, _, k = self.select_metric.partition("@")
+        if name not in ("P", "nDCG", "PSP", "PSnDCG", "R") or k not in ("1", "3", "5"):
+            bad("select_metric", "a metric P, nDCG, PSP, PSnDCG or R at k = 1, 3 or 5, such as P@1 or PSP@3")
+        if self.hf_path and not os.path.isdir(self.hf_path):
+            raise ValueError(f"config: encoder {self.encoder!r}: {self.hf_path} is not a directory (a local "
+                             "transformers model)")
         return self
 
     def to_dict(self) -> Dict[str, Any]:
@@ -215,5 +275,8 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             continue
         if key not in known:
             raise ValueError(f"config: unknown key {key!r}; known keys are {sorted(known)}")
-        setattr(cfg, key, _coerce(key, value, getattr(defaults, key)))
+        default = getattr(defaults, key)
+        if default is None:  # the Optional fields: the type of their values
+            default = {"model_seed": 0, "encoder_lr": 0.0}.get(key)
+        setattr(cfg, key, _coerce(key, value, default))
     return cfg.validate()

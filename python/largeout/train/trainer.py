@@ -158,6 +158,29 @@ def evaluate_split(
     return out
 
 
+# What a run writes under its `out` folder (a fresh run removes an earlier run's first).
+_RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "p_at_k.png", "reliability.png", "config.json")
+
+# Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
+_RESUME_KEYS = ("data", "synthetic", "val_fraction", "test_fraction", "seed", "encoder", "hidden", "residual",
+                "output", "head_dtype", "head_weight_scale", "fan_in", "group_size", "optimizer", "head_rounding")
+
+
+def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
+    """--resume: the checkpoint exists and was trained with this run's model, optimizer and data."""
+    path = Path(directory) / "config.json"
+    if not path.exists():
+        raise FileNotFoundError(f"--resume: no checkpoint in {directory} (config.json missing)")
+    try:
+        saved = json.loads(path.read_text())
+    except ValueError as e:
+        raise ValueError(f"--resume: {path} is not valid JSON ({e})") from None
+    for key in _RESUME_KEYS:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ValueError(f"--resume: the checkpoint in {directory} was trained with {key} = {saved[key]!r}; "
+                             f"this run has {key} = {getattr(cfg, key)!r}")
+
+
 class _JsonlLog:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -205,7 +228,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     torch.manual_seed(_model_seed(cfg))
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if data is None:
         data = load_dataset(cfg)
@@ -227,16 +249,21 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     optimizer = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.train.num_rows / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    log_file = _JsonlLog(out / "metrics.jsonl")
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": []}
+    # Nothing is written under `out` before the data, the model and a resumed checkpoint have loaded.
     if resume:
+        _check_resumable(out / "checkpoints" / "last", cfg)
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
         state.pop("optimizer", None)
         log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}")
     else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
-        if (out / "metrics.jsonl").exists():
-            (out / "metrics.jsonl").unlink()
-        shutil.rmtree(out / "checkpoints" / "best", ignore_errors=True)
+        earlier = [p for p in _RUN_FILES if (out / p).exists()]
+        if earlier:
+            log(f"replacing the earlier run in {out} ({', '.join(earlier)})")
+        for p in earlier:
+            shutil.rmtree(out / p) if (out / p).is_dir() else (out / p).unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = _JsonlLog(out / "metrics.jsonl")
     cfg.save(out / "config.json")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"model: {cfg.encoder} encoder -> {cfg.output} head ({n_params / 1e6:.2f}M parameters) on {device}")
