@@ -315,6 +315,7 @@ def test_config_file_and_errors(tmp_path):
 def test_config_values_are_checked(values, pattern):
     with pytest.raises(ValueError, match=pattern):
         load_config(None, values)
+    assert load_config(None, {"synthetic.avg_labels": "2.5"}).synthetic["avg_labels"] == 2.5  # the generator's type
 
 
 @pytest.mark.parametrize("toml_line, pattern", [
@@ -347,10 +348,10 @@ def test_a_bad_run_leaves_an_earlier_run_and_a_fresh_one_replaces_it(tmp_path, o
         assert "Traceback" not in capsys.readouterr().err
         assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files, bad
     (out / "stale.txt").write_text("not the trainer's")
-    (out / "checkpoints" / "old").mkdir()
+    (out / "checkpoints" / "mine").mkdir()
     assert main(args + ["--set", "val_fraction=0"]) == 0  # a fresh run without validation: no best checkpoint
-    assert not (out / "checkpoints" / "best").exists() and not (out / "checkpoints" / "old").exists()
-    assert (out / "stale.txt").exists()  # (only the trainer's own files are replaced)
+    assert not (out / "checkpoints" / "best").exists()
+    assert (out / "stale.txt").exists() and (out / "checkpoints" / "mine").exists()  # only the trainer's own go
 
 
 def test_resume_checks_the_checkpoint(tmp_path, one_thread, capsys):
@@ -403,6 +404,16 @@ def test_cli_train_predict_eval_on_xc_files(tmp_path, capsys):
     assert res["P@1"] == pytest.approx(M.precision_at_k(p["topk"], Yte, 1))
     summary = json.loads((run_dir / "summary.json").read_text())
     assert res["P@1"] == pytest.approx(summary["test"]["P@1"])  # same model, same test rows
+    # fewer than 5 predictions per row: eval scores the k they hold
+    assert main(["predict", "--checkpoint", str(run_dir / "checkpoints/best"), "--data", str(d / "test.txt"),
+                 "--out", str(tmp_path / "p3"), "--topk", "3"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "--pred", str(tmp_path / "p3.npz"), "--data", str(d / "test.txt")]) == 0
+    res3 = json.loads(capsys.readouterr().out)
+    assert res3["P@3"] == pytest.approx(res["P@3"]) and "P@5" not in res3
+    # a resumed run on folder data ignores the synthetic generator's settings (it never reads them)
+    assert main(["train", "--config", str(toml), "--data", str(d), "--epochs", "4", "--out", str(run_dir),
+                 "--no-progress", "--resume", "--set", "synthetic.num_labels=7"]) == 0
 
 
 def test_cli_errors(tmp_path, capsys):

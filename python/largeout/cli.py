@@ -139,7 +139,8 @@ def cmd_eval(args) -> int:
     if args.train:
         _, Ytr = lodata.read_xc(args.train)
         inv_p = M.inverse_propensity(Ytr, args.propensity_a, args.propensity_b)
-    res = M.evaluate(pred["topk"], Y, ks=(1, 3, 5), inv_propensity=inv_p)
+    ks = tuple(k for k in (1, 3, 5) if k <= pred["topk"].shape[1]) or (1,)  # (the k the predictions hold)
+    res = M.evaluate(pred["topk"], Y, ks=ks, inv_propensity=inv_p)
     res["ECE@5"] = M.ece_at_k(pred["topk"], pred["scores"], Y, min(5, pred["topk"].shape[1]))
     print(json.dumps(res, indent=2))
     return 0

@@ -270,6 +270,11 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
                 raise ValueError(f"config: unknown table {table!r} in {key!r}")
             current = dict(getattr(cfg, table))
             old = current.get(sub)
+            if old is None and table == "synthetic":  # a key not set yet: the type of the generator's default
+                from ..data import synthetic
+
+                param = inspect.signature(synthetic).parameters.get(sub)
+                old = param.default if param is not None and param.default is not inspect.Parameter.empty else None
             current[sub] = _coerce(key, value, old if old is not None else 0) if isinstance(value, str) else value
             setattr(cfg, table, current)
             continue

@@ -158,8 +158,23 @@ def evaluate_split(
     return out
 
 
-# What a run writes under its `out` folder (a fresh run removes an earlier run's first).
-_RUN_FILES = ("checkpoints", "metrics.jsonl", "summary.json", "p_at_k.png", "reliability.png", "config.json")
+# What a run writes under its `out` folder (a fresh run removes an earlier run's first): these
+# files, its checkpoints/{best,last} (and their .tmp / .old while written) and config.json.
+_RUN_FILES = ("metrics.jsonl", "summary.json", "p_at_k.png", "reliability.png")
+_CHECKPOINTS = tuple(f"checkpoints/{n}{s}" for n in ("best", "last") for s in ("", ".tmp", ".old"))
+
+
+def _earlier_run(out: Path) -> list:
+    """The files and checkpoint folders of an earlier run in ``out`` (a config.json only if it is
+    a trainer's: a JSON object with the keys "encoder" and "output")."""
+    found = [p for p in _RUN_FILES + _CHECKPOINTS if (out / p).exists()]
+    try:
+        saved = json.loads((out / "config.json").read_text())
+        if isinstance(saved, dict) and {"encoder", "output"} <= set(saved):
+            found.append("config.json")
+    except (OSError, ValueError):
+        pass
+    return found
 
 # Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
 _RESUME_KEYS = ("data", "synthetic", "val_fraction", "test_fraction", "seed", "encoder", "hidden", "residual",
@@ -175,8 +190,16 @@ def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
         saved = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"--resume: {path} is not valid JSON ({e})") from None
+    def same(key, a, b):
+        if key == "data" and a != b and "synthetic" not in (a, b) and not str(a).startswith("in-memory"):
+            return Path(a).resolve() == Path(b).resolve()  # one folder named two ways
+        return a == b
+
+    data = saved.get("data", "synthetic")
+    unread = (("synthetic", "test_fraction") if data != "synthetic" else ()) + (
+        ("val_fraction",) if str(data).startswith("in-memory") else ())  # settings such a run never reads
     for key in _RESUME_KEYS:
-        if key in saved and saved[key] != getattr(cfg, key):
+        if key in saved and key not in unread and not same(key, saved[key], getattr(cfg, key)):
             raise ValueError(f"--resume: the checkpoint in {directory} was trained with {key} = {saved[key]!r}; "
                              f"this run has {key} = {getattr(cfg, key)!r}")
 
@@ -257,11 +280,14 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         state.pop("optimizer", None)
         log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}")
     else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
-        earlier = [p for p in _RUN_FILES if (out / p).exists()]
+        earlier = _earlier_run(out)
         if earlier:
             log(f"replacing the earlier run in {out} ({', '.join(earlier)})")
         for p in earlier:
-            shutil.rmtree(out / p) if (out / p).is_dir() else (out / p).unlink()
+            if (out / p).is_dir() and not (out / p).is_symlink():
+                shutil.rmtree(out / p)
+            else:
+                (out / p).unlink()
     out.mkdir(parents=True, exist_ok=True)
     log_file = _JsonlLog(out / "metrics.jsonl")
     cfg.save(out / "config.json")
