@@ -176,6 +176,7 @@ def _earlier_run(out: Path) -> list:
         pass
     return found
 
+
 # Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
 _RESUME_KEYS = ("data", "synthetic", "val_fraction", "test_fraction", "seed", "encoder", "hidden", "residual",
                 "output", "head_dtype", "head_weight_scale", "fan_in", "group_size", "optimizer", "head_rounding")
@@ -190,6 +191,7 @@ def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
         saved = json.loads(path.read_text())
     except ValueError as e:
         raise ValueError(f"--resume: {path} is not valid JSON ({e})") from None
+
     def same(key, a, b):
         if key == "data" and a != b and "synthetic" not in (a, b) and not str(a).startswith("in-memory"):
             return Path(a).resolve() == Path(b).resolve()  # one folder named two ways
