@@ -333,11 +333,16 @@ def test_toml_values_are_type_checked(tmp_path, toml_line, pattern):
     assert load_config(None, {"lr": 1}).lr == 1.0 and isinstance(load_config(None, {"lr": 1}).lr, float)
 
 
-def test_a_bad_run_leaves_an_earlier_run_and_a_fresh_one_replaces_it(tmp_path, one_thread, capsys):
-    out = tmp_path / "r"
-    args = ["train", "--out", str(out), "--no-progress", "--epochs", "1", "--set", "synthetic.num_samples=600",
+def tiny_run_args(out):
+    """`largeout train` of one epoch on 600 synthetic rows into `out` (seconds on a CPU)."""
+    return ["train", "--out", str(out), "--no-progress", "--epochs", "1", "--set", "synthetic.num_samples=600",
             "--set", "synthetic.num_labels=50", "--set", "synthetic.num_features=300", "--hidden", "32",
             "--fan-in", "16", "--group-size", "16"]
+
+
+def test_a_bad_run_leaves_an_earlier_run_and_a_fresh_one_replaces_it(tmp_path, one_thread, capsys):
+    out = tmp_path / "r"
+    args = tiny_run_args(out)
     assert main(args) == 0
     files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert (out / "summary.json") in files and (out / "checkpoints" / "best" / "model.safetensors") in files
@@ -356,9 +361,7 @@ def test_a_bad_run_leaves_an_earlier_run_and_a_fresh_one_replaces_it(tmp_path, o
 
 def test_resume_checks_the_checkpoint(tmp_path, one_thread, capsys):
     out = tmp_path / "r"
-    args = ["train", "--out", str(out), "--no-progress", "--epochs", "1", "--set", "synthetic.num_samples=600",
-            "--set", "synthetic.num_labels=50", "--set", "synthetic.num_features=300", "--hidden", "32",
-            "--fan-in", "16", "--group-size", "16"]
+    args = tiny_run_args(out)
     assert main(args) == 0
     capsys.readouterr()
     assert main(args + ["--resume", "--hidden", "64"]) == 2
