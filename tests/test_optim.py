@@ -223,10 +223,9 @@ def test_a_step_that_fails_changes_nothing(fused):
         cases += [(torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
                    "fused=False takes any float dtype"),
                   (torch.randn(4, 6, dtype=torch.bfloat16).t(), torch.randn(6, 4, dtype=torch.bfloat16),
-                   "the fused step needs contiguous parameters")]
-    if fused:
-        cases.append((torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16),
-                      "states 'exp_avg' and 'exp_avg_sq' of .* must share a dtype"))
+                   "the fused step needs contiguous parameters"),
+                  (torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16),
+                   "states 'exp_avg' and 'exp_avg_sq' of .* must share a dtype")]
     for value, grad, pattern in cases:
         b = torch.nn.Parameter(value)
         b.grad = grad

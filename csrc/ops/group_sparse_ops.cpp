@@ -80,13 +80,10 @@ int64_t check_indices(const at::Tensor& indices, int64_t L, int64_t G, const at:
 // values are checked where they are set: the module, functional.validate_indices.)
 void check_index_values_cpu(const at::Tensor& indices, int64_t H) {
   const int32_t* p = indices.const_data_ptr<int32_t>();
-  const int64_t n = indices.numel();
-  int64_t bad = -1;
-  for (int64_t i = 0; i < n && bad < 0; ++i)
-    if (p[i] < 0 || p[i] >= H) bad = i;
-  TORCH_CHECK(bad < 0, kOp, ": indices must lie in [0, in_features) = [0, ", H, "); found ",
-              bad < 0 ? 0 : p[bad], " at row ", bad < 0 ? 0 : bad / indices.size(1), ", column ",
-              bad < 0 ? 0 : bad % indices.size(1));
+  const int64_t n = indices.numel(), K = indices.size(1);
+  for (int64_t i = 0; i < n; ++i)
+    TORCH_CHECK(p[i] >= 0 && p[i] < H, kOp, ": indices must lie in [0, in_features) = [0, ", H, "); found ", p[i],
+                " at row ", i / K, ", column ", i % K);
 }
 
 GroupSparseShape make_shape(int64_t B, int64_t H, int64_t L, int64_t K, int64_t G) {

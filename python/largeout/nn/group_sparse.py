@@ -332,9 +332,8 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
 def _fp8_forward(x, weight, scale, indices, bias, group_size):
     """The layer with an fp8 weight: bf16 compute through the largeout ops for fp8 weights,
     which upcast the weight inside the Hopper kernels (forward and dx) and beforehand
-    elsewhere: the same values as ``lowp.weight_for_compute`` without its bf16 copy."""
-    if x.dtype not in F._FLOAT_DTYPES:
-        raise TypeError(f"GroupSparseLinear: x must be float32, float64, bfloat16 or float16; got {x.dtype}")
+    elsewhere: the same values as ``lowp.weight_for_compute`` without its bf16 copy (x's
+    dtype is checked by forward)."""
     if x.device != weight.device:
         raise ValueError(f"GroupSparseLinear: x must be on the layer's device ({weight.device}); got {x.device}")
     lead = x.shape[:-1]

@@ -30,6 +30,7 @@ from typing import Optional
 
 import torch
 
+from ..functional import _FLOAT_DTYPES
 from ..precision import stochastic_round
 
 __all__ = ["WEIGHT_DTYPES", "FP8_DTYPES", "compute_dtype", "init_uniform_", "weight_for_compute", "check_weight_dtype",
@@ -47,7 +48,8 @@ SCALE_EXP_RANGE = (-100, 100)
 _SCALE_ATTR = "_largeout_row_scale"
 
 
-COMPUTE_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
+# The dtypes a layer computes in and takes as input (functional's own list).
+COMPUTE_DTYPES = _FLOAT_DTYPES
 
 
 def check_layer_args(layer: str, ints: dict, dtype=None, generator=None) -> dict:

@@ -45,6 +45,7 @@ __all__ = ["SGD", "AdamW"]
 _LOW = SR_DTYPES  # dtypes stored with rounding
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
+_STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # AdamW's moments
 
 
 def _real(name: str, field: str, value, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf) -> None:
@@ -384,8 +385,7 @@ class AdamW(_LowPrecisionOptimizer):
     def _check_fused_state(self, p, state, where) -> None:
         super()._check_fused_state(p, state, where)
         m, v = state.get("exp_avg"), state.get("exp_avg_sq")
-        moments = (torch.float32, torch.bfloat16, torch.float16)
-        if m is not None and (m.dtype not in moments or v is None or v.dtype != m.dtype):
+        if m is not None and (m.dtype not in _STATE_DTYPES or v is None or v.dtype != m.dtype):
             raise TypeError(f"AdamW: states 'exp_avg' and 'exp_avg_sq' of {where} must share a dtype of float32, "
                             f"bfloat16 or float16; got {m.dtype} and {None if v is None else v.dtype}")
 
@@ -397,7 +397,7 @@ class AdamW(_LowPrecisionOptimizer):
         _real("AdamW", "betas[0]", b[0], hi=1)
         _real("AdamW", "betas[1]", b[1], hi=1)
         _real("AdamW", "eps", group["eps"], lo_open=True)
-        if group["state_dtype"] not in (torch.float32, torch.bfloat16, torch.float16):
+        if group["state_dtype"] not in _STATE_DTYPES:
             raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {group['state_dtype']}")
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:

@@ -18,6 +18,16 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10
 
 __all__ = ["TrainConfig", "load_config"]
 
+# The type of the Optional fields' values (their defaults are None).
+_OPTIONAL_TYPES = {"encoder_lr": 0.0, "model_seed": 0}
+
+
+def _synthetic_params() -> Dict[str, inspect.Parameter]:
+    """The parameters of largeout.data.synthetic: the keys of the ``synthetic`` table."""
+    from ..data import synthetic
+
+    return dict(inspect.signature(synthetic).parameters)
+
 
 @dataclass
 class TrainConfig:
@@ -124,12 +134,10 @@ class TrainConfig:
         defaults = TrainConfig()
         for f in dataclasses.fields(self):
             v, d = getattr(self, f.name), getattr(defaults, f.name)
-            if f.name == "encoder_lr":
-                d = 0.0
-            if f.name == "model_seed":
-                d = 0
-            if v is None and f.name in ("encoder_lr", "model_seed"):
-                continue
+            if f.name in _OPTIONAL_TYPES:
+                if v is None:
+                    continue
+                d = _OPTIONAL_TYPES[f.name]
             if isinstance(d, bool):
                 ok = isinstance(v, bool)
                 want = "true or false"
@@ -149,9 +157,7 @@ class TrainConfig:
                 raise ValueError(f"config: {f.name} must be {want}; got {type(v).__name__} {v!r}")
             if isinstance(d, float):
                 setattr(self, f.name, float(v))
-        from ..data import synthetic
-
-        params = inspect.signature(synthetic).parameters
+        params = _synthetic_params()
         unknown = sorted(set(self.synthetic) - set(params))
         if unknown:
             raise ValueError(f"config: synthetic has unknown keys {unknown}; known keys are {sorted(params)}")
@@ -271,9 +277,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             current = dict(getattr(cfg, table))
             old = current.get(sub)
             if old is None and table == "synthetic":  # a key not set yet: the type of the generator's default
-                from ..data import synthetic
-
-                param = inspect.signature(synthetic).parameters.get(sub)
+                param = _synthetic_params().get(sub)
                 old = param.default if param is not None and param.default is not inspect.Parameter.empty else None
             current[sub] = _coerce(key, value, old if old is not None else 0) if isinstance(value, str) else value
             setattr(cfg, table, current)
@@ -282,6 +286,6 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
             raise ValueError(f"config: unknown key {key!r}; known keys are {sorted(known)}")
         default = getattr(defaults, key)
         if default is None:  # the Optional fields: the type of their values
-            default = {"model_seed": 0, "encoder_lr": 0.0}.get(key)
+            default = _OPTIONAL_TYPES.get(key)
         setattr(cfg, key, _coerce(key, value, default))
     return cfg.validate()
