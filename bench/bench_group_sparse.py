@@ -8,7 +8,8 @@ Usage (on a GPU machine, after `pip install .`):
 The script runs the installed C++ binary `largeout_bench_group_sparse` once (our
 forward, dx and dW kernels for every supported (B, K, G, L) combination), then,
 in this process, times two cuBLAS baselines per shape with CUDA events (warmup,
-then the median of `--iters` individually timed runs):
+about `--warmup-ms` of further runs, then the median of `--iters` individually timed
+runs; the binary times ours the same way):
 
   matched  the FLOPs-matched dense GEMMs: fwd x_k[B,K] @ W[L,K]^T, dx dY[B,L] @ W,
            dW dY^T @ x_k;
@@ -54,6 +55,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--iters", type=int, default=50, help="timed runs per measurement (>= 50)")
     p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--warmup-ms", type=float, default=200.0,
+                   help="after --warmup runs, run each measured call for about this many ms more before timing it "
+                        "(ours and cuBLAS alike), so that the clocks settle to that call's load whatever ran before "
+                        "(bench/NOTES.md, session 31); 0: off")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default bench/results/group_sparse_<gpu>.json)")
     p.add_argument("--binary", default=None, help="path of largeout_bench_group_sparse (default: the installed one)")
     p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default=None,
@@ -64,13 +69,24 @@ def parse_args() -> argparse.Namespace:
     args = p.parse_args()
     if args.iters < 50:
         p.error(f"--iters must be at least 50; got {args.iters}")
+    if not 0 <= args.warmup_ms <= 10_000:
+        p.error(f"--warmup-ms must be in [0, 10000]; got {args.warmup_ms}")
     return args
 
 
-def median_ms(fn, warmup: int, iters: int) -> float:
-    """Median over `iters` runs of fn, each timed with its own pair of CUDA events."""
+def median_ms(fn, warmup: int, iters: int, warmup_ms: float = 0.0) -> float:
+    """Median over `iters` runs of fn, each timed with its own pair of CUDA events, after
+    `warmup` runs and then, where warmup_ms > 0, further runs for about warmup_ms milliseconds."""
     for _ in range(warmup):
         fn()
+    if warmup_ms > 0:
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        for _ in range(min(int(warmup_ms / max(a.elapsed_time(b), 1e-3)), 100_000)):
+            fn()
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     ends = [torch.cuda.Event(enable_timing=True) for _ in range(iters)]
     for s, e in zip(starts, ends):
@@ -101,7 +117,8 @@ def copy_gbps(warmup: int, iters: int) -> float:
     return 2 * nbytes / ms * 1e-6  # bytes read + written
 
 
-def time_layer(B: int, n_in: int, L: int, dtype: torch.dtype, warmup: int, iters: int) -> dict[str, float]:
+def time_layer(B: int, n_in: int, L: int, dtype: torch.dtype, warmup: int, iters: int,
+               warmup_ms: float = 0.0) -> dict[str, float]:
     """fwd/dx/dW GEMMs of a dense layer [B, n_in] -> [B, L], in ms."""
     x = torch.randn(B, n_in, device="cuda", dtype=dtype)
     w = torch.randn(L, n_in, device="cuda", dtype=dtype).mul_(n_in**-0.5)
@@ -110,9 +127,9 @@ def time_layer(B: int, n_in: int, L: int, dtype: torch.dtype, warmup: int, iters
     dx = torch.empty(B, n_in, device="cuda", dtype=dtype)
     dw = torch.empty(L, n_in, device="cuda", dtype=dtype)
     ms = {
-        "fwd": median_ms(lambda: torch.mm(x, w.t(), out=y), warmup, iters),
-        "dx": median_ms(lambda: torch.mm(dy, w, out=dx), warmup, iters),
-        "dw": median_ms(lambda: torch.mm(dy.t(), x, out=dw), warmup, iters),
+        "fwd": median_ms(lambda: torch.mm(x, w.t(), out=y), warmup, iters, warmup_ms),
+        "dx": median_ms(lambda: torch.mm(dy, w, out=dx), warmup, iters, warmup_ms),
+        "dw": median_ms(lambda: torch.mm(dy.t(), x, out=dw), warmup, iters, warmup_ms),
     }
     del x, w, dy, y, dx, dw
     torch.cuda.empty_cache()
@@ -142,7 +159,8 @@ def write_rows(path, rows: list, method: str, **extra) -> None:
 def run_binary(binary: str, args: argparse.Namespace, kernels: str = "auto") -> dict:
     cmd = [binary, "--B", ",".join(map(str, args.B)), "--H", str(args.H), "--K", ",".join(map(str, args.K)),
            "--G", ",".join(map(str, args.G)), "--L", ",".join(map(str, args.L)), "--dtype", args.dtype,
-           "--warmup", str(args.warmup), "--iters", str(args.iters), "--kernels", kernels,
+           "--warmup", str(args.warmup), "--warmup-ms", str(args.warmup_ms), "--iters", str(args.iters),
+           "--kernels", kernels,
            "--index-order", args.index_order]
     print("running:", " ".join(cmd), file=sys.stderr)
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -189,7 +207,7 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         for key in (("matched", B, K, L), ("dense", B, H, L)):
             if key not in cache:
-                cache[key] = time_layer(B, key[2], L, dtype, args.warmup, args.iters)
+                cache[key] = time_layer(B, key[2], L, dtype, args.warmup, args.iters, args.warmup_ms)
                 cache[key + ("peak",)] = torch.cuda.max_memory_allocated()
         matched, dense = cache[("matched", B, K, L)], cache[("dense", B, H, L)]
         row = {"B": B, "H": H, "L": L, "K": K, "G": G}
@@ -227,6 +245,7 @@ def main() -> None:
         "statistic": "median",
         "iters": args.iters,
         "warmup": args.warmup,
+        "warmup_ms": args.warmup_ms,
         "gemm_peak_tflops": peak,
         "copy_gbps": gbps,
         "binary": raw,

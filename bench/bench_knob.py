@@ -38,6 +38,8 @@ def main() -> None:
                         "balanced where H % 8 == 0; session 28's runs and session 30's _pow2L file used sorted)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
+    p.add_argument("--warmup-ms", type=float, default=100.0,
+                   help="further runs for about this many ms before each timing (bench_group_sparse.py's)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     if a.index_order is None:
@@ -54,11 +56,11 @@ def main() -> None:
                 if a.pass_ == "fwd":
                     xk = x[:, :K].contiguous()
                     out = torch.empty(B, L, device="cuda", dtype=dt)
-                    matched = median_ms(lambda: torch.mm(xk, w.t(), out=out), 5, a.iters)
+                    matched = median_ms(lambda: torch.mm(xk, w.t(), out=out), 5, a.iters, a.warmup_ms)
                 else:
                     dy = torch.randn(B, L, device="cuda", dtype=dt, generator=g)
                     out = torch.empty(B, K, device="cuda", dtype=dt)
-                    matched = median_ms(lambda: torch.mm(dy, w, out=out), 5, a.iters)
+                    matched = median_ms(lambda: torch.mm(dy, w, out=out), 5, a.iters, a.warmup_ms)
                 for G in a.G:
                     idx = random_group_indices(-(-L // G), a.H, K, generator=torch.Generator().manual_seed(G),
                                                order=a.index_order).cuda()
@@ -71,7 +73,7 @@ def main() -> None:
                     for _ in range(a.rounds):
                         for c in a.values:
                             os.environ[env] = c
-                            times[c].append(round(median_ms(op, 5, a.iters), 4))
+                            times[c].append(round(median_ms(op, 5, a.iters, a.warmup_ms), 4))
                             outs[c] = op()
                     first = outs[a.values[0]]
                     row = {"pass": a.pass_, "env": env, "B": B, "H": a.H, "K": K, "G": G, "L": L,
@@ -87,7 +89,7 @@ def main() -> None:
         os.environ.pop(env, None)
     else:
         os.environ[env] = before
-    write_rows(a.out, rows, __doc__, index_order=a.index_order)
+    write_rows(a.out, rows, __doc__, index_order=a.index_order, warmup_ms=a.warmup_ms)
 
 
 if __name__ == "__main__":

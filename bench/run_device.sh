@@ -76,6 +76,8 @@
 #     order  build, the L = 131,072 grid per index order (ORDER_LIST, ORDER_ROUNDS rounds), the index-order tests
 #            (TESTS_ALL=1: the whole suite), then the whole grid with ORDER_GRID's order per batch size until
 #            ORDER_BUDGET s (default 585)
+#     settle build, the forward's bias tests, a shape timed alone and after a heavy one (--warmup-ms 0 / 200),
+#            the bias-pairs knob, Nsight Compute of the forward per PROFILE_G, then the grid (session 31)
 #     fwdgrid build, the forward's Hopper tests (FWD_TESTS_K), Nsight Compute of the forward per PROFILE_G
 #            (PROFILE_ARGS, NCU_TAG), then the grid per batch size (SWEEP_B) until FWDGRID_BUDGET s (default 585)
 #     issue4 build, the Hopper tests, the B=512 K=128 benchmark, the forward with 2 and 3 computing warpgroups
@@ -552,6 +554,36 @@ if [ "$MODE" = fwdgrid ]; then  # session 29: the forward's tests (FWD_TESTS_K),
   for G in ${PROFILE_G:-}; do
     left=$(( deadline - $(date +%s) ))
     [ $left -gt 90 ] || break
+    NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
+  done
+  run_grid $deadline ${SWEEP_B:-1024 512 256 128}
+  exit 0
+fi
+
+if [ "$MODE" = settle ]; then  # session 31: the forward's bias tests; whether a shape timed right after a heavy one
+  # runs slower (the binary at B=1024, K=64, G=64, L=131,072 alone and after L=2,812,281, with --warmup-ms 0 and 200);
+  # the bias read as pairs (bench_knob.py, LARGEOUT_SM90_FWD_BIAS_PAIRS 1 / 0); Nsight Compute of the forward per
+  # PROFILE_G (PROFILE_ARGS, NCU_TAG); then the grid per batch size (SWEEP_B) until SETTLE_BUDGET s (default 585)
+  deadline=$(( T0 + ${SETTLE_BUDGET:-585} ))
+  RUN_TESTS_TIMEOUT=120 tests_subset gpu_tests_fwd.log tests/test_group_sparse_sm90.py \
+    -k "${FWD_TESTS_K:-bias or g128_as_64 or ring_and_store}"
+  bin=$(python3 -c "import largeout, os; print(os.path.join(os.path.dirname(largeout.__file__), 'bin'))")
+  for wm in 0 200; do
+    for Ls in 131072 2812281,131072; do
+      echo "== binary, --warmup-ms $wm, --L $Ls: fwd / dx / dw ms of the last shape"
+      timeout 60 "$bin/largeout_bench_group_sparse" --B 1024 --K 64 --G 64 --L "$Ls" --index-order balanced \
+        --warmup-ms $wm > "$OUT/settle_wm${wm}_L${Ls/,/_}.json" && python3 -c "import json,sys; \
+r = json.load(open(sys.argv[1]))['results'][-1]; print(r['L'], r['fwd_ms'], r['dx_ms'], r['dw_ms'])" \
+        "$OUT/settle_wm${wm}_L${Ls/,/_}.json"
+    done
+  done
+  echo "== bias pairs: LARGEOUT_SM90_FWD_BIAS_PAIRS 1 / 0"
+  timeout 150 python3 bench/bench_knob.py --env LARGEOUT_SM90_FWD_BIAS_PAIRS --values 1,0 --B 256,1024 --K 64,128,256 \
+    --G 32,64,128 --L 131072 --warmup-ms 50 --out "$OUT/knob_fwd_bias_pairs_s31.json" 2>&1 \
+    | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
+  for G in ${PROFILE_G:-}; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 200 ] || break
     NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
   done
   run_grid $deadline ${SWEEP_B:-1024 512 256 128}

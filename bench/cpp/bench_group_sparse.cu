@@ -1,7 +1,7 @@
 // largeout_bench_group_sparse: times the group-sparse forward, dx and dW kernels.
 //
 //   largeout_bench_group_sparse [--B 512] [--H 768] [--K 128] [--G 32] [--L 670208]
-//                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50]
+//                               [--dtype bf16|fp16|fp32] [--warmup 10] [--iters 50] [--warmup-ms 0]
 //                               [--dx-rows 0|16|32|64|-1]   (generic dx variant; 0 = the library's choice)
 //                               [--kernels auto|generic]    (auto: Hopper kernels where they apply)
 //                               [--index-order sorted|banked|balanced]
@@ -13,7 +13,8 @@
 // holding residue (i + q) mod 8.
 //
 // B, K, G and L take comma lists; every combination is timed. CUDA events around
-// each launch, median over --iters runs after --warmup runs, inputs drawn at random
+// each launch, median over --iters runs after --warmup runs (and then further runs for about
+// --warmup-ms milliseconds, so that the clocks settle to each kernel), inputs drawn at random
 // (never zeros). One JSON object on stdout.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -115,6 +116,7 @@ int main(int argc, char** argv) {
   std::vector<int64_t> Bs{512}, Ks{128}, Gs{32}, Ls{670208};
   int64_t H = 768;
   int warmup = 10, iters = 50, dx_rows = 0;
+  double warmup_ms = 0;
   std::string dtype_name = "bf16", kernels = "auto", index_order = "sorted";
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
@@ -127,6 +129,7 @@ int main(int argc, char** argv) {
     else if (a == "--H") H = std::stoll(v);
     else if (a == "--warmup") warmup = std::atoi(v);
     else if (a == "--iters") iters = std::atoi(v);
+    else if (a == "--warmup-ms") warmup_ms = std::atof(v);
     else if (a == "--dtype") dtype_name = v;
     else if (a == "--dx-rows") dx_rows = std::atoi(v);
     else if (a == "--kernels") kernels = v;
@@ -140,6 +143,10 @@ int main(int argc, char** argv) {
   else if (dtype_name == "fp32") { dt = DType::kFloat32; esize = 4; }
   else { std::fprintf(stderr, "--dtype must be bf16, fp16 or fp32; got %s\n", dtype_name.c_str()); return 2; }
   if (iters < 50) { std::fprintf(stderr, "--iters must be at least 50; got %d\n", iters); return 2; }
+  if (!(warmup_ms >= 0 && warmup_ms <= 10000)) {
+    std::fprintf(stderr, "--warmup-ms must be in [0, 10000]; got %g\n", warmup_ms);
+    return 2;
+  }
   if (kernels != "auto" && kernels != "generic") {
     std::fprintf(stderr, "--kernels must be auto or generic; got %s\n", kernels.c_str());
     return 2;
@@ -166,10 +173,10 @@ int main(int argc, char** argv) {
   CHECK_CUDA(cudaDriverGetVersion(&driver));
 
   std::printf("{\"gpu\": \"%s\", \"sms\": %d, \"cuda_runtime\": %d, \"cuda_driver\": %d, \"dtype\": \"%s\", "
-              "\"H\": %lld, \"warmup\": %d, \"iters\": %d, \"statistic\": \"median\", \"kernels\": \"%s\", "
-              "\"index_order\": \"%s\", \"results\": [",
-              prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, iters,
-              kernels.c_str(), index_order.c_str());
+              "\"H\": %lld, \"warmup\": %d, \"warmup_ms\": %g, \"iters\": %d, \"statistic\": \"median\", "
+              "\"kernels\": \"%s\", \"index_order\": \"%s\", \"results\": [",
+              prop.name, prop.multiProcessorCount, runtime, driver, dtype_name.c_str(), (long long)H, warmup, warmup_ms,
+              iters, kernels.c_str(), index_order.c_str());
   bool first = true;
   std::mt19937_64 rng(1234);
   for (int64_t B : Bs) for (int64_t K : Ks) for (int64_t G : Gs) for (int64_t L : Ls) {
@@ -206,11 +213,12 @@ int main(int argc, char** argv) {
     CHECK_CUDA(cudaDeviceSynchronize());
 
     const double t_fwd = median_ms([&] { return largeout::cuda::group_sparse_fwd(dt, s, x, w, idx, bias, y, 0); },
-                                   warmup, iters);
+                                   warmup, iters, warmup_ms);
     const double t_dx = median_ms(
-        [&] { return largeout::cuda::group_sparse_dx(dt, s, plan, dy, w, idx, dx, ws, 0); }, warmup, iters);
+        [&] { return largeout::cuda::group_sparse_dx(dt, s, plan, dy, w, idx, dx, ws, 0); }, warmup, iters, warmup_ms);
     const double t_dw = median_ms(
-        [&] { return largeout::cuda::group_sparse_dw(dt, s, dw_plan, dy, x, idx, dw, db, dw_ws, 0); }, warmup, iters);
+        [&] { return largeout::cuda::group_sparse_dw(dt, s, dw_plan, dy, x, idx, dw, db, dw_ws, 0); }, warmup, iters,
+        warmup_ms);
     const double flops = 2.0 * double(B) * double(L) * double(K);
     const int64_t bytes_alloc = (2 * B * H + 2 * L * K + 2 * L + 2 * B * L) * int64_t(esize) + plan.workspace_bytes +
                                 dw_plan.workspace_bytes + ng * K * int64_t(sizeof(int32_t));

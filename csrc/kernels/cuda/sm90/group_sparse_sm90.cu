@@ -363,7 +363,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
              const float* __restrict__ row_scale, int e4m3, uint32_t identity_perm, int prefetch_bias,
-             int idx_shift) {
+             int idx_shift, int bias_pairs) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -482,32 +482,37 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // load, in 64-bit address arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv);
     // the unit past the layer's last label clamps its columns. Columns past nl are computed
     // but never stored, so their bias need not be masked. (__ldg: with the prefetch below,
-    // plain loads compiled to LDG without .CONSTANT.)
+    // plain loads compiled to LDG without .CONSTANT.) braw[u][j] holds the bias of this
+    // thread's label pair (8j + 2t, 8j + 2t + 1) of group u, low half first: one 4-byte load
+    // where the bias is 4-byte aligned (bias_pairs; the pair's first label is even). With a
+    // 2-byte load per label, ptxas zero-extended each value right after its load, above the
+    // MMAs, and the warpgroup waited there: 18% of the stall samples at B=1024, K=64, G=64,
+    // L=131,072 (bench/results/ncu_fwd_sass_G64_B1024_K64_L131072_s31.csv).
     const int64_t l0 = int64_t(gu) * G;
     const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
     const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
-    uint16_t braw[kU][G / 8][2];
+    uint32_t braw[kU][G / 8];
     if (bias == nullptr) {
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j) braw[u][j][0] = braw[u][j][1] = 0;
-    } else if (nl == kU * G) {
-      const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0 + 2 * t;
+        for (int j = 0; j < G / 8; ++j) braw[u][j] = 0;
+    } else if (nl == kU * G && bias_pairs) {
+      const uint32_t* bq = reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint16_t*>(bias) + l0 + 2 * t);
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) braw[u][j][e] = __ldg(bq + u * G + 8 * j + e);
+        for (int j = 0; j < G / 8; ++j) braw[u][j] = __ldg(bq + (u * G + 8 * j) / 2);
     } else {
       const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0;
+      auto lab = [&](int c) { return nl == kU * G ? c : min(c, nl - 1); };
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e) braw[u][j][e] = __ldg(bq + min(u * G + 8 * j + 2 * t + e, nl - 1));
+        for (int j = 0; j < G / 8; ++j) {
+          const int c = u * G + 8 * j + 2 * t;
+          braw[u][j] = uint32_t(__ldg(bq + lab(c))) | (uint32_t(__ldg(bq + lab(c + 1))) << 16);
+        }
     }
     // prefetch_bias (chosen per shape, fwd_launch): the lines of this warpgroup's next unit's
     // bias into L1 (the first and last label of each 64, so that a span across two lines
@@ -520,11 +525,11 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j)
-#pragma unroll
-          for (int e = 0; e < 2; ++e)
-            bv[u][j][e] = to_float(bits_to<T>(uint16_t(
-                __byte_perm(uint32_t(braw[u][j][e]), __float_as_uint(acc[u][4 * j + e]), identity_perm))));
+        for (int j = 0; j < G / 8; ++j) {
+          const uint32_t pair = __byte_perm(braw[u][j], __float_as_uint(acc[u][4 * j]), identity_perm);
+          bv[u][j][0] = to_float(bits_to<T>(uint16_t(pair & 0xffffu)));
+          bv[u][j][1] = to_float(bits_to<T>(uint16_t(pair >> 16)));
+        }
     };
     if constexpr (kProbe == 1) {
       for (int q = 0; q < kQs; ++q) {
@@ -2059,6 +2064,10 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
   const bool prefetch_bias = env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "1") ||
                              (!env_is("LARGEOUT_SM90_FWD_BIAS_PREFETCH", "0") &&
                               (G == 32 || (G == 64 && s.batch >= 512)));
+  // The bias read as label pairs (4-byte loads) where it is 4-byte aligned.
+  // LARGEOUT_SM90_FWD_BIAS_PAIRS=0: 2-byte loads (timing comparisons).
+  const bool bias_pairs =
+      reinterpret_cast<uintptr_t>(bias) % 4 == 0 && !env_is("LARGEOUT_SM90_FWD_BIAS_PAIRS", "0");
   const bool tma_store = fwd_tma_store(s, y);
   constexpr int64_t kMaxTiles = 65535;
   for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
@@ -2072,7 +2081,7 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
     kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
         map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
         rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-        int(e4m3), 0x3210u, int(prefetch_bias), idx_shift);
+        int(e4m3), 0x3210u, int(prefetch_bias), idx_shift, int(bias_pairs));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   return cudaSuccess;
