@@ -248,21 +248,17 @@ def test_sm90_forward_ring_and_store_paths(cons, stages, tma_store, L, K, G, poi
     check_forward_elementwise(256, 768, L, K, G, 30 + G + K)
 
 
-@pytest.mark.parametrize("ahead", ["0", "1"])
 @pytest.mark.parametrize("offset_bias", [False, True])
 @pytest.mark.parametrize("prefetch", ["0", "1"])
 @pytest.mark.parametrize("B,L,K,G", [(512, 8191, 64, 32), (1024, 4097, 128, 64), (300, 2051, 64, 128), (100, 3001, 256, 16),
                                      (256, 4096, 64, 64)])
-def test_sm90_forward_bias_prefetch(ahead, offset_bias, prefetch, B, L, K, G, poison, monkeypatch):
+def test_sm90_forward_bias_prefetch(offset_bias, prefetch, B, L, K, G, poison, monkeypatch):
     # The L1 prefetch of the next unit's bias (LARGEOUT_SM90_FWD_BIAS_PREFETCH forces it off or on;
     # by default it runs at G = 32 and at G = 64 with B >= 512): many units per warpgroup, the
     # last ones' prefetches past L; the bias read as label pairs (4-byte loads) where it is 4-byte
     # aligned, by label where it starts 2 bytes off its allocation (a view), and a last unit of
-    # one label or a whole one; each unit's bias loaded at its start or a unit early
-    # (LARGEOUT_SM90_FWD_BIAS_AHEAD: a unit that added another's bias fails); element by element
-    # against float64 (a pair read swapped fails).
+    # one label or a whole one; element by element against float64 (a pair read swapped fails).
     monkeypatch.setenv("LARGEOUT_SM90_FWD_BIAS_PREFETCH", prefetch)
-    monkeypatch.setenv("LARGEOUT_SM90_FWD_BIAS_AHEAD", ahead)
     check_forward_elementwise(B, 768, L, K, G, 90 + G, offset_bias=offset_bias)
 
 

@@ -363,7 +363,7 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
              const T* __restrict__ x, const int32_t* __restrict__ idx, const T* __restrict__ bias, T* __restrict__ y,
              int B, int H, int64_t L, int groups_per_split, int num_groups, int spr, int tma_store,
              const float* __restrict__ row_scale, int e4m3, uint32_t identity_perm, int prefetch_bias,
-             int idx_shift, int bias_pairs, int bias_ahead) {
+             int idx_shift, int bias_pairs) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
   using C = FwdCfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
@@ -462,53 +462,6 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     __syncwarp();
     if (lane == 0) mbar_arrive(&empty[s]);
   };
-  // The bias of a unit's labels this thread adds: dst[u][j] holds the bias of its label pair
-  // (8j + 2t, 8j + 2t + 1) of group u, low half first. One 4-byte load per pair where the
-  // bias is 4-byte aligned (bias_pairs; the pair's first label is even). With a 2-byte load
-  // per label, ptxas zero-extended each value right after its load, above the MMAs, and the
-  // warpgroup waited there: 18% of the stall samples at B=1024, K=64, G=64, L=131,072
-  // (bench/results/ncu_fwd_sass_G64_B1024_K64_L131072_s31.csv). A whole unit's loads are at
-  // fixed offsets from one pointer (the clamped column of each load, in 64-bit address
-  // arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv); the unit past
-  // the layer's last label clamps its columns. Columns past nl are computed but never stored,
-  // so their bias need not be masked. (__ldg: with the L1 prefetch, plain loads compiled to
-  // LDG without .CONSTANT.)
-  auto unit_nl = [&](int gu) {  // labels unit gu stores
-    const int64_t lb = int64_t(gu) * G;
-    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
-    return int(L - lb < unit_labels ? L - lb : unit_labels);
-  };
-  auto load_bias = [&](int gu, uint32_t(&dst)[kU][G / 8]) {
-    const int64_t lb = int64_t(gu) * G;
-    const int n = unit_nl(gu);
-    if (bias == nullptr) {
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int j = 0; j < G / 8; ++j) dst[u][j] = 0;
-    } else if (n == kU * G && bias_pairs) {
-      const uint32_t* bq = reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint16_t*>(bias) + lb + 2 * t);
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int j = 0; j < G / 8; ++j) dst[u][j] = __ldg(bq + (u * G + 8 * j) / 2);
-    } else {
-      const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + lb;
-      auto lab = [&](int c) { return n == kU * G ? c : min(c, n - 1); };
-#pragma unroll
-      for (int u = 0; u < kU; ++u)
-#pragma unroll
-        for (int j = 0; j < G / 8; ++j) {
-          const int c = u * G + 8 * j + 2 * t;
-          dst[u][j] = uint32_t(__ldg(bq + lab(c))) | (uint32_t(__ldg(bq + lab(c + 1))) << 16);
-        }
-    }
-  };
-  // bias_ahead (fwd_launch): each unit's bias loads are issued one unit early, into bnext. Not
-  // with fp8 weights nor at G = 16, whose kernels the extra registers made spill (12-28 bytes).
-  const bool ahead = bias_ahead && !kW8 && G >= 32;
-  uint32_t bnext[kU][G / 8];
-  if (ahead && g_begin + cw * kU < g_pad) load_bias(g_begin + cw * kU, bnext);
   // This warpgroup's next stage in its ring (its k-th stage, k = (n / kCons) kQs + q for
   // unit n, sits in slot cw spr + k % spr; kept by increments: no division per unit).
   RingPos ring{0, 0};
@@ -516,35 +469,56 @@ gsl_fwd_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     // acc[u] starts with its first MMA (scale-out zero): zeroing the registers while other
     // MMAs are in flight makes ptxas serialize every wgmma (warning C7518).
     float acc[kU][G / 2];
-    // Bias of this thread's columns (load_bias): loaded now (unpredicated; with bias_ahead, the
-    // next unit's) so that the loads land during the MMAs, and converted in the epilogue.
-    // Converted here, the conversion was the loads' first use: the warpgroup waited for them
-    // before its MMAs (30% of the forward's stall samples at the headline shape, Nsight Compute,
-    // bench/results/ncu_fwd_sass_G32_s19_h100.csv). Written after the MMAs in the source, ptxas
-    // still hoisted the first conversion above them (40% of the stall samples at B=1024, K=64,
-    // G=64, L=131,072: bench/results/ncu_fwd_G64_B1024_K64_L131072_s28_h100.txt), so
-    // bias_values first passes each value through a byte permutation with its accumulator whose
-    // selector is the runtime `identity_perm` (0x3210: the value unchanged): it then depends on
-    // the finished MMAs.
+    // Bias of this thread's columns: loaded now (unpredicated) so that the loads land during
+    // the MMAs, and converted in the epilogue. Converted here, the conversion was the loads'
+    // first use: the warpgroup waited for them before its MMAs (30% of the forward's stall
+    // samples at the headline shape, Nsight Compute, bench/results/ncu_fwd_sass_G32_s19_h100.csv).
+    // Written after the MMAs in the source, ptxas still hoisted the first conversion above
+    // them (40% of the stall samples at B=1024, K=64, G=64, L=131,072:
+    // bench/results/ncu_fwd_G64_B1024_K64_L131072_s28_h100.txt), so bias_values first passes
+    // each value through a byte permutation with its accumulator whose selector is the runtime
+    // `identity_perm` (0x3210: the value unchanged): it then depends on the finished MMAs.
+    // A whole unit's loads are at fixed offsets from one pointer (the clamped column of each
+    // load, in 64-bit address arithmetic, was ~100 instructions per unit: ncu_fwd_sass_G32_s20_h100.csv);
+    // the unit past the layer's last label clamps its columns. Columns past nl are computed
+    // but never stored, so their bias need not be masked. (__ldg: with the prefetch below,
+    // plain loads compiled to LDG without .CONSTANT.) braw[u][j] holds the bias of this
+    // thread's label pair (8j + 2t, 8j + 2t + 1) of group u, low half first: one 4-byte load
+    // where the bias is 4-byte aligned (bias_pairs; the pair's first label is even). With a
+    // 2-byte load per label, ptxas zero-extended each value right after its load, above the
+    // MMAs, and the warpgroup waited there: 18% of the stall samples at B=1024, K=64, G=64,
+    // L=131,072 (bench/results/ncu_fwd_sass_G64_B1024_K64_L131072_s31.csv).
     const int64_t l0 = int64_t(gu) * G;
-    const int nl = unit_nl(gu);  // labels this unit stores (>= 1)
+    const int64_t unit_labels = int64_t(g_end - gu < kU ? g_end - gu : kU) * G;
+    const int nl = int(L - l0 < unit_labels ? L - l0 : unit_labels);  // labels this unit stores (>= 1)
     uint32_t braw[kU][G / 8];
-    if (ahead) {
-      // This unit's values came with the last one (bnext); the next unit's loads start now, a
-      // whole unit before their use.
+    if (bias == nullptr) {
 #pragma unroll
       for (int u = 0; u < kU; ++u)
 #pragma unroll
-        for (int j = 0; j < G / 8; ++j) braw[u][j] = bnext[u][j];
-      if (gu + kCons * kU < g_pad) load_bias(gu + kCons * kU, bnext);
+        for (int j = 0; j < G / 8; ++j) braw[u][j] = 0;
+    } else if (nl == kU * G && bias_pairs) {
+      const uint32_t* bq = reinterpret_cast<const uint32_t*>(reinterpret_cast<const uint16_t*>(bias) + l0 + 2 * t);
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j) braw[u][j] = __ldg(bq + (u * G + 8 * j) / 2);
     } else {
-      load_bias(gu, braw);
+      const uint16_t* bq = reinterpret_cast<const uint16_t*>(bias) + l0;
+      auto lab = [&](int c) { return nl == kU * G ? c : min(c, nl - 1); };
+#pragma unroll
+      for (int u = 0; u < kU; ++u)
+#pragma unroll
+        for (int j = 0; j < G / 8; ++j) {
+          const int c = u * G + 8 * j + 2 * t;
+          braw[u][j] = uint32_t(__ldg(bq + lab(c))) | (uint32_t(__ldg(bq + lab(c + 1))) << 16);
+        }
     }
-    // prefetch_bias (chosen per shape, fwd_launch): into L1, the lines of the bias of this
-    // warpgroup's first unit whose loads have not been issued (the first and last label of each
-    // 64, so that a span across two lines brings both), for those loads to hit there.
+    // prefetch_bias (chosen per shape, fwd_launch): the lines of this warpgroup's next unit's
+    // bias into L1 (the first and last label of each 64, so that a span across two lines
+    // brings both), for that unit's loads above to hit there.
     if (prefetch_bias && bias != nullptr && lane < 2 * kU * G / 64) {
-      const int64_t lp = l0 + int64_t((ahead ? 2 : 1) * kCons * kU * G) + 64 * (lane >> 1) + 63 * (lane & 1);
+      const int64_t lp = l0 + int64_t(kCons * kU * G) + 64 * (lane >> 1) + 63 * (lane & 1);
       if (lp < L) prefetch_l1(bias + lp);
     }
     auto bias_values = [&](float (&bv)[kU][G / 8][2]) {
@@ -2094,9 +2068,6 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
   // LARGEOUT_SM90_FWD_BIAS_PAIRS=0: 2-byte loads (timing comparisons).
   const bool bias_pairs =
       reinterpret_cast<uintptr_t>(bias) % 4 == 0 && !env_is("LARGEOUT_SM90_FWD_BIAS_PAIRS", "0");
-  // Each unit's bias loaded one unit early (LARGEOUT_SM90_FWD_BIAS_AHEAD=1; timing comparisons;
-  // 16-bit weights at G >= 32).
-  const bool bias_ahead = env_is("LARGEOUT_SM90_FWD_BIAS_AHEAD", "1");
   const bool tma_store = fwd_tma_store(s, y);
   constexpr int64_t kMaxTiles = 65535;
   for (int64_t t0 = 0; t0 < tiles; t0 += kMaxTiles) {
@@ -2110,7 +2081,7 @@ cudaError_t fwd_launch_g(DType dt, const GroupSparseShape& s, const DeviceInfo& 
     kernel<<<dim3(unsigned(cdiv(ng, per)), unsigned(nt)), unsigned(128 * (cons + 1)), smem, stream>>>(
         map, ymap, static_cast<const T*>(x) + r0 * s.in_features, indices, static_cast<const T*>(bias), yc,
         rows, int(s.in_features), s.out_features, int(per), int(ng), spr, int(tma_store), row_scale,
-        int(e4m3), 0x3210u, int(prefetch_bias), idx_shift, int(bias_pairs), int(bias_ahead));
+        int(e4m3), 0x3210u, int(prefetch_bias), idx_shift, int(bias_pairs));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
   }
   return cudaSuccess;
