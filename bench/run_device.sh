@@ -545,18 +545,24 @@ if [ "$MODE" = dwprof ]; then  # issue 4: Nsight Compute of dW (the largest pass
   exit 0
 fi
 
+fwd_profiles_then_grid() {  # $1: deadline (epoch s), $2: seconds a profile needs left; Nsight Compute of the forward
+  # at each G of PROFILE_G (PROFILE_ARGS, NCU_TAG) while more than $2 s are left, then the grid per batch size (SWEEP_B)
+  local G left
+  for G in ${PROFILE_G:-}; do
+    left=$(( $1 - $(date +%s) ))
+    [ $left -gt "$2" ] || break
+    NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
+  done
+  run_grid "$1" ${SWEEP_B:-1024 512 256 128}
+}
+
 if [ "$MODE" = fwdgrid ]; then  # session 29: the forward's tests (FWD_TESTS_K), Nsight Compute of the forward at each
   # G of PROFILE_G with PROFILE_ARGS (file names end in NCU_TAG), then the issue-4 grid per batch size (SWEEP_B) until
   # FWDGRID_BUDGET s after the start (default 585)
   deadline=$(( T0 + ${FWDGRID_BUDGET:-585} ))
   RUN_TESTS_TIMEOUT=${RUN_TESTS_TIMEOUT:-150} tests_subset gpu_tests_fwd.log tests/test_group_sparse_sm90.py \
     -k "${FWD_TESTS_K:-forward or fwd}"
-  for G in ${PROFILE_G:-}; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 90 ] || break
-    NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
-  done
-  run_grid $deadline ${SWEEP_B:-1024 512 256 128}
+  fwd_profiles_then_grid "$deadline" 90
   exit 0
 fi
 
@@ -581,12 +587,7 @@ r = json.load(open(sys.argv[1]))['results'][-1]; print(r['L'], r['fwd_ms'], r['d
   timeout 150 python3 bench/bench_knob.py --env LARGEOUT_SM90_FWD_BIAS_PAIRS --values 1,0 --B 256,1024 --K 64,128,256 \
     --G 32,64,128 --L 131072 --warmup-ms 50 --out "$OUT/knob_fwd_bias_pairs_s31.json" 2>&1 \
     | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
-  for G in ${PROFILE_G:-}; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 200 ] || break
-    NCU_TAG=${NCU_TAG:-} ncu_pass fwd "$G" 120
-  done
-  run_grid $deadline ${SWEEP_B:-1024 512 256 128}
+  fwd_profiles_then_grid "$deadline" 200
   exit 0
 fi
 
