@@ -374,6 +374,101 @@ def test_group_rounding_fast_paths_match_the_rule(dtype, device):
             assert torch.ops.largeout._sr_rule_mismatches(xs.to(device), rnd.to(device), dtype) == 0
 
 
+def _sqrt_div_operands(n_groups, seed):
+    """Float32 operands for the group square root and quotient, in groups of 8: most groups
+    entirely in the range where the GPU takes its branch-free sequences (magnitudes 2^-60 to
+    2^60, zeros), the rest with one operand outside it (subnormal, tiny, huge, inf, NaN,
+    negative for the square root); significands random or at the edges (1, 1 + ulp, 2 - ulp)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = n_groups * 8
+
+    def inside(k):
+        exp = torch.randint(-60, 61, (k,), generator=gen)
+        man = torch.randint(0, 2**23, (k,), generator=gen)
+        edge = torch.randint(0, 8, (k,), generator=gen)  # an eighth each at 1, 1 + ulp, 2 - ulp
+        man = torch.where(edge == 0, 0, torch.where(edge == 1, 1, torch.where(edge == 2, 2**23 - 1, man)))
+        sign = torch.randint(0, 2, (k,), generator=gen)
+        bits = (sign << 31) | ((exp + 127) << 23) | man
+        return torch.where(bits >= 2**31, bits - 2**32, bits).to(torch.int32).view(torch.float32)
+
+    a, b = inside(n), inside(n)
+    zero = torch.rand(n, generator=gen) < 0.05
+    a = torch.where(zero, torch.where(torch.rand(n, generator=gen) < 0.5, 0.0, -0.0), a)
+    special = torch.tensor([2.0**-126, 2.0**-127, 1e-45, 2.0**-61, 2.0**-100, 2.0**61, 2.0**100, 3.0e38,
+                            float("inf"), float("nan")], dtype=torch.float32)
+    special = torch.cat([special, -special])
+    out = torch.arange(n_groups)[torch.rand(n_groups, generator=gen) < 0.2] * 8  # a fifth leave the range
+    which = torch.randint(0, 8, out.shape, generator=gen)
+    a[out + which] = special[torch.randint(0, special.numel(), out.shape, generator=gen)]
+    out_b = torch.arange(n_groups)[torch.rand(n_groups, generator=gen) < 0.1] * 8
+    b[out_b + torch.randint(0, 8, out_b.shape, generator=gen)] = torch.cat([special, torch.tensor([0.0, -0.0])])[
+        torch.randint(0, special.numel() + 2, out_b.shape, generator=gen)]
+    return a, b
+
+
+def _same_floats(x, want):
+    """Bit-identical, any NaN matching any NaN."""
+    nan = torch.isnan(want)
+    return torch.equal(torch.isnan(x), nan) and torch.equal(x[~nan].view(torch.int32), want[~nan].view(torch.int32))
+
+
+def _sqrt_ref(x):
+    return torch.sqrt(x.double()).float()
+
+
+def _div_ref(a, b):
+    return (a.double() / b.double()).float()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_group_sqrt_div_match_ieee(device):
+    """AdamW's square roots and quotients, taken 8 at a time (on the GPU a range test for the
+    group, then the fast sequences without branches, else the IEEE operations): the
+    correctly rounded float32 results. Reference: the float64 operation rounded to float32,
+    which is correctly rounded (double rounding is innocuous for sqrt and division from 53
+    to 24 bits); torch's own float32 sqrt on the CPU is not (it differs in the last bit)."""
+    a, b = _sqrt_div_operands(1 << 18, 41)
+    s, q = torch.ops.largeout._group_sqrt_div(a.to(device), b.to(device))
+    assert s.device.type == q.device.type == torch.device(device).type
+    assert _same_floats(s.cpu(), _sqrt_ref(a))
+    assert _same_floats(q.cpu(), _div_ref(a, b))
+    # square roots of the magnitudes (half of a is negative: those groups take op_sqrt)
+    s, _ = torch.ops.largeout._group_sqrt_div(a.abs().to(device), b.to(device))
+    assert _same_floats(s.cpu(), _sqrt_ref(a.abs()))
+    # the groups that take the fast path are most of them (so that it is what is checked)
+    in_range = ((a.abs() >= 2.0**-60) & (a.abs() < 2.0**61)) | (a == 0)
+    in_range &= (b.abs() >= 2.0**-60) & (b.abs() < 2.0**61)
+    assert in_range.reshape(-1, 8).all(dim=1).float().mean() > 0.6
+
+
+@pytest.mark.parametrize("bad", ["dtype", "size", "shape"])
+def test_group_sqrt_div_rejects_bad_arguments(bad):
+    a = torch.rand(16)
+    b = {"dtype": a.double(), "size": torch.rand(8), "shape": torch.rand(2, 8)}[bad]
+    a2 = a.reshape(2, 8) if bad == "shape" else a
+    with pytest.raises((TypeError, RuntimeError), match="_group_sqrt_div"):
+        torch.ops.largeout._group_sqrt_div(a2, b)
+    with pytest.raises(RuntimeError, match="multiple of 8"):
+        torch.ops.largeout._group_sqrt_div(torch.rand(12), torch.rand(12))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_group_sqrt_every_float_and_many_quotients_cuda():
+    """The GPU's group square root over every non-negative float32 (+0, subnormals, normals,
+    inf, NaNs), and 2^26 more random quotients, against the float64 operations on the GPU
+    rounded to float32."""
+    chunk = 1 << 27
+    for start in range(0, 1 << 31, chunk):
+        x = torch.arange(start, start + chunk, device="cuda", dtype=torch.int32).view(torch.float32)
+        s, _ = torch.ops.largeout._group_sqrt_div(x, torch.ones_like(x))
+        assert _same_floats(s, _sqrt_ref(x)), start
+    for seed in range(4):
+        a, b = _sqrt_div_operands(1 << 21, 50 + seed)
+        a, b = a.cuda(), b.cuda()
+        _, q = torch.ops.largeout._group_sqrt_div(a, b)
+        assert _same_floats(q, _div_ref(a, b)), seed
+
+
 def _make(kind, ps, **kw):
     if kind == "sgd":
         return lo_optim.SGD(ps, lr=0.05, **kw)

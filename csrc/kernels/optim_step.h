@@ -169,6 +169,92 @@ LARGEOUT_HD float op_div(float a, float b) { return a / b; }
 LARGEOUT_HD float op_sqrt(float a) { return std::sqrt(a); }
 #endif
 
+// op_sqrt and op_div of 8 elements, with the same bits. On the GPU, __fsqrt_rn and
+// __fdiv_rn each compile to a short exact sequence for ordinary operands (a MUFU
+// approximation and 3-5 dependent FMAs) behind a range test and a branch per element to
+// a slow path. In AdamW's group of 8 those branches made the 8 elements' chains run one
+// after another (the one-group-per-thread kernel is bound by latency, at 4 warps per
+// scheduler: bench/NOTES.md, session 32). Here the range test is made once for the group:
+// when every operand lies in the range below, the 8 sequences run without a branch and
+// the scheduler interleaves them; otherwise the group takes op_sqrt / op_div.
+//   sqrt: x = +0, or x in [2^-101, FLT_MAX]: the compiler's own fast-path test for
+//         sqrt.rn.f32 (bits - 0x0d000000 <= 0x727fffff), and its sequence: r = rsqrt
+//         approximation, s = x r, h = r / 2, result s + (x - s s) h;
+//   div:  a = +-0 (the quotient is a signed zero: sign(a) xor sign(b)), or a and b both
+//         with unbiased exponent in [-60, 60]: then no step underflows or overflows (1/b,
+//         the quotient in [2^-121, 2^121], and the remainder a - b q, exact, as its last
+//         bit is at least 2^-146), where the sequence of __fdiv_rn's fast path (y = 1/b
+//         approximation refined once, q = a y, q + (a - b q) y) is exact for every
+//         significand, its proof depending only on the relative errors. Checked against
+//         __fsqrt_rn over every non-negative float and against __fdiv_rn over random and
+//         edge operands (tests/test_optim.py::test_group_sqrt_div_match_ieee).
+#if defined(__CUDA_ARCH__)
+__device__ __forceinline__ float rsqrt_approx(float x) {
+  float r;
+  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ float rcp_approx(float x) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+  return r;
+}
+__device__ __forceinline__ bool sqrt_fast_ok(float x) {
+  const uint32_t b = __float_as_uint(x);
+  return b == 0u || b - 0x0d000000u <= 0x727fffffu;
+}
+__device__ __forceinline__ float sqrt_fast(float x) {
+  const float r = rsqrt_approx(x);
+  const float s = __fmul_rn(x, r), hr = __fmul_rn(r, 0.5f);
+  const float res = __fmaf_rn(__fmaf_rn(-s, s, x), hr, s);
+  return __float_as_uint(x) == 0u ? 0.f : res;
+}
+// biased exponent in [67, 187], or a zero numerator
+__device__ __forceinline__ bool div_fast_ok(float a, float b) {
+  const uint32_t ea = (__float_as_uint(a) >> 23) & 0xffu, eb = (__float_as_uint(b) >> 23) & 0xffu;
+  const bool a_zero = (__float_as_uint(a) & 0x7fffffffu) == 0u;
+  return (a_zero || ea - 67u <= 120u) && eb - 67u <= 120u;
+}
+__device__ __forceinline__ float div_fast(float a, float b) {
+  const float y0 = rcp_approx(b);
+  const float y = __fmaf_rn(y0, __fmaf_rn(-b, y0, 1.f), y0);
+  const float q0 = __fmul_rn(a, y);
+  const float q = __fmaf_rn(y, __fmaf_rn(-b, q0, a), q0);
+  const uint32_t zero = (__float_as_uint(a) ^ __float_as_uint(b)) & 0x80000000u;
+  return (__float_as_uint(a) & 0x7fffffffu) == 0u ? __uint_as_float(zero) : q;
+}
+#endif
+
+LARGEOUT_HD void sqrt_group(const float (&x)[8], float (&out)[8]) {
+#if defined(__CUDA_ARCH__)
+  bool ok = true;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ok &= sqrt_fast_ok(x[j]);
+  if (ok) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = sqrt_fast(x[j]);
+    return;
+  }
+#endif
+  LARGEOUT_UNROLL
+  for (int j = 0; j < 8; ++j) out[j] = op_sqrt(x[j]);
+}
+
+LARGEOUT_HD void div_group(const float (&a)[8], const float (&b)[8], float (&out)[8]) {
+#if defined(__CUDA_ARCH__)
+  bool ok = true;
+#pragma unroll
+  for (int j = 0; j < 8; ++j) ok &= div_fast_ok(a[j], b[j]);
+  if (ok) {
+#pragma unroll
+    for (int j = 0; j < 8; ++j) out[j] = div_fast(a[j], b[j]);
+    return;
+  }
+#endif
+  LARGEOUT_UNROLL
+  for (int j = 0; j < 8; ++j) out[j] = op_div(a[j], b[j]);
+}
+
 // bf16 bits of an fp8 code times a row scale: the fp32 product rounded to nearest-even
 // (saturating at bf16's largest finite value); exact for the layers' power-of-two scales.
 LARGEOUT_HD uint16_t fp8_to_bf16_bits_scaled(uint32_t code, bool e4m3fn, float scale) {
@@ -489,6 +575,26 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   // issued on every element).
   float pv[n], bv[n], vv2[n], pold[n], ykahan[n];
   param_values(q.p, pold);
+  // AdamW: the moments and the step before weight decay, -step_size m / (sqrt(v) c + eps),
+  // with the square roots and the quotients taken for the group at once (sqrt_group,
+  // div_group).
+  [[maybe_unused]] float adam_step[n];
+  if constexpr (K == OptimKind::kAdamW) {
+    float sq[n], num[n], den[n];
+    LARGEOUT_UNROLL
+    for (int j = 0; j < n; ++j) {
+      const float g = gf[j];
+      bv[j] = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
+      vv2[j] = op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
+    }
+    sqrt_group(vv2, sq);
+    LARGEOUT_UNROLL
+    for (int j = 0; j < n; ++j) {
+      den[j] = op_add(op_mul(sq[j], h.inv_sqrt_bc2), h.eps);
+      num[j] = op_mul(-h.step_size, bv[j]);
+    }
+    div_group(num, den, adam_step);
+  }
   auto values = [&](auto nesterov_c, auto comp_c, auto decay_c) {
     [[maybe_unused]] constexpr bool kNesterov = decltype(nesterov_c)::value;
     constexpr bool kComp = decltype(comp_c)::value;
@@ -509,13 +615,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
         }
         upd = op_mul(-h.lr, d);
       } else {
-        const float m = op_add(op_mul(h.beta1, decode_code(q.b1[j], t.state)), op_mul(op_sub(1.f, h.beta1), g));
-        const float vv =
-            op_add(op_mul(h.beta2, decode_code(q.b2[j], t.state)), op_mul(op_sub(1.f, h.beta2), op_mul(g, g)));
-        bv[j] = m;
-        vv2[j] = vv;
-        const float denom = op_add(op_mul(op_sqrt(vv), h.inv_sqrt_bc2), h.eps);
-        upd = op_div(op_mul(-h.step_size, m), denom);
+        upd = adam_step[j];
         if (kDecay) upd = op_sub(upd, op_mul(op_mul(h.lr, h.weight_decay), p));
       }
       if (kComp) {
@@ -547,8 +647,10 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   if (K == OptimKind::kAdamW || has_buf1) round_group_codes<S>(bv, bits_1.late(h, v, 1), near, q.b1);
   if (K == OptimKind::kAdamW) round_group_codes<S>(vv2, bits_2.late(h, v, 2), near, q.b2);
   if constexpr (kScaled) {
+    float sc[n];
     LARGEOUT_UNROLL
-    for (int j = 0; j < n; ++j) pv[j] = op_div(pv[j], scale);
+    for (int j = 0; j < n; ++j) sc[j] = scale;
+    div_group(pv, sc, pv);
   }
   round_group_codes<P>(pv, bits_p.late(h, v, 0), near, q.p);
   if (comp) {

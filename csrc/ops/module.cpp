@@ -86,6 +86,8 @@ TORCH_LIBRARY(largeout, m) {
   // or an empty tensor when not sums).
   m.def("pad_columns_sum(Tensor x, int multiple, bool pad, bool sums) -> (Tensor, Tensor)");
   m.def("_sr_rule_mismatches(Tensor x, Tensor rnd, ScalarType dtype) -> int");
+  // (sqrt(a), a / b) as AdamW's step takes them, 8 consecutive elements at a time (test hook).
+  m.def("_group_sqrt_div(Tensor a, Tensor b) -> (Tensor, Tensor)");
   m.def("_fused_optim_step_(Tensor(a!)[] params, Tensor[] grads, Tensor(b!)[] buf1, Tensor(c!)[] buf2, "
         "Tensor(d!)[] comps, Tensor[] scales, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
         "bool first, float weight_decay, float beta1, float beta2, float eps, float step_size, float inv_sqrt_bc2, "

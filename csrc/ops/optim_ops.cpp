@@ -4,12 +4,14 @@
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
 #include <cmath>
 #include <cstring>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "kernels/optim_step.h"
@@ -249,7 +251,55 @@ int64_t sr_rule_mismatches(const at::Tensor& x, const at::Tensor& rnd, at::Scala
   return bad;
 }
 
+// Test hook, argument checks for _group_sqrt_div.
+void group_sqrt_div_check(const at::Tensor& a, const at::Tensor& b) {
+  constexpr const char* op = "largeout._group_sqrt_div: ";
+  TORCH_CHECK_TYPE(a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat, op,
+                   "a and b must be float32; got ", a.scalar_type(), " and ", b.scalar_type());
+  TORCH_CHECK(a.dim() == 1 && a.sizes() == b.sizes() && a.device() == b.device(), op,
+              "a and b must be 1-D, of one size and on one device; got ", a.sizes(), " and ", b.sizes(), " on ",
+              a.device(), " and ", b.device());
+  TORCH_CHECK(a.numel() % 8 == 0, op, "the size must be a multiple of 8; got ", a.numel());
+}
+
+// Test hook: (sqrt_group(a), div_group(a, b)) over groups of 8, as AdamW's step takes them
+// (on the CPU, op_sqrt and op_div element by element).
+std::tuple<at::Tensor, at::Tensor> group_sqrt_div(const at::Tensor& a, const at::Tensor& b) {
+  group_sqrt_div_check(a, b);
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor s = at::empty_like(ac), q = at::empty_like(ac);
+  const float *ap = ac.const_data_ptr<float>(), *bp = bc.const_data_ptr<float>();
+  float *sp = s.data_ptr<float>(), *qp = q.data_ptr<float>();
+  for (int64_t i0 = 0; i0 < a.numel(); i0 += 8) {
+    float x[8], y[8], so[8], qo[8];
+    for (int j = 0; j < 8; ++j) {
+      x[j] = ap[i0 + j];
+      y[j] = bp[i0 + j];
+    }
+    sqrt_group(x, so);
+    div_group(x, y, qo);
+    for (int j = 0; j < 8; ++j) {
+      sp[i0 + j] = so[j];
+      qp[i0 + j] = qo[j];
+    }
+  }
+  return {s, q};
+}
+
 #ifdef LARGEOUT_WITH_CUDA
+std::tuple<at::Tensor, at::Tensor> group_sqrt_div_cuda(const at::Tensor& a, const at::Tensor& b) {
+  group_sqrt_div_check(a, b);
+  DeviceGuard guard(a.device());
+  const at::Tensor ac = a.contiguous(), bc = b.contiguous();
+  at::Tensor s = at::empty_like(ac), q = at::empty_like(ac);
+  const cudaError_t e = cuda::group_sqrt_div(ac.const_data_ptr<float>(), bc.const_data_ptr<float>(), a.numel(),
+                                             s.data_ptr<float>(), q.data_ptr<float>(),
+                                             c10::cuda::getCurrentCUDAStream());
+  TORCH_CHECK(e == cudaSuccess, "largeout._group_sqrt_div: CUDA error: ", cudaGetErrorName(e), ": ",
+              cudaGetErrorString(e));
+  return {s, q};
+}
+
 // The same on the GPU: the device's group rounding and per-element rule against the
 // specification (cuda::sr_rule_mismatches).
 int64_t sr_rule_mismatches_cuda(const at::Tensor& x, const at::Tensor& rnd, at::ScalarType dtype) {
@@ -273,11 +323,13 @@ int64_t sr_rule_mismatches_cuda(const at::Tensor& x, const at::Tensor& rnd, at::
 TORCH_LIBRARY_IMPL(largeout, CPU, m) {
   m.impl("_fused_optim_step_", &largeout::step_cpu);
   m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches);
+  m.impl("_group_sqrt_div", &largeout::group_sqrt_div);
 }
 
 #ifdef LARGEOUT_WITH_CUDA
 TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
   m.impl("_fused_optim_step_", &largeout::step_cuda);
   m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches_cuda);
+  m.impl("_group_sqrt_div", &largeout::group_sqrt_div_cuda);
 }
 #endif

@@ -283,7 +283,37 @@ __global__ void sr_rule_mismatch_kernel(const float* __restrict__ x, const uint3
   if (count) atomicAdd(bad, count);
 }
 
+// One thread per group of 8 consecutive elements: sqrt_group(a) and div_group(a, b), as
+// AdamW's step takes them.
+__global__ void group_sqrt_div_kernel(const float* __restrict__ a, const float* __restrict__ b, int64_t groups,
+                                      float* __restrict__ sqrt_out, float* __restrict__ div_out) {
+  const int64_t g = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (g >= groups) return;
+  float x[8], y[8], s[8], q[8];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    x[j] = a[g * 8 + j];
+    y[j] = b[g * 8 + j];
+  }
+  sqrt_group(x, s);
+  div_group(x, y, q);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    sqrt_out[g * 8 + j] = s[j];
+    div_out[g * 8 + j] = q[j];
+  }
+}
+
 }  // namespace
+
+cudaError_t group_sqrt_div(const float* a, const float* b, int64_t n, float* sqrt_out, float* div_out,
+                           cudaStream_t stream) {
+  if (n % 8 != 0) return cudaErrorInvalidValue;
+  const int64_t groups = n / 8;
+  if (groups == 0) return cudaSuccess;
+  group_sqrt_div_kernel<<<unsigned((groups + 255) / 256), 256, 0, stream>>>(a, b, groups, sqrt_out, div_out);
+  return cudaGetLastError();
+}
 
 cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, ElemType t, unsigned long long* bad,
                                cudaStream_t stream) {

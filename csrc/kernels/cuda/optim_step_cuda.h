@@ -22,4 +22,9 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
 cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, ElemType t, unsigned long long* bad,
                                cudaStream_t stream);
 
+// Test hook (largeout._group_sqrt_div on CUDA tensors): sqrt_group(a) and div_group(a, b)
+// over consecutive groups of 8 (n a multiple of 8; else cudaErrorInvalidValue).
+cudaError_t group_sqrt_div(const float* a, const float* b, int64_t n, float* sqrt_out, float* div_out,
+                           cudaStream_t stream);
+
 }  // namespace largeout::cuda
