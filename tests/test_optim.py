@@ -602,6 +602,53 @@ def test_fused_sgd_random_bits_follow_the_documented_stream(device):
     assert got.tolist() == want
 
 
+def _bf16_sr_model(x, stream_words):
+    """bf16 codes of float32 values x (below bf16's largest finite value) stochastically
+    rounded with the documented bits: element i takes 16 bits of word (i % 8) / 2 of its
+    group's block, the low half for even i and the high half for odd i."""
+    m = 0xFFFFFFFF
+    out = []
+    for i, xb in enumerate(x.view(torch.int32).tolist()):
+        w = stream_words[i // 8][(i % 8) // 2]
+        r16 = (w >> 16) if i % 2 else (w & 0xFFFF)
+        out.append((((xb & m) + (0xFFFF - r16)) & m) >> 16)
+    return out
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_adamw_random_bits_follow_the_documented_stream(device):
+    # One AdamW step on bf16 parameters with bf16 state through the op, with a known key,
+    # against a model of the documented scheme: group v's parameter, exp_avg and exp_avg_sq
+    # draw Philox4x32-10 blocks 6 v, 6 v + 2 and 6 v + 4 (streams 0, 1, 2), and the update
+    # in float32, one rounding per operation (sqrt and division correctly rounded: float64
+    # then float32). Catches a stream, counter or word layout that changed, and an update
+    # whose arithmetic changed.
+    n = 203  # 25 whole groups and a partial one
+    gen = torch.Generator().manual_seed(43)
+    p0 = torch.randn(n, generator=gen).to(torch.bfloat16)
+    g = torch.randn(n, generator=gen).to(torch.bfloat16)
+    m0 = (torch.randn(n, generator=gen) * 0.1).to(torch.bfloat16)
+    v0 = (torch.rand(n, generator=gen) * 0.01).to(torch.bfloat16)
+    lr, wd, beta1, beta2, eps, step_size, inv_sqrt_bc2 = 0.01, 0.05, 0.9, 0.999, 1e-8, 0.011, 1.3
+    seed, offset = 0x0BAD_5EED_1234_5678, 0x0000_0001_0000_0002
+    p, b1, b2 = p0.clone().to(device), m0.clone().to(device), v0.clone().to(device)
+    torch.ops.largeout._fused_optim_step_([p], [g.to(device)], [b1], [b2], [], [], 1, True, lr, 0.0, 0.0, False,
+                                          False, wd, beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset)
+    f = lambda x: torch.tensor(x, dtype=torch.float32)  # noqa: E731 (a float32 scalar, as the kernel's)
+    one = f(1.0)
+    gf, pf = g.float(), p0.float()
+    m_new = f(beta1) * m0.float() + (one - f(beta1)) * gf
+    v_new = f(beta2) * v0.float() + (one - f(beta2)) * (gf * gf)
+    den = torch.sqrt(v_new.double()).float() * f(inv_sqrt_bc2) + f(eps)
+    upd = ((-f(step_size) * m_new).double() / den.double()).float()
+    p_new = pf + (upd - (f(lr) * f(wd)) * pf)
+    m = 0xFFFFFFFF
+    words = [[_philox4x32_10([(6 * v + 2 * s) & m, (6 * v + 2 * s) >> 32, offset & m, offset >> 32],
+                             [seed & m, seed >> 32]) for v in range((n + 7) // 8)] for s in range(3)]
+    for got, x, s in ((p, p_new, 0), (b1, m_new, 1), (b2, v_new, 2)):
+        assert (got.cpu().view(torch.int16).int() & 0xFFFF).tolist() == _bf16_sr_model(x, words[s]), s
+
+
 def test_fused_step_over_many_tensors_unaligned_views_and_tails():
     big = torch.randn(10_000, generator=torch.Generator().manual_seed(3)).to(torch.bfloat16)
     views = [big[1:4100], big[4100:4103], big[5003:9000]]  # not 16-byte aligned, odd lengths

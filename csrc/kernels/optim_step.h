@@ -173,21 +173,23 @@ LARGEOUT_HD float op_sqrt(float a) { return std::sqrt(a); }
 // __fdiv_rn each compile to a short exact sequence for ordinary operands (a MUFU
 // approximation and 3-5 dependent FMAs) behind a range test and a branch per element to
 // a slow path. In AdamW's group of 8 those branches made the 8 elements' chains run one
-// after another (the one-group-per-thread kernel is bound by latency, at 4 warps per
-// scheduler: bench/NOTES.md, session 32). Here the range test is made once for the group:
-// when every operand lies in the range below, the 8 sequences run without a branch and
-// the scheduler interleaves them; otherwise the group takes op_sqrt / op_div.
+// after another. Here the range test is made once for the group (the smallest and largest
+// magnitudes against the bounds): when every operand lies in the range below, the 8
+// sequences run without a branch and the scheduler interleaves them; otherwise the group
+// takes op_sqrt / op_div (bench/NOTES.md, session 32).
 //   sqrt: x = +0, or x in [2^-101, FLT_MAX]: the compiler's own fast-path test for
 //         sqrt.rn.f32 (bits - 0x0d000000 <= 0x727fffff), and its sequence: r = rsqrt
-//         approximation, s = x r, h = r / 2, result s + (x - s s) h;
-//   div:  a = +-0 (the quotient is a signed zero: sign(a) xor sign(b)), or a and b both
-//         with unbiased exponent in [-60, 60]: then no step underflows or overflows (1/b,
-//         the quotient in [2^-121, 2^121], and the remainder a - b q, exact, as its last
-//         bit is at least 2^-146), where the sequence of __fdiv_rn's fast path (y = 1/b
-//         approximation refined once, q = a y, q + (a - b q) y) is exact for every
-//         significand, its proof depending only on the relative errors. Checked against
-//         __fsqrt_rn over every non-negative float and against __fdiv_rn over random and
-//         edge operands (tests/test_optim.py::test_group_sqrt_div_match_ieee).
+//         approximation, s = x r, h = r / 2, result s + (x - s s) h. (r is clamped to
+//         2^64, which changes nothing in the range and makes x = +0 give +0.)
+//   div:  a = +-0, or a and b both with unbiased exponent in [-60, 60]: then no step
+//         underflows or overflows (1/b, the quotient in [2^-121, 2^121], and the remainder
+//         r = a - b q, exact, as its last bit is at least 2^-146), where the sequence of
+//         __fdiv_rn's fast path (y = 1/b approximation refined once, q = a y, q + r y) is
+//         exact for every significand, its proof depending only on the relative errors.
+//         Where r = 0, q is the quotient (for a = +-0 a zero of the right sign, which
+//         q + r y would lose).
+// Checked against the float64 operations over every non-negative float (sqrt) and random
+// and edge operands (division): tests/test_optim.py::test_group_sqrt_*.
 #if defined(__CUDA_ARCH__)
 __device__ __forceinline__ float rsqrt_approx(float x) {
   float r;
@@ -199,40 +201,24 @@ __device__ __forceinline__ float rcp_approx(float x) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
   return r;
 }
-__device__ __forceinline__ bool sqrt_fast_ok(float x) {
-  const uint32_t b = __float_as_uint(x);
-  return b == 0u || b - 0x0d000000u <= 0x727fffffu;
-}
-__device__ __forceinline__ float sqrt_fast(float x) {
-  const float r = rsqrt_approx(x);
-  const float s = __fmul_rn(x, r), hr = __fmul_rn(r, 0.5f);
-  const float res = __fmaf_rn(__fmaf_rn(-s, s, x), hr, s);
-  return __float_as_uint(x) == 0u ? 0.f : res;
-}
-// biased exponent in [67, 187], or a zero numerator
-__device__ __forceinline__ bool div_fast_ok(float a, float b) {
-  const uint32_t ea = (__float_as_uint(a) >> 23) & 0xffu, eb = (__float_as_uint(b) >> 23) & 0xffu;
-  const bool a_zero = (__float_as_uint(a) & 0x7fffffffu) == 0u;
-  return (a_zero || ea - 67u <= 120u) && eb - 67u <= 120u;
-}
-__device__ __forceinline__ float div_fast(float a, float b) {
-  const float y0 = rcp_approx(b);
-  const float y = __fmaf_rn(y0, __fmaf_rn(-b, y0, 1.f), y0);
-  const float q0 = __fmul_rn(a, y);
-  const float q = __fmaf_rn(y, __fmaf_rn(-b, q0, a), q0);
-  const uint32_t zero = (__float_as_uint(a) ^ __float_as_uint(b)) & 0x80000000u;
-  return (__float_as_uint(a) & 0x7fffffffu) == 0u ? __uint_as_float(zero) : q;
-}
 #endif
 
 LARGEOUT_HD void sqrt_group(const float (&x)[8], float (&out)[8]) {
 #if defined(__CUDA_ARCH__)
-  bool ok = true;
+  uint32_t lo = 0xffffffffu, hi = 0u;  // smallest nonzero bits (as bits - 1), largest bits
 #pragma unroll
-  for (int j = 0; j < 8; ++j) ok &= sqrt_fast_ok(x[j]);
-  if (ok) {
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t b = __float_as_uint(x[j]);
+    lo = min(lo, b - 1u);
+    hi = max(hi, b);  // (a negative x has the sign bit: above the bound)
+  }
+  if (lo >= 0x0d000000u - 1u && hi <= 0x7f7fffffu) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) out[j] = sqrt_fast(x[j]);
+    for (int j = 0; j < 8; ++j) {
+      const float r = fminf(rsqrt_approx(x[j]), 0x1p64f);
+      const float s = __fmul_rn(x[j], r), hr = __fmul_rn(r, 0.5f);
+      out[j] = __fmaf_rn(__fmaf_rn(-s, s, x[j]), hr, s);
+    }
     return;
   }
 #endif
@@ -242,12 +228,26 @@ LARGEOUT_HD void sqrt_group(const float (&x)[8], float (&out)[8]) {
 
 LARGEOUT_HD void div_group(const float (&a)[8], const float (&b)[8], float (&out)[8]) {
 #if defined(__CUDA_ARCH__)
-  bool ok = true;
+  // magnitudes' bits: a's smallest nonzero (as bits - 1) and largest, b's smallest and largest
+  uint32_t alo = 0xffffffffu, ahi = 0u, blo = 0xffffffffu, bhi = 0u;
 #pragma unroll
-  for (int j = 0; j < 8; ++j) ok &= div_fast_ok(a[j], b[j]);
-  if (ok) {
+  for (int j = 0; j < 8; ++j) {
+    const uint32_t ma = __float_as_uint(a[j]) & 0x7fffffffu, mb = __float_as_uint(b[j]) & 0x7fffffffu;
+    alo = min(alo, ma - 1u);
+    ahi = max(ahi, ma);
+    blo = min(blo, mb);
+    bhi = max(bhi, mb);
+  }
+  constexpr uint32_t kLo = 67u << 23, kEnd = 188u << 23;  // 2^-60, 2^61
+  if (alo >= kLo - 1u && ahi < kEnd && blo >= kLo && bhi < kEnd) {
 #pragma unroll
-    for (int j = 0; j < 8; ++j) out[j] = div_fast(a[j], b[j]);
+    for (int j = 0; j < 8; ++j) {
+      const float y0 = rcp_approx(b[j]);
+      const float y = __fmaf_rn(y0, __fmaf_rn(-b[j], y0, 1.f), y0);
+      const float q0 = __fmul_rn(a[j], y);
+      const float r = __fmaf_rn(-b[j], q0, a[j]);
+      out[j] = r == 0.f ? q0 : __fmaf_rn(y, r, q0);
+    }
     return;
   }
 #endif
@@ -307,13 +307,35 @@ inline OptimHyper with_round_keys(OptimHyper h) {
 // Random bits of element j (0..7) of group v for a stream.
 struct GroupRandom {
   uint32_t w[8];
+  // 8 words of a bf16 target from one block: the top 16 bits of each half-word's value
+  LARGEOUT_HD void split16(const uint32_t (&a)[4]) {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a[j >> 1] & 0xffff0000u) : (a[j >> 1] << 16);
+  }
+  // Streams 0, 1 and 2 of group v, all bf16 targets: the words fill gives each, from the
+  // three blocks computed together (philox4x32_10_x3).
+  static LARGEOUT_HD void fill3_bf16(const OptimHyper& h, uint64_t v, GroupRandom& r0, GroupRandom& r1,
+                                     GroupRandom& r2) {
+    uint32_t c[3][4];
+    LARGEOUT_UNROLL
+    for (int b = 0; b < 3; ++b) {
+      const uint64_t blk = v * 6 + uint64_t(b) * 2;
+      c[b][0] = uint32_t(blk);
+      c[b][1] = uint32_t(blk >> 32);
+      c[b][2] = uint32_t(h.offset);
+      c[b][3] = uint32_t(h.offset >> 32);
+    }
+    philox4x32_10_x3(c, h.keys);
+    r0.split16(c[0]);
+    r1.split16(c[1]);
+    r2.split16(c[2]);
+  }
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
     const uint64_t blk = v * 6 + uint64_t(stream) * 2;
     const Philox4x32 a =
         philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset), uint32_t(h.offset >> 32), h.keys);
     if (target == ElemType::kBF16) {
-      LARGEOUT_UNROLL
-      for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a.v[j >> 1] & 0xffff0000u) : (a.v[j >> 1] << 16);
+      split16(a.v);
     } else {
       const Philox4x32 b = philox4x32_10(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), uint32_t(h.offset),
                                          uint32_t(h.offset >> 32), h.keys);
@@ -537,9 +559,20 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
   const bool near = !h.stochastic;
   StreamBits<P> bits_p;
   StreamBits<S> bits_1, bits_2;
-  bits_p.early(h, v, 0);
-  if (K == OptimKind::kAdamW || has_buf1) bits_1.early(h, v, 1);
-  if (K == OptimKind::kAdamW) bits_2.early(h, v, 2);
+  if constexpr (K == OptimKind::kAdamW && P == ElemType::kBF16 && S == ElemType::kBF16) {
+    // (the three streams' blocks together: one test of the rounding mode, the rounds interleaved)
+    if (h.stochastic) {
+      GroupRandom::fill3_bf16(h, v, bits_p.r, bits_1.r, bits_2.r);
+    } else {
+      bits_p.draw(h, v, 0);  // (zeros: rounding to nearest reads no bits)
+      bits_1.draw(h, v, 1);
+      bits_2.draw(h, v, 2);
+    }
+  } else {
+    bits_p.early(h, v, 0);
+    if (K == OptimKind::kAdamW || has_buf1) bits_1.early(h, v, 1);
+    if (K == OptimKind::kAdamW) bits_2.early(h, v, 2);
+  }
   [[maybe_unused]] float scale = 1.f;
   if constexpr (kScaled) scale = s.row_scale[i0 / s.row_len];
   // The parameter's 8 values (times the row scale where it has one).

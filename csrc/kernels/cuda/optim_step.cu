@@ -257,7 +257,13 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
         update_raw<K, P, S, kScaled>(s, G, h, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
       continue;
     }
-    // One group at a time (kU = 1, a slot's end, a partial or an unaligned group).
+    // One group at a time (kU = 1, a slot's end, a partial or an unaligned group). With
+    // kU = 1 the group is g0, in slot k already loaded (end > g0): no second search and
+    // load of the slot, whose latency the group's loads waited on (bench/NOTES.md, session 32).
+    if constexpr (kU == 1) {
+      update_one<K, P, S, kScaled>(s, G, h, (g0 - first) * 8);
+      continue;
+    }
     int kk = k;
     for (int u = 0; u < kU; ++u) {
       const int64_t g = g0 + u * kOptThreads;
