@@ -374,6 +374,32 @@ def test_group_rounding_fast_paths_match_the_rule(dtype, device):
             assert torch.ops.largeout._sr_rule_mismatches(xs.to(device), rnd.to(device), dtype) == 0
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", LOW, ids=str)
+def test_group_rounding_of_normal_values_matches_the_rule(dtype, device):
+    """Groups whose values are all zeros or normal in the target format (on the GPU the fp8
+    rounding's integer path: one add on the fp32 word): random words, the words on either
+    side of each decision, and all-zero / all-one words, against the per-element rule."""
+    fi = torch.finfo(dtype)
+    x = _fp32_probe_values(dtype, 400_000, 23)
+    x = x[torch.isfinite(x) & (x.abs() >= fi.smallest_normal) & (x.abs() < fi.max)]
+    gen = torch.Generator().manual_seed(24)
+    # and random fp32 words of normal magnitude, so that every dropped bit pattern occurs
+    lo, hi = math.log2(fi.smallest_normal), math.log2(fi.max)
+    r = torch.exp2(lo + (hi - lo) * torch.rand(200_000, generator=gen, dtype=torch.float64)).float()
+    r = r[r < fi.max] * torch.where(torch.rand(r.shape, generator=gen) < 0.5, -1.0, 1.0)
+    x = torch.cat([x, r])
+    x = x[torch.randperm(x.numel(), generator=gen)]
+    x[::13] = 0.0  # zeros (of both signs) stay on the path
+    x[5::26] = -0.0
+    x = x[: x.numel() // 8 * 8]
+    assert x.numel() > 100_000
+    for rnd in (torch.randint(-(2**31), 2**31 - 1, x.shape, dtype=torch.int32, generator=gen),
+                torch.zeros_like(x, dtype=torch.int32), torch.full_like(x, -1, dtype=torch.int32),
+                *_threshold_rnd(x, dtype)):
+        assert torch.ops.largeout._sr_rule_mismatches(x.to(device), rnd.to(device), dtype) == 0
+
+
 def _sqrt_div_operands(n_groups, seed):
     """Float32 operands for the group square root and quotient, in groups of 8: most groups
     entirely in the range where the GPU takes its branch-free sequences (magnitudes 2^-60 to
