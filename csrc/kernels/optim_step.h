@@ -383,8 +383,7 @@ LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 // fp8 codes (T = e4m3fn or e5m2) of 8 values whose magnitudes all lie below the format's
 // largest finite value (false, nothing written, otherwise): the same codes as
-// sr_round_bits_fast. Groups of zeros and normal values: an integer add on the fp32 words
-// (below); others in fp32 arithmetic that is exact at every step; both then the hardware's
+// sr_round_bits_fast, in fp32 arithmetic that is exact at every step, and the hardware's
 // paired conversion (exact, as the rounded values are on the format's grid):
 //   ulp   = the grid spacing at |x|: 2^(max(e, min_exp) - m), from the exponent field;
 //   t     = |x| / ulp (a power-of-two scaling, t < 2^(m + 1)); lo = floor(t);
@@ -394,7 +393,9 @@ LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float 
 //   value = +-(lo + up) * ulp, on the grid (lo + up <= 2^(m + 1): at most the next binade).
 // Nearest: the conversion's own round-to-nearest-even, which is the rule's below the largest
 // finite value (subnormals included). No branches per element: the integer rule's ~30
-// instructions with branches per element were the fp8 steps' bound (bench/NOTES.md).
+// instructions with branches per element were the fp8 steps' bound (bench/NOTES.md). (An
+// integer path for groups of zeros and normal values, one add on the fp32 word, measured
+// slower: most of the benchmark's weights are e4m3 subnormals; bench/NOTES.md, session 32.)
 template <ElemType T>
 __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near,
                                                 uint32_t (&pairs)[4]) {
@@ -409,23 +410,9 @@ __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint3
   for (int j = 0; j < 8; ++j) amax = max(amax, __float_as_uint(v[j]) & 0x7fffffffu);
   if (amax >= kMaxFp32) return false;  // saturation, inf and NaN: the per-element rule
   float r[8];
-  // Every value zero or of magnitude at least the smallest normal (the common case): the
-  // format's grid drops the low kDrop bits of the fp32 word, and rounding up iff
-  // rnd < frac * 2^32 = dropped * 2^(32 - kDrop) is rounding up iff (rnd >> (32 - kDrop)) <
-  // dropped, i.e. iff dropped + (2^kDrop - 1 - (rnd >> (32 - kDrop))) carries into the kept
-  // bits: one add and one mask per element (a zero stays a zero of its sign).
-  constexpr int kDrop = kE4M3 ? 20 : 21;
-  constexpr uint32_t kDropMask = (1u << kDrop) - 1u;
-  uint32_t lo = 0xffffffffu;  // smallest nonzero magnitude's bits, as bits - 1
-#pragma unroll
-  for (int j = 0; j < 8; ++j) lo = min(lo, (__float_as_uint(v[j]) & 0x7fffffffu) - 1u);
   if (near) {
 #pragma unroll
     for (int j = 0; j < 8; ++j) r[j] = v[j];
-  } else if (lo >= kMinNormal - 1u) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j)
-      r[j] = __uint_as_float((__float_as_uint(v[j]) + (kDropMask - (rnd[j] >> (32 - kDrop)))) & ~kDropMask);
   } else {
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
