@@ -597,6 +597,19 @@ def _philox4x32_10(counter, key):
     return [c0, c1, c2, c3]
 
 
+def _bf16_sr_model(x, stream_words):
+    """bf16 codes of float32 values x (below bf16's largest finite value) stochastically
+    rounded with the documented bits: element i takes 16 bits of word (i % 8) / 2 of its
+    group's block, the low half for even i and the high half for odd i."""
+    m = 0xFFFFFFFF
+    out = []
+    for i, xb in enumerate(x.view(torch.int32).tolist()):
+        w = stream_words[i // 8][(i % 8) // 2]
+        r16 = (w >> 16) if i % 2 else (w & 0xFFFF)
+        out.append((((xb & m) + (0xFFFF - r16)) & m) >> 16)
+    return out
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_fused_sgd_random_bits_follow_the_documented_stream(device):
     # One plain SGD step on bf16 parameters through the op, with a known key, against a
@@ -615,30 +628,11 @@ def test_fused_sgd_random_bits_follow_the_documented_stream(device):
     torch.ops.largeout._fused_optim_step_([p], [g.to(device)], [], [], [], [], 0, True, lr, 0.0, 0.0, False, False,
                                           0.0, 0.0, 0.0, 0.0, 0.0, 0.0, seed, offset)
     m = 0xFFFFFFFF
-    new = (p0.float() + torch.tensor(-lr, dtype=torch.float32) * g.float()).view(torch.int32)
-    want = []
-    for i in range(n):
-        v = i // 8
-        words = _philox4x32_10([(6 * v) & m, (6 * v) >> 32, offset & m, offset >> 32], [seed & m, seed >> 32])
-        w = words[(i % 8) // 2]
-        r16 = (w >> 16) if i % 2 else (w & 0xFFFF)
-        xb = int(new[i]) & m
-        want.append(((xb + (0xFFFF - r16)) & m) >> 16)
+    new = p0.float() + torch.tensor(-lr, dtype=torch.float32) * g.float()
+    words = [_philox4x32_10([(6 * v) & m, (6 * v) >> 32, offset & m, offset >> 32], [seed & m, seed >> 32])
+             for v in range((n + 7) // 8)]
     got = p.cpu().view(torch.int16).int() & 0xFFFF
-    assert got.tolist() == want
-
-
-def _bf16_sr_model(x, stream_words):
-    """bf16 codes of float32 values x (below bf16's largest finite value) stochastically
-    rounded with the documented bits: element i takes 16 bits of word (i % 8) / 2 of its
-    group's block, the low half for even i and the high half for odd i."""
-    m = 0xFFFFFFFF
-    out = []
-    for i, xb in enumerate(x.view(torch.int32).tolist()):
-        w = stream_words[i // 8][(i % 8) // 2]
-        r16 = (w >> 16) if i % 2 else (w & 0xFFFF)
-        out.append((((xb & m) + (0xFFFF - r16)) & m) >> 16)
-    return out
+    assert got.tolist() == _bf16_sr_model(new, words)
 
 
 @pytest.mark.parametrize("device", DEVICES)
