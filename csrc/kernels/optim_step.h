@@ -637,9 +637,9 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     LARGEOUT_UNROLL
     for (int j = 0; j < n; ++j) {
       const float p = pold[j];
-      const float g = gf[j];
       float upd;
       if constexpr (K == OptimKind::kSGD) {
+        const float g = gf[j];
         float d = kDecay ? op_add(g, op_mul(h.weight_decay, p)) : g;
         if (has_buf1) {
           const float b = h.first ? d
