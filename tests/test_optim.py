@@ -493,6 +493,47 @@ def test_group_sqrt_every_float_and_many_quotients_cuda():
         a, b = a.cuda(), b.cuda()
         _, q = torch.ops.largeout._group_sqrt_div(a, b)
         assert _same_floats(q, _div_ref(a, b)), seed
+    # every significand of b (exponent 0) under a few numerators: the fast path's exactness
+    # rests on the hardware's reciprocal approximation at each significand
+    b = (torch.arange(1 << 23, device="cuda", dtype=torch.int32) | 0x3F800000).view(torch.float32)
+    for a0 in (1.0, 1.5, 2.0 - 2.0**-23, 1.0 + 2.0**-23, 1.2345678, -1.7654321):
+        a = torch.full_like(b, a0)
+        _, q = torch.ops.largeout._group_sqrt_div(a, b)
+        assert _same_floats(q, _div_ref(a, b)), a0
+    # quotients within 2^-8 ulp of a rounding midpoint: a = b (q + ulp(q) / 2) rounded to
+    # float32, kept where that rounding moved the quotient by less than 2^-8 of q's ulp
+    gen = torch.Generator().manual_seed(58)
+    n = 1 << 24
+    bm = (torch.exp2(torch.randint(-40, 41, (n,), generator=gen).double())
+          * (1 + torch.rand(n, generator=gen, dtype=torch.float64))).float()
+    qm = (torch.exp2(torch.randint(-40, 41, (n,), generator=gen).double())
+          * (1 + torch.rand(n, generator=gen, dtype=torch.float64))).float()
+    ulp = torch.nextafter(qm, torch.full_like(qm, float("inf"))).double() - qm.double()
+    mid = qm.double() + ulp / 2
+    am = (bm.double() * mid).float()
+    keep = ((am.double() / bm.double() - mid).abs() < ulp / 256) & (am.abs() >= 2.0**-60) & (am.abs() < 2.0**61)
+    assert keep.sum() > 20_000
+    am, bm = (t[keep][: int(keep.sum()) // 8 * 8].cuda() for t in (am, bm))
+    _, q = torch.ops.largeout._group_sqrt_div(am, bm)
+    assert _same_floats(q, _div_ref(am, bm))
+
+
+def test_group_div_at_the_reciprocal_edge():
+    """a = +-2^k and b = +-(2 - 2^-23) 2^j for every k, j in [-60, 60] (the one significand
+    where a reciprocal approximation within 1 ulp but on the wrong side would round the
+    quotient down), and a = b: exact on the CPU and, where there is one, on the GPU."""
+    e = torch.arange(-60, 61, dtype=torch.float64)
+    k, j = torch.meshgrid(e, e, indexing="ij")
+    a = torch.exp2(k.reshape(-1)).float()
+    b = (torch.exp2(j.reshape(-1)) * (2 - 2.0**-23)).float()
+    sign = torch.tensor([1.0, -1.0, -1.0, 1.0]).repeat_interleave(a.numel() // 4 + 1)[: a.numel()]
+    a, b = torch.cat([a, a * sign, b]), torch.cat([b, b, b])  # (and a = b)
+    pad = (-a.numel()) % 8
+    a, b = torch.cat([a, torch.ones(pad)]), torch.cat([b, torch.ones(pad)])
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        _, q = torch.ops.largeout._group_sqrt_div(a.to(device), b.to(device))
+        assert _same_floats(q.cpu(), _div_ref(a, b)), device
 
 
 def _make(kind, ps, **kw):

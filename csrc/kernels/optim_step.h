@@ -183,9 +183,13 @@ LARGEOUT_HD float op_sqrt(float a) { return std::sqrt(a); }
 //         2^64, which changes nothing in the range and makes x = +0 give +0.)
 //   div:  a = +-0, or a and b both with unbiased exponent in [-60, 60]: then no step
 //         underflows or overflows (1/b, the quotient in [2^-121, 2^121], and the remainder
-//         r = a - b q, exact, as its last bit is at least 2^-146), where the sequence of
-//         __fdiv_rn's fast path (y = 1/b approximation refined once, q = a y, q + r y) is
-//         exact for every significand, its proof depending only on the relative errors.
+//         r = a - b q, exact), so the result is what the sequence of __fdiv_rn's own fast
+//         path (y = 1/b approximation refined once, q = a y, q + r y) gives at exponents
+//         near 0, where nvcc takes that path. Its exactness rests on the hardware's rcp
+//         approximation, not on a bound alone: one approximation within 1 ulp but on the
+//         wrong side at b = 2 - 2^-23 would round 1 / b down (an exact emulation in
+//         session 32 found it to be the only such case); the tests divide every b
+//         significand by several a, and that case at every exponent pair, on the GPU.
 //         Where r = 0, q is the quotient (for a = +-0 a zero of the right sign, which
 //         q + r y would lose).
 // Checked against the float64 operations over every non-negative float (sqrt) and random
