@@ -311,6 +311,8 @@ inline OptimHyper with_round_keys(OptimHyper h) {
 // Random bits of element j (0..7) of group v for a stream.
 struct GroupRandom {
   uint32_t w[8];
+  // The first Philox block of group v's stream (the layout at the top of this file).
+  static LARGEOUT_HD uint64_t first_block(uint64_t v, int stream) { return v * 6 + uint64_t(stream) * 2; }
   // 8 words of a bf16 target from one block: the top 16 bits of each half-word's value
   LARGEOUT_HD void split16(const uint32_t (&a)[4]) {
     LARGEOUT_UNROLL
@@ -323,7 +325,7 @@ struct GroupRandom {
     uint32_t c[3][4];
     LARGEOUT_UNROLL
     for (int b = 0; b < 3; ++b) {
-      const uint64_t blk = v * 6 + uint64_t(b) * 2;
+      const uint64_t blk = first_block(v, b);
       c[b][0] = uint32_t(blk);
       c[b][1] = uint32_t(blk >> 32);
       c[b][2] = uint32_t(h.offset);
@@ -335,7 +337,7 @@ struct GroupRandom {
     r2.split16(c[2]);
   }
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
-    const uint64_t blk = v * 6 + uint64_t(stream) * 2;
+    const uint64_t blk = first_block(v, stream);
     const Philox4x32 a =
         philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset), uint32_t(h.offset >> 32), h.keys);
     if (target == ElemType::kBF16) {

@@ -74,21 +74,24 @@ LARGEOUT_HD PhiloxKeys philox_round_keys(uint64_t seed) {
   }
   return ks;
 }
+// One Philox4x32 round on the counter c under the round's keys (k0, k1).
+LARGEOUT_HD void philox_round(uint32_t (&c)[4], uint32_t k0, uint32_t k1) {
+  uint32_t hi0, lo0, hi1, lo1;
+  mulhilo32(0xD2511F53u, c[0], &hi0, &lo0);
+  mulhilo32(0xCD9E8D57u, c[2], &hi1, &lo1);
+  const uint32_t n0 = hi1 ^ c[1] ^ k0, n2 = hi0 ^ c[3] ^ k1;
+  c[0] = n0;
+  c[1] = lo1;
+  c[2] = n2;
+  c[3] = lo0;
+}
 LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3, const PhiloxKeys& ks) {
+  Philox4x32 out{{c0, c1, c2, c3}};
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int r = 0; r < 10; ++r) {
-    uint32_t hi0, lo0, hi1, lo1;
-    mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
-    mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
-    const uint32_t n0 = hi1 ^ c1 ^ ks.k[2 * r], n2 = hi0 ^ c3 ^ ks.k[2 * r + 1];
-    c0 = n0;
-    c1 = lo1;
-    c2 = n2;
-    c3 = lo0;
-  }
-  return {{c0, c1, c2, c3}};
+  for (int r = 0; r < 10; ++r) philox_round(out.v, ks.k[2 * r], ks.k[2 * r + 1]);
+  return out;
 }
 
 // Three Philox4x32-10 blocks at once, c[b] the counter of block b: the same words as
@@ -103,16 +106,7 @@ LARGEOUT_HD void philox4x32_10_x3(uint32_t (&c)[3][4], const PhiloxKeys& ks) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-    for (int b = 0; b < 3; ++b) {
-      uint32_t hi0, lo0, hi1, lo1;
-      mulhilo32(0xD2511F53u, c[b][0], &hi0, &lo0);
-      mulhilo32(0xCD9E8D57u, c[b][2], &hi1, &lo1);
-      const uint32_t n0 = hi1 ^ c[b][1] ^ k0, n2 = hi0 ^ c[b][3] ^ k1;
-      c[b][0] = n0;
-      c[b][1] = lo1;
-      c[b][2] = n2;
-      c[b][3] = lo0;
-    }
+    for (int b = 0; b < 3; ++b) philox_round(c[b], k0, k1);
   }
 }
 
