@@ -638,6 +638,15 @@ def _philox4x32_10(counter, key):
     return [c0, c1, c2, c3]
 
 
+def _stream_words(n, seed, offset, stream):
+    """The documented random words of a launch's elements 0..n-1 for a stream: group v draws
+    Philox4x32-10 block (6 v + 2 stream, offset) under the key (seed); one list of 4 words
+    per group."""
+    m = 0xFFFFFFFF
+    return [_philox4x32_10([(6 * v + 2 * stream) & m, (6 * v + 2 * stream) >> 32, offset & m, offset >> 32],
+                           [seed & m, seed >> 32]) for v in range((n + 7) // 8)]
+
+
 def _bf16_sr_model(x, stream_words):
     """bf16 codes of float32 values x (below bf16's largest finite value) stochastically
     rounded with the documented bits: element i takes 16 bits of word (i % 8) / 2 of its
@@ -668,12 +677,9 @@ def test_fused_sgd_random_bits_follow_the_documented_stream(device):
     p = p0.clone().to(device)
     torch.ops.largeout._fused_optim_step_([p], [g.to(device)], [], [], [], [], 0, True, lr, 0.0, 0.0, False, False,
                                           0.0, 0.0, 0.0, 0.0, 0.0, 0.0, seed, offset)
-    m = 0xFFFFFFFF
     new = p0.float() + torch.tensor(-lr, dtype=torch.float32) * g.float()
-    words = [_philox4x32_10([(6 * v) & m, (6 * v) >> 32, offset & m, offset >> 32], [seed & m, seed >> 32])
-             for v in range((n + 7) // 8)]
     got = p.cpu().view(torch.int16).int() & 0xFFFF
-    assert got.tolist() == _bf16_sr_model(new, words)
+    assert got.tolist() == _bf16_sr_model(new, _stream_words(n, seed, offset, 0))
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -703,11 +709,9 @@ def test_fused_adamw_random_bits_follow_the_documented_stream(device):
     den = torch.sqrt(v_new.double()).float() * f(inv_sqrt_bc2) + f(eps)
     upd = ((-f(step_size) * m_new).double() / den.double()).float()
     p_new = pf + (upd - (f(lr) * f(wd)) * pf)
-    m = 0xFFFFFFFF
-    words = [[_philox4x32_10([(6 * v + 2 * s) & m, (6 * v + 2 * s) >> 32, offset & m, offset >> 32],
-                             [seed & m, seed >> 32]) for v in range((n + 7) // 8)] for s in range(3)]
     for got, x, s in ((p, p_new, 0), (b1, m_new, 1), (b2, v_new, 2)):
-        assert (got.cpu().view(torch.int16).int() & 0xFFFF).tolist() == _bf16_sr_model(x, words[s]), s
+        want = _bf16_sr_model(x, _stream_words(n, seed, offset, s))
+        assert (got.cpu().view(torch.int16).int() & 0xFFFF).tolist() == want, s
 
 
 def test_fused_step_over_many_tensors_unaligned_views_and_tails():
