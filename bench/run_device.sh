@@ -72,6 +72,8 @@
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
 #     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
+#     optab  build, the optimizer tests, bench_optim, then the same benchmark with ab_base/'s optimizer sources built
+#            incrementally, then the new ones again (OPTAB_BUDGET s, default 560; OPTAB_TESTS=0: no tests)
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
 #     order  build, the L = 131,072 grid per index order (ORDER_LIST, ORDER_ROUNDS rounds), the index-order tests
 #            (TESTS_ALL=1: the whole suite), then the whole grid with ORDER_GRID's order per batch size until
@@ -295,6 +297,40 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
   timeout 60 python3 bench/probe_fwd.py --passes dw --out "$OUT/probe_dw.json" 2>&1 | tail -5
   run_grid $deadline ${SWEEP_B:-512 1024 128 256}
   (cd "$OUT" && tar czf check.tgz --remove-files *.json *.log 2>/dev/null; ls)
+  exit 0
+fi
+
+if [ "$MODE" = optab ]; then  # session 33: the optimizer kernels against a base version of their sources, same
+  # machine, same call: the optimizer / rounding / weight-scale tests, bench_optim (new), then the base sources
+  # (ab_base/optim_step.h and ab_base/optim_step.cu, carried as untracked files) built incrementally and
+  # bench_optim (base), then the new sources rebuilt and bench_optim again, as OPTAB_BUDGET s after the start allow
+  # (default 560)
+  budget=${OPTAB_BUDGET:-560}
+  left() { echo $(( budget - ($(date +%s) - T0) )); }
+  rebuild() {
+    local start; start=$(date +%s)
+    LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+      python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build_$1.log" 2>&1 || { tail -30 "$OUT/build_$1.log"; exit 1; }
+    echo "rebuilt ($1) in $(( $(date +%s) - start )) s"
+  }
+  [ "${OPTAB_TESTS:-1}" = 1 ] && run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
+  echo "== bench_optim (new)"
+  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_new.json" 2>&1 | tail -10
+  mkdir -p /tmp/ab_new && cp csrc/kernels/optim_step.h csrc/kernels/cuda/optim_step.cu /tmp/ab_new/
+  if [ "$(left)" -gt 200 ]; then
+    cp ab_base/optim_step.h csrc/kernels/optim_step.h && cp ab_base/optim_step.cu csrc/kernels/cuda/optim_step.cu
+    rebuild base
+    echo "== bench_optim (base)"
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_base.json" 2>&1 | tail -10
+    cp /tmp/ab_new/optim_step.h csrc/kernels/optim_step.h && cp /tmp/ab_new/optim_step.cu csrc/kernels/cuda/optim_step.cu
+    if [ "$(left)" -gt 150 ]; then
+      rebuild new
+      echo "== bench_optim (new, again)"
+      timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_new2.json" 2>&1 | tail -10
+    else
+      echo "== no time left to rebuild the new sources: the installed build is the base one"
+    fi
+  fi
   exit 0
 fi
 

@@ -768,13 +768,16 @@ def test_fused_cpu_and_cuda_give_identical_bits(kind, pdtype):
 
 
 # (kind of _make_variant, parameter dtype, gradient dtype): fp8, 16-bit and fp32 gradients
-# or state, Kahan buffers ("kahan": momentum + Kahan).
+# or state, Kahan buffers ("kahan": momentum + Kahan). A gradient dtype other than the
+# parameter's (bf16 for fp8) takes the kernels that read it at run time.
 LARGE_CASES = [
     ("sgd", torch.bfloat16, torch.bfloat16), ("sgd-momentum", torch.bfloat16, torch.bfloat16),
     ("kahan", torch.float16, torch.float16), ("sgd", torch.float8_e4m3fn, torch.bfloat16),
     ("sgd-momentum", torch.float8_e5m2, torch.bfloat16), ("adamw", torch.bfloat16, torch.bfloat16),
     ("adamw", torch.bfloat16, torch.float32), ("adamw-f32-state", torch.bfloat16, torch.bfloat16),
     ("adamw-kahan", torch.bfloat16, torch.bfloat16), ("adamw", torch.float8_e4m3fn, torch.bfloat16),
+    ("sgd", torch.float8_e4m3fn, torch.float16), ("kahan", torch.bfloat16, torch.float32),
+    ("sgd-momentum", torch.float32, torch.bfloat16),
 ]
 
 

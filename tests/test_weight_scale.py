@@ -346,15 +346,16 @@ def test_weight_scale_arguments_checked():
 @pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device")
 @pytest.mark.parametrize("wdt", FP8, ids=str)
 @pytest.mark.parametrize("opt_name", ["sgd-momentum-kahan", "sgd", "adamw-bf16", "adamw-f32"])
-def test_scaled_fused_step_cuda_matches_cpu_bits(wdt, opt_name):
+@pytest.mark.parametrize("gdt", [torch.bfloat16, torch.float16], ids=str)  # (fp16: the run-time-typed kernel)
+def test_scaled_fused_step_cuda_matches_cpu_bits(wdt, opt_name, gdt):
     gen = torch.Generator().manual_seed(12)
     shapes = [(300, 64), (7, 8), (1000, 128)]
     ps, scales = [], []
     for shp in shapes:
         p = torch.nn.Parameter((torch.randn(shp, generator=gen) * 8).to(wdt), requires_grad=False)
-        p.grad_dtype = None  # a bf16 gradient, as the fp8 layers give
+        p.grad_dtype = None  # a bf16 gradient, as the fp8 layers give (or fp16)
         s = torch.ldexp(torch.ones(shp[0]), torch.randint(-10, 3, (shp[0],), generator=gen))
-        p.grad = (torch.randn(shp, generator=gen) * s[:, None]).bfloat16()
+        p.grad = (torch.randn(shp, generator=gen) * s[:, None]).to(gdt)
         ps.append(p)
         scales.append(s)
     runs = {}

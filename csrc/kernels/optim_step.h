@@ -106,18 +106,29 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
   return 0.f;
 }
 
-// fp32 values of 8 codes of type T: decode_code element by element; e4m3 on the GPU two
-// at a time (one paired conversion to f16x2, exact like the single one, instead of one per
-// code and the codes' unpacking; the fp8 optimizer steps are bound by their instructions).
+// The 8 one-byte codes c as two little-endian words (code j in byte j % 4 of word j / 4).
+// Written as two 16-bit halves each, the form in which the compiler folds it: from
+// unpacked words, into the words themselves; from paired conversions' results, into the
+// conversions (as one expression of 4 bytes it built each word from the bytes again, ~13
+// instructions per group of 8; bench/NOTES.md, session 33).
+LARGEOUT_HD uint32_t pack_bytes4(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {
+  return (c0 | (c1 << 8)) | ((c2 | (c3 << 8)) << 16);
+}
+
+// fp32 values of 8 codes of type T: decode_code element by element; fp8 on the GPU two at
+// a time (one paired conversion to f16x2, exact like the single one, from the codes packed
+// into words: the fp8 optimizer steps are bound by their instructions).
 template <ElemType T>
 LARGEOUT_HD void decode_group(const uint32_t (&c)[8], float (&out)[8]) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-  if constexpr (T == ElemType::kE4M3) {
+  if constexpr (T == ElemType::kE4M3 || T == ElemType::kE5M2) {
+    constexpr __nv_fp8_interpretation_t kKind = T == ElemType::kE4M3 ? __NV_E4M3 : __NV_E5M2;
+    const uint32_t w0 = pack_bytes4(c[0], c[1], c[2], c[3]), w1 = pack_bytes4(c[4], c[5], c[6], c[7]);
+    const uint32_t pairs[4] = {w0, w0 >> 16, w1, w1 >> 16};
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      const auto pair = __nv_fp8x2_storage_t((c[2 * k] & 0xffu) | ((c[2 * k + 1] & 0xffu) << 8));
-      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3)));  // low byte -> .x
-      out[2 * k] = f.x;
+      const float2 f = __half22float2(__half2(__nv_cvt_fp8x2_to_halfraw2(__nv_fp8x2_storage_t(pairs[k]), kKind)));
+      out[2 * k] = f.x;  // (the pair's low byte)
       out[2 * k + 1] = f.y;
     }
     return;
@@ -361,8 +372,9 @@ struct OptimGroup {
 };
 
 // The types of a launch are template arguments (so each kernel is small and every
-// format switch folds away), except the gradient's: P the parameter, S the state
-// (SGD's momentum, AdamW's moments); Kahan buffers have type comp_type(P).
+// format switch folds away): P the parameter, S the state (SGD's momentum, AdamW's
+// moments); Kahan buffers have type comp_type(P). The gradient's type is an argument (the
+// CUDA kernels make it a constant for the usual pairings: optim_step.cu).
 constexpr ElemType comp_type(ElemType p) {
   return (p == ElemType::kE4M3 || p == ElemType::kE5M2) ? ElemType::kBF16 : p;
 }
@@ -387,42 +399,69 @@ LARGEOUT_HD uint8_t e4m3_quant_code(const void* x, ElemType t, int64_t i, float 
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-// fp8 codes (T = e4m3fn or e5m2) of 8 values whose magnitudes all lie below the format's
-// largest finite value (false, nothing written, otherwise): the same codes as
-// sr_round_bits_fast, in fp32 arithmetic that is exact at every step, and the hardware's
-// paired conversion (exact, as the rounded values are on the format's grid):
+// The fp8 codes of a, b, c, d (T = e4m3fn or e5m2; round to nearest even, saturating to
+// the largest finite value) as one word, a in its low byte: two paired conversions whose
+// 16-bit results the hardware merges into the halves of the word (through
+// __nv_cvt_float2_to_fp8x2 each result was zero-extended to 32 bits, two instructions per
+// pair, and shifted into place again at the store).
+template <ElemType T>
+__device__ __forceinline__ uint32_t fp8x4_satfinite(float a, float b, float c, float d) {
+  uint32_t w;
+  if constexpr (T == ElemType::kE4M3) {
+    asm("{\n\t.reg .b16 lo, hi;\n\tcvt.rn.satfinite.e4m3x2.f32 lo, %2, %1;\n\t"
+        "cvt.rn.satfinite.e4m3x2.f32 hi, %4, %3;\n\tmov.b32 %0, {lo, hi};\n\t}"
+        : "=r"(w) : "f"(a), "f"(b), "f"(c), "f"(d));
+  } else {
+    asm("{\n\t.reg .b16 lo, hi;\n\tcvt.rn.satfinite.e5m2x2.f32 lo, %2, %1;\n\t"
+        "cvt.rn.satfinite.e5m2x2.f32 hi, %4, %3;\n\tmov.b32 %0, {lo, hi};\n\t}"
+        : "=r"(w) : "f"(a), "f"(b), "f"(c), "f"(d));
+  }
+  return w;
+}
+
+// fp8 codes (T = e4m3fn or e5m2) of 8 finite values (false, nothing written, where one is
+// inf or NaN): the same codes as sr_round_bits_fast, in fp32 arithmetic that is exact at
+// every step, and the hardware's paired conversion (exact, as the rounded values are on the
+// format's grid, or saturating):
 //   ulp   = the grid spacing at |x|: 2^(max(e, min_exp) - m), from the exponent field;
 //   t     = |x| / ulp (a power-of-two scaling, t < 2^(m + 1)); lo = floor(t);
 //   frac  = t - lo, exact (lo <= t < lo + 1, and lo >= t / 2 once t >= 1);
 //   up    = rnd < frac * 2^32 (the specification's test), i.e. rnd < ceil(frac * 2^32):
 //           frac * 2^32 is exact and below 2^32, so its ceiling is too;
 //   value = +-(lo + up) * ulp, on the grid (lo + up <= 2^(m + 1): at most the next binade).
-// Nearest: the conversion's own round-to-nearest-even, which is the rule's below the largest
-// finite value (subnormals included). No branches per element: the integer rule's ~30
-// instructions with branches per element were the fp8 steps' bound (bench/NOTES.md). (An
-// integer path for groups of zeros and normal values, one add on the fp32 word, measured
-// slower: most of the benchmark's weights are e4m3 subnormals; bench/NOTES.md, session 32.)
+// From the largest finite value up, value is at least that value (or +-inf, for |x| near
+// 2^128), and the conversion's saturation (.satfinite) gives +-max, the rule's policy; so
+// one test of the exponent fields (inf, NaN) for the group suffices. Nearest: the
+// conversion's own round-to-nearest-even and saturation, the rule's (subnormals included).
+// No branches per element: the integer rule's ~30 instructions with branches per element
+// were the fp8 steps' bound (bench/NOTES.md). (An integer path for groups of zeros and
+// normal values, one add on the fp32 word, measured slower: most of the benchmark's
+// weights are e4m3 subnormals; bench/NOTES.md, session 32.)
 template <ElemType T>
 __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near,
-                                                uint32_t (&pairs)[4]) {
+                                                uint32_t (&words)[2]) {
   static_assert(T == ElemType::kE4M3 || T == ElemType::kE5M2);
   constexpr bool kE4M3 = T == ElemType::kE4M3;
-  constexpr uint32_t kMaxFp32 = kE4M3 ? 0x43E00000u : 0x47600000u;    // 448, 57344
   constexpr uint32_t kMinNormal = kE4M3 ? 0x3C800000u : 0x38800000u;  // 2^-6, 2^-14
   constexpr uint32_t kMantShift = (kE4M3 ? 3u : 2u) << 23;
-  constexpr __nv_fp8_interpretation_t kKind = kE4M3 ? __NV_E4M3 : __NV_E5M2;
-  uint32_t amax = 0;
+  uint32_t ebits[8], emax = 0;  // the exponent fields (shared with the rounding's grid spacing)
 #pragma unroll
-  for (int j = 0; j < 8; ++j) amax = max(amax, __float_as_uint(v[j]) & 0x7fffffffu);
-  if (amax >= kMaxFp32) return false;  // saturation, inf and NaN: the per-element rule
-  float r[8];
+  for (int j = 0; j < 8; ++j) {
+    ebits[j] = __float_as_uint(v[j]) & 0x7f800000u;
+    emax = max(emax, ebits[j]);
+  }
+  if (emax == 0x7f800000u) return false;  // inf and NaN: the per-element rule
+  auto convert = [&](const float (&r)[8]) {
+    words[0] = fp8x4_satfinite<T>(r[0], r[1], r[2], r[3]);
+    words[1] = fp8x4_satfinite<T>(r[4], r[5], r[6], r[7]);
+  };
   if (near) {
-#pragma unroll
-    for (int j = 0; j < 8; ++j) r[j] = v[j];
+    convert(v);  // (each branch converts its own values: joined on 8 values, ~8 register copies per group)
   } else {
+    float r[8];
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
-      const uint32_t ulp_bits = max(__float_as_uint(v[j]) & 0x7f800000u, kMinNormal) - kMantShift;
+      const uint32_t ulp_bits = max(ebits[j], kMinNormal) - kMantShift;
       const float ulp = __uint_as_float(ulp_bits), inv_ulp = __uint_as_float(0x7f000000u - ulp_bits);
       const float t = __fmul_rn(fabsf(v[j]), inv_ulp);
       const float lo = floorf(t);
@@ -430,10 +469,8 @@ __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint3
       const float units = __fadd_rn(lo, rnd[j] < threshold ? 1.f : 0.f);
       r[j] = copysignf(__fmul_rn(units, ulp), v[j]);
     }
+    convert(r);
   }
-#pragma unroll
-  for (int k = 0; k < 4; ++k)
-    pairs[k] = __nv_cvt_float2_to_fp8x2(make_float2(r[2 * k], r[2 * k + 1]), __NV_SATFINITE, kKind);
   return true;
 }
 
@@ -476,21 +513,19 @@ LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8]
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
   if constexpr (T == ElemType::kE4M3 || T == ElemType::kE5M2) {
-    // Both paths join on 16-bit pairs of codes (as the paired conversion gives them), so
+    // Both paths join on the two words of codes (as the paired conversions give them), so
     // that the compiler folds the unpacking below into the stores' repacking (joined on 8
-    // codes, ~20 instructions per group unpacked and repacked them).
-    uint32_t pairs[4];
-    if (!fp8_group_codes<T>(v, rnd, near, pairs)) {
+    // codes, ~20 instructions per group unpacked and repacked them; on 4 pairs, ~8).
+    uint32_t words[2];
+    if (!fp8_group_codes<T>(v, rnd, near, words)) {
+      uint32_t c[8];
 #pragma unroll
-      for (int k = 0; k < 4; ++k)
-        pairs[k] = (fp8_code_out_of_line<T>(v[2 * k], rnd[2 * k], near) & 0xffu) |
-                   ((fp8_code_out_of_line<T>(v[2 * k + 1], rnd[2 * k + 1], near) & 0xffu) << 8);
+      for (int j = 0; j < 8; ++j) c[j] = fp8_code_out_of_line<T>(v[j], rnd[j], near) & 0xffu;
+      words[0] = pack_bytes4(c[0], c[1], c[2], c[3]);
+      words[1] = pack_bytes4(c[4], c[5], c[6], c[7]);
     }
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      out[2 * k] = pairs[k] & 0xffu;
-      out[2 * k + 1] = (pairs[k] >> 8) & 0xffu;
-    }
+    for (int j = 0; j < 8; ++j) out[j] = (words[j >> 2] >> (8 * (j & 3))) & 0xffu;
   } else
 #endif
   {
@@ -536,8 +571,11 @@ struct StreamBits {
     if (needs_random(h, T)) {
       r.fill(h, v, stream, T);
     } else {
+      // (Unread: rounding to nearest, or fp32. Left unset on the GPU, which saves the 8
+      // moves that run before the stochastic branch too, the optimizer kernels spilled up
+      // to 400 bytes; bench/NOTES.md, session 33.)
       LARGEOUT_UNROLL
-      for (int j = 0; j < 8; ++j) r.w[j] = 0u;  // (unread: rounding to nearest, or fp32)
+      for (int j = 0; j < 8; ++j) r.w[j] = 0u;
     }
   }
   LARGEOUT_HD void early(const OptimHyper& h, uint64_t v, int stream) {
@@ -572,7 +610,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     if (h.stochastic) {
       GroupRandom::fill3_bf16(h, v, bits_p.r, bits_1.r, bits_2.r);
     } else {
-      bits_p.draw(h, v, 0);  // (zeros: rounding to nearest reads no bits)
+      bits_p.draw(h, v, 0);  // (rounding to nearest reads no bits)
       bits_1.draw(h, v, 1);
       bits_2.draw(h, v, 2);
     }
@@ -591,7 +629,8 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
       for (int j = 0; j < 8; ++j) out[j] = op_mul(out[j], scale);
     }
   };
-  // The gradient's type is known only at run time: one switch for the group, each case
+  // The gradient's type: a constant in the CUDA kernels for the usual pairings (the
+  // switch folds away), else read at run time: one switch for the group, each case
   // decoding all 8 codes (a switch per element was an indirect branch per element).
   float gf[n];
   switch (t.grad) {

@@ -77,8 +77,8 @@ __device__ __forceinline__ void store8(void* base, ElemType t, int64_t i0, const
       break;
     }
     default: {
-      st_global_v2(static_cast<uint8_t*>(base) + i0, make_uint2(c[0] | (c[1] << 8) | (c[2] << 16) | (c[3] << 24),
-                                                               c[4] | (c[5] << 8) | (c[6] << 16) | (c[7] << 24)));
+      st_global_v2(static_cast<uint8_t*>(base) + i0,
+                   make_uint2(pack_bytes4(c[0], c[1], c[2], c[3]), pack_bytes4(c[4], c[5], c[6], c[7])));
       break;
     }
   }
@@ -197,14 +197,27 @@ constexpr int groups_per_thread() {
   }
 }
 
+// The gradient type the kernels are specialized for: the parameter's own (torch's), bf16
+// for fp8 parameters (what largeout.nn's fp8 layers produce). A launch with another
+// gradient type takes the kernel that reads the type at run time (kGradRuntime, with
+// kBufs = kRuntime: one instance per parameter and state type). Known at compile time, the
+// gradient's unpacking, decoding and addresses fold into the loads (at run time they were a
+// switch and register copies per group: ~4 of the fp8 SGD step's 49 instructions per
+// element, bench/NOTES.md, session 33).
+constexpr int kGradRuntime = -1;
+constexpr ElemType natural_grad(ElemType p) { return comp_type(p); }
+
 // A block iteration covers kU * 256 consecutive groups of the launch; thread t takes
 // groups t, t + 256, ... of it (coalesced). kScaled: every slot's parameter has a row
-// scale (fp8 parameters of largeout.nn layers with weight_scale; kBufs = kRuntime).
-template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks, bool kScaled = false>
+// scale (fp8 parameters of largeout.nn layers with weight_scale; kBufs = kRuntime). kGrad:
+// the gradient's ElemType, or kGradRuntime (then grad_type says it).
+template <OptimKind K, ElemType P, ElemType S, Bufs kBufs, int kBlocks, bool kScaled = false,
+          int kGrad = int(natural_grad(P))>
 __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const OptimSlot* __restrict__ slots,
                                                                    const int64_t* __restrict__ prefix,
-                                                                   int64_t total_groups, ElemType G, OptimHyper h,
-                                                                   int prefetch) {
+                                                                   int64_t total_groups, ElemType grad_type,
+                                                                   OptimHyper h, int prefetch) {
+  const ElemType G = kGrad == kGradRuntime ? grad_type : ElemType(kGrad);
   constexpr int kU = groups_per_thread<K, P, S, kBufs, kBlocks>();
   constexpr int64_t kTile = int64_t(kU) * kOptThreads;
   auto slot = [&](int k) {  // slot k with the pointers the launch does not carry known null
@@ -371,13 +384,18 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
       return std::make_pair(optim_kernel<K, P, S, kBufs, kBlocks>, groups_per_thread<K, P, S, kBufs, kBlocks>());
     };
     std::pair<void (*)(const OptimSlot*, const int64_t*, int64_t, ElemType, OptimHyper, int), int> kernel_u;
+    const bool natural = types.grad == natural_grad(P);
     if (scaled) {  // (the op allows row scales on fp8 parameters only)
       if constexpr (scalable(P)) {
-        kernel_u = std::make_pair(optim_kernel<K, P, S, Bufs::kRuntime, 2, true>, 1);
+        kernel_u = std::make_pair(natural ? optim_kernel<K, P, S, Bufs::kRuntime, 2, true>
+                                          : optim_kernel<K, P, S, Bufs::kRuntime, 2, true, kGradRuntime>,
+                                  1);
       } else {
         unscalable = true;
         return;
       }
+    } else if (!natural) {  // (a gradient type other than the parameter's; bf16 for fp8)
+      kernel_u = std::make_pair(optim_kernel<K, P, S, Bufs::kRuntime, 2, false, kGradRuntime>, 1);
     } else if constexpr (K == OptimKind::kSGD) {
       kernel_u = has_buf1 ? (has_comp ? pick.template operator()<Bufs::kBoth>() : pick.template operator()<Bufs::kBuf1>())
                           : (has_comp ? pick.template operator()<Bufs::kComp>() : pick.template operator()<Bufs::kNone>());
@@ -386,7 +404,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
     }
     const auto [kernel, kU] = kernel_u;
     // (The kernels that take update_one for whole groups: kBufs = kRuntime, 16- or 8-bit parameters.)
-    const bool prefetch_default = (scaled || K == OptimKind::kAdamW) && P != ElemType::kF32;
+    const bool prefetch_default = (scaled || !natural || K == OptimKind::kAdamW) && P != ElemType::kF32;
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
     const int64_t cap = int64_t(sms) * 8;
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,
