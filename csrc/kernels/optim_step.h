@@ -428,7 +428,8 @@ __device__ __forceinline__ uint32_t fp8x4_satfinite(float a, float b, float c, f
 //   frac  = t - lo, exact (lo <= t < lo + 1, and lo >= t / 2 once t >= 1);
 //   up    = rnd < frac * 2^32 (the specification's test), i.e. rnd < ceil(frac * 2^32):
 //           frac * 2^32 is exact and below 2^32, so its ceiling is too;
-//   value = +-(lo + up) * ulp, on the grid (lo + up <= 2^(m + 1): at most the next binade).
+//   value = +-(lo + up) * ulp, on the grid (lo + up <= 2^(m + 1): at most the next binade),
+//           as one fused lo * ulp + (up ? ulp : 0), exact.
 // From the largest finite value up, value is at least that value (or +-inf, for |x| near
 // 2^128), and the conversion's saturation (.satfinite) gives +-max, the rule's policy; so
 // one test of the exponent fields (inf, NaN) for the group suffices. Nearest: the
@@ -466,8 +467,7 @@ __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint3
       const float t = __fmul_rn(fabsf(v[j]), inv_ulp);
       const float lo = floorf(t);
       const uint32_t threshold = __float2uint_ru(__fmul_rn(__fsub_rn(t, lo), 4294967296.f));
-      const float units = __fadd_rn(lo, rnd[j] < threshold ? 1.f : 0.f);
-      r[j] = copysignf(__fmul_rn(units, ulp), v[j]);
+      r[j] = copysignf(__fmaf_rn(lo, ulp, rnd[j] < threshold ? ulp : 0.f), v[j]);  // (lo + up) * ulp
     }
     convert(r);
   }
