@@ -302,7 +302,8 @@ fi
 
 if [ "$MODE" = optab ]; then  # session 33: the optimizer kernels against a base version of their sources, same
   # machine, same call: the optimizer / rounding / weight-scale tests, bench_optim (new), then the base sources
-  # (ab_base/optim_step.h and ab_base/optim_step.cu, carried as untracked files) built incrementally and
+  # (ab_base/optim_step.h and ab_base/optim_step.cu, made here before the call by `git show REV:csrc/kernels/...`,
+  # carried as untracked files, deleted after) built incrementally and
   # bench_optim (base), then the new sources rebuilt and bench_optim again, as OPTAB_BUDGET s after the start allow
   # (default 560)
   budget=${OPTAB_BUDGET:-560}
