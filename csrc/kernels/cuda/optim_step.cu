@@ -368,6 +368,19 @@ static int l2_prefetch(bool one_group_per_thread) {
   return one_group_per_thread ? 1 : 0;
 }
 
+// Blocks per SM of a launch's grid (at most; each block strides over the groups):
+// LARGEOUT_OPTIM_GRID_PER_SM (1-16) overrides the default of 8, which is 2-4 times the blocks
+// that are resident at once (to be measured: one wave, bench/NOTES.md, session 33).
+static int grid_per_sm() {
+  const char* v = std::getenv("LARGEOUT_OPTIM_GRID_PER_SM");
+  if (v != nullptr) {
+    char* end = nullptr;
+    const long n = std::strtol(v, &end, 10);
+    if (end != v && *end == '\0' && n >= 1 && n <= 16) return int(n);
+  }
+  return 8;
+}
+
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
                        bool scaled, cudaStream_t stream) {
@@ -406,7 +419,7 @@ cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int 
     // (The kernels that take update_one for whole groups: kBufs = kRuntime, 16- or 8-bit parameters.)
     const bool prefetch_default = (scaled || !natural || K == OptimKind::kAdamW) && P != ElemType::kF32;
     const int64_t blocks_needed = (total_groups + kU * kOptThreads - 1) / (kU * kOptThreads);
-    const int64_t cap = int64_t(sms) * 8;
+    const int64_t cap = int64_t(sms) * grid_per_sm();
     kernel<<<unsigned(std::min(blocks_needed, cap)), kOptThreads, 0, stream>>>(slots, group_prefix, total_groups,
                                                                              types.grad, hyper,
                                                                              l2_prefetch(prefetch_default));
