@@ -356,10 +356,12 @@ def test_rounding_thresholds_are_the_decision_points(dtype):
 @pytest.mark.parametrize("dtype", LOW, ids=str)
 def test_group_rounding_fast_paths_match_the_rule(dtype, device):
     """The optimizers round 8 values at a time, bf16 with a fast path for groups whose
-    magnitudes all lie below its largest finite value, and on the GPU fp8 too (exact fp32
-    arithmetic and the hardware's conversion): probe values in groups that take it, and
-    groups with one value outside (large, inf or NaN), at random words and at the words on
-    either side of each value's rounding decision."""
+    magnitudes all lie below its largest finite value, and on the GPU fp8 with one for
+    groups of finite values (exact fp32 arithmetic and the hardware's conversion, which
+    saturates): probe values in groups below the largest finite value, groups with one value
+    outside (large, inf or NaN), and groups of finite values from the largest finite value
+    up to fp32's (where the fp8 path's (lo + 1) * ulp can overflow to inf), at random words
+    and at the words on either side of each value's rounding decision."""
     x = _fp32_probe_values(dtype, 200_000, 21)
     inside = x[x.abs() < torch.finfo(dtype).max]  # (NaN compares false: outside)
     gen = torch.Generator().manual_seed(22)
@@ -367,7 +369,17 @@ def test_group_rounding_fast_paths_match_the_rule(dtype, device):
     inside = inside[: inside.numel() // 8 * 8]
     mixed = inside.clone().reshape(-1, 8)
     mixed[::3, 5] = x[torch.randint(0, x.numel(), (mixed[::3].shape[0],), generator=gen)]  # some groups leave the range
-    for xs in (inside, mixed.reshape(-1)):
+    fmax, f32max = torch.finfo(dtype).max, torch.finfo(torch.float32).max
+    edges = torch.tensor([fmax, fmax * (1 + 2.0**-20), fmax * 1.07, 2.0**127, 1.9 * 2.0**127, f32max], dtype=torch.float32)
+    span = torch.exp2(math.log2(fmax) + (128 - math.log2(fmax)) * torch.rand(4_000, generator=gen, dtype=torch.float64))
+    large = torch.cat([edges, torch.nextafter(edges, torch.zeros_like(edges)), span.float().clamp(max=f32max)])
+    large = torch.cat([large, -large])
+    large = large[torch.isfinite(large) & (large.abs() >= fmax)]
+    large = large[torch.randperm(large.numel(), generator=gen)][: large.numel() // 8 * 8]
+    beyond = inside[: large.numel()].clone().reshape(-1, 8)
+    beyond[1::2] = large.reshape(-1, 8)[1::2]  # every other group all beyond, the rest mixed in at position 2
+    beyond[::2, 2] = large.reshape(-1, 8)[::2, 2]
+    for xs in (inside, mixed.reshape(-1), beyond.reshape(-1)):
         for rnd in (torch.randint(-(2**31), 2**31 - 1, xs.shape, dtype=torch.int32, generator=gen),
                     torch.zeros_like(xs, dtype=torch.int32), torch.full_like(xs, -1, dtype=torch.int32),
                     *_threshold_rnd(xs, dtype)):
@@ -785,7 +797,7 @@ LARGE_CASES = [
 @pytest.mark.parametrize("kind,pdtype,gdtype", LARGE_CASES, ids=lambda v: str(v).replace("torch.", ""))
 def test_fused_cuda_kernels_agree_with_cpu_over_many_groups_per_thread(kind, pdtype, gdtype):
     # The CUDA step bit for bit against the CPU loop on tensors large enough that every
-    # thread of the grid (at most 8 blocks of 256 per SM, at most 2 groups of 8 elements per
+    # thread of the grid (by default at most 8 blocks of 256 per SM, at most 2 groups of 8 elements per
     # thread per iteration) takes at least 3 iterations, with a slot's end inside a thread's
     # groups and an unaligned view (the per-group path) among them.
     n_big = 3 * torch.cuda.get_device_properties(0).multi_processor_count * 8 * 256 * 16 + 13

@@ -106,8 +106,8 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
   return 0.f;
 }
 
-// The 8 one-byte codes c as two little-endian words (code j in byte j % 4 of word j / 4).
-// Written as two 16-bit halves each, the form in which the compiler folds it: from
+// The 8 one-byte codes c as two little-endian words (code j in byte j % 4 of word j / 4;
+// each c below 256, as every producer of codes gives them). Written as two 16-bit halves each, the form in which the compiler folds it: from
 // unpacked words, into the words themselves; from paired conversions' results, into the
 // conversions (as one expression of 4 bytes it built each word from the bytes again, ~13
 // instructions per group of 8; bench/NOTES.md, session 33).
@@ -131,11 +131,12 @@ LARGEOUT_HD void decode_group(const uint32_t (&c)[8], float (&out)[8]) {
       out[2 * k] = f.x;  // (the pair's low byte)
       out[2 * k + 1] = f.y;
     }
-    return;
-  }
+  } else
 #endif
-  LARGEOUT_UNROLL
-  for (int j = 0; j < 8; ++j) out[j] = decode_code(c[j], T);
+  {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 8; ++j) out[j] = decode_code(c[j], T);
+  }
 }
 
 // Code of v in type t: stochastically rounded with rnd, or to nearest-even.
@@ -474,8 +475,8 @@ __device__ __forceinline__ bool fp8_group_codes(const float (&v)[8], const uint3
   return true;
 }
 
-// The per-element rule, for the groups that fp8_group_codes declines (a magnitude at or
-// above the largest finite value, inf or NaN): out of line and by value (no array in local
+// The per-element rule, for the groups that fp8_group_codes declines (one value inf or
+// NaN): out of line and by value (no array in local
 // memory), so that its registers do not weigh on the kernels' common path.
 template <ElemType T>
 __device__ __noinline__ uint32_t fp8_code_out_of_line(float v, uint32_t rnd, bool near) {
@@ -487,8 +488,8 @@ __device__ __noinline__ uint32_t fp8_code_out_of_line(float v, uint32_t rnd, boo
 // nearest-even (near; rnd unused); the same codes as sr_round_bits_fast element by element
 // (checked by _sr_rule_mismatches, on the CPU and on the GPU). bf16 makes the rule's one
 // per-element test (saturation, inf, NaN: magnitudes from the largest finite value up) once
-// for the group; below it, one add and one shift per element. fp8 on the GPU: the same
-// test, then fp8_group_codes. (The integer rule without branches for e4m3 groups in
+// for the group; below it, one add and one shift per element. fp8 on the GPU:
+// fp8_group_codes, unless a value is inf or NaN (it saturates finite values itself). (The integer rule without branches for e4m3 groups in
 // [2^-17, 448) made fp8 SGD 2.90 -> 4.19 ms on an H200: more spills; bench/NOTES.md.)
 template <ElemType T>
 LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near, uint32_t (&out)[8]) {
