@@ -349,6 +349,19 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
   return cudaGetLastError();
 }
 
+// The value of environment variable `name` where it is a decimal number in [lo, hi] (read at
+// every launch, so that a benchmark can switch it), else `fallback`.
+static int env_knob(const char* name, int lo, int hi, int fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || v[0] == '\0') return fallback;
+  long n = 0;
+  for (const char* c = v; *c != '\0'; ++c) {
+    if (*c < '0' || *c > '9' || n > hi) return fallback;
+    n = n * 10 + (*c - '0');
+  }
+  return n >= lo && n <= hi ? int(n) : fallback;
+}
+
 // Whether every thread asks L2 for its next iteration's groups while it updates the current
 // one. Measured on an H100 (bench/NOTES.md, session 20; optim_s20b_h100.json against
 // optim_s20b_prefetch_off_h100.json, same machine): it pays in the kernels that update one
@@ -360,26 +373,16 @@ cudaError_t sr_rule_mismatches(const float* x, const uint32_t* rnd, int64_t n, E
 // noise), so those kernels go without. AdamW on fp8 parameters and the row-scaled fp8 kernels
 // take the same one-group path and get it too (not timed separately). LARGEOUT_OPTIM_L2_PREFETCH=0 / 1
 // overrides the choice (read at every launch, so that a benchmark can switch it);
-// LARGEOUT_OPTIM_L2_PREFETCH=2 or 3 prefetches that many iterations ahead instead of one (to
-// be measured).
+// LARGEOUT_OPTIM_L2_PREFETCH=2 or 3 prefetches that many iterations ahead instead of one
+// (session 33, on the SGD kernels: fp8 no faster, fp8 momentum and bf16 slower).
 static int l2_prefetch(bool one_group_per_thread) {
-  const char* v = std::getenv("LARGEOUT_OPTIM_L2_PREFETCH");
-  if (v != nullptr && v[0] >= '0' && v[0] <= '3' && v[1] == '\0') return v[0] - '0';
-  return one_group_per_thread ? 1 : 0;
+  return env_knob("LARGEOUT_OPTIM_L2_PREFETCH", 0, 3, one_group_per_thread ? 1 : 0);
 }
 
 // Blocks per SM of a launch's grid (at most; each block strides over the groups):
 // LARGEOUT_OPTIM_GRID_PER_SM (1-16) overrides the default of 8, which is 2-4 times the blocks
 // that are resident at once (to be measured: one wave, bench/NOTES.md, session 33).
-static int grid_per_sm() {
-  const char* v = std::getenv("LARGEOUT_OPTIM_GRID_PER_SM");
-  if (v != nullptr) {
-    char* end = nullptr;
-    const long n = std::strtol(v, &end, 10);
-    if (end != v && *end == '\0' && n >= 1 && n <= 16) return int(n);
-  }
-  return 8;
-}
+static int grid_per_sm() { return env_knob("LARGEOUT_OPTIM_GRID_PER_SM", 1, 16, 8); }
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
                        const OptimTypes& types, const OptimHyper& hyper, bool has_buf1, bool has_comp,
