@@ -132,15 +132,19 @@ if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start i
   exit 0
 fi
 
+build_install() {  # $1: the log's name under $OUT; builds the tree as it is (incrementally in build/) and installs it
+  local start; start=$(date +%s)
+  LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
+    python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/$1" 2>&1 \
+    || { tail -50 "$OUT/$1"; exit 1; }
+  echo "built in $(( $(date +%s) - start )) s"
+}
+
 if [ "${SKIP_BUILD:-0}" = 1 ] && python3 -c "import largeout" 2>/dev/null; then
   echo "== build skipped (SKIP_BUILD=1; the installed largeout of an earlier call on this machine)"
 else
   echo "== build ($ARCHS)"
-  start=$(date +%s)
-  LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-    python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 \
-    || { tail -50 "$OUT/build.log"; exit 1; }
-  echo "built in $(( $(date +%s) - start )) s"
+  build_install build.log
 fi
 python3 -c "import largeout, json; print(json.dumps(largeout.build_info()))" || exit 1
 { g++ --version | head -1; nvcc --version | tail -1; cmake --version | head -1; } >> "$OUT/device.txt" 2>&1
@@ -308,12 +312,7 @@ if [ "$MODE" = optab ]; then  # session 33: the optimizer kernels against a base
   # (default 560)
   budget=${OPTAB_BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
-  rebuild() {
-    local start; start=$(date +%s)
-    LARGEOUT_CUDA=on LARGEOUT_CUDA_ARCHS="$ARCHS" CMAKE_BUILD_PARALLEL_LEVEL=16 \
-      python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build_$1.log" 2>&1 || { tail -30 "$OUT/build_$1.log"; exit 1; }
-    echo "rebuilt ($1) in $(( $(date +%s) - start )) s"
-  }
+  rebuild() { echo "== rebuild ($1)"; build_install "build_$1.log"; }
   [ "${OPTAB_TESTS:-1}" = 1 ] && run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
   echo "== bench_optim (new)"
   timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_new.json" 2>&1 | tail -10
