@@ -72,8 +72,11 @@
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
 #     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
-#     optab  build, the optimizer tests, bench_optim, then the same benchmark with ab_base/'s optimizer sources built
+#     optab  build, the optimizer tests, bench_optim, then the same benchmark with ab_base/'s sources built
 #            incrementally, then the new ones again (OPTAB_BUDGET s, default 560; OPTAB_TESTS=0: no tests)
+#     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
+#            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
+#            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
 #     grid   build, the issue-4 grid one batch size after another until GRID_BUDGET s (default 500)
 #     order  build, the L = 131,072 grid per index order (ORDER_LIST, ORDER_ROUNDS rounds), the index-order tests
 #            (TESTS_ALL=1: the whole suite), then the whole grid with ORDER_GRID's order per batch size until
@@ -304,33 +307,53 @@ if [ "$MODE" = check ]; then  # whole test suite, optimizer benchmark, dW probes
   exit 0
 fi
 
-if [ "$MODE" = optab ]; then  # session 33: the optimizer kernels against a base version of their sources, same
+if [ "$MODE" = optab ]; then  # sessions 33-34: the optimizer kernels against a base version of their sources, same
   # machine, same call: the optimizer / rounding / weight-scale tests, bench_optim (new), then the base sources
-  # (ab_base/optim_step.h and ab_base/optim_step.cu, made here before the call by `git show REV:csrc/kernels/...`,
-  # carried as untracked files, deleted after) built incrementally and
-  # bench_optim (base), then the new sources rebuilt and bench_optim again, as OPTAB_BUDGET s after the start allow
-  # (default 560)
+  # (ab_base/<path>: each file at its repository path under ab_base/, made here before the call by
+  # `git show REV:<path>`, carried as untracked files, deleted after) built incrementally and bench_optim (base),
+  # then the new sources rebuilt and bench_optim again, as OPTAB_BUDGET s after the start allow (default 560)
   budget=${OPTAB_BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
   rebuild() { echo "== rebuild ($1)"; build_install "build_$1.log"; }
+  swap_in() {  # $1: a folder whose files replace the tree's at the same paths
+    (cd "$1" && find . -type f) | while read -r f; do cp "$1/$f" "$f"; done
+  }
   [ "${OPTAB_TESTS:-1}" = 1 ] && run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
   echo "== bench_optim (new)"
-  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_new.json" 2>&1 | tail -10
-  mkdir -p /tmp/ab_new && cp csrc/kernels/optim_step.h csrc/kernels/cuda/optim_step.cu /tmp/ab_new/
+  timeout 150 python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" --out "$OUT/optim_new.json" 2>&1 | tail -10
   if [ "$(left)" -gt 200 ]; then
-    cp ab_base/optim_step.h csrc/kernels/optim_step.h && cp ab_base/optim_step.cu csrc/kernels/cuda/optim_step.cu
+    rm -rf /tmp/ab_new && mkdir -p /tmp/ab_new
+    (cd ab_base && find . -type f) | while read -r f; do mkdir -p "/tmp/ab_new/$(dirname "$f")"; cp "$f" "/tmp/ab_new/$f"; done
+    swap_in ab_base
     rebuild base
     echo "== bench_optim (base)"
-    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_base.json" 2>&1 | tail -10
-    cp /tmp/ab_new/optim_step.h csrc/kernels/optim_step.h && cp /tmp/ab_new/optim_step.cu csrc/kernels/cuda/optim_step.cu
+    timeout 150 python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" --out "$OUT/optim_base.json" 2>&1 | tail -10
+    swap_in /tmp/ab_new
     if [ "$(left)" -gt 150 ]; then
       rebuild new
       echo "== bench_optim (new, again)"
-      timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_new2.json" 2>&1 | tail -10
+      timeout 150 python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" --out "$OUT/optim_new2.json" 2>&1 | tail -10
     else
       echo "== no time left to rebuild the new sources: the installed build is the base one"
     fi
   fi
+  exit 0
+fi
+
+if [ "$MODE" = optknob ]; then  # session 34: an optimizer launch knob (OPTKNOB_ENV) per value, then the whole suite
+  deadline=$(( T0 + ${OPTKNOB_BUDGET:-560} ))
+  for round in $(seq "${OPTKNOB_ROUNDS:-2}"); do
+    for v in ${OPTKNOB_VALUES:?}; do
+      left=$(( deadline - $(date +%s) ))
+      [ $left -gt 60 ] || break 2
+      echo "== ${OPTKNOB_ENV:?}=$v (round $round)"
+      env "$OPTKNOB_ENV=$v" timeout $(( left - 40 )) python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" \
+        --out "$OUT/optknob_${v}_r$round.json" 2>&1 | tail -6
+    done
+  done
+  left=$(( deadline - $(date +%s) ))
+  echo "== tests: whole suite (${left} s left)"
+  [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 10 )) run_tests gpu_tests_all.log $TESTS --durations=20
   exit 0
 fi
 

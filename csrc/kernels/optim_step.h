@@ -310,13 +310,13 @@ struct OptimHyper {
   // AdamW: update = -step_size * m / (sqrt(v) * inv_sqrt_bc2 + eps) - lr * weight_decay * p
   float beta1, beta2, eps, step_size, inv_sqrt_bc2;
   uint64_t seed, offset;
-  PhiloxKeys keys;  // philox_round_keys(seed): set by with_round_keys
+  PhiloxFixedHigh philox;  // philox_fixed_high(seed, offset's halves): set by with_round_keys
 };
 
-// h with its Philox round keys worked out from its seed (every launch's hyperparameters
-// pass through this: GroupRandom reads the keys, not the seed).
+// h with its Philox round keys and first-round terms worked out from its seed and offset
+// (every launch's hyperparameters pass through this: GroupRandom reads them, not the seed).
 inline OptimHyper with_round_keys(OptimHyper h) {
-  h.keys = philox_round_keys(h.seed);
+  h.philox = philox_fixed_high(h.seed, uint32_t(h.offset), uint32_t(h.offset >> 32));
   return h;
 }
 
@@ -331,32 +331,28 @@ struct GroupRandom {
     for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a[j >> 1] & 0xffff0000u) : (a[j >> 1] << 16);
   }
   // Streams 0, 1 and 2 of group v, all bf16 targets: the words fill gives each, from the
-  // three blocks computed together (philox4x32_10_x3).
+  // three blocks computed together (philox4x32_10_fixed_x3).
   static LARGEOUT_HD void fill3_bf16(const OptimHyper& h, uint64_t v, GroupRandom& r0, GroupRandom& r1,
                                      GroupRandom& r2) {
-    uint32_t c[3][4];
+    uint32_t c0[3], c1[3], c[3][4];
     LARGEOUT_UNROLL
     for (int b = 0; b < 3; ++b) {
       const uint64_t blk = first_block(v, b);
-      c[b][0] = uint32_t(blk);
-      c[b][1] = uint32_t(blk >> 32);
-      c[b][2] = uint32_t(h.offset);
-      c[b][3] = uint32_t(h.offset >> 32);
+      c0[b] = uint32_t(blk);
+      c1[b] = uint32_t(blk >> 32);
     }
-    philox4x32_10_x3(c, h.keys);
+    philox4x32_10_fixed_x3(c0, c1, h.philox, c);
     r0.split16(c[0]);
     r1.split16(c[1]);
     r2.split16(c[2]);
   }
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
     const uint64_t blk = first_block(v, stream);
-    const Philox4x32 a =
-        philox4x32_10(uint32_t(blk), uint32_t(blk >> 32), uint32_t(h.offset), uint32_t(h.offset >> 32), h.keys);
+    const Philox4x32 a = philox4x32_10_fixed(uint32_t(blk), uint32_t(blk >> 32), h.philox);
     if (target == ElemType::kBF16) {
       split16(a.v);
     } else {
-      const Philox4x32 b = philox4x32_10(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), uint32_t(h.offset),
-                                         uint32_t(h.offset >> 32), h.keys);
+      const Philox4x32 b = philox4x32_10_fixed(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), h.philox);
       for (int j = 0; j < 4; ++j) {
         w[j] = a.v[j];
         w[4 + j] = b.v[j];

@@ -52,7 +52,12 @@ struct Philox4x32 {
   uint32_t v[4];
 };
 LARGEOUT_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
+#if defined(__CUDA_ARCH__)
+  uint64_t p;
+  asm("mul.wide.u32 %0, %1, %2;" : "=l"(p) : "r"(a), "r"(b));
+#else
   const uint64_t p = uint64_t(a) * uint64_t(b);
+#endif
   *hi = uint32_t(p >> 32);
   *lo = uint32_t(p);
 }
@@ -94,19 +99,62 @@ LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
   return out;
 }
 
-// Three Philox4x32-10 blocks at once, c[b] the counter of block b: the same words as
-// philox4x32_10 on each, with the rounds interleaved (each round's keys read once for the
-// three; AdamW draws its three streams' blocks together).
-LARGEOUT_HD void philox4x32_10_x3(uint32_t (&c)[3][4], const PhiloxKeys& ks) {
+// Philox4x32-10 for counters whose upper words (c2, c3) and key are fixed, as the
+// optimizers' are within a launch (c2, c3 the launch's offset): the first round's terms
+// that depend on c2, c3 and the key alone, worked out once (the kernels computed them per
+// block, as uniform instructions that still take issue slots).
+struct PhiloxFixedHigh {
+  PhiloxKeys ks;
+  uint32_t n0;  // hi(M1 * c2) ^ k0: the first round's new word 0 before c1
+  uint32_t c1;  // lo(M1 * c2): its new word 1
+  uint32_t n2;  // c3 ^ k1: its new word 2 before hi(M0 * c0)
+};
+LARGEOUT_HD PhiloxFixedHigh philox_fixed_high(uint64_t seed, uint32_t c2, uint32_t c3) {
+  PhiloxFixedHigh f{};
+  f.ks = philox_round_keys(seed);
+  uint32_t hi1, lo1;
+  mulhilo32(0xCD9E8D57u, c2, &hi1, &lo1);
+  f.n0 = hi1 ^ f.ks.k[0];
+  f.c1 = lo1;
+  f.n2 = c3 ^ f.ks.k[1];
+  return f;
+}
+// The first round on the counter (c0, c1, f's c2, c3): the same words as philox_round.
+LARGEOUT_HD void philox_first_round(uint32_t (&c)[4], uint32_t c0, uint32_t c1, const PhiloxFixedHigh& f) {
+  uint32_t hi0, lo0;
+  mulhilo32(0xD2511F53u, c0, &hi0, &lo0);
+  c[0] = f.n0 ^ c1;
+  c[1] = f.c1;
+  c[2] = hi0 ^ f.n2;
+  c[3] = lo0;
+}
+// philox4x32_10(c0, c1, c2, c3, philox_round_keys(seed)) for f = philox_fixed_high(seed, c2, c3).
+LARGEOUT_HD Philox4x32 philox4x32_10_fixed(uint32_t c0, uint32_t c1, const PhiloxFixedHigh& f) {
+  Philox4x32 out;
+  philox_first_round(out.v, c0, c1, f);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int r = 0; r < 10; ++r) {
-    const uint32_t k0 = ks.k[2 * r], k1 = ks.k[2 * r + 1];
+  for (int r = 1; r < 10; ++r) philox_round(out.v, f.ks.k[2 * r], f.ks.k[2 * r + 1]);
+  return out;
+}
+// Three of them at once, block b's counter (c0[b], c1[b], f's c2, c3): the rounds interleaved,
+// each round's keys read once for the three (AdamW draws its three streams' blocks together).
+LARGEOUT_HD void philox4x32_10_fixed_x3(const uint32_t (&c0)[3], const uint32_t (&c1)[3], const PhiloxFixedHigh& f,
+                                        uint32_t (&out)[3][4]) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-    for (int b = 0; b < 3; ++b) philox_round(c[b], k0, k1);
+  for (int b = 0; b < 3; ++b) philox_first_round(out[b], c0[b], c1[b], f);
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int r = 1; r < 10; ++r) {
+    const uint32_t k0 = f.ks.k[2 * r], k1 = f.ks.k[2 * r + 1];
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+    for (int b = 0; b < 3; ++b) philox_round(out[b], k0, k1);
   }
 }
 

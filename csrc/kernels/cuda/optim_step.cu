@@ -232,59 +232,77 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
     if constexpr (kBufs == Bufs::kComp || kBufs == Bufs::kBoth) __builtin_assume(s.comp != nullptr);
     return s;
   };
-  // Each thread's groups only move forward, so its slot index does too (a short forward
-  // scan of the prefix instead of a search per group). The current slot's first and end
-  // group stay in registers until the thread leaves it: the slot's own load depends on
-  // nothing loaded in the iteration.
-  int k = 0;
-  int64_t first = __ldg(prefix), end = __ldg(prefix + 1);
-  for (int64_t g0 = int64_t(blockIdx.x) * kTile + threadIdx.x; g0 < total_groups;
-       g0 += int64_t(gridDim.x) * kTile) {
-    if (end <= g0) {
-      do {
-        ++k;
-        end = __ldg(prefix + k + 1);
-      } while (end <= g0);  // also skips empty slots
-      first = __ldg(prefix + k);
-    }
-    const OptimSlot s = slot(k);
-    const int64_t glast = g0 + (kU - 1) * kOptThreads;
-    if (prefetch > 0) {  // the groups `prefetch` iterations on into L2 (where they are in this slot)
-      const int64_t gn = g0 + prefetch * int64_t(gridDim.x) * kTile;
+  // The grid loop, with the rounding mode a constant in each copy (hk: h with `stochastic`
+  // set to the value its branch tested, which the compiler then folds through every update:
+  // in one loop, each group tested the mode and set the random words that rounding to
+  // nearest does not read, ~11 instructions of the fp8 SGD step's ~300 per group).
+  constexpr bool kSplitMode = P == ElemType::kE4M3 || P == ElemType::kE5M2;
+  auto grid_loop = [&](const OptimHyper& hk) {
+    // Each thread's groups only move forward, so its slot index does too (a short forward
+    // scan of the prefix instead of a search per group). The current slot's first and end
+    // group stay in registers until the thread leaves it: the slot's own load depends on
+    // nothing loaded in the iteration.
+    int k = 0;
+    int64_t first = __ldg(prefix), end = __ldg(prefix + 1);
+    for (int64_t g0 = int64_t(blockIdx.x) * kTile + threadIdx.x; g0 < total_groups;
+         g0 += int64_t(gridDim.x) * kTile) {
+      if (end <= g0) {
+        do {
+          ++k;
+          end = __ldg(prefix + k + 1);
+        } while (end <= g0);  // also skips empty slots
+        first = __ldg(prefix + k);
+      }
+      const OptimSlot s = slot(k);
+      const int64_t glast = g0 + (kU - 1) * kOptThreads;
+      if (prefetch > 0) {  // the groups `prefetch` iterations on into L2 (where they are in this slot)
+        const int64_t gn = g0 + prefetch * int64_t(gridDim.x) * kTile;
 #pragma unroll
-      for (int u = 0; u < kU; ++u)
-        if (gn + u * kOptThreads < end) prefetch_group<P, S>(s, G, (gn + u * kOptThreads - first) * 8);
-    }
-    // (kU = 1: AdamW with 16-bit parameters takes update_one below, which measured 5-7%
-    // faster; fp32 parameters and the specialized SGD kernels this path: AdamW fp32 1.3-1.8x
-    // faster, SGD momentum + Kahan 6.13 vs 6.76 ms on an H200, bench/NOTES.md.)
-    if ((kU > 1 || P == ElemType::kF32 || kBufs != Bufs::kRuntime) && glast < end &&
-        (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
-      // All kU groups whole, in this slot and aligned: the loads of all, then the updates.
-      Raw8 rp[kU], rg[kU], r1[kU], r2[kU], rc[kU];
+        for (int u = 0; u < kU; ++u)
+          if (gn + u * kOptThreads < end) prefetch_group<P, S>(s, G, (gn + u * kOptThreads - first) * 8);
+      }
+      // (kU = 1: AdamW with 16-bit parameters takes update_one below, which measured 5-7%
+      // faster; fp32 parameters and the specialized SGD kernels this path: AdamW fp32 1.3-1.8x
+      // faster, SGD momentum + Kahan 6.13 vs 6.76 ms on an H200, bench/NOTES.md.)
+      if ((kU > 1 || P == ElemType::kF32 || kBufs != Bufs::kRuntime) && glast < end &&
+          (glast - first) * 8 + 8 <= s.numel && slot_aligned(s)) {
+        // All kU groups whole, in this slot and aligned: the loads of all, then the updates.
+        Raw8 rp[kU], rg[kU], r1[kU], r2[kU], rc[kU];
 #pragma unroll
-      for (int u = 0; u < kU; ++u)
-        load_group<P, S>(s, G, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
+        for (int u = 0; u < kU; ++u)
+          load_group<P, S>(s, G, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
 #pragma unroll
-      for (int u = 0; u < kU; ++u)
-        update_raw<K, P, S, kScaled>(s, G, h, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
-      continue;
+        for (int u = 0; u < kU; ++u)
+          update_raw<K, P, S, kScaled>(s, G, hk, (g0 + u * kOptThreads - first) * 8, rp[u], rg[u], r1[u], r2[u], rc[u]);
+        continue;
+      }
+      // One group at a time (kU = 1, a slot's end, a partial or an unaligned group). With
+      // kU = 1 the group is g0, in slot k already loaded (end > g0): no second search and
+      // load of the slot, whose latency the group's loads waited on (bench/NOTES.md, session 32).
+      if constexpr (kU == 1) {
+        update_one<K, P, S, kScaled>(s, G, hk, (g0 - first) * 8);
+        continue;
+      }
+      int kk = k;
+      for (int u = 0; u < kU; ++u) {
+        const int64_t g = g0 + u * kOptThreads;
+        if (g >= total_groups) break;
+        while (__ldg(prefix + kk + 1) <= g) ++kk;
+        const OptimSlot sg = slot(kk);
+        update_one<K, P, S, kScaled>(sg, G, hk, (g - __ldg(prefix + kk)) * 8);
+      }
     }
-    // One group at a time (kU = 1, a slot's end, a partial or an unaligned group). With
-    // kU = 1 the group is g0, in slot k already loaded (end > g0): no second search and
-    // load of the slot, whose latency the group's loads waited on (bench/NOTES.md, session 32).
-    if constexpr (kU == 1) {
-      update_one<K, P, S, kScaled>(s, G, h, (g0 - first) * 8);
-      continue;
-    }
-    int kk = k;
-    for (int u = 0; u < kU; ++u) {
-      const int64_t g = g0 + u * kOptThreads;
-      if (g >= total_groups) break;
-      while (__ldg(prefix + kk + 1) <= g) ++kk;
-      const OptimSlot sg = slot(kk);
-      update_one<K, P, S, kScaled>(sg, G, h, (g - __ldg(prefix + kk)) * 8);
-    }
+  };
+  if (!kSplitMode) {
+    grid_loop(h);
+  } else if (h.stochastic) {
+    OptimHyper hs = h;
+    hs.stochastic = true;
+    grid_loop(hs);
+  } else {
+    OptimHyper hn = h;
+    hn.stochastic = false;
+    grid_loop(hn);
   }
 }
 
