@@ -235,8 +235,11 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
   // The grid loop, with the rounding mode a constant in each copy (hk: h with `stochastic`
   // set to the value its branch tested, which the compiler then folds through every update:
   // in one loop, each group tested the mode and set the random words that rounding to
-  // nearest does not read, ~11 instructions of the fp8 SGD step's ~300 per group).
-  constexpr bool kSplitMode = P == ElemType::kE4M3 || P == ElemType::kE5M2;
+  // nearest does not read, ~11 instructions of the fp8 SGD step's ~300 per group). Two
+  // copies for fp8 SGD without buffers only: fp8 momentum's kernel went from 80 to 96
+  // registers with them, 3 -> 2 resident blocks per SM, 2.32 -> 2.44 ms on an H100 (fp8
+  // SGD 1.54 -> 1.35 ms; bench/NOTES.md, session 34).
+  constexpr bool kSplitMode = (P == ElemType::kE4M3 || P == ElemType::kE5M2) && kBufs == Bufs::kNone;
   auto grid_loop = [&](const OptimHyper& hk) {
     // Each thread's groups only move forward, so its slot index does too (a short forward
     // scan of the prefix instead of a search per group). The current slot's first and end
