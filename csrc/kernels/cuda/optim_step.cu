@@ -402,7 +402,8 @@ static int l2_prefetch(bool one_group_per_thread) {
 
 // Blocks per SM of a launch's grid (at most; each block strides over the groups):
 // LARGEOUT_OPTIM_GRID_PER_SM (1-16) overrides the default of 8, which is 2-4 times the blocks
-// that are resident at once (to be measured: one wave, bench/NOTES.md, session 33).
+// that are resident at once. One wave (4 or 2) gained nothing beyond the run-to-run spread on
+// an H100 (bench/NOTES.md, session 34).
 static int grid_per_sm() { return env_knob("LARGEOUT_OPTIM_GRID_PER_SM", 1, 16, 8); }
 
 cudaError_t optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, int64_t total_groups,
