@@ -51,6 +51,9 @@ LARGEOUT_HD SrFormatInfo sr_format_info(SrFormat f) {
 struct Philox4x32 {
   uint32_t v[4];
 };
+// (On the GPU one mul.wide.u32: from the 64-bit product ptxas emitted IMAD.WIDE plus an add
+// of a zero high word for some blocks, and from __umulhi and a * b separate IMAD.HI and IMAD;
+// bench/NOTES.md, session 34.)
 LARGEOUT_HD void mulhilo32(uint32_t a, uint32_t b, uint32_t* hi, uint32_t* lo) {
 #if defined(__CUDA_ARCH__)
   uint64_t p;
@@ -102,7 +105,8 @@ LARGEOUT_HD Philox4x32 philox4x32_10(uint32_t c0, uint32_t c1, uint32_t c2, uint
 // Philox4x32-10 for counters whose upper words (c2, c3) and key are fixed, as the
 // optimizers' are within a launch (c2, c3 the launch's offset): the first round's terms
 // that depend on c2, c3 and the key alone, worked out once (the kernels computed them per
-// block, as uniform instructions that still take issue slots).
+// block, as uniform instructions that still take issue slots). M0 = 0xD2511F53 and
+// M1 = 0xCD9E8D57 are the round's multipliers (philox_round).
 struct PhiloxFixedHigh {
   PhiloxKeys ks;
   uint32_t n0;  // hi(M1 * c2) ^ k0: the first round's new word 0 before c1
