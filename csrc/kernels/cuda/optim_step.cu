@@ -296,7 +296,7 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
       }
     }
   };
-  if (!kSplitMode) {
+  if constexpr (!kSplitMode) {
     grid_loop(h);
   } else if (h.stochastic) {
     OptimHyper hs = h;
