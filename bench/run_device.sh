@@ -315,20 +315,17 @@ if [ "$MODE" = optab ]; then  # sessions 33-34: the optimizer kernels against a 
   budget=${OPTAB_BUDGET:-560}
   left() { echo $(( budget - ($(date +%s) - T0) )); }
   rebuild() { echo "== rebuild ($1)"; build_install "build_$1.log"; }
-  swap_in() {  # $1: a folder whose files replace the tree's at the same paths
-    (cd "$1" && find . -type f) | while read -r f; do cp "$1/$f" "$f"; done
-  }
   [ "${OPTAB_TESTS:-1}" = 1 ] && run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
   echo "== bench_optim (new)"
   timeout 150 python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" --out "$OUT/optim_new.json" 2>&1 | tail -10
   if [ "$(left)" -gt 200 ]; then
     rm -rf /tmp/ab_new && mkdir -p /tmp/ab_new
-    (cd ab_base && find . -type f) | while read -r f; do mkdir -p "/tmp/ab_new/$(dirname "$f")"; cp "$f" "/tmp/ab_new/$f"; done
-    swap_in ab_base
+    (cd ab_base && find . -type f) | xargs -r cp --parents -t /tmp/ab_new  # the tree's versions, put back below
+    cp -r ab_base/. .
     rebuild base
     echo "== bench_optim (base)"
     timeout 150 python3 bench/bench_optim.py --iters 15 --cases "${OPTIM_CASES:-}" --out "$OUT/optim_base.json" 2>&1 | tail -10
-    swap_in /tmp/ab_new
+    cp -r /tmp/ab_new/. .
     if [ "$(left)" -gt 150 ]; then
       rebuild new
       echo "== bench_optim (new, again)"
