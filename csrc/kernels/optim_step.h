@@ -331,7 +331,7 @@ struct GroupRandom {
     for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a[j >> 1] & 0xffff0000u) : (a[j >> 1] << 16);
   }
   // Streams 0, 1 and 2 of group v, all bf16 targets: the words fill gives each, from the
-  // three blocks computed together (philox4x32_10_fixed_x3).
+  // three blocks computed together (philox4x32_10_fixed_xn).
   static LARGEOUT_HD void fill3_bf16(const OptimHyper& h, uint64_t v, GroupRandom& r0, GroupRandom& r1,
                                      GroupRandom& r2) {
     uint32_t c0[3], c1[3], c[3][4];
@@ -341,10 +341,30 @@ struct GroupRandom {
       c0[b] = uint32_t(blk);
       c1[b] = uint32_t(blk >> 32);
     }
-    philox4x32_10_fixed_x3(c0, c1, h.philox, c);
+    philox4x32_10_fixed_xn<3>(c0, c1, h.philox, c);
     r0.split16(c[0]);
     r1.split16(c[1]);
     r2.split16(c[2]);
+  }
+  // Stream `stream` of groups va and vb for a target other than bf16 (two blocks each), the
+  // four blocks computed together: the words fill gives each.
+  static LARGEOUT_HD void fill_pair32(const OptimHyper& h, uint64_t va, uint64_t vb, int stream, GroupRandom& ra,
+                                      GroupRandom& rb) {
+    uint32_t c0[4], c1[4], c[4][4];
+    LARGEOUT_UNROLL
+    for (int b = 0; b < 4; ++b) {
+      const uint64_t blk = first_block(b < 2 ? va : vb, stream) + (b & 1);
+      c0[b] = uint32_t(blk);
+      c1[b] = uint32_t(blk >> 32);
+    }
+    philox4x32_10_fixed_xn<4>(c0, c1, h.philox, c);
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      ra.w[j] = c[0][j];
+      ra.w[4 + j] = c[1][j];
+      rb.w[j] = c[2][j];
+      rb.w[4 + j] = c[3][j];
+    }
   }
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
     const uint64_t blk = first_block(v, stream);
@@ -589,9 +609,11 @@ struct StreamBits {
 // row scale (OptimSlot::row_scale): its values are decoded times the scale, updated as any
 // parameter's, and divided by the scale before rounding (exact for the power-of-two scales
 // largeout.nn uses: rounding the quotient to the format is rounding the value to the
-// format's grid times the scale).
+// format's grid times the scale). pre_p: the parameter stream's random words of this group,
+// already drawn by the caller (the fp8 SGD kernel draws two groups' at once), else null.
 template <OptimKind K, ElemType P, ElemType S, bool kScaled = false>
-LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0) {
+LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType G, const OptimHyper& h, int64_t i0,
+                                    const GroupRandom* pre_p = nullptr) {
   struct {
     ElemType param = P, grad, state = S, comp = comp_type(P);
   } t;
@@ -729,7 +751,7 @@ LARGEOUT_HD void optim_update_codes(OptimGroup& q, const OptimSlot& s, ElemType 
     for (int j = 0; j < n; ++j) sc[j] = scale;
     div_group(pv, sc, pv);
   }
-  round_group_codes<P>(pv, bits_p.late(h, v, 0), near, q.p);
+  round_group_codes<P>(pv, pre_p != nullptr ? pre_p->w : bits_p.late(h, v, 0), near, q.p);
   if (comp) {
     float cv[n];
     param_values(q.p, cv);  // the new values

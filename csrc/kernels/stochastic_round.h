@@ -142,14 +142,16 @@ LARGEOUT_HD Philox4x32 philox4x32_10_fixed(uint32_t c0, uint32_t c1, const Philo
   for (int r = 1; r < 10; ++r) philox_round(out.v, f.ks.k[2 * r], f.ks.k[2 * r + 1]);
   return out;
 }
-// Three of them at once, block b's counter (c0[b], c1[b], f's c2, c3): the rounds interleaved,
-// each round's keys read once for the three (AdamW draws its three streams' blocks together).
-LARGEOUT_HD void philox4x32_10_fixed_x3(const uint32_t (&c0)[3], const uint32_t (&c1)[3], const PhiloxFixedHigh& f,
-                                        uint32_t (&out)[3][4]) {
+// N of them at once, block b's counter (c0[b], c1[b], f's c2, c3): the rounds interleaved,
+// each round's keys read once for the N (AdamW draws its three streams' blocks together, the
+// fp8 SGD kernel two groups' four).
+template <int N>
+LARGEOUT_HD void philox4x32_10_fixed_xn(const uint32_t (&c0)[N], const uint32_t (&c1)[N], const PhiloxFixedHigh& f,
+                                        uint32_t (&out)[N][4]) {
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-  for (int b = 0; b < 3; ++b) philox_first_round(out[b], c0[b], c1[b], f);
+  for (int b = 0; b < N; ++b) philox_first_round(out[b], c0[b], c1[b], f);
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
@@ -158,7 +160,7 @@ LARGEOUT_HD void philox4x32_10_fixed_x3(const uint32_t (&c0)[3], const uint32_t 
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
-    for (int b = 0; b < 3; ++b) philox_round(out[b], k0, k1);
+    for (int b = 0; b < N; ++b) philox_round(out[b], k0, k1);
   }
 }
 
