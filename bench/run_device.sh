@@ -71,9 +71,12 @@
 #     check  build, the whole test suite, the optimizer benchmark, dW probes, the grid of issue 4
 #            per batch size until CHECK_BUDGET s after the start (default 560; tarred into check.tgz)
 #     build  build and install only
-#     optim  build, the optimizer and rounding tests, bench_optim, the SASS of three optimizer kernels
+#     optim  build, the optimizer and rounding tests, bench_optim and largeout_bench_optim (OPTIM_ROUNDS times, default 1),
+#            the SASS of three optimizer kernels
 #     optab  build, the optimizer tests, bench_optim, then the same benchmark with ab_base/'s sources built
 #            incrementally, then the new ones again (OPTAB_BUDGET s, default 560; OPTAB_TESTS=0: no tests)
+#     optvar (no library build) each ab/<name>/csrc variant of the kernel sources built with bench/cpp/bench_optim.cu,
+#            run in turn (OPTVAR_ROUNDS, OPTVAR_CASES), Nsight Compute of OPTVAR_NCU's variants (OPTVAR_BUDGET s)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -132,6 +135,47 @@ if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start i
            "store 0 0" "store 0 3" "store 128 0" "store 128 3" "store 128 997"; do
     echo "$c: $(timeout 20 /tmp/probe_tma $c 2>&1 | tail -1)"
   done | tee "$OUT/probe_tma.txt"
+  exit 0
+fi
+
+if [ "$MODE" = optvar ]; then  # session 35: variants of the optimizer kernel sources, no library build: each
+  # folder ab/<name>/csrc (a copy of csrc/kernels with a change, carried as untracked files, deleted after) built
+  # with bench/cpp/bench_optim.cu into its own binary (in parallel), the binaries run in turn for OPTVAR_ROUNDS
+  # rounds (default 3; every other round in reverse order) on OPTVAR_CASES (default sgd-e4m3,sgd-momentum-e4m3),
+  # then Nsight Compute (the full set, with the per-instruction stall samples) of each variant in OPTVAR_NCU
+  # (default: the first) on sgd-e4m3, as OPTVAR_BUDGET s after the start allow (default 540)
+  deadline=$(( T0 + ${OPTVAR_BUDGET:-540} ))
+  names=(); for d in ab/*/; do names+=("$(basename "$d")"); done
+  echo "== build: ${names[*]}"
+  for v in "${names[@]}"; do
+    nvcc -std=c++20 -O3 -lineinfo --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -DLARGEOUT_WITH_CUDA=1 \
+      -I "ab/$v/csrc" "ab/$v/csrc/kernels/cuda/optim_step.cu" bench/cpp/bench_optim.cu -Xptxas -v -o "/tmp/bo_$v" \
+      > "$OUT/build_$v.log" 2>&1 &
+  done
+  wait
+  for v in "${names[@]}"; do [ -x "/tmp/bo_$v" ] || { echo "build of $v failed"; tail -20 "$OUT/build_$v.log"; }; done
+  echo "built in $(( $(date +%s) - T0 )) s"
+  order=("${names[@]}")
+  for round in $(seq "${OPTVAR_ROUNDS:-3}"); do
+    for v in "${order[@]}"; do
+      [ $(( deadline - $(date +%s) )) -gt 60 ] || break 2
+      echo "== $v (round $round)"
+      timeout 60 "/tmp/bo_$v" --cases "${OPTVAR_CASES:-sgd-e4m3,sgd-momentum-e4m3}" --out "$OUT/optvar_${v}_r$round.json" 2>&1 \
+        | tail -4
+    done
+    rev=(); for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[$i]}"); done; order=("${rev[@]}")
+  done
+  for v in ${OPTVAR_NCU:-${names[0]}}; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 90 ] || { echo "(no time left for ncu of $v)"; break; }
+    echo "== ncu: $v, sgd-e4m3"
+    timeout $(( left - 30 )) ncu --clock-control none -k regex:optim_kernel --launch-skip 4 --launch-count 1 --set full \
+      -o "$OUT/ncu_$v" "/tmp/bo_$v" --cases sgd-e4m3 --iters 3 > "$OUT/ncu_${v}_run.log" 2>&1; echo "rc=$?"
+    ncu -i "$OUT/ncu_$v.ncu-rep" --page details > "$OUT/ncu_${v}_details.txt" 2>&1
+    ncu -i "$OUT/ncu_$v.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${v}_source.csv" 2>&1
+    grep -E "SM Frequency|Duration|DRAM Throughput|Issue Slots Busy|Issued Ipc|No Eligible|Warp Cycles Per Issued|Executed Instructions  " \
+      "$OUT/ncu_${v}_details.txt" | head -20
+  done
   exit 0
 fi
 
@@ -357,8 +401,13 @@ fi
 if [ "$MODE" = optim ]; then  # optimizer and rounding tests, the optimizer benchmark, the SASS of two optimizer kernels
   echo "== tests: optimizers and stochastic rounding"
   run_tests gpu_tests_optim.log tests/test_optim.py tests/test_stochastic_round.py tests/test_weight_scale.py
-  echo "== benchmark: fused optimizer step"
-  timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
+  bin="$(python3 -c 'import largeout, os; print(os.path.dirname(largeout.__file__))')/bin"
+  for round in $(seq "${OPTIM_ROUNDS:-1}"); do
+    echo "== benchmark: fused optimizer step (round $round)"
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim_r$round.json" 2>&1 | tail -10
+    echo "== the SGD kernels alone (largeout_bench_optim, round $round)"
+    timeout 60 "$bin/largeout_bench_optim" --out "$OUT/optim_cpp_r$round.json" 2>&1 | tail -5
+  done
   echo "== SASS of the bf16 SGD, SGD momentum and AdamW kernels (cuobjdump)"
   so=$(python3 -c "import largeout._C as c; print(c.__file__)" 2>/dev/null || ls "$(python3 -c 'import largeout,os;print(os.path.dirname(largeout.__file__))')"/*.so | head -1)
   cuobjdump -sass "$so" > /tmp/all.sass 2>&1; echo "cuobjdump rc=$? ($so)"
