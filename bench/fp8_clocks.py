@@ -14,7 +14,10 @@ their forward under ``torch.no_grad``. In each busy phase the call is launched b
 for --seconds; CUDA events time every call. ``nvidia-smi`` samples the
 SM clock, power draw, temperature and the active clock-event (throttle) reasons every 20 ms
 in the background; each phase reports the medians of its samples (the first 0.3 s dropped)
-and its per-call time (median, first and last tenth of the calls).
+and its per-call time (median, first and last tenth of the calls). With --configs (a comma
+list of largeout FP8 GEMM configurations, ``torch.ops.largeout.fp8_gemm_configs()``), the
+phases are instead: the bf16 GEMM, then the FP8 GEMM in each configuration, twice over (which
+configuration uses the least energy per call where the power cap sets the clock).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 import torch
@@ -98,6 +102,7 @@ def summarize(phase: dict, samples) -> dict:
 def main(argv=None) -> int:
     ap = shape_parser(__doc__)
     ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--configs", default="", help="comma list of FP8 GEMM configurations to compare sustained")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available() or not list(torch.ops.largeout.fp8_gemm_configs()):
         print("needs an sm_90 GPU and largeout's FP8 GEMM", file=sys.stderr)
@@ -121,20 +126,33 @@ def main(argv=None) -> int:
              "fp8": lambda: torch.ops.largeout.fp8_gemm(q, w8, s, b16, -1),
              "bf16 layer": lambda: forward(layer16),
              "fp8 layer": lambda: forward(layer8)}
+    names = list(torch.ops.largeout.fp8_gemm_configs())
+    configs = [int(c) for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in configs if not 0 <= c < len(names)]
+    if bad:
+        ap.error(f"--configs: {bad} are not configurations; there are {len(names)} ({names})")
+    for c in configs:
+        cases[f"fp8 cfg{c}"] = lambda c=c: torch.ops.largeout.fp8_gemm(q, w8, s, b16, c)
+    order = (["bf16"] + [f"fp8 cfg{c}" for c in configs]) * 2 if configs else ["bf16", "fp8", "bf16 layer", "fp8 layer"]
     for fn in cases.values():  # warm up (cuBLAS heuristics, CUTLASS attributes)
         fn()
     torch.cuda.synchronize()
 
+    # (into a file: through a pipe read at the end, nvidia-smi blocked once the pipe's buffer
+    # was full, after ~20 s of samples, and the later phases had none)
+    log = tempfile.TemporaryFile(mode="w+")
     smi = subprocess.Popen(["nvidia-smi", f"--query-gpu={FIELDS}", "--format=csv", "-lms", "20"],
-                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           stdout=log, stderr=subprocess.STDOUT, text=True)
     time.sleep(0.5)
     phases = [("idle", idle(1.0))]
-    for name in ("bf16", "fp8", "bf16 layer", "fp8 layer"):
+    for name in order:
         phases.append((name, busy(cases[name], args.seconds)))
         phases.append(("idle", idle(1.0)))
     phases.append(("bf16", busy(cases["bf16"], args.seconds)))
     smi.terminate()
-    text, _ = smi.communicate(timeout=10)
+    smi.wait(timeout=10)
+    log.seek(0)
+    text = log.read()
     samples = parse_samples(text)
     rows = [dict(phase=name, **summarize(p, samples)) for name, p in phases]
     for r in rows:
@@ -145,7 +163,8 @@ def main(argv=None) -> int:
     result = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "largeout": largeout.build_info(),
               "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"), "L_gemm": L16,
               "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "B": B, "H": H, "L": L,
-              "method": __doc__, "nvidia_smi_samples": len(samples), "phases": rows}
+              "method": __doc__, "configs": {f"cfg{c}": names[c] for c in configs},
+              "nvidia_smi_samples": len(samples), "phases": rows}
     if not samples:
         result["nvidia_smi_output"] = text[-2000:]
     with open(args.out, "w") as f:

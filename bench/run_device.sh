@@ -18,7 +18,7 @@
 #            without); PROFILE_FP8=1: torch.profiler of the dense fp8 layer's training step; OPTIM_BENCH=1:
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases;
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
-#            under sustained bf16 and fp8 GEMMs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
+#            under sustained bf16 and fp8 GEMMs; FP8_CLOCKS_CONFIGS: its --configs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -820,7 +820,8 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
     "hopper_fp8_kernels_equal and e4m3"
   if [ "${FP8_CLOCKS:-0}" = 1 ]; then
     echo "== SM clock and power under sustained bf16 and fp8 GEMMs"
-    timeout 60 python3 bench/fp8_clocks.py --out "$OUT/fp8_clocks.json" 2>&1 | tail -8
+    timeout 120 python3 bench/fp8_clocks.py ${FP8_CLOCKS_CONFIGS:+--configs "$FP8_CLOCKS_CONFIGS"} \
+      --out "$OUT/fp8_clocks.json" 2>&1 | tail -14
   fi
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"
