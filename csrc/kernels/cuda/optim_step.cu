@@ -277,9 +277,9 @@ __global__ void __launch_bounds__(kOptThreads, kBlocks) optim_kernel(const Optim
         if constexpr (kSplitMode && kU == 2) {
           // fp8 SGD, stochastic (a constant in this copy of the loop): the four Philox blocks of
           // the two groups drawn together right after the loads, so that their rounds overlap the
-          // loads' latency and each round key read serves 8 XORs instead of 4 (drawn per group,
-          // after its update: 1.258 -> 1.228 ms on an H100, 80.6% -> 82.7% of copy; bench/NOTES.md,
-          // session 35).
+          // loads' latency and each round key read serves 8 XORs instead of 4 (before, each group
+          // drew its two right before its rounding: 1.258 -> 1.228 ms on an H100, 80.6% -> 82.7%
+          // of copy; bench/NOTES.md, session 35).
           if (hk.stochastic) {
             GroupRandom pre[2];
             const int64_t ia = (g0 - first) * 8, ib = (g0 + kOptThreads - first) * 8;
