@@ -127,10 +127,11 @@ def main(argv=None) -> int:
              "bf16 layer": lambda: forward(layer16),
              "fp8 layer": lambda: forward(layer8)}
     names = list(torch.ops.largeout.fp8_gemm_configs())
-    configs = [int(c) for c in args.configs.split(",") if c.strip()]
-    bad = [c for c in configs if not 0 <= c < len(names)]
+    words = [c.strip() for c in args.configs.split(",") if c.strip()]
+    bad = [c for c in words if not (c.isdigit() and int(c) < len(names))]
     if bad:
-        ap.error(f"--configs: {bad} are not configurations; there are {len(names)} ({names})")
+        ap.error(f"--configs: {bad} are not configuration numbers; expected numbers below {len(names)} ({names})")
+    configs = [int(c) for c in words]
     for c in configs:
         cases[f"fp8 cfg{c}"] = lambda c=c: torch.ops.largeout.fp8_gemm(q, w8, s, b16, c)
     order = (["bf16"] + [f"fp8 cfg{c}" for c in configs]) * 2 if configs else ["bf16", "fp8", "bf16 layer", "fp8 layer"]

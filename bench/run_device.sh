@@ -122,6 +122,57 @@ ARCHS=${ARCHS:-90a}
 { nvidia-smi; python3 -c "import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name())"; } \
   > "$OUT/device.txt" 2>&1
 
+# (optvar needs no CUTLASS and no library build: it runs before both.)
+if [ "$MODE" = optvar ]; then  # session 35: variants of the optimizer kernel sources, no library build: each
+  # folder ab/<name>/csrc (a copy of csrc/kernels with a change, carried as untracked files, deleted after) built
+  # with bench/cpp/bench_optim.cu into its own binary (in parallel), the binaries run in turn for OPTVAR_ROUNDS
+  # rounds (default 3; every other round in reverse order) on OPTVAR_CASES (default sgd-e4m3,sgd-momentum-e4m3),
+  # then Nsight Compute (the full set, with the per-instruction stall samples) of each variant in OPTVAR_NCU
+  # (default: the first) on sgd-e4m3, as OPTVAR_BUDGET s after the start allow (default 540)
+  deadline=$(( T0 + ${OPTVAR_BUDGET:-540} ))
+  names=(); for d in ab/*/; do [ -d "$d" ] && names+=("$(basename "$d")"); done
+  [ ${#names[@]} -gt 0 ] || { echo "optvar: no variant folders ab/<name>/csrc in the tree"; exit 1; }
+  echo "== build: ${names[*]}"
+  pids=()
+  for v in "${names[@]}"; do
+    rm -f "/tmp/bo_$v"  # (a warm machine's binary of an earlier call must not stand in for a failed build)
+    nvcc -std=c++20 -O3 -DNDEBUG -lineinfo --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a \
+      -DLARGEOUT_WITH_CUDA=1 -I "ab/$v/csrc" "ab/$v/csrc/kernels/cuda/optim_step.cu" bench/cpp/bench_optim.cu \
+      -Xptxas -v -o "/tmp/bo_$v" > "$OUT/build_$v.log" 2>&1 &
+    pids+=($!)
+  done
+  built=()
+  for i in "${!names[@]}"; do
+    if wait "${pids[$i]}"; then built+=("${names[$i]}"); else echo "build of ${names[$i]} failed:"; tail -20 "$OUT/build_${names[$i]}.log"; fi
+  done
+  echo "built ${built[*]:-nothing} in $(( $(date +%s) - T0 )) s"
+  order=("${built[@]}")
+  for round in $(seq "${OPTVAR_ROUNDS:-3}"); do
+    for v in "${order[@]}"; do
+      [ $(( deadline - $(date +%s) )) -gt 60 ] || break 2
+      echo "== $v (round $round)"
+      timeout 90 "/tmp/bo_$v" --cases "${OPTVAR_CASES:-sgd-e4m3,sgd-momentum-e4m3}" --out "$OUT/optvar_${v}_r$round.json" \
+        > "/tmp/bo_$v.out" 2>&1
+      rc=$?
+      tail -4 "/tmp/bo_$v.out"
+      [ $rc = 0 ] || echo "!! $v exited with status $rc (3: checked elements differ from the host rule; 1: a CUDA error)"
+    done
+    rev=(); for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[$i]}"); done; order=("${rev[@]}")
+  done
+  for v in ${OPTVAR_NCU:-${built[0]:-}}; do
+    left=$(( deadline - $(date +%s) ))
+    [ $left -gt 90 ] || { echo "(no time left for ncu of $v)"; break; }
+    echo "== ncu: $v, sgd-e4m3"
+    timeout $(( left - 30 )) ncu --clock-control none -k regex:optim_kernel --launch-skip 4 --launch-count 1 --set full \
+      -o "$OUT/ncu_$v" "/tmp/bo_$v" --cases sgd-e4m3 --iters 3 > "$OUT/ncu_${v}_run.log" 2>&1; echo "rc=$?"
+    ncu -i "$OUT/ncu_$v.ncu-rep" --page details > "$OUT/ncu_${v}_details.txt" 2>&1
+    ncu -i "$OUT/ncu_$v.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${v}_source.csv" 2>&1
+    grep -E "SM Frequency|Duration|DRAM Throughput|Issue Slots Busy|Issued Ipc|No Eligible|Warp Cycles Per Issued|Executed Instructions  " \
+      "$OUT/ncu_${v}_details.txt" | head -20
+  done
+  exit 0
+fi
+
 # CUTLASS headers from the carried, pinned wheel.
 python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
 export CUTLASS_DIR=/tmp/cutlass/cutlass_library/source
@@ -138,46 +189,6 @@ if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start i
   exit 0
 fi
 
-if [ "$MODE" = optvar ]; then  # session 35: variants of the optimizer kernel sources, no library build: each
-  # folder ab/<name>/csrc (a copy of csrc/kernels with a change, carried as untracked files, deleted after) built
-  # with bench/cpp/bench_optim.cu into its own binary (in parallel), the binaries run in turn for OPTVAR_ROUNDS
-  # rounds (default 3; every other round in reverse order) on OPTVAR_CASES (default sgd-e4m3,sgd-momentum-e4m3),
-  # then Nsight Compute (the full set, with the per-instruction stall samples) of each variant in OPTVAR_NCU
-  # (default: the first) on sgd-e4m3, as OPTVAR_BUDGET s after the start allow (default 540)
-  deadline=$(( T0 + ${OPTVAR_BUDGET:-540} ))
-  names=(); for d in ab/*/; do names+=("$(basename "$d")"); done
-  echo "== build: ${names[*]}"
-  for v in "${names[@]}"; do
-    nvcc -std=c++20 -O3 -lineinfo --expt-relaxed-constexpr -gencode=arch=compute_90a,code=sm_90a -DLARGEOUT_WITH_CUDA=1 \
-      -I "ab/$v/csrc" "ab/$v/csrc/kernels/cuda/optim_step.cu" bench/cpp/bench_optim.cu -Xptxas -v -o "/tmp/bo_$v" \
-      > "$OUT/build_$v.log" 2>&1 &
-  done
-  wait
-  for v in "${names[@]}"; do [ -x "/tmp/bo_$v" ] || { echo "build of $v failed"; tail -20 "$OUT/build_$v.log"; }; done
-  echo "built in $(( $(date +%s) - T0 )) s"
-  order=("${names[@]}")
-  for round in $(seq "${OPTVAR_ROUNDS:-3}"); do
-    for v in "${order[@]}"; do
-      [ $(( deadline - $(date +%s) )) -gt 60 ] || break 2
-      echo "== $v (round $round)"
-      timeout 60 "/tmp/bo_$v" --cases "${OPTVAR_CASES:-sgd-e4m3,sgd-momentum-e4m3}" --out "$OUT/optvar_${v}_r$round.json" 2>&1 \
-        | tail -4
-    done
-    rev=(); for ((i = ${#order[@]} - 1; i >= 0; i--)); do rev+=("${order[$i]}"); done; order=("${rev[@]}")
-  done
-  for v in ${OPTVAR_NCU:-${names[0]}}; do
-    left=$(( deadline - $(date +%s) ))
-    [ $left -gt 90 ] || { echo "(no time left for ncu of $v)"; break; }
-    echo "== ncu: $v, sgd-e4m3"
-    timeout $(( left - 30 )) ncu --clock-control none -k regex:optim_kernel --launch-skip 4 --launch-count 1 --set full \
-      -o "$OUT/ncu_$v" "/tmp/bo_$v" --cases sgd-e4m3 --iters 3 > "$OUT/ncu_${v}_run.log" 2>&1; echo "rc=$?"
-    ncu -i "$OUT/ncu_$v.ncu-rep" --page details > "$OUT/ncu_${v}_details.txt" 2>&1
-    ncu -i "$OUT/ncu_$v.ncu-rep" --page source --csv --print-source sass > "$OUT/ncu_${v}_source.csv" 2>&1
-    grep -E "SM Frequency|Duration|DRAM Throughput|Issue Slots Busy|Issued Ipc|No Eligible|Warp Cycles Per Issued|Executed Instructions  " \
-      "$OUT/ncu_${v}_details.txt" | head -20
-  done
-  exit 0
-fi
 
 build_install() {  # $1: the log's name under $OUT; builds the tree as it is (incrementally in build/) and installs it
   local start; start=$(date +%s)
@@ -821,7 +832,7 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
   if [ "${FP8_CLOCKS:-0}" = 1 ]; then
     echo "== SM clock and power under sustained bf16 and fp8 GEMMs"
     timeout 120 python3 bench/fp8_clocks.py ${FP8_CLOCKS_CONFIGS:+--configs "$FP8_CLOCKS_CONFIGS"} \
-      --out "$OUT/fp8_clocks.json" 2>&1 | tail -14
+      --out "$OUT/fp8_clocks.json" 2>&1 | tail -30
   fi
   if [ "${FP8_BENCH:-1}" != 0 ]; then
     echo "== benchmark: FP8 layer against bf16"

@@ -13,12 +13,16 @@
 //   sgd-bf16           SGD on bf16 parameters and gradients
 //   sgd-momentum-bf16  the same with a bf16 momentum buffer
 // Bytes = parameters, gradients and buffers read once, parameters and buffers written once;
-// the copy reference moves a 4 GiB buffer (bytes read + written). Exit status 1 when a checked
-// group differs from the host rule. Built by CMake with the library's kernels; a variant of the
+// the copy reference moves a 4 GiB buffer (bytes read + written). The check runs one step at
+// lr 10 (so that most sampled codes change; the output says how many did) on sampled groups:
+// the first of each tensor, the first of its second 256-group run (a thread's second group of
+// an iteration), the last and a stride through it. Exit status 3 when a checked element
+// differs from the host rule. Built by CMake with the library's kernels; a variant of the
 // kernel sources builds as `nvcc -std=c++20 -O3 --expt-relaxed-constexpr -arch=sm_90a
 // -DLARGEOUT_WITH_CUDA=1 -I DIR/csrc DIR/csrc/kernels/cuda/optim_step.cu bench/cpp/bench_optim.cu`.
 #include <cuda_runtime.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -98,7 +102,7 @@ void fetch8(const void* p, ElemType t, int64_t i, std::vector<uint8_t>& host) {
 struct Row {
   std::string name;
   double ms, gbps;
-  int64_t bytes, checked, mismatched;
+  int64_t bytes, checked, mismatched, changed;  // changed: checked parameter codes the step changes
 };
 
 Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_groups) {
@@ -133,14 +137,21 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
   h.offset = 12345;
   h = largeout::with_round_keys(h);
   const largeout::OptimTypes types{c.param, c.grad, c.state, largeout::comp_type(c.param)};
-  auto launch = [&] {
-    return largeout::cuda::optim_step(d_slots, d_prefix, tensors, groups, types, h, c.momentum, false, false, 0);
+  auto launch_with = [&](const OptimHyper& hk) {
+    return largeout::cuda::optim_step(d_slots, d_prefix, tensors, groups, types, hk, c.momentum, false, false, 0);
   };
+  auto launch = [&] { return launch_with(h); };
+  // The checked step takes lr 10, so that most sampled codes change (at lr 1e-2 a step moves an
+  // fp8 weight by ~1e-5, far below its spacing, and SR keeps 97-98% of the codes: a group the
+  // kernel never wrote, or one given another group's random bits, would mostly go unnoticed).
+  OptimHyper hc = h;
+  hc.lr = 10.f;
   CHECK_CUDA(cudaDeviceSynchronize());
 
-  // The check: sampled groups (the first ones of each tensor, its last, and a stride through
-  // it) before and after one step, against the host rule.
-  Row row{c.name, 0, 0, 0, 0, 0};
+  // The check: sampled groups (the first ones of each tensor, the first ones of the second
+  // 256-group run, which a thread updates as its second group of an iteration, the last, and
+  // a stride through the tensor) before and after one step, against the host rule.
+  Row row{c.name, 0, 0, 0, 0, 0, 0};
   struct Sample {
     int k;
     int64_t i0;
@@ -149,7 +160,9 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
   std::vector<Sample> samples;
   for (int k = 0; k < tensors; ++k) {
     for (int j = 0; j < check_groups; ++j) {
-      const int64_t g = j < check_groups / 2 ? j : (per / 8 - 1) - int64_t(j - check_groups / 2) * 9973 % (per / 8);
+      const int64_t q = check_groups / 4, n = per / 8;
+      const int64_t g = j < q ? j : j < 2 * q ? std::min<int64_t>(256 + j - q, n - 1)
+                                              : (n - 1) - int64_t(j - 2 * q) * 9973 % n;
       Sample sm{k, g * 8, {}, {}, {}};
       fetch8(T.slots[k].param, c.param, sm.i0, sm.p);
       fetch8(T.slots[k].grad, c.grad, sm.i0, sm.g);
@@ -157,16 +170,17 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
       samples.push_back(std::move(sm));
     }
   }
-  CHECK_CUDA(launch());
+  CHECK_CUDA(launch_with(hc));
   CHECK_CUDA(cudaDeviceSynchronize());
   for (Sample& sm : samples) {
+    const std::vector<uint8_t> before_p = sm.p, before_b = sm.b;
     OptimSlot hs{};
     hs.param = sm.p.data();
     hs.grad = sm.g.data();
     hs.buf1 = c.momentum ? sm.b.data() : nullptr;
     hs.numel = 8;
     hs.base = T.slots[sm.k].base + sm.i0;
-    host_group(c, hs, h);
+    host_group(c, hs, hc);
     std::vector<uint8_t> dp, db;
     fetch8(T.slots[sm.k].param, c.param, sm.i0, dp);
     if (c.momentum) fetch8(T.slots[sm.k].buf1, c.state, sm.i0, db);
@@ -176,6 +190,7 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
       bool bad = std::memcmp(dp.data() + j * pb, sm.p.data() + j * pb, pb) != 0;
       if (c.momentum) bad = bad || std::memcmp(db.data() + j * sb, sm.b.data() + j * sb, sb) != 0;
       row.mismatched += bad;
+      row.changed += std::memcmp(before_p.data() + j * pb, sm.p.data() + j * pb, pb) != 0;  // the check's power
     }
   }
 
@@ -189,6 +204,19 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
 }
 
 }  // namespace
+
+// The integer value of argument `name`, or exit 2 with a message naming it.
+int64_t int_arg(const std::string& name, const std::string& v, int64_t lo, int64_t hi) {
+  char* end = nullptr;
+  errno = 0;
+  const long long n = std::strtoll(v.c_str(), &end, 10);
+  if (v.empty() || *end != '\0' || errno != 0 || n < lo || n > hi) {
+    std::fprintf(stderr, "%s: expected an integer in [%lld, %lld]; got '%s'\n", name.c_str(), (long long)lo,
+                 (long long)hi, v.c_str());
+    std::exit(2);
+  }
+  return n;
+}
 
 int main(int argc, char** argv) {
   std::string cases = "sgd-e4m3,sgd-momentum-e4m3,sgd-bf16,sgd-momentum-bf16", out;
@@ -204,10 +232,10 @@ int main(int argc, char** argv) {
       return argv[++i];
     };
     if (a == "--cases") cases = next();
-    else if (a == "--elements") elements = std::atoll(next().c_str());
-    else if (a == "--tensors") tensors = std::atoi(next().c_str());
-    else if (a == "--iters") iters = std::atoi(next().c_str());
-    else if (a == "--check-groups") check_groups = std::atoi(next().c_str());
+    else if (a == "--elements") elements = int_arg(a, next(), 1, int64_t(1) << 40);
+    else if (a == "--tensors") tensors = int(int_arg(a, next(), 1, 1024));
+    else if (a == "--iters") iters = int(int_arg(a, next(), 1, 100000));
+    else if (a == "--check-groups") check_groups = int(int_arg(a, next(), 4, 1 << 20));
     else if (a == "--out") out = next();
     else {
       std::fprintf(stderr, "unknown argument %s (expected --cases, --elements, --tensors, --iters, --check-groups, --out)\n",
@@ -215,9 +243,30 @@ int main(int argc, char** argv) {
       return 2;
     }
   }
-  if (tensors < 1 || iters < 1 || check_groups < 2 || elements < int64_t(tensors) * 8 * check_groups) {
-    std::fprintf(stderr, "--tensors and --iters must be >= 1, --check-groups >= 2, --elements >= 8 * tensors * "
-                         "check-groups; got %d, %d, %d, %lld\n", tensors, iters, check_groups, (long long)elements);
+  if (elements < int64_t(tensors) * 8 * check_groups) {
+    std::fprintf(stderr, "--elements must be at least 8 x --tensors x --check-groups = %lld; got %lld\n",
+                 (long long)(int64_t(tensors) * 8 * check_groups), (long long)elements);
+    return 2;
+  }
+  std::vector<const Case*> chosen;
+  for (size_t start = 0; start <= cases.size();) {
+    const size_t end = std::min(cases.find(',', start), cases.size());
+    const std::string name = cases.substr(start, end - start);
+    start = end + 1;
+    if (name.empty()) continue;
+    const Case* c = nullptr;
+    for (const Case& k : kCases)
+      if (name == k.name) c = &k;
+    if (c == nullptr) {
+      std::fprintf(stderr, "--cases: unknown case '%s' (expected sgd-e4m3, sgd-momentum-e4m3, sgd-bf16, "
+                           "sgd-momentum-bf16)\n", name.c_str());
+      return 2;
+    }
+    chosen.push_back(c);
+  }
+  FILE* f = nullptr;
+  if (!out.empty() && (f = std::fopen(out.c_str(), "w")) == nullptr) {  // (before any timing)
+    std::fprintf(stderr, "--out: cannot open %s for writing\n", out.c_str());
     return 2;
   }
   cudaDeviceProp prop{};
@@ -236,43 +285,28 @@ int main(int argc, char** argv) {
   std::printf("%s: copy %.0f GB/s\n", prop.name, copy_gbps);
   std::vector<Row> rows;
   bool ok = true;
-  size_t start = 0;
-  while (start <= cases.size()) {
-    const size_t end = std::min(cases.find(',', start), cases.size());
-    const std::string name = cases.substr(start, end - start);
-    start = end + 1;
-    if (name.empty()) continue;
-    const Case* c = nullptr;
-    for (const Case& k : kCases)
-      if (name == k.name) c = &k;
-    if (c == nullptr) {
-      std::fprintf(stderr, "--cases: unknown case %s (expected sgd-e4m3, sgd-momentum-e4m3, sgd-bf16, "
-                           "sgd-momentum-bf16)\n", name.c_str());
-      return 2;
-    }
+  for (const Case* c : chosen) {
     const Row r = run_case(*c, elements, tensors, iters, check_groups);
     ok = ok && r.mismatched == 0;
-    std::printf("%-20s %8.3f ms %7.0f GB/s (%.1f%% of copy), %lld of %lld checked elements differ from the host rule\n",
-                r.name.c_str(), r.ms, r.gbps, 100 * r.gbps / copy_gbps, (long long)r.mismatched, (long long)r.checked);
+    std::printf("%-20s %8.3f ms %7.0f GB/s (%.1f%% of copy); check at lr 10: %lld of %lld elements differ from the "
+                "host rule (the step changed %lld of the parameter codes)\n",
+                r.name.c_str(), r.ms, r.gbps, 100 * r.gbps / copy_gbps, (long long)r.mismatched, (long long)r.checked,
+                (long long)r.changed);
     rows.push_back(r);
   }
-  if (!out.empty()) {
-    FILE* f = std::fopen(out.c_str(), "w");
-    if (f == nullptr) {
-      std::fprintf(stderr, "--out: cannot open %s for writing\n", out.c_str());
-      return 2;
-    }
+  if (f != nullptr) {
     std::fprintf(f, "{\"device\": \"%s\", \"elements\": %lld, \"tensors\": %d, \"iters\": %d, \"copy_GBps\": %.1f, "
                     "\"cases\": [", prop.name, (long long)elements, tensors, iters, copy_gbps);
     for (size_t i = 0; i < rows.size(); ++i) {
       const Row& r = rows[i];
       std::fprintf(f, "%s\n {\"case\": \"%s\", \"ms\": %.4f, \"bytes_per_step\": %lld, \"GBps\": %.1f, "
-                      "\"fraction_of_copy\": %.4f, \"checked_elements\": %lld, \"mismatched_elements\": %lld}",
+                      "\"fraction_of_copy\": %.4f, \"checked_elements\": %lld, \"mismatched_elements\": %lld, "
+                      "\"check_changed_codes\": %lld}",
                    i ? "," : "", r.name.c_str(), r.ms, (long long)r.bytes, r.gbps, r.gbps / copy_gbps,
-                   (long long)r.checked, (long long)r.mismatched);
+                   (long long)r.checked, (long long)r.mismatched, (long long)r.changed);
     }
     std::fprintf(f, "\n]}\n");
     std::fclose(f);
   }
-  return ok ? 0 : 1;
+  return ok ? 0 : 3;  // (1: a CUDA call failed, 2: bad arguments)
 }
