@@ -54,11 +54,15 @@ def timed(fn, iters: int, warmup: int = 3):
 def timed_queued(fn, iters: int, warmup: int = 3):
     """Median GPU seconds per call with the calls queued back to back (all issued while a
     sleep kernel holds the GPU, so that the host is ahead of it), and the list."""
+    host = time.perf_counter()
     for _ in range(warmup):
         fn()
+    host = (time.perf_counter() - host) / warmup  # (an upper bound of the host's time to issue a call)
     torch.cuda.synchronize()
     events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
-    torch.cuda._sleep(100_000_000)  # (clock cycles: ~50 ms)
+    # Long enough for the host to issue every call twice over (50 ms to 2 s), in clock
+    # cycles at 2 GHz (Hopper's top clock is ~2 GHz, so it lasts at least that long).
+    torch.cuda._sleep(int(2e9 * min(2.0, max(0.05, 2 * iters * host))))
     for a, b in events:
         a.record()
         fn()
