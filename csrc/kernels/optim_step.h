@@ -107,10 +107,11 @@ LARGEOUT_HD float decode_code(uint32_t code, ElemType t) {
 }
 
 // The 8 one-byte codes c as two little-endian words (code j in byte j % 4 of word j / 4;
-// each c below 256, as every producer of codes gives them). Written as two 16-bit halves each, the form in which the compiler folds it: from
-// unpacked words, into the words themselves; from paired conversions' results, into the
-// conversions (as one expression of 4 bytes it built each word from the bytes again, ~13
-// instructions per group of 8; bench/NOTES.md, session 33).
+// each c below 256, as every producer of codes gives them). Written as two 16-bit halves
+// each, the form in which the compiler folds it: from unpacked words, into the words
+// themselves; from paired conversions' results, into the conversions (as one expression of
+// 4 bytes it built each word from the bytes again, ~13 instructions per group of 8;
+// bench/NOTES.md, session 33).
 LARGEOUT_HD uint32_t pack_bytes4(uint32_t c0, uint32_t c1, uint32_t c2, uint32_t c3) {
   return (c0 | (c1 << 8)) | ((c2 | (c3 << 8)) << 16);
 }
@@ -505,8 +506,9 @@ __device__ __noinline__ uint32_t fp8_code_out_of_line(float v, uint32_t rnd, boo
 // (checked by _sr_rule_mismatches, on the CPU and on the GPU). bf16 makes the rule's one
 // per-element test (saturation, inf, NaN: magnitudes from the largest finite value up) once
 // for the group; below it, one add and one shift per element. fp8 on the GPU:
-// fp8_group_codes, unless a value is inf or NaN (it saturates finite values itself). (The integer rule without branches for e4m3 groups in
-// [2^-17, 448) made fp8 SGD 2.90 -> 4.19 ms on an H200: more spills; bench/NOTES.md.)
+// fp8_group_codes, unless a value is inf or NaN (it saturates finite values itself). (The
+// integer rule without branches for e4m3 groups in [2^-17, 448) made fp8 SGD 2.90 -> 4.19
+// ms on an H200: more spills; bench/NOTES.md.)
 template <ElemType T>
 LARGEOUT_HD void round_group_codes(const float (&v)[8], const uint32_t (&rnd)[8], bool near, uint32_t (&out)[8]) {
   if constexpr (T == ElemType::kBF16) {
