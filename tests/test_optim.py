@@ -49,6 +49,44 @@ def test_float32_matches_torch_optim(kind, device, fused):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("step_form", ["tensor", "number", "float64"])
+def test_adamw_step_counts_per_tensor(device, step_form):
+    # Tensors of one group at different step counts (one skipped on some steps: its grad is
+    # None, as torch.optim.AdamW skips it too) each get their own bias correction, and each
+    # state's count is the number of its updates; a loaded state whose counts are plain
+    # numbers or float64 tensors (older checkpoints) continues the same way.
+    ours_p = [params((9, 4), torch.float32, 11 + i, device) for i in range(5)]
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    kw = dict(lr=1e-2, betas=(0.8, 0.95), eps=1e-8, weight_decay=0.05)
+    ours = lo_optim.AdamW(ours_p, state_dtype=torch.float32, **kw)
+    theirs = torch.optim.AdamW(ref_p, **kw)
+    skipped = {1: {0, 3}, 2: {3}, 4: {1, 2, 3}}
+    updates = [0] * len(ours_p)
+    for step in range(7):
+        if step == 3:
+            sd = ours.state_dict()
+            for st in sd["state"].values():
+                if step_form == "number":
+                    st["step"] = float(st["step"])
+                elif step_form == "float64":
+                    st["step"] = st["step"].double()
+            ours = lo_optim.AdamW(ours_p, state_dtype=torch.float32, **kw)
+            ours.load_state_dict(sd)
+        for ps in (ours_p, ref_p):
+            grads_for(ps, step, device)
+            for i in skipped.get(step, ()):
+                ps[i].grad = None
+        for i in range(len(ours_p)):
+            updates[i] += i not in skipped.get(step, ())
+        ours.step()
+        theirs.step()
+    for i, (a, b) in enumerate(zip(ours_p, ref_p)):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (i, (a - b).abs().max())
+        assert float(ours.state[a]["step"]) == updates[i] == float(theirs.state[b]["step"])
+    assert len(set(updates)) > 2  # (the test's premise: several counts in one group)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
 def test_nearest_rounding_is_round_to_nearest_of_the_fp32_step(dtype, fused):
