@@ -252,24 +252,37 @@ def test_a_step_that_fails_changes_nothing(fused):
     opt = lo_optim.AdamW([a], lr=0.1, fused=fused)
     opt.step()
     snap = (a.detach().clone(), {k: v.clone() for k, v in opt.state[a].items()}, opt.state_dict()["largeout_rng_state"])
-    cases = [(torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16).to_sparse(),
-              "sparse gradients are not supported")]
+    bf = dict(dtype=torch.bfloat16)
+    cases = [(torch.randn(6, **bf), torch.randn(6, **bf).to_sparse(), "sparse gradients are not supported", None),
+             (torch.randn(6, **bf), torch.randn(7, **bf),  # (torch refuses such a grad: set before .data changes)
+              r"the gradient of parameter 0 of its group \(shape \(6,\), torch.bfloat16\) must have its shape", None),
+             (torch.randn(6, **bf), torch.randn(6, **bf), r"state 'exp_avg' of parameter 0 of its group \(shape "
+              r"\(6,\), torch.bfloat16\) must have its shape and device; got \(5,\)",
+              {"exp_avg": torch.zeros(5, **bf), "exp_avg_sq": torch.zeros(6, **bf), "step": torch.tensor(1.0)})]
     # a loaded state the fused op cannot take (a float64 moment), found before the first group's update
-    loaded = {"exp_avg": torch.zeros(6, dtype=torch.float64), "exp_avg_sq": torch.zeros(6, dtype=torch.bfloat16),
+    loaded = {"exp_avg": torch.zeros(6, dtype=torch.float64), "exp_avg_sq": torch.zeros(6, **bf),
               "step": torch.tensor(1.0)}
     if fused:
         cases += [(torch.randn(4, dtype=torch.float64), torch.randn(4, dtype=torch.float64),
-                   "fused=False takes any float dtype"),
-                  (torch.randn(4, 6, dtype=torch.bfloat16).t(), torch.randn(6, 4, dtype=torch.bfloat16),
-                   "the fused step needs contiguous parameters"),
-                  (torch.randn(6, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16),
-                   "states 'exp_avg' and 'exp_avg_sq' of .* must share a dtype")]
-    for value, grad, pattern in cases:
-        b = torch.nn.Parameter(value)
+                   "fused=False takes any float dtype", None),
+                  (torch.randn(4, 6, **bf).t(), torch.randn(6, 4, **bf), "the fused step needs contiguous parameters",
+                   None),
+                  (torch.randn(6, **bf), torch.randn(6, **bf),
+                   "states 'exp_avg' and 'exp_avg_sq' of .* must share a dtype", loaded),
+                  (torch.randn(2, 3, **bf), torch.randn(2, 3, **bf),
+                   r"state 'exp_avg_sq' of parameter 0 .* must be contiguous for the fused step",
+                   {"exp_avg": torch.zeros(2, 3, **bf), "exp_avg_sq": torch.zeros(3, 2, **bf).t(),
+                    "step": torch.tensor(1.0)}),
+                  (torch.randn(6, **bf), torch.randn(6, **bf),
+                   r"state 'kahan_comp' of parameter 0 .* must be torch.bfloat16; got torch.float32",
+                   {**loaded, "exp_avg": torch.zeros(6, **bf), "kahan_comp": torch.zeros(6)})]
+    for value, grad, pattern, state in cases:
+        b = torch.nn.Parameter(value if grad.shape == value.shape else torch.empty_like(grad))
         b.grad = grad
+        b.data = value
         opt.add_param_group({"params": [b]})
-        if "exp_avg" in pattern:
-            opt.state[b] = dict(loaded)
+        if state is not None:
+            opt.state[b] = dict(state)
         with pytest.raises((TypeError, RuntimeError), match=pattern):
             opt.step()
         assert torch.equal(a.detach(), snap[0])

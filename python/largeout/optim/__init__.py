@@ -181,9 +181,14 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 state = states.get(p)
                 if state:
                     for key, t in state.items():
-                        if key != "step" and isinstance(t, torch.Tensor) and (t.shape != shape or t.device != device):
+                        if key == "step" or not isinstance(t, torch.Tensor):
+                            continue
+                        if t.shape != shape or t.device != device:
                             raise RuntimeError(f"{name}: state {key!r} of {self._where(i, p)} must have its shape and "
                                                f"device; got {tuple(t.shape)} on {t.device}")
+                        if fused and not t.is_contiguous():
+                            raise RuntimeError(f"{name}: state {key!r} of {self._where(i, p)} must be contiguous for "
+                                               f"the fused step")
                 if not fused:
                     continue
                 if p.dtype not in _FUSED_DTYPES or g.dtype not in _FUSED_DTYPES:
@@ -197,18 +202,14 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                     self._check_fused_state(p, state, i)
 
     def _check_fused_state(self, p: torch.Tensor, state: dict, i: int) -> None:
-        """The dtypes and layout the fused op takes for an existing state (e.g. a loaded one):
-        Kahan buffers in the parameter's buffer dtype, all contiguous. (i: p's index in its
-        group, for the message.)"""
-        name = type(self).__name__
-        for key, t in state.items():
-            if key != "step" and isinstance(t, torch.Tensor) and not t.is_contiguous():
-                raise RuntimeError(f"{name}: state {key!r} of {self._where(i, p)} must be contiguous for the fused "
-                                   f"step")
+        """The dtypes the fused op takes for an existing state (e.g. a loaded one): Kahan
+        buffers in the parameter's buffer dtype (each subclass adds its buffers). (i: p's
+        index in its group, for the message; shapes, devices and contiguity are checked by
+        _check_step.)"""
         comp = state.get("kahan_comp")
         if comp is not None and comp.dtype != _buffer_dtype(p.dtype):
-            raise TypeError(f"{name}: state 'kahan_comp' of {self._where(i, p)} must be {_buffer_dtype(p.dtype)}; "
-                            f"got {comp.dtype}")
+            raise TypeError(f"{type(self).__name__}: state 'kahan_comp' of {self._where(i, p)} must be "
+                            f"{_buffer_dtype(p.dtype)}; got {comp.dtype}")
 
     @torch.no_grad()
     def step(self, closure=None):
