@@ -56,6 +56,7 @@ def main() -> None:
     ap.add_argument("--elements", type=int, default=4096)
     ap.add_argument("--iters", type=int, default=50)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--note", default="", help="what code ran (recorded in the JSON)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     for name in ("tensors", "elements", "iters", "rounds"):
@@ -82,7 +83,7 @@ def main() -> None:
     out = {"what": __doc__.splitlines()[0], "device": a.device, "device_name": (torch.cuda.get_device_name()
            if a.device == "cuda" else platform.processor() or platform.machine()), "tensors": a.tensors,
            "elements": a.elements, "iters": a.iters, "rounds": a.rounds, "torch": torch.__version__,
-           "largeout": largeout.__version__, "rows": rows}
+           "largeout": largeout.__version__, "note": a.note, "rows": rows}
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
 
