@@ -2,6 +2,7 @@
 behaviour for low-precision ones, and exact resume."""
 
 import copy
+import warnings
 import math
 
 import pytest
@@ -47,6 +48,38 @@ def test_float32_matches_torch_optim(kind, device, fused):
         theirs.step()
     for a, b in zip(ours_p, ref_p):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "adamw"])
+def test_a_parameter_listed_twice_is_updated_once_per_listing(kind, device):
+    # torch.optim warns about a duplicated parameter and updates it once per listing, in turn;
+    # the fused step does the same (never both listings in one launch, which would race):
+    # against torch.optim where it does the same thing (for SGD with momentum torch.optim gives
+    # each listing a fresh buffer on the first step, so there against the reference path,
+    # which steps the listings in turn).
+    ours_p = [params((300,), torch.float32, 21, device), params((7, 3), torch.float32, 22, device)]
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # (torch.optim's warning about the duplicate)
+        if kind == "adamw":
+            kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
+            ours = lo_optim.AdamW([ours_p[0], ours_p[1], ours_p[0]], state_dtype=torch.float32, **kw)
+            theirs = torch.optim.AdamW([ref_p[0], ref_p[1], ref_p[0]], **kw)
+        else:
+            kw = dict(lr=0.1, momentum=0.9 if kind == "sgd-momentum" else 0.0, weight_decay=0.01)
+            ours = lo_optim.SGD([ours_p[0], ours_p[1], ours_p[0]], **kw)
+            theirs = (torch.optim.SGD([ref_p[0], ref_p[1], ref_p[0]], **kw) if kind == "sgd" else
+                      lo_optim.SGD([ref_p[0], ref_p[1], ref_p[0]], fused=False, **kw))
+    for step in range(4):
+        grads_for(ours_p, step, device)
+        grads_for(ref_p, step, device)
+        ours.step()
+        theirs.step()
+    for a, b in zip(ours_p, ref_p):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    if kind == "adamw":
+        assert float(ours.state[ours_p[0]]["step"]) == 8 and float(ours.state[ours_p[1]]["step"]) == 4
 
 
 @pytest.mark.parametrize("device", DEVICES)

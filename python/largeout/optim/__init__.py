@@ -178,17 +178,16 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 if g.shape != shape or g.device != device:
                     raise RuntimeError(f"{name}: the gradient of {self._where(i, p)} must have its shape and device; "
                                        f"got {tuple(g.shape)} on {g.device}")
-                state = states.get(p)
-                if state:
+                state, strided = states.get(p), None  # (the first non-contiguous state: the fused step's
+                if state:                                # error, raised after the parameter's own checks)
                     for key, t in state.items():
                         if key == "step" or not isinstance(t, torch.Tensor):
                             continue
                         if t.shape != shape or t.device != device:
                             raise RuntimeError(f"{name}: state {key!r} of {self._where(i, p)} must have its shape and "
                                                f"device; got {tuple(t.shape)} on {t.device}")
-                        if fused and not t.is_contiguous():
-                            raise RuntimeError(f"{name}: state {key!r} of {self._where(i, p)} must be contiguous for "
-                                               f"the fused step")
+                        if strided is None and not t.is_contiguous():
+                            strided = key
                 if not fused:
                     continue
                 if p.dtype not in _FUSED_DTYPES or g.dtype not in _FUSED_DTYPES:
@@ -198,6 +197,9 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 if not p.is_contiguous():
                     raise RuntimeError(f"{name}: the fused step needs contiguous parameters; {self._where(i, p)} is "
                                        f"not (or fused=False)")
+                if strided is not None:
+                    raise RuntimeError(f"{name}: state {strided!r} of {self._where(i, p)} must be contiguous for the "
+                                       f"fused step")
                 if state:
                     self._check_fused_state(p, state, i)
 
@@ -253,9 +255,13 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             if fresh:
                 self._init_state(p, group, state)
             items.append((p, state, fresh))
-        buckets = {}
+        buckets, seen = {}, {}
         for (p, state, _), extra in zip(items, self._bucket_keys(group, items)):
-            key = (p.device, p.dtype, p.grad.dtype) + extra + (row_scale(p) is not None,)
+            # (A parameter listed twice, which torch.optim warns about, is updated once per listing
+            # in turn, as torch.optim does: its n-th listing goes into a launch of n-th listings.)
+            n = seen.get(id(p), 0)
+            seen[id(p)] = n + 1
+            key = (p.device, p.dtype, p.grad.dtype) + extra + (row_scale(p) is not None, n)
             buckets.setdefault(key, []).append((p, state))
         for key, items in buckets.items():
             params = [p for p, _ in items]
@@ -263,7 +269,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             buf1 = [st[self._BUF1] for _, st in items] if self._BUF1 and self._BUF1 in items[0][1] else []
             buf2 = [st[self._BUF2] for _, st in items] if self._BUF2 else []
             comps = [st["kahan_comp"] for _, st in items] if "kahan_comp" in items[0][1] else []
-            scales = [row_scale(p) for p in params] if key[-1] else []
+            scales = [row_scale(p) for p in params] if key[-2] else []
             h = self._hyper(group, key)
             seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
             torch.ops.largeout._fused_optim_step_(
@@ -427,8 +433,10 @@ class AdamW(_LowPrecisionOptimizer):
         # for 200 tensors ~85 us, where `+= 1` and int() per tensor took ~500 (and a foreach
         # add ~230: on the CPU it is a loop of single adds).
         steps = [state["step"] for _, state, _ in items]
+        # (Only where every count is its own tensor: a parameter listed twice, or one count shared
+        # by several states, advances once per listing, as in torch.optim, on the path below.)
         if all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 0
-               for t in steps):
+               for t in steps) and len({id(t) for t in steps}) == len(steps):
             after = [t.item() + 1 for t in steps]
             same = {}
             for t, c in zip(steps, after):
