@@ -26,6 +26,17 @@ def grads_for(ps, step, device="cpu"):
         p.grad = torch.randn(p.shape, generator=gen).to(device, p.dtype)
 
 
+def step_both_and_compare(ours, theirs, ours_p, ref_p, device, steps):
+    """`steps` steps of both optimizers on the same gradients; the parameters must agree."""
+    for step in range(steps):
+        grads_for(ours_p, step, device)
+        grads_for(ref_p, step, device)
+        ours.step()
+        theirs.step()
+    for a, b in zip(ours_p, ref_p):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw"])
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "reference"])
@@ -41,13 +52,7 @@ def test_float32_matches_torch_optim(kind, device, fused):
         kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
         ours = lo_optim.AdamW(ours_p, state_dtype=torch.float32, fused=fused, **kw)
         theirs = torch.optim.AdamW(ref_p, **kw)
-    for step in range(5):
-        grads_for(ours_p, step, device)
-        grads_for(ref_p, step, device)
-        ours.step()
-        theirs.step()
-    for a, b in zip(ours_p, ref_p):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    step_both_and_compare(ours, theirs, ours_p, ref_p, device, 5)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -71,13 +76,7 @@ def test_a_parameter_listed_twice_is_updated_once_per_listing(kind, device):
             ours = lo_optim.SGD([ours_p[0], ours_p[1], ours_p[0]], **kw)
             theirs = (torch.optim.SGD([ref_p[0], ref_p[1], ref_p[0]], **kw) if kind == "sgd" else
                       lo_optim.SGD([ref_p[0], ref_p[1], ref_p[0]], fused=False, **kw))
-    for step in range(4):
-        grads_for(ours_p, step, device)
-        grads_for(ref_p, step, device)
-        ours.step()
-        theirs.step()
-    for a, b in zip(ours_p, ref_p):
-        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    step_both_and_compare(ours, theirs, ours_p, ref_p, device, 4)
     if kind == "adamw":
         assert float(ours.state[ours_p[0]]["step"]) == 8 and float(ours.state[ours_p[1]]["step"]) == 4
 
