@@ -169,8 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="write top-k predictions of a checkpoint")
     pr.add_argument("--checkpoint", required=True, nargs="+",
-                    help="a checkpoint directory (e.g. runs/x/checkpoints/best); several: an ensemble whose "
-                         "probabilities are averaged")
+                    help="a checkpoint directory (e.g. runs/x/checkpoints/best); several: an ensemble, ranked by "
+                         "the members' mean log-probability (the scores written are their mean probabilities)")
     pr.add_argument("--data", required=True, help="test.txt (XC format) or test.jsonl")
     pr.add_argument("--out", required=True, help="output .npz with arrays topk and scores")
     pr.add_argument("--topk", type=int, default=5)

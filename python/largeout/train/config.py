@@ -51,7 +51,7 @@ class TrainConfig:
     #: fine-tuned), or "tfidf+hf:PATH" (the tfidf encoder over the sparse features with each
     #: example's frozen, mean-pooled, L2-normalised sentence embedding from the model at PATH
     #: appended as dense features; computed once per dataset and cached, see
-    #: largeout.train.data.text_embeddings)
+    #: largeout.train.model.text_embeddings)
     encoder: str = "tfidf"
     hidden: int = 512
     dropout: float = 0.3
