@@ -265,8 +265,10 @@ def test_cpu_ops_check_index_values(value):
 
 def test_build_info():
     info = largeout.build_info()
-    for key in ("version", "torch", "torch_runtime", "cuda_kernels", "cuda", "cuda_archs", "cutlass"):
+    for key in ("version", "torch", "torch_runtime", "cuda_kernels", "cuda", "cuda_archs", "cutlass", "cpu_threads"):
         assert key in info
+    # (CMakeLists.txt requires OpenMP: without it at::parallel_for ran every CPU kernel on one thread)
+    assert info["cpu_threads"] == "openmp"
     if info["cuda_kernels"]:
         assert info["cuda"] and info["cutlass"] and info["cuda_archs"]
     if HAS_CUDA:
@@ -325,3 +327,48 @@ def test_backward_ops_accept_row_padded_grad(device):
     assert torch.isfinite(dx_rows).all() and torch.isfinite(dw_rows).all()
     assert torch.equal(dx, dx_rows) and torch.equal(dw, dw_rows) and torch.equal(db, db_rows)
     assert torch.isnan(buf[:, L:]).all()  # untouched
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_cpu_kernels_give_the_same_bits_on_any_thread_count(dtype):
+    # The CPU kernels split their loops over torch's threads (OpenMP); every output element
+    # is still computed by one thread in a fixed order, so 1 and 3 threads give the same bits:
+    # the layer's three passes, the fused optimizer step over many tensors (its loop spans
+    # all of them) and stochastic rounding.
+    ops = torch.ops.largeout
+    g = torch.Generator().manual_seed(77)
+    B, H, L, K, G = 67, 96, 4003, 24, 16
+    x = torch.randn(B, H, generator=g).to(dtype)
+    w = (torch.randn(L, K, generator=g) / K**0.5).to(dtype)
+    b = torch.randn(L, generator=g).to(dtype)
+    idx = random_group_indices(-(-L // G), H, K, generator=g)
+    dy = torch.randn(B, L, generator=g).to(dtype)
+    big = torch.randn(300_001, generator=g) * 3
+
+    def run():
+        y = ops.group_sparse_linear(x, w, idx, b, G)
+        dx = ops.group_sparse_linear_backward_input(dy, w, idx, G, H)
+        dw, db = ops.group_sparse_linear_backward_weight(dy, x, idx, G)
+        sr = ops.stochastic_round(big, torch.bfloat16, 5, 9)
+        def bf16(n, seed):
+            return torch.randn(n, generator=torch.Generator().manual_seed(seed)).to(torch.bfloat16)
+
+        ps = [bf16(n, n) for n in (5, 40_000, 77, 9_001)]
+        gs = [bf16(p.numel(), p.numel() + 1) for p in ps]
+        ms = [torch.zeros_like(p) for p in ps]
+        p0 = [p.clone() for p in ps]
+        ops._fused_optim_step_(ps, gs, ms, [], [], [], 0, True, 0.1, 0.9, 0.0, False, True, 0.01, 0.0, 0.0, 0.0,
+                               0.0, 0.0, 123, 456)
+        assert all(not torch.equal(p, q) for p, q in zip(ps, p0))  # (the step wrote every parameter)
+        return [y, dx, dw, db, sr, *ps, *ms]
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        torch.set_num_threads(3)
+        three = run()
+    finally:
+        torch.set_num_threads(before)
+    for a, c in zip(one, three):
+        assert a.dtype == c.dtype and torch.equal(a, c)

@@ -46,9 +46,17 @@ std::string build_info() {
     start = end + 1;
   }
   arch_list += "]";
+  // The CPU kernels' parallel loops (at::parallel_for, inlined here) use torch's threads only
+  // where this binary was compiled with OpenMP.
+#ifdef _OPENMP
+  const std::string cpu_threads = "\"openmp\"";
+#else
+  const std::string cpu_threads = "\"one\"";
+#endif
   return std::string("{") + "\"version\": \"" LARGEOUT_VERSION "\", " + "\"torch\": \"" LARGEOUT_TORCH_VERSION "\", " +
          "\"cuda_kernels\": " + (cuda ? "true" : "false") + ", " + "\"cuda\": " + json_str_or_null(LARGEOUT_CUDA_VERSION) +
-         ", " + "\"cuda_archs\": " + arch_list + ", " + "\"cutlass\": " + json_str_or_null(LARGEOUT_CUTLASS_VERSION) + "}";
+         ", " + "\"cuda_archs\": " + arch_list + ", " + "\"cutlass\": " + json_str_or_null(LARGEOUT_CUTLASS_VERSION) +
+         ", \"cpu_threads\": " + cpu_threads + "}";
 }
 
 }  // namespace

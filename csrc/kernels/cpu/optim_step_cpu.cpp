@@ -1,23 +1,30 @@
 // CPU fused optimizer step: the per-element rule of kernels/optim_step.h over groups of 8.
 // Compiled with -ffp-contract=off (CMakeLists.txt) so its arithmetic matches the CUDA kernel.
+#include <algorithm>
+#include <vector>
+
 #include "kernels/optim_step.h"
 
 namespace largeout::cpu {
 
 namespace {
+// One parallel loop over the groups of all slots (a slot's groups alone would leave the
+// threads idle on many small tensors: each slot under the grain ran on one thread).
 template <OptimKind K, ElemType P, ElemType S, bool kScaled>
 void run(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
          const ParallelFor& pf) {
-  for (int k = 0; k < num_slots; ++k) {
-    const OptimSlot& s = slots[k];
-    const int64_t groups = (s.numel + 7) / 8;
-    pf(0, groups, 1 << 11, [&](int64_t begin, int64_t end) {
-      for (int64_t v = begin; v < end; ++v) {
-        const int64_t i0 = v * 8;
-        optim_update_range<K, P, S, kScaled>(s, types.grad, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
-      }
-    });
-  }
+  std::vector<int64_t> first(size_t(num_slots) + 1, 0);  // groups before slot k
+  for (int k = 0; k < num_slots; ++k) first[k + 1] = first[k] + (slots[k].numel + 7) / 8;
+  pf(0, first[num_slots], 1 << 11, [&](int64_t begin, int64_t end) {
+    // the slot holding group `begin` (the last k with first[k] <= begin; empty slots skipped)
+    int k = int(std::upper_bound(first.begin(), first.end(), begin) - first.begin()) - 1;
+    for (int64_t v = begin; v < end; ++v) {
+      while (v >= first[k + 1]) ++k;
+      const OptimSlot& s = slots[k];
+      const int64_t i0 = (v - first[k]) * 8;
+      optim_update_range<K, P, S, kScaled>(s, types.grad, hyper, i0, int(s.numel - i0 < 8 ? s.numel - i0 : 8));
+    }
+  });
 }
 }  // namespace
 
