@@ -372,3 +372,36 @@ def test_cpu_kernels_give_the_same_bits_on_any_thread_count(dtype):
         torch.set_num_threads(before)
     for a, c in zip(one, three):
         assert a.dtype == c.dtype and torch.equal(a, c)
+
+
+def test_cpu_fused_step_splits_tensors_with_empty_ones_among_them():
+    # The CPU step's one loop over the groups of all tensors, with empty tensors at the start,
+    # in the middle and at the end and a chunk of 2 threads starting at a tensor's boundary
+    # (2,048 groups each): the bits of 1 thread, and of the same call without the empty tensors.
+    ops = torch.ops.largeout
+
+    def step(sizes, threads):
+        ps = [torch.randn(n, generator=torch.Generator().manual_seed(7 + i)).to(torch.bfloat16)
+              for i, n in enumerate(sizes)]
+        gs = [torch.randn(n, generator=torch.Generator().manual_seed(70 + i)).to(torch.bfloat16)
+              for i, n in enumerate(sizes)]
+        before = torch.get_num_threads()
+        try:
+            torch.set_num_threads(threads)
+            ops._fused_optim_step_(ps, gs, [], [], [], [], 0, True, 0.5, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0,
+                                   0.0, 0.0, 11, 12)
+        finally:
+            torch.set_num_threads(before)
+        return [p for p, n in zip(ps, sizes) if n]
+
+    sizes = [0, 16384, 0, 16384, 0]
+    two, one = step(sizes, 2), step(sizes, 1)
+    # (the same tensors without the empty ones: seeds follow the position, so rebuild them)
+    ps = [torch.randn(16384, generator=torch.Generator().manual_seed(7 + i)).to(torch.bfloat16) for i in (1, 3)]
+    gs = [torch.randn(16384, generator=torch.Generator().manual_seed(70 + i)).to(torch.bfloat16) for i in (1, 3)]
+    ops._fused_optim_step_(ps, gs, [], [], [], [], 0, True, 0.5, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0,
+                           0.0, 0.0, 11, 12)
+    for a, b, c in zip(two, one, ps):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    start = torch.randn(16384, generator=torch.Generator().manual_seed(8)).to(torch.bfloat16)
+    assert not torch.equal(two[0], start)  # (the step wrote it)
