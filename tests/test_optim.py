@@ -62,7 +62,9 @@ def test_a_parameter_listed_twice_is_updated_once_per_listing(kind, device):
     # the fused step does the same (never both listings in one launch, which would race):
     # against torch.optim where it does the same thing (for SGD with momentum torch.optim gives
     # each listing a fresh buffer on the first step, so there against the reference path,
-    # which steps the listings in turn).
+    # which steps the listings in turn). torch.optim's one-tensor-at-a-time loop (foreach=False):
+    # on CUDA its default foreach step takes both listings in one launch, which on the H100
+    # (session 36) did not apply both updates.
     ours_p = [params((300,), torch.float32, 21, device), params((7, 3), torch.float32, 22, device)]
     ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
     with warnings.catch_warnings():
@@ -70,11 +72,11 @@ def test_a_parameter_listed_twice_is_updated_once_per_listing(kind, device):
         if kind == "adamw":
             kw = dict(lr=1e-2, betas=(0.9, 0.99), eps=1e-8, weight_decay=0.05)
             ours = lo_optim.AdamW([ours_p[0], ours_p[1], ours_p[0]], state_dtype=torch.float32, **kw)
-            theirs = torch.optim.AdamW([ref_p[0], ref_p[1], ref_p[0]], **kw)
+            theirs = torch.optim.AdamW([ref_p[0], ref_p[1], ref_p[0]], foreach=False, **kw)
         else:
             kw = dict(lr=0.1, momentum=0.9 if kind == "sgd-momentum" else 0.0, weight_decay=0.01)
             ours = lo_optim.SGD([ours_p[0], ours_p[1], ours_p[0]], **kw)
-            theirs = (torch.optim.SGD([ref_p[0], ref_p[1], ref_p[0]], **kw) if kind == "sgd" else
+            theirs = (torch.optim.SGD([ref_p[0], ref_p[1], ref_p[0]], foreach=False, **kw) if kind == "sgd" else
                       lo_optim.SGD([ref_p[0], ref_p[1], ref_p[0]], fused=False, **kw))
     step_both_and_compare(ours, theirs, ours_p, ref_p, device, 4)
     if kind == "adamw":
