@@ -63,8 +63,8 @@ def test_a_parameter_listed_twice_is_updated_once_per_listing(kind, device):
     # against torch.optim where it does the same thing (for SGD with momentum torch.optim gives
     # each listing a fresh buffer on the first step, so there against the reference path,
     # which steps the listings in turn). torch.optim's one-tensor-at-a-time loop (foreach=False):
-    # on CUDA its default foreach step takes both listings in one launch, which on the H100
-    # (session 36) did not apply both updates.
+    # on CUDA its default foreach step takes both listings in one launch, and on the H100
+    # (session 36) its values differed from the listings' updates in turn.
     ours_p = [params((300,), torch.float32, 21, device), params((7, 3), torch.float32, 22, device)]
     ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
     with warnings.catch_warnings():
