@@ -839,8 +839,10 @@ bool dispatch_optim(OptimKind k, ElemType p, ElemType s, F&& f) {
 constexpr bool scalable(ElemType p) { return p == ElemType::kE4M3 || p == ElemType::kE5M2; }
 
 namespace cpu {
-void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
-                bool scaled, const ParallelFor& pf);
+// group_prefix: num_slots + 1 entries, the groups of 8 before each slot (then the total), as
+// the CUDA launcher takes it.
+void optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, const OptimTypes& types,
+                const OptimHyper& hyper, bool scaled, const ParallelFor& pf);
 }  // namespace cpu
 
 }  // namespace largeout

@@ -176,7 +176,7 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
 
 void step_cpu(LARGEOUT_STEP_ARGS) {
   const Prepared p = prepare(LARGEOUT_STEP_NAMES);
-  cpu::optim_step(p.slots.data(), int(p.slots.size()), p.types, p.hyper, !scales.empty(),
+  cpu::optim_step(p.slots.data(), p.prefix.data(), int(p.slots.size()), p.types, p.hyper, !scales.empty(),
                   [](int64_t b, int64_t e, int64_t grain, const ChunkFn& fn) {
                     at::parallel_for(b, e, grain, [&](int64_t lo, int64_t hi) { fn(lo, hi); });
                   });

@@ -1,7 +1,6 @@
 // CPU fused optimizer step: the per-element rule of kernels/optim_step.h over groups of 8.
 // Compiled with -ffp-contract=off (CMakeLists.txt) so its arithmetic matches the CUDA kernel.
 #include <algorithm>
-#include <vector>
 
 #include "kernels/optim_step.h"
 
@@ -11,13 +10,11 @@ namespace {
 // One parallel loop over the groups of all slots (a slot's groups alone would leave the
 // threads idle on many small tensors: each slot under the grain ran on one thread).
 template <OptimKind K, ElemType P, ElemType S, bool kScaled>
-void run(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
-         const ParallelFor& pf) {
-  std::vector<int64_t> first(size_t(num_slots) + 1, 0);  // groups before slot k
-  for (int k = 0; k < num_slots; ++k) first[k + 1] = first[k] + (slots[k].numel + 7) / 8;
+void run(const OptimSlot* slots, const int64_t* first, int num_slots, const OptimTypes& types,
+         const OptimHyper& hyper, const ParallelFor& pf) {
   pf(0, first[num_slots], 1 << 11, [&](int64_t begin, int64_t end) {
     // the slot holding group `begin` (the last k with first[k] <= begin; empty slots skipped)
-    int k = int(std::upper_bound(first.begin(), first.end(), begin) - first.begin()) - 1;
+    int k = int(std::upper_bound(first, first + num_slots + 1, begin) - first) - 1;
     for (int64_t v = begin; v < end; ++v) {
       while (v >= first[k + 1]) ++k;
       const OptimSlot& s = slots[k];
@@ -30,13 +27,13 @@ void run(const OptimSlot* slots, int num_slots, const OptimTypes& types, const O
 
 // scaled: every slot has a row scale (the op checks that all have one or none; an empty
 // parameter's scale may be null).
-void optim_step(const OptimSlot* slots, int num_slots, const OptimTypes& types, const OptimHyper& hyper,
-                bool scaled, const ParallelFor& pf) {
+void optim_step(const OptimSlot* slots, const int64_t* group_prefix, int num_slots, const OptimTypes& types,
+                const OptimHyper& hyper, bool scaled, const ParallelFor& pf) {
   dispatch_optim(hyper.kind, types.param, types.state, [&]<OptimKind K, ElemType P, ElemType S>() {
     if constexpr (scalable(P)) {
-      if (scaled) return run<K, P, S, true>(slots, num_slots, types, hyper, pf);
+      if (scaled) return run<K, P, S, true>(slots, group_prefix, num_slots, types, hyper, pf);
     }
-    run<K, P, S, false>(slots, num_slots, types, hyper, pf);
+    run<K, P, S, false>(slots, group_prefix, num_slots, types, hyper, pf);
   });
 }
 
