@@ -77,6 +77,8 @@
 #            incrementally, then the new ones again (OPTAB_BUDGET s, default 560; OPTAB_TESTS=0: no tests)
 #     optvar (no library build) each ab/<name>/csrc variant of the kernel sources built with bench/cpp/bench_optim.cu,
 #            run in turn (OPTVAR_ROUNDS, OPTVAR_CASES), Nsight Compute of OPTVAR_NCU's variants (OPTVAR_BUDGET s)
+#     host   build, bench/profile_optim_host.py and bench/bench_optim_host.py on CUDA, bench_optim (HOST_OPTIM_BENCH=0:
+#            without), then HOST_TESTS (default: the optimizer tests first, then the whole suite) as HOST_BUDGET s allow
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -389,6 +391,24 @@ if [ "$MODE" = optab ]; then  # sessions 33-34: the optimizer kernels against a 
       echo "== no time left to rebuild the new sources: the installed build is the base one"
     fi
   fi
+  exit 0
+fi
+
+if [ "$MODE" = host ]; then  # session 37: where the optimizer step's host time goes on CUDA, the host-time and
+  # fused-step benchmarks, then the optimizer tests and the whole suite as HOST_BUDGET s after the start allow (585)
+  deadline=$(( T0 + ${HOST_BUDGET:-585} ))
+  echo "== profile: the optimizer step's host time by part"
+  timeout 90 python3 bench/profile_optim_host.py --device cuda --note "${HOST_NOTE:-}" --out "$OUT/host_parts.json" 2>&1 | tail -4
+  echo "== benchmark: the optimizer step's host time"
+  timeout 90 python3 bench/bench_optim_host.py --device cuda --note "${HOST_NOTE:-}" --out "$OUT/host.json" 2>&1 | tail -4
+  if [ "${HOST_OPTIM_BENCH:-1}" = 1 ]; then
+    echo "== benchmark: fused optimizer step"
+    timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
+  fi
+  left=$(( deadline - $(date +%s) ))
+  echo "== tests: ${HOST_TESTS:-the optimizer tests, then the rest of the suite} (${left} s left)"
+  [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests.log ${HOST_TESTS:-tests/test_optim.py \
+    tests/test_stochastic_round.py tests/test_weight_scale.py tests} --durations=15
   exit 0
 fi
 
