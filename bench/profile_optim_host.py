@@ -5,9 +5,11 @@
 
 For each case (SGD with momentum, AdamW; bf16), --tensors parameters of --elements
 elements: the whole step, then its parts timed alone on the same optimizer: the Python
-checks (_check_step), the Python of the fused groups with the native op replaced by a
-no-op, the native op alone on the arguments the step passed it, and the op's dispatch
-with an empty-work case (the same lists, so the C++ checks and the launch). Each is the
+checks (_check_step, which the fused step runs only after an error), the Python that
+gathers the launches' arguments (_plan_group), the native op alone on the arguments the
+step passed it, the op on the first tensor alone (its fixed cost: the slot table's copy
+and the launch) and the native checks alone (_fused_optim_check, which a step of several
+launches runs on each first). Each is the
 median over --rounds rounds of --iters calls, the device synchronized around a round.
 A cProfile listing of the whole step (top functions by own time) goes to the JSON too."""
 
@@ -72,14 +74,15 @@ def main() -> None:
         us = lambda s: round(s * 1e6, 2)  # noqa: E731
         row["step_us"] = us(per_call(opt.step, a.device, a.iters, a.rounds))
         row["check_step_us"] = us(per_call(opt._check_step, a.device, a.iters, a.rounds))
-        calls = []
-        try:
-            ns._fused_optim_step_ = lambda *args: calls.append(args)
-            group = opt.param_groups[0]
-            row["fused_group_python_us"] = us(per_call(lambda: opt._fused_group(group), a.device, a.iters, a.rounds))
-        finally:
-            ns._fused_optim_step_ = real_op
-        args = calls[-1]
+        group = opt.param_groups[0]
+
+        def plan():
+            launches = []
+            opt._plan_group(group, [], launches, [])
+            return launches
+        row["plan_group_python_us"] = us(per_call(plan, a.device, a.iters, a.rounds))
+        args = plan()[0]
+        row["native_check_us"] = us(per_call(lambda: ns._fused_optim_check(*args), a.device, a.iters, a.rounds))
         row["op_alone_us"] = us(per_call(lambda: real_op(*args), a.device, a.iters, a.rounds))
         # the op on one tensor: its fixed cost (pinned table, copy, launch) without the per-tensor part
         one = tuple(x[:1] if isinstance(x, list) and x else x for x in args)

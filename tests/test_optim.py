@@ -327,6 +327,55 @@ def test_a_step_that_fails_changes_nothing(fused):
         opt.param_groups.pop()
 
 
+@pytest.mark.parametrize("case", ["fresh-sparse", "state-shape", "number-counts", "second-dtype"])
+def test_a_fused_step_whose_op_refuses_changes_nothing(case):
+    # The fused step leaves its checks to the native op (one launch checks all its arguments
+    # before it writes; several are all checked before the first writes). When the op refuses,
+    # the step puts back what it prepared: no state is created, step counts and the generator
+    # are as they were, and the error names the parameter as the optimizer sees it.
+    bf = dict(dtype=torch.bfloat16)
+    a = params((5,), torch.bfloat16, 1)
+    b = params((6,), torch.bfloat16 if case != "second-dtype" else torch.float16, 2)
+    a.grad, b.grad = torch.randn(5, **bf), torch.randn(6, dtype=b.dtype)
+    opt = lo_optim.AdamW([a, b], lr=0.1)
+    if case != "fresh-sparse":
+        opt.step()
+    if case == "number-counts":  # (an older checkpoint's counts: plain numbers, advanced on the slow path)
+        for st in opt.state.values():
+            st["step"] = float(st["step"])
+    snap = {p: {k: (v.clone() if torch.is_tensor(v) else v) for k, v in opt.state[p].items()}
+            for p in (a, b) if p in opt.state}
+    values, rng = (a.detach().clone(), b.detach().clone()), opt.state_dict()["largeout_rng_state"]
+    if case == "fresh-sparse":
+        b.grad = b.grad.to_sparse()
+        pattern = "sparse gradients are not supported; parameter 1 of its group"
+    elif case in ("state-shape", "number-counts"):
+        opt.state[b]["exp_avg"] = torch.zeros(7, **bf)
+        pattern = r"state 'exp_avg' of parameter 1 of its group \(shape \(6,\), torch.bfloat16\) must have its shape"
+    else:  # b is fp16, so its own launch, after a's: a's update must not have happened
+        opt.state[b]["exp_avg"] = opt.state[b]["exp_avg"].double()
+        pattern = "states 'exp_avg' and 'exp_avg_sq' of parameter 1 of its group .* must share a dtype"
+    with pytest.raises((RuntimeError, TypeError), match=pattern):
+        opt.step()
+    assert torch.equal(a.detach().view(torch.int16), values[0].view(torch.int16))
+    assert torch.equal(b.detach().view(torch.int16), values[1].view(torch.int16))
+    assert torch.equal(opt.state_dict()["largeout_rng_state"], rng)
+    assert set(p for p in (a, b) if p in opt.state) == set(snap)
+    for p, st in snap.items():
+        got = opt.state[p]
+        assert float(got["step"]) == float(st["step"]) == 1.0 and type(got["step"]) is type(st["step"])
+        for k in ("exp_avg_sq",):
+            assert torch.equal(got[k], st[k])
+    # once mended, the step runs and advances every count by one
+    if case == "fresh-sparse":
+        b.grad = b.grad.to_dense()
+    else:
+        opt.state[b]["exp_avg"] = torch.zeros(6, **bf)
+    opt.step()
+    assert [float(opt.state[p]["step"]) for p in (a, b)] == [2.0 if snap else 1.0] * 2
+    assert not torch.equal(a.detach().view(torch.int16), values[0].view(torch.int16))
+
+
 def test_load_state_dict_checks_before_replacing():
     a = params((5,), torch.bfloat16, 1)
     a.grad = torch.randn(5, dtype=torch.bfloat16)
@@ -936,12 +985,21 @@ def test_fused_cuda_kernels_agree_with_cpu_on_a_large_scaled_fp8_weight():
         assert torch.equal(a, b), f"{(a != b).sum().item()} elements differ"
 
 
-def test_fused_op_rejects_bad_arguments_and_writes_nothing():
+@pytest.mark.parametrize("name", ["_fused_optim_step_", "_fused_optim_check"])
+def test_fused_op_rejects_bad_arguments_and_writes_nothing(name):
+    # The step op and its checks alone (which largeout.optim runs on every launch of a step
+    # of several before the first): the same errors, and nothing written.
     p = [torch.randn(10).to(torch.bfloat16), torch.randn(4).to(torch.bfloat16)]
     before = [t.clone() for t in p]
     g = [torch.randn(10).to(torch.bfloat16), torch.randn(5).to(torch.bfloat16)]
-    op = torch.ops.largeout._fused_optim_step_
+    op = getattr(torch.ops.largeout, name)
     args = (0, True, 0.1, 0.0, 0.0, False, False, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1, 2)
+    if name == "_fused_optim_check":  # (valid arguments pass, and the parameters stay as they were)
+        mom = [torch.randn(10).bfloat16(), torch.randn(4).bfloat16()]
+        mom_before = [t.clone() for t in mom]
+        op(p, g[:1] + [torch.randn(4).bfloat16()], mom, [], [], [], *args)
+        for a, b in zip(p + mom, before + mom_before):
+            assert torch.equal(a.view(torch.int16), b.view(torch.int16))
     with pytest.raises(RuntimeError, match=r"grads\[1\] has shape \[5\] but params\[1\] has shape \[4\]"):
         op(p, g, [], [], [], [], *args)
     with pytest.raises(RuntimeError, match="grads must hold 2 tensors"):

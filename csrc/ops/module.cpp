@@ -100,6 +100,12 @@ TORCH_LIBRARY(largeout, m) {
         "Tensor(d!)[] comps, Tensor[] scales, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
         "bool first, float weight_decay, float beta1, float beta2, float eps, float step_size, float inv_sqrt_bc2, "
         "int seed, int offset) -> ()");
+  // The same arguments' checks alone, writing nothing (largeout.optim checks every launch of a
+  // step this way before the first one writes, where a step takes several).
+  m.def("_fused_optim_check(Tensor[] params, Tensor[] grads, Tensor[] buf1, Tensor[] buf2, Tensor[] comps, "
+        "Tensor[] scales, int kind, bool stochastic, float lr, float momentum, float dampening, bool nesterov, "
+        "bool first, float weight_decay, float beta1, float beta2, float eps, float step_size, float inv_sqrt_bc2, "
+        "int seed, int offset) -> ()");
   // Group-shared fixed fan-in linear: x [B, H], weight [L, K], indices [ceil(L/G), K] int32.
   m.def("group_sparse_linear(Tensor x, Tensor weight, Tensor indices, Tensor? bias, int group_size) -> Tensor");
   // dx [B, H] from grad_out [B, L].

@@ -174,6 +174,10 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
   params, grads, buf1, buf2, comps, scales, kind, stochastic, lr, momentum, dampening, nesterov, first, weight_decay, \
       beta1, beta2, eps, step_size, inv_sqrt_bc2, seed, offset
 
+// The step's checks alone (prepare() reads the tensors' metadata and addresses only, so one
+// function serves CPU and CUDA tensors).
+void check_step(LARGEOUT_STEP_ARGS) { (void)prepare(LARGEOUT_STEP_NAMES); }
+
 void step_cpu(LARGEOUT_STEP_ARGS) {
   const Prepared p = prepare(LARGEOUT_STEP_NAMES);
   cpu::optim_step(p.slots.data(), p.prefix.data(), int(p.slots.size()), p.types, p.hyper, !scales.empty(),
@@ -322,6 +326,7 @@ int64_t sr_rule_mismatches_cuda(const at::Tensor& x, const at::Tensor& rnd, at::
 
 TORCH_LIBRARY_IMPL(largeout, CPU, m) {
   m.impl("_fused_optim_step_", &largeout::step_cpu);
+  m.impl("_fused_optim_check", &largeout::check_step);
   m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches);
   m.impl("_group_sqrt_div", &largeout::group_sqrt_div);
 }
@@ -329,6 +334,7 @@ TORCH_LIBRARY_IMPL(largeout, CPU, m) {
 #ifdef LARGEOUT_WITH_CUDA
 TORCH_LIBRARY_IMPL(largeout, CUDA, m) {
   m.impl("_fused_optim_step_", &largeout::step_cuda);
+  m.impl("_fused_optim_check", &largeout::check_step);
   m.impl("_sr_rule_mismatches", &largeout::sr_rule_mismatches_cuda);
   m.impl("_group_sqrt_div", &largeout::group_sqrt_div_cuda);
 }

@@ -218,11 +218,11 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        if self.fused:
+            self._fused_step()
+            return loss
         self._check_step()
         for group in self.param_groups:
-            if self.fused:
-                self._fused_group(group)
-                continue
             for p in group["params"]:
                 if p.grad is not None:
                     self._update(p, group, self.state[p])
@@ -236,46 +236,100 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
         raise NotImplementedError
 
-    def _bucket_keys(self, group: dict, items: list) -> list:
-        """For each (p, state, fresh) the step updates, what tensors launched together must
-        share besides device and dtypes (AdamW first advances the step counts)."""
+    def _bucket_keys(self, group: dict, items: list, commits: list) -> list:
+        """For each (p, grad, state, fresh) the step updates, what tensors launched together
+        must share besides device and dtypes (AdamW's step count: the count after this step,
+        whose write-back goes into `commits`, run once every launch has succeeded)."""
         return [()] * len(items)
 
     def _hyper(self, group: dict, key) -> dict:
         raise NotImplementedError
 
-    def _fused_group(self, group: dict) -> None:
+    def _fused_step(self) -> None:
+        """The fused path. Every launch's arguments are gathered first (creating the state of
+        parameters stepped for the first time); a single launch's op checks all its arguments
+        before it writes anything, and several launches are all checked first (the op
+        _fused_optim_check). So the per-tensor checks are native: the Python ones
+        (_check_step) run only once something failed, to say what in the optimizer's terms,
+        after the created states, the step counts and the generator are put back."""
+        states, created, launches, commits = self.state, [], [], []
+        rng, launched = self._gen.get_state(), False
+        try:
+            for group in self.param_groups:
+                self._plan_group(group, created, launches, commits)
+            if len(launches) > 1:
+                check = torch.ops.largeout._fused_optim_check
+                for args in launches:
+                    check(*args)
+            op = torch.ops.largeout._fused_optim_step_
+            for args in launches:
+                op(*args)
+                launched = True
+        except Exception:
+            if launched:  # (not a check: a device error after a launch wrote)
+                raise
+            for p, existed in created:
+                if existed:
+                    states[p].clear()
+                else:
+                    del states[p]
+            self._gen.set_state(rng)
+            self._check_step()
+            raise
+        for commit in commits:
+            commit()
+
+    def _plan_group(self, group: dict, created: list, launches: list, commits: list) -> None:
+        """Appends the op's arguments for each launch of the group's step to `launches`: one
+        per device, dtypes and bucket key. (This loop runs over every tensor on every step, so
+        it touches each as little as it can; the op checks them.)"""
         states, items = self.state, []
         for p in group["params"]:
-            if p.grad is None:
+            g = p.grad
+            if g is None:
                 continue
-            state = states[p]
+            state = states.get(p)
             fresh = not state
             if fresh:
+                created.append((p, state is not None))
+                if state is None:
+                    state = states[p] = {}
                 self._init_state(p, group, state)
-            items.append((p, state, fresh))
-        buckets, seen = {}, {}
-        for (p, state, _), extra in zip(items, self._bucket_keys(group, items)):
-            # (A parameter listed twice, which torch.optim warns about, is updated once per listing
-            # in turn, as torch.optim does: its n-th listing goes into a launch of n-th listings.)
-            n = seen.get(id(p), 0)
-            seen[id(p)] = n + 1
-            key = (p.device, p.dtype, p.grad.dtype) + extra + (row_scale(p) is not None, n)
-            buckets.setdefault(key, []).append((p, state))
-        for key, items in buckets.items():
-            params = [p for p, _ in items]
-            grads = [p.grad if p.grad.is_contiguous() else p.grad.contiguous() for p in params]
-            buf1 = [st[self._BUF1] for _, st in items] if self._BUF1 and self._BUF1 in items[0][1] else []
-            buf2 = [st[self._BUF2] for _, st in items] if self._BUF2 else []
-            comps = [st["kahan_comp"] for _, st in items] if "kahan_comp" in items[0][1] else []
+            items.append((p, g, state, fresh))
+        if not items:
+            return
+        extras = self._bucket_keys(group, items, commits)
+        # (A parameter listed twice, which torch.optim warns about, is updated once per listing
+        # in turn, as torch.optim does: its n-th listing goes into a launch of n-th listings.)
+        seen = {} if len(set(map(id, group["params"]))) < len(group["params"]) else None
+        buckets = {}
+        for (p, g, state, _), extra in zip(items, extras):
+            n = 0
+            if seen is not None:
+                n = seen.get(id(p), 0)
+                seen[id(p)] = n + 1
+            key = (p.device, p.dtype, g.dtype) + extra + (row_scale(p) is not None, n)
+            bucket = buckets.get(key)
+            if bucket is None:
+                buckets[key] = [(p, g, state)]
+            else:
+                bucket.append((p, g, state))
+        kind, stochastic, b1, b2 = self._KIND, group["rounding"] == "stochastic", self._BUF1, self._BUF2
+        for key, members in buckets.items():
+            params = [p for p, _, _ in members]
+            grads = [g if g.is_contiguous() else g.contiguous() for _, g, _ in members]
+            st0 = members[0][2]
+            buf1 = [st[b1] for _, _, st in members] if b1 and b1 in st0 else []
+            buf2 = [st[b2] for _, _, st in members] if b2 else []
+            comps = [st["kahan_comp"] for _, _, st in members] if "kahan_comp" in st0 else []
             scales = [row_scale(p) for p in params] if key[-2] else []
             h = self._hyper(group, key)
             seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
-            torch.ops.largeout._fused_optim_step_(
-                params, grads, buf1, buf2, comps, scales, self._KIND, group["rounding"] == "stochastic",
-                h.get("lr", 0.0), h.get("momentum", 0.0), h.get("dampening", 0.0), h.get("nesterov", False),
-                h.get("first", False), h.get("weight_decay", 0.0), h.get("beta1", 0.0), h.get("beta2", 0.0),
-                h.get("eps", 0.0), h.get("step_size", 0.0), h.get("inv_sqrt_bc2", 0.0), seed, offset)
+            launches.append((params, grads, buf1, buf2, comps, scales, kind, stochastic, h.get("lr", 0.0),
+                             h.get("momentum", 0.0), h.get("dampening", 0.0), h.get("nesterov", False),
+                             h.get("first", False), h.get("weight_decay", 0.0), h.get("beta1", 0.0),
+                             h.get("beta2", 0.0), h.get("eps", 0.0), h.get("step_size", 0.0),
+                             h.get("inv_sqrt_bc2", 0.0), seed, offset))
 
     def state_dict(self):
         sd = super().state_dict()
@@ -360,10 +414,10 @@ class SGD(_LowPrecisionOptimizer):
         if group["kahan"] and p.dtype in _LOW:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
-    def _bucket_keys(self, group, items):
+    def _bucket_keys(self, group, items, commits):
         # "first": the momentum buffer was just created and starts as the gradient
         mom = group["momentum"] != 0
-        return [(fresh and mom, "kahan_comp" in state) for _, state, fresh in items]
+        return [(fresh and mom, "kahan_comp" in state) for _, _, state, fresh in items]
 
     def _hyper(self, group: dict, key) -> dict:
         return dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
@@ -426,32 +480,47 @@ class AdamW(_LowPrecisionOptimizer):
         if group["kahan"] and p.dtype in _LOW:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
-    def _bucket_keys(self, group, items):
+    def _bucket_keys(self, group, items, commits):
         # The step counts (0-dim float32 tensors on the CPU, as torch.optim.AdamW keeps them)
-        # are read with item() and written back with one foreach copy per distinct count:
-        # for 200 tensors ~85 us, where `+= 1` and int() per tensor took ~500 (and a foreach
-        # add ~230: on the CPU it is a loop of single adds).
-        steps = [state["step"] for _, state, _ in items]
+        # are read with item(); the counts after the step are written back, once every launch
+        # has succeeded, with one foreach copy per distinct count (not `+= 1` per tensor, which
+        # is several times slower).
+        steps = [state["step"] for _, _, state, _ in items]
+        f32 = torch.float32
         # (Only where every count is its own tensor: a parameter listed twice, or one count shared
         # by several states, advances once per listing, as in torch.optim, on the path below.)
-        if all(isinstance(t, torch.Tensor) and t.dtype == torch.float32 and t.device.type == "cpu" and t.dim() == 0
-               for t in steps) and len({id(t) for t in steps}) == len(steps):
-            after = [t.item() + 1 for t in steps]
-            same = {}
+        if all(type(t) is torch.Tensor and t.dtype is f32 and t.is_cpu and not t.ndim for t in steps) and \
+                len(set(map(id, steps))) == len(steps):
+            after, same = [t.item() + 1 for t in steps], {}
             for t, c in zip(steps, after):
-                same.setdefault(c, []).append(t)
-            stored = {}
-            for c, ts in same.items():
-                src = torch.tensor(c, dtype=torch.float32)  # (the count as float32 rounds it, as += 1 would)
-                torch._foreach_copy_(ts, [src] * len(ts))
-                stored[c] = int(src.item())
+                ts = same.get(c)
+                if ts is None:
+                    same[c] = [t]
+                else:
+                    ts.append(t)
+            srcs = {c: torch.tensor(c, dtype=f32) for c in same}  # (as float32 the count rounds, as += 1 would)
+            stored = {c: int(src.item()) for c, src in srcs.items()}
             counts = [stored[c] for c in after]
+            commits.append(lambda: [torch._foreach_copy_(ts, [srcs[c]] * len(ts)) for c, ts in same.items()])
         else:  # (a loaded state may hold its counts as numbers, in another dtype or on another device)
-            counts = []
-            for _, state, _ in items:
-                state["step"] += 1
-                counts.append(int(state["step"]))
-        return [(t, state["exp_avg"].dtype, "kahan_comp" in state) for t, (_, state, _) in zip(counts, items)]
+            work, counts = {}, []  # the counts advanced on copies, written back by the commit
+            for _, _, state, _ in items:
+                s = state["step"]
+                k = id(s) if isinstance(s, torch.Tensor) else ("state", id(state))
+                w = work.get(k)
+                if w is None:
+                    w = work[k] = [state, s, s.clone() if isinstance(s, torch.Tensor) else s]
+                w[2] += 1
+                counts.append(int(w[2]))
+
+            def commit():
+                for state, s, value in work.values():
+                    if isinstance(s, torch.Tensor):
+                        s.copy_(value)
+                    else:
+                        state["step"] = value
+            commits.append(commit)
+        return [(t, state["exp_avg"].dtype, "kahan_comp" in state) for t, (_, _, state, _) in zip(counts, items)]
 
     def _hyper(self, group: dict, key) -> dict:
         (b1, b2), t = group["betas"], key[3]
