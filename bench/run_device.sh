@@ -77,7 +77,9 @@
 #            incrementally, then the new ones again (OPTAB_BUDGET s, default 560; OPTAB_TESTS=0: no tests)
 #     optvar (no library build) each ab/<name>/csrc variant of the kernel sources built with bench/cpp/bench_optim.cu,
 #            run in turn (OPTVAR_ROUNDS, OPTVAR_CASES), Nsight Compute of OPTVAR_NCU's variants (OPTVAR_BUDGET s)
-#     host   build, bench/profile_optim_host.py and bench/bench_optim_host.py on CUDA, bench_optim (HOST_OPTIM_BENCH=0:
+#     host   build, bench/profile_optim_host.py and bench/bench_optim_host.py on CUDA (HOST_PROFILE=0: neither;
+#            HOST_OLD_OPTIM: a base version of
+#            largeout/optim/__init__.py, timed from a copy of the installed package, then the new one again), bench_optim (HOST_OPTIM_BENCH=0:
 #            without), then HOST_TESTS (default: the optimizer tests first, then the whole suite) as HOST_BUDGET s allow
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
@@ -397,10 +399,22 @@ fi
 if [ "$MODE" = host ]; then  # session 37: where the optimizer step's host time goes on CUDA, the host-time and
   # fused-step benchmarks, then the optimizer tests and the whole suite as HOST_BUDGET s after the start allow (585)
   deadline=$(( T0 + ${HOST_BUDGET:-585} ))
+  if [ "${HOST_PROFILE:-1}" = 1 ]; then
   echo "== profile: the optimizer step's host time by part"
   timeout 90 python3 bench/profile_optim_host.py --device cuda --note "${HOST_NOTE:-}" --out "$OUT/host_parts.json" 2>&1 | tail -4
   echo "== benchmark: the optimizer step's host time"
   timeout 90 python3 bench/bench_optim_host.py --device cuda --note "${HOST_NOTE:-}" --out "$OUT/host.json" 2>&1 | tail -4
+  if [ -n "${HOST_OLD_OPTIM:-}" ]; then  # a base version of largeout/optim/__init__.py (an untracked file in the
+    # tree), run from a copy of the installed package, then the installed one again
+    pkg=$(python3 -c 'import largeout, os; print(os.path.dirname(largeout.__file__))')
+    rm -rf /tmp/oldpkg && mkdir -p /tmp/oldpkg && cp -r "$pkg" /tmp/oldpkg/ && cp "$HOST_OLD_OPTIM" /tmp/oldpkg/largeout/optim/__init__.py
+    echo "== benchmark: host time with the base optimizer ($HOST_OLD_OPTIM)"
+    (cd /tmp && PYTHONPATH=/tmp/oldpkg timeout 90 python3 "$OLDPWD/bench/bench_optim_host.py" --device cuda \
+      --note "base: $HOST_OLD_OPTIM" --out "$OUT/host_base.json" 2>&1 | tail -4)
+    echo "== benchmark: host time, the new optimizer again"
+    timeout 90 python3 bench/bench_optim_host.py --device cuda --note "${HOST_NOTE:-} (again)" --out "$OUT/host2.json" 2>&1 | tail -4
+  fi
+  fi
   if [ "${HOST_OPTIM_BENCH:-1}" = 1 ]; then
     echo "== benchmark: fused optimizer step"
     timeout 150 python3 bench/bench_optim.py --iters 15 --out "$OUT/optim.json" 2>&1 | tail -10
