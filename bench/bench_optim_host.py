@@ -49,8 +49,9 @@ CASES = {
 }
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_args(doc: str) -> argparse.Namespace:
+    """The arguments of this script and of profile_optim_host.py."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     ap.add_argument("--tensors", type=int, default=200)
     ap.add_argument("--elements", type=int, default=4096)
@@ -62,15 +63,35 @@ def main() -> None:
     for name in ("tensors", "elements", "iters", "rounds"):
         if getattr(a, name) < 1:
             ap.error(f"--{name} must be >= 1; got {getattr(a, name)}")
+    return a
+
+
+def make_params(a: argparse.Namespace, dtype: torch.dtype, gen: torch.Generator) -> list:
+    """--tensors parameters of --elements random values each, with small random gradients."""
+    ps = [torch.nn.Parameter(torch.randn(a.elements, generator=gen).to(a.device, dtype)) for _ in range(a.tensors)]
+    for p in ps:
+        p.grad = torch.randn(a.elements, generator=gen).to(a.device, dtype) * 1e-3
+    return ps
+
+
+def write_json(a: argparse.Namespace, doc: str, rows: list) -> None:
+    """The rows with the run's settings and versions, to --out."""
+    out = {"what": doc.splitlines()[0], "device": a.device, "device_name": (torch.cuda.get_device_name()
+           if a.device == "cuda" else platform.processor() or platform.machine()), "tensors": a.tensors,
+           "elements": a.elements, "iters": a.iters, "rounds": a.rounds, "torch": torch.__version__,
+           "largeout": largeout.__version__, "note": a.note, "rows": rows}
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+
+
+def main() -> None:
+    a = parse_args(__doc__)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for case, (dtype, ours, theirs) in CASES.items():
         row = {"case": case, "dtype": str(dtype)}
         for side, make in (("largeout", ours), ("torch_fused", theirs)):
-            ps = [torch.nn.Parameter(torch.randn(a.elements, generator=gen).to(a.device, dtype))
-                  for _ in range(a.tensors)]
-            for p in ps:
-                p.grad = torch.randn(a.elements, generator=gen).to(a.device, dtype) * 1e-3
+            ps = make_params(a, dtype, gen)
             try:
                 opt = make(ps)
             except (RuntimeError, TypeError, ValueError) as e:  # (torch's fused step where a device lacks it)
@@ -80,12 +101,7 @@ def main() -> None:
             row[side] = {"ms_per_step": round(s * 1e3, 4), "us_per_tensor": round(s * 1e6 / a.tensors, 3)}
         print(case, row["largeout"], "torch fused:", row["torch_fused"], flush=True)
         rows.append(row)
-    out = {"what": __doc__.splitlines()[0], "device": a.device, "device_name": (torch.cuda.get_device_name()
-           if a.device == "cuda" else platform.processor() or platform.machine()), "tensors": a.tensors,
-           "elements": a.elements, "iters": a.iters, "rounds": a.rounds, "torch": torch.__version__,
-           "largeout": largeout.__version__, "note": a.note, "rows": rows}
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(a, __doc__, rows)
 
 
 if __name__ == "__main__":

@@ -15,32 +15,15 @@ A cProfile listing of the whole step (top functions by own time) goes to the JSO
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
-import json
 import pstats
-import statistics
-import time
 
 import torch
 
-import largeout
 from largeout import optim as lo_optim
 
-
-def per_call(fn, device: str, iters: int, rounds: int) -> float:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = []
-    for r in range(rounds + 1):
-        sync()
-        t = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        if r:
-            times.append((time.perf_counter() - t) / iters)
-    return statistics.median(times)
+from bench_optim_host import make_params, parse_args, per_call, write_json
 
 
 CASES = {
@@ -50,24 +33,13 @@ CASES = {
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
-    ap.add_argument("--tensors", type=int, default=200)
-    ap.add_argument("--elements", type=int, default=4096)
-    ap.add_argument("--iters", type=int, default=50)
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--note", default="", help="what code ran (recorded in the JSON)")
-    ap.add_argument("--out", required=True)
-    a = ap.parse_args()
+    a = parse_args(__doc__)
     gen = torch.Generator().manual_seed(0)
     ns = torch.ops.largeout
     real_op = ns._fused_optim_step_
     rows = []
     for case, make in CASES.items():
-        ps = [torch.nn.Parameter(torch.randn(a.elements, generator=gen).to(a.device, torch.bfloat16))
-              for _ in range(a.tensors)]
-        for p in ps:
-            p.grad = torch.randn(a.elements, generator=gen).to(a.device, torch.bfloat16) * 1e-3
+        ps = make_params(a, torch.bfloat16, gen)
         opt = make(ps)
         opt.step()  # the state exists from here on
         row = {"case": case}
@@ -102,12 +74,7 @@ def main() -> None:
         row["cprofile_top"] = s.getvalue().splitlines()
         print(case, {k: v for k, v in row.items() if k != "cprofile_top"}, flush=True)
         rows.append(row)
-    out = {"what": __doc__.splitlines()[0], "device": a.device,
-           "device_name": torch.cuda.get_device_name() if a.device == "cuda" else "cpu", "tensors": a.tensors,
-           "elements": a.elements, "iters": a.iters, "rounds": a.rounds, "torch": torch.__version__,
-           "largeout": largeout.__version__, "note": a.note, "rows": rows}
-    with open(a.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_json(a, __doc__, rows)
 
 
 if __name__ == "__main__":
