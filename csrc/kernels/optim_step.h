@@ -331,18 +331,32 @@ struct GroupRandom {
     LARGEOUT_UNROLL
     for (int j = 0; j < 8; ++j) w[j] = (j & 1) ? (a[j >> 1] & 0xffff0000u) : (a[j >> 1] << 16);
   }
+  // Philox blocks blk[0..N) of the launch's key, computed together (the rounds interleaved,
+  // each round key read once for the N).
+  template <int N>
+  static LARGEOUT_HD void blocks(const OptimHyper& h, const uint64_t (&blk)[N], uint32_t (&c)[N][4]) {
+    uint32_t c0[N], c1[N];
+    LARGEOUT_UNROLL
+    for (int b = 0; b < N; ++b) {
+      c0[b] = uint32_t(blk[b]);
+      c1[b] = uint32_t(blk[b] >> 32);
+    }
+    philox4x32_10_fixed_xn<N>(c0, c1, h.philox, c);
+  }
+  // The 8 words of a target other than bf16 from its two blocks.
+  LARGEOUT_HD void join32(const uint32_t (&a)[4], const uint32_t (&b)[4]) {
+    LARGEOUT_UNROLL
+    for (int j = 0; j < 4; ++j) {
+      w[j] = a[j];
+      w[4 + j] = b[j];
+    }
+  }
   // Streams 0, 1 and 2 of group v, all bf16 targets: the words fill gives each, from the
-  // three blocks computed together (philox4x32_10_fixed_xn).
+  // three blocks computed together.
   static LARGEOUT_HD void fill3_bf16(const OptimHyper& h, uint64_t v, GroupRandom& r0, GroupRandom& r1,
                                      GroupRandom& r2) {
-    uint32_t c0[3], c1[3], c[3][4];
-    LARGEOUT_UNROLL
-    for (int b = 0; b < 3; ++b) {
-      const uint64_t blk = first_block(v, b);
-      c0[b] = uint32_t(blk);
-      c1[b] = uint32_t(blk >> 32);
-    }
-    philox4x32_10_fixed_xn<3>(c0, c1, h.philox, c);
+    uint32_t c[3][4];
+    blocks<3>(h, {first_block(v, 0), first_block(v, 1), first_block(v, 2)}, c);
     r0.split16(c[0]);
     r1.split16(c[1]);
     r2.split16(c[2]);
@@ -351,33 +365,22 @@ struct GroupRandom {
   // four blocks computed together: the words fill gives each.
   static LARGEOUT_HD void fill_pair32(const OptimHyper& h, uint64_t va, uint64_t vb, int stream, GroupRandom& ra,
                                       GroupRandom& rb) {
-    uint32_t c0[4], c1[4], c[4][4];
-    LARGEOUT_UNROLL
-    for (int b = 0; b < 4; ++b) {
-      const uint64_t blk = first_block(b < 2 ? va : vb, stream) + (b & 1);
-      c0[b] = uint32_t(blk);
-      c1[b] = uint32_t(blk >> 32);
-    }
-    philox4x32_10_fixed_xn<4>(c0, c1, h.philox, c);
-    LARGEOUT_UNROLL
-    for (int j = 0; j < 4; ++j) {
-      ra.w[j] = c[0][j];
-      ra.w[4 + j] = c[1][j];
-      rb.w[j] = c[2][j];
-      rb.w[4 + j] = c[3][j];
-    }
+    const uint64_t a = first_block(va, stream), b = first_block(vb, stream);
+    uint32_t c[4][4];
+    blocks<4>(h, {a, a + 1, b, b + 1}, c);
+    ra.join32(c[0], c[1]);
+    rb.join32(c[2], c[3]);
   }
   LARGEOUT_HD void fill(const OptimHyper& h, uint64_t v, int stream, ElemType target) {
     const uint64_t blk = first_block(v, stream);
-    const Philox4x32 a = philox4x32_10_fixed(uint32_t(blk), uint32_t(blk >> 32), h.philox);
     if (target == ElemType::kBF16) {
-      split16(a.v);
+      uint32_t c[1][4];
+      blocks<1>(h, {blk}, c);
+      split16(c[0]);
     } else {
-      const Philox4x32 b = philox4x32_10_fixed(uint32_t(blk + 1), uint32_t((blk + 1) >> 32), h.philox);
-      for (int j = 0; j < 4; ++j) {
-        w[j] = a.v[j];
-        w[4 + j] = b.v[j];
-      }
+      uint32_t c[2][4];
+      blocks<2>(h, {blk, blk + 1}, c);
+      join32(c[0], c[1]);
     }
   }
 };

@@ -132,19 +132,9 @@ LARGEOUT_HD void philox_first_round(uint32_t (&c)[4], uint32_t c0, uint32_t c1, 
   c[2] = hi0 ^ f.n2;
   c[3] = lo0;
 }
-// philox4x32_10(c0, c1, c2, c3, philox_round_keys(seed)) for f = philox_fixed_high(seed, c2, c3).
-LARGEOUT_HD Philox4x32 philox4x32_10_fixed(uint32_t c0, uint32_t c1, const PhiloxFixedHigh& f) {
-  Philox4x32 out;
-  philox_first_round(out.v, c0, c1, f);
-#if defined(__CUDA_ARCH__)
-#pragma unroll
-#endif
-  for (int r = 1; r < 10; ++r) philox_round(out.v, f.ks.k[2 * r], f.ks.k[2 * r + 1]);
-  return out;
-}
-// N of them at once, block b's counter (c0[b], c1[b], f's c2, c3): the rounds interleaved,
-// each round's keys read once for the N (AdamW draws its three streams' blocks together, the
-// fp8 SGD kernel two groups' four).
+// philox4x32_10(c0[b], c1[b], c2, c3, philox_round_keys(seed)) for f = philox_fixed_high(seed,
+// c2, c3), for N blocks b at once: the rounds interleaved, each round's keys read once for the
+// N (AdamW draws its three streams' blocks together, the fp8 SGD kernel two groups' four).
 template <int N>
 LARGEOUT_HD void philox4x32_10_fixed_xn(const uint32_t (&c0)[N], const uint32_t (&c1)[N], const PhiloxFixedHigh& f,
                                         uint32_t (&out)[N][4]) {
