@@ -424,6 +424,27 @@ def test_cli_errors(tmp_path, capsys):
     assert "is not a directory" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["train", "demo"])
+def test_cli_help_describes_every_flag_with_its_default(command, capsys):
+    # Each training flag says what it sets and its default: TrainConfig's for train, the demo's
+    # own sizes for demo.
+    from largeout.cli import DEMO_CONFIG, _TRAIN_FLAGS
+    from largeout.train.config import TrainConfig
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # (argparse wraps the lines)
+    for name in _TRAIN_FLAGS:
+        want = getattr(TrainConfig, name)
+        if command == "demo":
+            want = DEMO_CONFIG.get(name, "largeout-demo" if name == "out" else want)
+        flag = "--" + name.replace("_", "-")
+        after = text.split(f"{flag} {name.upper()} ", 1)
+        assert len(after) == 2, flag
+        described = after[1].split(" --", 1)[0]
+        assert len(described) > 20 and described.endswith(f"(default: {want})"), (flag, described)
+
+
 def test_demo_command(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--no-progress", "--set", "synthetic.num_samples=3000",

@@ -11,11 +11,27 @@ from typing import List, Optional
 
 import numpy as np
 
-# Flags that map one to one onto TrainConfig fields.
+# Flags that map one to one onto TrainConfig fields: (type, help). The help texts end with
+# the field's default, read from TrainConfig (the demo's own sizes are in DEMO_CONFIG).
 _TRAIN_FLAGS = {
-    "data": str, "encoder": str, "output": str, "fan_in": int, "group_size": int, "hidden": int,
-    "batch_size": int, "epochs": int, "optimizer": str, "lr": float, "schedule": str, "seed": int,
-    "eval_every": int, "out": str, "device": str, "val_fraction": float,
+    "data": (str, "'synthetic' (built-in data) or a directory from `largeout data prepare` (train.txt and "
+                  "test.txt in the XC format, or .jsonl for text encoders)"),
+    "encoder": (str, "'tfidf' (sparse features through an EmbeddingBag MLP), 'hf:PATH' (a local transformers "
+                     "model, fine-tuned) or 'tfidf+hf:PATH' (tfidf plus frozen sentence embeddings)"),
+    "output": (str, "output layer: 'dense' or 'group-sparse'"),
+    "fan_in": (int, "group-sparse: inputs each label reads (K)"),
+    "group_size": (int, "group-sparse: labels that share one set of inputs (G)"),
+    "hidden": (int, "width of the encoder's output (the output layer's input)"),
+    "batch_size": (int, "examples per step"),
+    "epochs": (int, "passes over the training data"),
+    "optimizer": (str, "'adamw' or 'sgd'"),
+    "lr": (float, "learning rate"),
+    "schedule": (str, "learning-rate schedule after warm-up: 'constant', 'cosine' or 'linear'"),
+    "seed": (int, "data split, initialisation and shuffling"),
+    "eval_every": (int, "validate every N epochs"),
+    "out": (str, "output directory: checkpoints, metrics.jsonl, summary.json, plots"),
+    "device": (str, "'auto' (CUDA when there is one), 'cpu', 'cuda' or 'cuda:N'"),
+    "val_fraction": (float, "fraction of the training data held out for validation (model selection)"),
 }
 
 # The demo: sized to finish in under 2 minutes on a 2-core CPU.
@@ -25,10 +41,15 @@ DEMO_CONFIG = {
 }
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help="TOML file with TrainConfig fields")
-    for name, typ in _TRAIN_FLAGS.items():
-        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None)
+def _add_train_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
+    from .train.config import TrainConfig
+
+    p.add_argument("--config", help="TOML file with TrainConfig fields (flags override it)")
+    for name, (typ, text) in _TRAIN_FLAGS.items():
+        default = DEMO_CONFIG.get(name, "largeout-demo" if name == "out" else None) if demo else None
+        default = getattr(TrainConfig, name) if default is None else default
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, metavar=name.upper(),
+                       help=f"{text} (default: {default})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other config field, e.g. --set dropout=0.1 --set synthetic.num_labels=5000")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -159,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train on built-in synthetic data and print metrics (the main job)")
-    _add_train_flags(d)
+    _add_train_flags(d, demo=True)
     d.set_defaults(func=lambda a: cmd_train(a, demo=True))
 
     t = sub.add_parser("train", help="train a model (TOML config and/or flags)")
@@ -173,26 +194,26 @@ def build_parser() -> argparse.ArgumentParser:
                          "the members' mean log-probability (the scores written are their mean probabilities)")
     pr.add_argument("--data", required=True, help="test.txt (XC format) or test.jsonl")
     pr.add_argument("--out", required=True, help="output .npz with arrays topk and scores")
-    pr.add_argument("--topk", type=int, default=5)
-    pr.add_argument("--device", default=None)
+    pr.add_argument("--topk", type=int, default=5, help="labels per row (default: 5)")
+    pr.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: the checkpoint's)")
     pr.set_defaults(func=cmd_predict)
 
     e = sub.add_parser("eval", help="score top-k predictions against labels")
     e.add_argument("--pred", required=True, help=".npz from largeout predict")
     e.add_argument("--data", required=True, help="labels: an XC-format file")
     e.add_argument("--train", help="training XC file for propensities (PSP@k)")
-    e.add_argument("--propensity-a", type=float, default=0.55)
-    e.add_argument("--propensity-b", type=float, default=1.5)
+    e.add_argument("--propensity-a", type=float, default=0.55, help="A of the propensity model (default: 0.55)")
+    e.add_argument("--propensity-b", type=float, default=1.5, help="B of the propensity model (default: 1.5)")
     e.set_defaults(func=cmd_eval)
 
     da = sub.add_parser("data", help="datasets")
     dsub = da.add_subparsers(dest="data_command", required=True)
     pp = dsub.add_parser("prepare", help="convert a system-packaged dataset (wordnet, go-mf, go-bp)")
-    pp.add_argument("name")
+    pp.add_argument("name", help="wordnet, go-mf or go-bp")
     pp.add_argument("--source", default=None, help="source directory (default: the Debian package's)")
-    pp.add_argument("--out", required=True)
-    pp.add_argument("--seed", type=int, default=0)
-    pp.add_argument("--max-examples", type=int, default=None)
+    pp.add_argument("--out", required=True, help="output directory (train/test files and meta.json)")
+    pp.add_argument("--seed", type=int, default=0, help="train/test split (default: 0)")
+    pp.add_argument("--max-examples", type=int, default=None, help="keep a seeded subset of this many examples")
     pp.set_defaults(func=cmd_prepare)
     return p
 
