@@ -309,12 +309,12 @@ def test_a_step_that_fails_changes_nothing(fused):
                     "step": torch.tensor(1.0)}),
                   (torch.randn(6, **bf), torch.randn(6, **bf),
                    r"state 'kahan_comp' of parameter 0 .* must be torch.bfloat16; got torch.float32",
-                   {**loaded, "exp_avg": torch.zeros(6, **bf), "kahan_comp": torch.zeros(6)})]
-    for value, grad, pattern, state in cases:
+                   {**loaded, "exp_avg": torch.zeros(6, **bf), "kahan_comp": torch.zeros(6)}, {"kahan": True})]
+    for value, grad, pattern, state, *group in cases:
         b = torch.nn.Parameter(value if grad.shape == value.shape else torch.empty_like(grad))
         b.grad = grad
         b.data = value
-        opt.add_param_group({"params": [b]})
+        opt.add_param_group({"params": [b], **(group[0] if group else {})})
         if state is not None:
             opt.state[b] = dict(state)
         with pytest.raises((TypeError, RuntimeError), match=pattern):
@@ -355,8 +355,9 @@ def test_a_fused_step_whose_op_refuses_changes_nothing(case):
     else:  # b is fp16, so its own launch, after a's: a's update must not have happened
         opt.state[b]["exp_avg"] = opt.state[b]["exp_avg"].double()
         pattern = "states 'exp_avg' and 'exp_avg_sq' of parameter 1 of its group .* must share a dtype"
-    with pytest.raises((RuntimeError, TypeError), match=pattern):
+    with pytest.raises((RuntimeError, TypeError), match=pattern) as err:
         opt.step()
+    assert err.value.__suppress_context__  # (the message is ours alone: not shown after the op's)
     assert torch.equal(a.detach().view(torch.int16), values[0].view(torch.int16))
     assert torch.equal(b.detach().view(torch.int16), values[1].view(torch.int16))
     assert torch.equal(opt.state_dict()["largeout_rng_state"], rng)
@@ -374,6 +375,54 @@ def test_a_fused_step_whose_op_refuses_changes_nothing(case):
     opt.step()
     assert [float(opt.state[p]["step"]) for p in (a, b)] == [2.0 if snap else 1.0] * 2
     assert not torch.equal(a.detach().view(torch.int16), values[0].view(torch.int16))
+
+
+@pytest.mark.parametrize("shared", ["count", "state"])
+def test_adamw_count_shared_across_groups_advances_once_per_group(shared):
+    # One step count (or one whole state) shared by parameters of two groups advances once per
+    # group, the second group seeing the first's advance, as in torch.optim's group-by-group step.
+    ours_p = [params((7,), torch.float32, 60 + i) for i in range(2)]
+    ref_p = [torch.nn.Parameter(p.detach().clone()) for p in ours_p]
+    kw = dict(lr=1e-2, betas=(0.8, 0.95), weight_decay=0.05)
+    ours = lo_optim.AdamW([{"params": [ours_p[0]]}, {"params": [ours_p[1]]}], state_dtype=torch.float32, **kw)
+    theirs = torch.optim.AdamW([{"params": [ref_p[0]]}, {"params": [ref_p[1]]}], foreach=False, **kw)
+    for step in range(4):
+        grads_for(ours_p, step)
+        grads_for(ref_p, step)
+        if step == 1:
+            for opt, ps in ((ours, ours_p), (theirs, ref_p)):
+                if shared == "count":
+                    opt.state[ps[1]]["step"] = opt.state[ps[0]]["step"]
+                else:
+                    opt.state[ps[1]] = opt.state[ps[0]]
+        ours.step()
+        theirs.step()
+    for a, b in zip(ours_p, ref_p):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+    assert float(ours.state[ours_p[1]]["step"]) == float(theirs.state[ref_p[1]]["step"]) == 7.0
+
+
+def test_a_device_error_after_a_launch_wrote_still_advances_the_counts(monkeypatch):
+    # Two launches (two dtypes); the second fails as a device error would, after the first wrote:
+    # that error is raised as it is, and every step count advances, as the counts of the updated
+    # parameters must.
+    a, b = params((5,), torch.bfloat16, 70), params((6,), torch.float16, 71)
+    a.grad, b.grad = torch.randn(5, dtype=torch.bfloat16), torch.randn(6, dtype=torch.float16)
+    opt = lo_optim.AdamW([a, b], lr=0.1)
+    opt.step()
+    before = a.detach().clone()
+    real, calls = torch.ops.largeout._fused_optim_step_, []
+
+    def failing(*args):
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise RuntimeError("simulated device error")
+        return real(*args)
+    monkeypatch.setattr(torch.ops.largeout, "_fused_optim_step_", failing)
+    with pytest.raises(RuntimeError, match="simulated device error"):
+        opt.step()
+    assert not torch.equal(a.detach().view(torch.int16), before.view(torch.int16))
+    assert [float(opt.state[p]["step"]) for p in (a, b)] == [2.0, 2.0]
 
 
 def test_load_state_dict_checks_before_replacing():
@@ -738,6 +787,41 @@ def test_fused_nearest_matches_reference_within_an_ulp(kind, dtype):
     # a one-ulp difference at one step feeds the next ones: allow two after four steps
     assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
     assert (x == y).double().mean() > 0.97
+
+
+@pytest.mark.parametrize("change", ["momentum-on", "momentum-off", "kahan-on", "kahan-off"])
+def test_fused_step_follows_a_group_change_as_the_reference_does(change):
+    # A group's momentum or Kahan switched on or off between steps: the fused step uses the
+    # buffers the group asks for now, creating missing ones (a new momentum buffer starts as
+    # the gradient) and leaving unused ones alone, as the reference path does. The steps are
+    # below half an ulp, so Kahan compensation decides whether a parameter moves at all.
+    start = {"momentum-on": dict(momentum=0.0, kahan=True), "momentum-off": dict(momentum=0.9, kahan=False),
+             "kahan-on": dict(momentum=0.9, kahan=False), "kahan-off": dict(momentum=0.9, kahan=True)}[change]
+    a = [params(s, torch.bfloat16, 40 + i) for i, s in enumerate(SIZES)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    oa = lo_optim.SGD(a, lr=2e-4, rounding="nearest", fused=True, **start)
+    ob = lo_optim.SGD(b, lr=2e-4, rounding="nearest", fused=False, **start)
+    for step in range(6):
+        if step == 3:
+            for o in (oa, ob):
+                key = change.split("-")[0]
+                o.param_groups[0][key] = (0.9 if key == "momentum" else True) if change.endswith("on") else \
+                    (0.0 if key == "momentum" else False)
+            kept = [oa.state[p].get("momentum_buffer") for p in a]
+            kept = [None if t is None else t.clone() for t in kept]
+        grads_for(a, step)
+        grads_for(b, step)
+        oa.step()
+        ob.step()
+    x = torch.cat([p.detach().double().flatten() for p in a])
+    y = torch.cat([p.detach().double().flatten() for p in b])
+    ulp = torch.finfo(torch.bfloat16).eps * y.abs().clamp_min(torch.finfo(torch.bfloat16).tiny)
+    assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
+    assert (x == y).double().mean() > 0.97
+    for p, q, k in zip(a, b, kept):
+        assert set(oa.state[p]) == set(ob.state[q])
+        if change == "momentum-off":  # (the buffer kept from before is not touched)
+            assert torch.equal(oa.state[p]["momentum_buffer"], k)
 
 
 @pytest.mark.parametrize("dtype", LOW, ids=str)

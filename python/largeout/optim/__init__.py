@@ -86,6 +86,10 @@ def _buffer_dtype(param_dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if param_dtype in _FP8 else param_dtype
 
 
+class _Sequential(Exception):
+    """Raised while a fused step is planned: its groups must be stepped one after another."""
+
+
 class _LowPrecisionOptimizer(torch.optim.Optimizer):
     _KIND = -1
 
@@ -233,30 +237,40 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
 
     # -- fused path ---------------------------------------------------------------------
 
-    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+    def _needed(self, group: dict) -> Tuple[tuple, tuple]:
+        """The state keys the group's step needs: for low-precision parameters, for others."""
         raise NotImplementedError
 
-    def _bucket_keys(self, group: dict, items: list, commits: list) -> list:
-        """For each (p, grad, state, fresh) the step updates, what tensors launched together
-        must share besides device and dtypes (AdamW's step count: the count after this step,
-        whose write-back goes into `commits`, run once every launch has succeeded)."""
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        """Adds the state entries of `_needed` that `state` lacks (zeros, or the step count 0)."""
+        raise NotImplementedError
+
+    def _uses_buf1(self, group: dict) -> bool:
+        return True
+
+    def _bucket_keys(self, group: dict, items: list, commits: list, ctx: dict) -> list:
+        """For each (p, grad, state, added) the step updates (added: the state keys this step
+        created), what tensors launched together must share besides device and dtypes
+        (AdamW's step count: the count after this step, whose write-back goes into `commits`,
+        run once every launch has succeeded; `ctx` is shared by the step's groups)."""
         return [()] * len(items)
 
     def _hyper(self, group: dict, key) -> dict:
         raise NotImplementedError
 
     def _fused_step(self) -> None:
-        """The fused path. Every launch's arguments are gathered first (creating the state of
-        parameters stepped for the first time); a single launch's op checks all its arguments
-        before it writes anything, and several launches are all checked first (the op
-        _fused_optim_check). So the per-tensor checks are native: the Python ones
+        """The fused path. Every launch's arguments are gathered first (creating the state
+        entries the step needs that are missing); a single launch's op checks all its
+        arguments before it writes anything, and several launches are all checked first (the
+        op _fused_optim_check). So the per-tensor checks are native: the Python ones
         (_check_step) run only once something failed, to say what in the optimizer's terms,
-        after the created states, the step counts and the generator are put back."""
+        after the created state entries, the step counts and the generator are put back."""
         states, created, launches, commits = self.state, [], [], []
         rng, launched = self._gen.get_state(), False
         try:
+            ctx = {}
             for group in self.param_groups:
-                self._plan_group(group, created, launches, commits)
+                self._plan_group(group, created, launches, commits, ctx)
             if len(launches) > 1:
                 check = torch.ops.largeout._fused_optim_check
                 for args in launches:
@@ -265,40 +279,76 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             for args in launches:
                 op(*args)
                 launched = True
-        except Exception:
-            if launched:  # (not a check: a device error after a launch wrote)
+        except _Sequential:
+            self._undo(created, rng)
+            return self._sequential_step()
+        except Exception as native:
+            if launched:  # (a device error after a launch wrote: the counts advance, as they would have)
+                for commit in commits:
+                    commit()
                 raise
-            for p, existed in created:
-                if existed:
-                    states[p].clear()
-                else:
-                    del states[p]
-            self._gen.set_state(rng)
-            self._check_step()
-            raise
+            self._undo(created, rng)
+            try:
+                self._check_step()
+            except (TypeError, RuntimeError) as ours:
+                raise ours from None  # (ours names the parameter: the native error is not shown with it)
+            raise native
         for commit in commits:
             commit()
 
-    def _plan_group(self, group: dict, created: list, launches: list, commits: list) -> None:
+    def _undo(self, created: list, rng: torch.Tensor) -> None:
+        """Removes the state entries a step created and restores the generator."""
+        states = self.state
+        for p, before in created:
+            if before is None:
+                del states[p]
+            else:
+                state = states[p]
+                for k in [k for k in state if k not in before]:
+                    del state[k]
+        self._gen.set_state(rng)
+
+    def _sequential_step(self) -> None:
+        """The fused step one group after another, each group's step counts written before the
+        next group reads them (where groups share a count: AdamW). Every tensor is checked in
+        Python first, so nothing changes on an error."""
+        self._check_step()
+        op = torch.ops.largeout._fused_optim_step_
+        for group in self.param_groups:
+            launches, commits = [], []
+            self._plan_group(group, [], launches, commits, None)
+            for args in launches:
+                op(*args)
+            for commit in commits:
+                commit()
+
+    def _plan_group(self, group: dict, created: list, launches: list, commits: list, ctx) -> None:
         """Appends the op's arguments for each launch of the group's step to `launches`: one
         per device, dtypes and bucket key. (This loop runs over every tensor on every step, so
         it touches each as little as it can; the op checks them.)"""
-        states, items = self.state, []
+        states, items, (need_low, need_other) = self.state, [], self._needed(group)
+        one_need = need_low if need_low == need_other else None
         for p in group["params"]:
             g = p.grad
             if g is None:
                 continue
             state = states.get(p)
-            fresh = not state
-            if fresh:
-                created.append((p, state is not None))
-                if state is None:
-                    state = states[p] = {}
-                self._init_state(p, group, state)
-            items.append((p, g, state, fresh))
+            if state:  # (the usual case: every entry the step needs is there)
+                for k in one_need if one_need is not None else need_low if p.dtype in _LOW else need_other:
+                    if k not in state:
+                        break
+                else:
+                    items.append((p, g, state, ()))
+                    continue
+            before = None if state is None else frozenset(state)
+            created.append((p, before))
+            if state is None:
+                state = states[p] = {}
+            self._init_state(p, group, state)
+            items.append((p, g, state, tuple(k for k in state if before is None or k not in before)))
         if not items:
             return
-        extras = self._bucket_keys(group, items, commits)
+        extras = self._bucket_keys(group, items, commits, ctx)
         # (A parameter listed twice, which torch.optim warns about, is updated once per listing
         # in turn, as torch.optim does: its n-th listing goes into a launch of n-th listings.)
         seen = {} if len(set(map(id, group["params"]))) < len(group["params"]) else None
@@ -314,14 +364,15 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 buckets[key] = [(p, g, state)]
             else:
                 bucket.append((p, g, state))
-        kind, stochastic, b1, b2 = self._KIND, group["rounding"] == "stochastic", self._BUF1, self._BUF2
+        kind, stochastic, b2 = self._KIND, group["rounding"] == "stochastic", self._BUF2
+        b1 = self._BUF1 if self._uses_buf1(group) else None
         for key, members in buckets.items():
             params = [p for p, _, _ in members]
             grads = [g if g.is_contiguous() else g.contiguous() for _, g, _ in members]
-            st0 = members[0][2]
-            buf1 = [st[b1] for _, _, st in members] if b1 and b1 in st0 else []
+            buf1 = [st[b1] for _, _, st in members] if b1 else []
             buf2 = [st[b2] for _, _, st in members] if b2 else []
-            comps = [st["kahan_comp"] for _, _, st in members] if "kahan_comp" in st0 else []
+            # (Kahan buffers as the group asks now: a state may keep one from when it asked)
+            comps = [st["kahan_comp"] for _, _, st in members] if group["kahan"] and key[1] in _LOW else []
             scales = [row_scale(p) for p in params] if key[-2] else []
             h = self._hyper(group, key)
             seed, offset = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, generator=self._gen).tolist()
@@ -408,16 +459,22 @@ class SGD(_LowPrecisionOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
 
+    def _needed(self, group):
+        mom = ("momentum_buffer",) if group["momentum"] != 0 else ()
+        return mom + (("kahan_comp",) if group["kahan"] else ()), mom
+
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        if group["momentum"] != 0:
+        if group["momentum"] != 0 and "momentum_buffer" not in state:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
-        if group["kahan"] and p.dtype in _LOW:
+        if group["kahan"] and p.dtype in _LOW and "kahan_comp" not in state:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
-    def _bucket_keys(self, group, items, commits):
+    def _uses_buf1(self, group):
+        return group["momentum"] != 0  # (a buffer kept from when the group had momentum is left alone)
+
+    def _bucket_keys(self, group, items, commits, ctx):
         # "first": the momentum buffer was just created and starts as the gradient
-        mom = group["momentum"] != 0
-        return [(fresh and mom, "kahan_comp" in state) for _, _, state, fresh in items]
+        return [("momentum_buffer" in added,) for _, _, _, added in items]
 
     def _hyper(self, group: dict, key) -> dict:
         return dict(lr=group["lr"], momentum=group["momentum"], dampening=group["dampening"],
@@ -473,19 +530,33 @@ class AdamW(_LowPrecisionOptimizer):
         if group["state_dtype"] not in _STATE_DTYPES:
             raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {group['state_dtype']}")
 
+    _MOMENTS = ("step", "exp_avg", "exp_avg_sq")
+
+    def _needed(self, group):
+        return self._MOMENTS + (("kahan_comp",) if group["kahan"] else ()), self._MOMENTS
+
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        state["step"] = torch.zeros((), dtype=torch.float32)
-        state["exp_avg"] = torch.zeros_like(p, dtype=group["state_dtype"])
-        state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
-        if group["kahan"] and p.dtype in _LOW:
+        if "step" not in state:
+            state["step"] = torch.zeros((), dtype=torch.float32)
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key not in state:
+                state[key] = torch.zeros_like(p, dtype=group["state_dtype"])
+        if group["kahan"] and p.dtype in _LOW and "kahan_comp" not in state:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
-    def _bucket_keys(self, group, items, commits):
+    def _bucket_keys(self, group, items, commits, ctx):
         # The step counts (0-dim float32 tensors on the CPU, as torch.optim.AdamW keeps them)
         # are read with item(); the counts after the step are written back, once every launch
         # has succeeded, with one foreach copy per distinct count (not `+= 1` per tensor, which
         # is several times slower).
         steps = [state["step"] for _, _, state, _ in items]
+        if ctx is not None and len(self.param_groups) > 1:
+            # A count (or a whole state) shared with an earlier group must see that group's
+            # advance first, as torch.optim's group-by-group step does: the sequential step.
+            ids = ctx.setdefault("step_ids", set())
+            if not ids.isdisjoint(map(id, steps)):
+                raise _Sequential
+            ids.update(map(id, steps))
         f32 = torch.float32
         # (Only where every count is its own tensor: a parameter listed twice, or one count shared
         # by several states, advances once per listing, as in torch.optim, on the path below.)
@@ -520,7 +591,7 @@ class AdamW(_LowPrecisionOptimizer):
                     else:
                         state["step"] = value
             commits.append(commit)
-        return [(t, state["exp_avg"].dtype, "kahan_comp" in state) for t, (_, _, state, _) in zip(counts, items)]
+        return [(t, state["exp_avg"].dtype) for t, (_, _, state, _) in zip(counts, items)]
 
     def _hyper(self, group: dict, key) -> dict:
         (b1, b2), t = group["betas"], key[3]
