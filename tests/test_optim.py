@@ -766,6 +766,16 @@ def _bits(ps, opt):
 SIZES = [(1,), (7,), (8,), (9,), (33, 31), (4099,)]
 
 
+def assert_within_two_ulps(a, b, dtype):
+    """Parameters a (fused) and b (reference) equal, or at most two ulps apart, and equal on
+    more than 97% of the elements."""
+    x = torch.cat([p.detach().double().flatten() for p in a])
+    y = torch.cat([p.detach().double().flatten() for p in b])
+    ulp = torch.finfo(dtype).eps * y.abs().clamp_min(torch.finfo(dtype).tiny)
+    assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
+    assert (x == y).double().mean() > 0.97
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("kind", ["sgd", "sgd-momentum", "sgd-nesterov", "adamw"])
 def test_fused_nearest_matches_reference_within_an_ulp(kind, dtype):
@@ -781,12 +791,8 @@ def test_fused_nearest_matches_reference_within_an_ulp(kind, dtype):
         grads_for(b, step)
         oa.step()
         ob.step()
-    x = torch.cat([p.detach().double().flatten() for p in a])
-    y = torch.cat([p.detach().double().flatten() for p in b])
-    ulp = torch.finfo(dtype).eps * y.abs().clamp_min(torch.finfo(dtype).tiny)
     # a one-ulp difference at one step feeds the next ones: allow two after four steps
-    assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
-    assert (x == y).double().mean() > 0.97
+    assert_within_two_ulps(a, b, dtype)
 
 
 @pytest.mark.parametrize("change", ["momentum-on", "momentum-off", "kahan-on", "kahan-off"])
@@ -813,11 +819,7 @@ def test_fused_step_follows_a_group_change_as_the_reference_does(change):
         grads_for(b, step)
         oa.step()
         ob.step()
-    x = torch.cat([p.detach().double().flatten() for p in a])
-    y = torch.cat([p.detach().double().flatten() for p in b])
-    ulp = torch.finfo(torch.bfloat16).eps * y.abs().clamp_min(torch.finfo(torch.bfloat16).tiny)
-    assert ((x - y).abs() <= 2 * ulp * 1.001).all(), ((x - y).abs() / ulp).max()
-    assert (x == y).double().mean() > 0.97
+    assert_within_two_ulps(a, b, torch.bfloat16)
     for p, q, k in zip(a, b, kept):
         assert set(oa.state[p]) == set(ob.state[q])
         if change == "momentum-off":  # (the buffer kept from before is not touched)
