@@ -402,6 +402,47 @@ def test_adamw_count_shared_across_groups_advances_once_per_group(shared):
     assert float(ours.state[ours_p[1]]["step"]) == float(theirs.state[ref_p[1]]["step"]) == 7.0
 
 
+def test_shared_count_step_errors_name_the_parameter_and_change_nothing():
+    # The group-by-group step (a count shared across groups) checks in Python first: a bad
+    # state is reported as ours alone, and nothing changes.
+    a, b = params((5,), torch.bfloat16, 72), params((6,), torch.bfloat16, 73)
+    opt = lo_optim.AdamW([{"params": [a]}, {"params": [b]}], lr=0.1)
+    a.grad, b.grad = torch.randn(5, dtype=torch.bfloat16), torch.randn(6, dtype=torch.bfloat16)
+    opt.step()
+    opt.state[b]["step"] = opt.state[a]["step"]
+    opt.state[b]["exp_avg"] = torch.zeros(7, dtype=torch.bfloat16)
+    before, rng = a.detach().clone(), opt.state_dict()["largeout_rng_state"]
+    with pytest.raises(RuntimeError, match="state 'exp_avg' of parameter 0 of its group") as err:
+        opt.step()
+    assert err.value.__suppress_context__ or err.value.__context__ is None
+    assert torch.equal(a.detach().view(torch.int16), before.view(torch.int16))
+    assert float(opt.state[a]["step"]) == 1.0 and torch.equal(opt.state_dict()["largeout_rng_state"], rng)
+
+
+@pytest.mark.parametrize("case", ["momentum-none", "adamw-moments-without-count"])
+def test_fused_step_starts_missing_state_as_the_reference_does(case):
+    # Loaded states the step must start afresh: a momentum buffer stored as None (older
+    # torch.optim checkpoints), and AdamW moments without a step count (the moments start
+    # again with the count, as in the reference path).
+    a = [params(s, torch.bfloat16, 80 + i) for i, s in enumerate(SIZES)]
+    b = [torch.nn.Parameter(p.detach().clone()) for p in a]
+    make = (lambda ps, f: lo_optim.SGD(ps, lr=1e-2, momentum=0.9, rounding="nearest", fused=f)) \
+        if case == "momentum-none" else (lambda ps, f: lo_optim.AdamW(ps, lr=1e-2, rounding="nearest", fused=f))
+    oa, ob = make(a, True), make(b, False)
+    for o, ps in ((oa, a), (ob, b)):
+        for p in ps:
+            o.state[p] = {"momentum_buffer": None} if case == "momentum-none" else \
+                {"exp_avg": torch.full(p.shape, -5.0, dtype=torch.bfloat16),
+                 "exp_avg_sq": torch.ones(p.shape, dtype=torch.bfloat16)}
+    grads_for(a, 0)
+    grads_for(b, 0)
+    oa.step()
+    ob.step()
+    assert_within_two_ulps(a, b, torch.bfloat16)
+    for p, q in zip(a, b):
+        assert {k: torch.as_tensor(v).float() for k, v in oa.state[p].items()}.keys() == ob.state[q].keys()
+
+
 def test_a_device_error_after_a_launch_wrote_still_advances_the_counts(monkeypatch):
     # Two launches (two dtypes); the second fails as a device error would, after the first wrote:
     # that error is raised as it is, and every step count advances, as the counts of the updated

@@ -242,7 +242,8 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         raise NotImplementedError
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        """Adds the state entries of `_needed` that `state` lacks (zeros, or the step count 0)."""
+        """Sets the entries of `_needed` that `state` lacks or holds as None (new objects: a
+        failed step puts the old ones back), as the reference path would start them."""
         raise NotImplementedError
 
     def _uses_buf1(self, group: dict) -> bool:
@@ -265,7 +266,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         op _fused_optim_check). So the per-tensor checks are native: the Python ones
         (_check_step) run only once something failed, to say what in the optimizer's terms,
         after the created state entries, the step counts and the generator are put back."""
-        states, created, launches, commits = self.state, [], [], []
+        created, launches, commits = [], [], []
         rng, launched = self._gen.get_state(), False
         try:
             ctx = {}
@@ -281,7 +282,7 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 launched = True
         except _Sequential:
             self._undo(created, rng)
-            return self._sequential_step()
+            launches = None
         except Exception as native:
             if launched:  # (a device error after a launch wrote: the counts advance, as they would have)
                 for commit in commits:
@@ -293,34 +294,40 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             except (TypeError, RuntimeError) as ours:
                 raise ours from None  # (ours names the parameter: the native error is not shown with it)
             raise native
+        if launches is None:  # (outside the except block: an error here is shown without _Sequential)
+            self._sequential_step()
+            return
         for commit in commits:
             commit()
 
     def _undo(self, created: list, rng: torch.Tensor) -> None:
-        """Removes the state entries a step created and restores the generator."""
+        """Puts back the states a step created or changed (latest first) and the generator."""
         states = self.state
-        for p, before in created:
+        for p, before in reversed(created):
             if before is None:
-                del states[p]
+                states.pop(p, None)
             else:
                 state = states[p]
-                for k in [k for k in state if k not in before]:
-                    del state[k]
+                state.clear()
+                state.update(before)
         self._gen.set_state(rng)
 
     def _sequential_step(self) -> None:
         """The fused step one group after another, each group's step counts written before the
-        next group reads them (where groups share a count: AdamW). Every tensor is checked in
-        Python first, so nothing changes on an error."""
+        next group reads them (where groups share a count: AdamW), as torch.optim steps its
+        groups. Every tensor is checked in Python first; what only the op checks (an fp8 row
+        scale's shape, say) can still stop a later group after an earlier one was stepped."""
         self._check_step()
         op = torch.ops.largeout._fused_optim_step_
         for group in self.param_groups:
             launches, commits = [], []
             self._plan_group(group, [], launches, commits, None)
-            for args in launches:
-                op(*args)
-            for commit in commits:
-                commit()
+            try:
+                for args in launches:
+                    op(*args)
+            finally:  # (counts advance with their parameters, also when a later launch fails)
+                for commit in commits:
+                    commit()
 
     def _plan_group(self, group: dict, created: list, launches: list, commits: list, ctx) -> None:
         """Appends the op's arguments for each launch of the group's step to `launches`: one
@@ -335,17 +342,17 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             state = states.get(p)
             if state:  # (the usual case: every entry the step needs is there)
                 for k in one_need if one_need is not None else need_low if p.dtype in _LOW else need_other:
-                    if k not in state:
+                    if state.get(k) is None:  # (old torch.optim checkpoints hold momentum_buffer: None)
                         break
                 else:
                     items.append((p, g, state, ()))
                     continue
-            before = None if state is None else frozenset(state)
+            before = None if state is None else dict(state)
             created.append((p, before))
             if state is None:
                 state = states[p] = {}
             self._init_state(p, group, state)
-            items.append((p, g, state, tuple(k for k in state if before is None or k not in before)))
+            items.append((p, g, state, tuple(k for k in state if before is None or state[k] is not before.get(k))))
         if not items:
             return
         extras = self._bucket_keys(group, items, commits, ctx)
@@ -464,9 +471,9 @@ class SGD(_LowPrecisionOptimizer):
         return mom + (("kahan_comp",) if group["kahan"] else ()), mom
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        if group["momentum"] != 0 and "momentum_buffer" not in state:
+        if group["momentum"] != 0 and state.get("momentum_buffer") is None:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
-        if group["kahan"] and p.dtype in _LOW and "kahan_comp" not in state:
+        if group["kahan"] and p.dtype in _LOW and state.get("kahan_comp") is None:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
     def _uses_buf1(self, group):
@@ -536,12 +543,13 @@ class AdamW(_LowPrecisionOptimizer):
         return self._MOMENTS + (("kahan_comp",) if group["kahan"] else ()), self._MOMENTS
 
     def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        if "step" not in state:
+        fresh = state.get("step") is None  # (moments without a count start again, as in the reference path)
+        if fresh:
             state["step"] = torch.zeros((), dtype=torch.float32)
         for key in ("exp_avg", "exp_avg_sq"):
-            if key not in state:
+            if fresh or state.get(key) is None:
                 state[key] = torch.zeros_like(p, dtype=group["state_dtype"])
-        if group["kahan"] and p.dtype in _LOW and "kahan_comp" not in state:
+        if group["kahan"] and p.dtype in _LOW and state.get("kahan_comp") is None:
             state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
     def _bucket_keys(self, group, items, commits, ctx):
