@@ -23,7 +23,11 @@ bit-identically. float32 parameters are updated exactly like torch.optim's.
 ``fused=True`` (the default) runs the whole step as one native call per group of
 tensors sharing a device and dtypes (on CUDA: one kernel launch; on the CPU: a
 threaded loop), with the same per-element arithmetic and random bits on both, so a
-CPU and a GPU run of the fused step give identical bits. ``fused=False`` selects the
+CPU and a GPU run of the fused step give identical bits. A step checks everything
+before it writes anything: on an error, parameters, state and generator stay as they
+were. A group's ``momentum`` or ``kahan`` may change between steps: buffers are created
+when first needed (a new momentum buffer starts as the gradient) and left alone while
+unused, as in torch.optim. ``fused=False`` selects the
 reference implementation (torch ops, one tensor at a time), which rounds with the
 same rule but draws its random bits differently.
 """
