@@ -241,14 +241,25 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
 
     # -- fused path ---------------------------------------------------------------------
 
-    def _needed(self, group: dict) -> Tuple[tuple, tuple]:
-        """The state keys the group's step needs: for low-precision parameters, for others."""
+    def _buffers(self, group: dict) -> tuple:
+        """The state keys the subclass's update needs in this group (Kahan's aside)."""
         raise NotImplementedError
 
-    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
-        """Sets the entries of `_needed` that `state` lacks or holds as None (new objects: a
+    def _init_buffers(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        """Sets the entries of `_buffers` that `state` lacks or holds as None (new objects: a
         failed step puts the old ones back), as the reference path would start them."""
         raise NotImplementedError
+
+    def _needed(self, group: dict) -> Tuple[tuple, tuple]:
+        """The state keys the group's step needs: for low-precision parameters, for others."""
+        own = self._buffers(group)
+        return own + (("kahan_comp",) if group["kahan"] else ()), own
+
+    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+        """`_init_buffers`, then the Kahan buffer where the group asks for one and p is low-precision."""
+        self._init_buffers(p, group, state)
+        if group["kahan"] and p.dtype in _LOW and state.get("kahan_comp") is None:
+            state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
     def _uses_buf1(self, group: dict) -> bool:
         return True
@@ -470,15 +481,12 @@ class SGD(_LowPrecisionOptimizer):
         if group["nesterov"] and (group["momentum"] <= 0 or group["dampening"] != 0):
             raise ValueError("SGD: nesterov needs momentum > 0 and dampening = 0")
 
-    def _needed(self, group):
-        mom = ("momentum_buffer",) if group["momentum"] != 0 else ()
-        return mom + (("kahan_comp",) if group["kahan"] else ()), mom
+    def _buffers(self, group):
+        return ("momentum_buffer",) if group["momentum"] != 0 else ()
 
-    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+    def _init_buffers(self, p: torch.Tensor, group: dict, state: dict) -> None:
         if group["momentum"] != 0 and state.get("momentum_buffer") is None:
             state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
-        if group["kahan"] and p.dtype in _LOW and state.get("kahan_comp") is None:
-            state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
     def _uses_buf1(self, group):
         return group["momentum"] != 0  # (a buffer kept from when the group had momentum is left alone)
@@ -541,20 +549,16 @@ class AdamW(_LowPrecisionOptimizer):
         if group["state_dtype"] not in _STATE_DTYPES:
             raise ValueError(f"AdamW: state_dtype must be float32, bfloat16 or float16; got {group['state_dtype']}")
 
-    _MOMENTS = ("step", "exp_avg", "exp_avg_sq")
+    def _buffers(self, group):
+        return ("step", "exp_avg", "exp_avg_sq")
 
-    def _needed(self, group):
-        return self._MOMENTS + (("kahan_comp",) if group["kahan"] else ()), self._MOMENTS
-
-    def _init_state(self, p: torch.Tensor, group: dict, state: dict) -> None:
+    def _init_buffers(self, p: torch.Tensor, group: dict, state: dict) -> None:
         fresh = state.get("step") is None  # (moments without a count start again, as in the reference path)
         if fresh:
             state["step"] = torch.zeros((), dtype=torch.float32)
         for key in ("exp_avg", "exp_avg_sq"):
             if fresh or state.get(key) is None:
                 state[key] = torch.zeros_like(p, dtype=group["state_dtype"])
-        if group["kahan"] and p.dtype in _LOW and state.get("kahan_comp") is None:
-            state["kahan_comp"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
 
     def _bucket_keys(self, group, items, commits, ctx):
         # The step counts (0-dim float32 tensors on the CPU, as torch.optim.AdamW keeps them)
@@ -562,18 +566,19 @@ class AdamW(_LowPrecisionOptimizer):
         # has succeeded, with one foreach copy per distinct count (not `+= 1` per tensor, which
         # is several times slower).
         steps = [state["step"] for _, _, state, _ in items]
+        step_ids = set(map(id, steps))
         if ctx is not None and len(self.param_groups) > 1:
             # A count (or a whole state) shared with an earlier group must see that group's
             # advance first, as torch.optim's group-by-group step does: the sequential step.
-            ids = ctx.setdefault("step_ids", set())
-            if not ids.isdisjoint(map(id, steps)):
+            seen = ctx.setdefault("step_ids", set())
+            if not seen.isdisjoint(step_ids):
                 raise _Sequential
-            ids.update(map(id, steps))
+            seen |= step_ids
         f32 = torch.float32
         # (Only where every count is its own tensor: a parameter listed twice, or one count shared
         # by several states, advances once per listing, as in torch.optim, on the path below.)
-        if all(type(t) is torch.Tensor and t.dtype is f32 and t.is_cpu and not t.ndim for t in steps) and \
-                len(set(map(id, steps))) == len(steps):
+        if len(step_ids) == len(steps) and \
+                all(type(t) is torch.Tensor and t.dtype is f32 and t.is_cpu and not t.ndim for t in steps):
             after, same = [t.item() + 1 for t in steps], {}
             for t, c in zip(steps, after):
                 ts = same.get(c)
