@@ -437,7 +437,7 @@ def test_cli_help_describes_every_flag_with_its_default(command, capsys):
     for name in _TRAIN_FLAGS:
         want = getattr(TrainConfig, name)
         if command == "demo":
-            want = DEMO_CONFIG.get(name, "largeout-demo" if name == "out" else want)
+            want = DEMO_CONFIG.get(name, want)
         flag = "--" + name.replace("_", "-")
         after = text.split(f"{flag} {name.upper()} ", 1)
         assert len(after) == 2, flag

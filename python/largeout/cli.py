@@ -38,6 +38,7 @@ _TRAIN_FLAGS = {
 DEMO_CONFIG = {
     "synthetic": {"num_samples": 24000, "num_features": 8000, "num_labels": 3000, "seed": 0},
     "epochs": 5, "batch_size": 256, "hidden": 256, "fan_in": 64, "group_size": 32, "lr": 1e-2,
+    "out": "largeout-demo",
 }
 
 
@@ -46,8 +47,7 @@ def _add_train_flags(p: argparse.ArgumentParser, demo: bool = False) -> None:
 
     p.add_argument("--config", help="TOML file with TrainConfig fields (flags override it)")
     for name, (typ, text) in _TRAIN_FLAGS.items():
-        default = DEMO_CONFIG.get(name, "largeout-demo" if name == "out" else None) if demo else None
-        default = getattr(TrainConfig, name) if default is None else default
+        default = DEMO_CONFIG.get(name, getattr(TrainConfig, name)) if demo else getattr(TrainConfig, name)
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, metavar=name.upper(),
                        help=f"{text} (default: {default})")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -86,9 +86,7 @@ def cmd_train(args, demo: bool = False) -> int:
 
     over = _overrides(args)
     if demo:
-        base = dict(DEMO_CONFIG)
-        base["out"] = over.get("out") or "largeout-demo"
-        over = {**base, **{k: v for k, v in over.items() if v is not None}}
+        over = {**DEMO_CONFIG, **{k: v for k, v in over.items() if v is not None}}
     cfg = load_config(args.config, over)
     t0 = time.time()
     summary = train(cfg, resume=getattr(args, "resume", False))
