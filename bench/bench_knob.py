@@ -1,8 +1,11 @@
-"""A Hopper kernel knob timed in place: the forward (--pass fwd) or dx (--pass dx) with the
-environment variable --env set to each of --values in turn (--rounds times, so that each
-value is timed in the same clock state as the others), against cuBLAS's FLOPs-matched GEMM
-(fwd: x_k[B, K] @ W[L, K]^T; dx: dY[B, L] @ W[L, K]) in the same run; `over_matched` takes
-each value's best round. The outputs under all values must be bit-identical (`identical`).
+"""A Hopper kernel knob timed in place: the forward (--pass fwd), dx (--pass dx) or dW and
+dbias (--pass dw) with the environment variable --env set to each of --values in turn
+(--rounds times, so that each value is timed in the same clock state as the others), against
+cuBLAS's FLOPs-matched GEMM (fwd: x_k[B, K] @ W[L, K]^T; dx: dY[B, L] @ W[L, K]; dw:
+dY^T @ x_k) in the same run; `over_matched` takes each value's best round. `identical`
+says whether the outputs under all values are bit-identical (dW's dbias may differ in its
+last bits where a knob changes who sums it); `max_rel_diff` is the largest difference from
+the first value's outputs relative to their largest magnitude.
 
     python bench/bench_knob.py --env LARGEOUT_SM90_FWD_STAGES --values 2,8 --B 1024 --K 256 --G 64,128 --out stages.json
 
@@ -23,9 +26,13 @@ def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
 
+def as_tuple(out) -> tuple:
+    return out if isinstance(out, tuple) else (out,)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--pass", dest="pass_", choices=["fwd", "dx"], default="fwd")
+    p.add_argument("--pass", dest="pass_", choices=["fwd", "dx", "dw"], default="fwd")
     p.add_argument("--env", required=True, help="the environment variable the library reads at each call")
     p.add_argument("--values", type=lambda t: t.split(","), required=True)
     p.add_argument("--B", type=ints, default=[512])
@@ -57,17 +64,24 @@ def main() -> None:
                     xk = x[:, :K].contiguous()
                     out = torch.empty(B, L, device="cuda", dtype=dt)
                     matched = median_ms(lambda: torch.mm(xk, w.t(), out=out), 5, a.iters, a.warmup_ms)
-                else:
+                elif a.pass_ == "dx":
                     dy = torch.randn(B, L, device="cuda", dtype=dt, generator=g)
                     out = torch.empty(B, K, device="cuda", dtype=dt)
                     matched = median_ms(lambda: torch.mm(dy, w, out=out), 5, a.iters, a.warmup_ms)
+                else:
+                    xk = x[:, :K].contiguous()
+                    dy = torch.randn(B, L, device="cuda", dtype=dt, generator=g)
+                    out = torch.empty(L, K, device="cuda", dtype=dt)
+                    matched = median_ms(lambda: torch.mm(dy.t(), xk, out=out), 5, a.iters, a.warmup_ms)
                 for G in a.G:
                     idx = random_group_indices(-(-L // G), a.H, K, generator=torch.Generator().manual_seed(G),
                                                order=a.index_order).cuda()
                     if a.pass_ == "fwd":
                         op = lambda: ops.group_sparse_linear(x, w, idx, b, G)  # noqa: E731
-                    else:
+                    elif a.pass_ == "dx":
                         op = lambda: ops.group_sparse_linear_backward_input(dy, w, idx, G, a.H)  # noqa: E731
+                    else:
+                        op = lambda: ops.group_sparse_linear_backward_weight(dy, x, idx, G)  # noqa: E731
                     times = {c: [] for c in a.values}
                     outs = {}
                     for _ in range(a.rounds):
@@ -75,11 +89,13 @@ def main() -> None:
                             os.environ[env] = c
                             times[c].append(round(median_ms(op, 5, a.iters, a.warmup_ms), 4))
                             outs[c] = op()
-                    first = outs[a.values[0]]
+                    first = as_tuple(outs[a.values[0]])
                     row = {"pass": a.pass_, "env": env, "B": B, "H": a.H, "K": K, "G": G, "L": L,
                            "matched_ms": round(matched, 4), "ms": times,
                            "over_matched": {c: round(min(t) / matched, 3) for c, t in times.items()},
-                           "identical": all(torch.equal(first, o) for o in outs.values())}
+                           "identical": all(torch.equal(f, o) for v in outs.values() for f, o in zip(first, as_tuple(v))),
+                           "max_rel_diff": max(float((f.float() - o.float()).abs().max() / f.float().abs().max())
+                                               for v in outs.values() for f, o in zip(first, as_tuple(v)))}
                     rows.append(row)
                     print(row, flush=True)
                     idx = outs = first = None

@@ -81,6 +81,9 @@
 #            HOST_OLD_OPTIM: a base version of
 #            largeout/optim/__init__.py, timed from a copy of the installed package, then the new one again), bench_optim (HOST_OPTIM_BENCH=0:
 #            without), then HOST_TESTS (default: the optimizer tests first, then the whole suite) as HOST_BUDGET s allow
+#     rowclass build, dW and dx v2 through row classes at odd L (session 38): their tests, LARGEOUT_SM90_D{W,X}_RC=0,1 by
+#            bench_knob.py (RC_KNOB_B / _K / _L), the step padded and not (frozen x, frozen weight, neither), memcheck,
+#            then the other dW / dx tests and the optimizer tests as RC_BUDGET s after the start allow (default 585)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -423,6 +426,33 @@ if [ "$MODE" = host ]; then  # session 37: where the optimizer step's host time 
   echo "== tests: ${HOST_TESTS:-the optimizer tests, then the rest of the suite} (${left} s left)"
   [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests.log ${HOST_TESTS:-tests/test_optim.py \
     tests/test_stochastic_round.py tests/test_weight_scale.py tests} --durations=15
+  exit 0
+fi
+
+if [ "$MODE" = rowclass ]; then  # session 38: dW and dx v2 through row classes at odd L; their tests, their knobs
+  # against v1, the step padded / not (frozen x, frozen weight, neither), memcheck, then the other dW / dx tests and
+  # the optimizer tests, as RC_BUDGET s allow (585)
+  deadline=$(( T0 + ${RC_BUDGET:-585} ))
+  echo "== tests: dW and dx through row classes"
+  RUN_TESTS_TIMEOUT=180 run_tests gpu_tests_rc.log tests/test_group_sparse_sm90.py -k "row_classes or pads_dy"
+  for pass in dw dx; do
+    v=$(echo $pass | tr a-z A-Z)
+    echo "== knob LARGEOUT_SM90_${v}_RC=0,1: $pass at odd L against cuBLAS matched"
+    timeout 120 python3 bench/bench_knob.py --pass $pass --env LARGEOUT_SM90_${v}_RC --values 0,1 --B ${RC_KNOB_B:-512} \
+      --K ${RC_KNOB_K:-128} --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_${pass}_rc.json" 2>&1 \
+      | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*, 'max_rel_diff': [0-9.e-]*"
+  done
+  echo "== steps at odd L: padded (LARGEOUT_PAD_DY=1), not (0: row classes), v1 (0 with LARGEOUT_SM90_D{W,X}_RC=0)"
+  for fr in x weight none; do
+    frozen_steps $(( deadline - 120 )) $fr 32,64,128 670091 1 0
+    LARGEOUT_SM90_DW_RC=0 LARGEOUT_SM90_DX_RC=0 frozen_steps $(( deadline - 120 )) $fr 32,64,128 670091 0
+  done
+  memcheck_tests memcheck_rc.log tests/test_group_sparse_sm90.py "row_classes_match and (B7_ or B1024_) and bfloat16"
+  left=$(( deadline - $(date +%s) ))
+  echo "== tests: the other dW / dx tests, the optimizer tests (${left} s left)"
+  [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests_dwdx_optim.log tests/test_optim.py \
+    tests/test_weight_scale.py tests/test_stochastic_round.py tests/test_group_sparse_sm90.py \
+    -k "dw or dx or optim or round or scale or odd"
   exit 0
 fi
 

@@ -522,7 +522,8 @@ def test_sm90_row_padded_grad_at_odd_L(shape, poison):
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     # By default the autograd backward at odd L pads dY once for both passes (dx v3 or v2,
     # dW v2; largeout.pad_columns_sum, also from a dY whose rows start one element into a
-    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is.
+    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the kernels on dY as it is (dx v2
+    # and dW v2 through row classes).
     # Gradients against float64, also at the benchmark's L = 670,091.
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
@@ -544,16 +545,20 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     assert rel_err(b.grad, db_ref) < 1e-2
 
 
+@pytest.mark.parametrize("rc", ["default", "0"])
 @pytest.mark.parametrize("frozen", ["x", "weight"])
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64), (130, 768, 5_003, 128, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
-    # With a frozen input (dW and dbias only) or a frozen weight (dx and dbias only) the
-    # autograd backward at odd L pads dY too (rows of L rounded up to 8, so that the pass
-    # that runs reads dY by TMA), except for dW alone at G >= 128 (measured slower padded);
-    # its gradients against float64, the frozen one's None.
+def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rc, poison, monkeypatch):
+    # With a frozen weight (dx and dbias only) the autograd backward at odd L pads dY too
+    # (rows of L rounded up to 8, so that dx reads dY by TMA). With a frozen input (dW and
+    # dbias only) it does not: dW reads the unaligned rows by TMA as row classes; with those
+    # off (LARGEOUT_SM90_DW_RC=0) it pads except at G >= 128 (v1 measured faster there). The
+    # gradients against float64, the frozen one's None.
     import largeout._ops as ops
 
+    if rc == "0":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "0")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 96)
     x.requires_grad_(frozen != "x")
@@ -568,8 +573,12 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, poison, monkeypatch):
         return out
 
     monkeypatch.setattr(ops, "_rows_for_tma", spy)
+    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
     torch.ops.largeout.group_sparse_linear(x, w, idx, b, G).backward(dy)
-    assert strides == [L if frozen == "x" and G >= 128 else (L + 7) // 8 * 8]
+    unpadded = frozen == "x" and (rc == "default" or G >= 128)
+    assert strides == [L if unpadded else (L + 7) // 8 * 8]
+    ran_rc = kernels.launch_counts()["weight"]["sm90-row-classes"] - before
+    assert ran_rc == int(frozen == "x" and rc == "default")
     dw_ref, db_ref = dw_reference_cuda(dy, x.detach(), idx, G)
     assert rel_err(b.grad, db_ref) < 1e-2
     if frozen == "x":
@@ -617,6 +626,96 @@ def test_sm90_dw_k64_alternate_groups(shape, dbias, poison, monkeypatch):
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 77 + G)
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "sm90"
     assert_sm90_dw_matches(dy, dy, x, idx, G)
+
+
+# dW v2 through row classes (the default where dY's row stride is not a multiple of 8): odd L
+# and L = 2 or 4 mod 8 (even shifts only), B of 1 and below 8 (classes without rows), partial
+# last batch chunks and groups, every G and K, K = 64 with alternate groups and with the batch
+# split, indices up to 1023.
+RC_SHAPES = [
+    (1, 768, 1001, 128, 32),
+    (7, 768, 4099, 64, 32),
+    (65, 768, 5003, 256, 128),
+    (130, 768, 3001, 128, 64),
+    (513, 1024, 20011, 128, 32),
+    (1000, 768, 2049, 128, 128),
+    (257, 512, 1999, 256, 64),
+    (300, 768, 4098, 64, 64),
+    (129, 768, 3004, 64, 128),
+    (1024, 768, 4101, 64, 32),
+    (128, 768, 40001, 64, 64),
+    (64, 768, 333, 256, 32),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_row_classes_match_reference(shape, dtype, poison):
+    # dW and dbias read dY by TMA as eight classes of rows (rows c, c + 8, ..: an aligned stride
+    # at any L), each thread shifting its chunks into the MMA's tile: against float64 element by
+    # element, twice (deterministic), and the row-class kernel really ran (both times).
+    B, H, L, K, G = shape
+    assert L % 8 != 0
+    x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)
+    assert kernels.path("weight", dtype, B, H, L, K, G) == "sm90"
+    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
+    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before + 2
+
+
+@pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DW_RC", "0"), ("LARGEOUT_SM90_DW", "v1"),
+                                    ("LARGEOUT_SM90_DW_DBIAS", "loader")], ids=lambda v: "=".join(v))
+def test_sm90_dw_row_classes_switched_off(switch, poison, monkeypatch):
+    # LARGEOUT_SM90_DW_RC=0 or LARGEOUT_SM90_DW=v1, or dbias by the loader (which the row-class
+    # kernel does not do), run v1 at odd L instead: no row-class launch, the same gradients.
+    monkeypatch.setenv(*switch)
+    B, H, L, K, G = 300, 768, 5003, 128, 64
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 71)
+    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
+    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dx_row_classes_match_reference(shape, dtype, poison):
+    # dx v2 reads dY by TMA as eight classes of rows into raw rows that warps 1-3 of its loader
+    # warpgroup shift into the MMA's tile: against float64 element by element, twice
+    # (deterministic), and the row-class kernel really ran (both times).
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, dtype, 73 + K + G)
+    assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
+    before = kernels.launch_counts()["input"]["sm90-row-classes"]
+    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
+    assert kernels.launch_counts()["input"]["sm90-row-classes"] == before + 2
+
+
+@pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DX_RC", "0"), ("LARGEOUT_SM90_DX", "v1")], ids=lambda v: "=".join(v))
+def test_sm90_dx_row_classes_switched_off(switch, poison, monkeypatch):
+    # LARGEOUT_SM90_DX_RC=0 or LARGEOUT_SM90_DX=v1 run dx v1 at odd L instead: no row-class
+    # launch, the same gradient.
+    monkeypatch.setenv(*switch)
+    B, H, L, K, G = 300, 768, 5003, 128, 64
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 74)
+    before = kernels.launch_counts()["input"]["sm90-row-classes"]
+    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
+    assert kernels.launch_counts()["input"]["sm90-row-classes"] == before
+
+
+@pytest.mark.parametrize("stages", [4, 5, 11])
+@pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (160, 768, 30001, 64, 32), (64, 256, 4095, 256, 128)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
+    # The row-class kernel with small rings (LARGEOUT_SM90_DW_STAGES) that wrap many times per
+    # CTA: a stage's raw rows are rewritten only after every computing thread has placed them.
+    monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
+    B, H, L, K, G = shape
+    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 72 + stages)
+    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
+    assert_sm90_dw_matches(dy, dy, x, idx, G)
+    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before + 2
 
 
 def _in_fresh_thread(fn):

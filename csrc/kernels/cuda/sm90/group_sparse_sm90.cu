@@ -117,6 +117,18 @@ __device__ __forceinline__ void add8(const uint32_t (&w)[4], float (&sums)[8]) {
   }
 }
 
+// Elements shift .. shift + 7 (shift 0-7) of the 16 packed 16-bit values lo, hi (lo first).
+__device__ __forceinline__ uint4 shift_chunk(const uint4& lo, const uint4& hi, int shift) {
+  const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+  const int k = shift >> 1;
+  uint32_t v[5];
+#pragma unroll
+  for (int m = 0; m < 5; ++m) v[m] = (k & 2) ? ((k & 1) ? w[m + 3] : w[m + 2]) : ((k & 1) ? w[m + 1] : w[m]);
+  const uint32_t sel = (shift & 1) ? 0x5432u : 0x3210u;
+  return make_uint4(__byte_perm(v[0], v[1], sel), __byte_perm(v[1], v[2], sel), __byte_perm(v[2], v[3], sel),
+                    __byte_perm(v[3], v[4], sel));
+}
+
 template <int kRows, int G>
 struct SegmentTile {
   static constexpr int kChunks = G / 8;              // 16-byte chunks of a placed row
@@ -149,16 +161,8 @@ struct SegmentTile {
     if (row >= B) return make_uint4(0, 0, 0, 0);
     const int shift = int((int64_t(row) * L + l0) & 7);
     const uint4* p = reinterpret_cast<const uint4*>(raw + r * kRawRowBytes) + c;
-    const uint4 lo = p[0], hi = p[1];
-    const uint32_t w[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-    const int k = shift >> 1;
-    uint32_t v[5];
-#pragma unroll
-    for (int m = 0; m < 5; ++m) v[m] = (k & 2) ? ((k & 1) ? w[m + 3] : w[m + 2]) : ((k & 1) ? w[m + 1] : w[m]);
-    const uint32_t sel = (shift & 1) ? 0x5432u : 0x3210u;
-    uint32_t o[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) o[i] = __byte_perm(v[i], v[i + 1], sel);
+    const uint4 sh = shift_chunk(p[0], p[1], shift);
+    uint32_t o[4] = {sh.x, sh.y, sh.z, sh.w};
     if (l0 + 8 * c + 8 > L) {  // the last group of the layer: columns past L are zero
 #pragma unroll
       for (int i = 0; i < 8; ++i)
@@ -675,11 +679,18 @@ struct DwCfg {
   using Seg = SegmentTile<64, G>;
   static constexpr int64_t kStageBytesV1 = round1k(kABytes + kDyBytes + Seg::kRawBytes);
   static constexpr int64_t kStageBytesV2 = round1k(kABytes + kDyBytes);  // dY by TMA: no raw rows
-  __host__ __device__ static constexpr int64_t stage_bytes(bool tma) { return tma ? kStageBytesV2 : kStageBytesV1; }
+  // Row classes (rc, v2 where dY's row stride is not a multiple of 8; DyMaps): the raw rows
+  // come by TMA, a box of [8 rows][G + 8 labels] per class, the eight classes one after another
+  // (raw row 8 c + i: tile row c + 8 i), as many bytes as v1's raw rows.
+  static constexpr uint32_t kRcBoxBytes = 8 * Seg::kRawRowBytes;
+  static_assert(8 * kRcBoxBytes == Seg::kRawBytes && kRcBoxBytes % 128 == 0, "row-class boxes");
+  __host__ __device__ static constexpr int64_t stage_bytes(bool tma, bool rc = false) {
+    return tma && !rc ? kStageBytesV2 : kStageBytesV1;
+  }
   // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32). dbc (dbias summed by the
   // computing warpgroups): their [256][8] dbias partials instead of the loader's [128][8].
-  static int64_t smem_bytes(int stages, bool tma, bool split_b = false, bool dbc = false) {
-    return kSmemSlack + stages * stage_bytes(tma) + 2 * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
+  static int64_t smem_bytes(int stages, bool tma, bool split_b = false, bool dbc = false, bool rc = false) {
+    return kSmemSlack + stages * stage_bytes(tma, rc) + 2 * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
            (split_b ? G * 256 : 0);
   }
   // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
@@ -687,6 +698,18 @@ struct DwCfg {
     if constexpr (G == 32) return swz<64>(r, 16 * c);
     else return uint32_t(c >> 3) * 8192u + swz<128>(r, 16 * (c & 7));
   }
+};
+
+// dY's tensor maps for dW v2: m[0] alone (rows of 16-byte aligned stride), or with kRc one per
+// row class. Rows c, c + 8, c + 16, .. of dY (class c) lie 16 ldy bytes apart, an aligned
+// stride even where ldy is odd: class c's map starts at row c's first element rounded down to
+// 16 bytes, shift = (c ldy) mod 8 elements before it, so label l of the class's row i is its
+// column l + shift. A box at the (aligned) column g G, G + 8 labels wide, holds the G labels of
+// group g whatever the shift (a box's inner start must be a multiple of 16 bytes: session 26).
+struct DyMaps {
+  CUtensorMap m[8];
+  uint32_t shifts;  // class c's shift in bits 3c .. 3c + 2
+  __device__ int shift(int c) const { return int((shifts >> (3 * c)) & 7u); }
 };
 
 // Row of the A tile that holds k-slot r: within each 16 rows, k-slot 2a + h sits in row
@@ -726,16 +749,21 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // while the computing warps waited for stages. Measured (dwcp_*_s24_h100.json, B = 512 K = 128
 // L = 670,208, twice in turn): dW at G = 32 0.874 -> 0.470 ms, G = 64 0.537 -> 0.340, G = 128
 // 0.318 -> 0.310, so the loader's chain was dW's bound.
+// kRc (with kDbC; where dY's row stride is not a multiple of 8, LARGEOUT_SM90_DW_RC=0 opts out, v1
+// then runs): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
+// its raw rows; each computing thread shifts its dbias chunks from there into the MMA's tile
+// (zero past B), sums them, and the threads that share the stage meet at a named barrier
+// before the MMAs.
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
-          bool kDbC = false>
+          bool kDbC = false, bool kRc = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
-gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
+gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
             int64_t ldy, int groups_per_cta, int num_groups, int stages, int split_batch) {
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
-  constexpr int64_t kStageBytes = C::stage_bytes(kTma);
+  constexpr int64_t kStageBytes = C::stage_bytes(kTma, kRc);
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
@@ -761,6 +789,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   static_assert(!kDyCp || (kTma && kLoaders == 1 && kProbe == 0), "dY by cp.async: v2, one loader warpgroup");
   static_assert(!kDbC || (kTma && kLoaders == 1 && kProbe == 0),
                 "dbias by the computing warpgroups: v2, one loader warpgroup");
+  static_assert(!kRc || (kDbC && !kDyCp), "row classes: dbias by the computing warpgroups, dY by TMA");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
@@ -770,7 +799,10 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
       mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma && !kDbC ? 4 : 0));
     }
     fence_barrier_init();
-    if constexpr (kTma) prefetch_tensormap(&tm_dy);
+    if constexpr (kTma) {
+#pragma unroll
+      for (int c = 0; c < (kRc ? 8 : 1); ++c) prefetch_tensormap(&tm_dy.m[c]);
+    }
   }
   __syncthreads();
 
@@ -855,11 +887,16 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         } else if (tid == 0) {
           if constexpr (kProbe == 2 || kProbe == 5) {
             mbar_arrive(&full[s]);
+          } else if constexpr (kRc) {  // class c's rows bc * 8 .. bc * 8 + 7: tile rows c + 8 i
+            mbar_arrive_expect_tx(&full[s], 8 * C::kRcBoxBytes);
+#pragma unroll
+            for (int c = 0; c < 8; ++c)
+              tma_load_2d(as + C::kABytes + C::kDyBytes + c * C::kRcBoxBytes, &tm_dy.m[c], &full[s], g * G, bc * 8);
           } else {
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
             for (int bx = 0; bx < G / kBoxLabels; ++bx)
-              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy, &full[s], g * G + bx * kBoxLabels,
+              tma_load_2d(as + C::kABytes + bx * 64 * kBoxLabels * 2, &tm_dy.m[0], &full[s], g * G + bx * kBoxLabels,
                           bc * 64);
           }
         }
@@ -981,6 +1018,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
   constexpr int kDbThreads = split_m ? 256 : 128;
   constexpr int kDbRowStep = kDbThreads / (G / 8), kDbPer = 64 / kDbRowStep;
   const int dpc = ct % (G / 8), dr0 = (ct % kDbThreads) / (G / 8);
+  static_assert(!kRc || kDbRowStep % 8 == 0, "kRc: a thread's dbias rows in one row class");
   for (int g = g_first; g < g_end; g += g_step, group_pos.advance(g_step * nbc, stages)) {
     float acc[kMaxMB][G / 2];
     float dsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -1005,8 +1043,30 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         release(&empty[s], lane);
         continue;
       }
-      // (the gathered rows were written by cp.async: the generic proxy)
-      if constexpr (kTma && kProbe != 6) fence_proxy_async();
+      if constexpr (kRc) {
+        // This thread's chunks from the raw rows into the MMA's tile (zero past B), summed for
+        // dbias; then, after the proxy fence (these writes and the gathered rows are the generic
+        // proxy's), every thread that reads the tile waits for the others' chunks.
+        uint8_t* st = base + s * kStageBytes;
+        // This thread's rows share a class (dr0 mod 8): its raw rows and shift. (Computed here,
+        // per stage: at G = 128, K = 256 the two accumulators leave no registers to keep them,
+        // and an unrolled loop spilled 40 bytes.)
+        const int rc_shift = int((int64_t(dr0 & 7) * ldy) & 7);
+        const uint8_t* rc_row0 = st + C::kABytes + C::kDyBytes + (dr0 & 7) * 8 * C::Seg::kRawRowBytes + dpc * 16;
+#pragma unroll(G == 128 && kNmb == 4 ? 1 : kDbPer)
+        for (int m = 0; m < kDbPer; ++m) {
+          const int r = dr0 + kDbRowStep * m;
+          const uint4* p = reinterpret_cast<const uint4*>(rc_row0 + (r >> 3) * C::Seg::kRawRowBytes);
+          uint4 v = shift_chunk(p[0], p[1], rc_shift);
+          if (bc * 64 + r >= B) v = make_uint4(0, 0, 0, 0);
+          *reinterpret_cast<uint4*>(st + C::kABytes + C::dy_chunk(r, dpc)) = v;
+          add8<T>({v.x, v.y, v.z, v.w}, dsum);
+        }
+        fence_proxy_async();
+        named_barrier(kDbThreads == 256 ? 6 : 7 + cw, kDbThreads);
+      } else if constexpr (kTma && kProbe != 6) {
+        fence_proxy_async();  // (the gathered rows were written by cp.async: the generic proxy)
+      }
       const uint32_t as = smem_u32(base + s * kStageBytes);
       const uint32_t ds = as + C::kABytes;
       // The stage's descriptors, once: each MMA's is one of these at its tile's offset
@@ -1025,7 +1085,7 @@ gsl_dw_sm90(const __grid_constant__ CUtensorMap tm_dy, const T* __restrict__ xt,
         }
       }
       wgmma_commit();
-      if constexpr (kDbC) {  // (the MMAs read the tile too; this stage is released a step later)
+      if constexpr (kDbC && !kRc) {  // (the MMAs read the tile too; this stage is released a step later)
         const uint8_t* dtile = base + s * kStageBytes + C::kABytes;
 #pragma unroll
         for (int m = 0; m < kDbPer; ++m) {
@@ -1340,10 +1400,18 @@ struct Dx2Cfg {
   static constexpr uint32_t kIdxBytes = kU * kNs * kKC * 4;
   static constexpr uint32_t kDyBytes = kBM * kRows * 2;  // kRows / 64 boxes of [32][64], SW128
   static_assert(kWBytes % 1024 == 0 && kDyBytes % 1024 == 0, "tiles must stay 1024-byte aligned");
+  // Row classes (rc, where dY's row stride is not a multiple of 8; DyMaps): per dY stage the raw
+  // rows, one box of [4 rows][kRows + 8 labels] per class (tile rows c, c + 8, c + 16, c + 24),
+  // each at a 128-byte boundary.
+  static constexpr uint32_t kRcRowBytes = (kRows + 8) * 2;
+  static constexpr uint32_t kRcBoxBytes = (4 * kRcRowBytes + 127) / 128 * 128;
+  static constexpr uint32_t kRcBytes = 8 * kRcBoxBytes;
+  static_assert(kRcBytes % 1024 == 0, "raw rows keep the index rows after them aligned");
   __host__ __device__ static int64_t acc_bytes(int64_t H) { return round1k(H * kBM * 4); }
-  static int64_t smem_bytes(int64_t H, int wst, int dst, bool w8 = false) {  // w8: one more barrier per W stage
+  // w8: one more barrier per W stage; rc: raw rows and one more barrier per dY stage
+  static int64_t smem_bytes(int64_t H, int wst, int dst, bool w8 = false, bool rc = false) {
     return kSmemSlack + acc_bytes(H) + wst * int64_t(kWBytes) + dst * int64_t(kDyBytes) + wst * int64_t(kIdxBytes) +
-           2 * (wst + dst) * 8 + (w8 ? wst * 8 : 0);
+           2 * (wst + dst) * 8 + (w8 ? wst * 8 : 0) + (rc ? dst * (int64_t(kRcBytes) + 8) : 0);
   }
 };
 
@@ -1351,12 +1419,17 @@ struct Dx2Cfg {
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null, upcast in place in each stage as in the forward.
-template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false>
+// kRc (16-bit weights; where dY's row stride is not a multiple of 8, LARGEOUT_SM90_DX_RC=0 opts
+// out, v1 then runs): the loader thread brings a unit's dY rows as eight row-class boxes (DyMaps)
+// into the stage's raw rows (barrier draw); warps 1-3 of the loader warpgroup shift them into
+// the tile TMA would have written (zero past B) and arrive on dfull.
+template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false, bool kRc = false>
 __global__ void __launch_bounds__(kThreads, 1)
-gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ CUtensorMap tm_dy,
+gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ DyMaps tm_dy,
              const int32_t* __restrict__ idx, float* __restrict__ part, T* __restrict__ dx, int B, int H, int64_t L,
              int groups_per_split, int num_groups, int wst, int dst, const float* __restrict__ row_scale, int e4m3) {
   static_assert(!kW8 || (std::is_same_v<T, __nv_bfloat16> && kProbe == 0), "fp8 weights: bf16, no probes");
+  static_assert(!kRc || (!kW8 && kProbe == 0), "row classes: 16-bit weights (warps 1-3 place dY), no probes");
   using C = Dx2Cfg<G, kNk>;
   constexpr int K = kNk * kKC, kU = C::kU, kNs = C::kNs, kQs = C::kQs;
   constexpr int kIdxInts = C::kIdxBytes / 4;
@@ -1365,12 +1438,14 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
   uint8_t* accs = base;                                              // [H][32] fp32, SW128 rows
   uint8_t* wsl = accs + C::acc_bytes(H);                             // [wst][kNs][kRows][64] SW128
   uint8_t* dsl = wsl + int64_t(wst) * C::kWBytes;                    // [dst][kRows / 64][32][64] SW128
-  int32_t* ist = reinterpret_cast<int32_t*>(dsl + int64_t(dst) * C::kDyBytes);  // [wst][kU][kNs * 64]
+  uint8_t* rsl = dsl + int64_t(dst) * C::kDyBytes;                   // kRc: [dst][8 classes][4][kRows + 8]
+  int32_t* ist = reinterpret_cast<int32_t*>(rsl + (kRc ? int64_t(dst) * C::kRcBytes : 0));  // [wst][kU][kNs * 64]
   uint64_t* wfull = reinterpret_cast<uint64_t*>(ist + wst * kIdxInts);
   uint64_t* wempty = wfull + wst;
   uint64_t* dfull = wempty + wst;
   uint64_t* dempty = dfull + dst;
   uint64_t* wraw = dempty + dst;  // kW8: a weight stage's codes and indices have landed
+  uint64_t* draw = wraw + (kW8 ? wst : 0);  // kRc: a dY stage's raw rows have landed
 
   const int b0 = blockIdx.y * C::kBM;
   const int g_begin = blockIdx.x * groups_per_split;
@@ -1385,12 +1460,14 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
       if constexpr (kW8) mbar_init(&wraw[s], 1);
     }
     for (int s = 0; s < dst; ++s) {
-      mbar_init(&dfull[s], 1);
+      mbar_init(&dfull[s], kRc ? 3 : 1);  // kRc: one arrival per placing warp
       mbar_init(&dempty[s], 8);
+      if constexpr (kRc) mbar_init(&draw[s], 1);
     }
     fence_barrier_init();
     prefetch_tensormap(&tm_w);
-    prefetch_tensormap(&tm_dy);
+#pragma unroll
+    for (int c = 0; c < (kRc ? 8 : 1); ++c) prefetch_tensormap(&tm_dy.m[c]);
   }
   zero_accumulator<C::kBM>(accs, H);
   __syncthreads();
@@ -1404,10 +1481,17 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
         uint32_t dparity = 0;
         dys.stage(0, d, dparity);
         mbar_wait(&dempty[d], dparity ^ 1, 40);
-        mbar_arrive_expect_tx(&dfull[d], C::kDyBytes);
+        if constexpr (kRc) {  // class c's rows b0 / 8 .. b0 / 8 + 3: tile rows c + 8 i
+          mbar_arrive_expect_tx(&draw[d], 8 * 4 * C::kRcRowBytes);
 #pragma unroll
-        for (int bx = 0; bx < C::kRows / 64; ++bx)
-          tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy, &dfull[d], gu * G + 64 * bx, b0);
+          for (int c = 0; c < 8; ++c)
+            tma_load_2d(rsl + d * C::kRcBytes + c * C::kRcBoxBytes, &tm_dy.m[c], &draw[d], gu * G, b0 / 8);
+        } else {
+          mbar_arrive_expect_tx(&dfull[d], C::kDyBytes);
+#pragma unroll
+          for (int bx = 0; bx < C::kRows / 64; ++bx)
+            tma_load_2d(dsl + d * C::kDyBytes + bx * 2048 * 2, &tm_dy.m[0], &dfull[d], gu * G + 64 * bx, b0);
+        }
         for (int q = 0; q < kQs; ++q) {
           int s = 0;
           uint32_t parity = 0;
@@ -1421,6 +1505,34 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ C
     if constexpr (kW8) {
       if (threadIdx.x >= 32) {
         upcast_stages<C, G>(wsl, wraw, wfull, row_scale, e4m3 != 0, L, g_begin, g_pad, UnitStages{1, wst, kQs});
+      }
+    }
+    if constexpr (kRc) {
+      if (threadIdx.x >= 32) {
+        // Each unit's dY tile from its raw rows: 16-byte chunk e of the tile (row e / (kRows / 8),
+        // labels 8 (e % (kRows / 8)) ..) by thread e mod 96, zero past B; then the proxy fence (the
+        // MMAs read the tile) and one arrival per warp.
+        constexpr int kCpr = C::kRows / 8;  // chunks per row
+        const int pt = threadIdx.x - 32, plane = threadIdx.x & 31;
+        RingPos dp{0, 0};
+        for (int gu = g_begin; gu < g_pad; gu += kU) {
+          const int d = dp.slot;
+          mbar_wait(&draw[d], dp.phase, 45);
+          dp.advance(1, dst);
+          const uint8_t* raw = rsl + d * C::kRcBytes;
+          uint8_t* tile = dsl + d * C::kDyBytes;
+          for (int e = pt; e < 32 * kCpr; e += 96) {
+            const int r = e / kCpr, c = e - r * kCpr;
+            const uint4* src =
+                reinterpret_cast<const uint4*>(raw + (r & 7) * C::kRcBoxBytes + (r >> 3) * C::kRcRowBytes) + c;
+            uint4 v = shift_chunk(src[0], src[1], tm_dy.shift(r & 7));
+            if (b0 + r >= B) v = make_uint4(0, 0, 0, 0);
+            *reinterpret_cast<uint4*>(tile + (c >> 3) * 4096 + swz<128>(r, 16 * (c & 7))) = v;
+          }
+          fence_proxy_async();
+          __syncwarp();
+          if (plane == 0) mbar_arrive(&dfull[d]);
+        }
       }
     }
     return;
@@ -1887,6 +1999,28 @@ cudaError_t dy_map(CUtensorMap* map, DType dt, const void* dy, const GroupSparse
                     labels == 32 ? CU_TENSOR_MAP_SWIZZLE_64B : CU_TENSOR_MAP_SWIZZLE_128B);
 }
 
+// The row-class maps (DyMaps, kRc of dW and dx v2) of dY [B, L] with row stride s.dy_ld() (any):
+// class c's rows c, c + 8, .. from row c's start rounded down to 16 bytes, L + shift columns
+// (each row ends where dY's row ends; columns before shift are the previous row's tail, never
+// used), boxes of [rows, labels + 8], no swizzle. A class with no row (c >= B) gets class 0's
+// map: its boxes load class 0's rows, which the kernels zero as rows past B.
+cudaError_t dy_class_maps(DyMaps* maps, DType dt, const void* dy, const GroupSparseShape& s, int labels, int rows) {
+  const int64_t ld = s.dy_ld(), B = s.batch;
+  maps->shifts = 0;
+  for (int c = 0; c < 8; ++c) {
+    const int64_t cc = c < B ? c : 0, start = cc * ld, shift = start & 7;
+    maps->shifts |= uint32_t(shift) << (3 * c);
+    const cuuint64_t dims[2] = {cuuint64_t(s.out_features + shift), cuuint64_t((B - cc + 7) / 8)};
+    const cuuint64_t strides[1] = {cuuint64_t(ld) * 16};
+    const cuuint32_t box[2] = {cuuint32_t(labels + 8), cuuint32_t(rows)};
+    if (cudaError_t e = tensor_map(&maps->m[c], dt, static_cast<const uint16_t*>(dy) + (start - shift), 2, dims,
+                                   strides, box, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_SWIZZLE_NONE);
+        e != cudaSuccess)
+      return e;
+  }
+  return cudaSuccess;
+}
+
 // Environment switches (timing comparisons, probes, opt-ins): whether `name` is set to
 // `value`; its integer value (0 when unset).
 bool env_is(const char* name, const char* value) {
@@ -1974,9 +2108,9 @@ int dw_max_stages() {
 }
 
 template <int G, int kNmb>
-int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false, bool dbc = false) {
+int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false, bool dbc = false, bool rc = false) {
   int st = dw_max_stages();
-  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b, dbc) > smem_budget(dev)) --st;
+  while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b, dbc, rc) > smem_budget(dev)) --st;
   if (split_b) st = st >= 4 ? st & ~1 : 0;  // even, and at least 4 (the loader runs stages - 3 ahead)
   return st;
 }
@@ -2163,7 +2297,16 @@ int dw_loaders() {
 }
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
+// v2 through row classes (kRc) where dY's row stride is not a multiple of 8, unless
+// LARGEOUT_SM90_DW=v1 or LARGEOUT_SM90_DW_RC=0 (v1 then); it needs dbias by the computing
+// warpgroups (dbc), else v1 runs.
+bool dw_rc_applies(const GroupSparseShape& s) {
+  return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
+}
+std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 }  // namespace
+
+int64_t dw_row_class_launches() { return g_dw_rc.load(); }
 
 bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   return dw_supported(dt, s, dev) && dw_v2_applies(s);
@@ -2201,23 +2344,25 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
     } else {
       return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
         using C = DwCfg<G, kNmb>;
-        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1; v1
-        // reads dY as contiguous [B, L].
-        const bool tma = dw_v2_applies(s) && reinterpret_cast<uintptr_t>(dy) % 16 == 0;
-        if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
-        const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma);
+        // v2 (dY by TMA) where dY rows are 16-byte aligned, unless LARGEOUT_SM90_DW=v1; else v2
+        // through row classes (rc) where it applies (below); else v1, which reads dY as
+        // contiguous [B, L].
+        const bool aligned_dy = reinterpret_cast<uintptr_t>(dy) % 16 == 0;
+        bool rc = aligned_dy && dw_rc_applies(s);
+        bool tma = (dw_v2_applies(s) && aligned_dy) || rc;
+        const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma, false, false, rc);
         if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
         // More loader warpgroups (LARGEOUT_SM90_DW_LOADERS): 2 except at G = 128, K = 256 (its
         // two 64-wide accumulators spill at 128 registers a thread), 4 at G = 32 only (768
         // threads: 80 registers a thread); elsewhere the request falls back to fewer.
         constexpr bool kTwoFit = !(G == 128 && kNmb == 4), kFourFit = G == 32;
-        int loaders = tma ? dw_loaders() : 1;
+        int loaders = tma && !rc ? dw_loaders() : 1;
         if (loaders == 4 && !kFourFit) loaders = 2;
         if (loaders == 2 && !kTwoFit) loaders = 1;
         // The ring's size, with dbias's partials from the loader ([128][8] fp32) or from the
         // computing warpgroups (dbc: [256][8]).
         auto ring = [&](bool dbc) {
-          int st = dw_stages<G, kNmb>(dev, tma, split_b, dbc);
+          int st = dw_stages<G, kNmb>(dev, tma, split_b, dbc, rc);
           // K = 64 without split_b (the computing warpgroups take alternate groups of nbc
           // steps) and dY by TMA: a stage's `full` barrier completes when its copies land, in
           // any order, so a warpgroup waiting for step X needs step X - stages of the same
@@ -2232,8 +2377,10 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         // loader; at K = 64 2x faster at B = 128 and 512 on the H200, dbc_*_s24_h200.json, the
         // default since session 25's run of the split-batch fix, bench/NOTES.md); dY by the
         // loader's cp.async instead of TMA boxes (LARGEOUT_SM90_DW_DY=cp, opt-in: measured slower)
-        const bool dycp = tma && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
+        const bool dycp = tma && !rc && loaders == 1 && env_is("LARGEOUT_SM90_DW_DY", "cp");
         const bool dbc = tma && loaders == 1 && !env_is("LARGEOUT_SM90_DW_DBIAS", "loader") && ring(true) >= 3;
+        if (rc && !dbc) rc = tma = false;  // (rc needs dbc: v1 then, with v1's ring, the same size)
+        if (!tma && s.dy_ld() != s.out_features) return cudaErrorInvalidValue;
         const int stages = ring(dbc);
         if (stages < 3) return cudaErrorInvalidValue;
         const int B = int(s.batch), H = int(s.in_features);
@@ -2242,9 +2389,12 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         transpose_pad<T><<<dim3(unsigned(cdiv(Bp, 32)), unsigned(cdiv(H, 32))), dim3(32, 8), 0, stream>>>(
             static_cast<const T*>(x), xt, B, H, Bp);
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
-        CUtensorMap dmap{};
-        if (tma)
-          if (cudaError_t e = dy_map(&dmap, dt, dy, s, 64, G == 32 ? 32 : 64); e != cudaSuccess) return e;
+        DyMaps dmap{};
+        if (rc) {
+          if (cudaError_t e = dy_class_maps(&dmap, dt, dy, s, G, 8); e != cudaSuccess) return e;
+        } else if (tma) {
+          if (cudaError_t e = dy_map(&dmap.m[0], dt, dy, s, 64, G == 32 ? 32 : 64); e != cudaSuccess) return e;
+        }
         const int64_t ng = s.num_groups();
         const int64_t per = cdiv(ng, std::min<int64_t>(ng, dev.sms));
         auto kernel = tma ? gsl_dw_sm90<T, G, kNmb, 0, true> : gsl_dw_sm90<T, G, kNmb>;
@@ -2254,11 +2404,12 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
+        if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, true>;
         // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
         // warpgroups alone there)
         if constexpr (!(G == 128 && kNmb == 4))
           if (dbc && dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true, true>;
-        const int64_t smem = C::smem_bytes(stages, tma, split_b, dbc);
+        const int64_t smem = C::smem_bytes(stages, tma, split_b, dbc, rc);
         if (smem > smem_budget(dev)) return cudaErrorInvalidValue;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE, 1-3 on v1,
@@ -2268,7 +2419,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
             if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
             if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
             if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
-          } else if (loaders == 1) {
+          } else if (loaders == 1 && !rc) {
             if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1, true>;
             if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2, true>;
             if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3, true>;
@@ -2283,6 +2434,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         kernel<<<unsigned(cdiv(ng, per)), unsigned(128 * (loaders + 2)), smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
             s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
+        if (rc) g_dw_rc.fetch_add(1);
         return cudaGetLastError();
       });
     }
@@ -2345,19 +2497,28 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 namespace {
 // Weight and dY stages of dx v2 (false: two of each do not fit).
 template <int G, int kNk>
-bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst, bool w8 = false) {
+bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst, bool w8 = false, bool rc = false) {
   using C = Dx2Cfg<G, kNk>;
   *wst = 4, *dst = 4;
-  while (*wst > 2 && C::smem_bytes(H, *wst, *dst, w8) > smem_budget(dev)) --*wst, --*dst;
-  return C::smem_bytes(H, *wst, *dst, w8) <= smem_budget(dev);
+  while (*wst > 2 && C::smem_bytes(H, *wst, *dst, w8, rc) > smem_budget(dev)) --*wst, --*dst;
+  return C::smem_bytes(H, *wst, *dst, w8, rc) <= smem_budget(dev);
 }
 
 bool dx_v2_applies(const GroupSparseShape& s) {
   return !env_is("LARGEOUT_SM90_DX", "v1") && s.dy_ld() % 8 == 0 &&
          (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
 }
+// dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8,
+// unless LARGEOUT_SM90_DX=v1 or LARGEOUT_SM90_DX_RC=0 (v1 then).
+bool dx_v2_rc_applies(const GroupSparseShape& s) {
+  return !env_is("LARGEOUT_SM90_DX", "v1") && !env_is("LARGEOUT_SM90_DX_RC", "0") && s.dy_ld() % 8 != 0 &&
+         (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
+}
+std::atomic<int64_t> g_dx_rc{0};  // launches (dx_row_class_launches)
 
 }  // namespace
+
+int64_t dx_row_class_launches() { return g_dx_rc.load(); }
 
 namespace {
 // Whether dx v2 applies to this shape and its stages fit (w8: with fp8 weights).
@@ -2390,26 +2551,32 @@ template <class T, int G, bool kW8 = false>
 cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                   const void* weight, const int32_t* indices, void* dxp, void* workspace, cudaStream_t stream,
                   const float* row_scale = nullptr, bool e4m3 = false) {
-  if (!dx_v2_applies(s) || reinterpret_cast<uintptr_t>(dy) % 16 != 0) return cudaErrorNotSupported;
+  const bool rc = !kW8 && dx_v2_rc_applies(s);  // (else v2 needs dY rows a multiple of 8 apart)
+  if (!(rc || dx_v2_applies(s)) || reinterpret_cast<uintptr_t>(dy) % 16 != 0) return cudaErrorNotSupported;
   return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
     using C = Dx2Cfg<G, kNk>;
     int wst = 0, dst = 0;
-    if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8)) return cudaErrorNotSupported;
-    CUtensorMap wmap, dmap;
+    if (!dx2_stages<G, kNk>(s.in_features, dev, &wst, &dst, kW8, rc)) return cudaErrorNotSupported;
+    CUtensorMap wmap;
+    DyMaps dmap{};
     if (cudaError_t e = kW8 ? unit_weight_map_u8(&wmap, weight, s.out_features, s.fan_in, C::kRows, C::kNs)
                             : unit_weight_map(&wmap, dt, weight, s.out_features, s.fan_in, C::kRows, C::kNs);
         e != cudaSuccess)
       return e;
-    if (cudaError_t e = dy_map(&dmap, dt, dy, s, 32, 64); e != cudaSuccess) return e;
+    if (cudaError_t e = rc ? dy_class_maps(&dmap, dt, dy, s, C::kRows, 4) : dy_map(&dmap.m[0], dt, dy, s, 32, 64);
+        e != cudaSuccess)
+      return e;
     auto kernel = gsl_dx2_sm90<T, G, kNk, 0, kW8>;
+    if constexpr (!kW8)
+      if (rc) kernel = gsl_dx2_sm90<T, G, kNk, 0, false, true>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
       // Timing probes (bench/probe_fwd.py --passes dx): LARGEOUT_SM90_DX_PROBE (1-3).
       const int pv = env_int("LARGEOUT_SM90_DX_PROBE");
-      if (pv == 1) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
-      if (pv == 2) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
-      if (pv == 3) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
+      if (pv == 1 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
+      if (pv == 2 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
+      if (pv == 3 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
     }
-    const int64_t smem = C::smem_bytes(s.in_features, wst, dst, kW8);
+    const int64_t smem = C::smem_bytes(s.in_features, wst, dst, kW8, rc);
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
         e != cudaSuccess)
       return e;
@@ -2422,6 +2589,7 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
         wmap, dmap, indices, part, static_cast<T*>(dxp), int(s.batch), int(s.in_features), s.out_features, int(per),
         int(ng), wst, dst, row_scale, int(e4m3));
     if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
+    if (rc) g_dx_rc.fetch_add(1);
     if (part == nullptr) return cudaSuccess;
     return launch_dx_reduce<float, T>(part, static_cast<T*>(dxp), splits, s.batch * s.in_features, stream);
   });
