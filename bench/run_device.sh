@@ -439,7 +439,7 @@ if [ "$MODE" = rowclass ]; then  # session 38: dW and dx v2 through row classes 
     v=$(echo $pass | tr a-z A-Z)
     echo "== knob LARGEOUT_SM90_${v}_RC=0,1: $pass at odd L against cuBLAS matched"
     timeout 120 python3 bench/bench_knob.py --pass $pass --env LARGEOUT_SM90_${v}_RC --values 0,1 --B ${RC_KNOB_B:-512} \
-      --K ${RC_KNOB_K:-128} --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_${pass}_rc.json" 2>&1 \
+      --K ${RC_KNOB_K:-64,128,256} --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_${pass}_rc.json" 2>&1 \
       | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*, 'max_rel_diff': [0-9.e-]*"
   done
   echo "== steps at odd L: padded (LARGEOUT_PAD_DY=1), not (0: row classes), v1 (0 with LARGEOUT_SM90_D{W,X}_RC=0)"
