@@ -95,8 +95,9 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
         return grad_out.contiguous()
     env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
-    if tuple(passes) == ("weight",) and not force and (
-            group_size >= 128 or (os.environ.get("LARGEOUT_SM90_DW_RC") != "0" and os.environ.get(env["weight"]) != "v1")):
+    dw_rc = (os.environ.get("LARGEOUT_SM90_DW_RC") != "0" and os.environ.get(env["weight"]) != "v1"
+             and os.environ.get("LARGEOUT_SM90_DW_DBIAS") != "loader")  # (the switches that turn it off)
+    if tuple(passes) == ("weight",) and not force and (group_size >= 128 or dw_rc):
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
     if K not in (64, 128, 256) or any(os.environ.get(env[p]) == "v1" for p in passes):

@@ -1051,7 +1051,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         // This thread's rows share a class (dr0 mod 8): its raw rows and shift. (Computed here,
         // per stage: at G = 128, K = 256 the two accumulators leave no registers to keep them,
         // and an unrolled loop spilled 40 bytes.)
-        const int rc_shift = int((int64_t(dr0 & 7) * ldy) & 7);
+        const int rc_shift = tm_dy.shift(dr0 & 7);
         const uint8_t* rc_row0 = st + C::kABytes + C::kDyBytes + (dr0 & 7) * 8 * C::Seg::kRawRowBytes + dpc * 16;
 #pragma unroll(G == 128 && kNmb == 4 ? 1 : kDbPer)
         for (int m = 0; m < kDbPer; ++m) {
@@ -2434,8 +2434,9 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         kernel<<<unsigned(cdiv(ng, per)), unsigned(128 * (loaders + 2)), smem, stream>>>(
             dmap, xt, static_cast<const T*>(dy), indices, static_cast<T*>(dweight), static_cast<T*>(dbias), B, Bp,
             s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
+        if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         if (rc) g_dw_rc.fetch_add(1);
-        return cudaGetLastError();
+        return cudaSuccess;
       });
     }
   });
