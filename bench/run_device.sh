@@ -444,10 +444,10 @@ if [ "$MODE" = rowclass ]; then  # session 38: dW and dx v2 through row classes 
       --K ${RC_KNOB_K:-64,128,256} --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_${pass}_rc.json" 2>&1 \
       | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*, 'max_rel_diff': [0-9.e-]*"
   done
-  echo "== steps at odd L: padded (LARGEOUT_PAD_DY=1), not (0: row classes), v1 (0 with LARGEOUT_SM90_D{W,X}_RC=0)"
+  echo "== steps at odd L: padded (LARGEOUT_PAD_DY=1), not with row classes (0, LARGEOUT_SM90_D{W,X}_RC=1), v1 (0)"
   for fr in x weight none; do
     frozen_steps $(( deadline - 120 )) $fr 32,64,128 670091 1 0
-    LARGEOUT_SM90_DW_RC=0 LARGEOUT_SM90_DX_RC=0 frozen_steps $(( deadline - 120 )) $fr 32,64,128 670091 0
+    LARGEOUT_SM90_DW_RC=1 LARGEOUT_SM90_DX_RC=1 frozen_steps $(( deadline - 120 )) $fr 32,64,128 670091 0
   done
   [ $(( deadline - $(date +%s) )) -gt 200 ] &&
     memcheck_tests memcheck_rc.log tests/test_group_sparse_sm90.py "row_classes_match and (B7_ or B1024_) and bfloat16"

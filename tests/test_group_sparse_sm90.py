@@ -522,8 +522,7 @@ def test_sm90_row_padded_grad_at_odd_L(shape, poison):
 def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     # By default the autograd backward at odd L pads dY once for both passes (dx v3 or v2,
     # dW v2; largeout.pad_columns_sum, also from a dY whose rows start one element into a
-    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the kernels on dY as it is (dx v2
-    # and dW v2 through row classes).
+    # wider buffer: "default-strided"); LARGEOUT_PAD_DY=0 runs the v1 kernels on dY as it is.
     # Gradients against float64, also at the benchmark's L = 670,091.
     if pad == "0":
         monkeypatch.setenv("LARGEOUT_PAD_DY", "0")
@@ -545,20 +544,20 @@ def test_sm90_backward_pads_dy_at_odd_L(shape, pad, poison, monkeypatch):
     assert rel_err(b.grad, db_ref) < 1e-2
 
 
-@pytest.mark.parametrize("rc", ["default", "0"])
+@pytest.mark.parametrize("rc", ["default", "1"])
 @pytest.mark.parametrize("frozen", ["x", "weight"])
 @pytest.mark.parametrize("shape", [(256, 768, 10_001, 128, 32), (300, 512, 4_099, 64, 64), (130, 768, 5_003, 128, 128)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rc, poison, monkeypatch):
     # With a frozen weight (dx and dbias only) the autograd backward at odd L pads dY too
-    # (rows of L rounded up to 8, so that dx reads dY by TMA). With a frozen input (dW and
-    # dbias only) it does not: dW reads the unaligned rows by TMA as row classes; with those
-    # off (LARGEOUT_SM90_DW_RC=0) it pads except at G >= 128 (v1 measured faster there). The
-    # gradients against float64, the frozen one's None.
+    # (rows of L rounded up to 8, so that dx reads dY by TMA), and with a frozen input (dW and
+    # dbias only) except at G >= 128 (v1 measured faster there). With the row-class dW
+    # (LARGEOUT_SM90_DW_RC=1), which reads the unaligned rows by TMA itself, a frozen input
+    # keeps dY as it is at every G. The gradients against float64, the frozen one's None.
     import largeout._ops as ops
 
-    if rc == "0":
-        monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "0")
+    if rc == "1":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 96)
     x.requires_grad_(frozen != "x")
@@ -575,10 +574,10 @@ def test_sm90_backward_pads_dy_for_one_pass(shape, frozen, rc, poison, monkeypat
     monkeypatch.setattr(ops, "_rows_for_tma", spy)
     before = kernels.launch_counts()["weight"]["sm90-row-classes"]
     torch.ops.largeout.group_sparse_linear(x, w, idx, b, G).backward(dy)
-    unpadded = frozen == "x" and (rc == "default" or G >= 128)
+    unpadded = frozen == "x" and (rc == "1" or G >= 128)
     assert strides == [L if unpadded else (L + 7) // 8 * 8]
     ran_rc = kernels.launch_counts()["weight"]["sm90-row-classes"] - before
-    assert ran_rc == int(frozen == "x" and rc == "default")
+    assert ran_rc == int(frozen == "x" and rc == "1")
     dw_ref, db_ref = dw_reference_cuda(dy, x.detach(), idx, G)
     assert rel_err(b.grad, db_ref) < 1e-2
     if frozen == "x":
@@ -628,7 +627,8 @@ def test_sm90_dw_k64_alternate_groups(shape, dbias, poison, monkeypatch):
     assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 
-# dW v2 through row classes (the default where dY's row stride is not a multiple of 8): odd L
+# dW and dx v2 through row classes (LARGEOUT_SM90_DW_RC=1 / LARGEOUT_SM90_DX_RC=1, opt-in until they
+# have run on a GPU; where dY's row stride is not a multiple of 8): odd L
 # and L = 2 or 4 mod 8 (even shifts only), B of 1 and below 8 (classes without rows), partial
 # last batch chunks and groups, every G and K, K = 64 with alternate groups and with the batch
 # split, indices up to 1023.
@@ -650,10 +650,11 @@ RC_SHAPES = [
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_row_classes_match_reference(shape, dtype, poison):
+def test_sm90_dw_row_classes_match_reference(shape, dtype, poison, monkeypatch):
     # dW and dbias read dY by TMA as eight classes of rows (rows c, c + 8, ..: an aligned stride
     # at any L), each thread shifting its chunks into the MMA's tile: against float64 element by
     # element, twice (deterministic), and the row-class kernel really ran (both times).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
     B, H, L, K, G = shape
     assert L % 8 != 0
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)
@@ -666,8 +667,11 @@ def test_sm90_dw_row_classes_match_reference(shape, dtype, poison):
 @pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DW_RC", "0"), ("LARGEOUT_SM90_DW", "v1"),
                                     ("LARGEOUT_SM90_DW_DBIAS", "loader")], ids=lambda v: "=".join(v))
 def test_sm90_dw_row_classes_switched_off(switch, poison, monkeypatch):
-    # LARGEOUT_SM90_DW_RC=0 or LARGEOUT_SM90_DW=v1, or dbias by the loader (which the row-class
-    # kernel does not do), run v1 at odd L instead: no row-class launch, the same gradients.
+    # Without LARGEOUT_SM90_DW_RC=1, or with it and LARGEOUT_SM90_DW=v1 or dbias by the loader
+    # (which the row-class kernel does not do), v1 runs at odd L: no row-class launch, the same
+    # gradients.
+    if switch[0] != "LARGEOUT_SM90_DW_RC":
+        monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
     monkeypatch.setenv(*switch)
     B, H, L, K, G = 300, 768, 5003, 128, 64
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 71)
@@ -678,10 +682,11 @@ def test_sm90_dw_row_classes_switched_off(switch, poison, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dx_row_classes_match_reference(shape, dtype, poison):
+def test_sm90_dx_row_classes_match_reference(shape, dtype, poison, monkeypatch):
     # dx v2 reads dY by TMA as eight classes of rows into raw rows that warps 1-3 of its loader
     # warpgroup shift into the MMA's tile: against float64 element by element, twice
     # (deterministic), and the row-class kernel really ran (both times).
+    monkeypatch.setenv("LARGEOUT_SM90_DX_RC", "1")
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, dtype, 73 + K + G)
     assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
@@ -693,8 +698,10 @@ def test_sm90_dx_row_classes_match_reference(shape, dtype, poison):
 
 @pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DX_RC", "0"), ("LARGEOUT_SM90_DX", "v1")], ids=lambda v: "=".join(v))
 def test_sm90_dx_row_classes_switched_off(switch, poison, monkeypatch):
-    # LARGEOUT_SM90_DX_RC=0 or LARGEOUT_SM90_DX=v1 run dx v1 at odd L instead: no row-class
-    # launch, the same gradient.
+    # Without LARGEOUT_SM90_DX_RC=1, or with it and LARGEOUT_SM90_DX=v1, dx v1 runs at odd L: no
+    # row-class launch, the same gradient.
+    if switch[0] != "LARGEOUT_SM90_DX_RC":
+        monkeypatch.setenv("LARGEOUT_SM90_DX_RC", "1")
     monkeypatch.setenv(*switch)
     B, H, L, K, G = 300, 768, 5003, 128, 64
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 74)
@@ -710,6 +717,7 @@ def test_sm90_dx_row_classes_switched_off(switch, poison, monkeypatch):
 def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
     # The row-class kernel with small rings (LARGEOUT_SM90_DW_STAGES) that wrap many times per
     # CTA: a stage's raw rows are rewritten only after every computing thread has placed them.
+    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     B, H, L, K, G = shape
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 72 + stages)

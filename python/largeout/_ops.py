@@ -85,18 +85,18 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     until the backward returns; LARGEOUT_PAD_DY=0 turns it off, =1 makes it wherever those
     kernels run. Measured: with both passes the step at L=670,091, G=32 5.87 -> 4.79 ms
     (bench/results/pad_dy_h200.json); with dx alone (a frozen weight) it pays at every G
-    (H100, K=128, B=512: G=32 4.23 -> 3.00 ms, G=128 2.65 -> 2.19). dW alone (a frozen input)
-    reads unaligned rows by TMA itself (as eight classes of rows, since session 38), so dY
-    stays as it is there unless LARGEOUT_SM90_DW_RC=0; before, the copy paid at G <= 64
-    (G=32 2.47 -> 2.08) but not at G >= 128 (1.59 -> 1.71;
-    bench/results/pad_frozen_*_s25_h100.json), which still holds with LARGEOUT_SM90_DW_RC=0."""
+    (H100, K=128, B=512: G=32 4.23 -> 3.00 ms, G=128 2.65 -> 2.19), with dW alone (a frozen
+    input) at G <= 64 (G=32 2.47 -> 2.08) but not at G >= 128 (1.59 -> 1.71), which keeps dY as
+    it is (bench/results/pad_frozen_*_s25_h100.json). With LARGEOUT_SM90_DW_RC=1 (opt-in, not yet
+    run on a GPU) dW reads unaligned rows by TMA itself, as eight classes of rows, and dW alone
+    keeps dY as it is at every G."""
     B, L = grad_out.shape
     force = os.environ.get("LARGEOUT_PAD_DY") == "1"
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
         return grad_out.contiguous()
     env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
-    dw_rc = (os.environ.get("LARGEOUT_SM90_DW_RC") != "0" and os.environ.get(env["weight"]) != "v1"
-             and os.environ.get("LARGEOUT_SM90_DW_DBIAS") != "loader")  # (the switches that turn it off)
+    dw_rc = (os.environ.get("LARGEOUT_SM90_DW_RC") == "1" and os.environ.get(env["weight"]) != "v1"
+             and os.environ.get("LARGEOUT_SM90_DW_DBIAS") != "loader")  # (the row-class dW runs)
     if tuple(passes) == ("weight",) and not force and (group_size >= 128 or dw_rc):
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]

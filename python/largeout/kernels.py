@@ -62,8 +62,8 @@ def launch_counts() -> dict:
     G = 64 kernel runs three computing warpgroups; ``LARGEOUT_SM90_FWD_G128_AS_64=0`` /
     ``=1``: never / always; the weight and input passes' ``"sm90-row-classes"`` count those of
     their ``"sm90"`` launches that read a dY whose row stride is not a multiple of 8 elements
-    (an odd number of labels, say) by TMA as eight classes of rows; ``LARGEOUT_SM90_DW_RC=0`` /
-    ``LARGEOUT_SM90_DX_RC=0``: never)."""
+    (an odd number of labels, say) by TMA as eight classes of rows, with ``LARGEOUT_SM90_DW_RC=1``
+    / ``LARGEOUT_SM90_DX_RC=1``; opt-in until they have run on a GPU)."""
     c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
     counts = {p: {"generic": c[2 * i], "sm90": c[2 * i + 1], "sm90-fp8": c[6 + i]} for i, p in enumerate(_PASSES)}
     counts["forward"]["sm90-g128-as-64"] = c[9]

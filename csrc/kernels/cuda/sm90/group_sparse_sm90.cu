@@ -749,8 +749,8 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // while the computing warps waited for stages. Measured (dwcp_*_s24_h100.json, B = 512 K = 128
 // L = 670,208, twice in turn): dW at G = 32 0.874 -> 0.470 ms, G = 64 0.537 -> 0.340, G = 128
 // 0.318 -> 0.310, so the loader's chain was dW's bound.
-// kRc (with kDbC; where dY's row stride is not a multiple of 8, LARGEOUT_SM90_DW_RC=0 opts out, v1
-// then runs): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
+// kRc (with kDbC; where dY's row stride is not a multiple of 8 and LARGEOUT_SM90_DW_RC=1, else v1
+// runs there): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
 // its raw rows; each computing thread shifts its dbias chunks from there into the MMA's tile
 // (zero past B), sums them, and the threads that share the stage meet at a named barrier
 // before the MMAs.
@@ -1419,8 +1419,8 @@ struct Dx2Cfg {
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null, upcast in place in each stage as in the forward.
-// kRc (16-bit weights; where dY's row stride is not a multiple of 8, LARGEOUT_SM90_DX_RC=0 opts
-// out, v1 then runs): the loader thread brings a unit's dY rows as eight row-class boxes (DyMaps)
+// kRc (16-bit weights; where dY's row stride is not a multiple of 8 and LARGEOUT_SM90_DX_RC=1, else
+// v1 runs there): the loader thread brings a unit's dY rows as eight row-class boxes (DyMaps)
 // into the stage's raw rows (barrier draw); warps 1-3 of the loader warpgroup shift them into
 // the tile TMA would have written (zero past B) and arrive on dfull.
 template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false, bool kRc = false>
@@ -2297,11 +2297,12 @@ int dw_loaders() {
 }
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
-// v2 through row classes (kRc) where dY's row stride is not a multiple of 8, unless
-// LARGEOUT_SM90_DW=v1 or LARGEOUT_SM90_DW_RC=0 (v1 then); it needs dbias by the computing
+// v2 through row classes (kRc) where dY's row stride is not a multiple of 8, with
+// LARGEOUT_SM90_DW_RC=1 (opt-in until it has run on a GPU: written in session 38, whose device
+// time went on refused starts) unless LARGEOUT_SM90_DW=v1; it needs dbias by the computing
 // warpgroups (dbc), else v1 runs.
 bool dw_rc_applies(const GroupSparseShape& s) {
-  return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
+  return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && env_is("LARGEOUT_SM90_DW_RC", "1");
 }
 std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 }  // namespace
@@ -2509,10 +2510,10 @@ bool dx_v2_applies(const GroupSparseShape& s) {
   return !env_is("LARGEOUT_SM90_DX", "v1") && s.dy_ld() % 8 == 0 &&
          (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
 }
-// dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8,
-// unless LARGEOUT_SM90_DX=v1 or LARGEOUT_SM90_DX_RC=0 (v1 then).
+// dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8, with
+// LARGEOUT_SM90_DX_RC=1 (opt-in until it has run on a GPU, as dW's) unless LARGEOUT_SM90_DX=v1.
 bool dx_v2_rc_applies(const GroupSparseShape& s) {
-  return !env_is("LARGEOUT_SM90_DX", "v1") && !env_is("LARGEOUT_SM90_DX_RC", "0") && s.dy_ld() % 8 != 0 &&
+  return !env_is("LARGEOUT_SM90_DX", "v1") && env_is("LARGEOUT_SM90_DX_RC", "1") && s.dy_ld() % 8 != 0 &&
          (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
 }
 std::atomic<int64_t> g_dx_rc{0};  // launches (dx_row_class_launches)
