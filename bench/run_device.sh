@@ -83,7 +83,8 @@
 #            without), then HOST_TESTS (default: the optimizer tests first, then the whole suite) as HOST_BUDGET s allow
 #     rowclass build, dW and dx v2 through row classes at odd L (session 38): their tests, LARGEOUT_SM90_D{W,X}_RC=0,1 by
 #            bench_knob.py (RC_KNOB_B / _K / _L), the step padded and not (frozen x, frozen weight, neither), memcheck,
-#            then the other dW / dx tests and the optimizer tests as RC_BUDGET s after the start allow (default 585)
+#            then the other dW / dx tests and the optimizer tests as RC_BUDGET s after the start allow (default 585);
+#            RC_TESTS_K / RC_TESTS_TIMEOUT: the first tests' -k expression and time limit
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -434,7 +435,8 @@ if [ "$MODE" = rowclass ]; then  # session 38: dW and dx v2 through row classes 
   # the optimizer tests, as RC_BUDGET s allow (585)
   deadline=$(( T0 + ${RC_BUDGET:-585} ))
   echo "== tests: dW and dx through row classes"
-  RUN_TESTS_TIMEOUT=180 run_tests gpu_tests_rc.log tests/test_group_sparse_sm90.py -k "row_classes or pads_dy"
+  RUN_TESTS_TIMEOUT=${RC_TESTS_TIMEOUT:-180} run_tests gpu_tests_rc.log tests/test_group_sparse_sm90.py \
+    -k "${RC_TESTS_K:-row_classes or pads_dy}"
   for pass in dw dx; do
     v=$(echo $pass | tr a-z A-Z)
     left=$(( deadline - $(date +%s) ))
