@@ -648,67 +648,46 @@ RC_SHAPES = [
 ]
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_row_classes_match_reference(shape, dtype, poison, monkeypatch):
-    # dW and dbias read dY by TMA as eight classes of rows (rows c, c + 8, ..: an aligned stride
-    # at any L), each thread shifting its chunks into the MMA's tile: against float64 element by
-    # element, twice (deterministic), and the row-class kernel really ran (both times).
-    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
+def check_row_classes(pass_, shape, dtype, seed, launches):
+    """dW and dbias (pass_ "weight") or dx ("input") at odd L on the Hopper kernels, twice
+    (deterministic), against float64 element by element; `launches` of them through row
+    classes (launch_counts()[pass_]["sm90-row-classes"])."""
     B, H, L, K, G = shape
     assert L % 8 != 0
-    x, w, b, idx, dy = make(B, H, L, K, G, dtype, 70 + K + G)
-    assert kernels.path("weight", dtype, B, H, L, K, G) == "sm90"
-    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
-    assert_sm90_dw_matches(dy, dy, x, idx, G)
-    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before + 2
-
-
-@pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DW_RC", "0"), ("LARGEOUT_SM90_DW", "v1"),
-                                    ("LARGEOUT_SM90_DW_DBIAS", "loader")], ids=lambda v: "=".join(v))
-def test_sm90_dw_row_classes_switched_off(switch, poison, monkeypatch):
-    # Without LARGEOUT_SM90_DW_RC=1, or with it and LARGEOUT_SM90_DW=v1 or dbias by the loader
-    # (which the row-class kernel does not do), v1 runs at odd L: no row-class launch, the same
-    # gradients.
-    if switch[0] != "LARGEOUT_SM90_DW_RC":
-        monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
-    monkeypatch.setenv(*switch)
-    B, H, L, K, G = 300, 768, 5003, 128, 64
-    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 71)
-    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
-    assert_sm90_dw_matches(dy, dy, x, idx, G)
-    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before
+    x, w, b, idx, dy = make(B, H, L, K, G, dtype, seed)
+    assert kernels.path(pass_, dtype, B, H, L, K, G) == "sm90"
+    before = kernels.launch_counts()[pass_]["sm90-row-classes"]
+    if pass_ == "weight":
+        assert_sm90_dw_matches(dy, dy, x, idx, G)
+    else:
+        dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
+        assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
+    assert kernels.launch_counts()[pass_]["sm90-row-classes"] == before + launches
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dx_row_classes_match_reference(shape, dtype, poison, monkeypatch):
-    # dx v2 reads dY by TMA as eight classes of rows into raw rows that warps 1-3 of its loader
-    # warpgroup shift into the MMA's tile: against float64 element by element, twice
-    # (deterministic), and the row-class kernel really ran (both times).
-    monkeypatch.setenv("LARGEOUT_SM90_DX_RC", "1")
-    B, H, L, K, G = shape
-    x, w, b, idx, dy = make(B, H, L, K, G, dtype, 73 + K + G)
-    assert kernels.path("input", dtype, B, H, L, K, G) == "sm90"
-    before = kernels.launch_counts()["input"]["sm90-row-classes"]
-    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
-    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
-    assert kernels.launch_counts()["input"]["sm90-row-classes"] == before + 2
+@pytest.mark.parametrize("pass_", ["weight", "input"])
+def test_sm90_row_classes_match_reference(pass_, shape, dtype, poison, monkeypatch):
+    # dW and dbias (the computing warpgroups shift their dbias chunks from the raw rows into the
+    # MMA's tile) or dx v2 (warps 1-3 of its loader warpgroup do) read dY by TMA as eight classes
+    # of rows (rows c, c + 8, ..: an aligned stride at any L): against float64 element by element,
+    # twice (deterministic), and the row-class kernel really ran (both times).
+    monkeypatch.setenv("LARGEOUT_SM90_DW_RC" if pass_ == "weight" else "LARGEOUT_SM90_DX_RC", "1")
+    check_row_classes(pass_, shape, dtype, 70 + shape[3] + shape[4], 2)
 
 
-@pytest.mark.parametrize("switch", [("LARGEOUT_SM90_DX_RC", "0"), ("LARGEOUT_SM90_DX", "v1")], ids=lambda v: "=".join(v))
-def test_sm90_dx_row_classes_switched_off(switch, poison, monkeypatch):
-    # Without LARGEOUT_SM90_DX_RC=1, or with it and LARGEOUT_SM90_DX=v1, dx v1 runs at odd L: no
-    # row-class launch, the same gradient.
-    if switch[0] != "LARGEOUT_SM90_DX_RC":
-        monkeypatch.setenv("LARGEOUT_SM90_DX_RC", "1")
-    monkeypatch.setenv(*switch)
-    B, H, L, K, G = 300, 768, 5003, 128, 64
-    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 74)
-    before = kernels.launch_counts()["input"]["sm90-row-classes"]
-    dx = twice_on_sm90("input", lambda: torch.ops.largeout.group_sparse_linear_backward_input(dy, w, idx, G, H))
-    assert_elementwise_close(dx, dx_reference_cuda(dy, w, idx, G, H))
-    assert kernels.launch_counts()["input"]["sm90-row-classes"] == before
+@pytest.mark.parametrize("pass_,switch", [("weight", None), ("weight", ("LARGEOUT_SM90_DW", "v1")),
+                                          ("weight", ("LARGEOUT_SM90_DW_DBIAS", "loader")), ("input", None),
+                                          ("input", ("LARGEOUT_SM90_DX", "v1"))], ids=str)
+def test_sm90_row_classes_switched_off(pass_, switch, poison, monkeypatch):
+    # Without LARGEOUT_SM90_DW_RC=1 / LARGEOUT_SM90_DX_RC=1 (None), or with it and v1 forced or
+    # (dW) dbias by the loader, which the row-class kernel does not do, v1 runs at odd L: no
+    # row-class launch, the same gradients.
+    if switch is not None:
+        monkeypatch.setenv("LARGEOUT_SM90_DW_RC" if pass_ == "weight" else "LARGEOUT_SM90_DX_RC", "1")
+        monkeypatch.setenv(*switch)
+    check_row_classes(pass_, (300, 768, 5003, 128, 64), torch.bfloat16, 71, 0)
 
 
 @pytest.mark.parametrize("stages", [4, 5, 11])
@@ -719,11 +698,7 @@ def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
     # CTA: a stage's raw rows are rewritten only after every computing thread has placed them.
     monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "1")
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
-    B, H, L, K, G = shape
-    x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 72 + stages)
-    before = kernels.launch_counts()["weight"]["sm90-row-classes"]
-    assert_sm90_dw_matches(dy, dy, x, idx, G)
-    assert kernels.launch_counts()["weight"]["sm90-row-classes"] == before + 2
+    check_row_classes("weight", shape, torch.bfloat16, 72 + stages, 2)
 
 
 def _in_fresh_thread(fn):
