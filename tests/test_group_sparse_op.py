@@ -60,6 +60,32 @@ def test_forward_backward_match_reference(shape, dtype, device, poison):
     assert rel_err(b.grad, db_ref) < REL_TOL[dtype]
 
 
+@pytest.mark.skipif(torch.backends.cpu.get_cpu_capability() not in ("AVX2", "AVX512"), reason="the CPU has no AVX2")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_cpu_kernels_same_bits_on_every_isa(shape, dtype, monkeypatch):
+    # The CPU kernels' AVX2 copies (the default where the CPU has AVX2) and their baseline-ISA
+    # copies (LARGEOUT_CPU_ISA=base) come from one body in one order of operations: forward,
+    # dx, dW and dbias bit-identical.
+    B, H, L, K, G = shape
+    if B * L * K > 5e7 and dtype != torch.float32:
+        pytest.skip("large CPU case covered in float32")
+    x, w, b, idx = make_inputs(B, H, L, K, G, dtype, "cpu", 17)
+    dy = torch.randn(B, L, generator=torch.Generator().manual_seed(18), dtype=torch.float64).to(dtype)
+    ops = torch.ops.largeout
+
+    def passes():
+        return (ops.group_sparse_linear(x, w, idx, b, G), ops.group_sparse_linear_backward_input(dy, w, idx, G, H),
+                *ops.group_sparse_linear_backward_weight(dy, x, idx, G))
+
+    wide = passes()
+    monkeypatch.setenv("LARGEOUT_CPU_ISA", "base")
+    base = passes()
+    for name, u, v in zip(("forward", "dx", "dW", "dbias"), wide, base):
+        assert torch.isfinite(u).all(), name
+        assert torch.equal(u, v), name
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_no_labels_is_refused(device):
     # L = 0: each op refuses it with an error naming the argument (the CUDA dx path used to
