@@ -158,58 +158,46 @@ LARGEOUT_ALWAYS_INLINE void dw_tasks(const GroupSparseShape& s, const T* dy, con
   }
 }
 
-// Each body compiled for the baseline ISA and for AVX2.
-template <class T>
-void fwd_base(const GroupSparseShape& s, const T* x, const T* w, const int32_t* idx, const T* bias, T* y,
-              int64_t begin, int64_t end) {
-  fwd_tasks<T>(s, x, w, idx, bias, y, begin, end);
+// A body's tasks compiled for the baseline ISA or, in run_avx2, for AVX2 (the always-inline
+// body inlines into each); run_tasks calls the copy `avx2` names.
+template <auto Body, class... Args>
+void run_base(const Args&... args) {
+  Body(args...);
 }
-template <class T>
-LARGEOUT_TARGET_AVX2 void fwd_avx2(const GroupSparseShape& s, const T* x, const T* w, const int32_t* idx,
-                                   const T* bias, T* y, int64_t begin, int64_t end) {
-  fwd_tasks<T>(s, x, w, idx, bias, y, begin, end);
+template <auto Body, class... Args>
+LARGEOUT_TARGET_AVX2 void run_avx2(const Args&... args) {
+  Body(args...);
 }
-template <class T>
-void dx_base(const GroupSparseShape& s, const T* dy, const T* w, const int32_t* idx, T* dx, int64_t begin,
-             int64_t end) {
-  dx_tasks<T>(s, dy, w, idx, dx, begin, end);
-}
-template <class T>
-LARGEOUT_TARGET_AVX2 void dx_avx2(const GroupSparseShape& s, const T* dy, const T* w, const int32_t* idx, T* dx,
-                                  int64_t begin, int64_t end) {
-  dx_tasks<T>(s, dy, w, idx, dx, begin, end);
-}
-template <class T>
-void dw_base(const GroupSparseShape& s, const T* dy, const T* x, const int32_t* idx, T* dw, T* dbias, int64_t begin,
-             int64_t end) {
-  dw_tasks<T>(s, dy, x, idx, dw, dbias, begin, end);
-}
-template <class T>
-LARGEOUT_TARGET_AVX2 void dw_avx2(const GroupSparseShape& s, const T* dy, const T* x, const int32_t* idx, T* dw,
-                                  T* dbias, int64_t begin, int64_t end) {
-  dw_tasks<T>(s, dy, x, idx, dw, dbias, begin, end);
+template <auto Body, class... Args>
+void run_tasks(bool avx2, const Args&... args) {
+  if (avx2)
+    run_avx2<Body>(args...);
+  else
+    run_base<Body>(args...);
 }
 
 template <class T>
 void fwd_impl(const GroupSparseShape& s, const T* x, const T* w, const int32_t* idx, const T* bias,
               T* y, const ParallelFor& pf) {
   const int64_t nrb = (s.batch + kRowBlock - 1) / kRowBlock;
-  auto* run = use_avx2() ? &fwd_avx2<T> : &fwd_base<T>;
-  pf(0, s.num_groups() * nrb, 1, [&](int64_t begin, int64_t end) { run(s, x, w, idx, bias, y, begin, end); });
+  const bool avx2 = use_avx2();
+  pf(0, s.num_groups() * nrb, 1,
+     [&](int64_t begin, int64_t end) { run_tasks<&fwd_tasks<T>>(avx2, s, x, w, idx, bias, y, begin, end); });
 }
 
 template <class T>
 void dx_impl(const GroupSparseShape& s, const T* dy, const T* w, const int32_t* idx, T* dx,
              const ParallelFor& pf) {
-  auto* run = use_avx2() ? &dx_avx2<T> : &dx_base<T>;
-  pf(0, s.batch, 1, [&](int64_t begin, int64_t end) { run(s, dy, w, idx, dx, begin, end); });
+  const bool avx2 = use_avx2();
+  pf(0, s.batch, 1, [&](int64_t begin, int64_t end) { run_tasks<&dx_tasks<T>>(avx2, s, dy, w, idx, dx, begin, end); });
 }
 
 template <class T>
 void dw_impl(const GroupSparseShape& s, const T* dy, const T* x, const int32_t* idx, T* dw, T* dbias,
              const ParallelFor& pf) {
-  auto* run = use_avx2() ? &dw_avx2<T> : &dw_base<T>;
-  pf(0, s.num_groups(), 1, [&](int64_t begin, int64_t end) { run(s, dy, x, idx, dw, dbias, begin, end); });
+  const bool avx2 = use_avx2();
+  pf(0, s.num_groups(), 1,
+     [&](int64_t begin, int64_t end) { run_tasks<&dw_tasks<T>>(avx2, s, dy, x, idx, dw, dbias, begin, end); });
 }
 
 template <template <class> class Fn, class... Args>
