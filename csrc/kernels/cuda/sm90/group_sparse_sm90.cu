@@ -700,8 +700,8 @@ struct DwCfg {
   }
 };
 
-// dY's tensor maps for dW v2: m[0] alone (rows of 16-byte aligned stride), or with kRc one per
-// row class. Rows c, c + 8, c + 16, .. of dY (class c) lie 16 ldy bytes apart, an aligned
+// dY's tensor maps for dW v2 and dx v2: m[0] alone (rows of 16-byte aligned stride), or with kRc
+// one per row class. Rows c, c + 8, c + 16, .. of dY (class c) lie 16 ldy bytes apart, an aligned
 // stride even where ldy is odd: class c's map starts at row c's first element rounded down to
 // 16 bytes, shift = (c ldy) mod 8 elements before it, so label l of the class's row i is its
 // column l + shift. A box at the (aligned) column g G, G + 8 labels wide, holds the G labels of
@@ -1052,7 +1052,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         // per stage: at G = 128, K = 256 the two accumulators leave no registers to keep them,
         // and an unrolled loop spilled 40 bytes.)
         const int rc_shift = tm_dy.shift(dr0 & 7);
-        const uint8_t* rc_row0 = st + C::kABytes + C::kDyBytes + (dr0 & 7) * 8 * C::Seg::kRawRowBytes + dpc * 16;
+        const uint8_t* rc_row0 = st + C::kABytes + C::kDyBytes + (dr0 & 7) * C::kRcBoxBytes + dpc * 16;
 #pragma unroll(G == 128 && kNmb == 4 ? 1 : kDbPer)
         for (int m = 0; m < kDbPer; ++m) {
           const int r = dr0 + kDbRowStep * m;
@@ -1513,7 +1513,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ D
         // labels 8 (e % (kRows / 8)) ..) by thread e mod 96, zero past B; then the proxy fence (the
         // MMAs read the tile) and one arrival per warp.
         constexpr int kCpr = C::kRows / 8;  // chunks per row
-        const int pt = threadIdx.x - 32, plane = threadIdx.x & 31;
+        const int pt = threadIdx.x - 32;
         RingPos dp{0, 0};
         for (int gu = g_begin; gu < g_pad; gu += kU) {
           const int d = dp.slot;
@@ -1530,8 +1530,7 @@ gsl_dx2_sm90(const __grid_constant__ CUtensorMap tm_w, const __grid_constant__ D
             *reinterpret_cast<uint4*>(tile + (c >> 3) * 4096 + swz<128>(r, 16 * (c & 7))) = v;
           }
           fence_proxy_async();
-          __syncwarp();
-          if (plane == 0) mbar_arrive(&dfull[d]);
+          release(&dfull[d], threadIdx.x & 31);
         }
       }
     }
@@ -2506,15 +2505,16 @@ bool dx2_stages(int64_t H, const DeviceInfo& dev, int* wst, int* dst, bool w8 = 
   return C::smem_bytes(H, *wst, *dst, w8, rc) <= smem_budget(dev);
 }
 
-bool dx_v2_applies(const GroupSparseShape& s) {
-  return !env_is("LARGEOUT_SM90_DX", "v1") && s.dy_ld() % 8 == 0 &&
-         (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
+// The shapes dx v2 takes whatever dY's row stride (unless LARGEOUT_SM90_DX=v1).
+bool dx_v2_covers(const GroupSparseShape& s) {
+  return !env_is("LARGEOUT_SM90_DX", "v1") && (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) &&
+         cdiv(s.batch, 32) <= 65535;
 }
+bool dx_v2_applies(const GroupSparseShape& s) { return dx_v2_covers(s) && s.dy_ld() % 8 == 0; }
 // dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8, with
-// LARGEOUT_SM90_DX_RC=1 (opt-in until it has run on a GPU, as dW's) unless LARGEOUT_SM90_DX=v1.
+// LARGEOUT_SM90_DX_RC=1 (opt-in until it has run on a GPU, as dW's).
 bool dx_v2_rc_applies(const GroupSparseShape& s) {
-  return !env_is("LARGEOUT_SM90_DX", "v1") && env_is("LARGEOUT_SM90_DX_RC", "1") && s.dy_ld() % 8 != 0 &&
-         (s.fan_in == 64 || s.fan_in == 128 || s.fan_in == 256) && cdiv(s.batch, 32) <= 65535;
+  return dx_v2_covers(s) && s.dy_ld() % 8 != 0 && env_is("LARGEOUT_SM90_DX_RC", "1");
 }
 std::atomic<int64_t> g_dx_rc{0};  // launches (dx_row_class_launches)
 
@@ -2573,10 +2573,10 @@ cudaError_t dx_v2(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, in
       if (rc) kernel = gsl_dx2_sm90<T, G, kNk, 0, false, true>;
     if constexpr (!kW8 && std::is_same_v<T, __nv_bfloat16> && G == 32 && kNk == 2) {
       // Timing probes (bench/probe_fwd.py --passes dx): LARGEOUT_SM90_DX_PROBE (1-3).
-      const int pv = env_int("LARGEOUT_SM90_DX_PROBE");
-      if (pv == 1 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
-      if (pv == 2 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
-      if (pv == 3 && !rc) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
+      const int pv = rc ? 0 : env_int("LARGEOUT_SM90_DX_PROBE");  // (no probes of the row-class kernel)
+      if (pv == 1) kernel = gsl_dx2_sm90<T, G, kNk, 1>;
+      if (pv == 2) kernel = gsl_dx2_sm90<T, G, kNk, 2>;
+      if (pv == 3) kernel = gsl_dx2_sm90<T, G, kNk, 3>;
     }
     const int64_t smem = C::smem_bytes(s.in_features, wst, dst, kW8, rc);
     if (cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
