@@ -2,9 +2,9 @@
 backward ops for dx, dW and dbias), with whatever LARGEOUT_PAD_DY says: run it once with
 LARGEOUT_PAD_DY=0 and once with 1 (padded wherever the TMA kernels run) to compare the
 row-padded dY path (dY copied once into [B, L rounded up to 8] so that dx v3 / v2 and dW v2
-read it by TMA) with the unpadded one (the v1 kernels; dx v2 and dW v2 through row classes
-with LARGEOUT_SM90_DX_RC=1 and LARGEOUT_SM90_DW_RC=1, session 38). --frozen x (or weight) times the step with that tensor not requiring a
-gradient (only dW and dbias, or only dx and dbias, run; the padding applies there too since
+read it by TMA) with the unpadded one (dx v2 and dW v2 through row classes, the default since
+session 39; the v1 kernels with LARGEOUT_SM90_DX_RC=0 and LARGEOUT_SM90_DW_RC=0). --frozen x
+(or weight) times the step with that tensor not requiring a gradient (only dW and dbias, or only dx and dbias, run; the padding applies there too since
 session 25). A shape that fails is recorded with its error and the rest still run.
 
     LARGEOUT_PAD_DY=1 python bench/bench_pad_dy.py --out pad_dy_1.json
@@ -62,8 +62,8 @@ def main() -> None:
             x = w = b = dy = None
             torch.cuda.empty_cache()
     write_rows(a.out, rows, __doc__, pad_dy=os.environ.get("LARGEOUT_PAD_DY", "(unset: the default policy)"),
-               dw_rc=os.environ.get("LARGEOUT_SM90_DW_RC", "(unset: off)"),
-               dx_rc=os.environ.get("LARGEOUT_SM90_DX_RC", "(unset: off)"))
+               dw_rc=os.environ.get("LARGEOUT_SM90_DW_RC", "(unset: on)"),
+               dx_rc=os.environ.get("LARGEOUT_SM90_DX_RC", "(unset: on)"))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,9 @@
 #            bench_knob.py (RC_KNOB_B / _K / _L), the step padded and not (frozen x, frozen weight, neither), memcheck,
 #            then the other dW / dx tests and the optimizer tests as RC_BUDGET s after the start allow (default 585);
 #            RC_TESTS_K / RC_TESTS_TIMEOUT: the first tests' -k expression and time limit
+#     rcdefault build, the row classes as the default (session 39): their tests and the padding rule's (RCD_TESTS_K,
+#            RCD_TESTS_TIMEOUT), the step padded / not with x, the weight or neither frozen, then the grid at odd L
+#            per batch size (SWEEP_B) until RCD_BUDGET s (default 585)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -458,6 +461,20 @@ if [ "$MODE" = rowclass ]; then  # session 38: dW and dx v2 through row classes 
   [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 5 )) run_tests gpu_tests_dwdx_optim.log tests/test_optim.py \
     tests/test_weight_scale.py tests/test_stochastic_round.py tests/test_group_sparse_sm90.py \
     -k "dw or dx or optim or round or scale or odd"
+  exit 0
+fi
+
+if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; their tests and the padding rule's, the
+  # step padded (LARGEOUT_PAD_DY=1) and not (0: row classes) with x frozen, the weight frozen and neither, then the
+  # grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s after the start (default 585)
+  deadline=$(( T0 + ${RCD_BUDGET:-585} ))
+  echo "== tests: row classes, the padding rule, fresh threads, K = 64's batch split"
+  RUN_TESTS_TIMEOUT=${RCD_TESTS_TIMEOUT:-170} run_tests gpu_tests_rcd.log tests/test_group_sparse_sm90.py \
+    -k "${RCD_TESTS_K:-row_classes or pads_dy or reads_dy or fresh_thread or split_batch or alternate_groups}"
+  for fr in none weight x; do
+    frozen_steps $(( deadline + 60 )) $fr 32,64,128 670091 1 0
+  done
+  GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
 

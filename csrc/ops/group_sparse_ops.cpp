@@ -486,6 +486,26 @@ std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int6
 #endif
 }
 
+// Whether the pass's CUDA kernels would read dY by TMA with row stride ld (>= L): where ld is a
+// multiple of 8 (a row-padded dY), or through row classes where it is not. For an fp8 dtype (the
+// weight's) the input pass's fp8 kernels, which need a multiple of 8; the weight pass's bf16 ones.
+bool cuda_reads_dy_by_tma(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
+                          int64_t G, int64_t ld) {
+#ifdef LARGEOUT_WITH_CUDA
+  const cuda::Pass p = parse_pass(pass);
+  TORCH_CHECK(ld >= L, "largeout: ld must be at least L = ", L, "; got ", ld);
+  GroupSparseShape shape = make_shape(B, H, L, K, G);
+  shape.grad_ld = ld;
+  if (dtype == at::kFloat8_e4m3fn || dtype == at::kFloat8_e5m2) {
+    if (p == cuda::Pass::kInput) return ld % 8 == 0 && cuda::fp8_kernels_apply(p, shape, device_info());
+    dtype = at::kBFloat16;
+  }
+  return cuda::dy_tma_supported(p, to_dtype(dtype, "dtype"), shape, device_info());
+#else
+  TORCH_CHECK(false, "largeout: built without CUDA kernels");
+#endif
+}
+
 // Launch counts since start: [forward generic, forward sm90, input generic, input sm90,
 // weight generic, weight sm90, forward sm90-fp8, input sm90-fp8, weight sm90-fp8, forward
 // sm90 launches of G = 128 layers through the G = 64 kernel (also counted as forward sm90), weight

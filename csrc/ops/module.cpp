@@ -67,6 +67,8 @@ void set_kernel_policy(const std::string& policy);
 std::string get_kernel_policy();
 std::string cuda_kernel_path(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
                              int64_t G);
+bool cuda_reads_dy_by_tma(const std::string& pass, at::ScalarType dtype, int64_t B, int64_t H, int64_t L, int64_t K,
+                          int64_t G, int64_t ld);
 std::vector<int64_t> cuda_launch_counts();
 // Defined in fp8_ops.cpp.
 std::vector<std::string> fp8_gemm_configs();
@@ -79,6 +81,8 @@ TORCH_LIBRARY(largeout, m) {
   m.def("get_kernel_policy() -> str", &largeout::get_kernel_policy);
   m.def("cuda_kernel_path(str pass_, ScalarType dtype, int B, int H, int L, int K, int G) -> str",
         &largeout::cuda_kernel_path);
+  m.def("cuda_reads_dy_by_tma(str pass_, ScalarType dtype, int B, int H, int L, int K, int G, int ld) -> bool",
+        &largeout::cuda_reads_dy_by_tma);
   m.def("cuda_launch_counts() -> int[]", &largeout::cuda_launch_counts);
   // Stochastic rounding of float32 x to dtype (bfloat16, float16, float8_e4m3fn,
   // float8_e5m2) with Philox bits keyed by (seed, offset).

@@ -76,34 +76,32 @@ def _gsl_setup_context(ctx, inputs, output):
 
 
 def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
-    """dY as a row-padded view ([B, L] inside [B, L rounded up to 8]) where L is not a
-    multiple of 8 and the Hopper kernels run the backward passes named in ``passes``
-    ("input": dx, "weight": dW and dbias) in their versions that read dY by TMA, which needs
-    16-byte row strides (one copy of dY instead of the slower kernels for unaligned rows;
-    the ops copy it back where their kernel cannot take it), else dY contiguous. The copy,
-    one pass of largeout.pad_columns_sum (from any strides), is as large as dY and lives
-    until the backward returns; LARGEOUT_PAD_DY=0 turns it off, =1 makes it wherever those
-    kernels run. Measured: with both passes the step at L=670,091, G=32 5.87 -> 4.79 ms
-    (bench/results/pad_dy_h200.json); with dx alone (a frozen weight) it pays at every G
-    (H100, K=128, B=512: G=32 4.23 -> 3.00 ms, G=128 2.65 -> 2.19), with dW alone (a frozen
-    input) at G <= 64 (G=32 2.47 -> 2.08) but not at G >= 128 (1.59 -> 1.71), which keeps dY as
-    it is (bench/results/pad_frozen_*_s25_h100.json). With LARGEOUT_SM90_DW_RC=1 (opt-in, not yet
-    run on a GPU) dW reads unaligned rows by TMA itself, as eight classes of rows, and dW alone
-    keeps dY as it is at every G."""
+    """dY as the backward passes named in ``passes`` ("input": dx, "weight": dW and dbias)
+    read it fastest where L is not a multiple of 8, else contiguous.
+
+    On Hopper those passes read dY by TMA: with rows a multiple of 8 elements apart, or at any
+    row stride through row classes (rows c, c + 8, ..., 16-bit weights; the default since
+    session 39). Where every pass named reads contiguous dY so, dY stays as it is. Else, where
+    they all read a row-padded dY ([B, L] inside [B, L rounded up to 8]) by TMA, one copy
+    (largeout.pad_columns_sum, from any strides; as large as dY, alive until the backward
+    returns) replaces the slower kernels for unaligned rows, except for dW alone at G >= 128,
+    where those measured faster (bench/results/pad_frozen_*_s25_h100.json). LARGEOUT_PAD_DY=0
+    never pads, =1 pads wherever the padded dY is read by TMA (to compare). Measured at
+    L = 670,091 (bench/results/pad_frozen_*_s39_h100.json): the unpadded dY through row classes
+    is faster than the padded copy for each pass alone and for both."""
     B, L = grad_out.shape
-    force = os.environ.get("LARGEOUT_PAD_DY") == "1"
-    if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or os.environ.get("LARGEOUT_PAD_DY") == "0":
-        return grad_out.contiguous()
-    env = {"input": "LARGEOUT_SM90_DX", "weight": "LARGEOUT_SM90_DW"}
-    dw_rc = (os.environ.get("LARGEOUT_SM90_DW_RC") == "1" and os.environ.get(env["weight"]) != "v1"
-             and os.environ.get("LARGEOUT_SM90_DW_DBIAS") != "loader")  # (the row-class dW runs)
-    if tuple(passes) == ("weight",) and not force and (group_size >= 128 or dw_rc):
+    pad = os.environ.get("LARGEOUT_PAD_DY")
+    if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or pad == "0":
         return grad_out.contiguous()
     H, K = x.shape[1], weight.shape[1]
-    if K not in (64, 128, 256) or any(os.environ.get(env[p]) == "v1" for p in passes):
+
+    def by_tma(ld):
+        return all(torch.ops.largeout.cuda_reads_dy_by_tma(
+            p, weight.dtype if p == "input" else grad_out.dtype, B, H, L, K, group_size, ld) for p in passes)
+
+    if pad != "1" and (by_tma(L) or (tuple(passes) == ("weight",) and group_size >= 128)):
         return grad_out.contiguous()
-    if grad_out.dtype not in (torch.bfloat16, torch.float16) or any(
-            torch.ops.largeout.cuda_kernel_path(p, grad_out.dtype, B, H, L, K, group_size) != "sm90" for p in passes):
+    if grad_out.dtype not in (torch.bfloat16, torch.float16) or not by_tma(-(-L // 8) * 8):
         return grad_out.contiguous()
     return torch.ops.largeout.pad_columns_sum(grad_out, 8, True, False)[0][:, :L]
 

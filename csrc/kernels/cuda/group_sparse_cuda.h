@@ -42,8 +42,9 @@ Path choose_path(Pass pass, DType dtype, const GroupSparseShape& s, const Device
 int64_t launch_count(Pass pass, Path path);
 void count_launch(Pass pass, Path path);  // (the launchers' side of launch_count)
 inline bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-// Whether the pass (input or weight) reads dY by TMA on this device for this shape, so that
-// dY may be a row-padded view with row stride s.grad_ld (a multiple of 8; bench/NOTES.md).
+// Whether the pass (input or weight) reads dY by TMA on this device for this shape, with row
+// stride s.dy_ld(): a multiple of 8, so that dY may be a row-padded view (bench/NOTES.md), or
+// not, through row classes.
 bool dy_tma_supported(Pass pass, DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 
 cudaError_t group_sparse_fwd(DType dtype, const GroupSparseShape& s, const void* x, const void* weight,

@@ -2114,6 +2114,28 @@ int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false, boo
   return st;
 }
 
+// Whether K = 64's batch chunks are split between the computing warpgroups (split_b): where the
+// ring cannot hold two groups' chunks.
+template <int G, int kNmb>
+bool dw_split_b(const DeviceInfo& dev, int64_t batch, bool tma, bool rc) {
+  return kNmb == 1 && 2 * cdiv(batch, 64) > dw_stages<G, kNmb>(dev, tma, false, false, rc);
+}
+
+// dW's ring for one launch (dbc: dbias's partials from the computing warpgroups, [256][8] fp32,
+// else from the loader, [128][8]).
+template <int G, int kNmb>
+int dw_ring(const DeviceInfo& dev, int64_t batch, bool tma, bool split_b, bool dbc, bool rc) {
+  int st = dw_stages<G, kNmb>(dev, tma, split_b, dbc, rc);
+  // K = 64 without split_b (the computing warpgroups take alternate groups of nbc steps) and dY
+  // by TMA: a stage's `full` barrier completes when its copies land, in any order, so a
+  // warpgroup waiting for step X needs step X - stages of the same slot complete; that is sure
+  // only for its own steps, i.e. when the ring is a multiple of two groups' steps (2 nbc <=
+  // stages here without dbc; with at least 4 stages the result is at least 4). v1's loader
+  // completes `full` in step order.
+  if (kNmb == 1 && !split_b && tma) st -= st % (2 * int(cdiv(batch, 64)));
+  return st;
+}
+
 template <int G>
 void dx_stages(int64_t H, const DeviceInfo& dev, int* ws, int* ds) {
   // Enough dY tiles in flight to cover DRAM latency (their rows are L apart).
@@ -2296,20 +2318,38 @@ int dw_loaders() {
 }
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
-// v2 through row classes (kRc) where dY's row stride is not a multiple of 8, with
-// LARGEOUT_SM90_DW_RC=1 (opt-in until it has run on a GPU: written in session 38, whose device
-// time went on refused starts) unless LARGEOUT_SM90_DW=v1; it needs dbias by the computing
-// warpgroups (dbc), else v1 runs.
+// v2 through row classes (kRc) where dY's row stride is not a multiple of 8, unless
+// LARGEOUT_SM90_DW=v1 or LARGEOUT_SM90_DW_RC=0 (the default since session 39: 1.7-3.0x faster than v1
+// at L = 670,091, knob_dw_rc_s39_h100.json); it needs dbias by the computing warpgroups (dbc),
+// else v1 runs.
 bool dw_rc_applies(const GroupSparseShape& s) {
-  return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && env_is("LARGEOUT_SM90_DW_RC", "1");
+  return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
 }
 std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 }  // namespace
 
 int64_t dw_row_class_launches() { return g_dw_rc.load(); }
 
+// Whether dw() runs the row-class kernel for this shape (dbias by the computing warpgroups, with a
+// ring of at least 3 stages; else v1).
+bool dw_rc_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  if (!dw_rc_applies(s) || env_is("LARGEOUT_SM90_DW_DBIAS", "loader")) return false;
+  bool fits = false;
+  dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
+    if constexpr (G >= 32) {
+      return dispatch_k(s.fan_in, [&]<int kNmb>() -> cudaError_t {
+        const bool split_b = dw_split_b<G, kNmb>(dev, s.batch, true, true);
+        fits = (!split_b || dw_split_batch()) && dw_ring<G, kNmb>(dev, s.batch, true, split_b, true, true) >= 3;
+        return cudaSuccess;
+      });
+    }
+    return cudaSuccess;
+  });
+  return fits;
+}
+
 bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
-  return dw_supported(dt, s, dev) && dw_v2_applies(s);
+  return dw_supported(dt, s, dev) && (dw_v2_applies(s) || dw_rc_fits(dt, s, dev));
 }
 
 bool dw_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2350,7 +2390,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         const bool aligned_dy = reinterpret_cast<uintptr_t>(dy) % 16 == 0;
         bool rc = aligned_dy && dw_rc_applies(s);
         bool tma = (dw_v2_applies(s) && aligned_dy) || rc;
-        const bool split_b = kNmb == 1 && 2 * cdiv(s.batch, 64) > dw_stages<G, kNmb>(dev, tma, false, false, rc);
+        const bool split_b = dw_split_b<G, kNmb>(dev, s.batch, tma, rc);
         if (split_b && !dw_split_batch()) return cudaErrorInvalidValue;
         // More loader warpgroups (LARGEOUT_SM90_DW_LOADERS): 2 except at G = 128, K = 256 (its
         // two 64-wide accumulators spill at 128 registers a thread), 4 at G = 32 only (768
@@ -2359,19 +2399,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         int loaders = tma && !rc ? dw_loaders() : 1;
         if (loaders == 4 && !kFourFit) loaders = 2;
         if (loaders == 2 && !kTwoFit) loaders = 1;
-        // The ring's size, with dbias's partials from the loader ([128][8] fp32) or from the
-        // computing warpgroups (dbc: [256][8]).
-        auto ring = [&](bool dbc) {
-          int st = dw_stages<G, kNmb>(dev, tma, split_b, dbc, rc);
-          // K = 64 without split_b (the computing warpgroups take alternate groups of nbc
-          // steps) and dY by TMA: a stage's `full` barrier completes when its copies land, in
-          // any order, so a warpgroup waiting for step X needs step X - stages of the same
-          // slot complete; that is sure only for its own steps, i.e. when the ring is a
-          // multiple of two groups' steps (2 nbc <= stages here without dbc; with at least 4
-          // stages the result is at least 4). v1's loader completes `full` in step order.
-          if (kNmb == 1 && !split_b && tma) st -= st % (2 * int(cdiv(s.batch, 64)));
-          return st;
-        };
+        auto ring = [&](bool dbc) { return dw_ring<G, kNmb>(dev, s.batch, tma, split_b, dbc, rc); };
         // dbias by the computing warpgroups (kDbC) with one loader warpgroup, where its ring holds
         // at least 3 stages: the default at every K (LARGEOUT_SM90_DW_DBIAS=loader keeps it in the
         // loader; at K = 64 2x faster at B = 128 and 512 on the H200, dbc_*_s24_h200.json, the
@@ -2511,10 +2539,11 @@ bool dx_v2_covers(const GroupSparseShape& s) {
          cdiv(s.batch, 32) <= 65535;
 }
 bool dx_v2_applies(const GroupSparseShape& s) { return dx_v2_covers(s) && s.dy_ld() % 8 == 0; }
-// dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8, with
-// LARGEOUT_SM90_DX_RC=1 (opt-in until it has run on a GPU, as dW's).
+// dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8, unless
+// LARGEOUT_SM90_DX_RC=0 (the default since session 39: 1.4-2.9x faster than v1 at L = 670,091,
+// knob_dx_rc_s39_h100.json).
 bool dx_v2_rc_applies(const GroupSparseShape& s) {
-  return dx_v2_covers(s) && s.dy_ld() % 8 != 0 && env_is("LARGEOUT_SM90_DX_RC", "1");
+  return dx_v2_covers(s) && s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DX_RC", "0");
 }
 std::atomic<int64_t> g_dx_rc{0};  // launches (dx_row_class_launches)
 
@@ -2523,15 +2552,16 @@ std::atomic<int64_t> g_dx_rc{0};  // launches (dx_row_class_launches)
 int64_t dx_row_class_launches() { return g_dx_rc.load(); }
 
 namespace {
-// Whether dx v2 applies to this shape and its stages fit (w8: with fp8 weights).
-bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w8) {
-  if (!dx_supported(dt, s, dev) || !dx_v2_applies(s)) return false;
+// Whether dx v2 applies to this shape and its stages fit (w8: with fp8 weights; rc: through row
+// classes, for a dY row stride that is not a multiple of 8).
+bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w8, bool rc = false) {
+  if (!dx_supported(dt, s, dev) || !(rc ? !w8 && dx_v2_rc_applies(s) : dx_v2_applies(s))) return false;
   bool fits = false;
   dispatch(dt, s.group_size, [&]<class T, int G>() -> cudaError_t {
     if constexpr (G >= 32) {
       return dispatch_k(s.fan_in, [&]<int kNk>() -> cudaError_t {
         int w = 0, d = 0;
-        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d, w8);
+        fits = dx2_stages<G, kNk>(s.in_features, dev, &w, &d, w8, rc);
         return cudaSuccess;
       });
     }
@@ -2542,7 +2572,7 @@ bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w
 }  // namespace
 
 bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
-  return dx2_fits(dt, s, dev, false);
+  return dx2_fits(dt, s, dev, false, s.dy_ld() % 8 != 0);
 }
 
 namespace {

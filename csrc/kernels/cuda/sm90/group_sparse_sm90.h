@@ -44,7 +44,8 @@ void dx_layout(const GroupSparseShape& s, const DeviceInfo& dev, int64_t* splits
 cudaError_t dx(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, int64_t splits, const void* dy,
                const void* weight, const int32_t* indices, void* dx, void* workspace, cudaStream_t stream);
 // Whether dx (v2) and dW (v2) read dY by TMA for this shape, with s.dy_ld() as its row
-// stride (a multiple of 8): then dY may be a row-padded view ([B, L] inside [B, ld]).
+// stride: a multiple of 8 (then dY may be a row-padded view, [B, L] inside [B, ld]), or not,
+// through row classes (16-bit weights; the layer's backward then keeps dY unpadded).
 bool dx_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 bool dw_tma_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev);
 #else
