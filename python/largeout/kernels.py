@@ -4,7 +4,8 @@ On sm_90 GPUs (H100, H200) largeout has Hopper kernels (wgmma, TMA) for 16-bit
 group-sparse layers whose fan-in is a multiple of 64 (64, 128 or 256 for the weight
 gradient, G >= 32 for both gradients), and for fp8 weights with bf16 activations (the
 forward, and dx where dY's rows are a multiple of 8 elements long: the layer's backward
-pads them so), which upcast the weight inside; everything else runs the generic kernels
+pads them so), which upcast the weight inside; the 16-bit backward kernels read dY at any
+row stride; everything else runs the generic kernels
 (sm_80+). ``set_policy("generic")`` forces the generic kernels, for comparison.
 """
 
@@ -62,8 +63,9 @@ def launch_counts() -> dict:
     G = 64 kernel runs three computing warpgroups; ``LARGEOUT_SM90_FWD_G128_AS_64=0`` /
     ``=1``: never / always; the weight and input passes' ``"sm90-row-classes"`` count those of
     their ``"sm90"`` launches that read a dY whose row stride is not a multiple of 8 elements
-    (an odd number of labels, say) by TMA as eight classes of rows, with ``LARGEOUT_SM90_DW_RC=1``
-    / ``LARGEOUT_SM90_DX_RC=1``; opt-in until they have run on a GPU)."""
+    (an odd number of labels, say) by TMA as eight classes of rows: the default where they apply
+    (16-bit weights, fan-in 64, 128 or 256); ``LARGEOUT_SM90_DW_RC=0`` / ``LARGEOUT_SM90_DX_RC=0``
+    switch them off)."""
     c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
     counts = {p: {"generic": c[2 * i], "sm90": c[2 * i + 1], "sm90-fp8": c[6 + i]} for i, p in enumerate(_PASSES)}
     counts["forward"]["sm90-g128-as-64"] = c[9]
