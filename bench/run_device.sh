@@ -471,7 +471,7 @@ if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; thei
   echo "== tests: row classes, the padding rule, fresh threads, K = 64's batch split"
   RUN_TESTS_TIMEOUT=${RCD_TESTS_TIMEOUT:-170} run_tests gpu_tests_rcd.log tests/test_group_sparse_sm90.py \
     -k "${RCD_TESTS_K:-row_classes or pads_dy or reads_dy or fresh_thread or split_batch or alternate_groups}"
-  for fr in none weight x; do
+  for fr in ${RCD_FROZEN:-none weight x}; do
     frozen_steps $(( deadline + 60 )) $fr 32,64,128 670091 1 0
   done
   GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
