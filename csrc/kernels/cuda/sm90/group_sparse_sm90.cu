@@ -2319,7 +2319,7 @@ int dw_loaders() {
 
 bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !env_is("LARGEOUT_SM90_DW", "v1"); }
 // v2 through row classes (kRc) where dY's row stride is not a multiple of 8, unless
-// LARGEOUT_SM90_DW=v1 or LARGEOUT_SM90_DW_RC=0 (the default since session 39: 1.7-3.0x faster than v1
+// LARGEOUT_SM90_DW=v1 or LARGEOUT_SM90_DW_RC=0 (the default since session 39: 1.6-3.0x faster than v1
 // at L = 670,091, knob_dw_rc_s39_h100.json); it needs dbias by the computing warpgroups (dbc),
 // else v1 runs.
 bool dw_rc_applies(const GroupSparseShape& s) {
@@ -2540,7 +2540,7 @@ bool dx_v2_covers(const GroupSparseShape& s) {
 }
 bool dx_v2_applies(const GroupSparseShape& s) { return dx_v2_covers(s) && s.dy_ld() % 8 == 0; }
 // dx v2 through row classes (16-bit weights) where dY's row stride is not a multiple of 8, unless
-// LARGEOUT_SM90_DX_RC=0 (the default since session 39: 1.4-2.9x faster than v1 at L = 670,091,
+// LARGEOUT_SM90_DX_RC=0 (the default since session 39: 1.3-2.9x faster than v1 at L = 670,091,
 // knob_dx_rc_s39_h100.json).
 bool dx_v2_rc_applies(const GroupSparseShape& s) {
   return dx_v2_covers(s) && s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DX_RC", "0");
