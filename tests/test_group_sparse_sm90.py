@@ -495,12 +495,15 @@ def test_sm90_dw_variants_dtypes_and_row_padded_dy(shape, dtype, variant, poison
 
 
 @pytest.mark.parametrize("shape", [(512, 768, 20011, 128, 32), (130, 768, 3001, 128, 64), (65, 768, 5003, 256, 128),
-                                   (129, 768, 777, 64, 64)],
+                                   (129, 768, 777, 64, 64), (256, 1536, 5003, 128, 32)],
                          ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 def test_sm90_row_padded_grad_at_odd_L(shape, poison):
     # Odd L: dY as a row-padded view (row stride a multiple of 8) runs the TMA kernels (dx
-    # v3 or v2, dW v2), against float64, element by element; NaN in the padding is never read.
+    # v3 or v2, dW v2; H = 1,536: v3 alone fits, and the ops keep the view for it), against
+    # float64, element by element; NaN in the padding is never read.
     B, H, L, K, G = shape
+    for p in ("input", "weight"):
+        assert torch.ops.largeout.cuda_reads_dy_by_tma(p, torch.bfloat16, B, H, L, K, G, -(-L // 8) * 8), p
     x, w, b, idx, dy = make(B, H, L, K, G, torch.bfloat16, 90 + K + G)
     Lp = -(-L // 8) * 8
     buf = torch.full((B, Lp), float("nan"), device="cuda", dtype=torch.bfloat16)
@@ -721,7 +724,7 @@ def test_sm90_reads_dy_by_tma_query(monkeypatch):
         assert q(p, torch.bfloat16, B, H, L, K, G, L) and q(p, torch.bfloat16, B, H, L, K, G, 5008), p
     assert not q("input", torch.float8_e4m3fn, B, H, L, K, G, L)
     assert q("input", torch.float8_e4m3fn, B, H, L, K, G, 5008) == (
-        kernels.path("input", torch.float8_e4m3fn, B, H, L, K, G) == "sm90-fp8")
+        kernels.path("input", torch.float8_e4m3fn, B, H, 5008, K, G) == "sm90-fp8")
     assert q("weight", torch.float8_e4m3fn, B, H, L, K, G, L)
     with pytest.raises(RuntimeError, match="ld must be at least L = 5003; got 5002"):
         q("input", torch.bfloat16, B, H, L, K, G, L - 1)

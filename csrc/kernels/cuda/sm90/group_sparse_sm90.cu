@@ -749,8 +749,8 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // while the computing warps waited for stages. Measured (dwcp_*_s24_h100.json, B = 512 K = 128
 // L = 670,208, twice in turn): dW at G = 32 0.874 -> 0.470 ms, G = 64 0.537 -> 0.340, G = 128
 // 0.318 -> 0.310, so the loader's chain was dW's bound.
-// kRc (with kDbC; where dY's row stride is not a multiple of 8 and LARGEOUT_SM90_DW_RC=1, else v1
-// runs there): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
+// kRc (with kDbC; where dY's row stride is not a multiple of 8, unless LARGEOUT_SM90_DW_RC=0, which
+// leaves it to v1): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
 // its raw rows; each computing thread shifts its dbias chunks from there into the MMA's tile
 // (zero past B), sums them, and the threads that share the stage meet at a named barrier
 // before the MMAs.
@@ -1419,8 +1419,8 @@ struct Dx2Cfg {
 // are then wrong): 1 = no scatter into the accumulator, 2 = no MMAs, 3 = no ldmatrix of W.
 // kW8 (T = bf16): the weight is fp8 (e4m3fn where e4m3, else e5m2), times row_scale[l]
 // where row_scale is not null, upcast in place in each stage as in the forward.
-// kRc (16-bit weights; where dY's row stride is not a multiple of 8 and LARGEOUT_SM90_DX_RC=1, else
-// v1 runs there): the loader thread brings a unit's dY rows as eight row-class boxes (DyMaps)
+// kRc (16-bit weights; where dY's row stride is not a multiple of 8, unless LARGEOUT_SM90_DX_RC=0,
+// which leaves it to v1): the loader thread brings a unit's dY rows as eight row-class boxes (DyMaps)
 // into the stage's raw rows (barrier draw); warps 1-3 of the loader warpgroup shift them into
 // the tile TMA would have written (zero past B) and arrive on dfull.
 template <class T, int G, int kNk, int kProbe = 0, bool kW8 = false, bool kRc = false>
@@ -2330,6 +2330,7 @@ std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 
 int64_t dw_row_class_launches() { return g_dw_rc.load(); }
 
+namespace {
 // Whether dw() runs the row-class kernel for this shape (dbias by the computing warpgroups, with a
 // ring of at least 3 stages; else v1).
 bool dw_rc_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
@@ -2347,6 +2348,7 @@ bool dw_rc_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   });
   return fits;
 }
+}  // namespace
 
 bool dw_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
   return dw_supported(dt, s, dev) && (dw_v2_applies(s) || dw_rc_fits(dt, s, dev));
@@ -2572,6 +2574,8 @@ bool dx2_fits(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, bool w
 }  // namespace
 
 bool dx_tma_supported(DType dt, const GroupSparseShape& s, const DeviceInfo& dev) {
+  // (dx v3, where it applies, runs before v2 on aligned rows; dx_fp8_supported says the same)
+  if (s.dy_ld() % 8 == 0 && dx_supported(dt, s, dev) && dx_v3_applies(s, dev)) return true;
   return dx2_fits(dt, s, dev, false, s.dy_ld() % 8 != 0);
 }
 
