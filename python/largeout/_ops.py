@@ -87,8 +87,10 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     returns) replaces the slower kernels for unaligned rows, except for dW alone at G >= 128,
     where those measured faster (bench/results/pad_frozen_*_s25_h100.json). LARGEOUT_PAD_DY=0
     never pads, =1 pads wherever the padded dY is read by TMA (to compare). Measured at
-    L = 670,091 (bench/results/pad_frozen_*_s39_h100.json): the unpadded dY through row classes
-    is faster than the padded copy for each pass alone and for both."""
+    L = 670,091, B = 512, K = 128 with a frozen input (bench/results/pad_frozen_x_*_s39_h100.json):
+    the step through row classes 1.92 / 1.34 / 1.24 ms at G = 32 / 64 / 128, padded 2.15 / 1.80 /
+    1.77. dx alone and both passes: the passes' times (knob_d{w,x}_rc_s39_h100.json) against the
+    aligned kernels' plus the copy favour the row classes too, narrowly for both at G = 32."""
     B, L = grad_out.shape
     pad = os.environ.get("LARGEOUT_PAD_DY")
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or pad == "0":
