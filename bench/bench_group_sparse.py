@@ -224,6 +224,8 @@ def main() -> None:
                 "ours_tflops": r[f"{p}_tflops"],
                 "ours_fraction_of_peak": r[f"{p}_tflops"] / peak,
             }
+            if f"{p}_dy_by_tma" in r:  # dx / dW: dY read by TMA (at odd L through row classes), else v1
+                row[p]["dy_by_tma"] = r[f"{p}_dy_by_tma"]
             if gen is not None:
                 row[p]["generic_ms"] = gen[f"{p}_ms"]
                 row[p]["generic_over_ours"] = gen[f"{p}_ms"] / ours

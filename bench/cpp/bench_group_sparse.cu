@@ -223,18 +223,24 @@ int main(int argc, char** argv) {
     const int64_t bytes_alloc = (2 * B * H + 2 * L * K + 2 * L + 2 * B * L) * int64_t(esize) + plan.workspace_bytes +
                                 dw_plan.workspace_bytes + ng * K * int64_t(sizeof(int32_t));
     auto path_name = [](bool sm90) { return sm90 ? "sm90" : "generic"; };
+    // whether dx / dW read this contiguous dY by TMA (at odd L: through row classes), else v1
+    auto by_tma = [&](largeout::cuda::Pass p) {
+      return largeout::cuda::dy_tma_supported(p, dt, s, info) ? "true" : "false";
+    };
     std::printf("%s\n  {\"B\": %lld, \"H\": %lld, \"L\": %lld, \"K\": %lld, \"G\": %lld, \"flops\": %.6g, "
                 "\"fwd_ms\": %.6f, \"dx_ms\": %.6f, \"dw_ms\": %.6f, "
                 "\"fwd_tflops\": %.3f, \"dx_tflops\": %.3f, \"dw_tflops\": %.3f, "
                 "\"dx_splits\": %lld, \"dx_rows_per_cta\": %d, \"dx_smem_accumulator\": %s, "
                 "\"dx_workspace_bytes\": %lld, \"device_bytes\": %lld, "
-                "\"fwd_path\": \"%s\", \"dx_path\": \"%s\", \"dw_path\": \"%s\"}",
+                "\"fwd_path\": \"%s\", \"dx_path\": \"%s\", \"dw_path\": \"%s\", "
+                "\"dx_dy_by_tma\": %s, \"dw_dy_by_tma\": %s}",
                 first ? "" : ",", (long long)B, (long long)H, (long long)L, (long long)K, (long long)G, flops, t_fwd,
                 t_dx, t_dw, flops / t_fwd * 1e-9, flops / t_dx * 1e-9, flops / t_dw * 1e-9,
                 (long long)plan.num_splits, plan.rows_per_cta, plan.smem_accumulator ? "true" : "false",
                 (long long)plan.workspace_bytes, (long long)bytes_alloc, path_name(fwd_sm90),
                 path_name(plan.path == largeout::cuda::Path::kSm90),
-                path_name(dw_plan.path == largeout::cuda::Path::kSm90));
+                path_name(dw_plan.path == largeout::cuda::Path::kSm90), by_tma(largeout::cuda::Pass::kInput),
+                by_tma(largeout::cuda::Pass::kWeight));
     std::fflush(stdout);
     first = false;
     for (void* p : {x, w, bias, y, dy, dx, dw, db, ws, dw_ws}) CHECK_CUDA(cudaFree(p));
