@@ -725,7 +725,9 @@ def test_sm90_dw_row_classes_placed_by_loader(shape, stages, poison, monkeypatch
     monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "loader")
     if stages is not None:
         monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
+    before = kernels.launch_counts()["weight"]["sm90-row-classes-loader"]
     check_row_classes("weight", shape, torch.bfloat16, 73 + shape[4], 2)
+    assert kernels.launch_counts()["weight"]["sm90-row-classes-loader"] == before + 2
 
 
 def test_sm90_reads_dy_by_tma_query(monkeypatch):

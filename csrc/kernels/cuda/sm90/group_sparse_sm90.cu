@@ -922,10 +922,11 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         // chunks pc of tile rows r0 + kDyRowStep m (one row class, r0 mod 8), shifted, zero past
         // B; then the proxy fence and its arrival on the stage's `full`. The lag leaves the boxes
         // time to land; it stays below the distance between a computing warpgroup's steps and the
-        // ring's end (a warpgroup frees a slot only once its next step is full: with alternate
-        // groups nbc + 1 steps on, split_b 2, else 1), so the loader never waits on a slot whose
-        // release needs a placement it has not done.
-        const int gap = kNmb >= 2 ? 1 : split_b ? 2 : nbc + 1;
+        // ring's end (a warpgroup frees a slot only once its next step of the same group is full,
+        // split_b 2 steps on, else 1; a group's last slot at the group's end), so the loader never
+        // waits on a slot whose release needs a placement it has not done (a helper's model of both
+        // loops found no deadlock over every ring the host picks).
+        const int gap = split_b ? 2 : 1;
         const int lag = max(0, min(2, stages - gap - 1));
         const int total = (g_end - g_begin) * nbc;
         const int rc_shift = tm_dy.shift(r0 & 7);
@@ -2378,10 +2379,12 @@ bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !en
 bool dw_rc_applies(const GroupSparseShape& s) {
   return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
 }
-std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
+std::atomic<int64_t> g_dw_rc{0};       // launches (dw_row_class_launches)
+std::atomic<int64_t> g_dw_rc_ldr{0};   // of them, placed by the loader (dw_row_class_loader_launches)
 }  // namespace
 
 int64_t dw_row_class_launches() { return g_dw_rc.load(); }
+int64_t dw_row_class_loader_launches() { return g_dw_rc_ldr.load(); }
 
 namespace {
 // Whether dw() runs the row-class kernel for this shape (dbias by the computing warpgroups, with a
@@ -2488,7 +2491,8 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
         if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 1>;
-        if (rc && env_is("LARGEOUT_SM90_DW_RC", "loader")) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 2>;
+        const bool rc_loader = rc && env_is("LARGEOUT_SM90_DW_RC", "loader");
+        if (rc_loader) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 2>;
         // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
         // warpgroups alone there)
         if constexpr (!(G == 128 && kNmb == 4))
@@ -2520,6 +2524,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
             s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         if (rc) g_dw_rc.fetch_add(1);
+        if (rc_loader) g_dw_rc_ldr.fetch_add(1);
         return cudaSuccess;
       });
     }
