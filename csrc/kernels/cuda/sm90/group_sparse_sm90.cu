@@ -917,6 +917,16 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
           mbar_arrive_cp_async(&full[s]);
         }
       };
+      // The next step of the CTA's sequence (si, its slot ri): the slot once free, then its copies
+      // (the gather pointers set at a group's first step).
+      auto issue_step = [&](RingPos& ri, DwStep& si) {
+        const int g = si.g, bc = si.bc, s = ri.slot;
+        if (bc == 0) point_rows(g);
+        mbar_wait(&empty[s], ri.phase ^ 1, 20);
+        ri.advance(1, stages);
+        si.next(nbc);
+        issue_stage(g, bc, s, bc * 64);
+      };
       if constexpr (kRc == 2) {
         // Issue step i, then place step j = i - lag from its landed raw rows: this thread's
         // chunks pc of tile rows r0 + kDyRowStep m (one row class, r0 mod 8), shifted, zero past
@@ -933,14 +943,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         RingPos ri{0, 0}, rj{0, 0};
         DwStep si{g_begin, 0}, sj{g_begin, 0};
         for (int i = 0; i < total + lag; ++i) {
-          if (i < total) {
-            const int g = si.g, bc = si.bc, s = ri.slot;
-            if (bc == 0) point_rows(g);
-            mbar_wait(&empty[s], ri.phase ^ 1, 20);
-            ri.advance(1, stages);
-            si.next(nbc);
-            issue_stage(g, bc, s, bc * 64);
-          }
+          if (i < total) issue_step(ri, si);
           if (i < lag) continue;
           const int bc = sj.bc, s = rj.slot;
           mbar_wait(&draw[s], rj.phase, 23);
@@ -985,14 +988,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
       RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
       DwStep si{g_begin, 0}, sj{g_begin, 0};
       for (int i = 0; i < total + ahead; ++i) {
-        if (i < total) {
-          const int g = si.g, bc = si.bc, s = ri.slot;
-          if (bc == 0) point_rows(g);
-          mbar_wait(&empty[s], ri.phase ^ 1, 20);
-          ri.advance(1, stages);
-          si.next(nbc);
-          issue_stage(g, bc, s, bc * 64);
-        }
+        if (i < total) issue_step(ri, si);
         if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
         mbar_wait(&full[s], rj.phase, 22);
