@@ -17,13 +17,10 @@ import time
 import torch
 
 import largeout  # noqa: F401  (registers the ops)
+from bench_group_sparse import as_tuple  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
 
 SHAPES = [(256, 256, 3000, 64, 32), (128, 768, 20000, 128, 32)]  # the demo's head; a larger layer
-
-
-def as_tuple(out):
-    return out if isinstance(out, tuple) else (out,)
 
 
 def main() -> None:

@@ -146,6 +146,11 @@ def git_commit() -> str:
         return "unknown"
 
 
+def as_tuple(out) -> tuple:
+    """An op's output as a tuple (dW's op returns (dW, dbias), the others one tensor)."""
+    return out if isinstance(out, tuple) else (out,)
+
+
 def write_rows(path, rows: list, method: str, **extra) -> None:
     """The JSON file of a small benchmark script: its rows, the device, commit and time, the
     script's docstring as its method, and any `extra` fields (the run's settings)."""

@@ -17,17 +17,13 @@ import os
 
 import torch
 
-from bench_group_sparse import median_ms, write_rows  # (bench/ is the script's directory)
+from bench_group_sparse import as_tuple, median_ms, write_rows  # (bench/ is the script's directory)
 from largeout.nn import random_group_indices
 from largeout.nn.group_sparse import default_index_order
 
 
 def ints(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
-
-
-def as_tuple(out) -> tuple:
-    return out if isinstance(out, tuple) else (out,)
 
 
 def main() -> None:
