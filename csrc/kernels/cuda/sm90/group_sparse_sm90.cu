@@ -690,7 +690,8 @@ struct DwCfg {
   // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32). dbc (dbias summed by the
   // computing warpgroups): their [256][8] dbias partials instead of the loader's [128][8].
   static int64_t smem_bytes(int stages, bool tma, bool split_b = false, bool dbc = false, bool rc = false) {
-    // (rc: a third barrier per stage, draw; it changes no ring size on the H100 or H200)
+    // (rc: room for a third barrier per stage, draw, which the loader placement uses; it changes no
+    // ring size on the H100 or H200)
     return kSmemSlack + stages * stage_bytes(tma, rc) + (rc ? 3 : 2) * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
            (split_b ? G * 256 : 0);
   }
@@ -772,8 +773,8 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
   uint8_t* base = align_smem(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
-  uint64_t* draw = empty + stages;  // kRc: [stages] (the raw rows' boxes landed; kRc = 2 only)
-  float* red = reinterpret_cast<float*>(draw + (kRc ? stages : 0));  // dbias partials: [128][8] (kDbC: [256][8])
+  uint64_t* draw = empty + stages;  // kRc = 2: [stages] (the raw rows' boxes landed)
+  float* red = reinterpret_cast<float*>(draw + (kRc == 2 ? stages : 0));  // dbias partials: [128][8] (kDbC: [256][8])
   float* part = red + (kDbC ? 256 : 128) * 8;             // split_b: [G / 2][128] of the second warpgroup
 
   const int g_begin = blockIdx.x * groups_per_cta;
