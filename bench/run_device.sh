@@ -86,10 +86,8 @@
 #            then the other dW / dx tests and the optimizer tests as RC_BUDGET s after the start allow (default 585);
 #            RC_TESTS_K / RC_TESTS_TIMEOUT: the first tests' -k expression and time limit
 #     rcdefault build, the row classes as the default (session 39): their tests and the padding rule's (RCD_TESTS_K,
-#            RCD_TESTS_TIMEOUT), dW's row classes placed by the computing warpgroups or the loader
-#            (LARGEOUT_SM90_DW_RC=1 / loader; RCD_LOADER=0 skips it), the step padded / not with x, the weight or
-#            neither frozen (RCD_FROZEN), then the grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s
-#            (default 585)
+#            RCD_TESTS_TIMEOUT), the step padded / not with x, the weight or neither frozen (RCD_FROZEN), then the
+#            grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s (default 585)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -473,13 +471,6 @@ if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; thei
   echo "== tests: row classes, the padding rule, fresh threads, K = 64's batch split"
   RUN_TESTS_TIMEOUT=${RCD_TESTS_TIMEOUT:-170} run_tests gpu_tests_rcd.log tests/test_group_sparse_sm90.py \
     -k "${RCD_TESTS_K:-row_classes or pads_dy or reads_dy or fresh_thread or split_batch or alternate_groups or row_padded}"
-  left=$(( deadline - $(date +%s) ))
-  if [ "${RCD_LOADER:-1}" = 1 ] && [ $left -gt 120 ]; then
-    echo "== knob LARGEOUT_SM90_DW_RC=1,loader: dW's row classes placed by the computing warpgroups or the loader"
-    timeout 120 python3 bench/bench_knob.py --pass dw --env LARGEOUT_SM90_DW_RC --values 1,loader \
-      --B ${RC_KNOB_B:-512} --K 64,128,256 --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_dw_rcload.json" 2>&1 \
-      | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*, 'max_rel_diff': [0-9.e-]*"
-  fi
   for fr in ${RCD_FROZEN:-none weight x}; do
     frozen_steps $(( deadline + 60 )) $fr 32,64,128 670091 1 0
   done

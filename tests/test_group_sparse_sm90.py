@@ -714,22 +714,6 @@ def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
     check_row_classes("weight", shape, torch.bfloat16, 72 + stages, 2)
 
 
-@pytest.mark.parametrize("stages", [None, 4, 5])
-@pytest.mark.parametrize("shape", RC_SHAPES + [(160, 768, 30001, 64, 32), (64, 256, 4095, 256, 128)],
-                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_row_classes_placed_by_loader(shape, stages, poison, monkeypatch):
-    # LARGEOUT_SM90_DW_RC=loader (opt-in): the loader warpgroup places the row classes' chunks a
-    # few steps after issuing them (fewer, down to none, in small rings: LARGEOUT_SM90_DW_STAGES
-    # 4 and 5), the computing warpgroups run as with aligned rows; against float64 element by
-    # element, twice, through the row-class kernel.
-    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "loader")
-    if stages is not None:
-        monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
-    before = kernels.launch_counts()["weight"]["sm90-row-classes-loader"]
-    check_row_classes("weight", shape, torch.bfloat16, 73 + shape[4], 2)
-    assert kernels.launch_counts()["weight"]["sm90-row-classes-loader"] == before + 2
-
-
 def test_sm90_reads_dy_by_tma_query(monkeypatch):
     # cuda_reads_dy_by_tma: at odd L both passes read contiguous dY (row classes) and a
     # row-padded one; fp8 weights' dx only the padded one, as the fp8 path says; an ld below L

@@ -690,9 +690,7 @@ struct DwCfg {
   // split_b: + the second warpgroup's partial dW ([G / 2][128] fp32). dbc (dbias summed by the
   // computing warpgroups): their [256][8] dbias partials instead of the loader's [128][8].
   static int64_t smem_bytes(int stages, bool tma, bool split_b = false, bool dbc = false, bool rc = false) {
-    // (rc: room for a third barrier per stage, draw, which the loader placement uses; it changes no
-    // ring size on the H100 or H200)
-    return kSmemSlack + stages * stage_bytes(tma, rc) + (rc ? 3 : 2) * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
+    return kSmemSlack + stages * stage_bytes(tma, rc) + 2 * stages * 8 + (dbc ? 256 : 128) * 8 * 4 +
            (split_b ? G * 256 : 0);
   }
   // Offset of chunk c (labels 8c..8c+7) of batch row r in the dY tile.
@@ -755,12 +753,9 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // leaves it to v1): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
 // its raw rows; each computing thread shifts its dbias chunks from there into the MMA's tile
 // (zero past B), sums them, and the threads that share the stage meet at a named barrier
-// before the MMAs. kRc = 2 (LARGEOUT_SM90_DW_RC=loader, opt-in until measured): the loader
-// warpgroup places them instead, a few steps after it issued them (their boxes land on the
-// stage's `draw` barrier; the placing threads arrive on `full` after a proxy fence), so that the
-// computing warpgroups run as with aligned rows (dbias from the placed tile after the MMAs).
+// before the MMAs.
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
-          bool kDbC = false, int kRc = 0>
+          bool kDbC = false, bool kRc = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
@@ -768,13 +763,12 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
-  constexpr int64_t kStageBytes = C::stage_bytes(kTma, kRc != 0);
+  constexpr int64_t kStageBytes = C::stage_bytes(kTma, kRc);
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
   uint64_t* empty = full + stages;
-  uint64_t* draw = empty + stages;  // kRc = 2: [stages] (the raw rows' boxes landed)
-  float* red = reinterpret_cast<float*>(draw + (kRc == 2 ? stages : 0));  // dbias partials: [128][8] (kDbC: [256][8])
+  float* red = reinterpret_cast<float*>(empty + stages);  // dbias partials: [128][8] (kDbC: [256][8])
   float* part = red + (kDbC ? 256 : 128) * 8;             // split_b: [G / 2][128] of the second warpgroup
 
   const int g_begin = blockIdx.x * groups_per_cta;
@@ -796,14 +790,11 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
   static_assert(!kDbC || (kTma && kLoaders == 1 && kProbe == 0),
                 "dbias by the computing warpgroups: v2, one loader warpgroup");
   static_assert(!kRc || (kDbC && !kDyCp), "row classes: dbias by the computing warpgroups, dY by TMA");
-  static_assert(kRc >= 0 && kRc <= 2, "row classes: 1 placed by the computing warpgroups, 2 by the loader");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
       // every loader thread, once its share of the stage is in place (v2: + the TMA's arrival)
-      // (kRc = 2: the loader threads' gathers, then their placed chunks; the boxes land on draw)
-      mbar_init(&full[s], kRc == 2 ? 256 : kTma ? 128 * kLoaders + (kDyCp ? 0 : 1) : 128);
-      if constexpr (kRc == 2) mbar_init(&draw[s], 1);
+      mbar_init(&full[s], kTma ? 128 * kLoaders + (kDyCp ? 0 : 1) : 128);
       // v2: the loader's warps read dY for dbias (kDbC: the computing warps do)
       mbar_init(&empty[s], (split_m ? 8 : 4) + (kTma && !kDbC ? 4 : 0));
     }
@@ -897,11 +888,10 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
           if constexpr (kProbe == 2 || kProbe == 5) {
             mbar_arrive(&full[s]);
           } else if constexpr (kRc) {  // class c's rows bc * 8 .. bc * 8 + 7: tile rows c + 8 i
-            uint64_t* landed = kRc == 2 ? &draw[s] : &full[s];
-            mbar_arrive_expect_tx(landed, 8 * C::kRcBoxBytes);
+            mbar_arrive_expect_tx(&full[s], 8 * C::kRcBoxBytes);
 #pragma unroll
             for (int c = 0; c < 8; ++c)
-              tma_load_2d(as + C::kABytes + C::kDyBytes + c * C::kRcBoxBytes, &tm_dy.m[c], landed, g * G, bc * 8);
+              tma_load_2d(as + C::kABytes + C::kDyBytes + c * C::kRcBoxBytes, &tm_dy.m[c], &full[s], g * G, bc * 8);
           } else {
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
@@ -918,54 +908,6 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
           mbar_arrive_cp_async(&full[s]);
         }
       };
-      // The next step of the CTA's sequence (si, its slot ri): the slot once free, then its copies
-      // (the gather pointers set at a group's first step).
-      auto issue_step = [&](RingPos& ri, DwStep& si) {
-        const int g = si.g, bc = si.bc, s = ri.slot;
-        if (bc == 0) point_rows(g);
-        mbar_wait(&empty[s], ri.phase ^ 1, 20);
-        ri.advance(1, stages);
-        si.next(nbc);
-        issue_stage(g, bc, s, bc * 64);
-      };
-      if constexpr (kRc == 2) {
-        // Issue step i, then place step j = i - lag from its landed raw rows: this thread's
-        // chunks pc of tile rows r0 + kDyRowStep m (one row class, r0 mod 8), shifted, zero past
-        // B; then the proxy fence and its arrival on the stage's `full`. The lag leaves the boxes
-        // time to land; it stays below the distance between a computing warpgroup's steps and the
-        // ring's end (a warpgroup frees a slot only once its next step of the same group is full,
-        // split_b 2 steps on, else 1; a group's last slot at the group's end), so the loader never
-        // waits on a slot whose release needs a placement it has not done (a helper's model of both
-        // loops found no deadlock over every ring the host picks).
-        const int gap = split_b ? 2 : 1;
-        const int lag = max(0, min(2, stages - gap - 1));
-        const int total = (g_end - g_begin) * nbc;
-        const int rc_shift = tm_dy.shift(r0 & 7);
-        RingPos ri{0, 0}, rj{0, 0};
-        DwStep si{g_begin, 0}, sj{g_begin, 0};
-        for (int i = 0; i < total + lag; ++i) {
-          if (i < total) issue_step(ri, si);
-          if (i < lag) continue;
-          const int bc = sj.bc, s = rj.slot;
-          mbar_wait(&draw[s], rj.phase, 23);
-          rj.advance(1, stages);
-          sj.next(nbc);
-          uint8_t* st = base + s * kStageBytes;
-          const uint8_t* row0 = st + C::kABytes + C::kDyBytes + (r0 & 7) * C::kRcBoxBytes + pc * 16;
-#pragma unroll
-          for (int m = 0; m < kDyPer; ++m) {
-            const int r = r0 + kDyRowStep * m;
-            const uint4* q = reinterpret_cast<const uint4*>(row0 + (r >> 3) * C::Seg::kRawRowBytes);
-            uint4 v = shift_chunk(q[0], q[1], rc_shift);
-            if (bc * 64 + r >= B) v = make_uint4(0, 0, 0, 0);
-            *reinterpret_cast<uint4*>(st + dy_dst[m]) = v;
-          }
-          fence_proxy_async();
-          mbar_arrive(&full[s]);
-        }
-        cp_async_wait_all();
-        return;
-      }
       if constexpr (kDbC) {
         // The loader only issues copies (the computing warpgroups read dY for dbias and release
         // the stages): a group at a time, its stages straight through.
@@ -989,7 +931,14 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
       RingPos ri{0, 0}, rj{0, 0};  // the slots of steps i and j = i - ahead
       DwStep si{g_begin, 0}, sj{g_begin, 0};
       for (int i = 0; i < total + ahead; ++i) {
-        if (i < total) issue_step(ri, si);
+        if (i < total) {
+          const int g = si.g, bc = si.bc, s = ri.slot;
+          if (bc == 0) point_rows(g);
+          mbar_wait(&empty[s], ri.phase ^ 1, 20);
+          ri.advance(1, stages);
+          si.next(nbc);
+          issue_stage(g, bc, s, bc * 64);
+        }
         if (i < ahead || wg != 0) continue;  // (step j = i - ahead; the first loader warpgroup's)
         const int g = sj.g, bc = sj.bc, s = rj.slot;
         mbar_wait(&full[s], rj.phase, 22);
@@ -1069,7 +1018,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
   constexpr int kDbThreads = split_m ? 256 : 128;
   constexpr int kDbRowStep = kDbThreads / (G / 8), kDbPer = 64 / kDbRowStep;
   const int dpc = ct % (G / 8), dr0 = (ct % kDbThreads) / (G / 8);
-  static_assert(kRc != 1 || kDbRowStep % 8 == 0, "kRc: a thread's dbias rows in one row class");
+  static_assert(!kRc || kDbRowStep % 8 == 0, "kRc: a thread's dbias rows in one row class");
   for (int g = g_first; g < g_end; g += g_step, group_pos.advance(g_step * nbc, stages)) {
     float acc[kMaxMB][G / 2];
     float dsum[8] = {0, 0, 0, 0, 0, 0, 0, 0};
@@ -1094,7 +1043,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         release(&empty[s], lane);
         continue;
       }
-      if constexpr (kRc == 1) {
+      if constexpr (kRc) {
         // This thread's chunks from the raw rows into the MMA's tile (zero past B), summed for
         // dbias; then, after the proxy fence (these writes and the gathered rows are the generic
         // proxy's), every thread that reads the tile waits for the others' chunks.
@@ -1136,7 +1085,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         }
       }
       wgmma_commit();
-      if constexpr (kDbC && kRc != 1) {  // (the MMAs read the tile too; this stage is released a step later)
+      if constexpr (kDbC && !kRc) {  // (the MMAs read the tile too; this stage is released a step later)
         const uint8_t* dtile = base + s * kStageBytes + C::kABytes;
 #pragma unroll
         for (int m = 0; m < kDbPer; ++m) {
@@ -2376,12 +2325,10 @@ bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !en
 bool dw_rc_applies(const GroupSparseShape& s) {
   return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
 }
-std::atomic<int64_t> g_dw_rc{0};       // launches (dw_row_class_launches)
-std::atomic<int64_t> g_dw_rc_ldr{0};   // of them, placed by the loader (dw_row_class_loader_launches)
+std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 }  // namespace
 
 int64_t dw_row_class_launches() { return g_dw_rc.load(); }
-int64_t dw_row_class_loader_launches() { return g_dw_rc_ldr.load(); }
 
 namespace {
 // Whether dw() runs the row-class kernel for this shape (dbias by the computing warpgroups, with a
@@ -2487,9 +2434,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
-        if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 1>;
-        const bool rc_loader = rc && env_is("LARGEOUT_SM90_DW_RC", "loader");
-        if (rc_loader) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 2>;
+        if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, true>;
         // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
         // warpgroups alone there)
         if constexpr (!(G == 128 && kNmb == 4))
@@ -2521,7 +2466,6 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
             s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         if (rc) g_dw_rc.fetch_add(1);
-        if (rc_loader) g_dw_rc_ldr.fetch_add(1);
         return cudaSuccess;
       });
     }
