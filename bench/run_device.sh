@@ -829,13 +829,13 @@ fi
 if [ "$MODE" = suite ]; then  # build, [gather_bw,] the whole suite, the headline, bench_optim (OPTIM_CASES; then once per
   # LARGEOUT_OPTIM_L2_PREFETCH value in PREFETCH_LIST, as optim_pf<v>.json), then the forward's profile, each as the
   # SUITE_BUDGET s after the start allow (default 585): one fresh call validates and measures a commit. GATHER_BW=1:
-  # largeout_bench_gather_bw first.
+  # largeout_bench_gather_bw first; SUITE_HEADLINE=0: no headline benchmark.
   deadline=$(( T0 + ${SUITE_BUDGET:-585} ))
   [ "${GATHER_BW:-0}" = 1 ] && gather_bw
   echo "== tests: whole suite"
   left=$(( deadline - $(date +%s) ))
   RUN_TESTS_TIMEOUT=$(( left - 45 < 420 ? left - 45 : 420 )) run_tests gpu_tests.log $TESTS
-  bench_headline 40 670091,670208
+  [ "${SUITE_HEADLINE:-1}" = 1 ] && bench_headline 40 670091,670208
   if [ -n "${SUITE_MEMCHECK_K:-}" ] && [ $(( deadline - $(date +%s) )) -gt 60 ]; then
     memcheck_tests memcheck_suite.log tests/test_group_sparse_sm90.py "$SUITE_MEMCHECK_K"
   fi
