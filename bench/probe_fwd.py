@@ -13,7 +13,10 @@ bf16, G=32, K=128 only) on v2 (dY by TMA, the default where L % 8 == 0; one load
 warpgroup, which sums dbias: LARGEOUT_SM90_DW_DBIAS=loader, set here): 0 the kernel, 1 no gathers of x^T rows, 2 no TMA of dY tiles, 3 no MMAs, 4 no
 dbias, 5 neither gathers nor dY (the ring's barriers, MMAs and dbias alone), 6 no proxy fence
 before the MMAs (results wrong except for 0); with --dw-v1 first on v1 (LARGEOUT_SM90_DW=v1:
-1 no gathers, 2 no dY loads or placement, 3 no MMAs). dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
+1 no gathers, 2 no dY loads or placement, 3 no MMAs); with --dw-rc, the row classes (dY of --rc-L
+columns, a row stride not a multiple of 8; dbias by the computing warpgroups, the default): 0 the
+kernel, 7 no placement of the raw rows, 8 no proxy fence after it, 9 no named barrier after it,
+10 none of the three, and the default kernel at --L (aligned rows) beside them. dx v2 probes (LARGEOUT_SM90_DX=v2, LARGEOUT_SM90_DX_PROBE,
 bf16, G=32, K=128 only): 0 the kernel, 1 no scatter into the accumulator, 2 no MMAs, 3 no
 ldmatrix of W. Medians of CUDA-event timings; the cuBLAS GEMM of equal FLOPs ([B, K] x [K, L])
 is timed in the same run as the reference."""
@@ -45,6 +48,8 @@ def main() -> None:
     p.add_argument("--cons", default="2,3")
     p.add_argument("--passes", default="fwd,dx,dw")
     p.add_argument("--dw-v1", action="store_true", help="dW v1's probes too")
+    p.add_argument("--dw-rc", action="store_true", help="dW's row-class probes too (at --rc-L)")
+    p.add_argument("--rc-L", type=int, default=670_091)
     p.add_argument("--out", required=True)
     a = p.parse_args()
     dt = torch.bfloat16
@@ -122,6 +127,29 @@ def main() -> None:
         os.environ.pop("LARGEOUT_SM90_DW_PROBE")
         os.environ.pop("LARGEOUT_SM90_DW", None)
         os.environ.pop("LARGEOUT_SM90_DW_DBIAS")
+    if "dw" in a.passes and a.dw_rc:
+        # The row-class kernel (dY's row stride a.rc_L, not a multiple of 8) with probes 0, 7-10,
+        # twice in turn (0 again at the end), and the default kernel at a.L (aligned rows) each round.
+        dy_rc = torch.randn(a.B, a.rc_L, device="cuda", dtype=dt, generator=g)
+        idx_rc = random_group_indices(-(-a.rc_L // a.G), a.H, a.K, generator=torch.Generator().manual_seed(0)).cuda()
+        dw_rc_ref = ops.group_sparse_linear_backward_weight(dy_rc, x, idx_rc, a.G)[0].float()
+        for probe in [p for _ in range(2) for p in ("aligned", 0, 7, 8, 9, 10)] + [0]:
+            if probe == "aligned":
+                counter, args = "sm90", (dy, x, idx, a.G)
+            else:
+                os.environ["LARGEOUT_SM90_DW_PROBE"] = str(probe)
+                counter, args = "sm90-row-classes", (dy_rc, x, idx_rc, a.G)
+            before = largeout.kernels.launch_counts()["weight"][counter]
+            ms = median_ms(lambda: ops.group_sparse_linear_backward_weight(*args))
+            row = {"pass": "dw", "version": "aligned" if probe == "aligned" else "row-classes",
+                   "L": a.L if probe == "aligned" else a.rc_L, "probe": 0 if probe == "aligned" else probe,
+                   "ms": round(ms, 4), "sm90": largeout.kernels.launch_counts()["weight"][counter] > before}
+            if probe == 0:
+                dw = ops.group_sparse_linear_backward_weight(*args)[0].float()
+                row["max_abs_diff_vs_default"] = float((dw - dw_rc_ref).abs().max())
+            rows.append(row)
+            print(row, flush=True)
+            os.environ.pop("LARGEOUT_SM90_DW_PROBE", None)
     out = {"shape": vars(a), "cublas_matched_ms": round(cublas, 4), "rows": rows,
            "device": torch.cuda.get_device_name(), "commit": os.environ.get("LARGEOUT_GIT_COMMIT", "unknown"),
            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

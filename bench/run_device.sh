@@ -88,6 +88,8 @@
 #     rcdefault build, the row classes as the default (session 39): their tests and the padding rule's (RCD_TESTS_K,
 #            RCD_TESTS_TIMEOUT), the step padded / not with x, the weight or neither frozen (RCD_FROZEN), then the
 #            grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s (default 585)
+#     rcprobe build, dW's row-class probes (bench/probe_fwd.py --dw-rc), then the suite (TESTS) until RCPROBE_BUDGET s
+#            (default 585)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -475,6 +477,18 @@ if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; thei
     frozen_steps $(( deadline + 60 )) $fr 32,64,128 670091 1 0
   done
   GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
+  exit 0
+fi
+
+if [ "$MODE" = rcprobe ]; then  # session 40: where dW's row-class time goes (bench/probe_fwd.py --dw-rc: placement,
+  # fence and barrier switched off in turn, beside the aligned kernel), then the whole suite (TESTS) until
+  # RCPROBE_BUDGET s after the start (default 585)
+  deadline=$(( T0 + ${RCPROBE_BUDGET:-585} ))
+  echo "== probes: dW v2 and its row classes"
+  timeout 150 python3 bench/probe_fwd.py --passes dw --dw-rc --out "$OUT/probe_dw_rc.json" 2>&1 | grep -v "^{'pass': 'dw', 'version': 'v2'" | tail -16
+  left=$(( deadline - $(date +%s) ))
+  echo "== tests: $TESTS (${left} s left)"
+  [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 10 )) run_tests gpu_tests.log $TESTS
   exit 0
 fi
 

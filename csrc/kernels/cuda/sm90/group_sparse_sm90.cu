@@ -722,7 +722,10 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // of x^T rows, 2 = no dY loads (v2: no TMA of the dY tile) or placement, 3 = no MMAs; v2
 // only: 4 = no dbias (the loader neither reads the landed dY tile nor sums), 5 = 1 and 2
 // (no copies at all: the ring's barriers, the MMAs and dbias on what the stages hold),
-// 6 = no proxy fence before the computing warpgroups' MMAs.
+// 6 = no proxy fence before the computing warpgroups' MMAs; row classes (kRc) only: 7 = no
+// placement (the raw rows neither read nor summed; fence and barrier kept), 8 = no proxy fence
+// after the placement, 9 = no named barrier after it, 10 = none of the three (the loader's eight
+// boxes a stage and the MMAs on an unplaced tile).
 // kTma (v2, where dY's row stride is a multiple of 8): the dY tile comes by TMA straight into the MMA's swizzled
 // layout (the probes showed the register placement of v1 to be half of dW's time); each
 // loader thread's gathers arrive on the stage's barrier when they land (no loader-wide
@@ -787,8 +790,9 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
                 "more loader warpgroups: 2 or 4, v2 only");
   static_assert(kProbe <= 3 || kTma, "probes 4-6: v2 only");
   static_assert(!kDyCp || (kTma && kLoaders == 1 && kProbe == 0), "dY by cp.async: v2, one loader warpgroup");
-  static_assert(!kDbC || (kTma && kLoaders == 1 && kProbe == 0),
+  static_assert(!kDbC || (kTma && kLoaders == 1 && (kProbe == 0 || (kRc && kProbe >= 7))),
                 "dbias by the computing warpgroups: v2, one loader warpgroup");
+  static_assert(kProbe < 7 || (kRc && kProbe <= 10), "probes 7-10: row classes only");
   static_assert(!kRc || (kDbC && !kDyCp), "row classes: dbias by the computing warpgroups, dY by TMA");
 
   if (threadIdx.x == 0) {
@@ -1054,7 +1058,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         const int rc_shift = tm_dy.shift(dr0 & 7);
         const uint8_t* rc_row0 = st + C::kABytes + C::kDyBytes + (dr0 & 7) * C::kRcBoxBytes + dpc * 16;
 #pragma unroll(G == 128 && kNmb == 4 ? 1 : kDbPer)
-        for (int m = 0; m < kDbPer; ++m) {
+        for (int m = 0; m < (kProbe == 7 || kProbe == 10 ? 0 : kDbPer); ++m) {
           const int r = dr0 + kDbRowStep * m;
           const uint4* p = reinterpret_cast<const uint4*>(rc_row0 + (r >> 3) * C::Seg::kRawRowBytes);
           uint4 v = shift_chunk(p[0], p[1], rc_shift);
@@ -1062,8 +1066,8 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
           *reinterpret_cast<uint4*>(st + C::kABytes + C::dy_chunk(r, dpc)) = v;
           add8<T>({v.x, v.y, v.z, v.w}, dsum);
         }
-        fence_proxy_async();
-        named_barrier(kDbThreads == 256 ? 6 : 7 + cw, kDbThreads);
+        if constexpr (kProbe != 8 && kProbe != 10) fence_proxy_async();
+        if constexpr (kProbe != 9 && kProbe != 10) named_barrier(kDbThreads == 256 ? 6 : 7 + cw, kDbThreads);
       } else if constexpr (kTma && kProbe != 6) {
         fence_proxy_async();  // (the gathered rows were written by cp.async: the generic proxy)
       }
@@ -2443,9 +2447,14 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
         if (smem > smem_budget(dev)) return cudaErrorInvalidValue;
         if constexpr (std::is_same_v<T, __nv_bfloat16> && G == 32 && kNmb == 2) {
           // Timing probes (bench/probe_fwd.py --passes dw): LARGEOUT_SM90_DW_PROBE, 1-3 on v1,
-          // 1-6 on v2 (one loader warpgroup).
+          // 1-6 on v2 (one loader warpgroup), 7-10 on the row classes (--dw-rc).
           const int pv = env_int("LARGEOUT_SM90_DW_PROBE");
-          if (!tma) {
+          if (rc) {
+            if (pv == 7) kernel = gsl_dw_sm90<T, G, kNmb, 7, true, 1, false, true, true>;
+            if (pv == 8) kernel = gsl_dw_sm90<T, G, kNmb, 8, true, 1, false, true, true>;
+            if (pv == 9) kernel = gsl_dw_sm90<T, G, kNmb, 9, true, 1, false, true, true>;
+            if (pv == 10) kernel = gsl_dw_sm90<T, G, kNmb, 10, true, 1, false, true, true>;
+          } else if (!tma) {
             if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
             if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
             if (pv == 3) kernel = gsl_dw_sm90<T, G, kNmb, 3>;
