@@ -714,6 +714,22 @@ def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
     check_row_classes("weight", shape, torch.bfloat16, 72 + stages, 2)
 
 
+@pytest.mark.parametrize("stages", [None, 4])
+@pytest.mark.parametrize("shape", RC_SHAPES + [(160, 768, 30001, 64, 32), (64, 256, 4095, 256, 128)],
+                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
+def test_sm90_dw_row_classes_boxes_spread(shape, stages, poison, monkeypatch):
+    # LARGEOUT_SM90_DW_RC=spread (bf16, opt-in): every loader warp issues two of a stage's eight
+    # row-class boxes, thread 0 alone sets the bytes to expect (the others' boxes may land
+    # first); against float64 element by element, twice, through that kernel (its own counter),
+    # also with a ring of 4 stages that wraps many times per CTA.
+    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "spread")
+    if stages is not None:
+        monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
+    before = kernels.launch_counts()["weight"]["sm90-row-classes-spread"]
+    check_row_classes("weight", shape, torch.bfloat16, 74 + shape[4], 2)
+    assert kernels.launch_counts()["weight"]["sm90-row-classes-spread"] == before + 2
+
+
 def test_sm90_reads_dy_by_tma_query(monkeypatch):
     # cuda_reads_dy_by_tma: at odd L both passes read contiguous dY (row classes) and a
     # row-padded one; fp8 weights' dx only the padded one, as the fp8 path says; an ld below L
