@@ -721,7 +721,8 @@ def test_sm90_dw_row_classes_boxes_spread(shape, stages, poison, monkeypatch):
     # LARGEOUT_SM90_DW_RC=spread (bf16, opt-in): every loader warp issues two of a stage's eight
     # row-class boxes, thread 0 alone sets the bytes to expect (the others' boxes may land
     # first); against float64 element by element, twice, through that kernel (its own counter),
-    # also with a ring of 4 stages that wraps many times per CTA.
+    # also with a small ring that wraps many times per CTA (LARGEOUT_SM90_DW_STAGES=4; 3 where
+    # shared memory holds no more, G = 128 with K = 256).
     monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "spread")
     if stages is not None:
         monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))

@@ -2471,6 +2471,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           // 1-6 on v2 (one loader warpgroup), 7-10 on the row classes (--dw-rc).
           const int pv = env_int("LARGEOUT_SM90_DW_PROBE");
           if (rc) {
+            if (pv >= 7 && pv <= 10) rc_spread = false;  // (the probes are kRc = 1 kernels)
             if (pv == 7) kernel = gsl_dw_sm90<T, G, kNmb, 7, true, 1, false, true, 1>;
             if (pv == 8) kernel = gsl_dw_sm90<T, G, kNmb, 8, true, 1, false, true, 1>;
             if (pv == 9) kernel = gsl_dw_sm90<T, G, kNmb, 9, true, 1, false, true, 1>;
