@@ -3,7 +3,9 @@ batch size as run_device.sh's grid writes them): for each pass, on how many shap
 within --target of the cuBLAS GEMM of equal FLOPs, the median and worst ratio; then a
 markdown table of the ratios per (B, K, G, L).
 
-    python bench/grid_summary.py bench/results/grid_B*_s26_h100.json [--target 1.15] [--table]
+    python bench/grid_summary.py bench/results/grid_B*_s26_h100.json [--target 1.15] [--table] [--by-lg]
+
+--by-lg adds, per pass, the count within --target and the ratios' range for each (L, G).
 """
 
 import argparse
@@ -30,6 +32,7 @@ def main() -> None:
     ap.add_argument("json", nargs="+")
     ap.add_argument("--target", type=float, default=1.15, help="ratio to cuBLAS at equal FLOPs counted as met")
     ap.add_argument("--table", action="store_true", help="also print the per-shape table")
+    ap.add_argument("--by-lg", action="store_true", help="also print, per pass, the hits and ratio range per (L, G)")
     a = ap.parse_args()
     rows, heads = load_rows(a.json)
     for h in heads:
@@ -46,6 +49,16 @@ def main() -> None:
         print(f"| {p} | {met} of {len(rs)} | {statistics.median(ratios):.2f}x | "
               f"{worst[p]['ours_over_matched']:.2f}x ({worst['B']}, {worst['K']}, {worst['G']}, {worst['L']:,}) | "
               f"{', '.join(paths)} |")
+    if a.by_lg:
+        print("\n| pass | L | G | within | ratios |")
+        print("|---|---|---|---|---|")
+        for p in PASSES:
+            for L, G in sorted({(r["L"], r["G"]) for r in rows}):
+                xs = [r[p]["ours_over_matched"] for r in rows
+                      if r["L"] == L and r["G"] == G and p in r and "ours_over_matched" in r[p]]
+                if xs:
+                    print(f"| {p} | {L:,} | {G} | {sum(x <= a.target for x in xs)} of {len(xs)} | "
+                          f"{min(xs):.2f}-{max(xs):.2f}x |")
     if a.table:
         print("\n| B | K | G | L | fwd ms (x matched) | dx ms (x matched) | dW ms (x matched) |")
         print("|---|---|---|---|---|---|---|")
