@@ -88,8 +88,8 @@
 #     rcdefault build, the row classes as the default (session 39): their tests and the padding rule's (RCD_TESTS_K,
 #            RCD_TESTS_TIMEOUT), the step padded / not with x, the weight or neither frozen (RCD_FROZEN), then the
 #            grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s (default 585)
-#     rcprobe build, dW's row-class probes (bench/probe_fwd.py --dw-rc), the spread boxes' tests and knob
-#            (LARGEOUT_SM90_DW_RC=1,spread), then the suite (TESTS) until RCPROBE_BUDGET s (default 585)
+#     rcspread build, the row-class tests (RCS_TESTS_K), the B=512 K=128 headline, the step at odd L unpadded, then
+#            the grid at odd L per batch size (SWEEP_B) until RCS_BUDGET s (default 585; session 41)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -480,22 +480,16 @@ if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; thei
   exit 0
 fi
 
-if [ "$MODE" = rcprobe ]; then  # session 40: where dW's row-class time goes (bench/probe_fwd.py --dw-rc: placement,
-  # fence and barrier switched off in turn, beside the aligned kernel), the tests of the boxes issued by every loader
-  # warp (LARGEOUT_SM90_DW_RC=spread) and its knob against 1, then the whole suite (TESTS) until RCPROBE_BUDGET s
-  # after the start (default 585)
-  deadline=$(( T0 + ${RCPROBE_BUDGET:-585} ))
-  echo "== probes: dW v2 and its row classes"
-  timeout 150 python3 bench/probe_fwd.py --passes dw --dw-rc --out "$OUT/probe_dw_rc.json" 2>&1 | grep -v "^{'pass': 'dw', 'version': 'v2'" | tail -16
-  echo "== tests: the row-class boxes spread over the loader warps"
-  RUN_TESTS_TIMEOUT=90 run_tests gpu_tests_spread.log tests/test_group_sparse_sm90.py -k boxes_spread
-  echo "== knob LARGEOUT_SM90_DW_RC=1,spread"
-  timeout 120 python3 bench/bench_knob.py --pass dw --env LARGEOUT_SM90_DW_RC --values 1,spread \
-    --B ${RC_KNOB_B:-512} --K 64,128,256 --G 32,64,128 --L ${RC_KNOB_L:-670091} --out "$OUT/knob_dw_rcspread.json" 2>&1 \
-    | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*, 'max_rel_diff': [0-9.e-]*"
-  left=$(( deadline - $(date +%s) ))
-  echo "== tests: $TESTS (${left} s left)"
-  [ $left -gt 60 ] && RUN_TESTS_TIMEOUT=$(( left - 10 )) run_tests gpu_tests.log $TESTS
+if [ "$MODE" = rcspread ]; then  # session 41: dW's row-class boxes issued by every loader warp, now the default: the
+  # row-class tests, the B=512 K=128 headline, the autograd step at odd L (unpadded), then the grid at odd L per batch
+  # size (SWEEP_B) until RCS_BUDGET s after the start (default 585)
+  deadline=$(( T0 + ${RCS_BUDGET:-585} ))
+  echo "== tests: row classes and the padding query"
+  RUN_TESTS_TIMEOUT=${RCS_TESTS_TIMEOUT:-120} run_tests gpu_tests_rcs.log tests/test_group_sparse_sm90.py \
+    -k "${RCS_TESTS_K:-row_classes or reads_dy}"
+  bench_headline 100 670091,670208
+  frozen_steps $(( deadline + 60 )) none 32,64,128 670091 0
+  GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
 fi
 

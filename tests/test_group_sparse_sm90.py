@@ -684,8 +684,9 @@ def check_row_classes(pass_, shape, dtype, seed, launches):
 @pytest.mark.parametrize("shape", RC_SHAPES, ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
 @pytest.mark.parametrize("pass_", ["weight", "input"])
 def test_sm90_row_classes_match_reference(pass_, shape, dtype, poison, monkeypatch):
-    # dW and dbias (the computing warpgroups shift their dbias chunks from the raw rows into the
-    # MMA's tile) or dx v2 (warps 1-3 of its loader warpgroup do) read dY by TMA as eight classes
+    # dW and dbias (the loader warps issue two of a stage's eight boxes each, thread 0 alone sets
+    # the bytes to expect, so the others' may land first; the computing warpgroups shift their
+    # dbias chunks from the raw rows into the MMA's tile) or dx v2 (warps 1-3 of its loader warpgroup do) read dY by TMA as eight classes
     # of rows (rows c, c + 8, ..: an aligned stride at any L): against float64 element by element,
     # twice (deterministic), and the row-class kernel really ran (both times).
     check_row_classes(pass_, shape, dtype, 70 + shape[3] + shape[4], 2)
@@ -712,23 +713,6 @@ def test_sm90_dw_row_classes_ring_sizes(shape, stages, poison, monkeypatch):
     # CTA: a stage's raw rows are rewritten only after every computing thread has placed them.
     monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
     check_row_classes("weight", shape, torch.bfloat16, 72 + stages, 2)
-
-
-@pytest.mark.parametrize("stages", [None, 4])
-@pytest.mark.parametrize("shape", RC_SHAPES + [(160, 768, 30001, 64, 32), (64, 256, 4095, 256, 128)],
-                         ids=lambda s: "B{}_H{}_L{}_K{}_G{}".format(*s))
-def test_sm90_dw_row_classes_boxes_spread(shape, stages, poison, monkeypatch):
-    # LARGEOUT_SM90_DW_RC=spread (bf16, opt-in): every loader warp issues two of a stage's eight
-    # row-class boxes, thread 0 alone sets the bytes to expect (the others' boxes may land
-    # first); against float64 element by element, twice, through that kernel (its own counter),
-    # also with a small ring that wraps many times per CTA (LARGEOUT_SM90_DW_STAGES=4; 3 where
-    # shared memory holds no more, G = 128 with K = 256).
-    monkeypatch.setenv("LARGEOUT_SM90_DW_RC", "spread")
-    if stages is not None:
-        monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", str(stages))
-    before = kernels.launch_counts()["weight"]["sm90-row-classes-spread"]
-    check_row_classes("weight", shape, torch.bfloat16, 74 + shape[4], 2)
-    assert kernels.launch_counts()["weight"]["sm90-row-classes-spread"] == before + 2
 
 
 def test_sm90_reads_dy_by_tma_query(monkeypatch):

@@ -509,10 +509,9 @@ bool cuda_reads_dy_by_tma(const std::string& pass, at::ScalarType dtype, int64_t
 // Launch counts since start: [forward generic, forward sm90, input generic, input sm90,
 // weight generic, weight sm90, forward sm90-fp8, input sm90-fp8, weight sm90-fp8, forward
 // sm90 launches of G = 128 layers through the G = 64 kernel (also counted as forward sm90), weight
-// and input sm90 launches through row classes (also counted as weight and input sm90), weight
-// row-class launches whose boxes every loader warp issued (also counted in the weight row-class launches)].
+// and input sm90 launches through row classes (also counted as weight and input sm90)].
 std::vector<int64_t> cuda_launch_counts() {
-  std::vector<int64_t> out(13, 0);
+  std::vector<int64_t> out(12, 0);
 #ifdef LARGEOUT_WITH_CUDA
   for (int p = 0; p < 3; ++p) {
     for (int q = 0; q < 2; ++q) out[2 * p + q] = cuda::launch_count(cuda::Pass(p), cuda::Path(q));
@@ -521,7 +520,6 @@ std::vector<int64_t> cuda_launch_counts() {
   out[9] = cuda::sm90::fwd_g128_as_64_launches();
   out[10] = cuda::sm90::dw_row_class_launches();
   out[11] = cuda::sm90::dx_row_class_launches();
-  out[12] = cuda::sm90::dw_row_class_spread_launches();
 #endif
   return out;
 }

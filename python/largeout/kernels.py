@@ -65,12 +65,10 @@ def launch_counts() -> dict:
     their ``"sm90"`` launches that read a dY whose row stride is not a multiple of 8 elements
     (an odd number of labels, say) by TMA as eight classes of rows: the default where they apply
     (16-bit weights, fan-in 64, 128 or 256); ``LARGEOUT_SM90_DW_RC=0`` / ``LARGEOUT_SM90_DX_RC=0``
-    switch them off; the weight pass's ``"sm90-row-classes-spread"`` counts those of its row-class
-    launches whose dY boxes every loader warp issued, ``LARGEOUT_SM90_DW_RC=spread``, bf16, opt-in)."""
+    switch them off)."""
     c: Sequence[int] = torch.ops.largeout.cuda_launch_counts()
     counts = {p: {"generic": c[2 * i], "sm90": c[2 * i + 1], "sm90-fp8": c[6 + i]} for i, p in enumerate(_PASSES)}
     counts["forward"]["sm90-g128-as-64"] = c[9]
     counts["weight"]["sm90-row-classes"] = c[10]
     counts["input"]["sm90-row-classes"] = c[11]
-    counts["weight"]["sm90-row-classes-spread"] = c[12]
     return counts

@@ -753,14 +753,16 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // L = 670,208, twice in turn): dW at G = 32 0.874 -> 0.470 ms, G = 64 0.537 -> 0.340, G = 128
 // 0.318 -> 0.310, so the loader's chain was dW's bound.
 // kRc (with kDbC; where dY's row stride is not a multiple of 8, unless LARGEOUT_SM90_DW_RC=0, which
-// leaves it to v1): the loader's thread 0 issues the eight row-class boxes of a stage (DyMaps) into
-// its raw rows; each computing thread shifts its dbias chunks from there into the MMA's tile
-// (zero past B), sums them, and the threads that share the stage meet at a named barrier
-// before the MMAs. kRc = 2 (LARGEOUT_SM90_DW_RC=spread, bf16, opt-in until measured): the eight
-// boxes are issued by lane 0 of each of the four loader warps, two each, rather than all by
-// thread 0, whose warp otherwise issues them ahead of its own gathers every stage.
+// leaves it to v1): the eight row-class boxes of a stage (DyMaps) land in its raw rows, two issued
+// by lane 0 of each loader warp; each computing thread shifts its dbias chunks from there into the
+// MMA's tile (zero past B), sums them, and the threads that share the stage meet at a named barrier
+// before the MMAs. (All eight issued by thread 0 ahead of its warp's gathers, as first written,
+// took 1.03-1.47x longer at G = 32 and 64, about as long at G = 128, B = 512, L = 670,091, K 64-256:
+// knob_dw_rcspread_s41_h100.json;
+// with the placement switched off that kernel still took 0.78 ms against the aligned 0.53,
+// probe_dw_rc_s41_h100.json, so the loader side was the cost.)
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
-          bool kDbC = false, int kRc = 0>
+          bool kDbC = false, bool kRc = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
 gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, const T* __restrict__ dy,
             const int32_t* __restrict__ idx, T* __restrict__ dw, T* __restrict__ db, int B, int Bp, int64_t L,
@@ -768,7 +770,7 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
   using C = DwCfg<G, kNmb>;
   using Seg = typename C::Seg;
   constexpr int K = C::K;
-  constexpr int64_t kStageBytes = C::stage_bytes(kTma, kRc != 0);
+  constexpr int64_t kStageBytes = C::stage_bytes(kTma, kRc);
   extern __shared__ uint8_t smem_raw[];
   uint8_t* base = align_smem(smem_raw);
   uint64_t* full = reinterpret_cast<uint64_t*>(base + stages * kStageBytes);
@@ -796,7 +798,6 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
                 "dbias by the computing warpgroups: v2, one loader warpgroup");
   static_assert(kProbe < 7 || (kRc && kProbe <= 10), "probes 7-10: row classes only");
   static_assert(!kRc || (kDbC && !kDyCp), "row classes: dbias by the computing warpgroups, dY by TMA");
-  static_assert(kRc >= 0 && kRc <= 2, "row classes: 1 boxes issued by one thread, 2 by one thread of each loader warp");
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < stages; ++s) {
@@ -891,10 +892,11 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
             const uint32_t bytes = row < B ? lbytes : 0u;
             cp_async_16_zfill(as + dy_dst[m], bytes != 0 ? dy + int64_t(row) * ldy + l : dy, bytes);
           }
-        } else if constexpr (kRc == 2) {
-          // (spread: lane 0 of loader warp w issues classes 2w and 2w + 1; thread 0 alone arrives and
-          // sets the bytes to expect, the other boxes' bytes may land first: a phase cannot complete
-          // before that arrival)
+        } else if constexpr (kRc) {
+          // Class c's rows bc * 8 .. bc * 8 + 7 (tile rows c + 8 i): lane 0 of loader warp w issues
+          // classes 2w and 2w + 1, ahead of its warp's gathers. Thread 0 alone arrives and sets the
+          // bytes to expect; the other warps' boxes may land first (the tx-count may go negative),
+          // and the phase cannot complete before that arrival, one of the 129 it needs.
           if ((tid & 31) == 0) {
             const int c = 2 * (tid >> 5);
             if (c == 0) mbar_arrive_expect_tx(&full[s], 8 * C::kRcBoxBytes);
@@ -905,11 +907,6 @@ gsl_dw_sm90(const __grid_constant__ DyMaps tm_dy, const T* __restrict__ xt, cons
         } else if (tid == 0) {
           if constexpr (kProbe == 2 || kProbe == 5) {
             mbar_arrive(&full[s]);
-          } else if constexpr (kRc) {  // class c's rows bc * 8 .. bc * 8 + 7: tile rows c + 8 i
-            mbar_arrive_expect_tx(&full[s], 8 * C::kRcBoxBytes);
-#pragma unroll
-            for (int c = 0; c < 8; ++c)
-              tma_load_2d(as + C::kABytes + C::kDyBytes + c * C::kRcBoxBytes, &tm_dy.m[c], &full[s], g * G, bc * 8);
           } else {
             mbar_arrive_expect_tx(&full[s], C::kDyBytes);
 #pragma unroll
@@ -2343,12 +2340,10 @@ bool dw_v2_applies(const GroupSparseShape& s) { return s.dy_ld() % 8 == 0 && !en
 bool dw_rc_applies(const GroupSparseShape& s) {
   return s.dy_ld() % 8 != 0 && !env_is("LARGEOUT_SM90_DW", "v1") && !env_is("LARGEOUT_SM90_DW_RC", "0");
 }
-std::atomic<int64_t> g_dw_rc{0};         // launches (dw_row_class_launches)
-std::atomic<int64_t> g_dw_rc_spread{0};  // of them, boxes issued by every loader warp (dw_row_class_spread_launches)
+std::atomic<int64_t> g_dw_rc{0};  // launches (dw_row_class_launches)
 }  // namespace
 
 int64_t dw_row_class_launches() { return g_dw_rc.load(); }
-int64_t dw_row_class_spread_launches() { return g_dw_rc_spread.load(); }
 
 namespace {
 // Whether dw() runs the row-class kernel for this shape (dbias by the computing warpgroups, with a
@@ -2454,12 +2449,7 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           if (loaders == 4) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 4>;
         if (dycp) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, true>;
         if (dbc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true>;
-        if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 1>;
-        bool rc_spread = false;
-        if constexpr (std::is_same_v<T, __nv_bfloat16>) {
-          rc_spread = rc && env_is("LARGEOUT_SM90_DW_RC", "spread");
-          if (rc_spread) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, 2>;
-        }
+        if (rc) kernel = gsl_dw_sm90<T, G, kNmb, 0, true, 1, false, true, true>;
         // (both at G = 128, K = 256 spill at its 168 registers a thread: dbias by the computing
         // warpgroups alone there)
         if constexpr (!(G == 128 && kNmb == 4))
@@ -2471,11 +2461,10 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
           // 1-6 on v2 (one loader warpgroup), 7-10 on the row classes (--dw-rc).
           const int pv = env_int("LARGEOUT_SM90_DW_PROBE");
           if (rc) {
-            if (pv >= 7 && pv <= 10) rc_spread = false;  // (the probes are kRc = 1 kernels)
-            if (pv == 7) kernel = gsl_dw_sm90<T, G, kNmb, 7, true, 1, false, true, 1>;
-            if (pv == 8) kernel = gsl_dw_sm90<T, G, kNmb, 8, true, 1, false, true, 1>;
-            if (pv == 9) kernel = gsl_dw_sm90<T, G, kNmb, 9, true, 1, false, true, 1>;
-            if (pv == 10) kernel = gsl_dw_sm90<T, G, kNmb, 10, true, 1, false, true, 1>;
+            if (pv == 7) kernel = gsl_dw_sm90<T, G, kNmb, 7, true, 1, false, true, true>;
+            if (pv == 8) kernel = gsl_dw_sm90<T, G, kNmb, 8, true, 1, false, true, true>;
+            if (pv == 9) kernel = gsl_dw_sm90<T, G, kNmb, 9, true, 1, false, true, true>;
+            if (pv == 10) kernel = gsl_dw_sm90<T, G, kNmb, 10, true, 1, false, true, true>;
           } else if (!tma) {
             if (pv == 1) kernel = gsl_dw_sm90<T, G, kNmb, 1>;
             if (pv == 2) kernel = gsl_dw_sm90<T, G, kNmb, 2>;
@@ -2497,7 +2486,6 @@ cudaError_t dw(DType dt, const GroupSparseShape& s, const DeviceInfo& dev, const
             s.out_features, s.dy_ld(), int(per), int(ng), stages, int(split_b));
         if (cudaError_t e = cudaGetLastError(); e != cudaSuccess) return e;
         if (rc) g_dw_rc.fetch_add(1);
-        if (rc_spread) g_dw_rc_spread.fetch_add(1);
         return cudaSuccess;
       });
     }

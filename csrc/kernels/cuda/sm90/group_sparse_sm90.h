@@ -34,7 +34,6 @@ bool dw_supported(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev)
 int64_t dw_workspace_bytes(DType dtype, const GroupSparseShape& s);
 // dW and dx launches through row classes (dY's row stride not a multiple of 8) since the process started.
 int64_t dw_row_class_launches();
-int64_t dw_row_class_spread_launches();  // (of dW's, those whose boxes every loader warp issued: LARGEOUT_SM90_DW_RC=spread)
 int64_t dx_row_class_launches();
 cudaError_t dw(DType dtype, const GroupSparseShape& s, const DeviceInfo& dev, const void* dy, const void* x,
                const int32_t* indices, void* dweight, void* dbias, void* workspace, cudaStream_t stream);
@@ -71,7 +70,6 @@ inline cudaError_t dx_fp8(bool, const GroupSparseShape&, const DeviceInfo&, int6
 inline bool dw_supported(DType, const GroupSparseShape&, const DeviceInfo&) { return false; }
 inline int64_t dw_workspace_bytes(DType, const GroupSparseShape&) { return 0; }
 inline int64_t dw_row_class_launches() { return 0; }
-inline int64_t dw_row_class_spread_launches() { return 0; }
 inline int64_t dx_row_class_launches() { return 0; }
 inline cudaError_t dw(DType, const GroupSparseShape&, const DeviceInfo&, const void*, const void*, const int32_t*,
                       void*, void*, void*, cudaStream_t) {
