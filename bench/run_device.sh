@@ -88,8 +88,9 @@
 #     rcdefault build, the row classes as the default (session 39): their tests and the padding rule's (RCD_TESTS_K,
 #            RCD_TESTS_TIMEOUT), the step padded / not with x, the weight or neither frozen (RCD_FROZEN), then the
 #            grid at odd L per batch size (SWEEP_B) until RCD_BUDGET s (default 585)
-#     rcspread build, the row-class tests (RCS_TESTS_K), the B=512 K=128 headline, the step at odd L unpadded, then
-#            the grid at odd L per batch size (SWEEP_B) until RCS_BUDGET s (default 585; session 41)
+#     rcspread build, the row-class tests (RCS_TESTS_K), the B=512 K=128 headline, dW's ring size at L = 131,072
+#            (RCS_STAGES=0 skips it), the step at odd L unpadded, then the grid at odd L per batch size (SWEEP_B)
+#            until RCS_BUDGET s (default 585; session 41)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -481,13 +482,20 @@ if [ "$MODE" = rcdefault ]; then  # session 39: the row classes by default; thei
 fi
 
 if [ "$MODE" = rcspread ]; then  # session 41: dW's row-class boxes issued by every loader warp, now the default: the
-  # row-class tests, the B=512 K=128 headline, the autograd step at odd L (unpadded), then the grid at odd L per batch
-  # size (SWEEP_B) until RCS_BUDGET s after the start (default 585)
+  # row-class tests, the B=512 K=128 headline, dW's ring size (LARGEOUT_SM90_DW_STAGES) at L = 131,072, the autograd
+  # step at odd L (unpadded), then the grid at odd L per batch size (SWEEP_B) until RCS_BUDGET s after the start
+  # (default 585)
   deadline=$(( T0 + ${RCS_BUDGET:-585} ))
   echo "== tests: row classes and the padding query"
   RUN_TESTS_TIMEOUT=${RCS_TESTS_TIMEOUT:-120} run_tests gpu_tests_rcs.log tests/test_group_sparse_sm90.py \
     -k "${RCS_TESTS_K:-row_classes or reads_dy}"
   bench_headline 100 670091,670208
+  if [ "${RCS_STAGES:-1}" = 1 ]; then  # dW's ring at L = 131,072 (aligned rows), where G = 32 / 64 miss
+    echo "== knob LARGEOUT_SM90_DW_STAGES=${RCS_STAGES_VALUES:-8,12,16} (dW, L = 131,072)"
+    timeout 120 python3 bench/bench_knob.py --pass dw --env LARGEOUT_SM90_DW_STAGES --values ${RCS_STAGES_VALUES:-8,12,16} \
+      --B ${RCS_STAGES_B:-1024,256} --K 64,128,256 --G 32,64 --L 131072 --out "$OUT/knob_dw_stages.json" 2>&1 \
+      | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
+  fi
   frozen_steps $(( deadline + 60 )) none 32,64,128 670091 0
   GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
   exit 0
