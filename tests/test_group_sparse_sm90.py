@@ -686,9 +686,10 @@ def check_row_classes(pass_, shape, dtype, seed, launches):
 def test_sm90_row_classes_match_reference(pass_, shape, dtype, poison, monkeypatch):
     # dW and dbias (the loader warps issue two of a stage's eight boxes each, thread 0 alone sets
     # the bytes to expect, so the others' may land first; the computing warpgroups shift their
-    # dbias chunks from the raw rows into the MMA's tile) or dx v2 (warps 1-3 of its loader warpgroup do) read dY by TMA as eight classes
-    # of rows (rows c, c + 8, ..: an aligned stride at any L): against float64 element by element,
-    # twice (deterministic), and the row-class kernel really ran (both times).
+    # dbias chunks from the raw rows into the MMA's tile) or dx v2 (warps 1-3 of its loader
+    # warpgroup do) read dY by TMA as eight classes of rows (rows c, c + 8, ..: an aligned stride
+    # at any L): against float64 element by element, twice (deterministic), and the row-class
+    # kernel really ran (both times).
     check_row_classes(pass_, shape, dtype, 70 + shape[3] + shape[4], 2)
 
 

@@ -758,9 +758,8 @@ __device__ __forceinline__ int dw_a_row(int r) { return (r & ~15) | ((r & 15) >>
 // MMA's tile (zero past B), sums them, and the threads that share the stage meet at a named barrier
 // before the MMAs. (All eight issued by thread 0 ahead of its warp's gathers, as first written,
 // took 1.03-1.47x longer at G = 32 and 64, about as long at G = 128, B = 512, L = 670,091, K 64-256:
-// knob_dw_rcspread_s41_h100.json;
-// with the placement switched off that kernel still took 0.78 ms against the aligned 0.53,
-// probe_dw_rc_s41_h100.json, so the loader side was the cost.)
+// knob_dw_rcspread_s41_h100.json; with the placement switched off that kernel still took 0.78 ms
+// against the aligned 0.53, probe_dw_rc_s41_h100.json, so the loader side was the cost.)
 template <class T, int G, int kNmb, int kProbe = 0, bool kTma = false, int kLoaders = 1, bool kDyCp = false,
           bool kDbC = false, bool kRc = false>
 __global__ void __launch_bounds__(128 * (kLoaders + 2), 1)
