@@ -91,6 +91,8 @@
 #     rcspread build, the row-class tests (RCS_TESTS_K), the B=512 K=128 headline, dW's ring size at L = 131,072
 #            (RCS_STAGES=0 skips it), the step at odd L unpadded, then the grid at odd L per batch size (SWEEP_B)
 #            until RCS_BUDGET s (default 585; session 41)
+#     k64stages build, dW at K = 64 with 8 and 16 stages (bench_knob.py) over B 128-1024, G 32-128 and the three L,
+#            then the dW tests (K64S_TESTS_K) until K64S_BUDGET s (default 480; session 42)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -498,6 +500,26 @@ if [ "$MODE" = rcspread ]; then  # session 41: dW's row-class boxes issued by ev
   fi
   frozen_steps $(( deadline + 60 )) none 32,64,128 670091 0
   GRID_ARGS="--L 670091,2812281" GRID_PREFIX=grid_oddL run_grid $deadline ${SWEEP_B:-512 1024 256 128}
+  exit 0
+fi
+
+if [ "$MODE" = k64stages ]; then  # session 42: dW's ring at K = 64, 8 against 16 stages (LARGEOUT_SM90_DW_STAGES;
+  # branch s43-dw-k64-16 makes 16 the default there) over the B, G and L, one file per L
+  # (knob_dw_k64_stages_L<L>.json), then the dW tests (K64S_TESTS_K) as K64S_BUDGET s after the start allow
+  # (default 480)
+  deadline=$(( T0 + ${K64S_BUDGET:-480} ))
+  for L in 131072 670091 2812281; do
+    left=$(( deadline - $(date +%s) - 60 ))
+    [ $left -gt 30 ] || { echo "(knob: no time left for L=$L)"; break; }
+    echo "== knob LARGEOUT_SM90_DW_STAGES=8,16 (dW, K = 64, L = $L; $left s)"
+    timeout $left python3 bench/bench_knob.py --pass dw --env LARGEOUT_SM90_DW_STAGES --values 8,16 \
+      --B 512,1024,256,128 --K 64 --G 32,64,128 --L $L --iters 30 --out "$OUT/knob_dw_k64_stages_L$L.json" 2>&1 \
+      | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
+  done
+  left=$(( deadline - $(date +%s) ))
+  echo "== tests: dW (${left} s left)"
+  [ $left -gt 30 ] && RUN_TESTS_TIMEOUT=$left run_tests gpu_tests_k64s.log tests/test_group_sparse_sm90.py \
+    -k "${K64S_TESTS_K:-dw_}"
   exit 0
 fi
 
