@@ -1,9 +1,11 @@
 """Plot the group-sparse benchmark grid: time per training step (or one pass) against L.
 
-    python bench/plot_group_sparse.py [--json bench/results/group_sparse_grid_h200.json]
+    python bench/plot_group_sparse.py [--json bench/results/group_sparse_grid_h200.json [MORE.json ...]]
         [--B 512] [--pass step|fwd|dx|dw] [--haste HASTE.json] [--out PNG]
 
-Reads the JSON written by bench/bench_group_sparse.py and draws one subplot per (K, G)
+Reads the JSON written by bench/bench_group_sparse.py (several files: their rows together, a
+later file's row replacing an earlier one's of the same shape; the title names the first
+file's GPU and every commit) and draws one subplot per (K, G)
 (rows: K, columns: G) at a fixed batch size B, log-log: ours, the cuBLAS GEMM of equal
 FLOPs ([B, K] x [K, L]) and the full dense layer in cuBLAS ([B, H] x [H, L]). With
 --pass step (the default) each point is the sum of the fwd, dx and dW times. --haste adds
@@ -52,8 +54,8 @@ def load_haste(path: str, B: int, which: str) -> dict:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--json", default="bench/results/group_sparse_grid_h200.json",
-                    help="benchmark result of bench_group_sparse.py")
+    ap.add_argument("--json", nargs="+", default=["bench/results/group_sparse_grid_h200.json"],
+                    help="benchmark results of bench_group_sparse.py (later files override shapes)")
     ap.add_argument("--B", type=int, default=512, help="batch size to plot")
     ap.add_argument("--pass", dest="which", choices=("fwd", "dx", "dw", "step"), default="step",
                     help="one pass, or step = fwd + dx + dW (default)")
@@ -66,12 +68,23 @@ def main():
     import matplotlib.pyplot as plt
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    with open(args.json) as f:
-        data = json.load(f)
-    rows = [r for r in data["rows"] if r["B"] == args.B]
+    files = []
+    for path in args.json:
+        with open(path) as f:
+            files.append(json.load(f))
+    data = files[0]
+    gpus = sorted({d.get("gpu", "?") for d in files})
+    if len(gpus) > 1:
+        sys.exit(f"--json: the files come from different GPUs ({', '.join(gpus)}); plot one GPU at a time")
+    by_shape = {}
+    for d in files:
+        for r in d["rows"]:
+            by_shape[(r["B"], r["H"], r["K"], r["G"], r["L"])] = r
+    rows = [r for r in by_shape.values() if r["B"] == args.B]
     if not rows:
-        have = sorted({r["B"] for r in data["rows"]})
-        sys.exit(f"no rows with B={args.B} in {args.json} (batch sizes there: {have})")
+        have = sorted({k[0] for k in by_shape})
+        sys.exit(f"no rows with B={args.B} in {', '.join(args.json)} (batch sizes there: {have})")
+    commits = ", ".join(dict.fromkeys(str(d.get("git_commit", "?"))[:7] for d in files))
 
     Ks = sorted({r["K"] for r in rows})
     Gs = sorted({r["G"] for r in rows})
@@ -129,9 +142,14 @@ def main():
             ax.grid(True, which="minor", alpha=0.15)
 
     title = (f"{data.get('gpu', '?')}, {data.get('dtype', 'bf16')}, "
-             f"H = {', '.join(map(str, Hs))}, B = {args.B}, commit {data.get('git_commit', '?')}")
+             f"H = {', '.join(map(str, Hs))}, B = {args.B}, commit {commits}")
     if haste is None:
         title += "\nHASTE not measured in this run"
+    elif haste_points > 0:
+        with open(args.haste) as f:
+            meta = json.load(f)
+        title += (f"\nHASTE: {args.haste.rsplit('/', 1)[-1]} ({meta.get('gpu', '?')}, "
+                  f"{str(meta.get('date', '?'))[:10]}, its own run)")
     elif haste_points == 0:
         key = "step_ms" if args.which == "step" else f"{args.which}_ms"
         title += f"\nHASTE: no rows with B = {args.B} and {key} in {args.haste}"
