@@ -501,8 +501,103 @@ def test_load_state_dict_checks_before_replacing():
     with pytest.raises(ValueError, match="state 'exp_avg' of parameter .* has shape \\(7,\\)"):
         opt.load_state_dict(bad_state)
     unchanged()
+    # state the fused step would reject only at the next step, after the good state was gone
+    wide = {**good, "state": {pid: {**good["state"][pid], "exp_avg": good["state"][pid]["exp_avg"].double(),
+                                    "exp_avg_sq": good["state"][pid]["exp_avg_sq"].double()}}}
+    with pytest.raises(TypeError, match="'exp_avg' and 'exp_avg_sq' .* share a dtype .* got torch.float64.*fused=False"):
+        opt.load_state_dict(wide)
+    unchanged()
+    half = {**good, "state": {pid: {k: v for k, v in good["state"][pid].items() if k != "exp_avg_sq"}}}
+    with pytest.raises(ValueError, match="has 'exp_avg' but not 'exp_avg_sq'"):
+        opt.load_state_dict(half)
+    unchanged()
+    for step in ("3", -1.0, float("nan"), torch.tensor(-2.0)):
+        with pytest.raises(ValueError, match="state 'step' of parameter id .* must be a count >= 0"):
+            opt.load_state_dict({**good, "state": {pid: {**good["state"][pid], "step": step}}})
+        unchanged()
+    orphan = {**good, "state": {**good["state"], 7: dict(good["state"][pid])}}
+    with pytest.raises(ValueError, match="state for parameter ids \\[7\\], which no parameter group"):
+        opt.load_state_dict(orphan)
+    unchanged()
+    with pytest.raises(TypeError, match="state_dict must be a mapping .* got list"):
+        opt.load_state_dict([1, 2])
+    unchanged()
     opt.load_state_dict(good)  # the good one loads
     unchanged()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_load_state_dict_of_another_dtype_keeps_the_state_until_checked(fused):
+    # A float32 run's SGD state into a bf16 run's optimizer: the fused step takes only bf16
+    # momentum for a bf16 parameter, so the load fails and the bf16 buffer stays; fused=False
+    # takes any float dtype.
+    w32 = params((6,), torch.float32, 3)
+    w32.grad = torch.randn(6)
+    src = lo_optim.SGD([w32], lr=0.1, momentum=0.9)
+    src.step()
+    ckpt = src.state_dict()
+    wb = params((6,), torch.bfloat16, 4)
+    wb.grad = torch.randn(6, dtype=torch.bfloat16)
+    opt = lo_optim.SGD([wb], lr=0.1, momentum=0.9, fused=fused)
+    opt.step()
+    buf = opt.state[wb]["momentum_buffer"]
+    before = buf.clone()
+    if fused:
+        with pytest.raises(TypeError, match="'momentum_buffer' .* must be torch.bfloat16; got torch.float32"):
+            opt.load_state_dict(ckpt)
+        assert opt.state[wb]["momentum_buffer"] is buf and torch.equal(buf, before)
+    else:
+        opt.load_state_dict(ckpt)
+        assert opt.state[wb]["momentum_buffer"].dtype == torch.float32
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_step_checks_hyperparameters_changed_after_construction(fused):
+    # A learning-rate scheduler (or a user) writes param_groups between steps: the step checks
+    # them as the constructor does, names the group, and changes nothing on an error.
+    w = params((8,), torch.bfloat16, 5)
+    w.grad = torch.randn(8, dtype=torch.bfloat16)
+    sgd = lo_optim.SGD([w], lr=0.1, momentum=0.9, fused=fused)
+    sgd.step()
+    snap = w.detach().clone(), sgd.state[w]["momentum_buffer"].clone(), sgd._gen.get_state()
+    def refused(field):
+        with pytest.raises((ValueError, TypeError), match=f"{field}.*param_groups\\[0\\]"):
+            sgd.step()
+        assert torch.equal(w.detach(), snap[0]) and torch.equal(sgd.state[w]["momentum_buffer"], snap[1])
+        assert torch.equal(sgd._gen.get_state(), snap[2])
+
+    torch.optim.lr_scheduler.LambdaLR(sgd, lambda epoch: -1.0)  # lr becomes -0.1
+    assert sgd.param_groups[0]["lr"] < 0
+    refused("lr")
+    sgd.param_groups[0]["lr"] = 0.1
+    for field, value in (("lr", float("nan")), ("momentum", -0.5), ("rounding", "floor"), ("nesterov", 1),
+                         ("lr", "0.1")):
+        old = sgd.param_groups[0][field]
+        sgd.param_groups[0][field] = value
+        refused(field)
+        sgd.param_groups[0][field] = old
+    sgd.step()  # valid again: it steps
+    assert not torch.equal(w.detach(), snap[0])
+    a = params((8,), torch.bfloat16, 6)
+    a.grad = torch.randn(8, dtype=torch.bfloat16)
+    adam = lo_optim.AdamW([a], lr=0.1, fused=fused)
+    before = a.detach().clone()
+    for field, value in (("eps", 0.0), ("betas", (0.9, 1.0)), ("betas", (0.9,)), ("state_dtype", torch.float64)):
+        group = {**adam.param_groups[0]}
+        adam.param_groups[0][field] = value
+        with pytest.raises(ValueError, match=f"{field}.*param_groups\\[0\\]"):
+            adam.step()
+        assert torch.equal(a.detach(), before) and not adam.state
+        adam.param_groups[0].update(group)
+    adam.step()  # valid again: it steps
+    assert not torch.equal(a.detach(), before)
+
+
+def test_seed_out_of_range():
+    with pytest.raises(ValueError, match="seed must be in \\[0, 2\\*\\*64\\) or None; got -1"):
+        lo_optim.SGD([params((2,), torch.bfloat16, 0)], lr=0.1, seed=-1)
+    with pytest.raises(ValueError, match="seed must be in"):
+        lo_optim.AdamW([params((2,), torch.bfloat16, 0)], seed=2**70)
 
 
 # -- the fused step -------------------------------------------------------------------------

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from typing import Iterable, Optional, Tuple
 
 import numpy as np
@@ -105,6 +106,8 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                 raise TypeError(f"{type(self).__name__}: seed must be an int or None; got {type(seed).__name__} "
                                 f"{seed!r}")
             seed = int(seed)
+            if not 0 <= seed < 2**64:
+                raise ValueError(f"{type(self).__name__}: seed must be in [0, 2**64) or None; got {seed}")
         self.fused = fused
         # (torch.optim.Optimizer.__init__ adds each group through add_param_group, which
         # checks its hyperparameters and parameters)
@@ -220,12 +223,22 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             raise TypeError(f"{type(self).__name__}: state 'kahan_comp' of {self._where(i, p)} must be "
                             f"{_buffer_dtype(p.dtype)}; got {comp.dtype}")
 
+    def _check_groups(self) -> None:
+        """The groups' hyperparameters, as the constructor checked them: a learning-rate
+        scheduler or a user may have changed them since. The message names the group."""
+        for i, group in enumerate(self.param_groups):
+            try:
+                self._check_group(group)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"{e} (in param_groups[{i}])") from None
+
     @torch.no_grad()
     def step(self, closure=None):
         loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        self._check_groups()
         if self.fused:
             self._fused_step()
             return loss
@@ -409,14 +422,41 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
         sd["largeout_rng_state"] = self._gen.get_state()
         return sd
 
+    def _check_loaded_state(self, p: torch.Tensor, state: Mapping, pid, i: int) -> None:
+        """A loaded parameter's state (state_dict's parameter id ``pid``, the ``i``-th of its
+        group), before anything is replaced: its step count a number >= 0, both moments or
+        neither, and with the fused step the dtypes that step takes (what the step would
+        reject later, after the optimizer's own state was gone)."""
+        name = type(self).__name__
+        if "step" in state:
+            t = state["step"]
+            v = t.item() if torch.is_tensor(t) and t.numel() == 1 else t
+            if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
+                raise ValueError(f"{name}: state 'step' of parameter id {pid} in state_dict must be a count >= 0; "
+                                 f"got {t!r}")
+        if self._BUF2 is not None and (self._BUF1 in state) != (self._BUF2 in state):
+            have, lack = (self._BUF1, self._BUF2) if self._BUF1 in state else (self._BUF2, self._BUF1)
+            raise ValueError(f"{name}: the state of parameter id {pid} in state_dict has {have!r} but not {lack!r}")
+        if self.fused:
+            try:
+                self._check_fused_state(p, state, i)
+            except TypeError as e:
+                raise TypeError(f"{e} (parameter id {pid} in state_dict; an optimizer with fused=False takes "
+                                f"other dtypes)") from None
+
     def load_state_dict(self, state_dict) -> None:
         """``torch.optim.Optimizer.load_state_dict`` plus the random generator's state; the
         groups' hyperparameters, the state tensors' shapes and the generator state are checked
         before anything is replaced."""
         name = type(self).__name__
+        if not isinstance(state_dict, Mapping):
+            raise TypeError(f"{name}.load_state_dict: state_dict must be a mapping (an optimizer's state_dict()); "
+                            f"got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
         rng = state_dict.pop("largeout_rng_state", None)
         saved = state_dict.get("state", {})
+        if not isinstance(saved, Mapping) or not all(isinstance(v, Mapping) for v in saved.values()):
+            raise TypeError(f"{name}: state_dict['state'] must map parameter ids to dicts of state")
         if rng is not None:
             try:
                 torch.Generator().set_state(rng)
@@ -437,11 +477,17 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             self._check_group(g)
         ids = [pid for g in groups for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
-        for pid, p in zip(ids, params):
-            for key, value in saved.get(pid, {}).items():
-                if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
-                    raise ValueError(f"{name}: state {key!r} of parameter {pid} has shape {tuple(value.shape)}; "
-                                     f"the parameter's is {tuple(p.shape)}")
+        orphans = sorted(set(saved) - set(ids), key=str)
+        if orphans:
+            raise ValueError(f"{name}: state_dict holds state for parameter ids {orphans}, which no parameter group "
+                             f"of it lists (its groups list {sorted(ids, key=str)})")
+        for g, ours in zip(groups, self.param_groups):
+            for i, (pid, p) in enumerate(zip(g["params"], ours["params"])):
+                for key, value in saved.get(pid, {}).items():
+                    if torch.is_tensor(value) and key != "step" and value.shape != p.shape:
+                        raise ValueError(f"{name}: state {key!r} of parameter {pid} has shape "
+                                         f"{tuple(value.shape)}; the parameter's is {tuple(p.shape)}")
+                self._check_loaded_state(p, saved.get(pid, {}), pid, i)
         super().load_state_dict(state_dict)
         # torch.optim casts floating-point state to the parameter's dtype (and would turn a
         # bf16 momentum buffer of an fp16 or fp8 parameter into that format): put back the
