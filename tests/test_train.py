@@ -288,6 +288,10 @@ def test_config_file_and_errors(tmp_path):
     cfg = load_config(str(toml), {"lr": "0.5", "synthetic.seed": "9"})
     assert cfg.output == "dense" and cfg.epochs == 2 and cfg.lr == 0.5
     assert cfg.synthetic["num_labels"] == 77 and cfg.synthetic["seed"] == 9
+    # the table's other keys keep their defaults (the generator needs them all)
+    default = load_config().synthetic
+    assert {k: v for k, v in cfg.synthetic.items() if k not in ("num_labels", "seed")} == \
+        {k: v for k, v in default.items() if k not in ("num_labels", "seed")} and "num_features" in default
     (tmp_path / "bad.toml").write_text("epochz = 2\n")
     with pytest.raises(ValueError, match="unknown keys \\['epochz'\\]"):
         load_config(str(tmp_path / "bad.toml"))

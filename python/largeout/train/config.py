@@ -266,6 +266,9 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"config file {path}: unknown keys {unknown}; known keys are {sorted(known)}")
+    for key, value in values.items():  # a table in the file sets its keys; the others keep their defaults
+        if isinstance(value, dict) and isinstance(getattr(defaults, key), dict):
+            values[key] = {**getattr(defaults, key), **value}
     cfg = dataclasses.replace(defaults, **values)
     for key, value in (overrides or {}).items():
         if value is None:
