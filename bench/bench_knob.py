@@ -38,7 +38,7 @@ def main() -> None:
     p.add_argument("--L", type=ints, default=[131072])
     p.add_argument("--index-order", choices=("sorted", "banked", "balanced"), default=None,
                    help="random_group_indices' order of each group's indices (default: GroupSparseLinear's, "
-                        "balanced where H % 8 == 0; session 28's runs and session 30's _pow2L file used sorted)")
+                        "balanced where H %% 8 == 0; session 28's runs and session 30's _pow2L file used sorted)")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--iters", type=int, default=50)
     p.add_argument("--warmup-ms", type=float, default=100.0,
