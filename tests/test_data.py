@@ -321,6 +321,51 @@ def test_read_jsonl_bad_arguments(tmp_path):
         read_jsonl(path, text_fields=5)
     with pytest.raises(ValueError, match="num_labels must be an integer in"):
         read_jsonl(path, num_labels=2**31)
+    for bad in (float("nan"), float("inf"), "abc", [3], 2.5):
+        with pytest.raises(ValueError, match="num_labels must be an integer in .* or None; got"):
+            read_jsonl(path, num_labels=bad)
+    for bad in (5, ["target_ind"]):
+        with pytest.raises(TypeError, match="label_field must be a string; got"):
+            read_jsonl(path, label_field=bad)
+    with pytest.raises(ValueError, match="text_fields must name at least one field"):
+        read_jsonl(path, text_fields=())
+
+
+def test_read_jsonl_text_fields_no_example_has(tmp_path):
+    # A misspelt field (present on no line) is an error naming the fields the file has; a
+    # field that only some lines have, or one of several that no line has, is not.
+    path = tmp_path / "trn.json"
+    path.write_text(GOOD_JSON + '{"content": "d", "target_ind": [1]}\n')
+    with pytest.raises(ValueError, match="none of its 2 examples has any of the text_fields \\['titel'\\]; "
+                                         "the first example's fields are \\['content', 'target_ind', 'title'\\]"):
+        read_jsonl(path, text_fields=("titel",))
+    texts, _ = read_jsonl(path, text_fields=("title",))
+    assert texts == ["t", ""]
+    texts, _ = read_jsonl(path, text_fields=("titel", "content"))
+    assert texts == [" c", " d"]
+
+
+@pytest.mark.parametrize("reader, good, n", [
+    ("xc", "1,2 0:1.5 3:2\n", 3000),
+    ("jsonl", GOOD_JSON, 2500),
+])
+@pytest.mark.parametrize("gz", [False, True])
+def test_not_utf8_names_its_line(tmp_path, reader, good, n, gz):
+    # The text reader decodes blocks of many lines: the error must still name the line.
+    lines = [good] * n
+    bad = n - 7
+    lines[bad - 1] = lines[bad - 1].replace("1", "\xe91" if reader == "xc" else "1", 1)
+    if reader == "jsonl":
+        lines[bad - 1] = GOOD_JSON.replace('"t"', '"caf\xe9"')
+    blob = "".join(lines).encode("latin-1")
+    if reader == "xc":
+        blob = f"{n} 4 3\n".encode() + blob
+        bad += 1  # (the header is line 1)
+    path = tmp_path / ("d.txt" + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(blob) if gz else blob)
+    with pytest.raises(DataFormatError) as excinfo:
+        read_xc(path) if reader == "xc" else read_jsonl(path, num_labels=3)
+    check_error(excinfo, path, bad, "not valid UTF-8 text")
 
 
 def test_missing_file_is_not_a_format_error(tmp_path):

@@ -18,6 +18,8 @@ import contextlib
 import gzip
 import io
 import json
+import math
+import numbers
 import os
 import re
 import tempfile
@@ -115,6 +117,19 @@ def _open_text(path: PathLike):
     return open(path, "r", encoding="utf-8-sig")
 
 
+def _first_bad_utf8_line(path: PathLike) -> Tuple[int, str]:
+    """The line number of the first line of ``path`` that is not valid UTF-8, and why
+    (the text reader decodes a block at a time, so its error does not say which line)."""
+    opener = gzip.open if _is_gz(path) else open
+    with opener(path, "rb") as raw:
+        for lineno, line in enumerate(raw, 1):
+            try:
+                line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                return lineno, e.reason
+    return 0, "undecodable text"
+
+
 def _lines(path: PathLike, f) -> Iterator[str]:
     """The lines of ``f``; a read or decode failure becomes a DataFormatError."""
     lineno = 0
@@ -122,7 +137,8 @@ def _lines(path: PathLike, f) -> Iterator[str]:
         for lineno, line in enumerate(f, 1):
             yield line
     except UnicodeDecodeError as e:
-        raise DataFormatError(path, lineno + 1, f"not valid UTF-8 text ({e.reason})") from None
+        bad, reason = _first_bad_utf8_line(path)
+        raise DataFormatError(path, bad or lineno + 1, f"not valid UTF-8 text ({reason or e.reason})") from None
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:  # a truncated or corrupt .gz
         raise DataFormatError(path, lineno + 1, f"corrupt gzip data: {e}") from None
 
@@ -500,7 +516,8 @@ def read_jsonl(
 
     Raises :class:`DataFormatError` naming the file and line for invalid JSON, a line
     that is not an object, a non-string text field, a missing or non-list label
-    field, a label that is not an integer in ``[0, num_labels)`` or a repeated label.
+    field, a label that is not an integer in ``[0, num_labels)`` or a repeated label; a
+    ValueError when no example has any of ``text_fields`` (a misspelt field name).
     """
     given = text_fields
     if isinstance(text_fields, str):
@@ -511,10 +528,16 @@ def read_jsonl(
         text_fields = None
     if text_fields is None or not all(isinstance(t, str) for t in text_fields):
         raise TypeError(f"text_fields must be a string or an iterable of strings; got {given!r}")
-    if num_labels is not None and (isinstance(num_labels, bool) or int(num_labels) != num_labels
+    if not text_fields:
+        raise ValueError("text_fields must name at least one field; got none")
+    if not isinstance(label_field, str):
+        raise TypeError(f"label_field must be a string; got {type(label_field).__name__} {label_field!r}")
+    if num_labels is not None and (isinstance(num_labels, bool) or not isinstance(num_labels, numbers.Real)
+                                   or not math.isfinite(num_labels) or int(num_labels) != num_labels
                                    or not 0 <= num_labels <= _MAX_COLUMNS):
         raise ValueError(f"num_labels must be an integer in [0, {_MAX_COLUMNS}] or None; got {num_labels!r}")
     bound = None if num_labels is None else int(num_labels)
+    seen_fields: set = set()  # the text fields some line has (a misspelt one: none does)
     texts: list = []
     counts = array("q")
     labels = array("q")
@@ -528,7 +551,11 @@ def read_jsonl(
                 raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
             if not isinstance(obj, dict):
                 raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
+            if not texts:
+                first_keys = sorted(obj)
             pieces = []
+            if len(seen_fields) < len(text_fields):
+                seen_fields.update(name for name in text_fields if name in obj)
             for name in text_fields:
                 v = obj.get(name)
                 if v is None:
@@ -556,6 +583,9 @@ def read_jsonl(
             texts.append(" ".join(pieces))
             counts.append(len(labs))
             labels.extend(sorted(labs))
+    if texts and not seen_fields:
+        raise ValueError(f"{os.fspath(path)}: none of its {len(texts)} examples has any of the text_fields "
+                         f"{list(text_fields)}; the first example's fields are {first_keys}")
     lab = np.frombuffer(labels, dtype=np.int64) if labels else np.zeros(0, np.int64)
     if bound is None:
         bound = int(lab.max()) + 1 if lab.size else 0
