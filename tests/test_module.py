@@ -136,8 +136,9 @@ def test_state_dict_round_trip():
 @pytest.mark.parametrize("kind", ["group-sparse", "linear", "linear-fp8"])
 def test_load_state_dict_writes_nothing_of_a_layer_that_does_not_fit(kind):
     # torch's own load would copy the tensors that fit and report the others: a wrong weight shape
-    # leaves every tensor of the layer as it was (a missing key is torch's to report: a layer cannot
-    # tell a strict load from another).
+    # leaves every tensor of the layer as it was. A missing or unexpected key in a strict load of the
+    # layer itself is raised before anything is written; inside a larger model that model's load
+    # decides (torch passes every module strict=True and sorts the keys out at the end).
     from largeout.nn import Linear
 
     def make(seed):
@@ -155,9 +156,18 @@ def test_load_state_dict_writes_nothing_of_a_layer_that_does_not_fit(kind):
         torch.nn.Sequential(layer).load_state_dict({"0." + k: v for k, v in wrong_shape.items()})
     after = layer.state_dict()
     assert all(torch.equal(after[k].view(torch.uint8), before[k].view(torch.uint8)) for k in before)
+    # the layer loaded itself, strictly: a missing or unexpected key writes nothing either
+    for sd, pattern in ((no_bias, 'Missing key\\(s\\) in state_dict: "bias"'),
+                        ({**good, "extra": good["bias"]}, 'Unexpected key\\(s\\) in state_dict: "extra"')):
+        with pytest.raises(RuntimeError, match=f"(?s){type(layer).__name__}:\n\t{pattern}.*Nothing was loaded"):
+            layer.load_state_dict(sd)
+        after = layer.state_dict()
+        assert all(torch.equal(after[k].view(torch.uint8), before[k].view(torch.uint8)) for k in before)
     layer.load_state_dict(no_bias, strict=False)  # not strict: loads what is there
     assert torch.equal(layer.weight.view(torch.uint8), good["weight"].view(torch.uint8))
     assert torch.equal(layer.bias, before["bias"])
+    layer.load_state_dict(good)  # strict and whole: loads
+    assert all(torch.equal(layer.state_dict()[k].view(torch.uint8), v.view(torch.uint8)) for k, v in good.items())
 
 
 def test_bad_indices_are_rejected_and_nothing_changes():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections.abc import Mapping
 from typing import Optional
 
 import torch
@@ -319,6 +320,26 @@ class ScaledWeightMixin:
                                   f"{type(self).__name__} {prefix!r} was loaded")
                 ok = False
         return ok
+
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """``torch.nn.Module.load_state_dict``, with a strict load's missing and unexpected
+        keys (a checkpoint with a bias into a layer without one, or the other way round)
+        raised before anything is written: torch writes every tensor that fits first. (A
+        layer inside a larger model is loaded by that model's load, which the layer cannot
+        see: there torch's order holds.)"""
+        if strict and isinstance(state_dict, Mapping):
+            own = set(self.state_dict(keep_vars=True))
+            given = set(state_dict)
+            missing, unexpected = sorted(own - given), sorted(given - own)
+            if missing or unexpected:
+                parts = []
+                if missing:
+                    parts.append("Missing key(s) in state_dict: " + ", ".join(f'"{k}"' for k in missing) + ".")
+                if unexpected:
+                    parts.append("Unexpected key(s) in state_dict: " + ", ".join(f'"{k}"' for k in unexpected) + ".")
+                raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}:\n\t"
+                                   + "\n\t".join(parts) + "\n\tNothing was loaded.")
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def _check_loaded_scale(self, state_dict, prefix: str) -> None:
         key = prefix + "weight_scale"
