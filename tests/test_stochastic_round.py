@@ -133,6 +133,15 @@ def test_bad_input():
         largeout.stochastic_round(torch.ones(3, device="meta"), torch.bfloat16)
     with pytest.raises(TypeError, match="x must be float32"):
         torch.ops.largeout.stochastic_round(torch.ones(3, dtype=torch.float16), torch.bfloat16, 1, 2)
+    # no gradient: an x that needs one is an error in grad mode, fine detached or without grad
+    x = torch.randn(5, requires_grad=True)
+    with pytest.raises(RuntimeError, match="x requires grad, but rounding has no gradient"):
+        largeout.stochastic_round(x, torch.bfloat16)
+    g = torch.Generator().manual_seed(3)
+    a = largeout.stochastic_round(x.detach(), torch.bfloat16, generator=g)
+    with torch.no_grad():
+        b = largeout.stochastic_round(x, torch.bfloat16, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and not a.requires_grad and not b.requires_grad
 
 
 def _same_bf16(got, want):

@@ -51,6 +51,9 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: Optional[to
         saturate to it (rounding never overflows); ``+-inf`` stays infinite where the
         format has infinities and becomes ``+-max`` in ``float8_e4m3fn``; NaN stays NaN;
         zeros keep their sign.
+
+    Rounding has no gradient: an ``x`` that requires grad is an error while grad mode is
+    on (detach it, or call this under ``torch.no_grad()``, as optimizers do).
     """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{_OP}: x must be a torch.Tensor; got {type(x).__name__}")
@@ -62,5 +65,8 @@ def stochastic_round(x: torch.Tensor, dtype: torch.dtype, generator: Optional[to
         raise TypeError(f"{_OP}: generator must be a torch.Generator or None; got {type(generator).__name__}")
     if x.device.type not in ("cpu", "cuda"):
         raise ValueError(f"{_OP}: x must be on the CPU or a CUDA device; got {x.device}")
+    if x.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"{_OP}: x requires grad, but rounding has no gradient (the result would silently "
+                           f"cut x off from backward); pass x.detach() or call it under torch.no_grad()")
     seed, offset = _draw_key(generator, x.device)
     return torch.ops.largeout.stochastic_round(x, dtype, seed, offset)
