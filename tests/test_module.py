@@ -1026,3 +1026,9 @@ def test_index_order_errors():
         random_group_indices(4, 64, 12, order="balanced")
     with pytest.raises(ValueError, match="needs in_features to be a multiple of 8; got in_features = 60"):
         random_group_indices(4, 60, 16, order="balanced")
+    # the layer names its own argument
+    with pytest.raises(ValueError, match='GroupSparseLinear: index_order must be .* or None; got \'random\''):
+        GroupSparseLinear(64, 100, fan_in=16, group_size=32, index_order="random")
+    with pytest.raises(ValueError, match='GroupSparseLinear: index_order "balanced" needs in_features to be a '
+                                         'multiple of 8; got in_features = 60'):
+        GroupSparseLinear(60, 100, fan_in=16, group_size=32, index_order="balanced")

@@ -197,6 +197,12 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             self.register_parameter("bias", None)
         if index_order is None:
             index_order = default_index_order(in_features)
+        elif index_order not in ("sorted", "banked", "balanced"):
+            raise ValueError(f'GroupSparseLinear: index_order must be "sorted", "banked", "balanced" or None; got '
+                             f'{index_order!r}')
+        elif index_order == "balanced" and in_features % 8:
+            raise ValueError(f'GroupSparseLinear: index_order "balanced" needs in_features to be a multiple of 8; '
+                             f'got in_features = {in_features} (None picks "sorted" there)')
         idx = random_group_indices(
             self.num_groups, in_features, fan_in, generator=generator, device=device, order=index_order
         )
