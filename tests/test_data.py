@@ -473,6 +473,32 @@ def test_write_xc_failure_leaves_nothing(tmp_path, name, monkeypatch):
     assert os.listdir(tmp_path) == [name]
 
 
+@pytest.mark.parametrize("name", ["out.txt", "out.txt.gz"])
+def test_write_xc_through_links_and_into_protected_places(tmp_path, name):
+    # A symbolic link is written through (the target gets the data, the link stays a link); a
+    # read-only file and a missing folder are errors naming the path, and nothing is written.
+    X, Y = random_xy(3)
+    real = tmp_path / "data" / name
+    real.parent.mkdir()
+    real.write_bytes(b"old")
+    link = tmp_path / ("link" + name[3:])
+    link.symlink_to(real)
+    write_xc(link, X, Y)
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    X2, Y2 = read_xc(real)
+    assert np.array_equal(X2.toarray(), X.toarray()) and np.array_equal(Y2.toarray(), Y.toarray())
+    assert sorted(os.listdir(real.parent)) == [name]
+    real.chmod(0o444)
+    before = real.read_bytes()
+    with pytest.raises(PermissionError, match=f"cannot write {link}: the file is read-only"):
+        write_xc(link, X[:2], Y[:2])
+    assert real.read_bytes() == before and sorted(os.listdir(real.parent)) == [name]
+    real.chmod(0o644)
+    missing = tmp_path / "nodir" / name
+    with pytest.raises(FileNotFoundError, match=f"cannot write {missing}: its folder .*nodir does not exist"):
+        write_xc(missing, X, Y)
+
+
 # ----------------------------------------------------------------------------------
 # synthetic data
 

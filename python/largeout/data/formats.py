@@ -640,10 +640,17 @@ def _umask() -> int:
 def _atomic_text_writer(path: PathLike):
     """A text stream onto a temporary file next to ``path``, renamed to ``path`` when
     the block completes; on any failure the temporary file is removed and ``path``
-    is left as it was."""
-    path = os.fspath(path)
-    dest_dir = os.path.dirname(os.path.abspath(path))
+    is left as it was. A symbolic link is written through (its target gets the new
+    content; the link stays); a file without write permission, or a missing folder, is
+    an error naming ``path`` before anything is written."""
+    given = os.fspath(path)
+    path = os.path.realpath(given)  # (through links: replacing the link itself would leave its target stale)
+    dest_dir = os.path.dirname(path)
     base = os.path.basename(path)
+    if not os.path.isdir(dest_dir):
+        raise FileNotFoundError(f"cannot write {given}: its folder {dest_dir} does not exist")
+    if os.path.exists(path) and (not os.access(path, os.W_OK) or not os.stat(path).st_mode & 0o222):
+        raise PermissionError(f"cannot write {given}: the file is read-only")  # (for root too: no write bit)
     fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=dest_dir)
     raw = stream = text = None
     try:
@@ -731,9 +738,11 @@ def write_xc(path: PathLike, X, Y) -> None:
     The stored non-zeros of ``X`` are written as float32, in a short decimal form
     that reads back bitwise identical;
     the labels are the non-zero columns of each row of ``Y``. The file is written
-    atomically: all or nothing. Raises ``ValueError``/``TypeError`` naming the
-    argument for a non-2-D input, a complex or non-numeric one, a mismatch of ``N`` or a
-    non-finite ``X`` value (before any file is touched).
+    atomically: all or nothing (through a symbolic link, its target). Raises
+    ``ValueError``/``TypeError`` naming the argument for a non-2-D input, a complex or
+    non-numeric one, a mismatch of ``N`` or a non-finite ``X`` value, and
+    ``PermissionError``/``FileNotFoundError`` naming ``path`` for a read-only file or a
+    missing folder (before any file is touched).
     """
     X = _as_csr(X, "X")
     Y = _as_csr(Y, "Y")
