@@ -454,6 +454,9 @@ def test_write_xc_failure_leaves_nothing(tmp_path, name, monkeypatch):
         write_xc(path, X, sp.csr_matrix(Y.toarray() * (1 + 1j)))
     with pytest.raises(TypeError, match="Y must be numeric; got dtype <U1"):
         write_xc(path, X, np.full(Y.shape, "a"))
+    for scale in (0.5, -1.0, np.nan):  # scores, not labels
+        with pytest.raises(ValueError, match="Y must hold 0/1 labels, as largeout.metrics takes them; got the value"):
+            write_xc(path, X, Y * scale)
     assert os.listdir(tmp_path) == []
 
     # an existing file survives a rejected write and a write that fails halfway

@@ -737,10 +737,11 @@ def write_xc(path: PathLike, X, Y) -> None:
 
     The stored non-zeros of ``X`` are written as float32, in a short decimal form
     that reads back bitwise identical;
-    the labels are the non-zero columns of each row of ``Y``. The file is written
+    the labels are the columns where a row of ``Y`` holds 1 (``Y`` holds 0/1). The file is written
     atomically: all or nothing (through a symbolic link, its target). Raises
     ``ValueError``/``TypeError`` naming the argument for a non-2-D input, a complex or
-    non-numeric one, a mismatch of ``N`` or a non-finite ``X`` value, and
+    non-numeric one, a mismatch of ``N``, a non-finite ``X`` value or a ``Y`` value other
+    than 0 and 1, and
     ``PermissionError``/``FileNotFoundError`` naming ``path`` for a read-only file or a
     missing folder (before any file is touched).
     """
@@ -748,6 +749,10 @@ def write_xc(path: PathLike, X, Y) -> None:
     Y = _as_csr(Y, "Y")
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must have the same number of rows N; got X {X.shape} and Y {Y.shape}")
+    if Y.nnz and not bool((Y.data == 1).all()):  # (a score matrix passed as Y would be written as labels)
+        bad = Y.data[Y.data != 1][0]
+        raise ValueError(f"Y must hold 0/1 labels, as largeout.metrics takes them; got the value {bad!r} "
+                         f"(duplicate entries of a sparse Y add up)")
     with np.errstate(over="ignore", invalid="ignore"):
         finite = bool(np.isfinite(X.data.astype(np.float32)).all())
     if not finite:
