@@ -418,6 +418,12 @@ def test_cli_train_predict_eval_on_xc_files(tmp_path, capsys):
     assert main(["eval", "--pred", str(tmp_path / "p3.npz"), "--data", str(d / "test.txt")]) == 0
     res3 = json.loads(capsys.readouterr().out)
     assert res3["P@3"] == pytest.approx(res["P@3"]) and "P@5" not in res3
+    # a file name with dots in it is that file (the name was cut at its first dot: test.small.txt read test.txt)
+    for name in ("test.small.txt", "test.v2.txt.gz"):
+        lodata.write_xc(d / name, Xte[:10], Yte[:10])
+        assert main(["predict", "--checkpoint", str(run_dir / "checkpoints/best"), "--data", str(d / name),
+                     "--out", str(tmp_path / "small")]) == 0
+        assert np.array_equal(np.load(tmp_path / "small.npz")["topk"], p["topk"][:10])
     # a resumed run on folder data ignores the synthetic generator's settings (it never reads them)
     assert main(["train", "--config", str(toml), "--data", str(d), "--epochs", "4", "--out", str(run_dir),
                  "--no-progress", "--resume", "--set", "synthetic.num_labels=7"]) == 0

@@ -113,7 +113,7 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
-    split = load_split(cfgs[0], path.parent, path.name.split(".")[0])
+    split = load_split(cfgs[0], path.parent, _part_name(path))
     if split is None:
         raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
     num_features = split.X.shape[1] if split.X is not None else 0
@@ -132,6 +132,16 @@ def cmd_predict(args) -> int:
     np.savez_compressed(out, topk=topk, scores=scores)
     print(f"wrote top-{topk.shape[1]} predictions for {len(topk)} rows to {out}")
     return 0
+
+
+def _part_name(path: Path) -> str:
+    """The split name of a data file: test.v2.txt.gz -> test.v2 (a name without one of the
+    readers' suffixes is taken as it is: data/test -> test)."""
+    name = path.name
+    for suffix in (".txt.gz", ".jsonl.gz", ".txt", ".jsonl"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
 
 
 def _num_labels(ckpt: Path) -> int:
