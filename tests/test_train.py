@@ -71,6 +71,34 @@ def test_resume_continues_exactly(tmp_path, one_thread, head):
     assert resumed["test"]["P@1"] == straight["test"]["P@1"]
 
 
+@pytest.mark.parametrize("head", [{}, {"head_dtype": "bfloat16"}], ids=["fp32", "bf16-sr"])
+def test_resume_takes_this_runs_optimizer_settings(tmp_path, one_thread, head):
+    # The optimizer's state continues, its settings are this run's: resumed at a vanishing lr
+    # the weights stay where the checkpoint left them (the checkpoint's lr moved them before:
+    # torch's load had brought back its lr as the schedule's base); and an --epochs the
+    # checkpoint has already reached is an error that writes nothing.
+    def last(name):
+        return load_file(str(tmp_path / name / "checkpoints/last/model.safetensors"))
+
+    for name in ("a", "b"):
+        run(tmp_path, name, epochs=1, device="cpu", **head)
+    before = last("a")
+    logs = []
+    for name, lr in (("a", 1e-30), ("b", SMALL["lr"])):
+        cfg = load_config(None, {**SMALL, "out": str(tmp_path / name), "epochs": 2, "device": "cpu", "lr": lr,
+                                 **head})
+        train(cfg, resume=True, log=logs.append)
+    assert all(torch.equal(v, before[k]) for k, v in last("a").items() if k.startswith("head."))
+    assert any(not torch.equal(v, before[k]) for k, v in last("b").items() if k.startswith("head."))
+    resumed = [line for line in logs if line.startswith("resumed")]
+    assert len(resumed) == 2 and "(this run's lr)" in resumed[0] and "this run's" not in resumed[1]
+    saved = (tmp_path / "a/config.json").read_text()
+    cfg = load_config(None, {**SMALL, "out": str(tmp_path / "a"), "epochs": 2, "device": "cpu", **head})
+    with pytest.raises(ValueError, match="has trained 2 epochs; epochs = 2 leaves nothing to train"):
+        train(cfg, resume=True, log=lambda *a: None)
+    assert (tmp_path / "a/config.json").read_text() == saved
+
+
 def test_train_on_an_in_memory_dataset(tmp_path, one_thread):
     from largeout.train import Dataset, load_dataset
 

@@ -164,6 +164,11 @@ _RUN_FILES = ("metrics.jsonl", "summary.json", "p_at_k.png", "reliability.png")
 _CHECKPOINTS = tuple(f"checkpoints/{n}{s}" for n in ("best", "last") for s in ("", ".tmp", ".old"))
 
 
+def _plain(v):
+    """A setting for comparison: tuples and lists alike."""
+    return list(v) if isinstance(v, tuple) else v
+
+
 def _earlier_run(out: Path) -> list:
     """The files and checkpoint folders of an earlier run in ``out`` (a config.json only if it is
     a trainer's: a JSON object with the keys "encoder" and "output")."""
@@ -278,9 +283,26 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     # Nothing is written under `out` before the data, the model and a resumed checkpoint have loaded.
     if resume:
         _check_resumable(out / "checkpoints" / "last", cfg)
+        opts = optimizer.opts if isinstance(optimizer, _Optimizers) else [optimizer]
+        fresh = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in opts]
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
         state.pop("optimizer", None)
-        log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}")
+        if state["epoch"] >= cfg.epochs:
+            raise ValueError(f"--resume: the checkpoint in {out / 'checkpoints' / 'last'} has trained {state['epoch']} "
+                             f"epochs; epochs = {cfg.epochs} leaves nothing to train (raise --epochs)")
+        # The optimizer's state (moments, momentum, step counts) continues; its settings are this
+        # run's (torch's load takes the checkpoint's, and the schedule's base rate with them).
+        changed = set()
+        for o, groups in zip(opts, fresh):
+            for g, new in zip(o.param_groups, groups):
+                # (lr: the schedule's base; a pair may come back from the checkpoint as a list)
+                changed |= {k for k, v in new.items() if k != "lr" and _plain(g.get(k)) != _plain(v)}
+                if g.get("initial_lr", g["lr"]) != new["lr"]:
+                    changed.add("lr")
+                g.update(new)
+                g["initial_lr"] = new["lr"]
+        log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}"
+            + (f" (this run's {', '.join(sorted(changed))})" if changed else ""))
     else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
         earlier = _earlier_run(out)
         if earlier:
