@@ -562,6 +562,9 @@ def test_other_errors():
     Y_train = sp.csr_matrix(np.array([[1, 0], [0, 1], [1, 1]]))
     with pytest.raises(ValueError, match=r"B must be > 0"):
         inverse_propensity(Y_train, A=0.5, B=0.0)
+    for A in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"A must be > 0 \(rarer labels get larger weights only then\)"):
+            inverse_propensity(Y_train, A=A)
     with pytest.raises(ValueError, match=r"A must be a finite real number"):
         inverse_propensity(Y_train, A=float("nan"))
     with pytest.raises(TypeError, match=r"Y_train must be a scipy.sparse matrix"):

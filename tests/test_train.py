@@ -2,6 +2,7 @@
 
 import json
 import math
+import shutil
 
 import numpy as np
 import scipy.sparse as sp
@@ -401,6 +402,60 @@ def test_resume_checks_the_checkpoint(tmp_path, one_thread, capsys):
     (out / "checkpoints" / "last" / "model.safetensors").write_bytes(b"not a safetensors file")
     assert main(args + ["--resume", "--epochs", "2"]) == 2
     assert "model.safetensors is not a readable safetensors file" in capsys.readouterr().err
+
+
+def test_cli_refuses_paths_that_are_not_its_own(tmp_path, one_thread, capsys):
+    # Each is an error naming what is wrong, with no traceback, leaving every file as it was.
+    def refused(args, fragment):
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert fragment in err and "Traceback" not in err, err
+
+    afile = tmp_path / "existing.txt"
+    afile.write_text("important")
+    refused(tiny_run_args(afile), "is a file; the run's outputs need a folder there")
+    assert afile.read_text() == "important"
+    mine = tmp_path / "proj"
+    mine.mkdir()
+    for name, text in (("summary.json", '{"my": "results"}'), ("metrics.jsonl", '{"a": 1}\n'),
+                       ("config.json", '{"name": "x"}')):
+        (mine / name).write_text(text)
+    refused(tiny_run_args(mine), "which no largeout run wrote")
+    assert sorted(p.name for p in mine.iterdir()) == ["config.json", "metrics.jsonl", "summary.json"]
+    assert (mine / "summary.json").read_text() == '{"my": "results"}'
+    # an earlier run survives a run whose data cannot be scored (fewer labels than P@5 needs)
+    run_dir = tmp_path / "r"
+    assert main(tiny_run_args(run_dir)) == 0
+    capsys.readouterr()
+    kept = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
+    refused(tiny_run_args(run_dir) + ["--set", "synthetic.num_labels=3"], "has 3 labels; the trainer scores P@k")
+    assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept
+    # predict: a checkpoint that is a file, or whose weights are cut short
+    X, Y = lodata.synthetic(40, 300, 50, seed=2)
+    lodata.write_xc(tmp_path / "test.txt", X, Y)
+    best = run_dir / "checkpoints" / "best"
+    refused(["predict", "--checkpoint", str(afile), "--data", str(tmp_path / "test.txt"), "--out",
+             str(tmp_path / "p")], "expected a checkpoint folder with model.safetensors")
+    cut = tmp_path / "cut"
+    shutil.copytree(best, cut)
+    blob = (cut / "model.safetensors").read_bytes()
+    (cut / "model.safetensors").write_bytes(blob[: len(blob) // 2])
+    refused(["predict", "--checkpoint", str(cut), "--data", str(tmp_path / "test.txt"), "--out", str(tmp_path / "p")],
+            "model.safetensors is not a readable safetensors file")
+    assert not (tmp_path / "p.npz").exists()
+    # eval: a folder for --data, predictions of other rows, propensities without --train
+    assert main(["predict", "--checkpoint", str(best), "--data", str(tmp_path / "test.txt"), "--out",
+                 str(tmp_path / "p")]) == 0
+    capsys.readouterr()
+    pred = str(tmp_path / "p.npz")
+    refused(["eval", "--pred", pred, "--data", str(tmp_path)], "expected a file in the XC format")
+    lodata.write_xc(tmp_path / "short.txt", X[:30], Y[:30])
+    refused(["eval", "--pred", pred, "--data", str(tmp_path / "short.txt")],
+            "holds predictions for 40 rows; --data")
+    refused(["eval", "--pred", pred, "--data", str(tmp_path / "test.txt"), "--propensity-a", "0.6"],
+            "--propensity-a: the propensities come from --train's labels; give --train")
+    refused(["eval", "--pred", pred, "--data", str(tmp_path / "test.txt"), "--train", str(tmp_path / "test.txt"),
+             "--propensity-a", "-1"], "A must be > 0")
 
 
 def test_eval_checks_the_predictions_file(tmp_path, capsys):

@@ -107,8 +107,13 @@ def cmd_predict(args) -> int:
     from .train.trainer import resolve_device
 
     ckpts = [Path(c) for c in args.checkpoint]
-    cfgs = [load_config(None, json.loads((c / "config.json").read_text())) for c in ckpts]
     labels = [_num_labels(c) for c in ckpts]
+    cfgs = []
+    for c in ckpts:
+        try:
+            cfgs.append(load_config(None, json.loads((c / "config.json").read_text())))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"--checkpoint {c}: config.json: {e}") from None
     if len(set(labels)) != 1:
         raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
     device = resolve_device(args.device or cfgs[0].device)
@@ -147,10 +152,19 @@ def _part_name(path: Path) -> str:
 def _num_labels(ckpt: Path) -> int:
     from safetensors import safe_open
 
-    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
-        if "head.weight" not in f.keys():
-            raise SystemExit(f"{ckpt}: model.safetensors has no head.weight")
-        return f.get_slice("head.weight").get_shape()[0]
+    path = ckpt / "model.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"--checkpoint {ckpt}: expected a checkpoint folder with model.safetensors "
+                                f"(OUT/checkpoints/best of largeout train)")
+    try:
+        with safe_open(str(path), "pt") as f:
+            if "head.weight" not in f.keys():
+                raise SystemExit(f"{ckpt}: model.safetensors has no head.weight")
+            return f.get_slice("head.weight").get_shape()[0]
+    except SystemExit:
+        raise
+    except Exception as e:  # noqa: BLE001  (safetensors' own error type: a truncated or foreign file)
+        raise ValueError(f"--checkpoint {ckpt}: model.safetensors is not a readable safetensors file ({e})") from None
 
 
 def cmd_eval(args) -> int:
@@ -163,11 +177,28 @@ def cmd_eval(args) -> int:
         raise ValueError(f"--pred {args.pred}: not an .npz of largeout predict ({e})") from None
     if not isinstance(pred, np.lib.npyio.NpzFile) or not {"topk", "scores"} <= set(pred.files):
         raise ValueError(f"--pred {args.pred}: expected an .npz with arrays topk and scores (largeout predict)")
+    for flag, path in (("--data", args.data), ("--train", args.train)):
+        if path is not None and Path(path).is_dir():
+            raise ValueError(f"{flag} {path}: expected a file in the XC format (for example DIR/test.txt); got a "
+                             f"folder")
+    if not np.issubdtype(pred["topk"].dtype, np.integer):
+        raise ValueError(f"--pred {args.pred}: topk must hold label ids (integers); got {pred['topk'].dtype}")
+    given = {"--propensity-a": args.propensity_a, "--propensity-b": args.propensity_b}
+    if not args.train and any(v is not None for v in given.values()):
+        raise ValueError(f"{', '.join(f for f, v in given.items() if v is not None)}: the propensities come from "
+                         f"--train's labels; give --train")
     _, Y = lodata.read_xc(args.data)
+    if pred["topk"].shape[0] != Y.shape[0]:
+        raise ValueError(f"--pred {args.pred} holds predictions for {pred['topk'].shape[0]} rows; --data {args.data} "
+                         f"has {Y.shape[0]}")
     inv_p = None
     if args.train:
         _, Ytr = lodata.read_xc(args.train)
-        inv_p = M.inverse_propensity(Ytr, args.propensity_a, args.propensity_b)
+        try:
+            inv_p = M.inverse_propensity(Ytr, 0.55 if args.propensity_a is None else args.propensity_a,
+                                         1.5 if args.propensity_b is None else args.propensity_b)
+        except ValueError as e:
+            raise ValueError(f"--propensity-a / --propensity-b / --train: {e}") from None
     ks = tuple(k for k in (1, 3, 5) if k <= pred["topk"].shape[1]) or (1,)  # (the k the predictions hold)
     res = M.evaluate(pred["topk"], Y, ks=ks, inv_propensity=inv_p)
     res["ECE@5"] = M.ece_at_k(pred["topk"], pred["scores"], Y, min(5, pred["topk"].shape[1]))
@@ -210,8 +241,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--pred", required=True, help=".npz from largeout predict")
     e.add_argument("--data", required=True, help="labels: an XC-format file")
     e.add_argument("--train", help="training XC file for propensities (PSP@k)")
-    e.add_argument("--propensity-a", type=float, default=0.55, help="A of the propensity model (default: 0.55)")
-    e.add_argument("--propensity-b", type=float, default=1.5, help="B of the propensity model (default: 1.5)")
+    e.add_argument("--propensity-a", type=float, default=None,
+                   help="A of the propensity model, with --train (default: 0.55)")
+    e.add_argument("--propensity-b", type=float, default=None,
+                   help="B of the propensity model, with --train (default: 1.5)")
     e.set_defaults(func=cmd_eval)
 
     da = sub.add_parser("data", help="datasets")
@@ -230,6 +263,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+    except (ValueError, OSError, RuntimeError) as e:  # (OSError: a folder for a file, a file for a folder, ...)
         print(f"largeout: error: {e}", file=sys.stderr)
         return 2

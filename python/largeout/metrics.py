@@ -397,6 +397,8 @@ def inverse_propensity(Y_train, A: float = 0.55, B: float = 1.5) -> np.ndarray:
     """
     A = _check_real(A, "A")
     B = _check_real(B, "B")
+    if A <= 0:
+        raise ValueError(f"A must be > 0 (rarer labels get larger weights only then), got {A}")
     if B <= 0:
         raise ValueError(f"B must be > 0 (log(N_l + B) is taken for labels with N_l = 0), got {B}")
     truth = _Truth(Y_train, "Y_train")

@@ -169,17 +169,33 @@ def _plain(v):
     return list(v) if isinstance(v, tuple) else v
 
 
-def _earlier_run(out: Path) -> list:
-    """The files and checkpoint folders of an earlier run in ``out`` (a config.json only if it is
-    a trainer's: a JSON object with the keys "encoder" and "output")."""
-    found = [p for p in _RUN_FILES + _CHECKPOINTS if (out / p).exists()]
+def _trainer_config(path: Path) -> bool:
+    """Whether ``path`` is a config.json a trainer wrote: a JSON object with the keys
+    "encoder" and "output"."""
     try:
-        saved = json.loads((out / "config.json").read_text())
-        if isinstance(saved, dict) and {"encoder", "output"} <= set(saved):
-            found.append("config.json")
+        saved = json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
+        return False
+    return isinstance(saved, dict) and {"encoder", "output"} <= set(saved)
+
+
+def _earlier_run(out: Path) -> list:
+    """The files and checkpoint folders of an earlier run in ``out`` (see _check_out_is_ours)."""
+    found = [p for p in _RUN_FILES + _CHECKPOINTS if (out / p).exists()]
+    if _trainer_config(out / "config.json"):
+        found.append("config.json")
     return found
+
+
+def _check_out_is_ours(out: Path) -> None:
+    """A fresh run replaces an earlier run's files in ``out`` and nobody else's: files with the
+    names a run writes (or a config.json) beside no trainer's config.json are an error."""
+    if not out.is_dir():
+        return
+    names = [p for p in _RUN_FILES + _CHECKPOINTS + ("config.json",) if (out / p).exists()]
+    if names and not _trainer_config(out / "config.json"):
+        raise FileExistsError(f"out: {out} holds {', '.join(names)}, which no largeout run wrote (there is no "
+                              f"trainer's config.json beside them); choose another folder or move them")
 
 
 # Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
@@ -259,8 +275,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
     t0 = time.time()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"out: {out} is a file; the run's outputs need a folder there")
+    if not resume:
+        _check_out_is_ours(out)
     if data is None:
         data = load_dataset(cfg)
+    if data.num_labels < max(KS):
+        raise ValueError(f"data: {data.source} has {data.num_labels} labels; the trainer scores P@k up to "
+                         f"k = {max(KS)}, so it needs at least {max(KS)}")
     log(
         f"data: {data.source}: train {data.train.num_rows}, val {data.val.num_rows if data.val else 0}, "
         f"test {data.test.num_rows if data.test else 0} rows; {data.num_features} features, {data.num_labels} labels "
