@@ -122,11 +122,33 @@ def test_only_some_inputs_need_grad(device):
     assert rel_err(b.grad, dy.double().sum(0)) < 1e-6
 
 
-def test_gradcheck_float64_cpu():
-    x, w, b, idx = make_inputs(3, 24, 37, 8, 16, torch.float64, "cpu", 5)
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradcheck_and_gradgradcheck_float64(device):
+    # First and second derivatives (a gradient penalty, a Hessian-vector product) against
+    # finite differences; L = 37 is not a multiple of G. (The second derivatives were zeros
+    # with only a warning before the backward ops had derivatives of their own.)
+    x, w, b, idx = make_inputs(3, 24, 37, 8, 16, torch.float64, device, 5)
     for t in (x, w, b):
         t.requires_grad_(True)
-    assert torch.autograd.gradcheck(lambda x, w, b: F.group_sparse_linear(x, w, idx, b, 16), (x, w, b))
+
+    def f(x, w, b):
+        return F.group_sparse_linear(x, w, idx, b, 16)
+
+    assert torch.autograd.gradcheck(f, (x, w, b))
+    assert torch.autograd.gradgradcheck(f, (x, w, b))
+    # the gradient penalty's own gradient, against the dense layer's
+    dense_w = torch.zeros(37, 24, dtype=torch.float64, device=device)
+    labels = torch.arange(37, device=device)
+    rows, cols = labels[:, None].expand(37, 8), idx.long()[labels // 16]
+    for use_dense in (False, True):
+        wd = dense_w.index_put((rows, cols), w) if use_dense else w
+        y = (x @ wd.t() + b) if use_dense else f(x, w, b)
+        gx, = torch.autograd.grad((y ** 2).sum(), x, create_graph=True)
+        gw, = torch.autograd.grad((gx ** 2).sum(), w)
+        if use_dense:
+            assert rel_err(gw_sparse, gw) < 1e-12
+        gw_sparse = gw
+    assert gw_sparse.abs().sum() > 0
 
 
 @pytest.mark.parametrize("device", DEVICES)

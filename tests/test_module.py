@@ -1032,3 +1032,20 @@ def test_index_order_errors():
     with pytest.raises(ValueError, match='GroupSparseLinear: index_order "balanced" needs in_features to be a '
                                          'multiple of 8; got in_features = 60'):
         GroupSparseLinear(60, 100, fan_in=16, group_size=32, index_order="balanced")
+
+
+@pytest.mark.parametrize("kind", ["group-sparse", "linear"])
+def test_fp8_layers_refuse_a_second_derivative(kind):
+    # Their backward writes weight.grad itself; a derivative of it would be silently wrong, so
+    # differentiating twice is an error (the bf16 layers have true second derivatives).
+    from largeout.nn import Linear
+
+    layer = (GroupSparseLinear(64, 40, 16, 16, weight_dtype=torch.float8_e4m3fn) if kind == "group-sparse"
+             else Linear(64, 40, weight_dtype=torch.float8_e4m3fn))
+    x = torch.randn(3, 64, dtype=torch.bfloat16, requires_grad=True)
+    gx, = torch.autograd.grad(layer(x).float().pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="differentiate twice a function that was marked with @once_differentiable"):
+        gx.float().sum().backward()
+    layer.weight.grad = None
+    layer(x).float().sum().backward()  # once is fine
+    assert layer.weight.grad is not None and x.grad is not None

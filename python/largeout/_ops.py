@@ -115,7 +115,10 @@ def _gsl_backward(ctx, grad_out):
     # one padded copy for the passes that run, where it pays (also for one: a frozen input or
     # weight), else contiguous
     passes = tuple(p for p, need in (("input", need_x), ("weight", need_w)) if need)
-    grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size, passes)
+    if torch.is_grad_enabled():  # create_graph: no padded copy (that op has no derivative)
+        grad_out = grad_out.contiguous()
+    else:
+        grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size, passes)
     if need_x:
         dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, x.shape[1])
     if need_w:
@@ -129,4 +132,48 @@ def _gsl_backward(ctx, grad_out):
 
 torch.library.register_autograd(
     "largeout::group_sparse_linear", _gsl_backward, setup_context=_gsl_setup_context
+)
+
+
+# Derivatives of the backward ops (double backward: gradient penalties, Hessian-vector products).
+# Both are bilinear, and each of their derivatives is one of the layer's three ops again:
+#   dx = bwd_input(dY, W):   d/d dY of <g, dx> = forward(g, W);        d/dW = bwd_weight(dY, g).dW
+#   (dW, db) = bwd_weight(dY, x):  d/d dY of <gW, dW> + <gb, db> = forward(x, gW) + gb;
+#                                  d/dx = bwd_input(dY, gW)
+def _gsl_dx_setup_context(ctx, inputs, output):
+    grad_out, weight, indices, group_size, in_features = inputs
+    ctx.save_for_backward(grad_out, weight, indices)
+    ctx.group_size = group_size
+
+
+def _gsl_dx_backward(ctx, g):
+    dy, weight, indices = ctx.saved_tensors
+    need_dy, need_w = ctx.needs_input_grad[:2]
+    g = g.contiguous()
+    g_dy = _lib.group_sparse_linear(g, weight, indices, None, ctx.group_size) if need_dy else None
+    g_w = _lib.group_sparse_linear_backward_weight(dy, g, indices, ctx.group_size)[0] if need_w else None
+    return g_dy, g_w, None, None, None
+
+
+def _gsl_dw_setup_context(ctx, inputs, output):
+    grad_out, x, indices, group_size = inputs
+    ctx.save_for_backward(grad_out, x, indices)
+    ctx.group_size = group_size
+
+
+def _gsl_dw_backward(ctx, g_w, g_b):
+    dy, x, indices = ctx.saved_tensors
+    need_dy, need_x = ctx.needs_input_grad[:2]
+    g_w = g_w.contiguous()
+    g_dy = _lib.group_sparse_linear(x, g_w, indices, g_b.contiguous(), ctx.group_size) if need_dy else None
+    g_x = (_lib.group_sparse_linear_backward_input(dy, g_w, indices, ctx.group_size, x.shape[1])
+           if need_x else None)
+    return g_dy, g_x, None, None
+
+
+torch.library.register_autograd(
+    "largeout::group_sparse_linear_backward_input", _gsl_dx_backward, setup_context=_gsl_dx_setup_context
+)
+torch.library.register_autograd(
+    "largeout::group_sparse_linear_backward_weight", _gsl_dw_backward, setup_context=_gsl_dw_setup_context
 )

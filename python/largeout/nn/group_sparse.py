@@ -3,6 +3,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from .. import functional as F
 from . import lowp
@@ -366,6 +367,7 @@ class _GroupSparseFP8(torch.autograd.Function):
         return torch.ops.largeout.group_sparse_linear_fp8(x, weight, scale, indices, bias, group_size)
 
     @staticmethod
+    @once_differentiable  # (writes weight.grad: a second derivative through it is an error)
     def backward(ctx, grad_out):
         from .._ops import _rows_for_tma
 

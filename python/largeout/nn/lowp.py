@@ -30,6 +30,7 @@ from collections.abc import Mapping
 from typing import Optional
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..functional import _FLOAT_DTYPES
 from ..precision import stochastic_round
@@ -197,6 +198,7 @@ class _FromStored(torch.autograd.Function):
         return dequantize(weight, scale, dtype)
 
     @staticmethod
+    @once_differentiable  # (writes weight.grad: a second derivative through it is an error)
     def backward(ctx, grad):
         accumulate_grad(ctx.weight, grad.to(torch.bfloat16))
         return None, None, None, None
