@@ -256,6 +256,14 @@ def test_bad_input_errors(mutate, match):
         assert torch.equal(t, t0)
 
 
+def test_arguments_that_are_not_tensors():
+    x, w, b, i = _good()
+    for args, name in (((x.tolist(), w, i, b), "x"), ((x, None, i, b), "weight"), ((x, w, i.tolist(), b), "indices"),
+                       ((x, w, i, 3.0), "bias")):
+        with pytest.raises(TypeError, match=f"{name} must be a torch.Tensor.*; got"):
+            F.group_sparse_linear(*args, 16)
+
+
 def test_bad_group_size():
     x, w, b, i = _good()
     with pytest.raises(ValueError, match="group_size must be one of"):

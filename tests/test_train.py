@@ -317,6 +317,9 @@ def test_config_file_and_errors(tmp_path):
     cfg = load_config(str(toml), {"lr": "0.5", "synthetic.seed": "9"})
     assert cfg.output == "dense" and cfg.epochs == 2 and cfg.lr == 0.5
     assert cfg.synthetic["num_labels"] == 77 and cfg.synthetic["seed"] == 9
+    # a whole table given as a flag keeps the keys it does not set too
+    assert load_config(None, {"synthetic": '{"num_labels": 5}'}).synthetic == {**load_config().synthetic,
+                                                                                "num_labels": 5}
     # the table's other keys keep their defaults (the generator needs them all)
     default = load_config().synthetic
     assert {k: v for k, v in cfg.synthetic.items() if k not in ("num_labels", "seed")} == \
@@ -326,7 +329,7 @@ def test_config_file_and_errors(tmp_path):
         load_config(str(tmp_path / "bad.toml"))
     with pytest.raises(ValueError, match="output must be"):
         load_config(None, {"output": "sparse"})
-    with pytest.raises(ValueError, match="epochs must be a number"):
+    with pytest.raises(ValueError, match="epochs must be an integer"):
         load_config(None, {"epochs": "many"})
     with pytest.raises(FileNotFoundError, match="config file not found"):
         load_config(str(tmp_path / "missing.toml"))
@@ -341,7 +344,12 @@ def test_config_file_and_errors(tmp_path):
     ({"warmup_steps": "-1"}, "warmup_steps must be an integer >= 0"),
     ({"dropout": "1.5"}, r"dropout must be in \[0, 1\)"),
     ({"propensity_a": "-1"}, "propensity_a must be a finite number > 0"),
-    ({"model_seed": "1.5"}, "model_seed must be a number"),
+    ({"model_seed": "1.5"}, "model_seed must be an integer; got '1.5'"),
+    ({"epochs": "1.5"}, "epochs must be an integer; got '1.5'"),
+    ({"seed": "-1"}, "seed must be an integer in \\[0, 2\\*\\*32\\)"),
+    ({"model_seed": str(2**40)}, "model_seed must be an integer in \\[0, 2\\*\\*32\\), or unset"),
+    ({"synthetic": "{bad"}, "synthetic must be a JSON object \\(Expecting"),
+    ({"synthetic": "[1, 2]"}, "synthetic must be a JSON object; got"),
     ({"synthetic.nosuch": "1"}, "synthetic has unknown keys \\['nosuch'\\]"),
     ({"encoder": "hf:/no/such/dir"}, "is not a directory"),
 ])
@@ -429,6 +437,7 @@ def test_cli_refuses_paths_that_are_not_its_own(tmp_path, one_thread, capsys):
     capsys.readouterr()
     kept = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*"))
     refused(tiny_run_args(run_dir) + ["--set", "synthetic.num_labels=3"], "has 3 labels; the trainer scores P@k")
+    refused(tiny_run_args(run_dir) + ["--set", "synthetic.num_samples=0"], "has 0 training rows; the trainer needs")
     assert sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*")) == kept
     # predict: a checkpoint that is a file, or whose weights are cut short
     X, Y = lodata.synthetic(40, 300, 50, seed=2)
@@ -442,6 +451,20 @@ def test_cli_refuses_paths_that_are_not_its_own(tmp_path, one_thread, capsys):
     (cut / "model.safetensors").write_bytes(blob[: len(blob) // 2])
     refused(["predict", "--checkpoint", str(cut), "--data", str(tmp_path / "test.txt"), "--out", str(tmp_path / "p")],
             "model.safetensors is not a readable safetensors file")
+    assert not (tmp_path / "p.npz").exists()
+    X7, Y7 = lodata.synthetic(40, 280, 50, seed=2)
+    lodata.write_xc(tmp_path / "other.txt", X7, Y7)
+    refused(["predict", "--checkpoint", str(best), "--data", str(tmp_path / "other.txt"), "--out", str(tmp_path / "p")],
+            f"has 280 features; --checkpoint {best} was trained on 300")
+    edited = tmp_path / "edited"
+    shutil.copytree(best, edited)
+    cfg = json.loads((edited / "config.json").read_text())
+    (edited / "config.json").write_text(json.dumps({**cfg, "hidden": 16}))
+    refused(["predict", "--checkpoint", str(edited), "--data", str(tmp_path / "test.txt"), "--out",
+             str(tmp_path / "p")], "its weights do not fit the model its config.json describes")
+    (edited / "config.json").write_text("{not json")
+    refused(["predict", "--checkpoint", str(edited), "--data", str(tmp_path / "test.txt"), "--out",
+             str(tmp_path / "p")], f"--checkpoint {edited}: config.json:")
     assert not (tmp_path / "p.npz").exists()
     # eval: a folder for --data, predictions of other rows, propensities without --train
     assert main(["predict", "--checkpoint", str(best), "--data", str(tmp_path / "test.txt"), "--out",

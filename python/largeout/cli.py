@@ -129,8 +129,16 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"--topk must be >= 1; got {args.topk}")
     models = []
     for ckpt, cfg in zip(ckpts, cfgs):
+        trained_on = _tensor_shape(ckpt, "encoder.embed.weight")
+        if trained_on is not None and trained_on[0] != num_features:
+            raise ValueError(f"--data {path} has {num_features} features; --checkpoint {ckpt} was trained on "
+                             f"{trained_on[0]}")
         model = build_model(cfg, num_features, labels[0])
-        load_checkpoint(ckpt, model, None, "cpu")
+        try:
+            load_checkpoint(ckpt, model, None, "cpu")
+        except (RuntimeError, ValueError) as e:  # (a config.json that does not describe these weights)
+            raise ValueError(f"--checkpoint {ckpt}: its weights do not fit the model its config.json describes "
+                             f"({e})") from None
         models.append(model.to(device))
     topk, scores = predict_topk(models if len(models) > 1 else models[0], split, args.topk, 1024, device)
     out = args.out if str(args.out).endswith(".npz") else f"{args.out}.npz"  # (what savez writes)
@@ -147,6 +155,14 @@ def _part_name(path: Path) -> str:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def _tensor_shape(ckpt: Path, key: str):
+    """The shape of ``key`` in the checkpoint's weights, or None where it has no such tensor."""
+    from safetensors import safe_open
+
+    with safe_open(str(ckpt / "model.safetensors"), "pt") as f:
+        return tuple(f.get_slice(key).get_shape()) if key in f.keys() else None
 
 
 def _num_labels(ckpt: Path) -> int:

@@ -58,6 +58,10 @@ _FLOAT_DTYPES = (torch.float32, torch.float64, torch.bfloat16, torch.float16)
 def _check_args(x, weight, indices, bias, group_size) -> None:
     """Shape, dtype and device checks (the values of indices: when they are set, and by the
     CPU op at each call)."""
+    for name, t in (("x", x), ("weight", weight), ("indices", indices), ("bias", bias)):
+        if not isinstance(t, torch.Tensor) and not (name == "bias" and t is None):
+            raise TypeError(f"{_OP}: {name} must be a torch.Tensor{' or None' if name == 'bias' else ''}; got "
+                            f"{type(t).__name__}")
     if group_size is None:
         raise TypeError(f"{_OP}: group_size is required (one of {GROUP_SIZES})")
     if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size not in GROUP_SIZES:

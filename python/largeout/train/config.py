@@ -192,6 +192,10 @@ class TrainConfig:
                 bad(name, "an integer >= 1")
         if self.topk < 5:
             bad("topk", "an integer >= 5 (P@k, nDCG@k and PSP@k are reported for k = 1, 3, 5)")
+        for name in ("seed", "model_seed"):  # (numpy's and torch's generators take [0, 2**32) and more)
+            v = getattr(self, name)
+            if v is not None and not 0 <= v < 2**32:
+                bad(name, "an integer in [0, 2**32)" + (", or unset" if name == "model_seed" else ""))
         if self.warmup_steps < 0:
             bad("warmup_steps", "an integer >= 0")
         for name in ("weight_decay", "grad_clip", "momentum"):
@@ -243,9 +247,16 @@ def _coerce(name: str, value: Any, default: Any) -> Any:
         try:
             return int(value) if isinstance(default, int) else float(value)
         except ValueError:
-            raise ValueError(f"config: {name} must be a number; got {value!r}") from None
+            what = "an integer" if isinstance(default, int) else "a number"
+            raise ValueError(f"config: {name} must be {what}; got {value!r}") from None
     if isinstance(default, dict):
-        return json.loads(value)
+        try:
+            table = json.loads(value)
+        except ValueError as e:
+            raise ValueError(f"config: {name} must be a JSON object ({e}); got {value!r}") from None
+        if not isinstance(table, dict):
+            raise ValueError(f"config: {name} must be a JSON object; got {value!r}")
+        return {**default, **table}  # (the keys it does not set keep their defaults, as in a TOML table)
     return value
 
 

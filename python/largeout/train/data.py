@@ -122,6 +122,9 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     num_labels = train.Y.shape[1]
     if test is not None and test.Y.shape[1] != num_labels:
         raise ValueError(f"data: test has {test.Y.shape[1]} labels but train has {num_labels}")
+    if train.num_rows < 3 + (cfg.val_fraction > 0):  # (the propensity model needs 3 rows; validation 1 more)
+        raise ValueError(f"data: {source} has {train.num_rows} training rows; the trainer needs at least "
+                         f"{3 + (cfg.val_fraction > 0)}")
     inv_p = inverse_propensity(train.Y, cfg.propensity_a, cfg.propensity_b)
     val = None
     if cfg.val_fraction > 0:
