@@ -742,8 +742,9 @@ def test_pad_columns_sum_checks_input(device):
         torch.ops.largeout.pad_columns_sum(x.float(), 8, True, True)
     with pytest.raises(RuntimeError, match="pad_columns_sum: x must be 2-D \\[M, L\\]; got 1-D"):
         torch.ops.largeout.pad_columns_sum(x[0], 8, True, True)
-    for m in (0, 12, -8):
-        with pytest.raises(RuntimeError, match=f"pad_columns_sum: multiple must be a positive multiple of 8; got {m}"):
+    for m in (0, 12, -8, 2**63 - 8, 2**30 + 8):  # (a huge multiple overflowed the rounded-up width to 0)
+        with pytest.raises(RuntimeError, match=f"pad_columns_sum: multiple must be a positive multiple of 8 up to "
+                                               f"2\\^30; got {m}"):
             torch.ops.largeout.pad_columns_sum(x, m, True, True)
 
 

@@ -59,8 +59,8 @@ int64_t check_pad_columns(const at::Tensor& x, int64_t multiple) {
   TORCH_CHECK(x.dim() == 2, kPadOp, ": x must be 2-D [M, L]; got ", x.dim(), "-D");
   TORCH_CHECK_TYPE(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, kPadOp,
                    ": x must be bfloat16 or float16; got ", x.scalar_type());
-  TORCH_CHECK(multiple > 0 && multiple % 8 == 0, kPadOp, ": multiple must be a positive multiple of 8; got ",
-              multiple);
+  TORCH_CHECK(multiple > 0 && multiple % 8 == 0 && multiple <= (int64_t(1) << 30), kPadOp,
+              ": multiple must be a positive multiple of 8 up to 2^30; got ", multiple);
   return (x.size(1) + multiple - 1) / multiple * multiple;
 }
 
