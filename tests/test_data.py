@@ -350,16 +350,18 @@ def test_read_jsonl_text_fields_no_example_has(tmp_path):
     ("jsonl", GOOD_JSON, 2500),
 ])
 @pytest.mark.parametrize("gz", [False, True])
-def test_not_utf8_names_its_line(tmp_path, reader, good, n, gz):
-    # The text reader decodes blocks of many lines: the error must still name the line.
+@pytest.mark.parametrize("eol", ["\n", "\r\n", "\r"], ids=["lf", "crlf", "cr"])
+def test_not_utf8_names_its_line(tmp_path, reader, good, n, gz, eol):
+    # The text reader decodes blocks of many lines: the error must still name the line, at any
+    # of the line ends the reader takes.
     lines = [good] * n
     bad = n - 7
     lines[bad - 1] = lines[bad - 1].replace("1", "\xe91" if reader == "xc" else "1", 1)
     if reader == "jsonl":
         lines[bad - 1] = GOOD_JSON.replace('"t"', '"caf\xe9"')
-    blob = "".join(lines).encode("latin-1")
+    blob = "".join(lines).replace("\n", eol).encode("latin-1")
     if reader == "xc":
-        blob = f"{n} 4 3\n".encode() + blob
+        blob = f"{n} 4 3{eol}".encode() + blob
         bad += 1  # (the header is line 1)
     path = tmp_path / ("d.txt" + (".gz" if gz else ""))
     path.write_bytes(gzip.compress(blob) if gz else blob)

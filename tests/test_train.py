@@ -76,8 +76,7 @@ def test_resume_continues_exactly(tmp_path, one_thread, head):
 def test_resume_takes_this_runs_optimizer_settings(tmp_path, one_thread, head):
     # The optimizer's state continues, its settings are this run's: resumed at a vanishing lr
     # the weights stay where the checkpoint left them (the checkpoint's lr moved them before:
-    # torch's load had brought back its lr as the schedule's base); and an --epochs the
-    # checkpoint has already reached is an error that writes nothing.
+    # torch's load had brought back its lr as the schedule's base).
     def last(name):
         return load_file(str(tmp_path / name / "checkpoints/last/model.safetensors"))
 
@@ -93,11 +92,14 @@ def test_resume_takes_this_runs_optimizer_settings(tmp_path, one_thread, head):
     assert any(not torch.equal(v, before[k]) for k, v in last("b").items() if k.startswith("head."))
     resumed = [line for line in logs if line.startswith("resumed")]
     assert len(resumed) == 2 and "(this run's lr)" in resumed[0] and "this run's" not in resumed[1]
-    saved = (tmp_path / "a/config.json").read_text()
+    # a run that stopped while scoring is resumed at its last epoch: nothing trained, scored again
+    (tmp_path / "a/summary.json").unlink()
     cfg = load_config(None, {**SMALL, "out": str(tmp_path / "a"), "epochs": 2, "device": "cpu", **head})
-    with pytest.raises(ValueError, match="has trained 2 epochs; epochs = 2 leaves nothing to train"):
-        train(cfg, resume=True, log=lambda *a: None)
-    assert (tmp_path / "a/config.json").read_text() == saved
+    logs.clear()
+    train(cfg, resume=True, log=logs.append)
+    assert any("nothing to train; scoring it again" in line for line in logs)
+    assert (tmp_path / "a/summary.json").exists()
+    assert all(torch.equal(v, before[k]) for k, v in last("a").items() if k.startswith("head."))
 
 
 def test_train_on_an_in_memory_dataset(tmp_path, one_thread):
@@ -320,7 +322,12 @@ def test_config_file_and_errors(tmp_path):
     # a whole table given as a flag keeps the keys it does not set too
     assert load_config(None, {"synthetic": '{"num_labels": 5}'}).synthetic == {**load_config().synthetic,
                                                                                 "num_labels": 5}
+    # ... and onto a config file's table, the file's keys
+    cfg = load_config(str(toml), {"synthetic": '{"seed": 4}'})
+    assert cfg.synthetic["num_labels"] == 77 and cfg.synthetic["seed"] == 4
+    assert load_config(None, {"seed": str(2**33)}).seed == 2**33  # (large seeds that worked still do)
     # the table's other keys keep their defaults (the generator needs them all)
+    cfg = load_config(str(toml), {"lr": "0.5", "synthetic.seed": "9"})
     default = load_config().synthetic
     assert {k: v for k, v in cfg.synthetic.items() if k not in ("num_labels", "seed")} == \
         {k: v for k, v in default.items() if k not in ("num_labels", "seed")} and "num_features" in default
@@ -346,8 +353,8 @@ def test_config_file_and_errors(tmp_path):
     ({"propensity_a": "-1"}, "propensity_a must be a finite number > 0"),
     ({"model_seed": "1.5"}, "model_seed must be an integer; got '1.5'"),
     ({"epochs": "1.5"}, "epochs must be an integer; got '1.5'"),
-    ({"seed": "-1"}, "seed must be an integer in \\[0, 2\\*\\*32\\)"),
-    ({"model_seed": str(2**40)}, "model_seed must be an integer in \\[0, 2\\*\\*32\\), or unset"),
+    ({"seed": "-1"}, "seed must be an integer in \\[0, 2\\*\\*53\\)"),
+    ({"model_seed": str(2**60)}, "model_seed must be an integer in \\[0, 2\\*\\*53\\), or unset"),
     ({"synthetic": "{bad"}, "synthetic must be a JSON object \\(Expecting"),
     ({"synthetic": "[1, 2]"}, "synthetic must be a JSON object; got"),
     ({"synthetic.nosuch": "1"}, "synthetic has unknown keys \\['nosuch'\\]"),

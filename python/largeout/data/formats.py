@@ -121,12 +121,18 @@ def _first_bad_utf8_line(path: PathLike) -> Tuple[int, str]:
     """The line number of the first line of ``path`` that is not valid UTF-8, and why
     (the text reader decodes a block at a time, so its error does not say which line)."""
     opener = gzip.open if _is_gz(path) else open
+    lineno = 0
     with opener(path, "rb") as raw:
-        for lineno, line in enumerate(raw, 1):
-            try:
-                line.decode("utf-8-sig" if lineno == 1 else "utf-8")
-            except UnicodeDecodeError as e:
-                return lineno, e.reason
+        for chunk in raw:  # (split at \n; the text reader also ends lines at \r and \r\n)
+            body = chunk
+            if body.endswith(b"\n"):
+                body = body[:-2] if body.endswith(b"\r\n") else body[:-1]
+            for line in re.split(rb"\r\n|\r|\n", body):
+                lineno += 1
+                try:
+                    line.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    return lineno, e.reason
     return 0, "undecodable text"
 
 
@@ -750,7 +756,7 @@ def write_xc(path: PathLike, X, Y) -> None:
     if X.shape[0] != Y.shape[0]:
         raise ValueError(f"X and Y must have the same number of rows N; got X {X.shape} and Y {Y.shape}")
     if Y.nnz and not bool((Y.data == 1).all()):  # (a score matrix passed as Y would be written as labels)
-        bad = Y.data[Y.data != 1][0]
+        bad = Y.data[Y.data != 1][0].item()
         raise ValueError(f"Y must hold 0/1 labels, as largeout.metrics takes them; got the value {bad!r} "
                          f"(duplicate entries of a sparse Y add up)")
     with np.errstate(over="ignore", invalid="ignore"):

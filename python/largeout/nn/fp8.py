@@ -49,7 +49,6 @@ import os
 from typing import Optional, Tuple
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from . import lowp
 
@@ -230,7 +229,6 @@ class _Fp8LinearFn(torch.autograd.Function):
         return y
 
     @staticmethod
-    @once_differentiable  # (writes weight.grad: a second derivative through it is an error)
     def backward(ctx, gy):
         q, sx = ctx.saved_tensors
         w = ctx.weight

@@ -3,7 +3,6 @@ from typing import Optional
 
 import torch
 from torch import nn
-from torch.autograd.function import once_differentiable
 
 from .. import functional as F
 from . import lowp
@@ -367,13 +366,15 @@ class _GroupSparseFP8(torch.autograd.Function):
         return torch.ops.largeout.group_sparse_linear_fp8(x, weight, scale, indices, bias, group_size)
 
     @staticmethod
-    @once_differentiable  # (writes weight.grad: a second derivative through it is an error)
     def backward(ctx, grad_out):
         from .._ops import _rows_for_tma
 
         x, indices, weight, scale = ctx.saved_tensors
         G = ctx.group_size
         need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
+        if torch.is_grad_enabled() and need_x:  # create_graph: its dx op has no derivative
+            raise RuntimeError("GroupSparseLinear with an fp8 weight has no second derivative with respect to its "
+                               "input (create_graph=True); the bf16 layer has one")
         # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for both
         # passes; the weight's gradient is always computed)
         grad_out = _rows_for_tma(grad_out, x, weight, G, ("input", "weight") if need_x else ("weight",))

@@ -30,7 +30,6 @@ from collections.abc import Mapping
 from typing import Optional
 
 import torch
-from torch.autograd.function import once_differentiable
 
 from ..functional import _FLOAT_DTYPES
 from ..precision import stochastic_round
@@ -198,7 +197,6 @@ class _FromStored(torch.autograd.Function):
         return dequantize(weight, scale, dtype)
 
     @staticmethod
-    @once_differentiable  # (writes weight.grad: a second derivative through it is an error)
     def backward(ctx, grad):
         accumulate_grad(ctx.weight, grad.to(torch.bfloat16))
         return None, None, None, None
@@ -328,8 +326,10 @@ class ScaledWeightMixin:
         keys (a checkpoint with a bias into a layer without one, or the other way round)
         raised before anything is written: torch writes every tensor that fits first. (A
         layer inside a larger model is loaded by that model's load, which the layer cannot
-        see: there torch's order holds.)"""
-        if strict and isinstance(state_dict, Mapping):
+        see: there torch's order holds; so does a layer with load hooks of its own, which may
+        rename or forgive keys.)"""
+        hooks = (getattr(self, "_load_state_dict_pre_hooks", None), getattr(self, "_load_state_dict_post_hooks", None))
+        if strict and isinstance(state_dict, Mapping) and not any(hooks):
             own = set(self.state_dict(keep_vars=True))
             given = set(state_dict)
             missing, unexpected = sorted(own - given), sorted(given - own)

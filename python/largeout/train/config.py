@@ -192,10 +192,10 @@ class TrainConfig:
                 bad(name, "an integer >= 1")
         if self.topk < 5:
             bad("topk", "an integer >= 5 (P@k, nDCG@k and PSP@k are reported for k = 1, 3, 5)")
-        for name in ("seed", "model_seed"):  # (numpy's and torch's generators take [0, 2**32) and more)
+        for name in ("seed", "model_seed"):  # (the shuffling seeds seed * 1000 + epoch must stay below 2**64)
             v = getattr(self, name)
-            if v is not None and not 0 <= v < 2**32:
-                bad(name, "an integer in [0, 2**32)" + (", or unset" if name == "model_seed" else ""))
+            if v is not None and not 0 <= v < 2**53:
+                bad(name, "an integer in [0, 2**53)" + (", or unset" if name == "model_seed" else ""))
         if self.warmup_steps < 0:
             bad("warmup_steps", "an integer >= 0")
         for name in ("weight_decay", "grad_clip", "momentum"):
@@ -301,5 +301,7 @@ def load_config(path: Optional[str] = None, overrides: Optional[Dict[str, Any]] 
         default = getattr(defaults, key)
         if default is None:  # the Optional fields: the type of their values
             default = _OPTIONAL_TYPES.get(key)
+        if isinstance(default, dict):  # a whole table: onto the table so far (a config file's, or the default)
+            default = getattr(cfg, key)
         setattr(cfg, key, _coerce(key, value, default))
     return cfg.validate()

@@ -310,9 +310,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         fresh = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in opts]
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
         state.pop("optimizer", None)
-        if state["epoch"] >= cfg.epochs:
-            raise ValueError(f"--resume: the checkpoint in {out / 'checkpoints' / 'last'} has trained {state['epoch']} "
-                             f"epochs; epochs = {cfg.epochs} leaves nothing to train (raise --epochs)")
+        if state["epoch"] >= cfg.epochs:  # (a run stopped while scoring: it is scored again, its outputs rewritten)
+            log(f"--resume: the checkpoint has trained {state['epoch']} epochs and epochs = {cfg.epochs}: nothing "
+                f"to train; scoring it again (raise --epochs to train more)")
         # The optimizer's state (moments, momentum, step counts) continues; its settings are this
         # run's (torch's load takes the checkpoint's, and the schedule's base rate with them).
         changed = set()
