@@ -1045,6 +1045,7 @@ def test_index_order_errors():
         GroupSparseLinear(60, 100, fan_in=16, group_size=32, index_order="balanced")
 
 
+@pytest.mark.filterwarnings("ignore:Using backward\\(\\) with create_graph")
 def test_fp8_layers_second_derivatives_with_respect_to_the_input():
     # A gradient penalty through an fp8 layer (its weight frozen in the penalty): the dense fp8
     # Linear's backward is made of torch ops, so the second derivative is the bf16 one of its
