@@ -92,7 +92,8 @@
 #            (RCS_STAGES=0 skips it), the step at odd L unpadded, then the grid at odd L per batch size (SWEEP_B)
 #            until RCS_BUDGET s (default 585; session 41)
 #     k64stages build, dW at K = 64 with 8 and 16 stages (bench_knob.py) over B 128-1024, G 32-128 and the three L,
-#            then the dW tests (K64S_TESTS_K) until K64S_BUDGET s (default 480; session 42)
+#            the second-derivative and compile tests, then the dW tests (K64S_TESTS_K) until K64S_BUDGET s
+#            (default 480; session 42)
 #     optknob build (SKIP_BUILD=1: the installed one), bench_optim (OPTIM_CASES) with OPTKNOB_ENV set to each of
 #            OPTKNOB_VALUES in turn (OPTKNOB_ROUNDS rounds, default 2), then the whole suite with its 20 slowest
 #            tests listed, as OPTKNOB_BUDGET s after the start allow (default 560)
@@ -516,6 +517,9 @@ if [ "$MODE" = k64stages ]; then  # session 42: dW's ring at K = 64, 8 against 1
       --B 512,1024,256,128 --K 64 --G 32,64,128 --L $L --iters 30 --out "$OUT/knob_dw_k64_stages_L$L.json" 2>&1 \
       | grep -o "'B'.*'over_matched': {[^}]*}, 'identical': [A-Za-z]*"
   done
+  echo "== tests: second derivatives and torch.compile on CUDA (session 42's derivative registrations)"
+  RUN_TESTS_TIMEOUT=120 run_tests gpu_tests_derivs.log tests/test_group_sparse_op.py tests/test_module.py \
+    -k "gradcheck or compile or second_derivative"
   left=$(( deadline - $(date +%s) ))
   echo "== tests: dW (${left} s left)"
   [ $left -gt 30 ] && RUN_TESTS_TIMEOUT=$left run_tests gpu_tests_k64s.log tests/test_group_sparse_sm90.py \
