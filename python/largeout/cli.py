@@ -166,21 +166,16 @@ def _tensor_shape(ckpt: Path, key: str):
 
 
 def _num_labels(ckpt: Path) -> int:
-    from safetensors import safe_open
-
-    path = ckpt / "model.safetensors"
-    if not path.is_file():
+    if not (ckpt / "model.safetensors").is_file():
         raise FileNotFoundError(f"--checkpoint {ckpt}: expected a checkpoint folder with model.safetensors "
                                 f"(OUT/checkpoints/best of largeout train)")
     try:
-        with safe_open(str(path), "pt") as f:
-            if "head.weight" not in f.keys():
-                raise SystemExit(f"{ckpt}: model.safetensors has no head.weight")
-            return f.get_slice("head.weight").get_shape()[0]
-    except SystemExit:
-        raise
+        shape = _tensor_shape(ckpt, "head.weight")
     except Exception as e:  # noqa: BLE001  (safetensors' own error type: a truncated or foreign file)
         raise ValueError(f"--checkpoint {ckpt}: model.safetensors is not a readable safetensors file ({e})") from None
+    if shape is None:
+        raise SystemExit(f"{ckpt}: model.safetensors has no head.weight")
+    return shape[0]
 
 
 def cmd_eval(args) -> int:
@@ -210,9 +205,9 @@ def cmd_eval(args) -> int:
     inv_p = None
     if args.train:
         _, Ytr = lodata.read_xc(args.train)
+        ab = {k: v for k, v in (("A", args.propensity_a), ("B", args.propensity_b)) if v is not None}
         try:
-            inv_p = M.inverse_propensity(Ytr, 0.55 if args.propensity_a is None else args.propensity_a,
-                                         1.5 if args.propensity_b is None else args.propensity_b)
+            inv_p = M.inverse_propensity(Ytr, **ab)  # (the model's defaults where a flag is not given)
         except ValueError as e:
             raise ValueError(f"--propensity-a / --propensity-b / --train: {e}") from None
     ks = tuple(k for k in (1, 3, 5) if k <= pred["topk"].shape[1]) or (1,)  # (the k the predictions hold)

@@ -11,6 +11,7 @@ __all__ = ["GroupSparseLinear", "random_group_indices"]
 
 # Rows of random keys drawn at once when sampling indices (bounds the temporary).
 _SAMPLE_ELEMS = 1 << 24
+INDEX_ORDERS = ("sorted", "banked", "balanced")  # random_group_indices' orders, GroupSparseLinear's index_order
 
 
 def random_group_indices(
@@ -43,7 +44,6 @@ def random_group_indices(
     memory, where the bank depends on the input mod 8: ``"banked"`` spreads most such
     reads over the banks, ``"balanced"`` all of them; the expanded-weight dx writes slot
     ``i`` of 8 consecutive runs at once, which the rotation spreads too."""
-    orders = ("sorted", "banked", "balanced")
     num_groups, in_features, fan_in = lowp.check_layer_args(
         "random_group_indices", dict(num_groups=num_groups, in_features=in_features, fan_in=fan_in),
         generator=generator).values()
@@ -52,7 +52,7 @@ def random_group_indices(
                          f"num_groups={num_groups}, in_features={in_features}, fan_in={fan_in}")
     if fan_in > in_features:
         raise ValueError(f"fan_in = {fan_in} cannot exceed in_features = {in_features}")
-    if order not in orders:
+    if order not in INDEX_ORDERS:
         raise ValueError(f'order must be "sorted", "banked" or "balanced"; got {order!r}')
     if order != "sorted" and fan_in % 8:
         raise ValueError(f"order = {order!r} needs fan_in to be a multiple of 8; got fan_in = {fan_in}")
@@ -197,7 +197,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             self.register_parameter("bias", None)
         if index_order is None:
             index_order = default_index_order(in_features)
-        elif index_order not in ("sorted", "banked", "balanced"):
+        elif index_order not in INDEX_ORDERS:
             raise ValueError(f'GroupSparseLinear: index_order must be "sorted", "banked", "balanced" or None; got '
                              f'{index_order!r}')
         elif index_order == "balanced" and in_features % 8:

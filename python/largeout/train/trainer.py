@@ -180,22 +180,14 @@ def _trainer_config(path: Path) -> bool:
 
 
 def _earlier_run(out: Path) -> list:
-    """The files and checkpoint folders of an earlier run in ``out`` (see _check_out_is_ours)."""
-    found = [p for p in _RUN_FILES + _CHECKPOINTS if (out / p).exists()]
-    if _trainer_config(out / "config.json"):
-        found.append("config.json")
-    return found
-
-
-def _check_out_is_ours(out: Path) -> None:
-    """A fresh run replaces an earlier run's files in ``out`` and nobody else's: files with the
-    names a run writes (or a config.json) beside no trainer's config.json are an error."""
-    if not out.is_dir():
-        return
-    names = [p for p in _RUN_FILES + _CHECKPOINTS + ("config.json",) if (out / p).exists()]
-    if names and not _trainer_config(out / "config.json"):
-        raise FileExistsError(f"out: {out} holds {', '.join(names)}, which no largeout run wrote (there is no "
+    """The files and checkpoint folders of an earlier run in ``out``, which a fresh run replaces.
+    Files with the names a run writes (or a config.json) beside no trainer's config.json are
+    nobody's earlier run: an error, so that a fresh run replaces a run's files and nobody else's."""
+    found = [p for p in _RUN_FILES + _CHECKPOINTS + ("config.json",) if (out / p).exists()]
+    if found and not _trainer_config(out / "config.json"):
+        raise FileExistsError(f"out: {out} holds {', '.join(found)}, which no largeout run wrote (there is no "
                               f"trainer's config.json beside them); choose another folder or move them")
+    return found
 
 
 # Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
@@ -277,8 +269,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     t0 = time.time()
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"out: {out} is a file; the run's outputs need a folder there")
-    if not resume:
-        _check_out_is_ours(out)
+    earlier = [] if resume else _earlier_run(out)  # (checked before the data loads)
     if data is None:
         data = load_dataset(cfg)
     if data.num_labels < max(KS):
@@ -327,7 +318,6 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}"
             + (f" (this run's {', '.join(sorted(changed))})" if changed else ""))
     else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
-        earlier = _earlier_run(out)
         if earlier:
             log(f"replacing the earlier run in {out} ({', '.join(earlier)})")
         for p in earlier:
