@@ -448,7 +448,7 @@ def test_sm90_dw_versions_match_reference(shape, version, poison, monkeypatch):
     assert_sm90_dw_matches(dy, dy, x, idx, G)
 
 
-@pytest.mark.parametrize("stages", [4, 5, 11, 16])
+@pytest.mark.parametrize("stages", [4, 5, 8, 11, 16])
 @pytest.mark.parametrize("version", DW_VERSIONS)
 @pytest.mark.parametrize("shape", [(512, 768, 20000, 128, 32), (128, 768, 131072, 64, 32), (160, 768, 65536, 64, 32),
                                    (512, 768, 65536, 64, 64), (64, 256, 4096, 256, 128)],
@@ -621,7 +621,10 @@ def test_sm90_dw_k64_split_batch(shape, dbias, poison, monkeypatch):
     # (dbias by the computing warpgroups) or v1 (by the loader), with dbias summed by the
     # loader (LARGEOUT_SM90_DW_DBIAS=loader) or by the computing warpgroups (=computing, the
     # default; v2 only: reduced over both), against float64 element by element, twice (deterministic).
+    # The shapes need the split on an 8-stage ring (K = 64's default of 16 holds two groups' chunks
+    # up to B = 512 at G = 32), so the ring is set to 8.
     monkeypatch.setenv("LARGEOUT_SM90_DW_DBIAS", dbias)
+    monkeypatch.setenv("LARGEOUT_SM90_DW_STAGES", "8")
     B, H, L, K, G = shape
     monkeypatch.setenv("LARGEOUT_SM90_DW_SPLITB", "0")
     assert kernels.path("weight", torch.bfloat16, B, H, L, K, G) == "generic"

@@ -2112,17 +2112,20 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr, bool w8 = false) {
   return 2;
 }
 
-// dW's ring holds at most 8 stages (the default, measured), or LARGEOUT_SM90_DW_STAGES of them
-// (4-16; a tuning knob: more stages put more gathers in flight, though 11 measured within 1.5%
-// of 8 everywhere on an H100, bench/NOTES.md session 19), as many as shared memory takes.
+// dW's ring holds at most 16 stages at K = 64 and 8 at larger K (the defaults, measured), or
+// LARGEOUT_SM90_DW_STAGES of them (4-16; a tuning knob), as many as shared memory takes. More
+// stages put more gathers in flight: 11 measured within 1.5% of 8 at K = 128 on an H100
+// (bench/NOTES.md session 19), 16 against 8 at L = 131,072 on an H200 faster at K = 64 only
+// (B = 1024: 1.07-1.10x; knob_dw_stages_s42_h200.json; at K = 256 no more than 6 fit).
+template <int kNmb>
 int dw_max_stages() {
   const int e = env_int("LARGEOUT_SM90_DW_STAGES");
-  return e >= 4 ? std::min(e, 16) : kMaxStages;
+  return e >= 4 ? std::min(e, 16) : kNmb == 1 ? 16 : kMaxStages;
 }
 
 template <int G, int kNmb>
 int dw_stages(const DeviceInfo& dev, bool tma = false, bool split_b = false, bool dbc = false, bool rc = false) {
-  int st = dw_max_stages();
+  int st = dw_max_stages<kNmb>();
   while (st >= 2 && DwCfg<G, kNmb>::smem_bytes(st, tma, split_b, dbc, rc) > smem_budget(dev)) --st;
   if (split_b) st = st >= 4 ? st & ~1 : 0;  // even, and at least 4 (the loader runs stages - 3 ahead)
   return st;
