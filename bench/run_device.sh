@@ -121,6 +121,10 @@ OUT=${OUT:-/tmp/largeout_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 MODE=${1:-full}
+# The device machine's copy of the tree may keep the .git of the session's first call (session 43), so
+# pass the commit run: LARGEOUT_GIT_COMMIT=$(git rev-parse --short HEAD) in the call's command.
+[ -n "${LARGEOUT_GIT_COMMIT:-}" ] && export LARGEOUT_GIT_COMMIT \
+  || echo "(LARGEOUT_GIT_COMMIT unset: results name the device copy's .git HEAD, which may be stale)"
 T0=$(date +%s)
 
 # At most 8 files come back from $OUT: on exit, if there are more, the small ones (JSON, logs, text under
