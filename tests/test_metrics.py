@@ -103,13 +103,32 @@ def test_hand_psprecision(hand):
 
 def test_hand_psndcg(hand):
     topk, Y = hand
-    # k=3 numerator: row0 1*1 + 3*0.5 = 2.5; row1 4/log2(3) + 2*0.5; row2 5*0.5 = 2.5  -> 6 + 4/log2(3)
-    #     ideal:     row0 3*1 + 1/log2(3); row1 6*1 + 4/log2(3) + 2*0.5; row2 5*1  -> 15 + 5/log2(3)
-    expected = (6 + 4 / L3) / (15 + 5 / L3)
-    assert expected == pytest.approx(0.469506137148576, abs=1e-14)
+    # k=3, each row's weighted DCG over its unweighted IDCG (as nDCG@3), the ideal's likewise:
+    #   row0 PSDCG 1*1 + 3*0.5 = 2.5,          ideal 3*1 + 1/log2(3),             IDCG 1 + 1/log2(3)
+    #   row1 PSDCG 4/log2(3) + 2*0.5,          ideal 6*1 + 4/log2(3) + 2*0.5,     IDCG 1 + 1/log2(3) + 0.5
+    #   row2 PSDCG 5*0.5 = 2.5,                ideal 5*1,                         IDCG 1
+    i0, i1 = 1 + 1 / L3, 1 + 1 / L3 + 0.5
+    expected = (2.5 / i0 + (4 / L3 + 1) / i1 + 2.5) / ((3 + 1 / L3) / i0 + (7 + 4 / L3) / i1 + 5)
+    assert expected == pytest.approx(0.48620741348556756, abs=1e-14)
     assert psndcg_at_k(topk, Y, 3, HAND_W) == pytest.approx(expected, abs=1e-14)
     # k=1: disc(1) = 1 so PSnDCG@1 = PSP@1 = 1/14
     assert psndcg_at_k(topk, Y, 1, HAND_W) == pytest.approx(1 / 14, abs=1e-15)
+
+
+def test_psndcg_uniform_weights_is_ndcg():
+    # pyxclib's normalisation: each row's DCG over its own IDCG, so with equal weights PSnDCG@k
+    # is nDCG@k wherever every row has a positive (a ratio of summed DCGs would weight rows
+    # with many labels more: 0.6806 against nDCG's 0.7654 here).
+    Y = csr_from_sets([{0}, {1, 2, 3, 4}], 6)
+    topk = np.array([[0, 5, 4], [5, 4, 3]])
+    assert ndcg_at_k(topk, Y, 3) == pytest.approx(0.7654, abs=1e-4)
+    assert psndcg_at_k(topk, Y, 3, np.ones(6)) == pytest.approx(ndcg_at_k(topk, Y, 3), abs=1e-14)
+    topk2, sets, _ = random_case(5)
+    keep = [i for i, y in enumerate(sets) if y]
+    Y2 = csr_from_sets([sets[i] for i in keep], 40)
+    for k in (1, 3, 7):
+        assert psndcg_at_k(topk2[keep], Y2, k, np.full(40, 2.5)) == pytest.approx(ndcg_at_k(topk2[keep], Y2, k),
+                                                                                 abs=1e-12)
 
 
 def test_hand_evaluate(hand):
@@ -120,7 +139,7 @@ def test_hand_evaluate(hand):
     assert out["nDCG@3"] == pytest.approx(0.4876105157813577)
     assert out["R@3"] == pytest.approx(2 / 3)
     assert out["PSP@1"] == pytest.approx(1 / 14) and out["PSP@3"] == pytest.approx(5 / 7)
-    assert out["PSnDCG@3"] == pytest.approx(0.469506137148576)
+    assert out["PSnDCG@3"] == pytest.approx(0.48620741348556756)
     assert all(type(v) is float for v in out.values())
     no_ps = evaluate(topk, Y, ks=(1, 2))
     assert set(no_ps) == {"P@1", "P@2", "nDCG@1", "nDCG@2", "R@1", "R@2"}
@@ -175,7 +194,6 @@ def ref_ranking(topk, sets, k, w):
                 nhit += 1
                 dcg += 1.0 / math.log2(r + 2)
                 psp_num += w[l]
-                psn_num += w[l] / math.log2(r + 2)
                 correct_labels.add(l)
         p += nhit / k
         if y:
@@ -184,7 +202,8 @@ def ref_ranking(topk, sets, k, w):
             rc += nhit / len(y)
             best = sorted((w[l] for l in y), reverse=True)[:k]
             psp_den += sum(best)
-            psn_den += sum(v / math.log2(r + 2) for r, v in enumerate(best))
+            psn_num += sum(w[l] / math.log2(r + 2) for r, l in enumerate(preds) if l in y) / idcg
+            psn_den += sum(v / math.log2(r + 2) for r, v in enumerate(best)) / idcg
     return {
         "P": p / N,
         "nDCG": nd / N,
@@ -567,12 +586,16 @@ def test_other_errors():
             inverse_propensity(Y_train, A=A)
     with pytest.raises(ValueError, match=r"A must be a finite real number"):
         inverse_propensity(Y_train, A=float("nan"))
+    with pytest.raises(TypeError, match=r"A must be a finite real number, got '0.5' of type str"):
+        inverse_propensity(Y_train, A="0.5")
     with pytest.raises(TypeError, match=r"Y_train must be a scipy.sparse matrix"):
         inverse_propensity(Y_train.toarray())
     with pytest.raises(RuntimeError, match=r"not fitted"):
         IsotonicCalibrator().transform([0.5])
     with pytest.raises(ValueError, match=r"scores and correct must have the same number of elements, got 3 and 2"):
         IsotonicCalibrator().fit([0.1, 0.2, 0.3], [1, 0])
+    with pytest.raises(ValueError, match=r"correct must contain values in \[0, 1\] \(0/1 correctness\), got NaN at element 0"):
+        IsotonicCalibrator().fit([0.1, 0.2], [float("nan"), 1.0])
     with pytest.raises(ValueError, match=r"correct must contain values in \[0, 1\]"):
         IsotonicCalibrator().fit([0.1, 0.2], [1, 2])
     with pytest.raises(ValueError, match=r"scores must be finite"):
@@ -581,3 +604,30 @@ def test_other_errors():
         isotonic_regression(np.ones((2, 2)))
     with pytest.raises(ValueError, match=r"sample_weight must be finite and > 0"):
         isotonic_regression([1.0, 2.0], sample_weight=[1.0, 0.0])
+
+
+def test_inv_propensity_none_and_nan_named():
+    topk, Y = HAND_TOPK.copy(), csr_from_sets(HAND_SETS, 6)
+    with pytest.raises(TypeError, match=r"inv_propensity must be a 1-D array of length L=6 .*got None"):
+        psprecision_at_k(topk, Y, 1, None)
+    w = HAND_W.copy()
+    w[3] = np.nan
+    with pytest.raises(ValueError, match=r"inv_propensity must be finite and >= 0, got NaN at label 3"):
+        psndcg_at_k(topk, Y, 1, w)
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo", "coo-bool"])
+def test_duplicated_entries_count_once_in_every_format(fmt):
+    # row 0 stores label 0 twice; as a float COO, tocsr() would sum them to 2 (then "not 0/1")
+    rows, cols = np.array([0, 0, 1]), np.array([0, 0, 2])
+    coo = sp.coo_matrix((np.ones(3), (rows, cols)), shape=(2, 3))
+    Y = {"csr": sp.csr_matrix((np.ones(3), cols, np.array([0, 2, 3])), shape=(2, 3)), "csc": None,
+         "coo": coo, "coo-bool": coo.astype(bool)}[fmt]
+    if fmt == "csc":
+        Y = sp.csc_matrix((np.ones(3), np.array([0, 0, 1]), np.array([0, 2, 2, 3])), shape=(2, 3))
+    topk = np.array([[0, 1], [2, 0]])
+    assert precision_at_k(topk, Y, 2) == pytest.approx(0.5)
+    assert recall_at_k(topk, Y, 2) == pytest.approx(1.0)
+    bad = sp.coo_matrix((np.array([1.0, 2.0]), (np.array([0, 1]), np.array([1, 1]))), shape=(2, 3))
+    with pytest.raises(ValueError, match=r"Y_true must contain only 0/1 entries, found the value 2.0"):
+        precision_at_k(topk, bad, 2)

@@ -25,11 +25,13 @@ Ranking metrics return a python ``float`` in ``[0, 1]``; with
   Repository's evaluation code (Jain et al. 2016; pyxclib's ``psprecision``):
   the propensity-scored precision divided by that of the ideal ranking, so it
   lies in [0, 1].
-* ``psndcg_at_k``     PSnDCG@k = [sum_i sum_r hit(i, r) w_{top_k(i)_r} disc(r)]
-  / [sum_i sum_{r=1..min(k,|y_i|)} w*_{i,r} disc(r)] where w*_{i,1} >= w*_{i,2}
-  >= ... are the inverse propensities of y_i sorted decreasingly: the
-  propensity-weighted DCG over the ideal propensity-weighted DCG, both summed over
-  rows (the same ratio-of-sums normalisation as PSP@k).
+* ``psndcg_at_k``     PSnDCG@k = [sum_i PSDCG_i / IDCG_i] / [sum_i PSDCG*_i / IDCG_i]
+  with PSDCG_i = sum_r hit(i, r) w_{top_k(i)_r} disc(r), PSDCG*_i = sum_{r=1..min(k,|y_i|)}
+  w*_{i,r} disc(r) where w*_{i,1} >= w*_{i,2} >= ... are the inverse propensities of
+  y_i sorted decreasingly, and IDCG_i the unweighted ideal DCG of nDCG@k: each row's
+  propensity-weighted DCG normalised as in nDCG@k, over the same for the ideal
+  ranking. This is pyxclib's ``psndcg`` (with uniform weights it equals nDCG@k
+  whenever every row has a positive).
 * ``coverage_at_k``   Cov@k = |{l : l in top_k(i) ∩ y_i for some i}| / |{l : l in y_i for some i}|.
 
 Rows without positives stay in N and contribute 0 to P@k, nDCG@k and R@k (and
@@ -105,7 +107,9 @@ def _check_int(k, name: str = "k", minimum: int = 1) -> int:
 
 
 def _check_real(x, name: str) -> float:
-    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real) or not math.isfinite(float(x)):
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        raise TypeError(f"{name} must be a finite real number, got {x!r} of type {type(x).__name__}")
+    if not math.isfinite(float(x)):
         raise ValueError(f"{name} must be a finite real number, got {x!r}")
     return float(x)
 
@@ -128,8 +132,13 @@ class _Truth:
             raise ValueError(f"{name} must have at least one row, got shape {(N, L)}")
         if N * L > _INT64_MAX:
             raise ValueError(f"{name} of shape {(N, L)} is too large: N * L must fit in int64 linear keys")
-        Y = Y.tocsr()  # returns Y itself (no copy) when it already is CSR; never written to
-        data = np.asarray(Y.data)
+        if Y.format == "csr":  # Y itself, never written to
+            data = np.asarray(Y.data)
+            rows = np.repeat(np.arange(N, dtype=np.int64), np.diff(np.asarray(Y.indptr, dtype=np.int64)))
+            cols = Y.indices
+        else:  # through COO, which keeps duplicated entries apart (tocsr would sum them)
+            C = Y.tocoo()
+            data, rows, cols = np.asarray(C.data), np.asarray(C.row, dtype=np.int64), C.col
         if data.dtype == np.bool_:
             pos = data
         else:
@@ -140,11 +149,9 @@ class _Truth:
             if bad.any():
                 v = data[np.flatnonzero(bad)[0]].item()
                 raise ValueError(f"{name} must contain only 0/1 entries, found the value {v!r}")
-        indptr = np.asarray(Y.indptr, dtype=np.int64)
-        rows = np.repeat(np.arange(N, dtype=np.int64), np.diff(indptr))
-        keys = rows[pos] * np.int64(L) + np.asarray(Y.indices, dtype=np.int64)[pos]
+        keys = rows[pos] * np.int64(L) + np.asarray(cols, dtype=np.int64)[pos]
         if keys.size > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-            keys = np.unique(keys)  # unsorted indices / duplicates (non-canonical CSR)
+            keys = np.unique(keys)  # unsorted indices / duplicates (non-canonical CSR, COO)
         self.N, self.L, self.keys = N, L, keys
         self.start = np.searchsorted(keys, np.arange(N + 1, dtype=np.int64) * np.int64(L))
         self.npos = np.diff(self.start)
@@ -199,6 +206,8 @@ def _topk(topk_labels, truth: _Truth, k: int, name: str = "topk_labels") -> np.n
 
 
 def _inv_propensity(inv_propensity, L: int) -> np.ndarray:
+    if inv_propensity is None:
+        raise TypeError(f"inv_propensity must be a 1-D array of length L={L} (e.g. from inverse_propensity), got None")
     w = _to_numpy(inv_propensity, "inv_propensity")
     if w.ndim != 1 or w.shape[0] != L:
         raise ValueError(
@@ -207,11 +216,10 @@ def _inv_propensity(inv_propensity, L: int) -> np.ndarray:
     if not (np.issubdtype(w.dtype, np.integer) or np.issubdtype(w.dtype, np.floating)):
         raise TypeError(f"inv_propensity must be a real (integer or float) array, got dtype {w.dtype}")
     w = w.astype(np.float64)
+    if w.size and np.isnan(w).any():
+        raise ValueError(f"inv_propensity must be finite and >= 0, got NaN at label {int(np.flatnonzero(np.isnan(w))[0])}")
     if w.size and not (np.all(np.isfinite(w)) and w.min() >= 0):
-        raise ValueError(
-            f"inv_propensity must be finite and >= 0, got values in [{np.nanmin(w)}, {np.nanmax(w)}]"
-            + (" including NaN" if np.isnan(w).any() else "")
-        )
+        raise ValueError(f"inv_propensity must be finite and >= 0, got values in [{w.min()}, {w.max()}]")
     return w
 
 
@@ -284,15 +292,19 @@ def _ideal_weights(truth: _Truth, w: np.ndarray):
     return wl[order], rank
 
 
-def _ps(hits, topk, w, ideal, dcg: bool) -> float:
+def _ps(hits, topk, w, ideal, dcg: bool, truth: _Truth) -> float:
     k = hits.shape[1]
     ws, rank = ideal
     gain = np.where(hits, w[topk], 0.0)
     m = rank < k
-    if dcg:
+    if dcg:  # each row's DCGs over its unweighted IDCG (as nDCG@k), then a ratio of sums
         disc = _disc(k)
-        num = float(np.sum(gain @ disc))
-        den = float(np.sum(ws[m] * disc[rank[m]]))
+        has = truth.npos > 0
+        idcg = np.cumsum(disc)[np.minimum(truth.npos[has], k) - 1]
+        rows = np.repeat(np.arange(truth.N, dtype=np.int64), truth.npos)
+        best = np.bincount(rows[m], weights=ws[m] * disc[rank[m]], minlength=truth.N)
+        num = float(np.sum((gain @ disc)[has] / idcg))
+        den = float(np.sum(best[has] / idcg))
     else:
         num = float(np.sum(gain))
         den = float(np.sum(ws[m]))
@@ -352,23 +364,26 @@ def psprecision_at_k(topk_labels, Y_true, k: int, inv_propensity) -> float:
     """
     truth, topk, hits = _setup(topk_labels, Y_true, k)
     w = _inv_propensity(inv_propensity, truth.L)
-    return _ps(hits, topk, w, _ideal_weights(truth, w), dcg=False)
+    return _ps(hits, topk, w, _ideal_weights(truth, w), dcg=False, truth=truth)
 
 
 def psndcg_at_k(topk_labels, Y_true, k: int, inv_propensity) -> float:
     """Normalised propensity-scored nDCG@k.
 
-    PSnDCG@k = [sum_i sum_{r=1..k} rel_r w_{l_r} / log2(r + 1)] / [sum_i
-    sum_{r=1..min(k,|y_i|)} w*_{i,r} / log2(r + 1)], where l_r is the r-th
-    prediction of row i, rel_r = [l_r in y_i] and w*_{i,1} >= w*_{i,2} >= ... are
-    the inverse propensities of y_i sorted decreasingly: the propensity-weighted
-    DCG divided by the propensity-weighted DCG of the ideal ranking, both summed
-    over rows (same ratio-of-sums normalisation as :func:`psprecision_at_k`),
-    hence in [0, 1]. Returns 0.0 when the ideal score is 0.
+    PSnDCG@k = [sum_i PSDCG_i / IDCG_i] / [sum_i PSDCG*_i / IDCG_i] with
+    PSDCG_i = sum_{r=1..k} rel_r w_{l_r} / log2(r + 1), PSDCG*_i =
+    sum_{r=1..min(k,|y_i|)} w*_{i,r} / log2(r + 1) and IDCG_i = sum_{r=1..min(k,|y_i|)}
+    1 / log2(r + 1), where l_r is the r-th prediction of row i, rel_r = [l_r in y_i]
+    and w*_{i,1} >= w*_{i,2} >= ... are the inverse propensities of y_i sorted
+    decreasingly: each row's propensity-weighted DCG normalised as in
+    :func:`ndcg_at_k`, divided by the same for the ideal ranking, hence in [0, 1].
+    This is the Extreme Classification Repository's normalisation (pyxclib's
+    ``psndcg``); rows without positives add nothing to either sum. Returns 0.0 when
+    the ideal score is 0.
     """
     truth, topk, hits = _setup(topk_labels, Y_true, k)
     w = _inv_propensity(inv_propensity, truth.L)
-    return _ps(hits, topk, w, _ideal_weights(truth, w), dcg=True)
+    return _ps(hits, topk, w, _ideal_weights(truth, w), dcg=True, truth=truth)
 
 
 def coverage_at_k(topk_labels, Y_true, k: int) -> float:
@@ -442,9 +457,9 @@ def evaluate(topk_labels, Y_true, ks: Iterable[int] = (1, 3, 5), inv_propensity=
         w = _inv_propensity(inv_propensity, truth.L)
         ideal = _ideal_weights(truth, w)
         for k in ks:
-            out[f"PSP@{k}"] = _ps(hits[:, :k], topk[:, :k], w, ideal, dcg=False)
+            out[f"PSP@{k}"] = _ps(hits[:, :k], topk[:, :k], w, ideal, dcg=False, truth=truth)
         for k in ks:
-            out[f"PSnDCG@{k}"] = _ps(hits[:, :k], topk[:, :k], w, ideal, dcg=True)
+            out[f"PSnDCG@{k}"] = _ps(hits[:, :k], topk[:, :k], w, ideal, dcg=True, truth=truth)
     return out
 
 
@@ -612,7 +627,10 @@ class IsotonicCalibrator:
             raise ValueError("scores must not be empty")
         if not np.all(np.isfinite(x)):
             raise ValueError("scores must be finite, got NaN or inf")
-        if not (np.all(np.isfinite(c)) and c.min() >= 0 and c.max() <= 1):
+        if np.isnan(c).any():
+            raise ValueError(f"correct must contain values in [0, 1] (0/1 correctness), got NaN at element "
+                             f"{int(np.flatnonzero(np.isnan(c))[0])}")
+        if not (c.min() >= 0 and c.max() <= 1):
             raise ValueError(f"correct must contain values in [0, 1] (0/1 correctness), got [{c.min()}, {c.max()}]")
         order = np.argsort(x, kind="stable")
         xs, cs = x[order], c[order]
