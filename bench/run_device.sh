@@ -8,7 +8,8 @@
 #     quick  tests + the headline benchmark (ours, generic kernels and cuBLAS)
 #     full   tests + the grid of issue 4 (B x K x G x L) with generic and cuBLAS
 #     haste  build, then the training step next to the public HASTE kernels (carry .haste,
-#            made by bench/haste_prepare.sh)
+#            made by bench/haste_prepare.sh): haste$HASTE_TAG.json (default _h200), then HASTE over the
+#            B=512 grid until HASTE_BUDGET s (haste_grid$HASTE_TAG.json); HASTE_OURS=1: our headline first
 #     lowp   build, the low-precision tests, the fused optimizer and FP8 layer benchmarks
 #            (BENCH=0: tests only; OPTIM_BENCH=0 / FP8_BENCH=0: without that benchmark;
 #            LOWP_TESTS: the test paths; PROFILE_FP8=1: profile)
@@ -314,16 +315,18 @@ bench_headline() {  # $1: timeout (s), $2: the L list; bench_group_sparse.py at 
 }
 
 if [ "$MODE" = haste ]; then
+  # HASTE_OURS=1: first our kernels alone at the headline (bench_headline, L 670,091 and 670,208)
+  [ "${HASTE_OURS:-0}" = 1 ] && bench_headline 90 670091,670208
   echo "== HASTE side by side"
   TORCH_CUDA_ARCH_LIST=9.0 MAX_JOBS=16 timeout 400 python3 -m pip install --no-build-isolation --no-deps ./.haste \
     > "$OUT/haste_build.log" 2>&1 || { tail -30 "$OUT/haste_build.log"; exit 1; }
   if [ "${HASTE_HEADLINE:-1}" = 1 ]; then
-    timeout 120 python3 bench/haste_side_by_side.py --out "$OUT/haste_h200.json" 2>&1 | tail -3
+    timeout 120 python3 bench/haste_side_by_side.py --out "$OUT/haste${HASTE_TAG:-_h200}.json" 2>&1 | tail -3
   fi
   left=$(( T0 + ${HASTE_BUDGET:-580} - $(date +%s) ))
   echo "== HASTE over the grid at B=512 (the PNG's fourth series: bench/plot_group_sparse.py --haste; ${left} s left)"
   timeout $left python3 bench/haste_side_by_side.py --K 64,128,256 --G 32,64,128 --L 131072,670091,2812281 --iters 20 \
-    --out "$OUT/haste_grid_h200.json" 2>&1 | tail -30
+    --out "$OUT/haste_grid${HASTE_TAG:-_h200}.json" 2>&1 | tail -30
   exit 0
 fi
 

@@ -2116,7 +2116,9 @@ int fwd_cons(int64_t H, const DeviceInfo& dev, int* spr, bool w8 = false) {
 // LARGEOUT_SM90_DW_STAGES of them (4-16; a tuning knob), as many as shared memory takes. More
 // stages put more gathers in flight: 11 measured within 1.5% of 8 at K = 128 on an H100
 // (bench/NOTES.md session 19), 16 against 8 at L = 131,072 on an H200 faster at K = 64 only
-// (B = 1024: 1.07-1.10x; knob_dw_stages_s42_h200.json; at K = 256 no more than 6 fit).
+// (B = 1024: 1.07-1.10x; knob_dw_stages_s42_h200.json; at K = 256 no more than 6 fit). At
+// K = 64 over B 128-1024, G 32-128 and L 131,072 / 670,091 / 2,812,281 on an H100, 8 stages
+// took 0.98-1.27x the time of 16 (knob_dw_k64_stages_L*_s43_h100.json).
 template <int kNmb>
 int dw_max_stages() {
   const int e = env_int("LARGEOUT_SM90_DW_STAGES");
