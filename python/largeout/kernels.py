@@ -12,6 +12,7 @@ row stride; everything else runs the generic kernels
 from __future__ import annotations
 
 import contextlib
+import numbers
 from typing import Iterator, Sequence
 
 import torch
@@ -19,6 +20,7 @@ import torch
 __all__ = ["set_policy", "get_policy", "policy", "path", "launch_counts"]
 
 _PASSES = ("forward", "input", "weight")
+_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2)
 
 
 def set_policy(name: str) -> None:
@@ -52,6 +54,21 @@ def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_featu
     takes after upcasting it (the weight pass never reads the weight)."""
     if pass_ not in _PASSES:
         raise ValueError(f"largeout.kernels.path: pass_ must be one of {_PASSES}; got {pass_!r}")
+    if dtype not in _DTYPES:
+        raise ValueError(f"largeout.kernels.path: dtype must be one of {_DTYPES}; got {dtype!r}")
+    sizes = dict(batch=batch, in_features=in_features, out_features=out_features, fan_in=fan_in)
+    for name, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+            raise ValueError(f"largeout.kernels.path: {name} must be an integer >= 1; got {v!r}")
+    batch, in_features, out_features, fan_in = (int(v) for v in sizes.values())
+    if fan_in > in_features:
+        raise ValueError(f"largeout.kernels.path: fan_in must be at most in_features = {in_features}; got {fan_in}")
+    from .functional import GROUP_SIZES
+    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+        raise ValueError(f"largeout.kernels.path: group_size must be one of {GROUP_SIZES}; got {group_size!r}")
+    if not torch.cuda.is_available():
+        raise RuntimeError("largeout.kernels.path: no CUDA device is available (the path is that of the current "
+                           "CUDA device's kernels; on the CPU the CPU kernels run)")
     return torch.ops.largeout.cuda_kernel_path(pass_, dtype, batch, in_features, out_features, fan_in, group_size)
 
 
