@@ -3,6 +3,7 @@
 import gzip
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -504,6 +505,43 @@ def test_write_xc_through_links_and_into_protected_places(tmp_path, name):
         write_xc(missing, X, Y)
 
 
+@pytest.mark.parametrize("link_name, target_name", [("d.txt.gz", "blob"), ("d.txt", "blob.gz"),
+                                                     ("D.TXT.GZ", "blob.txt")])
+def test_write_xc_compression_follows_the_name_given_not_a_links_target(tmp_path, link_name, target_name):
+    # read_xc decides gzip from the name it is given: write_xc must decide the same way,
+    # even when the name is a link to a file named otherwise.
+    X, Y = random_xy(5)
+    real = tmp_path / target_name
+    real.write_bytes(b"old")
+    link = tmp_path / link_name
+    link.symlink_to(real)
+    write_xc(link, X, Y)
+    assert link.is_symlink()
+    with open(real, "rb") as f:
+        assert (f.read(2) == b"\x1f\x8b") == link_name.lower().endswith(".gz")
+    X2, Y2 = read_xc(link)
+    assert_csr_equal(X2, X)
+    assert_csr_equal(Y2, Y)
+    assert sorted(os.listdir(tmp_path)) == sorted([link_name, target_name])
+
+
+@pytest.mark.parametrize("name", ["t.txt", "t.txt.gz"])
+def test_write_xc_drops_values_that_are_zero_in_float32(tmp_path, name):
+    # 1e-50 is non-zero in float64 but 0 in float32: it is a zero, not an ``f:0`` token.
+    X = sp.csr_matrix(np.array([[1e-50, 0.75, -1e-60], [2.5, 0.0, 1e-50]], dtype=np.float64))
+    Y = sp.csr_matrix(np.array([[1, 0], [0, 1]], dtype=np.float32))
+    path = tmp_path / name
+    write_xc(path, X, Y)
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "rt") as f:
+        lines = f.read().splitlines()
+    assert lines == ["2 3 2", "0 1:0.75", "1 0:2.5"]
+    X2, Y2 = read_xc(path)
+    assert X2.nnz == 2 and bool((X2.data != 0).all())
+    assert np.array_equal(X2.toarray(), X.astype(np.float32).toarray())
+    assert_csr_equal(Y2, Y)
+
+
 # ----------------------------------------------------------------------------------
 # synthetic data
 
@@ -531,6 +569,39 @@ def test_synthetic_deterministic_and_well_formed():
     norms = np.sqrt(np.asarray(X.multiply(X).sum(axis=1)).ravel())
     np.testing.assert_allclose(norms, 1.0, rtol=1e-5)
     assert 0.01 < X.nnz / (2000 * 3000) < 0.03  # feature_density = 0.02
+
+
+@pytest.mark.parametrize("seed", [None, -1, 1.5, "3", True])
+def test_synthetic_seed_must_be_a_non_negative_integer(seed):
+    # (seed=None would draw OS entropy: the same arguments would give different data)
+    with pytest.raises(ValueError, match=f"seed must be an integer >= 0; got {re.escape(repr(seed))}"):
+        synthetic(30, 10, 5, seed=seed)
+    X, Y = synthetic(30, 10, 5, seed=np.int64(3))
+    X2, Y2 = synthetic(30, 10, 5, seed=3)
+    assert (X != X2).nnz == 0 and (Y != Y2).nnz == 0
+
+
+@pytest.mark.parametrize("power", [400, 1000, 1e6])
+def test_synthetic_with_a_huge_power_puts_the_mass_on_the_head(power):
+    # (r + 5)^-power underflows to 0 for every rank: the probabilities are computed stably
+    n, l = 300, 50
+    X, Y = synthetic(n, 100, l, seed=3, power=power)
+    X2, Y2 = synthetic(n, 100, l, seed=3, power=power)
+    assert (X != X2).nnz == 0 and (Y != Y2).nnz == 0
+    assert X.shape == (n, 100) and Y.shape == (n, l)
+    assert np.isfinite(X.data).all() and np.all(X.data > 0)
+    assert_canonical(X)
+    assert_canonical(Y)
+    per_row = np.diff(Y.indptr)
+    assert per_row.min() >= 1 and 2.5 < per_row.mean() < 3.5
+    # each label is (almost surely) the most probable one left: a row with m labels holds
+    # the m head labels, so the label sets are nested and the counts strictly decrease
+    sets = sorted((set(Y.indices[Y.indptr[i] : Y.indptr[i + 1]].tolist()) for i in range(n)), key=len)
+    assert all(a <= b for a, b in zip(sets, sets[1:]))
+    counts = label_counts(Y)
+    assert counts[0] == n
+    used = counts[counts > 0]
+    assert used.size == per_row.max() and np.all(np.diff(used) < 0)
 
 
 def label_counts(Y):

@@ -432,6 +432,52 @@ def test_go_files_labels_and_features(tmp_path):
         assert np.allclose(X[r].toarray().ravel(), expected_row(seq, 512, 3), rtol=1e-3, atol=1e-7)
 
 
+def expected_row_with_gaps(seq, num_features, max_k):
+    """expected_row, not counting the k-mers that hold a gap '-'."""
+    cnt = Counter()
+    for k in range(1, max_k + 1):
+        for i in range(len(seq) - k + 1):
+            if "-" not in seq[i : i + k]:
+                cnt[kmer_feature_index(seq[i : i + k], num_features)] += 1
+    row = np.zeros(num_features)
+    if cnt:
+        v = {j: math.log1p(c) for j, c in cnt.items()}
+        norm = math.sqrt(sum(x * x for x in v.values()))
+        for j, x in v.items():
+            row[j] = x / norm
+    return row
+
+
+@pytest.mark.parametrize("max_k", [3, 5])  # (5: k-mers past the lookup table)
+def test_go_gap_residue_does_not_shift_rows(tmp_path, max_k):
+    # NCBIstdaa code 0 is both the gap '-' and the .psq separator: a gap inside a
+    # sequence must stay in its protein, not move the later proteins' features
+    prots = [
+        ("GAP001", "MKV-LAAGWQ", ["GO:0005524"]),
+        ("GAP002", "-MSTNPKPQR", ["GO:0016787"]),
+        ("PLAIN1", SEQ_A, ["GO:0005524"]),
+        ("GAP003", "ACDEF--GH-", ["GO:0003824"]),
+        ("ALLGAP", "---", ["GO:0005488"]),
+        ("PLAIN2", SEQ_B, ["GO:0016787"]),
+    ]
+    write_go(tmp_path / "msd", mf=prots)
+    out = tmp_path / "out"
+    meta = prepare("go-mf", tmp_path / "msd", out, num_features=256, test_fraction=0.0, max_k=max_k)
+    assert meta["N_train"] == len(prots)
+    X, _ = read_xc(out / "train.txt")
+    ex = read_out(out)
+    for r, (acc, seq, terms) in enumerate(prots):
+        assert ex[acc][1] == seq  # the text keeps the gaps
+        write_go(tmp_path / f"alone{r}", mf=[(acc, seq, terms)])
+        prepare("go-mf", tmp_path / f"alone{r}", tmp_path / f"o{r}", num_features=256, test_fraction=0.0,
+                max_k=max_k)
+        X1, _ = read_xc(tmp_path / f"o{r}" / "train.txt")
+        assert X1.shape == (1, 256)
+        assert np.array_equal(X[r].toarray(), X1.toarray()), acc
+        assert np.allclose(X[r].toarray().ravel(), expected_row_with_gaps(seq, 256, max_k), rtol=1e-3, atol=1e-7)
+    assert X[4].nnz == 0 and X[0].nnz > 0 and X[5].nnz > 0
+
+
 def test_go_long_kmers_hash_like_the_table(tmp_path):
     write_go(tmp_path / "msd")
     prepare("go-bp", tmp_path / "msd", tmp_path / "out", num_features=1000, test_fraction=0.0, max_k=5)
@@ -546,6 +592,119 @@ def test_go_errors(tmp_path):
     with pytest.raises(ValueError, match=r"goasp\.fasta\.psq"):
         prepare("go-mf", tmp_path / "msd5", out)
     assert not out.exists() or not any(p.name.endswith(".tmp") for p in out.iterdir())
+
+
+# ----------------------------------------------------------------------------------
+# all or nothing: a failed run leaves the folder as it was, runs never mix
+
+
+def snapshot(out):
+    """Every entry of ``out`` (temporary files included) with its bytes."""
+    return {p: (out / p).read_bytes() for p in sorted(os.listdir(out))}
+
+
+@pytest.mark.parametrize("name, readonly", [("wordnet", "labels.txt"), ("wordnet", "meta.json"),
+                                            ("go-mf", "test.jsonl"), ("go-mf", "labels.txt")])
+def test_prepare_read_only_output_changes_nothing(tmp_path, name, readonly):
+    src = tmp_path / "src"
+    write_wordnet(src) if name == "wordnet" else write_go(src)
+    out = tmp_path / "out"
+    prepare(name, src, out, seed=0, test_fraction=0.25, num_features=64)
+    before = snapshot(out)
+    (out / readonly).chmod(0o444)
+    try:
+        with pytest.raises(PermissionError, match=f"cannot write {re.escape(str(out / readonly))}: the file is read-only"):
+            prepare(name, src, out, seed=3, test_fraction=0.5, num_features=32)
+        assert snapshot(out) == before  # no file of the second run, no temporary file
+    finally:
+        (out / readonly).chmod(0o644)
+    # once writable, the second run replaces every file
+    prepare(name, src, out, seed=3, test_fraction=0.5, num_features=32)
+    after = snapshot(out)
+    assert sorted(after) == sorted(before)
+    assert all(after[p] != before[p] for p in ("train.txt", "test.txt", "train.jsonl", "test.jsonl", "meta.json"))
+
+
+@pytest.mark.parametrize("name, fail_in, call", [("wordnet", "_jsonl_line", 3), ("wordnet", "_write_lines", 2),
+                                                 ("wordnet", "_write_json", 1), ("go-mf", "_jsonl_line", 3),
+                                                 ("go-mf", "_write_lines", 1), ("go-mf", "_write_json", 1)])
+def test_prepare_failing_partway_changes_nothing(tmp_path, monkeypatch, name, fail_in, call):
+    from largeout.data import prepare as prepare_mod
+
+    src = tmp_path / "src"
+    write_wordnet(src) if name == "wordnet" else write_go(src)
+    out = tmp_path / "out"
+    prepare(name, src, out, seed=0, test_fraction=0.25)
+    before = snapshot(out)
+    real = getattr(prepare_mod, fail_in)
+    calls = []
+
+    def fail_late(*a, **kw):  # fails after some output files are complete
+        calls.append(1)
+        if len(calls) == call:
+            raise RuntimeError("disk on fire")
+        return real(*a, **kw)
+
+    monkeypatch.setattr(prepare_mod, fail_in, fail_late)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        prepare(name, src, out, seed=3, test_fraction=0.5)
+    assert len(calls) == call
+    assert snapshot(out) == before
+    # a new folder that fails is not left behind, empty
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        calls.clear()
+        prepare(name, src, tmp_path / "new" / "out", seed=3)
+    assert not (tmp_path / "new" / "out").exists()
+
+
+def test_prepare_another_dataset_replaces_the_earlier_runs_files(tmp_path):
+    write_wordnet(tmp_path / "wn")
+    write_go(tmp_path / "msd")
+    out = tmp_path / "out"
+    prepare("wordnet", tmp_path / "wn", out)
+    wn = snapshot(out)
+    assert "vocab.txt" in wn
+    (out / "notes.txt").write_text("mine")  # not written by prepare: kept
+    prepare("go-mf", tmp_path / "msd", out, num_features=64)
+    go = snapshot(out)
+    assert sorted(go) == ["labels.txt", "meta.json", "notes.txt", "test.jsonl", "test.txt", "train.jsonl",
+                          "train.txt"]  # wordnet's vocab.txt went with the rest of that run
+    assert json.loads(go["meta.json"])["name"] == "go-mf"
+    (tmp_path / "fresh").mkdir()
+    prepare("go-mf", tmp_path / "msd", tmp_path / "fresh", num_features=64)
+    fresh = snapshot(tmp_path / "fresh")
+    assert {p: v for p, v in go.items() if p not in ("meta.json", "notes.txt")} == \
+           {p: v for p, v in fresh.items() if p != "meta.json"}
+    # and back: a read-only file stops the run before anything changes
+    (out / "train.jsonl").chmod(0o444)
+    with pytest.raises(PermissionError, match="train.jsonl"):
+        prepare("wordnet", tmp_path / "wn", out)
+    (out / "train.jsonl").chmod(0o644)
+    assert snapshot(out) == go
+    prepare("wordnet", tmp_path / "wn", out)
+    again = snapshot(out)
+    assert sorted(again) == sorted(list(wn) + ["notes.txt"])
+    assert {p: v for p, v in again.items() if p not in ("meta.json", "notes.txt")} == \
+           {p: v for p, v in wn.items() if p != "meta.json"}
+
+
+def test_prepare_read_only_folder_changes_nothing(tmp_path, monkeypatch):
+    write_wordnet(tmp_path / "wn")
+    out = tmp_path / "out"
+    prepare("wordnet", tmp_path / "wn", out)
+    before = snapshot(out)
+    out.chmod(0o555)
+    if os.geteuid() == 0:  # (root may write anyway: make os.access answer as for a user)
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if os.fspath(p) == str(out) and mode & os.W_OK
+                            else real_access(p, mode, **kw))
+    try:
+        with pytest.raises(PermissionError, match=f"cannot write {re.escape(str(out))}/train.txt: its folder .* "
+                                                  "is not writable"):
+            prepare("wordnet", tmp_path / "wn", out, seed=4)
+    finally:
+        out.chmod(0o755)
+    assert snapshot(out) == before
 
 
 # ----------------------------------------------------------------------------------

@@ -488,6 +488,94 @@ def test_cli_refuses_paths_that_are_not_its_own(tmp_path, one_thread, capsys):
              "--propensity-a", "-1"], "A must be > 0")
 
 
+def test_predict_reads_exactly_the_file_named_and_eval_names_its_ece_k(tmp_path, one_thread, capsys):
+    run_dir = tmp_path / "r"
+    assert main(tiny_run_args(run_dir)) == 0
+    best = str(run_dir / "checkpoints" / "best")
+    d = tmp_path / "d"
+    d.mkdir()
+    Xa, Ya = lodata.synthetic(40, 300, 50, seed=2)
+    Xb, Yb = lodata.synthetic(25, 300, 50, seed=9)  # another file: other rows, other row count
+
+    def predict(name, topk=5):
+        capsys.readouterr()
+        rc = main(["predict", "--checkpoint", best, "--data", str(d / name), "--out", str(tmp_path / "p"),
+                   "--topk", str(topk)])
+        err = capsys.readouterr().err
+        return (np.load(tmp_path / "p.npz") if rc == 0 else None), rc, err
+
+    # the reference: each file alone in a folder
+    alone = {}
+    for key, (X, Y) in {"a": (Xa, Ya), "b": (Xb, Yb)}.items():
+        (d / key).mkdir()
+        lodata.write_xc(d / key / "only.txt", X, Y)
+        p, rc, _ = predict(f"{key}/only.txt")
+        assert rc == 0 and p["topk"].shape == (X.shape[0], 5)
+        alone[key] = p["topk"]
+    lodata.write_xc(d / "X.txt.gz", Xa, Ya)
+    lodata.write_xc(d / "X.txt", Xb, Yb)
+    lodata.write_xc(d / "test.TXT.GZ", Xa, Ya)
+    lodata.write_xc(d / "other.txt.gz", Xb, Yb)
+    for name, key in (("X.txt.gz", "a"), ("X.txt", "b"), ("test.TXT.GZ", "a")):
+        p, rc, err = predict(name)
+        assert rc == 0, err
+        assert np.array_equal(p["topk"], alone[key]), name
+    # a name that is not there is an error naming it (not other.txt.gz beside it)
+    (tmp_path / "p.npz").unlink()
+    for name in ("other.txt", "missing.txt.gz"):
+        p, rc, err = predict(name)
+        assert rc == 2 and f"--data {d / name}: no such file" in err and "Traceback" not in err
+        assert not (tmp_path / "p.npz").exists()
+    # a tfidf checkpoint reads no jsonl: no silent switch to the .txt beside it
+    (d / "X.jsonl").write_text(json.dumps({"text": "a", "labels": [0]}) + "\n")
+    p, rc, err = predict("X.jsonl")
+    assert rc == 2 and f"--data {d / 'X.jsonl'}: the checkpoint's encoder 'tfidf' reads features" in err
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 5, 7])
+def test_eval_names_the_ece_by_the_k_it_used(tmp_path, capsys, width):
+    # ECE@k with k = min(5, predictions per row): --topk 2 predictions give ECE@2, not "ECE@5"
+    X, Y = lodata.synthetic(60, 40, 10, seed=1)
+    lodata.write_xc(tmp_path / "test.txt", X, Y)
+    rng = np.random.default_rng(width)
+    topk = np.argsort(rng.random((60, 10)), axis=1)[:, :width]
+    scores = np.sort(rng.random((60, width)), axis=1)[:, ::-1]
+    np.savez(tmp_path / "p.npz", topk=topk, scores=scores)
+    assert main(["eval", "--pred", str(tmp_path / "p.npz"), "--data", str(tmp_path / "test.txt")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    k = min(5, width)
+    assert [key for key in res if key.startswith("ECE@")] == [f"ECE@{k}"]
+    assert res[f"ECE@{k}"] == pytest.approx(M.ece_at_k(topk, scores, Y, k))
+
+
+def test_predict_finds_the_other_file_a_two_input_encoder_reads(tmp_path):
+    # tfidf+hf reads NAME.txt and NAME.jsonl: the one named, and exactly one of the other kind beside it
+    from types import SimpleNamespace
+
+    from largeout.cli import _data_files
+
+    both = SimpleNamespace(reads_features=True, reads_text=True, encoder="tfidf+hf:m")
+    text = SimpleNamespace(reads_features=False, reads_text=True, encoder="hf:m")
+    for name in ("t.txt", "t.jsonl.gz", "t.txt.gz"):
+        (tmp_path / name).write_text("x")
+    with pytest.raises(ValueError, match=r"both .*t\.txt and .*t\.txt\.gz are beside it"):
+        _data_files(tmp_path / "t.jsonl.gz", both)
+    assert _data_files(tmp_path / "t.txt.gz", both) == (tmp_path / "t.txt.gz", tmp_path / "t.jsonl.gz")
+    assert _data_files(tmp_path / "t.txt", both) == (tmp_path / "t.txt", tmp_path / "t.jsonl.gz")
+    assert _data_files(tmp_path / "t.jsonl.gz", text) == (None, tmp_path / "t.jsonl.gz")
+    with pytest.raises(ValueError, match="reads texts"):
+        _data_files(tmp_path / "t.txt", text)
+    (tmp_path / "t.txt.gz").unlink()
+    assert _data_files(tmp_path / "t.jsonl.gz", both) == (tmp_path / "t.txt", tmp_path / "t.jsonl.gz")
+    (tmp_path / "u.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match=r"also reads texts .*u\.jsonl \(or \.gz\) beside it"):
+        _data_files(tmp_path / "u.txt", both)
+    with pytest.raises(ValueError, match="expected NAME.txt or NAME.txt.gz"):
+        _data_files(tmp_path / "u", both)
+    with pytest.raises(ValueError, match="got a folder"):
+        _data_files(tmp_path, both)
+
+
 def test_eval_checks_the_predictions_file(tmp_path, capsys):
     X, Y = lodata.synthetic(60, 40, 10, seed=1)
     lodata.write_xc(tmp_path / "test.txt", X, Y)

@@ -102,7 +102,7 @@ def cmd_train(args, demo: bool = False) -> int:
 def cmd_predict(args) -> int:
     from .train import load_config, predict_topk
     from .train.checkpoint import load_checkpoint
-    from .train.data import load_split
+    from .train.data import load_split_files
     from .train.model import build_model
     from .train.trainer import resolve_device
 
@@ -118,9 +118,9 @@ def cmd_predict(args) -> int:
         raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
-    split = load_split(cfgs[0], path.parent, _part_name(path))
-    if split is None:
-        raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl next to it")
+    split = load_split_files(cfgs[0], *_data_files(path, cfgs[0]))
+    if split is None:  # (not reached: _data_files gives the files the encoder reads)
+        raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl")
     num_features = split.X.shape[1] if split.X is not None else 0
     if split.Y is not None and split.Y.shape[1] > labels[0]:
         raise SystemExit(f"--data: {path} has labels up to {split.Y.shape[1] - 1}; the checkpoint has {labels[0]} "
@@ -145,6 +145,47 @@ def cmd_predict(args) -> int:
     np.savez_compressed(out, topk=topk, scores=scores)
     print(f"wrote top-{topk.shape[1]} predictions for {len(topk)} rows to {out}")
     return 0
+
+
+_XC_SUFFIXES = (".txt.gz", ".txt")
+_JSONL_SUFFIXES = (".jsonl.gz", ".jsonl")
+
+
+def _data_files(path: Path, cfg):
+    """``(xc, jsonl)``: the files ``predict --data PATH`` reads. PATH itself, exactly
+    (an XC file ``NAME.txt[.gz]`` or ``NAME.jsonl[.gz]``, suffixes in any case, of the
+    kind the checkpoint's encoder reads); for an encoder that reads both (``tfidf+hf``)
+    also the file of the other kind beside it, ``NAME.jsonl`` or ``NAME.jsonl.gz`` (for
+    ``NAME.txt[.gz]``; and the other way round), which must be the only one there."""
+    if path.is_dir():
+        raise ValueError(f"--data {path}: expected a file (NAME.txt in the XC format or NAME.jsonl); got a folder")
+    low = path.name.lower()
+    kind = "xc" if low.endswith(_XC_SUFFIXES) else "jsonl" if low.endswith(_JSONL_SUFFIXES) else None
+    if kind is None:
+        raise ValueError(f"--data {path}: expected NAME.txt or NAME.txt.gz (XC format), or NAME.jsonl or "
+                         f"NAME.jsonl.gz")
+    if not path.is_file():
+        raise FileNotFoundError(f"--data {path}: no such file")
+    needs = {"xc": cfg.reads_features, "jsonl": cfg.reads_text}
+    what = {"xc": "features in the XC format (NAME.txt)", "jsonl": "texts (NAME.jsonl)"}
+    if not needs[kind]:
+        other = "jsonl" if kind == "xc" else "xc"
+        raise ValueError(f"--data {path}: the checkpoint's encoder {cfg.encoder!r} reads {what[other]}, "
+                         f"not {what[kind]}")
+    files = {kind: path}
+    for other, suffixes in (("xc", _XC_SUFFIXES), ("jsonl", _JSONL_SUFFIXES)):
+        if needs[other] and other not in files:
+            stem = _part_name(path)
+            found = [path.parent / (stem + sfx) for sfx in suffixes[::-1] if (path.parent / (stem + sfx)).is_file()]
+            if not found:
+                raise FileNotFoundError(f"--data {path}: the checkpoint's encoder {cfg.encoder!r} also reads "
+                                        f"{what[other]}: expected {path.parent / (stem + suffixes[1])} (or .gz) "
+                                        f"beside it")
+            if len(found) > 1:
+                raise ValueError(f"--data {path}: both {found[0]} and {found[1]} are beside it; the encoder reads "
+                                 f"one of them (remove or rename the other)")
+            files[other] = found[0]
+    return files.get("xc"), files.get("jsonl")
 
 
 def _part_name(path: Path) -> str:
@@ -212,7 +253,8 @@ def cmd_eval(args) -> int:
             raise ValueError(f"--propensity-a / --propensity-b / --train: {e}") from None
     ks = tuple(k for k in (1, 3, 5) if k <= pred["topk"].shape[1]) or (1,)  # (the k the predictions hold)
     res = M.evaluate(pred["topk"], Y, ks=ks, inv_propensity=inv_p)
-    res["ECE@5"] = M.ece_at_k(pred["topk"], pred["scores"], Y, min(5, pred["topk"].shape[1]))
+    k_ece = min(5, pred["topk"].shape[1])  # (the k the predictions hold, at most 5; the key says which)
+    res[f"ECE@{k_ece}"] = M.ece_at_k(pred["topk"], pred["scores"], Y, k_ece)
     print(json.dumps(res, indent=2))
     return 0
 
@@ -242,7 +284,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--checkpoint", required=True, nargs="+",
                     help="a checkpoint directory (e.g. runs/x/checkpoints/best); several: an ensemble, ranked by "
                          "the members' mean log-probability (the scores written are their mean probabilities)")
-    pr.add_argument("--data", required=True, help="test.txt (XC format) or test.jsonl")
+    pr.add_argument("--data", required=True,
+                    help="the file to predict: test.txt (XC format) or test.jsonl (either may be .gz), as the "
+                         "checkpoint's encoder reads; tfidf+hf also reads the other one beside it")
     pr.add_argument("--out", required=True, help="output .npz with arrays topk and scores")
     pr.add_argument("--topk", type=int, default=5, help="labels per row (default: 5)")
     pr.add_argument("--device", default=None, help="'cpu', 'cuda' or 'cuda:N' (default: the checkpoint's)")

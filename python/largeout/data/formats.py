@@ -643,10 +643,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def _atomic_text_writer(path: PathLike):
+def _atomic_text_writer(path: PathLike, pending: Optional[list] = None):
     """A text stream onto a temporary file next to ``path``, renamed to ``path`` when
     the block completes; on any failure the temporary file is removed and ``path``
-    is left as it was. A symbolic link is written through (its target gets the new
+    is left as it was. With a list ``pending``, the rename is left to the caller:
+    ``(temporary file, destination)`` is appended to it instead (several files are
+    then put in place together, or all discarded). The content is gzip-compressed when the name ``path`` ends in
+    ``.gz`` (the name given, as the readers decide, whatever a link's target is
+    called). A symbolic link is written through (its target gets the new
     content; the link stays); a file without write permission, or a missing folder, is
     an error naming ``path`` before anything is written."""
     given = os.fspath(path)
@@ -661,8 +665,9 @@ def _atomic_text_writer(path: PathLike):
     raw = stream = text = None
     try:
         raw = os.fdopen(fd, "wb", buffering=1 << 20)
-        if _is_gz(path):
-            inner = base[:-3] if base.lower().endswith(".gz") else base
+        if _is_gz(given):  # (the name the caller gave, as the readers decide: not a link's target)
+            gbase = os.path.basename(given)
+            inner = gbase[:-3] if gbase.lower().endswith(".gz") else gbase
             stream = gzip.GzipFile(filename=inner, mode="wb", fileobj=raw, compresslevel=6, mtime=0)
         else:
             stream = raw
@@ -681,7 +686,10 @@ def _atomic_text_writer(path: PathLike):
         except FileNotFoundError:
             mode = 0o666 & ~_umask()
         os.chmod(tmp, mode)
-        os.replace(tmp, path)
+        if pending is None:
+            os.replace(tmp, path)
+        else:
+            pending.append((tmp, path))
     except BaseException:
         for obj in (text, stream, raw):
             if obj is not None:
@@ -742,7 +750,8 @@ def write_xc(path: PathLike, X, Y) -> None:
     of :func:`read_xc`); gzip-compressed when ``path`` ends in ``.gz``.
 
     The stored non-zeros of ``X`` are written as float32, in a short decimal form
-    that reads back bitwise identical;
+    that reads back bitwise identical; a value that rounds to 0 in float32 (e.g.
+    ``1e-50``) is a zero and is not written, like the other zeros;
     the labels are the columns where a row of ``Y`` holds 1 (``Y`` holds 0/1). The file is written
     atomically: all or nothing (through a symbolic link, its target). Raises
     ``ValueError``/``TypeError`` naming the argument for a non-2-D input, a complex or
@@ -751,6 +760,12 @@ def write_xc(path: PathLike, X, Y) -> None:
     ``PermissionError``/``FileNotFoundError`` naming ``path`` for a read-only file or a
     missing folder (before any file is touched).
     """
+    _write_xc(path, X, Y)
+
+
+def _write_xc(path: PathLike, X, Y, pending: Optional[list] = None) -> None:
+    """:func:`write_xc`; with ``pending``, the file is left for the caller to put in
+    place (see :func:`_atomic_text_writer`)."""
     X = _as_csr(X, "X")
     Y = _as_csr(Y, "Y")
     if X.shape[0] != Y.shape[0]:
@@ -760,15 +775,16 @@ def write_xc(path: PathLike, X, Y) -> None:
         raise ValueError(f"Y must hold 0/1 labels, as largeout.metrics takes them; got the value {bad!r} "
                          f"(duplicate entries of a sparse Y add up)")
     with np.errstate(over="ignore", invalid="ignore"):
-        finite = bool(np.isfinite(X.data.astype(np.float32)).all())
-    if not finite:
+        X = X.astype(np.float32)
+    if not bool(np.isfinite(X.data).all()):
         raise ValueError("X has non-finite values (NaN or inf, possibly after conversion to float32)")
+    X.eliminate_zeros()  # (values that round to 0 in float32: no explicit ``f:0`` token)
     for name, M in (("X", X), ("Y", Y)):
         if M.shape[1] >= 2**31:
             raise ValueError(f"{name} has {M.shape[1]} columns; at most 2^31 - 1 are supported")
     X.sort_indices()
     Y.sort_indices()
-    with _atomic_text_writer(path) as f:
+    with _atomic_text_writer(path, pending) as f:
         f.write(f"{X.shape[0]} {X.shape[1]} {Y.shape[1]}\n")
         for block in _xc_lines(X, Y):
             f.write(block)

@@ -47,9 +47,10 @@ Datasets (``NAME``):
     counts, ``k = 1..max_k`` (default 3): k-mer ``s`` (its one-letter codes, as in
     the jsonl text) goes to column ``splitmix64((k << 56) | int.from_bytes(s,
     "big")) % num_features`` (:func:`kmer_feature_index`; default ``num_features =
-    2**16``); values ``log1p(count)``, each row L2-normalised, then rounded to 4
-    significant digits (the text files get ~30% smaller and twice as fast to write;
-    rows stay unit-norm to ~1e-4). The sequences are read through ``mmap`` and
+    2**16``); a k-mer holding a gap ``-`` (NCBIstdaa code 0, kept as ``-`` in the
+    jsonl text) is not counted; values ``log1p(count)``, each row L2-normalised,
+    then rounded to 4 significant digits (the text files get ~30% smaller and twice
+    as fast to write; rows stay unit-norm to ~1e-4). The sequences are read through ``mmap`` and
     featurised and written in blocks of ~1M residues (``train.txt``/``test.txt``
     through the same line formatter as :func:`~largeout.data.write_xc`), so memory
     stays bounded: the full sets have ~250M non-zeros, ~3.4 GB of text each.
@@ -66,7 +67,14 @@ renumbered in source order (``data.noun`` order for WordNet, GO id order for GO)
 the label space is the same for both splits. A test example can thereby lose
 labels, or all of them (counted in ``meta.json``); examples are never dropped.
 
-Every output file is written atomically; a failure leaves no partial file behind.
+All or nothing: before anything is read, every output file (and ``out`` itself) is
+checked to be writable, else an error names it; the files are then written to
+temporary files and put in place together only once all of them are complete. A
+failure leaves ``out`` as it was (the earlier run's files, or none). Files of an
+earlier run that this one does not write (those listed in its ``meta.json``, e.g.
+``vocab.txt`` when a GO dataset replaces a WordNet one) are removed, so the folder
+never mixes two runs. ``meta.json`` is put in place last: a folder whose
+``meta.json`` is missing is incomplete.
 """
 
 from __future__ import annotations
@@ -87,7 +95,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import scipy.sparse as sp
 
-from .formats import DataFormatError, _atomic_text_writer, _lines, _open_text, _xc_lines, write_xc
+from .formats import DataFormatError, _atomic_text_writer, _lines, _open_text, _write_xc, _xc_lines
 
 __all__ = ["NAMES", "DEFAULT_SOURCES", "prepare", "kmer_feature_index"]
 
@@ -107,7 +115,8 @@ _GO_PROPAGATE = ("is_a", "part_of")
 _GO_ID_RE = re.compile(r"GO:[0-9]{7}")
 
 # NCBIstdaa residue codes 0..27 and their one-letter codes; 0 ('-', a gap) also
-# separates the sequences in a .psq file.
+# separates the sequences in a .psq file (so sequences are delimited by the .pin
+# offsets, never by counting 0 bytes).
 _NCBISTDAA = b"-ABCDEFGHIKLMNPQRSTVWXYZU*OJ"
 _ALPHA = len(_NCBISTDAA)
 _ASCII_OF_CODE = np.frombuffer(_NCBISTDAA, dtype=np.uint8)
@@ -121,6 +130,13 @@ _WN_MIN_DF = 2
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
 _U64 = np.uint64
+
+# The files each dataset writes into ``out`` (meta.json last).
+_FILES = {
+    "wordnet": ("train.txt", "test.txt", "train.jsonl", "test.jsonl", "labels.txt", "vocab.txt", "meta.json"),
+    "go-mf": ("train.txt", "test.txt", "train.jsonl", "test.jsonl", "labels.txt", "meta.json"),
+    "go-bp": ("train.txt", "test.txt", "train.jsonl", "test.jsonl", "labels.txt", "meta.json"),
+}
 
 
 # ----------------------------------------------------------------------------------
@@ -151,7 +167,10 @@ def prepare(
     ``name`` or a bad argument, ``FileNotFoundError`` naming a missing source file
     and the package that provides it, and :class:`DataFormatError` naming the file
     and line of a malformed text line (``ValueError`` naming the file and record
-    for a malformed BLAST database).
+    for a malformed BLAST database), and ``PermissionError`` naming an output file
+    that is read-only or whose folder is not writable (checked before any work). A
+    failure leaves ``out`` as it was: the files are put in place only once all are
+    written (see the module documentation).
     """
     if not isinstance(name, str) or name not in NAMES:
         raise ValueError(f"unknown dataset {name!r}; choose one of: {', '.join(NAMES)}")
@@ -177,14 +196,103 @@ def prepare(
     args = dict(seed=int(seed), test_fraction=float(test_fraction),
                 max_examples=None if max_examples is None else int(max_examples))
     out = os.fspath(out)
+    created = not os.path.lexists(out)
     os.makedirs(out, exist_ok=True)
-    if name == "wordnet":
-        meta = _prepare_wordnet(src, out, num_features=num_features, **args)
-    else:
-        meta = _prepare_go(name, src, out, num_features=num_features or (1 << 16), max_k=int(max_k), **args)
-    meta["seconds"] = round(time.time() - t0, 2)
-    _write_json(os.path.join(out, "meta.json"), meta)
+    stage = _Staging(out, _FILES[name])
+    try:
+        stage.check()
+        if name == "wordnet":
+            meta = _prepare_wordnet(src, stage, num_features=num_features, **args)
+        else:
+            meta = _prepare_go(name, src, stage, num_features=num_features or (1 << 16), max_k=int(max_k),
+                               **args)
+        meta["seconds"] = round(time.time() - t0, 2)
+        _write_json(stage.path("meta.json"), meta, stage.pending)
+        stage.commit()
+    except BaseException:
+        stage.discard()
+        if created:
+            with contextlib.suppress(OSError):
+                os.rmdir(out)  # (only if still empty)
+        raise
     return meta
+
+
+class _Staging:
+    """The output files of one prepare run: checked up front, written to temporary
+    files (``pending``, by :func:`_atomic_text_writer`) and put in place together by
+    :meth:`commit`, or all discarded."""
+
+    def __init__(self, out: str, names: Sequence[str]) -> None:
+        self.out = out
+        self.names = tuple(names)
+        self.pending: List[Tuple[str, str]] = []
+
+    def path(self, name: str) -> str:
+        assert name in self.names, name
+        return os.path.join(self.out, name)
+
+    def check(self) -> None:
+        """Raise, naming it, for an output that cannot be written (before any work)."""
+        out = self.out
+        if not os.path.isdir(out):
+            raise NotADirectoryError(f"cannot write into {out}: it is not a folder")
+        for name in self.names:
+            given = os.path.join(out, name)
+            real = os.path.realpath(given)
+            folder = os.path.dirname(real)
+            if os.path.isdir(real):
+                raise IsADirectoryError(f"cannot write {given}: it is a folder")
+            if not os.path.isdir(folder):
+                raise FileNotFoundError(f"cannot write {given}: its folder {folder} does not exist")
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise PermissionError(f"cannot write {given}: its folder {folder} is not writable")
+            if os.path.exists(real) and (not os.access(real, os.W_OK) or not os.stat(real).st_mode & 0o222):
+                raise PermissionError(f"cannot write {given}: the file is read-only")  # (for root too)
+
+    def _earlier_files(self) -> List[str]:
+        """The files an earlier prepare run wrote here (its meta.json's list) that
+        this run does not write."""
+        try:
+            with open(os.path.join(self.out, "meta.json"), encoding="utf-8") as f:
+                files = json.load(f).get("files")
+        except (OSError, ValueError, AttributeError):
+            return []
+        if not isinstance(files, list):
+            return []
+        return [f for f in files if isinstance(f, str) and f not in self.names and f not in ("", ".", "..")
+                and os.path.basename(f) == f
+                and (os.path.islink(os.path.join(self.out, f)) or os.path.isfile(os.path.join(self.out, f)))]
+
+    def commit(self) -> None:
+        """Put every written file in place: the old meta.json goes first (the folder
+        is incomplete until the new one is in), then the data files, the earlier run's
+        other files are removed, and the new meta.json comes last."""
+        meta = os.path.realpath(self.path("meta.json"))
+        written = {dest for _, dest in self.pending}
+        missing = [n for n in self.names if os.path.realpath(self.path(n)) not in written]
+        assert not missing, f"not written: {missing}"
+        stale = self._earlier_files()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(meta)
+        last = []
+        for tmp, dest in self.pending:
+            if dest == meta:
+                last.append((tmp, dest))
+            else:
+                os.replace(tmp, dest)
+        for name in stale:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(self.out, name))
+        for tmp, dest in last:
+            os.replace(tmp, dest)
+        self.pending = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.pending:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        self.pending = []
 
 
 def _provided_by(name: str) -> str:
@@ -323,14 +431,14 @@ def _closure(parents: List[List[int]], what: str, names: Sequence[str]) -> List[
     return anc  # type: ignore[return-value]
 
 
-def _write_lines(path: str, lines: Iterable[str]) -> None:
-    with _atomic_text_writer(path) as f:
+def _write_lines(path: str, lines: Iterable[str], pending: Optional[list] = None) -> None:
+    with _atomic_text_writer(path, pending) as f:
         for line in lines:
             f.write(line + "\n")
 
 
-def _write_json(path: str, obj: dict) -> None:
-    with _atomic_text_writer(path) as f:
+def _write_json(path: str, obj: dict, pending: Optional[list] = None) -> None:
+    with _atomic_text_writer(path, pending) as f:
         f.write(json.dumps(obj, indent=2) + "\n")
 
 
@@ -439,7 +547,7 @@ def _parse_data_noun(path: str):
     return offsets, lemmas, hypers, glosses, linenos
 
 
-def _prepare_wordnet(src, out, *, seed, test_fraction, max_examples, num_features):
+def _prepare_wordnet(src, stage, *, seed, test_fraction, max_examples, num_features):
     name = "wordnet"
     data_path = _require(name, os.path.join(src, "data.noun"))
     index_path = _require(name, os.path.join(src, "index.noun"))
@@ -503,16 +611,16 @@ def _prepare_wordnet(src, out, *, seed, test_fraction, max_examples, num_feature
     X.sort_indices()
 
     tr, te = np.flatnonzero(~is_test), np.flatnonzero(is_test)
-    write_xc(os.path.join(out, "train.txt"), X[tr], Y[tr])
-    write_xc(os.path.join(out, "test.txt"), X[te], Y[te])
+    _write_xc(stage.path("train.txt"), X[tr], Y[tr], stage.pending)
+    _write_xc(stage.path("test.txt"), X[te], Y[te], stage.pending)
     for part, rows_ in (("train", tr), ("test", te)):
-        with _atomic_text_writer(os.path.join(out, f"{part}.jsonl")) as f:
+        with _atomic_text_writer(stage.path(f"{part}.jsonl"), stage.pending) as f:
             for r in rows_.tolist():
                 i = int(sel[r])
                 labs = Y.indices[Y.indptr[r] : Y.indptr[r + 1]].tolist()
                 f.write(_jsonl_line(names[i], glosses[i], labs))
-    _write_lines(os.path.join(out, "labels.txt"), (names[i] for i in kept.tolist()))
-    _write_lines(os.path.join(out, "vocab.txt"), vocab)
+    _write_lines(stage.path("labels.txt"), (names[i] for i in kept.tolist()), stage.pending)
+    _write_lines(stage.path("vocab.txt"), vocab, stage.pending)
 
     meta = _base_meta(name, src, seed, test_fraction, max_examples)
     meta.update({
@@ -533,7 +641,7 @@ def _prepare_wordnet(src, out, *, seed, test_fraction, max_examples, num_feature
         ),
         "input": "the synset's gloss (jsonl 'text')",
         "split": f"random: round(test_fraction * N) synsets to test (seed {seed})",
-        "files": ["train.txt", "test.txt", "train.jsonl", "test.jsonl", "labels.txt", "vocab.txt", "meta.json"],
+        "files": list(_FILES[name]),
     })
     return meta
 
@@ -766,11 +874,22 @@ def _kmer_table(k: int, num_features: int) -> np.ndarray:
     return col.astype(np.int32)
 
 
-def _kmer_features(buf: np.ndarray, num_rows: int, max_k: int, num_features: int) -> sp.csr_matrix:
+def _kmer_features(buf: np.ndarray, lengths: np.ndarray, max_k: int, num_features: int) -> sp.csr_matrix:
     """Rows of hashed k-mer ``log1p(count)``, L2-normalised and rounded, for the
-    0-separated NCBIstdaa sequences in ``buf`` (which starts and ends with a 0)."""
+    NCBIstdaa sequences in ``buf``: a 0, then each sequence followed by a 0, the
+    sequence of row ``r`` having ``lengths[r]`` residues.
+
+    Rows come from ``lengths``, not from the 0 bytes: code 0 is also the gap ``-``,
+    which may occur inside a sequence. A k-mer holding a code 0 (one that runs across
+    a separator, or one with a gap) is not counted."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    num_rows = lengths.size
     n = buf.size
-    row_of = (np.cumsum(buf == 0, dtype=np.int64) - 1)
+    if n != 1 + int((lengths + 1).sum()):
+        raise AssertionError(f"{n} residue bytes do not hold sequences of lengths summing to {int(lengths.sum())}")
+    row_of = np.empty(n, dtype=np.int64)  # the row of each position (the leading 0: row 0, never used)
+    row_of[0] = 0
+    row_of[1:] = np.repeat(np.arange(num_rows, dtype=np.int64), lengths + 1)
     keys = []
     for k in range(1, max_k + 1):
         m = n - k + 1
@@ -820,7 +939,7 @@ def _kmer_features(buf: np.ndarray, num_rows: int, max_k: int, num_features: int
 # GO: the conversion
 
 
-def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_features, max_k):
+def _prepare_go(name, src, stage, *, seed, test_fraction, max_examples, num_features, max_k):
     sub, root, namespace = _GO_PARTS[name]
     ddir = _go_dataset_dir(name, src)
     graph_path = _require(name, os.path.join(ddir, "goGraph.txt"))
@@ -885,9 +1004,9 @@ def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_featur
         n_train, n_test = int((~is_test).sum()), int(is_test.sum())
 
         # features, streamed in blocks of sequences, written as they are made
-        paths = {p: os.path.join(out, p) for p in ("train.txt", "test.txt", "train.jsonl", "test.jsonl")}
+        paths = {p: stage.path(p) for p in ("train.txt", "test.txt", "train.jsonl", "test.jsonl")}
         with contextlib.ExitStack() as stack:
-            w = {p: stack.enter_context(_atomic_text_writer(path)) for p, path in paths.items()}
+            w = {p: stack.enter_context(_atomic_text_writer(path, stage.pending)) for p, path in paths.items()}
             w["train.txt"].write(f"{n_train} {num_features} {L}\n")
             w["test.txt"].write(f"{n_test} {num_features} {L}\n")
             nnz = 0
@@ -905,7 +1024,7 @@ def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_featur
                     bad = next(k for k, (a, b) in enumerate(spans) if b > a and max(seq[a:b]) >= _ALPHA)
                     acc = accs[int(sel[r0 + bad])]
                     raise ValueError(f"{db.psq}: sequence of {acc} has a residue code above {_ALPHA - 1}")
-                X = _kmer_features(buf, r1 - r0, max_k, num_features)
+                X = _kmer_features(buf, lengths[r0:r1], max_k, num_features)
                 nnz += X.nnz
                 Yb = Y[r0:r1]
                 te = is_test[r0:r1]
@@ -924,7 +1043,7 @@ def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_featur
                 r0 = r1
     finally:
         db.close()
-    _write_lines(os.path.join(out, "labels.txt"), (raw_names[j] for j in kept.tolist()))
+    _write_lines(stage.path("labels.txt"), (raw_names[j] for j in kept.tolist()), stage.pending)
 
     meta = _base_meta(name, ddir, seed, test_fraction, max_examples)
     meta.update({
@@ -943,7 +1062,8 @@ def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_featur
         "num_features": int(num_features),
         "features": (
             f"hashed k-mer counts, k = 1..{max_k}: k-mer s (one-letter codes) -> column splitmix64((k << 56) | "
-            f"int.from_bytes(s, 'big')) % {num_features}; value log1p(count), rows L2-normalised, rounded to "
+            f"int.from_bytes(s, 'big')) % {num_features} (k-mers holding a gap '-' not counted); value "
+            f"log1p(count), rows L2-normalised, rounded to "
             f"{_GO_ROUND_DIGITS} significant digits"
         ),
         "labels": (
@@ -956,6 +1076,6 @@ def _prepare_go(name, src, out, *, seed, test_fraction, max_examples, num_featur
             f"by unique sequence: groups of identical sequences in random order (seed {seed}) go to test while "
             "it holds fewer than round(test_fraction * N) proteins"
         ),
-        "files": ["train.txt", "test.txt", "train.jsonl", "test.jsonl", "labels.txt", "meta.json"],
+        "files": list(_FILES[name]),
     })
     return meta

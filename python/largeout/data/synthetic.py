@@ -35,13 +35,37 @@ def _idf_like(rng: np.random.Generator, shape) -> np.ndarray:
     return (u * u * np.float32(3) + np.float32(1)).astype(np.float32)
 
 
-def _sample_label_sets(rng: np.random.Generator, counts: np.ndarray, probs: np.ndarray, cap: int) -> np.ndarray:
+def _label_log_weights(num_labels: int, power: float, zipf_offset: float) -> np.ndarray:
+    """``log((r + zipf_offset) / (1 + zipf_offset)) * -power`` for ranks ``r = 1..L``:
+    the log of the label probabilities up to a constant, 0 at the head (finite for
+    any ``power``, where the probabilities themselves underflow)."""
+    base = np.arange(1, num_labels + 1, dtype=np.float64) + zipf_offset
+    return np.log(base / base[0]) * -float(power)
+
+
+def _label_probs(num_labels: int, power: float, zipf_offset: float) -> np.ndarray:
+    """Label probabilities by frequency rank, ``(r + zipf_offset)^-power`` normalised."""
+    with np.errstate(under="ignore"):
+        probs = (np.arange(1, num_labels + 1, dtype=np.float64) + zipf_offset) ** (-float(power))
+    if not probs[-1] >= np.finfo(np.float64).tiny:
+        # (a large power: the powers underflow; scale them so that the head is 1, in log space)
+        logw = _label_log_weights(num_labels, power, zipf_offset)
+        with np.errstate(under="ignore"):
+            probs = np.exp(logw - logw.max())
+    return probs / probs.sum()
+
+
+def _sample_label_sets(rng: np.random.Generator, counts: np.ndarray, probs: np.ndarray, cap: int,
+                       power: float, zipf_offset: float) -> np.ndarray:
     """``[N, cap]`` int64: row ``i`` holds ``counts[i]`` distinct labels drawn without
     replacement with probabilities ``probs`` (sequential draws, renormalised after
     each), then -1 padding.
 
     Uses that the first ``m`` distinct values of an i.i.d. stream are such a sample:
-    draw a few more than needed per row, keep the first occurrences."""
+    draw a few more than needed per row, keep the first occurrences. (``power`` and
+    ``zipf_offset`` give the log-probabilities for rows that need labels whose
+    probability underflows to 0.)"""
+    logw = None
     n = counts.size
     num_labels = probs.size
     cdf = np.cumsum(probs)
@@ -66,7 +90,14 @@ def _sample_label_sets(rng: np.random.Generator, counts: np.ndarray, probs: np.n
         # rows that did not see enough distinct labels (rare; only with a very heavy head)
         for i in np.flatnonzero(rank[:, -1] + 1 < m):
             out[r0 + i] = -1
-            out[r0 + i, : m[i]] = rng.choice(num_labels, size=int(m[i]), replace=False, p=probs)
+            if np.count_nonzero(probs) >= m[i]:
+                out[r0 + i, : m[i]] = rng.choice(num_labels, size=int(m[i]), replace=False, p=probs)
+            else:  # (too few labels with a probability > 0 in float64: an exponential race in
+                # log space, which is sequential sampling without replacement)
+                if logw is None:
+                    logw = _label_log_weights(num_labels, power, zipf_offset)
+                keys = np.log(rng.standard_exponential(num_labels)) - logw
+                out[r0 + i, : m[i]] = np.argsort(keys, kind="stable")[: m[i]]
     return out
 
 
@@ -112,9 +143,10 @@ def synthetic(
 
     Args:
         num_samples, num_features, num_labels: ``N``, ``D``, ``L``.
-        seed: random seed.
+        seed: random seed, an integer >= 0.
         avg_labels: mean number of labels per example (>= 1; lower if capped).
-        power: Zipf exponent of the label frequencies.
+        power: Zipf exponent of the label frequencies (>= 0; a large one puts
+            nearly all the mass on the head labels).
         feature_density: expected fraction of non-zero features per row.
         noise: expected fraction of a row's non-zeros that are random noise, in [0, 1).
         zipf_offset: Zipf–Mandelbrot offset of the frequency ranks (>= 0).
@@ -123,6 +155,7 @@ def synthetic(
         signature_keep: fraction of a label's signature features that each example
             of the label shows, in (0, 1].
     """
+    seed = _check_int("seed", seed, 0)  # (None would draw fresh OS entropy: not deterministic)
     n = _check_int("num_samples", num_samples, 0)
     d = _check_int("num_features", num_features, 1)
     num_l = _check_int("num_labels", num_labels, 1)
@@ -144,8 +177,7 @@ def synthetic(
     rng = np.random.Generator(np.random.PCG64(seed))
 
     # label distribution: frequency rank -> probability; rank -> label id
-    probs = (np.arange(1, num_l + 1, dtype=np.float64) + zipf_offset) ** (-float(power))
-    probs /= probs.sum()
+    probs = _label_probs(num_l, power, zipf_offset)
     rank_to_label = rng.permutation(num_l)
 
     # prototypes: K signature features per label (by rank) in a random order, with
@@ -163,7 +195,7 @@ def synthetic(
 
     # label sets
     counts = np.minimum(rng.poisson(avg_labels - 1, size=n) + 1, cap)
-    ranks = _sample_label_sets(rng, counts, probs, cap)  # [n, cap], -1 padded
+    ranks = _sample_label_sets(rng, counts, probs, cap, power, zipf_offset)  # [n, cap], -1 padded
     valid = ranks >= 0
     pair_rank = ranks[valid]  # row-major: the label ranks of row 0, then row 1, ...
     labels = np.where(valid, rank_to_label[np.maximum(ranks, 0)], num_l)

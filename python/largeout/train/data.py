@@ -57,6 +57,15 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
                 need_features: bool = True) -> Optional[Split]:
     xc = _find(directory, f"{part}.txt")
     js = _find(directory, f"{part}.jsonl")
+    if need_text and need_features and xc is not None and js is None:
+        raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder needs both")
+    return _load_files(xc, js, need_text, num_labels, need_features)
+
+
+def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_labels: Optional[int],
+                need_features: bool = True) -> Optional[Split]:
+    """The split in the XC file ``xc`` and/or the jsonl file ``js``, those the encoder
+    needs; None when one it needs is None."""
     if need_text and not need_features:
         if js is None:
             return None
@@ -68,7 +77,7 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
     if not need_text:
         return Split(Y=Y, X=X)
     if js is None:
-        raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder needs both")
+        return None
     texts, Yj = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=Y.shape[1])
     if len(texts) != Y.shape[0] or (Yj != Y).nnz:
         raise ValueError(f"data: {js} and {xc} must hold the same examples in the same order "
@@ -80,7 +89,17 @@ def load_split(cfg: TrainConfig, directory: Path, part: str, num_labels: Optiona
     """DIR/PART.txt and/or DIR/PART.jsonl as the config's encoder reads them (for
     "tfidf+hf:PATH" the sparse features with the texts' sentence embeddings appended);
     None when the files the encoder needs are absent."""
-    split = _load_split(Path(directory), part, cfg.reads_text, num_labels, cfg.reads_features)
+    return _with_embeddings(cfg, _load_split(Path(directory), part, cfg.reads_text, num_labels, cfg.reads_features))
+
+
+def load_split_files(cfg: TrainConfig, xc: Optional[Path], js: Optional[Path],
+                     num_labels: Optional[int] = None) -> Optional[Split]:
+    """As :func:`load_split`, from the files named: ``xc`` (XC format) and/or ``js``
+    (jsonl), those the config's encoder reads; None when one it needs is None."""
+    return _with_embeddings(cfg, _load_files(xc, js, cfg.reads_text, num_labels, cfg.reads_features))
+
+
+def _with_embeddings(cfg: TrainConfig, split: Optional[Split]) -> Optional[Split]:
     if split is not None and cfg.reads_text and cfg.reads_features:
         from .trainer import resolve_device  # (the trainer imports this module)
 
