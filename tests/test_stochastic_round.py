@@ -47,6 +47,23 @@ def test_only_neighbours_and_both_used(dtype, device):
     assert 0.2 < float(is_hi[between].double().mean()) < 0.8  # both neighbours occur
 
 
+@pytest.mark.parametrize("dtype", FORMATS, ids=str)
+def test_reference_zero_is_positive(dtype):
+    # The reference's grid holds zero once, as +0.0 (torch.unique may keep either zero): a
+    # positive value below half the smallest subnormal has +0 as its neighbour toward zero,
+    # bit for bit what stochastic_round gives for +0 (and, rounding down, for that value).
+    vals = ref.representable_values(dtype)
+    zero = vals[vals == 0]
+    assert zero.numel() == 1 and not bool(torch.signbit(zero).any())
+    _, _, sub = fmt_params(dtype)
+    x = torch.tensor([0.0, sub / 4], dtype=torch.float32)
+    toward, away = ref.rounding_neighbours(x, dtype)
+    assert toward.tolist() == [0.0, 0.0] and not bool(torch.signbit(toward).any())
+    assert away[0] == 0 and not bool(torch.signbit(away[0])) and float(away[1]) == sub
+    y = largeout.stochastic_round(x[:1], dtype, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(torch.signbit(y.double()), torch.signbit(toward[:1]))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", FORMATS, ids=str)
 @pytest.mark.parametrize("where", ["normal", "subnormal"])

@@ -82,12 +82,13 @@ def group_sparse_to_dense(weight: torch.Tensor, indices: torch.Tensor, in_featur
 
 def representable_values(dtype: torch.dtype) -> torch.Tensor:
     """All finite values of a 16- or 8-bit float format, sorted, as float64 (from every
-    bit pattern, through torch's own decoding)."""
+    bit pattern, through torch's own decoding); zero once, as +0.0."""
     nbits = torch.finfo(dtype).bits
     raw = torch.arange(2**nbits, dtype=torch.int32).to(torch.int16 if nbits == 16 else torch.uint8)
     vals = raw.view(dtype).to(torch.float64)
     vals = vals[torch.isfinite(vals)]
-    return torch.unique(vals)  # sorted; -0 and +0 merge
+    vals = torch.unique(vals)  # sorted; -0 and +0 merge (into either)
+    return torch.where(vals == 0, torch.zeros_like(vals), vals)  # the zero is +0.0
 
 
 def rounding_neighbours(x: torch.Tensor, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:

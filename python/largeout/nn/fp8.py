@@ -214,12 +214,13 @@ def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
 
 
 class _Fp8LinearFn(torch.autograd.Function):
-    """y = quant(x) W^T + b; gradients as in the module notes. ``anchor`` requires grad so
-    that backward runs (the fp8 weight cannot require grad); W's gradient goes to
-    ``weight.grad``."""
+    """y = quant(x) W^T + b; gradients as in the module notes. W's gradient is returned in
+    bf16 (``weight.grad_dtype`` None: autograd accumulates it into ``weight.grad`` as it is),
+    and computed only where the backward wants it: ``probe`` (``lowp.prepare_fp8_weight``,
+    None for a frozen weight) tells."""
 
     @staticmethod
-    def forward(ctx, anchor, x2, weight, bias, scale):
+    def forward(ctx, x2, weight, probe, bias, scale):
         y, q, sx = _forward(x2, weight, bias, scale)
         ctx.save_for_backward(q, sx)
         ctx.scale = scale  # (live, as ctx.weight: both change only in the optimizer's step, after backward)
@@ -237,15 +238,18 @@ class _Fp8LinearFn(torch.autograd.Function):
         # into [M, L8] with zero columns after L (when needed), the weight's zero pad rows.
         # The copy and the bias gradient's column sums are one pass over dY (pad_columns_sum).
         L8 = _round_up(L, 8)
+        want_dx, want_dw = lowp.wants_grad(ctx, 0), lowp.wants_grad(ctx, 2)
+        want_db = ctx.bias_dtype is not None and lowp.wants_grad(ctx, 3)
+        if not (want_dx or want_dw or want_db):
+            return None, None, None, None, None
         g = gy.to(torch.bfloat16)
         pad = L8 != L or g.stride(1) != 1 or g.stride(0) % 8 or g.data_ptr() % 16
-        want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[3]
         if pad or want_db:
             gp, colsum = torch.ops.largeout.pad_columns_sum(g, 8, bool(pad), want_db)
             g = gp if pad else g
         w_full = padded_weight(w)[:L8]
-        dx = None
-        if ctx.needs_input_grad[1]:
+        dx = dw = None
+        if want_dx:
             acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
             sw = None  # the label scales, ones on the padding rows
             if ctx.scale is not None:
@@ -256,24 +260,24 @@ class _Fp8LinearFn(torch.autograd.Function):
                                      torch.bfloat16)
                 acc += (g[:, c : c + chunk] @ wc).float()
             dx = acc.to(ctx.x_dtype)
-        x_hat = (q.float() * sx).to(torch.bfloat16)
-        dw = (g.t() @ x_hat)[:L]
-        lowp.accumulate_grad(w, dw)
+        if want_dw:
+            x_hat = (q.float() * sx).to(torch.bfloat16)
+            dw = (g.t() @ x_hat)[:L]
         db = colsum.to(ctx.bias_dtype) if want_db else None
-        return None, dx, None, db, None
+        return dx, dw, None, db, None
 
 
 def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
                scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x (W * scale[:, None])^T + b`` on FP8 tensor cores (see the module notes); ``x [...,
     H]`` any float dtype, ``weight [L, H]`` e4m3, ``scale`` None or float32 ``[L]`` (powers of
-    two, see :mod:`largeout.nn.lowp`); returns bf16 ``[..., L]``. ``weight.grad`` receives the
-    gradient with respect to the scaled weight."""
+    two, see :mod:`largeout.nn.lowp`); returns bf16 ``[..., L]``. Where ``weight`` requires grad,
+    ``weight.grad`` receives the gradient (bf16) with respect to the scaled weight."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled():
-        anchor = torch.empty(0, device=x.device, requires_grad=True)
-        y = _Fp8LinearFn.apply(anchor, x2, weight, bias, scale)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = _Fp8LinearFn.apply(x2, weight, lowp.prepare_fp8_weight(weight), bias, scale)
     else:  # (no graph to record: the forward without the autograd Function's host work)
         y = _forward(x2, weight, bias, scale)[0]
     if len(lead) == 1:

@@ -330,7 +330,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, fan_in={self.fan_in}, "
             f"group_size={self.group_size}, num_groups={self.num_groups}, bias={self.bias is not None}, "
             f"density={self.fan_in / self.in_features:.3g}"
-            + (f", weight_dtype={self.weight_dtype}" if self.weight_dtype != torch.float32 else "")
+            + (f", weight_dtype={self.weight.dtype}" if self.weight.dtype != torch.float32 else "")
             + (", weight_scale=label" if self.weight_scale is not None else "")
         )
 
@@ -344,22 +344,22 @@ def _fp8_forward(x, weight, scale, indices, bias, group_size):
         raise ValueError(f"GroupSparseLinear: x must be on the layer's device ({weight.device}); got {x.device}")
     lead = x.shape[:-1]
     x2 = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled():
-        anchor = torch.empty(0, device=weight.device, requires_grad=True)
-        y = _GroupSparseFP8.apply(anchor, x2, weight, scale, indices, bias, group_size)
+    if torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        y = _GroupSparseFP8.apply(x2, weight, lowp.prepare_fp8_weight(weight), scale, indices, bias, group_size)
     else:
         y = torch.ops.largeout.group_sparse_linear_fp8(x2, weight, scale, indices, bias, group_size)
     return y.reshape(*lead, y.shape[-1]).to(x.dtype)
 
 
 class _GroupSparseFP8(torch.autograd.Function):
-    """Forward and backward of the layer with an fp8 weight; the weight's gradient (bf16,
-    with respect to the scaled weight) goes to ``weight.grad`` (``lowp.accumulate_grad``).
-    ``anchor`` is an empty tensor that requires grad, so autograd calls backward even where
-    neither x nor the bias does."""
+    """Forward and backward of the layer with an fp8 weight. The weight's gradient (bf16, with
+    respect to the scaled weight) is returned as such (``weight.grad_dtype`` None: autograd
+    accumulates it into ``weight.grad``), and computed only where the backward wants it:
+    ``probe`` (``lowp.prepare_fp8_weight``, None for a frozen weight) tells."""
 
     @staticmethod
-    def forward(ctx, anchor, x, weight, scale, indices, bias, group_size):
+    def forward(ctx, x, weight, probe, scale, indices, bias, group_size):
         # (saved, not kept as attributes: an in-place change before backward is an error)
         ctx.save_for_backward(x, indices, weight, scale)
         ctx.group_size = group_size
@@ -371,19 +371,22 @@ class _GroupSparseFP8(torch.autograd.Function):
 
         x, indices, weight, scale = ctx.saved_tensors
         G = ctx.group_size
-        need_x, need_b = ctx.needs_input_grad[1], ctx.needs_input_grad[5]
+        need_x, need_w, need_b = lowp.wants_grad(ctx, 0), lowp.wants_grad(ctx, 2), lowp.wants_grad(ctx, 5)
         if torch.is_grad_enabled() and need_x:  # create_graph: its dx op has no derivative
             raise RuntimeError("GroupSparseLinear with an fp8 weight has no second derivative with respect to its "
                                "input (create_graph=True); the bf16 layer has one")
-        # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for both
-        # passes; the weight's gradient is always computed)
-        grad_out = _rows_for_tma(grad_out, x, weight, G, ("input", "weight") if need_x else ("weight",))
-        dx = db = None
+        dx = dw = db = None
+        # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for the
+        # passes that run)
+        passes = tuple(p for p, need in (("input", need_x), ("weight", need_w)) if need)
+        grad_out = _rows_for_tma(grad_out, x, weight, G, passes)
         if need_x:
             dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(
                 grad_out, weight, scale, indices, G, x.shape[1])
-        dw, db_all = torch.ops.largeout.group_sparse_linear_backward_weight(grad_out, x, indices, G)
-        lowp.accumulate_grad(weight, dw)
-        if need_b:
-            db = db_all
-        return None, dx, None, None, None, db, None
+        if need_w:
+            dw, db_all = torch.ops.largeout.group_sparse_linear_backward_weight(grad_out, x, indices, G)
+            if need_b:
+                db = db_all
+        elif need_b:
+            db = grad_out.sum(0)
+        return dx, dw, None, None, None, db, None

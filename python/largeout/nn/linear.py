@@ -13,6 +13,14 @@ from . import fp8, lowp
 __all__ = ["Linear"]
 
 
+def _default_activation_dtype(weight_dtype: torch.dtype, in_features: int) -> Optional[torch.dtype]:
+    """``Linear``'s default ``activation_dtype``: for e4m3 weights e4m3 where ``in_features`` is
+    a multiple of 16 (FP8 GEMMs), else bf16; None for other weight dtypes."""
+    if weight_dtype != torch.float8_e4m3fn:
+        return None
+    return torch.float8_e4m3fn if in_features % 16 == 0 else torch.bfloat16
+
+
 class Linear(lowp.ScaledWeightMixin, nn.Module):
     r"""``y = x W^T + b`` with the weight stored in ``weight_dtype``.
 
@@ -25,7 +33,10 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
             (see :mod:`largeout.nn.lowp`), e4m3 weights multiply e4m3 inputs by default
             (``activation_dtype``). The input is cast to the compute dtype and the output
             cast back to the input's dtype. Train low-precision weights with
-            ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients).
+            ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients;
+            freeze any weight with ``requires_grad_(False)``). A cast (``.float()``,
+            ``.to(dtype)``, ...) gives the layer the constructor gives for the new weight
+            dtype (see :class:`largeout.nn.lowp.ScaledWeightMixin`).
         activation_dtype: for e4m3 weights, what the input is multiplied as:
             ``torch.float8_e4m3fn`` (the input scaled into e4m3, FP8 tensor cores, see
             :mod:`largeout.nn.fp8`; the default for e4m3 weights when ``in_features`` is
@@ -58,8 +69,8 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         if dtype is None:
             dtype = torch.bfloat16 if weight_dtype in lowp.FP8_DTYPES else weight_dtype
         e4m3 = weight_dtype == torch.float8_e4m3fn
-        if activation_dtype is None and e4m3:
-            activation_dtype = torch.float8_e4m3fn if in_features % 16 == 0 else torch.bfloat16
+        if activation_dtype is None:
+            activation_dtype = _default_activation_dtype(weight_dtype, in_features)
         allowed = (torch.float8_e4m3fn, torch.bfloat16) if e4m3 else (None,)
         if activation_dtype not in allowed:
             raise ValueError(f"Linear: activation_dtype must be {' or '.join(map(str, allowed))} for weight_dtype "
@@ -96,9 +107,18 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         b = self.bias.to(cdt) if self.bias is not None else None
         return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
 
+    def _weight_dtype_changed(self) -> None:
+        # A cast (module.float(), .to(dtype), ...) or an assigned weight of another dtype: the
+        # activation dtype the constructor gives that weight dtype (an e4m3 weight's storage
+        # padded for the FP8 GEMM, as the constructor allocates it).
+        super()._weight_dtype_changed()
+        self.activation_dtype = _default_activation_dtype(self.weight.dtype, self.in_features)
+        if self.activation_dtype == torch.float8_e4m3fn:
+            fp8.padded_weight(self.weight)
+
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-                f"weight_dtype={self.weight_dtype}" +
+                f"weight_dtype={self.weight.dtype}" +
                 (f", activation_dtype={self.activation_dtype}" if self.activation_dtype is not None else "") +
                 (", weight_scale=label" if self.weight_scale is not None else ""))
 

@@ -1,12 +1,16 @@
 """Low-precision weights for the output layers: bf16, fp16 and fp8 (e4m3fn, e5m2).
 
 16-bit weights are ordinary parameters: autograd gives them gradients of their own
-dtype. fp8 tensors cannot carry autograd gradients, so an fp8 weight is a parameter
-with ``requires_grad=False`` that the layer upcasts to bf16 for the matmuls (the
-emulated path: no FP8 tensor cores yet); the gradient of that upcast copy is
-accumulated, in bf16, into ``weight.grad``, where ``largeout.optim`` finds it. The
-bf16 copy exists only for the duration of a forward/backward; no fp32 copy of the
-weights is ever made, initialization included (drawn in chunks and stochastically
+dtype. An fp8 weight is an ordinary parameter too (``requires_grad=True``), with
+``grad_dtype = None`` so that autograd accumulates the **bf16** gradient that the layers'
+backward returns for it into ``weight.grad``, where ``largeout.optim`` finds it (fp8 holds
+no useful gradient). Freezing works as for any parameter: ``layer.requires_grad_(False)``,
+``layer.weight.requires_grad_(False)`` or a parent module's ``requires_grad_(False)``; a
+frozen weight gets no gradient (none is computed), and neither does a weight whose gradient
+the backward does not ask for (``torch.autograd.grad(loss, x)``, ``backward(inputs=[x])``).
+The layers upcast an fp8 weight to bf16 for the matmuls (the emulated path: no FP8 tensor
+cores yet); the bf16 copy exists only for the duration of a forward/backward; no fp32 copy
+of the weights is ever made, initialization included (drawn in chunks and stochastically
 rounded).
 
 An fp8 weight may carry a **per-label scale** (``weight_scale="label"`` of the layers): a
@@ -187,53 +191,106 @@ def rescale_rows_(weight: torch.Tensor, scale: torch.Tensor, generator: Optional
 
 
 class _FromStored(torch.autograd.Function):
-    """Upcast of a stored low-precision weight (times its row scale, when it has one) whose
-    gradient goes to ``weight.grad`` (bf16; with respect to the scaled weight). ``anchor``
-    is an empty tensor that requires grad, so autograd calls backward."""
+    """Upcast of a stored low-precision weight (times its row scale, when it has one); its
+    backward returns the bf16 gradient (with respect to the scaled weight) as the weight's,
+    which autograd accumulates into ``weight.grad`` (``grad_dtype`` None: :func:`fit_grad_dtype`).
+    Autograd runs it only where the weight's gradient is wanted."""
 
     @staticmethod
-    def forward(ctx, anchor, weight, dtype, scale=None):
-        ctx.weight = weight
+    def forward(ctx, weight, dtype, scale=None):
         return dequantize(weight, scale, dtype)
 
     @staticmethod
     def backward(ctx, grad):
-        accumulate_grad(ctx.weight, grad.to(torch.bfloat16))
-        return None, None, None, None
+        return grad.to(torch.bfloat16), None, None
 
 
-def accumulate_grad(weight: torch.Tensor, g: torch.Tensor) -> None:
-    """``weight.grad += g`` for an fp8 weight (``g`` bf16). A copy of the parameter
-    (``copy.deepcopy``) loses make_weight's ``grad_dtype = None``: restored here."""
-    if getattr(weight, "grad_dtype", None) is not None:
-        weight.grad_dtype = None
-    weight.grad = g if weight.grad is None else weight.grad + g
+def fit_grad_dtype(weight: torch.Tensor) -> None:
+    """The ``grad_dtype`` of a layer's weight: None for an fp8 weight (autograd then keeps the
+    bf16 gradient the layers return for it, instead of casting it to fp8), the weight's own
+    dtype otherwise (as any parameter). A parameter made anew (``copy.deepcopy``, a cast by
+    ``module.to()`` that replaces parameters, a load with ``assign=True``) does not keep an
+    explicit ``grad_dtype``: the layers call this wherever that may happen, and before a
+    forward that builds a graph."""
+    want = None if weight.dtype in FP8_DTYPES else weight.dtype
+    if weight.grad_dtype != want:
+        weight.grad_dtype = want
+
+
+def prepare_fp8_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
+    """Before an fp8 forward that records a graph: fixes ``weight``'s ``grad_dtype``
+    (:func:`fit_grad_dtype`; an fp8 parameter copied on its own loses it) and returns the
+    *probe* the layers' autograd Functions take next to the weight, or None for a frozen
+    weight: an empty view of it, whose backward node tells the Function's backward whether
+    the running backward pass wants the weight's gradient (:func:`wants_grad`; the weight's
+    own node, a leaf's, cannot be asked under ``torch.autograd.grad``)."""
+    if not weight.requires_grad:
+        return None
+    if torch.compiler.is_compiling():
+        raise RuntimeError(_COMPILE_TRAINING)
+    _fit_before_graph(weight)
+    return weight[:0]
+
+
+# torch.compile traces an autograd Function's backward with inputs that have lost the
+# weight's grad_dtype = None, and so casts the bf16 gradient to fp8: not allowed to happen.
+_COMPILE_TRAINING = (
+    "an fp8 weight that requires grad cannot be traced by torch.compile in grad mode: the compiled backward "
+    "would cast its bf16 gradient to fp8. Compile the layer with its weight frozen "
+    "(layer.weight.requires_grad_(False)) or run it under torch.no_grad() / torch.inference_mode(); to train "
+    "it, leave the layer outside the compiled region (torch.compile without fullgraph=True does so by itself: "
+    "the layer runs eagerly)")
+
+
+def _fit_before_graph(weight: torch.Tensor) -> None:
+    # (not where torch.compile traces: a traced parameter is no leaf there; see the checks above)
+    if weight.is_leaf and not torch.compiler.is_compiling():
+        fit_grad_dtype(weight)
+
+
+def wants_grad(ctx, i: int) -> bool:
+    """Whether the running backward pass wants the gradient of input ``i`` of the autograd
+    Function whose ``ctx`` this is: it requires grad (``ctx.needs_input_grad``, fixed at the
+    forward) and, where the engine can tell, the backward leads from it to a tensor whose
+    gradient is asked for (``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])`` want no
+    weight's gradient). True where the engine cannot tell (a leaf input under
+    ``torch.autograd.grad``, a compiled backward)."""
+    if not ctx.needs_input_grad[i]:
+        return False
+    if torch.compiler.is_compiling():
+        return True
+    try:
+        node = ctx.next_functions[i][0]
+        return node is None or bool(torch._C._will_engine_execute_node(node))
+    except (AttributeError, IndexError, RuntimeError):
+        return True
 
 
 def weight_for_compute(weight: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The weight as the layer's matmuls take it: itself, or (fp8) its bf16 upcast (times
-    ``scale`` per row) whose gradient is routed into ``weight.grad`` when grad mode is on."""
+    ``scale`` per row) whose gradient autograd accumulates, in bf16, into ``weight.grad``
+    where grad mode is on and the weight requires grad."""
     if weight.dtype not in FP8_DTYPES:
         return weight
-    if not torch.is_grad_enabled():
+    if not (torch.is_grad_enabled() and weight.requires_grad):
         return dequantize(weight, scale, torch.bfloat16)
-    anchor = torch.empty(0, device=weight.device, requires_grad=True)
-    return _FromStored.apply(anchor, weight, torch.bfloat16, scale)
+    if torch.compiler.is_compiling():
+        raise RuntimeError(_COMPILE_TRAINING)
+    _fit_before_graph(weight)
+    return _FromStored.apply(weight, torch.bfloat16, scale)
 
 
 def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1) -> torch.nn.Parameter:
-    """An uninitialised weight parameter (fp8: ``requires_grad=False`` and any gradient
-    dtype allowed, see the module notes). ``row_multiple`` > 1: the parameter is the
-    first ``shape[0]`` rows of a zero-filled storage whose row count is a multiple of it."""
-    fp8 = weight_dtype in FP8_DTYPES
+    """An uninitialised weight parameter (``requires_grad=True``; fp8: any gradient dtype
+    allowed, see the module notes). ``row_multiple`` > 1: the parameter is the first
+    ``shape[0]`` rows of a zero-filled storage whose row count is a multiple of it."""
     rows = -(-shape[0] // row_multiple) * row_multiple
     if rows == shape[0]:
         data = torch.empty(shape, dtype=weight_dtype, device=device)
     else:
         data = torch.zeros((rows,) + tuple(shape[1:]), dtype=weight_dtype, device=device)[: shape[0]]
-    p = torch.nn.Parameter(data, requires_grad=not fp8)
-    if fp8:
-        p.grad_dtype = None
+    p = torch.nn.Parameter(data)
+    fit_grad_dtype(p)
     return p
 
 
@@ -267,30 +324,64 @@ class ScaledWeightMixin:
         init_uniform_(self.weight, bound / float(s), generator)
 
     def _apply(self, fn, *args, **kwargs):
-        # A cast of the weight to another dtype (module.half(), .to(dtype), ...): the scales
-        # are folded into the weights first (in float32, then cast), and the layer becomes an
-        # unscaled one of that dtype. (fp8 counts as floating point, so such casts do convert it.)
-        if self.weight_scale is not None and fn(self.weight.detach()[:0]).dtype != self.weight.dtype:
+        # A cast of the weight to another dtype (module.half(), .float(), .to(dtype), ...; fp8
+        # counts as floating point, so such casts do convert it) turns the layer into one
+        # constructed with that weight dtype (weight_scale=None): the scales are folded into
+        # the weights first (in float32, then cast); requires_grad (a frozen weight) is kept
+        # as torch keeps it; the gradient dtype, weight_dtype and what derives from it
+        # (_weight_dtype_changed) follow the new dtype. A cast to fp8 leaves the bias (and its
+        # gradient) in its dtype, as the constructor keeps a bias in 16 or 32 bits, and
+        # converts the weight's gradient to bf16, the dtype of an fp8 weight's gradients.
+        # (The weight is cast as torch casts: round to nearest. A cast of an fp8 layer to its
+        # own dtype changes nothing: the bias stays, the scales stay float32.)
+        old_dtype = self.weight.dtype
+        if self.weight_scale is not None and fn(self.weight.detach()[:0]).dtype != old_dtype:
             folded = dequantize(self.weight, self.weight_scale)
             link_scale(self.weight, None)
             self.weight.data = folded
             self.weight_scale = None
         saved = self.weight_scale
+        # (aliases of the old tensors: torch's _apply may replace the .data of these very objects)
+        bias, grad = self._parameters.get("bias"), self.weight.grad
+        old_bias = None if bias is None else (bias.detach(), None if bias.grad is None else bias.grad.detach())
+        old_grad = None if grad is None else grad.detach()
         out = super()._apply(fn, *args, **kwargs)
         if self.weight_scale is not None and self.weight_scale.dtype != torch.float32:  # e.g. .to(<the fp8 dtype>)
             self.weight_scale = saved.to(self.weight_scale.device, torch.float32)
-        link_scale(self.weight, self.weight_scale)
+        w, bias = self.weight, self._parameters.get("bias")
+        fit_grad_dtype(w)
+        if w.grad is not None and w.grad.dtype in FP8_DTYPES:
+            w.grad = old_grad.to(w.grad.device, torch.bfloat16)
+        if bias is not None and bias.dtype in FP8_DTYPES:  # (also where the weight was fp8 already)
+            b, g = old_bias
+            bias.data = b.to(bias.device)
+            bias.grad = None if g is None else g.to(bias.device)
+        if w.dtype != self.weight_dtype:
+            self._weight_dtype_changed()
+        link_scale(w, self.weight_scale)
         return out
+
+    def _weight_dtype_changed(self) -> None:
+        """After the weight was replaced by one of another dtype (a cast, an assignment, a load
+        with ``assign=True``): what the constructor derives from ``weight_dtype``, derived again."""
+        self.weight_dtype = self.weight.dtype
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if name in ("weight", "weight_scale"):  # a new tensor for either (assignment, load with assign=True)
             w = self.__dict__.get("_parameters", {}).get("weight")
+            if w is not None and name == "weight":
+                fit_grad_dtype(w)
+                if "weight_dtype" in self.__dict__ and w.dtype != self.weight_dtype:
+                    self._weight_dtype_changed()
             if w is not None and "weight_scale" in self.__dict__.get("_buffers", {}):
                 link_scale(w, self._buffers["weight_scale"])
 
     def __setstate__(self, state):  # unpickling and copy.deepcopy (a copied parameter loses its attributes)
         super().__setstate__(state)
+        w = self._parameters.get("weight")
+        if w is not None:
+            fit_grad_dtype(w)
         if "weight_scale" in self._buffers:
             link_scale(self.weight, self.weight_scale)
 
