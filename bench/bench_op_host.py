@@ -21,26 +21,12 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
-import time
 
 import torch
 
 import largeout
 
-
-def per_call(fn, device: str, iters: int, rounds: int) -> float:
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = []
-    for r in range(rounds + 1):
-        sync()
-        t = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        sync()
-        if r:
-            times.append((time.perf_counter() - t) / iters)
-    return statistics.median(times)
+from bench_optim_host import per_call  # same timing as the optimizer's host benchmark (bench/ is on sys.path)
 
 
 def main() -> None:
