@@ -21,6 +21,7 @@ GOOD = dict(pass_="forward", dtype=torch.bfloat16, batch=512, in_features=768, o
         (dict(fan_in=1024), r"fan_in must be at most in_features = 768; got 1024"),
         (dict(group_size=0), r"group_size must be one of \(16, 32, 64, 128\); got 0"),
         (dict(group_size=48), r"group_size must be one of \(16, 32, 64, 128\); got 48"),
+        (dict(group_size=32.0), r"group_size must be one of \(16, 32, 64, 128\); got 32.0"),
     ],
 )
 def test_path_names_a_bad_argument(change, pattern):

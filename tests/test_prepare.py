@@ -732,3 +732,59 @@ def test_real_go_mf_slice(tmp_path):
     ex = read_out(tmp_path / "out")
     assert all(set(t) <= set(NCBISTDAA) for _, t, _ in ex.values())
     assert all("GO:0003674" in labs for p, _, labs in ex.values() if p == "train")
+
+
+def test_prepare_keeps_files_a_foreign_meta_json_lists(tmp_path):
+    # a meta.json that no prepare run wrote names nothing prepare may remove
+    write_wordnet(tmp_path / "wn")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "meta.json").write_text(json.dumps({"name": "my-notes", "files": ["notes.md", "raw_labels.csv"]}))
+    (out / "notes.md").write_text("mine")
+    (out / "raw_labels.csv").write_text("a,b\n")
+    prepare("wordnet", tmp_path / "wn", out)
+    assert (out / "notes.md").read_text() == "mine" and (out / "raw_labels.csv").read_text() == "a,b\n"
+    # nor does a prepare meta.json that lists files prepare never writes
+    (out / "meta.json").write_text(json.dumps({"name": "wordnet", "files": ["notes.md", "train.txt"]}))
+    prepare("wordnet", tmp_path / "wn", out, seed=1)
+    assert (out / "notes.md").read_text() == "mine"
+
+
+@pytest.mark.parametrize("fail_at", [1, 3, 7])
+def test_prepare_failing_while_putting_files_in_place_changes_nothing(tmp_path, monkeypatch, fail_at):
+    from largeout.data import prepare as prepare_mod
+
+    write_wordnet(tmp_path / "wn")
+    write_go(tmp_path / "msd")
+    out = tmp_path / "out"
+    prepare("wordnet", tmp_path / "wn", out, seed=0, test_fraction=0.25)
+    before = snapshot(out)
+    real = os.replace
+    calls = []
+
+    def flaky(a, b):  # the fail_at-th rename of the commit fails
+        calls.append((a, b))
+        if len(calls) == fail_at:
+            raise OSError(5, "Input/output error")
+        return real(a, b)
+
+    class FlakyOs:
+        def __getattr__(self, name):
+            return flaky if name == "replace" else getattr(os, name)
+
+    real_commit = prepare_mod._Staging.commit
+
+    def commit(self):
+        monkeypatch.setattr(prepare_mod, "os", FlakyOs())
+        try:
+            return real_commit(self)
+        finally:
+            monkeypatch.setattr(prepare_mod, "os", os)
+
+    monkeypatch.setattr(prepare_mod._Staging, "commit", commit)
+    for name, src in (("wordnet", tmp_path / "wn"), ("go-mf", tmp_path / "msd")):
+        calls.clear()
+        with pytest.raises(OSError, match="Input/output error"):
+            prepare(name, src, out, seed=3, test_fraction=0.5, **({} if name == "wordnet" else {"num_features": 64}))
+        assert snapshot(out) == before
+        assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no backup or temporary left

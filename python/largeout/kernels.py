@@ -64,8 +64,9 @@ def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_featu
     if fan_in > in_features:
         raise ValueError(f"largeout.kernels.path: fan_in must be at most in_features = {in_features}; got {fan_in}")
     from .functional import GROUP_SIZES
-    if isinstance(group_size, bool) or group_size not in GROUP_SIZES:
+    if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size not in GROUP_SIZES:
         raise ValueError(f"largeout.kernels.path: group_size must be one of {GROUP_SIZES}; got {group_size!r}")
+    group_size = int(group_size)
     if not torch.cuda.is_available():
         raise RuntimeError("largeout.kernels.path: no CUDA device is available (the path is that of the current "
                            "CUDA device's kernels; on the CPU the CPU kernels run)")

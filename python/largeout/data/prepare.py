@@ -88,6 +88,7 @@ import mmap
 import os
 import re
 import struct
+import tempfile
 import time
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -251,42 +252,61 @@ class _Staging:
                 raise PermissionError(f"cannot write {given}: the file is read-only")  # (for root too)
 
     def _earlier_files(self) -> List[str]:
-        """The files an earlier prepare run wrote here (its meta.json's list) that
-        this run does not write."""
+        """The files an earlier prepare run wrote here that this run does not write: those its
+        meta.json lists, where that meta.json is a prepare run's (a dataset of NAMES, files
+        that prepare writes; a meta.json of anything else names nothing to remove)."""
         try:
             with open(os.path.join(self.out, "meta.json"), encoding="utf-8") as f:
-                files = json.load(f).get("files")
+                meta = json.load(f)
+            name, files = meta.get("name"), meta.get("files")
         except (OSError, ValueError, AttributeError):
             return []
-        if not isinstance(files, list):
+        if name not in _FILES or not isinstance(files, list) or not set(files) <= set(_FILES[name]):
             return []
-        return [f for f in files if isinstance(f, str) and f not in self.names and f not in ("", ".", "..")
-                and os.path.basename(f) == f
+        return [f for f in files if f not in self.names
                 and (os.path.islink(os.path.join(self.out, f)) or os.path.isfile(os.path.join(self.out, f)))]
 
     def commit(self) -> None:
-        """Put every written file in place: the old meta.json goes first (the folder
-        is incomplete until the new one is in), then the data files, the earlier run's
-        other files are removed, and the new meta.json comes last."""
+        """Put every written file in place, all or nothing: each file it replaces (and each
+        of the earlier run's files this run does not write) is first moved aside to a backup
+        next to it, the new meta.json comes last; if any step fails, the new files are removed
+        and the backups moved back. The backups are deleted once everything is in place."""
         meta = os.path.realpath(self.path("meta.json"))
         written = {dest for _, dest in self.pending}
         missing = [n for n in self.names if os.path.realpath(self.path(n)) not in written]
         assert not missing, f"not written: {missing}"
-        stale = self._earlier_files()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(meta)
-        last = []
-        for tmp, dest in self.pending:
-            if dest == meta:
-                last.append((tmp, dest))
-            else:
+        order = [pd for pd in self.pending if pd[1] != meta] + [pd for pd in self.pending if pd[1] == meta]
+        stale = [os.path.join(self.out, n) for n in self._earlier_files()]
+        moved: List[Tuple[str, str]] = []  # (backup, original place)
+        placed: List[str] = []  # new files put in place
+        try:
+            for dest in [meta] + [d for _, d in order if d != meta] + stale:
+                if os.path.lexists(dest):
+                    fd, bak = tempfile.mkstemp(prefix=f".{os.path.basename(dest)}.", suffix=".bak",
+                                               dir=os.path.dirname(dest))
+                    os.close(fd)
+                    try:
+                        os.replace(dest, bak)
+                    except BaseException:
+                        with contextlib.suppress(OSError):
+                            os.unlink(bak)
+                        raise
+                    moved.append((bak, dest))
+            for tmp, dest in order:
                 os.replace(tmp, dest)
-        for name in stale:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(os.path.join(self.out, name))
-        for tmp, dest in last:
-            os.replace(tmp, dest)
+                placed.append(dest)
+        except BaseException:
+            for dest in reversed(placed):
+                with contextlib.suppress(OSError):
+                    os.unlink(dest)
+            for bak, dest in reversed(moved):
+                with contextlib.suppress(OSError):
+                    os.replace(bak, dest)
+            raise
         self.pending = []
+        for bak, _ in moved:
+            with contextlib.suppress(OSError):
+                os.unlink(bak)
 
     def discard(self) -> None:
         for tmp, _ in self.pending:
