@@ -381,3 +381,60 @@ def test_torch_compile_fullgraph_of_fp8_layers(kind):
     assert _same(got[:2], _run(m, x, r)[:2])
     assert c.weight.grad.dtype == torch.bfloat16 and torch.equal(c.weight.grad, m.weight.grad)
     assert rel_err(c.weight.grad, dw64(m, x, r)) < grad_tol(m)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+@pytest.mark.parametrize("device", DEVICES)
+def test_backward_asks_about_the_right_inputs(kind, device, monkeypatch):
+    # ctx.next_functions lists the tensor arguments only: wants_grad must find each argument's
+    # own node (it read a shifted one, whose index ran past the end for the bias: then "yes")
+    from largeout.nn import lowp
+
+    answers = []
+    real = lowp.wants_grad
+
+    def spy(ctx, i):
+        answers.append((i, real(ctx, i)))
+        return answers[-1][1]
+
+    monkeypatch.setattr(lowp, "wants_grad", spy)
+    for frozen in (False, True):
+        m = make(kind, device)
+        m.weight.requires_grad_(not frozen)
+        x = torch.randn(6, 64, device=device, requires_grad=True)
+        answers.clear()
+        m(x).square().sum().backward(inputs=[x])
+        # (the bf16-activation Linears upcast through _FromStored, whose node autograd prunes)
+        assert bool(answers) == (kind.startswith("gs") or kind.startswith("lin-e4m3") and kind != "lin-e4m3-bf16")
+        assert all(ok == (i == 0) for i, ok in answers), (frozen, answers)
+        assert m.weight.grad is None and m.bias.grad is None and x.grad is not None
+        answers.clear()
+        x.grad = None
+        m(x).square().sum().backward(inputs=[m.bias])
+        assert not any(ok for i, ok in answers if i in (0, 2)), (frozen, answers)
+        assert x.grad is None and m.weight.grad is None and m.bias.grad is not None
+
+
+@pytest.mark.parametrize("kind", ["gs-e4m3-label", "lin-e5m2-label"])
+def test_layer_pickled_before_trainable_fp8_weights_trains(kind):
+    # a pickle of the earlier form holds an fp8 weight with requires_grad False that trained all
+    # the same (its gradient went to weight.grad by hand): it loads trainable; a frozen layer of
+    # the current form stays frozen
+    m = make(kind, "cpu")
+    old = copy.deepcopy(m)
+    del old.__dict__["_lowp_format"]
+    old.weight.requires_grad_(False)
+    frozen = copy.deepcopy(m)
+    frozen.weight.requires_grad_(False)
+    for layer, trains in ((old, True), (frozen, False)):
+        buf = io.BytesIO()
+        torch.save(layer, buf)
+        buf.seek(0)
+        back = torch.load(buf, weights_only=False)
+        assert back.weight.requires_grad is trains and back.weight.dtype in FP8
+        before = bits(back.weight).clone()
+        opt = SGD(back.parameters(), lr=0.5)
+        back(torch.randn(5, 64)).square().sum().backward()
+        opt.step()
+        assert (back.weight.grad is not None) is trains
+        assert (not torch.equal(bits(back.weight), before)) is trains

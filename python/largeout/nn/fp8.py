@@ -221,6 +221,7 @@ class _Fp8LinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x2, weight, probe, bias, scale):
+        lowp.note_inputs(ctx, x2, weight, probe, bias, scale)
         y, q, sx = _forward(x2, weight, bias, scale)
         ctx.save_for_backward(q, sx)
         ctx.scale = scale  # (live, as ctx.weight: both change only in the optimizer's step, after backward)

@@ -360,6 +360,7 @@ class _GroupSparseFP8(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, probe, scale, indices, bias, group_size):
+        lowp.note_inputs(ctx, x, weight, probe, scale, indices, bias, group_size)
         # (saved, not kept as attributes: an in-place change before backward is an error)
         ctx.save_for_backward(x, indices, weight, scale)
         ctx.group_size = group_size

@@ -248,21 +248,32 @@ def _fit_before_graph(weight: torch.Tensor) -> None:
         fit_grad_dtype(weight)
 
 
+def note_inputs(ctx, *args) -> None:
+    """In an autograd Function's forward, with all its arguments: records where each tensor
+    argument's node sits in ``ctx.next_functions``, which lists the tensor arguments only (a
+    None or an int in between shifts the rest), for :func:`wants_grad`."""
+    slots, n = [], 0
+    for a in args:
+        slots.append(n if isinstance(a, torch.Tensor) else -1)
+        n += isinstance(a, torch.Tensor)
+    ctx.lowp_slots = tuple(slots)
+
+
 def wants_grad(ctx, i: int) -> bool:
-    """Whether the running backward pass wants the gradient of input ``i`` of the autograd
-    Function whose ``ctx`` this is: it requires grad (``ctx.needs_input_grad``, fixed at the
-    forward) and, where the engine can tell, the backward leads from it to a tensor whose
-    gradient is asked for (``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])`` want no
-    weight's gradient). True where the engine cannot tell (a leaf input under
-    ``torch.autograd.grad``, a compiled backward)."""
+    """Whether the running backward pass wants the gradient of argument ``i`` of the autograd
+    Function whose ``ctx`` this is (its forward called :func:`note_inputs`): it requires grad
+    (``ctx.needs_input_grad``, fixed at the forward) and, where the engine can tell, the
+    backward leads from it to a tensor whose gradient is asked for
+    (``torch.autograd.grad(loss, x)`` or ``backward(inputs=[x])`` want no weight's gradient).
+    True where the engine cannot tell (a compiled backward, a torch without the query)."""
     if not ctx.needs_input_grad[i]:
         return False
     if torch.compiler.is_compiling():
         return True
+    node = ctx.next_functions[ctx.lowp_slots[i]][0]
     try:
-        node = ctx.next_functions[i][0]
         return node is None or bool(torch._C._will_engine_execute_node(node))
-    except (AttributeError, IndexError, RuntimeError):
+    except (AttributeError, RuntimeError):
         return True
 
 
@@ -295,6 +306,11 @@ def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1)
 
 
 WEIGHT_SCALES = (None, "label")
+
+
+# The layers' pickled form: 2 since fp8 weights are trainable parameters (fff17e1); a pickle
+# without it holds an fp8 weight with requires_grad False that trained all the same.
+_LOWP_FORMAT = 2
 
 
 class ScaledWeightMixin:
@@ -369,6 +385,7 @@ class ScaledWeightMixin:
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
         if name in ("weight", "weight_scale"):  # a new tensor for either (assignment, load with assign=True)
+            self.__dict__.setdefault("_lowp_format", _LOWP_FORMAT)
             w = self.__dict__.get("_parameters", {}).get("weight")
             if w is not None and name == "weight":
                 fit_grad_dtype(w)
@@ -380,6 +397,10 @@ class ScaledWeightMixin:
     def __setstate__(self, state):  # unpickling and copy.deepcopy (a copied parameter loses its attributes)
         super().__setstate__(state)
         w = self._parameters.get("weight")
+        if "_lowp_format" not in state:  # pickled before fff17e1, where an fp8 weight never required grad
+            if w is not None and w.dtype in FP8_DTYPES and not w.requires_grad:
+                w.requires_grad_(True)  # (it trained then: its gradient went to weight.grad by hand)
+            self._lowp_format = _LOWP_FORMAT
         if w is not None:
             fit_grad_dtype(w)
         if "weight_scale" in self._buffers:
