@@ -276,8 +276,7 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     ``weight.grad`` receives the gradient (bf16) with respect to the scaled weight."""
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if lowp.records_graph(x, weight, bias):
         y = _Fp8LinearFn.apply(x2, weight, lowp.prepare_fp8_weight(weight), bias, scale)
     else:  # (no graph to record: the forward without the autograd Function's host work)
         y = _forward(x2, weight, bias, scale)[0]

@@ -344,8 +344,7 @@ def _fp8_forward(x, weight, scale, indices, bias, group_size):
         raise ValueError(f"GroupSparseLinear: x must be on the layer's device ({weight.device}); got {x.device}")
     lead = x.shape[:-1]
     x2 = x.to(torch.bfloat16).reshape(-1, x.shape[-1])
-    if torch.is_grad_enabled() and (x2.requires_grad or weight.requires_grad
-                                    or (bias is not None and bias.requires_grad)):
+    if lowp.records_graph(x2, weight, bias):
         y = _GroupSparseFP8.apply(x2, weight, lowp.prepare_fp8_weight(weight), scale, indices, bias, group_size)
     else:
         y = torch.ops.largeout.group_sparse_linear_fp8(x2, weight, scale, indices, bias, group_size)

@@ -232,6 +232,12 @@ def prepare_fp8_weight(weight: torch.Tensor) -> Optional[torch.Tensor]:
     return weight[:0]
 
 
+def records_graph(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether an op on ``tensors`` (None for an absent one) records an autograd graph: grad
+    mode is on and one of them requires grad."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
 # torch.compile traces an autograd Function's backward with inputs that have lost the
 # weight's grad_dtype = None, and so casts the bf16 gradient to fp8: not allowed to happen.
 _COMPILE_TRAINING = (
@@ -243,7 +249,9 @@ _COMPILE_TRAINING = (
 
 
 def _fit_before_graph(weight: torch.Tensor) -> None:
-    # (not where torch.compile traces: a traced parameter is no leaf there; see the checks above)
+    # (not where torch.compile traces: a traced parameter is no leaf there. The callers raise
+    # _COMPILE_TRAINING in their own frame first: raised inside an inlined helper, torch.compile
+    # without fullgraph traced on to this function's grad_dtype read)
     if weight.is_leaf and not torch.compiler.is_compiling():
         fit_grad_dtype(weight)
 
@@ -283,7 +291,7 @@ def weight_for_compute(weight: torch.Tensor, scale: Optional[torch.Tensor] = Non
     where grad mode is on and the weight requires grad."""
     if weight.dtype not in FP8_DTYPES:
         return weight
-    if not (torch.is_grad_enabled() and weight.requires_grad):
+    if not records_graph(weight):
         return dequantize(weight, scale, torch.bfloat16)
     if torch.compiler.is_compiling():
         raise RuntimeError(_COMPILE_TRAINING)
