@@ -118,12 +118,9 @@ def main() -> None:
 
     def with_excl(k, key, base, tau, smin):
         """The order key with rank 1 put back to base's where the rule's first has an exclusive rival."""
-        first = np.argmax(key, axis=1)
-        top0 = np.argmax(base, axis=1)
+        first, top0 = np.argmax(key, axis=1), np.argmax(base, axis=1)
         veto = np.take_along_axis(rivals[k, smin], first[:, None], 1)[:, 0] >= tau
-        boost = np.zeros_like(key)
-        np.put_along_axis(boost, np.where(veto, top0, first)[:, None], 1e6, 1)
-        return key + boost
+        return R.with_rank1(key, np.where(veto, top0, first))
 
     rows = []
     alphas = [float(v) for v in rules.knn_alphas.split(",")]
@@ -144,14 +141,7 @@ def main() -> None:
             rows.append({"rule": "blend", **head, **{k: R.score(keys[k], cand[k][0], Ys[k], ip) for k in cand}})
             vetoed = {}
             for kv, smin_s in R.vetoes_of(rules):
-                vk = {}
-                for k in cand:
-                    top0 = np.argsort(-base[k], axis=1, kind="stable")[:, :1]
-                    first = np.argsort(-keys[k], axis=1, kind="stable")[:, :1]
-                    ok = np.take_along_axis(shared[k][kv, smin_s], first, 1) | (first == top0)
-                    boost = np.zeros_like(keys[k])
-                    np.put_along_axis(boost, np.where(ok, first, top0), 1e6, 1)
-                    vk[k] = keys[k] + boost
+                vk = {k: R.knn_veto_key(keys[k], base[k], shared[k][kv, smin_s]) for k in cand}
                 vetoed[kv, smin_s] = vk
                 rows.append({"rule": "blend+veto", **head, "kv": kv, "s": smin_s,
                              **{k: R.score(vk[k], cand[k][0], Ys[k], ip) for k in cand}})

@@ -129,16 +129,24 @@ def knn_rows(a, cand, evidence, Ys, ip, rank_lip=None):
                 for k, (idx, mean, _) in cand.items():
                     vote, shared = evidence[k]
                     base = mean + al * np.log(vote + 1e-4)
-                    key = base + p * lip[k]
-                    top0 = np.argsort(-base, axis=1, kind="stable")[:, :1]
-                    first = np.argsort(-key, axis=1, kind="stable")[:, :1]
-                    ok = np.take_along_axis(shared[kv, smin], first, 1) | (first == top0)
-                    # rank 1 from the power-0 order where the veto holds; the rest by key
-                    boost = np.zeros_like(key)
-                    np.put_along_axis(boost, np.where(ok, first, top0), 1e6, 1)
-                    row[k] = score(key + boost, idx, Ys[k], ip)
+                    row[k] = score(knn_veto_key(base + p * lip[k], base, shared[kv, smin]), idx, Ys[k], ip)
                 rows.append(row)
     return rows
+
+
+def with_rank1(key, pos):
+    """The order key [N, C] with candidate pos[n] of each row first (the rest by key)."""
+    boost = np.zeros_like(key)
+    np.put_along_axis(boost, np.asarray(pos).reshape(-1, 1), 1e6, 1)
+    return key + boost
+
+
+def knn_veto_key(key, base, shared):
+    """The "blend + veto" order: key's, but rank 1 is base's first where key's first is not
+    in every nearest row's label set (shared [N, C], neighbour_evidence's, is False there)."""
+    first, top0 = np.argmax(key, axis=1), np.argmax(base, axis=1)
+    ok = np.take_along_axis(shared, first[:, None], 1)[:, 0] | (first == top0)
+    return with_rank1(key, np.where(ok, first, top0))
 
 
 def plain_rows(a, cand, Ys, ip, rank_lip=None):
