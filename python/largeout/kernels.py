@@ -17,6 +17,8 @@ from typing import Iterator, Sequence
 
 import torch
 
+from .functional import GROUP_SIZES
+
 __all__ = ["set_policy", "get_policy", "policy", "path", "launch_counts"]
 
 _PASSES = ("forward", "input", "weight")
@@ -63,7 +65,6 @@ def path(pass_: str, dtype: torch.dtype, batch: int, in_features: int, out_featu
     batch, in_features, out_features, fan_in = (int(v) for v in sizes.values())
     if fan_in > in_features:
         raise ValueError(f"largeout.kernels.path: fan_in must be at most in_features = {in_features}; got {fan_in}")
-    from .functional import GROUP_SIZES
     if isinstance(group_size, bool) or not isinstance(group_size, numbers.Integral) or group_size not in GROUP_SIZES:
         raise ValueError(f"largeout.kernels.path: group_size must be one of {GROUP_SIZES}; got {group_size!r}")
     group_size = int(group_size)
