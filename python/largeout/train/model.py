@@ -38,7 +38,7 @@ class TfidfEncoder(nn.Module):
 
 
 class HFEncoder(nn.Module):
-    """A transformers encoder loaded from a local directory, mean-pooled."""
+    """A transformers encoder loaded from a local directory (its weights in float32), mean-pooled."""
 
     def __init__(self, path: str, max_length: int, dropout: float) -> None:
         super().__init__()
@@ -47,7 +47,9 @@ class HFEncoder(nn.Module):
         except ImportError:
             raise ImportError("encoder = \"hf:PATH\" needs the transformers package: pip install transformers") from None
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True)
+        # float32 whatever precision the directory stores (a half-precision copy is smaller to
+        # ship): the trainer's optimizers keep the encoder's weights and state in float32
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).float()
         self.max_length = max_length
         self.dropout = nn.Dropout(dropout)
         self.out_dim = self.model.config.hidden_size
