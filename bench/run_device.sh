@@ -23,7 +23,8 @@
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
-#            the GPU (data and baselines JSON carried in .qdata/)
+#            the GPU (data and baselines JSON carried in .qdata/; QUALITY_METHODS: its --methods; with .mdlb/
+#            carried, the cut MiniLM of bench/minilm_prune.py from /tmp/mdl's first half and .mdlb's second)
 #     dx3    build, the Hopper dx tests (v1, v2, v3; DX3_K: another -k; TESTS_ALL=1: the whole suite), memcheck on two v3 tests
 #            (MEMCHECK_DX3=0: without), bench/bench_dx3.py (DX3_QUICK=1: three shapes), PAD_DY_BENCH=1: the step
 #            at odd L (bench/bench_pad_dy.py), BENCH_HEADLINE=1:
@@ -1036,11 +1037,20 @@ if [ "$MODE" = quality ]; then  # our trainer on the GPU, merged with baselines 
   fi
   for ds in ${QUALITY_DATASETS:-wordnet}; do
     mkdir -p "/tmp/q/$ds"
-    for f in train test; do gunzip -c ".qdata/$ds/$f.txt.gz" > "/tmp/q/$ds/$f.txt"; done
+    for f in train test; do
+      gunzip -c ".qdata/$ds/$f.txt.gz" > "/tmp/q/$ds/$f.txt"
+      [ -f ".qdata/$ds/$f.jsonl.gz" ] && gunzip -c ".qdata/$ds/$f.jsonl.gz" > "/tmp/q/$ds/$f.jsonl"
+    done
   done
+  if [ -d .mdlb ]; then  # the cut MiniLM (bench/minilm_prune.py) as a tar in two halves: .mdla/ carried by an
+    # earlier call on this machine (copied to /tmp/mdl), .mdlb/ by this one
+    cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar
+    (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.mdlb/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || exit 1
+    tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
+  fi
   echo "== xmc_quality (ours, GPU)"
   timeout ${QUALITY_BUDGET:-400} python3 bench/xmc_quality.py --datasets ${QUALITY_DATASETS:-wordnet} --data-root /tmp/q \
-    --methods largeout-dense largeout-group-sparse --baselines .qdata/baselines.json --device cuda \
+    --methods ${QUALITY_METHODS:-largeout-dense largeout-group-sparse} --baselines .qdata/baselines.json --device cuda \
     --out "$OUT/xmc_quality_gpu.json" --work /tmp/q/xq 2>&1 | grep -v Warning | tee "$OUT/xmc_quality_gpu.log" | tail -40
   exit 0
 fi

