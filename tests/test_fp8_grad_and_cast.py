@@ -370,6 +370,10 @@ def test_torch_compile_fullgraph_of_fp8_layers(kind):
     assert _same(_run(f, x, r)[:2], _run(m, x, r)[:2])
     assert c.weight.grad is None and torch.equal(c.bias.grad, m.bias.grad)
     c.weight.requires_grad_(True)
+    # compiled anew: torch 2.11 (not 2.14) reuses a graph compiled with a frozen parameter after
+    # requires_grad_(True), a plain nn.Linear's too (bench/diag/compile_frozen_flip_plain.py)
+    torch._dynamo.reset()
+    f = torch.compile(c, backend="aot_eager", fullgraph=True)
     with pytest.raises(Exception, match="fp8 weight that requires grad"):
         f(x.clone().requires_grad_())
     torch._dynamo.reset()
