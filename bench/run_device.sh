@@ -21,6 +21,9 @@
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
 #            under sustained bf16 and fp8 GEMMs; FP8_CLOCKS_CONFIGS: its --configs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
+#     oofft  build, then bench/xmc_rank_oof.py --encoder ft on the GPU (issue 3: the rank-1 rule chosen on
+#            cross-fitted predictions of the fine-tuned MiniLM; carry .qdata and .mdlb after a call that carried .mdla
+#            and copied it to /tmp/mdl; fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/; QUALITY_METHODS: its --methods; with .mdlb/
@@ -1030,6 +1033,28 @@ if [ "$MODE" = evidence ]; then  # issue 5: measured memory per label, convergen
   exit 0
 fi
 
+# The cut MiniLM of bench/minilm_prune.py, carried as a tar in two halves (a call carries 64 MiB with the tree):
+# .mdla/ by an earlier call on this machine (which copied it to /tmp/mdl), .mdlb/ by this one -> $XMC_MINILM_WN
+assemble_minilm() {
+  [ -d .mdlb ] || return 0
+  cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar || return 1
+  (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.mdlb/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
+  tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
+}
+
+if [ "$MODE" = oofft ]; then  # issue 3: bench/xmc_rank_oof.py --encoder ft (fold models kept in /tmp/oofft: a
+  # later warm call continues where an earlier one stopped); .qdata/wordnet's jsonl, the model as assemble_minilm
+  mkdir -p /tmp/q/wordnet
+  for f in train test; do gunzip -c ".qdata/wordnet/$f.jsonl.gz" > "/tmp/q/wordnet/$f.jsonl"; done
+  assemble_minilm || exit 1
+  echo "== xmc_rank_oof --encoder ft"
+  LARGEOUT_CACHE=/tmp/oofft/cache timeout ${OOF_BUDGET:-560} python3 bench/xmc_rank_oof.py --data /tmp/q/wordnet \
+    --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft$OOF_TAG.json" --encoder ft --device cuda \
+    --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft$OOF_TAG.log" | tail -30
+  [ -f /tmp/oofft/dump.npz ] && cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump$OOF_TAG.npz"
+  exit 0
+fi
+
 if [ "$MODE" = quality ]; then  # our trainer on the GPU, merged with baselines run elsewhere (.qdata/baselines.json)
   if [ "${BENCH:-1}" != 0 ]; then
     echo "== benchmark: fused optimizer step"
@@ -1042,12 +1067,7 @@ if [ "$MODE" = quality ]; then  # our trainer on the GPU, merged with baselines 
       [ -f ".qdata/$ds/$f.jsonl.gz" ] && gunzip -c ".qdata/$ds/$f.jsonl.gz" > "/tmp/q/$ds/$f.jsonl"
     done
   done
-  if [ -d .mdlb ]; then  # the cut MiniLM (bench/minilm_prune.py) as a tar in two halves: .mdla/ carried by an
-    # earlier call on this machine (copied to /tmp/mdl), .mdlb/ by this one
-    cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar
-    (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.mdlb/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || exit 1
-    tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
-  fi
+  assemble_minilm || exit 1
   echo "== xmc_quality (ours, GPU)"
   timeout ${QUALITY_BUDGET:-400} python3 bench/xmc_quality.py --datasets ${QUALITY_DATASETS:-wordnet} --data-root /tmp/q \
     --methods ${QUALITY_METHODS:-largeout-dense largeout-group-sparse} --baselines .qdata/baselines.json --device cuda \

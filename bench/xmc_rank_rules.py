@@ -41,21 +41,21 @@ TOP = 32
 METRICS = ("P@1", "P@3", "P@5", "PSP@1", "PSP@3", "PSP@5")
 
 
-def candidates(models, splits):
+def candidates(models, splits, device=torch.device("cpu")):
     """Top-TOP labels by the models' mean log-probability, those values, and each label's
     minimum logit over the models. Model i reads splits[i] (members may differ in
     features, e.g. tf-idf alone and tf-idf + text embeddings; the rows and their order are
-    the same: one split)."""
+    the same: one split). The models sit on ``device``."""
     idx, mean, low = [], [], []
     with torch.no_grad():
-        streams = [batches(sp_, 512, torch.device("cpu"), targets=False) for sp_ in splits]
+        streams = [batches(sp_, 512, device, targets=False) for sp_ in splits]
         for bs in zip(*streams):
             z = torch.stack([m(b).float() for m, b in zip(models, bs)])
             ls = torch.nn.functional.logsigmoid(z).mean(0)
             top = ls.topk(TOP, dim=1)
-            idx.append(top.indices.numpy())
-            mean.append(top.values.numpy().astype(np.float64))
-            low.append(z.min(0).values.gather(1, top.indices).numpy())
+            idx.append(top.indices.cpu().numpy())
+            mean.append(top.values.cpu().numpy().astype(np.float64))
+            low.append(z.min(0).values.gather(1, top.indices).cpu().numpy())
     return np.concatenate(idx), np.concatenate(mean), np.concatenate(low)
 
 
