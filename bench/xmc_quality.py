@@ -460,6 +460,12 @@ def _set_rank_power(models, log_w: torch.Tensor, power: float) -> None:
     first.rank_log_weight.copy_((power * log_w).to(first.rank_log_weight.device))
 
 
+def _prune_report(path: str):
+    """prune.json of a model directory cut by bench/minilm_prune.py (which model, how), if there."""
+    f = Path(path) / "prune.json"
+    return json.loads(f.read_text()) if f.exists() else None
+
+
 def _resolve_encoder(encoder: str) -> str:
     """ENCODER_ALIASES names in "hf:NAME" / "tfidf+hf:NAME" replaced by their directories."""
     for prefix in ("tfidf+hf:", "hf:"):
@@ -569,6 +575,7 @@ def run_ours(name: str, output: str, data_dir: Path, data, inv_p, work: Path, de
         "grid": grid,
         "val": val,
         "test": test,
+        "encoder_model": _prune_report(cfgs[0].hf_path) if cfgs[0].encoder.startswith("hf:") else None,
         "ece@5_test": summaries[0]["test"].get("ECE@5") if power == 0 and len(cfgs) == 1 else None,
         "ece@5_test_isotonic": summaries[0]["test"].get("ECE@5_isotonic") if power == 0 and len(cfgs) == 1 else None,
     }
@@ -674,7 +681,8 @@ def markdown(result: Dict[str, Any]) -> str:
             else:
                 desc = ("" if c["encoder"] == "tfidf" else f"encoder {c['encoder']}"
                         + (f" (lr {c['encoder_lr']})" if c.get("encoder_lr") else "") + ", ")
-                desc += (f"hidden {c['hidden']}, dropout {c['dropout']}, {c['epochs']} epochs (best {m['best_epoch']}), "
+                desc += (f"hidden {c['hidden']}, " if not c["encoder"].startswith("hf:") else "")
+                desc += (f"dropout {c['dropout']}, {c['epochs']} epochs (best {m['best_epoch']}), "
                         f"{c['optimizer']} lr {c['lr']} {c['schedule']}, batch {c['batch_size']}, "
                         f"pos_weight_power {c.get('pos_weight_power', 0)}, "
                         f"rank_propensity_power {c.get('rank_propensity_power', 0)}")

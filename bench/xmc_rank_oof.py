@@ -30,11 +30,13 @@ models, all rows). Every rule's test numbers are written too, for the record; on
 chosen one is the result.
 
 With --encoder ft the models are bench/xmc_quality.py's "group-sparse-ft" configuration
-instead (FT_CONFIG: all-MiniLM-L6-v2 fine-tuned with the group-sparse head, the model
+instead (ft_config(): all-MiniLM-L6-v2 fine-tuned with the group-sparse head, the model
 directory in $XMC_MINILM_WN as bench/minilm_prune.py writes it; on --device, a GPU), and
-the neighbours come from the same frozen MiniLM sentence embeddings as before, computed
-from the texts (largeout.train.model.text_embeddings, 128 tokens) rather than read from
-the tf-idf + MiniLM features. Grid and criterion are the same.
+the neighbours come from that directory's frozen model (the float16 cut of the same
+MiniLM; largeout.train.model.text_embeddings, 128 tokens) rather than from the float32
+model's embeddings in the tf-idf + MiniLM features: similarities differ by up to ~4e-4,
+which reorders near-tied neighbours, so the kNN rules' evidence is close to, not the same
+as, the text runs'. Grid and criterion are the same.
 
 Writes the JSON (--out). --work keeps each fold's model (with the fold's rows and
 configuration, checked when a later run reuses it), so an interrupted run continues
@@ -54,6 +56,7 @@ import torch
 from safetensors.torch import load_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import xmc_quality as xq  # noqa: E402  (the fine-tuned configuration)
 import xmc_rank_rules as R  # noqa: E402  (this folder's rule families)
 from bench_group_sparse import git_commit  # noqa: E402
 
@@ -77,10 +80,8 @@ def ft_config() -> dict:
     """--encoder ft: bench/xmc_quality.py's "group-sparse-ft" single model (fine-tuned MiniLM;
     its best epoch on validation there was the last, 6 of 6), ranked by the rules (power 0)
     and trained on every row given (no validation split)."""
-    from xmc_quality import OURS, _minilm_wn_dir
-
-    entry = dict(OURS["wordnet"]["group-sparse-ft"][0])
-    entry["encoder"] = "hf:" + _minilm_wn_dir()
+    entry = dict(xq.OURS["wordnet"]["group-sparse-ft"][0])
+    entry["encoder"] = "hf:" + xq._minilm_wn_dir()
     return {**entry, "output": "group-sparse", "rank_propensity_power": 0.0, "val_fraction": 0.0, "seed": 0,
             "propensity_a": 0.55, "propensity_b": 1.5, "topk": 5, "progress": False}
 
@@ -125,7 +126,7 @@ def main() -> None:
     ap.add_argument("--members", type=int, default=1,
                     help="models per fold, ranking its held-out rows as an ensemble (test: all folds' members)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a TEXT_CONFIG entry (JSON value), e.g. for a quick check on a small slice")
+                    help="override a configuration entry (JSON value), e.g. for a quick check on a small slice")
     ap.add_argument("--encoder", choices=["text", "ft"], default="text",
                     help="text: the tf-idf + frozen MiniLM models (TEXT_CONFIG); ft: the fine-tuned MiniLM (ft_config)")
     ap.add_argument("--device", default="cpu", help="where the models train and predict (ft: cuda)")
@@ -218,6 +219,7 @@ def main() -> None:
         "data": str(a.data), "training_rows": n, "held_out_rows_scored": len(labelled), "test_rows": ds.test.num_rows,
         "folds": fold_info, "config": {k: v for k, v in cfg.to_dict().items() if k != "out"}, "rule_grid": RULE_GRID,
         "members_per_fold": a.members, "encoder": a.encoder, "device": a.device,
+        "encoder_model": xq._prune_report(cfg.hf_path) if a.encoder == "ft" else None,
         "hardware": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"{os.cpu_count()} CPU cores",
         "criterion": "no rank-1 error on the labelled held-out rows; then the highest held-out PSP@1",
         "chosen": chosen, "rules_without_held_out_error": len(usable),

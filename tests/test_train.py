@@ -692,13 +692,15 @@ def test_hf_encoder_trains_on_text(tmp_path):
 def test_hf_encoder_half_precision_directory_trains_in_float32(tmp_path):
     """A model directory stored in float16 (bench/minilm_prune.py writes one to ship) gives
     an encoder whose weights are float32 (the trainer's optimizers keep fp32 weights) and
-    whose output is the float32 model's up to the stored rounding."""
+    whose output is the float32 model's up to the stored rounding; a training run from it
+    saves float32 encoder weights. (transformers 5 loads a float16 directory as float16;
+    4.x loaded float32 by default.)"""
+    src = _minilm_dir()
     from transformers import AutoModel
 
     from largeout.train.data import Batch
     from largeout.train.model import HFEncoder
 
-    src = _minilm_dir()
     half = tmp_path / "half"
     AutoModel.from_pretrained(src, local_files_only=True).half().save_pretrained(half)
     for name in ("vocab.txt", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.json"):
@@ -713,6 +715,19 @@ def test_hf_encoder_half_precision_directory_trains_in_float32(tmp_path):
     assert a.dtype == torch.float32
     assert torch.nn.functional.cosine_similarity(a, b).min() > 0.9999
     assert not torch.equal(a, b)  # the stored rounding is there: the half copy was read
+
+    d = tmp_path / "text"
+    d.mkdir()
+    for part, n in (("train", 24), ("test", 8)):
+        with open(d / f"{part}.jsonl", "w") as f:
+            for i in range(n):
+                f.write(json.dumps({"text": texts[i % 2] + f" {i}", "labels": [i % 6]}) + "\n")
+    cfg = load_config(None, {"data": str(d), "encoder": f"hf:{half}", "output": "dense", "epochs": 1,
+                             "batch_size": 8, "max_length": 16, "progress": False, "out": str(tmp_path / "run")})
+    train(cfg, log=lambda *a: None)
+    sd = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    enc_dtypes = {v.dtype for k, v in sd.items() if k.startswith("encoder.") and v.is_floating_point()}
+    assert enc_dtypes == {torch.float32}
 
 
 def _minilm_dir():
