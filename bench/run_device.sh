@@ -23,7 +23,8 @@
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     oofft  build, then bench/xmc_rank_oof.py --encoder ft on the GPU (issue 3: the rank-1 rule chosen on
 #            cross-fitted predictions of the fine-tuned MiniLM; carry .qdata and .mdlb after a call that carried .mdla
-#            and copied it to /tmp/mdl; fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG)
+#            and copied it to /tmp/mdl; fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG;
+#            OOF_PARALLEL: folds trained at once, default 5)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
 #            the GPU (data and baselines JSON carried in .qdata/; QUALITY_METHODS: its --methods; with .mdlb/
@@ -1051,7 +1052,7 @@ if [ "$MODE" = oofft ]; then  # issue 3: bench/xmc_rank_oof.py --encoder ft (fol
   rm -f /tmp/oofft/dump.npz  # (an earlier call's)
   LARGEOUT_CACHE=/tmp/oofft/cache timeout ${OOF_BUDGET:-560} python3 bench/xmc_rank_oof.py --data /tmp/q/wordnet \
     --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" --encoder ft --device cuda \
-    --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.log" | tail -30
+    --parallel-folds ${OOF_PARALLEL:-5} --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.log" | tail -30
   if [ -f "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" ] && [ -f /tmp/oofft/dump.npz ]; then
     cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump${OOF_TAG:-}.npz"
   fi

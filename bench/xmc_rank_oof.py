@@ -117,6 +117,38 @@ def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, l
     return m.to(device).eval(), {"member": j, "train_seconds": done["train_seconds"], "rows": done["rows"]}
 
 
+def _train_folds_in_parallel(a, log) -> None:
+    """--parallel-folds: each fold whose models are not all in --work yet is trained by a
+    worker process (this script with --only-fold; its output in --work/fold<f>.log), at most
+    --parallel-folds at once. The main process then finds them done and loads them."""
+    import subprocess
+
+    todo = [f for f in range(a.folds)
+            if not all((a.work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}") / "done.json").exists()
+                       for j in range(a.members))]
+    args = [sys.executable, str(Path(__file__).resolve()), "--data", str(a.data), "--work", str(a.work),
+            "--out", str(a.out), "--folds", str(a.folds), "--members", str(a.members), "--encoder", a.encoder,
+            "--device", a.device] + [x for kv in a.set for x in ("--set", kv)]
+    running = []
+    while todo or running:
+        while todo and len(running) < a.parallel_folds:
+            f = todo.pop(0)
+            out = open(a.work / f"fold{f}.log", "w")
+            running.append((f, out, subprocess.Popen(args + ["--only-fold", str(f)], stdout=out,
+                                                     stderr=subprocess.STDOUT)))
+            log(f"fold {f}: training in a worker process ({a.work / f'fold{f}.log'})")
+        f, out, p = running.pop(0)
+        rc = p.wait()
+        out.close()
+        tail = (a.work / f"fold{f}.log").read_text().splitlines()[-3:]
+        log(f"fold {f}: worker finished (rc {rc}): " + " | ".join(tail))
+        if rc != 0:
+            for _, o, q in running:
+                q.kill()
+                o.close()
+            raise SystemExit(f"fold {f}: the worker failed (rc {rc}); see {a.work / f'fold{f}.log'}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, required=True, help="the wordnet directory of `largeout data prepare`")
@@ -130,6 +162,10 @@ def main() -> None:
     ap.add_argument("--encoder", choices=["text", "ft"], default="text",
                     help="text: the tf-idf + frozen MiniLM models (TEXT_CONFIG); ft: the fine-tuned MiniLM (ft_config)")
     ap.add_argument("--device", default="cpu", help="where the models train and predict (ft: cuda)")
+    ap.add_argument("--parallel-folds", type=int, default=1,
+                    help="train up to this many folds' models at once, each in its own process (on one GPU: "
+                         "a small encoder's fine-tune leaves most of it idle); the models are the same as in turn")
+    ap.add_argument("--only-fold", type=int, default=None, help=argparse.SUPPRESS)  # (a --parallel-folds worker)
     ap.add_argument("--dump", type=Path, help="also save the held-out and test candidates and neighbour evidence "
                     "(npz), for studying other rules without recomputing them")
     a = ap.parse_args()
@@ -149,13 +185,24 @@ def main() -> None:
     log(f"data: {n} training rows, {ds.test.num_rows} test rows, {ds.num_labels} labels")
     ip = np.asarray(ds.inv_propensity, dtype=np.float64)  # from all training labels, as the trainer's
     Ytr = ds.train.Y.tocsr()
+    perm = np.random.Generator(np.random.PCG64(cfg.seed + 2)).permutation(n)
+    folds = [np.sort(perm[f :: a.folds]) for f in range(a.folds)]
+
+    def train_fold(f):
+        rows = np.setdiff1d(np.arange(n), folds[f])
+        ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
+        return rows, ip_f, [fold_model(cfg, ds, rows, ip_f, a.work, f, j, a.folds, log, dev) for j in range(a.members)]
+
+    if a.only_fold is not None:
+        train_fold(a.only_fold)
+        return
+    if a.parallel_folds > 1:
+        _train_folds_in_parallel(a, log)
     if a.encoder == "text":
         emb, emb_test = R.unit_embeddings(ds.train.X, NEIGHBOUR_DIMS), R.unit_embeddings(ds.test.X, NEIGHBOUR_DIMS)
     else:  # the frozen model's sentence embeddings (the fine-tuned models are the rankers)
         emb, emb_test = (text_embeddings(sp_.texts, cfg.hf_path, 128, dev) for sp_ in (ds.train, ds.test))
         log("neighbour embeddings done")
-    perm = np.random.Generator(np.random.PCG64(cfg.seed + 2)).permutation(n)
-    folds = [np.sort(perm[f :: a.folds]) for f in range(a.folds)]
     kmax = R.neighbours_needed(rules)
 
     # Held-out candidates and neighbour evidence, assembled in training-row order.
@@ -169,13 +216,9 @@ def main() -> None:
     shared = {}
     models, fold_info = [], []
     for f, held in enumerate(folds):
-        rows = np.setdiff1d(np.arange(n), held)
-        ip_f = M.inverse_propensity(Ytr[rows], cfg.propensity_a, cfg.propensity_b)
-        members = []
-        for j in range(a.members):
-            m, info = fold_model(cfg, ds, rows, ip_f, a.work, f, j, a.folds, log, dev)
-            members.append(m)
-            fold_info.append({"fold": f, "held_out_rows": len(held), **info})
+        rows, ip_f, trained = train_fold(f)
+        members = [m for m, _ in trained]
+        fold_info += [{"fold": f, "held_out_rows": len(held), **info} for _, info in trained]
         models += members
         c = R.candidates(members, [ds.train.rows(held)] * len(members), dev)
         idx[held], mean[held], low[held] = c
