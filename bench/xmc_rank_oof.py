@@ -129,13 +129,15 @@ def _train_folds_in_parallel(a, log) -> None:
     args = [sys.executable, str(Path(__file__).resolve()), "--data", str(a.data), "--work", str(a.work),
             "--out", str(a.out), "--folds", str(a.folds), "--members", str(a.members), "--encoder", a.encoder,
             "--device", a.device] + [x for kv in a.set for x in ("--set", kv)]
+    env = dict(os.environ)  # the cores shared among the workers (torch's default: all of them each)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // a.parallel_folds)))
     running = []
     while todo or running:
         while todo and len(running) < a.parallel_folds:
             f = todo.pop(0)
             out = open(a.work / f"fold{f}.log", "w")
             running.append((f, out, subprocess.Popen(args + ["--only-fold", str(f)], stdout=out,
-                                                     stderr=subprocess.STDOUT)))
+                                                     stderr=subprocess.STDOUT, env=env)))
             log(f"fold {f}: training in a worker process ({a.work / f'fold{f}.log'})")
         f, out, p = running.pop(0)
         rc = p.wait()
