@@ -2,8 +2,10 @@
 
 import json
 import math
+import re
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -814,3 +816,140 @@ def test_tfidf_plus_hf_encoder_needs_matching_files(tmp_path, monkeypatch):
         load_dataset(cfg)
     with pytest.raises(ValueError, match="encoder must be"):
         load_config(None, {"encoder": "tfidf+hf:"})
+
+
+def _model_copy(tmp_path, name="m", skip=()):
+    """A copy of the MiniLM directory (without the files named in ``skip``)."""
+    src = Path(_minilm_dir())
+    dst = tmp_path / name
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.name not in skip:
+            shutil.copy2(f, dst / f.name)
+    return dst
+
+
+def test_hf_encoder_refuses_a_directory_it_would_train_wrongly(tmp_path):
+    """No tokenizer files (transformers 5 then builds an empty tokenizer: every text becomes
+    unknown tokens), weights that leave part of the model at random values, a max_length
+    that leaves no room for text or exceeds the model's positions: each is refused at
+    construction, naming what is wrong."""
+    from safetensors.torch import load_file as load_st, save_file
+
+    from largeout.train.model import HFEncoder
+
+    notok = _model_copy(tmp_path, "notok", skip=("vocab.txt", "tokenizer.json", "tokenizer_config.json",
+                                                   "special_tokens_map.json"))
+    with pytest.raises(ValueError, match="has no tokenizer files"):
+        HFEncoder(str(notok), 16, 0.0)
+    part = _model_copy(tmp_path, "part")
+    w = load_st(str(part / "model.safetensors"))
+    save_file({k: v for k, v in w.items() if "layer.5." not in k}, str(part / "model.safetensors"))
+    with pytest.raises(ValueError, match="do not cover the model"):
+        HFEncoder(str(part), 16, 0.0)
+    good = _minilm_dir()
+    with pytest.raises(ValueError, match="max_length: expected at least 3"):
+        HFEncoder(good, 2, 0.0)
+    with pytest.raises(ValueError, match=r"max_length = 600 \(its max_position_embeddings is 512\)"):
+        HFEncoder(good, 600, 0.0)
+    assert HFEncoder(good, 3, 0.0).max_length == 3
+
+
+def test_hf_run_refused_before_anything_is_written(tmp_path):
+    """A directory the encoder refuses fails the run before its --out folder is touched."""
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(2), ["a", "b", "c", "d", "e", "f"], rows=(("train", 20),))
+    out = tmp_path / "run"
+    train(load_config(None, {"data": str(d), "epochs": 1, "hidden": 16, "output": "dense", "device": "cpu", "progress": False,
+                             "out": str(out)}), log=lambda *a: None)  # an earlier run there
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    cfg = load_config(None, {"data": str(d), "encoder": f"hf:{_minilm_dir()}", "max_length": 600, "device": "cpu",
+                             "progress": False, "out": str(out)})
+    with pytest.raises(ValueError, match="max_length = 600"):
+        train(cfg, log=lambda *a: None)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_embedding_cache_keyed_by_contents_and_checked(tmp_path, monkeypatch):
+    """Two model directories with equal file names, sizes and times but other weights get
+    other cache entries (the key hashed sizes and times before); a cached array that does
+    not fit is refused with its file named."""
+    from safetensors.torch import load_file as load_st, save_file
+
+    from largeout.train.model import _embedding_cache_path, text_embeddings
+
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    a = _model_copy(tmp_path, "a")
+    b = _model_copy(tmp_path, "b")
+    w = load_st(str(b / "model.safetensors"))
+    key = next(k for k in w if k.endswith("word_embeddings.weight"))
+    w[key] = w[key] + 0.01
+    save_file(w, str(b / "model.safetensors"), metadata={"format": "pt"})
+    st = (a / "model.safetensors").stat()
+    assert (b / "model.safetensors").stat().st_size == st.st_size
+    os.utime(b / "model.safetensors", ns=(st.st_atime_ns, st.st_mtime_ns))
+    texts = ["a small boat", "the act of running"]
+    assert _embedding_cache_path(texts, str(a), 16) != _embedding_cache_path(texts, str(b), 16)
+    ea = text_embeddings(texts, str(a), 16, torch.device("cpu"))
+    eb = text_embeddings(texts, str(b), 16, torch.device("cpu"))
+    assert not np.allclose(ea, eb)
+    target = _embedding_cache_path(texts, str(a), 16)
+    np.save(target, np.ones((3, 384), np.float32))
+    with pytest.raises(ValueError, match=f"embedding cache {re.escape(str(target))}: expected a float32 array of 2"):
+        text_embeddings(texts, str(a), 16, torch.device("cpu"))
+
+
+def test_hf_checkpoint_tied_to_its_model_directory(tmp_path, monkeypatch, capsys):
+    """A checkpoint of an hf encoder depends on the model directory's tokenizer and config:
+    predict and --resume refuse it once they changed; the saved encoder path is absolute."""
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    model_dir = _model_copy(tmp_path, "m")
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(3), ["apple", "river", "engine", "violin", "planet", "doctor"],
+                             rows=(("train", 24), ("test", 8)))
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "run"
+    args = ["train", "--data", str(d), "--encoder", "hf:m", "--output", "dense", "--epochs", "1", "--batch-size", "8",
+            "--set", "max_length=16", "--out", str(out), "--no-progress", "--device", "cpu"]
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["encoder"] == f"hf:{model_dir}"
+    pred = ["predict", "--checkpoint", str(out / "checkpoints" / "best"), "--data", str(d / "test.jsonl"),
+            "--out", str(tmp_path / "p.npz")]
+    assert main(pred) == 0
+    cfg_file = model_dir / "tokenizer_config.json"
+    cfg_file.write_text(cfg_file.read_text() + " ")
+    capsys.readouterr()
+    assert main(pred) != 0
+    assert "other contents of the model directory" in capsys.readouterr().err
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    resume = [a if a != "1" else "2" for a in args] + ["--resume"]
+    assert main(resume) != 0
+    assert "other contents of the model directory" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_hf_data_checks(tmp_path):
+    """hf encoders: a text-less example, a test split only in the XC format, and the label
+    space taken from train.txt's header (not from the largest label the texts carry)."""
+    from largeout.train.data import load_dataset
+
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(4), ["a", "b", "c", "d", "e", "f"],
+                             rows=(("train", 20), ("test", 6)))
+    txt = (d / "train.txt").read_text().split("\n", 1)
+    n, D, L = txt[0].split()
+    (d / "train.txt").write_text(f"{n} {D} 9\n" + txt[1])  # 3 labels no example carries
+    cfg = load_config(None, {"data": str(d), "encoder": f"hf:{_minilm_dir()}", "device": "cpu",
+                             "progress": False, "out": str(tmp_path / "run")})
+    assert load_dataset(cfg).num_labels == 9
+    (d / "test.jsonl").unlink()
+    with pytest.raises(FileNotFoundError, match=r"test\.txt has no test\.jsonl"):
+        load_dataset(cfg)
+    lines = (d / "train.jsonl").read_text().splitlines()
+    row = json.loads(lines[3])
+    del row["text"]
+    lines[3] = json.dumps(row)
+    (d / "train.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.raises(lodata.DataFormatError, match=r"train\.jsonl.*4.*no text"):
+        load_dataset(cfg)

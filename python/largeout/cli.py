@@ -104,7 +104,7 @@ def cmd_predict(args) -> int:
     from .train.checkpoint import load_checkpoint
     from .train.data import load_split_files
     from .train.model import build_model
-    from .train.trainer import resolve_device
+    from .train.trainer import check_encoder_fingerprint, resolve_device
 
     ckpts = [Path(c) for c in args.checkpoint]
     labels = [_num_labels(c) for c in ckpts]
@@ -116,6 +116,12 @@ def cmd_predict(args) -> int:
             raise ValueError(f"--checkpoint {c}: config.json: {e}") from None
     if len(set(labels)) != 1:
         raise SystemExit(f"--checkpoint: an ensemble needs one label space; got {labels} labels")
+    for c, cfg in zip(ckpts, cfgs):  # (before the texts' embeddings are computed)
+        try:
+            state = json.loads((c / "trainer.json").read_text())
+        except (OSError, ValueError):
+            state = {}  # (load_checkpoint below says what is wrong with it)
+        check_encoder_fingerprint(state, cfg, f"--checkpoint {c}")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
     split = load_split_files(cfgs[0], *_data_files(path, cfgs[0]))

@@ -509,13 +509,16 @@ def read_jsonl(
     text_fields: Union[str, Sequence[str]] = ("title", "content"),
     label_field: str = "target_ind",
     num_labels: Optional[int] = None,
+    require_text: bool = False,
 ) -> Tuple[list, sp.csr_matrix]:
     """Read a raw-text dataset: one JSON object per line (LF-Amazon-131K's
     ``trn.json`` style), plain or ``.gz``.
 
     The text of an example is its ``text_fields`` joined with a single space (a
     missing or ``null`` field counts as ``""``); its labels are the list of
-    non-negative integers under ``label_field``. Blank lines are skipped.
+    non-negative integers under ``label_field``. Blank lines are skipped. With
+    ``require_text``, an example with none of ``text_fields`` (missing or ``null``) is an
+    error instead.
 
     Returns ``(texts, Y)``: ``texts`` a list of ``str``, ``Y`` CSR float32
     ``[len(texts), num_labels]``; ``num_labels`` defaults to the largest label + 1.
@@ -569,6 +572,8 @@ def read_jsonl(
                 elif not isinstance(v, str):
                     raise DataFormatError(path, lineno, f"text field {name!r} is a {type(v).__name__}, not a string")
                 pieces.append(v)
+            if require_text and all(obj.get(name) is None for name in text_fields):
+                raise DataFormatError(path, lineno, f"no text: none of the fields {list(text_fields)} is there")
             if label_field not in obj:
                 raise DataFormatError(path, lineno, f"missing label field {label_field!r}")
             labs = obj[label_field]

@@ -57,9 +57,26 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
                 need_features: bool = True) -> Optional[Split]:
     xc = _find(directory, f"{part}.txt")
     js = _find(directory, f"{part}.jsonl")
-    if need_text and need_features and xc is not None and js is None:
-        raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder needs both")
+    if need_text and need_features and (xc is None) != (js is None):
+        have, want = (xc, f"{part}.jsonl") if js is None else (js, f"{part}.txt")
+        raise FileNotFoundError(f"data: {have} has no {want} (or .gz) beside it; the encoder needs both")
+    if need_text and not need_features and xc is not None and js is None:
+        raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder reads the texts")
+    if need_text and not need_features and num_labels is None and xc is not None:
+        num_labels = _xc_num_labels(xc)  # the label space the XC file declares, not the largest label seen
     return _load_files(xc, js, need_text, num_labels, need_features)
+
+
+def _xc_num_labels(xc: Path) -> Optional[int]:
+    """L of an XC file's header line ``N D L`` (None if it has no such header)."""
+    import gzip
+
+    try:
+        with (gzip.open(xc, "rt") if str(xc).endswith(".gz") else open(xc)) as f:
+            head = f.readline().split()
+        return int(head[2]) if len(head) == 3 else None
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
 
 
 def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_labels: Optional[int],
@@ -69,7 +86,8 @@ def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_lab
     if need_text and not need_features:
         if js is None:
             return None
-        texts, Y = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=num_labels)
+        texts, Y = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=num_labels,
+                                     require_text=True)
         return Split(Y=Y, texts=texts)
     if xc is None:
         return None
@@ -78,7 +96,8 @@ def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_lab
         return Split(Y=Y, X=X)
     if js is None:
         return None
-    texts, Yj = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=Y.shape[1])
+    texts, Yj = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=Y.shape[1],
+                                  require_text=True)
     if len(texts) != Y.shape[0] or (Yj != Y).nnz:
         raise ValueError(f"data: {js} and {xc} must hold the same examples in the same order "
                          f"({len(texts)} vs {Y.shape[0]} rows{', different labels' if len(texts) == Y.shape[0] else ''})")

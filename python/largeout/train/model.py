@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -14,7 +15,8 @@ from ..nn import GroupSparseLinear, Linear
 from .config import TrainConfig
 from .data import Batch
 
-__all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model", "text_embeddings"]
+__all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model", "text_embeddings", "model_fingerprint",
+           "encoder_fingerprint"]
 
 
 class TfidfEncoder(nn.Module):
@@ -37,8 +39,51 @@ class TfidfEncoder(nn.Module):
         return h + self.mlp(h) if self.residual else self.mlp(h)
 
 
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
+                    "sentencepiece.bpe.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx")
+_fingerprints: dict = {}
+
+
+def model_fingerprint(path: str, weights: bool = True) -> str:
+    """SHA-256 over a model directory's files: relative names and contents (``weights``
+    False: the weight files left out, for a checkpoint that holds the weights itself;
+    READMEs and .gitattributes never count). Remembered per process while the files'
+    sizes, modification times and inodes stay the same."""
+    root = Path(path).resolve()
+    files = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.endswith(".md")
+                   and f.name != ".gitattributes" and (weights or not f.name.endswith(_WEIGHT_SUFFIXES)))
+    stats = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files)
+    key = (str(root), weights, stats)
+    if key not in _fingerprints:
+        h = hashlib.sha256()
+        for f in files:
+            h.update(f"{f.relative_to(root)}\0".encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 22), b""):
+                    h.update(chunk)
+            h.update(b"\0")
+        _fingerprints[key] = h.hexdigest()
+    return _fingerprints[key]
+
+
+def encoder_fingerprint(encoder: str, hf_path: str) -> Optional[str]:
+    """What a checkpoint of an encoder depends on outside itself: for "tfidf+hf:PATH" the
+    whole model directory (its frozen embeddings are the features), for "hf:PATH" all but the
+    weights (the tokenizer and config; the checkpoint holds the weights); None for tfidf."""
+    if not hf_path:
+        return None
+    return model_fingerprint(hf_path, weights=not encoder.startswith("hf:"))
+
+
 class HFEncoder(nn.Module):
-    """A transformers encoder loaded from a local directory (its weights in float32), mean-pooled."""
+    """A transformers encoder loaded from a local directory (its weights in float32), mean-pooled.
+
+    Checked at construction, so that a run fails before it writes anything: the directory
+    has tokenizer files whose vocabulary fits the model's embedding, the weights cover the
+    whole model (no part left at random initialisation; a pooler is not used), and the model
+    runs on a batch of two texts, one of ``max_length`` tokens (which also checks
+    ``max_length`` against the model's positions)."""
 
     def __init__(self, path: str, max_length: int, dropout: float) -> None:
         super().__init__()
@@ -46,40 +91,85 @@ class HFEncoder(nn.Module):
             from transformers import AutoModel, AutoTokenizer
         except ImportError:
             raise ImportError("encoder = \"hf:PATH\" needs the transformers package: pip install transformers") from None
-        self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        where = f"encoder: the model directory {path}"
+        if not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
+            raise ValueError(f"{where} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)})")
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        except Exception as e:  # (transformers raises many kinds)
+            raise ValueError(f"{where}: no tokenizer could be loaded from it ({type(e).__name__}: {e})") from e
+        try:
+            model, info = AutoModel.from_pretrained(path, local_files_only=True, output_loading_info=True)
+        except Exception as e:
+            raise ValueError(f"{where}: no transformers model could be loaded from it ({type(e).__name__}: {e})") from e
+        bad = {}
+        for kind in ("missing_keys", "mismatched_keys", "error_msgs"):
+            keys = [k if isinstance(k, str) else str(k[0]) for k in (info.get(kind) or [])]
+            keys = [k for k in keys if not k.startswith("pooler.")]
+            if keys:
+                bad[kind] = keys[:5] + (["..."] if len(keys) > 5 else [])
+        if bad:
+            raise ValueError(f"{where}: its weights do not cover the model its config.json describes ({bad}); "
+                             "those parts would start from random values")
+        vocab = getattr(model.config, "vocab_size", None)
+        if vocab and not vocab // 2 <= len(self.tokenizer) <= vocab:
+            raise ValueError(f"{where}: its tokenizer knows {len(self.tokenizer)} tokens and the model's embedding "
+                             f"has {vocab} rows; expected a tokenizer of this model")
+        least = self.tokenizer.num_special_tokens_to_add() + 1
+        if max_length < least:
+            raise ValueError(f"max_length: expected at least {least} for {path} (its {least - 1} special tokens and "
+                             f"one of the text); got {max_length}")
         # float32 whatever precision the directory stores (a half-precision copy is smaller to
         # ship): the trainer's optimizers keep the encoder's weights and state in float32
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).float()
+        self.model = model.float()
         self.max_length = max_length
         self.dropout = nn.Dropout(dropout)
         self.out_dim = self.model.config.hidden_size
+        try:
+            with torch.no_grad():
+                self._pool(["a", " ".join(["a"] * (2 * max_length))])  # (no dropout: no random numbers drawn)
+        except Exception as e:
+            limit = getattr(model.config, "max_position_embeddings", None)
+            raise ValueError(f"{where}: the model does not run on texts tokenized to max_length = {max_length} "
+                             + (f"(its max_position_embeddings is {limit}) " if limit else "")
+                             + f"({type(e).__name__}: {e})") from e
 
-    def forward(self, batch: Batch) -> torch.Tensor:
+    def _pool(self, texts) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        tok = self.tokenizer(
-            batch.texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(device)
+        tok = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt").to(device)
         out = self.model(**tok).last_hidden_state
         mask = tok["attention_mask"].unsqueeze(-1).to(out.dtype)
-        return self.dropout((out * mask).sum(1) / mask.sum(1).clamp_min(1.0))
+        return (out * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.dropout(self._pool(batch.texts))
 
 
 def _embedding_cache_path(texts, path: str, max_length: int) -> Path:
     """Where text_embeddings caches its result: $LARGEOUT_CACHE (default
     ~/.cache/largeout)/embeddings/<key>.npy, the key a SHA-256 of the model directory's
-    files (names, sizes, modification times), max_length and the texts."""
-    h = hashlib.sha256()
-    model_dir = Path(path).resolve()
-    for f in sorted(model_dir.rglob("*")):
-        if f.is_file():
-            st = f.stat()
-            h.update(f"{f.relative_to(model_dir)}:{st.st_size}:{st.st_mtime_ns};".encode())
-    h.update(f"max_length={max_length};n={len(texts)};".encode())
+    contents (:func:`model_fingerprint`), max_length and the texts."""
+    h = hashlib.sha256(b"largeout text_embeddings v2;")
+    h.update(f"model={model_fingerprint(path)};max_length={max_length};n={len(texts)};".encode())
     for t in texts:
         h.update(t.encode("utf-8", "surrogatepass"))
         h.update(b"\0")
     root = Path(os.environ.get("LARGEOUT_CACHE") or Path.home() / ".cache" / "largeout")
     return root / "embeddings" / f"{h.hexdigest()[:32]}.npy"
+
+
+def _load_cached(target: Path, n: int) -> np.ndarray:
+    """A cached embedding array, checked: [n, d] float32, finite, rows of unit norm."""
+    fix = "; delete it (it is made again)"
+    try:
+        E = np.load(target)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"embedding cache {target}: unreadable ({e}){fix}") from None
+    if E.ndim != 2 or E.shape[0] != n or E.dtype != np.float32:
+        raise ValueError(f"embedding cache {target}: expected a float32 array of {n} rows; got {E.dtype} {E.shape}{fix}")
+    if not np.isfinite(E).all() or not np.allclose(np.linalg.norm(E, axis=1), 1.0, atol=1e-3):
+        raise ValueError(f"embedding cache {target}: expected finite rows of unit norm{fix}")
+    return E
 
 
 def text_embeddings(texts, path: str, max_length: int, device: torch.device, batch_size: int = 256,
@@ -88,10 +178,11 @@ def text_embeddings(texts, path: str, max_length: int, device: torch.device, bat
     transformers model in the local directory ``path`` (eval mode, no gradients),
     L2-normalised: the frozen sentence embedding of sentence-transformers models such as
     all-MiniLM-L6-v2. Texts go through the model sorted by length (less padding). Cached
-    on disk (see _embedding_cache_path) unless ``cache`` is false."""
+    on disk (see _embedding_cache_path; a cached array is checked before use) unless
+    ``cache`` is false."""
     target = _embedding_cache_path(texts, path, max_length) if cache else None
     if target is not None and target.exists():
-        return np.load(target)
+        return _load_cached(target, len(texts))
     encoder = HFEncoder(path, max_length, 0.0).to(device).eval()
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.zeros((len(texts), encoder.out_dim), dtype=np.float32)
@@ -101,7 +192,10 @@ def text_embeddings(texts, path: str, max_length: int, device: torch.device, bat
             e = encoder(Batch(targets=torch.empty(len(idx), 0), texts=[texts[j] for j in idx]))
             out[idx] = nn.functional.normalize(e.float(), dim=1).cpu().numpy()
     if target is not None:
-        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"LARGEOUT_CACHE: cannot make the cache folder {target.parent} ({e})") from None
         tmp = target.with_name(target.name + f".{os.getpid()}.tmp.npy")
         np.save(tmp, out)
         os.replace(tmp, target)  # atomic: a concurrent run sees the whole file or none

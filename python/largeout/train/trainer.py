@@ -19,7 +19,7 @@ from .. import metrics as M
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import Dataset, Split, batches, load_dataset
-from .model import XMCModel, build_model
+from .model import XMCModel, build_model, encoder_fingerprint
 
 __all__ = ["train", "predict_topk", "evaluate_split", "resolve_device", "xmc_bce", "positive_weights"]
 
@@ -208,15 +208,30 @@ def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
     def same(key, a, b):
         if key == "data" and a != b and "synthetic" not in (a, b) and not str(a).startswith("in-memory"):
             return Path(a).resolve() == Path(b).resolve()  # one folder named two ways
+        if key == "encoder" and a != b and ":" in str(a) and ":" in str(b):  # hf:PATH, the path named two ways
+            (pa, da), (pb, db) = (str(v).split(":", 1) for v in (a, b))
+            return pa == pb and Path(da).resolve() == Path(db).resolve()
         return a == b
 
     data = saved.get("data", "synthetic")
     unread = (("synthetic", "test_fraction") if data != "synthetic" else ()) + (
         ("val_fraction",) if str(data).startswith("in-memory") else ())  # settings such a run never reads
-    for key in _RESUME_KEYS:
+    keys = _RESUME_KEYS + (("max_length",) if cfg.reads_text else ())  # (the texts' tokens)
+    for key in keys:
         if key in saved and key not in unread and not same(key, saved[key], getattr(cfg, key)):
             raise ValueError(f"--resume: the checkpoint in {directory} was trained with {key} = {saved[key]!r}; "
                              f"this run has {key} = {getattr(cfg, key)!r}")
+
+
+def check_encoder_fingerprint(state: Dict[str, Any], cfg: TrainConfig, what: str) -> None:
+    """A checkpoint's encoder depends on files outside it (``encoder_fingerprint``): refuses
+    one whose model directory has changed since it was trained (a checkpoint from before
+    fingerprints were saved is taken as it is)."""
+    saved = state.get("encoder_fingerprint")
+    if saved is not None and saved != encoder_fingerprint(cfg.encoder, cfg.hf_path):
+        part = "files" if cfg.encoder.startswith("tfidf+hf:") else "tokenizer or config files"
+        raise ValueError(f"{what} was trained with other contents of the model directory {cfg.hf_path} (its {part} "
+                         "changed since); restore them, or train again")
 
 
 class _JsonlLog:
@@ -263,6 +278,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     if data is not None:
         _check_dataset(data)
         cfg = dataclasses.replace(cfg, data=f"in-memory: {data.source}")
+    if cfg.hf_path and not Path(cfg.hf_path).is_absolute():  # saved absolute: predict may run elsewhere
+        cfg = dataclasses.replace(cfg, encoder=cfg.encoder[: -len(cfg.hf_path)] + str(Path(cfg.hf_path).resolve()))
     torch.manual_seed(_model_seed(cfg))
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
@@ -293,7 +310,9 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     optimizer = _make_optimizer(cfg, model)
     steps_per_epoch = math.ceil(data.train.num_rows / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
-    state: Dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": []}
+    fingerprint = encoder_fingerprint(cfg.encoder, cfg.hf_path)
+    state: Dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": [],
+                             "encoder_fingerprint": fingerprint}
     # Nothing is written under `out` before the data, the model and a resumed checkpoint have loaded.
     if resume:
         _check_resumable(out / "checkpoints" / "last", cfg)
@@ -301,6 +320,8 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         fresh = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in opts]
         state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
         state.pop("optimizer", None)
+        check_encoder_fingerprint(state, cfg, f"--resume: the checkpoint in {out / 'checkpoints' / 'last'}")
+        state["encoder_fingerprint"] = fingerprint
         if state["epoch"] >= cfg.epochs:  # (a run stopped while scoring: it is scored again, its outputs rewritten)
             log(f"--resume: the checkpoint has trained {state['epoch']} epochs and epochs = {cfg.epochs}: nothing "
                 f"to train; scoring it again (raise --epochs to train more)")
