@@ -840,7 +840,7 @@ def test_hf_encoder_refuses_a_directory_it_would_train_wrongly(tmp_path):
 
     notok = _model_copy(tmp_path, "notok", skip=("vocab.txt", "tokenizer.json", "tokenizer_config.json",
                                                    "special_tokens_map.json"))
-    with pytest.raises(ValueError, match="has no tokenizer files"):
+    with pytest.raises(ValueError, match="expected the tokenizer files of this model"):
         HFEncoder(str(notok), 16, 0.0)
     part = _model_copy(tmp_path, "part")
     w = load_st(str(part / "model.safetensors"))
@@ -850,9 +850,14 @@ def test_hf_encoder_refuses_a_directory_it_would_train_wrongly(tmp_path):
     good = _minilm_dir()
     with pytest.raises(ValueError, match="max_length: expected at least 3"):
         HFEncoder(good, 2, 0.0)
-    with pytest.raises(ValueError, match=r"max_length = 600 \(its max_position_embeddings is 512\)"):
+    with pytest.raises(ValueError, match=r"max_length: expected at most 512 .*max_position_embeddings.*got 600"):
         HFEncoder(good, 600, 0.0)
-    assert HFEncoder(good, 3, 0.0).max_length == 3
+    torch.manual_seed(5)
+    want = torch.randn(3)
+    torch.manual_seed(5)
+    enc = HFEncoder(good, 3, 0.0)
+    assert enc.max_length == 3 and torch.equal(torch.randn(3), want)  # (its test batch draws no random numbers)
+    assert enc.training and not enc.model.training  # (modes as transformers and nn.Module leave them)
 
 
 def test_hf_run_refused_before_anything_is_written(tmp_path):
@@ -865,7 +870,7 @@ def test_hf_run_refused_before_anything_is_written(tmp_path):
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     cfg = load_config(None, {"data": str(d), "encoder": f"hf:{_minilm_dir()}", "max_length": 600, "device": "cpu",
                              "progress": False, "out": str(out)})
-    with pytest.raises(ValueError, match="max_length = 600"):
+    with pytest.raises(ValueError, match="max_length: expected at most 512"):
         train(cfg, log=lambda *a: None)
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -917,6 +922,16 @@ def test_hf_checkpoint_tied_to_its_model_directory(tmp_path, monkeypatch, capsys
     pred = ["predict", "--checkpoint", str(out / "checkpoints" / "best"), "--data", str(d / "test.jsonl"),
             "--out", str(tmp_path / "p.npz")]
     assert main(pred) == 0
+    (model_dir / ".cache").mkdir()
+    (model_dir / ".cache" / "x.lock").write_text("a download's lock")  # files transformers does not read
+    (model_dir / ".config.json.swp").write_text("an editor's")
+    (model_dir / "1_Pooling").mkdir(exist_ok=True)
+    (model_dir / "1_Pooling" / "config.json").write_text("{}")
+    from safetensors.torch import load_file as load_st, save_file
+
+    w = load_st(str(model_dir / "model.safetensors"))
+    save_file({k: v + 1 for k, v in w.items()}, str(model_dir / "model.safetensors"))  # hf: the checkpoint's own
+    assert main(pred) == 0
     cfg_file = model_dir / "tokenizer_config.json"
     cfg_file.write_text(cfg_file.read_text() + " ")
     capsys.readouterr()
@@ -927,6 +942,33 @@ def test_hf_checkpoint_tied_to_its_model_directory(tmp_path, monkeypatch, capsys
     assert main(resume) != 0
     assert "other contents of the model directory" in capsys.readouterr().err
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    for ck in ("best", "last"):  # a checkpoint from before fingerprints were saved is taken as it is
+        tj = out / "checkpoints" / ck / "trainer.json"
+        tj.write_text(json.dumps({k: v for k, v in json.loads(tj.read_text()).items() if k != "encoder_fingerprint"}))
+    assert main(pred) == 0
+
+
+def test_encoder_fingerprint_covers_what_the_checkpoint_does_not_hold(tmp_path):
+    """tfidf+hf: every file transformers reads (the frozen model makes the features); hf: all
+    but the weights (the checkpoint holds them). Hidden files and subfolders never count; an
+    edit that keeps size and times is still seen (ctime)."""
+    from largeout.train.model import encoder_fingerprint
+
+    m = _model_copy(tmp_path, "m")
+    fp = {e: encoder_fingerprint(e + str(m), str(m)) for e in ("hf:", "tfidf+hf:")}
+    (m / ".x.swp").write_text("x")
+    (m / "sub").mkdir()
+    (m / "sub" / "y").write_text("y")
+    assert {e: encoder_fingerprint(e + str(m), str(m)) for e in fp} == fp
+    f = m / "model.safetensors"
+    st = f.stat()
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 1
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert encoder_fingerprint("hf:" + str(m), str(m)) == fp["hf:"]
+    assert encoder_fingerprint("tfidf+hf:" + str(m), str(m)) != fp["tfidf+hf:"]
+    assert encoder_fingerprint("tfidf", "") is None
 
 
 def test_hf_data_checks(tmp_path):

@@ -121,7 +121,7 @@ def cmd_predict(args) -> int:
             state = json.loads((c / "trainer.json").read_text())
         except (OSError, ValueError):
             state = {}  # (load_checkpoint below says what is wrong with it)
-        check_encoder_fingerprint(state, cfg, f"--checkpoint {c}")
+        check_encoder_fingerprint(state if isinstance(state, dict) else {}, cfg, f"--checkpoint {c}")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
     split = load_split_files(cfgs[0], *_data_files(path, cfgs[0]))

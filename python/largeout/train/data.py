@@ -62,9 +62,16 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
         raise FileNotFoundError(f"data: {have} has no {want} (or .gz) beside it; the encoder needs both")
     if need_text and not need_features and xc is not None and js is None:
         raise FileNotFoundError(f"data: {xc} has no {part}.jsonl (or .gz) beside it; the encoder reads the texts")
+    header = None
     if need_text and not need_features and num_labels is None and xc is not None:
-        num_labels = _xc_num_labels(xc)  # the label space the XC file declares, not the largest label seen
-    return _load_files(xc, js, need_text, num_labels, need_features)
+        num_labels = header = _xc_num_labels(xc)  # the label space the XC file declares, not the largest label seen
+    try:
+        return _load_files(xc, js, need_text, num_labels, need_features)
+    except lodata.DataFormatError as e:
+        if header is None:
+            raise
+        raise lodata.DataFormatError(e.path, e.lineno, f"{e.reason} (the label space: {header} labels, "
+                                     f"the header of {xc})") from None
 
 
 def _xc_num_labels(xc: Path) -> Optional[int]:

@@ -39,30 +39,30 @@ class TfidfEncoder(nn.Module):
         return h + self.mlp(h) if self.residual else self.mlp(h)
 
 
-_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "tokenizer.model", "spiece.model",
-                    "sentencepiece.bpe.model")
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt", ".onnx")
 _fingerprints: dict = {}
 
 
 def model_fingerprint(path: str, weights: bool = True) -> str:
-    """SHA-256 over a model directory's files: relative names and contents (``weights``
-    False: the weight files left out, for a checkpoint that holds the weights itself;
-    READMEs and .gitattributes never count). Remembered per process while the files'
-    sizes, modification times and inodes stay the same."""
+    """SHA-256 over the files of a model directory that transformers reads: those at its top
+    level, but for hidden ones and READMEs (names, sizes and contents; with ``weights``
+    False, the weight files left out, for a checkpoint that holds the weights itself).
+    Remembered per process while the files' sizes, times and inodes stay the same."""
     root = Path(path).resolve()
-    files = sorted(f for f in root.rglob("*") if f.is_file() and not f.name.endswith(".md")
-                   and f.name != ".gitattributes" and (weights or not f.name.endswith(_WEIGHT_SUFFIXES)))
-    stats = tuple((str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns, f.stat().st_ino) for f in files)
+    files = sorted(f for f in root.iterdir() if f.is_file() and not f.name.startswith(".")
+                   and not f.name.endswith(".md") and (weights or not f.name.endswith(_WEIGHT_SUFFIXES)))
+    stats = tuple((f.name, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for f in files for st in [f.stat()])
     key = (str(root), weights, stats)
     if key not in _fingerprints:
         h = hashlib.sha256()
-        for f in files:
-            h.update(f"{f.relative_to(root)}\0".encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 22), b""):
-                    h.update(chunk)
-            h.update(b"\0")
+        for (name, size, *_), f in zip(stats, files):
+            h.update(f"{name}\0{size}\0".encode())
+            try:
+                with open(f, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 22), b""):
+                        h.update(chunk)
+            except OSError as e:
+                raise ValueError(f"encoder: cannot read {f} of the model directory ({e})") from None
         _fingerprints[key] = h.hexdigest()
     return _fingerprints[key]
 
@@ -81,9 +81,9 @@ class HFEncoder(nn.Module):
 
     Checked at construction, so that a run fails before it writes anything: the directory
     has tokenizer files whose vocabulary fits the model's embedding, the weights cover the
-    whole model (no part left at random initialisation; a pooler is not used), and the model
-    runs on a batch of two texts, one of ``max_length`` tokens (which also checks
-    ``max_length`` against the model's positions)."""
+    whole model (no part left at random initialisation; a pooler is not used), ``max_length``
+    leaves room for text and is within the model's positions, and the model runs on a batch
+    of two texts, one of ``max_length`` tokens (at most 1,024)."""
 
     def __init__(self, path: str, max_length: int, dropout: float) -> None:
         super().__init__()
@@ -92,8 +92,6 @@ class HFEncoder(nn.Module):
         except ImportError:
             raise ImportError("encoder = \"hf:PATH\" needs the transformers package: pip install transformers") from None
         where = f"encoder: the model directory {path}"
-        if not any((Path(path) / f).exists() for f in _TOKENIZER_FILES):
-            raise ValueError(f"{where} has no tokenizer files (expected one of {', '.join(_TOKENIZER_FILES)})")
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
         except Exception as e:  # (transformers raises many kinds)
@@ -112,9 +110,10 @@ class HFEncoder(nn.Module):
             raise ValueError(f"{where}: its weights do not cover the model its config.json describes ({bad}); "
                              "those parts would start from random values")
         vocab = getattr(model.config, "vocab_size", None)
-        if vocab and not vocab // 2 <= len(self.tokenizer) <= vocab:
+        if vocab and not vocab // 2 <= len(self.tokenizer) <= vocab:  # (no tokenizer files: transformers 5
+            # makes an empty tokenizer, every text then unknown tokens)
             raise ValueError(f"{where}: its tokenizer knows {len(self.tokenizer)} tokens and the model's embedding "
-                             f"has {vocab} rows; expected a tokenizer of this model")
+                             f"has {vocab} rows; expected the tokenizer files of this model there")
         least = self.tokenizer.num_special_tokens_to_add() + 1
         if max_length < least:
             raise ValueError(f"max_length: expected at least {least} for {path} (its {least - 1} special tokens and "
@@ -125,14 +124,17 @@ class HFEncoder(nn.Module):
         self.max_length = max_length
         self.dropout = nn.Dropout(dropout)
         self.out_dim = self.model.config.hidden_size
+        limit = getattr(model.config, "max_position_embeddings", None)
+        if limit and max_length > limit:
+            raise ValueError(f"max_length: expected at most {limit} for {path} (its max_position_embeddings); "
+                             f"got {max_length}")
+        trial = min(max_length, 1024)  # (a test batch at a long context's full length would be slow on a CPU)
         try:
             with torch.no_grad():
-                self._pool(["a", " ".join(["a"] * (2 * max_length))])  # (no dropout: no random numbers drawn)
+                self._pool(["a", " ".join(["a"] * (2 * trial))])  # (no dropout: no random numbers drawn)
         except Exception as e:
-            limit = getattr(model.config, "max_position_embeddings", None)
-            raise ValueError(f"{where}: the model does not run on texts tokenized to max_length = {max_length} "
-                             + (f"(its max_position_embeddings is {limit}) " if limit else "")
-                             + f"({type(e).__name__}: {e})") from e
+            raise ValueError(f"{where}: the model does not run on texts tokenized to {trial} tokens (max_length "
+                             f"{max_length}; {type(e).__name__}: {e})") from e
 
     def _pool(self, texts) -> torch.Tensor:
         device = next(self.model.parameters()).device

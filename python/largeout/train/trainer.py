@@ -318,7 +318,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         _check_resumable(out / "checkpoints" / "last", cfg)
         opts = optimizer.opts if isinstance(optimizer, _Optimizers) else [optimizer]
         fresh = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in opts]
-        state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
+        try:
+            state = load_checkpoint(out / "checkpoints" / "last", model, optimizer, device)
+        except RuntimeError as e:  # (load_state_dict: weights of other shapes)
+            raise ValueError(f"--resume: the checkpoint in {out / 'checkpoints' / 'last'} holds weights of other "
+                             f"shapes than this run's model (an hf encoder's label space now comes from train.txt's "
+                             f"header, which can be larger than an older run's: train again): {e}") from None
         state.pop("optimizer", None)
         check_encoder_fingerprint(state, cfg, f"--resume: the checkpoint in {out / 'checkpoints' / 'last'}")
         state["encoder_fingerprint"] = fingerprint
