@@ -995,3 +995,31 @@ def test_hf_data_checks(tmp_path):
     (d / "train.jsonl").write_text("\n".join(lines) + "\n")
     with pytest.raises(lodata.DataFormatError, match=r"train\.jsonl.*4.*no text"):
         load_dataset(cfg)
+
+
+def test_predict_reads_texts_without_labels(tmp_path, monkeypatch):
+    """`largeout predict` of an hf checkpoint on a jsonl whose examples have no "labels"
+    (new texts): the same top-k as for the same texts with labels; training still needs them."""
+    monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
+    d = tmp_path / "text"
+    _text_and_noise_features(d, np.random.default_rng(6), ["apple", "river", "engine", "violin", "planet", "doctor"],
+                             rows=(("train", 24), ("test", 8)))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(d), "--encoder", f"hf:{_minilm_dir()}", "--output", "dense", "--epochs", "1",
+                 "--batch-size", "8", "--set", "max_length=16", "--out", str(out), "--no-progress",
+                 "--device", "cpu"]) == 0
+    rows = [json.loads(line) for line in (d / "test.jsonl").read_text().splitlines()]
+    bare = tmp_path / "new.jsonl"
+    bare.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows))
+    ck = str(out / "checkpoints" / "best")
+    assert main(["predict", "--checkpoint", ck, "--data", str(bare), "--out", str(tmp_path / "a.npz")]) == 0
+    assert main(["predict", "--checkpoint", ck, "--data", str(d / "test.jsonl"), "--out", str(tmp_path / "b.npz")]) == 0
+    a, b = np.load(tmp_path / "a.npz"), np.load(tmp_path / "b.npz")
+    assert a["topk"].shape == (len(rows), 5) and np.array_equal(a["topk"], b["topk"])
+    (d / "train.jsonl").write_text("".join(json.dumps({"text": "x"}) + "\n" for _ in range(3)))
+    cfg = load_config(None, {"data": str(d), "encoder": f"hf:{_minilm_dir()}", "device": "cpu", "progress": False,
+                             "out": str(tmp_path / "run2")})
+    from largeout.train.data import load_dataset
+
+    with pytest.raises(lodata.DataFormatError, match="missing label field 'labels'"):
+        load_dataset(cfg)

@@ -124,7 +124,7 @@ def cmd_predict(args) -> int:
         check_encoder_fingerprint(state if isinstance(state, dict) else {}, cfg, f"--checkpoint {c}")
     device = resolve_device(args.device or cfgs[0].device)
     path = Path(args.data)
-    split = load_split_files(cfgs[0], *_data_files(path, cfgs[0]))
+    split = load_split_files(cfgs[0], *_data_files(path, cfgs[0]), labels_optional=True)
     if split is None:  # (not reached: _data_files gives the files the encoder reads)
         raise SystemExit(f"cannot read {path}: expected NAME.txt (XC format) or NAME.jsonl")
     num_features = split.X.shape[1] if split.X is not None else 0

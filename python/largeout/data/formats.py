@@ -510,6 +510,7 @@ def read_jsonl(
     label_field: str = "target_ind",
     num_labels: Optional[int] = None,
     require_text: bool = False,
+    require_labels: bool = True,
 ) -> Tuple[list, sp.csr_matrix]:
     """Read a raw-text dataset: one JSON object per line (LF-Amazon-131K's
     ``trn.json`` style), plain or ``.gz``.
@@ -518,7 +519,8 @@ def read_jsonl(
     missing or ``null`` field counts as ``""``); its labels are the list of
     non-negative integers under ``label_field``. Blank lines are skipped. With
     ``require_text``, an example with none of ``text_fields`` (missing or ``null``) is an
-    error instead.
+    error instead; without ``require_labels``, an example without ``label_field`` has no
+    labels (texts to predict for).
 
     Returns ``(texts, Y)``: ``texts`` a list of ``str``, ``Y`` CSR float32
     ``[len(texts), num_labels]``; ``num_labels`` defaults to the largest label + 1.
@@ -574,9 +576,9 @@ def read_jsonl(
                 pieces.append(v)
             if require_text and all(obj.get(name) is None for name in text_fields):
                 raise DataFormatError(path, lineno, f"no text: none of the fields {list(text_fields)} is there")
-            if label_field not in obj:
+            if label_field not in obj and require_labels:
                 raise DataFormatError(path, lineno, f"missing label field {label_field!r}")
-            labs = obj[label_field]
+            labs = obj.get(label_field, [])
             if not isinstance(labs, list):
                 raise DataFormatError(
                     path, lineno, f"label field {label_field!r} is a {type(labs).__name__}, not a list"

@@ -87,14 +87,15 @@ def _xc_num_labels(xc: Path) -> Optional[int]:
 
 
 def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_labels: Optional[int],
-                need_features: bool = True) -> Optional[Split]:
+                need_features: bool = True, labels_optional: bool = False) -> Optional[Split]:
     """The split in the XC file ``xc`` and/or the jsonl file ``js``, those the encoder
-    needs; None when one it needs is None."""
+    needs; None when one it needs is None. ``labels_optional``: jsonl examples may lack
+    "labels" (texts to predict for)."""
     if need_text and not need_features:
         if js is None:
             return None
         texts, Y = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=num_labels,
-                                     require_text=True)
+                                     require_text=True, require_labels=not labels_optional)
         return Split(Y=Y, texts=texts)
     if xc is None:
         return None
@@ -104,7 +105,9 @@ def _load_files(xc: Optional[Path], js: Optional[Path], need_text: bool, num_lab
     if js is None:
         return None
     texts, Yj = lodata.read_jsonl(js, text_fields=("text",), label_field="labels", num_labels=Y.shape[1],
-                                  require_text=True)
+                                  require_text=True, require_labels=not labels_optional)
+    if labels_optional and Yj.nnz == 0:  # (a jsonl of texts only: the XC file's labels stand)
+        Yj = Y if len(texts) == Y.shape[0] else Yj
     if len(texts) != Y.shape[0] or (Yj != Y).nnz:
         raise ValueError(f"data: {js} and {xc} must hold the same examples in the same order "
                          f"({len(texts)} vs {Y.shape[0]} rows{', different labels' if len(texts) == Y.shape[0] else ''})")
@@ -119,10 +122,12 @@ def load_split(cfg: TrainConfig, directory: Path, part: str, num_labels: Optiona
 
 
 def load_split_files(cfg: TrainConfig, xc: Optional[Path], js: Optional[Path],
-                     num_labels: Optional[int] = None) -> Optional[Split]:
+                     num_labels: Optional[int] = None, labels_optional: bool = False) -> Optional[Split]:
     """As :func:`load_split`, from the files named: ``xc`` (XC format) and/or ``js``
-    (jsonl), those the config's encoder reads; None when one it needs is None."""
-    return _with_embeddings(cfg, _load_files(xc, js, cfg.reads_text, num_labels, cfg.reads_features))
+    (jsonl), those the config's encoder reads; None when one it needs is None.
+    ``labels_optional``: jsonl examples may lack "labels" (``largeout predict``)."""
+    return _with_embeddings(cfg, _load_files(xc, js, cfg.reads_text, num_labels, cfg.reads_features,
+                                             labels_optional))
 
 
 def _with_embeddings(cfg: TrainConfig, split: Optional[Split]) -> Optional[Split]:
