@@ -489,6 +489,13 @@ def read_xc(path: PathLike) -> Tuple[sp.csr_matrix, sp.csr_matrix]:
     return feats.csr(n, d), labels.csr(n, l)
 
 
+def read_xc_header(path: PathLike) -> Tuple[int, int, int]:
+    """``(N, D, L)`` from the header line of an XC file (plain or ``.gz``), without reading
+    the examples; :class:`DataFormatError` for a missing or bad header, as :func:`read_xc`."""
+    with _open_text(path) as f:
+        return _read_header(path, _lines(path, f), ("N", "D", "L"))
+
+
 def read_sparse_matrix(path: PathLike) -> sp.csr_matrix:
     """Read a sparse matrix file such as the LF datasets' ``trn_X_Y.txt``.
 

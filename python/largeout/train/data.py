@@ -11,6 +11,7 @@ import scipy.sparse as sp
 import torch
 
 from .. import data as lodata
+from ..data.formats import read_xc_header
 from ..metrics import inverse_propensity
 from .config import TrainConfig
 
@@ -76,13 +77,9 @@ def _load_split(directory: Path, part: str, need_text: bool, num_labels: Optiona
 
 def _xc_num_labels(xc: Path) -> Optional[int]:
     """L of an XC file's header line ``N D L`` (None if it has no such header)."""
-    import gzip
-
     try:
-        with (gzip.open(xc, "rt") if str(xc).endswith(".gz") else open(xc)) as f:
-            head = f.readline().split()
-        return int(head[2]) if len(head) == 3 else None
-    except (OSError, ValueError, UnicodeDecodeError):
+        return read_xc_header(xc)[2]
+    except (OSError, lodata.DataFormatError):
         return None
 
 
