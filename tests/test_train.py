@@ -11,7 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from largeout import data as lodata
 from largeout import metrics as M
@@ -834,8 +834,6 @@ def test_hf_encoder_refuses_a_directory_it_would_train_wrongly(tmp_path):
     unknown tokens), weights that leave part of the model at random values, a max_length
     that leaves no room for text or exceeds the model's positions: each is refused at
     construction, naming what is wrong."""
-    from safetensors.torch import load_file as load_st, save_file
-
     from largeout.train.model import HFEncoder
 
     notok = _model_copy(tmp_path, "notok", skip=("vocab.txt", "tokenizer.json", "tokenizer_config.json",
@@ -843,7 +841,7 @@ def test_hf_encoder_refuses_a_directory_it_would_train_wrongly(tmp_path):
     with pytest.raises(ValueError, match="expected the tokenizer files of this model"):
         HFEncoder(str(notok), 16, 0.0)
     part = _model_copy(tmp_path, "part")
-    w = load_st(str(part / "model.safetensors"))
+    w = load_file(str(part / "model.safetensors"))
     save_file({k: v for k, v in w.items() if "layer.5." not in k}, str(part / "model.safetensors"))
     with pytest.raises(ValueError, match="do not cover the model"):
         HFEncoder(str(part), 16, 0.0)
@@ -879,14 +877,12 @@ def test_embedding_cache_keyed_by_contents_and_checked(tmp_path, monkeypatch):
     """Two model directories with equal file names, sizes and times but other weights get
     other cache entries (the key hashed sizes and times before); a cached array that does
     not fit is refused with its file named."""
-    from safetensors.torch import load_file as load_st, save_file
-
     from largeout.train.model import _embedding_cache_path, text_embeddings
 
     monkeypatch.setenv("LARGEOUT_CACHE", str(tmp_path / "cache"))
     a = _model_copy(tmp_path, "a")
     b = _model_copy(tmp_path, "b")
-    w = load_st(str(b / "model.safetensors"))
+    w = load_file(str(b / "model.safetensors"))
     key = next(k for k in w if k.endswith("word_embeddings.weight"))
     w[key] = w[key] + 0.01
     save_file(w, str(b / "model.safetensors"), metadata={"format": "pt"})
@@ -927,9 +923,7 @@ def test_hf_checkpoint_tied_to_its_model_directory(tmp_path, monkeypatch, capsys
     (model_dir / ".config.json.swp").write_text("an editor's")
     (model_dir / "1_Pooling").mkdir(exist_ok=True)
     (model_dir / "1_Pooling" / "config.json").write_text("{}")
-    from safetensors.torch import load_file as load_st, save_file
-
-    w = load_st(str(model_dir / "model.safetensors"))
+    w = load_file(str(model_dir / "model.safetensors"))
     save_file({k: v + 1 for k, v in w.items()}, str(model_dir / "model.safetensors"))  # hf: the checkpoint's own
     assert main(pred) == 0
     cfg_file = model_dir / "tokenizer_config.json"
