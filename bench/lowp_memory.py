@@ -7,8 +7,9 @@ For each variant, on a fresh CUDA allocator state: build the layer (H=768 inputs
 labels), run forward on a [B, 768] batch, a loss (sum of the logits, so every logit gets a
 gradient), backward and one optimizer step, keeping the gradients. Reported, divided by L:
 ``persistent`` = torch.cuda.memory_allocated() after the step (weights, bias, gradients,
-optimizer state), ``peak`` = torch.cuda.max_memory_allocated() over the step (adds the
-[B, L] logits and their gradient, and transients such as the bf16 copy of fp8 weights).
+optimizer state, and buffers such as the fp8 layers' per-label scales), ``peak`` =
+torch.cuda.max_memory_allocated() over the step (adds the [B, L] logits and their
+gradient, and transients such as the bf16 copy of fp8 weights).
 """
 
 from __future__ import annotations
@@ -33,9 +34,9 @@ def variants(L: int):
         layer = torch.nn.Linear(H, L, device="cuda")
         return layer, torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=True), torch.float32, True
 
-    def dense_low(wdt):
+    def dense_low(wdt, scale=None):
         def make():
-            layer = Linear(H, L, weight_dtype=wdt, device="cuda")
+            layer = Linear(H, L, weight_dtype=wdt, device="cuda", weight_scale=scale)
             return layer, lo_optim.SGD(layer.parameters(), lr=1e-2), torch.bfloat16, False
         return make
 
@@ -43,9 +44,9 @@ def variants(L: int):
         layer = GroupSparseLinear(H, L, 128, 32, device="cuda")
         return layer, torch.optim.AdamW(layer.parameters(), lr=1e-3, fused=True), torch.float32, False
 
-    def gs_low(wdt):
+    def gs_low(wdt, scale=None):
         def make():
-            layer = GroupSparseLinear(H, L, 128, 32, device="cuda", weight_dtype=wdt)
+            layer = GroupSparseLinear(H, L, 128, 32, device="cuda", weight_dtype=wdt, weight_scale=scale)
             return layer, lo_optim.SGD(layer.parameters(), lr=1e-2), torch.bfloat16, False
         return make
 
@@ -53,9 +54,12 @@ def variants(L: int):
         ("dense, fp32 weights + AdamW (fp32 state), bf16 autocast", dense_fp32),
         ("dense, bf16 weights + SR SGD (largeout.optim)", dense_low(torch.bfloat16)),
         ("dense, fp8 e4m3 weights + SR SGD (bf16 gradient)", dense_low(torch.float8_e4m3fn)),
+        ("dense, fp8 e4m3 weights, per-label scale + SR SGD (bf16 gradient)", dense_low(torch.float8_e4m3fn, "label")),
         ("group-sparse K=128, fp32 weights + AdamW (fp32 state)", gs_fp32),
         ("group-sparse K=128, bf16 weights + SR SGD", gs_low(torch.bfloat16)),
         ("group-sparse K=128, fp8 e4m3 weights + SR SGD (bf16 gradient)", gs_low(torch.float8_e4m3fn)),
+        ("group-sparse K=128, fp8 e4m3 weights, per-label scale + SR SGD (bf16 gradient)",
+         gs_low(torch.float8_e4m3fn, "label")),
     ]
 
 
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
     for name, make in variants(args.labels):
         r = {"variant": name, **measure(make, args.batch, args.labels)}
         rows.append(r)
-        print(f"{name:62s} persistent {r['persistent_bytes_per_label']:8.0f} B/label, "
+        print(f"{name:72s} persistent {r['persistent_bytes_per_label']:8.0f} B/label, "
               f"peak {r['peak_bytes_per_label']:8.0f} B/label", flush=True)
     out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "largeout": largeout.build_info(),
            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "H": H, "L": args.labels, "B": args.batch,
