@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build largeout, run the GPU tests and the benchmarks.
-# Logs and JSON go to $OUT.
+# Logs and JSON go to $OUT. The ignored folders some modes carry (.whl, .qdata, .mdla, .mdlb) are made on a new
+# machine by bench/carry_prepare.sh.
 #
 #   bash bench/run_device.sh [full|quick|tests|sm90]
 #     sm90   build, the Hopper-kernel tests, memcheck on them, the headline benchmark
