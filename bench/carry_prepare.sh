@@ -6,6 +6,9 @@
 #   .mdla/ .mdlb/  all-MiniLM-L6-v2 cut to the glosses' word pieces (bench/minilm_prune.py),
 #            as a tar in two halves (.mdlb also holds its sha256): a call carries 64 MiB with
 #            the tree, so one call brings .mdla (copied to /tmp/mdl there), a warm follow-up .mdlb
+#   .oofc/   the one-call bundle of run_device.sh's oofft mode: the wheel's CUTLASS include/ folder
+#            and the model's tar, both xz-compressed, with the wordnet jsonl (about 38 MiB: with the
+#            tree it fits one call's 64 MiB, carried without .whl)
 #
 #   bash bench/carry_prepare.sh [WORK]     (WORK: scratch folder, default /tmp/carry)
 #
@@ -17,7 +20,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-/tmp/carry}
-for d in .whl .qdata .mdla .mdlb; do
+for d in .whl .qdata .mdla .mdlb .oofc; do
   grep -qx "/$d/" .git/info/exclude 2>/dev/null || echo "/$d/" >> .git/info/exclude
 done
 [ -d /usr/share/wordnet ] || { echo "carry_prepare: /usr/share/wordnet is missing (apt-get install wordnet-base)" >&2; exit 1; }
@@ -59,7 +62,14 @@ if got != want:
 print("cut model: model_sha256 matches bench/results/xmc_quality_wordnet_ft_s44_h100.json")
 EOF
 (cd "$WORK" && tar cf mlwn.tar mlwn && split -n 2 -d mlwn.tar mlwn.tar.part && sha256sum mlwn.tar > mlwn.tar.sha256)
+rm -rf .oofc && mkdir -p .oofc/wordnet
+cp .qdata/wordnet/*.jsonl.gz .oofc/wordnet/
+cp "$WORK/mlwn.tar.sha256" .oofc/
+xz -9 -T2 -c "$WORK/mlwn.tar" > .oofc/mlwn.tar.xz
+rm -rf "$WORK/cutlass" && mkdir "$WORK/cutlass"
+python3 -m zipfile -e .whl/nvidia_cutlass-*.whl "$WORK/cutlass"
+tar cJf .oofc/cutlass_include.tar.xz -C "$WORK/cutlass/cutlass_library/source" include
 rm -rf .mdla .mdlb && mkdir .mdla .mdlb
 mv "$WORK/mlwn.tar.part00" .mdla/
 mv "$WORK/mlwn.tar.part01" "$WORK/mlwn.tar.sha256" .mdlb/
-du -sh .whl .qdata .mdla .mdlb
+du -sh .whl .qdata .mdla .mdlb .oofc

@@ -24,7 +24,8 @@
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     oofft  build, then bench/xmc_rank_oof.py --encoder ft on the GPU (issue 3: the rank-1 rule chosen on
 #            cross-fitted predictions of the fine-tuned MiniLM; carry .qdata and .mdlb after a call that carried .mdla
-#            and copied it to /tmp/mdl; fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG;
+#            and copied it to /tmp/mdl, or in one call carry .oofc alone (CUTLASS headers, model and jsonl; no .whl);
+#            fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG;
 #            OOF_PARALLEL: folds trained at once, default 5)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -202,7 +203,14 @@ if [ "$MODE" = optvar ]; then  # session 35: variants of the optimizer kernel so
 fi
 
 # CUTLASS headers from the carried, pinned wheel.
-python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
+# Or, where no .whl is carried, the wheel's include/ folder from .oofc/ (bench/carry_prepare.sh: the one-call bundle).
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
+else
+  mkdir -p /tmp/cutlass/cutlass_library/source
+  python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .oofc/cutlass_include.tar.xz \
+    /tmp/cutlass/cutlass_library/source || exit 1
+fi
 export CUTLASS_DIR=/tmp/cutlass/cutlass_library/source
 
 if [ "$MODE" = tmaprobe ]; then  # session 26: TMA boxes whose innermost start is off 16 bytes, each case in its
@@ -1038,6 +1046,14 @@ fi
 # The cut MiniLM of bench/minilm_prune.py, carried as a tar in two halves (a call carries 64 MiB with the tree):
 # .mdla/ by an earlier call on this machine (which copied it to /tmp/mdl), .mdlb/ by this one -> $XMC_MINILM_WN
 assemble_minilm() {
+  if [ -d .oofc ]; then  # the one-call bundle: the whole tar, xz-compressed
+    mkdir -p /tmp/mdl
+    python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
+      .oofc/mlwn.tar.xz /tmp/mdl/mlwn.tar || return 1
+    (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.oofc/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
+    tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
+    return
+  fi
   [ -d .mdlb ] || return 0
   cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar || return 1
   (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.mdlb/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
@@ -1047,13 +1063,16 @@ assemble_minilm() {
 if [ "$MODE" = oofft ]; then  # issue 3: bench/xmc_rank_oof.py --encoder ft (fold models kept in /tmp/oofft: a
   # later warm call continues where an earlier one stopped); .qdata/wordnet's jsonl, the model as assemble_minilm
   mkdir -p /tmp/q/wordnet
-  for f in train test; do gunzip -c ".qdata/wordnet/$f.jsonl.gz" > "/tmp/q/wordnet/$f.jsonl"; done
+  qd=.qdata; [ -d .oofc ] && qd=.oofc  # (the one-call bundle holds the jsonl too)
+  for f in train test; do gunzip -c "$qd/wordnet/$f.jsonl.gz" > "/tmp/q/wordnet/$f.jsonl"; done
   assemble_minilm || exit 1
   echo "== xmc_rank_oof --encoder ft"
   rm -f /tmp/oofft/dump.npz  # (an earlier call's)
   LARGEOUT_CACHE=/tmp/oofft/cache timeout ${OOF_BUDGET:-560} python3 bench/xmc_rank_oof.py --data /tmp/q/wordnet \
     --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" --encoder ft --device cuda \
     --parallel-folds ${OOF_PARALLEL:-5} --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.log" | tail -30
+  pkill -f "xmc_rank_oof.py.*--only-fold" 2>/dev/null  # (workers left by the timeout: their folds start anew later)
+  mkdir -p "$OUT/oofft_fold_logs${OOF_TAG:-}" && cp /tmp/oofft/work/fold*.log "$OUT/oofft_fold_logs${OOF_TAG:-}/" 2>/dev/null
   if [ -f "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" ] && [ -f /tmp/oofft/dump.npz ]; then
     cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump${OOF_TAG:-}.npz"
   fi
