@@ -206,10 +206,12 @@ fi
 # Or, where no .whl is carried, the wheel's include/ folder from .oofc/ (bench/carry_prepare.sh: the one-call bundle).
 if [ -d .whl ]; then
   python3 -m pip install -q --no-index --no-deps --target /tmp/cutlass .whl/nvidia_cutlass-*.whl || exit 1
-else
+elif [ -f .oofc/cutlass_include.tar.xz ]; then
   mkdir -p /tmp/cutlass/cutlass_library/source
   python3 -c "import tarfile, sys; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" .oofc/cutlass_include.tar.xz \
     /tmp/cutlass/cutlass_library/source || exit 1
+else
+  echo "run_device: no CUTLASS headers: carry .whl (or .oofc), made by bench/carry_prepare.sh" >&2; exit 1
 fi
 export CUTLASS_DIR=/tmp/cutlass/cutlass_library/source
 
