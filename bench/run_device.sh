@@ -1046,19 +1046,22 @@ if [ "$MODE" = evidence ]; then  # issue 5: measured memory per label, convergen
 fi
 
 # The cut MiniLM of bench/minilm_prune.py, carried as a tar in two halves (a call carries 64 MiB with the tree):
-# .mdla/ by an earlier call on this machine (which copied it to /tmp/mdl), .mdlb/ by this one -> $XMC_MINILM_WN
+# .mdla/ by an earlier call on this machine (which copied it to /tmp/mdl), .mdlb/ by this one; or whole and
+# xz-compressed in .oofc/ (the one-call bundle) -> $XMC_MINILM_WN
 assemble_minilm() {
-  if [ -d .oofc ]; then  # the one-call bundle: the whole tar, xz-compressed
-    mkdir -p /tmp/mdl
+  local from
+  mkdir -p /tmp/mdl
+  if [ -d .oofc ]; then
+    from=.oofc
     python3 -c "import lzma, shutil, sys; shutil.copyfileobj(lzma.open(sys.argv[1]), open(sys.argv[2], 'wb'))" \
       .oofc/mlwn.tar.xz /tmp/mdl/mlwn.tar || return 1
-    (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.oofc/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
-    tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
-    return
+  elif [ -d .mdlb ]; then
+    from=.mdlb
+    cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar || return 1
+  else
+    return 0
   fi
-  [ -d .mdlb ] || return 0
-  cat /tmp/mdl/mlwn.tar.part00 .mdlb/mlwn.tar.part01 > /tmp/mdl/mlwn.tar || return 1
-  (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/.mdlb/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
+  (cd /tmp/mdl && echo "$(cut -d' ' -f1 "$OLDPWD/$from/mlwn.tar.sha256")  mlwn.tar" | sha256sum -c -) || return 1
   tar xf /tmp/mdl/mlwn.tar -C /tmp/mdl && export XMC_MINILM_WN=/tmp/mdl/mlwn
 }
 
