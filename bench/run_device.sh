@@ -25,7 +25,8 @@
 #     oofft  build, then bench/xmc_rank_oof.py --encoder ft on the GPU (issue 3: the rank-1 rule chosen on
 #            cross-fitted predictions of the fine-tuned MiniLM; carry .qdata and .mdlb after a call that carried .mdla
 #            and copied it to /tmp/mdl, or in one call carry .oofc alone (CUTLASS headers, model and jsonl; no .whl);
-#            fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG;
+#            fold models kept in /tmp/oofft for a later warm call; OOF_BUDGET s, OOF_TAG; the fold logs and the
+#            dump's SHA-256 in oofft_logs$OOF_TAG.tgz, the dump in parts in oofft_dump$OOF_TAG/ (8 files: add none);
 #            OOF_PARALLEL: folds trained at once, default 5)
 #     evidence build, bench/lowp_memory.py and bench/lowp_evidence.py (issue 5)
 #     quality build, the fused optimizer benchmark (unless BENCH=0), then bench/xmc_quality.py for our trainer on
@@ -1077,10 +1078,15 @@ if [ "$MODE" = oofft ]; then  # issue 3: bench/xmc_rank_oof.py --encoder ft (fol
     --work /tmp/oofft/work --out "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" --encoder ft --device cuda \
     --parallel-folds ${OOF_PARALLEL:-5} --dump /tmp/oofft/dump.npz 2>&1 | grep -v "Warning\|Loading weights" | tee "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.log" | tail -30
   pkill -f "xmc_rank_oof.py.*--only-fold" 2>/dev/null  # (workers left by the timeout: their folds start anew later)
-  mkdir -p "$OUT/oofft_fold_logs${OOF_TAG:-}" && cp /tmp/oofft/work/fold*.log "$OUT/oofft_fold_logs${OOF_TAG:-}/" 2>/dev/null
+  # At most 8 files of 16 MiB come back: device.txt, build.log, the JSON and its log, the fold logs and the
+  # dump's SHA-256 as one tar, the dump (~35 MB) in three 15 MiB parts (here: cat them, sha256sum -c); so the
+  # caller should add no file of its own to $OUT.
+  rm -f /tmp/oofft/work/dump.sha256
   if [ -f "$OUT/wordnet_rank_oof_ft${OOF_TAG:-}.json" ] && [ -f /tmp/oofft/dump.npz ]; then
-    cp /tmp/oofft/dump.npz "$OUT/wordnet_rank_oof_ft_dump${OOF_TAG:-}.npz"
+    d="$OUT/oofft_dump${OOF_TAG:-}" && mkdir -p "$d" && split -b 15m -d /tmp/oofft/dump.npz "$d/part" \
+      && (cd /tmp/oofft && sha256sum dump.npz) > /tmp/oofft/work/dump.sha256
   fi
+  (cd /tmp/oofft/work && tar czf "$OUT/oofft_logs${OOF_TAG:-}.tgz" fold*.log dump.sha256 2>/dev/null)
   exit 0
 fi
 
