@@ -1,6 +1,7 @@
 """Drop-in modules."""
 
+from .ddp import DistributedDataParallel
 from .group_sparse import GroupSparseLinear, random_group_indices
 from .linear import Linear
 
-__all__ = ["GroupSparseLinear", "Linear", "random_group_indices"]
+__all__ = ["DistributedDataParallel", "GroupSparseLinear", "Linear", "random_group_indices"]

@@ -1,0 +1,205 @@
+"""largeout.nn.DistributedDataParallel: models with fp8 layers trained data-parallel.
+
+Two processes on gloo (CPU; with a GPU, both ranks on it). Each rank starts from weights
+of its own seed and trains on batches of its own; the checks compare every rank's state
+with a reference computed in one process from all ranks' batches."""
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import largeout
+
+WORLD = 2
+E4M3 = torch.float8_e4m3fn
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _model(seed: int, device: str) -> torch.nn.Module:
+    """An encoder (bf16, DDP's own buckets) and two fp8 heads (ours), summed."""
+    torch.manual_seed(seed)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = torch.nn.Linear(24, 64, dtype=torch.bfloat16)
+            self.dense = largeout.nn.Linear(64, 37, weight_dtype=E4M3, weight_scale="label")
+            self.sparse = largeout.nn.GroupSparseLinear(64, 37, fan_in=16, group_size=16, weight_dtype=E4M3)
+
+        def forward(self, x):
+            h = torch.tanh(self.enc(x))
+            return self.dense(h).float() + self.sparse(h).float()
+
+    return Net().to(device)
+
+
+def _batch(rank: int, step: int, device: str):
+    g = torch.Generator().manual_seed(1000 * step + rank)
+    return torch.randn(5 + rank, 24, generator=g, dtype=torch.bfloat16).to(device), torch.randn(5 + rank, 37, generator=g).to(device)
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).sum()
+
+
+def _same_on_every_rank(t: torch.Tensor) -> bool:
+    """Whether every rank holds these bytes (gathered on the CPU: gloo gathers CPU tensors only)."""
+    mine = (t.view(torch.uint8) if t.dtype == E4M3 else t).detach().contiguous().cpu()
+    every = [torch.empty_like(mine) for _ in range(WORLD)]
+    dist.all_gather(every, mine)
+    return all(torch.equal(e, every[0]) for e in every)
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _reference_grads_of(rank, device, steps):
+    """The gradients rank's first `steps` batches give rank 0's initial model, summed, in float32."""
+    m = _model(0, device)
+    for s in range(steps):
+        _loss(m, *_batch(rank, s, device)).backward()
+    return {n: g.float() for n, g in _grads(m).items()}
+
+
+def _reference_grads(device, steps):
+    """The average over ranks of _reference_grads_of (what DDP's buckets give)."""
+    per_rank = [_reference_grads_of(r, device, steps) for r in range(WORLD)]
+    return {n: sum(g[n] for g in per_rank) / WORLD for n in per_rank[0]}
+
+
+def _worker(rank: int, port: int, device: str, errors):
+    try:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+        model = _model(rank, device)  # different weights on each rank before the wrap
+        ddp = largeout.nn.DistributedDataParallel(model)
+
+        # 1. The construction gives every rank rank 0's weights, the fp8 ones byte for byte.
+        ref0 = _model(0, device)
+        for (n, p), q in zip(model.named_parameters(), ref0.parameters()):
+            assert torch.equal(p.detach().view(torch.uint8) if p.dtype == E4M3 else p.detach(),
+                               q.detach().view(torch.uint8) if q.dtype == E4M3 else q.detach()), n
+        for (n, b), c in zip(model.named_buffers(), ref0.buffers()):  # (DDP's own broadcast)
+            assert torch.equal(b, c), n
+        assert model.dense.weight.grad is None
+
+        # 2. Two micro-batches under no_sync, then a synced one: every gradient is the
+        #    average over ranks of each rank's summed gradients.
+        calls = []  # the fp8 gradients' all-reduces (DDP's own buckets do not go through dist.all_reduce)
+        all_reduce = dist.all_reduce
+        dist.all_reduce = lambda t, *a, **k: calls.append(t.shape) or all_reduce(t, *a, **k)
+        with ddp.no_sync():
+            _loss(ddp, *_batch(rank, 0, device)).backward()
+            _loss(ddp, *_batch(rank, 1, device)).backward()
+        assert calls == [], calls  # accumulated locally
+        local = _grads(model)  # (their dtypes)
+        _loss(ddp, *_batch(rank, 2, device)).backward()
+        dist.all_reduce = all_reduce
+        assert sorted(calls) == sorted([model.dense.weight.shape, model.sparse.weight.shape]), calls
+        want = _reference_grads(device, 3)
+        got = _grads(model)
+        assert set(got) == set(want)
+        for n in want:
+            assert got[n].dtype == local[n].dtype, n
+            tol = 2 ** -7 * float(want[n].abs().max())
+            torch.testing.assert_close(got[n].float(), want[n], rtol=0, atol=tol, msg=n)
+        # (a rank-local gradient would fail this: the ranks' batches differ)
+        own = _reference_grads_of(rank, device, 3)
+        assert not torch.allclose(own["dense.weight"], want["dense.weight"], atol=1e-3)
+        for n, g in got.items():
+            assert _same_on_every_rank(g), n
+
+        # 3. An fp8 SGD step with the same seed on every rank keeps the weights identical.
+        opt = largeout.optim.SGD(model.parameters(), lr=0.05, seed=7)
+        opt.step()
+        opt.zero_grad()
+        for n, p in model.named_parameters():
+            assert _same_on_every_rank(p), n
+        assert not torch.equal(model.sparse.weight.view(torch.uint8), ref0.sparse.weight.view(torch.uint8))  # it moved
+
+        # 4. A forward under no_grad then a training step still averages (the flag is per forward).
+        with torch.no_grad():
+            ddp(_batch(rank, 3, device)[0])
+        _loss(ddp, *_batch(rank, 4, device)).backward()
+        assert _same_on_every_rank(model.dense.weight.grad) and _same_on_every_rank(model.sparse.weight.grad)
+        dist.destroy_process_group()
+    except BaseException as e:  # reported to the test in the parent
+        errors.put(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ddp_averages_fp8_gradients_and_keeps_ranks_equal(device):
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, device, errors)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    msgs = []
+    while not errors.empty():
+        msgs.append(errors.get())
+    assert not msgs, "\n".join(msgs)
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+
+
+def test_torch_ddp_alone_refuses_an_fp8_weight():
+    """Why the class exists: torch's DDP fails at construction on such a model (gloo)."""
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = _free_port()
+    procs = [ctx.Process(target=_torch_ddp_worker, args=(r, port, errors)) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    msgs = []
+    while not errors.empty():
+        msgs.append(errors.get())
+    assert len(msgs) == WORLD and all("raised" in m for m in msgs), msgs
+
+
+def _torch_ddp_worker(rank: int, port: int, errors):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(_model(0, "cpu"))
+        _loss(ddp, *_batch(rank, 0, "cpu")).backward()
+        errors.put(f"rank {rank}: no error")
+    except RuntimeError as e:
+        errors.put(f"rank {rank}: raised {e}")
+    dist.destroy_process_group()
+
+
+def test_without_fp8_parameters_it_is_torch_ddp():
+    """No fp8 parameter: nothing is ignored or hooked (a one-rank group)."""
+    port = _free_port()
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=0, world_size=1)
+    try:
+        m = torch.nn.Sequential(torch.nn.Linear(4, 6), largeout.nn.Linear(6, 9))
+        ddp = largeout.nn.DistributedDataParallel(m)
+        assert ddp._fp8_params == [] and not hasattr(m, "_ddp_params_and_buffers_to_ignore")
+        ddp(torch.randn(3, 4)).sum().backward()
+        assert all(p.grad is not None for p in m.parameters())
+    finally:
+        dist.destroy_process_group()
