@@ -139,42 +139,37 @@ def _worker(rank: int, port: int, device: str, errors):
         raise
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_ddp_averages_fp8_gradients_and_keeps_ranks_equal(device):
+def _run_ranks(target, *args, timeout: float):
+    """Runs target(rank, port, *args, messages) in WORLD spawned processes; returns the
+    messages they put and their exit codes (a process still running at the timeout is killed)."""
     ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
+    messages = ctx.SimpleQueue()
     port = _free_port()
-    procs = [ctx.Process(target=_worker, args=(r, port, device, errors)) for r in range(WORLD)]
+    procs = [ctx.Process(target=target, args=(r, port, *args, messages)) for r in range(WORLD)]
     for p in procs:
         p.start()
     for p in procs:
-        p.join(timeout=300)
+        p.join(timeout=timeout)
     for p in procs:
         if p.is_alive():
             p.kill()
-    msgs = []
-    while not errors.empty():
-        msgs.append(errors.get())
-    assert not msgs, "\n".join(msgs)
-    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+            p.join()
+    out = []
+    while not messages.empty():
+        out.append(messages.get())
+    return out, [p.exitcode for p in procs]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_ddp_averages_fp8_gradients_and_keeps_ranks_equal(device):
+    errors, codes = _run_ranks(_worker, device, timeout=300)
+    assert not errors, "\n".join(errors)
+    assert codes == [0] * WORLD, codes
 
 
 def test_torch_ddp_alone_refuses_an_fp8_weight():
     """Why the class exists: torch's DDP fails at construction on such a model (gloo)."""
-    ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
-    port = _free_port()
-    procs = [ctx.Process(target=_torch_ddp_worker, args=(r, port, errors)) for r in range(WORLD)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-    msgs = []
-    while not errors.empty():
-        msgs.append(errors.get())
+    msgs, _ = _run_ranks(_torch_ddp_worker, timeout=120)
     assert len(msgs) == WORLD and all("raised" in m for m in msgs), msgs
 
 
