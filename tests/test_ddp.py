@@ -25,22 +25,45 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+class Net(torch.nn.Module):
+    """An encoder (bf16, DDP's own buckets) and four fp8 heads (ours), summed: a dense one,
+    two group-sparse ones of one shape and a third whose weight is the first's (a tied
+    parameter, two names), called in reverse order where swap is set (so autograd reaches
+    them in another order)."""
+
+    def __init__(self):
+        super().__init__()
+        self.enc = torch.nn.Linear(24, 64, dtype=torch.bfloat16)
+        self.dense = largeout.nn.Linear(64, 37, weight_dtype=E4M3, weight_scale="label")
+        self.sparse = largeout.nn.GroupSparseLinear(64, 37, fan_in=16, group_size=16, weight_dtype=E4M3)
+        self.sparse2 = largeout.nn.GroupSparseLinear(64, 37, fan_in=16, group_size=16, weight_dtype=E4M3)
+        self.tied = largeout.nn.GroupSparseLinear(64, 37, fan_in=16, group_size=16, weight_dtype=E4M3)
+        self.tied.weight = self.sparse.weight
+        self.swap = False
+
+    def forward(self, x):
+        h = torch.tanh(self.enc(x))
+        heads = [self.dense, self.sparse, self.sparse2, self.tied]
+        out = 0
+        for m in heads[::-1] if self.swap else heads:
+            out = out + m(h).float()
+        return out
+
+
 def _model(seed: int, device: str) -> torch.nn.Module:
-    """An encoder (bf16, DDP's own buckets) and two fp8 heads (ours), summed."""
     torch.manual_seed(seed)
-
-    class Net(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.enc = torch.nn.Linear(24, 64, dtype=torch.bfloat16)
-            self.dense = largeout.nn.Linear(64, 37, weight_dtype=E4M3, weight_scale="label")
-            self.sparse = largeout.nn.GroupSparseLinear(64, 37, fan_in=16, group_size=16, weight_dtype=E4M3)
-
-        def forward(self, x):
-            h = torch.tanh(self.enc(x))
-            return self.dense(h).float() + self.sparse(h).float()
-
     return Net().to(device)
+
+
+class _Recorded:
+    """A collective's work, remembering whether it was waited for."""
+
+    def __init__(self, work):
+        self.work, self.waited = work, False
+
+    def wait(self, *args, **kwargs):
+        self.waited = True
+        return self.work.wait(*args, **kwargs)
 
 
 def _batch(rank: int, step: int, device: str):
@@ -96,9 +119,16 @@ def _worker(rank: int, port: int, device: str, errors):
 
         # 2. Two micro-batches under no_sync, then a synced one: every gradient is the
         #    average over ranks of each rank's summed gradients.
-        calls = []  # the fp8 gradients' all-reduces (DDP's own buckets do not go through dist.all_reduce)
+        model.swap = rank == 1  # (the same sum; autograd meets the heads in another order)
+        calls, works = [], []  # the fp8 gradients' all-reduces (DDP's buckets do not go through dist.all_reduce)
         all_reduce = dist.all_reduce
-        dist.all_reduce = lambda t, *a, **k: calls.append(t.shape) or all_reduce(t, *a, **k)
+
+        def recording_all_reduce(t, *a, **k):
+            calls.append(tuple(t.shape))
+            works.append(_Recorded(all_reduce(t, *a, **k)))
+            return works[-1]
+
+        dist.all_reduce = recording_all_reduce
         with ddp.no_sync():
             _loss(ddp, *_batch(rank, 0, device)).backward()
             _loss(ddp, *_batch(rank, 1, device)).backward()
@@ -106,7 +136,10 @@ def _worker(rank: int, port: int, device: str, errors):
         local = _grads(model)  # (their dtypes)
         _loss(ddp, *_batch(rank, 2, device)).backward()
         dist.all_reduce = all_reduce
-        assert sorted(calls) == sorted([model.dense.weight.shape, model.sparse.weight.shape]), calls
+        # one per fp8 weight (the tied one once), in the order of the parameters on every rank,
+        # each finished before backward() returned
+        assert calls == [(37, 64), (37, 16), (37, 16)], calls
+        assert all(w.waited for w in works)
         want = _reference_grads(device, 3)
         got = _grads(model)
         assert set(got) == set(want)
@@ -128,11 +161,14 @@ def _worker(rank: int, port: int, device: str, errors):
             assert _same_on_every_rank(p), n
         assert not torch.equal(model.sparse.weight.view(torch.uint8), ref0.sparse.weight.view(torch.uint8))  # it moved
 
-        # 4. A forward under no_grad then a training step still averages (the flag is per forward).
+        # 4. A forward under no_grad between a training forward and its backward (an eval or
+        #    teacher pass) does not turn the fp8 weights' averaging off.
+        loss = _loss(ddp, *_batch(rank, 3, device))
         with torch.no_grad():
-            ddp(_batch(rank, 3, device)[0])
-        _loss(ddp, *_batch(rank, 4, device)).backward()
-        assert _same_on_every_rank(model.dense.weight.grad) and _same_on_every_rank(model.sparse.weight.grad)
+            ddp(_batch(rank, 4, device)[0])
+        loss.backward()
+        for n, p in model.named_parameters():
+            assert _same_on_every_rank(p.grad), n
         dist.destroy_process_group()
     except BaseException as e:  # reported to the test in the parent
         errors.put(f"rank {rank}: {type(e).__name__}: {e}")
@@ -185,16 +221,59 @@ def _torch_ddp_worker(rank: int, port: int, errors):
     dist.destroy_process_group()
 
 
-def test_without_fp8_parameters_it_is_torch_ddp():
-    """No fp8 parameter: nothing is ignored or hooked (a one-rank group)."""
-    port = _free_port()
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+@pytest.fixture
+def one_rank():
+    """A gloo group of one process (this one)."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     dist.init_process_group("gloo", rank=0, world_size=1)
-    try:
-        m = torch.nn.Sequential(torch.nn.Linear(4, 6), largeout.nn.Linear(6, 9))
-        ddp = largeout.nn.DistributedDataParallel(m)
-        assert ddp._fp8_params == [] and not hasattr(m, "_ddp_params_and_buffers_to_ignore")
-        ddp(torch.randn(3, 4)).sum().backward()
-        assert all(p.grad is not None for p in m.parameters())
-    finally:
-        dist.destroy_process_group()
+    yield
+    dist.destroy_process_group()
+
+
+def test_without_fp8_parameters_it_is_torch_ddp(one_rank):
+    """No fp8 parameter: nothing is ignored or hooked."""
+    m = torch.nn.Sequential(torch.nn.Linear(4, 6), largeout.nn.Linear(6, 9))
+    ddp = largeout.nn.DistributedDataParallel(m)
+    assert ddp._fp8_params == [] and not hasattr(m, "_ddp_params_and_buffers_to_ignore")
+    ddp(torch.randn(3, 4)).sum().backward()
+    assert all(p.grad is not None for p in m.parameters())
+
+
+def test_what_it_refuses_and_what_it_leaves_alone(one_rank):
+    import copy
+    import gc
+
+    def head(bias=True):
+        return torch.nn.Sequential(torch.nn.Linear(4, 8, dtype=torch.bfloat16),
+                                   largeout.nn.Linear(8, 9, bias=bias, weight_dtype=E4M3))
+
+    with pytest.raises(ValueError, match="find_unused_parameters=True"):
+        largeout.nn.DistributedDataParallel(head(), find_unused_parameters=True)
+    m = head(bias=False)
+    m[0].requires_grad_(False)  # (a frozen encoder)
+    with pytest.raises(ValueError, match="every trainable parameter of the module is fp8"):
+        largeout.nn.DistributedDataParallel(m)
+    assert not hasattr(m, "_ddp_params_and_buffers_to_ignore")  # (refused before anything changed)
+    m = head()
+    with pytest.raises(ValueError, match="device_ids"):  # torch's own refusal: the module comes back as it was
+        largeout.nn.DistributedDataParallel(m, device_ids=[0])
+    assert not hasattr(m, "_ddp_params_and_buffers_to_ignore") and not hasattr(m, "_largeout_ddp_ignored")
+
+    m = head()
+    ddp = largeout.nn.DistributedDataParallel(m)
+    with pytest.raises(ValueError, match="already handled by another live"):
+        largeout.nn.DistributedDataParallel(m)
+    with pytest.raises(TypeError, match="cannot be pickled"):
+        copy.deepcopy(ddp)
+    with pytest.raises(NotImplementedError, match="Join"):
+        ddp.join_hook()
+    del ddp
+    gc.collect()
+    ddp = largeout.nn.DistributedDataParallel(m)  # the first one gone: wrapping again is fine
+    assert ddp._fp8_params == [m[1].weight] and len(m[1].weight._post_accumulate_grad_hooks) == 2
+
+    # an fp8 parameter the user asked DDP to ignore is theirs: neither broadcast nor averaged
+    m = head()
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(m, ["1.weight"])
+    ddp = largeout.nn.DistributedDataParallel(m)
+    assert ddp._fp8_params == [] and m._ddp_params_and_buffers_to_ignore == ["1.weight"]
