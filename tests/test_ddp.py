@@ -221,6 +221,45 @@ def _torch_ddp_worker(rank: int, port: int, errors):
     dist.destroy_process_group()
 
 
+def _construction_worker(rank: int, port: int, messages):
+    """What construction does with the fp8 weights, per construction option."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    try:
+        ref0 = _model(0, "cpu")
+        # without DDP's buffer broadcast the per-label scales still come with their weights
+        m = _model(rank, "cpu")
+        m.dense.weight_scale.mul_(2.0 ** rank)  # (other scales on rank 1 whatever its seed gives)
+        largeout.nn.DistributedDataParallel(m, broadcast_buffers=False)
+        assert torch.equal(m.dense.weight.view(torch.uint8), ref0.dense.weight.view(torch.uint8))
+        assert torch.equal(m.dense.weight_scale, ref0.dense.weight_scale)
+        # init_sync=False: each rank keeps its own weights (torch's meaning)
+        m = _model(rank, "cpu")
+        mine = m.sparse.weight.detach().clone()
+        largeout.nn.DistributedDataParallel(m, init_sync=False)
+        assert torch.equal(m.sparse.weight.view(torch.uint8), mine.view(torch.uint8))
+        assert not _same_on_every_rank(m.sparse.weight)
+        # fp8 weights of other shapes on the ranks: a clear error at construction
+        odd = torch.nn.Sequential(torch.nn.Linear(4, 8, dtype=torch.bfloat16),
+                                  largeout.nn.Linear(8, 9 + rank, bias=False, weight_dtype=E4M3))
+        try:
+            largeout.nn.DistributedDataParallel(odd)
+            messages.put(f"rank {rank}: no error for other shapes")
+        except ValueError as e:
+            if "differ across ranks" not in str(e):
+                messages.put(f"rank {rank}: {e}")
+        dist.destroy_process_group()
+    except BaseException as e:
+        messages.put(f"rank {rank}: {type(e).__name__}: {e}")
+        raise
+
+
+def test_construction_options_and_shape_check():
+    errors, codes = _run_ranks(_construction_worker, timeout=120)
+    assert not errors, "\n".join(errors)
+    assert codes == [0] * WORLD, codes
+
+
 @pytest.fixture
 def one_rank():
     """A gloo group of one process (this one)."""
