@@ -14,16 +14,17 @@ from typing import List
 import torch
 import torch.distributed as dist
 
-FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+from .lowp import FP8_DTYPES, row_scale
+
 _NAME = "largeout.nn.DistributedDataParallel"
 _TORCH_DDP = torch.nn.parallel.DistributedDataParallel
 _OWNERS: dict = {}  # id(fp8 parameter) -> (weakref of it, weakref of the wrapper that handles it)
 
 
-def _hook(wrapper_ref, p: torch.nn.Parameter) -> None:
+def _hook(wrapper_ref, i: int, p: torch.nn.Parameter) -> None:
     wrapper = wrapper_ref()
     if wrapper is not None:  # (a wrapper deleted since leaves its hooks inert)
-        wrapper._fp8_grad_accumulated(p)
+        wrapper._fp8_grad_accumulated(i, p)
 
 
 class DistributedDataParallel(_TORCH_DDP):
@@ -69,8 +70,8 @@ class DistributedDataParallel(_TORCH_DDP):
         before = {k: module.__dict__[k] for k in ("_ddp_params_and_buffers_to_ignore", "_largeout_ddp_ignored")
                   if k in module.__dict__}
         if fp8:
-            self._fp8_refuse(module, opts, fp8, user_ignored | {n for p in fp8 for n in names[p]})
             ours = sorted({n for p in fp8 for n in names[p]})
+            self._fp8_refuse(module, opts, fp8, user_ignored.union(ours))
             _TORCH_DDP._set_params_and_buffers_to_ignore_for_model(module, sorted(user_ignored.union(ours)))
             module._largeout_ddp_ignored = ours
         try:
@@ -92,13 +93,12 @@ class DistributedDataParallel(_TORCH_DDP):
         self._fp8_group = dist.new_group(ranks, use_local_synchronization=True)
         self._fp8_check_shapes()
         if opts["init_sync"]:
-            self._fp8_broadcast(module, src=ranks[0])
+            self._fp8_broadcast(src=ranks[0])
         me = weakref.ref(self)
-        self._fp8_handles = []
-        for p in fp8:
+        for i, p in enumerate(fp8):
             _OWNERS[id(p)] = (weakref.ref(p), me)
             if p.requires_grad:
-                self._fp8_handles.append(p.register_post_accumulate_grad_hook(lambda p, me=me: _hook(me, p)))
+                p.register_post_accumulate_grad_hook(lambda p, me=me, i=i: _hook(me, i, p))
 
     def _fp8_refuse(self, module, opts, fp8, ignored) -> None:
         """Raise, before anything is changed, where the fp8 parameters cannot be handled."""
@@ -125,28 +125,24 @@ class DistributedDataParallel(_TORCH_DDP):
                 raise ValueError(f"{_NAME}: the fp8 parameters (shape, dtype) differ across ranks: this rank has {mine}, "
                                  f"rank {dist.get_process_group_ranks(self._fp8_group)[r]} has {theirs}")
 
-    def _fp8_broadcast(self, module, src: int) -> None:
-        """Each fp8 parameter from rank src, as bytes, with its layer's weight_scale buffer."""
-        scales = {}
-        for m in module.modules():
-            w, s = m._parameters.get("weight"), m._buffers.get("weight_scale")
-            if w is not None and s is not None:
-                scales[w] = s
+    def _fp8_broadcast(self, src: int) -> None:
+        """Each fp8 parameter from rank src, as bytes, with its layer's per-label scale (lowp.row_scale)."""
         with torch.no_grad():
             for p in self._fp8_params:
                 dist.broadcast(p.view(torch.uint8), src=src, group=self._fp8_group)
-                if p in scales:
-                    dist.broadcast(scales[p], src=src, group=self._fp8_group)
+                scale = row_scale(p)
+                if scale is not None:
+                    dist.broadcast(scale, src=src, group=self._fp8_group)
 
     def forward(self, *inputs, **kwargs):
         if self._fp8_params and torch.is_grad_enabled() and self.require_backward_grad_sync:
             self._fp8_sync = True
         return super().forward(*inputs, **kwargs)
 
-    def _fp8_grad_accumulated(self, p: torch.nn.Parameter) -> None:
+    def _fp8_grad_accumulated(self, i: int, p: torch.nn.Parameter) -> None:
         if not self._fp8_sync or p.grad is None:
             return
-        self._fp8_ready[next(i for i, q in enumerate(self._fp8_params) if q is p)] = True
+        self._fp8_ready[i] = True
         self._fp8_launch()
         if not self._fp8_callback_queued:
             self._fp8_callback_queued = True
