@@ -52,8 +52,8 @@ import torch
 
 from . import lowp
 
-__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "fp8_linear",
-           "fp8_tensor_cores"]
+__all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "has_padded_storage",
+           "fp8_linear", "fp8_tensor_cores"]
 
 E4M3_MAX = 448.0
 ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's storage is padded to it)
@@ -160,16 +160,24 @@ def quantize(x: torch.Tensor, rowwise: bool) -> Tuple[torch.Tensor, torch.Tensor
     return torch.ops.largeout.fp8_quantize(xs, rowwise)
 
 
+def has_padded_storage(weight: torch.Tensor) -> bool:
+    """Whether ``weight [L, H]`` is contiguous and its storage holds the rows up to L rounded
+    up to ``ROW_MULTIPLE`` after it (as :func:`padded_weight` leaves it)."""
+    L, H = weight.shape
+    need = (weight.storage_offset() + _round_up(L, ROW_MULTIPLE) * H) * weight.element_size()
+    return weight.is_contiguous() and weight.untyped_storage().nbytes() >= need
+
+
 def padded_weight(weight: torch.Tensor) -> torch.Tensor:
-    """The e4m3 weight ``[L, H]`` as a ``[L_pad, H]`` tensor whose first L rows are
-    ``weight`` and whose other rows are zero (same storage). Re-pads ``weight`` in place
-    (its ``.data``) when its storage has no padding, e.g. after ``module.to()``."""
+    """The weight ``[L, H]`` (e4m3, or any dtype: ``largeout.nn.Linear`` pads every weight's
+    storage) as a ``[L_pad, H]`` tensor whose first L rows are ``weight`` and whose other rows
+    are zero (same storage; L_pad = L rounded up to ``ROW_MULTIPLE``). Re-pads ``weight`` in
+    place (its ``.data``) when its storage has no padding, e.g. after ``module.to()``."""
     L, H = weight.shape
     Lp = _round_up(L, ROW_MULTIPLE)
     if Lp == L:
         return weight if weight.is_contiguous() else weight.contiguous()
-    need = (weight.storage_offset() + Lp * H) * weight.element_size()
-    if not (weight.is_contiguous() and weight.untyped_storage().nbytes() >= need):
+    if not has_padded_storage(weight):
         weight.data = _pad_storage(weight.detach())
     return weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
 
@@ -177,8 +185,9 @@ def padded_weight(weight: torch.Tensor) -> torch.Tensor:
 def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     """A zero-padded copy of ``weight`` stored as :func:`padded_weight` expects (first L rows)."""
     L, H = weight.shape
-    full = torch.zeros(_round_up(L, ROW_MULTIPLE), H, dtype=weight.dtype, device=weight.device)
-    full[:L].copy_(weight)
+    with torch.inference_mode(False):  # (a parameter's data: a normal tensor even inside inference_mode)
+        full = torch.zeros(_round_up(L, ROW_MULTIPLE), H, dtype=weight.dtype, device=weight.device)
+        full[:L].copy_(weight)
     return full[:L]
 
 
@@ -211,6 +220,24 @@ def _forward(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor
         sw = torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0).view(1, Lp)
     y = _fp8_gemm(q, sx, w_full, b, sw)
     return (y[:, :L] if Lp != L else y), q, sx
+
+
+def dx_through_upcast(g: torch.Tensor, w_full: torch.Tensor, scale: Optional[torch.Tensor]) -> torch.Tensor:
+    """fp32 ``g @ (w_full * scale[:, None])`` for a bf16 ``g [M, Lg]`` and an fp8 ``w_full``
+    whose first Lg rows it reads (zero-padded rows past the labels, if any; ``scale`` None
+    or float32 ``[L]``, L <= Lg, ones past it): over label chunks upcast to bf16 (no full
+    bf16 copy of the weight)."""
+    Lg = g.shape[1]
+    acc = torch.zeros(g.shape[0], w_full.shape[1], dtype=torch.float32, device=g.device)
+    sw = None  # the label scales, ones on the padding rows
+    if scale is not None:
+        sw = torch.nn.functional.pad(scale.float(), (0, Lg - scale.shape[0]), value=1.0)
+    chunk = _dx_chunk()
+    for c in range(0, Lg, chunk):
+        wc = lowp.dequantize(w_full[c : min(c + chunk, Lg)], sw[c : c + chunk] if sw is not None else None,
+                             torch.bfloat16)
+        acc += (g[:, c : c + chunk] @ wc).float()
+    return acc
 
 
 class _Fp8LinearFn(torch.autograd.Function):
@@ -251,16 +278,7 @@ class _Fp8LinearFn(torch.autograd.Function):
         w_full = padded_weight(w)[:L8]
         dx = dw = None
         if want_dx:
-            acc = torch.zeros(g.shape[0], w.shape[1], dtype=torch.float32, device=g.device)
-            sw = None  # the label scales, ones on the padding rows
-            if ctx.scale is not None:
-                sw = torch.nn.functional.pad(ctx.scale.float(), (0, L8 - L), value=1.0)
-            chunk = _dx_chunk()
-            for c in range(0, L8, chunk):
-                wc = lowp.dequantize(w_full[c : c + chunk], sw[c : c + chunk] if sw is not None else None,
-                                     torch.bfloat16)
-                acc += (g[:, c : c + chunk] @ wc).float()
-            dx = acc.to(ctx.x_dtype)
+            dx = dx_through_upcast(g, w_full, ctx.scale).to(ctx.x_dtype)
         if want_dw:
             x_hat = (q.float() * sx).to(torch.bfloat16)
             dw = (g.t() @ x_hat)[:L]

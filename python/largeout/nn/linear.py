@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Optional
 
 import torch
@@ -19,6 +20,104 @@ def _default_activation_dtype(weight_dtype: torch.dtype, in_features: int) -> Op
     if weight_dtype != torch.float8_e4m3fn:
         return None
     return torch.float8_e4m3fn if in_features % 16 == 0 else torch.bfloat16
+
+
+def _output_multiple(cdt: torch.dtype) -> int:
+    """Output columns per 16 bytes in the compute dtype ``cdt``: cuBLAS runs several times
+    slower on rows that are not 16-byte aligned (bench/bench_linear_pad.py)."""
+    return 16 // torch.empty((), dtype=cdt).element_size()
+
+
+def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
+    """Whether the layer's forward writes a ``[M, L_pad]`` output (16-byte aligned rows) and
+    returns its ``[M, L]`` view (:class:`_PaddedLinearFn`). ``LARGEOUT_LINEAR_PAD`` = ``auto``
+    (the default: on CUDA where L is not a multiple of 16 bytes' worth of columns), ``1`` (on
+    any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``)."""
+    env = os.environ.get("LARGEOUT_LINEAR_PAD", "auto")
+    if env not in ("auto", "0", "1"):
+        raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
+    if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or torch.compiler.is_compiling():
+        return False
+    if env == "auto" and not weight.is_cuda:
+        return False
+    # a weight computed in the graph (not a leaf) cannot be re-padded in place: only where its
+    # storage already holds the padding rows
+    return weight.is_leaf or fp8.has_padded_storage(weight)
+
+
+def _padded_forward(x2, weight, bias, scale, cdt):
+    """:class:`_PaddedLinearFn`'s forward: (the ``[M, L]`` view of the ``[M, L_pad]`` result,
+    the input in the compute dtype, L_pad)."""
+    L = weight.shape[0]
+    Lp = fp8._round_up(L, _output_multiple(cdt))
+    w_full = fp8.padded_weight(weight)[:Lp]
+    if weight.dtype in lowp.FP8_DTYPES:
+        sw = None if scale is None else torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0)
+        w_full = lowp.dequantize(w_full, sw, cdt)
+    xc = x2.to(cdt)
+    if bias is not None:
+        y = torch.addmm(torch.nn.functional.pad(bias.detach().to(cdt), (0, Lp - L)), xc, w_full.t())
+    else:
+        y = xc @ w_full.t()
+    return y[:, :L], xc, Lp
+
+
+class _PaddedLinearFn(torch.autograd.Function):
+    """``y = x W^T + b`` at a label count L whose output rows would not be 16-byte aligned,
+    on aligned GEMMs only: the forward multiplies the weight's zero-padded ``[L_pad, H]``
+    storage into an ``[M, L_pad]`` result and returns its ``[M, L]`` view; the backward copies
+    dY into a zero-padded ``[M, L_pad]`` buffer (bf16/fp16: in one pass that also sums the
+    bias gradient, ``torch.ops.largeout.pad_columns_sum``) and runs dx and dW on it. fp8
+    weights (bf16 compute) are upcast for the forward and, in label chunks, again for dx;
+    their gradient is bf16, with respect to the scaled weight, as on the layer's other paths."""
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, x2, weight, probe, bias, scale, cdt):
+        lowp.note_inputs(ctx, x2, weight, probe, bias, scale)
+        y, xc, Lp = _padded_forward(x2, weight, bias, scale, cdt)
+        is_fp8 = weight.dtype in lowp.FP8_DTYPES
+        ctx.save_for_backward(xc if ctx.needs_input_grad[2] else None,
+                              weight if ctx.needs_input_grad[0] and not is_fp8 else None)
+        ctx.weight = weight if is_fp8 else None  # (live, as on the fp8 path: changed only by the step)
+        ctx.scale, ctx.cdt, ctx.Lp = scale, cdt, Lp
+        ctx.x_dtype = x2.dtype
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return y
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")  # (under the forward's autocast state, as nn.functional.linear's)
+    def backward(ctx, gy):
+        xc, w = ctx.saved_tensors
+        if ctx.weight is not None:
+            w = ctx.weight
+        Lp, cdt = ctx.Lp, ctx.cdt
+        L = gy.shape[1]
+        want_dx, want_dw = lowp.wants_grad(ctx, 0), lowp.wants_grad(ctx, 2)
+        want_db = ctx.bias_dtype is not None and lowp.wants_grad(ctx, 3)
+        if not (want_dx or want_dw or want_db):
+            return None, None, None, None, None, None
+        g = gy.to(cdt)
+        colsum = None
+        if cdt in (torch.bfloat16, torch.float16):
+            g, colsum = torch.ops.largeout.pad_columns_sum(g, Lp, True, want_db)
+        else:
+            if want_db:
+                colsum = g.sum(0)
+            g = torch.nn.functional.pad(g, (0, Lp - L))
+        dx = dw = db = None
+        if want_dx:
+            w_full = fp8.padded_weight(w)[:Lp]
+            if w.dtype in lowp.FP8_DTYPES:
+                dx = fp8.dx_through_upcast(g, w_full, ctx.scale)
+            else:
+                dx = g @ w_full
+            dx = dx.to(ctx.x_dtype)
+        if want_dw:
+            dw = (g.t() @ xc)[:L]
+        if want_db:
+            db = colsum.to(ctx.bias_dtype)
+        return dx, dw, None, db, None, None
 
 
 class Linear(lowp.ScaledWeightMixin, nn.Module):
@@ -80,8 +179,10 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                              f"GEMMs); got in_features={in_features}; use activation_dtype=torch.bfloat16")
         self.activation_dtype = activation_dtype
         self.in_features, self.out_features = in_features, out_features
-        rows = fp8.ROW_MULTIPLE if activation_dtype == torch.float8_e4m3fn else 1  # see fp8.padded_weight
-        self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device, row_multiple=rows)
+        # the weight's storage padded to whole 16-row blocks (zero rows after the last label): the
+        # FP8 GEMMs' operand, and the aligned GEMMs of _PaddedLinearFn (see fp8.padded_weight)
+        self.weight = lowp.make_weight((out_features, in_features), weight_dtype, device,
+                                       row_multiple=fp8.ROW_MULTIPLE)
         self.bias = nn.Parameter(torch.empty(out_features, dtype=dtype, device=device)) if bias else None
         self._init_weight_scale("Linear", weight_scale, device)
         self.reset_parameters(generator)
@@ -103,6 +204,18 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
         cdt = lowp.compute_dtype(self.weight.dtype)
+        if _pads_output(self.weight, cdt):
+            lead = x.shape[:-1]
+            x2 = x.reshape(-1, self.in_features)
+            if lowp.records_graph(x, self.weight, self.bias):
+                y = _PaddedLinearFn.apply(x2, self.weight, lowp.prepare_fp8_weight(self.weight), self.bias,
+                                          self.weight_scale, cdt)
+            else:  # (no graph to record: the forward without the autograd Function's host work)
+                y = _padded_forward(x2, self.weight, self.bias, self.weight_scale, cdt)[0]
+            y = y.to(x.dtype)
+            if len(lead) == 1:
+                return y
+            return y[0] if not lead else y.unflatten(0, lead)
         w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)

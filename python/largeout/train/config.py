@@ -57,7 +57,7 @@ class TrainConfig:
     dropout: float = 0.3
     #: tfidf encoder: add the embedding to the MLP's output (a linear path to the head)
     residual: bool = False
-    #: "dense" (nn.Linear) or "group-sparse" (largeout.nn.GroupSparseLinear)
+    #: "dense" (largeout.nn.Linear) or "group-sparse" (largeout.nn.GroupSparseLinear)
     output: str = "group-sparse"
     # Output layer weights: float32 | bfloat16 | float16 | float8_e4m3fn | float8_e5m2. Below
     # float32 the head is trained by largeout.optim (same algorithm as `optimizer`) with

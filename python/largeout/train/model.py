@@ -237,8 +237,9 @@ def build_model(cfg: TrainConfig, num_features: int, num_labels: int) -> XMCMode
     wdt = getattr(torch, cfg.head_dtype)
     scale = "label" if cfg.head_weight_scale == "label" else None
     if cfg.output == "dense":
-        head = (nn.Linear(dim, num_labels) if wdt == torch.float32
-                else Linear(dim, num_labels, weight_dtype=wdt, weight_scale=scale))
+        # (largeout's Linear for float32 too: the same initial values as nn.Linear's from the same
+        # RNG, and on CUDA aligned GEMMs at any label count)
+        head = Linear(dim, num_labels, weight_dtype=wdt, weight_scale=scale)
     else:
         if cfg.fan_in > dim:
             raise ValueError(f"config: fan_in = {cfg.fan_in} cannot exceed the encoder's output size {dim}")

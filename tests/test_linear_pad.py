@@ -1,0 +1,206 @@
+"""largeout.nn.Linear at label counts whose output rows are not 16-byte aligned: the padded
+path (the forward into an [M, L_pad] result, dY padded for the backward; on CUDA by default,
+on the CPU with LARGEOUT_LINEAR_PAD=1) against the float64 reference and against
+nn.functional.linear (LARGEOUT_LINEAR_PAD=0)."""
+
+import copy
+
+import pytest
+import torch
+
+import largeout.nn.linear as lin
+from largeout.nn import Linear
+from largeout.nn import fp8 as lo_fp8
+
+from conftest import DEVICES, rel_err
+
+# weight dtype -> activation_dtype (e4m3 weights: the bf16 upcast path; FP8 compute has its own tests)
+WEIGHTS = {torch.float32: None, torch.bfloat16: None, torch.float16: None, torch.float64: None,
+           torch.float8_e5m2: None, torch.float8_e4m3fn: torch.bfloat16}
+TOL = {torch.float32: 1e-5, torch.float64: 1e-6}  # (float32 inputs and outputs); others: 16-bit matmuls
+
+
+def _cdt(wdt):
+    return torch.bfloat16 if wdt in (torch.float8_e4m3fn, torch.float8_e5m2) else wdt
+
+
+@pytest.fixture
+def padded(monkeypatch):
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "1")  # the padded path on the CPU too
+
+
+def _reference(layer, x, gy):
+    """float64 y, dx, dW, db of ``x W^T + b`` with the layer's stored (scaled) weight."""
+    w = layer.weight.detach().double()
+    if layer.weight_scale is not None:
+        w = w * layer.weight_scale.double()[:, None]
+    w.requires_grad_()
+    b = layer.bias.detach().double().requires_grad_() if layer.bias is not None else None
+    x64 = x.detach().double().requires_grad_()
+    y = x64 @ w.T + (b if b is not None else 0)
+    y.backward(gy.double())
+    return y, x64.grad, w.grad, (b.grad if b is not None else None)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wdt", list(WEIGHTS), ids=str)
+@pytest.mark.parametrize("L,shape", [(1, (1, 64)), (21, (64,)), (333, (37, 64)), (4099, (2, 3, 64)),
+                                     (1001, (1000, 64))], ids=str)
+def test_padded_linear_matches_reference(device, wdt, L, shape, padded, poison):
+    gen = torch.Generator().manual_seed(L + len(shape))
+    layer = Linear(64, L, weight_dtype=wdt, activation_dtype=WEIGHTS[wdt], generator=gen).to(device)
+    assert lin._pads_output(layer.weight, _cdt(wdt)) == (L % lin._output_multiple(_cdt(wdt)) != 0)
+    x = torch.randn(shape, generator=gen).to(device).requires_grad_()
+    y = layer(x)
+    assert y.shape == shape[:-1] + (L,) and y.dtype == torch.float32
+    gy = torch.randn(y.shape, generator=gen).to(device)
+    y.backward(gy)
+    y64, dx64, dw64, db64 = _reference(layer, x, gy)
+    tol = TOL.get(wdt, 1e-2)
+    assert rel_err(y, y64) < tol
+    assert rel_err(x.grad, dx64) < tol
+    assert layer.weight.grad.shape == (L, 64)
+    assert layer.weight.grad.dtype == (torch.bfloat16 if wdt in lo_fp8.lowp.FP8_DTYPES else wdt)
+    assert rel_err(layer.weight.grad, dw64) < tol
+    assert rel_err(layer.bias.grad, db64) < tol
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wdt", [torch.float32, torch.bfloat16, torch.float8_e5m2], ids=str)
+def test_padded_linear_returns_a_view_of_aligned_rows(device, wdt, padded):
+    """The output (in the compute dtype) is the [M, L] view of an [M, L_pad] result, L_pad
+    the multiple of 16 bytes' worth of columns; the same values as nn.functional.linear."""
+    gen = torch.Generator().manual_seed(5)
+    layer = Linear(32, 45, weight_dtype=wdt, generator=gen).to(device)
+    cdt = _cdt(wdt)
+    x = torch.randn(6, 32, generator=gen).to(device, cdt)
+    y = layer(x)
+    m = lin._output_multiple(cdt)
+    assert y.dtype == cdt and y.shape == (6, 45) and y.stride() == (-(-45 // m) * m, 1)
+    w = layer.weight.detach().to(cdt)
+    want = torch.nn.functional.linear(x, w, layer.bias.detach().to(cdt))
+    assert rel_err(y, want.double()) < TOL.get(wdt, 1e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("grad_kind", ["expanded", "transposed", "offset"])
+def test_padded_linear_backward_takes_any_gradient_layout(device, grad_kind, padded):
+    gen = torch.Generator().manual_seed(11)
+    L = 37
+    layer = Linear(48, L, weight_dtype=torch.bfloat16, generator=gen).to(device)
+    x = torch.randn(5, 48, generator=gen).to(device, torch.bfloat16)
+    c = torch.randn(L, 5, generator=gen).to(device, torch.bfloat16)
+    wide = torch.randn(5, L + 1, generator=gen).to(device, torch.bfloat16)
+
+    def loss(y):
+        if grad_kind == "expanded":
+            return y.float().sum()
+        if grad_kind == "transposed":
+            return (y.t() * c).float().sum()
+        return (y * wide[:, 1:]).float().sum()
+
+    xg = x.clone().requires_grad_()
+    y = layer(xg)
+    dy = torch.autograd.grad(loss(y), y, retain_graph=True)[0]
+    loss(y).backward()
+    dy64 = dy.double()
+    assert rel_err(layer.bias.grad, dy64.sum(0)) < 1e-2
+    assert rel_err(xg.grad, dy64 @ layer.weight.detach().double()) < 1e-2
+    assert rel_err(layer.weight.grad, dy64.T @ x.double()) < 1e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_gradients_only_where_asked(device, padded):
+    """A frozen weight gets no gradient, autograd.grad(loss, x) computes none for the weight,
+    and a frozen input gets none: each as with nn.functional.linear."""
+    gen = torch.Generator().manual_seed(2)
+    layer = Linear(32, 19, weight_dtype=torch.bfloat16, generator=gen).to(device)
+    x = torch.randn(4, 32, generator=gen).to(device, torch.bfloat16).requires_grad_()
+    (dx,) = torch.autograd.grad(layer(x).float().sum(), x)
+    assert layer.weight.grad is None and layer.bias.grad is None
+    assert rel_err(dx, layer.weight.detach().double().sum(0).expand(4, 32)) < 1e-2
+    layer.weight.requires_grad_(False)
+    layer(x).float().sum().backward()
+    assert layer.weight.grad is None and layer.bias.grad is not None and x.grad is not None
+    layer.weight.requires_grad_(True)
+    layer.bias.grad = None
+    layer(x.detach()).float().sum().backward()
+    assert layer.weight.grad is not None and layer.bias.grad is not None
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_storage_restored_and_pad_rows_stay_zero(device, padded):
+    """The weight's storage keeps 16-row padding through construction, .to(), deepcopy and a
+    state_dict load, is re-padded in place where a cast lost it, and its pad rows stay zero
+    through optimizer steps (they meet dY's zero pad columns in dx)."""
+    gen = torch.Generator().manual_seed(4)
+    layer = Linear(24, 21, weight_dtype=torch.bfloat16, generator=gen)
+    assert lo_fp8.has_padded_storage(layer.weight)
+    layer = layer.to(device).float()  # a cast: a new, unpadded weight
+    other = copy.deepcopy(layer)
+    x = torch.randn(3, 24, generator=gen).to(device)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, weight_decay=0.1)
+    for _ in range(3):
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        opt.step()
+    assert lo_fp8.has_padded_storage(layer.weight)
+    pad = lo_fp8.padded_weight(layer.weight)[21:]
+    assert pad.shape == (11, 24) and bool((pad == 0).all())
+    other.load_state_dict(layer.state_dict())
+    assert torch.equal(other(x), layer(x))
+
+
+def test_padded_linear_setting_checked(monkeypatch):
+    layer = Linear(8, 3, weight_dtype=torch.bfloat16)
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "yes")
+    with pytest.raises(ValueError, match="LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got 'yes'"):
+        layer(torch.randn(2, 8))
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "0")
+    assert not lin._pads_output(layer.weight, torch.bfloat16)
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "auto")  # the default: CUDA only
+    assert not lin._pads_output(layer.weight, torch.bfloat16)
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "1")
+    assert lin._pads_output(layer.weight, torch.bfloat16)
+    assert not lin._pads_output(layer.weight[:3].clone().requires_grad_() * 1, torch.bfloat16)  # unpadded non-leaf
+    assert not lin._pads_output(Linear(8, 16, weight_dtype=torch.bfloat16).weight, torch.bfloat16)  # aligned L
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_and_plain_paths_agree(device, monkeypatch):
+    """The padded path against nn.functional.linear (LARGEOUT_LINEAR_PAD=0) on the same layer:
+    the same products (fp32 here), within rounding of the summation order."""
+    gen = torch.Generator().manual_seed(9)
+    layer = Linear(40, 333, generator=gen).to(device)
+    x = torch.randn(7, 40, generator=gen).to(device)
+    gy = torch.randn(7, 333, generator=gen).to(device)
+    out = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("LARGEOUT_LINEAR_PAD", env)
+        layer.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_()
+        y = layer(xg)
+        y.backward(gy)
+        out.append((y.detach(), xg.grad, layer.weight.grad, layer.bias.grad))
+    for a, b in zip(*out):
+        assert rel_err(a, b.double()) < 1e-6
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_under_autocast(device, padded):
+    """Under autocast an fp32 layer multiplies in bf16, as nn.functional.linear does there;
+    its gradients still match the float64 reference within bf16 rounding."""
+    gen = torch.Generator().manual_seed(6)
+    layer = Linear(64, 77, generator=gen).to(device)
+    x = torch.randn(9, 64, generator=gen).to(device).requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        y = layer(x)
+        want = torch.nn.functional.linear(x.detach(), layer.weight.detach(), layer.bias.detach())
+    assert want.dtype == torch.bfloat16
+    assert rel_err(y, want.double()) < 1e-2
+    gy = torch.randn(y.shape, generator=gen).to(device)
+    y.backward(gy)
+    _, dx64, dw64, db64 = _reference(layer, x, gy)
+    assert rel_err(x.grad, dx64) < 2e-2
+    assert rel_err(layer.weight.grad, dw64) < 2e-2
+    assert rel_err(layer.bias.grad, db64) < 2e-2
