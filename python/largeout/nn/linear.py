@@ -151,7 +151,19 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
             FP8 GEMM applies one scale per label in its epilogue.
 
     Initialization as ``nn.Linear`` (``U(-1/sqrt(in_features), 1/sqrt(in_features))``),
-    drawn in fp32 chunks and rounded (stochastically for fp8), never as a full fp32 copy.
+    drawn in fp32 chunks and rounded (stochastically for fp8), never as a full fp32 copy;
+    float32 weights get the same values as ``nn.Linear``'s from the same random state.
+
+    Unaligned label counts: cuBLAS runs several times slower when the output's rows are not
+    16 bytes apart (``out_features`` not a multiple of 8 in bf16/fp16, of 4 in fp32). The
+    weight is stored with up to 15 zero rows after its last one (``weight`` is the
+    ``[out_features, in_features]`` view; the padding is restored after a cast or ``.to()``
+    that drops it), and on CUDA at such a label count the layer multiplies into an
+    ``[M, L_pad]`` result and returns its ``[M, out_features]`` view (row stride ``L_pad``:
+    ``y.is_contiguous()`` is False; ``y.contiguous()`` copies), and its backward pads dY
+    into an aligned buffer. ``LARGEOUT_LINEAR_PAD=0`` turns this off
+    (``nn.functional.linear``), ``1`` turns it on for the CPU too; under ``torch.compile``
+    the layer calls ``nn.functional.linear``. Measurements: ``bench/bench_linear_pad.py``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
