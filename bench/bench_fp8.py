@@ -105,6 +105,17 @@ def merge_rounds(rs, flops) -> dict:
     return r
 
 
+def write_results(path: str, doc: str, rows: list) -> None:
+    """The FP8 benchmarks' JSON: the device, versions, build, date, commit (LARGEOUT_GIT_COMMIT),
+    the method (``doc``) and the case rows."""
+    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
+           "largeout": largeout.build_info(), "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "method": doc, "cases": rows}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
+
+
 def shape_parser(doc: str, L=2_812_281) -> argparse.ArgumentParser:
     """The FP8 benchmarks' common arguments: --out, --B, --H, and --L (one label count) unless
     ``L`` is None; the description is the first paragraph of ``doc``."""
@@ -123,7 +134,6 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=3, help="passes over all cases (forward: median over them)")
     args = ap.parse_args(argv)
     B, H, L = args.B, args.H, args.L
-    dev = torch.cuda.get_device_name()
 
     Lp = -(-L // 16) * 16
 
@@ -223,12 +233,7 @@ def main(argv=None) -> int:
         f"{r['case'].split('(')[-1].rstrip(')')}: {r['forward_speedup_vs_bf16']:.2f}x "
         f"(back to back {r['forward_pipelined_speedup_vs_bf16']:.2f}x)" for r in rows
         if "forward_speedup_vs_bf16" in r and "e4m3 input" in r["case"]), flush=True)
-    out = {"device": dev, "torch": torch.__version__, "cuda": torch.version.cuda, "largeout": largeout.build_info(),
-           "python": platform.python_version(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"),
-           "method": __doc__, "cases": rows}
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(args.out, __doc__, rows)
     return 0
 
 

@@ -18,18 +18,15 @@ allocated per case (the bf16 copy of the weight shows there).
 
 from __future__ import annotations
 
-import json
-import os
-import platform
 import sys
-import time
 
 import torch
 
 import largeout
 from largeout import functional as F
 from largeout.nn import GroupSparseLinear, lowp
-from bench_fp8 import measure, merge_rounds, run_rounds, shape_parser  # bench/ is on the path when run as a script
+# (bench/ is on the path when run as a script)
+from bench_fp8 import measure, merge_rounds, run_rounds, shape_parser, write_results
 
 
 def main(argv=None) -> int:
@@ -94,12 +91,7 @@ def main(argv=None) -> int:
                   f"{r['forward_seconds_pipelined'] * 1e3:6.3f} ms, step {r['train_step_seconds'] * 1e3:6.3f} ms, "
                   f"peak {r['peak_GB']:.2f} GB", flush=True)
         rows += block
-    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "largeout": largeout.build_info(), "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "method": __doc__, "cases": rows}
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(args.out, __doc__, rows)
     return 0
 
 

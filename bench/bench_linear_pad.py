@@ -21,17 +21,13 @@ all cases, forward times the median over passes, the step from the first pass.
 
 from __future__ import annotations
 
-import json
 import os
-import platform
 import sys
-import time
 
 import torch
 
-import largeout
 from largeout.nn import Linear
-from bench_fp8 import measure, merge_rounds, run_rounds, shape_parser
+from bench_fp8 import measure, merge_rounds, run_rounds, shape_parser, write_results
 
 
 def main(argv=None) -> int:
@@ -107,12 +103,7 @@ def main(argv=None) -> int:
               f"peak {r['peak_GB']:.1f} GB"
               + (f"; vs torch.nn.Linear fwd {r['forward_speedup_vs_torch']:.2f}x step "
                  f"{r['train_step_speedup_vs_torch']:.2f}x" if "forward_speedup_vs_torch" in r else ""), flush=True)
-    out = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "largeout": largeout.build_info(), "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "git_commit": os.environ.get("LARGEOUT_GIT_COMMIT"), "method": __doc__, "cases": rows}
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
+    write_results(args.out, __doc__, rows)
     return 0
 
 
