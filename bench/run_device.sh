@@ -21,8 +21,9 @@
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases;
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
 #            under sustained bf16 and fp8 GEMMs; FP8_CLOCKS_CONFIGS: its --configs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
-#     linpad build, tests/test_linear_pad.py and the Linear/DDP/cast tests (SUBSET_TESTS=0: none), tests/test_train.py
-#            (LINPAD_TRAIN_TESTS=0: without), bench/bench_linear_pad.py (LINPAD_ARGS: its arguments)
+#     linpad build, tests/test_linear_pad.py and tests/test_ddp.py (LINPAD_TESTS: other pytest arguments;
+#            SUBSET_TESTS=0: none), tests/test_train.py (LINPAD_TRAIN_TESTS=1), bench/bench_linear_pad.py (LINPAD_ARGS:
+#            its arguments), LINPAD_FP8=1: then bench/bench_fp8.py (FP8_BENCH_ARGS), until LINPAD_BUDGET s after the start
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
 #     oofft  build, then bench/xmc_rank_oof.py --encoder ft on the GPU (issue 3: the rank-1 rule chosen on
 #            cross-fitted predictions of the fine-tuned MiniLM; carry .qdata and .mdlb after a call that carried .mdla
@@ -1028,12 +1029,20 @@ if [ "$MODE" = fp8 ]; then  # the FP8 layer's tests and benchmark; NCU_OPTIM: op
 fi
 
 if [ "$MODE" = linpad ]; then  # session 47: largeout.nn.Linear's padded path at unaligned L, its tests and benchmark
-  tests_subset gpu_tests_linpad.log tests/test_linear_pad.py tests/test_ddp.py tests/test_fp8_grad_and_cast.py \
-    tests/test_weight_scale.py tests/test_module.py -k "linear or Linear or ddp or padded"
-  [ "${LINPAD_TRAIN_TESTS:-1}" = 1 ] && { echo "== tests: the trainer"; run_tests gpu_tests_train.log tests/test_train.py; }
-  echo "== benchmark: largeout.nn.Linear at unaligned L against torch.nn.Linear"
-  timeout "${LINPAD_BENCH_TIMEOUT:-240}" python3 bench/bench_linear_pad.py ${LINPAD_ARGS:-} --out "$OUT/linear_pad.json" \
+  deadline=$(( T0 + ${LINPAD_BUDGET:-570} ))
+  # shellcheck disable=SC2086
+  tests_subset gpu_tests_linpad.log ${LINPAD_TESTS:-tests/test_linear_pad.py tests/test_ddp.py}
+  [ "${LINPAD_TRAIN_TESTS:-0}" = 1 ] && { echo "== tests: the trainer"; run_tests gpu_tests_train.log tests/test_train.py; }
+  left=$(( deadline - $(date +%s) ))
+  echo "== benchmark: largeout.nn.Linear at unaligned L against torch.nn.Linear (${left} s left)"
+  timeout $(( left - 10 )) python3 bench/bench_linear_pad.py ${LINPAD_ARGS:-} --out "$OUT/linear_pad.json" \
     2>&1 | tee "$OUT/bench_linear_pad.log" | tail -24
+  left=$(( deadline - $(date +%s) ))
+  if [ "${LINPAD_FP8:-0}" = 1 ] && [ $left -gt 90 ]; then
+    echo "== benchmark: FP8 layer against bf16 (${left} s left)"
+    timeout $(( left - 5 )) python3 bench/bench_fp8.py ${FP8_BENCH_ARGS:-} --out "$OUT/fp8_linear.json" 2>&1 \
+      | tee "$OUT/bench_fp8.log" | tail -16
+  fi
   exit 0
 fi
 
