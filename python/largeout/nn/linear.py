@@ -100,7 +100,7 @@ class _PaddedLinearFn(torch.autograd.Function):
         g = gy.to(cdt)
         colsum = None
         if cdt in (torch.bfloat16, torch.float16):
-            g, colsum = torch.ops.largeout.pad_columns_sum(g, Lp, True, want_db)
+            g, colsum = torch.ops.largeout.pad_columns_sum(g, _output_multiple(cdt), True, want_db)  # -> [M, Lp]
         else:
             if want_db:
                 colsum = g.sum(0)
