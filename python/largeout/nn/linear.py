@@ -161,9 +161,10 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
     that drops it), and on CUDA at such a label count the layer multiplies into an
     ``[M, L_pad]`` result and returns its ``[M, out_features]`` view (row stride ``L_pad``:
     ``y.is_contiguous()`` is False; ``y.contiguous()`` copies), and its backward pads dY
-    into an aligned buffer (one more dY-sized buffer at the peak). ``LARGEOUT_LINEAR_PAD=0`` turns this off
-    (``nn.functional.linear``), ``1`` turns it on for the CPU too; under ``torch.compile``
-    the layer calls ``nn.functional.linear``. Measurements: ``bench/bench_linear_pad.py``.
+    into an aligned buffer (one more dY-sized buffer at the peak). ``LARGEOUT_LINEAR_PAD=0``
+    turns this off (``nn.functional.linear``), ``1`` turns it on for the CPU too; under
+    ``torch.compile`` the layer calls ``nn.functional.linear``. Measurements:
+    ``bench/bench_linear_pad.py``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
