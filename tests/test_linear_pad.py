@@ -204,3 +204,85 @@ def test_padded_linear_under_autocast(device, padded):
     assert rel_err(x.grad, dx64) < 2e-2
     assert rel_err(layer.weight.grad, dw64) < 2e-2
     assert rel_err(layer.bias.grad, db64) < 2e-2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_output_can_be_modified_in_place(device, padded):
+    gen = torch.Generator().manual_seed(12)
+    layer = Linear(16, 21, generator=gen).to(device)
+    x = torch.randn(3, 16, generator=gen).to(device).requires_grad_()
+    y = layer(x)
+    assert not y.is_contiguous() and y._base is None  # the first columns, not a view
+    y[:, 0] = -1.0
+    y.masked_fill_(y > 10, 0.0)
+    y.sum().backward()
+    want = layer.weight.detach().double()[1:].sum(0).expand(3, 16)  # column 0 overwritten: no gradient
+    assert rel_err(x.grad, want) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("wdt", [torch.float32, torch.bfloat16], ids=str)
+def test_padded_linear_double_backward(device, wdt, monkeypatch):
+    """A gradient penalty (create_graph=True) gives the same second-order gradients as
+    nn.functional.linear (the padded backward runs the plain formulas when it builds a graph)."""
+    gen = torch.Generator().manual_seed(13)
+    layer = Linear(16, 21, weight_dtype=wdt, generator=gen).to(device)
+    x = torch.randn(5, 16, generator=gen).to(device, wdt)
+    got = []
+    for env in ("1", "0"):
+        monkeypatch.setenv("LARGEOUT_LINEAR_PAD", env)
+        layer.zero_grad(set_to_none=True)
+        xg = x.clone().requires_grad_()
+        (dx,) = torch.autograd.grad(layer(xg).float().square().sum(), xg, create_graph=True)
+        dx.float().square().sum().backward()
+        got.append((layer.weight.grad.clone(), layer.bias.grad.clone(), xg.grad.clone()))
+    for a, b in zip(*got):
+        assert rel_err(a, b.double()) < (1e-5 if wdt == torch.float32 else 2e-2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_under_function_transforms(device, padded):
+    """torch.func transforms and forward-mode AD take nn.functional.linear (the padded
+    autograd Function defines neither vmap nor jvp rules): same values as the reference."""
+    from torch.autograd import forward_ad
+    from torch.func import functional_call, grad, vmap
+
+    gen = torch.Generator().manual_seed(14)
+    layer = Linear(16, 21, generator=gen).to(device)
+    x = torch.randn(4, 16, generator=gen).to(device)
+    params = dict(layer.named_parameters())
+    dW = grad(lambda p: functional_call(layer, p, (x,)).square().sum())(params)["weight"]
+    y64 = x.double() @ layer.weight.detach().double().T + layer.bias.detach().double()
+    assert rel_err(dW, 2 * y64.T @ x.double()) < 1e-5
+    assert rel_err(vmap(layer)(x), y64) < 1e-5
+    t = torch.randn(4, 16, generator=gen).to(device)
+    with forward_ad.dual_level():
+        out = layer(forward_ad.make_dual(x, t))
+        tangent = forward_ad.unpack_dual(out).tangent
+    assert rel_err(tangent, t.double() @ layer.weight.detach().double().T) < 1e-5
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_ties_and_copies(device, padded):
+    """A weight tied through .data to an embedding's stays tied through training (the forward
+    never re-pads: it takes nn.functional.linear for storage not its own); a deepcopy and a
+    layer built and cast inside inference_mode run the padded path."""
+    gen = torch.Generator().manual_seed(15)
+    layer = Linear(16, 21, generator=gen).to(device)
+    emb = torch.nn.Embedding(21, 16).to(device)
+    layer.weight.data = emb.weight.data
+    assert not lin._pads_output(layer.weight, torch.float32)
+    opt = torch.optim.SGD(list(layer.parameters()), lr=0.1)
+    x = torch.randn(3, 16, generator=gen).to(device)
+    for _ in range(2):
+        opt.zero_grad()
+        layer(x).square().sum().backward()
+        opt.step()
+    assert torch.equal(layer.weight.detach(), emb.weight.detach())
+    twin = copy.deepcopy(Linear(16, 21, generator=gen).to(device))
+    assert lin._pads_output(twin.weight, torch.float32)
+    with torch.inference_mode():
+        frozen = Linear(16, 21, generator=gen).to(device).to(torch.float64)
+        assert lin._pads_output(frozen.weight, torch.float64)
+        y = frozen(x.double())
+    assert y.shape == (3, 21) and rel_err(y, x.double() @ frozen.weight.T + frozen.bias) < 1e-12

@@ -185,7 +185,9 @@ def padded_weight(weight: torch.Tensor) -> torch.Tensor:
 def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     """A zero-padded copy of ``weight`` stored as :func:`padded_weight` expects (first L rows)."""
     L, H = weight.shape
-    with torch.inference_mode(False):  # (a parameter's data: a normal tensor even inside inference_mode)
+    # (a parameter's data: a normal tensor even inside inference_mode, unless the parameter is an
+    # inference tensor itself, made inside it)
+    with torch.inference_mode(weight.is_inference()):
         full = torch.zeros(_round_up(L, ROW_MULTIPLE), H, dtype=weight.dtype, device=weight.device)
         full[:L].copy_(weight)
     return full[:L]

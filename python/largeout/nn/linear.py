@@ -28,56 +28,86 @@ def _output_multiple(cdt: torch.dtype) -> int:
     return 16 // torch.empty((), dtype=cdt).element_size()
 
 
+def _owns_padded_storage(weight: torch.Tensor) -> bool:
+    """Whether ``weight [L, H]`` is the first L rows of a storage of its own holding exactly L
+    rounded up to ``fp8.ROW_MULTIPLE`` rows (as the layer allocates it: the rows after L are
+    zeros nobody else writes). A view into a larger tensor, whose next rows hold anything, is
+    not."""
+    L, H = weight.shape
+    rows = fp8._round_up(L, fp8.ROW_MULTIPLE)
+    return (weight.is_contiguous() and weight.storage_offset() == 0
+            and weight.untyped_storage().nbytes() == rows * H * weight.element_size())
+
+
 def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
     """Whether the layer's forward writes a ``[M, L_pad]`` output (16-byte aligned rows) and
-    returns its ``[M, L]`` view (:class:`_PaddedLinearFn`). ``LARGEOUT_LINEAR_PAD`` = ``auto``
+    returns its first L columns (:class:`_PaddedLinearFn`). ``LARGEOUT_LINEAR_PAD`` = ``auto``
     (the default: on CUDA where L is not a multiple of 16 bytes' worth of columns), ``1`` (on
-    any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``)."""
+    any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``). Also
+    ``nn.functional.linear`` under ``torch.compile``, ``torch.func`` transforms and forward-mode
+    AD, and for a weight that is not in padded storage of its own (``_owns_padded_storage``:
+    e.g. one assigned or loaded with ``assign=True``, until the module is moved or cast)."""
     env = os.environ.get("LARGEOUT_LINEAR_PAD", "auto")
     if env not in ("auto", "0", "1"):
         raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
-    if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or torch.compiler.is_compiling():
+    if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or (env == "auto" and not weight.is_cuda):
         return False
-    if env == "auto" and not weight.is_cuda:
+    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or _forward_ad_active():
         return False
-    # a weight computed in the graph (not a leaf) cannot be re-padded in place: only where its
-    # storage already holds the padding rows
-    return weight.is_leaf or fp8.has_padded_storage(weight)
+    return _owns_padded_storage(weight)
+
+
+def _forward_ad_active() -> bool:
+    from torch.autograd import forward_ad
+
+    return getattr(forward_ad, "_current_level", -1) >= 0
+
+
+def _first_columns(y: torch.Tensor, L: int) -> torch.Tensor:
+    """``y [M, L_pad]``'s first L columns as a tensor of their own (strides ``(L_pad, 1)``, the
+    same storage), not a view: autograd lets a caller modify it in place, which it refuses for
+    a view made inside an autograd Function."""
+    if y.shape[1] == L:
+        return y
+    return torch.empty((0,), dtype=y.dtype, device=y.device).set_(y.untyped_storage(), y.storage_offset(),
+                                                                  (y.shape[0], L), (y.stride(0), 1))
 
 
 def _padded_forward(x2, weight, bias, scale, cdt):
-    """:class:`_PaddedLinearFn`'s forward: (the ``[M, L]`` view of the ``[M, L_pad]`` result,
-    the input in the compute dtype, L_pad)."""
+    """:class:`_PaddedLinearFn`'s forward: (the ``[M, L]`` columns of the ``[M, L_pad]`` result,
+    L_pad)."""
     L = weight.shape[0]
     Lp = fp8._round_up(L, _output_multiple(cdt))
-    w_full = fp8.padded_weight(weight)[:Lp]
+    w_full = fp8.padded_weight(weight)[:Lp]  # (the storage is padded: _pads_output)
     if weight.dtype in lowp.FP8_DTYPES:
         sw = None if scale is None else torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0)
         w_full = lowp.dequantize(w_full, sw, cdt)
-    xc = x2.to(cdt)
+    xc = x2.detach().to(cdt)
     if bias is not None:
         y = torch.addmm(torch.nn.functional.pad(bias.detach().to(cdt), (0, Lp - L)), xc, w_full.t())
     else:
         y = xc @ w_full.t()
-    return y[:, :L], xc, Lp
+    return _first_columns(y, L), Lp
 
 
 class _PaddedLinearFn(torch.autograd.Function):
     """``y = x W^T + b`` at a label count L whose output rows would not be 16-byte aligned,
     on aligned GEMMs only: the forward multiplies the weight's zero-padded ``[L_pad, H]``
-    storage into an ``[M, L_pad]`` result and returns its ``[M, L]`` view; the backward copies
+    storage into an ``[M, L_pad]`` result and returns its first L columns; the backward copies
     dY into a zero-padded ``[M, L_pad]`` buffer (bf16/fp16: in one pass that also sums the
     bias gradient, ``torch.ops.largeout.pad_columns_sum``) and runs dx and dW on it. fp8
     weights (bf16 compute) are upcast for the forward and, in label chunks, again for dx;
-    their gradient is bf16, with respect to the scaled weight, as on the layer's other paths."""
+    their gradient is bf16, with respect to the scaled weight, as on the layer's other paths.
+    A backward that builds a graph (``create_graph=True``: double backward) runs the plain
+    differentiable formulas instead."""
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x2, weight, probe, bias, scale, cdt):
         lowp.note_inputs(ctx, x2, weight, probe, bias, scale)
-        y, xc, Lp = _padded_forward(x2, weight, bias, scale, cdt)
+        y, Lp = _padded_forward(x2, weight, bias, scale, cdt)
         is_fp8 = weight.dtype in lowp.FP8_DTYPES
-        ctx.save_for_backward(xc if ctx.needs_input_grad[2] else None,
+        ctx.save_for_backward(x2 if ctx.needs_input_grad[2] else None,
                               weight if ctx.needs_input_grad[0] and not is_fp8 else None)
         ctx.weight = weight if is_fp8 else None  # (live, as on the fp8 path: changed only by the step)
         ctx.scale, ctx.cdt, ctx.Lp = scale, cdt, Lp
@@ -88,7 +118,7 @@ class _PaddedLinearFn(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")  # (under the forward's autocast state, as nn.functional.linear's)
     def backward(ctx, gy):
-        xc, w = ctx.saved_tensors
+        x2, w = ctx.saved_tensors
         if ctx.weight is not None:
             w = ctx.weight
         Lp, cdt = ctx.Lp, ctx.cdt
@@ -97,6 +127,12 @@ class _PaddedLinearFn(torch.autograd.Function):
         want_db = ctx.bias_dtype is not None and lowp.wants_grad(ctx, 3)
         if not (want_dx or want_dw or want_db):
             return None, None, None, None, None, None
+        if torch.is_grad_enabled():  # create_graph: differentiable ops on the inputs themselves
+            g = gy.to(cdt)
+            dx = (g @ lowp.weight_for_compute(w, ctx.scale)).to(ctx.x_dtype) if want_dx else None
+            dw = g.t() @ x2.to(cdt) if want_dw else None
+            db = gy.sum(0).to(ctx.bias_dtype) if want_db else None
+            return dx, dw, None, db, None, None
         g = gy.to(cdt)
         colsum = None
         if cdt in (torch.bfloat16, torch.float16):
@@ -114,7 +150,7 @@ class _PaddedLinearFn(torch.autograd.Function):
                 dx = g @ w_full
             dx = dx.to(ctx.x_dtype)
         if want_dw:
-            dw = (g.t() @ xc)[:L]
+            dw = (g.t() @ x2.to(cdt))[:L]
         if want_db:
             db = colsum.to(ctx.bias_dtype)
         return dx, dw, None, db, None, None
@@ -157,14 +193,15 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
     Unaligned label counts: cuBLAS runs several times slower when the output's rows are not
     16 bytes apart (``out_features`` not a multiple of 8 in bf16/fp16, of 4 in fp32). The
     weight is stored with up to 15 zero rows after its last one (``weight`` is the
-    ``[out_features, in_features]`` view; the padding is restored after a cast or ``.to()``
-    that drops it), and on CUDA at such a label count the layer multiplies into an
-    ``[M, L_pad]`` result and returns its ``[M, out_features]`` view (row stride ``L_pad``:
-    ``y.is_contiguous()`` is False; ``y.contiguous()`` copies), and its backward pads dY
+    ``[out_features, in_features]`` part; a move or cast, ``module.to()``, re-pads it), and
+    on CUDA at such a label count the layer multiplies into an ``[M, L_pad]`` result and
+    returns its first ``out_features`` columns (row stride ``L_pad``: ``y.is_contiguous()``
+    is False; ``y.contiguous()`` copies; in-place changes are fine), and its backward pads dY
     into an aligned buffer (one more dY-sized buffer at the peak). ``LARGEOUT_LINEAR_PAD=0``
-    turns this off (``nn.functional.linear``), ``1`` turns it on for the CPU too; under
-    ``torch.compile`` the layer calls ``nn.functional.linear``. Measurements:
-    ``bench/bench_linear_pad.py``.
+    turns this off (``nn.functional.linear``), ``1`` turns it on for the CPU too. The layer
+    calls ``nn.functional.linear`` under ``torch.compile``, ``torch.func`` transforms and
+    forward-mode AD, and for a weight assigned or loaded with ``assign=True`` (its storage is
+    not padded) until the module is moved or cast. Measurements: ``bench/bench_linear_pad.py``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
@@ -232,6 +269,23 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
+
+    def _apply(self, fn, *args, **kwargs):
+        # A move or cast that gave the weight new storage (module.to(), .cuda(), .half(), ...)
+        # gives it padded storage again (see _owns_padded_storage); the forward never re-pads a
+        # weight (its storage may be shared: a weight tied through .data or loaded with assign=True)
+        ptr = self.weight.data_ptr()
+        out = super()._apply(fn, *args, **kwargs)
+        w = self.weight
+        if w.data_ptr() != ptr and not w.is_meta and not _owns_padded_storage(w):
+            w.data = fp8._pad_storage(w.detach())
+        return out
+
+    def __setstate__(self, state):  # unpickling and copy.deepcopy (which copies the weight unpadded)
+        super().__setstate__(state)
+        w = self._parameters.get("weight")
+        if w is not None and not w.is_meta and not _owns_padded_storage(w):
+            w.data = fp8._pad_storage(w.detach())
 
     def _weight_dtype_changed(self) -> None:
         # A cast (module.float(), .to(dtype), ...) or an assigned weight of another dtype: the
