@@ -53,7 +53,7 @@ import torch
 from . import lowp
 
 __all__ = ["E4M3_MAX", "ROW_MULTIPLE", "gemm_mode", "kernel_choice", "quantize", "padded_weight", "has_padded_storage",
-           "fp8_linear", "fp8_tensor_cores"]
+           "fp8_linear", "fp8_tensor_cores", "restore_lead"]
 
 E4M3_MAX = 448.0
 ROW_MULTIPLE = 16  # label-count multiple that _scaled_mm takes (the weight's storage is padded to it)
@@ -160,12 +160,17 @@ def quantize(x: torch.Tensor, rowwise: bool) -> Tuple[torch.Tensor, torch.Tensor
     return torch.ops.largeout.fp8_quantize(xs, rowwise)
 
 
-def has_padded_storage(weight: torch.Tensor) -> bool:
+def has_padded_storage(weight: torch.Tensor, exact: bool = False) -> bool:
     """Whether ``weight [L, H]`` is contiguous and its storage holds the rows up to L rounded
-    up to ``ROW_MULTIPLE`` after it (as :func:`padded_weight` leaves it)."""
+    up to ``ROW_MULTIPLE`` after it (as :func:`padded_weight` leaves it). ``exact``: and the
+    storage is exactly that, starting at the weight (as the layers allocate it, so that the
+    rows after L are zeros nobody else writes; a view into a larger tensor is not)."""
     L, H = weight.shape
     need = (weight.storage_offset() + _round_up(L, ROW_MULTIPLE) * H) * weight.element_size()
-    return weight.is_contiguous() and weight.untyped_storage().nbytes() >= need
+    if not weight.is_contiguous():
+        return False
+    nbytes = weight.untyped_storage().nbytes()
+    return nbytes == need and weight.storage_offset() == 0 if exact else nbytes >= need
 
 
 def padded_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -300,6 +305,12 @@ def fp8_linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
         y = _Fp8LinearFn.apply(x2, weight, lowp.prepare_fp8_weight(weight), bias, scale)
     else:  # (no graph to record: the forward without the autograd Function's host work)
         y = _forward(x2, weight, bias, scale)[0]
+    return restore_lead(y, lead)
+
+
+def restore_lead(y: torch.Tensor, lead: torch.Size) -> torch.Tensor:
+    """A layer's ``[M, L]`` output for an input whose leading dimensions were ``lead``
+    (flattened to M rows; ``()``: a 1-D input, M = 1) as ``[*lead, L]``."""
     if len(lead) == 1:
         return y
     return y[0] if not lead else y.unflatten(0, lead)

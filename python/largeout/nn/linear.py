@@ -8,6 +8,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.autograd import forward_ad
 
 from . import fp8, lowp
 
@@ -25,18 +26,7 @@ def _default_activation_dtype(weight_dtype: torch.dtype, in_features: int) -> Op
 def _output_multiple(cdt: torch.dtype) -> int:
     """Output columns per 16 bytes in the compute dtype ``cdt``: cuBLAS runs several times
     slower on rows that are not 16-byte aligned (bench/bench_linear_pad.py)."""
-    return 16 // torch.empty((), dtype=cdt).element_size()
-
-
-def _owns_padded_storage(weight: torch.Tensor) -> bool:
-    """Whether ``weight [L, H]`` is the first L rows of a storage of its own holding exactly L
-    rounded up to ``fp8.ROW_MULTIPLE`` rows (as the layer allocates it: the rows after L are
-    zeros nobody else writes). A view into a larger tensor, whose next rows hold anything, is
-    not."""
-    L, H = weight.shape
-    rows = fp8._round_up(L, fp8.ROW_MULTIPLE)
-    return (weight.is_contiguous() and weight.storage_offset() == 0
-            and weight.untyped_storage().nbytes() == rows * H * weight.element_size())
+    return 16 // cdt.itemsize
 
 
 def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
@@ -45,7 +35,7 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
     (the default: on CUDA where L is not a multiple of 16 bytes' worth of columns), ``1`` (on
     any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``). Also
     ``nn.functional.linear`` under ``torch.compile``, ``torch.func`` transforms and forward-mode
-    AD, and for a weight that is not in padded storage of its own (``_owns_padded_storage``:
+    AD, and for a weight that is not in padded storage of its own (``has_padded_storage`` exact:
     e.g. one assigned or loaded with ``assign=True``, until the module is moved or cast)."""
     env = os.environ.get("LARGEOUT_LINEAR_PAD", "auto")
     if env not in ("auto", "0", "1"):
@@ -54,12 +44,10 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
         return False
     if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or _forward_ad_active():
         return False
-    return _owns_padded_storage(weight)
+    return fp8.has_padded_storage(weight, exact=True)
 
 
 def _forward_ad_active() -> bool:
-    from torch.autograd import forward_ad
-
     return getattr(forward_ad, "_current_level", -1) >= 0
 
 
@@ -127,13 +115,12 @@ class _PaddedLinearFn(torch.autograd.Function):
         want_db = ctx.bias_dtype is not None and lowp.wants_grad(ctx, 3)
         if not (want_dx or want_dw or want_db):
             return None, None, None, None, None, None
+        g = gy.to(cdt)
         if torch.is_grad_enabled():  # create_graph: differentiable ops on the inputs themselves
-            g = gy.to(cdt)
             dx = (g @ lowp.weight_for_compute(w, ctx.scale)).to(ctx.x_dtype) if want_dx else None
             dw = g.t() @ x2.to(cdt) if want_dw else None
             db = gy.sum(0).to(ctx.bias_dtype) if want_db else None
             return dx, dw, None, db, None, None
-        g = gy.to(cdt)
         colsum = None
         if cdt in (torch.bfloat16, torch.float16):
             g, colsum = torch.ops.largeout.pad_columns_sum(g, _output_multiple(cdt), True, want_db)  # -> [M, Lp]
@@ -262,29 +249,31 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
                                           self.weight_scale, cdt)
             else:  # (no graph to record: the forward without the autograd Function's host work)
                 y = _padded_forward(x2, self.weight, self.bias, self.weight_scale, cdt)[0]
-            y = y.to(x.dtype)
-            if len(lead) == 1:
-                return y
-            return y[0] if not lead else y.unflatten(0, lead)
+            return fp8.restore_lead(y.to(x.dtype), lead)
         w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
         return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
 
     def _apply(self, fn, *args, **kwargs):
         # A move or cast that gave the weight new storage (module.to(), .cuda(), .half(), ...)
-        # gives it padded storage again (see _owns_padded_storage); the forward never re-pads a
-        # weight (its storage may be shared: a weight tied through .data or loaded with assign=True)
+        # gives it padded storage again; the forward never re-pads a weight (its storage may be
+        # shared: a weight tied through .data or loaded with assign=True)
         ptr = self.weight.data_ptr()
         out = super()._apply(fn, *args, **kwargs)
-        w = self.weight
-        if w.data_ptr() != ptr and not w.is_meta and not _owns_padded_storage(w):
-            w.data = fp8._pad_storage(w.detach())
+        if self.weight.data_ptr() != ptr:
+            self._repad_weight()
         return out
 
     def __setstate__(self, state):  # unpickling and copy.deepcopy (which copies the weight unpadded)
         super().__setstate__(state)
-        w = self._parameters.get("weight")
-        if w is not None and not w.is_meta and not _owns_padded_storage(w):
+        if self._parameters.get("weight") is not None:
+            self._repad_weight()
+
+    def _repad_weight(self) -> None:
+        """The weight moved into padded storage of its own (fp8.has_padded_storage, exact),
+        where it is not in such storage already."""
+        w = self.weight
+        if not w.is_meta and not fp8.has_padded_storage(w, exact=True):
             w.data = fp8._pad_storage(w.detach())
 
     def _weight_dtype_changed(self) -> None:
