@@ -186,24 +186,61 @@ def test_padded_and_plain_paths_agree(device, monkeypatch):
         assert rel_err(a, b.double()) < 1e-6
 
 
+@pytest.mark.filterwarnings("ignore")
 @pytest.mark.parametrize("device", DEVICES)
-def test_padded_linear_under_autocast(device, padded):
-    """Under autocast an fp32 layer multiplies in bf16, as nn.functional.linear does there;
-    its gradients still match the float64 reference within bf16 rounding."""
+@pytest.mark.parametrize("L", [77, 332])
+@pytest.mark.parametrize("compiled", [False, True])
+def test_padded_linear_under_autocast(device, L, compiled, padded):
+    """Under autocast an fp32 layer multiplies in bf16 and returns bf16, as nn.Linear there,
+    on 16-byte aligned bf16 rows (L = 332: a multiple of 4 fp32 columns, not of 8 bf16 ones);
+    compiled, the same bits; gradients match the float64 reference within bf16 rounding."""
+    torch._dynamo.reset()
     gen = torch.Generator().manual_seed(6)
-    layer = Linear(64, 77, generator=gen).to(device)
+    layer = Linear(64, L, generator=gen).to(device)
     x = torch.randn(9, 64, generator=gen).to(device).requires_grad_()
+    gy = torch.randn(9, L, generator=gen).to(device)
+    run = torch.compile(layer, backend="aot_eager", fullgraph=True) if compiled else layer
     with torch.autocast(device, dtype=torch.bfloat16):
-        y = layer(x)
-        want = torch.nn.functional.linear(x.detach(), layer.weight.detach(), layer.bias.detach())
-    assert want.dtype == torch.bfloat16
+        y = run(x)
+        want = torch.nn.Linear(64, L).to(device)
+        with torch.no_grad():
+            want.weight.copy_(layer.weight)
+            want.bias.copy_(layer.bias)
+        want = want(x.detach())
+    assert want.dtype == torch.bfloat16 and y.dtype == torch.bfloat16 and y.stride() == (-(-L // 8) * 8, 1)
     assert rel_err(y, want.double()) < 1e-2
-    gy = torch.randn(y.shape, generator=gen).to(device)
     y.backward(gy)
     _, dx64, dw64, db64 = _reference(layer, x, gy)
+    assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
     assert rel_err(x.grad, dx64) < 2e-2
     assert rel_err(layer.weight.grad, dw64) < 2e-2
     assert rel_err(layer.bias.grad, db64) < 2e-2
+    if compiled:  # the eager layer's bits
+        got = (y.detach(), x.grad.clone(), layer.weight.grad.clone(), layer.bias.grad.clone())
+        layer.zero_grad()
+        xe = x.detach().clone().requires_grad_()
+        with torch.autocast(device, dtype=torch.bfloat16):
+            ye = layer(xe)
+        ye.backward(gy)
+        for a, b in zip(got, (ye.detach(), xe.grad, layer.weight.grad, layer.bias.grad)):
+            assert torch.equal(a, b)
+
+
+def test_linear_under_autocast_returns_the_autocast_dtype():
+    """Every weight dtype but float64 returns autocast's dtype under autocast (nn.Linear's
+    behaviour); outside autocast the input's dtype."""
+    x = torch.randn(3, 32)
+    for wdt in (torch.float32, torch.bfloat16, torch.float16, torch.float8_e5m2, torch.float8_e4m3fn, torch.float64):
+        layer = Linear(32, 16, weight_dtype=wdt)
+        for ac in (torch.bfloat16, torch.float16):
+            with torch.autocast("cpu", dtype=ac):
+                y = layer(x)
+            want = torch.nn.functional.linear(x, layer.weight.detach().to(lin.lowp.compute_dtype(wdt)).float(),
+                                              layer.bias.detach().float())
+            assert y.dtype == (torch.float32 if wdt == torch.float64 else ac), (wdt, ac)
+            tol = {torch.float64: 1e-6, torch.float8_e4m3fn: 6e-2}.get(wdt, 2e-2)  # (e4m3: the input quantized too)
+            assert rel_err(y, want.double()) < tol
+        assert layer(x).dtype == torch.float32
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -286,3 +323,101 @@ def test_padded_linear_ties_and_copies(device, padded):
         assert lin._pads_output(frozen.weight, torch.float64)
         y = frozen(x.double())
     assert y.shape == (3, 21) and rel_err(y, x.double() @ frozen.weight.T + frozen.bias) < 1e-12
+
+
+def _count_backward(monkeypatch):
+    """Counts the padded backward's runs (eager Function and compiled op alike)."""
+    calls = []
+    real = lin._padded_backward
+
+    def spy(g, *args):
+        calls.append(args[-3:])  # (want_dx, want_dw, want_db)
+        return real(g, *args)
+
+    monkeypatch.setattr(lin, "_padded_backward", spy)
+    return calls
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["aot_eager", "inductor"])
+@pytest.mark.parametrize("wdt", [torch.float32, torch.bfloat16], ids=str)
+def test_padded_linear_under_torch_compile(device, backend, wdt, padded, poison, monkeypatch):
+    """torch.compile (fullgraph) runs the padded path too, through the ops padded_linear and
+    padded_linear_backward: the output is the [M, L] part of [M, L_pad] rows, forward and
+    gradients equal the eager layer's bits, and the backward computes only what is asked."""
+    torch._dynamo.reset()
+    # (no compiled graphs from the caches: a cached backward would not run this code's op)
+    with torch._inductor.config.patch(fx_graph_cache=False), \
+            torch._functorch.config.patch(enable_autograd_cache=False):
+        _compiled_run(device, backend, wdt, monkeypatch)
+
+
+def _compiled_run(device, backend, wdt, monkeypatch):
+    gen = torch.Generator().manual_seed(16)
+    L, cdt = 333, wdt
+    layer = Linear(48, L, weight_dtype=wdt, generator=gen).to(device)
+    twin = copy.deepcopy(layer)
+    x = torch.randn(7, 48, generator=gen).to(device, cdt)
+    gy = torch.randn(7, L, generator=gen).to(device, cdt)
+    calls = _count_backward(monkeypatch)
+    f = torch.compile(twin, backend=backend, fullgraph=True)
+    got, want = [], []
+    for m, out in ((f, got), (layer, want)):
+        xg = x.clone().requires_grad_()
+        y = m(xg)
+        y.backward(gy)
+        out.append((y.detach(), xg.grad, m.weight.grad, m.bias.grad))
+    Lp = -(-L // lin._output_multiple(cdt)) * lin._output_multiple(cdt)
+    assert got[0][0].stride() == (Lp, 1) and calls == [(True, True, True)] * 2
+    for a, b in zip(got[0], want[0]):
+        assert a.dtype == b.dtype and torch.equal(a, b)
+    y64, dx64, dw64, db64 = _reference(layer, x, gy)
+    assert rel_err(got[0][0], y64) < TOL.get(wdt, 1e-2) and rel_err(got[0][2], dw64) < TOL.get(wdt, 1e-2)
+    # a frozen weight: no dW computed; an input without grad: no dx
+    twin.zero_grad(set_to_none=True)
+    twin.weight.requires_grad_(False)
+    calls.clear()
+    xg = x.clone().requires_grad_()
+    torch.compile(twin, backend=backend, fullgraph=True)(xg).backward(gy)
+    assert calls == [(True, False, True)] and twin.weight.grad is None and torch.equal(xg.grad, want[0][1])
+    twin.weight.requires_grad_(True)
+    calls.clear()
+    torch.compile(twin, backend=backend, fullgraph=True)(x).backward(gy)
+    assert calls == [(False, True, True)] and torch.equal(twin.weight.grad, want[0][2])
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_compiled_with_a_weight_not_its_own(device, padded):
+    """Compiled, a weight whose storage is not the layer's padded storage (tied through .data
+    to an embedding's) is multiplied through a padded copy: right values, the tie kept, the
+    embedding's storage untouched; the batch size may change (dynamic shapes)."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(17)
+    layer = Linear(16, 21, generator=gen).to(device)
+    emb = torch.nn.Embedding(21, 16).to(device)
+    layer.weight.data = emb.weight.data
+    f = torch.compile(layer, backend="aot_eager", fullgraph=True, dynamic=True)
+    for B in (3, 5):
+        layer.zero_grad(set_to_none=True)
+        x = torch.randn(B, 16, generator=gen).to(device)
+        y = f(x)
+        assert y.stride() == (24, 1)
+        gy = torch.randn(B, 21, generator=gen).to(device)
+        y.backward(gy)
+        y64, _, dw64, db64 = _reference(layer, x, gy)
+        assert rel_err(y, y64) < 1e-5 and rel_err(layer.weight.grad, dw64) < 1e-5 and rel_err(layer.bias.grad, db64) < 1e-5
+    assert layer.weight.data_ptr() == emb.weight.data_ptr() and emb.weight.untyped_storage().nbytes() == 21 * 16 * 4
+
+
+def test_padded_linear_ops_registrations():
+    """Schema, fake tensor and autograd registration of the two ops (torch.library.opcheck)."""
+    gen = torch.Generator().manual_seed(18)
+    layer = Linear(16, 21, weight_dtype=torch.bfloat16, generator=gen)
+    x = torch.randn(4, 16, generator=gen).to(torch.bfloat16).requires_grad_()
+    gy = torch.randn(4, 21, generator=gen).to(torch.bfloat16)
+    torch.library.opcheck(torch.ops.largeout.padded_linear.default, (x, layer.weight, layer.bias, torch.bfloat16))
+    for wants in ((True, True, True), (False, True, False), (True, False, True)):
+        torch.library.opcheck(torch.ops.largeout.padded_linear_backward.default,
+                              (gy, x.detach(), layer.weight.detach(), torch.bfloat16, *wants))

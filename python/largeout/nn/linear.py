@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -34,17 +34,34 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
     returns its first L columns (:class:`_PaddedLinearFn`). ``LARGEOUT_LINEAR_PAD`` = ``auto``
     (the default: on CUDA where L is not a multiple of 16 bytes' worth of columns), ``1`` (on
     any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``). Also
-    ``nn.functional.linear`` under ``torch.compile``, ``torch.func`` transforms and forward-mode
-    AD, and for a weight that is not in padded storage of its own (``has_padded_storage`` exact:
-    e.g. one assigned or loaded with ``assign=True``, until the module is moved or cast)."""
+    ``nn.functional.linear`` under ``torch.func`` transforms and forward-mode AD, and in eager
+    mode for a weight that is not in padded storage of its own (``has_padded_storage`` exact:
+    e.g. one assigned or loaded with ``assign=True``, until the module is moved or cast).
+    ``torch.compile`` takes the ops ``padded_linear`` (which test the storage when they run:
+    a compiled graph outlives a weight's ``.data``) for any weight but an fp8 one."""
     env = os.environ.get("LARGEOUT_LINEAR_PAD", "auto")
     if env not in ("auto", "0", "1"):
         raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
     if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or (env == "auto" and not weight.is_cuda):
         return False
-    if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active() or _forward_ad_active():
+    if torch._C._are_functorch_transforms_active() or _forward_ad_active():
         return False
+    if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
+        return weight.dtype not in lowp.FP8_DTYPES
     return fp8.has_padded_storage(weight, exact=True)
+
+
+def _matmul_dtypes(weight_dtype: torch.dtype, x: torch.Tensor):
+    """(the dtype the layer multiplies in, its output's dtype) for input ``x``: the weight's
+    compute dtype (``lowp.compute_dtype``) and x's dtype; under autocast (on x's device, as
+    ``nn.Linear`` there) the autocast dtype for both, except that fp8 weights still multiply
+    in bf16 and float64 layers are left alone."""
+    cdt = lowp.compute_dtype(weight_dtype)
+    dev = x.device.type
+    if weight_dtype == torch.float64 or not torch.is_autocast_enabled(dev):
+        return cdt, x.dtype
+    ac = torch.get_autocast_dtype(dev)
+    return (cdt if weight_dtype in lowp.FP8_DTYPES else ac), ac
 
 
 def _forward_ad_active() -> bool:
@@ -61,15 +78,27 @@ def _first_columns(y: torch.Tensor, L: int) -> torch.Tensor:
                                                                   (y.shape[0], L), (y.stride(0), 1))
 
 
+def _aligned_rows(weight: torch.Tensor, Lp: int) -> torch.Tensor:
+    """``weight [L, H]`` as ``[Lp, H]`` with zero rows after its last: a view of its padded
+    storage where it has such storage of its own (``has_padded_storage``, exact: as the layer
+    allocates it), else a padded copy (a weight that is not, reached through the op
+    ``padded_linear`` of a compiled graph)."""
+    if fp8.has_padded_storage(weight, exact=True):
+        return fp8.padded_weight(weight)[:Lp]
+    return torch.nn.functional.pad(weight.detach(), (0, 0, 0, Lp - weight.shape[0]))
+
+
 def _padded_forward(x2, weight, bias, scale, cdt):
     """:class:`_PaddedLinearFn`'s forward: (the ``[M, L]`` columns of the ``[M, L_pad]`` result,
     L_pad)."""
     L = weight.shape[0]
     Lp = fp8._round_up(L, _output_multiple(cdt))
-    w_full = fp8.padded_weight(weight)[:Lp]  # (the storage is padded: _pads_output)
+    w_full = _aligned_rows(weight, Lp)
     if weight.dtype in lowp.FP8_DTYPES:
         sw = None if scale is None else torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0)
         w_full = lowp.dequantize(w_full, sw, cdt)
+    else:
+        w_full = w_full.to(cdt)  # (a copy under autocast only: see _matmul_dtypes)
     xc = x2.detach().to(cdt)
     if bias is not None:
         y = torch.addmm(torch.nn.functional.pad(bias.detach().to(cdt), (0, Lp - L)), xc, w_full.t())
@@ -110,37 +139,92 @@ class _PaddedLinearFn(torch.autograd.Function):
         if ctx.weight is not None:
             w = ctx.weight
         Lp, cdt = ctx.Lp, ctx.cdt
-        L = gy.shape[1]
         want_dx, want_dw = lowp.wants_grad(ctx, 0), lowp.wants_grad(ctx, 2)
         want_db = ctx.bias_dtype is not None and lowp.wants_grad(ctx, 3)
         if not (want_dx or want_dw or want_db):
             return None, None, None, None, None, None
         g = gy.to(cdt)
         if torch.is_grad_enabled():  # create_graph: differentiable ops on the inputs themselves
-            dx = (g @ lowp.weight_for_compute(w, ctx.scale)).to(ctx.x_dtype) if want_dx else None
+            dx = (g @ lowp.weight_for_compute(w, ctx.scale).to(cdt)).to(ctx.x_dtype) if want_dx else None
             dw = g.t() @ x2.to(cdt) if want_dw else None
             db = gy.sum(0).to(ctx.bias_dtype) if want_db else None
             return dx, dw, None, db, None, None
-        colsum = None
-        if cdt in (torch.bfloat16, torch.float16):
-            g, colsum = torch.ops.largeout.pad_columns_sum(g, _output_multiple(cdt), True, want_db)  # -> [M, Lp]
-        else:
-            if want_db:
-                colsum = g.sum(0)
-            g = torch.nn.functional.pad(g, (0, Lp - L))
-        dx = dw = db = None
-        if want_dx:
-            w_full = fp8.padded_weight(w)[:Lp]
-            if w.dtype in lowp.FP8_DTYPES:
-                dx = fp8.dx_through_upcast(g, w_full, ctx.scale)
-            else:
-                dx = g @ w_full
-            dx = dx.to(ctx.x_dtype)
-        if want_dw:
-            dw = (g.t() @ x2.to(cdt))[:L]
+        dx, dw, colsum = _padded_backward(g, x2, w, ctx.scale, cdt, Lp, want_dx, want_dw, want_db)
+        return (dx.to(ctx.x_dtype) if want_dx else None, dw, None,
+                colsum.to(ctx.bias_dtype) if want_db else None, None, None)
+
+
+def _padded_backward(g, x2, w, scale, cdt, Lp, want_dx, want_dw, want_db):
+    """The backward of :func:`_padded_forward` for dY ``g [M, L]`` (in ``cdt``) on aligned GEMMs:
+    (dx in ``cdt`` or fp32, dW ``[L, H]``, dY's column sums), each None where not wanted."""
+    L = g.shape[1]
+    colsum = None
+    if cdt in (torch.bfloat16, torch.float16):
+        g, colsum = torch.ops.largeout.pad_columns_sum(g, _output_multiple(cdt), True, want_db)  # -> [M, Lp]
+    else:
         if want_db:
-            db = colsum.to(ctx.bias_dtype)
-        return dx, dw, None, db, None, None
+            colsum = g.sum(0)
+        g = torch.nn.functional.pad(g, (0, Lp - L))
+    dx = dw = None
+    if want_dx:
+        w_full = _aligned_rows(w, Lp)
+        dx = fp8.dx_through_upcast(g, w_full, scale) if w.dtype in lowp.FP8_DTYPES else g @ w_full.to(cdt)
+    if want_dw:
+        dw = (g.t() @ x2.to(cdt))[:L]
+    return dx, dw, colsum if want_db else None
+
+
+# torch.compile's path (``_pads_output``): the same forward and backward as two ops that it
+# does not trace into, since it cannot follow the weight's padded storage. fp8 weights, whose
+# bf16 gradient a compiled backward would cast to fp8, stay on ``nn.functional.linear`` there.
+@torch.library.custom_op("largeout::padded_linear", mutates_args=())
+def _padded_linear_op(x2: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      cdt: torch.dtype) -> torch.Tensor:
+    return _padded_forward(x2, weight, bias, None, cdt)[0]
+
+
+@_padded_linear_op.register_fake
+def _(x2, weight, bias, cdt):
+    Lp = fp8._round_up(weight.shape[0], _output_multiple(cdt))
+    return x2.new_empty_strided((x2.shape[0], weight.shape[0]), (Lp, 1), dtype=cdt)
+
+
+@torch.library.custom_op("largeout::padded_linear_backward", mutates_args=())
+def _padded_linear_backward_op(gy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, cdt: torch.dtype,
+                               want_dx: bool, want_dw: bool,
+                               want_db: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dx, dW, dY's column sums) of ``padded_linear``; an empty tensor for each not wanted."""
+    Lp = fp8._round_up(weight.shape[0], _output_multiple(cdt))
+    out = _padded_backward(gy.to(cdt), x2, weight, None, cdt, Lp, want_dx, want_dw, want_db)
+    return tuple(t if t is not None else gy.new_empty(0) for t in out)
+
+
+@_padded_linear_backward_op.register_fake
+def _(gy, x2, weight, cdt, want_dx, want_dw, want_db):
+    (M, H), L = x2.shape, weight.shape[0]
+    sum_dtype = torch.float32 if cdt in (torch.bfloat16, torch.float16) else cdt
+    return (gy.new_empty((M, H) if want_dx else (0,), dtype=cdt),
+            gy.new_empty((L, H) if want_dw else (0,), dtype=cdt),
+            gy.new_empty((L,) if want_db else (0,), dtype=sum_dtype if want_db else gy.dtype))
+
+
+def _padded_linear_setup(ctx, inputs, output):
+    x2, weight, bias, cdt = inputs
+    ctx.save_for_backward(x2, weight)
+    ctx.cdt, ctx.x_dtype, ctx.w_dtype = cdt, x2.dtype, weight.dtype
+    ctx.bias_dtype = bias.dtype if bias is not None else None
+
+
+def _padded_linear_grad(ctx, gy):
+    x2, w = ctx.saved_tensors
+    want_dx, want_dw = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    want_db = ctx.bias_dtype is not None and ctx.needs_input_grad[2]
+    dx, dw, db = torch.ops.largeout.padded_linear_backward(gy, x2, w, ctx.cdt, want_dx, want_dw, want_db)
+    return (dx.to(ctx.x_dtype) if want_dx else None, dw.to(ctx.w_dtype) if want_dw else None,
+            db.to(ctx.bias_dtype) if want_db else None, None)
+
+
+_padded_linear_op.register_autograd(_padded_linear_grad, setup_context=_padded_linear_setup)
 
 
 class Linear(lowp.ScaledWeightMixin, nn.Module):
@@ -154,7 +238,9 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
             matmuls run in the weight's dtype; e5m2 weights are upcast to bf16 on the fly
             (see :mod:`largeout.nn.lowp`), e4m3 weights multiply e4m3 inputs by default
             (``activation_dtype``). The input is cast to the compute dtype and the output
-            cast back to the input's dtype. Train low-precision weights with
+            cast back to the input's dtype; under ``torch.autocast`` the layer multiplies in
+            the autocast dtype and returns it, as ``nn.Linear`` does (fp8 weights multiply
+            in bf16 there; float64 layers ignore autocast). Train low-precision weights with
             ``largeout.optim`` (stochastic rounding; fp8 weights receive bf16 gradients;
             freeze any weight with ``requires_grad_(False)``). A cast (``.float()``,
             ``.to(dtype)``, ...) gives the layer the constructor gives for the new weight
@@ -185,10 +271,12 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
     returns its first ``out_features`` columns (row stride ``L_pad``: ``y.is_contiguous()``
     is False; ``y.contiguous()`` copies; in-place changes are fine), and its backward pads dY
     into an aligned buffer (one more dY-sized buffer at the peak). ``LARGEOUT_LINEAR_PAD=0``
-    turns this off (``nn.functional.linear``), ``1`` turns it on for the CPU too. The layer
-    calls ``nn.functional.linear`` under ``torch.compile``, ``torch.func`` transforms and
-    forward-mode AD, and for a weight assigned or loaded with ``assign=True`` (its storage is
-    not padded) until the module is moved or cast. Measurements: ``bench/bench_linear_pad.py``.
+    turns this off (``nn.functional.linear``), ``1`` turns it on for the CPU too.
+    ``torch.compile`` runs it through two ops of its own (``torch.ops.largeout.padded_linear``
+    and its backward), except for fp8 weights. The layer calls ``nn.functional.linear`` under
+    ``torch.func`` transforms and forward-mode AD, for fp8 weights under ``torch.compile``, and
+    in eager mode for a weight assigned or loaded with ``assign=True`` (its storage is not
+    padded) until the module is moved or cast. Measurements: ``bench/bench_linear_pad.py``.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, device=None, dtype=None,
@@ -238,21 +326,23 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: x must be [*, in_features = {self.in_features}]; got shape {tuple(x.shape)}")
         lowp.check_input_dtype("Linear", x)
+        cdt, out_dtype = _matmul_dtypes(self.weight.dtype, x)
         if self.activation_dtype == torch.float8_e4m3fn:
-            return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(x.dtype)
-        cdt = lowp.compute_dtype(self.weight.dtype)
+            return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(out_dtype)
         if _pads_output(self.weight, cdt):
             lead = x.shape[:-1]
             x2 = x.reshape(-1, self.in_features)
-            if lowp.records_graph(x, self.weight, self.bias):
+            if torch.compiler.is_compiling():
+                y = torch.ops.largeout.padded_linear(x2, self.weight, self.bias, cdt)
+            elif lowp.records_graph(x, self.weight, self.bias):
                 y = _PaddedLinearFn.apply(x2, self.weight, lowp.prepare_fp8_weight(self.weight), self.bias,
                                           self.weight_scale, cdt)
             else:  # (no graph to record: the forward without the autograd Function's host work)
                 y = _padded_forward(x2, self.weight, self.bias, self.weight_scale, cdt)[0]
-            return fp8.restore_lead(y.to(x.dtype), lead)
+            return fp8.restore_lead(y.to(out_dtype), lead)
         w = lowp.weight_for_compute(self.weight, self.weight_scale)
         b = self.bias.to(cdt) if self.bias is not None else None
-        return nn.functional.linear(x.to(cdt), w, b).to(x.dtype)
+        return nn.functional.linear(x.to(cdt), w.to(cdt), b).to(out_dtype)
 
     def _apply(self, fn, *args, **kwargs):
         # A move or cast that gave the weight new storage (module.to(), .cuda(), .half(), ...)
