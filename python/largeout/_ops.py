@@ -68,16 +68,30 @@ def _sr_fake(x, dtype, seed, offset):
     return x.new_empty(x.shape, dtype=dtype)
 
 
+def savable_indices(indices):
+    """A layer's indices as save_for_backward takes them: a copy of an inference tensor (the
+    buffer of a layer built under inference_mode; small: [L / G, K] int32), else themselves."""
+    if torch.compiler.is_compiling():  # (is_inference cannot be traced; a traced buffer is none)
+        return indices
+    return indices.clone() if indices.is_inference() else indices
+
+
 def _gsl_setup_context(ctx, inputs, output):
     x, weight, indices, bias, group_size = inputs
-    ctx.save_for_backward(x, weight, indices)
+    need_x, need_w = ctx.needs_input_grad[:2]
+    # only what the backward reads: no input kept alive for a frozen weight, and none of a
+    # layer's inference tensors (built under inference_mode) saved where it needs no gradient
+    ctx.save_for_backward(x if need_w else None, weight if need_x else None,
+                          savable_indices(indices) if need_x or need_w else None)
     ctx.group_size = group_size
     ctx.has_bias = bias is not None
+    ctx.dims = (x.shape[1], weight.shape[1], weight.dtype)
 
 
-def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
+def _rows_for_tma(grad_out, dims, group_size, passes=("input", "weight")):
     """dY as the backward passes named in ``passes`` ("input": dx, "weight": dW and dbias)
-    read it fastest where L is not a multiple of 8, else contiguous.
+    read it fastest where L is not a multiple of 8, else contiguous. ``dims``: (H, K, the
+    weight's dtype).
 
     On Hopper those passes read dY by TMA: with rows a multiple of 8 elements apart, or at any
     row stride through row classes (rows c, c + 8, ..., 16-bit weights; the default since
@@ -95,11 +109,11 @@ def _rows_for_tma(grad_out, x, weight, group_size, passes=("input", "weight")):
     pad = os.environ.get("LARGEOUT_PAD_DY")
     if L % 8 == 0 or B < 2 or not grad_out.is_cuda or not passes or pad == "0":
         return grad_out.contiguous()
-    H, K = x.shape[1], weight.shape[1]
+    H, K, w_dtype = dims
 
     def by_tma(ld):
         return all(torch.ops.largeout.cuda_reads_dy_by_tma(
-            p, weight.dtype if p == "input" else grad_out.dtype, B, H, L, K, group_size, ld) for p in passes)
+            p, w_dtype if p == "input" else grad_out.dtype, B, H, L, K, group_size, ld) for p in passes)
 
     if pad != "1" and (by_tma(L) or (tuple(passes) == ("weight",) and group_size >= 128)):
         return grad_out.contiguous()
@@ -118,9 +132,9 @@ def _gsl_backward(ctx, grad_out):
     if torch.is_grad_enabled():  # create_graph: no padded copy (that op has no derivative)
         grad_out = grad_out.contiguous()
     else:
-        grad_out = _rows_for_tma(grad_out, x, weight, ctx.group_size, passes)
+        grad_out = _rows_for_tma(grad_out, ctx.dims, ctx.group_size, passes)
     if need_x:
-        dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, x.shape[1])
+        dx = _lib.group_sparse_linear_backward_input(grad_out, weight, indices, ctx.group_size, ctx.dims[0])
     if need_w:
         dw, db_all = _lib.group_sparse_linear_backward_weight(grad_out, x, indices, ctx.group_size)
         if need_b:

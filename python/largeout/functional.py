@@ -1,6 +1,7 @@
 """Functional interface of largeout's layers."""
 
 import numbers
+import warnings
 from typing import Optional
 
 import torch
@@ -42,13 +43,41 @@ def group_sparse_linear(
         ``[*, L]`` in the dtype of ``x``. Accumulation is fp32 (fp64 for fp64).
         Gradients flow to ``x``, ``weight`` and ``bias``; the input gradient is
         deterministic.
+
+    Under forward-mode AD (``torch.autograd.forward_ad``, ``torch.func.jvp``) and
+    ``torch.func`` transforms (``vmap``, ``grad``, ``jacrev``, ...), which largeout's
+    kernels do not define, the same product runs as plain torch ops (a gather of
+    ``x[..., indices]``, ``[*, ceil(L / G), K]``, and a batched matmul), with a warning:
+    slower, and that gather's memory.
     """
     _check_args(x, weight, indices, bias, group_size)
     group_size = int(group_size)
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    y = torch.ops.largeout.group_sparse_linear(x2, weight, indices, bias, group_size)
+    if transforms_active():
+        y = _plain(x2, weight, indices, bias, group_size)
+    else:
+        y = torch.ops.largeout.group_sparse_linear(x2, weight, indices, bias, group_size)
     return y.reshape(*lead, y.shape[-1])
+
+
+def transforms_active() -> bool:
+    """Whether forward-mode AD or a ``torch.func`` transform is active: autograd Functions
+    and ops without jvp / vmap rules (largeout's) give errors or lose tangents there."""
+    return (getattr(torch.autograd.forward_ad, "_current_level", -1) >= 0
+            or torch._C._are_functorch_transforms_active())
+
+
+def _plain(x2, weight, indices, bias, group_size):
+    """``group_sparse_linear`` of ``x2 [M, H]`` as differentiable torch ops (any transform)."""
+    warnings.warn("largeout.group_sparse_linear under forward-mode AD or a torch.func transform runs as plain "
+                  "torch ops (a [M, L / G, K] gather of x and a batched matmul): slower, more memory", stacklevel=3)
+    ng, K = indices.shape
+    L = weight.shape[0]
+    xg = x2[:, indices.long()]  # [M, ng, K]
+    w = torch.nn.functional.pad(weight, (0, 0, 0, ng * group_size - L)).view(ng, group_size, K)
+    y = torch.einsum("mnk,ngk->mng", xg, w).reshape(x2.shape[0], ng * group_size)[:, :L]
+    return y + bias if bias is not None else y
 
 
 _OP = "largeout.group_sparse_linear"
@@ -110,13 +139,14 @@ def _check_index_table(indices: torch.Tensor, H: int, L: int, group_size: int, p
 def validate_indices(indices: torch.Tensor, in_features: int, out_features: int, group_size: int) -> None:
     """Raise ``ValueError`` unless ``indices`` is a valid ``[ceil(L/G), K]`` int32
     table: values in ``[0, in_features)``, unique within each row, K a multiple of
-    8 in ``[8, MAX_FAN_IN]``. Leaves ``indices`` unchanged."""
+    8 in ``[8, MAX_FAN_IN]`` (a meta tensor: dtype and shape only). Leaves ``indices``
+    unchanged."""
     if not isinstance(indices, torch.Tensor):
         raise TypeError(f"indices must be a torch.Tensor; got {type(indices).__name__}")
     if group_size not in GROUP_SIZES:
         raise ValueError(f"group_size must be one of {GROUP_SIZES}; got {group_size}")
     _check_index_table(indices, in_features, out_features, group_size)
-    if indices.numel() == 0:
+    if indices.numel() == 0 or indices.is_meta:  # (a meta tensor has no values: checked when real ones come)
         return
     lo, hi = int(indices.min()), int(indices.max())
     if lo < 0 or hi >= in_features:

@@ -261,14 +261,19 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
             raise ValueError(f"GroupSparseLinear: x must be [*, in_features = {self.in_features}]; "
                              f"got shape {tuple(x.shape)}")
         lowp.check_input_dtype("GroupSparseLinear", x)
-        cdt = lowp.compute_dtype(self.weight.dtype)
+        cdt, out_dtype = lowp.matmul_dtypes(self.weight.dtype, x)  # (autocast as nn.Linear's)
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
         b = self.bias.to(cdt) if self.bias is not None else None
-        if self.weight.dtype in lowp.FP8_DTYPES:
-            return _fp8_forward(x, self.weight, self.weight_scale, self.indices, b, self.group_size)
-        w = lowp.weight_for_compute(self.weight, self.weight_scale)
-        return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(x.dtype)
+        fp8 = self.weight.dtype in lowp.FP8_DTYPES
+        if fp8 and F.transforms_active():  # (the fp8 ops define no jvp / vmap rules: plain ops, see F)
+            w = self.weight.to(cdt)
+            w = w if self.weight_scale is None else w * self.weight_scale.to(cdt)[:, None]
+        elif fp8:
+            return _fp8_forward(x, self.weight, self.weight_scale, self.indices, b, self.group_size, out_dtype)
+        else:
+            w = lowp.weight_for_compute(self.weight, self.weight_scale).to(cdt)
+        return F.group_sparse_linear(x.to(cdt), w, self.indices, b, self.group_size).to(out_dtype)
 
     # -- conversion ---------------------------------------------------------------
     @classmethod
@@ -335,7 +340,7 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
         )
 
 
-def _fp8_forward(x, weight, scale, indices, bias, group_size):
+def _fp8_forward(x, weight, scale, indices, bias, group_size, out_dtype):
     """The layer with an fp8 weight: bf16 compute through the largeout ops for fp8 weights,
     which upcast the weight inside the Hopper kernels (forward and dx) and beforehand
     elsewhere: the same values as ``lowp.weight_for_compute`` without its bf16 copy (x's
@@ -348,7 +353,7 @@ def _fp8_forward(x, weight, scale, indices, bias, group_size):
         y = _GroupSparseFP8.apply(x2, weight, lowp.prepare_fp8_weight(weight), scale, indices, bias, group_size)
     else:
         y = torch.ops.largeout.group_sparse_linear_fp8(x2, weight, scale, indices, bias, group_size)
-    return y.reshape(*lead, y.shape[-1]).to(x.dtype)
+    return y.reshape(*lead, y.shape[-1]).to(out_dtype)
 
 
 class _GroupSparseFP8(torch.autograd.Function):
@@ -359,10 +364,16 @@ class _GroupSparseFP8(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, probe, scale, indices, bias, group_size):
+        from .._ops import savable_indices
+
         lowp.note_inputs(ctx, x, weight, probe, scale, indices, bias, group_size)
-        # (saved, not kept as attributes: an in-place change before backward is an error)
-        ctx.save_for_backward(x, indices, weight, scale)
+        # (saved, not kept as attributes: an in-place change before backward is an error; only
+        # what the backward may read, as for the op of other weights)
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[2]
+        ctx.save_for_backward(x if need_w else None, savable_indices(indices) if need_x or need_w else None,
+                              weight if need_x else None, scale if need_x else None)
         ctx.group_size = group_size
+        ctx.dims = (x.shape[1], weight.shape[1], weight.dtype)
         return torch.ops.largeout.group_sparse_linear_fp8(x, weight, scale, indices, bias, group_size)
 
     @staticmethod
@@ -379,10 +390,10 @@ class _GroupSparseFP8(torch.autograd.Function):
         # dY row-padded where that lets the Hopper kernels read it by TMA (one copy for the
         # passes that run)
         passes = tuple(p for p, need in (("input", need_x), ("weight", need_w)) if need)
-        grad_out = _rows_for_tma(grad_out, x, weight, G, passes)
+        grad_out = _rows_for_tma(grad_out, ctx.dims, G, passes)
         if need_x:
             dx = torch.ops.largeout.group_sparse_linear_fp8_backward_input(
-                grad_out, weight, scale, indices, G, x.shape[1])
+                grad_out, weight, scale, indices, G, ctx.dims[0])
         if need_w:
             dw, db_all = torch.ops.largeout.group_sparse_linear_backward_weight(grad_out, x, indices, G)
             if need_b:

@@ -8,8 +8,8 @@ from typing import Optional, Tuple
 
 import torch
 from torch import nn
-from torch.autograd import forward_ad
 
+from ..functional import transforms_active
 from . import fp8, lowp
 
 __all__ = ["Linear"]
@@ -44,28 +44,11 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
         raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
     if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or (env == "auto" and not weight.is_cuda):
         return False
-    if torch._C._are_functorch_transforms_active() or _forward_ad_active():
+    if transforms_active():
         return False
     if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
         return weight.dtype not in lowp.FP8_DTYPES
     return fp8.has_padded_storage(weight, exact=True)
-
-
-def _matmul_dtypes(weight_dtype: torch.dtype, x: torch.Tensor):
-    """(the dtype the layer multiplies in, its output's dtype) for input ``x``: the weight's
-    compute dtype (``lowp.compute_dtype``) and x's dtype; under autocast (on x's device, as
-    ``nn.Linear`` there) the autocast dtype for both, except that fp8 weights still multiply
-    in bf16 and float64 layers are left alone."""
-    cdt = lowp.compute_dtype(weight_dtype)
-    dev = x.device.type
-    if weight_dtype == torch.float64 or not torch.is_autocast_enabled(dev):
-        return cdt, x.dtype
-    ac = torch.get_autocast_dtype(dev)
-    return (cdt if weight_dtype in lowp.FP8_DTYPES else ac), ac
-
-
-def _forward_ad_active() -> bool:
-    return getattr(forward_ad, "_current_level", -1) >= 0
 
 
 def _first_columns(y: torch.Tensor, L: int) -> torch.Tensor:
@@ -98,7 +81,7 @@ def _padded_forward(x2, weight, bias, scale, cdt):
         sw = None if scale is None else torch.nn.functional.pad(scale.float(), (0, Lp - L), value=1.0)
         w_full = lowp.dequantize(w_full, sw, cdt)
     else:
-        w_full = w_full.to(cdt)  # (a copy under autocast only: see _matmul_dtypes)
+        w_full = w_full.to(cdt)  # (a copy under autocast only: see lowp.matmul_dtypes)
     xc = x2.detach().to(cdt)
     if bias is not None:
         y = torch.addmm(torch.nn.functional.pad(bias.detach().to(cdt), (0, Lp - L)), xc, w_full.t())
@@ -326,7 +309,7 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
         if x.dim() < 1 or x.shape[-1] != self.in_features:
             raise ValueError(f"Linear: x must be [*, in_features = {self.in_features}]; got shape {tuple(x.shape)}")
         lowp.check_input_dtype("Linear", x)
-        cdt, out_dtype = _matmul_dtypes(self.weight.dtype, x)
+        cdt, out_dtype = lowp.matmul_dtypes(self.weight.dtype, x)
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(out_dtype)
         if _pads_output(self.weight, cdt):

@@ -94,9 +94,32 @@ def compute_dtype(weight_dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if weight_dtype in FP8_DTYPES else weight_dtype
 
 
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # (a device type autocast does not know: meta, ...)
+        return False
+
+
+def matmul_dtypes(weight_dtype: torch.dtype, x: torch.Tensor):
+    """(the dtype a layer multiplies in, its output's dtype) for input ``x``: the weight's
+    compute dtype (:func:`compute_dtype`) and x's dtype; under autocast (on x's device, as
+    ``nn.Linear`` there) the autocast dtype for both, except that fp8 weights still multiply
+    in bf16 and float64 layers are left alone."""
+    cdt = compute_dtype(weight_dtype)
+    dev = x.device.type
+    if weight_dtype == torch.float64 or not _autocast_on(dev):
+        return cdt, x.dtype
+    ac = torch.get_autocast_dtype(dev)
+    return (cdt if weight_dtype in FP8_DTYPES else ac), ac
+
+
 def init_uniform_(t: torch.Tensor, bound: float, generator: Optional[torch.Generator] = None) -> None:
     """``t ~ U(-bound, bound)`` in ``t``'s dtype, drawn in fp32 chunks (never a full fp32
-    copy) and stochastically rounded to fp8 (round to nearest for wider formats)."""
+    copy) and stochastically rounded to fp8 (round to nearest for wider formats); nothing
+    on the meta device."""
+    if t.is_meta:
+        return
     flat = t.detach().view(-1)
     gen_dev = generator.device if generator is not None else t.device
     for i in range(0, flat.numel(), _INIT_CHUNK):
@@ -343,6 +366,8 @@ class ScaledWeightMixin:
 
     def _init_scaled_uniform_(self, bound: float, generator: Optional[torch.Generator]) -> None:
         """``U(-bound, bound)`` weights: every row's scale from ``bound``, codes drawn in those units."""
+        if self.weight.is_meta:
+            return
         s = pow2_scale(torch.tensor(bound), self.weight.dtype)
         self.weight_scale.fill_(float(s))
         init_uniform_(self.weight, bound / float(s), generator)
@@ -359,7 +384,8 @@ class ScaledWeightMixin:
         # (The weight is cast as torch casts: round to nearest. A cast of an fp8 layer to its
         # own dtype changes nothing: the bias stays, the scales stay float32.)
         old_dtype = self.weight.dtype
-        if self.weight_scale is not None and fn(self.weight.detach()[:0]).dtype != old_dtype:
+        if (self.weight_scale is not None and old_dtype in FP8_DTYPES
+                and fn(self.weight.detach()[:0]).dtype != old_dtype):
             folded = dequantize(self.weight, self.weight_scale)
             link_scale(self.weight, None)
             self.weight.data = folded
@@ -387,8 +413,12 @@ class ScaledWeightMixin:
 
     def _weight_dtype_changed(self) -> None:
         """After the weight was replaced by one of another dtype (a cast, an assignment, a load
-        with ``assign=True``): what the constructor derives from ``weight_dtype``, derived again."""
+        with ``assign=True``): what the constructor derives from ``weight_dtype``, derived again:
+        a weight that is not fp8 has no per-label scale (the forward would not apply one, and a
+        later cast would fold a stale one into the weight), so the ``weight_scale`` buffer goes."""
         self.weight_dtype = self.weight.dtype
+        if self.weight.dtype not in FP8_DTYPES and self._buffers.get("weight_scale") is not None:
+            self.weight_scale = None
 
     def __setattr__(self, name, value):
         super().__setattr__(name, value)
