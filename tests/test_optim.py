@@ -5,6 +5,7 @@ import copy
 import warnings
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -1274,3 +1275,135 @@ def test_fused_cuda_step_on_unaligned_views_matches_aligned_copies():
         assert torch.equal(a.detach().view(torch.int16), b.detach().view(torch.int16))
     for sl in (slice(0, 1), slice(4103, 5003), slice(29_000, 30_000)):
         assert torch.equal(big[sl].view(torch.int16), before[sl].view(torch.int16))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fused", [True, False])
+def test_adamw_beta2_near_one_and_sgd_dampening_near_one(device, fused):
+    """1 - beta2 (and 1 - beta1, 1 - dampening) as torch.optim takes them: worked out in
+    double, then float32. In float32 arithmetic 1 - 0.99999 is 1.00136e-5 (0.14% off), which
+    put the fused AdamW's update 6.8e-4 away from the float64 truth where torch's is 6e-6."""
+    for make_ours, make_ref in (
+            (lambda p: lo_optim.AdamW(p, lr=1e-2, betas=(0.9, 0.99999), rounding="nearest",
+                                      state_dtype=torch.float32, fused=fused),
+             lambda p: torch.optim.AdamW(p, lr=1e-2, betas=(0.9, 0.99999))),
+            (lambda p: lo_optim.SGD(p, lr=1e-2, momentum=0.9, dampening=0.99999, rounding="nearest", fused=fused),
+             lambda p: torch.optim.SGD(p, lr=1e-2, momentum=0.9, dampening=0.99999))):
+        p0 = params((4096,), torch.float32, 7)
+        ours_p = [torch.nn.Parameter(p0.detach().clone().to(device))]
+        ref_p = [torch.nn.Parameter(p0.detach().double().to(device))]
+        ours, theirs = make_ours(ours_p), make_ref(ref_p)
+        for step in range(4):
+            grads_for(ours_p, step, device)
+            ref_p[0].grad = ours_p[0].grad.double()
+            ours.step()
+            theirs.step()
+        moved = ref_p[0].detach() - p0.double().to(device)
+        err = (ours_p[0].detach().double() - ref_p[0].detach()).norm() / moved.norm()
+        assert err < 3e-5, (type(ours).__name__, err.item())
+
+
+@pytest.mark.parametrize("cls", [lo_optim.SGD, lo_optim.AdamW])
+def test_torch_only_options_in_groups_refused(cls):
+    """torch.optim options these optimizers do not implement, set in a parameter group (where
+    they were accepted and ignored: maximize went downhill), get an error naming them; False
+    or None is accepted."""
+    p, q = params((4,), torch.float32, 1), params((4,), torch.float32, 2)
+    for key in ("maximize", "amsgrad", "foreach", "capturable", "differentiable", "fused"):
+        with pytest.raises(ValueError, match=f"torch.optim's option '{key}' is not implemented"):
+            cls([{"params": [p], key: True}], lr=0.1)
+        opt = cls([p], lr=0.1)
+        with pytest.raises(ValueError, match=f"option '{key}'"):
+            opt.add_param_group({"params": [q], key: True})
+        assert len(opt.param_groups) == 1
+        cls([{"params": [p], key: False}], lr=0.1)
+    cls([{"params": [p], "foreach": None}], lr=0.1)
+
+
+@pytest.mark.parametrize("cls", [lo_optim.SGD, lo_optim.AdamW])
+def test_float64_parameters_keep_their_precision(cls):
+    """fused=False takes float64 parameters and updates them in float64 (they went through
+    float32 before: a zero update moved 0.1 to 0.10000000149), as torch.optim does."""
+    torch_cls = torch.optim.SGD if cls is lo_optim.SGD else torch.optim.AdamW
+    kw = dict(lr=0.1, momentum=0.9, weight_decay=0.01) if cls is lo_optim.SGD else dict(lr=0.1, weight_decay=0.01)
+    p0 = torch.tensor([1.000000000001, 0.1, 1 / 3], dtype=torch.float64)
+    ours_p, ref_p = [torch.nn.Parameter(p0.clone())], [torch.nn.Parameter(p0.clone())]
+    extra = {} if cls is lo_optim.SGD else {"state_dtype": torch.float32}
+    ours, theirs = cls(ours_p, fused=False, rounding="nearest", **kw, **extra), torch_cls(ref_p, **kw)
+    zero = cls([torch.nn.Parameter(p0.clone())], lr=0.1, fused=False)
+    zero.param_groups[0]["params"][0].grad = torch.zeros(3, dtype=torch.float64)
+    zero.param_groups[0]["weight_decay"] = 0.0
+    zero.step()
+    assert torch.equal(zero.param_groups[0]["params"][0].detach(), p0)
+    for step in range(3):
+        g = torch.tensor([0.3, -1e-9, 2.0], dtype=torch.float64) * (step + 1)
+        ours_p[0].grad, ref_p[0].grad = g.clone(), g.clone()
+        ours.step()
+        theirs.step()
+    tol = 1e-15 if cls is lo_optim.SGD else 1e-7  # (AdamW's moments are float32 state)
+    assert (ours_p[0].detach() - ref_p[0].detach()).abs().max() < tol
+
+
+def test_load_state_dict_runs_the_hooks_as_torch_does():
+    """Pre-hooks run first (what they return is checked and loaded: a torch.optim checkpoint
+    adapted by one loads; a hook's bad lr is refused; its changed tensors are what is
+    loaded), post-hooks last (they see the loaded state in its own dtypes)."""
+    ps = [torch.nn.Parameter(torch.randn(5))]
+    ps[0].grad = torch.ones(5)
+    t = torch.optim.SGD(ps, lr=0.1, momentum=0.9)
+    t.step()
+
+    def adapt(opt, sd):
+        return {**sd, "param_groups": [{**g, "rounding": "nearest", "kahan": False} for g in sd["param_groups"]]}
+
+    o = lo_optim.SGD([torch.nn.Parameter(ps[0].detach().clone())], lr=0.1, momentum=0.9)
+    o.register_load_state_dict_pre_hook(adapt)
+    o.load_state_dict(t.state_dict())
+    buf = next(iter(o.state.values()))["momentum_buffer"]
+    assert torch.equal(buf, next(iter(t.state.values()))["momentum_buffer"])
+    good = o.state_dict()
+    bad = lo_optim.SGD([torch.nn.Parameter(torch.randn(5))], lr=0.1, momentum=0.9)
+    bad.register_load_state_dict_pre_hook(lambda opt, s: {**s, "param_groups": [{**g, "lr": -5.0}
+                                                                                 for g in s["param_groups"]]})
+    with pytest.raises(ValueError, match="lr must be"):
+        bad.load_state_dict(good)
+    assert bad.param_groups[0]["lr"] == 0.1 and not bad.state
+
+    def zero_momentum(opt, s):
+        return {**s, "state": {k: {**v, "momentum_buffer": torch.zeros_like(v["momentum_buffer"])}
+                               for k, v in s["state"].items()}}
+
+    z = lo_optim.SGD([torch.nn.Parameter(torch.randn(5))], lr=0.1, momentum=0.9)
+    z.register_load_state_dict_pre_hook(zero_momentum)
+    z.load_state_dict(good)
+    assert torch.equal(next(iter(z.state.values()))["momentum_buffer"], torch.zeros(5))
+    p = torch.nn.Parameter(torch.randn(5, dtype=torch.float16))
+    p.grad = torch.ones(5, dtype=torch.float16)
+    a = lo_optim.AdamW([p])
+    a.step()
+    b = lo_optim.AdamW([torch.nn.Parameter(torch.randn(5, dtype=torch.float16))])
+    seen = []
+    b.register_load_state_dict_post_hook(lambda opt: seen.append(next(iter(opt.state.values()))["exp_avg"].dtype))
+    b.load_state_dict(a.state_dict())
+    assert seen == [torch.bfloat16] and next(iter(b.state.values()))["exp_avg"].dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("cls", [lo_optim.SGD, lo_optim.AdamW])
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])
+def test_copies_step_as_the_original(cls, how):
+    """copy.deepcopy and pickle keep ``fused`` and the generator: the copy's next step gives
+    the original's bits (the copy could not step before)."""
+    import pickle
+
+    p = params((64,), torch.bfloat16, 3)
+    opt = cls([p], lr=0.1, seed=5, fused=np.bool_(True))
+    grads_for([p], 0)
+    opt.step()
+    twin = copy.deepcopy(opt) if how == "deepcopy" else pickle.loads(pickle.dumps(opt))
+    assert twin.fused is True
+    q = twin.param_groups[0]["params"][0]
+    grads_for([p], 1)
+    grads_for([q], 1)
+    opt.step()
+    twin.step()
+    assert torch.equal(p.detach(), q.detach())

@@ -149,6 +149,9 @@ Prepared prepare(LARGEOUT_STEP_ARGS) {
                                        float(eps),
                                        float(step_size),
                                        float(inv_sqrt_bc2),
+                                       float(1.0 - beta1),
+                                       float(1.0 - beta2),
+                                       float(1.0 - dampening),
                                        uint64_t(seed),
                                        uint64_t(offset),
                                        {}});

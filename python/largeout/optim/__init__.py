@@ -1,7 +1,8 @@
 """Optimizers for low-precision parameters (bf16, fp16, fp8) without fp32 master weights.
 
-Each step computes the update in float32 from the stored low-precision values, then
-stores the new value back in the parameter's own dtype, rounded
+Each step computes the update in float32 (float64 for float64 parameters, which only
+``fused=False`` takes) from the stored low-precision values, then stores the new value back
+in the parameter's own dtype, rounded
 
 - ``rounding="stochastic"`` (default): to one of the two neighbours, unbiased
   (:func:`largeout.stochastic_round`), so steps and weight decay smaller than half an
@@ -14,11 +15,20 @@ step are all in them, and only the rounding into the stored codes divides by the
 (power-of-two) scale; so the learning rate means what it means for an unscaled weight.
 
 ``kahan=True`` adds a compensation buffer (bf16, or the parameter's 16-bit dtype) that
-carries the part of each update the rounding lost into the next step.
+carries the part of each update the rounding lost into the next step; it applies to bf16,
+fp16 and fp8 parameters only (float32 and float64 ones, in the same groups, are updated
+without one: their steps are not rounded into a narrower format).
 
 Random bits come from the optimizer's own CPU generator (seeded by ``seed``, or from
-torch's default generator), saved by ``state_dict()``: a resumed run continues
-bit-identically. float32 parameters are updated exactly like torch.optim's.
+torch's default generator; like any torch CPU generator it keeps the seed's low 32 bits, so
+seeds that differ only above bit 31 give the same stream), saved by ``state_dict()``: a resumed run continues
+bit-identically. float32 parameters are updated like torch.optim's (within float32
+rounding of the arithmetic's order), with AdamW's moments in ``state_dtype``: bf16 by
+default, so pass ``state_dtype=torch.float32`` for torch's fp32 moments.
+
+torch.optim's options that these optimizers do not implement (``maximize``, ``amsgrad``,
+``foreach``, ``capturable``, ``differentiable``, torch's ``fused``) are refused with an error
+when set in a parameter group, unless false or None.
 
 ``fused=True`` (the default) runs the whole step as one native call per group of
 tensors sharing a device and dtypes (on CUDA: one kernel launch; on the CPU: a
@@ -51,6 +61,8 @@ _LOW = SR_DTYPES  # dtypes stored with rounding
 _FP8 = (torch.float8_e4m3fn, torch.float8_e5m2)
 _FUSED_DTYPES = (torch.float32, torch.bfloat16, torch.float16, torch.float8_e4m3fn, torch.float8_e5m2)
 _STATE_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # AdamW's moments
+# torch.optim options a parameter group may carry that these optimizers do not implement
+_TORCH_ONLY = ("maximize", "amsgrad", "foreach", "capturable", "differentiable", "fused")
 
 
 def _real(name: str, field: str, value, lo: float = 0.0, lo_open: bool = False, hi: float = math.inf) -> None:
@@ -80,10 +92,16 @@ def _store(dst: torch.Tensor, value32: torch.Tensor, rounding: str, gen: torch.G
         dst.copy_(value32)
         return
     if rounding == "stochastic":
-        dst.copy_(stochastic_round(value32.contiguous(), dst.dtype, generator=gen))
+        dst.copy_(stochastic_round(value32.float().contiguous(), dst.dtype, generator=gen))  # (float64: a moment)
     else:
         big = torch.finfo(dst.dtype).max
         dst.copy_(value32.clamp(-big, big).to(dst.dtype))
+
+
+def _acc(p: torch.Tensor) -> torch.dtype:
+    """The dtype a parameter's update is computed in: float32, float64 for a float64
+    parameter (the reference path, ``fused=False``, takes those; the fused step does not)."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
 def _buffer_dtype(param_dtype: torch.dtype) -> torch.dtype:
@@ -99,8 +117,8 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     _KIND = -1
 
     def __init__(self, params, defaults, rounding: str, kahan: bool, seed: Optional[int], fused: bool = True) -> None:
-        if not isinstance(fused, bool):
-            raise TypeError(f"{type(self).__name__}: fused must be a bool; got {type(fused).__name__}")
+        _flag(type(self).__name__, "fused", fused)
+        fused = bool(fused)
         if seed is not None:
             if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
                 raise TypeError(f"{type(self).__name__}: seed must be an int or None; got {type(seed).__name__} "
@@ -119,6 +137,10 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def _check_group(self, group: dict) -> None:
         """Raise unless the group's hyperparameters are valid (each subclass adds its own)."""
         name = type(self).__name__
+        for key in _TORCH_ONLY:
+            if group.get(key) not in (None, False):
+                raise ValueError(f"{name}: torch.optim's option {key!r} is not implemented by largeout.optim; "
+                                 f"got {key}={group[key]!r} in a parameter group (leave it out, or False)")
         if group["rounding"] not in ("stochastic", "nearest"):
             raise ValueError(f'{name}: rounding must be "stochastic" or "nearest"; got {group["rounding"]!r}')
         _flag(name, "kahan", group["kahan"])
@@ -146,8 +168,9 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _value(p: torch.Tensor) -> torch.Tensor:
-        """p's values in float32 (times its row scale, for a scaled fp8 weight)."""
-        return dequantize(p, row_scale(p), torch.float32)
+        """p's values in its update's dtype (:func:`_acc`; times its row scale, for a scaled
+        fp8 weight)."""
+        return dequantize(p, row_scale(p), _acc(p))
 
     def _store_param(self, p: torch.Tensor, value32: torch.Tensor, rounding: str) -> None:
         sc = row_scale(p)
@@ -417,6 +440,19 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                              h.get("beta2", 0.0), h.get("eps", 0.0), h.get("step_size", 0.0),
                              h.get("inv_sqrt_bc2", 0.0), seed, offset))
 
+    def __getstate__(self):  # copy.deepcopy and pickle: torch.optim keeps defaults, state and groups only
+        return {**super().__getstate__(), "fused": self.fused, "largeout_rng_state": self._gen.get_state()}
+
+    def __setstate__(self, state):  # (torch.optim's load_state_dict calls it too, with state and groups only)
+        state = dict(state)
+        fused, rng = state.pop("fused", None), state.pop("largeout_rng_state", None)
+        super().__setstate__(state)
+        if fused is not None:
+            self.fused = fused
+        if rng is not None:
+            self._gen = torch.Generator()
+            self._gen.set_state(rng)
+
     def state_dict(self):
         sd = super().state_dict()
         sd["largeout_rng_state"] = self._gen.get_state()
@@ -447,12 +483,18 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict) -> None:
         """``torch.optim.Optimizer.load_state_dict`` plus the random generator's state; the
         groups' hyperparameters, the state tensors' shapes and the generator state are checked
-        before anything is replaced."""
+        before anything is replaced. Load hooks run as torch.optim runs them: the pre-hooks
+        first (what they return is what is checked and loaded), the post-hooks last."""
         name = type(self).__name__
         if not isinstance(state_dict, Mapping):
             raise TypeError(f"{name}.load_state_dict: state_dict must be a mapping (an optimizer's state_dict()); "
                             f"got {type(state_dict).__name__}")
         state_dict = dict(state_dict)
+        pre, post = self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks
+        for hook in pre.values():
+            result = hook(self, state_dict)
+            if result is not None:
+                state_dict = dict(result)
         rng = state_dict.pop("largeout_rng_state", None)
         saved = state_dict.get("state", {})
         if not isinstance(saved, Mapping) or not all(isinstance(v, Mapping) for v in saved.values()):
@@ -488,7 +530,12 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                         raise ValueError(f"{name}: state {key!r} of parameter {pid} has shape "
                                          f"{tuple(value.shape)}; the parameter's is {tuple(p.shape)}")
                 self._check_loaded_state(p, saved.get(pid, {}), pid, i)
-        super().load_state_dict(state_dict)
+        # (torch.optim's load without the hooks: they run here, around it)
+        self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = {}, {}
+        try:
+            super().load_state_dict(state_dict)
+        finally:
+            self._optimizer_load_state_dict_pre_hooks, self._optimizer_load_state_dict_post_hooks = pre, post
         # torch.optim casts floating-point state to the parameter's dtype (and would turn a
         # bf16 momentum buffer of an fp16 or fp8 parameter into that format): put back the
         # saved tensors in their own dtypes.
@@ -498,11 +545,14 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
                     self.state[p][key] = value.to(device=p.device, copy=True)
         if rng is not None:
             self._gen.set_state(rng)
+        for hook in post.values():
+            hook(self)
 
 
 class SGD(_LowPrecisionOptimizer):
     """SGD with momentum, dampening, Nesterov and (coupled, L2) weight decay, as
-    ``torch.optim.SGD``, for parameters of any float dtype (see the module's notes)."""
+    ``torch.optim.SGD``, for float32, bf16, fp16 and fp8 parameters (float64 with
+    ``fused=False``; see the module's notes)."""
 
     def __init__(self, params: Iterable, lr: float, momentum: float = 0.0, dampening: float = 0.0,
                  nesterov: bool = False, weight_decay: float = 0.0, rounding: str = "stochastic",
@@ -549,7 +599,7 @@ class SGD(_LowPrecisionOptimizer):
         lr, mom, damp, wd = group["lr"], group["momentum"], group["dampening"], group["weight_decay"]
         # Out-of-place arithmetic throughout: .float() of a float32 tensor is the tensor
         # itself (the gradient, or a float32 buffer).
-        d = p.grad.float()
+        d = p.grad.to(_acc(p))
         if wd != 0:
             d = d + wd * self._value(p)
         if mom != 0:
@@ -558,15 +608,15 @@ class SGD(_LowPrecisionOptimizer):
                 buf = state["momentum_buffer"] = torch.zeros_like(p, dtype=_buffer_dtype(p.dtype))
                 b32 = d.clone()
             else:
-                b32 = mom * buf.float() + (1 - damp) * d
+                b32 = mom * buf.to(d.dtype) + (1 - damp) * d
             _store(buf, b32, group["rounding"], self._gen)
             d = d + mom * b32 if group["nesterov"] else b32
         self._apply(p, -lr * d, group, state)
 
 
 class AdamW(_LowPrecisionOptimizer):
-    """AdamW (decoupled weight decay), as ``torch.optim.AdamW``, for parameters of any float
-    dtype. The moments are stored in ``state_dtype`` (bf16 by default, rounded like the
+    """AdamW (decoupled weight decay), as ``torch.optim.AdamW``, for float32, bf16, fp16 and fp8
+    parameters (float64 with ``fused=False``). The moments are stored in ``state_dtype`` (bf16 by default, rounded like the
     parameters; float32 for exact moments)."""
 
     def __init__(self, params: Iterable, lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
@@ -669,9 +719,9 @@ class AdamW(_LowPrecisionOptimizer):
             state["exp_avg_sq"] = torch.zeros_like(p, dtype=group["state_dtype"])
         state["step"] += 1
         t = float(state["step"])
-        g = p.grad.float()
-        m = b1 * state["exp_avg"].float() + (1 - b1) * g
-        v = b2 * state["exp_avg_sq"].float() + (1 - b2) * g * g
+        g = p.grad.to(_acc(p))
+        m = b1 * state["exp_avg"].to(g.dtype) + (1 - b1) * g
+        v = b2 * state["exp_avg_sq"].to(g.dtype) + (1 - b2) * g * g
         _store(state["exp_avg"], m, group["rounding"], self._gen)
         _store(state["exp_avg_sq"], v, group["rounding"], self._gen)
         step_size = lr / (1 - b1**t)
