@@ -21,7 +21,7 @@
 #            the optimizer tests and bench/bench_optim.py; NCU_OPTIM="case;case": ncu of those optimizer cases;
 #            GATHER_BW=1: largeout_bench_gather_bw first; FP8_CLOCKS=1: bench/fp8_clocks.py (SM clock and power
 #            under sustained bf16 and fp8 GEMMs; FP8_CLOCKS_CONFIGS: its --configs) before bench_fp8; FP8_FWD_PROFILE=1: profile_fp8.py --forward after it
-#     linpad build, tests/test_linear_pad.py and tests/test_ddp.py (LINPAD_TESTS: other pytest arguments;
+#     linpad build, tests/test_linear_pad.py, test_layer_modes.py, test_optim.py and test_ddp.py (LINPAD_TESTS: other pytest arguments;
 #            SUBSET_TESTS=0: none), tests/test_train.py (LINPAD_TRAIN_TESTS=1), bench/bench_linear_pad.py (LINPAD_ARGS:
 #            its arguments), LINPAD_FP8=1: then bench/bench_fp8.py (FP8_BENCH_ARGS), until LINPAD_BUDGET s after the start
 #     fp8dx  build, the fp8/pad/dx tests, bench_dx3 --quick, bench_fp8 (one round), bench_group_sparse_fp8
@@ -1031,7 +1031,7 @@ fi
 if [ "$MODE" = linpad ]; then  # session 47: largeout.nn.Linear's padded path at unaligned L, its tests and benchmark
   deadline=$(( T0 + ${LINPAD_BUDGET:-570} ))
   # shellcheck disable=SC2086
-  tests_subset gpu_tests_linpad.log ${LINPAD_TESTS:-tests/test_linear_pad.py tests/test_ddp.py}
+  tests_subset gpu_tests_linpad.log ${LINPAD_TESTS:-tests/test_linear_pad.py tests/test_layer_modes.py tests/test_optim.py tests/test_ddp.py}
   [ "${LINPAD_TRAIN_TESTS:-0}" = 1 ] && { echo "== tests: the trainer"; run_tests gpu_tests_train.log tests/test_train.py; }
   left=$(( deadline - $(date +%s) ))
   echo "== benchmark: largeout.nn.Linear at unaligned L against torch.nn.Linear (${left} s left)"

@@ -220,6 +220,10 @@ XC_BAD = {
     "token without colon": ("3 4 3\n" + GOOD2 + "1 1:1 2\n", 4, "malformed token '2'"),
     "token with two colons": ("3 4 3\n" + GOOD2 + "1 1:1:1\n", 4, "malformed token '1:1:1'"),
     "duplicate feature": ("3 4 3\n" + GOOD2 + "1 2:1 0:1 2:3\n", 4, "duplicate feature index 2"),
+    # (integers past Python's 4,300-digit limit for int(): an error naming the line, not int()'s)
+    "huge header count": ("3 4 " + "1" * 5000 + "\n" + GOOD2, 1, "more than 20 digits"),
+    "huge label": ("3 4 3\n" + GOOD2 + "1" * 5000 + " 1:1\n", 4, "(5000 characters) out of range"),
+    "huge feature index": ("3 4 3\n" + GOOD2 + "1 " + "1" * 5000 + ":1\n", 4, "(5000 characters) out of range"),
     "duplicate label": ("3 4 3\n" + GOOD2 + "2,1,2 1:1\n", 4, "duplicate label 2"),
 }
 
@@ -267,6 +271,7 @@ SPARSE_BAD = {
     "index out of range": ("2 4\n0:1\n1:1 4:1\n", 3, "index 4 out of range [0, L)"),
     "non-numeric": ("2 4\n0:1\n1:1 2:x\n", 3, "non-numeric value 'x'"),
     "duplicate": ("2 4\n0:1 0:1\n\n", 2, "duplicate index 0"),
+    "huge index": ("2 4\n0:1\n" + "9" * 5000 + ":1\n", 3, "(5000 characters) out of range"),
 }
 
 
@@ -291,6 +296,7 @@ JSONL_BAD = {
     "negative label": (GOOD_JSON + '{"target_ind": [-1]}\n', 2, "label -1 out of range"),
     "label out of range": (GOOD_JSON + '{"target_ind": [1, 3]}\n', 2, "label 3 out of range [0, 3)"),
     "duplicate label": (GOOD_JSON + '{"target_ind": [1, 1]}\n', 2, "duplicate label 1"),
+    "huge label": (GOOD_JSON + '{"target_ind": [' + "1" * 5000 + ']}\n', 2, "invalid JSON"),
 }
 
 

@@ -352,6 +352,7 @@ def test_wordnet_errors(tmp_path):
     broken(first + 3, lines[first + 3].replace(" 002 @ ", " 003 @ ", 1))  # p_cnt disagrees
     broken(first + 1, lines[first + 1].replace(" | ", " ", 1))  # no gloss separator
     broken(first + 2, "x" + lines[first + 2][1:])  # bad offset
+    broken(first + 2, "\u00b9" + lines[first + 2][1:])  # a superscript digit (str.isdigit takes it, int not)
     e = broken(first + 5, lines[first + 5].replace("@i ", "@i 0", 1))  # a 9-digit offset
     assert "data.noun, line" in str(e) and "8-digit" in e.reason
     bad_ptr = lines[first + 4].split(" ")

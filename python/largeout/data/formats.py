@@ -157,6 +157,8 @@ def _read_header(path: PathLike, it: Iterator[str], names: Sequence[str]) -> Tup
     toks = line.split()
     if len(toks) != len(names) or not all(_SIGNED_INT_RE.fullmatch(t) for t in toks):
         raise DataFormatError(path, 1, f"bad header {line.strip()!r}: expected '{expected}' ({len(names)} integers)")
+    if any(len(t.lstrip("+-")) > 20 for t in toks):  # (int() refuses > 4,300 digits; all such are too large)
+        raise DataFormatError(path, 1, f"bad header {line.strip()[:80]!r}: a count has more than 20 digits")
     vals = tuple(int(t) for t in toks)
     for name, v in zip(names, vals):
         if v < 0:
@@ -337,6 +339,8 @@ def _parse_fast(lines: Sequence[str], with_labels: bool, num_cols: int, num_labe
 def _parse_index(tok: str, what: str, bound: int, bound_name: str) -> int:
     if not _SIGNED_INT_RE.fullmatch(tok):
         raise _LineError(f"non-numeric {what} {tok!r} (expected an integer)")
+    if len(tok) > 21:  # (int() refuses > 4,300 digits; every bound is below 2^63)
+        raise _LineError(f"{what} {tok[:30]}... ({len(tok)} characters) out of range [0, {bound_name}) = [0, {bound})")
     v = int(tok)
     if not 0 <= v < bound:
         raise _LineError(f"{what} {v} out of range [0, {bound_name}) = [0, {bound})")
@@ -567,6 +571,8 @@ def read_jsonl(
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise DataFormatError(path, lineno, f"invalid JSON: {e.msg} (column {e.colno})") from None
+            except ValueError as e:  # (e.g. an integer of more than 4,300 digits)
+                raise DataFormatError(path, lineno, f"invalid JSON: {e}") from None
             if not isinstance(obj, dict):
                 raise DataFormatError(path, lineno, f"expected a JSON object, got {type(obj).__name__}")
             if not texts:

@@ -130,6 +130,13 @@ _WN_TOKEN_RE = re.compile(r"[a-z0-9]+")
 _WN_MIN_DF = 2
 _HEX_RE = re.compile(r"[0-9a-fA-F]+")
 
+
+def _digits(tok: str) -> bool:
+    """Whether ``tok`` is a non-empty run of ASCII digits (``str.isdigit`` also takes other
+    scripts' digits and superscripts, which ``int`` then refuses)."""
+    return tok.isascii() and tok.isdigit()
+
+
 _U64 = np.uint64
 
 # The files each dataset writes into ``out`` (meta.json last).
@@ -490,7 +497,7 @@ def _parse_index_noun(path: str) -> Dict[str, List[int]]:
     senses: Dict[str, List[int]] = {}
     for lineno, line in _wn_data_lines(path):
         t = line.split()
-        if len(t) < 6 or not t[2].isdigit() or not t[3].isdigit():
+        if len(t) < 6 or not _digits(t[2]) or not _digits(t[3]):
             raise DataFormatError(path, lineno, "malformed index line (expected 'lemma pos synset_cnt p_cnt ...')")
         n_syn, n_ptr = int(t[2]), int(t[3])
         if len(t) != 6 + n_ptr + n_syn:
@@ -498,7 +505,7 @@ def _parse_index_noun(path: str) -> Dict[str, List[int]]:
                 path, lineno, f"{len(t)} fields, but synset_cnt {n_syn} and p_cnt {n_ptr} need {6 + n_ptr + n_syn}"
             )
         offs = t[6 + n_ptr :]
-        if not all(len(o) == 8 and o.isdigit() for o in offs):
+        if not all(len(o) == 8 and _digits(o) for o in offs):
             raise DataFormatError(path, lineno, "synset offsets must be 8-digit numbers")
         if t[1] == "n":
             senses[t[0]] = [int(o) for o in offs]
@@ -526,9 +533,9 @@ def _parse_data_noun(path: str):
 
         if len(t) < 6:
             raise bad(f"too few fields ({len(t)}) before the gloss")
-        if len(t[0]) != 8 or not t[0].isdigit():
+        if len(t[0]) != 8 or not _digits(t[0]):
             raise bad(f"synset_offset {t[0]!r} is not an 8-digit number")
-        if not t[1].isdigit():
+        if not _digits(t[1]):
             raise bad(f"lex_filenum {t[1]!r} is not a number")
         if t[2] != "n":
             raise bad(f"ss_type {t[2]!r}: data.noun holds noun synsets ('n') only")
@@ -543,7 +550,7 @@ def _parse_data_noun(path: str):
         for j in range(w_cnt):
             if not _HEX_RE.fullmatch(t[5 + 2 * j]):
                 raise bad(f"lex_id {t[5 + 2 * j]!r} of word {t[4 + 2 * j]!r} is not a hexadecimal number")
-        if len(t[p]) != 3 or not t[p].isdigit():
+        if len(t[p]) != 3 or not _digits(t[p]):
             raise bad(f"p_cnt {t[p]!r} is not a 3-digit number")
         p_cnt = int(t[p])
         if len(t) != p + 1 + 4 * p_cnt:
@@ -551,7 +558,7 @@ def _parse_data_noun(path: str):
         hyp = []
         for j in range(p + 1, len(t), 4):
             sym, off, pos, st = t[j : j + 4]
-            if len(off) != 8 or not off.isdigit():
+            if len(off) != 8 or not _digits(off):
                 raise bad(f"pointer offset {off!r} is not an 8-digit number")
             if pos not in ("n", "v", "a", "s", "r"):
                 raise bad(f"pointer pos {pos!r} is not one of n v a s r")
