@@ -1407,3 +1407,20 @@ def test_copies_step_as_the_original(cls, how):
     opt.step()
     twin.step()
     assert torch.equal(p.detach(), q.detach())
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_loaded_integer_state_refused(fused):
+    """A state_dict whose buffer is an integer tensor is refused at the load (fused=False took
+    it and truncated every step's buffer), and the optimizer stays as it was."""
+    p = params((6,), torch.bfloat16, 4)
+    opt = lo_optim.SGD([p], lr=0.1, momentum=0.9, fused=fused)
+    grads_for([p], 0)
+    opt.step()
+    sd = copy.deepcopy(opt.state_dict())
+    sd["state"][0]["momentum_buffer"] = torch.ones(6, dtype=torch.int32)
+    before = opt.state[p]["momentum_buffer"].clone()
+    with pytest.raises(TypeError, match="state 'momentum_buffer' of parameter id 0 in state_dict must be a "
+                                        "floating-point tensor; got torch.int32"):
+        opt.load_state_dict(sd)
+    assert torch.equal(opt.state[p]["momentum_buffer"], before)

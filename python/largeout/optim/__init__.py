@@ -470,6 +470,10 @@ class _LowPrecisionOptimizer(torch.optim.Optimizer):
             if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v) or v < 0:
                 raise ValueError(f"{name}: state 'step' of parameter id {pid} in state_dict must be a count >= 0; "
                                  f"got {t!r}")
+        for key, t in state.items():
+            if key != "step" and torch.is_tensor(t) and not t.dtype.is_floating_point:
+                raise TypeError(f"{name}: state {key!r} of parameter id {pid} in state_dict must be a floating-point "
+                                f"tensor; got {t.dtype}")
         if self._BUF2 is not None and (self._BUF1 in state) != (self._BUF2 in state):
             have, lack = (self._BUF1, self._BUF2) if self._BUF1 in state else (self._BUF2, self._BUF1)
             raise ValueError(f"{name}: the state of parameter id {pid} in state_dict has {have!r} but not {lack!r}")
