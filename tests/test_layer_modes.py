@@ -96,6 +96,9 @@ def test_autocast_dtype_as_nn_linear(device, layer, wdt):
         assert y.dtype == want_dtype, (wdt, ac, y.dtype)
         tol = {torch.float64: 1e-6, torch.float8_e4m3fn: 6e-2}.get(wdt, 2e-2)
         assert rel_err(y, x.double() @ w64.T + b64) < tol
+        if wdt in (torch.float8_e4m3fn, torch.float8_e5m2):  # bf16 products under any autocast dtype
+            with torch.no_grad():
+                assert torch.equal(y.detach(), m(x).to(ac))
         y.float().sum().backward()
         assert x.grad.dtype == torch.float32
         assert m.bias.grad.dtype == m.bias.dtype

@@ -190,10 +190,11 @@ def test_padded_and_plain_paths_agree(device, monkeypatch):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("L", [77, 332])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_padded_linear_under_autocast(device, L, compiled, padded):
+def test_padded_linear_under_autocast(device, L, compiled, padded, monkeypatch):
     """Under autocast an fp32 layer multiplies in bf16 and returns bf16, as nn.Linear there,
     on 16-byte aligned bf16 rows (L = 332: a multiple of 4 fp32 columns, not of 8 bf16 ones);
-    compiled, the same bits; gradients match the float64 reference within bf16 rounding."""
+    compiled, the same bits; gradients match the float64 reference within bf16 rounding. The
+    eager backward's dx reuses the forward's bf16 weight (no second cast)."""
     torch._dynamo.reset()
     gen = torch.Generator().manual_seed(6)
     layer = Linear(64, L, generator=gen).to(device)
@@ -209,7 +210,12 @@ def test_padded_linear_under_autocast(device, L, compiled, padded):
         want = want(x.detach())
     assert want.dtype == torch.bfloat16 and y.dtype == torch.bfloat16 and y.stride() == (-(-L // 8) * 8, 1)
     assert rel_err(y, want.double()) < 1e-2
+    reads = []
+    real_rows = lin._aligned_rows
+    monkeypatch.setattr(lin, "_aligned_rows", lambda w, Lp: reads.append(Lp) or real_rows(w, Lp))
     y.backward(gy)
+    assert compiled or not reads  # (eager: dx on the kept bf16 weight)
+    monkeypatch.setattr(lin, "_aligned_rows", real_rows)
     _, dx64, dw64, db64 = _reference(layer, x, gy)
     assert x.grad.dtype == torch.float32 and layer.weight.grad.dtype == torch.float32
     assert rel_err(x.grad, dx64) < 2e-2
@@ -331,7 +337,7 @@ def _count_backward(monkeypatch):
     real = lin._padded_backward
 
     def spy(g, *args):
-        calls.append(args[-3:])  # (want_dx, want_dw, want_db)
+        calls.append(args[5:8])  # (want_dx, want_dw, want_db)
         return real(g, *args)
 
     monkeypatch.setattr(lin, "_padded_backward", spy)
@@ -418,6 +424,30 @@ def test_padded_linear_ops_registrations():
     x = torch.randn(4, 16, generator=gen).to(torch.bfloat16).requires_grad_()
     gy = torch.randn(4, 21, generator=gen).to(torch.bfloat16)
     torch.library.opcheck(torch.ops.largeout.padded_linear.default, (x, layer.weight, layer.bias, torch.bfloat16))
-    for wants in ((True, True, True), (False, True, False), (True, False, True)):
-        torch.library.opcheck(torch.ops.largeout.padded_linear_backward.default,
-                              (gy, x.detach(), layer.weight.detach(), torch.bfloat16, *wants))
+    for wants in ((True, True, True), (False, True, False), (True, False, True), (False, False, True)):
+        for g in (gy, gy.float()):  # (dY of another dtype than the compute dtype: a bf16 layer, fp32 input)
+            torch.library.opcheck(torch.ops.largeout.padded_linear_backward.default,
+                                  (g, x.detach(), layer.weight.detach(), torch.bfloat16, *wants))
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("device", DEVICES)
+def test_padded_linear_weight_viewed_into_a_users_table(device, padded):
+    """A weight assigned as the first rows of a user's table of exactly L rounded up to 16
+    rows is not the layer's own padded storage (its rows after L may hold anything, here
+    inf): the forward takes nn.functional.linear in eager mode and a padded copy compiled,
+    and dx stays finite and right."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(19)
+    layer = Linear(16, 21, generator=gen).to(device)
+    big = torch.randn(32, 16, generator=gen).to(device)
+    big[21:] = float("inf")
+    layer.weight.data = big[:21]
+    assert not lin._pads_output(layer.weight, torch.float32)
+    for run in (layer, torch.compile(layer, backend="aot_eager", fullgraph=True)):
+        x = torch.randn(3, 16, generator=gen).to(device).requires_grad_()
+        gy = torch.randn(3, 21, generator=gen).to(device)
+        run(x).backward(gy)
+        assert torch.isfinite(x.grad).all()
+        assert rel_err(x.grad, gy.double() @ big[:21].double()) < 1e-5
+    assert torch.isinf(big[21:]).all()  # (the table untouched)

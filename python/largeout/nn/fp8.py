@@ -163,14 +163,17 @@ def quantize(x: torch.Tensor, rowwise: bool) -> Tuple[torch.Tensor, torch.Tensor
 def has_padded_storage(weight: torch.Tensor, exact: bool = False) -> bool:
     """Whether ``weight [L, H]`` is contiguous and its storage holds the rows up to L rounded
     up to ``ROW_MULTIPLE`` after it (as :func:`padded_weight` leaves it). ``exact``: and the
-    storage is exactly that, starting at the weight (as the layers allocate it, so that the
-    rows after L are zeros nobody else writes; a view into a larger tensor is not)."""
+    storage is exactly that, starting at the weight, and one the layers allocated
+    (``lowp.owns_storage``), so that the rows after L are zeros nobody else writes (a view
+    into a user's tensor is not, whatever its size)."""
     L, H = weight.shape
     need = (weight.storage_offset() + _round_up(L, ROW_MULTIPLE) * H) * weight.element_size()
     if not weight.is_contiguous():
         return False
     nbytes = weight.untyped_storage().nbytes()
-    return nbytes == need and weight.storage_offset() == 0 if exact else nbytes >= need
+    if exact:
+        return nbytes == need and weight.storage_offset() == 0 and lowp.owns_storage(weight)
+    return nbytes >= need
 
 
 def padded_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -195,6 +198,7 @@ def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode(weight.is_inference()):
         full = torch.zeros(_round_up(L, ROW_MULTIPLE), H, dtype=weight.dtype, device=weight.device)
         full[:L].copy_(weight)
+        lowp.mark_own_storage(full)
     return full[:L]
 
 

@@ -262,6 +262,10 @@ class GroupSparseLinear(lowp.ScaledWeightMixin, nn.Module):
                              f"got shape {tuple(x.shape)}")
         lowp.check_input_dtype("GroupSparseLinear", x)
         cdt, out_dtype = lowp.matmul_dtypes(self.weight.dtype, x)  # (autocast as nn.Linear's)
+        with lowp.autocast_off(x.device.type):  # (the dtypes are chosen: fp8 weights multiply in bf16)
+            return self._forward(x, cdt, out_dtype)
+
+    def _forward(self, x: torch.Tensor, cdt: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor:
         if x.dtype == cdt and (self.bias is None or self.bias.dtype == cdt) and self.weight.dtype == cdt:
             return F.group_sparse_linear(x, self.weight, self.indices, self.bias, self.group_size)
         b = self.bias.to(cdt) if self.bias is not None else None

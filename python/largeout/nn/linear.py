@@ -73,7 +73,7 @@ def _aligned_rows(weight: torch.Tensor, Lp: int) -> torch.Tensor:
 
 def _padded_forward(x2, weight, bias, scale, cdt):
     """:class:`_PaddedLinearFn`'s forward: (the ``[M, L]`` columns of the ``[M, L_pad]`` result,
-    L_pad)."""
+    L_pad, the ``[L_pad, H]`` weight it multiplied, in ``cdt``)."""
     L = weight.shape[0]
     Lp = fp8._round_up(L, _output_multiple(cdt))
     w_full = _aligned_rows(weight, Lp)
@@ -87,7 +87,7 @@ def _padded_forward(x2, weight, bias, scale, cdt):
         y = torch.addmm(torch.nn.functional.pad(bias.detach().to(cdt), (0, Lp - L)), xc, w_full.t())
     else:
         y = xc @ w_full.t()
-    return _first_columns(y, L), Lp
+    return _first_columns(y, L), Lp, w_full
 
 
 class _PaddedLinearFn(torch.autograd.Function):
@@ -105,8 +105,11 @@ class _PaddedLinearFn(torch.autograd.Function):
     @torch.amp.custom_fwd(device_type="cuda")
     def forward(ctx, x2, weight, probe, bias, scale, cdt):
         lowp.note_inputs(ctx, x2, weight, probe, bias, scale)
-        y, Lp = _padded_forward(x2, weight, bias, scale, cdt)
+        y, Lp, w_full = _padded_forward(x2, weight, bias, scale, cdt)
         is_fp8 = weight.dtype in lowp.FP8_DTYPES
+        # under autocast, the weight cast to the compute dtype, kept for dx as autocast keeps
+        # nn.Linear's (not cast again in the backward: at millions of labels a cast costs ms)
+        ctx.w_cast = w_full if not is_fp8 and weight.dtype != cdt and ctx.needs_input_grad[0] else None
         ctx.save_for_backward(x2 if ctx.needs_input_grad[2] else None,
                               weight if ctx.needs_input_grad[0] and not is_fp8 else None)
         ctx.weight = weight if is_fp8 else None  # (live, as on the fp8 path: changed only by the step)
@@ -132,14 +135,16 @@ class _PaddedLinearFn(torch.autograd.Function):
             dw = g.t() @ x2.to(cdt) if want_dw else None
             db = gy.sum(0).to(ctx.bias_dtype) if want_db else None
             return dx, dw, None, db, None, None
-        dx, dw, colsum = _padded_backward(g, x2, w, ctx.scale, cdt, Lp, want_dx, want_dw, want_db)
+        dx, dw, colsum = _padded_backward(g, x2, w, ctx.scale, cdt, Lp, want_dx, want_dw, want_db, ctx.w_cast)
+        ctx.w_cast = None
         return (dx.to(ctx.x_dtype) if want_dx else None, dw, None,
                 colsum.to(ctx.bias_dtype) if want_db else None, None, None)
 
 
-def _padded_backward(g, x2, w, scale, cdt, Lp, want_dx, want_dw, want_db):
+def _padded_backward(g, x2, w, scale, cdt, Lp, want_dx, want_dw, want_db, w_cast=None):
     """The backward of :func:`_padded_forward` for dY ``g [M, L]`` (in ``cdt``) on aligned GEMMs:
-    (dx in ``cdt`` or fp32, dW ``[L, H]``, dY's column sums), each None where not wanted."""
+    (dx in ``cdt`` or fp32, dW ``[L, H]``, dY's column sums), each None where not wanted.
+    ``w_cast``: the forward's ``[L_pad, H]`` weight in ``cdt`` where it kept it."""
     L = g.shape[1]
     colsum = None
     if cdt in (torch.bfloat16, torch.float16):
@@ -150,7 +155,7 @@ def _padded_backward(g, x2, w, scale, cdt, Lp, want_dx, want_dw, want_db):
         g = torch.nn.functional.pad(g, (0, Lp - L))
     dx = dw = None
     if want_dx:
-        w_full = _aligned_rows(w, Lp)
+        w_full = w_cast if w_cast is not None else _aligned_rows(w, Lp)
         dx = fp8.dx_through_upcast(g, w_full, scale) if w.dtype in lowp.FP8_DTYPES else g @ w_full.to(cdt)
     if want_dw:
         dw = (g.t() @ x2.to(cdt))[:L]
@@ -176,19 +181,25 @@ def _(x2, weight, bias, cdt):
 def _padded_linear_backward_op(gy: torch.Tensor, x2: torch.Tensor, weight: torch.Tensor, cdt: torch.dtype,
                                want_dx: bool, want_dw: bool,
                                want_db: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dx, dW, dY's column sums) of ``padded_linear``; an empty tensor for each not wanted."""
+    """(dx, dW, dY's column sums) of ``padded_linear`` (dtypes: ``_backward_dtypes``); an
+    empty tensor for each not wanted."""
     Lp = fp8._round_up(weight.shape[0], _output_multiple(cdt))
     out = _padded_backward(gy.to(cdt), x2, weight, None, cdt, Lp, want_dx, want_dw, want_db)
-    return tuple(t if t is not None else gy.new_empty(0) for t in out)
+    return tuple(t if t is not None else gy.new_empty(0, dtype=dt) for t, dt in zip(out, _backward_dtypes(cdt)))
+
+
+def _backward_dtypes(cdt: torch.dtype):
+    """dtypes of ``padded_linear_backward``'s three results (pad_columns_sum sums 16-bit dY in fp32)."""
+    return cdt, cdt, (torch.float32 if cdt in (torch.bfloat16, torch.float16) else cdt)
 
 
 @_padded_linear_backward_op.register_fake
 def _(gy, x2, weight, cdt, want_dx, want_dw, want_db):
     (M, H), L = x2.shape, weight.shape[0]
-    sum_dtype = torch.float32 if cdt in (torch.bfloat16, torch.float16) else cdt
-    return (gy.new_empty((M, H) if want_dx else (0,), dtype=cdt),
-            gy.new_empty((L, H) if want_dw else (0,), dtype=cdt),
-            gy.new_empty((L,) if want_db else (0,), dtype=sum_dtype if want_db else gy.dtype))
+    dx_dt, dw_dt, db_dt = _backward_dtypes(cdt)
+    return (gy.new_empty((M, H) if want_dx else (0,), dtype=dx_dt),
+            gy.new_empty((L, H) if want_dw else (0,), dtype=dw_dt),
+            gy.new_empty((L,) if want_db else (0,), dtype=db_dt))
 
 
 def _padded_linear_setup(ctx, inputs, output):
@@ -310,6 +321,10 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
             raise ValueError(f"Linear: x must be [*, in_features = {self.in_features}]; got shape {tuple(x.shape)}")
         lowp.check_input_dtype("Linear", x)
         cdt, out_dtype = lowp.matmul_dtypes(self.weight.dtype, x)
+        with lowp.autocast_off(x.device.type):  # (the dtypes are chosen: fp8 weights multiply in bf16)
+            return self._forward(x, cdt, out_dtype)
+
+    def _forward(self, x: torch.Tensor, cdt: torch.dtype, out_dtype: torch.dtype) -> torch.Tensor:
         if self.activation_dtype == torch.float8_e4m3fn:
             return fp8.fp8_linear(x, self.weight, self.bias, self.weight_scale).to(out_dtype)
         if _pads_output(self.weight, cdt):

@@ -28,6 +28,7 @@ update in those units, dividing by the scale only to round into the stored codes
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
 from collections.abc import Mapping
@@ -99,6 +100,13 @@ def _autocast_on(device_type: str) -> bool:
         return torch.is_autocast_enabled(device_type)
     except RuntimeError:  # (a device type autocast does not know: meta, ...)
         return False
+
+
+def autocast_off(device_type: str):
+    """A context with autocast off on ``device_type`` where it is on (the layers' matmuls run
+    in the dtypes :func:`matmul_dtypes` chose, fp8 weights' bf16 under fp16 autocast too;
+    their backward, under ``custom_bwd``, too); else nothing."""
+    return torch.autocast(device_type, enabled=False) if _autocast_on(device_type) else contextlib.nullcontext()
 
 
 def matmul_dtypes(weight_dtype: torch.dtype, x: torch.Tensor):
@@ -331,9 +339,25 @@ def make_weight(shape, weight_dtype: torch.dtype, device, row_multiple: int = 1)
         data = torch.empty(shape, dtype=weight_dtype, device=device)
     else:
         data = torch.zeros((rows,) + tuple(shape[1:]), dtype=weight_dtype, device=device)[: shape[0]]
+    if row_multiple > 1:
+        mark_own_storage(data)
     p = torch.nn.Parameter(data)
     fit_grad_dtype(p)
     return p
+
+
+def mark_own_storage(t: torch.Tensor) -> None:
+    """Marks ``t``'s storage as one a layer allocated for its weight (padded with zero rows
+    nobody else writes): :func:`owns_storage` is then true for any tensor over it. (torch keeps
+    one Python object per storage while the storage lives, so the mark stays with it.)"""
+    t.untyped_storage()._largeout_own = True
+
+
+def owns_storage(t: torch.Tensor) -> bool:
+    """Whether ``t``'s storage is one a layer allocated (:func:`mark_own_storage`): not a
+    user's tensor that a weight was assigned from or tied to, whose extra rows may hold
+    anything."""
+    return getattr(t.untyped_storage(), "_largeout_own", False)
 
 
 WEIGHT_SCALES = (None, "label")
