@@ -1017,3 +1017,105 @@ def test_predict_reads_texts_without_labels(tmp_path, monkeypatch):
 
     with pytest.raises(lodata.DataFormatError, match="missing label field 'labels'"):
         load_dataset(cfg)
+
+
+def _xc_dir(d, seed=1, features=None):
+    X, Y = lodata.synthetic(num_samples=600, num_features=300, num_labels=50, seed=seed)
+    Xtr, Ytr, Xte, Yte = lodata.train_test_split(X, Y, 0.2, seed=1)
+    d.mkdir(exist_ok=True)
+    lodata.write_xc(d / "train.txt", Xtr, Ytr)
+    if features is not None:  # test written with another feature count in its header
+        Xte = sp.csr_matrix((Xte.data, Xte.indices, Xte.indptr), shape=(Xte.shape[0], features))
+    lodata.write_xc(d / "test.txt", Xte, Yte)
+    return d
+
+
+def _xc_args(d, out, epochs="1"):
+    return ["train", "--data", str(d), "--out", str(out), "--no-progress", "--epochs", epochs, "--hidden", "32",
+            "--fan-in", "16", "--group-size", "16"]
+
+
+def test_resume_refuses_changed_selection_ranking_and_data(tmp_path, one_thread, capsys):
+    """--resume refuses what would make the continued run another one: the selection metric
+    and the propensities (the stored best was measured with them), the rank weights saved in
+    the model, and other contents of the data files (only their folder's path was compared)."""
+    d = _xc_dir(tmp_path / "ds")
+    out = tmp_path / "r"
+    assert main(_xc_args(d, out)) == 0
+    files = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    for extra, msg in ((["--set", "select_metric=PSP@5"], "select_metric = 'P@1'"),
+                       (["--set", "propensity_a=0.6"], "propensity_a = 0.55"),
+                       (["--set", "rank_propensity_power=0.5"], "rank_propensity_power = 0.0")):
+        capsys.readouterr()
+        assert main(_xc_args(d, out, "2") + ["--resume"] + extra) == 2
+        assert f"was trained with {msg}" in capsys.readouterr().err
+    _xc_dir(d, seed=2)  # same shapes, other examples
+    capsys.readouterr()
+    assert main(_xc_args(d, out, "2") + ["--resume"]) == 2
+    assert "was trained on other contents of the data directory" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == files
+
+
+def test_resume_keeps_one_record_per_epoch_and_names_changed_settings(tmp_path, one_thread, capsys):
+    """A run stopped after an epoch's record but before its checkpoint (or while scoring)
+    leaves records the checkpoint does not hold: the resumed run drops them, so metrics.jsonl
+    has each epoch once and one test record. Settings that make the continuation inexact
+    (batch size, ...) are named in the log."""
+    d = _xc_dir(tmp_path / "ds")
+    out = tmp_path / "r"
+    assert main(_xc_args(d, out, "2")) == 0
+    log = out / "metrics.jsonl"
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r.get("epoch") for r in recs if r["split"] == "epoch"] == [1, 2]
+    # as if stopped after epoch 3's record, before its checkpoint
+    log.write_text(log.read_text() + json.dumps({"split": "epoch", "epoch": 3, "step": 99}) + "\n")
+    capsys.readouterr()
+    assert main(_xc_args(d, out, "3") + ["--resume", "--batch-size", "64"]) == 0
+    assert "this run's batch_size" in capsys.readouterr().out
+    recs = [json.loads(x) for x in log.read_text().splitlines()]
+    assert [r.get("epoch") for r in recs if r["split"] == "epoch"] == [1, 2, 3]
+    assert sum(r["split"] == "test" for r in recs) == 1 and recs[2]["step"] != 99
+
+
+def test_data_checked_before_training(tmp_path, one_thread, capsys):
+    """A test file with more features than train's, a val_fraction that leaves fewer than 3
+    training rows, a device outside the documented set: errors naming them, nothing
+    written."""
+    d = _xc_dir(tmp_path / "ds", features=301)
+    out = tmp_path / "r"
+    assert main(_xc_args(d, out)) == 2
+    assert "test has 301 features but train has 300" in capsys.readouterr().err
+    d = _xc_dir(tmp_path / "ds")
+    assert main(_xc_args(d, out) + ["--val-fraction", "0.996"]) == 2
+    assert "val_fraction = 0.996 leaves 2 of" in capsys.readouterr().err
+    for dev in ("tpu", "gpu", "meta", "cuda:x"):
+        assert main(_xc_args(d, out) + ["--device", dev]) == 2
+        assert f"device must be \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"; got '{dev}'" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_refuses_abbreviated_and_doubled_flags(tmp_path, capsys):
+    out = tmp_path / "r"
+    for args in (["--epoch", "1"], ["--val", "0.2"]):
+        with pytest.raises(SystemExit):
+            main(["train", "--out", str(out), "--no-progress"] + args)
+        assert "unrecognized arguments" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match="--set epochs=... and --epochs both set epochs"):
+        main(["train", "--out", str(out), "--epochs", "1", "--set", "epochs=2"])
+    assert not out.exists()
+
+
+def test_run_without_test_split_lists_what_it_wrote(tmp_path, one_thread, capsys):
+    """A data folder without test.txt trains (no test metrics, and the log says so); the
+    validation plot is still written, and the listing names only files that exist."""
+    d = _xc_dir(tmp_path / "ds")
+    (d / "test.txt").unlink()
+    out = tmp_path / "r"
+    assert main(_xc_args(d, out)) == 0
+    printed = capsys.readouterr().out
+    listing = printed.split("Outputs in")[1]
+    assert "no test split" in printed and (out / "p_at_k.png").exists() and not (out / "reliability.png").exists()
+    assert "reliability.png" not in listing and "p_at_k.png" in listing
+    assert main(_xc_args(d, out) + ["--val-fraction", "0"]) == 0
+    listing = capsys.readouterr().out.split("Outputs in")[1]
+    assert "checkpoints/best" not in listing and "checkpoints/last" in listing

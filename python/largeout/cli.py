@@ -61,7 +61,10 @@ def _overrides(args) -> dict:
         if "=" not in item:
             raise SystemExit(f"--set expects KEY=VALUE; got {item!r}")
         k, v = item.split("=", 1)
-        over[k.strip()] = v.strip()
+        k = k.strip()
+        if k in _TRAIN_FLAGS and getattr(args, k) is not None:
+            raise SystemExit(f"--set {k}=... and --{k.replace('_', '-')} both set {k}; give it once")
+        over[k] = v.strip()
     if args.no_progress:
         over["progress"] = False
     return over
@@ -94,8 +97,10 @@ def cmd_train(args, demo: bool = False) -> int:
     print(_table(summary))
     out = Path(cfg.out)
     print(f"\ndone in {time.time() - t0:.1f} s. Outputs in {out}/:")
-    print("  checkpoints/best, checkpoints/last   (model.safetensors, optimizer.safetensors, config.json)")
-    print("  metrics.jsonl, summary.json, p_at_k.png, reliability.png")
+    ckpts = [c for c in ("checkpoints/best", "checkpoints/last") if (out / c).exists()]
+    print(f"  {', '.join(ckpts)}   (model.safetensors, optimizer.safetensors, config.json)")
+    print("  " + ", ".join(f for f in ("metrics.jsonl", "summary.json", "p_at_k.png", "reliability.png")
+                           if (out / f).exists()))
     return 0
 
 
@@ -274,7 +279,9 @@ def cmd_prepare(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="largeout", description="largeout: huge output layers for PyTorch")
+    # (allow_abbrev=False: a misspelt flag such as --epoch is refused, not taken for --epochs)
+    p = argparse.ArgumentParser(prog="largeout", description="largeout: huge output layers for PyTorch",
+                                allow_abbrev=False)
     sub = p.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("demo", help="train on built-in synthetic data and print metrics (the main job)")
@@ -317,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--seed", type=int, default=0, help="train/test split (default: 0)")
     pp.add_argument("--max-examples", type=int, default=None, help="keep a seeded subset of this many examples")
     pp.set_defaults(func=cmd_prepare)
+    for action in p._subparsers._group_actions if p._subparsers else ():  # (the subcommands' own parsers too)
+        for parser in action.choices.values():
+            parser.allow_abbrev = False
+            for sub_action in parser._subparsers._group_actions if parser._subparsers else ():
+                for nested in sub_action.choices.values():
+                    nested.allow_abbrev = False
     return p
 
 

@@ -7,6 +7,7 @@ import inspect
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Optional
@@ -187,6 +188,8 @@ class TrainConfig:
                              f'float8_e5m2); got head_dtype {self.head_dtype!r}')
         if self.schedule not in ("constant", "cosine", "linear"):
             bad("schedule", '"constant", "cosine" or "linear"')
+        if not re.fullmatch(r"auto|cpu|cuda(:[0-9]+)?", self.device):
+            bad("device", '"auto", "cpu", "cuda" or "cuda:N"')
         for name in ("batch_size", "epochs", "hidden", "eval_every", "max_length"):
             if getattr(self, name) < 1:
                 bad(name, "an integer >= 1")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional
@@ -143,6 +144,26 @@ def _append_text_embeddings(cfg: TrainConfig, split: Split, device: torch.device
     return Split(Y=split.Y, X=sp.hstack([split.X, sp.csr_matrix(E)], format="csr", dtype=np.float32))
 
 
+_DATA_FILES = tuple(f"{part}.{ext}{gz}" for part in ("train", "test") for ext in ("txt", "jsonl") for gz in ("", ".gz"))
+
+
+def data_fingerprint(cfg: TrainConfig) -> Optional[dict]:
+    """{file name: [size, SHA-256]} of the data directory's train / test files (None for the
+    synthetic data): ``--resume`` refuses a checkpoint trained on other contents."""
+    if cfg.data == "synthetic" or str(cfg.data).startswith("in-memory"):
+        return None
+    out = {}
+    for name in _DATA_FILES:
+        path = Path(cfg.data) / name
+        if path.is_file():
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    h.update(block)
+            out[name] = [path.stat().st_size, h.hexdigest()]
+    return out
+
+
 def load_dataset(cfg: TrainConfig) -> Dataset:
     """The train / validation / test splits the config names. The validation split
     is carved from the training data (seeded); the test split is only evaluated."""
@@ -169,6 +190,9 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
     num_labels = train.Y.shape[1]
     if test is not None and test.Y.shape[1] != num_labels:
         raise ValueError(f"data: test has {test.Y.shape[1]} labels but train has {num_labels}")
+    if test is not None and train.X is not None and test.X is not None and test.X.shape[1] != train.X.shape[1]:
+        raise ValueError(f"data: test has {test.X.shape[1]} features but train has {train.X.shape[1]} (the model "
+                         f"reads train's feature space)")
     if train.num_rows < 3 + (cfg.val_fraction > 0):  # (the propensity model needs 3 rows; validation 1 more)
         raise ValueError(f"data: {source} has {train.num_rows} training rows; the trainer needs at least "
                          f"{3 + (cfg.val_fraction > 0)}")
@@ -178,6 +202,9 @@ def load_dataset(cfg: TrainConfig) -> Dataset:
         rng = np.random.Generator(np.random.PCG64(cfg.seed + 1))
         perm = rng.permutation(train.num_rows)
         n_val = max(1, int(round(cfg.val_fraction * train.num_rows)))
+        if train.num_rows - n_val < 3:
+            raise ValueError(f"config: val_fraction = {cfg.val_fraction} leaves {train.num_rows - n_val} of "
+                             f"{source}'s {train.num_rows} training rows to train on; the trainer needs at least 3")
         val, train = train.rows(np.sort(perm[:n_val])), train.rows(np.sort(perm[n_val:]))
     num_features = train.X.shape[1] if train.X is not None else 0
     return Dataset(train, val, test, num_features, num_labels, inv_p, source)

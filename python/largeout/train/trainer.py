@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import resource
 import shutil
 import time
@@ -18,7 +19,7 @@ from torch import nn
 from .. import metrics as M
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
-from .data import Dataset, Split, batches, load_dataset
+from .data import Dataset, Split, batches, data_fingerprint, load_dataset
 from .model import XMCModel, build_model, encoder_fingerprint
 
 __all__ = ["train", "predict_topk", "evaluate_split", "resolve_device", "xmc_bce", "positive_weights"]
@@ -192,11 +193,17 @@ def _earlier_run(out: Path) -> list:
 
 # Settings a resumed run must share with the checkpoint it resumes (its model, optimizer and data).
 _RESUME_KEYS = ("data", "synthetic", "val_fraction", "test_fraction", "seed", "encoder", "hidden", "residual",
-                "output", "head_dtype", "head_weight_scale", "fan_in", "group_size", "optimizer", "head_rounding")
+                "output", "head_dtype", "head_weight_scale", "fan_in", "group_size", "optimizer", "head_rounding",
+                # (what "best" means and the ranking weights saved in the model)
+                "select_metric", "propensity_a", "propensity_b", "rank_propensity_power")
+# Settings a resumed run may change (the run then no longer continues exactly: the log names them).
+_RESUME_NOTED = ("batch_size", "schedule", "warmup_steps", "model_seed", "dropout", "pos_weight_power", "grad_clip",
+                 "encoder_lr")
 
 
-def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
-    """--resume: the checkpoint exists and was trained with this run's model, optimizer and data."""
+def _check_resumable(directory: Path, cfg: TrainConfig) -> list:
+    """--resume: the checkpoint exists and was trained with this run's model, optimizer and data;
+    returns the settings of ``_RESUME_NOTED`` this run changes."""
     path = Path(directory) / "config.json"
     if not path.exists():
         raise FileNotFoundError(f"--resume: no checkpoint in {directory} (config.json missing)")
@@ -221,6 +228,7 @@ def _check_resumable(directory: Path, cfg: TrainConfig) -> None:
         if key in saved and key not in unread and not same(key, saved[key], getattr(cfg, key)):
             raise ValueError(f"--resume: the checkpoint in {directory} was trained with {key} = {saved[key]!r}; "
                              f"this run has {key} = {getattr(cfg, key)!r}")
+    return [k for k in _RESUME_NOTED if k in saved and saved[k] != getattr(cfg, k, saved[k])]
 
 
 def check_encoder_fingerprint(state: Dict[str, Any], cfg: TrainConfig, what: str) -> None:
@@ -232,6 +240,25 @@ def check_encoder_fingerprint(state: Dict[str, Any], cfg: TrainConfig, what: str
         part = "files" if cfg.encoder.startswith("tfidf+hf:") else "tokenizer or config files"
         raise ValueError(f"{what} was trained with other contents of the model directory {cfg.hf_path} (its {part} "
                          "changed since); restore them, or train again")
+
+
+def _trim_log(path: Path, epoch: int) -> None:
+    """A resumed run's metrics.jsonl keeps the records of the epochs its checkpoint holds: a
+    run stopped between an epoch's record and its checkpoint (or while scoring) would else
+    repeat records."""
+    if not path.exists():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # (a line cut short by the stop)
+        if rec.get("split") == "epoch" and isinstance(rec.get("epoch"), int) and rec["epoch"] <= epoch:
+            keep.append(line)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in keep))
+    os.replace(tmp, path)
 
 
 class _JsonlLog:
@@ -311,11 +338,12 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
     steps_per_epoch = math.ceil(data.train.num_rows / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     fingerprint = encoder_fingerprint(cfg.encoder, cfg.hf_path)
+    data_print = data_fingerprint(cfg)
     state: Dict[str, Any] = {"epoch": 0, "step": 0, "best": None, "best_epoch": None, "history": [],
-                             "encoder_fingerprint": fingerprint}
+                             "encoder_fingerprint": fingerprint, "data_fingerprint": data_print}
     # Nothing is written under `out` before the data, the model and a resumed checkpoint have loaded.
     if resume:
-        _check_resumable(out / "checkpoints" / "last", cfg)
+        noted = _check_resumable(out / "checkpoints" / "last", cfg)
         opts = optimizer.opts if isinstance(optimizer, _Optimizers) else [optimizer]
         fresh = [[{k: v for k, v in g.items() if k != "params"} for g in o.param_groups] for o in opts]
         try:
@@ -327,12 +355,17 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         state.pop("optimizer", None)
         check_encoder_fingerprint(state, cfg, f"--resume: the checkpoint in {out / 'checkpoints' / 'last'}")
         state["encoder_fingerprint"] = fingerprint
+        if state.get("data_fingerprint", data_print) != data_print:  # (a checkpoint from before: taken as it is)
+            raise ValueError(f"--resume: the checkpoint in {out / 'checkpoints' / 'last'} was trained on other "
+                             f"contents of the data directory {cfg.data} (its files changed since); restore them, "
+                             f"or train again")
+        state["data_fingerprint"] = data_print
         if state["epoch"] >= cfg.epochs:  # (a run stopped while scoring: it is scored again, its outputs rewritten)
             log(f"--resume: the checkpoint has trained {state['epoch']} epochs and epochs = {cfg.epochs}: nothing "
                 f"to train; scoring it again (raise --epochs to train more)")
         # The optimizer's state (moments, momentum, step counts) continues; its settings are this
         # run's (torch's load takes the checkpoint's, and the schedule's base rate with them).
-        changed = set()
+        changed = set(noted)
         for o, groups in zip(opts, fresh):
             for g, new in zip(o.param_groups, groups):
                 # (lr: the schedule's base; a pair may come back from the checkpoint as a list)
@@ -343,6 +376,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
                 g["initial_lr"] = new["lr"]
         log(f"resumed from {out / 'checkpoints' / 'last'} at epoch {state['epoch']}"
             + (f" (this run's {', '.join(sorted(changed))})" if changed else ""))
+        _trim_log(out / "metrics.jsonl", state["epoch"])
     else:  # a fresh run: nothing of an earlier run in this folder may pass for its own
         if earlier:
             log(f"replacing the earlier run in {out} ({', '.join(earlier)})")
@@ -424,15 +458,16 @@ def train(cfg: TrainConfig, resume: bool = False, log=print, data: Optional[Data
         topk, scores = predict_topk(model, data.val, cfg.topk, 4 * cfg.batch_size, device)
         calibrator = M.IsotonicCalibrator().fit_topk(topk, scores, data.val.Y, min(cfg.topk, max(KS)))
         summary["val"] = evaluate_split(topk, scores, data.val.Y, data.inv_propensity)
+    from .plots import plot_history, plot_reliability
+
+    summary["plots"] = [plot_history(state["history"], out / "p_at_k.png")] if data.val is not None else []
     if data.test is not None:
         topk, scores = predict_topk(model, data.test, cfg.topk, 4 * cfg.batch_size, device)
         summary["test"] = evaluate_split(topk, scores, data.test.Y, data.inv_propensity, calibrator)
         log_file.write({"split": "test", "epoch": state["best_epoch"], **summary["test"]})
-        from .plots import plot_history, plot_reliability
-
-        summary["plots"] = [
-            plot_history(state["history"], out / "p_at_k.png"),
-            plot_reliability(topk, scores, data.test.Y, calibrator, min(cfg.topk, max(KS)), out / "reliability.png"),
-        ]
+        summary["plots"].append(
+            plot_reliability(topk, scores, data.test.Y, calibrator, min(cfg.topk, max(KS)), out / "reliability.png"))
+    else:
+        log(f"data: {data.source} has no test split: no test metrics")
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float) + "\n")
     return summary
