@@ -1119,3 +1119,35 @@ def test_run_without_test_split_lists_what_it_wrote(tmp_path, one_thread, capsys
     assert main(_xc_args(d, out) + ["--val-fraction", "0"]) == 0
     listing = capsys.readouterr().out.split("Outputs in")[1]
     assert "checkpoints/best" not in listing and "checkpoints/last" in listing
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_checkpoint_keeps_the_cuda_generator(tmp_path):
+    """A checkpoint of a model on the GPU holds the device's random state (dropout draws from
+    it) and loading it restores that state, as it restores the CPU's."""
+    from largeout.train.checkpoint import load_checkpoint, save_checkpoint
+
+    model = torch.nn.Linear(4, 3).cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    torch.cuda.manual_seed(5)
+    torch.rand(10, device="cuda")
+    saved = torch.cuda.get_rng_state()
+    save_checkpoint(tmp_path / "c", model, opt, {"epoch": 1}, {})
+    want = torch.rand(10, device="cuda")
+    torch.rand(100, device="cuda")
+    load_checkpoint(tmp_path / "c", model, opt, "cuda")
+    assert torch.equal(torch.cuda.get_rng_state(), saved)
+    assert torch.equal(torch.rand(10, device="cuda"), want)
+
+
+def test_interrupted_train_says_how_to_resume(tmp_path, capsys, monkeypatch):
+    """Ctrl-C in a run: exit status 130 and a line on --resume, not a traceback."""
+    import largeout.train as lotrain
+
+    def stop(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(lotrain, "train", stop)
+    assert main(["train", "--out", str(tmp_path / "r"), "--no-progress"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted" in err and "--resume" in err and "Traceback" not in err

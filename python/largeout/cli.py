@@ -340,3 +340,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (ValueError, OSError, RuntimeError) as e:  # (OSError: a folder for a file, a file for a folder, ...)
         print(f"largeout: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (largeout train ... --resume continues from the last checkpoint)" if args.command == "train" else ""
+        print(f"\nlargeout: interrupted{hint}", file=sys.stderr)
+        return 130

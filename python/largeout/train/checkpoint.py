@@ -72,6 +72,9 @@ def save_checkpoint(directory: Path, model, optimizer, trainer_state: Dict[str, 
     save_file(model_tensors, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     opt_tensors["rng.torch"] = torch.get_rng_state()
+    dev = next(iter(model.parameters())).device
+    if dev.type == "cuda":  # (dropout on the GPU draws from the device's generator)
+        opt_tensors["rng.cuda"] = torch.cuda.get_rng_state(dev)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "optimizer": opt_meta}, indent=1) + "\n")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -106,5 +109,8 @@ def load_checkpoint(directory: Path, model, optimizer=None, device="cpu") -> Dic
     model.load_state_dict(weights)
     if optimizer is not None:
         torch.set_rng_state(tensors.pop("rng.torch"))
+        cuda_rng = tensors.pop("rng.cuda", None)
+        if cuda_rng is not None and torch.device(device).type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng, torch.device(device))
         optimizer.load_state_dict(_unflatten_optimizer(tensors, meta["optimizer"]))
     return meta
