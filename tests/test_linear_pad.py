@@ -451,3 +451,33 @@ def test_padded_linear_weight_viewed_into_a_users_table(device, padded):
         assert torch.isfinite(x.grad).all()
         assert rel_err(x.grad, gy.double() @ big[:21].double()) < 1e-5
     assert torch.isinf(big[21:]).all()  # (the table untouched)
+
+
+def test_padded_linear_unpickled_keeps_its_storage(monkeypatch):
+    """An unpickled layer adopts its weight's exactly padded storage (pickling carries no
+    ownership mark): no copy (a storage shared with another process stays shared, torch.load
+    makes no second copy); a storage whose pad rows are not zero is copied instead."""
+    import pickle
+
+    layer = Linear(16, 21, generator=torch.Generator().manual_seed(20))
+    blob = pickle.dumps(layer)
+    copies = []
+    real = lo_fp8._pad_storage
+    monkeypatch.setattr(lo_fp8, "_pad_storage", lambda w: copies.append(1) or real(w))
+    twin = pickle.loads(blob)
+    assert not copies and lin._pads_output(twin.weight, torch.float32) is False  # (CPU, auto: not padded)
+    assert lo_fp8.has_padded_storage(twin.weight, exact=True) and torch.equal(twin.weight, layer.weight)
+    lo_fp8.padded_weight(layer.weight)[21] = 1.0  # a non-zero pad row
+    twin = pickle.loads(pickle.dumps(layer))
+    assert copies == [1] and lo_fp8.has_padded_storage(twin.weight, exact=True)
+    assert not lo_fp8.padded_weight(twin.weight)[21:].any()
+
+
+def test_padded_linear_exported_graph_has_no_python_op(padded):
+    """torch.export keeps nn.functional.linear (runtimes without Python cannot run the
+    Python op padded_linear)."""
+    layer = Linear(16, 21, generator=torch.Generator().manual_seed(21))
+    ep = torch.export.export(layer, (torch.randn(3, 16),))
+    assert "padded_linear" not in str(ep.graph)
+    x = torch.randn(3, 16)
+    assert torch.allclose(ep.module()(x), layer(x))

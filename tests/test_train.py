@@ -135,6 +135,10 @@ def test_train_on_an_in_memory_dataset(tmp_path, one_thread):
         load_dataset(load_config(None, saved))
     wc = load_file(str(tmp_path / "c/checkpoints/last/model.safetensors"))
     assert any(not torch.equal(wc[k], wa[k]) for k in wc)  # trained on other rows
+    # resumed with propensity settings such a run never reads (the Dataset brings its own): taken
+    cfg_c3 = load_config(None, {**SMALL, "out": str(tmp_path / "c"), "epochs": 3, "device": "cpu",
+                                "propensity_a": 0.6})
+    assert train(cfg_c3, resume=True, log=lambda *a: None, data=sub)["data"] == "half"
 
     # Bad datasets are refused before anything is written.
     cfg_d = load_config(None, {**SMALL, "out": str(tmp_path / "d"), "epochs": 1, "device": "cpu"})

@@ -133,6 +133,8 @@ Row run_case(const Case& c, int64_t elements, int tensors, int iters, int check_
   h.stochastic = true;
   h.lr = 1e-2f;
   h.momentum = c.momentum ? 0.9f : 0.f;
+  h.one_minus_dampening = 1.f;  // (dampening 0; the 1 - x terms come from the host, see OptimHyper)
+  h.one_minus_beta1 = h.one_minus_beta2 = 1.f;
   h.seed = 1;
   h.offset = 12345;
   h = largeout::with_round_keys(h);

@@ -190,6 +190,24 @@ def padded_weight(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().as_strided((Lp, H), (H, 1), weight.storage_offset())
 
 
+def adopt_padded_storage(weight: torch.Tensor) -> bool:
+    """Marks ``weight``'s storage as the layer's own (``lowp.mark_own_storage``) where it is
+    exactly the padded size, starts at the weight and its rows after L are zero bytes (as the
+    layers leave them: an unpickled layer's storage, which pickling gives no mark); returns
+    whether it did. (Reads the at most 15 pad rows.)"""
+    L, H = weight.shape
+    Lp = _round_up(L, ROW_MULTIPLE)
+    need = Lp * H * weight.element_size()
+    if not weight.is_contiguous() or weight.storage_offset() != 0 or weight.untyped_storage().nbytes() != need:
+        return False
+    if Lp > L:
+        pad = weight.detach().as_strided((Lp - L, H), (H, 1), L * H)
+        if bool(pad.view(torch.uint8).any()):
+            return False
+    lowp.mark_own_storage(weight)
+    return True
+
+
 def _pad_storage(weight: torch.Tensor) -> torch.Tensor:
     """A zero-padded copy of ``weight`` stored as :func:`padded_weight` expects (first L rows)."""
     L, H = weight.shape

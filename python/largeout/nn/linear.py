@@ -47,7 +47,8 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
     if transforms_active():
         return False
     if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
-        return weight.dtype not in lowp.FP8_DTYPES
+        # (not in an exported graph: a Python op that runtimes without Python, AOTInductor, lack)
+        return weight.dtype not in lowp.FP8_DTYPES and not torch.compiler.is_exporting()
     return fp8.has_padded_storage(weight, exact=True)
 
 
@@ -359,9 +360,11 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
 
     def _repad_weight(self) -> None:
         """The weight moved into padded storage of its own (fp8.has_padded_storage, exact),
-        where it is not in such storage already."""
+        where it is not in such storage already; storage of exactly that size with zero pad
+        rows (an unpickled or loaded layer's, a storage shared between processes) is adopted,
+        not copied."""
         w = self.weight
-        if not w.is_meta and not fp8.has_padded_storage(w, exact=True):
+        if not w.is_meta and not fp8.has_padded_storage(w, exact=True) and not fp8.adopt_padded_storage(w):
             w.data = fp8._pad_storage(w.detach())
 
     def _weight_dtype_changed(self) -> None:

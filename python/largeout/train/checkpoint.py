@@ -72,9 +72,9 @@ def save_checkpoint(directory: Path, model, optimizer, trainer_state: Dict[str, 
     save_file(model_tensors, str(tmp / "model.safetensors"))
     opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
     opt_tensors["rng.torch"] = torch.get_rng_state()
-    dev = next(iter(model.parameters())).device
-    if dev.type == "cuda":  # (dropout on the GPU draws from the device's generator)
-        opt_tensors["rng.cuda"] = torch.cuda.get_rng_state(dev)
+    first = next(iter(model.parameters()), None)
+    if first is not None and first.device.type == "cuda":  # (dropout on the GPU draws from the device's generator)
+        opt_tensors["rng.cuda"] = torch.cuda.get_rng_state(first.device)
     save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
     (tmp / "trainer.json").write_text(json.dumps({**trainer_state, "optimizer": opt_meta}, indent=1) + "\n")
     (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")

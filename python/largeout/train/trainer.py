@@ -222,7 +222,8 @@ def _check_resumable(directory: Path, cfg: TrainConfig) -> list:
 
     data = saved.get("data", "synthetic")
     unread = (("synthetic", "test_fraction") if data != "synthetic" else ()) + (
-        ("val_fraction",) if str(data).startswith("in-memory") else ())  # settings such a run never reads
+        ("val_fraction", "propensity_a", "propensity_b") if str(data).startswith("in-memory") else ()
+    )  # settings such a run never reads (an in-memory Dataset brings its own propensities)
     keys = _RESUME_KEYS + (("max_length",) if cfg.reads_text else ())  # (the texts' tokens)
     for key in keys:
         if key in saved and key not in unread and not same(key, saved[key], getattr(cfg, key)):
