@@ -69,11 +69,13 @@ def _sr_fake(x, dtype, seed, offset):
 
 
 def savable_indices(indices):
-    """A layer's indices as save_for_backward takes them: a copy of an inference tensor (the
-    buffer of a layer built under inference_mode; small: [L / G, K] int32), else themselves."""
-    if torch.compiler.is_compiling():  # (is_inference cannot be traced; a traced buffer is none)
+    """A layer's indices as the backward keeps them: a copy (small: [L / G, K] int32). The
+    buffer itself may change in place before the backward runs: DDP's broadcast_buffers writes
+    it at every forward (gradient accumulation then failed autograd's version check), and a
+    layer built under inference_mode has an inference tensor, which cannot be saved."""
+    if torch.compiler.is_compiling():  # (a traced buffer: the compiled graph keeps what it reads)
         return indices
-    return indices.clone() if indices.is_inference() else indices
+    return indices.clone()
 
 
 def _gsl_setup_context(ctx, inputs, output):

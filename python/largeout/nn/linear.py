@@ -44,11 +44,11 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
         raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
     if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or (env == "auto" and not weight.is_cuda):
         return False
-    if transforms_active():
-        return False
     if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
         # (not in an exported graph: a Python op that runtimes without Python, AOTInductor, lack)
         return weight.dtype not in lowp.FP8_DTYPES and not torch.compiler.is_exporting()
+    if transforms_active():
+        return False
     return fp8.has_padded_storage(weight, exact=True)
 
 
