@@ -481,3 +481,16 @@ def test_padded_linear_exported_graph_has_no_python_op(padded):
     assert "padded_linear" not in str(ep.graph)
     x = torch.randn(3, 16)
     assert torch.allclose(ep.module()(x), layer(x))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_padded_linear_auto_takes_16_bit_compute_only(monkeypatch):
+    """LARGEOUT_LINEAR_PAD=auto on CUDA: the padded path for bf16 / fp16 / fp8-upcast compute at
+    an unaligned L, not for fp32 / fp64 (cuBLAS's fp32 GEMMs lose little there and the path
+    costs memory: bench/results/linear_pad_s48_h100.json), nor under fp32 autocast's absence."""
+    monkeypatch.setenv("LARGEOUT_LINEAR_PAD", "auto")
+    for wdt, cdt, want in ((torch.bfloat16, torch.bfloat16, True), (torch.float16, torch.float16, True),
+                           (torch.float8_e5m2, torch.bfloat16, True), (torch.float32, torch.float32, False),
+                           (torch.float64, torch.float64, False), (torch.float32, torch.bfloat16, True)):
+        layer = Linear(16, 21, weight_dtype=wdt, device="cuda")
+        assert lin._pads_output(layer.weight, cdt) == want, (wdt, cdt)

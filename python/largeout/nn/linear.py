@@ -32,8 +32,9 @@ def _output_multiple(cdt: torch.dtype) -> int:
 def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
     """Whether the layer's forward writes a ``[M, L_pad]`` output (16-byte aligned rows) and
     returns its first L columns (:class:`_PaddedLinearFn`). ``LARGEOUT_LINEAR_PAD`` = ``auto``
-    (the default: on CUDA where L is not a multiple of 16 bytes' worth of columns), ``1`` (on
-    any device, e.g. to test it on the CPU) or ``0`` (never: ``nn.functional.linear``). Also
+    (the default: on CUDA, for 16-bit compute, where L is not a multiple of 16 bytes' worth of
+    columns), ``1`` (on any device and dtype, e.g. to test it on the CPU) or ``0`` (never:
+    ``nn.functional.linear``). Also
     ``nn.functional.linear`` under ``torch.func`` transforms and forward-mode AD, and in eager
     mode for a weight that is not in padded storage of its own (``has_padded_storage`` exact:
     e.g. one assigned or loaded with ``assign=True``, until the module is moved or cast).
@@ -44,6 +45,8 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
         raise ValueError(f"LARGEOUT_LINEAR_PAD must be auto, 0 or 1; got {env!r}")
     if env == "0" or weight.shape[0] % _output_multiple(cdt) == 0 or (env == "auto" and not weight.is_cuda):
         return False
+    if env == "auto" and cdt in (torch.float32, torch.float64):  # (cuBLAS's fp32 GEMMs lose little at odd L:
+        return False  # the path cost 5% of the step and 18% more memory, bench/results/linear_pad_s48_h100.json)
     if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
         # (not in an exported graph: a Python op that runtimes without Python, AOTInductor, lack)
         return weight.dtype not in lowp.FP8_DTYPES and not torch.compiler.is_exporting()
@@ -262,7 +265,7 @@ class Linear(lowp.ScaledWeightMixin, nn.Module):
     16 bytes apart (``out_features`` not a multiple of 8 in bf16/fp16, of 4 in fp32). The
     weight is stored with up to 15 zero rows after its last one (``weight`` is the
     ``[out_features, in_features]`` part; a move or cast, ``module.to()``, re-pads it), and
-    on CUDA at such a label count the layer multiplies into an ``[M, L_pad]`` result and
+    on CUDA at such a label count, in 16-bit compute (fp32 GEMMs lose little there), the layer multiplies into an ``[M, L_pad]`` result and
     returns its first ``out_features`` columns (row stride ``L_pad``: ``y.is_contiguous()``
     is False; ``y.contiguous()`` copies; in-place changes are fine), and its backward pads dY
     into an aligned buffer (one more dY-sized buffer at the peak). ``LARGEOUT_LINEAR_PAD=0``
