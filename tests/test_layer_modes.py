@@ -204,3 +204,19 @@ def test_group_sparse_meta_indices():
     with pytest.raises(Exception):
         cpu.set_indices(good)  # (values cannot be copied from meta: the layer stays as it was)
     assert torch.equal(cpu.indices, before)
+
+
+@pytest.mark.parametrize("wdt", [torch.float32, torch.float8_e4m3fn], ids=str)
+def test_group_sparse_indices_rewritten_before_backward(wdt):
+    """DDP's broadcast_buffers copies the buffers in place at each forward: a backward after
+    a later forward (gradient accumulation) must still run, with the indices of its own forward
+    (the op keeps a copy; saving the buffer failed autograd's version check on torch 2.11)."""
+    m = _gsl(wdt, "cpu")
+    cdt = torch.bfloat16 if wdt == torch.float8_e4m3fn else wdt
+    x = torch.randn(3, 32).to(cdt).requires_grad_()
+    y = m(x)
+    w64, _ = _dense64(m)
+    with torch.no_grad():
+        m.indices.copy_(m.indices.flip(1))  # (an in-place write, other values: the backward must not see them)
+    y.float().sum().backward()
+    assert rel_err(x.grad, w64.sum(0).expand(3, 32)) < _tol(wdt)
