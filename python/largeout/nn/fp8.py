@@ -166,14 +166,19 @@ def has_padded_storage(weight: torch.Tensor, exact: bool = False) -> bool:
     storage is exactly that, starting at the weight, and one the layers allocated
     (``lowp.owns_storage``), so that the rows after L are zeros nobody else writes (a view
     into a user's tensor is not, whatever its size)."""
+    if exact:
+        return _exactly_padded_size(weight) and lowp.owns_storage(weight)
     L, H = weight.shape
     need = (weight.storage_offset() + _round_up(L, ROW_MULTIPLE) * H) * weight.element_size()
-    if not weight.is_contiguous():
-        return False
-    nbytes = weight.untyped_storage().nbytes()
-    if exact:
-        return nbytes == need and weight.storage_offset() == 0 and lowp.owns_storage(weight)
-    return nbytes >= need
+    return weight.is_contiguous() and weight.untyped_storage().nbytes() >= need
+
+
+def _exactly_padded_size(weight: torch.Tensor) -> bool:
+    """``weight [L, H]`` is contiguous at offset 0 of a storage of exactly L rounded up to
+    ``ROW_MULTIPLE`` rows."""
+    L, H = weight.shape
+    need = _round_up(L, ROW_MULTIPLE) * H * weight.element_size()
+    return weight.is_contiguous() and weight.storage_offset() == 0 and weight.untyped_storage().nbytes() == need
 
 
 def padded_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -195,11 +200,10 @@ def adopt_padded_storage(weight: torch.Tensor) -> bool:
     exactly the padded size, starts at the weight and its rows after L are zero bytes (as the
     layers leave them: an unpickled layer's storage, which pickling gives no mark); returns
     whether it did. (Reads the at most 15 pad rows.)"""
+    if not _exactly_padded_size(weight):
+        return False
     L, H = weight.shape
     Lp = _round_up(L, ROW_MULTIPLE)
-    need = Lp * H * weight.element_size()
-    if not weight.is_contiguous() or weight.storage_offset() != 0 or weight.untyped_storage().nbytes() != need:
-        return False
     if Lp > L:
         pad = weight.detach().as_strided((Lp - L, H), (H, 1), L * H)
         if bool(pad.view(torch.uint8).any()):

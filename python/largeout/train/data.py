@@ -147,6 +147,13 @@ def _append_text_embeddings(cfg: TrainConfig, split: Split, device: torch.device
 _DATA_FILES = tuple(f"{part}.{ext}{gz}" for part in ("train", "test") for ext in ("txt", "jsonl") for gz in ("", ".gz"))
 
 
+def hash_file(h, path: Path) -> None:
+    """Feeds the contents of ``path`` to the hash object ``h`` in 4 MB blocks."""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+
+
 def data_fingerprint(cfg: TrainConfig) -> Optional[dict]:
     """{file name: [size, SHA-256]} of the data directory's train / test files (None for the
     synthetic data): ``--resume`` refuses a checkpoint trained on other contents."""
@@ -157,9 +164,7 @@ def data_fingerprint(cfg: TrainConfig) -> Optional[dict]:
         path = Path(cfg.data) / name
         if path.is_file():
             h = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 22), b""):
-                    h.update(block)
+            hash_file(h, path)
             out[name] = [path.stat().st_size, h.hexdigest()]
     return out
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from ..nn import GroupSparseLinear, Linear
 from .config import TrainConfig
-from .data import Batch
+from .data import Batch, hash_file
 
 __all__ = ["TfidfEncoder", "HFEncoder", "XMCModel", "build_model", "text_embeddings", "model_fingerprint",
            "encoder_fingerprint"]
@@ -58,9 +58,7 @@ def model_fingerprint(path: str, weights: bool = True) -> str:
         for (name, size, *_), f in zip(stats, files):
             h.update(f"{name}\0{size}\0".encode())
             try:
-                with open(f, "rb") as fh:
-                    for chunk in iter(lambda: fh.read(1 << 22), b""):
-                        h.update(chunk)
+                hash_file(h, f)
             except OSError as e:
                 raise ValueError(f"encoder: cannot read {f} of the model directory ({e})") from None
         _fingerprints[key] = h.hexdigest()
