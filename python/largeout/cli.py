@@ -278,11 +278,15 @@ def cmd_prepare(args) -> int:
     return 0
 
 
+def _Parser(**kwargs) -> argparse.ArgumentParser:
+    return argparse.ArgumentParser(allow_abbrev=False, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    # (allow_abbrev=False: a misspelt flag such as --epoch is refused, not taken for --epochs)
-    p = argparse.ArgumentParser(prog="largeout", description="largeout: huge output layers for PyTorch",
-                                allow_abbrev=False)
-    sub = p.add_subparsers(dest="command", required=True)
+    # (allow_abbrev=False, the subcommands' parsers too: a misspelt flag such as --epoch is
+    # refused, not taken for --epochs)
+    p = _Parser(prog="largeout", description="largeout: huge output layers for PyTorch")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="train on built-in synthetic data and print metrics (the main job)")
     _add_train_flags(d, demo=True)
@@ -316,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_eval)
 
     da = sub.add_parser("data", help="datasets")
-    dsub = da.add_subparsers(dest="data_command", required=True)
+    dsub = da.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     pp = dsub.add_parser("prepare", help="convert a system-packaged dataset (wordnet, go-mf, go-bp)")
     pp.add_argument("name", help="wordnet, go-mf or go-bp")
     pp.add_argument("--source", default=None, help="source directory (default: the Debian package's)")
@@ -324,12 +328,6 @@ def build_parser() -> argparse.ArgumentParser:
     pp.add_argument("--seed", type=int, default=0, help="train/test split (default: 0)")
     pp.add_argument("--max-examples", type=int, default=None, help="keep a seeded subset of this many examples")
     pp.set_defaults(func=cmd_prepare)
-    for action in p._subparsers._group_actions if p._subparsers else ():  # (the subcommands' own parsers too)
-        for parser in action.choices.values():
-            parser.allow_abbrev = False
-            for sub_action in parser._subparsers._group_actions if parser._subparsers else ():
-                for nested in sub_action.choices.values():
-                    nested.allow_abbrev = False
     return p
 
 
