@@ -61,6 +61,15 @@ def group_sparse_linear(
     return y.reshape(*lead, y.shape[-1])
 
 
+def is_exporting() -> bool:
+    """Whether ``torch.export`` is tracing. ``torch.compiler.is_exporting()`` is not usable
+    inside a function that dynamo traces on torch 2.11 (it is folded to True there under
+    plain ``torch.compile`` too); the flag it returns, which ``torch.export`` sets while it
+    traces, is read as it is on every version."""
+    flag = getattr(torch.compiler, "_is_exporting_flag", None)
+    return torch.compiler.is_exporting() if flag is None else bool(flag)
+
+
 def transforms_active() -> bool:
     """Whether forward-mode AD or a ``torch.func`` transform is active: autograd Functions
     and ops without jvp / vmap rules (largeout's) give errors or lose tangents there."""

@@ -9,7 +9,7 @@ from typing import Optional, Tuple
 import torch
 from torch import nn
 
-from ..functional import transforms_active
+from ..functional import is_exporting, transforms_active
 from . import fp8, lowp
 
 __all__ = ["Linear"]
@@ -49,7 +49,7 @@ def _pads_output(weight: torch.Tensor, cdt: torch.dtype) -> bool:
         return False  # the path cost 5% of the step and 18% more memory, bench/results/linear_pad_s48_h100.json)
     if torch.compiler.is_compiling():  # (the op padded_linear; its storage test runs inside it)
         # (not in an exported graph: a Python op that runtimes without Python, AOTInductor, lack)
-        return weight.dtype not in lowp.FP8_DTYPES and not torch.compiler.is_exporting()
+        return weight.dtype not in lowp.FP8_DTYPES and not is_exporting()
     if transforms_active():
         return False
     return fp8.has_padded_storage(weight, exact=True)
