@@ -2,6 +2,9 @@
 # One call on the GPU machine: build largeout, run the GPU tests and the benchmarks.
 # Logs and JSON go to $OUT. The ignored folders some modes carry (.whl, .qdata, .mdla, .mdlb) are made on a new
 # machine by bench/carry_prepare.sh.
+# The whole suite no longer fits one call after a build (session 49 on the H100, torch 2.11: 47% of it in
+# 380 s, inductor's CPU compiles among it): split it, e.g. TESTS="tests/test_[a-g]*.py" in the building call,
+# then on the warm machine "python3 -m pytest tests/test_[h-z]*.py" with the build kept (SKIP_BUILD=1).
 #
 #   bash bench/run_device.sh [full|quick|tests|sm90]
 #     sm90   build, the Hopper-kernel tests, memcheck on them, the headline benchmark
@@ -1034,9 +1037,13 @@ if [ "$MODE" = linpad ]; then  # session 47: largeout.nn.Linear's padded path at
   tests_subset gpu_tests_linpad.log ${LINPAD_TESTS:-tests/test_linear_pad.py tests/test_layer_modes.py tests/test_optim.py tests/test_ddp.py}
   [ "${LINPAD_TRAIN_TESTS:-0}" = 1 ] && { echo "== tests: the trainer"; run_tests gpu_tests_train.log tests/test_train.py; }
   left=$(( deadline - $(date +%s) ))
-  echo "== benchmark: largeout.nn.Linear at unaligned L against torch.nn.Linear (${left} s left)"
-  timeout $(( left - 10 )) python3 bench/bench_linear_pad.py ${LINPAD_ARGS:-} --out "$OUT/linear_pad.json" \
-    2>&1 | tee "$OUT/bench_linear_pad.log" | tail -24
+  if [ $left -gt 40 ]; then
+    echo "== benchmark: largeout.nn.Linear at unaligned L against torch.nn.Linear (${left} s left)"
+    timeout $(( left - 10 )) python3 bench/bench_linear_pad.py ${LINPAD_ARGS:-} --out "$OUT/linear_pad.json" \
+      2>&1 | tee "$OUT/bench_linear_pad.log" | tail -24
+  else
+    echo "== no time left for bench_linear_pad (${left} s)"
+  fi
   left=$(( deadline - $(date +%s) ))
   if [ "${LINPAD_FP8:-0}" = 1 ] && [ $left -gt 90 ]; then
     echo "== benchmark: FP8 layer against bf16 (${left} s left)"
