@@ -63,9 +63,9 @@ def group_sparse_linear(
 
 def is_exporting() -> bool:
     """Whether ``torch.export`` is tracing. ``torch.compiler.is_exporting()`` is not usable
-    inside a function that dynamo traces on torch 2.11 (it is folded to True there under
-    plain ``torch.compile`` too); the flag it returns, which ``torch.export`` sets while it
-    traces, is read as it is on every version."""
+    inside a function that dynamo traces on torch 2.11: its dynamo folds the call to True,
+    under plain ``torch.compile`` too. The flag the call returns, which ``torch.export`` sets
+    while it traces, is read directly instead (dynamo reads its true value on 2.11 and 2.14)."""
     flag = getattr(torch.compiler, "_is_exporting_flag", None)
     return torch.compiler.is_exporting() if flag is None else bool(flag)
 
