@@ -9,12 +9,17 @@ the bare GEMM alone (CUDA events around one call from an idle GPU), for referenc
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from largeout.nn import Linear
 from largeout.nn import fp8 as lo_fp8
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_optim import timed  # noqa: E402  (one call at a time from an idle GPU, as bench_fp8 times "alone")
 
 
 def host_us(fn, n=200):
@@ -31,19 +36,8 @@ def host_us(fn, n=200):
     return statistics.median(ts)
 
 
-def alone_ms(fn, n=20):
-    for _ in range(3):
-        fn()
-    ts = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
+def alone_ms(fn):
+    return timed(fn, 20)[0] * 1e3
 
 
 def main():

@@ -3,7 +3,8 @@ its throughput, a third of the warps' stalls on L1TEX scoreboards, which in this
 epilogue's global loads: the bias). Bare ``torch.ops.largeout.fp8_gemm`` per configuration,
 with the bias and without, next to bf16 cuBLAS (``F.linear`` at L padded to 16), all in
 interleaved rounds (A B C ... A B C ...) so that clock drift spreads over every case; each
-timed alone (CUDA events around one call from an idle GPU) and queued (ten calls back to back).
+timed alone (CUDA events around one call from an idle GPU) and queued (issued behind a sleep
+kernel, so the host is ahead), as ``bench/bench_optim.py``'s ``timed`` and ``timed_queued``.
 Prints medians in ms and writes JSON.
 
     python bench/diag/fp8_gemm_probe.py --out probe.json [--rounds 5]
@@ -12,35 +13,16 @@ Prints medians in ms and writes JSON.
 import argparse
 import json
 import statistics
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from largeout.nn import fp8 as lo_fp8
 
-
-def alone_ms(fn, n):
-    ts = []
-    for _ in range(n):
-        torch.cuda.synchronize()
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        b.synchronize()
-        ts.append(a.elapsed_time(b))
-    return statistics.median(ts)
-
-
-def queued_ms(fn, n=10):
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    for _ in range(n):
-        fn()
-    b.record()
-    b.synchronize()
-    return a.elapsed_time(b) / n
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_optim import timed, timed_queued  # noqa: E402  (the benchmarks' alone and queued timings)
 
 
 def main():
@@ -71,15 +53,12 @@ def main():
         d = (ops.fp8_gemm(q, w, sx, bias, c)[:64].float() - ops.fp8_gemm(q, w, sx, None, c)[:64].float()
              - bias.float())
         assert d.abs().max().item() < 0.1, f"config {c}: bias and no-bias results differ by {d.abs().max().item()}"
-    for fn in cases.values():
-        for _ in range(3):
-            fn()
     alone = {k: [] for k in cases}
     queued = {k: [] for k in cases}
     for r in range(a.rounds):
         for k, fn in cases.items():
-            alone[k].append(alone_ms(fn, a.iters))
-            queued[k].append(queued_ms(fn))
+            alone[k].append(timed(fn, a.iters)[0] * 1e3)
+            queued[k].append(timed_queued(fn, a.iters)[0] * 1e3)
         print(f"(round {r + 1} of {a.rounds})", flush=True)
     rows = []
     for k in cases:
